@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Tessera needs to build, test and run.
+# Idempotent: asks dpkg which packages are missing and installs only those
+# with apt-get; when everything is present it is a fast no-op (no apt-get
+# call at all). Nothing is downloaded from anywhere but Debian's archive.
+#
+# Usage: deploy/install-deps.sh [--print]   (--print lists missing packages)
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build ccache pkg-config git
+  clang clang-format clang-tidy lld libclang-rt-14-dev
+  # libraries
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  prometheus-cpp-dev libxxhash-dev libspdlog-dev libfmt-dev
+  # runtime helpers for the local cluster and tests
+  procps iproute2 iptables curl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "installed" ]] || missing+=("$p")
+done
+
+if [[ "${1:-}" == "--print" ]]; then
+  printf '%s\n' "${missing[@]}"
+  exit 0
+fi
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+echo "install-deps: installing ${#missing[@]} missing package(s): ${missing[*]}" >&2
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done" >&2
