@@ -1,0 +1,353 @@
+// KvStore over the "data" column family of the node's RocksDB (layout in
+// keys.h and README.md).
+//
+// Each shard's applied index is loaded lazily and cached under mu_; writers
+// mark their shards busy under mu_, write without holding it, then publish,
+// exactly as in rocks_raft_log.cc. Reads go straight to RocksDB.
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "proto/status_macros.h"
+#include "rocksdb/db.h"
+#include "rocksdb/iterator.h"
+#include "rocksdb/options.h"
+#include "rocksdb/snapshot.h"
+#include "rocksdb/write_batch.h"
+#include "storage/keys.h"
+#include "storage/kv_internal.h"
+#include "storage/kv_store.h"
+
+namespace tessera::storage {
+
+// Defined in rocks_engine.cc (see the note there).
+absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
+std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf);
+
+namespace {
+
+rocksdb::Slice ToSlice(absl::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
+absl::string_view ToView(const rocksdb::Slice& s) { return absl::string_view(s.data(), s.size()); }
+
+std::string EncodeIndex(uint64_t index) {
+  std::string out;
+  keys::AppendBigEndian64(index, &out);
+  return out;
+}
+
+absl::StatusOr<uint64_t> ReadAppliedIndex(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                          const rocksdb::ReadOptions& ro, ShardId shard) {
+  std::string value;
+  rocksdb::Status s = db->Get(ro, cf, keys::TagKey(shard, keys::kAppliedTag), &value);
+  if (s.IsNotFound()) return 0;
+  TESSERA_RETURN_IF_ERROR(FromRocks(s, "RocksKvStore: applied index"));
+  if (value.size() != 8) {
+    return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt applied index"));
+  }
+  return keys::DecodeBigEndian64(value);
+}
+
+// Holds a RocksDB snapshot and an iterator over the shard's meta and data
+// records as of that snapshot; releases both when destroyed.
+class RocksShardSnapshot : public ShardSnapshot {
+ public:
+  RocksShardSnapshot(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard)
+      : db_(db),
+        shard_(shard),
+        snapshot_(db->GetSnapshot()),
+        lower_(keys::TagKey(shard, keys::kMetaTag)),
+        upper_(keys::TagKey(shard, keys::kDataTag + 1)),
+        lower_slice_(lower_),
+        upper_slice_(upper_) {
+    read_options_.snapshot = snapshot_;
+    read_options_.iterate_lower_bound = &lower_slice_;
+    read_options_.iterate_upper_bound = &upper_slice_;
+    // A snapshot scan touches every block once: keep it from evicting the
+    // hot working set.
+    read_options_.fill_cache = false;
+    iterator_.reset(db->NewIterator(read_options_, cf));
+    iterator_->SeekToFirst();
+  }
+  ~RocksShardSnapshot() override {
+    iterator_.reset();
+    db_->ReleaseSnapshot(snapshot_);
+  }
+
+  absl::Status Init(rocksdb::ColumnFamilyHandle* cf) {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot_;
+    TESSERA_ASSIGN_OR_RETURN(applied_index_, ReadAppliedIndex(db_, cf, ro, shard_));
+    return absl::OkStatus();
+  }
+
+  uint64_t applied_index() const override { return applied_index_; }
+
+  absl::StatusOr<bool> Next(SnapshotRecord* out) override {
+    if (!iterator_->Valid()) {
+      TESSERA_RETURN_IF_ERROR(FromRocks(iterator_->status(), "RocksShardSnapshot::Next"));
+      return false;
+    }
+    absl::string_view key = ToView(iterator_->key());
+    if (key.size() < 10) {
+      return absl::DataLossError(absl::StrCat("shard ", shard_, ": malformed data key"));
+    }
+    out->meta = key[8] == keys::kMetaTag;
+    out->key.assign(key.data() + 9, key.size() - 9);
+    out->value.assign(iterator_->value().data(), iterator_->value().size());
+    iterator_->Next();
+    return true;
+  }
+
+ private:
+  rocksdb::DB* const db_;
+  const ShardId shard_;
+  const rocksdb::Snapshot* const snapshot_;
+  const std::string lower_, upper_;
+  const rocksdb::Slice lower_slice_, upper_slice_;
+  rocksdb::ReadOptions read_options_;
+  std::unique_ptr<rocksdb::Iterator> iterator_;
+  uint64_t applied_index_ = 0;
+};
+
+class RocksKvStore : public KvStore {
+ public:
+  RocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) : db_(db), cf_(cf) {}
+
+  absl::Status Apply(absl::Span<const ShardWrite> writes) override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::string> Get(ShardId shard, absl::string_view key) const override {
+    return Lookup(shard, key, keys::kDataTag);
+  }
+  absl::StatusOr<std::string> GetMeta(ShardId shard, absl::string_view key) const override {
+    return Lookup(shard, key, keys::kMetaTag);
+  }
+  absl::StatusOr<uint64_t> AppliedIndex(ShardId shard) const override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<ScanResult> Scan(ShardId shard, const ScanOptions& options) const override;
+  absl::StatusOr<std::unique_ptr<ShardSnapshot>> ExportSnapshot(ShardId shard) const override;
+  absl::Status InstallSnapshot(ShardId shard, uint64_t applied_index,
+                               SnapshotReader& reader) override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status DeleteShard(ShardId shard) override ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Cached {
+    uint64_t applied_index = 0;
+    bool busy = false;
+  };
+  struct BusyQuery {
+    const absl::flat_hash_map<ShardId, Cached>* cache;
+    const std::vector<ShardId>* shards;
+  };
+  static bool NoneBusy(BusyQuery* q) {
+    for (ShardId s : *q->shards) {
+      if (q->cache->at(s).busy) return false;
+    }
+    return true;
+  }
+
+  absl::StatusOr<std::string> Lookup(ShardId shard, absl::string_view key, char tag) const;
+  absl::Status EnsureLoaded(const std::vector<ShardId>& shards) const ABSL_LOCKS_EXCLUDED(mu_);
+  void LockWhenIdle(const std::vector<ShardId>& shards) const ABSL_EXCLUSIVE_LOCK_FUNCTION(mu_);
+  // Clears busy and, when `ok`, publishes the applied indexes.
+  void Publish(const std::vector<ShardId>& shards,
+               const absl::flat_hash_map<ShardId, uint64_t>& staged, bool ok)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  rocksdb::DB* const db_;
+  rocksdb::ColumnFamilyHandle* const cf_;
+
+  mutable absl::Mutex mu_;
+  mutable absl::flat_hash_map<ShardId, Cached> cache_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::Status RocksKvStore::EnsureLoaded(const std::vector<ShardId>& shards) const {
+  for (ShardId shard : shards) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (cache_.contains(shard)) continue;
+    }
+    TESSERA_ASSIGN_OR_RETURN(uint64_t applied,
+                             ReadAppliedIndex(db_, cf_, rocksdb::ReadOptions(), shard));
+    absl::MutexLock lock(&mu_);
+    cache_.try_emplace(shard, Cached{applied, false});
+  }
+  return absl::OkStatus();
+}
+
+void RocksKvStore::LockWhenIdle(const std::vector<ShardId>& shards) const {
+  BusyQuery query{&cache_, &shards};
+  mu_.LockWhen(absl::Condition(&NoneBusy, &query));
+}
+
+void RocksKvStore::Publish(const std::vector<ShardId>& shards,
+                           const absl::flat_hash_map<ShardId, uint64_t>& staged, bool ok) {
+  absl::MutexLock lock(&mu_);
+  for (ShardId shard : shards) {
+    Cached& cached = cache_.at(shard);
+    cached.busy = false;
+    if (ok) cached.applied_index = staged.at(shard);
+  }
+}
+
+absl::Status RocksKvStore::Apply(absl::Span<const ShardWrite> writes) {
+  if (writes.empty()) return absl::OkStatus();
+  std::vector<ShardId> shards;
+  for (const ShardWrite& w : writes) {
+    TESSERA_RETURN_IF_ERROR(internal::CheckMutations(w));
+    if (std::find(shards.begin(), shards.end(), w.shard) == shards.end()) {
+      shards.push_back(w.shard);
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
+
+  absl::flat_hash_map<ShardId, uint64_t> staged;
+  LockWhenIdle(shards);
+  for (ShardId shard : shards) staged.emplace(shard, cache_.at(shard).applied_index);
+  for (const ShardWrite& w : writes) {
+    uint64_t& applied = staged.at(w.shard);
+    absl::Status s = internal::CheckAppliedIndex(w, applied);
+    if (!s.ok()) {
+      mu_.Unlock();
+      return s;
+    }
+    applied = w.applied_index;
+  }
+  for (ShardId shard : shards) cache_.at(shard).busy = true;
+  mu_.Unlock();
+
+  // WriteBatch operations fail only on size overflow (> 4 GiB), which Write()
+  // then reports.
+  rocksdb::WriteBatch batch;
+  for (const ShardWrite& w : writes) {
+    for (const Mutation& m : w.mutations) {
+      switch (m.kind) {
+        case Mutation::Kind::kPut:
+          batch.Put(cf_, keys::TagKey(w.shard, keys::kDataTag, m.key), ToSlice(m.value))
+              .PermitUncheckedError();
+          break;
+        case Mutation::Kind::kDelete:
+          batch.Delete(cf_, keys::TagKey(w.shard, keys::kDataTag, m.key)).PermitUncheckedError();
+          break;
+        case Mutation::Kind::kPutMeta:
+          batch.Put(cf_, keys::TagKey(w.shard, keys::kMetaTag, m.key), ToSlice(m.value))
+              .PermitUncheckedError();
+          break;
+        case Mutation::Kind::kDeleteMeta:
+          batch.Delete(cf_, keys::TagKey(w.shard, keys::kMetaTag, m.key)).PermitUncheckedError();
+          break;
+      }
+    }
+    batch.Put(cf_, keys::TagKey(w.shard, keys::kAppliedTag), EncodeIndex(w.applied_index))
+        .PermitUncheckedError();
+  }
+  // Not synced, but written to the WAL before Write() returns: survives kill -9.
+  absl::Status s = FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "RocksKvStore::Apply");
+  Publish(shards, staged, s.ok());
+  return s;
+}
+
+absl::StatusOr<std::string> RocksKvStore::Lookup(ShardId shard, absl::string_view key,
+                                                 char tag) const {
+  TESSERA_RETURN_IF_ERROR(internal::CheckKey(key));
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf_, keys::TagKey(shard, tag, key), &value);
+  if (s.IsNotFound()) return absl::NotFoundError("key not found");
+  TESSERA_RETURN_IF_ERROR(FromRocks(s, "RocksKvStore::Get"));
+  return value;
+}
+
+absl::StatusOr<uint64_t> RocksKvStore::AppliedIndex(ShardId shard) const {
+  TESSERA_RETURN_IF_ERROR(EnsureLoaded({shard}));
+  absl::MutexLock lock(&mu_);
+  return cache_.at(shard).applied_index;
+}
+
+absl::StatusOr<ScanResult> RocksKvStore::Scan(ShardId shard, const ScanOptions& options) const {
+  TESSERA_RETURN_IF_ERROR(internal::CheckScanOptions(options));
+  const std::string lower = keys::TagKey(shard, keys::kDataTag, options.start);
+  const std::string upper = options.end.empty() ? keys::TagKey(shard, keys::kDataTag + 1)
+                                                : keys::TagKey(shard, keys::kDataTag, options.end);
+  rocksdb::Slice lower_slice(lower), upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_lower_bound = &lower_slice;
+  ro.iterate_upper_bound = &upper_slice;
+  internal::ScanCollector collector(options);
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, cf_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    absl::string_view user_key = ToView(it->key()).substr(9);
+    if (collector.Full()) {
+      collector.SetResume(user_key);
+      break;
+    }
+    collector.Add(user_key, ToView(it->value()));
+  }
+  TESSERA_RETURN_IF_ERROR(FromRocks(it->status(), "RocksKvStore::Scan"));
+  return collector.Finish();
+}
+
+absl::StatusOr<std::unique_ptr<ShardSnapshot>> RocksKvStore::ExportSnapshot(ShardId shard) const {
+  auto snapshot = std::make_unique<RocksShardSnapshot>(db_, cf_, shard);
+  TESSERA_RETURN_IF_ERROR(snapshot->Init(cf_));
+  return std::unique_ptr<ShardSnapshot>(std::move(snapshot));
+}
+
+absl::Status RocksKvStore::InstallSnapshot(ShardId shard, uint64_t applied_index,
+                                           SnapshotReader& reader) {
+  // One batch: drop the shard's whole range (data, meta, applied index), then
+  // write the received records. Range tombstone first, puts after: the puts
+  // have higher sequence numbers and survive it.
+  rocksdb::WriteBatch batch;
+  batch.DeleteRange(cf_, keys::ShardStart(shard), keys::ShardEnd(shard)).PermitUncheckedError();
+  SnapshotRecord record;
+  while (true) {
+    TESSERA_ASSIGN_OR_RETURN(bool more, reader.Next(&record));
+    if (!more) break;
+    TESSERA_RETURN_IF_ERROR(internal::CheckKey(record.key));
+    batch
+        .Put(cf_, keys::TagKey(shard, record.meta ? keys::kMetaTag : keys::kDataTag, record.key),
+             ToSlice(record.value))
+        .PermitUncheckedError();
+  }
+  batch.Put(cf_, keys::TagKey(shard, keys::kAppliedTag), EncodeIndex(applied_index))
+      .PermitUncheckedError();
+
+  const std::vector<ShardId> shards = {shard};
+  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
+  LockWhenIdle(shards);
+  cache_.at(shard).busy = true;
+  mu_.Unlock();
+  // Synced: the raft log may discard its entries once the snapshot is
+  // installed, so the installed state must be durable by itself.
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  absl::Status s = FromRocks(db_->Write(wo, &batch), "RocksKvStore::InstallSnapshot");
+  Publish(shards, {{shard, applied_index}}, s.ok());
+  return s;
+}
+
+absl::Status RocksKvStore::DeleteShard(ShardId shard) {
+  const std::vector<ShardId> shards = {shard};
+  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
+  LockWhenIdle(shards);
+  cache_.at(shard).busy = true;
+  mu_.Unlock();
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  absl::Status s =
+      FromRocks(db_->DeleteRange(wo, cf_, keys::ShardStart(shard), keys::ShardEnd(shard)),
+                "RocksKvStore::DeleteShard");
+  Publish(shards, {{shard, 0}}, s.ok());
+  return s;
+}
+
+}  // namespace
+
+std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
+  return std::make_unique<RocksKvStore>(db, cf);
+}
+
+}  // namespace tessera::storage
