@@ -49,8 +49,8 @@ struct ShardWrite {
 };
 
 struct ScanOptions {
-  std::string start;       // inclusive; empty = the shard's first key
-  std::string end;         // exclusive; empty = to the shard's end
+  std::string start{};     // inclusive; empty = the shard's first key
+  std::string end{};       // exclusive; empty = to the shard's end
   size_t limit = 0;        // max items; 0 = no limit
   uint64_t max_bytes = 0;  // stop once keys+values exceed this; 0 = no budget
                            // (always at least one item when any is in range)
