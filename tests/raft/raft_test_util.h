@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <set>
 #include <string>
 #include <utility>
@@ -18,6 +19,10 @@
 #include "raft/raw_node.h"
 #include "raft/storage.h"
 #include "tessera/raft.pb.h"
+
+namespace tessera::raft {
+inline void PrintTo(Role r, std::ostream* os) { *os << RoleName(r); }
+}  // namespace tessera::raft
 
 namespace tessera::raft::testing {
 
@@ -261,4 +266,56 @@ class Network {
 
 }  // namespace tessera::raft::testing
 
+namespace tessera::raft::testing {
+
+// One node driven directly (no network), for white-box tests.
+struct TestRaft {
+  MemoryStorage storage;
+  std::unique_ptr<RawNode> node;
+  Raft& r() { return node->raft_for_testing(); }
+  std::vector<raftpb::Message> Take() { return TakeMessages(r()); }
+  // Persists the unstable log and applies commits, as the Ready loop would
+  // (messages are left in place for the test to inspect).
+  void Persist() {
+    RaftLog& log = r().log();
+    if (log.UnstableSnapshot().has_value()) {
+      const raftpb::Snapshot s = *log.UnstableSnapshot();
+      EXPECT_TRUE(storage.ApplySnapshot(s).ok());
+      log.StableSnapTo(s.metadata().index());
+    }
+    std::vector<raftpb::Entry> ents = log.UnstableEntries();
+    EXPECT_TRUE(storage.Append(ents).ok());
+    if (!ents.empty()) log.StableTo(ents.back().index(), ents.back().term());
+  }
+};
+
+struct TestRaftOptions {
+  int election = 10;
+  int heartbeat = 1;
+  bool pre_vote = false;
+  bool check_quorum = false;
+  std::vector<raftpb::Entry> entries;  // pre-existing log (after index 0)
+  raftpb::HardState hs;
+  std::function<void(Config&)> tweak;
+};
+
+inline std::unique_ptr<TestRaft> NewTestRaft(uint64_t id, std::initializer_list<uint64_t> peers,
+                                             TestRaftOptions o = {}) {
+  auto t = std::make_unique<TestRaft>();
+  raftpb::ConfState cs;
+  for (uint64_t p : peers) cs.add_voters(p);
+  Bootstrap(&t->storage, cs);
+  EXPECT_TRUE(t->storage.Append(o.entries).ok());
+  t->storage.SetHardState(o.hs);
+  Config c = TestConfig(id, &t->storage, o.election, o.heartbeat);
+  c.pre_vote = o.pre_vote;
+  c.check_quorum = o.check_quorum;
+  if (o.tweak) o.tweak(c);
+  auto node = RawNode::Create(c);
+  EXPECT_TRUE(node.ok()) << node.status();
+  t->node = *std::move(node);
+  return t;
+}
+
+}  // namespace tessera::raft::testing
 #endif  // TESSERA_TESTS_RAFT_RAFT_TEST_UTIL_H_
