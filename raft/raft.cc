@@ -107,6 +107,8 @@ absl::StatusOr<std::unique_ptr<Raft>> Raft::Create(const Config& c) {
     }
     if (c.applied > r->log_.applied()) r->log_.AppliedTo(c.applied);
   }
+  // A brand-new node cannot have acked any leader's lease.
+  if (IsEmptyHardState(hs)) r->restart_guard_ = false;
   r->BecomeFollower(r->term_, 0);
   return r;
 }
@@ -889,9 +891,11 @@ bool Raft::Restore(const raftpb::Snapshot& s) {
   auto has = [this](const google::protobuf::RepeatedField<uint64_t>& ids) {
     return std::find(ids.begin(), ids.end(), id_) != ids.end();
   };
-  if (!has(cs.voters()) && !has(cs.learners()) && !has(cs.voters_outgoing())) {
-    return false;  // we are not in this snapshot's config: ignore it
-  }
+  // A node that joins a group is not necessarily in the snapshot's config
+  // yet (the snapshot may predate its addition): it restores the config it is
+  // sent and learns of its own addition from the entries that follow. It
+  // cannot campaign until it is a voter.
+  (void)has;
   if (log_.MatchTerm(md.index(), md.term())) {
     // We already have the entries: just fast-forward the commit index.
     log_.CommitTo(md.index());
@@ -912,6 +916,14 @@ bool Raft::Restore(const raftpb::Snapshot& s) {
 // ---------------------------------------------------------------- config
 
 raftpb::ConfState Raft::ApplyConfChange(const raftpb::ConfChange& cc) {
+  if (prs_.config.voters.incoming.empty()) {
+    // Applying a change to an empty config would make up a group out of
+    // nothing (e.g. {4} for "add 4"), which could elect a second leader.
+    TESSERA_RAFT_FATAL(
+        "node %llu applies a conf change without knowing the group's configuration: bootstrap "
+        "founders with a snapshot at index 1 (see raw_node.h) so joiners receive it",
+        ull(id_));
+  }
   absl::StatusOr<ConfigAndProgress> next = Changer(prs_, log_.LastIndex()).Apply(cc);
   if (!next.ok()) {
     TESSERA_RAFT_FATAL("cannot apply committed conf change: %s", next.status().ToString().c_str());

@@ -21,10 +21,14 @@
 //
 // Bootstrapping a brand-new group: before creating the nodes, write the
 // initial membership into every founding member's storage as a snapshot at
-// index 0, term 0:
+// index 1, term 1 (empty application data). The group's history then starts
+// with a snapshot, so a node that joins later (with an empty storage) is
+// always sent a snapshot carrying the membership first:
 //
 //   MemoryStorage storage;
-//   raftpb::Snapshot boot;  // metadata.index == 0, metadata.term == 0
+//   raftpb::Snapshot boot;
+//   boot.mutable_metadata()->set_index(1);
+//   boot.mutable_metadata()->set_term(1);
 //   for (uint64_t id : {1, 2, 3}) boot.mutable_metadata()->mutable_conf_state()->add_voters(id);
 //   absl::Status s = storage.ApplySnapshot(boot);  // OK on a fresh storage
 //   Config config;
@@ -32,9 +36,15 @@
 //   config.storage = &storage;
 //   auto node = RawNode::Create(config);
 //
-// A node that joins an existing group later starts with an empty storage (no
-// voters) and learns everything from the leader's messages once it has been
-// added with ProposeConfChange.
+// (A snapshot at index 0 also starts a group, but then a joining node would
+// replay the log without the initial membership; raft crashes rather than
+// let it apply a conf change to an empty configuration.)
+//
+// A node that joins an existing group later starts with an empty storage and
+// learns everything from the leader once it has been added with
+// ProposeConfChange. Restart: create the RawNode again over the same storage
+// (and Config::applied); the application restores its state machine from the
+// storage's snapshot and re-applies the committed entries after it.
 #ifndef TESSERA_RAFT_RAW_NODE_H_
 #define TESSERA_RAFT_RAW_NODE_H_
 

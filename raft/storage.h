@@ -56,7 +56,7 @@ class Storage {
 // the raft-side view and the application-side writer: the Ready loop calls
 // ApplySnapshot / Append / SetHardState and raft reads it back.
 //
-// Bootstrapping a new group: apply a snapshot at index 0, term 0 whose
+// Bootstrapping a new group: apply a snapshot at index 1, term 1 whose
 // conf_state lists the initial voters (see raw_node.h).
 class MemoryStorage : public Storage {
  public:
@@ -79,7 +79,7 @@ class MemoryStorage : public Storage {
   const raftpb::HardState& hard_state() const { return hard_state_; }
   // Replaces the whole log with `snap`. kFailedPrecondition if snap is older
   // than the current snapshot (a smaller index). A snapshot at the same index
-  // is accepted (this is how a group is bootstrapped at index 0).
+  // is accepted.
   absl::Status ApplySnapshot(const raftpb::Snapshot& snap);
   // Records a snapshot of the application state at `index` (which must be
   // applied, hence <= LastIndex()) with optional new membership `cs` and

@@ -32,9 +32,13 @@ inline raftpb::ConfState Voters(std::initializer_list<uint64_t> ids) {
   return cs;
 }
 
-// Writes the bootstrap snapshot (index 0, term 0) with `cs` into `s`.
-inline void Bootstrap(MemoryStorage* s, const raftpb::ConfState& cs) {
+// Writes the bootstrap snapshot with `cs` into `s`: at index 1, term 1 as
+// documented in raw_node.h, or at index 0, term 0 when `index` is 0 (for
+// white-box tests that preload a log from index 1).
+inline void Bootstrap(MemoryStorage* s, const raftpb::ConfState& cs, uint64_t index = 1) {
   raftpb::Snapshot snap;
+  snap.mutable_metadata()->set_index(index);
+  snap.mutable_metadata()->set_term(index);
   *snap.mutable_metadata()->mutable_conf_state() = cs;
   ASSERT_TRUE(s->ApplySnapshot(snap).ok());
 }
@@ -304,7 +308,7 @@ inline std::unique_ptr<TestRaft> NewTestRaft(uint64_t id, std::initializer_list<
   auto t = std::make_unique<TestRaft>();
   raftpb::ConfState cs;
   for (uint64_t p : peers) cs.add_voters(p);
-  Bootstrap(&t->storage, cs);
+  Bootstrap(&t->storage, cs, /*index=*/0);
   EXPECT_TRUE(t->storage.Append(o.entries).ok());
   t->storage.SetHardState(o.hs);
   Config c = TestConfig(id, &t->storage, o.election, o.heartbeat);
