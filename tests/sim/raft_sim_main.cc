@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   uint64_t failures = 0;
-  uint64_t last_commits = 0, last_leaders = 0, total_commits = 0;
+  uint64_t last_commits = 0, last_leaders = 0, total_commits = 0, total_reads = 0,
+           total_snapshots = 0;
   for (uint64_t seed = first; seed < first + count; ++seed) {
     options.seed = seed;
     tessera::sim::Sim sim(options);
@@ -71,6 +72,8 @@ int main(int argc, char** argv) {
     }
     last_commits = sim.commits();
     total_commits += sim.commits();
+    total_reads += sim.reads_served();
+    total_snapshots += sim.snapshots_installed();
     last_leaders = sim.leaders_elected();
     if (!status.ok()) {
       ++failures;
@@ -83,7 +86,9 @@ int main(int argc, char** argv) {
     std::cout << "seed " << first << ": highest commit index " << last_commits
               << ", terms with a leader " << last_leaders << "\n";
   }
-  std::cout << "mean highest commit index per seed: " << total_commits / count << "\n";
+  std::cout << "per seed: mean highest commit index " << static_cast<double>(total_commits) / count
+            << ", reads served " << static_cast<double>(total_reads) / count
+            << ", snapshots installed " << static_cast<double>(total_snapshots) / count << "\n";
   std::cout << (count - failures) << " passed, " << failures << " failed\n";
   return failures == 0 ? 0 : 1;
 }

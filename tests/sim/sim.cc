@@ -276,6 +276,7 @@ void Sim::HandleReady(Node& n) {
     n.applied = snap.metadata().index();
     n.sm_hash = hash;
     n.conf_state = snap.metadata().conf_state();
+    ++snapshots_installed_;
     Record(absl::StrCat("node ", n.id, " installs snapshot at ", n.applied));
   }
   PersistEntries(n, rd.entries);
@@ -320,6 +321,7 @@ void Sim::HandleReady(Node& n) {
                         " but index ", it->second, " was committed before it was issued"));
     }
     pending_reads_.erase(it);
+    ++reads_served_;
   }
   n.raw->Advance(rd);
   // Like a real server, snapshot every so many applied entries. (A node added

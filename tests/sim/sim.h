@@ -79,6 +79,8 @@ class Sim {
   // Counters for tests of the simulator itself.
   uint64_t commits() const { return max_commit_; }
   uint64_t leaders_elected() const { return leaders_by_term_.size(); }
+  uint64_t reads_served() const { return reads_served_; }
+  uint64_t snapshots_installed() const { return snapshots_installed_; }
 
  private:
   struct Node;
@@ -138,6 +140,8 @@ class Sim {
   uint64_t max_commit_ = 0;                        // highest commit index any node persisted
   uint64_t max_commit_hash_ = 0;                   // chain hash of that prefix
   std::map<std::string, uint64_t> pending_reads_;  // ctx -> max_commit_ when issued
+  uint64_t reads_served_ = 0;
+  uint64_t snapshots_installed_ = 0;
   std::set<uint64_t> retired_;  // ids removed from the group (never restarted as members)
 };
 
