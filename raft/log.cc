@@ -1,6 +1,7 @@
 #include "raft/log.h"
 
 #include <algorithm>
+#include <iterator>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -58,18 +59,24 @@ void Unstable::Restore(const raftpb::Snapshot& s) {
   snapshot = s;
 }
 
-void Unstable::TruncateAndAppend(const std::vector<raftpb::Entry>& ents) {
+void Unstable::TruncateAndAppend(std::vector<raftpb::Entry> ents) {
   const uint64_t after = ents.front().index();
   if (after == offset + entries.size()) {
-    entries.insert(entries.end(), ents.begin(), ents.end());
+    if (entries.empty()) {
+      entries = std::move(ents);
+    } else {
+      entries.insert(entries.end(), std::make_move_iterator(ents.begin()),
+                     std::make_move_iterator(ents.end()));
+    }
   } else if (after <= offset) {
     // Replaces all unstable entries; the storage suffix from `after` on is
     // replaced too once these are persisted.
     offset = after;
-    entries = ents;
+    entries = std::move(ents);
   } else {
     entries.resize(after - offset);
-    entries.insert(entries.end(), ents.begin(), ents.end());
+    entries.insert(entries.end(), std::make_move_iterator(ents.begin()),
+                   std::make_move_iterator(ents.end()));
   }
 }
 
@@ -94,7 +101,7 @@ RaftLog::RaftLog(const Storage* storage, uint64_t max_next_ents_size)
 }
 
 std::optional<uint64_t> RaftLog::MaybeAppend(uint64_t index, uint64_t log_term, uint64_t committed,
-                                             const std::vector<raftpb::Entry>& ents) {
+                                             std::vector<raftpb::Entry> ents) {
   if (!MatchTerm(index, log_term)) return std::nullopt;
   const uint64_t last_new = index + ents.size();
   const uint64_t ci = FindConflict(ents);
@@ -104,20 +111,21 @@ std::optional<uint64_t> RaftLog::MaybeAppend(uint64_t index, uint64_t log_term, 
                          ull(committed_));
     }
     const uint64_t skip = ci - (index + 1);
-    Append(std::vector<raftpb::Entry>(ents.begin() + static_cast<ptrdiff_t>(skip), ents.end()));
+    ents.erase(ents.begin(), ents.begin() + static_cast<ptrdiff_t>(skip));
+    Append(std::move(ents));
   }
   CommitTo(std::min(committed, last_new));
   return last_new;
 }
 
-uint64_t RaftLog::Append(const std::vector<raftpb::Entry>& ents) {
+uint64_t RaftLog::Append(std::vector<raftpb::Entry> ents) {
   if (ents.empty()) return LastIndex();
   const uint64_t after = ents.front().index() - 1;
   if (after < committed_) {
     TESSERA_RAFT_FATAL("append after %llu is out of range: committed %llu", ull(after),
                        ull(committed_));
   }
-  unstable_.TruncateAndAppend(ents);
+  unstable_.TruncateAndAppend(std::move(ents));
   return LastIndex();
 }
 

@@ -30,7 +30,7 @@ class Unstable {
   void StableTo(uint64_t i, uint64_t t);
   void StableSnapTo(uint64_t i);
   void Restore(const raftpb::Snapshot& s);
-  void TruncateAndAppend(const std::vector<raftpb::Entry>& ents);
+  void TruncateAndAppend(std::vector<raftpb::Entry> ents);
   // Appends entries [lo, hi) to *out.
   void Slice(uint64_t lo, uint64_t hi, std::vector<raftpb::Entry>* out) const;
 
@@ -48,11 +48,11 @@ class RaftLog {
   // commit index to min(committed, last new index) and returns the last new
   // index; otherwise nullopt.
   std::optional<uint64_t> MaybeAppend(uint64_t index, uint64_t log_term, uint64_t committed,
-                                      const std::vector<raftpb::Entry>& ents);
+                                      std::vector<raftpb::Entry> ents);
   // Appends entries after the current log (truncating a suffix if they start
   // earlier); returns the new last index. Crashes if that would truncate a
   // committed entry.
-  uint64_t Append(const std::vector<raftpb::Entry>& ents);
+  uint64_t Append(std::vector<raftpb::Entry> ents);
   // The index of the first entry of `ents` that conflicts with (or extends)
   // the log, or 0 if all of them are already present.
   uint64_t FindConflict(const std::vector<raftpb::Entry>& ents) const;

@@ -209,8 +209,18 @@ void Raft::SendHeartbeat(uint64_t to, const std::string& ctx) {
 }
 
 void Raft::BcastAppend() {
+  append_pending_ = false;
   for (auto& [id, pr] : prs_.progress) {
     if (id != id_) SendAppend(id);
+  }
+}
+
+void Raft::FlushAppends() {
+  if (!append_pending_) return;
+  append_pending_ = false;
+  if (role_ != Role::kLeader) return;
+  for (auto& [id, pr] : prs_.progress) {
+    if (id != id_) MaybeSendAppend(id, /*send_if_empty=*/false);
   }
 }
 
@@ -288,7 +298,7 @@ bool Raft::AppendEntry(std::vector<raftpb::Entry> ents) {
     ents[i].set_index(li + 1 + i);
   }
   if (!IncreaseUncommittedSize(ents)) return false;
-  li = log_.Append(ents);
+  li = log_.Append(std::move(ents));
   // The leader counts its own entries as matched: they are persisted before
   // any message that could let a follower ack them is sent.
   if (Progress* self = prs_.Find(id_)) self->MaybeUpdate(li);
@@ -317,6 +327,7 @@ void Raft::Reset(uint64_t term) {
   }
   pending_conf_index_ = 0;
   uncommitted_size_ = 0;
+  append_pending_ = false;
   read_only_.Reset();
   pending_read_index_messages_.clear();
   leader_tick_ = 0;
@@ -607,7 +618,10 @@ absl::Status Raft::ProposeOnLeader(Message& m) {
     return absl::ResourceExhaustedError("too many uncommitted entry bytes; retry later");
   }
   if (conf_index != 0) pending_conf_index_ = conf_index;
-  BcastAppend();
+  // Batching: the MsgApp carrying this entry is sent when the application
+  // next collects a Ready (FlushAppends), together with every other proposal
+  // made until then.
+  append_pending_ = true;
   return absl::OkStatus();
 }
 
@@ -845,7 +859,7 @@ void Raft::HandleAppendEntries(Message& m) {
   std::vector<raftpb::Entry> ents(std::make_move_iterator(m.mutable_entries()->begin()),
                                   std::make_move_iterator(m.mutable_entries()->end()));
   if (std::optional<uint64_t> last_new =
-          log_.MaybeAppend(m.index(), m.log_term(), m.commit(), ents)) {
+          log_.MaybeAppend(m.index(), m.log_term(), m.commit(), std::move(ents))) {
     r.set_index(*last_new);
     Send(std::move(r));
     return;

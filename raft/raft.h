@@ -49,6 +49,10 @@ class Raft {
   // Proposes leaving an auto-leave joint config once the joint config is
   // applied (leader only).
   void MaybeAutoLeave();
+  // Sends the MsgApp for proposals accepted since the last call (leader).
+  // RawNode calls it before building a Ready, so that all proposals made
+  // between two Ready rounds travel in one MsgApp per follower.
+  void FlushAppends();
   bool Promotable() const;
 
   // State, for RawNode and tests.
@@ -157,6 +161,8 @@ class Raft {
   // must be applied before another is proposed.
   uint64_t pending_conf_index_ = 0;
   uint64_t uncommitted_size_ = 0;
+  // Proposals were appended but not yet sent (see FlushAppends).
+  bool append_pending_ = false;
   ReadOnly read_only_;
   // Read requests waiting for the first commit in this leader's term.
   std::vector<raftpb::Message> pending_read_index_messages_;

@@ -52,7 +52,9 @@ raftpb::ConfState RawNode::ApplyConfChange(const raftpb::ConfChange& cc) {
   return raft_->ApplyConfChange(cc);
 }
 
-absl::Status RawNode::Step(const raftpb::Message& m) {
+absl::Status RawNode::Step(const raftpb::Message& m) { return Step(raftpb::Message(m)); }
+
+absl::Status RawNode::Step(raftpb::Message&& m) {
   if (IsLocalMessage(m.type())) {
     return absl::InvalidArgumentError("cannot step a local message type received from the network");
   }
@@ -60,10 +62,11 @@ absl::Status RawNode::Step(const raftpb::Message& m) {
       raft_->tracker().progress.find(m.from()) == raft_->tracker().progress.end()) {
     return absl::OkStatus();  // a response from a node that is not a member
   }
-  absl::Status s = raft_->Step(m);
+  const bool proposal = m.type() == raftpb::MSG_PROP;
+  absl::Status s = raft_->Step(std::move(m));
   // A forwarded proposal the leader cannot take is dropped: the proposer
   // times out and retries. The error is meaningless to this node's driver.
-  if (m.type() == raftpb::MSG_PROP) return absl::OkStatus();
+  if (proposal) return absl::OkStatus();
   return s;
 }
 
@@ -98,6 +101,7 @@ void RawNode::ReportSnapshot(uint64_t id, bool success) {
 
 bool RawNode::HasReady() const {
   const Raft& r = *raft_;
+  // (Pending appends imply unstable entries or pending messages.)
   if (!(r.soft_state() == prev_soft_state_)) return true;
   if (!HardStateEqual(r.hard_state(), prev_hard_state_)) return true;
   const RaftLog& log = r.log();
@@ -107,6 +111,7 @@ bool RawNode::HasReady() const {
 
 Ready RawNode::GetReady() {
   Raft& r = *raft_;
+  r.FlushAppends();
   Ready rd;
   rd.entries = r.log().UnstableEntries();
   rd.committed_entries = r.log().NextEntries();

@@ -123,6 +123,8 @@ class RawNode {
   // MSG_CHECK_QUORUM). Messages for an old term, responses from unknown peers
   // and forwarded proposals that the leader drops are ignored (OK).
   absl::Status Step(const raftpb::Message& m);
+  // As above, consuming `m` (saves copying its entries).
+  absl::Status Step(raftpb::Message&& m);
   // Requests a linearizable read. When confirmed, Ready::read_states holds
   // {index, request_ctx}: serve the read once applied >= index. The request is
   // dropped silently when there is no leader; the caller retries on timeout.

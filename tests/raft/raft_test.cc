@@ -198,27 +198,34 @@ TEST(Replication, ProgressMovesFromProbeToReplicate) {
   EXPECT_EQ(pr->next, 3u);
 }
 
-TEST(Replication, ProbeSendsOneAppendPerHeartbeat) {
-  Network net({1, 2, 3});
-  net.Elect(1);
-  net.Isolate(2);
-  net.node(1)->ReportUnreachable(2);  // replicate -> probe
-  Progress* pr = net.raft(1).tracker().Find(2);
+TEST(Replication, ProbeSendsOneAppendUntilAnswered) {
+  auto t = NewTestRaft(1, {1, 2});
+  t->r().BecomeCandidateForTesting();
+  t->r().BecomeLeaderForTesting();  // 2 starts in probe
+  t->Take();
+  Progress* pr = t->r().tracker().Find(2);
   ASSERT_EQ(pr->state, ProgressState::kProbe);
-  net.delivered().clear();
-  net.Recover();
-  net.DropType(raftpb::MSG_APP_RESP);
-  net.DropType(raftpb::MSG_HEARTBEAT_RESP);
-  net.Cut(1, 2);
-  for (int i = 0; i < 3; ++i) ASSERT_THAT(net.node(1)->Propose("p"), IsOk());
-  net.Stabilize();
-  // Only the first proposal produced a MsgApp for 2; the others wait.
-  int apps_to_2 = 0;
-  for (const auto& m : net.raft(1).msgs()) apps_to_2 += m.to() == 2 && m.type() == raftpb::MSG_APP;
+  auto apps_to_2 = [&] {
+    int n = 0;
+    for (const auto& m : t->Take()) n += m.type() == raftpb::MSG_APP && m.to() == 2;
+    return n;
+  };
+  ASSERT_THAT(t->node->Propose("a"), IsOk());
+  EXPECT_EQ(apps_to_2(), 1);
   EXPECT_TRUE(pr->probe_sent);
-  // Count from the leader's Ready: nothing pending now; check via counter.
-  (void)apps_to_2;
-  EXPECT_EQ(pr->state, ProgressState::kProbe);
+  ASSERT_THAT(t->node->Propose("b"), IsOk());
+  ASSERT_THAT(t->node->Propose("c"), IsOk());
+  EXPECT_EQ(apps_to_2(), 0);  // paused while the probe is unanswered
+  // A heartbeat response unpauses: one more probe.
+  ASSERT_THAT(t->r().Step(Msg(2, 1, raftpb::MSG_HEARTBEAT_RESP, 1)), IsOk());
+  EXPECT_EQ(apps_to_2(), 1);
+  // An ack moves 2 to replicate, and the rest is streamed.
+  raftpb::Message ack = Msg(2, 1, raftpb::MSG_APP_RESP, 1);
+  ack.set_index(1);
+  ASSERT_THAT(t->r().Step(ack), IsOk());
+  EXPECT_EQ(pr->state, ProgressState::kReplicate);
+  EXPECT_EQ(apps_to_2(), 1);
+  EXPECT_EQ(pr->next, 5u);
 }
 
 TEST(Replication, InflightWindowBoundsOutstandingAppends) {
@@ -226,8 +233,10 @@ TEST(Replication, InflightWindowBoundsOutstandingAppends) {
   net.Elect(1);
   ASSERT_EQ(net.raft(1).tracker().Find(2)->state, ProgressState::kReplicate);
   net.Cut(1, 2);  // appends are lost (and their acks never come)
-  for (int i = 0; i < 5; ++i) ASSERT_THAT(net.node(1)->Propose("p"), IsOk());
-  net.Stabilize();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_THAT(net.node(1)->Propose("p"), IsOk());
+    net.Stabilize();  // one Ready (hence one MsgApp) per proposal
+  }
   Progress* pr = net.raft(1).tracker().Find(2);
   EXPECT_EQ(pr->inflights.Count(), 2u);
   EXPECT_TRUE(pr->IsPaused());
@@ -243,8 +252,10 @@ TEST(Replication, InflightBytesBoundOutstandingAppends) {
   Network net({1, 2}, [](Config& c) { c.max_inflight_bytes = 100; });
   net.Elect(1);
   net.Cut(1, 2);
-  for (int i = 0; i < 5; ++i) ASSERT_THAT(net.node(1)->Propose(std::string(60, 'x')), IsOk());
-  net.Stabilize();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_THAT(net.node(1)->Propose(std::string(60, 'x')), IsOk());
+    net.Stabilize();
+  }
   Progress* pr = net.raft(1).tracker().Find(2);
   EXPECT_EQ(pr->inflights.Count(), 2u);  // 120 bytes >= 100: full
   EXPECT_TRUE(pr->IsPaused());
@@ -310,6 +321,23 @@ TEST(Replication, FastBackOffSkipsConflictingTerms) {
   EXPECT_EQ(follower->r().log().LastIndex(), 31u);
   EXPECT_EQ(*follower->r().log().Term(30), 4u);
   EXPECT_EQ(*follower->r().log().Term(4), 4u);
+}
+
+TEST(Replication, ProposalsBetweenReadiesShareOneAppend) {
+  Network net({1, 2, 3});
+  net.Elect(1);
+  net.delivered().clear();
+  for (int i = 0; i < 10; ++i) ASSERT_THAT(net.node(1)->Propose("p"), IsOk());
+  net.Stabilize();
+  int apps = 0;
+  for (const auto& m : net.delivered()) {
+    if (m.type() == raftpb::MSG_APP && m.entries_size() > 0) {
+      ++apps;
+      EXPECT_EQ(m.entries_size(), 10);
+    }
+  }
+  EXPECT_EQ(apps, 2);  // one per follower
+  EXPECT_EQ(net.node(3)->commit_index(), 12u);
 }
 
 TEST(Replication, FollowerProposalIsForwardedToLeader) {

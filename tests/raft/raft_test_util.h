@@ -73,6 +73,7 @@ inline raftpb::Message Msg(uint64_t from, uint64_t to, raftpb::MessageType type,
 }
 
 inline std::vector<raftpb::Message> TakeMessages(Raft& r) {
+  r.FlushAppends();
   std::vector<raftpb::Message> out = std::move(r.msgs());
   r.msgs().clear();
   return out;
