@@ -902,14 +902,10 @@ bool Raft::Restore(const raftpb::Snapshot& s) {
     return false;
   }
   const raftpb::ConfState& cs = md.conf_state();
-  auto has = [this](const google::protobuf::RepeatedField<uint64_t>& ids) {
-    return std::find(ids.begin(), ids.end(), id_) != ids.end();
-  };
   // A node that joins a group is not necessarily in the snapshot's config
   // yet (the snapshot may predate its addition): it restores the config it is
   // sent and learns of its own addition from the entries that follow. It
   // cannot campaign until it is a voter.
-  (void)has;
   if (log_.MatchTerm(md.index(), md.term())) {
     // We already have the entries: just fast-forward the commit index.
     log_.CommitTo(md.index());

@@ -76,7 +76,9 @@ class Raft {
   const ProgressTracker& tracker() const { return prs_; }
   const ReadOnly& read_only() const { return read_only_; }
   std::vector<raftpb::Message>& msgs() { return msgs_; }
+  const std::vector<raftpb::Message>& msgs() const { return msgs_; }
   std::vector<ReadState>& read_states() { return read_states_; }
+  const std::vector<ReadState>& read_states() const { return read_states_; }
 
   // Test hooks.
   void BecomeFollowerForTesting(uint64_t term, uint64_t lead) { BecomeFollower(term, lead); }

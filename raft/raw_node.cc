@@ -106,7 +106,7 @@ bool RawNode::HasReady() const {
   if (!HardStateEqual(r.hard_state(), prev_hard_state_)) return true;
   const RaftLog& log = r.log();
   return log.HasPendingSnapshot() || log.HasUnstableEntries() || log.HasNextEntries() ||
-         !const_cast<Raft&>(r).msgs().empty() || !const_cast<Raft&>(r).read_states().empty();
+         !r.msgs().empty() || !r.read_states().empty();
 }
 
 Ready RawNode::GetReady() {
@@ -124,8 +124,8 @@ Ready RawNode::GetReady() {
     prev_soft_state_ = ss;
   }
   const raftpb::HardState hs = r.hard_state();
-  rd.must_sync = !rd.entries.empty() || hs.term() != prev_hard_state_.term() ||
-                 hs.vote() != prev_hard_state_.vote();
+  rd.must_sync = !rd.entries.empty() || r.log().UnstableSnapshot().has_value() ||
+                 hs.term() != prev_hard_state_.term() || hs.vote() != prev_hard_state_.vote();
   if (!HardStateEqual(hs, prev_hard_state_)) {
     rd.hard_state = hs;
     prev_hard_state_ = hs;

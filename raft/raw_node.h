@@ -74,8 +74,8 @@ struct Ready {
   std::optional<raftpb::Snapshot> snapshot;      // persist/apply before entries
   std::vector<raftpb::Entry> committed_entries;  // apply
   std::vector<raftpb::Message> messages;         // send after persisting
-  // True when entries or the term/vote changed: the write must be synced
-  // before messages are sent. (A commit-only change need not be synced.)
+  // True when entries, a snapshot or the term/vote changed: the write must be
+  // synced before messages are sent. (A commit-only change need not be.)
   bool must_sync = false;
 };
 
