@@ -1,6 +1,8 @@
 // Feature tests of the Raft state machine: election, PreVote, CheckQuorum,
 // replication and flow control, commitment, snapshots, reads, membership
 // changes, leadership transfer, proposal forwarding.
+#include <algorithm>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -595,6 +597,43 @@ TEST(ReadIndex, LeaseReadIsAnsweredLocallyWhileLeaseHolds) {
   net.node(1)->ReadIndex("l2");
   net.Stabilize();
   EXPECT_EQ(net.read_states(1).size(), 1u);
+}
+
+// The deposed-leader scenario the lease must survive: the old leader is cut
+// off, the others elect a new leader as soon as stickiness allows and commit
+// a write; the old leader, still believing it leads (CheckQuorum has not
+// fired yet), must not answer a read from its lease with a stale index.
+TEST(ReadIndex, DeposedLeaderNeverServesStaleLeaseRead) {
+  Network net({1, 2, 3}, LeaseReads);
+  net.Elect(1);
+  net.TickAll(1);
+  ASSERT_TRUE(net.raft(1).LeaseValid());
+  net.Isolate(1);
+  uint64_t new_commit = 0;
+  bool wrote = false;
+  std::map<std::string, uint64_t> floor;
+  for (int t = 0; t < 30; ++t) {
+    for (uint64_t id : {1, 2, 3}) net.node(id)->Tick();
+    net.Stabilize();
+    if (net.node(2)->role() != Role::kLeader) {
+      ASSERT_THAT(net.node(2)->Campaign(), IsOk());
+      net.Stabilize();
+    }
+    if (net.node(2)->role() == Role::kLeader && !wrote) {
+      ASSERT_THAT(net.node(2)->Propose("w"), IsOk());
+      net.Stabilize();
+      wrote = true;
+    }
+    new_commit = std::max(new_commit, net.node(2)->commit_index());
+    const std::string ctx = "t" + std::to_string(t);
+    floor[ctx] = new_commit;
+    net.node(1)->ReadIndex(ctx);
+    net.Stabilize();
+  }
+  ASSERT_TRUE(wrote);  // the new leader was elected while 1 was cut off
+  for (const ReadState& rs : net.read_states(1)) {
+    EXPECT_GE(rs.index, floor.at(rs.request_ctx)) << "stale lease read " << rs.request_ctx;
+  }
 }
 
 TEST(ReadIndex, LeaseIsRevokedByLeadershipTransfer) {
