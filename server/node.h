@@ -1,0 +1,126 @@
+// Node: every shard replica hosted by one tessera-server process, driven by
+// one raft loop thread.
+//
+// Where it sits: the KV service calls Propose()/ReadBarrier(); the transport
+// delivers peer messages through Receive(). The raft loop thread owns every
+// raft::RawNode and runs, per cycle (STYLE.md §2):
+//   1. step queued messages, proposals, read requests and due ticks;
+//   2. collect the Ready of every shard that has one;
+//   3. persist all of them with ONE synced RaftLog::Save (group commit);
+//   4. only then send their messages, batched per destination node;
+//   5. apply all committed entries with ONE Applier::Apply;
+//   6. complete the waiting proposals and reads; Advance every Ready.
+// Snapshots are produced on demand from the KvStore (ExportSnapshot) when a
+// follower needs compacted entries, and the log of a shard is compacted
+// every snapshot_interval_entries applied entries.
+//
+// Thread-safety: all public methods are thread-safe. Callbacks run on the raft
+// loop thread and must not block (hand work to another thread if needed).
+#ifndef TESSERA_SERVER_NODE_H_
+#define TESSERA_SERVER_NODE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/applier.h"
+#include "server/transport.h"
+#include "storage/engine.h"
+#include "tessera/command.pb.h"
+
+namespace tessera::server {
+
+// A shard and the nodes holding its replicas (this node among them).
+struct ShardPlacement {
+  ShardId shard = 0;
+  std::vector<NodeId> replicas;
+};
+
+struct NodeOptions {
+  NodeId id = 0;
+  // The shards with a replica on this node. A shard whose raft state is empty
+  // on disk is bootstrapped with `replicas` as its voters.
+  std::vector<ShardPlacement> shards;
+  absl::Duration tick_interval = absl::Milliseconds(50);
+  int election_ticks = 20;  // 1 s with the default tick
+  int heartbeat_ticks = 2;
+  // Proposals plus reads waiting per shard; beyond it kResourceExhausted.
+  size_t max_pending_per_shard = 4096;
+  // Compact a shard's log after this many entries applied since the last time.
+  uint64_t snapshot_interval_entries = 10000;
+  uint64_t max_size_per_msg = 1 << 20;
+  // Seeds raft's randomized election timeouts (mixed with the node id).
+  uint64_t seed = 0;
+};
+
+// A snapshot of one shard replica's raft state, for status and metrics.
+struct ShardStatus {
+  ShardId shard = 0;
+  std::string role;  // "leader", "follower", "candidate", "pre-candidate"
+  uint64_t term = 0;
+  NodeId leader = 0;  // 0 = unknown
+  uint64_t commit_index = 0;
+  uint64_t applied_index = 0;
+  uint64_t last_index = 0;
+  absl::Time last_leader_contact;  // when this replica last heard from its leader (now if leader)
+};
+
+class Node {
+ public:
+  using ProposeCallback = std::function<void(absl::StatusOr<serverpb::CommandResult>)>;
+  using ReadCallback = std::function<void(absl::Status)>;
+
+  // Recovers every hosted shard from `engine` (bootstrapping new ones), and
+  // starts the raft loop. None of the pointers is owned; all must outlive
+  // the Node. Errors: kInvalidArgument (bad options), storage errors.
+  static absl::StatusOr<std::unique_ptr<Node>> Start(const NodeOptions& options,
+                                                     storage::Engine* engine, Applier* applier,
+                                                     Transport* transport);
+  ~Node();  // Stop()s.
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // Replicates `command` in `shard` and calls `done` exactly once: with the
+  // CommandResult once it is applied on this node, or with an error:
+  //  kUnavailable: this replica is not the leader (ErrorDetail.not_leader
+  //    names the leader if known) or leadership changed before the command
+  //    committed (the command may still apply: retry with the same session);
+  //  kResourceExhausted: too many pending requests in the shard;
+  //  kDeadlineExceeded: not applied by `deadline` (outcome unknown);
+  //  kNotFound: the shard has no replica here; kCancelled: the node stops.
+  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done);
+
+  // Calls `done` with OK once this replica's applied state is fresh enough
+  // for a linearizable read started now: the leader confirmed its leadership
+  // (a heartbeat quorum, or its lease when `lease` is true) and the local
+  // applied index reached the confirmed commit index. Errors as Propose.
+  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done);
+
+  // Transport ingress (the MessageHandler).
+  void Receive(NodeId from, std::vector<ShardMessage> messages);
+
+  std::vector<ShardStatus> Status() const;
+
+  // Asks every shard this node leads to hand leadership to another
+  // up-to-date replica, and waits (up to `timeout`) until it leads none.
+  // kDeadlineExceeded if some shard is still led here at the deadline.
+  absl::Status TransferLeadershipAway(absl::Duration timeout);
+
+  // Stops the raft loop; pending callbacks get kCancelled. Idempotent.
+  void Stop();
+
+ private:
+  class Impl;
+  explicit Node(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_NODE_H_
