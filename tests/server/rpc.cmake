@@ -1,0 +1,3 @@
+# Tests of the gRPC layer (server/rpc.cmake).
+tessera_test(server_cluster_map_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/cluster_map_test.cc LIBS tessera_rpc_server)
