@@ -25,6 +25,14 @@ done
 
 ./deploy/install-deps.sh
 
+# Sanitizer runtime options (also in CMakePresets.json's test presets).
+# ignore_noninstrumented_modules: RocksDB, gRPC and protobuf come from Debian
+# uninstrumented; races are only looked for in our own code. Abseil's
+# mutexes are made visible by tests/tsan/absl_sync_annotations.cc.
+export TSAN_OPTIONS=${TSAN_OPTIONS:-ignore_noninstrumented_modules=1 halt_on_error=1 second_deadlock_stack=1}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1 abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1 halt_on_error=1}
+
 jobs=$(nproc)
 cmake --preset "$preset" >/dev/null
 cmake --build --preset "$preset" -j "$jobs"

@@ -1,0 +1,224 @@
+// Makes Debian's (uninstrumented) absl::Mutex, absl::CondVar and
+// absl::Notification visible to ThreadSanitizer. Linked into every binary of
+// the `tsan` preset only (see the top-level CMakeLists.txt).
+//
+// Why: libabsl_synchronization.so is not built with -fsanitize=thread, so TSan
+// never sees its lock hand-offs and reports every access to absl::Mutex-
+// guarded data from two threads as a race. We interpose the exported entry
+// points (the executable's definitions take precedence over the shared
+// library's), call the real function through dlsym(RTLD_NEXT) and tell TSan
+// what happened with its mutex annotations. Memory accesses inside the real
+// calls (e.g. absl evaluating an Await condition in the unlocking thread) run
+// between __tsan_mutex_pre_* and __tsan_mutex_post_*, where TSan ignores them.
+#include <dlfcn.h>
+#include <sanitizer/tsan_interface.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+
+namespace {
+
+template <typename Fn>
+Fn Real(const char* mangled) {
+  void* p = dlsym(RTLD_NEXT, mangled);
+  if (p == nullptr) {
+    std::fprintf(stderr, "absl_sync_annotations: %s not found\n", mangled);
+    std::abort();
+  }
+  return reinterpret_cast<Fn>(p);
+}
+
+#define TESSERA_REAL(type, mangled)                      \
+  static const auto real = Real<type>(mangled);
+
+void AnnotateLock(void* m, unsigned flags) {
+  __tsan_mutex_pre_lock(m, flags);
+}
+
+// Await / CondVar::Wait release the mutex while waiting and hold it again on
+// return: a release followed by an acquire.
+void AnnotateWaitBegin(void* m) {
+  __tsan_mutex_pre_unlock(m, 0);
+}
+void AnnotateWaitEnd(void* m) {
+  __tsan_mutex_post_unlock(m, 0);
+  __tsan_mutex_pre_lock(m, 0);
+  __tsan_mutex_post_lock(m, 0, 0);
+}
+
+// A sync address for Notification distinct from its mutex (its first member).
+const void* NotificationSync(const absl::Notification* n) {
+  return reinterpret_cast<const char*>(n) + sizeof(absl::Mutex);
+}
+
+}  // namespace
+
+namespace absl {
+ABSL_NAMESPACE_BEGIN
+
+void Mutex::Lock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex4LockEv");
+  AnnotateLock(this, 0);
+  real(this);
+  __tsan_mutex_post_lock(this, 0, 0);
+}
+
+void Mutex::ReaderLock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex10ReaderLockEv");
+  AnnotateLock(this, __tsan_mutex_read_lock);
+  real(this);
+  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+}
+
+bool Mutex::TryLock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(bool (*)(Mutex*), "_ZN4absl7debian35Mutex7TryLockEv");
+  AnnotateLock(this, __tsan_mutex_try_lock);
+  bool ok = real(this);
+  __tsan_mutex_post_lock(this, __tsan_mutex_try_lock | (ok ? 0 : __tsan_mutex_try_lock_failed),
+                         0);
+  return ok;
+}
+
+bool Mutex::ReaderTryLock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(bool (*)(Mutex*), "_ZN4absl7debian35Mutex13ReaderTryLockEv");
+  unsigned flags = __tsan_mutex_read_lock | __tsan_mutex_try_lock;
+  AnnotateLock(this, flags);
+  bool ok = real(this);
+  __tsan_mutex_post_lock(this, flags | (ok ? 0 : __tsan_mutex_try_lock_failed), 0);
+  return ok;
+}
+
+void Mutex::Unlock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex6UnlockEv");
+  __tsan_mutex_pre_unlock(this, 0);
+  real(this);
+  __tsan_mutex_post_unlock(this, 0);
+}
+
+void Mutex::ReaderUnlock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(void (*)(Mutex*), "_ZN4absl7debian35Mutex12ReaderUnlockEv");
+  __tsan_mutex_pre_unlock(this, __tsan_mutex_read_lock);
+  real(this);
+  __tsan_mutex_post_unlock(this, __tsan_mutex_read_lock);
+}
+
+void Mutex::LockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(void (*)(Mutex*, const Condition&), "_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
+  AnnotateLock(this, 0);
+  real(this, cond);
+  __tsan_mutex_post_lock(this, 0, 0);
+}
+
+bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(bool (*)(Mutex*, const Condition&, Duration),
+               "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  AnnotateLock(this, 0);
+  bool ok = real(this, cond, timeout);
+  __tsan_mutex_post_lock(this, 0, 0);
+  return ok;
+}
+
+bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline)
+    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(bool (*)(Mutex*, const Condition&, Time),
+               "_ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  AnnotateLock(this, 0);
+  bool ok = real(this, cond, deadline);
+  __tsan_mutex_post_lock(this, 0, 0);
+  return ok;
+}
+
+void Mutex::ReaderLockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  TESSERA_REAL(void (*)(Mutex*, const Condition&),
+               "_ZN4absl7debian35Mutex14ReaderLockWhenERKNS0_9ConditionE");
+  AnnotateLock(this, __tsan_mutex_read_lock);
+  real(this, cond);
+  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+}
+
+void Mutex::Await(const Condition& cond) {
+  TESSERA_REAL(void (*)(Mutex*, const Condition&), "_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
+  AnnotateWaitBegin(this);
+  real(this, cond);
+  AnnotateWaitEnd(this);
+}
+
+bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
+  TESSERA_REAL(bool (*)(Mutex*, const Condition&, Duration),
+               "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  AnnotateWaitBegin(this);
+  bool ok = real(this, cond, timeout);
+  AnnotateWaitEnd(this);
+  return ok;
+}
+
+bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
+  TESSERA_REAL(bool (*)(Mutex*, const Condition&, Time),
+               "_ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  AnnotateWaitBegin(this);
+  bool ok = real(this, cond, deadline);
+  AnnotateWaitEnd(this);
+  return ok;
+}
+
+void CondVar::Wait(Mutex* mu) {
+  TESSERA_REAL(void (*)(CondVar*, Mutex*), "_ZN4absl7debian37CondVar4WaitEPNS0_5MutexE");
+  AnnotateWaitBegin(mu);
+  real(this, mu);
+  AnnotateWaitEnd(mu);
+}
+
+bool CondVar::WaitWithTimeout(Mutex* mu, Duration timeout) {
+  TESSERA_REAL(bool (*)(CondVar*, Mutex*, Duration),
+               "_ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
+  AnnotateWaitBegin(mu);
+  bool timed_out = real(this, mu, timeout);
+  AnnotateWaitEnd(mu);
+  return timed_out;
+}
+
+bool CondVar::WaitWithDeadline(Mutex* mu, Time deadline) {
+  TESSERA_REAL(bool (*)(CondVar*, Mutex*, Time),
+               "_ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
+  AnnotateWaitBegin(mu);
+  bool timed_out = real(this, mu, deadline);
+  AnnotateWaitEnd(mu);
+  return timed_out;
+}
+
+void Notification::Notify() {
+  TESSERA_REAL(void (*)(Notification*), "_ZN4absl7debian312Notification6NotifyEv");
+  __tsan_release(const_cast<void*>(NotificationSync(this)));
+  real(this);
+}
+
+void Notification::WaitForNotification() const {
+  TESSERA_REAL(void (*)(const Notification*),
+               "_ZNK4absl7debian312Notification19WaitForNotificationEv");
+  real(this);
+  __tsan_acquire(const_cast<void*>(NotificationSync(this)));
+}
+
+bool Notification::WaitForNotificationWithTimeout(Duration timeout) const {
+  TESSERA_REAL(bool (*)(const Notification*, Duration),
+               "_ZNK4absl7debian312Notification30WaitForNotificationWithTimeoutENS0_8DurationE");
+  bool ok = real(this, timeout);
+  if (ok) __tsan_acquire(const_cast<void*>(NotificationSync(this)));
+  return ok;
+}
+
+bool Notification::WaitForNotificationWithDeadline(Time deadline) const {
+  TESSERA_REAL(bool (*)(const Notification*, Time),
+               "_ZNK4absl7debian312Notification31WaitForNotificationWithDeadlineENS0_4TimeE");
+  bool ok = real(this, deadline);
+  if (ok) __tsan_acquire(const_cast<void*>(NotificationSync(this)));
+  return ok;
+}
+
+ABSL_NAMESPACE_END
+}  // namespace absl
