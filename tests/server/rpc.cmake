@@ -1,3 +1,6 @@
 # Tests of the gRPC layer (server/rpc.cmake).
 tessera_test(server_cluster_map_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/cluster_map_test.cc LIBS tessera_rpc_server)
+tessera_test(server_grpc_transport_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/grpc_transport_test.cc LIBS tessera_rpc_server)
+set_tests_properties(server_grpc_transport_test PROPERTIES RESOURCE_LOCK ports)

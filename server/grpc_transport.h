@@ -1,0 +1,136 @@
+// GrpcTransport: the Transport between tessera-server processes, over the
+// Peer gRPC service (proto/tessera/peer.proto), and PeerService, the
+// receiving end of it.
+//
+// Where it sits: the Node's raft loop calls Send() with the messages of a
+// ready cycle for one destination; Send() only queues them. Per destination
+// node, one sender thread drains the queue into one long-lived client stream
+// (Peer.Stream), coalescing queued batches up to max_batch_bytes, and one
+// snapshot thread sends MSG_SNAP messages through Peer.Snapshot in chunks of
+// snapshot_chunk_bytes (so a large snapshot neither blocks heartbeats nor
+// exceeds message size limits). On the receiving node, PeerService hands each
+// arriving batch (and each reassembled snapshot) to the MessageHandler.
+//
+// Loss: raft tolerates loss, so queues are bounded and never block the
+// caller. When a destination's queue holds max_queued_batches or
+// max_queued_bytes, the OLDEST batches are dropped (newer messages carry
+// newer terms and commit indexes). While a peer is unreachable the sender
+// reconnects with exponential backoff (min_backoff doubling to max_backoff);
+// the batch whose write failed is dropped. Snapshots beyond
+// max_queued_snapshots are dropped likewise, and a failed snapshot is
+// reported through on_snapshot_sent (so the leader can retry).
+//
+// Thread-safety: GrpcTransport and PeerService are thread-safe. The handler
+// and on_snapshot_sent run on transport threads and must not block for long.
+// No lock is held while calling them or while doing RPCs.
+#ifndef TESSERA_SERVER_GRPC_TRANSPORT_H_
+#define TESSERA_SERVER_GRPC_TRANSPORT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "server/transport.h"
+#include "tessera/peer.grpc.pb.h"
+
+namespace tessera::server {
+
+struct GrpcTransportOptions {
+  NodeId self = 0;
+  // Peer-service address ("host:port") of every other node. An entry for
+  // `self` is ignored.
+  absl::flat_hash_map<NodeId, std::string> peers;
+  // Per destination: queued batches beyond either bound drop the oldest.
+  size_t max_queued_batches = 4096;
+  uint64_t max_queued_bytes = 64ull << 20;
+  // One MessageBatch on the wire carries at most about this many bytes
+  // (always at least one queued batch).
+  uint64_t max_batch_bytes = 4ull << 20;
+  // Snapshot data is sent in chunks of this size.
+  uint64_t snapshot_chunk_bytes = 1ull << 20;
+  // Snapshots waiting per destination; more drop the oldest.
+  size_t max_queued_snapshots = 2;
+  // A snapshot transfer that takes longer fails.
+  absl::Duration snapshot_timeout = absl::Seconds(120);
+  absl::Duration min_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(1);
+  // Called after each snapshot transfer with its outcome (optional).
+  std::function<void(NodeId to, ShardId shard, bool ok)> on_snapshot_sent;
+};
+
+class GrpcTransport : public Transport {
+ public:
+  // Starts the sender threads; connections are made lazily.
+  explicit GrpcTransport(GrpcTransportOptions options);
+  ~GrpcTransport() override;  // Stop()s.
+  GrpcTransport(const GrpcTransport&) = delete;
+  GrpcTransport& operator=(const GrpcTransport&) = delete;
+
+  // See Transport. Messages to an unknown node or to self are dropped.
+  void Send(NodeId to, std::vector<ShardMessage> messages) override;
+
+  // Cancels in-flight RPCs, drops what is queued and joins the threads.
+  // Send() afterwards drops. Idempotent.
+  void Stop();
+
+  struct PeerStats {
+    uint64_t sent_batches = 0;      // MessageBatches written to a stream
+    uint64_t dropped_messages = 0;  // queue overflow, failed writes, stop
+    uint64_t stream_failures = 0;   // streams that broke (or failed to open)
+    uint64_t snapshots_sent = 0;
+    uint64_t snapshots_failed = 0;
+  };
+  PeerStats StatsForTesting(NodeId peer) const;
+
+ private:
+  class PeerSender;
+  const GrpcTransportOptions options_;
+  // Constant after construction.
+  absl::flat_hash_map<NodeId, std::unique_ptr<PeerSender>> senders_;
+  std::atomic<bool> stopped_{false};
+};
+
+// The Peer service: hands what arrives to `handler`. Batches addressed to
+// another node are refused (FAILED_PRECONDITION: a misconfigured cluster).
+// A snapshot larger than max_snapshot_bytes is refused (RESOURCE_EXHAUSTED).
+class PeerService final : public peerpb::Peer::CallbackService {
+ public:
+  PeerService(NodeId self, MessageHandler handler, uint64_t max_snapshot_bytes = 4ull << 30);
+
+  grpc::ServerReadReactor<peerpb::MessageBatch>* Stream(grpc::CallbackServerContext* context,
+                                                        peerpb::StreamAck* ack) override;
+  grpc::ServerReadReactor<peerpb::SnapshotChunk>* Snapshot(grpc::CallbackServerContext* context,
+                                                           peerpb::SnapshotAck* ack) override;
+
+ private:
+  class StreamReactor;
+  class SnapshotReactor;
+  const NodeId self_;
+  const MessageHandler handler_;
+  const uint64_t max_snapshot_bytes_;
+};
+
+// A started gRPC server and the port it bound.
+struct StartedServer {
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+};
+
+// Builds and starts an insecure gRPC server on `address` ("host:port"; port 0
+// picks a free one) serving `services` (not owned; must outlive the server).
+// Messages up to max_receive_bytes are accepted. Errors: kUnavailable when
+// the address cannot be bound, kInvalidArgument for a malformed address.
+absl::StatusOr<StartedServer> StartGrpcServer(const std::string& address,
+                                              const std::vector<grpc::Service*>& services,
+                                              int max_receive_bytes);
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_GRPC_TRANSPORT_H_
