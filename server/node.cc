@@ -1,0 +1,851 @@
+#include "server/node.h"
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <thread>
+#include <utility>
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "proto/grpc_status.h"
+#include "proto/status_macros.h"
+#include "raft/raw_node.h"
+#include "server/raft_storage.h"
+#include "tessera/kv.pb.h"
+
+namespace tessera::server {
+
+namespace {
+
+// kUnavailable naming the leader (0 = unknown) in ErrorDetail.not_leader.
+absl::Status NotLeaderError(uint64_t leader, absl::string_view why) {
+  absl::Status s = absl::UnavailableError(
+      leader != 0 ? absl::StrCat(why, "; leader is node ", leader) : absl::StrCat(why));
+  v1::ErrorDetail detail;
+  detail.mutable_not_leader()->set_leader_node(leader);
+  SetErrorDetail(s, detail);
+  return s;
+}
+
+bool IsEmptyLog(const storage::LogState& state) {
+  const raftpb::HardState& hs = state.hard_state;
+  return hs.term() == 0 && hs.vote() == 0 && hs.commit() == 0 && state.last_index == 0 &&
+         state.snapshot.index() == 0;
+}
+
+struct ProposeRequest {
+  ShardId shard = 0;
+  std::string data;
+  absl::Time deadline;
+  Node::ProposeCallback done;
+};
+
+struct ReadRequest {
+  ShardId shard = 0;
+  absl::Time deadline;
+  Node::ReadCallback done;
+};
+
+struct Inbound {
+  NodeId from = 0;
+  std::vector<ShardMessage> messages;
+};
+
+struct Inbox {
+  std::vector<Inbound> messages;
+  std::vector<ProposeRequest> proposals;
+  std::vector<ReadRequest> reads;
+  bool empty() const { return messages.empty() && proposals.empty() && reads.empty(); }
+};
+
+struct PendingProposal {
+  uint64_t term = 0;  // the term the entry was appended in
+  absl::Time deadline;
+  Node::ProposeCallback done;
+};
+
+struct PendingRead {
+  absl::Time deadline;
+  Node::ReadCallback done;
+};
+
+// Requests waiting in a shard (queued or pending); beyond
+// max_pending_per_shard new ones are refused.
+struct ShardCounter {
+  std::atomic<size_t> pending{0};
+};
+
+}  // namespace
+
+class Node::Impl {
+ public:
+  Impl(const NodeOptions& options, storage::Engine* engine, Applier* applier, Transport* transport)
+      : options_(options),
+        log_(&engine->raft_log()),
+        kv_(&engine->kv_store()),
+        applier_(applier),
+        transport_(transport) {
+    for (const ShardPlacement& p : options_.shards) {
+      counters_.emplace(p.shard, std::make_unique<ShardCounter>());
+    }
+  }
+
+  ~Impl() { Stop(); }
+
+  absl::Status Init();
+  void StartLoop() {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void ReadBarrier(ShardId shard, absl::Time deadline, ReadCallback done) ABSL_LOCKS_EXCLUDED(mu_);
+  void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<ShardStatus> Status() const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status TransferLeadershipAway(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_, stop_mu_);
+
+ private:
+  // State of one hosted shard; used by the raft loop thread only (and by
+  // Stop() after the loop has exited).
+  struct Shard {
+    ShardId id = 0;
+    std::vector<NodeId> replicas;
+    ShardCounter* counter = nullptr;
+    std::unique_ptr<RaftStorage> storage;
+    std::unique_ptr<raft::RawNode> raw;
+    bool leader = false;
+    absl::Time last_leader_contact = absl::InfinitePast();
+    // Proposals appended by this node as leader, by entry index.
+    std::map<uint64_t, PendingProposal> proposals;
+    // Reads sent to raft (by request context), then confirmed (by read index).
+    absl::flat_hash_map<std::string, PendingRead> unconfirmed_reads;
+    std::multimap<uint64_t, PendingRead> confirmed_reads;
+    uint64_t applied_since_compaction = 0;
+    // Followers' progress as seen in their append responses (for transfers).
+    absl::flat_hash_map<NodeId, uint64_t> follower_match;
+    absl::flat_hash_map<NodeId, absl::Time> follower_heard;
+    // Snapshots sent: (follower, tick at which to report it as failed unless
+    // raft has seen it succeed by then).
+    std::vector<std::pair<NodeId, uint64_t>> snapshot_reports;
+  };
+
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || transfer_requested_ || !inbox_.empty();
+  }
+
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  void StepMessages(std::vector<Inbound>& inbound, absl::Time now);
+  void HandlePropose(ProposeRequest& req, absl::Time now);
+  void HandleRead(ReadRequest& req, absl::Time now);
+  void OnTicks(absl::Time now, bool transfer_active);
+  void IssueTransfers();
+  absl::Status HandleReadys();
+  absl::Status InstallSnapshot(Shard& s, const raftpb::Snapshot& snap);
+  void CompleteProposal(Shard& s, const raftpb::Entry& e, serverpb::CommandResult result);
+  void CompleteReads(Shard& s);
+  void FailWaiters(Shard& s, const absl::Status& status, bool confirmed_reads_too);
+  void PublishStatus(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+
+  static void Finish(Shard& s, Node::ProposeCallback& done,
+                     absl::StatusOr<serverpb::CommandResult> result) {
+    s.counter->pending.fetch_sub(1);
+    done(std::move(result));
+  }
+  static void Finish(Shard& s, Node::ReadCallback& done, absl::Status status) {
+    s.counter->pending.fetch_sub(1);
+    done(std::move(status));
+  }
+  // Reserves a pending slot; false if the shard is full.
+  bool Reserve(ShardCounter* c) const {
+    if (c->pending.fetch_add(1) >= options_.max_pending_per_shard) {
+      c->pending.fetch_sub(1);
+      return false;
+    }
+    return true;
+  }
+
+  // Constant after construction.
+  const NodeOptions options_;
+  storage::RaftLog* const log_;
+  storage::KvStore* const kv_;
+  Applier* const applier_;
+  Transport* const transport_;
+  absl::flat_hash_map<ShardId, std::unique_ptr<ShardCounter>> counters_;
+
+  // Raft loop thread only (then Stop(), after joining it).
+  absl::flat_hash_map<ShardId, std::unique_ptr<Shard>> shards_;
+  uint64_t tick_ = 0;
+  uint64_t next_read_id_ = 1;
+  uint64_t next_transfer_tick_ = 0;
+  std::thread thread_;
+
+  absl::Mutex stop_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serialises Stop()
+  bool stopped_ ABSL_GUARDED_BY(stop_mu_) = false;
+
+  mutable absl::Mutex mu_;
+  Inbox inbox_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool transfer_requested_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time transfer_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::vector<ShardStatus> status_ ABSL_GUARDED_BY(mu_);
+  size_t led_shards_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// ---------------------------------------------------------------- startup
+
+absl::Status Node::Impl::Init() {
+  // Bootstrap every shard whose raft state is empty: a snapshot point at
+  // index 1, term 1 with the replicas as voters (raft/README.md), and the
+  // store's applied index at 1 so that the applier starts at 2.
+  std::vector<storage::LogUpdate> boot_log;
+  std::vector<storage::ShardWrite> boot_kv;
+  for (const ShardPlacement& p : options_.shards) {
+    TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(p.shard));
+    TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(p.shard));
+    if (IsEmptyLog(state)) {
+      if (applied > 1) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("shard ", p.shard, ": empty raft log but data applied up to ", applied));
+      }
+      storage::LogUpdate u;
+      u.shard = p.shard;
+      raftpb::SnapshotMetadata& meta = u.snapshot.emplace();
+      meta.set_index(1);
+      meta.set_term(1);
+      for (NodeId r : p.replicas) meta.mutable_conf_state()->add_voters(r);
+      boot_log.push_back(std::move(u));
+      if (applied == 0)
+        boot_kv.push_back(storage::ShardWrite{.shard = p.shard, .applied_index = 1});
+    } else if (applied + 1 < state.first_index) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", p.shard, ": data applied up to ", applied,
+                       " but the raft log is compacted up to ", state.first_index - 1));
+    }
+  }
+  if (!boot_log.empty()) TESSERA_RETURN_IF_ERROR(log_->Save(boot_log));
+  if (!boot_kv.empty()) TESSERA_RETURN_IF_ERROR(kv_->Apply(boot_kv));
+
+  for (const ShardPlacement& p : options_.shards) {
+    auto s = std::make_unique<Shard>();
+    s->id = p.shard;
+    s->replicas = p.replicas;
+    s->counter = counters_.at(p.shard).get();
+    TESSERA_ASSIGN_OR_RETURN(s->storage, RaftStorage::Open(p.shard, log_, kv_));
+    raft::Config config;
+    config.id = options_.id;
+    config.election_ticks = options_.election_ticks;
+    config.heartbeat_ticks = options_.heartbeat_ticks;
+    config.storage = s->storage.get();
+    // Raft re-delivers the committed entries after the log's truncated index
+    // (the snapshot point); the applier skips those the store already has,
+    // and the loop re-applies their conf changes.
+    config.applied = 0;
+    config.max_size_per_msg = options_.max_size_per_msg;
+    config.check_quorum = true;
+    config.pre_vote = true;
+    config.read_only_option = raft::ReadOnlyOption::kSafe;
+    config.disable_proposal_forwarding = true;
+    // Different shards of one node must not time out in lockstep.
+    config.seed = options_.seed ^ (p.shard * 0x9E3779B97F4A7C15ull);
+    absl::StatusOr<std::unique_ptr<raft::RawNode>> raw = raft::RawNode::Create(config);
+    if (!raw.ok()) {
+      return absl::Status(raw.status().code(),
+                          absl::StrCat("shard ", p.shard, ": ", raw.status().message()));
+    }
+    s->raw = *std::move(raw);
+    shards_.emplace(p.shard, std::move(s));
+  }
+  PublishStatus(absl::Now());
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- API
+
+void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
+                         ProposeCallback done) {
+  auto it = counters_.find(shard);
+  if (it == counters_.end()) {
+    done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
+    return;
+  }
+  if (!Reserve(it->second.get())) {
+    done(absl::ResourceExhaustedError(
+        absl::StrCat("shard ", shard, ": too many pending requests; retry later")));
+    return;
+  }
+  std::string data = command.SerializeAsString();
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      inbox_.proposals.push_back(ProposeRequest{shard, std::move(data), deadline, std::move(done)});
+      return;
+    }
+  }
+  it->second->pending.fetch_sub(1);
+  done(absl::CancelledError("node is stopping"));
+}
+
+void Node::Impl::ReadBarrier(ShardId shard, absl::Time deadline, ReadCallback done) {
+  auto it = counters_.find(shard);
+  if (it == counters_.end()) {
+    done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
+    return;
+  }
+  if (!Reserve(it->second.get())) {
+    done(absl::ResourceExhaustedError(
+        absl::StrCat("shard ", shard, ": too many pending requests; retry later")));
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      inbox_.reads.push_back(ReadRequest{shard, deadline, std::move(done)});
+      return;
+    }
+  }
+  it->second->pending.fetch_sub(1);
+  done(absl::CancelledError("node is stopping"));
+}
+
+void Node::Impl::Receive(NodeId from, std::vector<ShardMessage> messages) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  inbox_.messages.push_back(Inbound{from, std::move(messages)});
+}
+
+std::vector<ShardStatus> Node::Impl::Status() const {
+  absl::MutexLock lock(&mu_);
+  return status_;
+}
+
+absl::Status Node::Impl::TransferLeadershipAway(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::CancelledError("node is stopping");
+  transfer_requested_ = true;
+  transfer_until_ = std::max(transfer_until_, deadline);
+  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || (!transfer_requested_ && led_shards_ == 0);
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&done), deadline);
+  if (led_shards_ == 0 && !transfer_requested_) return absl::OkStatus();
+  if (stopping_) return absl::CancelledError("node is stopping");
+  return absl::DeadlineExceededError(absl::StrCat(led_shards_, " shard(s) still led by this node"));
+}
+
+void Node::Impl::Stop() {
+  absl::MutexLock stop_lock(&stop_mu_);
+  if (stopped_) return;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) {
+    if (thread_.get_id() == std::this_thread::get_id()) {
+      // Called from a callback on the loop thread: the loop exits after this
+      // cycle; the destructor (on another thread) joins it.
+      return;
+    }
+    thread_.join();
+  }
+  stopped_ = true;
+  Inbox left;
+  {
+    absl::MutexLock lock(&mu_);
+    std::swap(left, inbox_);
+  }
+  const absl::Status cancelled = absl::CancelledError("node stopped");
+  for (ProposeRequest& p : left.proposals) Finish(*shards_.at(p.shard), p.done, cancelled);
+  for (ReadRequest& r : left.reads) Finish(*shards_.at(r.shard), r.done, cancelled);
+  for (auto& [id, s] : shards_) FailWaiters(*s, cancelled, /*confirmed_reads_too=*/true);
+}
+
+// ---------------------------------------------------------------- the loop
+
+void Node::Impl::Loop() {
+  const absl::Duration interval = options_.tick_interval;
+  absl::Time next_tick = absl::Now() + interval;
+  while (true) {
+    Inbox in;
+    bool transfer_active = false;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithDeadline(absl::Condition(this, &Impl::HasWork), next_tick);
+      if (stopping_) return;
+      std::swap(in, inbox_);
+      if (transfer_requested_) {
+        transfer_requested_ = false;
+        next_transfer_tick_ = tick_;  // transfer at the next tick handling
+      }
+      transfer_active = absl::Now() < transfer_until_;
+    }
+    const absl::Time now = absl::Now();
+    int ticks = 0;
+    if (now >= next_tick) {
+      // Catch up on missed ticks after a slow cycle, but only a few: a long
+      // stall must not look like many election timeouts at once.
+      ticks = static_cast<int>(std::min<int64_t>(3, 1 + (now - next_tick) / interval));
+      next_tick += interval * ticks;
+      if (next_tick <= now) next_tick = now + interval;
+    }
+
+    StepMessages(in.messages, now);
+    for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
+    for (ReadRequest& r : in.reads) HandleRead(r, now);
+    for (int i = 0; i < ticks; ++i) {
+      ++tick_;
+      for (auto& [id, s] : shards_) s->raw->Tick();
+    }
+    if (ticks > 0 || transfer_active) OnTicks(now, transfer_active);
+
+    if (absl::Status s = HandleReadys(); !s.ok()) {
+      ABSL_RAW_LOG(ERROR, "node %llu: raft loop stops: %s",
+                   static_cast<unsigned long long>(options_.id), s.ToString().c_str());
+      {
+        absl::MutexLock lock(&mu_);
+        stopping_ = true;
+      }
+      const absl::Status failed =
+          absl::UnavailableError(absl::StrCat("node failed: ", s.message()));
+      for (auto& [id, shard] : shards_) FailWaiters(*shard, failed, /*confirmed_reads_too=*/true);
+      PublishStatus(now);
+      return;
+    }
+    PublishStatus(now);
+  }
+}
+
+void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
+  for (Inbound& batch : inbound) {
+    for (ShardMessage& sm : batch.messages) {
+      auto it = shards_.find(sm.shard);
+      if (it == shards_.end()) continue;  // not hosted here (any more)
+      Shard& s = *it->second;
+      const raftpb::MessageType type = sm.message.type();
+      const NodeId from = sm.message.from();
+      if (type == raftpb::MSG_APP_RESP || type == raftpb::MSG_HEARTBEAT_RESP) {
+        s.follower_heard[from] = now;
+        if (type == raftpb::MSG_APP_RESP && !sm.message.reject()) {
+          uint64_t& match = s.follower_match[from];
+          match = std::max(match, sm.message.index());
+        }
+      }
+      // Errors: local message types from a peer (ignored, as raft does).
+      s.raw->Step(std::move(sm.message)).IgnoreError();
+      if ((type == raftpb::MSG_APP || type == raftpb::MSG_HEARTBEAT || type == raftpb::MSG_SNAP) &&
+          from == s.raw->leader_id()) {
+        s.last_leader_contact = now;
+      }
+    }
+  }
+}
+
+void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
+  Shard& s = *shards_.at(req.shard);
+  if (req.deadline <= now) {
+    Finish(s, req.done, absl::DeadlineExceededError("deadline passed before proposing"));
+    return;
+  }
+  const uint64_t me = options_.id;
+  if (s.raw->role() != raft::Role::kLeader) {
+    const uint64_t leader = s.raw->leader_id();
+    Finish(s, req.done, NotLeaderError(leader == me ? 0 : leader, "not leader"));
+    return;
+  }
+  absl::Status st = s.raw->Propose(std::move(req.data));
+  if (!st.ok()) {
+    if (st.code() == absl::StatusCode::kUnavailable) {
+      const uint64_t leader = s.raw->leader_id();
+      st = NotLeaderError(leader == me ? 0 : leader, st.message());
+    }
+    Finish(s, req.done, st);
+    return;
+  }
+  // Forwarding is disabled, so an accepted proposal was appended here as the
+  // last entry of the leader's log.
+  auto [it, inserted] = s.proposals.try_emplace(s.raw->last_index());
+  if (!inserted) {  // a proposal of an earlier term at the same index: lost
+    Finish(s, it->second.done, NotLeaderError(0, "the proposal was overwritten"));
+  }
+  it->second = PendingProposal{s.raw->term(), req.deadline, std::move(req.done)};
+}
+
+void Node::Impl::HandleRead(ReadRequest& req, absl::Time now) {
+  Shard& s = *shards_.at(req.shard);
+  if (req.deadline <= now) {
+    Finish(s, req.done, absl::DeadlineExceededError("deadline passed before reading"));
+    return;
+  }
+  if (s.raw->role() != raft::Role::kLeader) {
+    const uint64_t leader = s.raw->leader_id();
+    Finish(s, req.done, NotLeaderError(leader == options_.id ? 0 : leader, "not leader"));
+    return;
+  }
+  std::string ctx(8, '\0');
+  uint64_t id = next_read_id_++;
+  for (int i = 7; i >= 0; --i, id >>= 8) ctx[static_cast<size_t>(i)] = static_cast<char>(id & 0xff);
+  s.raw->ReadIndex(ctx);
+  s.unconfirmed_reads.emplace(std::move(ctx), PendingRead{req.deadline, std::move(req.done)});
+}
+
+void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
+  const absl::Status expired = absl::DeadlineExceededError("deadline exceeded; outcome unknown");
+  for (auto& [id, sp] : shards_) {
+    Shard& s = *sp;
+    for (auto it = s.proposals.begin(); it != s.proposals.end();) {
+      if (it->second.deadline <= now) {
+        Finish(s, it->second.done, expired);
+        it = s.proposals.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = s.unconfirmed_reads.begin(); it != s.unconfirmed_reads.end();) {
+      if (it->second.deadline <= now) {
+        Finish(s, it->second.done, absl::DeadlineExceededError("read barrier deadline exceeded"));
+        s.unconfirmed_reads.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = s.confirmed_reads.begin(); it != s.confirmed_reads.end();) {
+      if (it->second.deadline <= now) {
+        Finish(s, it->second.done, absl::DeadlineExceededError("read barrier deadline exceeded"));
+        it = s.confirmed_reads.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // A snapshot the follower has not acknowledged for a while was probably
+    // lost (the transport is best effort): let raft probe again. Ignored by
+    // raft when the follower already caught up.
+    std::erase_if(s.snapshot_reports, [&](const std::pair<NodeId, uint64_t>& r) {
+      if (r.second > tick_) return false;
+      s.raw->ReportSnapshot(r.first, /*success=*/false);
+      return true;
+    });
+  }
+  if (transfer_active && tick_ >= next_transfer_tick_) {
+    IssueTransfers();
+    // A transfer aborts after an election timeout; then try again.
+    next_transfer_tick_ = tick_ + static_cast<uint64_t>(options_.election_ticks);
+  }
+}
+
+void Node::Impl::IssueTransfers() {
+  const absl::Time now = absl::Now();
+  const absl::Duration recent = options_.tick_interval * options_.election_ticks;
+  for (auto& [id, sp] : shards_) {
+    Shard& s = *sp;
+    if (s.raw->role() != raft::Role::kLeader) continue;
+    // The most up-to-date follower heard from recently; else any other one.
+    NodeId best = 0;
+    uint64_t best_match = 0;
+    for (NodeId r : s.replicas) {
+      if (r == options_.id) continue;
+      if (best == 0) best = r;
+      auto heard = s.follower_heard.find(r);
+      if (heard == s.follower_heard.end() || now - heard->second > recent) continue;
+      auto match = s.follower_match.find(r);
+      const uint64_t m = match == s.follower_match.end() ? 0 : match->second;
+      if (m >= best_match) {
+        best = r;
+        best_match = m;
+      }
+    }
+    if (best != 0) s.raw->TransferLeader(best);
+  }
+}
+
+absl::Status Node::Impl::HandleReadys() {
+  std::vector<Shard*> ready_shards;
+  std::vector<raft::Ready> readys;
+  for (auto& [id, sp] : shards_) {
+    if (!sp->raw->HasReady()) continue;
+    ready_shards.push_back(sp.get());
+    readys.push_back(sp->raw->GetReady());
+  }
+  if (readys.empty()) return absl::OkStatus();
+  const size_t n = readys.size();
+
+  // Leadership changes: a deposed leader's waiters learn it now (their
+  // entries may still commit under the new leader: kUnavailable says so).
+  for (size_t i = 0; i < n; ++i) {
+    Shard& s = *ready_shards[i];
+    if (!readys[i].soft_state.has_value()) continue;
+    const bool leader = readys[i].soft_state->role == raft::Role::kLeader;
+    if (s.leader && !leader) {
+      const uint64_t hint = readys[i].soft_state->leader_id;
+      FailWaiters(s, NotLeaderError(hint == options_.id ? 0 : hint, "leadership lost"),
+                  /*confirmed_reads_too=*/false);
+    }
+    if (leader && !s.leader) {
+      s.follower_match.clear();
+      s.follower_heard.clear();
+    }
+    s.leader = leader;
+  }
+
+  // 1. Received snapshots: the data goes to the store first (synced), then
+  //    the snapshot point to the raft log below. A crash in between leaves
+  //    data newer than the raft log, which is consistent: raft re-delivers
+  //    the committed entries and the applier skips those the store has.
+  //    The other order could leave a log that starts after data never
+  //    installed.
+  for (size_t i = 0; i < n; ++i) {
+    if (readys[i].snapshot.has_value()) {
+      TESSERA_RETURN_IF_ERROR(InstallSnapshot(*ready_shards[i], *readys[i].snapshot));
+    }
+  }
+
+  // 2. Persist every shard's entries, hard state and snapshot point with ONE
+  //    synced write, before any message leaves.
+  std::vector<storage::LogUpdate> updates;
+  std::vector<size_t> update_of;
+  for (size_t i = 0; i < n; ++i) {
+    raft::Ready& rd = readys[i];
+    if (!rd.snapshot.has_value() && rd.entries.empty() && !rd.hard_state.has_value()) continue;
+    storage::LogUpdate u;
+    u.shard = ready_shards[i]->id;
+    if (rd.snapshot.has_value()) u.snapshot = rd.snapshot->metadata();
+    u.entries = std::move(rd.entries);
+    u.hard_state = rd.hard_state;
+    updates.push_back(std::move(u));
+    update_of.push_back(i);
+  }
+  if (!updates.empty()) {
+    absl::Status saved = log_->Save(updates);
+    for (size_t k = 0; k < updates.size(); ++k) {
+      if (saved.ok()) ready_shards[update_of[k]]->storage->Saved(updates[k]);
+      readys[update_of[k]].entries = std::move(updates[k].entries);
+    }
+    TESSERA_RETURN_IF_ERROR(saved);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!readys[i].snapshot.has_value()) continue;
+    // Proposals the snapshot covers: this node cannot tell whether they were
+    // applied.
+    Shard& s = *ready_shards[i];
+    const uint64_t index = readys[i].snapshot->metadata().index();
+    while (!s.proposals.empty() && s.proposals.begin()->first <= index) {
+      Finish(s, s.proposals.begin()->second.done,
+             NotLeaderError(s.raw->leader_id(), "replaced by a snapshot; outcome unknown"));
+      s.proposals.erase(s.proposals.begin());
+    }
+  }
+
+  // 3. Send, batched per destination node.
+  absl::flat_hash_map<NodeId, std::vector<ShardMessage>> out;
+  const uint64_t report_at = tick_ + 4 * static_cast<uint64_t>(options_.election_ticks);
+  for (size_t i = 0; i < n; ++i) {
+    Shard& s = *ready_shards[i];
+    for (raftpb::Message& m : readys[i].messages) {
+      if (m.type() == raftpb::MSG_SNAP) s.snapshot_reports.emplace_back(m.to(), report_at);
+      const NodeId to = m.to();
+      out[to].push_back(ShardMessage{s.id, std::move(m)});
+    }
+    readys[i].messages.clear();
+  }
+  for (auto& [to, messages] : out) transport_->Send(to, std::move(messages));
+
+  // 4. Apply every shard's committed entries with ONE Applier::Apply.
+  std::vector<CommittedEntry> batch;
+  for (size_t i = 0; i < n; ++i) {
+    for (raftpb::Entry& e : readys[i].committed_entries) {
+      CommittedEntry ce;
+      ce.shard = ready_shards[i]->id;
+      ce.index = e.index();
+      if (e.type() == raftpb::ENTRY_NORMAL) ce.data = std::move(*e.mutable_data());
+      batch.push_back(std::move(ce));
+    }
+  }
+  std::vector<serverpb::CommandResult> results;
+  if (!batch.empty()) {
+    TESSERA_RETURN_IF_ERROR(applier_->Apply(batch, &results));
+    if (results.size() != batch.size()) {
+      return absl::InternalError(absl::StrCat("applier returned ", results.size(), " results for ",
+                                              batch.size(), " entries"));
+    }
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < n; ++i) {
+    Shard& s = *ready_shards[i];
+    raft::Ready& rd = readys[i];
+    for (const raftpb::Entry& e : rd.committed_entries) {
+      if (e.type() == raftpb::ENTRY_CONF_CHANGE) {
+        raftpb::ConfChange cc;
+        if (!cc.ParseFromString(e.data())) cc.Clear();  // applied as empty (raw_node.h)
+        s.storage->ConfChanged(e.index(), s.raw->ApplyConfChange(cc));
+      } else {
+        CompleteProposal(s, e, std::move(results[k]));
+      }
+      ++k;
+    }
+    if (!rd.committed_entries.empty()) {
+      s.storage->AppliedTo(rd.committed_entries.back().index());
+      s.applied_since_compaction += rd.committed_entries.size();
+    }
+    // 5. Reads: confirmed by this Ready, served once applied.
+    for (raft::ReadState& rs : rd.read_states) {
+      auto node = s.unconfirmed_reads.extract(rs.request_ctx);
+      if (!node.empty()) s.confirmed_reads.emplace(rs.index, std::move(node.mapped()));
+    }
+    CompleteReads(s);
+    // 6. Advance.
+    s.raw->Advance(rd);
+  }
+
+  // Log compaction, keeping a margin of entries for slightly lagging
+  // followers (anything older is answered by an on-demand snapshot).
+  const uint64_t interval = std::max<uint64_t>(1, options_.snapshot_interval_entries);
+  const uint64_t margin = std::min<uint64_t>(1024, interval / 2);
+  for (Shard* s : ready_shards) {
+    if (s->applied_since_compaction < interval) continue;
+    const uint64_t applied = s->storage->applied_index();
+    if (applied <= margin) continue;
+    TESSERA_RETURN_IF_ERROR(s->storage->Compact(applied - margin));
+    s->applied_since_compaction = 0;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Node::Impl::InstallSnapshot(Shard& s, const raftpb::Snapshot& snap) {
+  const uint64_t index = snap.metadata().index();
+  TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(s.id));
+  if (applied >= index) return absl::OkStatus();  // the store is already newer
+  SnapshotDataReader reader(snap.data());
+  return kv_->InstallSnapshot(s.id, index, reader);
+}
+
+void Node::Impl::CompleteProposal(Shard& s, const raftpb::Entry& e,
+                                  serverpb::CommandResult result) {
+  // Waiting proposals below this index were lost (overwritten and skipped).
+  while (!s.proposals.empty() && s.proposals.begin()->first <= e.index()) {
+    auto it = s.proposals.begin();
+    if (it->first == e.index() && it->second.term == e.term()) {
+      Finish(s, it->second.done, std::move(result));
+    } else {
+      const uint64_t leader = s.raw->leader_id();
+      Finish(s, it->second.done,
+             NotLeaderError(leader == options_.id ? 0 : leader,
+                            "the proposal was overwritten by another leader"));
+    }
+    s.proposals.erase(it);
+  }
+}
+
+void Node::Impl::CompleteReads(Shard& s) {
+  const uint64_t applied = s.storage->applied_index();
+  while (!s.confirmed_reads.empty() && s.confirmed_reads.begin()->first <= applied) {
+    auto it = s.confirmed_reads.begin();
+    Finish(s, it->second.done, absl::OkStatus());
+    s.confirmed_reads.erase(it);
+  }
+}
+
+void Node::Impl::FailWaiters(Shard& s, const absl::Status& status, bool confirmed_reads_too) {
+  for (auto& [index, p] : s.proposals) Finish(s, p.done, status);
+  s.proposals.clear();
+  for (auto& [ctx, r] : s.unconfirmed_reads) Finish(s, r.done, status);
+  s.unconfirmed_reads.clear();
+  if (confirmed_reads_too) {
+    for (auto& [index, r] : s.confirmed_reads) Finish(s, r.done, status);
+    s.confirmed_reads.clear();
+  }
+}
+
+void Node::Impl::PublishStatus(absl::Time now) {
+  std::vector<ShardStatus> status;
+  status.reserve(shards_.size());
+  size_t led = 0;
+  for (auto& [id, sp] : shards_) {
+    const raft::RawNode& raw = *sp->raw;
+    ShardStatus st;
+    st.shard = id;
+    st.role = raft::RoleName(raw.role());
+    st.term = raw.term();
+    st.leader = raw.leader_id();
+    st.commit_index = raw.commit_index();
+    st.applied_index = sp->storage->applied_index();
+    st.last_index = raw.last_index();
+    st.last_leader_contact = raw.role() == raft::Role::kLeader ? now : sp->last_leader_contact;
+    if (raw.role() == raft::Role::kLeader) ++led;
+    status.push_back(std::move(st));
+  }
+  std::sort(status.begin(), status.end(),
+            [](const ShardStatus& a, const ShardStatus& b) { return a.shard < b.shard; });
+  absl::MutexLock lock(&mu_);
+  status_ = std::move(status);
+  led_shards_ = led;
+}
+
+// ---------------------------------------------------------------- Node
+
+absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options,
+                                                  storage::Engine* engine, Applier* applier,
+                                                  Transport* transport) {
+  if (options.id == 0) return absl::InvalidArgumentError("node id must not be 0");
+  if (engine == nullptr || applier == nullptr || transport == nullptr) {
+    return absl::InvalidArgumentError("engine, applier and transport are required");
+  }
+  if (options.tick_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("tick_interval must be positive");
+  }
+  if (options.heartbeat_ticks <= 0 || options.election_ticks <= options.heartbeat_ticks) {
+    return absl::InvalidArgumentError("need 0 < heartbeat_ticks < election_ticks");
+  }
+  if (options.max_pending_per_shard == 0 || options.snapshot_interval_entries == 0) {
+    return absl::InvalidArgumentError(
+        "max_pending_per_shard and snapshot_interval_entries must be positive");
+  }
+  absl::flat_hash_map<ShardId, bool> seen;
+  for (const ShardPlacement& p : options.shards) {
+    if (!seen.emplace(p.shard, true).second) {
+      return absl::InvalidArgumentError(absl::StrCat("shard ", p.shard, " listed twice"));
+    }
+    if (std::find(p.replicas.begin(), p.replicas.end(), options.id) == p.replicas.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard ", p.shard, ": replicas do not include this node"));
+    }
+    for (NodeId r : p.replicas) {
+      if (r == 0) return absl::InvalidArgumentError("replica id 0");
+    }
+  }
+  auto impl = std::make_unique<Impl>(options, engine, applier, transport);
+  TESSERA_RETURN_IF_ERROR(impl->Init());
+  impl->StartLoop();
+  return std::unique_ptr<Node>(new Node(std::move(impl)));
+}
+
+Node::Node(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Node::~Node() { impl_->Stop(); }
+
+void Node::Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
+                   ProposeCallback done) {
+  impl_->Propose(shard, std::move(command), deadline, std::move(done));
+}
+
+void Node::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
+  // Lease reads fall back to the heartbeat-quorum ReadIndex (see node.h).
+  (void)lease;
+  impl_->ReadBarrier(shard, deadline, std::move(done));
+}
+
+void Node::Receive(NodeId from, std::vector<ShardMessage> messages) {
+  impl_->Receive(from, std::move(messages));
+}
+
+std::vector<ShardStatus> Node::Status() const { return impl_->Status(); }
+
+absl::Status Node::TransferLeadershipAway(absl::Duration timeout) {
+  return impl_->TransferLeadershipAway(timeout);
+}
+
+void Node::Stop() { impl_->Stop(); }
+
+}  // namespace tessera::server

@@ -1,0 +1,3 @@
+# Tests of the multi-Raft node (server/node.cmake).
+tessera_test(server_raft_storage_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/raft_storage_test.cc LIBS tessera_node)
