@@ -4,3 +4,6 @@ tessera_test(server_cluster_map_test
 tessera_test(server_grpc_transport_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/grpc_transport_test.cc LIBS tessera_rpc_server)
 set_tests_properties(server_grpc_transport_test PROPERTIES RESOURCE_LOCK ports)
+tessera_test(server_kv_service_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/kv_service_test.cc LIBS tessera_rpc_server)
+set_tests_properties(server_kv_service_test PROPERTIES RESOURCE_LOCK ports)

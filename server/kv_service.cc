@@ -1,0 +1,486 @@
+#include "server/kv_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "proto/grpc_status.h"
+#include "proto/key_hash.h"
+#include "proto/status_macros.h"
+
+namespace tessera::server {
+namespace {
+
+std::optional<ShardStatus> FindStatus(const std::vector<ShardStatus>& statuses, ShardId shard) {
+  for (const ShardStatus& s : statuses) {
+    if (s.shard == shard) return s;
+  }
+  return std::nullopt;
+}
+
+// The error a CommandResult carries, if any.
+absl::Status ResultStatus(const serverpb::CommandResult& result) {
+  if (result.code() == 0) return absl::OkStatus();
+  int code = result.code();
+  if (code < 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+    return absl::InternalError(
+        absl::StrCat("command failed with unknown code ", code, ": ", result.message()));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), result.message());
+}
+
+}  // namespace
+
+v1::ClusterMap MapWithLeaderHints(const ClusterMap& map, const std::vector<ShardStatus>& statuses) {
+  v1::ClusterMap proto = map.ToProto();
+  for (const ShardStatus& s : statuses) {
+    if (s.shard >= static_cast<ShardId>(proto.shards_size())) continue;
+    v1::ShardInfo* info = proto.mutable_shards(static_cast<int>(s.shard));
+    info->set_leader(s.leader);
+    info->set_term(s.leader != 0 ? s.term : 0);
+  }
+  return proto;
+}
+
+absl::Status StaleRouteError(const std::string& message, v1::ClusterMap current) {
+  absl::Status status = absl::FailedPreconditionError(message);
+  v1::ErrorDetail detail;
+  *detail.mutable_stale_route()->mutable_current() = std::move(current);
+  SetErrorDetail(status, detail);
+  return status;
+}
+
+// ---- WorkerPool ----
+
+// A fixed set of threads running submitted closures in FIFO order. After
+// the destructor starts, Submit() runs the closure inline (late completions
+// from a stopping Node must still finish their calls). Thread-safe.
+class KvService::WorkerPool {
+ public:
+  explicit WorkerPool(int threads) {
+    for (int i = 0; i < std::max(threads, 1); ++i) {
+      threads_.emplace_back([this] { Run(); });
+    }
+  }
+
+  // Runs what is queued, then joins.
+  ~WorkerPool() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+  }
+
+  void Submit(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        queue_.push_back(std::move(fn));
+        return;
+      }
+    }
+    fn();
+  }
+
+ private:
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); }
+
+  void Run() ABSL_LOCKS_EXCLUDED(mu_) {
+    while (true) {
+      std::function<void()> fn;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &WorkerPool::HasWork));
+        if (queue_.empty()) return;  // stopping and drained
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+// ---- KvService ----
+
+KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend)
+    : options_(options),
+      map_(map),
+      backend_(backend),
+      pool_(std::make_unique<WorkerPool>(options.worker_threads)) {}
+
+KvService::~KvService() = default;
+
+absl::Status KvService::ValidateKey(absl::string_view key) const {
+  if (key.empty()) return absl::InvalidArgumentError("empty key");
+  if (key.size() > options_.max_key_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("key of ", key.size(), " bytes exceeds ", options_.max_key_bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
+                                              const std::vector<absl::string_view>& keys) const {
+  const uint32_t n = map_->num_shards();
+  auto stale = [&](std::string message) {
+    return StaleRouteError(message, MapWithLeaderHints(*map_, backend_->Status()));
+  };
+  if (header.epoch() != 0 && header.epoch() != map_->epoch()) {
+    return stale(absl::StrCat("request routed by map epoch ", header.epoch(),
+                              "; the current epoch is ", map_->epoch()));
+  }
+  if (header.shard() >= n) {
+    return stale(absl::StrCat("shard ", header.shard(), " does not exist (", n, " shards)"));
+  }
+  for (absl::string_view key : keys) {
+    uint32_t shard = ShardForKey(key, n);
+    if (shard != header.shard()) {
+      return stale(absl::StrCat("a key of the request belongs to shard ", shard, ", not shard ",
+                                header.shard()));
+    }
+  }
+  if (!map_->Hosts(options_.self, header.shard())) {
+    return stale(absl::StrCat("shard ", header.shard(), " has no replica on node ", options_.self));
+  }
+  return static_cast<ShardId>(header.shard());
+}
+
+absl::Time KvService::Deadline(const grpc::CallbackServerContext* context) const {
+  const absl::Time now = absl::Now();
+  const absl::Time cap = now + options_.max_deadline;
+  std::chrono::system_clock::time_point deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return std::min(now + options_.default_deadline, cap);
+  }
+  return std::min(absl::FromChrono(deadline), cap);
+}
+
+void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status) {
+  if (status.code() == absl::StatusCode::kUnavailable) {
+    // Say where the leader is, if anyone knows.
+    std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
+    if (!detail.has_value()) {
+      detail.emplace();
+      std::optional<ShardStatus> s = FindStatus(backend_->Status(), shard);
+      NodeId leader = s.has_value() && s->leader != options_.self ? s->leader : 0;
+      detail->mutable_not_leader()->set_leader_node(leader);
+    }
+    if (detail->has_not_leader() && detail->not_leader().leader_node() != 0 &&
+        detail->not_leader().leader_address().empty()) {
+      if (const MemberInfo* m = map_->FindMember(detail->not_leader().leader_node())) {
+        detail->mutable_not_leader()->set_leader_address(m->client_address);
+      }
+    }
+    SetErrorDetail(status, *detail);
+  }
+  reactor->Finish(ToGrpcStatus(status));
+}
+
+namespace {
+
+void FillHeader(v1::ResponseHeader* header, ShardId shard, uint64_t epoch,
+                const std::optional<ShardStatus>& status) {
+  header->set_shard(static_cast<uint32_t>(shard));
+  header->set_epoch(epoch);
+  if (status.has_value()) {
+    header->set_leader_node(status->leader);
+    header->set_applied_index(status->applied_index);
+  }
+}
+
+}  // namespace
+
+void KvService::ProposeAndFinish(grpc::ServerUnaryReactor* reactor, ShardId shard,
+                                 serverpb::Command command, absl::Time deadline,
+                                 std::function<void(serverpb::CommandResult&)> fill) {
+  backend_->Propose(shard, std::move(command), deadline,
+                    [this, reactor, shard, fill = std::move(fill)](
+                        absl::StatusOr<serverpb::CommandResult> result) mutable {
+                      // Runs on the raft loop thread: move the rest to a worker.
+                      pool_->Submit([this, reactor, shard, fill = std::move(fill),
+                                     result = std::move(result)]() mutable {
+                        if (!result.ok()) return Finish(reactor, shard, result.status());
+                        absl::Status status = ResultStatus(*result);
+                        if (status.ok()) fill(*result);
+                        Finish(reactor, shard, status);
+                      });
+                    });
+}
+
+void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
+                              ShardId shard, absl::Time deadline,
+                              std::function<absl::Status()> read) {
+  switch (header.consistency()) {
+    case v1::READ_CONSISTENCY_LINEARIZABLE:
+    case v1::READ_CONSISTENCY_LEASE: {
+      const bool lease = header.consistency() == v1::READ_CONSISTENCY_LEASE;
+      backend_->ReadBarrier(
+          shard, lease, deadline,
+          [this, reactor, shard, read = std::move(read)](absl::Status barrier) mutable {
+            pool_->Submit([this, reactor, shard, read = std::move(read), barrier]() {
+              Finish(reactor, shard, barrier.ok() ? read() : barrier);
+            });
+          });
+      return;
+    }
+    case v1::READ_CONSISTENCY_STALE: {
+      const uint32_t staleness_ms = header.max_staleness_ms() != 0
+                                        ? header.max_staleness_ms()
+                                        : options_.default_max_staleness_ms;
+      pool_->Submit([this, reactor, shard, staleness_ms, read = std::move(read)]() {
+        std::optional<ShardStatus> s = FindStatus(backend_->Status(), shard);
+        const bool fresh =
+            s.has_value() &&
+            (s->role == "leader" || (s->leader != 0 && absl::Now() - s->last_leader_contact <=
+                                                           absl::Milliseconds(staleness_ms)));
+        if (!fresh) {
+          return Finish(reactor, shard,
+                        absl::UnavailableError(absl::StrCat(
+                            "replica of shard ", shard, " on node ", options_.self,
+                            " has not heard from a leader within ", staleness_ms, " ms")));
+        }
+        Finish(reactor, shard, read());
+      });
+      return;
+    }
+    default:
+      Finish(reactor, shard,
+             absl::InvalidArgumentError(absl::StrCat("unknown read consistency ",
+                                                     static_cast<int>(header.consistency()))));
+  }
+}
+
+grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
+                                         const v1::PutRequest* request, v1::PutResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status valid = ValidateKey(request->key());
+  if (valid.ok() && request->value().size() > options_.max_value_bytes) {
+    valid = absl::InvalidArgumentError(absl::StrCat("value of ", request->value().size(),
+                                                    " bytes exceeds ", options_.max_value_bytes));
+  }
+  absl::StatusOr<ShardId> shard =
+      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
+  if (!shard.ok()) {
+    reactor->Finish(ToGrpcStatus(shard.status()));
+    return reactor;
+  }
+  serverpb::Command command;
+  if (request->header().session().client_id() != 0) {
+    *command.mutable_session() = request->header().session();
+  }
+  *command.mutable_put() = *request;
+  command.mutable_put()->clear_header();
+  ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
+                   [this, response, shard = *shard](serverpb::CommandResult& result) {
+                     *response = std::move(*result.mutable_put());
+                     FillHeader(response->mutable_header(), shard, map_->epoch(),
+                                FindStatus(backend_->Status(), shard));
+                   });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context,
+                                            const v1::DeleteRequest* request,
+                                            v1::DeleteResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status valid = ValidateKey(request->key());
+  absl::StatusOr<ShardId> shard =
+      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
+  if (!shard.ok()) {
+    reactor->Finish(ToGrpcStatus(shard.status()));
+    return reactor;
+  }
+  serverpb::Command command;
+  if (request->header().session().client_id() != 0) {
+    *command.mutable_session() = request->header().session();
+  }
+  *command.mutable_delete_() = *request;
+  command.mutable_delete_()->clear_header();
+  ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
+                   [this, response, shard = *shard](serverpb::CommandResult& result) {
+                     *response = std::move(*result.mutable_delete_());
+                     FillHeader(response->mutable_header(), shard, map_->epoch(),
+                                FindStatus(backend_->Status(), shard));
+                   });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
+                                         const v1::TxnRequest* request, v1::TxnResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
+    const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
+    if (ops > options_.max_txn_ops) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "txn has ", ops, " compares and operations; the limit is ", options_.max_txn_ops));
+    }
+    std::vector<absl::string_view> keys;
+    auto check_value = [&](const std::string& value) -> absl::Status {
+      if (value.size() <= options_.max_value_bytes) return absl::OkStatus();
+      return absl::InvalidArgumentError(
+          absl::StrCat("value of ", value.size(), " bytes exceeds ", options_.max_value_bytes));
+    };
+    for (const v1::Compare& c : request->compares()) {
+      TESSERA_RETURN_IF_ERROR(ValidateKey(c.key()));
+      if (!v1::Compare_Target_IsValid(c.target()) || !v1::Compare_Op_IsValid(c.op())) {
+        return absl::InvalidArgumentError("txn compare has an unknown target or op");
+      }
+      TESSERA_RETURN_IF_ERROR(check_value(c.value()));
+      keys.push_back(c.key());
+    }
+    for (const auto* branch : {&request->success(), &request->failure()}) {
+      for (const v1::TxnOp& op : *branch) {
+        switch (op.op_case()) {
+          case v1::TxnOp::kPut:
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.put().key()));
+            TESSERA_RETURN_IF_ERROR(check_value(op.put().value()));
+            keys.push_back(op.put().key());
+            break;
+          case v1::TxnOp::kDelete:
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.delete_().key()));
+            keys.push_back(op.delete_().key());
+            break;
+          case v1::TxnOp::kGet:
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.get().key()));
+            keys.push_back(op.get().key());
+            break;
+          default:
+            return absl::InvalidArgumentError("txn has an empty operation");
+        }
+      }
+    }
+    return keys;
+  };
+  absl::StatusOr<std::vector<absl::string_view>> keys = validate();
+  absl::StatusOr<ShardId> shard = keys.ok() ? CheckRoute(request->header(), *keys) : keys.status();
+  if (!shard.ok()) {
+    reactor->Finish(ToGrpcStatus(shard.status()));
+    return reactor;
+  }
+  serverpb::Command command;
+  if (request->header().session().client_id() != 0) {
+    *command.mutable_session() = request->header().session();
+  }
+  *command.mutable_txn() = *request;
+  command.mutable_txn()->clear_header();
+  ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
+                   [this, response, shard = *shard](serverpb::CommandResult& result) {
+                     *response = std::move(*result.mutable_txn());
+                     FillHeader(response->mutable_header(), shard, map_->epoch(),
+                                FindStatus(backend_->Status(), shard));
+                   });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
+                                         const v1::GetRequest* request, v1::GetResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status valid = ValidateKey(request->key());
+  absl::StatusOr<ShardId> shard =
+      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
+  if (!shard.ok()) {
+    reactor->Finish(ToGrpcStatus(shard.status()));
+    return reactor;
+  }
+  ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
+                [this, request, response, shard = *shard]() -> absl::Status {
+                  std::optional<ShardStatus> status = FindStatus(backend_->Status(), shard);
+                  absl::StatusOr<v1::GetResponse> got = backend_->Get(shard, request->key());
+                  if (!got.ok()) return got.status();
+                  *response = *std::move(got);
+                  FillHeader(response->mutable_header(), shard, map_->epoch(), status);
+                  return absl::OkStatus();
+                });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
+                                          const v1::ScanRequest* request,
+                                          v1::ScanResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto validate = [&]() -> absl::Status {
+    if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {
+      return absl::InvalidArgumentError("scan prefix cannot be combined with start/end");
+    }
+    if (!request->start().empty() && !request->end().empty() && request->start() > request->end()) {
+      return absl::InvalidArgumentError("scan start is after its end");
+    }
+    for (const std::string* bound : {&request->start(), &request->end(), &request->prefix()}) {
+      if (bound->size() > options_.max_key_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("scan bound of ", bound->size(),
+                                                       " bytes exceeds ", options_.max_key_bytes));
+      }
+    }
+    if (request->continuation().size() > 4 * options_.max_key_bytes + 64) {
+      return absl::InvalidArgumentError("scan continuation is too long");
+    }
+    if (request->limit() > options_.max_scan_limit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("scan limit ", request->limit(), " exceeds ", options_.max_scan_limit));
+    }
+    return absl::OkStatus();
+  };
+  absl::Status valid = validate();
+  absl::StatusOr<ShardId> shard = valid.ok() ? CheckRoute(request->header(), {}) : valid;
+  if (!shard.ok()) {
+    reactor->Finish(ToGrpcStatus(shard.status()));
+    return reactor;
+  }
+  ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
+                [this, request, response, shard = *shard]() -> absl::Status {
+                  std::optional<ShardStatus> status = FindStatus(backend_->Status(), shard);
+                  absl::StatusOr<v1::ScanResponse> got = backend_->Scan(shard, *request);
+                  if (!got.ok()) return got.status();
+                  *response = *std::move(got);
+                  FillHeader(response->mutable_header(), shard, map_->epoch(), status);
+                  return absl::OkStatus();
+                });
+  return reactor;
+}
+
+// ---- ClusterService ----
+
+ClusterService::ClusterService(NodeId self, const ClusterMap* map, KvBackend* backend)
+    : self_(self), map_(map), backend_(backend) {}
+
+grpc::ServerUnaryReactor* ClusterService::GetClusterMap(grpc::CallbackServerContext* context,
+                                                        const v1::GetClusterMapRequest* /*request*/,
+                                                        v1::GetClusterMapResponse* response) {
+  *response->mutable_map() = MapWithLeaderHints(*map_, backend_->Status());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext* context,
+                                                     const v1::NodeStatusRequest* /*request*/,
+                                                     v1::NodeStatusResponse* response) {
+  response->set_node_id(self_);
+  response->set_epoch(map_->epoch());
+  for (const ShardStatus& s : backend_->Status()) {
+    v1::ShardStatus* out = response->add_shards();
+    out->set_shard(static_cast<uint32_t>(s.shard));
+    out->set_role(s.role);
+    out->set_term(s.term);
+    out->set_leader(s.leader);
+    out->set_commit_index(s.commit_index);
+    out->set_applied_index(s.applied_index);
+    out->set_last_index(s.last_index);
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace tessera::server

@@ -1,0 +1,164 @@
+// KvService and ClusterService: the client-facing gRPC services of
+// tessera-server (tessera.v1.KV and tessera.v1.Cluster in kv.proto), on the
+// callback API (no thread per request).
+//
+// Where they sit (STYLE.md §2): a handler validates the request, checks its
+// routing against the ClusterMap, then
+//  - for a write, builds a serverpb::Command (session from the header) and
+//    Node::Propose()s it with the call's deadline (capped at max_deadline);
+//    the CommandResult becomes the response or the error;
+//  - for a read, waits for the consistency it asked for (LINEARIZABLE:
+//    Node::ReadBarrier with a quorum round; LEASE: with the leader lease;
+//    STALE: none, if this replica heard from its leader within
+//    max_staleness_ms) and reads the StateMachine.
+// Completions are handed to a small worker pool, never run on the raft loop
+// thread, and reads of the StateMachine run there too.
+//
+// Errors (all through ToGrpcStatus, with an ErrorDetail when actionable):
+//  INVALID_ARGUMENT    empty key, key > max_key_bytes, value >
+//                      max_value_bytes, prefix with start/end, start > end,
+//                      limit > max_scan_limit, a malformed Txn;
+//  FAILED_PRECONDITION header.shard is not the key's shard (or Txn keys span
+//                      shards), the shard has no replica here, or a non-zero
+//                      header.epoch differs from ours: ErrorDetail.stale_route
+//                      carries the current map with leader hints;
+//  UNAVAILABLE         not the leader (ErrorDetail.not_leader: the leader id
+//                      and client address when known), no leader, or a STALE
+//                      read on a replica that lost contact with its leader;
+//  and whatever Node::Propose/ReadBarrier or the command returned
+//  (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, CANCELLED, FAILED_PRECONDITION for
+//  expired sessions, ...).
+//
+// Thread-safety: thread-safe. Lifetime: the map and backend must outlive the
+// services; destroy the services only after the gRPC server serving them has
+// shut down (the destructor finishes queued completions, then joins).
+#ifndef TESSERA_SERVER_KV_SERVICE_H_
+#define TESSERA_SERVER_KV_SERVICE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "server/cluster_map.h"
+#include "server/node.h"
+#include "server/state_machine.h"
+#include "tessera/command.pb.h"
+#include "tessera/kv.grpc.pb.h"
+
+namespace tessera::server {
+
+// What the services need from the node: Node + StateMachine in production
+// (an adapter in main.cc, so this library does not link the node), a fake in
+// unit tests. Thread-safe.
+class KvBackend {
+ public:
+  virtual ~KvBackend() = default;
+  // As Node::Propose / Node::ReadBarrier / Node::Status.
+  virtual void Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
+                       Node::ProposeCallback done) = 0;
+  virtual void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
+                           Node::ReadCallback done) = 0;
+  virtual std::vector<ShardStatus> Status() const = 0;
+  // As StateMachine::Get / StateMachine::Scan.
+  virtual absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const = 0;
+  virtual absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,
+                                                const v1::ScanRequest& request) const = 0;
+};
+
+struct KvServiceOptions {
+  NodeId self = 0;
+  size_t max_key_bytes = 4096;
+  size_t max_value_bytes = 1 << 20;
+  // Scan limits above this are INVALID_ARGUMENT (0 means the server default).
+  uint32_t max_scan_limit = 10000;
+  // Compares plus operations of one Txn.
+  size_t max_txn_ops = 1024;
+  // Deadline of a call that has none, and the cap on any call's deadline.
+  absl::Duration default_deadline = absl::Seconds(10);
+  absl::Duration max_deadline = absl::Seconds(30);
+  // Staleness bound of a STALE read whose header says 0.
+  uint32_t default_max_staleness_ms = 5000;
+  // Threads completing requests and reading the state machine.
+  int worker_threads = 2;
+};
+
+class KvService final : public v1::KV::CallbackService {
+ public:
+  // `map` and `backend` are not owned and must outlive the service.
+  KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend);
+  ~KvService() override;
+
+  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* context, const v1::PutRequest* request,
+                                v1::PutResponse* response) override;
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context, const v1::GetRequest* request,
+                                v1::GetResponse* response) override;
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
+                                   const v1::DeleteRequest* request,
+                                   v1::DeleteResponse* response) override;
+  grpc::ServerUnaryReactor* Scan(grpc::CallbackServerContext* context,
+                                 const v1::ScanRequest* request,
+                                 v1::ScanResponse* response) override;
+  grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* context, const v1::TxnRequest* request,
+                                v1::TxnResponse* response) override;
+
+ private:
+  class WorkerPool;
+
+  absl::Status ValidateKey(absl::string_view key) const;
+  // The shard of `keys` if the header routes them correctly (see above).
+  absl::StatusOr<ShardId> CheckRoute(const v1::RequestHeader& header,
+                                     const std::vector<absl::string_view>& keys) const;
+  absl::Time Deadline(const grpc::CallbackServerContext* context) const;
+  // Proposes `command`; on success calls `fill` with the result (on a
+  // worker thread), then finishes the call.
+  void ProposeAndFinish(grpc::ServerUnaryReactor* reactor, ShardId shard, serverpb::Command command,
+                        absl::Time deadline, std::function<void(serverpb::CommandResult&)> fill);
+  // Waits for the header's consistency, then runs `read` on a worker thread
+  // and finishes the call with what it returns.
+  void ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
+                     ShardId shard, absl::Time deadline, std::function<absl::Status()> read);
+  void Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status);
+
+  const KvServiceOptions options_;
+  const ClusterMap* const map_;
+  KvBackend* const backend_;
+  std::unique_ptr<WorkerPool> pool_;
+};
+
+// Cluster.GetClusterMap (the map with this node's leader hints) and
+// Cluster.NodeStatus. Thread-safe; `map` and `backend` outlive it.
+class ClusterService final : public v1::Cluster::CallbackService {
+ public:
+  ClusterService(NodeId self, const ClusterMap* map, KvBackend* backend);
+
+  grpc::ServerUnaryReactor* GetClusterMap(grpc::CallbackServerContext* context,
+                                          const v1::GetClusterMapRequest* request,
+                                          v1::GetClusterMapResponse* response) override;
+  grpc::ServerUnaryReactor* NodeStatus(grpc::CallbackServerContext* context,
+                                       const v1::NodeStatusRequest* request,
+                                       v1::NodeStatusResponse* response) override;
+
+ private:
+  const NodeId self_;
+  const ClusterMap* const map_;
+  KvBackend* const backend_;
+};
+
+// The map as a client should see it: ToProto() plus, for every shard this
+// node has a replica of, its leader and term as `statuses` know them.
+v1::ClusterMap MapWithLeaderHints(const ClusterMap& map, const std::vector<ShardStatus>& statuses);
+
+// The error for a request routed by a stale map: FAILED_PRECONDITION with
+// ErrorDetail.stale_route{current}.
+absl::Status StaleRouteError(const std::string& message, v1::ClusterMap current);
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_KV_SERVICE_H_

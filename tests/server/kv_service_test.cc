@@ -1,0 +1,521 @@
+// KvService and ClusterService over real gRPC on 127.0.0.1, with a fake
+// backend in place of Node + StateMachine.
+#include "server/kv_service.h"
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "proto/grpc_status.h"
+#include "proto/key_hash.h"
+#include "proto/testing/status_matchers.h"
+#include "server/grpc_transport.h"
+
+namespace tessera::server {
+namespace {
+
+using ::tessera::testing::IsOk;
+using ::tessera::testing::StatusIs;
+using ::testing::HasSubstr;
+
+constexpr char kCluster[] =
+    "1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102,"
+    "3=127.0.0.1:7003/127.0.0.1:7103";
+
+// An in-memory stand-in for Node + StateMachine. Thread-safe.
+class FakeBackend : public KvBackend {
+ public:
+  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
+               Node::ProposeCallback done) override {
+    absl::StatusOr<serverpb::CommandResult> result;
+    {
+      absl::MutexLock lock(&mu_);
+      last_command_ = command;
+      last_deadline_ = deadline;
+      if (!propose_error_.ok()) {
+        result = propose_error_;
+      } else if (forced_result_.has_value()) {
+        result = *forced_result_;
+      } else {
+        result = ApplyLocked(shard, command);
+      }
+    }
+    done(std::move(result));
+  }
+
+  void ReadBarrier(ShardId /*shard*/, bool lease, absl::Time deadline,
+                   Node::ReadCallback done) override {
+    absl::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      last_lease_ = lease;
+      last_deadline_ = deadline;
+      ++barriers_;
+      status = barrier_error_;
+    }
+    done(status);
+  }
+
+  std::vector<ShardStatus> Status() const override {
+    absl::MutexLock lock(&mu_);
+    return statuses_;
+  }
+
+  absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const override {
+    absl::MutexLock lock(&mu_);
+    v1::GetResponse response;
+    auto it = data_.find({shard, std::string(key)});
+    if (it != data_.end()) {
+      response.set_found(true);
+      *response.mutable_kv() = it->second;
+    }
+    return response;
+  }
+
+  absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,
+                                        const v1::ScanRequest& request) const override {
+    absl::MutexLock lock(&mu_);
+    v1::ScanResponse response;
+    for (const auto& [k, kv] : data_) {
+      if (k.first != shard) continue;
+      if (!absl::StartsWith(k.second, request.prefix())) continue;
+      *response.add_kvs() = kv;
+    }
+    return response;
+  }
+
+  void SetStatuses(std::vector<ShardStatus> statuses) {
+    absl::MutexLock lock(&mu_);
+    statuses_ = std::move(statuses);
+  }
+  void SetProposeError(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    propose_error_ = std::move(s);
+  }
+  void SetBarrierError(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    barrier_error_ = std::move(s);
+  }
+  void ForceResult(serverpb::CommandResult r) {
+    absl::MutexLock lock(&mu_);
+    forced_result_ = std::move(r);
+  }
+  serverpb::Command last_command() const {
+    absl::MutexLock lock(&mu_);
+    return last_command_;
+  }
+  absl::Time last_deadline() const {
+    absl::MutexLock lock(&mu_);
+    return last_deadline_;
+  }
+  bool last_lease() const {
+    absl::MutexLock lock(&mu_);
+    return last_lease_;
+  }
+  int barriers() const {
+    absl::MutexLock lock(&mu_);
+    return barriers_;
+  }
+
+ private:
+  serverpb::CommandResult ApplyLocked(ShardId shard, const serverpb::Command& command)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    serverpb::CommandResult result;
+    if (command.has_put()) {
+      v1::KeyValue& kv = data_[{shard, command.put().key()}];
+      kv.set_key(command.put().key());
+      kv.set_value(command.put().value());
+      kv.set_version(kv.version() + 1);
+      result.mutable_put()->set_version(kv.version());
+    } else if (command.has_delete_()) {
+      result.mutable_delete_()->set_deleted(data_.erase({shard, command.delete_().key()}) > 0);
+    } else if (command.has_txn()) {
+      result.mutable_txn()->set_succeeded(true);
+    }
+    return result;
+  }
+
+  mutable absl::Mutex mu_;
+  std::map<std::pair<ShardId, std::string>, v1::KeyValue> data_ ABSL_GUARDED_BY(mu_);
+  std::vector<ShardStatus> statuses_ ABSL_GUARDED_BY(mu_);
+  absl::Status propose_error_ ABSL_GUARDED_BY(mu_);
+  absl::Status barrier_error_ ABSL_GUARDED_BY(mu_);
+  std::optional<serverpb::CommandResult> forced_result_ ABSL_GUARDED_BY(mu_);
+  serverpb::Command last_command_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_deadline_ ABSL_GUARDED_BY(mu_);
+  bool last_lease_ ABSL_GUARDED_BY(mu_) = false;
+  int barriers_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Node 1 of kCluster serving KV + Cluster over the fake backend.
+class KvServiceTest : public ::testing::Test {
+ protected:
+  explicit KvServiceTest(uint32_t replication = 3)
+      : map_(*ClusterMap::Parse(kCluster, 16, replication)) {
+    std::vector<ShardStatus> statuses;
+    for (ShardId s : map_.ShardsOf(1)) {
+      statuses.push_back({.shard = s,
+                          .role = "leader",
+                          .term = 3,
+                          .leader = 1,
+                          .commit_index = 10,
+                          .applied_index = 10,
+                          .last_index = 10,
+                          .last_leader_contact = absl::Now()});
+    }
+    backend_.SetStatuses(statuses);
+    KvServiceOptions options;
+    options.self = 1;
+    options.max_deadline = absl::Seconds(30);
+    kv_ = std::make_unique<KvService>(options, &map_, &backend_);
+    cluster_ = std::make_unique<ClusterService>(1, &map_, &backend_);
+    absl::StatusOr<StartedServer> started =
+        StartGrpcServer("127.0.0.1:0", {kv_.get(), cluster_.get()}, 16 << 20);
+    EXPECT_THAT(started, IsOk());
+    server_ = std::move(started->server);
+    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", started->port),
+                                       grpc::InsecureChannelCredentials());
+    kv_stub_ = v1::KV::NewStub(channel);
+    cluster_stub_ = v1::Cluster::NewStub(channel);
+  }
+
+  ~KvServiceTest() override {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    kv_.reset();
+  }
+
+  v1::RequestHeader HeaderFor(const std::string& key) const {
+    v1::RequestHeader header;
+    header.set_shard(ShardForKey(key, map_.num_shards()));
+    header.set_epoch(map_.epoch());
+    return header;
+  }
+
+  absl::StatusOr<v1::PutResponse> Put(const std::string& key, const std::string& value,
+                                      std::optional<v1::RequestHeader> header = std::nullopt) {
+    v1::PutRequest request;
+    *request.mutable_header() = header.value_or(HeaderFor(key));
+    request.set_key(key);
+    request.set_value(value);
+    return Call(&v1::KV::Stub::Put, request);
+  }
+
+  absl::StatusOr<v1::GetResponse> Get(const std::string& key,
+                                      std::optional<v1::RequestHeader> header = std::nullopt) {
+    v1::GetRequest request;
+    *request.mutable_header() = header.value_or(HeaderFor(key));
+    request.set_key(key);
+    return Call(&v1::KV::Stub::Get, request);
+  }
+
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> Call(grpc::Status (v1::KV::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                                 Resp*),
+                            const Req& request, absl::Duration timeout = absl::Seconds(10)) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    Resp response;
+    absl::Status status = FromGrpcStatus((kv_stub_.get()->*method)(&context, request, &response));
+    if (!status.ok()) return status;
+    return response;
+  }
+
+  ClusterMap map_;
+  FakeBackend backend_;
+  std::unique_ptr<KvService> kv_;
+  std::unique_ptr<ClusterService> cluster_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::KV::Stub> kv_stub_;
+  std::unique_ptr<v1::Cluster::Stub> cluster_stub_;
+};
+
+TEST_F(KvServiceTest, PutGetDeleteRoundTrip) {
+  absl::StatusOr<v1::PutResponse> put = Put("alpha", "one");
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->version(), 1u);
+  EXPECT_EQ(put->header().shard(), ShardForKey("alpha", 16));
+  EXPECT_EQ(put->header().epoch(), map_.epoch());
+  EXPECT_EQ(put->header().leader_node(), 1u);
+  EXPECT_EQ(put->header().applied_index(), 10u);
+  EXPECT_EQ(Put("alpha", "two")->version(), 2u);
+
+  absl::StatusOr<v1::GetResponse> got = Get("alpha");
+  ASSERT_THAT(got, IsOk());
+  EXPECT_TRUE(got->found());
+  EXPECT_EQ(got->kv().value(), "two");
+  EXPECT_EQ(got->kv().version(), 2u);
+  EXPECT_EQ(got->header().shard(), ShardForKey("alpha", 16));
+  EXPECT_FALSE(backend_.last_lease());
+
+  v1::DeleteRequest del;
+  *del.mutable_header() = HeaderFor("alpha");
+  del.set_key("alpha");
+  absl::StatusOr<v1::DeleteResponse> deleted = Call(&v1::KV::Stub::Delete, del);
+  ASSERT_THAT(deleted, IsOk());
+  EXPECT_TRUE(deleted->deleted());
+  EXPECT_FALSE(Get("alpha")->found());
+}
+
+TEST_F(KvServiceTest, EpochZeroSkipsTheEpochCheck) {
+  v1::RequestHeader header = HeaderFor("k");
+  header.set_epoch(0);
+  EXPECT_THAT(Put("k", "v", header), IsOk());
+}
+
+TEST_F(KvServiceTest, SessionAndDeadlineReachTheNode) {
+  v1::RequestHeader header = HeaderFor("k");
+  header.mutable_session()->set_client_id(77);
+  header.mutable_session()->set_seq(5);
+  absl::Time before = absl::Now();
+  ASSERT_THAT(Put("k", "v", header), IsOk());
+  serverpb::Command command = backend_.last_command();
+  EXPECT_EQ(command.session().client_id(), 77u);
+  EXPECT_EQ(command.session().seq(), 5u);
+  EXPECT_EQ(command.put().key(), "k");
+  EXPECT_FALSE(command.put().has_header());
+  // The client's 10 s deadline, not the 30 s cap.
+  EXPECT_LT(backend_.last_deadline(), before + absl::Seconds(11));
+  EXPECT_GT(backend_.last_deadline(), before + absl::Seconds(9));
+}
+
+TEST_F(KvServiceTest, LongDeadlinesAreCapped) {
+  v1::PutRequest request;
+  *request.mutable_header() = HeaderFor("k");
+  request.set_key("k");
+  absl::Time before = absl::Now();
+  ASSERT_THAT(Call(&v1::KV::Stub::Put, request, absl::Hours(5)), IsOk());
+  EXPECT_LT(backend_.last_deadline(), before + absl::Seconds(31));
+}
+
+TEST_F(KvServiceTest, InvalidArguments) {
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_THAT(Put("", "v"), StatusIs(kInvalid, HasSubstr("empty key")));
+  EXPECT_THAT(Put(std::string(4097, 'k'), "v"), StatusIs(kInvalid, HasSubstr("4097")));
+  EXPECT_THAT(Put(std::string(4096, 'k'), "v"), IsOk());
+  EXPECT_THAT(Put("k", std::string((1 << 20) + 1, 'v')), StatusIs(kInvalid, HasSubstr("value")));
+  EXPECT_THAT(Put("k", std::string(1 << 20, 'v')), IsOk());
+  EXPECT_THAT(Get(""), StatusIs(kInvalid));
+
+  v1::ScanRequest scan;
+  scan.mutable_header()->set_shard(0);
+  scan.set_prefix("p");
+  scan.set_start("a");
+  EXPECT_THAT(Call(&v1::KV::Stub::Scan, scan), StatusIs(kInvalid, HasSubstr("prefix")));
+  scan.clear_prefix();
+  scan.set_start("b");
+  scan.set_end("a");
+  EXPECT_THAT(Call(&v1::KV::Stub::Scan, scan), StatusIs(kInvalid, HasSubstr("start")));
+  scan.clear_start();
+  scan.clear_end();
+  scan.set_limit(10001);
+  EXPECT_THAT(Call(&v1::KV::Stub::Scan, scan), StatusIs(kInvalid, HasSubstr("limit")));
+  scan.set_limit(10000);
+  EXPECT_THAT(Call(&v1::KV::Stub::Scan, scan), IsOk());
+
+  v1::GetRequest get;
+  *get.mutable_header() = HeaderFor("k");
+  get.mutable_header()->set_consistency(static_cast<v1::ReadConsistency>(7));
+  get.set_key("k");
+  EXPECT_THAT(Call(&v1::KV::Stub::Get, get), StatusIs(kInvalid, HasSubstr("consistency")));
+
+  v1::TxnRequest txn;
+  *txn.mutable_header() = HeaderFor("k");
+  txn.add_success();  // no op set
+  EXPECT_THAT(Call(&v1::KV::Stub::Txn, txn), StatusIs(kInvalid, HasSubstr("empty operation")));
+  txn.clear_success();
+  for (int i = 0; i < 1025; ++i) txn.add_success()->mutable_get()->set_key("k");
+  EXPECT_THAT(Call(&v1::KV::Stub::Txn, txn), StatusIs(kInvalid, HasSubstr("limit")));
+  txn.clear_success();
+  v1::Compare* compare = txn.add_compares();
+  compare->set_key("k");
+  compare->set_op(static_cast<v1::Compare::Op>(42));
+  EXPECT_THAT(Call(&v1::KV::Stub::Txn, txn), StatusIs(kInvalid, HasSubstr("unknown")));
+  compare->set_op(v1::Compare::OP_EQUAL);
+  compare->set_key("");
+  EXPECT_THAT(Call(&v1::KV::Stub::Txn, txn), StatusIs(kInvalid, HasSubstr("empty key")));
+}
+
+// Returns the stale_route map of `status`, failing the test if absent.
+v1::ClusterMap StaleRouteMap(const absl::Status& status) {
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
+  EXPECT_TRUE(detail.has_value() && detail->has_stale_route()) << status;
+  return detail.has_value() ? detail->stale_route().current() : v1::ClusterMap();
+}
+
+TEST_F(KvServiceTest, WrongShardOrEpochReturnsTheCurrentMap) {
+  v1::RequestHeader header = HeaderFor("alpha");
+  header.set_shard((header.shard() + 1) % 16);
+  absl::StatusOr<v1::PutResponse> put = Put("alpha", "v", header);
+  ASSERT_THAT(put, StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("belongs to shard")));
+  v1::ClusterMap current = StaleRouteMap(put.status());
+  EXPECT_EQ(current.epoch(), map_.epoch());
+  EXPECT_EQ(current.shards_size(), 16);
+  EXPECT_EQ(current.shards(0).leader(), 1u);  // leader hints
+  EXPECT_EQ(current.shards(0).term(), 3u);
+
+  header = HeaderFor("alpha");
+  header.set_epoch(map_.epoch() + 1);
+  absl::StatusOr<v1::GetResponse> get = Get("alpha", header);
+  ASSERT_THAT(get, StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("epoch")));
+  EXPECT_EQ(StaleRouteMap(get.status()).epoch(), map_.epoch());
+
+  header.set_epoch(map_.epoch());
+  header.set_shard(16);
+  EXPECT_THAT(Get("alpha", header),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("does not exist")));
+
+  // A Txn whose keys span shards.
+  std::string other = "b0";
+  for (int i = 1; ShardForKey(other, 16) == ShardForKey("alpha", 16); ++i) {
+    other = absl::StrCat("b", i);
+  }
+  v1::TxnRequest txn;
+  *txn.mutable_header() = HeaderFor("alpha");
+  txn.add_success()->mutable_put()->set_key("alpha");
+  txn.add_success()->mutable_delete_()->set_key(other);
+  EXPECT_THAT(Call(&v1::KV::Stub::Txn, txn), StatusIs(absl::StatusCode::kFailedPrecondition));
+  // Hash tags keep a Txn in one shard.
+  txn.clear_success();
+  *txn.mutable_header() = HeaderFor("{acct}:a");
+  txn.add_success()->mutable_put()->set_key("{acct}:a");
+  txn.add_success()->mutable_put()->set_key("{acct}:b");
+  absl::StatusOr<v1::TxnResponse> ok = Call(&v1::KV::Stub::Txn, txn);
+  ASSERT_THAT(ok, IsOk());
+  EXPECT_TRUE(ok->succeeded());
+}
+
+TEST_F(KvServiceTest, NotLeaderNamesTheLeaderAndItsAddress) {
+  v1::ErrorDetail detail;
+  detail.mutable_not_leader()->set_leader_node(2);
+  absl::Status not_leader = absl::UnavailableError("not the leader");
+  SetErrorDetail(not_leader, detail);
+  backend_.SetProposeError(not_leader);
+  absl::StatusOr<v1::PutResponse> put = Put("k", "v");
+  ASSERT_THAT(put, StatusIs(absl::StatusCode::kUnavailable));
+  std::optional<v1::ErrorDetail> got = GetErrorDetail(put.status());
+  ASSERT_TRUE(got.has_value() && got->has_not_leader());
+  EXPECT_EQ(got->not_leader().leader_node(), 2u);
+  EXPECT_EQ(got->not_leader().leader_address(), "127.0.0.1:7002");
+
+  // Without a detail from the node, the hint comes from the shard's status.
+  backend_.SetProposeError(absl::OkStatus());
+  std::vector<ShardStatus> statuses = backend_.Status();
+  for (ShardStatus& s : statuses) {
+    s.role = "follower";
+    s.leader = 3;
+  }
+  backend_.SetStatuses(statuses);
+  backend_.SetBarrierError(absl::UnavailableError("not the leader"));
+  absl::StatusOr<v1::GetResponse> get = Get("k");
+  ASSERT_THAT(get, StatusIs(absl::StatusCode::kUnavailable));
+  got = GetErrorDetail(get.status());
+  ASSERT_TRUE(got.has_value() && got->has_not_leader());
+  EXPECT_EQ(got->not_leader().leader_node(), 3u);
+  EXPECT_EQ(got->not_leader().leader_address(), "127.0.0.1:7003");
+}
+
+TEST_F(KvServiceTest, CommandErrorsBecomeStatuses) {
+  serverpb::CommandResult result;
+  result.set_code(static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  result.set_message("session expired");
+  backend_.ForceResult(result);
+  EXPECT_THAT(Put("k", "v"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("session expired")));
+  result.set_code(1000);
+  backend_.ForceResult(result);
+  EXPECT_THAT(Put("k", "v"), StatusIs(absl::StatusCode::kInternal));
+}
+
+TEST_F(KvServiceTest, ReadConsistencies) {
+  ASSERT_THAT(Put("k", "v"), IsOk());
+  v1::RequestHeader header = HeaderFor("k");
+  header.set_consistency(v1::READ_CONSISTENCY_LEASE);
+  ASSERT_THAT(Get("k", header), IsOk());
+  EXPECT_TRUE(backend_.last_lease());
+
+  // STALE: no barrier; served while the replica heard from its leader recently.
+  const int barriers = backend_.barriers();
+  std::vector<ShardStatus> statuses = backend_.Status();
+  for (ShardStatus& s : statuses) {
+    s.role = "follower";
+    s.leader = 2;
+    s.last_leader_contact = absl::Now() - absl::Milliseconds(200);
+  }
+  backend_.SetStatuses(statuses);
+  header.set_consistency(v1::READ_CONSISTENCY_STALE);
+  header.set_max_staleness_ms(1000);
+  absl::StatusOr<v1::GetResponse> stale = Get("k", header);
+  ASSERT_THAT(stale, IsOk());
+  EXPECT_EQ(stale->kv().value(), "v");
+  EXPECT_EQ(stale->header().leader_node(), 2u);
+  EXPECT_EQ(backend_.barriers(), barriers);
+
+  header.set_max_staleness_ms(50);
+  absl::StatusOr<v1::GetResponse> too_stale = Get("k", header);
+  ASSERT_THAT(too_stale, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("50 ms")));
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(too_stale.status());
+  ASSERT_TRUE(detail.has_value());
+  EXPECT_EQ(detail->not_leader().leader_address(), "127.0.0.1:7002");
+}
+
+TEST_F(KvServiceTest, ScanReadsOneShard) {
+  std::string prefix = "scan/";
+  ASSERT_THAT(Put("{s}scan/1", "a"), IsOk());
+  ASSERT_THAT(Put("{s}scan/2", "b"), IsOk());
+  v1::ScanRequest scan;
+  *scan.mutable_header() = HeaderFor("{s}");
+  scan.set_prefix("{s}scan/");
+  absl::StatusOr<v1::ScanResponse> got = Call(&v1::KV::Stub::Scan, scan);
+  ASSERT_THAT(got, IsOk());
+  ASSERT_EQ(got->kvs_size(), 2);
+  EXPECT_EQ(got->kvs(0).value(), "a");
+  EXPECT_EQ(got->header().shard(), ShardForKey("{s}", 16));
+}
+
+TEST_F(KvServiceTest, ClusterServiceReportsMapAndStatus) {
+  grpc::ClientContext c1;
+  v1::GetClusterMapResponse map;
+  ASSERT_TRUE(cluster_stub_->GetClusterMap(&c1, {}, &map).ok());
+  EXPECT_EQ(map.map().epoch(), map_.epoch());
+  EXPECT_EQ(map.map().members_size(), 3);
+  EXPECT_EQ(map.map().shards(5).leader(), 1u);
+
+  grpc::ClientContext c2;
+  v1::NodeStatusResponse status;
+  ASSERT_TRUE(cluster_stub_->NodeStatus(&c2, {}, &status).ok());
+  EXPECT_EQ(status.node_id(), 1u);
+  EXPECT_EQ(status.epoch(), map_.epoch());
+  ASSERT_EQ(status.shards_size(), 16);
+  EXPECT_EQ(status.shards(0).role(), "leader");
+  EXPECT_EQ(status.shards(0).applied_index(), 10u);
+}
+
+class KvServiceNotHostedTest : public KvServiceTest {
+ protected:
+  KvServiceNotHostedTest() : KvServiceTest(/*replication=*/1) {}
+};
+
+TEST_F(KvServiceNotHostedTest, ShardWithoutAReplicaHereIsAStaleRoute) {
+  std::string key;
+  for (int i = 0; key.empty() || map_.Hosts(1, ShardForKey(key, 16)); ++i) {
+    key = absl::StrCat("key", i);
+  }
+  absl::StatusOr<v1::PutResponse> put = Put(key, "v");
+  ASSERT_THAT(put, StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("no replica")));
+  v1::ClusterMap current = StaleRouteMap(put.status());
+  EXPECT_EQ(current.replication(), 1u);
+}
+
+}  // namespace
+}  // namespace tessera::server
