@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <map>
 #include <thread>
 #include <utility>
@@ -150,14 +151,27 @@ class Node::Impl {
   void FailWaiters(Shard& s, const absl::Status& status, bool confirmed_reads_too);
   void PublishStatus(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
 
-  static void Finish(Shard& s, Node::ProposeCallback& done,
-                     absl::StatusOr<serverpb::CommandResult> result) {
-    s.counter->pending.fetch_sub(1);
-    done(std::move(result));
+  // Queues the completion of a waiter; RunCompletions() calls them once the
+  // cycle's state (and Status()) is published, with no lock held.
+  void Finish(Shard& s, Node::ProposeCallback& done,
+              absl::StatusOr<serverpb::CommandResult> result) {
+    completions_.push_back(
+        [counter = s.counter, done = std::move(done), result = std::move(result)]() mutable {
+          counter->pending.fetch_sub(1);
+          done(std::move(result));
+        });
   }
-  static void Finish(Shard& s, Node::ReadCallback& done, absl::Status status) {
-    s.counter->pending.fetch_sub(1);
-    done(std::move(status));
+  void Finish(Shard& s, Node::ReadCallback& done, absl::Status status) {
+    completions_.push_back(
+        [counter = s.counter, done = std::move(done), status = std::move(status)]() mutable {
+          counter->pending.fetch_sub(1);
+          done(std::move(status));
+        });
+  }
+  void RunCompletions() {
+    std::vector<std::function<void()>> run;
+    run.swap(completions_);
+    for (std::function<void()>& f : run) f();
   }
   // Reserves a pending slot; false if the shard is full.
   bool Reserve(ShardCounter* c) const {
@@ -181,6 +195,7 @@ class Node::Impl {
   uint64_t tick_ = 0;
   uint64_t next_read_id_ = 1;
   uint64_t next_transfer_tick_ = 0;
+  std::vector<std::function<void()>> completions_;
   std::thread thread_;
 
   absl::Mutex stop_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serialises Stop()
@@ -362,6 +377,7 @@ void Node::Impl::Stop() {
   for (ProposeRequest& p : left.proposals) Finish(*shards_.at(p.shard), p.done, cancelled);
   for (ReadRequest& r : left.reads) Finish(*shards_.at(r.shard), r.done, cancelled);
   for (auto& [id, s] : shards_) FailWaiters(*s, cancelled, /*confirmed_reads_too=*/true);
+  RunCompletions();
 }
 
 // ---------------------------------------------------------------- the loop
@@ -413,9 +429,11 @@ void Node::Impl::Loop() {
           absl::UnavailableError(absl::StrCat("node failed: ", s.message()));
       for (auto& [id, shard] : shards_) FailWaiters(*shard, failed, /*confirmed_reads_too=*/true);
       PublishStatus(now);
+      RunCompletions();
       return;
     }
     PublishStatus(now);
+    RunCompletions();
   }
 }
 

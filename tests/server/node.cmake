@@ -1,3 +1,7 @@
 # Tests of the multi-Raft node (server/node.cmake).
 tessera_test(server_raft_storage_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/raft_storage_test.cc LIBS tessera_node)
+tessera_test(server_node_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/node_test.cc LIBS tessera_node)
+tessera_test(server_local_transport_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/local_transport_test.cc LIBS tessera_node)

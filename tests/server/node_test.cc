@@ -1,0 +1,566 @@
+// Node (server/node.h): in-process clusters of 3 nodes, each with its own
+// RocksDB engine in a temporary directory, connected by a LocalNetwork, with
+// a tiny test Applier (puts only) so that these tests do not depend on the
+// real StateMachine.
+//
+// No sleeps as synchronisation: callbacks signal absl::Notifications, and
+// conditions on Status() or the stores are polled with a short pause and a
+// hard deadline.
+#include "server/node.h"
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "proto/grpc_status.h"
+#include "proto/status_macros.h"
+#include "proto/testing/status_matchers.h"
+#include "server/local_transport.h"
+#include "storage/engine.h"
+#include "tests/storage/test_util.h"
+
+namespace tessera::server {
+namespace {
+
+using ::tessera::testing::IsOk;
+using ::tessera::testing::StatusIs;
+
+constexpr absl::Duration kWait = absl::Seconds(15);  // hard bound of every wait
+
+// Applies Commands with a put to the KvStore; everything else only moves the
+// applied index. The result of a put carries the entry's index as version.
+class PutApplier : public Applier {
+ public:
+  explicit PutApplier(storage::KvStore* kv) : kv_(kv) {}
+
+  absl::Status Apply(absl::Span<const CommittedEntry> entries,
+                     std::vector<serverpb::CommandResult>* results) override {
+    results->assign(entries.size(), serverpb::CommandResult());
+    std::vector<storage::ShardWrite> writes;
+    absl::flat_hash_map<ShardId, uint64_t> applied;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const CommittedEntry& e = entries[i];
+      auto it = applied.find(e.shard);
+      if (it == applied.end()) {
+        TESSERA_ASSIGN_OR_RETURN(uint64_t a, kv_->AppliedIndex(e.shard));
+        it = applied.emplace(e.shard, a).first;
+      }
+      if (e.index <= it->second) continue;  // replayed after a restart
+      it->second = e.index;
+      if (writes.empty() || writes.back().shard != e.shard) {
+        writes.push_back(storage::ShardWrite{.shard = e.shard});
+      }
+      writes.back().applied_index = e.index;
+      if (e.data.empty()) continue;
+      serverpb::Command cmd;
+      if (!cmd.ParseFromString(e.data)) return absl::DataLossError("bad command");
+      if (cmd.has_put()) {
+        writes.back().mutations.push_back(
+            {storage::Mutation::Kind::kPut, cmd.put().key(), cmd.put().value()});
+        (*results)[i].mutable_put()->set_version(e.index);
+      }
+    }
+    if (writes.empty()) return absl::OkStatus();
+    return kv_->Apply(writes);
+  }
+
+ private:
+  storage::KvStore* const kv_;
+};
+
+serverpb::Command PutCommand(const std::string& key, const std::string& value) {
+  serverpb::Command cmd;
+  cmd.mutable_put()->set_key(key);
+  cmd.mutable_put()->set_value(value);
+  return cmd;
+}
+
+// Polls `cond` every few milliseconds until it holds or `timeout` passes.
+bool WaitFor(const std::function<bool()>& cond, absl::Duration timeout = kWait) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!cond()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
+struct Options {
+  int nodes = 3;
+  int shards = 3;
+  int election_ticks = 20;
+  size_t max_pending_per_shard = 4096;
+  uint64_t snapshot_interval_entries = 10000;
+};
+
+class Cluster {
+ public:
+  explicit Cluster(Options o) : o_(o) {
+    for (NodeId id = 1; id <= static_cast<NodeId>(o_.nodes); ++id) {
+      members_[id].dir = std::make_unique<storage::testing::TempDir>();
+    }
+  }
+  ~Cluster() {
+    for (auto& [id, m] : members_) Down(id);
+  }
+
+  absl::Status StartAll() {
+    for (auto& [id, m] : members_) TESSERA_RETURN_IF_ERROR(Up(id));
+    return absl::OkStatus();
+  }
+
+  // Opens the node's engine (from its directory) and starts its Node.
+  absl::Status Up(NodeId id) {
+    Member& m = members_.at(id);
+    storage::EngineOptions eo;
+    eo.block_cache_bytes = 8 << 20;
+    TESSERA_ASSIGN_OR_RETURN(m.engine, storage::Engine::Open(m.dir->path(), eo));
+    m.applier = std::make_unique<PutApplier>(&m.engine->kv_store());
+    m.transport = net_.TransportFor(id);
+    NodeOptions no;
+    no.id = id;
+    for (ShardId s = 1; s <= static_cast<ShardId>(o_.shards); ++s) {
+      ShardPlacement p{.shard = s};
+      for (NodeId r = 1; r <= static_cast<NodeId>(o_.nodes); ++r) p.replicas.push_back(r);
+      no.shards.push_back(p);
+    }
+    no.tick_interval = absl::Milliseconds(10);
+    no.election_ticks = o_.election_ticks;
+    no.heartbeat_ticks = 2;
+    no.max_pending_per_shard = o_.max_pending_per_shard;
+    no.snapshot_interval_entries = o_.snapshot_interval_entries;
+    no.seed = 42;
+    TESSERA_ASSIGN_OR_RETURN(m.node,
+                             Node::Start(no, m.engine.get(), m.applier.get(), m.transport.get()));
+    Node* node = m.node.get();
+    net_.Register(id, [node](NodeId from, std::vector<ShardMessage> msgs) {
+      node->Receive(from, std::move(msgs));
+    });
+    return absl::OkStatus();
+  }
+
+  // Stops the node and closes its engine (its directory stays).
+  void Down(NodeId id) {
+    Member& m = members_.at(id);
+    net_.Unregister(id);
+    m.node.reset();
+    m.applier.reset();
+    m.engine.reset();
+  }
+
+  Node& node(NodeId id) { return *members_.at(id).node; }
+  storage::Engine& engine(NodeId id) { return *members_.at(id).engine; }
+  LocalNetwork& net() { return net_; }
+  bool up(NodeId id) const { return members_.at(id).node != nullptr; }
+
+  std::optional<ShardStatus> StatusOf(NodeId id, ShardId shard) {
+    for (const ShardStatus& s : node(id).Status()) {
+      if (s.shard == shard) return s;
+    }
+    return std::nullopt;
+  }
+
+  // The running node that leads `shard` in the highest term, or 0.
+  NodeId Leader(ShardId shard) {
+    NodeId leader = 0;
+    uint64_t term = 0;
+    for (auto& [id, m] : members_) {
+      if (!m.node) continue;
+      std::optional<ShardStatus> s = StatusOf(id, shard);
+      if (s && s->role == "leader" && s->term >= term) {
+        leader = id;
+        term = s->term;
+      }
+    }
+    return leader;
+  }
+
+  // Waits until some node leads `shard` and every running node follows it.
+  NodeId WaitForLeader(ShardId shard) {
+    NodeId leader = 0;
+    WaitFor([&] {
+      leader = Leader(shard);
+      if (leader == 0) return false;
+      for (auto& [id, m] : members_) {
+        if (!m.node) continue;
+        std::optional<ShardStatus> s = StatusOf(id, shard);
+        if (!s || s->leader != leader) return false;
+      }
+      return true;
+    });
+    return leader;
+  }
+
+  // Proposes a put through `via` and waits for its callback.
+  static absl::StatusOr<serverpb::CommandResult> Put(Node& via, ShardId shard,
+                                                     const std::string& key,
+                                                     const std::string& value,
+                                                     absl::Duration timeout = absl::Seconds(5)) {
+    absl::Notification done;
+    absl::StatusOr<serverpb::CommandResult> out;
+    via.Propose(shard, PutCommand(key, value), absl::Now() + timeout,
+                [&](absl::StatusOr<serverpb::CommandResult> r) {
+                  out = std::move(r);
+                  done.Notify();
+                });
+    if (!done.WaitForNotificationWithTimeout(timeout + kWait)) {
+      return absl::InternalError("TEST: the callback never came");
+    }
+    return out;
+  }
+
+  static absl::Status Read(Node& via, ShardId shard, absl::Duration timeout = absl::Seconds(5)) {
+    absl::Notification done;
+    absl::Status out;
+    via.ReadBarrier(shard, /*lease=*/false, absl::Now() + timeout, [&](absl::Status s) {
+      out = std::move(s);
+      done.Notify();
+    });
+    if (!done.WaitForNotificationWithTimeout(timeout + kWait)) {
+      return absl::InternalError("TEST: the callback never came");
+    }
+    return out;
+  }
+
+  // Puts through whichever node leads, retrying on kUnavailable (elections).
+  absl::StatusOr<serverpb::CommandResult> PutOnLeader(ShardId shard, const std::string& key,
+                                                      const std::string& value) {
+    const absl::Time deadline = absl::Now() + kWait;
+    absl::StatusOr<serverpb::CommandResult> r = absl::UnavailableError("no leader");
+    while (absl::Now() < deadline) {
+      NodeId leader = Leader(shard);
+      if (leader != 0) {
+        r = Put(node(leader), shard, key, value);
+        if (r.ok() || r.status().code() != absl::StatusCode::kUnavailable) return r;
+      }
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return r;
+  }
+
+  std::optional<std::string> Get(NodeId id, ShardId shard, const std::string& key) {
+    absl::StatusOr<std::string> v = engine(id).kv_store().Get(shard, key);
+    if (!v.ok()) return std::nullopt;
+    return *v;
+  }
+
+  bool WaitForValue(NodeId id, ShardId shard, const std::string& key, const std::string& value) {
+    return WaitFor([&] { return Get(id, shard, key) == value; });
+  }
+
+ private:
+  struct Member {
+    std::unique_ptr<storage::testing::TempDir> dir;
+    std::unique_ptr<storage::Engine> engine;
+    std::unique_ptr<PutApplier> applier;
+    std::unique_ptr<Transport> transport;
+    std::unique_ptr<Node> node;
+  };
+
+  const Options o_;
+  LocalNetwork net_;  // outlives the members (declared before them)
+  std::map<NodeId, Member> members_;
+};
+
+NodeId OtherThan(NodeId a, NodeId b = 0) {
+  for (NodeId id = 1; id <= 3; ++id) {
+    if (id != a && id != b) return id;
+  }
+  return 0;
+}
+
+TEST(Node, StartRejectsBadOptions) {
+  storage::testing::TempDir dir;
+  auto engine = storage::Engine::Open(dir.path(), {});
+  ASSERT_THAT(engine, IsOk());
+  PutApplier applier(&(*engine)->kv_store());
+  LocalNetwork net;
+  std::unique_ptr<Transport> transport = net.TransportFor(1);
+  NodeOptions no;
+  no.id = 1;
+  no.shards = {{.shard = 1, .replicas = {2, 3}}};  // without this node
+  EXPECT_THAT(Node::Start(no, engine->get(), &applier, transport.get()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  no.shards = {{.shard = 1, .replicas = {1}}, {.shard = 1, .replicas = {1}}};
+  EXPECT_THAT(Node::Start(no, engine->get(), &applier, transport.get()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  no.shards = {{.shard = 1, .replicas = {1}}};
+  no.id = 0;
+  EXPECT_THAT(Node::Start(no, engine->get(), &applier, transport.get()),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(Node, ElectsLeadersAndReplicatesProposals) {
+  Cluster c({.shards = 4});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  for (ShardId s = 1; s <= 4; ++s) {
+    const NodeId leader = c.WaitForLeader(s);
+    ASSERT_NE(leader, 0u) << "shard " << s;
+    absl::StatusOr<serverpb::CommandResult> r = c.PutOnLeader(s, "k" + std::to_string(s), "v");
+    ASSERT_THAT(r, IsOk());
+    EXPECT_EQ(r->code(), 0);
+    EXPECT_GT(r->put().version(), 1u);  // the entry's index; 1 is the bootstrap point
+  }
+  for (ShardId s = 1; s <= 4; ++s) {
+    for (NodeId id = 1; id <= 3; ++id) {
+      EXPECT_TRUE(c.WaitForValue(id, s, "k" + std::to_string(s), "v"))
+          << "node " << id << " shard " << s;
+      // Shards are separate key spaces.
+      EXPECT_EQ(c.Get(id, s, "k" + std::to_string(s % 4 + 1)), std::nullopt);
+    }
+  }
+}
+
+TEST(Node, UnknownShardIsNotFound) {
+  Cluster c({.shards = 1});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  EXPECT_THAT(Cluster::Put(c.node(1), 99, "k", "v"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Cluster::Read(c.node(1), 99), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST(Node, FollowerAnswersUnavailableWithLeaderHint) {
+  Cluster c({.shards = 2});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId follower = OtherThan(leader);
+  absl::StatusOr<serverpb::CommandResult> r = Cluster::Put(c.node(follower), 1, "k", "v");
+  ASSERT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(r.status());
+  ASSERT_TRUE(detail.has_value());
+  ASSERT_TRUE(detail->has_not_leader());
+  // The hint is the leader the follower knows (the one found above unless an
+  // election happened in between, which the status check rules out).
+  if (c.Leader(1) == leader) {
+    EXPECT_EQ(detail->not_leader().leader_node(), leader);
+  }
+
+  absl::Status read = Cluster::Read(c.node(follower), 1);
+  ASSERT_THAT(read, StatusIs(absl::StatusCode::kUnavailable));
+  ASSERT_TRUE(GetErrorDetail(read).has_value());
+}
+
+TEST(Node, ReadBarrierOnLeaderSeesCommittedWrites) {
+  Cluster c({.shards = 1});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "a", "1"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  ASSERT_THAT(Cluster::Read(c.node(leader), 1), IsOk());
+  // Once the barrier passed, the leader's store holds every committed write.
+  EXPECT_EQ(c.Get(leader, 1, "a"), "1");
+  // lease=true falls back to the same barrier.
+  absl::Notification done;
+  absl::Status lease_status;
+  c.node(leader).ReadBarrier(1, /*lease=*/true, absl::Now() + absl::Seconds(5),
+                             [&](absl::Status s) {
+                               lease_status = s;
+                               done.Notify();
+                             });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(kWait));
+  EXPECT_THAT(lease_status, IsOk());
+}
+
+TEST(Node, PartitionedFollowerCatchesUpAfterHeal) {
+  Cluster c({.shards = 2});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId lagging = OtherThan(leader);
+  c.net().Isolate(lagging);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_THAT(c.PutOnLeader(1, absl::StrCat("k", i), absl::StrCat("v", i)), IsOk());
+  }
+  EXPECT_EQ(c.Get(lagging, 1, "k19"), std::nullopt);
+  c.net().Heal();
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_TRUE(c.WaitForValue(lagging, 1, absl::StrCat("k", i), absl::StrCat("v", i)));
+  }
+}
+
+TEST(Node, RestartedNodeRecoversCommittedEntries) {
+  Cluster c({.shards = 2});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_THAT(c.PutOnLeader(1 + i % 2, absl::StrCat("k", i), "before"), IsOk());
+  }
+  // Restart the leader of shard 1 (a follower would be easier).
+  const NodeId victim = c.WaitForLeader(1);
+  ASSERT_NE(victim, 0u);
+  c.Down(victim);
+  for (int i = 10; i < 15; ++i) {
+    ASSERT_THAT(c.PutOnLeader(1 + i % 2, absl::StrCat("k", i), "while down"), IsOk());
+  }
+  ASSERT_THAT(c.Up(victim), IsOk());
+  for (int i = 0; i < 15; ++i) {
+    EXPECT_TRUE(
+        c.WaitForValue(victim, 1 + i % 2, absl::StrCat("k", i), i < 10 ? "before" : "while down"))
+        << i;
+  }
+
+  // A full restart of every node keeps everything and serves new writes.
+  for (NodeId id = 1; id <= 3; ++id) c.Down(id);
+  ASSERT_THAT(c.StartAll(), IsOk());
+  for (NodeId id = 1; id <= 3; ++id) {
+    for (int i = 0; i < 15; ++i) {
+      EXPECT_TRUE(
+          c.WaitForValue(id, 1 + i % 2, absl::StrCat("k", i), i < 10 ? "before" : "while down"))
+          << "node " << id << " key " << i;
+    }
+  }
+  ASSERT_THAT(c.PutOnLeader(1, "after", "restart"), IsOk());
+  for (NodeId id = 1; id <= 3; ++id) EXPECT_TRUE(c.WaitForValue(id, 1, "after", "restart"));
+}
+
+TEST(Node, FollowerBehindCompactedLogGetsSnapshot) {
+  Cluster c({.shards = 1, .snapshot_interval_entries = 8});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId lagging = OtherThan(leader);
+  c.net().Isolate(lagging);
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_THAT(c.PutOnLeader(1, absl::StrCat("k", i), absl::StrCat("v", i)), IsOk());
+  }
+  // Every running node compacted its log past what the lagging one has.
+  const uint64_t lagging_last = c.StatusOf(lagging, 1)->last_index;
+  for (NodeId id = 1; id <= 3; ++id) {
+    if (id == lagging) continue;
+    EXPECT_TRUE(WaitFor([&] {
+      absl::StatusOr<storage::LogState> st = c.engine(id).raft_log().State(1);
+      return st.ok() && st->first_index > lagging_last + 1;
+    })) << "node "
+        << id;
+  }
+  c.net().Heal();
+  for (int i = 0; i < 40; ++i) {
+    EXPECT_TRUE(c.WaitForValue(lagging, 1, absl::StrCat("k", i), absl::StrCat("v", i))) << i;
+  }
+  // It caught up through a snapshot: its raft log restarts after one.
+  absl::StatusOr<storage::LogState> st = c.engine(lagging).raft_log().State(1);
+  ASSERT_THAT(st, IsOk());
+  EXPECT_GT(st->snapshot.index(), lagging_last);
+  EXPECT_EQ(st->snapshot.conf_state().voters_size(), 3);
+
+  // The snapshot installed a consistent state: the node keeps applying, and
+  // survives a restart.
+  ASSERT_THAT(c.PutOnLeader(1, "after", "snapshot"), IsOk());
+  EXPECT_TRUE(c.WaitForValue(lagging, 1, "after", "snapshot"));
+  c.Down(lagging);
+  ASSERT_THAT(c.Up(lagging), IsOk());
+  EXPECT_EQ(c.Get(lagging, 1, "k0"), "v0");
+  ASSERT_THAT(c.PutOnLeader(1, "after", "restart"), IsOk());
+  EXPECT_TRUE(c.WaitForValue(lagging, 1, "after", "restart"));
+}
+
+TEST(Node, TooManyPendingIsResourceExhausted) {
+  // A long election timeout keeps the cut-off leader leading during the test.
+  Cluster c({.shards = 1, .election_ticks = 100, .max_pending_per_shard = 2});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "warm", "up"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  c.net().Partition(leader, OtherThan(leader));
+  c.net().Partition(leader, OtherThan(leader, OtherThan(leader)));
+
+  std::atomic<int> cancelled{0};
+  for (int i = 0; i < 2; ++i) {
+    c.node(leader).Propose(1, PutCommand("k", "v"), absl::Now() + absl::Seconds(30),
+                           [&](absl::StatusOr<serverpb::CommandResult> r) {
+                             if (r.status().code() == absl::StatusCode::kCancelled) ++cancelled;
+                           });
+  }
+  // The third is refused at once (the callback runs inside the call).
+  bool refused = false;
+  c.node(leader).Propose(1, PutCommand("k", "v"), absl::Now() + absl::Seconds(30),
+                         [&](absl::StatusOr<serverpb::CommandResult> r) {
+                           EXPECT_THAT(r, StatusIs(absl::StatusCode::kResourceExhausted));
+                           refused = true;
+                         });
+  EXPECT_TRUE(refused);
+  bool read_refused = false;
+  c.node(leader).ReadBarrier(1, false, absl::Now() + absl::Seconds(30), [&](absl::Status s) {
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted));
+    read_refused = true;
+  });
+  EXPECT_TRUE(read_refused);
+
+  // Stop() fails what is still pending with kCancelled; later calls too.
+  c.node(leader).Stop();
+  EXPECT_EQ(cancelled.load(), 2);
+  EXPECT_THAT(Cluster::Put(c.node(leader), 1, "k", "v"), StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_THAT(Cluster::Read(c.node(leader), 1), StatusIs(absl::StatusCode::kCancelled));
+}
+
+TEST(Node, ExpiredDeadlinesAreDeadlineExceeded) {
+  Cluster c({.shards = 1, .election_ticks = 100});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "warm", "up"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  // A deadline already passed.
+  EXPECT_THAT(Cluster::Put(c.node(leader), 1, "k", "v", absl::ZeroDuration()),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  // A leader cut off from its followers cannot commit nor confirm a read; it
+  // keeps leading for an election timeout (1 s here), longer than 100 ms.
+  c.net().Partition(leader, OtherThan(leader));
+  c.net().Partition(leader, OtherThan(leader, OtherThan(leader)));
+  EXPECT_THAT(Cluster::Put(c.node(leader), 1, "k", "v", absl::Milliseconds(100)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(Cluster::Read(c.node(leader), 1, absl::Milliseconds(100)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  c.net().Heal();
+}
+
+TEST(Node, TransferLeadershipAwayMovesEveryShard) {
+  Cluster c({.shards = 3});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  for (ShardId s = 1; s <= 3; ++s) ASSERT_THAT(c.PutOnLeader(s, "k", "v"), IsOk());
+  // Pick the node leading shard 1; it may lead others too.
+  const NodeId draining = c.WaitForLeader(1);
+  ASSERT_NE(draining, 0u);
+  ASSERT_THAT(c.node(draining).TransferLeadershipAway(absl::Seconds(10)), IsOk());
+  for (const ShardStatus& s : c.node(draining).Status()) EXPECT_NE(s.role, "leader");
+  for (ShardId s = 1; s <= 3; ++s) {
+    const NodeId leader = c.WaitForLeader(s);
+    EXPECT_NE(leader, 0u);
+    ASSERT_THAT(c.PutOnLeader(s, "k", "after"), IsOk());
+  }
+}
+
+TEST(Node, StatusReportsEveryShard) {
+  Cluster c({.shards = 2});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(2, "k", "v"), IsOk());
+  const NodeId leader = c.WaitForLeader(2);
+  ASSERT_NE(leader, 0u);
+  std::vector<ShardStatus> st = c.node(leader).Status();
+  ASSERT_EQ(st.size(), 2u);
+  EXPECT_EQ(st[0].shard, 1u);
+  EXPECT_EQ(st[1].shard, 2u);
+  EXPECT_EQ(st[1].role, "leader");
+  EXPECT_EQ(st[1].leader, leader);
+  EXPECT_GE(st[1].commit_index, 3u);  // bootstrap point, the leader's empty entry, the put
+  EXPECT_GE(st[1].last_index, st[1].commit_index);
+  EXPECT_LE(absl::Now() - st[1].last_leader_contact, absl::Seconds(5));
+  const NodeId follower = OtherThan(leader);
+  EXPECT_TRUE(WaitFor([&] {
+    std::optional<ShardStatus> f = c.StatusOf(follower, 2);
+    return f && f->role == "follower" && f->applied_index >= st[1].commit_index &&
+           absl::Now() - f->last_leader_contact < absl::Seconds(5);
+  }));
+}
+
+}  // namespace
+}  // namespace tessera::server
