@@ -15,6 +15,10 @@
 //    them. At most max_sessions_per_shard sessions are kept; the least
 //    recently used one is evicted (deterministically, as part of applying a
 //    command), after which a retry on it fails with kFailedPrecondition.
+// Exact encodings: sm_format.h. The full session rules (and the client's side
+// of the contract: a first write to a shard carries first_incomplete_seq <= 1;
+// an unknown session with first_incomplete_seq > 1 was evicted and is
+// refused): state_machine.cc and server/README.md "State machine".
 //
 // Thread-safety: Apply() is called by the raft loop thread only. Get()/Scan()
 // are thread-safe and read the last applied state.
@@ -56,17 +60,27 @@ class StateMachine : public Applier {
   //  - seq < the session's first_incomplete_seq (or on an evicted session):
   //    code kFailedPrecondition, nothing changes;
   //  - Put/Delete/Txn execute against the state including earlier entries of
-  //    the same batch; a Txn's compares and ops see one consistent state.
+  //    the same batch; a Txn's compares and ops see one consistent state;
+  //  - a bad command (empty key, no operation, bad compare, session seq 0)
+  //    or undecodable entry data: code kInvalidArgument, nothing changes.
+  // Skipped entries (at or below the applied index) and empty entries get an
+  // empty CommandResult (code 0, no response). On error `results` is cleared
+  // and nothing of the batch is written: storage errors, or kDataLoss for a
+  // corrupt stored value or session record.
   absl::Status Apply(absl::Span<const CommittedEntry> entries,
                      std::vector<serverpb::CommandResult>* results) override;
 
-  // The key's value and version; found=false if absent. Errors: storage only.
+  // The key's value and version; found=false if absent. Errors: storage
+  // errors; kDataLoss if the stored value is corrupt.
   absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const;
 
   // One page of keys of one shard in key order (request.start/end/prefix/
   // limit/continuation as documented in kv.proto). The continuation is opaque
   // to clients. Errors: kInvalidArgument for prefix combined with start/end,
-  // start > end, or a continuation this shard did not produce.
+  // start > end, or a continuation this shard did not produce (malformed,
+  // another shard's, or outside the requested range); kDataLoss for a corrupt
+  // stored value. limit 0 means default_scan_limit; it is capped at
+  // max_scan_limit, and a page also stops after about 2 MiB.
   absl::StatusOr<v1::ScanResponse> Scan(ShardId shard, const v1::ScanRequest& request) const;
 
  private:
