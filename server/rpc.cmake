@@ -13,3 +13,17 @@ target_link_libraries(tessera_rpc_server
          absl::flat_hash_map absl::flat_hash_set absl::time
   PRIVATE PkgConfig::XXHASH)
 tessera_warnings(tessera_rpc_server)
+
+# The server binary (build/<preset>/server/tessera-server).
+add_executable(tessera-server ${CMAKE_CURRENT_LIST_DIR}/main.cc)
+target_link_libraries(tessera-server PRIVATE
+  tessera_rpc_server tessera_node tessera_state_machine tessera_storage spdlog::spdlog
+  absl::flags absl::flags_reflection absl::flags_marshalling absl::synchronization absl::time)
+tessera_warnings(tessera-server)
+set_target_properties(tessera-server PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+
+# tessera-admin: cluster status for scripts (build/<preset>/server/tessera-admin).
+add_executable(tessera-admin ${CMAKE_CURRENT_LIST_DIR}/tools/admin.cc)
+target_link_libraries(tessera-admin PRIVATE tessera_api absl::strings absl::time)
+tessera_warnings(tessera-admin)
+set_target_properties(tessera-admin PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})

@@ -1,0 +1,409 @@
+// tessera-server: one node of a Tessera cluster.
+//
+//   tessera-server --node-id=1 --data-dir=/var/lib/tessera
+//     --initial-cluster=1=10.0.0.1:7001/10.0.0.1:7101,2=...,3=...
+//
+// Startup, one log line per step: parse flags (and --config), build the
+// cluster map, open the storage engine, create the state machine, start the
+// peer transport and its service (--peer-listen), start the Node (every
+// shard replica this node hosts), start the client API (--listen), write
+// --port-file. Then it serves until SIGTERM or SIGINT, and drains: hands
+// shard leadership to other replicas, stops accepting calls and finishes
+// in-flight ones (bounded by --drain-timeout-ms), stops the Node, the peer
+// service and the transport, closes the engine and exits 0.
+//
+// Exit codes: 0 after a clean drain; 1 when startup fails (storage, ports);
+// 2 for bad flags (one line on stderr). kill -9 is safe at any point: every
+// acknowledged write is durable in the engine's WAL before it is
+// acknowledged.
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "proto/status_macros.h"
+#include "server/cluster_map.h"
+#include "server/grpc_transport.h"
+#include "server/kv_service.h"
+#include "server/node.h"
+#include "server/state_machine.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
+#include "storage/engine.h"
+
+ABSL_FLAG(uint64_t, node_id, 0, "this node's id in --initial-cluster (required)");
+ABSL_FLAG(std::string, data_dir, "", "directory of this node's RocksDB (required)");
+ABSL_FLAG(std::string, initial_cluster, "",
+          "members: <id>=<client host:port>/<peer host:port>,... (required)");
+ABSL_FLAG(std::string, listen, "",
+          "host:port of the client API (default: this member's client address)");
+ABSL_FLAG(std::string, peer_listen, "",
+          "host:port of the peer service (default: this member's peer address)");
+ABSL_FLAG(uint32_t, shards, tessera::server::kDefaultNumShards, "number of shards");
+ABSL_FLAG(uint32_t, replication, tessera::server::kDefaultReplication,
+          "replicas per shard (capped at the member count)");
+ABSL_FLAG(std::string, config, "",
+          "optional file of key=value lines with the same keys as these flags; flags override");
+ABSL_FLAG(uint32_t, tick_ms, 50, "raft tick interval in milliseconds");
+ABSL_FLAG(uint32_t, election_ticks, 20, "raft election timeout in ticks");
+ABSL_FLAG(uint64_t, max_key_bytes, 4096, "largest key accepted");
+ABSL_FLAG(uint64_t, max_value_bytes, 1 << 20, "largest value accepted");
+ABSL_FLAG(uint32_t, drain_timeout_ms, 5000,
+          "on SIGTERM: time to hand off leadership, and then to finish in-flight calls");
+ABSL_FLAG(std::string, port_file, "",
+          "if set, written after startup: client_port=<port> and peer_port=<port> lines");
+
+namespace tessera::server {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: tessera-server --node-id=N --data-dir=DIR --initial-cluster=ID=CLIENT/PEER,...\n"
+    "  [--listen=HOST:PORT] [--peer-listen=HOST:PORT] [--shards=16] [--replication=3]\n"
+    "  [--config=FILE] [--tick-ms=50] [--election-ticks=20] [--max-key-bytes=4096]\n"
+    "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
+    "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
+
+// Sets flag `name` (dashes allowed) to `value`.
+absl::Status SetFlag(std::string name, const std::string& value, std::set<std::string>* seen) {
+  name = absl::StrReplaceAll(name, {{"-", "_"}});
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  static const std::set<std::string> kOurs = {
+      "node_id",       "data_dir",        "initial_cluster",  "listen",   "peer_listen",
+      "shards",        "replication",     "config",           "tick_ms",  "election_ticks",
+      "max_key_bytes", "max_value_bytes", "drain_timeout_ms", "port_file"};
+  if (flag == nullptr || kOurs.count(name) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+  }
+  std::string error;
+  if (!flag->ParseFrom(value, &error)) {
+    return absl::InvalidArgumentError(absl::StrCat("bad value '", value, "' for --", name, ": ",
+                                                   absl::StripAsciiWhitespace(error)));
+  }
+  if (seen != nullptr) seen->insert(name);
+  return absl::OkStatus();
+}
+
+// Parses argv, then --config for what argv did not set. --help exits 0.
+absl::Status ParseFlags(int argc, char** argv) {
+  std::set<std::string> seen;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "-help") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    size_t eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+    }
+    TESSERA_RETURN_IF_ERROR(SetFlag(name, value, &seen));
+  }
+  const std::string config = absl::GetFlag(FLAGS_config);
+  if (config.empty()) return absl::OkStatus();
+  std::ifstream in(config);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read --config ", config));
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    absl::string_view text = absl::StripAsciiWhitespace(line);
+    if (text.empty() || text[0] == '#') continue;
+    size_t eq = text.find('=');
+    if (eq == absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(config, ":", number, ": expected key=value, got '", text, "'"));
+    }
+    std::string key =
+        absl::StrReplaceAll(absl::StripAsciiWhitespace(text.substr(0, eq)), {{"-", "_"}});
+    std::string value(absl::StripAsciiWhitespace(text.substr(eq + 1)));
+    if (key == "config") {
+      return absl::InvalidArgumentError(absl::StrCat(config, ":", number, ": nested config"));
+    }
+    if (seen.count(key)) continue;  // the command line wins
+    absl::Status s = SetFlag(key, value, nullptr);
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(config, ":", number, ": ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+struct Config {
+  NodeId node_id = 0;
+  std::string data_dir;
+  std::string listen;
+  std::string peer_listen;
+  ClusterMap map;
+};
+
+absl::StatusOr<Config> Validate() {
+  const NodeId id = absl::GetFlag(FLAGS_node_id);
+  if (id == 0) return absl::InvalidArgumentError("--node-id is required (non-zero)");
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (data_dir.empty()) return absl::InvalidArgumentError("--data-dir is required");
+  if (absl::GetFlag(FLAGS_initial_cluster).empty()) {
+    return absl::InvalidArgumentError("--initial-cluster is required");
+  }
+  if (absl::GetFlag(FLAGS_tick_ms) < 1 || absl::GetFlag(FLAGS_tick_ms) > 10000) {
+    return absl::InvalidArgumentError("--tick-ms must be in [1, 10000]");
+  }
+  if (absl::GetFlag(FLAGS_election_ticks) < 2 || absl::GetFlag(FLAGS_election_ticks) > 1000) {
+    return absl::InvalidArgumentError("--election-ticks must be in [2, 1000]");
+  }
+  if (absl::GetFlag(FLAGS_max_key_bytes) < 1 || absl::GetFlag(FLAGS_max_key_bytes) > (1 << 20)) {
+    return absl::InvalidArgumentError("--max-key-bytes must be in [1, 1048576]");
+  }
+  if (absl::GetFlag(FLAGS_max_value_bytes) > (64 << 20)) {
+    return absl::InvalidArgumentError("--max-value-bytes must be at most 67108864");
+  }
+  absl::StatusOr<ClusterMap> map =
+      ClusterMap::Parse(absl::GetFlag(FLAGS_initial_cluster), absl::GetFlag(FLAGS_shards),
+                        absl::GetFlag(FLAGS_replication));
+  if (!map.ok()) return map.status();
+  const MemberInfo* self = map->FindMember(id);
+  if (self == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--node-id ", id, " is not a member of --initial-cluster"));
+  }
+  Config config{.node_id = id,
+                .data_dir = data_dir,
+                .listen = absl::GetFlag(FLAGS_listen),
+                .peer_listen = absl::GetFlag(FLAGS_peer_listen),
+                .map = *std::move(map)};
+  if (config.listen.empty()) config.listen = self->client_address;
+  if (config.peer_listen.empty()) config.peer_listen = self->peer_address;
+  for (const std::string* address : {&config.listen, &config.peer_listen}) {
+    TESSERA_RETURN_IF_ERROR(ValidateHostPort(*address));
+  }
+  return config;
+}
+
+// Adapts Node + StateMachine to what the KV service needs.
+class NodeKvBackend final : public KvBackend {
+ public:
+  NodeKvBackend(Node* node, const StateMachine* state_machine)
+      : node_(node), state_machine_(state_machine) {}
+  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
+               Node::ProposeCallback done) override {
+    node_->Propose(shard, std::move(command), deadline, std::move(done));
+  }
+  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
+                   Node::ReadCallback done) override {
+    node_->ReadBarrier(shard, lease, deadline, std::move(done));
+  }
+  std::vector<ShardStatus> Status() const override { return node_->Status(); }
+  absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const override {
+    return state_machine_->Get(shard, key);
+  }
+  absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,
+                                        const v1::ScanRequest& request) const override {
+    return state_machine_->Scan(shard, request);
+  }
+
+ private:
+  Node* const node_;
+  const StateMachine* const state_machine_;
+};
+
+// Writes `content` to `path` atomically (temp file + rename).
+absl::Status WriteFileAtomically(const std::string& path, const std::string& content) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << content;
+    out.flush();
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", temp));
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot rename ", temp, " to ", path));
+  }
+  return absl::OkStatus();
+}
+
+int Run(const Config& config, const sigset_t& signals) {
+  const ClusterMap& map = config.map;
+  const std::vector<ShardId> hosted = map.ShardsOf(config.node_id);
+  spdlog::info(
+      "cluster map: {} members, {} shards, replication {}, epoch {}; node {} hosts {} "
+      "shards",
+      map.members().size(), map.num_shards(), map.replication(), map.epoch(), config.node_id,
+      hosted.size());
+
+  absl::StatusOr<std::unique_ptr<storage::Engine>> engine =
+      storage::Engine::Open(config.data_dir, storage::EngineOptions{});
+  if (!engine.ok()) {
+    spdlog::error("cannot open storage at {}: {}", config.data_dir, engine.status().ToString());
+    return 1;
+  }
+  spdlog::info("opened storage at {}", config.data_dir);
+
+  StateMachine state_machine(&(*engine)->kv_store(), StateMachineOptions{});
+
+  GrpcTransportOptions transport_options;
+  transport_options.self = config.node_id;
+  for (const MemberInfo& m : map.members()) {
+    if (m.id != config.node_id) transport_options.peers[m.id] = m.peer_address;
+  }
+  auto transport = std::make_unique<GrpcTransport>(std::move(transport_options));
+
+  std::atomic<Node*> node_for_peers{nullptr};
+  PeerService peer_service(config.node_id,
+                           [&node_for_peers](NodeId from, std::vector<ShardMessage> messages) {
+                             if (Node* node = node_for_peers.load(std::memory_order_acquire)) {
+                               node->Receive(from, std::move(messages));
+                             }
+                           });
+  absl::StatusOr<StartedServer> peer_server =
+      StartGrpcServer(config.peer_listen, {&peer_service}, 512 << 20);
+  if (!peer_server.ok()) {
+    spdlog::error("peer service: {}", peer_server.status().ToString());
+    return 1;
+  }
+  spdlog::info("peer service listening on {} (port {})", config.peer_listen, peer_server->port);
+
+  NodeOptions node_options;
+  node_options.id = config.node_id;
+  for (ShardId shard : hosted) {
+    node_options.shards.push_back({.shard = shard, .replicas = map.shards()[shard].replicas});
+  }
+  node_options.tick_interval = absl::Milliseconds(absl::GetFlag(FLAGS_tick_ms));
+  node_options.election_ticks = static_cast<int>(absl::GetFlag(FLAGS_election_ticks));
+  node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
+  absl::StatusOr<std::unique_ptr<Node>> node =
+      Node::Start(node_options, engine->get(), &state_machine, transport.get());
+  if (!node.ok()) {
+    spdlog::error("cannot start the node: {}", node.status().ToString());
+    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    return 1;
+  }
+  node_for_peers.store(node->get(), std::memory_order_release);
+  spdlog::info("raft node started: {} shard replicas, tick {} ms, election timeout {} ticks",
+               hosted.size(), absl::GetFlag(FLAGS_tick_ms), absl::GetFlag(FLAGS_election_ticks));
+
+  NodeKvBackend backend(node->get(), &state_machine);
+  KvServiceOptions kv_options;
+  kv_options.self = config.node_id;
+  kv_options.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
+  kv_options.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
+  auto kv_service = std::make_unique<KvService>(kv_options, &map, &backend);
+  ClusterService cluster_service(config.node_id, &map, &backend);
+  const int max_request_bytes =
+      static_cast<int>(std::min<uint64_t>(2 * kv_options.max_value_bytes + (64 << 20), 1 << 30));
+  absl::StatusOr<StartedServer> client_server =
+      StartGrpcServer(config.listen, {kv_service.get(), &cluster_service}, max_request_bytes);
+  if (!client_server.ok()) {
+    spdlog::error("client API: {}", client_server.status().ToString());
+    (*node)->Stop();
+    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    return 1;
+  }
+  spdlog::info("client API (KV, Cluster) listening on {} (port {})", config.listen,
+               client_server->port);
+
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty()) {
+    absl::Status s = WriteFileAtomically(
+        port_file,
+        absl::StrCat("client_port=", client_server->port, "\npeer_port=", peer_server->port, "\n"));
+    if (!s.ok()) spdlog::error("port file: {}", s.ToString());
+    spdlog::info("wrote ports to {}", port_file);
+  }
+  spdlog::info("node {} ready", config.node_id);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  const absl::Duration drain = absl::Milliseconds(absl::GetFlag(FLAGS_drain_timeout_ms));
+  spdlog::info("received {}: draining (up to {} ms per step)", strsignal(signal_number),
+               absl::ToInt64Milliseconds(drain));
+
+  absl::Status transferred = (*node)->TransferLeadershipAway(drain);
+  if (transferred.ok()) {
+    spdlog::info("handed off leadership of every shard");
+  } else {
+    spdlog::warn("leadership hand-off incomplete: {}", transferred.ToString());
+  }
+
+  // Stop accepting calls; in-flight ones finish (or are cancelled at the
+  // deadline). Shutdown waits for every call, and a call waits for the Node:
+  // if that takes too long, stopping the Node completes them all.
+  absl::Notification shut_down;
+  std::thread shutdown_thread([&] {
+    client_server->server->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+    shut_down.Notify();
+  });
+  if (!shut_down.WaitForNotificationWithTimeout(drain + absl::Seconds(2))) {
+    spdlog::warn("in-flight calls still pending; stopping the node to complete them");
+    (*node)->Stop();
+  }
+  shutdown_thread.join();
+  spdlog::info("client API stopped");
+
+  (*node)->Stop();
+  spdlog::info("raft node stopped");
+  peer_server->server->Shutdown(std::chrono::system_clock::now());
+  node_for_peers.store(nullptr, std::memory_order_release);
+  transport->Stop();
+  spdlog::info("peer service and transport stopped");
+  kv_service.reset();
+  node->reset();
+  transport.reset();
+  engine->reset();
+  spdlog::info("storage closed; node {} exits", config.node_id);
+  return 0;
+}
+
+}  // namespace
+}  // namespace tessera::server
+
+int main(int argc, char** argv) {
+  // Signals are taken synchronously by sigwait() in Run(): block them before
+  // any thread starts so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  absl::Status parsed = tessera::server::ParseFlags(argc, argv);
+  absl::StatusOr<tessera::server::Config> config =
+      parsed.ok() ? tessera::server::Validate() : absl::StatusOr<tessera::server::Config>(parsed);
+  if (!config.ok()) {
+    std::fprintf(stderr, "tessera-server: %s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  auto logger = spdlog::stderr_logger_mt("tessera");
+  logger->set_pattern(absl::StrCat("%Y-%m-%dT%H:%M:%S.%e %L node", config->node_id, " %v"));
+  logger->flush_on(spdlog::level::info);
+  spdlog::set_default_logger(logger);
+  spdlog::info("tessera-server starting: node {}, data dir {}", config->node_id, config->data_dir);
+  return tessera::server::Run(*config, signals);
+}
