@@ -15,7 +15,13 @@
 // every snapshot_interval_entries applied entries.
 //
 // Thread-safety: all public methods are thread-safe. Callbacks run on the raft
-// loop thread and must not block (hand work to another thread if needed).
+// loop thread at the end of a cycle (after Status() reflects it) and must not
+// block (hand work to another thread if needed) nor destroy the Node. Refusals
+// decided at once (kNotFound, kResourceExhausted, kCancelled once stopping)
+// call `done` inline, in the caller's thread, before Propose/ReadBarrier
+// return; Stop() calls the kCancelled callbacks in its caller's thread.
+// Implementation notes (snapshot data format, restart, compaction): README.md
+// "Node".
 #ifndef TESSERA_SERVER_NODE_H_
 #define TESSERA_SERVER_NODE_H_
 

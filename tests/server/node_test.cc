@@ -447,11 +447,17 @@ TEST(Node, FollowerBehindCompactedLogGetsSnapshot) {
   for (int i = 0; i < 40; ++i) {
     EXPECT_TRUE(c.WaitForValue(lagging, 1, absl::StrCat("k", i), absl::StrCat("v", i))) << i;
   }
-  // It caught up through a snapshot: its raft log restarts after one.
-  absl::StatusOr<storage::LogState> st = c.engine(lagging).raft_log().State(1);
-  ASSERT_THAT(st, IsOk());
-  EXPECT_GT(st->snapshot.index(), lagging_last);
-  EXPECT_EQ(st->snapshot.conf_state().voters_size(), 3);
+  // It caught up through a snapshot: its raft log restarts after one. (The
+  // data is installed just before the raft log records the snapshot.)
+  storage::LogState st;
+  EXPECT_TRUE(WaitFor([&] {
+    absl::StatusOr<storage::LogState> s = c.engine(lagging).raft_log().State(1);
+    if (!s.ok()) return false;
+    st = *s;
+    return st.snapshot.index() > lagging_last;
+  })) << "snapshot index "
+      << st.snapshot.index() << ", lagging last " << lagging_last;
+  EXPECT_EQ(st.snapshot.conf_state().voters_size(), 3);
 
   // The snapshot installed a consistent state: the node keeps applying, and
   // survives a restart.
