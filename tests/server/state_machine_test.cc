@@ -883,6 +883,26 @@ TYPED_TEST(StateMachineTest, CorruptSessionRecordIsDataLoss) {
   EXPECT_EQ(this->AppliedIndex(), 1u);
 }
 
+// A MemKvStore whose Apply fails, as a full disk would.
+class FailingApplyKvStore : public storage::MemKvStore {
+ public:
+  absl::Status Apply(absl::Span<const storage::ShardWrite>) override {
+    return absl::UnavailableError("disk full");
+  }
+};
+
+TEST(StateMachineStorage, ApplyErrorPropagatesAndClearsResults) {
+  FailingApplyKvStore kv;
+  StateMachine sm(&kv, {});
+  Results results = {serverpb::CommandResult()};
+  EXPECT_THAT(sm.Apply({{1, 1, PutCmd("k", "v").SerializeAsString()}}, &results),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("disk full")));
+  EXPECT_TRUE(results.empty());
+  // A batch of skipped entries does not write at all.
+  EXPECT_THAT(sm.Apply({{1, 0, ""}}, &results), IsOk());
+  ASSERT_EQ(results.size(), 1u);
+}
+
 // ---- Determinism ----
 
 // A random command log over a few shards, keys and clients, with retries,
