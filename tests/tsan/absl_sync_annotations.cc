@@ -32,18 +32,13 @@ Fn Real(const char* mangled) {
   return reinterpret_cast<Fn>(p);
 }
 
-#define TESSERA_REAL(type, mangled)                      \
-  static const auto real = Real<type>(mangled);
+#define TESSERA_REAL(type, mangled) static const auto real = Real<type>(mangled);
 
-void AnnotateLock(void* m, unsigned flags) {
-  __tsan_mutex_pre_lock(m, flags);
-}
+void AnnotateLock(void* m, unsigned flags) { __tsan_mutex_pre_lock(m, flags); }
 
 // Await / CondVar::Wait release the mutex while waiting and hold it again on
 // return: a release followed by an acquire.
-void AnnotateWaitBegin(void* m) {
-  __tsan_mutex_pre_unlock(m, 0);
-}
+void AnnotateWaitBegin(void* m) { __tsan_mutex_pre_unlock(m, 0); }
 void AnnotateWaitEnd(void* m) {
   __tsan_mutex_post_unlock(m, 0);
   __tsan_mutex_pre_lock(m, 0);
@@ -78,8 +73,7 @@ bool Mutex::TryLock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   TESSERA_REAL(bool (*)(Mutex*), "_ZN4absl7debian35Mutex7TryLockEv");
   AnnotateLock(this, __tsan_mutex_try_lock);
   bool ok = real(this);
-  __tsan_mutex_post_lock(this, __tsan_mutex_try_lock | (ok ? 0 : __tsan_mutex_try_lock_failed),
-                         0);
+  __tsan_mutex_post_lock(this, __tsan_mutex_try_lock | (ok ? 0 : __tsan_mutex_try_lock_failed), 0);
   return ok;
 }
 
@@ -107,14 +101,15 @@ void Mutex::ReaderUnlock() ABSL_NO_THREAD_SAFETY_ANALYSIS {
 }
 
 void Mutex::LockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  TESSERA_REAL(void (*)(Mutex*, const Condition&), "_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
+  TESSERA_REAL(void (*)(Mutex*, const Condition&),
+               "_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
   AnnotateLock(this, 0);
   real(this, cond);
   __tsan_mutex_post_lock(this, 0, 0);
 }
 
-bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout)
-    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+bool Mutex::LockWhenWithTimeout(const Condition& cond,
+                                Duration timeout) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   TESSERA_REAL(bool (*)(Mutex*, const Condition&, Duration),
                "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   AnnotateLock(this, 0);
@@ -123,8 +118,8 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout)
   return ok;
 }
 
-bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline)
-    ABSL_NO_THREAD_SAFETY_ANALYSIS {
+bool Mutex::LockWhenWithDeadline(const Condition& cond,
+                                 Time deadline) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   TESSERA_REAL(bool (*)(Mutex*, const Condition&, Time),
                "_ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   AnnotateLock(this, 0);
@@ -142,7 +137,8 @@ void Mutex::ReaderLockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS
 }
 
 void Mutex::Await(const Condition& cond) {
-  TESSERA_REAL(void (*)(Mutex*, const Condition&), "_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
+  TESSERA_REAL(void (*)(Mutex*, const Condition&),
+               "_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
   AnnotateWaitBegin(this);
   real(this, cond);
   AnnotateWaitEnd(this);
