@@ -184,7 +184,37 @@ void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::S
     }
     SetErrorDetail(status, *detail);
   }
-  reactor->Finish(ToGrpcStatus(status));
+  FinishCall(reactor, ToGrpcStatus(status));
+}
+
+bool KvService::Enter(grpc::ServerUnaryReactor* reactor) {
+  {
+    absl::MutexLock lock(&drain_mu_);
+    if (!draining_) {
+      ++in_flight_;
+      return true;
+    }
+  }
+  reactor->Finish(ToGrpcStatus(absl::UnavailableError(
+      absl::StrCat("node ", options_.self, " is shutting down; retry on another replica"))));
+  return false;
+}
+
+void KvService::FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
+  reactor->Finish(status);
+  absl::MutexLock lock(&drain_mu_);
+  --in_flight_;
+}
+
+void KvService::BeginDrain() {
+  absl::MutexLock lock(&drain_mu_);
+  draining_ = true;
+}
+
+bool KvService::WaitIdle(absl::Time deadline) {
+  absl::MutexLock lock(&drain_mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(drain_mu_) { return in_flight_ == 0; };
+  return drain_mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
 }
 
 namespace {
@@ -264,6 +294,7 @@ void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::Reque
 grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
                                          const v1::PutRequest* request, v1::PutResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!Enter(reactor)) return reactor;
   absl::Status valid = ValidateKey(request->key());
   if (valid.ok() && request->value().size() > options_.max_value_bytes) {
     valid = absl::InvalidArgumentError(absl::StrCat("value of ", request->value().size(),
@@ -272,7 +303,7 @@ grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
-    reactor->Finish(ToGrpcStatus(shard.status()));
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
     return reactor;
   }
   serverpb::Command command;
@@ -294,11 +325,12 @@ grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context
                                             const v1::DeleteRequest* request,
                                             v1::DeleteResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!Enter(reactor)) return reactor;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
-    reactor->Finish(ToGrpcStatus(shard.status()));
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
     return reactor;
   }
   serverpb::Command command;
@@ -319,6 +351,7 @@ grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context
 grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
                                          const v1::TxnRequest* request, v1::TxnResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!Enter(reactor)) return reactor;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
     const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
     if (ops > options_.max_txn_ops) {
@@ -365,7 +398,7 @@ grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
   absl::StatusOr<std::vector<absl::string_view>> keys = validate();
   absl::StatusOr<ShardId> shard = keys.ok() ? CheckRoute(request->header(), *keys) : keys.status();
   if (!shard.ok()) {
-    reactor->Finish(ToGrpcStatus(shard.status()));
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
     return reactor;
   }
   serverpb::Command command;
@@ -386,11 +419,12 @@ grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
 grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
                                          const v1::GetRequest* request, v1::GetResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!Enter(reactor)) return reactor;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
-    reactor->Finish(ToGrpcStatus(shard.status()));
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
     return reactor;
   }
   ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
@@ -409,6 +443,7 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
                                           const v1::ScanRequest* request,
                                           v1::ScanResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!Enter(reactor)) return reactor;
   auto validate = [&]() -> absl::Status {
     if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {
       return absl::InvalidArgumentError("scan prefix cannot be combined with start/end");
@@ -434,7 +469,7 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
   absl::Status valid = validate();
   absl::StatusOr<ShardId> shard = valid.ok() ? CheckRoute(request->header(), {}) : valid;
   if (!shard.ok()) {
-    reactor->Finish(ToGrpcStatus(shard.status()));
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
     return reactor;
   }
   ReadAndFinish(reactor, request->header(), *shard, Deadline(context),

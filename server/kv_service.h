@@ -45,6 +45,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/cluster_map.h"
 #include "server/node.h"
@@ -108,9 +109,20 @@ class KvService final : public v1::KV::CallbackService {
   grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* context, const v1::TxnRequest* request,
                                 v1::TxnResponse* response) override;
 
+  // Drain, for a graceful stop: from now on new calls fail at once with
+  // UNAVAILABLE (clients retry on another replica); calls in flight go on.
+  void BeginDrain() ABSL_LOCKS_EXCLUDED(drain_mu_);
+  // Waits until no call is in flight, or `deadline`; returns whether idle.
+  bool WaitIdle(absl::Time deadline) ABSL_LOCKS_EXCLUDED(drain_mu_);
+
  private:
   class WorkerPool;
 
+  // Admits a call (counted in flight) unless draining; else finishes it.
+  bool Enter(grpc::ServerUnaryReactor* reactor) ABSL_LOCKS_EXCLUDED(drain_mu_);
+  // Finishes an admitted call.
+  void FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status)
+      ABSL_LOCKS_EXCLUDED(drain_mu_);
   absl::Status ValidateKey(absl::string_view key) const;
   // The shard of `keys` if the header routes them correctly (see above).
   absl::StatusOr<ShardId> CheckRoute(const v1::RequestHeader& header,
@@ -130,6 +142,10 @@ class KvService final : public v1::KV::CallbackService {
   const ClusterMap* const map_;
   KvBackend* const backend_;
   std::unique_ptr<WorkerPool> pool_;
+
+  absl::Mutex drain_mu_;
+  bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
+  int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;
 };
 
 // Cluster.GetClusterMap (the map with this node's leader hints) and

@@ -8,8 +8,9 @@
 // peer transport and its service (--peer-listen), start the Node (every
 // shard replica this node hosts), start the client API (--listen), write
 // --port-file. Then it serves until SIGTERM or SIGINT, and drains: hands
-// shard leadership to other replicas, stops accepting calls and finishes
-// in-flight ones (bounded by --drain-timeout-ms), stops the Node, the peer
+// shard leadership to other replicas, refuses new calls (UNAVAILABLE) and
+// finishes in-flight ones (each step bounded by --drain-timeout-ms), closes
+// the client API, stops the Node, the peer
 // service and the transport, closes the engine and exits 0.
 //
 // Exit codes: 0 after a clean drain; 1 when startup fails (storage, ports);
@@ -344,23 +345,36 @@ int Run(const Config& config, const sigset_t& signals) {
   spdlog::info("received {}: draining (up to {} ms per step)", strsignal(signal_number),
                absl::ToInt64Milliseconds(drain));
 
-  absl::Status transferred = (*node)->TransferLeadershipAway(drain);
+  // With one replica per shard there is nobody to hand leadership to.
+  absl::Status transferred = map.replication() > 1
+                                 ? (*node)->TransferLeadershipAway(drain)
+                                 : absl::FailedPreconditionError("no other replicas");
   if (transferred.ok()) {
     spdlog::info("handed off leadership of every shard");
   } else {
     spdlog::warn("leadership hand-off incomplete: {}", transferred.ToString());
   }
 
-  // Stop accepting calls; in-flight ones finish (or are cancelled at the
-  // deadline). Shutdown waits for every call, and a call waits for the Node:
-  // if that takes too long, stopping the Node completes them all.
+  // Stop accepting calls (new ones get UNAVAILABLE and go to another
+  // replica) and let in-flight ones finish. Then shut the server down at
+  // once: gRPC's own graceful Shutdown would also wait for clients to close
+  // their idle connections. Shutdown waits for every call, and a call may
+  // wait for the Node: if that takes too long, stopping the Node completes
+  // them all.
+  kv_service->BeginDrain();
+  if (kv_service->WaitIdle(absl::Now() + drain)) {
+    spdlog::info("in-flight client calls finished");
+  } else {
+    spdlog::warn("client calls still in flight after {} ms; cancelling them",
+                 absl::ToInt64Milliseconds(drain));
+  }
   absl::Notification shut_down;
   std::thread shutdown_thread([&] {
-    client_server->server->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+    client_server->server->Shutdown(std::chrono::system_clock::now());
     shut_down.Notify();
   });
-  if (!shut_down.WaitForNotificationWithTimeout(drain + absl::Seconds(2))) {
-    spdlog::warn("in-flight calls still pending; stopping the node to complete them");
+  if (!shut_down.WaitForNotificationWithTimeout(absl::Seconds(2))) {
+    spdlog::warn("client calls still pending; stopping the node to complete them");
     (*node)->Stop();
   }
   shutdown_thread.join();

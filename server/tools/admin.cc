@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "tessera/kv.grpc.pb.h"
 
 namespace {
@@ -67,8 +68,12 @@ bool ParseArgs(int argc, char** argv, Args* args) {
 }
 
 std::unique_ptr<tessera::v1::Cluster::Stub> Stub(const std::string& endpoint) {
+  // Reconnect quickly: `status --wait-ms` polls nodes that are still starting.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
   return tessera::v1::Cluster::NewStub(
-      grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials()));
+      grpc::CreateCustomChannel(endpoint, grpc::InsecureChannelCredentials(), args));
 }
 
 // One poll of every endpoint; returns whether all answered and all shards

@@ -23,7 +23,7 @@ class PortReservation {
  public:
   // Aborts if no port can be reserved (the test cannot run then).
   PortReservation() {
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) abort();
     sockaddr_in addr;

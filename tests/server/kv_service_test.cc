@@ -501,6 +501,14 @@ TEST_F(KvServiceTest, ClusterServiceReportsMapAndStatus) {
   EXPECT_EQ(status.shards(0).applied_index(), 10u);
 }
 
+TEST_F(KvServiceTest, DrainRefusesNewCallsAndWaitsForInFlightOnes) {
+  EXPECT_TRUE(kv_->WaitIdle(absl::Now()));
+  kv_->BeginDrain();
+  EXPECT_THAT(Put("k", "v"), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("shutting down")));
+  EXPECT_THAT(Get("k"), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_TRUE(kv_->WaitIdle(absl::Now() + absl::Seconds(5)));
+}
+
 class KvServiceNotHostedTest : public KvServiceTest {
  protected:
   KvServiceNotHostedTest() : KvServiceTest(/*replication=*/1) {}

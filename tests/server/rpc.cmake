@@ -7,3 +7,10 @@ set_tests_properties(server_grpc_transport_test PROPERTIES RESOURCE_LOCK ports)
 tessera_test(server_kv_service_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/kv_service_test.cc LIBS tessera_rpc_server)
 set_tests_properties(server_kv_service_test PROPERTIES RESOURCE_LOCK ports)
+# Real tessera-server processes on 127.0.0.1 (reserved ports; see the test).
+tessera_test(server_integration_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/integration_test.cc LIBS tessera_api TIMEOUT 180)
+target_compile_definitions(server_integration_test PRIVATE
+  TESSERA_SERVER_BINARY="$<TARGET_FILE:tessera-server>")
+add_dependencies(server_integration_test tessera-server)
+set_tests_properties(server_integration_test PROPERTIES RESOURCE_LOCK ports RUN_SERIAL TRUE)

@@ -1,0 +1,606 @@
+// End-to-end tests: three real tessera-server processes on 127.0.0.1, driven
+// through the generated gRPC stubs.
+//
+// Ports: peers must know each other's addresses before they start, so the
+// test reserves every port up front with a socket bound to 127.0.0.1:0 with
+// SO_REUSEPORT and kept open (integration_port_reservation.h). The servers
+// (gRPC sets SO_REUSEPORT too) bind the same ports; nobody else can take them
+// in between, and a restarted node gets its ports back. Readiness is the
+// --port-file plus Cluster.NodeStatus showing a leader for every shard.
+//
+// Every process is stopped by pid at the end, also when a test fails
+// (ServerProcess's destructor: SIGKILL + waitpid).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "gtest/gtest.h"
+#include "proto/grpc_status.h"
+#include "proto/key_hash.h"
+#include "proto/testing/status_matchers.h"
+#include "tessera/kv.grpc.pb.h"
+#include "tests/server/integration_port_reservation.h"
+
+namespace tessera::server {
+namespace {
+
+using ::tessera::server::testing::PortReservation;
+using ::tessera::testing::IsOk;
+using ::tessera::testing::StatusIs;
+using ::testing::HasSubstr;
+
+constexpr int kNodes = 3;
+constexpr uint32_t kShards = 8;
+
+// One tessera-server (or any binary) child process. Stopped by pid.
+class ServerProcess {
+ public:
+  ServerProcess() = default;
+  ~ServerProcess() { Kill(); }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  // Starts `args` (args[0] is the binary) with stdout+stderr appended to `log`.
+  void Start(const std::vector<std::string>& args, const std::string& log) {
+    ASSERT_EQ(pid_, -1) << "already running";
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0) << "fork failed";
+    if (pid == 0) {  // child: async-signal-safe calls only
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      // Inherit nothing else: not the port reservations, not the test's
+      // gRPC sockets and event fds.
+      for (int other = 3; other < 1024; ++other) {
+        if (other != fd) close(other);
+      }
+      if (fd > 2) close(fd);
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    pid_ = pid;
+  }
+
+  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+
+  void Signal(int sig) {
+    if (pid_ > 0) kill(pid_, sig);
+  }
+
+  // Waits for the process to exit; returns its exit code, or -1 on timeout
+  // (it keeps running) or death by a signal (128 + signal).
+  int Wait(absl::Duration timeout) {
+    if (pid_ <= 0) return -1;
+    absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      int status = 0;
+      pid_t r = waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        pid_ = -1;
+        if (WIFEXITED(status)) return WEXITSTATUS(status);
+        if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+        return -1;
+      }
+      if (absl::Now() >= deadline) return -1;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+
+  // kill -9 and reap. Idempotent.
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// A channel that reconnects quickly (gRPC's default backoff grows to minutes;
+// our servers start after the channels are made and restart mid-test).
+std::shared_ptr<grpc::Channel> FastChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 250);
+  // "ipv4:" skips the DNS resolver, whose re-resolution backoff delays
+  // reconnecting to a server that was not up at the first attempt.
+  return grpc::CreateCustomChannel("ipv4:" + address, grpc::InsecureChannelCredentials(), args);
+}
+
+std::string MakeTempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string pattern = absl::StrCat(base != nullptr ? base : "/tmp", "/tessera-it-XXXXXX");
+  std::vector<char> buffer(pattern.begin(), pattern.end());
+  buffer.push_back('\0');
+  char* dir = mkdtemp(buffer.data());
+  if (dir == nullptr) abort();
+  return dir;
+}
+
+std::string Tail(const std::string& path, int lines) {
+  std::ifstream in(path);
+  std::vector<std::string> all;
+  for (std::string line; std::getline(in, line);) all.push_back(line);
+  size_t from = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0;
+  return absl::StrJoin(all.begin() + from, all.end(), "\n");
+}
+
+// Three tessera-server processes and a tiny routing client.
+class Cluster {
+ public:
+  Cluster() : dir_(MakeTempDir()) {
+    std::vector<std::string> members;
+    for (int i = 0; i < kNodes; ++i) {
+      members.push_back(
+          absl::StrCat(i + 1, "=", client_ports_[i].address(), "/", peer_ports_[i].address()));
+    }
+    initial_cluster_ = absl::StrJoin(members, ",");
+    for (int i = 0; i < kNodes; ++i) {
+      channels_[i] = FastChannel(client_ports_[i].address());
+      kv_[i] = v1::KV::NewStub(channels_[i]);
+      cluster_[i] = v1::Cluster::NewStub(channels_[i]);
+    }
+    std::mt19937_64 rng(std::random_device{}());
+    client_id_ = rng() | 1;
+  }
+
+  ~Cluster() {
+    for (ServerProcess& p : processes_) p.Kill();
+    if (::testing::Test::HasFailure()) {
+      for (int i = 0; i < kNodes; ++i) {
+        std::cerr << "---- node " << i + 1 << " log (tail) ----\n" << Tail(Log(i), 40) << "\n";
+      }
+    }
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  std::string Log(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".log"); }
+  std::string PortFile(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".ports"); }
+
+  void Start(int i) {
+    std::filesystem::remove(PortFile(i));
+    processes_[i].Start({TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
+                         absl::StrCat("--data-dir=", dir_, "/node", i + 1),
+                         absl::StrCat("--initial-cluster=", initial_cluster_),
+                         absl::StrCat("--shards=", kShards), "--tick-ms=20", "--election-ticks=10",
+                         "--drain-timeout-ms=3000", absl::StrCat("--port-file=", PortFile(i))},
+                        Log(i));
+  }
+
+  void StartAll() {
+    for (int i = 0; i < kNodes; ++i) Start(i);
+  }
+
+  ServerProcess& process(int i) { return processes_[i]; }
+
+  // Waits until the running nodes wrote their port files, answer NodeStatus
+  // and every shard has a leader among them.
+  bool WaitReady(absl::Duration timeout = absl::Seconds(30)) {
+    absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      if (Leaders().size() == kShards) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+
+  // shard -> node index (0-based) of the running nodes that say they lead it.
+  std::map<uint32_t, int> Leaders() {
+    std::map<uint32_t, int> leaders;
+    for (int i = 0; i < kNodes; ++i) {
+      if (!processes_[i].running() || !std::filesystem::exists(PortFile(i))) continue;
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+      v1::NodeStatusResponse status;
+      if (!cluster_[i]->NodeStatus(&context, {}, &status).ok()) continue;
+      for (const v1::ShardStatus& s : status.shards()) {
+        if (s.role() == "leader") leaders[s.shard()] = i;
+      }
+    }
+    return leaders;
+  }
+
+  absl::StatusOr<v1::GetClusterMapResponse> Map(int i) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    v1::GetClusterMapResponse response;
+    absl::Status s = FromGrpcStatus(cluster_[i]->GetClusterMap(&context, {}, &response));
+    if (!s.ok()) return s;
+    return response;
+  }
+
+  uint64_t epoch() {
+    if (epoch_ == 0) {
+      absl::StatusOr<v1::GetClusterMapResponse> map = Map(0);
+      if (map.ok()) epoch_ = map->map().epoch();
+    }
+    return epoch_;
+  }
+
+  v1::RequestHeader Header(const std::string& routing_key) {
+    v1::RequestHeader header;
+    header.set_shard(ShardForKey(routing_key, kShards));
+    header.set_epoch(epoch());
+    return header;
+  }
+
+  // Calls `method` on the shard's leader: starts at the cached leader,
+  // follows not-leader hints, moves on from unreachable nodes, retries
+  // UNAVAILABLE and DEADLINE_EXCEEDED (same request, so the same session
+  // seq) until `timeout`. Other errors return at once.
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> Call(grpc::Status (v1::KV::Stub::*method)(grpc::ClientContext*, const Req&,
+                                                                 Resp*),
+                            const Req& request, absl::Duration timeout = absl::Seconds(20)) {
+    const uint32_t shard = request.header().shard();
+    int target = leader_cache_.count(shard) ? leader_cache_[shard] : 0;
+    absl::Time deadline = absl::Now() + timeout;
+    absl::Status last;
+    for (int attempt = 0; absl::Now() < deadline; ++attempt) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+      Resp response;
+      last = FromGrpcStatus((kv_[target].get()->*method)(&context, request, &response));
+      if (last.ok()) {
+        leader_cache_[shard] = target;
+        return response;
+      }
+      if (last.code() != absl::StatusCode::kUnavailable &&
+          last.code() != absl::StatusCode::kDeadlineExceeded) {
+        return last;
+      }
+      std::optional<v1::ErrorDetail> detail = GetErrorDetail(last);
+      int hinted = -1;
+      if (detail.has_value() && detail->has_not_leader()) {
+        for (int i = 0; i < kNodes; ++i) {
+          if (detail->not_leader().leader_address() == client_ports_[i].address()) hinted = i;
+        }
+      }
+      if (hinted >= 0 && hinted != target) {
+        target = hinted;
+      } else {
+        target = (target + 1) % kNodes;
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+    }
+    return last;
+  }
+
+  absl::StatusOr<v1::PutResponse> Put(const std::string& key, const std::string& value) {
+    v1::PutRequest request;
+    *request.mutable_header() = Header(key);
+    v1::Session* session = request.mutable_header()->mutable_session();
+    session->set_client_id(client_id_);
+    session->set_seq(++seq_);
+    // Sessions are per (client, shard): the first write to a shard says 1.
+    const uint32_t shard = request.header().shard();
+    session->set_first_incomplete_seq(replied_shards_.count(shard) ? seq_ : 1);
+    request.set_key(key);
+    request.set_value(value);
+    absl::StatusOr<v1::PutResponse> response = Call(&v1::KV::Stub::Put, request);
+    if (response.ok()) replied_shards_.insert(shard);
+    return response;
+  }
+
+  absl::StatusOr<v1::GetResponse> Get(const std::string& key) {
+    v1::GetRequest request;
+    *request.mutable_header() = Header(key);
+    request.set_key(key);
+    return Call(&v1::KV::Stub::Get, request);
+  }
+
+  absl::StatusOr<v1::DeleteResponse> Delete(const std::string& key) {
+    v1::DeleteRequest request;
+    *request.mutable_header() = Header(key);
+    request.set_key(key);
+    return Call(&v1::KV::Stub::Delete, request);
+  }
+
+  // SIGTERMs node i and returns its exit code (-1: did not exit in time).
+  int Drain(int i) {
+    processes_[i].Signal(SIGTERM);
+    return processes_[i].Wait(absl::Seconds(20));
+  }
+
+ private:
+  const std::string dir_;
+  PortReservation client_ports_[kNodes];
+  PortReservation peer_ports_[kNodes];
+  std::string initial_cluster_;
+  ServerProcess processes_[kNodes];
+  std::shared_ptr<grpc::Channel> channels_[kNodes];
+  std::unique_ptr<v1::KV::Stub> kv_[kNodes];
+  std::unique_ptr<v1::Cluster::Stub> cluster_[kNodes];
+  std::map<uint32_t, int> leader_cache_;
+  uint64_t epoch_ = 0;
+  uint64_t client_id_ = 0;
+  uint64_t seq_ = 0;
+  std::set<uint32_t> replied_shards_;
+};
+
+TEST(Integration, ServesKvOnEveryShardAndDrainsOnSigterm) {
+  Cluster cluster;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady()) << "no leader for every shard";
+
+  absl::StatusOr<v1::GetClusterMapResponse> map = cluster.Map(1);
+  ASSERT_THAT(map, IsOk());
+  EXPECT_EQ(map->map().members_size(), kNodes);
+  EXPECT_EQ(map->map().num_shards(), kShards);
+  EXPECT_EQ(map->map().replication(), 3u);
+
+  // Puts on keys of every shard, with versions.
+  std::set<uint32_t> shards;
+  for (int i = 0; i < 64; ++i) {
+    std::string key = absl::StrCat("key-", i);
+    shards.insert(ShardForKey(key, kShards));
+    absl::StatusOr<v1::PutResponse> put = cluster.Put(key, absl::StrCat("v1-", i));
+    ASSERT_THAT(put, IsOk()) << key;
+    EXPECT_EQ(put->version(), 1u);
+    EXPECT_EQ(put->header().shard(), ShardForKey(key, kShards));
+    EXPECT_EQ(put->header().epoch(), cluster.epoch());
+  }
+  EXPECT_EQ(shards.size(), kShards);
+  for (int i = 0; i < 64; i += 4) {
+    absl::StatusOr<v1::PutResponse> put =
+        cluster.Put(absl::StrCat("key-", i), absl::StrCat("v2-", i));
+    ASSERT_THAT(put, IsOk());
+    EXPECT_EQ(put->version(), 2u);
+  }
+  for (int i = 0; i < 64; ++i) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(absl::StrCat("key-", i));
+    ASSERT_THAT(got, IsOk());
+    ASSERT_TRUE(got->found());
+    EXPECT_EQ(got->kv().value(), absl::StrCat(i % 4 == 0 ? "v2-" : "v1-", i));
+    EXPECT_EQ(got->kv().version(), i % 4 == 0 ? 2u : 1u);
+    EXPECT_GT(got->header().applied_index(), 0u);
+  }
+
+  // Delete.
+  absl::StatusOr<v1::DeleteResponse> deleted = cluster.Delete("key-1");
+  ASSERT_THAT(deleted, IsOk());
+  EXPECT_TRUE(deleted->deleted());
+  EXPECT_FALSE(cluster.Delete("key-1")->deleted());
+  EXPECT_FALSE(cluster.Get("key-1")->found());
+
+  // Scan one shard by prefix (a hash tag keeps the keys together).
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_THAT(cluster.Put(absl::StrCat("{user7}:item:", i), absl::StrCat(i)), IsOk());
+  }
+  v1::ScanRequest scan;
+  *scan.mutable_header() = cluster.Header("{user7}");
+  scan.set_prefix("{user7}:item:");
+  scan.set_limit(3);
+  absl::StatusOr<v1::ScanResponse> page = cluster.Call(&v1::KV::Stub::Scan, scan);
+  ASSERT_THAT(page, IsOk());
+  ASSERT_EQ(page->kvs_size(), 3);
+  EXPECT_EQ(page->kvs(0).key(), "{user7}:item:0");
+  EXPECT_FALSE(page->continuation().empty());
+  scan.set_continuation(page->continuation());
+  page = cluster.Call(&v1::KV::Stub::Scan, scan);
+  ASSERT_THAT(page, IsOk());
+  ASSERT_EQ(page->kvs_size(), 2);
+  EXPECT_EQ(page->kvs(1).key(), "{user7}:item:4");
+
+  // Txn: compare-and-set on a version, in one shard.
+  v1::TxnRequest txn;
+  *txn.mutable_header() = cluster.Header("{acct}");
+  v1::Compare* compare = txn.add_compares();
+  compare->set_key("{acct}:balance");
+  compare->set_target(v1::Compare::TARGET_VERSION);
+  compare->set_op(v1::Compare::OP_EQUAL);
+  compare->set_version(0);  // missing
+  v1::PutRequest* put = txn.add_success()->mutable_put();
+  put->set_key("{acct}:balance");
+  put->set_value("100");
+  txn.add_failure()->mutable_get()->set_key("{acct}:balance");
+  absl::StatusOr<v1::TxnResponse> first = cluster.Call(&v1::KV::Stub::Txn, txn);
+  ASSERT_THAT(first, IsOk());
+  EXPECT_TRUE(first->succeeded());
+  absl::StatusOr<v1::TxnResponse> second = cluster.Call(&v1::KV::Stub::Txn, txn);
+  ASSERT_THAT(second, IsOk());
+  EXPECT_FALSE(second->succeeded());
+  ASSERT_EQ(second->results_size(), 1);
+  EXPECT_EQ(second->results(0).get().kv().value(), "100");
+
+  // Invalid arguments: never retried, never crash the server.
+  EXPECT_THAT(cluster.Put("", "v"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(cluster.Put(std::string(4097, 'k'), "v"),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(cluster.Put("big", std::string((1 << 20) + 1, 'v')),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  v1::ScanRequest bad_scan;
+  *bad_scan.mutable_header() = cluster.Header("x");
+  bad_scan.set_start("b");
+  bad_scan.set_end("a");
+  EXPECT_THAT(cluster.Call(&v1::KV::Stub::Scan, bad_scan),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+
+  // Stale epoch and wrong shard: FAILED_PRECONDITION with the current map.
+  v1::GetRequest stale;
+  *stale.mutable_header() = cluster.Header("key-0");
+  stale.mutable_header()->set_epoch(cluster.epoch() ^ 1);
+  stale.set_key("key-0");
+  absl::StatusOr<v1::GetResponse> refused = cluster.Call(&v1::KV::Stub::Get, stale);
+  ASSERT_THAT(refused, StatusIs(absl::StatusCode::kFailedPrecondition));
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(refused.status());
+  ASSERT_TRUE(detail.has_value() && detail->has_stale_route());
+  EXPECT_EQ(detail->stale_route().current().epoch(), cluster.epoch());
+  EXPECT_EQ(detail->stale_route().current().shards_size(), static_cast<int>(kShards));
+  stale.mutable_header()->set_epoch(cluster.epoch());
+  stale.mutable_header()->set_shard((ShardForKey("key-0", kShards) + 1) % kShards);
+  EXPECT_THAT(cluster.Call(&v1::KV::Stub::Get, stale),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("belongs to shard")));
+
+  // SIGTERM drains: every node exits 0.
+  for (int i = 0; i < kNodes; ++i) EXPECT_EQ(cluster.Drain(i), 0) << "node " << i + 1;
+}
+
+TEST(Integration, AcknowledgedWritesSurviveKillingALeader) {
+  Cluster cluster;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+
+  std::map<std::string, std::string> acknowledged;
+  auto write = [&](int i) {
+    std::string key = absl::StrCat("crash-", i);
+    std::string value = absl::StrCat("value-", i);
+    absl::StatusOr<v1::PutResponse> put = cluster.Put(key, value);
+    if (put.ok()) acknowledged[key] = value;
+    return put.status();
+  };
+  for (int i = 0; i < 100; ++i) ASSERT_THAT(write(i), IsOk());
+
+  // kill -9 the node leading the most shards, mid-workload.
+  std::map<int, int> led;
+  for (const auto& [shard, node] : cluster.Leaders()) ++led[node];
+  int victim = 0;
+  for (const auto& [node, count] : led) {
+    if (count > led[victim]) victim = node;
+  }
+  cluster.process(victim).Signal(SIGKILL);
+  EXPECT_EQ(cluster.process(victim).Wait(absl::Seconds(10)), 128 + SIGKILL);
+
+  // The other two elect new leaders; writes keep being acknowledged.
+  for (int i = 100; i < 200; ++i) ASSERT_THAT(write(i), IsOk()) << "write " << i;
+  for (const auto& [key, value] : acknowledged) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);
+    ASSERT_THAT(got, IsOk()) << key;
+    ASSERT_TRUE(got->found()) << key;
+    EXPECT_EQ(got->kv().value(), value) << key;
+  }
+
+  // Restart the killed node; it catches up. Then drain another node, so the
+  // restarted one is needed for every quorum, and read everything again.
+  cluster.Start(victim);
+  ASSERT_TRUE(cluster.WaitReady());
+  for (int i = 200; i < 230; ++i) ASSERT_THAT(write(i), IsOk()) << "write " << i;
+  int other = (victim + 1) % kNodes;
+  EXPECT_EQ(cluster.Drain(other), 0);
+  for (const auto& [key, value] : acknowledged) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);
+    ASSERT_THAT(got, IsOk()) << key;
+    ASSERT_TRUE(got->found()) << key;
+    EXPECT_EQ(got->kv().value(), value) << key;
+  }
+  EXPECT_EQ(acknowledged.size(), 230u);
+  for (int i = 0; i < kNodes; ++i) {
+    if (cluster.process(i).running()) {
+      EXPECT_EQ(cluster.Drain(i), 0) << "node " << i + 1;
+    }
+  }
+}
+
+TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
+  const std::string dir = MakeTempDir();
+  const std::string log = dir + "/out.log";
+  const std::vector<std::vector<std::string>> cases = {
+      {TESSERA_SERVER_BINARY, "--no-such-flag=1"},
+      {TESSERA_SERVER_BINARY, "--node-id=1"},
+      {TESSERA_SERVER_BINARY, "--node-id=x"},
+      {TESSERA_SERVER_BINARY, "--node-id=4", "--data-dir=/tmp/none",
+       "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2"},
+      {TESSERA_SERVER_BINARY, "--node-id=1", "--data-dir=/tmp/none",
+       "--initial-cluster=1=127.0.0.1:1"},
+      {TESSERA_SERVER_BINARY, "--node-id=1", "--data-dir=/tmp/none",
+       "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2", "--shards=0"},
+      {TESSERA_SERVER_BINARY, "--config=/nonexistent/tessera.conf"},
+  };
+  for (const auto& args : cases) {
+    std::filesystem::remove(log);
+    ServerProcess p;
+    p.Start(args, log);
+    EXPECT_EQ(p.Wait(absl::Seconds(10)), 2) << args.back();
+    std::string out = Tail(log, 10);
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 0) << out;
+    EXPECT_THAT(out, HasSubstr("tessera-server: ")) << args.back();
+  }
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+}
+
+TEST(Integration, ConfigFileSuppliesFlagsAndFlagsOverrideIt) {
+  const std::string dir = MakeTempDir();
+  PortReservation client;
+  PortReservation peer;
+  {
+    std::ofstream config(dir + "/tessera.conf");
+    config << "# a node of one\n"
+           << "node-id = 1\n"
+           << "data_dir=" << dir << "/data\n"
+           << "initial-cluster=1=" << client.address() << "/" << peer.address() << "\n"
+           << "shards=4\n"
+           << "tick-ms=20\n"
+           << "election-ticks=5\n"
+           << "max-key-bytes=99999999999999999999999\n";  // overridden below
+  }
+  ServerProcess p;
+  p.Start({TESSERA_SERVER_BINARY, "--config=" + dir + "/tessera.conf", "--max-key-bytes=100",
+           "--port-file=" + dir + "/ports"},
+          dir + "/log");
+  auto channel = FastChannel(client.address());
+  auto cluster = v1::Cluster::NewStub(channel);
+  auto kv = v1::KV::NewStub(channel);
+  bool ready = false;
+  for (absl::Time deadline = absl::Now() + absl::Seconds(20); !ready && absl::Now() < deadline;) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    v1::NodeStatusResponse status;
+    if (cluster->NodeStatus(&context, {}, &status).ok()) {
+      int leaders = 0;
+      for (const auto& s : status.shards()) leaders += s.role() == "leader";
+      ready = leaders == 4;
+    }
+    if (!ready) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(ready) << Tail(dir + "/log", 20);
+  grpc::ClientContext context;
+  v1::PutRequest put;
+  put.mutable_header()->set_shard(ShardForKey(std::string(101, 'k'), 4));
+  put.set_key(std::string(101, 'k'));
+  v1::PutResponse response;
+  grpc::Status s = kv->Put(&context, put, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  p.Signal(SIGTERM);
+  EXPECT_EQ(p.Wait(absl::Seconds(20)), 0);
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+}
+
+}  // namespace
+}  // namespace tessera::server
