@@ -1012,7 +1012,9 @@ bool Raft::LeaseValid() const {
 }
 
 void Raft::SendReadIndexResponse(const Message& m) {
-  if (LeaseValid()) {
+  // A request marked kReadNoLease (RawNode::ReadIndex with use_lease=false)
+  // always takes the heartbeat round, even when a lease is held.
+  if (m.context() != kReadNoLease && LeaseValid()) {
     RespondToReadIndex(m, log_.committed());
     return;
   }

@@ -27,6 +27,9 @@ namespace tessera::raft {
 
 // Context of a MsgVote sent after MsgTimeoutNow: bypasses leader stickiness.
 inline constexpr char kCampaignTransfer[] = "CampaignTransfer";
+// Context of a MsgReadIndex that must be confirmed by a heartbeat round even
+// when the leader holds a lease (RawNode::ReadIndex with use_lease=false).
+inline constexpr char kReadNoLease[] = "ReadNoLease";
 
 enum class CampaignType { kPreElection, kElection, kTransfer };
 

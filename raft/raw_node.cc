@@ -70,9 +70,10 @@ absl::Status RawNode::Step(raftpb::Message&& m) {
   return s;
 }
 
-void RawNode::ReadIndex(std::string request_ctx) {
+void RawNode::ReadIndex(std::string request_ctx, bool use_lease) {
   raftpb::Message m;
   m.set_type(raftpb::MSG_READ_INDEX);
+  if (!use_lease) m.set_context(kReadNoLease);
   m.add_entries()->set_data(std::move(request_ctx));
   raft_->Step(std::move(m)).IgnoreError();  // never fails: dropped without a leader
 }

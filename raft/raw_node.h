@@ -129,7 +129,11 @@ class RawNode {
   // {index, request_ctx}: serve the read once applied >= index. The request is
   // dropped silently when there is no leader; the caller retries on timeout.
   // request_ctx must be unique among pending reads (e.g. a request id).
-  void ReadIndex(std::string request_ctx);
+  // With ReadOnlyOption::kLeaseBased, `use_lease` chooses per request: true
+  // answers from the leader's lease when it holds one (no round trip; relies
+  // on the clock-drift bound in README.md), false always confirms leadership
+  // with a heartbeat round. With kSafe every read takes the heartbeat round.
+  void ReadIndex(std::string request_ctx, bool use_lease = true);
   // Asks the leader to hand leadership to `transferee` (forwarded when called
   // on a follower). Aborted after an election timeout.
   void TransferLeader(uint64_t transferee);

@@ -47,6 +47,7 @@ struct ProposeRequest {
 
 struct ReadRequest {
   ShardId shard = 0;
+  bool lease = false;  // may be answered from the leader's lease
   absl::Time deadline;
   Node::ReadCallback done;
 };
@@ -103,7 +104,8 @@ class Node::Impl {
   }
   void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done)
       ABSL_LOCKS_EXCLUDED(mu_);
-  void ReadBarrier(ShardId shard, absl::Time deadline, ReadCallback done) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<ShardStatus> Status() const ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status TransferLeadershipAway(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
@@ -262,7 +264,8 @@ absl::Status Node::Impl::Init() {
     config.max_size_per_msg = options_.max_size_per_msg;
     config.check_quorum = true;
     config.pre_vote = true;
-    config.read_only_option = raft::ReadOnlyOption::kSafe;
+    // Lease bookkeeping on; each read chooses (ReadBarrier's `lease`).
+    config.read_only_option = raft::ReadOnlyOption::kLeaseBased;
     config.disable_proposal_forwarding = true;
     // Different shards of one node must not time out in lockstep.
     config.seed = options_.seed ^ (p.shard * 0x9E3779B97F4A7C15ull);
@@ -304,7 +307,7 @@ void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time de
   done(absl::CancelledError("node is stopping"));
 }
 
-void Node::Impl::ReadBarrier(ShardId shard, absl::Time deadline, ReadCallback done) {
+void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
   auto it = counters_.find(shard);
   if (it == counters_.end()) {
     done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
@@ -318,7 +321,7 @@ void Node::Impl::ReadBarrier(ShardId shard, absl::Time deadline, ReadCallback do
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
-      inbox_.reads.push_back(ReadRequest{shard, deadline, std::move(done)});
+      inbox_.reads.push_back(ReadRequest{shard, lease, deadline, std::move(done)});
       return;
     }
   }
@@ -506,7 +509,7 @@ void Node::Impl::HandleRead(ReadRequest& req, absl::Time now) {
   std::string ctx(8, '\0');
   uint64_t id = next_read_id_++;
   for (int i = 7; i >= 0; --i, id >>= 8) ctx[static_cast<size_t>(i)] = static_cast<char>(id & 0xff);
-  s.raw->ReadIndex(ctx);
+  s.raw->ReadIndex(ctx, /*use_lease=*/req.lease);
   s.unconfirmed_reads.emplace(std::move(ctx), PendingRead{req.deadline, std::move(req.done)});
 }
 
@@ -849,9 +852,7 @@ void Node::Propose(ShardId shard, serverpb::Command command, absl::Time deadline
 }
 
 void Node::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
-  // Lease reads fall back to the heartbeat-quorum ReadIndex (see node.h).
-  (void)lease;
-  impl_->ReadBarrier(shard, deadline, std::move(done));
+  impl_->ReadBarrier(shard, lease, deadline, std::move(done));
 }
 
 void Node::Receive(NodeId from, std::vector<ShardMessage> messages) {

@@ -599,6 +599,30 @@ TEST(ReadIndex, LeaseReadIsAnsweredLocallyWhileLeaseHolds) {
   EXPECT_EQ(net.read_states(1).size(), 1u);
 }
 
+TEST(ReadIndex, LeaseIsChosenPerRequest) {
+  Network net({1, 2, 3}, LeaseReads);
+  net.Elect(1);
+  net.TickAll(1);  // lease established
+  ASSERT_TRUE(net.raft(1).LeaseValid());
+  net.Isolate(1);
+  // A request that declines the lease needs a heartbeat round, which cannot
+  // complete while the leader is cut off.
+  net.node(1)->ReadIndex("quorum", /*use_lease=*/false);
+  net.Stabilize();
+  EXPECT_TRUE(net.read_states(1).empty());
+  // One that accepts it is answered locally.
+  net.node(1)->ReadIndex("lease", /*use_lease=*/true);
+  net.HandleReady(1);
+  ASSERT_EQ(net.read_states(1).size(), 1u);
+  EXPECT_EQ(net.read_states(1)[0].request_ctx, "lease");
+  // Healed, the quorum read completes too.
+  net.Recover();
+  net.TickAll(1);
+  net.Stabilize();
+  ASSERT_EQ(net.read_states(1).size(), 2u);
+  EXPECT_EQ(net.read_states(1)[1].request_ctx, "quorum");
+}
+
 // The deposed-leader scenario the lease must survive: the old leader is cut
 // off, the others elect a new leader as soon as stickiness allows and commit
 // a write; the old leader, still believing it leads (CheckQuorum has not

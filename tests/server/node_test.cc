@@ -360,7 +360,7 @@ TEST(Node, ReadBarrierOnLeaderSeesCommittedWrites) {
   ASSERT_THAT(Cluster::Read(c.node(leader), 1), IsOk());
   // Once the barrier passed, the leader's store holds every committed write.
   EXPECT_EQ(c.Get(leader, 1, "a"), "1");
-  // lease=true falls back to the same barrier.
+  // lease=true is answered from the leader's lease (or a heartbeat round).
   absl::Notification done;
   absl::Status lease_status;
   c.node(leader).ReadBarrier(1, /*lease=*/true, absl::Now() + absl::Seconds(5),
