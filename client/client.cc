@@ -1,0 +1,967 @@
+#include "client/client.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "client/core.h"
+#include "grpcpp/client_context.h"
+#include "proto/grpc_status.h"
+
+namespace tessera::client {
+namespace {
+
+using Core = Client::Core;
+
+// Not-leader hints followed at once (no backoff) in a row; then back off, so
+// two nodes that name each other during an election cannot spin.
+constexpr int kMaxHintHops = 3;
+// Stale routes retried at once in a row.
+constexpr int kMaxRouteRefreshes = 3;
+// Fresh sessions tried for a write whose session the server evicted.
+constexpr int kMaxSessionRenewals = 2;
+
+absl::Time EffectiveDeadline(const ClientOptions& client, const CallOptions& call) {
+  const absl::Time now = absl::Now();
+  if (call.deadline != absl::InfiniteFuture()) {
+    return call.timeout > absl::ZeroDuration() ? std::min(call.deadline, now + call.timeout)
+                                               : call.deadline;
+  }
+  return now + (call.timeout > absl::ZeroDuration() ? call.timeout : client.default_timeout);
+}
+
+v1::ReadConsistency ToProto(Consistency c) {
+  switch (c) {
+    case Consistency::kLease:
+      return v1::READ_CONSISTENCY_LEASE;
+    case Consistency::kStale:
+      return v1::READ_CONSISTENCY_STALE;
+    case Consistency::kLinearizable:
+      break;
+  }
+  return v1::READ_CONSISTENCY_LINEARIZABLE;
+}
+
+// A failure of the node or the network rather than an answer: no error
+// detail (every UNAVAILABLE a Tessera server sends names a leader or none),
+// or the attempt timed out.
+bool IsNodeFailure(const absl::Status& s) {
+  if (s.code() == absl::StatusCode::kDeadlineExceeded) return true;
+  return s.code() == absl::StatusCode::kUnavailable && !GetErrorDetail(s).has_value();
+}
+
+// The smallest key greater than every key with `prefix`; empty = none.
+std::string PrefixEnd(const std::string& prefix) {
+  std::string end = prefix;
+  while (!end.empty()) {
+    if (static_cast<unsigned char>(end.back()) != 0xff) {
+      end.back() = static_cast<char>(static_cast<unsigned char>(end.back()) + 1);
+      return end;
+    }
+    end.pop_back();
+  }
+  return end;
+}
+
+// What a KvCall needs to know about the request it carries.
+struct CallSpec {
+  bool write = false;
+  Consistency consistency = Consistency::kLinearizable;
+  absl::Duration max_staleness = absl::Seconds(5);  // sent for kStale
+  absl::Time deadline;
+  // The keys that route the call (all must map to one shard); empty for a
+  // call pinned to `fixed_shard` (a page of a scan).
+  std::vector<std::string> keys;
+  uint32_t fixed_shard = 0;
+  uint32_t fixed_num_shards = 0;  // the shard count `fixed_shard` belongs to
+};
+
+// Fetches the cluster map from any endpoint or member, with backoff until
+// the deadline, and installs it in the RouteTable.
+class MapCall final : public CallBase {
+ public:
+  using Done = std::function<void(absl::StatusOr<v1::ClusterMap>)>;
+
+  static void Start(Core* core, absl::Time deadline, Done done) {
+    auto* call = new MapCall(core, deadline, std::move(done));
+    if (!core->Register(call)) return call->Finish(absl::CancelledError("client shutting down"));
+    call->Attempt();
+  }
+
+  std::shared_ptr<grpc::ClientContext> Cancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    return context_;
+  }
+
+  bool IsCancelled() {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+
+ private:
+  MapCall(Core* core, absl::Time deadline, Done done)
+      : core_(core), deadline_(deadline), done_(std::move(done)) {}
+
+  void Attempt() {
+    const absl::Time now = absl::Now();
+    std::vector<std::string> candidates = core_->options().endpoints;
+    for (const std::string& a : core_->routes().MemberAddresses()) {
+      if (std::find(candidates.begin(), candidates.end(), a) == candidates.end()) {
+        candidates.push_back(a);
+      }
+    }
+    std::shared_ptr<grpc::ClientContext> context = std::make_shared<grpc::ClientContext>();
+    context->set_deadline(absl::ToChronoTime(std::min(deadline_, now + AttemptTimeout())));
+    if (IsCancelled()) return Finish(absl::CancelledError("client shutting down"));
+    Core::Node* node = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      // Rotate through the candidates, skipping nodes whose breaker is open
+      // (unless all are).
+      for (size_t i = 0; i < candidates.size() && node == nullptr; ++i) {
+        Core::Node* n = core_->GetNode(candidates[(next_ + i) % candidates.size()]);
+        if (n->breaker.WouldAllow(now)) {
+          node = n;
+          next_ = (next_ + i + 1) % candidates.size();
+        }
+      }
+      if (node == nullptr) node = core_->GetNode(candidates[next_++ % candidates.size()]);
+      context_ = context;
+      response_.Clear();
+      if (cancelled_) context->TryCancel();  // before the call starts: no callback runs here
+    }
+    node->breaker.Allow(now);  // claims the half-open probe if any
+    node->cluster->async()->GetClusterMap(
+        context.get(), &request_, &response_,
+        [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
+  }
+
+  absl::Duration AttemptTimeout() const { return core_->options().attempt_timeout; }
+
+  void OnDone(Core::Node* node, absl::Status status) {
+    const absl::Time now = absl::Now();
+    if (IsNodeFailure(status)) {
+      node->breaker.RecordFailure(now);
+    } else {
+      node->breaker.RecordSuccess();
+    }
+    v1::ClusterMap map;
+    {
+      absl::MutexLock lock(&mu_);
+      if (status.ok()) map = response_.map();
+    }
+    if (status.ok()) {
+      status = core_->routes().Update(map);
+      if (status.ok()) return Finish(std::move(map));
+    }
+    last_error_ = status;
+    if (status.code() == absl::StatusCode::kCancelled) return Finish(status);
+    const absl::Duration delay = core_->Backoff(retries_++);
+    if (now + delay >= deadline_) {
+      return Finish(
+          absl::Status(last_error_.code() == absl::StatusCode::kDeadlineExceeded
+                           ? last_error_.code()
+                           : absl::StatusCode::kUnavailable,
+                       absl::StrCat("no member answered GetClusterMap before the deadline: ",
+                                    last_error_.message())));
+    }
+    core_->timer().Schedule(now + delay, [this](bool ok) {
+      if (!ok) return Finish(absl::CancelledError("client shutting down"));
+      Attempt();
+    });
+  }
+
+  void Finish(absl::StatusOr<v1::ClusterMap> result) {
+    done_(std::move(result));
+    Core* core = core_;
+    core->Unregister(this);
+    delete this;
+  }
+
+  Core* const core_;
+  const absl::Time deadline_;
+  Done done_;
+  // Attempts run one after the other; mu_ orders them for TSan, which does
+  // not see gRPC's own synchronization.
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);
+  size_t next_ ABSL_GUARDED_BY(mu_) = 0;
+  v1::GetClusterMapRequest request_;
+  v1::GetClusterMapResponse response_;
+  int retries_ = 0;
+  absl::Status last_error_;
+};
+
+// One KV RPC with routing, retries and (for writes) its session.
+template <typename Req, typename Resp>
+class KvCall final : public CallBase {
+ public:
+  using Invoke = void (*)(v1::KV::Stub*, grpc::ClientContext*, const Req*, Resp*,
+                          std::function<void(grpc::Status)>);
+  using Done = std::function<void(absl::StatusOr<Resp>)>;
+
+  static void Start(Core* core, CallSpec spec, Req request, Invoke invoke, Done done) {
+    auto* call = new KvCall(core, std::move(spec), std::move(request), invoke, std::move(done));
+    if (!core->Register(call)) return call->Finish(absl::CancelledError("client shutting down"));
+    call->Attempt();
+  }
+
+  std::shared_ptr<grpc::ClientContext> Cancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    return context_;
+  }
+
+  bool IsCancelled() {
+    absl::MutexLock lock(&mu_);
+    return cancelled_;
+  }
+
+ private:
+  KvCall(Core* core, CallSpec spec, Req request, Invoke invoke, Done done)
+      : core_(core),
+        spec_(std::move(spec)),
+        request_(std::move(request)),
+        invoke_(invoke),
+        done_(std::move(done)) {}
+
+  bool LeaderOnly() const { return spec_.write || spec_.consistency != Consistency::kStale; }
+
+  // The shard of the call under the current map, or an error to finish with.
+  absl::StatusOr<uint32_t> ResolveShard() {
+    RouteTable& routes = core_->routes();
+    if (spec_.keys.empty()) {
+      if (routes.num_shards() != spec_.fixed_num_shards) {
+        return absl::UnavailableError(
+            "the cluster's shard count changed during the scan; scan again");
+      }
+      return spec_.fixed_shard;
+    }
+    std::optional<uint32_t> shard;
+    for (const std::string& key : spec_.keys) {
+      std::optional<uint32_t> s = routes.ShardForKey(key);
+      if (!s.has_value()) return absl::UnavailableError("no cluster map");
+      if (shard.has_value() && *shard != *s) {
+        return absl::InvalidArgumentError(
+            "the keys of a transaction must map to one shard (use a hash tag, e.g. "
+            "\"acct:{42}:balance\")");
+      }
+      shard = s;
+    }
+    return *shard;
+  }
+
+  // Chooses the node for this attempt (see client/README.md, "Routing").
+  Core::Node* PickTarget(const ShardRoute& route, absl::Time now) {
+    std::vector<std::string> candidates = route.replicas;
+    if (LeaderOnly()) {
+      if (route.leader.has_value()) {
+        Core::Node* leader = core_->GetNode(*route.leader);
+        if (leader->breaker.WouldAllow(now)) return leader;
+      }
+      for (size_t i = 0; i < candidates.size(); ++i) {
+        const std::string& a = candidates[(rotation_ + i) % candidates.size()];
+        Core::Node* n = core_->GetNode(a);
+        if (a != avoid_ && n->breaker.WouldAllow(now)) {
+          rotation_ = (rotation_ + i + 1) % candidates.size();
+          return n;
+        }
+      }
+    } else {
+      // Least outstanding requests among healthy replicas; ties at random.
+      std::vector<Core::Node*> best;
+      int64_t least = INT64_MAX;
+      for (const std::string& a : candidates) {
+        Core::Node* n = core_->GetNode(a);
+        if ((a == avoid_ && candidates.size() > 1) || !n->breaker.WouldAllow(now)) continue;
+        const int64_t load = n->outstanding.load();
+        if (load < least) {
+          least = load;
+          best.clear();
+        }
+        if (load == least) best.push_back(n);
+      }
+      if (!best.empty()) return best[core_->RandomIndex(best.size())];
+    }
+    // Every replica is open (or avoided): try one anyway (it is the probe).
+    if (route.leader.has_value() && LeaderOnly()) return core_->GetNode(*route.leader);
+    return core_->GetNode(candidates[rotation_++ % candidates.size()]);
+  }
+
+  void Attempt() {
+    const absl::Time now = absl::Now();
+    if (IsCancelled()) return Finish(absl::CancelledError("client shutting down"));
+    if (now >= spec_.deadline) return Finish(DeadlineStatus());
+    if (!core_->routes().has_map() || need_map_) {
+      need_map_ = false;
+      return MapCall::Start(core_, spec_.deadline, [this](absl::StatusOr<v1::ClusterMap> map) {
+        if (!map.ok()) {
+          if (map.status().code() == absl::StatusCode::kCancelled) {
+            return Finish(map.status());
+          }
+          last_error_ = map.status();
+          return Finish(DeadlineStatus());
+        }
+        Attempt();
+      });
+    }
+    absl::StatusOr<uint32_t> shard = ResolveShard();
+    if (!shard.ok()) return Finish(shard.status());
+    std::optional<ShardRoute> route = core_->routes().Route(*shard);
+    if (!route.has_value() || route->replicas.empty()) {
+      last_error_ = absl::UnavailableError(absl::StrCat("no replica known for shard ", *shard));
+      need_map_ = true;
+      return RetryLater();
+    }
+    shard_ = *shard;
+    v1::RequestHeader* header = request_.mutable_header();
+    header->set_shard(shard_);
+    header->set_epoch(route->epoch);
+    if (spec_.write) {
+      SessionTable& sessions = core_->sessions();
+      if (!ticket_.has_value()) {
+        ticket_ = sessions.Begin(shard_);
+      } else if (ticket_->shard != shard_) {
+        ticket_ = sessions.Move(*ticket_, shard_);  // never reached the old shard's log
+      }
+      *header->mutable_session() = sessions.Header(*ticket_);
+    } else {
+      header->set_consistency(ToProto(spec_.consistency));
+      if (spec_.consistency == Consistency::kStale) {
+        header->set_max_staleness_ms(static_cast<uint32_t>(
+            std::max<int64_t>(1, absl::ToInt64Milliseconds(spec_.max_staleness))));
+      }
+    }
+    Core::Node* node = PickTarget(*route, now);
+    node->breaker.Allow(now);  // claims the half-open probe if any
+    auto context = std::make_shared<grpc::ClientContext>();
+    context->set_deadline(
+        absl::ToChronoTime(std::min(spec_.deadline, now + core_->options().attempt_timeout)));
+    bool cancel_now;
+    {
+      absl::MutexLock lock(&mu_);
+      context_ = context;
+      target_ = node->address;
+      response_.Clear();
+      cancel_now = cancelled_;  // Cancel() came after the check above
+    }
+    if (cancel_now) context->TryCancel();  // the call starts cancelled
+    node->outstanding.fetch_add(1);
+    node->attempts.fetch_add(1);
+    invoke_(node->kv.get(), context.get(), &request_, &response_,
+            [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
+  }
+
+  void OnDone(Core::Node* node, absl::Status status) {
+    node->outstanding.fetch_sub(1);
+    const absl::Time now = absl::Now();
+    std::string target;
+    bool cancelled;
+    {
+      absl::MutexLock lock(&mu_);
+      target = target_;
+      cancelled = cancelled_;
+      context_.reset();
+    }
+    if (cancelled) return Finish(absl::CancelledError("client shutting down"));
+    if (IsNodeFailure(status)) {
+      node->breaker.RecordFailure(now);
+    } else {
+      node->breaker.RecordSuccess();
+    }
+    RouteTable& routes = core_->routes();
+    if (status.ok()) {
+      Resp response;
+      {
+        absl::MutexLock lock(&mu_);
+        response = std::move(response_);
+      }
+      if (!spec_.write && spec_.consistency == Consistency::kStale &&
+          response.header().applied_index() < core_->MinReadIndex(shard_)) {
+        // The replica has not applied this client's own latest write yet:
+        // read from the leader instead.
+        spec_.consistency = Consistency::kLinearizable;
+        return Attempt();
+      }
+      if (LeaderOnly()) routes.SetLeader(shard_, target);
+      if (spec_.write) {
+        core_->sessions().Answered(*ticket_);
+        core_->NoteWriteIndex(shard_, response.header().applied_index());
+      }
+      return Finish(std::move(response));
+    }
+    last_error_ = status;
+    std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
+    switch (status.code()) {
+      case absl::StatusCode::kUnavailable: {
+        maybe_applied_ = maybe_applied_ || spec_.write;
+        if (LeaderOnly() && detail.has_value() && detail->has_not_leader()) {
+          const std::string& hint = detail->not_leader().leader_address();
+          if (!hint.empty() && hint != target) {
+            routes.SetLeader(shard_, hint);
+            if (hint_hops_++ < kMaxHintHops) return Attempt();
+            return RetryLater();
+          }
+        }
+        if (LeaderOnly()) routes.ForgetLeader(shard_, target);
+        avoid_ = target;
+        return RetryLater();
+      }
+      case absl::StatusCode::kResourceExhausted:
+        return RetryLater();
+      case absl::StatusCode::kDeadlineExceeded:
+        maybe_applied_ = maybe_applied_ || spec_.write;
+        if (now >= spec_.deadline) return Finish(DeadlineStatus());
+        if (LeaderOnly()) routes.ForgetLeader(shard_, target);
+        avoid_ = target;
+        return RetryLater();
+      case absl::StatusCode::kFailedPrecondition:
+        if (detail.has_value() && detail->has_stale_route()) {
+          if (detail->stale_route().has_current() &&
+              routes.Update(detail->stale_route().current()).ok()) {
+            // Routed by the new map from here on.
+          } else {
+            need_map_ = true;
+          }
+          if (route_refreshes_++ < kMaxRouteRefreshes) return Attempt();
+          return RetryLater();
+        }
+        if (spec_.write && ticket_.has_value()) {
+          if (!maybe_applied_ && renewals_++ < kMaxSessionRenewals) {
+            // No attempt of this write can have been applied: a fresh
+            // session is safe.
+            ticket_ = core_->sessions().Renew(*ticket_);
+            return Attempt();
+          }
+          return Finish(absl::FailedPreconditionError(
+              absl::StrCat("the server expired this client's session while the write was being "
+                           "retried; its outcome is unknown (",
+                           status.message(), ")")));
+        }
+        return Finish(status);
+      default:
+        return Finish(status);
+    }
+  }
+
+  // Waits a full-jitter backoff (bounded by the deadline), then tries again.
+  void RetryLater() {
+    const absl::Time now = absl::Now();
+    if (now >= spec_.deadline) return Finish(DeadlineStatus());
+    hint_hops_ = 0;
+    const absl::Time when = std::min(now + core_->Backoff(retries_++), spec_.deadline);
+    core_->timer().Schedule(when, [this](bool ok) {
+      if (!ok) return Finish(absl::CancelledError("client shutting down"));
+      Attempt();
+    });
+  }
+
+  // What to report when the deadline passes.
+  absl::Status DeadlineStatus() const {
+    if (spec_.write && maybe_applied_) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "deadline exceeded; the write's outcome is unknown (last error: ", last_error_.ToString(),
+          ")"));
+    }
+    if (!last_error_.ok() && last_error_.code() != absl::StatusCode::kDeadlineExceeded) {
+      return absl::Status(last_error_.code(),
+                          absl::StrCat("deadline exceeded after retries: ", last_error_.message()));
+    }
+    return absl::DeadlineExceededError(last_error_.ok() ? "deadline exceeded"
+                                                        : std::string(last_error_.message()));
+  }
+
+  void Finish(absl::StatusOr<Resp> result) {
+    if (ticket_.has_value()) core_->sessions().End(*ticket_);
+    done_(std::move(result));
+    Core* core = core_;
+    core->Unregister(this);
+    delete this;
+  }
+
+  Core* const core_;
+  CallSpec spec_;
+  Req request_;
+  const Invoke invoke_;
+  Done done_;
+
+  // Attempts run one after another (each starts after the previous one's
+  // completion or timer); mu_ orders them for TSan, which does not see
+  // gRPC's internal synchronization, and guards what Cancel() reads.
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);
+  std::string target_ ABSL_GUARDED_BY(mu_);
+  Resp response_;
+
+  uint32_t shard_ = 0;
+  std::optional<SessionTable::Ticket> ticket_;
+  std::string avoid_;  // the node that failed last
+  size_t rotation_ = 0;
+  int retries_ = 0;
+  int hint_hops_ = 0;
+  int route_refreshes_ = 0;
+  int renewals_ = 0;
+  bool need_map_ = false;
+  bool maybe_applied_ = false;  // an attempt of this write may have been applied
+  absl::Status last_error_;
+};
+
+void InvokePut(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::PutRequest* q,
+               v1::PutResponse* r, std::function<void(grpc::Status)> f) {
+  stub->async()->Put(c, q, r, std::move(f));
+}
+void InvokeGet(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::GetRequest* q,
+               v1::GetResponse* r, std::function<void(grpc::Status)> f) {
+  stub->async()->Get(c, q, r, std::move(f));
+}
+void InvokeDelete(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::DeleteRequest* q,
+                  v1::DeleteResponse* r, std::function<void(grpc::Status)> f) {
+  stub->async()->Delete(c, q, r, std::move(f));
+}
+void InvokeScan(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::ScanRequest* q,
+                v1::ScanResponse* r, std::function<void(grpc::Status)> f) {
+  stub->async()->Scan(c, q, r, std::move(f));
+}
+void InvokeTxn(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::TxnRequest* q,
+               v1::TxnResponse* r, std::function<void(grpc::Status)> f) {
+  stub->async()->Txn(c, q, r, std::move(f));
+}
+
+KeyValue FromProto(const v1::KeyValue& kv) { return {kv.key(), kv.value(), kv.version()}; }
+
+CallSpec ReadSpec(const Core& core, const CallOptions& options, absl::Time deadline) {
+  CallSpec spec;
+  spec.consistency = options.consistency;
+  spec.max_staleness = options.max_staleness;
+  // With the read cache on, a kStale read's budget is split: half for the
+  // replica's lag, half for the age of a cached copy.
+  if (core.cache().enabled()) spec.max_staleness = options.max_staleness / 2;
+  spec.deadline = deadline;
+  return spec;
+}
+
+// A cluster-wide scan: one chain of pages per shard, in parallel, merged in
+// key order when every shard is done.
+class ScanCall {
+ public:
+  static void Start(Core* core, ScanOptions scan, const CallOptions& options,
+                    Callback<ScanResult> done) {
+    if (!scan.prefix.empty()) {
+      if (!scan.start.empty() || !scan.end.empty()) {
+        return done(absl::InvalidArgumentError("scan: prefix excludes start and end"));
+      }
+      scan.start = scan.prefix;
+      scan.end = PrefixEnd(scan.prefix);
+    }
+    if (!scan.end.empty() && scan.start > scan.end) {
+      return done(absl::InvalidArgumentError("scan: start is after end"));
+    }
+    const absl::Time deadline = EffectiveDeadline(core->options(), options);
+    auto* call =
+        new ScanCall(core, std::move(scan), ReadSpec(*core, options, deadline), std::move(done));
+    if (core->routes().has_map()) return call->Launch(core->routes().num_shards());
+    MapCall::Start(core, deadline, [call](absl::StatusOr<v1::ClusterMap> map) {
+      if (!map.ok()) {
+        call->done_(map.status());
+        delete call;
+        return;
+      }
+      call->Launch(map->num_shards());
+    });
+  }
+
+ private:
+  ScanCall(Core* core, ScanOptions scan, CallSpec spec, Callback<ScanResult> done)
+      : core_(core), scan_(std::move(scan)), spec_(std::move(spec)), done_(std::move(done)) {}
+
+  void Launch(uint32_t num_shards) {
+    {
+      absl::MutexLock lock(&mu_);
+      pending_ = num_shards;
+      per_shard_.resize(num_shards);
+      spec_.fixed_num_shards = num_shards;
+    }
+    for (uint32_t shard = 0; shard < num_shards; ++shard) NextPage(shard, "", 0);
+  }
+
+  void NextPage(uint32_t shard, std::string continuation, size_t have) {
+    CallSpec spec = spec_;
+    spec.fixed_shard = shard;
+    v1::ScanRequest request;
+    request.set_start(scan_.start);
+    request.set_end(scan_.end);
+    uint32_t page = std::max<uint32_t>(1, core_->options().scan_page_size);
+    if (scan_.limit > 0) page = std::min<uint32_t>(page, scan_.limit - static_cast<uint32_t>(have));
+    request.set_limit(page);
+    request.set_continuation(std::move(continuation));
+    KvCall<v1::ScanRequest, v1::ScanResponse>::Start(
+        core_, std::move(spec), std::move(request), &InvokeScan,
+        [this, shard](absl::StatusOr<v1::ScanResponse> page) { OnPage(shard, std::move(page)); });
+  }
+
+  void OnPage(uint32_t shard, absl::StatusOr<v1::ScanResponse> page) {
+    std::string next;
+    size_t have = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!page.ok()) {
+        if (error_.ok()) error_ = page.status();
+      } else if (error_.ok()) {
+        Shard& s = per_shard_[shard];
+        for (const v1::KeyValue& kv : page->kvs()) s.kvs.push_back(FromProto(kv));
+        s.exhausted = page->continuation().empty();
+        have = s.kvs.size();
+        if (!s.exhausted && (scan_.limit == 0 || have < scan_.limit)) next = page->continuation();
+      }
+      if (next.empty() && --pending_ > 0) return;
+    }
+    if (!next.empty()) return NextPage(shard, std::move(next), have);
+    Complete();  // the last shard finished: no other thread touches this call
+  }
+
+  void Complete() {
+    absl::StatusOr<ScanResult> result;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!error_.ok()) {
+        result = error_;
+      } else {
+        ScanResult merged;
+        bool unexhausted = false;
+        for (Shard& s : per_shard_) {
+          unexhausted = unexhausted || !s.exhausted;
+          for (KeyValue& kv : s.kvs) merged.kvs.push_back(std::move(kv));
+        }
+        std::sort(merged.kvs.begin(), merged.kvs.end(),
+                  [](const KeyValue& a, const KeyValue& b) { return a.key < b.key; });
+        if (scan_.limit > 0 && merged.kvs.size() > scan_.limit) {
+          merged.kvs.resize(scan_.limit);
+          merged.more = true;
+        }
+        // A shard cut at the limit may hold keys after the last one returned.
+        if (unexhausted && !merged.kvs.empty()) merged.more = true;
+        if (merged.more) merged.next_start = merged.kvs.back().key + std::string(1, '\0');
+        result = std::move(merged);
+      }
+    }
+    done_(std::move(result));
+    delete this;
+  }
+
+  struct Shard {
+    std::vector<KeyValue> kvs;
+    bool exhausted = false;
+  };
+
+  Core* const core_;
+  const ScanOptions scan_;
+  CallSpec spec_;
+  Callback<ScanResult> done_;
+  absl::Mutex mu_;
+  uint32_t pending_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<Shard> per_shard_ ABSL_GUARDED_BY(mu_);
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+};
+
+void ToProto(const TxnOp& op, v1::TxnOp* out) {
+  switch (op.type) {
+    case TxnOp::Type::kPut:
+      out->mutable_put()->set_key(op.key);
+      out->mutable_put()->set_value(op.value);
+      break;
+    case TxnOp::Type::kDelete:
+      out->mutable_delete_()->set_key(op.key);
+      break;
+    case TxnOp::Type::kGet:
+      out->mutable_get()->set_key(op.key);
+      break;
+  }
+}
+
+v1::Compare ToProto(const Compare& c) {
+  v1::Compare out;
+  out.set_key(c.key);
+  switch (c.target) {
+    case Compare::Target::kValue:
+      out.set_target(v1::Compare::TARGET_VALUE);
+      break;
+    case Compare::Target::kVersion:
+      out.set_target(v1::Compare::TARGET_VERSION);
+      break;
+    case Compare::Target::kExists:
+      out.set_target(v1::Compare::TARGET_EXISTS);
+      break;
+  }
+  switch (c.op) {
+    case Compare::Op::kEqual:
+      out.set_op(v1::Compare::OP_EQUAL);
+      break;
+    case Compare::Op::kNotEqual:
+      out.set_op(v1::Compare::OP_NOT_EQUAL);
+      break;
+    case Compare::Op::kLess:
+      out.set_op(v1::Compare::OP_LESS);
+      break;
+    case Compare::Op::kGreater:
+      out.set_op(v1::Compare::OP_GREATER);
+      break;
+  }
+  out.set_value(c.value);
+  out.set_version(c.version);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
+  if (options.endpoints.empty()) return absl::InvalidArgumentError("no endpoints");
+  for (const std::string& e : options.endpoints) {
+    if (e.empty()) return absl::InvalidArgumentError("empty endpoint");
+  }
+  return std::unique_ptr<Client>(new Client(std::make_unique<Core>(std::move(options))));
+}
+
+Client::Client(std::unique_ptr<Core> core) : core_(std::move(core)) {}
+
+Client::~Client() = default;
+
+void Client::PutAsync(const std::string& key, const std::string& value, const CallOptions& options,
+                      Callback<PutResult> done) {
+  PutAsync(key, value, /*return_previous=*/false, options, std::move(done));
+}
+
+void Client::PutAsync(const std::string& key, const std::string& value, bool return_previous,
+                      const CallOptions& options, Callback<PutResult> done) {
+  CallSpec spec;
+  spec.write = true;
+  spec.deadline = EffectiveDeadline(core_->options(), options);
+  spec.keys = {key};
+  v1::PutRequest request;
+  request.set_key(key);
+  request.set_value(value);
+  request.set_return_previous(return_previous);
+  Core* core = core_.get();
+  core->cache().BeginWrite(key);
+  KvCall<v1::PutRequest, v1::PutResponse>::Start(
+      core, std::move(spec), std::move(request), &InvokePut,
+      [core, key, value, done = std::move(done)](absl::StatusOr<v1::PutResponse> r) {
+        if (!r.ok()) {
+          core->cache().EndWrite(key, std::nullopt);
+          return done(r.status());
+        }
+        core->cache().EndWrite(key, CachedValue{true, value, r->version(), absl::Now()});
+        PutResult result;
+        result.version = r->version();
+        if (r->had_previous() && r->has_previous()) result.previous = FromProto(r->previous());
+        done(std::move(result));
+      });
+}
+
+absl::StatusOr<PutResult> Client::Put(const std::string& key, const std::string& value,
+                                      const CallOptions& options) {
+  return ToFuture<PutResult>(
+             [&](Callback<PutResult> cb) { PutAsync(key, value, options, std::move(cb)); })
+      .get();
+}
+
+void Client::GetAsync(const std::string& key, const CallOptions& options, Callback<KeyValue> done) {
+  Core* core = core_.get();
+  const absl::Time start = absl::Now();
+  CallSpec spec = ReadSpec(*core, options, EffectiveDeadline(core->options(), options));
+  spec.keys = {key};
+  if (options.consistency == Consistency::kStale && core->cache().enabled()) {
+    std::optional<CachedValue> hit = core->cache().Lookup(key, start, spec.max_staleness);
+    if (hit.has_value()) {
+      if (!hit->found) return done(absl::NotFoundError("key not found"));
+      return done(KeyValue{key, std::move(hit->value), hit->version});
+    }
+  }
+  const uint64_t token = core->cache().ReadToken();
+  v1::GetRequest request;
+  request.set_key(key);
+  KvCall<v1::GetRequest, v1::GetResponse>::Start(
+      core, std::move(spec), std::move(request), &InvokeGet,
+      [core, key, start, token, done = std::move(done)](absl::StatusOr<v1::GetResponse> r) {
+        if (!r.ok()) return done(r.status());
+        core->cache().Fill(key, CachedValue{r->found(), r->kv().value(), r->kv().version(), start},
+                           token);
+        if (!r->found()) return done(absl::NotFoundError("key not found"));
+        done(KeyValue{key, r->kv().value(), r->kv().version()});
+      });
+}
+
+absl::StatusOr<KeyValue> Client::Get(const std::string& key, const CallOptions& options) {
+  return ToFuture<KeyValue>([&](Callback<KeyValue> cb) { GetAsync(key, options, std::move(cb)); })
+      .get();
+}
+
+void Client::DeleteAsync(const std::string& key, const CallOptions& options, Callback<bool> done) {
+  CallSpec spec;
+  spec.write = true;
+  spec.deadline = EffectiveDeadline(core_->options(), options);
+  spec.keys = {key};
+  v1::DeleteRequest request;
+  request.set_key(key);
+  Core* core = core_.get();
+  core->cache().BeginWrite(key);
+  KvCall<v1::DeleteRequest, v1::DeleteResponse>::Start(
+      core, std::move(spec), std::move(request), &InvokeDelete,
+      [core, key, done = std::move(done)](absl::StatusOr<v1::DeleteResponse> r) {
+        if (!r.ok()) {
+          core->cache().EndWrite(key, std::nullopt);
+          return done(r.status());
+        }
+        core->cache().EndWrite(key, CachedValue{false, "", 0, absl::Now()});
+        done(r->deleted());
+      });
+}
+
+absl::StatusOr<bool> Client::Delete(const std::string& key, const CallOptions& options) {
+  return ToFuture<bool>([&](Callback<bool> cb) { DeleteAsync(key, options, std::move(cb)); }).get();
+}
+
+void Client::ScanAsync(const ScanOptions& scan, const CallOptions& options,
+                       Callback<ScanResult> done) {
+  ScanCall::Start(core_.get(), scan, options, std::move(done));
+}
+
+absl::StatusOr<ScanResult> Client::Scan(const ScanOptions& scan, const CallOptions& options) {
+  return ToFuture<ScanResult>(
+             [&](Callback<ScanResult> cb) { ScanAsync(scan, options, std::move(cb)); })
+      .get();
+}
+
+void Client::TxnAsync(const TxnRequest& txn, const CallOptions& options, Callback<TxnResult> done) {
+  CallSpec spec;
+  spec.write = true;
+  spec.deadline = EffectiveDeadline(core_->options(), options);
+  v1::TxnRequest request;
+  std::vector<std::string> written;
+  for (const Compare& c : txn.compares) {
+    *request.add_compares() = ToProto(c);
+    spec.keys.push_back(c.key);
+  }
+  for (const TxnOp& op : txn.success) {
+    ToProto(op, request.add_success());
+    spec.keys.push_back(op.key);
+    if (op.type != TxnOp::Type::kGet) written.push_back(op.key);
+  }
+  for (const TxnOp& op : txn.failure) {
+    ToProto(op, request.add_failure());
+    spec.keys.push_back(op.key);
+    if (op.type != TxnOp::Type::kGet) written.push_back(op.key);
+  }
+  if (spec.keys.empty()) return done(absl::InvalidArgumentError("empty transaction"));
+  std::sort(written.begin(), written.end());
+  written.erase(std::unique(written.begin(), written.end()), written.end());
+  Core* core = core_.get();
+  for (const std::string& key : written) core->cache().BeginWrite(key);
+  KvCall<v1::TxnRequest, v1::TxnResponse>::Start(
+      core, std::move(spec), std::move(request), &InvokeTxn,
+      [core, written, txn, done = std::move(done)](absl::StatusOr<v1::TxnResponse> r) {
+        // The new state of the written keys is not all in the response:
+        // leave them uncached.
+        for (const std::string& key : written) core->cache().EndWrite(key, std::nullopt);
+        if (!r.ok()) return done(r.status());
+        const std::vector<TxnOp>& ops = r->succeeded() ? txn.success : txn.failure;
+        TxnResult result;
+        result.succeeded = r->succeeded();
+        for (int i = 0; i < r->results_size(); ++i) {
+          const v1::TxnOpResult& in = r->results(i);
+          TxnOpResult out;
+          if (i < static_cast<int>(ops.size())) out.key = ops[i].key;
+          if (in.has_put()) {
+            out.type = TxnOp::Type::kPut;
+            out.version = in.put().version();
+            out.found = in.put().had_previous();
+          } else if (in.has_delete_()) {
+            out.type = TxnOp::Type::kDelete;
+            out.found = in.delete_().deleted();
+          } else {
+            out.type = TxnOp::Type::kGet;
+            out.found = in.get().found();
+            out.value = in.get().kv().value();
+            out.version = in.get().kv().version();
+          }
+          result.results.push_back(std::move(out));
+        }
+        done(std::move(result));
+      });
+}
+
+absl::StatusOr<TxnResult> Client::Txn(const TxnRequest& txn, const CallOptions& options) {
+  return ToFuture<TxnResult>([&](Callback<TxnResult> cb) { TxnAsync(txn, options, std::move(cb)); })
+      .get();
+}
+
+void Client::CompareAndSetAsync(const std::string& key, const Compare& compare,
+                                const std::string& new_value, const CallOptions& options,
+                                Callback<uint64_t> done) {
+  TxnRequest txn;
+  Compare c = compare;
+  c.key = key;
+  txn.compares.push_back(std::move(c));
+  txn.success.push_back(TxnOp{TxnOp::Type::kPut, key, new_value});
+  TxnAsync(txn, options, [done = std::move(done)](absl::StatusOr<TxnResult> r) {
+    if (!r.ok()) return done(r.status());
+    if (!r->succeeded || r->results.empty()) {
+      return done(absl::AbortedError("compare failed"));
+    }
+    done(r->results[0].version);
+  });
+}
+
+absl::StatusOr<uint64_t> Client::CompareAndSet(const std::string& key, const std::string& expected,
+                                               const std::string& new_value,
+                                               const CallOptions& options) {
+  Compare c;
+  c.target = Compare::Target::kValue;
+  c.op = Compare::Op::kEqual;
+  c.value = expected;
+  return ToFuture<uint64_t>([&](Callback<uint64_t> cb) {
+           CompareAndSetAsync(key, c, new_value, options, std::move(cb));
+         })
+      .get();
+}
+
+absl::StatusOr<uint64_t> Client::CompareAndSetVersion(const std::string& key,
+                                                      uint64_t expected_version,
+                                                      const std::string& new_value,
+                                                      const CallOptions& options) {
+  Compare c;
+  c.target = Compare::Target::kVersion;
+  c.op = Compare::Op::kEqual;
+  c.version = expected_version;
+  return ToFuture<uint64_t>([&](Callback<uint64_t> cb) {
+           CompareAndSetAsync(key, c, new_value, options, std::move(cb));
+         })
+      .get();
+}
+
+absl::StatusOr<v1::ClusterMap> Client::GetClusterMap(const CallOptions& options) {
+  const absl::Time deadline = EffectiveDeadline(core_->options(), options);
+  return ToFuture<v1::ClusterMap>([&](Callback<v1::ClusterMap> cb) {
+           MapCall::Start(core_.get(), deadline, std::move(cb));
+         })
+      .get();
+}
+
+absl::StatusOr<v1::NodeStatusResponse> Client::NodeStatus(const std::string& address,
+                                                          const CallOptions& options) {
+  Core::Node* node = core_->GetNode(address);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
+  v1::NodeStatusResponse response;
+  absl::Status s = FromGrpcStatus(node->cluster->NodeStatus(&context, {}, &response));
+  if (!s.ok()) return s;
+  return response;
+}
+
+ReadCacheStats Client::read_cache_stats() const { return core_->cache().stats(); }
+
+}  // namespace tessera::client

@@ -1,0 +1,229 @@
+// Tessera's C++ client SDK.
+//
+//   ClientOptions options;
+//   options.endpoints = {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"};
+//   absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+//   absl::StatusOr<PutResult> put = (*client)->Put("user:{42}:name", "ada");
+//   absl::StatusOr<KeyValue> got = (*client)->Get("user:{42}:name");
+//
+// Where it sits (STYLE.md §2): a call hashes its key to a shard
+// (proto/key_hash.h), sends the request to the shard's cached leader (or a
+// replica, or for a kStale read the least loaded healthy replica) and
+// retries what is safe to retry under the call's deadline: UNAVAILABLE
+// (following not-leader hints), RESOURCE_EXHAUSTED, stale routes (the map in
+// the error replaces the cached one) and an attempt's own timeout. Writes
+// carry an exactly-once session (client/sessions.h), so a retried write
+// applies at most once. See client/README.md for the semantics of every
+// option.
+//
+// Errors (absl::Status, canonical codes of STYLE.md §3):
+//   kNotFound          Get of a missing key.
+//   kAborted           CompareAndSet whose compare failed (re-read, retry).
+//   kInvalidArgument   bad request (empty or too large key/value, Txn keys on
+//                      several shards, prefix with start/end): don't retry.
+//   kUnavailable       no replica could serve the call before the deadline
+//                      (reads, and writes that were never sent).
+//   kDeadlineExceeded  the deadline passed; for a write its outcome is
+//                      unknown (retrying it is safe only if idempotent).
+//   kFailedPrecondition a retried write's session was evicted by the server:
+//                      the outcome is unknown.
+//   kCancelled         the Client was destroyed while the call ran.
+//
+// Thread-safe. Async callbacks run on a gRPC or timer thread (or inline in
+// the caller, e.g. on a read-cache hit) and must not block; a callback may
+// start other calls. Destroying the Client cancels calls in flight (their
+// callbacks run with kCancelled) and waits for their callbacks.
+#ifndef TESSERA_CLIENT_CLIENT_H_
+#define TESSERA_CLIENT_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/backoff.h"
+#include "client/read_cache.h"
+#include "tessera/kv.pb.h"
+
+namespace tessera::client {
+
+enum class Consistency {
+  kLinearizable,  // sees every write acknowledged before the call (default)
+  kLease,         // linearizable while clocks drift less than the server's bound
+  kStale,         // any replica (and the read cache) at most max_staleness behind
+};
+
+// Per-call options.
+struct CallOptions {
+  // Overall deadline, every retry included. If InfiniteFuture, the call
+  // gets now + `timeout`, or now + ClientOptions::default_timeout when
+  // `timeout` is zero.
+  absl::Time deadline = absl::InfiniteFuture();
+  absl::Duration timeout = absl::ZeroDuration();
+  // Reads only (Get, Scan).
+  Consistency consistency = Consistency::kLinearizable;
+  // kStale only: how far behind the leader the answer may be.
+  absl::Duration max_staleness = absl::Seconds(5);
+};
+
+struct ClientOptions {
+  // Any members of the cluster ("host:port" of their client API); the SDK
+  // learns the others from the cluster map.
+  std::vector<std::string> endpoints = {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"};
+  absl::Duration default_timeout = absl::Seconds(5);
+  // Timeout of one attempt: a node that does not answer within it is
+  // treated as failed and the call moves on (DEADLINE_EXCEEDED is retried
+  // with the same session seq while the overall deadline allows).
+  absl::Duration attempt_timeout = absl::Seconds(2);
+  BackoffPolicy backoff;
+  CircuitBreakerOptions breaker;
+  // Bytes of the read cache; 0 (default) disables it.
+  size_t read_cache_bytes = 0;
+  // Items per page of one shard's scan.
+  uint32_t scan_page_size = 1000;
+};
+
+struct KeyValue {
+  std::string key;
+  std::string value;
+  uint64_t version = 0;  // 1 on creation, +1 per put
+};
+
+struct PutResult {
+  uint64_t version = 0;              // the key's new version
+  std::optional<KeyValue> previous;  // with PutOptions::return_previous, if it existed
+};
+
+struct ScanOptions {
+  std::string start;   // inclusive; empty = the first key
+  std::string end;     // exclusive; empty = past the last key
+  std::string prefix;  // only keys with this prefix (start and end must be empty)
+  uint32_t limit = 0;  // most items returned; 0 = all
+};
+
+struct ScanResult {
+  std::vector<KeyValue> kvs;  // in key order
+  bool more = false;          // the limit cut the result: scan again from next_start
+  std::string next_start;
+};
+
+// Txn (all keys on one shard: use a hash tag such as "acct:{42}:balance").
+struct Compare {
+  enum class Target { kValue, kVersion, kExists };
+  enum class Op { kEqual, kNotEqual, kLess, kGreater };
+  std::string key;
+  Target target = Target::kValue;
+  Op op = Op::kEqual;
+  std::string value;     // kValue
+  uint64_t version = 0;  // kVersion (0 = missing)
+};
+
+struct TxnOp {
+  enum class Type { kPut, kDelete, kGet };
+  Type type = Type::kGet;
+  std::string key;
+  std::string value;  // kPut
+};
+
+struct TxnRequest {
+  std::vector<Compare> compares;  // all must hold (none: success)
+  std::vector<TxnOp> success;     // run if they do
+  std::vector<TxnOp> failure;     // else
+};
+
+struct TxnOpResult {
+  TxnOp::Type type = TxnOp::Type::kGet;
+  std::string key;
+  bool found = false;    // kGet: the key exists; kDelete: it existed
+  std::string value;     // kGet
+  uint64_t version = 0;  // kGet: its version; kPut: the new version
+};
+
+struct TxnResult {
+  bool succeeded = false;  // the compares held
+  std::vector<TxnOpResult> results;
+};
+
+template <typename T>
+using Callback = std::function<void(absl::StatusOr<T>)>;
+
+// Adapts any *Async call to a std::future:
+//   auto f = ToFuture<PutResult>([&](auto done) { client->PutAsync("k", "v", {}, done); });
+template <typename T, typename Start>
+std::future<absl::StatusOr<T>> ToFuture(Start start) {
+  auto promise = std::make_shared<std::promise<absl::StatusOr<T>>>();
+  std::future<absl::StatusOr<T>> future = promise->get_future();
+  start([promise](absl::StatusOr<T> result) { promise->set_value(std::move(result)); });
+  return future;
+}
+
+class Client {
+ public:
+  // kInvalidArgument without endpoints. Connects lazily: creating a client
+  // for a cluster that is down succeeds; its calls fail with kUnavailable.
+  static absl::StatusOr<std::unique_ptr<Client>> Create(ClientOptions options);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  absl::StatusOr<PutResult> Put(const std::string& key, const std::string& value,
+                                const CallOptions& options = {});
+  void PutAsync(const std::string& key, const std::string& value, const CallOptions& options,
+                Callback<PutResult> done);
+  // Put that also returns the previous KeyValue.
+  void PutAsync(const std::string& key, const std::string& value, bool return_previous,
+                const CallOptions& options, Callback<PutResult> done);
+
+  // kNotFound when the key does not exist.
+  absl::StatusOr<KeyValue> Get(const std::string& key, const CallOptions& options = {});
+  void GetAsync(const std::string& key, const CallOptions& options, Callback<KeyValue> done);
+
+  // Whether the key existed.
+  absl::StatusOr<bool> Delete(const std::string& key, const CallOptions& options = {});
+  void DeleteAsync(const std::string& key, const CallOptions& options, Callback<bool> done);
+
+  // Every shard in parallel, merged in key order (see ScanOptions).
+  absl::StatusOr<ScanResult> Scan(const ScanOptions& scan, const CallOptions& options = {});
+  void ScanAsync(const ScanOptions& scan, const CallOptions& options, Callback<ScanResult> done);
+
+  absl::StatusOr<TxnResult> Txn(const TxnRequest& txn, const CallOptions& options = {});
+  void TxnAsync(const TxnRequest& txn, const CallOptions& options, Callback<TxnResult> done);
+
+  // Sets `key` to `new_value` if its value is `expected` (OK, the new
+  // version), else kAborted (it differs or the key is missing).
+  absl::StatusOr<uint64_t> CompareAndSet(const std::string& key, const std::string& expected,
+                                         const std::string& new_value,
+                                         const CallOptions& options = {});
+  // Same, comparing the version (0 = the key must not exist).
+  absl::StatusOr<uint64_t> CompareAndSetVersion(const std::string& key, uint64_t expected_version,
+                                                const std::string& new_value,
+                                                const CallOptions& options = {});
+  void CompareAndSetAsync(const std::string& key, const Compare& compare,
+                          const std::string& new_value, const CallOptions& options,
+                          Callback<uint64_t> done);
+
+  // Fetches the cluster map from any reachable member and caches it.
+  absl::StatusOr<v1::ClusterMap> GetClusterMap(const CallOptions& options = {});
+  // Cluster.NodeStatus of the member at `address` (one attempt).
+  absl::StatusOr<v1::NodeStatusResponse> NodeStatus(const std::string& address,
+                                                    const CallOptions& options = {});
+
+  ReadCacheStats read_cache_stats() const;
+
+  class Core;  // internal
+  Core& core_for_testing() { return *core_; }
+
+ private:
+  explicit Client(std::unique_ptr<Core> core);
+  std::unique_ptr<Core> core_;
+};
+
+}  // namespace tessera::client
+
+#endif  // TESSERA_CLIENT_CLIENT_H_

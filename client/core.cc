@@ -1,0 +1,101 @@
+#include "client/core.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/random/distributions.h"
+#include "absl/strings/ascii.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+
+namespace tessera::client {
+
+Client::Core::Core(ClientOptions options)
+    : options_(std::move(options)), cache_(options_.read_cache_bytes) {}
+
+Client::Core::~Core() {
+  std::vector<std::shared_ptr<grpc::ClientContext>> contexts;
+  {
+    absl::MutexLock lock(&calls_mu_);
+    shutting_down_ = true;
+    // Under the lock: a call unregisters (and is deleted) only after taking
+    // calls_mu_, so every pointer here is alive. Cancel() only flags.
+    for (CallBase* call : calls_) {
+      if (std::shared_ptr<grpc::ClientContext> context = call->Cancel()) {
+        contexts.push_back(std::move(context));
+      }
+    }
+  }
+  // gRPC may run completions inline in TryCancel: no lock held here.
+  for (const auto& context : contexts) context->TryCancel();
+  timer_.Shutdown();  // pending retries complete with kCancelled
+  absl::MutexLock lock(&calls_mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) { return calls_.empty(); };
+  calls_mu_.Await(absl::Condition(&idle));
+}
+
+Client::Core::Node* Client::Core::GetNode(const std::string& address) {
+  absl::MutexLock lock(&nodes_mu_);
+  std::unique_ptr<Node>& node = nodes_[address];
+  if (node == nullptr) {
+    node = std::make_unique<Node>(options_.breaker);
+    node->address = address;
+    grpc::ChannelArguments args;
+    // Reconnect to a restarted node quickly (gRPC's default grows to minutes).
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    // Numeric IPv4 addresses skip the DNS resolver and its re-resolution backoff.
+    const bool numeric = !address.empty() && absl::ascii_isdigit(address[0]);
+    node->channel = grpc::CreateCustomChannel(numeric ? "ipv4:" + address : address,
+                                              grpc::InsecureChannelCredentials(), args);
+    node->kv = v1::KV::NewStub(node->channel);
+    node->cluster = v1::Cluster::NewStub(node->channel);
+  }
+  return node.get();
+}
+
+Client::Core::Node* Client::Core::FindNode(const std::string& address) const {
+  absl::MutexLock lock(&nodes_mu_);
+  auto it = nodes_.find(address);
+  return it == nodes_.end() ? nullptr : it->second.get();
+}
+
+absl::Duration Client::Core::Backoff(int retry) {
+  absl::MutexLock lock(&rng_mu_);
+  return FullJitterBackoff(options_.backoff, retry, rng_);
+}
+
+size_t Client::Core::RandomIndex(size_t n) {
+  if (n <= 1) return 0;
+  absl::MutexLock lock(&rng_mu_);
+  return absl::Uniform<size_t>(rng_, 0, n);
+}
+
+void Client::Core::NoteWriteIndex(uint32_t shard, uint64_t index) {
+  absl::MutexLock lock(&index_mu_);
+  uint64_t& current = write_index_[shard];
+  current = std::max(current, index);
+}
+
+uint64_t Client::Core::MinReadIndex(uint32_t shard) const {
+  absl::MutexLock lock(&index_mu_);
+  auto it = write_index_.find(shard);
+  return it == write_index_.end() ? 0 : it->second;
+}
+
+bool Client::Core::Register(CallBase* call) {
+  absl::MutexLock lock(&calls_mu_);
+  if (shutting_down_) return false;
+  calls_.insert(call);
+  return true;
+}
+
+void Client::Core::Unregister(CallBase* call) {
+  absl::MutexLock lock(&calls_mu_);
+  calls_.erase(call);
+}
+
+}  // namespace tessera::client

@@ -1,0 +1,116 @@
+// Internal: the shared state behind a Client (routes, sessions, nodes, read
+// cache, timer) and the registry of calls in flight. Not part of the public
+// API; tests reach it through Client::core_for_testing().
+//
+// Thread-safe. Owned by the Client; outlives every call (the Client's
+// destructor cancels calls and waits for them before destroying it).
+#ifndef TESSERA_CLIENT_CORE_H_
+#define TESSERA_CLIENT_CORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "client/backoff.h"
+#include "client/client.h"
+#include "client/read_cache.h"
+#include "client/routing.h"
+#include "client/sessions.h"
+#include "client/timer.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "tessera/kv.grpc.pb.h"
+
+namespace tessera::client {
+
+// One call in flight (Put, Get, a page of a Scan, a map fetch, ...).
+class CallBase {
+ public:
+  virtual ~CallBase() = default;
+  // Flags the call as cancelled (its next step completes it with
+  // kCancelled) and returns the context of its RPC in flight, if any, for
+  // the caller to TryCancel() with no lock held.
+  virtual std::shared_ptr<grpc::ClientContext> Cancel() = 0;
+};
+
+class Client::Core {
+ public:
+  // One cluster member as seen by this client: a channel reused by every
+  // call, stubs, health, and the requests outstanding on it.
+  struct Node {
+    std::string address;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::KV::Stub> kv;
+    std::unique_ptr<v1::Cluster::Stub> cluster;
+    CircuitBreaker breaker;
+    std::atomic<int64_t> outstanding{0};
+    std::atomic<uint64_t> attempts{0};  // every attempt sent (tests, status)
+    explicit Node(CircuitBreakerOptions options) : breaker(options) {}
+  };
+
+  explicit Core(ClientOptions options);
+  // Cancels calls in flight, waits for them, stops the timer.
+  ~Core();
+
+  const ClientOptions& options() const { return options_; }
+  RouteTable& routes() { return routes_; }
+  SessionTable& sessions() { return sessions_; }
+  ReadCache& cache() { return cache_; }
+  const ReadCache& cache() const { return cache_; }
+  TimerQueue& timer() { return timer_; }
+
+  // The node at `address`, created (with its channel) on first use; the
+  // pointer stays valid for the Core's lifetime.
+  Node* GetNode(const std::string& address) ABSL_LOCKS_EXCLUDED(nodes_mu_);
+  // nullptr if never used.
+  Node* FindNode(const std::string& address) const ABSL_LOCKS_EXCLUDED(nodes_mu_);
+
+  // A full-jitter backoff delay for retry number `retry`.
+  absl::Duration Backoff(int retry) ABSL_LOCKS_EXCLUDED(rng_mu_);
+  // A uniform integer in [0, n).
+  size_t RandomIndex(size_t n) ABSL_LOCKS_EXCLUDED(rng_mu_);
+
+  // Read-your-writes for kStale reads: the highest applied index a write of
+  // this client to `shard` was acknowledged at.
+  void NoteWriteIndex(uint32_t shard, uint64_t index) ABSL_LOCKS_EXCLUDED(index_mu_);
+  uint64_t MinReadIndex(uint32_t shard) const ABSL_LOCKS_EXCLUDED(index_mu_);
+
+  // Registers a call; false once shutting down (complete it with kCancelled).
+  bool Register(CallBase* call) ABSL_LOCKS_EXCLUDED(calls_mu_);
+  // After the call's callback returned; the call must not touch the Core
+  // afterwards.
+  void Unregister(CallBase* call) ABSL_LOCKS_EXCLUDED(calls_mu_);
+
+ private:
+  const ClientOptions options_;
+  RouteTable routes_;
+  SessionTable sessions_;
+  ReadCache cache_;
+
+  mutable absl::Mutex nodes_mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<Node>> nodes_ ABSL_GUARDED_BY(nodes_mu_);
+
+  absl::Mutex rng_mu_;
+  absl::BitGen rng_ ABSL_GUARDED_BY(rng_mu_);
+
+  mutable absl::Mutex index_mu_;
+  absl::flat_hash_map<uint32_t, uint64_t> write_index_ ABSL_GUARDED_BY(index_mu_);
+
+  absl::Mutex calls_mu_;
+  bool shutting_down_ ABSL_GUARDED_BY(calls_mu_) = false;
+  absl::flat_hash_set<CallBase*> calls_ ABSL_GUARDED_BY(calls_mu_);
+
+  TimerQueue timer_;  // last: its thread stops first
+};
+
+}  // namespace tessera::client
+
+#endif  // TESSERA_CLIENT_CORE_H_

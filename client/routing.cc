@@ -1,0 +1,147 @@
+#include "client/routing.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "proto/key_hash.h"
+
+namespace tessera::client {
+
+absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders) {
+  if (dropped_leaders != nullptr) *dropped_leaders = 0;
+  const uint32_t n = map.num_shards();
+  if (n == 0 || static_cast<uint32_t>(map.shards_size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cluster map has ", map.shards_size(), " shards, num_shards=", n));
+  }
+  absl::flat_hash_map<uint64_t, std::string> addresses;
+  for (const v1::Member& m : map.members()) addresses[m.id()] = m.client_address();
+  std::vector<std::vector<std::string>> replicas(n);
+  std::vector<uint64_t> starts(n);
+  std::vector<bool> seen(n, false);
+  for (const v1::ShardInfo& s : map.shards()) {
+    if (s.id() >= n || seen[s.id()]) {
+      return absl::InvalidArgumentError(absl::StrCat("cluster map: bad shard id ", s.id()));
+    }
+    seen[s.id()] = true;
+    const uint64_t want_end = s.id() + 1 < n ? HashRangeStart(s.id() + 1, n) - 1 : UINT64_MAX;
+    if (s.hash_start() != HashRangeStart(s.id(), n) || s.hash_end() != want_end) {
+      return absl::InvalidArgumentError(absl::StrCat("cluster map: hash range of shard ", s.id(),
+                                                     " disagrees with proto/key_hash.h"));
+    }
+    starts[s.id()] = s.hash_start();
+    for (uint64_t r : s.replicas()) {
+      auto it = addresses.find(r);
+      if (it != addresses.end() && !it->second.empty()) replicas[s.id()].push_back(it->second);
+    }
+  }
+
+  absl::MutexLock lock(&mu_);
+  if (map_.has_value() && map_->epoch() == map.epoch() && map.epoch() != 0) {
+    // Same configuration: only take fresher leader hints for shards we know
+    // no leader of.
+    for (const v1::ShardInfo& s : map.shards()) {
+      auto it = addresses.find(s.leader());
+      if (s.leader() != 0 && it != addresses.end() && !leaders_.contains(s.id())) {
+        leaders_[s.id()] = it->second;
+      }
+    }
+    return absl::OkStatus();
+  }
+  absl::flat_hash_map<uint32_t, std::string> leaders;
+  int dropped = 0;
+  const bool same_shards = map_.has_value() && map_->num_shards() == n;
+  for (auto& [shard, address] : leaders_) {
+    const bool keep = same_shards && std::find(replicas[shard].begin(), replicas[shard].end(),
+                                               address) != replicas[shard].end();
+    if (keep) {
+      leaders.emplace(shard, address);
+    } else {
+      ++dropped;
+    }
+  }
+  for (const v1::ShardInfo& s : map.shards()) {
+    auto it = addresses.find(s.leader());
+    if (s.leader() != 0 && it != addresses.end() && !leaders.contains(s.id())) {
+      leaders[s.id()] = it->second;
+    }
+  }
+  map_ = map;
+  replicas_ = std::move(replicas);
+  range_starts_ = std::move(starts);
+  leaders_ = std::move(leaders);
+  if (dropped_leaders != nullptr) *dropped_leaders = dropped;
+  return absl::OkStatus();
+}
+
+bool RouteTable::has_map() const {
+  absl::MutexLock lock(&mu_);
+  return map_.has_value();
+}
+
+uint64_t RouteTable::epoch() const {
+  absl::MutexLock lock(&mu_);
+  return map_.has_value() ? map_->epoch() : 0;
+}
+
+uint32_t RouteTable::num_shards() const {
+  absl::MutexLock lock(&mu_);
+  return map_.has_value() ? map_->num_shards() : 0;
+}
+
+std::optional<v1::ClusterMap> RouteTable::map() const {
+  absl::MutexLock lock(&mu_);
+  return map_;
+}
+
+std::optional<uint32_t> RouteTable::ShardForKey(absl::string_view key) const {
+  const uint32_t n = num_shards();
+  if (n == 0) return std::nullopt;
+  return ::tessera::ShardForKey(key, n);
+}
+
+std::optional<uint32_t> RouteTable::ShardForHashInMap(uint64_t hash) const {
+  absl::MutexLock lock(&mu_);
+  if (!map_.has_value()) return std::nullopt;
+  auto it = std::upper_bound(range_starts_.begin(), range_starts_.end(), hash);
+  return static_cast<uint32_t>(it - range_starts_.begin() - 1);
+}
+
+std::optional<ShardRoute> RouteTable::Route(uint32_t shard) const {
+  absl::MutexLock lock(&mu_);
+  if (!map_.has_value() || shard >= replicas_.size()) return std::nullopt;
+  ShardRoute route;
+  route.shard = shard;
+  route.epoch = map_->epoch();
+  route.replicas = replicas_[shard];
+  auto it = leaders_.find(shard);
+  if (it != leaders_.end()) route.leader = it->second;
+  return route;
+}
+
+void RouteTable::SetLeader(uint32_t shard, const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  leaders_[shard] = address;
+}
+
+void RouteTable::ForgetLeader(uint32_t shard, const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  auto it = leaders_.find(shard);
+  if (it != leaders_.end() && it->second == address) leaders_.erase(it);
+}
+
+absl::flat_hash_map<uint32_t, std::string> RouteTable::Leaders() const {
+  absl::MutexLock lock(&mu_);
+  return leaders_;
+}
+
+std::vector<std::string> RouteTable::MemberAddresses() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  if (!map_.has_value()) return out;
+  for (const v1::Member& m : map_->members()) out.push_back(m.client_address());
+  return out;
+}
+
+}  // namespace tessera::client

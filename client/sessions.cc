@@ -1,0 +1,74 @@
+#include "client/sessions.h"
+
+#include <utility>
+
+#include "absl/random/distributions.h"
+
+namespace tessera::client {
+
+std::shared_ptr<SessionTable::ShardSession> SessionTable::NewSession() {
+  auto session = std::make_shared<ShardSession>();
+  while (session->client_id == 0) session->client_id = absl::Uniform<uint64_t>(rng_);
+  return session;
+}
+
+std::shared_ptr<SessionTable::ShardSession> SessionTable::Current(uint32_t shard) {
+  std::shared_ptr<ShardSession>& session = sessions_[shard];
+  if (session == nullptr) session = NewSession();
+  return session;
+}
+
+SessionTable::Ticket SessionTable::Begin(uint32_t shard) {
+  const uint64_t seq = next_seq_.fetch_add(1);
+  absl::MutexLock lock(&mu_);
+  Ticket ticket{Current(shard), shard, seq};
+  ticket.session->in_flight.insert(seq);
+  return ticket;
+}
+
+v1::Session SessionTable::Header(const Ticket& ticket) const {
+  v1::Session header;
+  header.set_client_id(ticket.session->client_id);
+  header.set_seq(ticket.seq);
+  absl::MutexLock lock(&mu_);
+  const ShardSession& s = *ticket.session;
+  header.set_first_incomplete_seq(s.known && !s.in_flight.empty() ? *s.in_flight.begin() : 0);
+  return header;
+}
+
+void SessionTable::Answered(const Ticket& ticket) {
+  absl::MutexLock lock(&mu_);
+  ticket.session->known = true;
+}
+
+void SessionTable::End(const Ticket& ticket) {
+  absl::MutexLock lock(&mu_);
+  ticket.session->in_flight.erase(ticket.seq);
+}
+
+SessionTable::Ticket SessionTable::Renew(const Ticket& ticket) {
+  const uint64_t seq = next_seq_.fetch_add(1);
+  absl::MutexLock lock(&mu_);
+  ticket.session->in_flight.erase(ticket.seq);
+  std::shared_ptr<ShardSession>& current = sessions_[ticket.shard];
+  if (current == nullptr || current == ticket.session) current = NewSession();
+  Ticket renewed{current, ticket.shard, seq};
+  current->in_flight.insert(seq);
+  return renewed;
+}
+
+SessionTable::Ticket SessionTable::Move(const Ticket& ticket, uint32_t new_shard) {
+  absl::MutexLock lock(&mu_);
+  ticket.session->in_flight.erase(ticket.seq);
+  Ticket moved{Current(new_shard), new_shard, ticket.seq};
+  moved.session->in_flight.insert(ticket.seq);
+  return moved;
+}
+
+uint64_t SessionTable::ClientIdForTesting(uint32_t shard) const {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(shard);
+  return it == sessions_.end() ? 0 : it->second->client_id;
+}
+
+}  // namespace tessera::client

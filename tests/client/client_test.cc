@@ -1,0 +1,478 @@
+// The SDK against an in-process fake cluster (fake_cluster.h): routing,
+// retries, circuit breaker, exactly-once writes, scans, read cache, async.
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "client/core.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "proto/key_hash.h"
+#include "proto/testing/status_matchers.h"
+#include "tests/client/fake_cluster.h"
+
+namespace tessera::client {
+namespace {
+
+using ::tessera::client::testing::FakeAction;
+using ::tessera::client::testing::FakeCall;
+using ::tessera::client::testing::FakeCluster;
+using ::tessera::testing::IsOk;
+using ::tessera::testing::StatusIs;
+
+ClientOptions Options(const FakeCluster& cluster) {
+  ClientOptions o;
+  o.endpoints = {cluster.address(0)};
+  o.attempt_timeout = absl::Milliseconds(300);
+  o.backoff = {absl::Milliseconds(2), absl::Milliseconds(20), 2.0};
+  return o;
+}
+
+std::unique_ptr<Client> MakeClient(ClientOptions options) {
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Create(std::move(options));
+  EXPECT_THAT(c, IsOk());
+  return std::move(*c);
+}
+
+// Waits (bounded) until `done` holds.
+template <typename F>
+bool Eventually(F done, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
+TEST(ClientFake, CreateNeedsEndpoints) {
+  ClientOptions o;
+  o.endpoints.clear();
+  EXPECT_THAT(Client::Create(o), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ClientFake, PutGetDeleteFollowingLeaderHints) {
+  FakeCluster cluster({});
+  for (uint32_t s = 0; s < cluster.shards(); ++s) cluster.SetLeader(s, 2);
+  auto client = MakeClient(Options(cluster));
+  absl::StatusOr<PutResult> put = client->Put("k1", "v1");
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->version, 1u);
+  absl::StatusOr<KeyValue> got = client->Get("k1");
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ(got->value, "v1");
+  EXPECT_EQ(got->version, 1u);
+  const uint32_t shard = ShardForKey("k1", cluster.shards());
+  EXPECT_EQ(client->core_for_testing().routes().Leaders().at(shard), cluster.address(2));
+  EXPECT_THAT(client->Delete("k1"), IsOk());
+  EXPECT_THAT(client->Get("k1"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_FALSE(*client->Delete("k1"));
+  // Leader moves: the hint from the old leader is followed.
+  cluster.SetLeader(shard, 1);
+  ASSERT_THAT(client->Put("k1", "v2"), IsOk());
+  EXPECT_EQ(client->core_for_testing().routes().Leaders().at(shard), cluster.address(1));
+}
+
+TEST(ClientFake, BinaryKeysAndValues) {
+  FakeCluster cluster({});
+  auto client = MakeClient(Options(cluster));
+  const std::string key("k\0\xff", 3), value("\0\1\2\xfe", 4);
+  ASSERT_THAT(client->Put(key, value), IsOk());
+  EXPECT_EQ(client->Get(key)->value, value);
+}
+
+TEST(ClientFake, StaleEpochRefreshesTheMapFromTheError) {
+  FakeCluster cluster({});
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("a", "1"), IsOk());
+  EXPECT_EQ(client->core_for_testing().routes().epoch(), 7u);
+  cluster.SetEpoch(9);
+  ASSERT_THAT(client->Put("a", "2"), IsOk());
+  EXPECT_EQ(client->core_for_testing().routes().epoch(), 9u);
+  EXPECT_EQ(cluster.applies("a"), 2);
+}
+
+TEST(ClientFake, UnavailableAndResourceExhaustedAreRetried) {
+  FakeCluster cluster({});
+  std::atomic<int> failures{0};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Put" && failures.fetch_add(1) < 4) {
+      a.kind = FakeAction::Kind::kError;
+      a.error = failures.load() % 2 ? absl::ResourceExhaustedError("queue full")
+                                    : absl::UnavailableError("no leader");
+    }
+    return a;
+  });
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("r", "v"), IsOk());
+  EXPECT_EQ(cluster.applies("r"), 1);
+  EXPECT_GE(failures.load(), 5);
+}
+
+TEST(ClientFake, ErrorsThatAreNotSafeToRetryReturnAtOnce) {
+  FakeCluster cluster({});
+  std::atomic<int> puts{0};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Put") {
+      ++puts;
+      a.kind = FakeAction::Kind::kError;
+      a.error = absl::InvalidArgumentError("value too large");
+    }
+    return a;
+  });
+  auto client = MakeClient(Options(cluster));
+  EXPECT_THAT(client->Put("x", "v"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(puts.load(), 1);
+}
+
+TEST(ClientFake, DeadlineRespectedWhenEveryNodeIsDown) {
+  FakeCluster cluster({});
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("d", "v"), IsOk());  // map cached
+  for (int i = 0; i < 3; ++i) cluster.SetDown(i, true);
+  CallOptions call;
+  call.timeout = absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<KeyValue> got = client->Get("d", call);
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_THAT(got, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_GE(took, absl::Milliseconds(250));
+  EXPECT_LT(took, absl::Milliseconds(300) + absl::Milliseconds(250));
+  // A write that may have reached a node reports an unknown outcome.
+  EXPECT_THAT(client->Put("d", "w", call), StatusIs(absl::StatusCode::kDeadlineExceeded));
+}
+
+TEST(ClientFake, CircuitBreakerSkipsADeadNodeThenProbesAndCloses) {
+  FakeCluster cluster({});
+  for (uint32_t s = 0; s < cluster.shards(); ++s) cluster.SetLeader(s, 1);
+  ClientOptions o = Options(cluster);
+  o.endpoints = cluster.addresses();
+  o.breaker = {.failure_threshold = 2, .cool_down = absl::Milliseconds(300)};
+  auto client = MakeClient(o);
+  ASSERT_THAT(client->Put("warm", "v"), IsOk());
+  cluster.SetDown(0, true);
+  const int before = cluster.calls(0);
+  CallOptions stale;
+  stale.consistency = Consistency::kStale;
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_THAT(client->Put(absl::StrCat("k", i), "v"), IsOk());
+    ASSERT_THAT(client->Get(absl::StrCat("k", i), stale), IsOk());
+  }
+  // Node 0 failed `failure_threshold` times, then was skipped.
+  EXPECT_LE(cluster.calls(0) - before, 3);
+  Client::Core::Node* node = client->core_for_testing().FindNode(cluster.address(0));
+  ASSERT_NE(node, nullptr);
+  EXPECT_EQ(node->breaker.state(absl::Now()), CircuitBreaker::State::kOpen);
+  // Back up: after the cool-down one probe goes through and closes it.
+  cluster.SetDown(0, false);
+  ASSERT_TRUE(Eventually([&] {
+    EXPECT_THAT(client->Get("k1", stale), IsOk());
+    return node->breaker.state(absl::Now()) == CircuitBreaker::State::kClosed;
+  }));
+  EXPECT_GT(cluster.calls(0) - before, 2);
+}
+
+TEST(ClientFake, WriteWhoseReplyIsLostIsRetriedAndAppliedOnce) {
+  FakeCluster cluster({});
+  std::atomic<int> attempts{0};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Put" && call.key == "once") {
+      attempts++;
+      // Applies, then drops the reply: twice for the same seq.
+      if (call.attempt_of_seq <= 2) a.kind = FakeAction::Kind::kDropAfterApply;
+    }
+    return a;
+  });
+  auto client = MakeClient(Options(cluster));
+  absl::StatusOr<PutResult> put = client->Put("once", "v");
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->version, 1u);
+  EXPECT_EQ(attempts.load(), 3);
+  EXPECT_EQ(cluster.applies("once"), 1);
+  ASSERT_THAT(client->Put("once", "w"), IsOk());
+  EXPECT_EQ(client->Get("once")->version, 2u);
+  EXPECT_EQ(cluster.applies("once"), 2);
+}
+
+TEST(ClientFake, ConcurrentWritersWithDuplicatedRequestsApplyEachWriteOnce) {
+  FakeCluster cluster({.nodes = 3, .shards = 8});
+  std::atomic<int> n{0};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    // Every third write's first attempt is applied and its reply lost.
+    if (call.method == "Put" && call.attempt_of_seq == 1 && n.fetch_add(1) % 3 == 0) {
+      a.kind = FakeAction::Kind::kDropAfterApply;
+    }
+    return a;
+  });
+  ClientOptions o = Options(cluster);
+  o.attempt_timeout = absl::Milliseconds(150);
+  auto client = MakeClient(o);
+  constexpr int kThreads = 4, kKeys = 5, kWrites = 4;
+  std::vector<std::thread> threads;
+  std::atomic<int> failed{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kKeys; ++i) {
+        for (int w = 0; w < kWrites; ++w) {
+          if (!client->Put(absl::StrCat("t", t, "k", i), absl::StrCat(w)).ok()) ++failed;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failed.load(), 0);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 0; i < kKeys; ++i) {
+      const std::string key = absl::StrCat("t", t, "k", i);
+      EXPECT_EQ(cluster.applies(key), kWrites) << key;
+      EXPECT_EQ(client->Get(key)->version, static_cast<uint64_t>(kWrites)) << key;
+    }
+  }
+}
+
+TEST(ClientFake, FirstWritesToAShardSendZeroThenTrackFirstIncomplete) {
+  FakeCluster cluster({});
+  std::vector<FakeCall> seen;
+  absl::Mutex mu;
+  cluster.SetHook([&](const FakeCall& call) {
+    if (call.method == "Put") {
+      absl::MutexLock lock(&mu);
+      seen.push_back(call);
+    }
+    return FakeAction{};
+  });
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("s", "1"), IsOk());
+  ASSERT_THAT(client->Put("s", "2"), IsOk());
+  absl::MutexLock lock(&mu);
+  std::vector<FakeCall> at_leader;
+  for (const FakeCall& c : seen) {
+    if (c.node == cluster.leader(c.shard)) at_leader.push_back(c);
+  }
+  ASSERT_EQ(at_leader.size(), 2u);
+  EXPECT_EQ(at_leader[0].first_incomplete_seq, 0u);
+  EXPECT_NE(at_leader[0].client_id, 0u);
+  EXPECT_EQ(at_leader[1].client_id, at_leader[0].client_id);
+  EXPECT_EQ(at_leader[1].first_incomplete_seq, at_leader[1].seq);
+  EXPECT_GT(at_leader[1].seq, at_leader[0].seq);
+}
+
+TEST(ClientFake, EvictedSessionOnFirstAttemptStartsAFreshSession) {
+  FakeCluster cluster({});
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("e", "1"), IsOk());
+  const uint32_t shard = ShardForKey("e", cluster.shards());
+  const uint64_t old_id = client->core_for_testing().sessions().ClientIdForTesting(shard);
+  cluster.EvictSessions();
+  ASSERT_THAT(client->Put("e", "2"), IsOk());
+  EXPECT_NE(client->core_for_testing().sessions().ClientIdForTesting(shard), old_id);
+  EXPECT_EQ(cluster.applies("e"), 2);
+}
+
+TEST(ClientFake, EvictedSessionOnRetryIsAnUnknownOutcome) {
+  FakeCluster cluster({});
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("u", "1"), IsOk());
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Put" && call.key == "u" && call.attempt_of_seq == 1) {
+      a.kind = FakeAction::Kind::kDropAfterApply;
+    }
+    if (call.method == "Put" && call.key == "u" && call.attempt_of_seq == 2) {
+      cluster.EvictSessions();
+    }
+    return a;
+  });
+  EXPECT_THAT(client->Put("u", "2"), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(cluster.applies("u"), 2);  // applied once, never twice
+}
+
+TEST(ClientFake, ScanMergesShardsInKeyOrderWithLimitAndPaging) {
+  FakeCluster cluster({.nodes = 3, .shards = 5});
+  std::vector<std::string> keys;
+  for (int i = 0; i < 60; ++i) {
+    keys.push_back(absl::StrCat(i % 2 ? "p/" : "q/", 1000 + i));
+    cluster.Seed(keys.back(), absl::StrCat("v", i));
+  }
+  std::sort(keys.begin(), keys.end());
+  ClientOptions o = Options(cluster);
+  o.scan_page_size = 4;  // many pages per shard
+  auto client = MakeClient(o);
+  absl::StatusOr<ScanResult> all = client->Scan({});
+  ASSERT_THAT(all, IsOk());
+  ASSERT_EQ(all->kvs.size(), keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ(all->kvs[i].key, keys[i]);
+  EXPECT_FALSE(all->more);
+
+  std::vector<std::string> paged;
+  ScanOptions scan{.limit = 13};
+  for (int page = 0; page < 10; ++page) {
+    absl::StatusOr<ScanResult> r = client->Scan(scan);
+    ASSERT_THAT(r, IsOk());
+    EXPECT_LE(r->kvs.size(), 13u);
+    for (const KeyValue& kv : r->kvs) paged.push_back(kv.key);
+    if (!r->more) break;
+    scan.start = r->next_start;
+  }
+  EXPECT_EQ(paged, keys);
+
+  absl::StatusOr<ScanResult> p = client->Scan({.prefix = "p/", .limit = 5});
+  ASSERT_THAT(p, IsOk());
+  ASSERT_EQ(p->kvs.size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(p->kvs[i].key, keys[i]);
+  EXPECT_TRUE(p->more);
+  absl::StatusOr<ScanResult> range = client->Scan({.start = keys[10], .end = keys[20]});
+  ASSERT_THAT(range, IsOk());
+  ASSERT_EQ(range->kvs.size(), 10u);
+  EXPECT_EQ(range->kvs.front().key, keys[10]);
+  EXPECT_THAT(client->Scan({.start = "a", .prefix = "p"}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ClientFake, StaleReadsGoToTheLeastLoadedReplica) {
+  FakeCluster cluster({});
+  cluster.Seed("hot", "v");
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Get" && call.node == 0) a.delay = absl::Milliseconds(200);  // slow
+    return a;
+  });
+  ClientOptions o = Options(cluster);
+  o.endpoints = cluster.addresses();
+  auto client = MakeClient(o);
+  ASSERT_THAT(client->GetClusterMap(), IsOk());
+  CallOptions stale;
+  stale.consistency = Consistency::kStale;
+  std::atomic<int> done{0};
+  const int before = cluster.calls(0);
+  constexpr int kReads = 40;
+  for (int i = 0; i < kReads; ++i) {
+    client->GetAsync("hot", stale, [&](absl::StatusOr<KeyValue> r) {
+      EXPECT_THAT(r, IsOk());
+      ++done;
+    });
+    absl::SleepFor(absl::Milliseconds(2));  // pacing the load, not waiting for a result
+  }
+  ASSERT_TRUE(Eventually([&] { return done.load() == kReads; }));
+  // The slow node keeps its requests outstanding, so it gets few new ones.
+  EXPECT_LE(cluster.calls(0) - before, 4);
+}
+
+TEST(ClientFake, ReadCacheServesStaleReadsAndReadsOwnWrites) {
+  FakeCluster cluster({});
+  ClientOptions o = Options(cluster);
+  o.read_cache_bytes = 1 << 20;
+  auto client = MakeClient(o);
+  CallOptions stale;
+  stale.consistency = Consistency::kStale;
+  stale.max_staleness = absl::Seconds(60);
+  ASSERT_THAT(client->Put("c", "mine"), IsOk());
+  const int calls = cluster.calls(0) + cluster.calls(1) + cluster.calls(2);
+  EXPECT_EQ(client->Get("c", stale)->value, "mine");  // own write, from the cache
+  EXPECT_EQ(cluster.calls(0) + cluster.calls(1) + cluster.calls(2), calls);
+  cluster.Seed("c", "theirs");                        // someone else's write
+  EXPECT_EQ(client->Get("c", stale)->value, "mine");  // within the bound: cached
+  EXPECT_EQ(client->Get("c")->value, "theirs");       // linearizable: never cached
+  ASSERT_THAT(client->Put("c", "again"), IsOk());
+  EXPECT_EQ(client->Get("c", stale)->value, "again");
+  ASSERT_THAT(client->Delete("c"), IsOk());
+  EXPECT_THAT(client->Get("c", stale), StatusIs(absl::StatusCode::kNotFound));
+  // Beyond the staleness bound the cache is not used.
+  cluster.Seed("d", "1");
+  ASSERT_THAT(client->Get("d"), IsOk());
+  stale.max_staleness = absl::Milliseconds(2);
+  absl::SleepFor(absl::Milliseconds(5));  // ages the entry past the bound
+  cluster.Seed("d", "2");
+  EXPECT_EQ(client->Get("d", stale)->value, "2");
+  ReadCacheStats stats = client->read_cache_stats();
+  EXPECT_EQ(stats.hits, 4u);
+  EXPECT_GE(stats.misses, 1u);
+}
+
+TEST(ClientFake, TxnAndCompareAndSet) {
+  FakeCluster cluster({});
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("acct:{1}:a", "10"), IsOk());
+  EXPECT_THAT(client->CompareAndSet("acct:{1}:a", "11", "12"),
+              StatusIs(absl::StatusCode::kAborted));
+  absl::StatusOr<uint64_t> v = client->CompareAndSet("acct:{1}:a", "10", "12");
+  ASSERT_THAT(v, IsOk());
+  EXPECT_EQ(*v, 2u);
+  EXPECT_THAT(client->CompareAndSetVersion("acct:{1}:a", 1, "x"),
+              StatusIs(absl::StatusCode::kAborted));
+  EXPECT_THAT(client->CompareAndSetVersion("acct:{1}:new", 0, "x"), IsOk());
+  TxnRequest txn;
+  txn.compares.push_back({.key = "acct:{1}:a", .target = Compare::Target::kValue, .value = "12"});
+  txn.success.push_back({TxnOp::Type::kPut, "acct:{1}:b", "5"});
+  txn.success.push_back({TxnOp::Type::kGet, "acct:{1}:a", ""});
+  absl::StatusOr<TxnResult> r = client->Txn(txn);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_TRUE(r->succeeded);
+  ASSERT_EQ(r->results.size(), 2u);
+  EXPECT_EQ(r->results[1].value, "12");
+  // Keys on two shards.
+  TxnRequest cross;
+  for (int i = 0; i < 50 && cross.success.size() < 2; ++i) {
+    const std::string k = absl::StrCat("x", i);
+    if (cross.success.empty() ||
+        ShardForKey(k, cluster.shards()) != ShardForKey(cross.success[0].key, cluster.shards())) {
+      cross.success.push_back({TxnOp::Type::kPut, k, "v"});
+    }
+  }
+  EXPECT_THAT(client->Txn(cross), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ClientFake, AsyncCallbacksAndFutures) {
+  FakeCluster cluster({});
+  auto client = MakeClient(Options(cluster));
+  auto put = ToFuture<PutResult>(
+      [&](Callback<PutResult> done) { client->PutAsync("f", "v", {}, std::move(done)); });
+  ASSERT_THAT(put.get(), IsOk());
+  absl::Notification got;
+  client->GetAsync("f", {}, [&](absl::StatusOr<KeyValue> r) {
+    EXPECT_EQ(r->value, "v");
+    got.Notify();
+  });
+  EXPECT_TRUE(got.WaitForNotificationWithTimeout(absl::Seconds(10)));
+}
+
+TEST(ClientFake, DestroyingTheClientCancelsCallsInFlight) {
+  FakeCluster cluster({});
+  cluster.Seed("slow", "v");
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Get") a.delay = absl::Seconds(5);
+    return a;
+  });
+  ClientOptions o = Options(cluster);
+  o.attempt_timeout = absl::Seconds(10);
+  auto client = MakeClient(o);
+  ASSERT_THAT(client->GetClusterMap(), IsOk());
+  absl::Notification done;
+  absl::Status status;
+  CallOptions call;
+  call.timeout = absl::Seconds(20);
+  client->GetAsync("slow", call, [&](absl::StatusOr<KeyValue> r) {
+    status = r.status();
+    done.Notify();
+  });
+  absl::SleepFor(absl::Milliseconds(50));  // lets the RPC start
+  const absl::Time start = absl::Now();
+  client.reset();
+  EXPECT_TRUE(done.HasBeenNotified());
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
+}  // namespace
+}  // namespace tessera::client
