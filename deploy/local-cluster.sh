@@ -1,31 +1,51 @@
 #!/usr/bin/env bash
-# Runs a 3-node Tessera cluster on 127.0.0.1.
+# Runs a local Tessera cluster on 127.0.0.1.
 #
-# Usage: ./deploy/local-cluster.sh up|down|status|restart N|kill N
-#   up         install deps, build the release preset, start nodes 1-3 (client
-#              ports 7001-7003, peer ports 7101-7103) and wait until every node
-#              answers and every shard has a leader. Already running: says so.
-#   down       SIGTERM every node (they drain), wait, SIGKILL stragglers.
-#   status     which nodes run, and the cluster status (tessera-admin).
-#   restart N  stop node N (SIGTERM, drain) and start it again.
-#   kill N     kill -9 node N (crash test; `restart N` brings it back).
+# Usage: ./deploy/local-cluster.sh COMMAND
+#   up [--nodes 3|5] [--shards N]
+#              install missing deps, build the release preset, start the nodes
+#              (node N: client port 700N, peer port 710N) and wait until every
+#              node answers and every shard has a leader. Running: says so.
+#   down       SIGTERM every node (each drains), wait, SIGKILL stragglers.
+#   status     which nodes run, and the cluster's shards and leaders.
+#   stop N     SIGTERM node N (drain).       start N    start node N again.
+#   restart N  stop + start node N.          kill N     kill -9 node N.
+#   logs N     print node N's log (logs N -f follows it).
 #
-# State lives in $TESSERA_CLUSTER_DIR (default ./.local-cluster): nodeN/data,
-# nodeN/log, nodeN/pid. TESSERA_SKIP_BUILD=1 skips deps and build;
-# TESSERA_BIN_DIR picks another build's binaries (default build/release/server).
+# State lives in $TESSERA_CLUSTER_DIR (default ./.tessera): cluster.env (the
+# node count and shard count chosen by `up`), nodeN/data, nodeN/log,
+# nodeN/pid. TESSERA_SKIP_BUILD=1 skips deps and build; TESSERA_BIN_DIR picks
+# another build's server binaries (default build/release/server);
+# TESSERA_PORT_BASE moves the ports (default 7000: client base+N, peer
+# base+100+N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-dir=${TESSERA_CLUSTER_DIR:-$PWD/.local-cluster}
+dir=${TESSERA_CLUSTER_DIR:-$PWD/.tessera}
 bin=${TESSERA_BIN_DIR:-build/release/server}
-nodes=(1 2 3)
-cluster="1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102,3=127.0.0.1:7003/127.0.0.1:7103"
-endpoints="127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+base=${TESSERA_PORT_BASE:-7000}
+cli=build/release/client/tessera
+
+usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
+
+load_config() {  # sets nodes/shards from cluster.env (or defaults)
+  nodes=3
+  shards=16
+  if [[ -f $dir/cluster.env ]]; then
+    # shellcheck disable=SC1091
+    source "$dir/cluster.env"
+  fi
+  cluster=""
+  endpoints=""
+  for ((n = 1; n <= nodes; n++)); do
+    cluster+="${cluster:+,}$n=127.0.0.1:$((base + n))/127.0.0.1:$((base + 100 + n))"
+    endpoints+="${endpoints:+,}127.0.0.1:$((base + n))"
+  done
+}
 
 pid_of() {  # prints the pid of node $1 if it is running
-  local f="$dir/node$1/pid"
+  local f="$dir/node$1/pid" pid
   [[ -f $f ]] || return 1
-  local pid
   pid=$(cat "$f")
   if kill -0 "$pid" 2>/dev/null && grep -q tessera-server "/proc/$pid/cmdline" 2>/dev/null; then
     echo "$pid"
@@ -35,14 +55,14 @@ pid_of() {  # prints the pid of node $1 if it is running
 }
 
 start_node() {
-  local n=$1
+  local n=$1 pid
   mkdir -p "$dir/node$n"
   if pid=$(pid_of "$n"); then
     echo "node $n already running (pid $pid)"
     return
   fi
   "$bin/tessera-server" --node-id="$n" --data-dir="$dir/node$n/data" \
-    --initial-cluster="$cluster" --port-file="$dir/node$n/ports" \
+    --initial-cluster="$cluster" --shards="$shards" --port-file="$dir/node$n/ports" \
     >>"$dir/node$n/log" 2>&1 &
   echo $! >"$dir/node$n/pid"
   echo "node $n started (pid $!), log $dir/node$n/log"
@@ -57,7 +77,7 @@ stop_node() {  # SIGTERM, wait up to 15 s, then SIGKILL
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
-    echo "node $n did not stop in 15 s: SIGKILL"
+    echo "node $n did not stop within 15 s: SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$dir/node$n/pid"
@@ -74,19 +94,39 @@ wait_ready() {
   fi
 }
 
-check_node_arg() {
-  [[ ${1:-} =~ ^[123]$ ]] || { echo "usage: $0 $2 1|2|3" >&2; exit 2; }
+node_arg() {  # validates node number $1 for command $2
+  [[ ${1:-} =~ ^[0-9]+$ ]] && ((${1} >= 1 && ${1} <= nodes)) ||
+    { echo "local-cluster: $2 needs a node number 1..$nodes" >&2; exit 2; }
 }
 
 cmd=${1:-}
+[[ -n $cmd ]] || usage
+shift
+load_config
 case "$cmd" in
   up)
+    want_nodes=$nodes
+    want_shards=$shards
+    while [[ $# -gt 0 ]]; do
+      case "$1" in
+        --nodes) want_nodes=${2:-}; shift 2 ;;
+        --shards) want_shards=${2:-}; shift 2 ;;
+        *) echo "local-cluster: unknown option '$1'" >&2; usage ;;
+      esac
+    done
+    [[ $want_nodes == 3 || $want_nodes == 5 ]] || { echo "local-cluster: --nodes must be 3 or 5" >&2; exit 2; }
+    [[ $want_shards =~ ^[0-9]+$ ]] && ((want_shards >= 1 && want_shards <= 4096)) ||
+      { echo "local-cluster: --shards must be 1..4096" >&2; exit 2; }
+    if [[ -f $dir/cluster.env ]] && [[ $want_nodes != "$nodes" || $want_shards != "$shards" ]]; then
+      echo "local-cluster: $dir holds a cluster of $nodes nodes and $shards shards;" \
+        "run 'down' and remove $dir to create a different one" >&2
+      exit 2
+    fi
     running=0
-    for n in "${nodes[@]}"; do pid_of "$n" >/dev/null && running=$((running + 1)); done
-    if [[ $running -eq ${#nodes[@]} ]]; then
+    for ((n = 1; n <= want_nodes; n++)); do pid_of "$n" >/dev/null && running=$((running + 1)); done
+    if [[ $running -eq $want_nodes ]]; then
       echo "local-cluster: already running"
-      "$0" status
-      exit 0
+      exec "$0" status
     fi
     if [[ -z ${TESSERA_SKIP_BUILD:-} ]]; then
       ./deploy/install-deps.sh
@@ -94,20 +134,29 @@ case "$cmd" in
       cmake --build --preset release -j "$(nproc)"
     fi
     mkdir -p "$dir"
-    for n in "${nodes[@]}"; do start_node "$n"; done
+    printf 'nodes=%s\nshards=%s\n' "$want_nodes" "$want_shards" >"$dir/cluster.env"
+    load_config
+    for ((n = 1; n <= nodes; n++)); do start_node "$n"; done
     wait_ready
-    for n in "${nodes[@]}"; do
-      echo "node $n: client 127.0.0.1:700$n, peer 127.0.0.1:710$n, pid $(pid_of "$n" || echo '?'), log $dir/node$n/log"
+    echo
+    for ((n = 1; n <= nodes; n++)); do
+      echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  pid $(pid_of "$n" || echo '?')  log $dir/node$n/log"
     done
-    echo "endpoints: $endpoints"
+    echo "endpoints: $endpoints  ($shards shards, replication 3)"
+    if [[ -x $cli ]]; then
+      ep=""
+      [[ $base == 7000 && $nodes == 3 ]] || ep=" --endpoints=$endpoints"
+      echo "try:       $cli$ep put hello world && $cli$ep get hello"
+    fi
+    echo "stop with: $0 down"
     ;;
   down)
-    for n in "${nodes[@]}"; do stop_node "$n"; done
+    for ((n = 1; n <= nodes; n++)); do stop_node "$n"; done
     ;;
   status)
-    for n in "${nodes[@]}"; do
+    for ((n = 1; n <= nodes; n++)); do
       if pid=$(pid_of "$n"); then
-        echo "node $n: running (pid $pid), client 127.0.0.1:700$n, log $dir/node$n/log"
+        echo "node $n: running (pid $pid), client 127.0.0.1:$((base + n)), log $dir/node$n/log"
       else
         echo "node $n: not running"
       fi
@@ -116,24 +165,37 @@ case "$cmd" in
       "$bin/tessera-admin" status --endpoints="$endpoints" || true
     fi
     ;;
+  stop)
+    node_arg "${1:-}" stop
+    stop_node "$1"
+    ;;
+  start)
+    node_arg "${1:-}" start
+    start_node "$1"
+    ;;
   restart)
-    check_node_arg "${2:-}" restart
-    stop_node "$2"
-    start_node "$2"
+    node_arg "${1:-}" restart
+    stop_node "$1"
+    start_node "$1"
     wait_ready
     ;;
   kill)
-    check_node_arg "${2:-}" kill
-    if pid=$(pid_of "$2"); then
+    node_arg "${1:-}" kill
+    if pid=$(pid_of "$1"); then
       kill -KILL "$pid"
-      rm -f "$dir/node$2/pid"
-      echo "node $2 killed (kill -9 $pid)"
+      rm -f "$dir/node$1/pid"
+      echo "node $1 killed (kill -9 $pid)"
     else
-      echo "node $2 not running"
+      echo "node $1 not running"
     fi
     ;;
+  logs)
+    node_arg "${1:-}" logs
+    [[ -f $dir/node$1/log ]] || { echo "local-cluster: node $1 has no log yet" >&2; exit 1; }
+    if [[ ${2:-} == -f ]]; then exec tail -n 50 -f "$dir/node$1/log"; fi
+    cat "$dir/node$1/log"
+    ;;
   *)
-    sed -n '2,15p' "$0" >&2
-    exit 2
+    usage
     ;;
 esac
