@@ -1,12 +1,14 @@
 #include "tests/chaos/linearizability.h"
 
 #include <algorithm>
+#include <array>
 #include <map>
 #include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 
 namespace tessera::chaos {
@@ -28,9 +30,11 @@ struct SearchOp {
   int existed = -1;                 // delete: -1 unknown, 0 absent, 1 present
   int64_t call_ns = 0;
   int64_t return_ns = kNever;
-  uint64_t zobrist = 0;  // this op's contribution to the linearized set's hash
-  int group = -1;        // unknown ops: interchangeable ops share a group
-  int rank = 0;          // invoke order within the group
+  // This op's contribution to the linearized set's 128-bit fingerprint.
+  uint64_t zobrist = 0;
+  uint64_t zobrist2 = 0;
+  int group = -1;  // unknown ops: interchangeable ops share a group
+  int rank = 0;    // invoke order within the group
 };
 
 // Applies `s` to `state`. False if its precondition does not hold.
@@ -66,16 +70,25 @@ uint64_t SplitMix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// One memoised search state: the set of linearized ops and the model state.
+// One memoised search state: a fingerprint of the set of linearized ops
+// (outside counted groups) and the model state. 128-bit Zobrist hashing
+// keeps the memo small; two different sets collide with probability about
+// states^2 / 2^128, i.e. never in practice.
 struct CacheKey {
-  std::vector<uint64_t> bits;
+  uint64_t h1;
+  uint64_t h2;
   int32_t state;
-  uint64_t hash;
-  bool operator==(const CacheKey& o) const { return state == o.state && bits == o.bits; }
+  bool operator==(const CacheKey& o) const { return h1 == o.h1 && h2 == o.h2 && state == o.state; }
 };
 struct CacheKeyHash {
-  size_t operator()(const CacheKey& k) const { return k.hash; }
+  size_t operator()(const CacheKey& k) const {
+    return SplitMix64(k.h1 ^ (static_cast<uint64_t>(static_cast<uint32_t>(k.state)) << 1));
+  }
 };
+
+// How many ops of each counted group are linearized (see Search::counted_).
+constexpr int kMaxCounted = 4;
+using Counts = std::array<int32_t, kMaxCounted>;
 
 // An entry of Wing & Gong's list: the call or the return of an op.
 struct Entry {
@@ -101,68 +114,83 @@ class Search {
       groups = std::max(groups, s.group + 1);
     }
     group_used_.assign(groups, 0);
+    std::vector<int> group_size(groups, 0);
+    for (const SearchOp& s : ops_) {
+      if (s.group >= 0) ++group_size[s.group];
+    }
+    std::vector<int> by_size(groups);
+    for (int g = 0; g < groups; ++g) by_size[g] = g;
+    std::stable_sort(by_size.begin(), by_size.end(),
+                     [&](int a, int b) { return group_size[a] > group_size[b]; });
+    counted_slot_.assign(groups, -1);
+    for (int i = 0; i < groups && i < kMaxCounted && group_size[by_size[i]] >= 2; ++i) {
+      counted_slot_[by_size[i]] = i;
+    }
+    // Unknown cas groups and the writers of each value, to tell when a group
+    // can never apply again (see DeadMask).
+    writers_left_.assign(values_.size() + 2, 0);
+    std::vector<int> group_index(groups, -1);
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      const SearchOp& s = ops_[i];
+      int32_t result = Result(s);
+      if (result != kNoResult) ++writers_left_[result + 2];
+      if (s.group < 0 || s.type != Type::kCas) continue;
+      if (group_index[s.group] == -1) {
+        group_index[s.group] = static_cast<int>(cas_groups_.size());
+        cas_groups_.push_back({s.expected, {}});
+      }
+      cas_groups_[group_index[s.group]].members.push_back(static_cast<int>(i));
+    }
   }
 
   // Runs the search; fills verdict, states and explanation of `report`.
   void Run(KeyReport* report) {
     BuildEntries();
-    int remaining = required_total_;
-    NoteProgress(0);  // the empty prefix
-    int32_t state = kAbsentState;
-    uint64_t hash = 0;
-    int64_t states = 0;
+    remaining_ = required_total_;
+    NoteProgress();     // the empty prefix
+    bool fresh = true;  // just arrived at a new node of the search tree
     int entry = entries_[0].next;
-    while (remaining > 0) {
-      if (entry == -1) break;  // cannot happen: a required op's return is in the list
-      const Entry& e = entries_[entry];
-      if (e.call) {
-        const SearchOp& s = ops_[e.op];
-        int32_t next_state;
-        bool in_turn = s.group < 0 || group_used_[s.group] == s.rank;
-        if (in_turn && Step(s, state, &next_state)) {
-          SetBit(e.op, true);
-          CacheKey key{bits_, next_state, Mix(hash ^ s.zobrist, next_state)};
-          if (cache_.insert(std::move(key)).second) {
-            if (++states > options_.max_states_per_key) {
-              report->verdict = Verdict::kUnknown;
-              report->states = states;
-              report->explanation = absl::StrCat(
-                  "unknown: search budget exceeded (", options_.max_states_per_key,
-                  " states) after linearizing ", best_required_, " of ", RequiredCount(),
-                  " required ops; raise --max-states or shorten the run");
-              return;
-            }
-            stack_.push_back({entry, state, next_state});
-            state = next_state;
-            hash ^= s.zobrist;
-            if (s.required) --remaining;
-            if (s.group >= 0) ++group_used_[s.group];
-            Lift(entry);
-            NoteProgress(required_total_ - remaining);
-            entry = entries_[0].next;
+    while (remaining_ > 0) {
+      if (fresh) {
+        fresh = false;
+        entry = entries_[0].next;
+        // A pure read (get, failed cas) that can go now may as well go first:
+        // if any linearization from here exists, one places the read now
+        // (its call is before every pending return and it changes nothing).
+        // So it is a forced move: no other order is tried at this node.
+        int read = FindApplicableRead();
+        if (read != -1) {
+          Push push = TryPush(read, /*forced=*/true);
+          if (push == Push::kBudget) return BudgetExceeded(report);
+          if (push == Push::kPushed) {
+            fresh = true;
             continue;
           }
-          SetBit(e.op, false);
+          entry = -1;  // explored before without success: this node fails
         }
-        entry = e.next;
+      }
+      if (entry != -1 && entries_[entry].call) {
+        Push push = TryPush(entry, /*forced=*/false);
+        if (push == Push::kBudget) return BudgetExceeded(report);
+        if (push == Push::kPushed) {
+          fresh = true;
+        } else {
+          entry = entries_[entry].next;
+        }
         continue;
       }
-      // A return: its op was not linearized and nothing more can go first.
-      if (stack_.empty()) break;
-      Frame f = stack_.back();
-      stack_.pop_back();
-      low_water_ = std::min(low_water_, stack_.size());
-      const SearchOp& s = ops_[entries_[f.entry].op];
-      SetBit(entries_[f.entry].op, false);
-      hash ^= s.zobrist;
-      state = f.before;
-      if (s.required) ++remaining;
-      if (s.group >= 0) --group_used_[s.group];
-      Unlift(f.entry);
+      // A return (its op was not linearized and nothing more can go first),
+      // or a failed node: backtrack past forced moves.
+      Frame f;
+      do {
+        if (stack_.empty()) break;
+        f = Pop();
+      } while (f.forced);
+      if (f.forced || f.entry == -1) break;  // the stack ran out: not linearizable
       entry = entries_[f.entry].next;
     }
-    report->states = states;
-    if (remaining == 0) {
+    report->states = states_;
+    if (remaining_ == 0) {
       report->verdict = Verdict::kOk;
       return;
     }
@@ -172,13 +200,162 @@ class Search {
 
  private:
   struct Frame {
-    int entry;
-    int32_t before;
-    int32_t after;
+    int entry = -1;
+    int32_t before = kAbsentState;
+    int32_t after = kAbsentState;
+    bool forced = false;
   };
+  enum class Push { kPushed, kNotApplicable, kSeen, kBudget };
 
-  static uint64_t Mix(uint64_t set_hash, int32_t state) {
-    return SplitMix64(set_hash ^ (static_cast<uint64_t>(static_cast<uint32_t>(state)) << 1));
+  // The first pending pure read (before the first pending return) whose
+  // precondition holds, or -1.
+  int FindApplicableRead() const {
+    for (int i = entries_[0].next; i != -1 && entries_[i].call; i = entries_[i].next) {
+      const SearchOp& s = ops_[entries_[i].op];
+      if (s.type != Type::kRead && s.type != Type::kCasFailed) continue;
+      int32_t next;
+      if (Step(s, state_, &next)) return i;
+    }
+    return -1;
+  }
+
+  // Whether some pending op cannot apply now but could at `state`. An
+  // unknown write is only worth placing then: in any linearization it can be
+  // moved to just before the first op that cannot apply without it (it has
+  // no deadline, and the ops it moves past apply either way), or dropped if
+  // no op needs it.
+  bool Unblocks(int32_t state) const {
+    for (int i = entries_[0].next; i != -1 && entries_[i].call; i = entries_[i].next) {
+      const SearchOp& s = ops_[entries_[i].op];
+      int32_t next;
+      if (!Step(s, state_, &next) && Step(s, state, &next)) return true;
+    }
+    return false;
+  }
+
+  // Linearizes the op of call entry `entry` next, unless it cannot apply or
+  // the resulting state was explored before.
+  Push TryPush(int entry, bool forced) {
+    const SearchOp& s = ops_[entries_[entry].op];
+    int32_t next_state;
+    bool in_turn = s.group < 0 || group_used_[s.group] == s.rank;
+    if (!in_turn || !Step(s, state_, &next_state)) return Push::kNotApplicable;
+    if (!s.required && !Unblocks(next_state)) return Push::kNotApplicable;
+    SetBit(entries_[entry].op, true);
+    AdjustWriters(s, -1);
+    int slot = s.group >= 0 ? counted_slot_[s.group] : -1;
+    CacheKey key{hash_, hash2_, next_state};
+    Counts counts = counts_;
+    if (slot >= 0) {
+      ++counts[slot];
+    } else {
+      key.h1 ^= s.zobrist;
+      key.h2 ^= s.zobrist2;
+    }
+    CanonicalizeDead(next_state, &key, &counts);
+    if (!Remember(key, counts)) {
+      SetBit(entries_[entry].op, false);
+      AdjustWriters(s, +1);
+      return Push::kSeen;
+    }
+    if (++states_ > options_.max_states_per_key) return Push::kBudget;
+    stack_.push_back({entry, state_, next_state, forced});
+    state_ = next_state;
+    if (slot >= 0) {
+      ++counts_[slot];
+    } else {
+      hash_ ^= s.zobrist;
+      hash2_ ^= s.zobrist2;
+    }
+    if (s.required) --remaining_;
+    if (s.group >= 0) ++group_used_[s.group];
+    Lift(entry);
+    NoteProgress();
+    return Push::kPushed;
+  }
+
+  Frame Pop() {
+    Frame f = stack_.back();
+    stack_.pop_back();
+    low_water_ = std::min(low_water_, stack_.size());
+    const SearchOp& s = ops_[entries_[f.entry].op];
+    SetBit(entries_[f.entry].op, false);
+    AdjustWriters(s, +1);
+    if (int slot = s.group >= 0 ? counted_slot_[s.group] : -1; slot >= 0) {
+      --counts_[slot];
+    } else {
+      hash_ ^= s.zobrist;
+      hash2_ ^= s.zobrist2;
+    }
+    state_ = f.before;
+    if (s.required) ++remaining_;
+    if (s.group >= 0) --group_used_[s.group];
+    Unlift(f.entry);
+    return f;
+  }
+
+  void BudgetExceeded(KeyReport* report) const {
+    report->verdict = Verdict::kUnknown;
+    report->states = states_;
+    report->explanation =
+        absl::StrCat("unknown: search budget exceeded (", options_.max_states_per_key,
+                     " states) after linearizing ", best_required_, " of ", RequiredCount(),
+                     " required ops; raise --max-states or shorten the run");
+  }
+
+  static constexpr int32_t kNoResult = -3;
+  // The value an op writes, or kNoResult.
+  static int32_t Result(const SearchOp& s) {
+    switch (s.type) {
+      case Type::kPut:
+      case Type::kCas:
+        return s.arg;
+      case Type::kDelete:
+        return kAbsentState;
+      default:
+        return kNoResult;
+    }
+  }
+  void AdjustWriters(const SearchOp& s, int delta) {
+    int32_t result = Result(s);
+    if (result != kNoResult) writers_left_[result + 2] += delta;
+  }
+
+  // An unknown cas expecting e can never apply again once every op that
+  // writes e is linearized and the value is not e. Whether such ops were
+  // applied no longer matters, so the memo key counts them as linearized:
+  // states that differ only in them are the same state.
+  void CanonicalizeDead(int32_t state, CacheKey* key, Counts* counts) const {
+    for (const CasGroup& g : cas_groups_) {
+      if (writers_left_[g.expected + 2] != 0 || state == g.expected) continue;
+      int slot = counted_slot_[ops_[g.members.front()].group];
+      if (slot >= 0) {
+        (*counts)[slot] = static_cast<int32_t>(g.members.size());
+        continue;
+      }
+      for (int m : g.members) {
+        uint64_t bit = uint64_t{1} << (m % 64);
+        if (bits_[m / 64] & bit) continue;
+        key->h1 ^= ops_[m].zobrist;
+        key->h2 ^= ops_[m].zobrist2;
+      }
+    }
+  }
+
+  // Records a state; false if it, or a state that dominates it, was seen.
+  // Ops of a counted group are interchangeable and optional, so of two
+  // states that differ only in how many of them are linearized, the one
+  // with fewer has every continuation the other has: if it failed, so does
+  // the other.
+  bool Remember(const CacheKey& key, const Counts& counts) {
+    auto& seen = cache_[key];
+    for (const Counts& c : seen) {
+      bool dominated = true;
+      for (int i = 0; i < kMaxCounted; ++i) dominated &= c[i] <= counts[i];
+      if (dominated) return false;
+    }
+    seen.push_back(counts);
+    return true;
   }
 
   int RequiredCount() const { return required_total_; }
@@ -248,7 +425,7 @@ class Search {
   // among those the shortest, so ops concurrent with that op are shown as
   // candidates rather than as placed. Copies only the part of the stack that
   // changed since the last copy.
-  void NoteProgress(int required_done) {
+  void NoteProgress() {
     int frontier = entries_[0].next;
     while (frontier != -1 && entries_[frontier].call) frontier = entries_[frontier].next;
     if (frontier == -1) return;  // everything required is placed: success
@@ -257,7 +434,7 @@ class Search {
       return;
     }
     best_frontier_ = frontier;
-    best_required_ = required_done;
+    best_required_ = required_total_ - remaining_;
     size_t keep = std::min(low_water_, best_ops_.size());
     best_ops_.resize(keep);
     best_after_.resize(keep);
@@ -341,8 +518,23 @@ class Search {
   std::vector<Entry> entries_;  // [0] is the head sentinel
   std::vector<uint64_t> bits_;
   std::vector<Frame> stack_;
+  int32_t state_ = kAbsentState;  // the model state after the stack
+  uint64_t hash_ = 0;             // fingerprint of the linearized set
+  uint64_t hash2_ = 0;            //   (outside counted groups)
+  Counts counts_{};               // linearized ops per counted group
+  // Per group: its slot in Counts, or -1. The largest groups (2+ ops) are
+  // counted rather than fingerprinted, for the dominance rule of Remember().
+  std::vector<int> counted_slot_;
+  int remaining_ = 0;            // required ops not linearized
+  int64_t states_ = 0;           // states explored
   std::vector<int> group_used_;  // per group: how many are linearized
-  absl::flat_hash_set<CacheKey, CacheKeyHash> cache_;
+  struct CasGroup {
+    int32_t expected;
+    std::vector<int> members;
+  };
+  std::vector<CasGroup> cas_groups_;  // groups of unknown cas ops
+  std::vector<int> writers_left_;     // per value + 2: writers not yet linearized
+  absl::flat_hash_map<CacheKey, absl::InlinedVector<Counts, 1>, CacheKeyHash> cache_;
   // The deepest linearization seen, for explanations.
   int best_frontier_ = -1;
   int best_required_ = 0;
@@ -486,7 +678,10 @@ KeyReport CheckKey(const std::vector<const Op*>& ops, int64_t base_ns,
     s.group = it->second;
     s.rank = group_size[s.group]++;
   }
-  for (size_t i = 0; i < kept.size(); ++i) kept[i].zobrist = SplitMix64(i * 2 + 1);
+  for (size_t i = 0; i < kept.size(); ++i) {
+    kept[i].zobrist = SplitMix64(i * 2 + 1);
+    kept[i].zobrist2 = SplitMix64(SplitMix64(i * 2 + 2));
+  }
   report.ops = static_cast<int64_t>(kept.size());
   Search search(std::move(kept), std::move(values), base_ns, options);
   search.Run(&report);
