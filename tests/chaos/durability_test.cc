@@ -11,7 +11,6 @@ using ::tessera::chaos::testing::HistoryBuilder;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-constexpr Outcome kOk = Outcome::kOk;
 constexpr Outcome kFail = Outcome::kFail;
 constexpr Outcome kUnknown = Outcome::kUnknown;
 

@@ -4,6 +4,8 @@
 // is searched on its own.
 //
 // Model (one key): the state is the key's value or absent; initially absent.
+// Values need not be unique, but unique values (as the workload writes) make
+// violations easier to explain and the search faster.
 //   put(v)          ok: state := v.
 //   delete          ok: state := absent; if `existed` was recorded, the
 //                   state before must match it (present / absent).
@@ -22,18 +24,33 @@
 // is invoked) count as concurrent.
 //
 // Search: Wing & Gong's backtracking over the entry list (calls and returns
-// in time order): repeatedly try to linearize a pending call that comes
-// before the first return still in the list; backtrack when that return's op
-// cannot be placed. With Lowe's memoisation: a (set of linearized ops,
-// model state) pair already explored is never explored again (the set is a
-// bitset hashed incrementally), as in Knossos/Porcupine. An unknown write
-// whose result no op of the key ever observes is left out before the search
-// when the key has no negative observations (a failed cas or delete with
-// existed=1): leaving it out never removes a valid linearization, and it
-// removes the 2^k blow-up of k such ops.
+// in time order): repeatedly linearize a pending call that comes before the
+// first return still in the list; backtrack when that return's op cannot be
+// placed. With Lowe's memoisation: a (set of linearized ops, model state)
+// pair already explored is never explored again, as in Knossos/Porcupine.
+// The set is kept as a 128-bit Zobrist fingerprint (a false "seen" needs a
+// 128-bit collision). Reductions, each keeping the search complete:
+//  - Precheck: a get (or an ok cas) needing a value that no possibly-applied
+//    write ever wrote is rejected at once, without a search.
+//  - Forced reads: a get / failed cas that can apply now is placed now and
+//    no other order is tried at that node (it changes nothing and every
+//    pending return comes after its call, so some linearization has it here
+//    if any exists).
+//  - Unknown writes have no deadline, so one is placed only when it lets a
+//    pending op apply that cannot apply now; otherwise it could be moved
+//    later or dropped.
+//  - An unknown write whose result no op of the key reads is dropped when the
+//    key has no negative observations (failed cas, delete existed=1), and
+//    otherwise takes one shared "value nobody reads" state.
+//  - Unknown writes with the same precondition and effect are
+//    interchangeable: they are placed in invoke order, and for the largest
+//    such groups the memo keeps how many were placed, a state with fewer
+//    dominating one with more. An unknown cas group whose expected value can
+//    never come back counts as fully placed.
 //
 // Bounded: each key's search stops after `max_states_per_key` states and
-// reports kUnknown ("budget exceeded") rather than running forever.
+// reports kUnknown ("budget exceeded") rather than running forever. Memory
+// is about 100 bytes per state (~200 MB at the default budget).
 //
 // Thread-compatible: pure functions over their arguments.
 #ifndef TESSERA_TESTS_CHAOS_LINEARIZABILITY_H_
