@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -61,6 +62,30 @@ class Engine {
   absl::StatusOr<uint64_t> LiveDataSizeBytes() const;
   // Bytes held by memtables (active and immutable) of all column families.
   absl::StatusOr<uint64_t> MemtableBytes() const;
+
+  // Counters and gauges for metrics, read from RocksDB properties and
+  // statistics (cheap: no I/O, a few atomic reads). Counters count since
+  // Open(). Errors: kInternal when a property is unavailable.
+  struct Stats {
+    uint64_t live_data_bytes = 0;           // estimated live data in SST files
+    uint64_t sst_files_bytes = 0;           // all SST files (live + obsolete not yet deleted)
+    uint64_t memtable_bytes = 0;            // active + immutable memtables
+    uint64_t pending_compaction_bytes = 0;  // estimated bytes compaction must rewrite
+    uint64_t block_cache_hits = 0;
+    uint64_t block_cache_misses = 0;
+    uint64_t write_stall_micros = 0;  // time writers spent delayed or stopped
+    uint64_t write_slowdowns = 0;     // write slowdown events (all column families)
+    uint64_t write_stops = 0;         // write stop events (all column families)
+    bool write_stopped = false;       // writes are stopped right now
+    uint64_t wal_syncs = 0;           // WAL fsyncs (ticker WAL_FILE_SYNCED)
+    uint64_t wal_sync_micros = 0;     // total time spent in those fsyncs
+    uint64_t wal_bytes = 0;           // bytes written to the WAL
+  };
+  absl::StatusOr<Stats> GetStats() const;
+  // Cumulative (WAL fsyncs, microseconds spent in them) since Open(): cheap
+  // enough to read around every synced write, so a caller can time the fsync
+  // part of it (the difference of two readings).
+  std::pair<uint64_t, uint64_t> WalSyncTotals() const;
 
   // Number of WAL fsyncs since Open() (RocksDB ticker WAL_FILE_SYNCED): proves
   // group commit in tests, and a useful metric.
