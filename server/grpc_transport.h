@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "grpcpp/support/server_interceptor.h"
 #include "server/transport.h"
 #include "tessera/peer.grpc.pb.h"
 
@@ -125,11 +126,14 @@ struct StartedServer {
 
 // Builds and starts an insecure gRPC server on `address` ("host:port"; port 0
 // picks a free one) serving `services` (not owned; must outlive the server).
-// Messages up to max_receive_bytes are accepted. Errors: kUnavailable when
-// the address cannot be bound, kInvalidArgument for a malformed address.
-absl::StatusOr<StartedServer> StartGrpcServer(const std::string& address,
-                                              const std::vector<grpc::Service*>& services,
-                                              int max_receive_bytes);
+// Messages up to max_receive_bytes are accepted. `interceptors` (e.g. the
+// metrics interceptor of server/metrics.h) see every call. Errors:
+// kUnavailable when the address cannot be bound, kInvalidArgument for a
+// malformed address.
+absl::StatusOr<StartedServer> StartGrpcServer(
+    const std::string& address, const std::vector<grpc::Service*>& services, int max_receive_bytes,
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        interceptors = {});
 
 }  // namespace tessera::server
 

@@ -5,4 +5,4 @@ if(NOT TARGET tessera_metrics)
   include(${PROJECT_SOURCE_DIR}/server/metrics.cmake)
 endif()
 tessera_test(server_metrics_test
-  SOURCES ${CMAKE_CURRENT_LIST_DIR}/metrics_test.cc LIBS tessera_metrics)
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/metrics_test.cc LIBS tessera_metrics gRPC::grpc++)

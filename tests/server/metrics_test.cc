@@ -18,8 +18,17 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/generic/async_generic_service.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
 #include "server/health.h"
@@ -376,6 +385,83 @@ TEST(MetricsHttpServer, ServesMetricsHealthAndReadiness) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   (*server)->Stop();
   EXPECT_EQ(HttpGet(port, "/healthz"), "connect failed");
+}
+
+// Calls grpc.health.v1.Health/Check for `service`; returns the serving
+// status (1 SERVING, 2 NOT_SERVING) or -code for an RPC error.
+int HealthCheck(grpc::GenericStub& stub, const std::string& service) {
+  std::string request;
+  if (!service.empty()) {  // HealthCheckRequest.service (field 1, bytes)
+    request = std::string("\x0a") + static_cast<char>(service.size()) + service;
+  }
+  grpc::Slice slice(request);
+  grpc::ByteBuffer in(&slice, 1);
+  grpc::ByteBuffer out;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &in, &out,
+                 [&](grpc::Status s) {
+                   status = std::move(s);
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  if (!status.ok()) return -static_cast<int>(status.error_code());
+  std::vector<grpc::Slice> slices;
+  if (!out.Dump(&slices).ok()) return -100;
+  std::string bytes;
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  if (bytes.empty()) return 0;  // UNKNOWN
+  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -101;
+}
+
+TEST(GrpcHealthAndInterceptor, ServingStatusFollowsReadinessAndCallsAreCounted) {
+  Metrics metrics(MetricsOptions{});
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
+  factories.push_back(metrics.NewGrpcInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(factories));
+  // A callback service, as tessera-server's: the default health service
+  // needs one (a server without any service does not build).
+  grpc::CallbackGenericService generic;
+  builder.RegisterCallbackGenericService(&generic);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  ASSERT_NE(server->GetHealthCheckService(), nullptr);
+
+  HealthMonitor health(ReadinessOptions{});
+  health.SetGrpcHealth(server->GetHealthCheckService());
+  health.Start(absl::Milliseconds(20));
+  grpc::GenericStub stub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  auto wait_status = [&](const std::string& service, int want) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    int got = HealthCheck(stub, service);
+    while (got != want && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(20));
+      got = HealthCheck(stub, service);
+    }
+    return got;
+  };
+  EXPECT_EQ(wait_status("", 2), 2);  // starting: NOT_SERVING
+  EXPECT_EQ(wait_status("tessera.v1.KV", 2), 2);
+  health.SetSources(
+      {.member = [] { return true; },
+       .shards = [] { return std::vector<ShardStatus>{Replica(0, "leader", 1, absl::Now())}; }});
+  EXPECT_EQ(wait_status("", 1), 1);
+  EXPECT_EQ(wait_status("tessera.v1.KV", 1), 1);
+  health.SetDraining();
+  EXPECT_EQ(HealthCheck(stub, ""), 2);
+  health.Stop();
+  server->Shutdown(std::chrono::system_clock::now());
+  EXPECT_THAT(metrics.Serialize(),
+              HasSubstr("tessera_grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Check\","
+                        "grpc_service=\"grpc.health.v1.Health\"}"));
 }
 
 TEST(EngineStats, ReportsRocksDbCountersAndWalSyncTime) {
