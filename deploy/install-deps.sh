@@ -14,9 +14,10 @@ packages=(
   # libraries
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
-  prometheus-cpp-dev libxxhash-dev libspdlog-dev libfmt-dev
-  # runtime helpers for the local cluster and tests
-  procps iproute2 iptables curl
+  prometheus-cpp-dev libcivetweb-dev libxxhash-dev libspdlog-dev libfmt-dev
+  # runtime helpers for the local cluster and tests (prometheus ships promtool;
+  # python3-yaml parses the Compose and Kubernetes files in tests/deploy)
+  procps iproute2 iptables curl prometheus python3-yaml
 )
 
 missing=()

@@ -401,6 +401,8 @@ class Metrics::NodeHooks final : public NodeMetrics {
     }
   }
 
+  void Register(ShardId shard) { For(shard); }
+
   void OnSnapshotSent(ShardId shard) override { For(shard).snapshots_sent->Increment(); }
   void OnSnapshotReceived(ShardId shard) override {
     For(shard).snapshots_received->Increment();
@@ -618,6 +620,10 @@ Metrics::Metrics(const MetricsOptions& options)
 Metrics::~Metrics() = default;
 
 NodeMetrics* Metrics::node_metrics() { return node_hooks_.get(); }
+
+void Metrics::RegisterShards(const std::vector<ShardId>& shards) {
+  for (ShardId shard : shards) node_hooks_->Register(shard);
+}
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 Metrics::NewGrpcInterceptorFactory() {

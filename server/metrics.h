@@ -167,6 +167,9 @@ class Metrics {
 
   // The hooks of the raft loop (NodeOptions::metrics); owned by this object.
   NodeMetrics* node_metrics();
+  // Creates the per-shard counters of `shards` at 0, so that their series
+  // exist before the first event (rate() and dashboards need them).
+  void RegisterShards(const std::vector<ShardId>& shards);
 
   // A gRPC server interceptor factory counting every call of the server it
   // is installed in (StartGrpcServer's `interceptors`) by service, method and
