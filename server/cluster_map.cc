@@ -141,8 +141,44 @@ absl::StatusOr<ClusterMap> ClusterMap::Create(std::vector<MemberInfo> members, u
     for (uint32_t r = 0; r < map.replication_; ++r) layout.replicas.push_back(weights[r].second);
     map.shards_.push_back(std::move(layout));
   }
+  // The metadata group: the same rule on kMetaShard, up to kMetaReplication.
+  for (size_t i = 0; i < members.size(); ++i) {
+    weights[i] = {PlacementWeight(kMetaShard, members[i].id), members[i].id};
+  }
+  std::sort(weights.begin(), weights.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  for (size_t r = 0; r < std::min<size_t>(kMetaReplication, weights.size()); ++r) {
+    map.meta_replicas_.push_back(weights[r].second);
+  }
   map.members_ = std::move(members);
   return map;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
+  std::vector<MemberInfo> members;
+  for (const v1::Member& m : proto.members()) {
+    members.push_back(MemberInfo{m.id(), m.client_address(), m.peer_address()});
+  }
+  absl::StatusOr<ClusterMap> map =
+      Create(std::move(members), proto.num_shards(), proto.replication());
+  if (!map.ok()) return map.status();
+  v1::ClusterMap plain = proto;
+  for (v1::ShardInfo& s : *plain.mutable_shards()) {
+    s.clear_leader();
+    s.clear_term();
+  }
+  if (map->ToProto().SerializeAsString() != plain.SerializeAsString()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cluster map of epoch ", proto.epoch(),
+                     " does not match the placement this build computes for its members (epoch ",
+                     map->epoch(), ")"));
+  }
+  return map;
+}
+
+bool ClusterMap::HostsMeta(NodeId node) const {
+  return std::find(meta_replicas_.begin(), meta_replicas_.end(), node) != meta_replicas_.end();
 }
 
 absl::StatusOr<ClusterMap> ClusterMap::Parse(absl::string_view initial_cluster, uint32_t num_shards,

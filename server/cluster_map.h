@@ -33,17 +33,26 @@
 // different configuration has (with overwhelming probability) a different
 // epoch, and clients compare epochs for equality only.
 //
-// Immutable after construction; thread-safe.
+// Metadata group: the replicated copy of the map lives in a small raft group,
+// shard kMetaShard (outside the uint32 range of client shards, so no client
+// request can name it), hosted on MetaReplicas(): the kMetaReplication
+// members with the highest PlacementWeight(kMetaShard, m), or every member
+// when there are fewer. See meta_group.h and server/README.md.
+//
+// ClusterMap is immutable after construction and thread-safe;
+// ClusterMapCache is thread-safe.
 #ifndef TESSERA_SERVER_CLUSTER_MAP_H_
 #define TESSERA_SERVER_CLUSTER_MAP_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "server/transport.h"
 #include "tessera/kv.pb.h"
 
@@ -66,6 +75,12 @@ inline constexpr uint32_t kDefaultNumShards = 16;
 inline constexpr uint32_t kDefaultReplication = 3;
 // Upper bound on --shards: keeps maps (and per-shard state) reasonable.
 inline constexpr uint32_t kMaxNumShards = 1 << 16;
+// The metadata raft group's shard id: above every client shard id (client
+// shards are 0..N-1 with N <= kMaxNumShards, and uint32 on the wire).
+inline constexpr ShardId kMetaShard = ShardId{1} << 32;
+// Members holding a replica of the metadata group (fewer when the cluster
+// has fewer members).
+inline constexpr uint32_t kMetaReplication = 5;
 
 class ClusterMap {
  public:
@@ -80,6 +95,13 @@ class ClusterMap {
   static absl::StatusOr<ClusterMap> Parse(absl::string_view initial_cluster, uint32_t num_shards,
                                           uint32_t replication);
 
+  // Rebuilds a map from its wire form (leader hints ignored) and checks that
+  // it is exactly what Create() makes of its members, shard count and
+  // replication (same placement, same epoch). Errors: kInvalidArgument as
+  // Create(); kFailedPrecondition when the proto's placement or epoch is not
+  // the one this build computes (another placement rule).
+  static absl::StatusOr<ClusterMap> FromProto(const v1::ClusterMap& proto);
+
   // The --initial-cluster members alone. Errors: kInvalidArgument.
   static absl::StatusOr<std::vector<MemberInfo>> ParseMembers(absl::string_view initial_cluster);
 
@@ -90,6 +112,11 @@ class ClusterMap {
   const std::vector<MemberInfo>& members() const { return members_; }
   // Indexed by shard id.
   const std::vector<ShardLayout>& shards() const { return shards_; }
+
+  // The members holding the metadata group (kMetaShard), by decreasing
+  // placement weight.
+  const std::vector<NodeId>& meta_replicas() const { return meta_replicas_; }
+  bool HostsMeta(NodeId node) const;
 
   // The member with `id`, or nullptr. The pointer lives as long as the map.
   const MemberInfo* FindMember(NodeId id) const;
@@ -109,6 +136,33 @@ class ClusterMap {
   uint32_t replication_ = 0;
   std::vector<MemberInfo> members_;
   std::vector<ShardLayout> shards_;
+  std::vector<NodeId> meta_replicas_;
+};
+
+// The map a node currently serves by: empty until the metadata group's
+// stored map has been loaded (see meta_group.h), then replaced whenever a
+// new stored value is verified. Thread-safe.
+class ClusterMapCache {
+ public:
+  ClusterMapCache() = default;
+  // Starts loaded with `map` (tests, fixed maps).
+  explicit ClusterMapCache(ClusterMap map)
+      : map_(std::make_shared<const ClusterMap>(std::move(map))) {}
+
+  // The current map, or nullptr while none is loaded. The map stays valid
+  // as long as the caller holds the pointer.
+  std::shared_ptr<const ClusterMap> Current() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return map_;
+  }
+  void Set(std::shared_ptr<const ClusterMap> map) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    map_ = std::move(map);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const ClusterMap> map_ ABSL_GUARDED_BY(mu_);
 };
 
 // The rendezvous weight of `member` for `shard` (see the file comment).

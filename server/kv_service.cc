@@ -113,11 +113,24 @@ class KvService::WorkerPool {
 
 // ---- KvService ----
 
-KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend)
+KvService::KvService(const KvServiceOptions& options, const ClusterMapCache* maps,
+                     KvBackend* backend)
     : options_(options),
-      map_(map),
+      maps_(maps),
       backend_(backend),
       pool_(std::make_unique<WorkerPool>(options.worker_threads)) {}
+
+KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend)
+    : options_(options),
+      owned_maps_(std::make_unique<ClusterMapCache>(*map)),
+      maps_(owned_maps_.get()),
+      backend_(backend),
+      pool_(std::make_unique<WorkerPool>(options.worker_threads)) {}
+
+uint64_t KvService::Epoch() const {
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  return map != nullptr ? map->epoch() : 0;
+}
 
 KvService::~KvService() = default;
 
@@ -132,13 +145,19 @@ absl::Status KvService::ValidateKey(absl::string_view key) const {
 
 absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
                                               const std::vector<absl::string_view>& keys) const {
-  const uint32_t n = map_->num_shards();
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  if (map == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("node ", options_.self,
+                     " has not loaded the cluster map from the metadata group yet; retry later"));
+  }
+  const uint32_t n = map->num_shards();
   auto stale = [&](std::string message) {
-    return StaleRouteError(message, MapWithLeaderHints(*map_, backend_->Status()));
+    return StaleRouteError(message, MapWithLeaderHints(*map, backend_->Status()));
   };
-  if (header.epoch() != 0 && header.epoch() != map_->epoch()) {
+  if (header.epoch() != 0 && header.epoch() != map->epoch()) {
     return stale(absl::StrCat("request routed by map epoch ", header.epoch(),
-                              "; the current epoch is ", map_->epoch()));
+                              "; the current epoch is ", map->epoch()));
   }
   if (header.shard() >= n) {
     return stale(absl::StrCat("shard ", header.shard(), " does not exist (", n, " shards)"));
@@ -150,7 +169,7 @@ absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
                                 header.shard()));
     }
   }
-  if (!map_->Hosts(options_.self, header.shard())) {
+  if (!map->Hosts(options_.self, header.shard())) {
     return stale(absl::StrCat("shard ", header.shard(), " has no replica on node ", options_.self));
   }
   return static_cast<ShardId>(header.shard());
@@ -178,9 +197,10 @@ void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::S
     }
     if (detail->has_not_leader() && detail->not_leader().leader_node() != 0 &&
         detail->not_leader().leader_address().empty()) {
-      if (const MemberInfo* m = map_->FindMember(detail->not_leader().leader_node())) {
-        detail->mutable_not_leader()->set_leader_address(m->client_address);
-      }
+      std::shared_ptr<const ClusterMap> map = maps_->Current();
+      const MemberInfo* m =
+          map != nullptr ? map->FindMember(detail->not_leader().leader_node()) : nullptr;
+      if (m != nullptr) detail->mutable_not_leader()->set_leader_address(m->client_address);
     }
     SetErrorDetail(status, *detail);
   }
@@ -315,7 +335,7 @@ grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
   ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
                    [this, response, shard = *shard](serverpb::CommandResult& result) {
                      *response = std::move(*result.mutable_put());
-                     FillHeader(response->mutable_header(), shard, map_->epoch(),
+                     FillHeader(response->mutable_header(), shard, Epoch(),
                                 FindStatus(backend_->Status(), shard));
                    });
   return reactor;
@@ -342,7 +362,7 @@ grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context
   ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
                    [this, response, shard = *shard](serverpb::CommandResult& result) {
                      *response = std::move(*result.mutable_delete_());
-                     FillHeader(response->mutable_header(), shard, map_->epoch(),
+                     FillHeader(response->mutable_header(), shard, Epoch(),
                                 FindStatus(backend_->Status(), shard));
                    });
   return reactor;
@@ -410,7 +430,7 @@ grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
   ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
                    [this, response, shard = *shard](serverpb::CommandResult& result) {
                      *response = std::move(*result.mutable_txn());
-                     FillHeader(response->mutable_header(), shard, map_->epoch(),
+                     FillHeader(response->mutable_header(), shard, Epoch(),
                                 FindStatus(backend_->Status(), shard));
                    });
   return reactor;
@@ -433,7 +453,7 @@ grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
                   absl::StatusOr<v1::GetResponse> got = backend_->Get(shard, request->key());
                   if (!got.ok()) return got.status();
                   *response = *std::move(got);
-                  FillHeader(response->mutable_header(), shard, map_->epoch(), status);
+                  FillHeader(response->mutable_header(), shard, Epoch(), status);
                   return absl::OkStatus();
                 });
   return reactor;
@@ -478,7 +498,7 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
                   absl::StatusOr<v1::ScanResponse> got = backend_->Scan(shard, *request);
                   if (!got.ok()) return got.status();
                   *response = *std::move(got);
-                  FillHeader(response->mutable_header(), shard, map_->epoch(), status);
+                  FillHeader(response->mutable_header(), shard, Epoch(), status);
                   return absl::OkStatus();
                 });
   return reactor;
@@ -486,14 +506,28 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
 
 // ---- ClusterService ----
 
+ClusterService::ClusterService(NodeId self, const ClusterMapCache* maps, KvBackend* backend,
+                               StoredMapReader stored_map)
+    : self_(self), maps_(maps), backend_(backend), stored_map_(std::move(stored_map)) {}
+
 ClusterService::ClusterService(NodeId self, const ClusterMap* map, KvBackend* backend)
-    : self_(self), map_(map), backend_(backend) {}
+    : self_(self),
+      owned_maps_(std::make_unique<ClusterMapCache>(*map)),
+      maps_(owned_maps_.get()),
+      backend_(backend) {}
 
 grpc::ServerUnaryReactor* ClusterService::GetClusterMap(grpc::CallbackServerContext* context,
                                                         const v1::GetClusterMapRequest* /*request*/,
                                                         v1::GetClusterMapResponse* response) {
-  *response->mutable_map() = MapWithLeaderHints(*map_, backend_->Status());
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  if (map == nullptr) {
+    reactor->Finish(ToGrpcStatus(absl::UnavailableError(
+        absl::StrCat("node ", self_,
+                     " has not loaded the cluster map from the metadata group yet; retry later"))));
+    return reactor;
+  }
+  *response->mutable_map() = MapWithLeaderHints(*map, backend_->Status());
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -502,16 +536,25 @@ grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext
                                                      const v1::NodeStatusRequest* /*request*/,
                                                      v1::NodeStatusResponse* response) {
   response->set_node_id(self_);
-  response->set_epoch(map_->epoch());
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  response->set_epoch(map != nullptr ? map->epoch() : 0);
   for (const ShardStatus& s : backend_->Status()) {
-    v1::ShardStatus* out = response->add_shards();
-    out->set_shard(static_cast<uint32_t>(s.shard));
+    // The metadata replica is reported apart (its id does not fit uint32).
+    v1::ShardStatus* out =
+        s.shard == kMetaShard ? response->mutable_meta_shard() : response->add_shards();
+    out->set_shard(s.shard == kMetaShard ? 0 : static_cast<uint32_t>(s.shard));
     out->set_role(s.role);
     out->set_term(s.term);
     out->set_leader(s.leader);
     out->set_commit_index(s.commit_index);
     out->set_applied_index(s.applied_index);
     out->set_last_index(s.last_index);
+    out->set_snapshots_installed(s.snapshots_installed);
+  }
+  if (stored_map_ != nullptr) {
+    if (std::optional<v1::ClusterMap> stored = stored_map_()) {
+      *response->mutable_stored_map() = *std::move(stored);
+    }
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);

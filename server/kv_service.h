@@ -92,7 +92,11 @@ struct KvServiceOptions {
 
 class KvService final : public v1::KV::CallbackService {
  public:
-  // `map` and `backend` are not owned and must outlive the service.
+  // `maps` and `backend` are not owned and must outlive the service. While
+  // `maps` holds no map (the metadata group's map is not loaded yet), every
+  // call fails with UNAVAILABLE.
+  KvService(const KvServiceOptions& options, const ClusterMapCache* maps, KvBackend* backend);
+  // With a fixed map (copied); `backend` must outlive the service.
   KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend);
   ~KvService() override;
 
@@ -125,8 +129,11 @@ class KvService final : public v1::KV::CallbackService {
       ABSL_LOCKS_EXCLUDED(drain_mu_);
   absl::Status ValidateKey(absl::string_view key) const;
   // The shard of `keys` if the header routes them correctly (see above).
+  // UNAVAILABLE while no map is loaded.
   absl::StatusOr<ShardId> CheckRoute(const v1::RequestHeader& header,
                                      const std::vector<absl::string_view>& keys) const;
+  // The current map's epoch (0 while none is loaded).
+  uint64_t Epoch() const;
   absl::Time Deadline(const grpc::CallbackServerContext* context) const;
   // Proposes `command`; on success calls `fill` with the result (on a
   // worker thread), then finishes the call.
@@ -139,7 +146,8 @@ class KvService final : public v1::KV::CallbackService {
   void Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status);
 
   const KvServiceOptions options_;
-  const ClusterMap* const map_;
+  std::unique_ptr<ClusterMapCache> owned_maps_;  // the fixed-map constructor's
+  const ClusterMapCache* const maps_;
   KvBackend* const backend_;
   std::unique_ptr<WorkerPool> pool_;
 
@@ -148,10 +156,19 @@ class KvService final : public v1::KV::CallbackService {
   int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;
 };
 
-// Cluster.GetClusterMap (the map with this node's leader hints) and
-// Cluster.NodeStatus. Thread-safe; `map` and `backend` outlive it.
+// Cluster.GetClusterMap (the map with this node's leader hints; UNAVAILABLE
+// while no map is loaded) and Cluster.NodeStatus (client shards in `shards`,
+// the metadata replica in `meta_shard`, and what `stored_map` returns in
+// `stored_map`). Thread-safe; `maps` and `backend` outlive it.
 class ClusterService final : public v1::Cluster::CallbackService {
  public:
+  // Reads the map stored in this node's metadata replica (nullopt: absent or
+  // no replica here). Called per NodeStatus call.
+  using StoredMapReader = std::function<std::optional<v1::ClusterMap>()>;
+
+  ClusterService(NodeId self, const ClusterMapCache* maps, KvBackend* backend,
+                 StoredMapReader stored_map = nullptr);
+  // With a fixed map (copied).
   ClusterService(NodeId self, const ClusterMap* map, KvBackend* backend);
 
   grpc::ServerUnaryReactor* GetClusterMap(grpc::CallbackServerContext* context,
@@ -163,8 +180,10 @@ class ClusterService final : public v1::Cluster::CallbackService {
 
  private:
   const NodeId self_;
-  const ClusterMap* const map_;
+  std::unique_ptr<ClusterMapCache> owned_maps_;
+  const ClusterMapCache* const maps_;
   KvBackend* const backend_;
+  const StoredMapReader stored_map_;
 };
 
 // The map as a client should see it: ToProto() plus, for every shard this

@@ -13,8 +13,14 @@
 // the client API, stops the Node, the peer
 // service and the transport, closes the engine and exits 0.
 //
+// The client API answers UNAVAILABLE until the cluster map has been loaded
+// from the metadata group (meta_group.h: bootstrapped by its first leader
+// with the map computed from the flags). If the stored map differs from the
+// flags' map, the node logs one "refusing to serve" line and exits 2.
+//
 // Exit codes: 0 after a clean drain; 1 when startup fails (storage, ports);
-// 2 for bad flags (one line on stderr). kill -9 is safe at any point: every
+// 2 for bad flags (one line on stderr) or a map that conflicts with the
+// metadata group's. kill -9 is safe at any point: every
 // acknowledged write is durable in the engine's WAL before it is
 // acknowledged.
 #include <pthread.h>
@@ -42,10 +48,14 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "proto/status_macros.h"
 #include "server/cluster_map.h"
 #include "server/grpc_transport.h"
 #include "server/kv_service.h"
+#include "server/meta_group.h"
 #include "server/node.h"
 #include "server/state_machine.h"
 #include "spdlog/sinks/stdout_sinks.h"
@@ -71,6 +81,9 @@ ABSL_FLAG(uint64_t, max_key_bytes, 4096, "largest key accepted");
 ABSL_FLAG(uint64_t, max_value_bytes, 1 << 20, "largest value accepted");
 ABSL_FLAG(uint32_t, drain_timeout_ms, 5000,
           "on SIGTERM: time to hand off leadership, and then to finish in-flight calls");
+ABSL_FLAG(uint64_t, snapshot_interval_entries, 10000,
+          "compact a shard's raft log after this many applied entries (lagging replicas then "
+          "catch up by snapshot)");
 ABSL_FLAG(std::string, port_file, "",
           "if set, written after startup: client_port=<port> and peer_port=<port> lines");
 
@@ -82,6 +95,7 @@ constexpr char kUsage[] =
     "  [--listen=HOST:PORT] [--peer-listen=HOST:PORT] [--shards=16] [--replication=3]\n"
     "  [--config=FILE] [--tick-ms=50] [--election-ticks=20] [--max-key-bytes=4096]\n"
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
+    "  [--snapshot-interval-entries=10000]\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
 // Sets flag `name` (dashes allowed) to `value`.
@@ -89,9 +103,11 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
   name = absl::StrReplaceAll(name, {{"-", "_"}});
   absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
   static const std::set<std::string> kOurs = {
-      "node_id",       "data_dir",        "initial_cluster",  "listen",   "peer_listen",
-      "shards",        "replication",     "config",           "tick_ms",  "election_ticks",
-      "max_key_bytes", "max_value_bytes", "drain_timeout_ms", "port_file"};
+      "node_id",          "data_dir",      "initial_cluster",
+      "listen",           "peer_listen",   "shards",
+      "replication",      "config",        "tick_ms",
+      "election_ticks",   "max_key_bytes", "max_value_bytes",
+      "drain_timeout_ms", "port_file",     "snapshot_interval_entries"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -182,6 +198,9 @@ absl::StatusOr<Config> Validate() {
   if (absl::GetFlag(FLAGS_max_key_bytes) < 1 || absl::GetFlag(FLAGS_max_key_bytes) > (1 << 20)) {
     return absl::InvalidArgumentError("--max-key-bytes must be in [1, 1048576]");
   }
+  if (absl::GetFlag(FLAGS_snapshot_interval_entries) < 1) {
+    return absl::InvalidArgumentError("--snapshot-interval-entries must be at least 1");
+  }
   if (absl::GetFlag(FLAGS_max_value_bytes) > (64 << 20)) {
     return absl::InvalidArgumentError("--max-value-bytes must be at most 67108864");
   }
@@ -249,14 +268,49 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
   return absl::OkStatus();
 }
 
+// Reads the map stored in the metadata group from the members holding a
+// replica of it (for a node without one): their Cluster.NodeStatus
+// stored_map. nullopt if a member answered without one; kUnavailable if
+// none answered.
+MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& map) {
+  std::vector<std::shared_ptr<v1::Cluster::Stub>> stubs;
+  for (NodeId id : map.meta_replicas()) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    stubs.push_back(v1::Cluster::NewStub(grpc::CreateCustomChannel(
+        map.FindMember(id)->client_address, grpc::InsecureChannelCredentials(), args)));
+  }
+  return [stubs]() -> absl::StatusOr<std::optional<std::string>> {
+    bool answered = false;
+    for (const auto& stub : stubs) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+      v1::NodeStatusResponse status;
+      if (!stub->NodeStatus(&context, {}, &status).ok()) continue;
+      answered = true;
+      if (status.has_stored_map())
+        return std::optional<std::string>(status.stored_map().SerializeAsString());
+    }
+    if (answered) return std::optional<std::string>();
+    return absl::UnavailableError("no member of the metadata group answered");
+  };
+}
+
+// Set by the MetaGroup (then SIGUSR1 wakes the main thread): why this node
+// refuses to serve.
+absl::Mutex refusal_mu;
+absl::Status refusal ABSL_GUARDED_BY(refusal_mu);
+
 int Run(const Config& config, const sigset_t& signals) {
   const ClusterMap& map = config.map;
   const std::vector<ShardId> hosted = map.ShardsOf(config.node_id);
+  const bool hosts_meta = map.HostsMeta(config.node_id);
   spdlog::info(
-      "cluster map: {} members, {} shards, replication {}, epoch {}; node {} hosts {} "
-      "shards",
+      "cluster map from flags: {} members, {} shards, replication {}, epoch {}; node {} hosts {} "
+      "shards{}",
       map.members().size(), map.num_shards(), map.replication(), map.epoch(), config.node_id,
-      hosted.size());
+      hosted.size(), hosts_meta ? " and a replica of the metadata group" : "");
 
   absl::StatusOr<std::unique_ptr<storage::Engine>> engine =
       storage::Engine::Open(config.data_dir, storage::EngineOptions{});
@@ -267,6 +321,18 @@ int Run(const Config& config, const sigset_t& signals) {
   spdlog::info("opened storage at {}", config.data_dir);
 
   StateMachine state_machine(&(*engine)->kv_store(), StateMachineOptions{});
+  // A map already stored in this node's metadata replica is checked before
+  // any shard replica is created or joins its group.
+  if (hosts_meta) {
+    absl::StatusOr<v1::GetResponse> stored = state_machine.Get(kMetaShard, kMetaMapKey);
+    if (stored.ok() && stored->found()) {
+      absl::StatusOr<ClusterMap> checked = MetaGroup::Check(map, stored->kv().value());
+      if (!checked.ok()) {
+        spdlog::error("refusing to serve: {}", std::string(checked.status().message()));
+        return 2;
+      }
+    }
+  }
 
   GrpcTransportOptions transport_options;
   transport_options.self = config.node_id;
@@ -295,6 +361,10 @@ int Run(const Config& config, const sigset_t& signals) {
   for (ShardId shard : hosted) {
     node_options.shards.push_back({.shard = shard, .replicas = map.shards()[shard].replicas});
   }
+  if (hosts_meta) {
+    node_options.shards.push_back({.shard = kMetaShard, .replicas = map.meta_replicas()});
+  }
+  node_options.snapshot_interval_entries = absl::GetFlag(FLAGS_snapshot_interval_entries);
   node_options.tick_interval = absl::Milliseconds(absl::GetFlag(FLAGS_tick_ms));
   node_options.election_ticks = static_cast<int>(absl::GetFlag(FLAGS_election_ticks));
   node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
@@ -307,15 +377,20 @@ int Run(const Config& config, const sigset_t& signals) {
   }
   node_for_peers.store(node->get(), std::memory_order_release);
   spdlog::info("raft node started: {} shard replicas, tick {} ms, election timeout {} ticks",
-               hosted.size(), absl::GetFlag(FLAGS_tick_ms), absl::GetFlag(FLAGS_election_ticks));
+               node_options.shards.size(), absl::GetFlag(FLAGS_tick_ms),
+               absl::GetFlag(FLAGS_election_ticks));
 
   NodeKvBackend backend(node->get(), &state_machine);
+  // The services serve by the map of the metadata group, once loaded.
+  ClusterMapCache maps;
   KvServiceOptions kv_options;
   kv_options.self = config.node_id;
   kv_options.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
   kv_options.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
-  auto kv_service = std::make_unique<KvService>(kv_options, &map, &backend);
-  ClusterService cluster_service(config.node_id, &map, &backend);
+  auto kv_service = std::make_unique<KvService>(kv_options, &maps, &backend);
+  ClusterService::StoredMapReader stored_map;
+  if (hosts_meta) stored_map = [&backend] { return MetaGroup::ReadLocal(backend); };
+  ClusterService cluster_service(config.node_id, &maps, &backend, std::move(stored_map));
   const int max_request_bytes =
       static_cast<int>(std::min<uint64_t>(2 * kv_options.max_value_bytes + (64 << 20), 1 << 30));
   absl::StatusOr<StartedServer> client_server =
@@ -337,10 +412,40 @@ int Run(const Config& config, const sigset_t& signals) {
     if (!s.ok()) spdlog::error("port file: {}", s.ToString());
     spdlog::info("wrote ports to {}", port_file);
   }
-  spdlog::info("node {} ready", config.node_id);
+  MetaGroupOptions meta_options;
+  meta_options.self = config.node_id;
+  MetaGroup meta_group(
+      meta_options, map, hosts_meta ? &backend : nullptr,
+      hosts_meta ? nullptr : RemoteMapReader(map), &maps,
+      [](const absl::Status& status) {
+        {
+          absl::MutexLock lock(&refusal_mu);
+          refusal = status;
+        }
+        kill(getpid(), SIGUSR1);
+      },
+      [](const std::string& line) { spdlog::info("metadata group: {}", line); });
+  spdlog::info("node {} started; serving once the cluster map is loaded from the metadata group",
+               config.node_id);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  meta_group.Stop();
+  if (signal_number == SIGUSR1) {
+    absl::Status why;
+    {
+      absl::MutexLock lock(&refusal_mu);
+      why = refusal;
+    }
+    spdlog::error("refusing to serve: {}", std::string(why.message()));
+    client_server->server->Shutdown(std::chrono::system_clock::now());
+    (*node)->Stop();
+    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    node_for_peers.store(nullptr, std::memory_order_release);
+    transport->Stop();
+    kv_service.reset();
+    return 2;
+  }
   const absl::Duration drain = absl::Milliseconds(absl::GetFlag(FLAGS_drain_timeout_ms));
   spdlog::info("received {}: draining (up to {} ms per step)", strsignal(signal_number),
                absl::ToInt64Milliseconds(drain));
@@ -404,6 +509,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);  // the MetaGroup: the stored map conflicts with the flags
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 

@@ -128,6 +128,7 @@ class Node::Impl {
     absl::flat_hash_map<std::string, PendingRead> unconfirmed_reads;
     std::multimap<uint64_t, PendingRead> confirmed_reads;
     uint64_t applied_since_compaction = 0;
+    uint64_t snapshots_installed = 0;
     // Followers' progress as seen in their append responses (for transfers).
     absl::flat_hash_map<NodeId, uint64_t> follower_match;
     absl::flat_hash_map<NodeId, absl::Time> follower_heard;
@@ -739,7 +740,9 @@ absl::Status Node::Impl::InstallSnapshot(Shard& s, const raftpb::Snapshot& snap)
   TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(s.id));
   if (applied >= index) return absl::OkStatus();  // the store is already newer
   SnapshotDataReader reader(snap.data());
-  return kv_->InstallSnapshot(s.id, index, reader);
+  TESSERA_RETURN_IF_ERROR(kv_->InstallSnapshot(s.id, index, reader));
+  ++s.snapshots_installed;
+  return absl::OkStatus();
 }
 
 void Node::Impl::CompleteProposal(Shard& s, const raftpb::Entry& e,
@@ -793,6 +796,7 @@ void Node::Impl::PublishStatus(absl::Time now) {
     st.commit_index = raw.commit_index();
     st.applied_index = sp->storage->applied_index();
     st.last_index = raw.last_index();
+    st.snapshots_installed = sp->snapshots_installed;
     st.last_leader_contact = raw.role() == raft::Role::kLeader ? now : sp->last_leader_contact;
     if (raw.role() == raft::Role::kLeader) ++led;
     status.push_back(std::move(st));

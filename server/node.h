@@ -74,7 +74,8 @@ struct ShardStatus {
   uint64_t commit_index = 0;
   uint64_t applied_index = 0;
   uint64_t last_index = 0;
-  absl::Time last_leader_contact;  // when this replica last heard from its leader (now if leader)
+  uint64_t snapshots_installed = 0;  // from the leader, since Start()
+  absl::Time last_leader_contact;    // when this replica last heard from its leader (now if leader)
 };
 
 class Node {

@@ -6,6 +6,7 @@ add_library(tessera_rpc_server STATIC
   ${CMAKE_CURRENT_LIST_DIR}/cluster_map.cc
   ${CMAKE_CURRENT_LIST_DIR}/grpc_transport.cc
   ${CMAKE_CURRENT_LIST_DIR}/kv_service.cc
+  ${CMAKE_CURRENT_LIST_DIR}/meta_group.cc
 )
 target_include_directories(tessera_rpc_server PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(tessera_rpc_server

@@ -2,8 +2,9 @@
 //
 //   tessera-admin status --endpoints=127.0.0.1:7001,127.0.0.1:7002 [--wait-ms=30000]
 //       Prints each node's shards (role, term, leader, applied index) and
-//       which node leads each shard. Exit 0 when every endpoint answered and
-//       every shard has a leader; with --wait-ms, polls until that holds or
+//       which node leads each shard. Exit 0 when every endpoint answered,
+//       has loaded the cluster map (epoch != 0) and every shard has a leader;
+//       with --wait-ms, polls until that holds or
 //       the time is up. Exit 1 otherwise, 2 for bad usage.
 //   tessera-admin map --endpoints=127.0.0.1:7001
 //       Prints the cluster map (members, shard ranges, replicas, leaders) of
@@ -93,6 +94,8 @@ bool StatusOnce(const Args& args, bool print) {
       absl::StrAppend(&report, endpoint, ": unreachable (", s.error_message(), ")\n");
       continue;
     }
+    // Epoch 0: the node has not loaded the map from the metadata group yet.
+    if (status.epoch() == 0) all_answered = false;
     int leading = 0;
     for (const auto& shard : status.shards()) {
       if (shard.role() == "leader") {
@@ -101,7 +104,8 @@ bool StatusOnce(const Args& args, bool print) {
       }
     }
     absl::StrAppend(&report, endpoint, ": node ", status.node_id(), ", epoch ", status.epoch(),
-                    ", ", status.shards_size(), " shard replicas, leading ", leading, "\n");
+                    status.epoch() == 0 ? " (cluster map not loaded yet)" : "", ", ",
+                    status.shards_size(), " shard replicas, leading ", leading, "\n");
     for (const auto& shard : status.shards()) {
       absl::StrAppend(&report, "  shard ", shard.shard(), ": ", shard.role(), " term ",
                       shard.term(), " leader ", shard.leader(), " commit ", shard.commit_index(),

@@ -1,6 +1,7 @@
 #include "server/cluster_map.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -231,6 +232,48 @@ TEST(ClusterMap, RejectsBadInputWithOneLineMessages) {
       EXPECT_EQ(map.status().message().find('\n'), absl::string_view::npos);
     }
   }
+}
+
+TEST(ClusterMap, MetaGroupIsEveryMemberUpToFiveByTheSameRule) {
+  ClusterMap three = *ClusterMap::Create(Members(1, 3), 8, 3);
+  std::vector<NodeId> meta = three.meta_replicas();
+  std::sort(meta.begin(), meta.end());
+  EXPECT_EQ(meta, (std::vector<NodeId>{1, 2, 3}));
+  EXPECT_TRUE(three.HostsMeta(2));
+
+  ClusterMap eleven = *ClusterMap::Create(Members(1, 11), 8, 3);
+  ASSERT_EQ(eleven.meta_replicas().size(), kMetaReplication);
+  // The heaviest members for kMetaShard, by decreasing weight.
+  std::vector<std::pair<uint64_t, NodeId>> weights;
+  for (NodeId m = 1; m <= 11; ++m) weights.push_back({PlacementWeight(kMetaShard, m), m});
+  std::sort(weights.rbegin(), weights.rend());
+  for (size_t r = 0; r < kMetaReplication; ++r) {
+    EXPECT_EQ(eleven.meta_replicas()[r], weights[r].second);
+  }
+  EXPECT_FALSE(eleven.HostsMeta(weights[kMetaReplication].second));
+  // Not a client shard: neither in the map nor hosted as one.
+  EXPECT_GT(kMetaShard, static_cast<ShardId>(std::numeric_limits<uint32_t>::max()));
+  EXPECT_EQ(eleven.ToProto().shards_size(), 8);
+  EXPECT_FALSE(eleven.Hosts(weights[0].second, kMetaShard));
+}
+
+TEST(ClusterMap, FromProtoRebuildsTheSameMapAndRejectsAnotherPlacement) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 4), 8, 3);
+  v1::ClusterMap proto = map.ToProto();
+  proto.mutable_shards(0)->set_leader(2);  // hints are ignored
+  absl::StatusOr<ClusterMap> rebuilt = ClusterMap::FromProto(proto);
+  ASSERT_THAT(rebuilt, IsOk());
+  EXPECT_EQ(rebuilt->epoch(), map.epoch());
+  EXPECT_EQ(rebuilt->ToProto().SerializeAsString(), map.ToProto().SerializeAsString());
+  EXPECT_EQ(rebuilt->meta_replicas(), map.meta_replicas());
+
+  v1::ClusterMap moved = map.ToProto();
+  std::swap(*moved.mutable_shards(0)->mutable_replicas()->Mutable(0),
+            *moved.mutable_shards(0)->mutable_replicas()->Mutable(1));
+  EXPECT_THAT(ClusterMap::FromProto(moved), StatusIs(absl::StatusCode::kFailedPrecondition));
+  v1::ClusterMap no_members = map.ToProto();
+  no_members.clear_members();
+  EXPECT_THAT(ClusterMap::FromProto(no_members), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

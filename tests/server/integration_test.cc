@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -27,10 +28,12 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
@@ -162,7 +165,9 @@ std::string Tail(const std::string& path, int lines) {
 // Three tessera-server processes and a tiny routing client.
 class Cluster {
  public:
-  Cluster() : dir_(MakeTempDir()) {
+  // `flags` are added to every node's command line.
+  explicit Cluster(std::vector<std::string> flags = {})
+      : dir_(MakeTempDir()), flags_(std::move(flags)) {
     std::vector<std::string> members;
     for (int i = 0; i < kNodes; ++i) {
       members.push_back(
@@ -191,15 +196,23 @@ class Cluster {
 
   std::string Log(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".log"); }
   std::string PortFile(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".ports"); }
+  std::string DataDir(int i) const { return absl::StrCat(dir_, "/node", i + 1); }
 
-  void Start(int i) {
+  // Starts node i; `more` flags come last (and win).
+  void Start(int i, const std::vector<std::string>& more = {}) {
     std::filesystem::remove(PortFile(i));
-    processes_[i].Start({TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
-                         absl::StrCat("--data-dir=", dir_, "/node", i + 1),
-                         absl::StrCat("--initial-cluster=", initial_cluster_),
-                         absl::StrCat("--shards=", kShards), "--tick-ms=20", "--election-ticks=10",
-                         "--drain-timeout-ms=3000", absl::StrCat("--port-file=", PortFile(i))},
-                        Log(i));
+    std::vector<std::string> args = {TESSERA_SERVER_BINARY,
+                                     absl::StrCat("--node-id=", i + 1),
+                                     absl::StrCat("--data-dir=", DataDir(i)),
+                                     absl::StrCat("--initial-cluster=", initial_cluster_),
+                                     absl::StrCat("--shards=", kShards),
+                                     "--tick-ms=20",
+                                     "--election-ticks=10",
+                                     "--drain-timeout-ms=3000",
+                                     absl::StrCat("--port-file=", PortFile(i))};
+    args.insert(args.end(), flags_.begin(), flags_.end());
+    args.insert(args.end(), more.begin(), more.end());
+    processes_[i].Start(args, Log(i));
   }
 
   void StartAll() {
@@ -209,15 +222,35 @@ class Cluster {
   ServerProcess& process(int i) { return processes_[i]; }
 
   // Waits until the running nodes wrote their port files, answer NodeStatus
-  // and every shard has a leader among them.
+  // with a loaded cluster map (epoch != 0) and every shard has a leader
+  // among them.
   bool WaitReady(absl::Duration timeout = absl::Seconds(30)) {
     absl::Time deadline = absl::Now() + timeout;
     while (absl::Now() < deadline) {
-      if (Leaders().size() == kShards) return true;
+      bool loaded = true;
+      for (int i = 0; i < kNodes && loaded; ++i) {
+        if (!processes_[i].running()) continue;
+        absl::StatusOr<v1::NodeStatusResponse> status = Status(i);
+        loaded = status.ok() && status->epoch() != 0;
+      }
+      if (loaded && Leaders().size() == kShards) return true;
       absl::SleepFor(absl::Milliseconds(50));
     }
     return false;
   }
+
+  absl::StatusOr<v1::NodeStatusResponse> Status(int i) {
+    if (!std::filesystem::exists(PortFile(i))) return absl::UnavailableError("not started");
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+    v1::NodeStatusResponse status;
+    absl::Status s = FromGrpcStatus(cluster_[i]->NodeStatus(&context, {}, &status));
+    if (!s.ok()) return s;
+    return status;
+  }
+
+  v1::KV::Stub* kv(int i) { return kv_[i].get(); }
+  std::string client_address(int i) const { return client_ports_[i].address(); }
 
   // shard -> node index (0-based) of the running nodes that say they lead it.
   std::map<uint32_t, int> Leaders() {
@@ -339,6 +372,7 @@ class Cluster {
 
  private:
   const std::string dir_;
+  const std::vector<std::string> flags_;
   PortReservation client_ports_[kNodes];
   PortReservation peer_ports_[kNodes];
   std::string initial_cluster_;
@@ -600,6 +634,228 @@ TEST(Integration, ConfigFileSuppliesFlagsAndFlagsOverrideIt) {
   EXPECT_EQ(p.Wait(absl::Seconds(20)), 0);
   std::error_code ignored;
   std::filesystem::remove_all(dir, ignored);
+}
+
+// Puts `count` keys "<prefix><i>" = "v<i>" from `threads` threads, each put
+// sent to the shard's leader among the running nodes (following not-leader
+// hints, retrying UNAVAILABLE/DEADLINE_EXCEEDED; no session: a retried put
+// writes the same value). Returns the acknowledged keys and values.
+std::map<std::string, std::string> ParallelPuts(Cluster& cluster, const std::string& prefix,
+                                                int count, int threads) {
+  std::map<uint32_t, int> leaders = cluster.Leaders();
+  absl::Mutex mu;
+  std::map<std::string, std::string> acknowledged;
+  std::atomic<int> next{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&] {
+      std::map<uint32_t, int> cache = leaders;
+      for (int i = next++; i < count; i = next++) {
+        v1::PutRequest request;
+        request.set_key(absl::StrCat(prefix, i));
+        request.set_value(absl::StrCat("v", i));
+        const uint32_t shard = ShardForKey(request.key(), kShards);
+        request.mutable_header()->set_shard(shard);
+        int target = cache.count(shard) ? cache[shard] : 0;
+        for (absl::Time deadline = absl::Now() + absl::Seconds(20); absl::Now() < deadline;) {
+          grpc::ClientContext context;
+          context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+          v1::PutResponse response;
+          absl::Status s = FromGrpcStatus(cluster.kv(target)->Put(&context, request, &response));
+          if (s.ok()) {
+            cache[shard] = target;
+            absl::MutexLock lock(&mu);
+            acknowledged[request.key()] = request.value();
+            break;
+          }
+          if (s.code() != absl::StatusCode::kUnavailable &&
+              s.code() != absl::StatusCode::kDeadlineExceeded) {
+            break;
+          }
+          std::optional<v1::ErrorDetail> detail = GetErrorDetail(s);
+          int hinted = -1;
+          for (int n = 0; detail.has_value() && n < kNodes; ++n) {
+            if (detail->not_leader().leader_address() == cluster.client_address(n)) hinted = n;
+          }
+          if (hinted >= 0 && hinted != target) {
+            target = hinted;
+          } else {
+            do {
+              target = (target + 1) % kNodes;
+            } while (!cluster.process(target).running());
+            absl::SleepFor(absl::Milliseconds(10));
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& w : workers) w.join();
+  return acknowledged;
+}
+
+// Every node's metadata replica stores the map the node serves by.
+void ExpectStoredMapOnEveryNode(Cluster& cluster, uint64_t epoch) {
+  for (int i = 0; i < kNodes; ++i) {
+    absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(i);
+    ASSERT_THAT(status, IsOk()) << "node " << i + 1;
+    EXPECT_EQ(status->epoch(), epoch) << "node " << i + 1;
+    ASSERT_TRUE(status->has_stored_map()) << "node " << i + 1;
+    EXPECT_EQ(status->stored_map().epoch(), epoch);
+    EXPECT_EQ(status->stored_map().num_shards(), kShards);
+    EXPECT_EQ(status->stored_map().members_size(), kNodes);
+    ASSERT_TRUE(status->has_meta_shard()) << "node " << i + 1;
+    // Bootstrap point (1), the first leader's empty entry, the map's Txn.
+    EXPECT_GE(status->meta_shard().applied_index(), 3u);
+    // The metadata group is not a client shard.
+    EXPECT_EQ(status->shards_size(), static_cast<int>(kShards));
+    absl::StatusOr<v1::GetClusterMapResponse> map = cluster.Map(i);
+    ASSERT_THAT(map, IsOk());
+    v1::ClusterMap served = map->map();
+    for (v1::ShardInfo& shard : *served.mutable_shards()) {
+      shard.clear_leader();
+      shard.clear_term();
+    }
+    EXPECT_EQ(served.SerializeAsString(), status->stored_map().SerializeAsString());
+  }
+}
+
+TEST(Integration, FullClusterKillKeepsDataAndTheStoredMapAndRefusesAnotherMap) {
+  Cluster cluster;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  const uint64_t epoch = cluster.epoch();
+  ASSERT_NE(epoch, 0u);
+  ExpectStoredMapOnEveryNode(cluster, epoch);
+
+  std::map<std::string, std::string> acknowledged;
+  std::set<uint32_t> shards;
+  for (int i = 0; i < 200; ++i) {
+    std::string key = absl::StrCat("full-", i);
+    shards.insert(ShardForKey(key, kShards));
+    absl::StatusOr<v1::PutResponse> put = cluster.Put(key, absl::StrCat("value-", i));
+    ASSERT_THAT(put, IsOk()) << key;
+    acknowledged[key] = absl::StrCat("value-", i);
+  }
+  EXPECT_EQ(shards.size(), kShards);
+
+  // kill -9 every node at once, then restart them all.
+  for (int i = 0; i < kNodes; ++i) cluster.process(i).Signal(SIGKILL);
+  for (int i = 0; i < kNodes; ++i) {
+    EXPECT_EQ(cluster.process(i).Wait(absl::Seconds(10)), 128 + SIGKILL);
+  }
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  ExpectStoredMapOnEveryNode(cluster, epoch);
+  for (const auto& [key, value] : acknowledged) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);  // linearizable
+    ASSERT_THAT(got, IsOk()) << key;
+    ASSERT_TRUE(got->found()) << key;
+    EXPECT_EQ(got->kv().value(), value) << key;
+    EXPECT_EQ(got->header().epoch(), epoch);
+  }
+
+  // A node restarted with another --shards finds the stored map (in its own
+  // metadata replica, checked at startup) different from its own: one clear
+  // line, exit 2.
+  EXPECT_EQ(cluster.Drain(2), 0);
+  cluster.Start(2, {"--shards=4"});
+  EXPECT_EQ(cluster.process(2).Wait(absl::Seconds(20)), 2) << Tail(cluster.Log(2), 20);
+  EXPECT_THAT(Tail(cluster.Log(2), 3),
+              HasSubstr("refusing to serve: the cluster map stored in the metadata group"));
+  // The others still serve.
+  for (int i = 0; i < 20; ++i) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(absl::StrCat("full-", i));
+    ASSERT_THAT(got, IsOk());
+    EXPECT_TRUE(got->found());
+  }
+}
+
+TEST(Integration, NewNodeWithAnotherMapIsRefusedOnceTheStoredMapReachesIt) {
+  Cluster cluster;
+  cluster.Start(0);
+  cluster.Start(1);
+  ASSERT_TRUE(cluster.WaitReady());  // nodes 1 and 2 stored and loaded the map
+  // Node 3's first start, with another --shards: its metadata replica is
+  // empty, so it starts, receives the map through raft, and then refuses.
+  cluster.Start(2, {"--shards=4"});
+  EXPECT_EQ(cluster.process(2).Wait(absl::Seconds(20)), 2) << Tail(cluster.Log(2), 20);
+  EXPECT_THAT(Tail(cluster.Log(2), 3),
+              HasSubstr("refusing to serve: the cluster map stored in the metadata group"));
+  absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(0);
+  ASSERT_THAT(status, IsOk());
+  EXPECT_EQ(status->stored_map().num_shards(), kShards);
+  // With the cluster's flags it joins and serves.
+  cluster.Start(2);
+  ASSERT_TRUE(cluster.WaitReady());
+  ExpectStoredMapOnEveryNode(cluster, cluster.epoch());
+}
+
+TEST(Integration, RestartedNodeCatchesUpBySnapshotAndServesEveryWrite) {
+  // Logs are compacted every 200 applied entries (keeping 100).
+  Cluster cluster({"--snapshot-interval-entries=200"});
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  const int lagging = 2;
+  cluster.process(lagging).Signal(SIGKILL);
+  EXPECT_EQ(cluster.process(lagging).Wait(absl::Seconds(10)), 128 + SIGKILL);
+  ASSERT_TRUE(cluster.WaitReady());
+
+  const absl::Time start = absl::Now();
+  std::map<std::string, std::string> acknowledged =
+      ParallelPuts(cluster, "snap-", /*count=*/10000, /*threads=*/32);
+  ASSERT_EQ(acknowledged.size(), 10000u);
+  std::cerr << "10000 puts in " << absl::Now() - start << "\n";
+
+  // Every shard's commit index now, as its leader reports it.
+  std::map<uint32_t, uint64_t> commit;
+  for (int i = 0; i < kNodes; ++i) {
+    if (i == lagging) continue;
+    absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(i);
+    ASSERT_THAT(status, IsOk());
+    for (const v1::ShardStatus& s : status->shards()) {
+      commit[s.shard()] = std::max(commit[s.shard()], s.commit_index());
+    }
+  }
+  ASSERT_EQ(commit.size(), kShards);
+
+  cluster.Start(lagging);
+  absl::StatusOr<v1::NodeStatusResponse> status;
+  bool caught_up = false;
+  for (absl::Time deadline = absl::Now() + absl::Seconds(30);
+       !caught_up && absl::Now() < deadline;) {
+    status = cluster.Status(lagging);
+    caught_up = status.ok() && status->epoch() != 0 && status->shards_size() == kShards;
+    for (int k = 0; caught_up && k < status->shards_size(); ++k) {
+      caught_up = status->shards(k).applied_index() >= commit[status->shards(k).shard()];
+    }
+    if (!caught_up) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(caught_up) << "node " << lagging + 1 << " did not catch up";
+  // It caught up by snapshot: the leaders' logs no longer had its entries.
+  for (const v1::ShardStatus& s : status->shards()) {
+    EXPECT_GE(s.snapshots_installed(), 1u) << "shard " << s.shard();
+  }
+
+  // Its own replicas (STALE reads at that node only) hold every write.
+  std::map<std::string, std::string> found;
+  for (uint32_t shard = 0; shard < kShards; ++shard) {
+    v1::ScanRequest scan;
+    scan.mutable_header()->set_shard(shard);
+    scan.mutable_header()->set_consistency(v1::READ_CONSISTENCY_STALE);
+    scan.set_prefix("snap-");
+    scan.set_limit(10000);
+    do {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      v1::ScanResponse page;
+      absl::Status s = FromGrpcStatus(cluster.kv(lagging)->Scan(&context, scan, &page));
+      ASSERT_THAT(s, IsOk()) << "shard " << shard;
+      for (const v1::KeyValue& kv : page.kvs()) found[kv.key()] = kv.value();
+      scan.set_continuation(page.continuation());
+    } while (!scan.continuation().empty());
+  }
+  EXPECT_EQ(found.size(), acknowledged.size());
+  EXPECT_TRUE(found == acknowledged);
 }
 
 }  // namespace

@@ -525,5 +525,80 @@ TEST_F(KvServiceNotHostedTest, ShardWithoutAReplicaHereIsAStaleRoute) {
   EXPECT_EQ(current.replication(), 1u);
 }
 
+// Before the metadata group's map is loaded the services answer
+// UNAVAILABLE; NodeStatus reports the metadata replica apart.
+TEST(KvServiceMetaTest, UnavailableUntilTheMapIsLoadedAndMetaReplicaReportedApart) {
+  const ClusterMap map = *ClusterMap::Parse(kCluster, 16, 3);
+  FakeBackend backend;
+  std::vector<ShardStatus> statuses;
+  for (ShardId s : map.ShardsOf(1)) {
+    statuses.push_back(
+        {.shard = s, .role = "leader", .term = 3, .leader = 1, .last_leader_contact = absl::Now()});
+  }
+  statuses.push_back({.shard = kMetaShard,
+                      .role = "follower",
+                      .term = 2,
+                      .leader = 2,
+                      .applied_index = 5,
+                      .snapshots_installed = 1});
+  backend.SetStatuses(statuses);
+  ClusterMapCache cache;
+  KvServiceOptions options;
+  options.self = 1;
+  KvService kv(options, &cache, &backend);
+  ClusterService cluster(1, &cache, &backend,
+                         [&map]() -> std::optional<v1::ClusterMap> { return map.ToProto(); });
+  absl::StatusOr<StartedServer> started = StartGrpcServer("127.0.0.1:0", {&kv, &cluster}, 1 << 20);
+  ASSERT_THAT(started, IsOk());
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", started->port),
+                                     grpc::InsecureChannelCredentials());
+  auto kv_stub = v1::KV::NewStub(channel);
+  auto cluster_stub = v1::Cluster::NewStub(channel);
+  auto put = [&] {
+    grpc::ClientContext context;
+    v1::PutRequest request;
+    request.mutable_header()->set_shard(ShardForKey("k", 16));
+    request.set_key("k");
+    request.set_value("v");
+    v1::PutResponse response;
+    return FromGrpcStatus(kv_stub->Put(&context, request, &response));
+  };
+  auto get_map = [&] {
+    grpc::ClientContext context;
+    v1::GetClusterMapResponse response;
+    return FromGrpcStatus(cluster_stub->GetClusterMap(&context, {}, &response));
+  };
+  auto node_status = [&] {
+    grpc::ClientContext context;
+    v1::NodeStatusResponse response;
+    EXPECT_TRUE(cluster_stub->NodeStatus(&context, {}, &response).ok());
+    return response;
+  };
+
+  EXPECT_THAT(put(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("not loaded")));
+  EXPECT_THAT(get_map(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("not loaded")));
+  v1::NodeStatusResponse status = node_status();
+  EXPECT_EQ(status.epoch(), 0u);
+  EXPECT_EQ(status.shards_size(), static_cast<int>(map.ShardsOf(1).size()));
+  ASSERT_TRUE(status.has_meta_shard());
+  EXPECT_EQ(status.meta_shard().applied_index(), 5u);
+  EXPECT_EQ(status.meta_shard().snapshots_installed(), 1u);
+  EXPECT_EQ(status.stored_map().epoch(), map.epoch());
+
+  cache.Set(std::make_shared<const ClusterMap>(map));
+  EXPECT_THAT(put(), IsOk());
+  EXPECT_THAT(get_map(), IsOk());
+  EXPECT_EQ(node_status().epoch(), map.epoch());
+  // Shard ids beyond the map (the metadata group's included) are refused.
+  grpc::ClientContext context;
+  v1::GetRequest request;
+  request.mutable_header()->set_shard(16);
+  request.set_key("k");
+  v1::GetResponse response;
+  EXPECT_THAT(FromGrpcStatus(kv_stub->Get(&context, request, &response)),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  started->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
+
 }  // namespace
 }  // namespace tessera::server

@@ -7,6 +7,9 @@ set_tests_properties(server_grpc_transport_test PROPERTIES RESOURCE_LOCK ports)
 tessera_test(server_kv_service_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/kv_service_test.cc LIBS tessera_rpc_server)
 set_tests_properties(server_kv_service_test PROPERTIES RESOURCE_LOCK ports)
+tessera_test(server_meta_group_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/meta_group_test.cc
+  LIBS tessera_rpc_server tessera_node tessera_state_machine)
 # Real tessera-server processes on 127.0.0.1 (reserved ports; see the test).
 tessera_test(server_integration_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/integration_test.cc LIBS tessera_api TIMEOUT 180)
