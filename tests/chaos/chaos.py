@@ -1,0 +1,581 @@
+#!/usr/bin/python3
+"""Tessera chaos run: a netns cluster, the SDK workload, seeded nemeses, checks.
+
+Started by tests/chaos/run.sh (which checks for root); see tests/chaos/README.md.
+
+  run.sh --nodes 3 --duration 60 --nemesis partition,kill,pause --seed S
+
+Layout of one run (run id R = this process's pid; subnet 10.77.<R % 200 + 20>.0/24):
+  tsr-R-hub   namespace with bridge br0 (10.77.x.254); the workload and
+              tessera-admin run here, so clients reach every node.
+  tsr-R-nN    one namespace per node: eth0 (10.77.x.N) is one end of a veth
+              pair whose other end (vN) is a port of br0 in the hub.
+Nothing is created in the root namespace, and nothing is routed off it.
+Faults: iptables DROP rules inside node namespaces (partitions), tc netem on a
+node's eth0, signals to the node's pid (kill -9 / SIGSTOP / SIGCONT).
+Cleanup (also on failure, Ctrl-C, SIGTERM): every process we started is killed
+by pid, the namespaces are deleted by name. At start, namespaces tsr-<pid>-*
+whose <pid> no longer runs (leftovers of a crashed run) are removed too, after
+killing the processes inside them (`ip netns pids`).
+"""
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+PREFIX = "tsr-"
+CLIENT_PORT = 7001
+PEER_PORT = 7101
+NEMESES = ("partition", "kill", "pause", "netem", "snapshot")
+
+
+def log(msg):
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(args, check=True, quiet=False, timeout=30):
+    """Runs a command (a list) with a time bound; raises on failure if check."""
+    r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+    if not quiet and r.returncode != 0:
+        log(f"warning: {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+class Interrupted(Exception):
+    pass
+
+
+def on_signal(signum, _frame):
+    raise Interrupted(f"signal {signum}")
+
+
+def cleanup_leftovers():
+    """Removes namespaces of earlier runs whose harness no longer runs."""
+    out = sh(["ip", "netns", "list"], check=False, quiet=True).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.match(r"^tsr-(\d+)-", name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and os.path.exists(f"/proc/{pid}"):
+            continue  # a live run owns it
+        pids = sh(["ip", "netns", "pids", name], check=False, quiet=True).stdout.split()
+        for p in pids:
+            try:
+                os.kill(int(p), signal.SIGCONT)
+                os.kill(int(p), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh(["ip", "netns", "del", name], check=False, quiet=True)
+        log(f"removed leftover namespace {name}")
+
+
+class Cluster:
+    def __init__(self, args, run_dir, nemlog):
+        self.args = args
+        self.n = args.nodes
+        self.run_id = os.getpid()
+        self.subnet = f"10.77.{self.run_id % 200 + 20}"
+        self.hub = f"{PREFIX}{self.run_id}-hub"
+        self.run_dir = run_dir
+        self.nemlog = nemlog
+        self.procs = {}  # node -> Popen
+        self.paused = set()
+        self.namespaces = []
+        self.logs = {}
+        self.has_netem = False
+
+    def ns(self, i):
+        return f"{PREFIX}{self.run_id}-n{i}"
+
+    def ip(self, i):
+        return f"{self.subnet}.{i}"
+
+    def endpoints(self):
+        return ",".join(f"{self.ip(i)}:{CLIENT_PORT}" for i in range(1, self.n + 1))
+
+    # ---- network -------------------------------------------------------
+    def create_network(self):
+        hub = self.hub
+        sh(["ip", "netns", "add", hub])
+        self.namespaces.append(hub)
+        sh(["ip", "-n", hub, "link", "set", "lo", "up"])
+        sh(["ip", "-n", hub, "link", "add", "br0", "type", "bridge"])
+        sh(["ip", "-n", hub, "addr", "add", f"{self.subnet}.254/24", "dev", "br0"])
+        sh(["ip", "-n", hub, "link", "set", "br0", "up"])
+        for i in range(1, self.n + 1):
+            ns = self.ns(i)
+            sh(["ip", "netns", "add", ns])
+            self.namespaces.append(ns)
+            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+            # Both ends are created inside the namespaces: never in the root one.
+            sh(["ip", "-n", hub, "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0",
+                "netns", ns])
+            sh(["ip", "-n", hub, "link", "set", f"v{i}", "master", "br0"])
+            sh(["ip", "-n", hub, "link", "set", f"v{i}", "up"])
+            sh(["ip", "-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0"])
+            sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        self.probe_netem()
+        log(f"network: hub {hub}, nodes {self.ns(1)}..{self.ns(self.n)}, {self.subnet}.0/24")
+
+    def nsexec(self, ns, cmd, **kw):
+        return ["ip", "netns", "exec", ns] + cmd
+
+    # ---- processes -----------------------------------------------------
+    def cluster_flag(self):
+        return ",".join(f"{i}={self.ip(i)}:{CLIENT_PORT}/{self.ip(i)}:{PEER_PORT}"
+                        for i in range(1, self.n + 1))
+
+    def start(self, i):
+        d = os.path.join(self.run_dir, "data", f"n{i}")
+        os.makedirs(d, exist_ok=True)
+        logf = open(os.path.join(self.run_dir, "logs", f"node{i}.log"), "a")
+        logf.write(f"==== start {time.strftime('%H:%M:%S')} ====\n")
+        logf.flush()
+        cmd = [self.args.server, f"--node-id={i}", f"--data-dir={d}",
+               f"--initial-cluster={self.cluster_flag()}", f"--shards={self.args.shards}",
+               f"--tick-ms={self.args.tick_ms}", f"--election-ticks={self.args.election_ticks}",
+               f"--snapshot-interval-entries={self.args.snapshot_interval}",
+               "--drain-timeout-ms=2000"]
+        # `ip netns exec` execs the command: the pid is the server's.
+        self.procs[i] = subprocess.Popen(self.nsexec(self.ns(i), cmd), stdout=logf,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        logf.close()
+        self.paused.discard(i)
+
+    def alive(self, i):
+        p = self.procs.get(i)
+        return p is not None and p.poll() is None
+
+    def signal(self, i, sig):
+        p = self.procs.get(i)
+        if p is not None and p.poll() is None:
+            try:
+                os.kill(p.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill9(self, i):
+        self.signal(i, signal.SIGKILL)
+        p = self.procs.get(i)
+        if p is not None:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log(f"warning: node {i} (pid {p.pid}) did not die")
+        self.paused.discard(i)
+
+    def admin_status(self, wait_ms=0, timeout=20):
+        cmd = self.nsexec(self.hub, [self.args.admin, "status", f"--endpoints={self.endpoints()}"] +
+                          ([f"--wait-ms={wait_ms}"] if wait_ms else []))
+        try:
+            return sh(cmd, check=False, quiet=True, timeout=timeout + wait_ms / 1000)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def wait_ready(self, wait_s):
+        r = self.admin_status(wait_ms=int(wait_s * 1000), timeout=30)
+        return r is not None and r.returncode == 0
+
+    def leader(self, rng):
+        """The node leading the most shards (ties: lowest id), else a random live node."""
+        r = self.admin_status(timeout=5)
+        best, best_count = None, 0
+        if r is not None:
+            for m in re.finditer(r"node (\d+), epoch .* leading (\d+)", r.stdout):
+                node, count = int(m.group(1)), int(m.group(2))
+                if count > best_count:
+                    best, best_count = node, count
+        if best is None:
+            best = rng.randint(1, self.n)
+        return best
+
+    # ---- faults --------------------------------------------------------
+    def drop_from(self, i, sources):
+        """Node i drops every packet from `sources` (node ids)."""
+        for s in sorted(sources):
+            sh(self.nsexec(self.ns(i), ["iptables", "-w", "-A", "INPUT", "-s", self.ip(s),
+                                        "-j", "DROP"]))
+
+    def heal_partitions(self):
+        for i in range(1, self.n + 1):
+            sh(self.nsexec(self.ns(i), ["iptables", "-w", "-F", "INPUT"]), check=False)
+
+    def probe_netem(self):
+        """Whether the kernel has sch_netem (some VMs and containers lack it)."""
+        r = sh(self.nsexec(self.ns(1), ["tc", "qdisc", "add", "dev", "eth0", "root", "netem",
+                                        "delay", "1ms"]), check=False, quiet=True)
+        sh(self.nsexec(self.ns(1), ["tc", "qdisc", "del", "dev", "eth0", "root"]), check=False,
+           quiet=True)
+        self.has_netem = r.returncode == 0
+        if not self.has_netem:
+            log("tc netem is not available in this kernel: the netem nemesis falls back to "
+                "iptables random loss and tbf rate limits (no reordering)")
+
+    def netem(self, i, spec):
+        sh(self.nsexec(self.ns(i), ["tc", "qdisc", "replace", "dev", "eth0", "root", "netem"] +
+                       spec))
+
+    def random_loss(self, i, probability):
+        """Fallback without netem: drop outgoing packets at random (OUTPUT chain)."""
+        sh(self.nsexec(self.ns(i), ["iptables", "-w", "-A", "OUTPUT", "-m", "statistic",
+                                    "--mode", "random", "--probability", str(probability),
+                                    "-j", "DROP"]))
+
+    def rate_limit(self, i, rate):
+        """Fallback without netem: a token bucket, so queues (and delay) build up."""
+        sh(self.nsexec(self.ns(i), ["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
+                                    "rate", rate, "burst", "8kbit", "latency", "300ms"]))
+
+    def heal_netem(self):
+        for i in range(1, self.n + 1):
+            sh(self.nsexec(self.ns(i), ["tc", "qdisc", "del", "dev", "eth0", "root"]),
+               check=False, quiet=True)
+            sh(self.nsexec(self.ns(i), ["iptables", "-w", "-F", "OUTPUT"]), check=False)
+
+    def heal_all(self):
+        for i in list(self.paused):
+            self.signal(i, signal.SIGCONT)
+        self.paused.clear()
+        self.heal_partitions()
+        self.heal_netem()
+
+    # ---- teardown ------------------------------------------------------
+    def destroy(self):
+        for i, p in self.procs.items():
+            if p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)
+                    os.kill(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    log(f"warning: node {i} (pid {p.pid}) did not exit")
+        for ns in reversed(self.namespaces):
+            # Anything else still inside (e.g. a tessera-admin) is ours too.
+            for pid in sh(["ip", "netns", "pids", ns], check=False, quiet=True).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh(["ip", "netns", "del", ns], check=False, quiet=True)
+        self.namespaces = []
+
+
+class Nemesis:
+    """Seeded schedule: pick a fault from the enabled set, hold it, heal."""
+
+    def __init__(self, cluster, kinds, rng, logf):
+        self.c = cluster
+        self.kinds = kinds
+        self.rng = rng
+        self.logf = logf
+        self.counts = {}
+        self.t0 = time.monotonic()
+
+    def note(self, msg):
+        line = f"{time.monotonic() - self.t0:8.3f}s {time.strftime('%H:%M:%S')} {msg}"
+        self.logf.write(line + "\n")
+        self.logf.flush()
+        log("nemesis: " + msg)
+
+    def target(self):
+        if self.rng.random() < 0.5:
+            return self.c.leader(self.rng), "leader"
+        return self.rng.randint(1, self.c.n), "random"
+
+    def sleep(self, seconds, deadline):
+        time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
+
+    def run(self, deadline):
+        rng = self.rng
+        n = self.c.n
+        nodes = list(range(1, n + 1))
+        while time.monotonic() < deadline - 1:
+            self.sleep(rng.uniform(1.0, 4.0), deadline)  # quiet gap
+            if time.monotonic() >= deadline - 1:
+                break
+            kind = rng.choice(self.kinds)
+            hold = rng.uniform(2.0, 10.0)
+            if kind == "kill":
+                node, how = self.target()
+                sub = f"kill-{how}"
+                self.note(f"start {sub}: kill -9 node {node}")
+                self.c.kill9(node)
+                self.sleep(hold, deadline)
+                self.c.start(node)
+                self.note(f"end {sub}: restarted node {node}")
+            elif kind == "pause":
+                node, how = self.target()
+                sub = f"pause-{how}"
+                self.note(f"start {sub}: SIGSTOP node {node}")
+                self.c.signal(node, signal.SIGSTOP)
+                self.c.paused.add(node)
+                self.sleep(hold, deadline)
+                self.c.signal(node, signal.SIGCONT)
+                self.c.paused.discard(node)
+                self.note(f"end {sub}: SIGCONT node {node}")
+            elif kind == "partition":
+                sub, desc = self.partition()
+                self.note(f"start partition-{sub}: {desc}")
+                self.sleep(hold, deadline)
+                self.c.heal_partitions()
+                self.note(f"end partition-{sub}: healed")
+            elif kind == "netem" and not self.c.has_netem:
+                sub = rng.choice(["loss", "slow"])
+                victims = rng.sample(nodes, rng.randint(1, n))
+                p = rng.choice([0.05, 0.2, 0.4])
+                rate = rng.choice(["64kbit", "256kbit", "1mbit"])
+                what = f"drop {p:.0%} of sent packets" if sub == "loss" else f"tbf rate {rate}"
+                self.note(f"start netem-{sub} (fallback): nodes {victims}: {what}")
+                for v in victims:
+                    if sub == "loss":
+                        self.c.random_loss(v, p)
+                    else:
+                        self.c.rate_limit(v, rate)
+                self.sleep(hold, deadline)
+                self.c.heal_netem()
+                self.note(f"end netem-{sub}: removed")
+            elif kind == "netem":
+                sub, spec = rng.choice([
+                    ("delay", ["delay", "100ms", "50ms", "distribution", "normal"]),
+                    ("loss", ["loss", "20%", "25%"]),
+                    ("reorder", ["delay", "30ms", "reorder", "25%", "50%"]),
+                    ("mixed", ["delay", "50ms", "30ms", "loss", "5%", "reorder", "10%"]),
+                ])
+                victims = rng.sample(nodes, rng.randint(1, n))
+                self.note(f"start netem-{sub}: nodes {victims}: {' '.join(spec)}")
+                for v in victims:
+                    self.c.netem(v, spec)
+                self.sleep(hold, deadline)
+                self.c.heal_netem()
+                self.note(f"end netem-{sub}: removed")
+            elif kind == "snapshot":
+                # Crash during snapshot transfer: isolate a follower-to-be long
+                # enough that the leader compacts past it (small
+                # --snapshot-interval-entries), heal so it catches up by
+                # snapshot, and kill -9 it (or the leader) a moment later.
+                node = rng.randint(1, n)
+                self.note(f"start snapshot: isolate node {node} to make it lag")
+                for other in nodes:
+                    if other != node:
+                        self.c.drop_from(other, [node])
+                self.c.drop_from(node, [o for o in nodes if o != node])
+                self.sleep(hold + 3, deadline)
+                self.c.heal_partitions()
+                delay = rng.uniform(0.05, 1.5)
+                time.sleep(delay)
+                victim = node if rng.random() < 0.7 else self.c.leader(rng)
+                self.note(f"snapshot: healed; {delay:.2f}s later kill -9 node {victim} "
+                          f"({'lagging' if victim == node else 'leader'})")
+                self.c.kill9(victim)
+                self.sleep(rng.uniform(1.0, 4.0), deadline + 5)
+                self.c.start(victim)
+                self.note(f"end snapshot: restarted node {victim}")
+                sub = "snapshot"
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def partition(self):
+        rng, n = self.rng, self.c.n
+        nodes = list(range(1, n + 1))
+        sub = rng.choice(["isolate-leader", "majority-minority", "bridge", "one-way"])
+        if sub == "isolate-leader":
+            lead = self.c.leader(rng)
+            side_a, side_b = [lead], [o for o in nodes if o != lead]
+        elif sub == "majority-minority" or (sub == "bridge" and n < 3):
+            sub = "majority-minority"
+            shuffled = rng.sample(nodes, n)
+            side_a, side_b = shuffled[:n // 2], shuffled[n // 2:]
+        if sub in ("isolate-leader", "majority-minority"):
+            for a in side_a:
+                self.c.drop_from(a, side_b)
+            for b in side_b:
+                self.c.drop_from(b, side_a)
+            return sub, f"{sorted(side_a)} | {sorted(side_b)}"
+        if sub == "bridge":
+            # Two halves that only the bridge node sees both of.
+            shuffled = rng.sample(nodes, n)
+            bridge = shuffled[0]
+            rest = shuffled[1:]
+            half_a, half_b = rest[:len(rest) // 2], rest[len(rest) // 2:]
+            for a in half_a:
+                self.c.drop_from(a, half_b)
+            for b in half_b:
+                self.c.drop_from(b, half_a)
+            return sub, f"{sorted(half_a)} <-> {bridge} <-> {sorted(half_b)}"
+        # one-way: the victim hears nobody, but the others still hear it.
+        victim = self.c.leader(rng) if rng.random() < 0.5 else rng.randint(1, n)
+        self.c.drop_from(victim, [o for o in nodes if o != victim])
+        return sub, f"node {victim} drops all incoming peer traffic (its sends still arrive)"
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Tessera chaos run (see tests/chaos/README.md)")
+    ap.add_argument("--nodes", type=int, default=3, choices=[3, 5])
+    ap.add_argument("--duration", type=int, default=60, help="seconds of workload + nemesis")
+    ap.add_argument("--nemesis", default="partition,kill,pause",
+                    help=f"comma-separated subset of {','.join(NEMESES)}, or all, or none")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--bin-dir", required=True, help="build dir with the binaries")
+    ap.add_argument("--out", default=None, help="artifacts folder (default: ./chaos-artifacts/...)")
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--bank-threads", type=int, default=2)
+    ap.add_argument("--keys", type=int, default=10)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--tick-ms", type=int, default=50)
+    ap.add_argument("--election-ticks", type=int, default=20)
+    ap.add_argument("--snapshot-interval", type=int, default=500)
+    ap.add_argument("--op-timeout-ms", type=int, default=2000)
+    ap.add_argument("--think-ms", type=int, default=20,
+                    help="each client waits a random 0..N ms between calls")
+    ap.add_argument("--testing-stale-gets", action="store_true",
+                    help="NEGATIVE CONTROL: stale reads recorded as gets; expects a violation")
+    ap.add_argument("--keep", action="store_true", help="keep the artifacts of a passing run")
+    args = ap.parse_args()
+
+    if args.seed is None:
+        args.seed = int.from_bytes(os.urandom(4), "little")
+    kinds = [] if args.nemesis == "none" else (
+        list(NEMESES) if args.nemesis == "all" else args.nemesis.split(","))
+    for k in kinds:
+        if k not in NEMESES:
+            ap.error(f"unknown nemesis {k!r} (known: {', '.join(NEMESES)})")
+    bindir = os.path.abspath(args.bin_dir)
+    args.server = os.path.join(bindir, "server", "tessera-server")
+    args.admin = os.path.join(bindir, "server", "tessera-admin")
+    args.workload = os.path.join(bindir, "tests", "chaos", "tessera-chaos-workload")
+    args.check = os.path.join(bindir, "tests", "chaos", "tessera-check")
+    for b in (args.server, args.admin, args.workload, args.check):
+        if not os.access(b, os.X_OK):
+            print(f"chaos: missing binary {b} (build it first)", file=sys.stderr)
+            return 2
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = os.path.abspath(args.out or os.path.join(
+        "chaos-artifacts", f"{stamp}-n{args.nodes}-seed{args.seed}"))
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    log(f"seed {args.seed}, nodes {args.nodes}, duration {args.duration}s, "
+        f"nemesis {','.join(kinds) or 'none'}, artifacts {run_dir}")
+    with open(os.path.join(run_dir, "command.txt"), "w") as f:
+        f.write(" ".join(sys.argv) + f"\n# seed {args.seed}\n")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    cleanup_leftovers()
+    rng = random.Random(args.seed)
+    nemlog = open(os.path.join(run_dir, "nemesis.log"), "w")
+    cluster = Cluster(args, run_dir, nemlog)
+    workload = None
+    verdict = "ERROR"
+    history = os.path.join(run_dir, "history.txt")
+    gate = os.path.join(run_dir, "final.gate")
+    nem = None
+    try:
+        cluster.create_network()
+        for i in range(1, args.nodes + 1):
+            cluster.start(i)
+        if not cluster.wait_ready(60):
+            raise RuntimeError("the cluster did not become ready in 60 s")
+        log("cluster ready")
+        wl_log = open(os.path.join(run_dir, "logs", "workload.log"), "w")
+        wcmd = [args.workload, f"--endpoints={cluster.endpoints()}", f"--history={history}",
+                f"--duration_s={args.duration}", f"--threads={args.threads}",
+                f"--bank_threads={args.bank_threads}", f"--keys={args.keys}",
+                f"--op_timeout_ms={args.op_timeout_ms}", f"--final_gate={gate}",
+                f"--think_ms={args.think_ms}", f"--seed={args.seed}"]
+        if args.testing_stale_gets:
+            wcmd.append("--testing_stale_gets")
+        workload = subprocess.Popen(cluster.nsexec(cluster.hub, wcmd), stdout=wl_log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # The workload prints "started" after the bank accounts exist.
+        t_start = time.monotonic()
+        while time.monotonic() - t_start < 90:
+            with open(os.path.join(run_dir, "logs", "workload.log")) as f:
+                if "workload: started" in f.read():
+                    break
+            if workload.poll() is not None:
+                raise RuntimeError("the workload exited early (logs/workload.log)")
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("the workload did not start in 90 s")
+        deadline = time.monotonic() + args.duration
+        nem = Nemesis(cluster, kinds, rng, nemlog)
+        if kinds:
+            nem.run(deadline)
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        nem.note("heal: all faults removed; kill -9 and restart every node")
+        cluster.heal_all()
+        for i in range(1, args.nodes + 1):
+            cluster.kill9(i)
+        for i in range(1, args.nodes + 1):
+            cluster.start(i)
+        if not cluster.wait_ready(90):
+            raise RuntimeError("the cluster did not recover after heal + restart in 90 s")
+        nem.note("healed: every shard has a leader; final reads")
+        open(gate, "w").close()
+        try:
+            rc = workload.wait(timeout=args.op_timeout_ms / 1000 * 2 + 200)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("the workload did not finish its final reads")
+        if rc != 0:
+            raise RuntimeError(f"the workload failed (exit {rc}, logs/workload.log)")
+        check_out = os.path.join(run_dir, "check.txt")
+        with open(check_out, "w") as f:
+            r = subprocess.run([args.check, history], stdout=f, stderr=subprocess.STDOUT,
+                               timeout=1800)
+        with open(check_out) as f:
+            text = f.read()
+        verdict = {0: "OK", 1: "VIOLATION"}.get(r.returncode, "UNKNOWN")
+        summary = [l for l in text.splitlines()
+                   if l.startswith(("ops", "keys", "result", "linear", "durab", "bank", "  "))]
+        print("\n".join(summary[:40]), flush=True)
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(nem.counts.items())) or "none"
+        log(f"nemesis counts: {counts}")
+        with open(os.path.join(run_dir, "summary.txt"), "w") as f:
+            f.write(f"seed {args.seed}\nverdict {verdict}\nnemesis {counts}\n")
+    except Interrupted as e:
+        log(f"interrupted ({e})")
+        verdict = "INTERRUPTED"
+    except Exception as e:  # noqa: BLE001 -- any failure keeps the artifacts
+        log(f"error: {e}")
+        verdict = "ERROR"
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if workload is not None and workload.poll() is None:
+            workload.kill()
+            workload.wait(timeout=10)
+        cluster.destroy()
+        nemlog.close()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    expect_violation = args.testing_stale_gets
+    passed = (verdict == "VIOLATION") if expect_violation else (verdict == "OK")
+    if passed and not args.keep and not expect_violation:
+        shutil.rmtree(os.path.join(run_dir, "data"), ignore_errors=True)
+    else:
+        # Node data is large; logs, history, check output and nemesis log stay.
+        shutil.rmtree(os.path.join(run_dir, "data"), ignore_errors=True)
+    log(f"result: {verdict}{' (expected: negative control)' if expect_violation else ''}; "
+        f"seed {args.seed}; artifacts {run_dir}")
+    if verdict in ("ERROR", "INTERRUPTED"):
+        return 3
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
