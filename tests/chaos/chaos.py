@@ -540,7 +540,7 @@ def main():
             text = f.read()
         verdict = {0: "OK", 1: "VIOLATION"}.get(r.returncode, "UNKNOWN")
         summary = [l for l in text.splitlines()
-                   if l.startswith(("ops", "keys", "result", "linear", "durab", "bank", "  "))]
+                   if l.startswith(("history", "result", "linear", "durab", "bank", "  "))]
         print("\n".join(summary[:40]), flush=True)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(nem.counts.items())) or "none"
         log(f"nemesis counts: {counts}")
