@@ -1,1 +1,646 @@
-int main() { return 0; }
+// tessera: command-line client of a Tessera cluster (client/README.md).
+//
+// Parses its arguments by hand (flags may come before or after the
+// command), runs one SDK call and maps the outcome to an exit code:
+//   0 ok, 1 key not found / compare failed, 2 usage error,
+//   3 cluster unavailable or timed out, 4 any other error.
+// Errors are one line on stderr: "tessera: <command>: <what went wrong>".
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "client/client.h"
+
+namespace tessera::client {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitNotFound = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitUnavailable = 3;
+constexpr int kExitError = 4;
+
+constexpr char kHelp[] =
+    R"(usage: tessera [flags] COMMAND [ARGS]
+
+commands:
+  put KEY [VALUE]          set KEY (VALUE read from stdin when omitted; binary-safe)
+  get KEY                  print KEY's value (a newline is added only on a terminal)
+  del KEY                  delete KEY
+  scan [--prefix P | --start S --end E] [--limit N]
+                           keys in order (text: KEY<TAB>VALUE per line)
+  cas KEY EXPECTED NEW     set KEY to NEW if its value is EXPECTED
+  cas --version V KEY NEW  set KEY to NEW if its version is V (0 = KEY must not exist)
+  txn [STATEMENTS]         a transaction (statements from the arguments, else stdin)
+  cluster status           members, shards, leaders, epochs, per-replica lag
+
+transaction syntax: statements separated by newlines or ';', tokens by spaces;
+"double quotes" allow spaces, ';' and \" \\ \n \t \xHH escapes. All keys must map to
+one shard (use a hash tag: "acct:{42}:balance").
+  if value KEY OP VALUE    OP is = != < >   (byte-wise; false if KEY is missing)
+  if version KEY OP N      (version 0 = missing)
+  if exists KEY | if missing KEY
+  then put KEY VALUE | then del KEY | then get KEY       run if every "if" holds
+  else put KEY VALUE | else del KEY | else get KEY       run otherwise
+  e.g.  tessera txn 'if value a = 1; then put a 2; then get b; else get a'
+  prints "succeeded" or "failed" then one line per operation; exits 1 when failed.
+
+flags:
+  --endpoints=HOST:PORT,...  members to contact (default 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003)
+  --timeout=DURATION         overall deadline of the command, retries included (default 5s)
+  --consistency=MODE         reads: linearizable (default) | lease | stale
+  --max-staleness=DURATION   stale reads: how far behind the leader (default 5s)
+  -o text|json               output format (default text; json escapes bytes as \u00XX)
+  -h, --help                 this help
+
+exit codes:
+  0  success
+  1  key not found (get), compare failed (cas, txn)
+  2  usage error
+  3  cluster unavailable or timed out (a write's outcome is then unknown)
+  4  any other error
+)";
+
+struct Args {
+  std::vector<std::string> endpoints = {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"};
+  absl::Duration timeout = absl::Seconds(5);
+  Consistency consistency = Consistency::kLinearizable;
+  absl::Duration max_staleness = absl::Seconds(5);
+  bool json = false;
+  std::optional<std::string> prefix, start, end, version;
+  std::optional<uint32_t> limit;
+  std::vector<std::string> positional;
+};
+
+// Parses flags (--name=value or --name value) and positional arguments.
+std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* help) {
+  std::vector<std::string> in(argv + 1, argv + argc);
+  for (size_t i = 0; i < in.size(); ++i) {
+    std::string arg = in[i];
+    if (arg == "-h" || arg == "--help") {
+      *help = true;
+      return std::nullopt;
+    }
+    if (arg == "--") {
+      args->positional.insert(args->positional.end(), in.begin() + i + 1, in.end());
+      break;
+    }
+    if (arg.size() < 2 || arg[0] != '-' || (arg[1] != '-' && arg != "-o")) {
+      args->positional.push_back(arg);
+      continue;
+    }
+    std::string name = arg, value;
+    bool has_value = false;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+      has_value = true;
+    }
+    if (!has_value) {
+      if (i + 1 >= in.size()) return absl::StrCat("flag ", name, " needs a value");
+      value = in[++i];
+    }
+    if (name == "--endpoints") {
+      args->endpoints = absl::StrSplit(value, ',', absl::SkipWhitespace());
+      if (args->endpoints.empty()) return std::string("--endpoints is empty");
+    } else if (name == "--timeout" || name == "--max-staleness") {
+      absl::Duration d;
+      if (!absl::ParseDuration(value, &d) || d <= absl::ZeroDuration()) {
+        return absl::StrCat("bad duration '", value, "' for ", name, " (e.g. 5s, 500ms)");
+      }
+      (name == "--timeout" ? args->timeout : args->max_staleness) = d;
+    } else if (name == "--consistency") {
+      if (value == "linearizable") {
+        args->consistency = Consistency::kLinearizable;
+      } else if (value == "lease") {
+        args->consistency = Consistency::kLease;
+      } else if (value == "stale") {
+        args->consistency = Consistency::kStale;
+      } else {
+        return absl::StrCat("bad --consistency '", value, "' (linearizable, lease or stale)");
+      }
+    } else if (name == "-o" || name == "--output") {
+      if (value != "text" && value != "json") return absl::StrCat("bad -o '", value, "'");
+      args->json = value == "json";
+    } else if (name == "--prefix") {
+      args->prefix = value;
+    } else if (name == "--start") {
+      args->start = value;
+    } else if (name == "--end") {
+      args->end = value;
+    } else if (name == "--limit") {
+      uint32_t n;
+      if (!absl::SimpleAtoi(value, &n)) return absl::StrCat("bad --limit '", value, "'");
+      args->limit = n;
+    } else if (name == "--version") {
+      args->version = value;
+    } else {
+      return absl::StrCat("unknown flag ", name);
+    }
+  }
+  return std::nullopt;
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += absl::StrFormat("\\u%04x", c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string JsonKv(const KeyValue& kv) {
+  return absl::StrCat("{\"key\":", JsonString(kv.key), ",\"value\":", JsonString(kv.value),
+                      ",\"version\":", kv.version, "}");
+}
+
+// One-line text of an error, without the status code dump.
+std::string OneLine(const absl::Status& s) {
+  std::string what;
+  switch (s.code()) {
+    case absl::StatusCode::kUnavailable:
+      what = "cluster unavailable: ";
+      break;
+    case absl::StatusCode::kDeadlineExceeded:
+      what = "timed out: ";
+      break;
+    case absl::StatusCode::kInvalidArgument:
+      what = "invalid argument: ";
+      break;
+    case absl::StatusCode::kFailedPrecondition:
+      what = "failed precondition: ";
+      break;
+    default:
+      break;
+  }
+  std::string msg = absl::StrReplaceAll(s.message(), {{"\n", " "}, {"\r", " "}});
+  if (msg.empty()) msg = absl::StatusCodeToString(s.code());
+  return what + msg;
+}
+
+int Fail(const std::string& command, const absl::Status& s) {
+  std::fprintf(stderr, "tessera: %s: %s\n", command.c_str(), OneLine(s).c_str());
+  switch (s.code()) {
+    case absl::StatusCode::kNotFound:
+    case absl::StatusCode::kAborted:
+      return kExitNotFound;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+      return kExitUnavailable;
+    default:
+      return kExitError;
+  }
+}
+
+void WriteRaw(const std::string& bytes) { std::fwrite(bytes.data(), 1, bytes.size(), stdout); }
+
+// Splits txn text into statements of tokens.
+std::optional<std::string> Tokenize(const std::string& text,
+                                    std::vector<std::vector<std::string>>* statements) {
+  std::vector<std::string> current;
+  std::string token;
+  bool in_token = false;
+  auto end_token = [&] {
+    if (in_token) current.push_back(token);
+    token.clear();
+    in_token = false;
+  };
+  auto end_statement = [&] {
+    end_token();
+    if (!current.empty()) statements->push_back(current);
+    current.clear();
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '"') {
+      in_token = true;
+      for (++i;; ++i) {
+        if (i >= text.size()) return std::string("unterminated quote");
+        if (text[i] == '"') break;
+        if (text[i] != '\\') {
+          token += text[i];
+          continue;
+        }
+        if (++i >= text.size()) return std::string("dangling backslash");
+        switch (text[i]) {
+          case 'n':
+            token += '\n';
+            break;
+          case 't':
+            token += '\t';
+            break;
+          case 'x': {
+            int v = 0;
+            if (i + 2 >= text.size() || !absl::SimpleHexAtoi(text.substr(i + 1, 2), &v)) {
+              return std::string("bad \\x escape");
+            }
+            token += static_cast<char>(v);
+            i += 2;
+            break;
+          }
+          default:
+            token += text[i];
+        }
+      }
+    } else if (c == ';' || c == '\n') {
+      end_statement();
+    } else if (absl::ascii_isspace(static_cast<unsigned char>(c))) {
+      end_token();
+    } else {
+      token += c;
+      in_token = true;
+    }
+  }
+  end_statement();
+  return std::nullopt;
+}
+
+std::optional<std::string> ParseTxn(const std::string& text, TxnRequest* txn) {
+  std::vector<std::vector<std::string>> statements;
+  if (auto err = Tokenize(text, &statements)) return err;
+  if (statements.empty()) return std::string("empty transaction");
+  for (const std::vector<std::string>& st : statements) {
+    const std::string& head = st[0];
+    if (head == "if") {
+      if (st.size() < 3) return absl::StrCat("bad compare: ", absl::StrJoin(st, " "));
+      Compare c;
+      c.key = st[2];
+      if (st[1] == "exists" || st[1] == "missing") {
+        if (st.size() != 3) return absl::StrCat("bad compare: ", absl::StrJoin(st, " "));
+        c.target = Compare::Target::kExists;
+        c.op = st[1] == "exists" ? Compare::Op::kEqual : Compare::Op::kNotEqual;
+      } else if (st[1] == "value" || st[1] == "version") {
+        if (st.size() != 5) return absl::StrCat("bad compare: ", absl::StrJoin(st, " "));
+        static const std::map<std::string, Compare::Op> kOps = {{"=", Compare::Op::kEqual},
+                                                                {"==", Compare::Op::kEqual},
+                                                                {"!=", Compare::Op::kNotEqual},
+                                                                {"<", Compare::Op::kLess},
+                                                                {">", Compare::Op::kGreater}};
+        auto op = kOps.find(st[3]);
+        if (op == kOps.end()) return absl::StrCat("bad compare operator '", st[3], "'");
+        c.op = op->second;
+        if (st[1] == "value") {
+          c.target = Compare::Target::kValue;
+          c.value = st[4];
+        } else {
+          c.target = Compare::Target::kVersion;
+          if (!absl::SimpleAtoi(st[4], &c.version)) {
+            return absl::StrCat("bad version '", st[4], "'");
+          }
+        }
+      } else {
+        return absl::StrCat("bad compare target '", st[1], "' (value, version, exists, missing)");
+      }
+      txn->compares.push_back(std::move(c));
+    } else if (head == "then" || head == "else") {
+      if (st.size() < 3) return absl::StrCat("bad operation: ", absl::StrJoin(st, " "));
+      TxnOp op;
+      op.key = st[2];
+      if (st[1] == "put" && st.size() == 4) {
+        op.type = TxnOp::Type::kPut;
+        op.value = st[3];
+      } else if (st[1] == "del" && st.size() == 3) {
+        op.type = TxnOp::Type::kDelete;
+      } else if (st[1] == "get" && st.size() == 3) {
+        op.type = TxnOp::Type::kGet;
+      } else {
+        return absl::StrCat("bad operation: ", absl::StrJoin(st, " "));
+      }
+      (head == "then" ? txn->success : txn->failure).push_back(std::move(op));
+    } else {
+      return absl::StrCat("bad statement '", head, "' (if, then, else)");
+    }
+  }
+  return std::nullopt;
+}
+
+std::string ReadStdin() {
+  std::string data;
+  char buffer[65536];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), stdin)) > 0) data.append(buffer, n);
+  return data;
+}
+
+int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
+  absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(call);
+  if (!map.ok()) return Fail("cluster status", map.status());
+  std::map<uint64_t, std::string> address;
+  std::map<uint64_t, absl::StatusOr<v1::NodeStatusResponse>> status;
+  for (const v1::Member& m : map->members()) {
+    address[m.id()] = m.client_address();
+    status.emplace(m.id(), client.NodeStatus(m.client_address(), call));
+  }
+  // shard -> node -> its status of that shard
+  std::map<uint32_t, std::map<uint64_t, v1::ShardStatus>> shards;
+  for (const auto& [id, s] : status) {
+    if (!s.ok()) continue;
+    for (const v1::ShardStatus& st : s->shards()) shards[st.shard()][id] = st;
+  }
+  auto leader_of = [&](const v1::ShardInfo& info) -> uint64_t {
+    for (const auto& [id, st] : shards[info.id()]) {
+      if (st.role() == "leader") return id;
+    }
+    return 0;
+  };
+  bool all_up = true;
+  if (args.json) {
+    std::string out =
+        absl::StrCat("{\"epoch\":", map->epoch(), ",\"num_shards\":", map->num_shards(),
+                     ",\"replication\":", map->replication(), ",\"members\":[");
+    bool first = true;
+    for (const auto& [id, s] : status) {
+      absl::StrAppend(&out, first ? "" : ",", "{\"id\":", id,
+                      ",\"address\":", JsonString(address[id]),
+                      ",\"up\":", s.ok() ? "true" : "false");
+      if (s.ok()) absl::StrAppend(&out, ",\"epoch\":", s->epoch());
+      if (!s.ok()) absl::StrAppend(&out, ",\"error\":", JsonString(OneLine(s.status())));
+      absl::StrAppend(&out, "}");
+      all_up = all_up && s.ok();
+      first = false;
+    }
+    absl::StrAppend(&out, "],\"shards\":[");
+    first = true;
+    for (const v1::ShardInfo& info : map->shards()) {
+      const uint64_t leader = leader_of(info);
+      const auto& per = shards[info.id()];
+      const uint64_t commit = leader != 0 ? per.at(leader).commit_index() : 0;
+      absl::StrAppend(&out, first ? "" : ",", "{\"id\":", info.id(), ",\"leader\":", leader,
+                      ",\"term\":", leader != 0 ? per.at(leader).term() : 0, ",\"replicas\":[");
+      bool first_replica = true;
+      for (uint64_t r : info.replicas()) {
+        absl::StrAppend(&out, first_replica ? "" : ",", "{\"node\":", r);
+        auto it = per.find(r);
+        if (it != per.end()) {
+          const v1::ShardStatus& st = it->second;
+          absl::StrAppend(
+              &out, ",\"role\":", JsonString(st.role()), ",\"commit_index\":", st.commit_index(),
+              ",\"applied_index\":", st.applied_index(),
+              ",\"commit_lag\":", commit > st.commit_index() ? commit - st.commit_index() : 0,
+              ",\"applied_lag\":", commit > st.applied_index() ? commit - st.applied_index() : 0);
+        } else {
+          absl::StrAppend(&out, ",\"role\":\"unreachable\"");
+        }
+        absl::StrAppend(&out, "}");
+        first_replica = false;
+      }
+      absl::StrAppend(&out, "]}");
+      first = false;
+    }
+    absl::StrAppend(&out, "]}\n");
+    WriteRaw(out);
+  } else {
+    std::printf("epoch %llu  shards %u  replication %u\n",
+                static_cast<unsigned long long>(map->epoch()), map->num_shards(),
+                map->replication());
+    std::printf("members:\n");
+    for (const auto& [id, s] : status) {
+      all_up = all_up && s.ok();
+      if (s.ok()) {
+        std::printf("  %-3llu %-21s up    epoch %llu%s\n", static_cast<unsigned long long>(id),
+                    address[id].c_str(), static_cast<unsigned long long>(s->epoch()),
+                    s->epoch() != map->epoch() ? "  (differs from the map!)" : "");
+      } else {
+        std::printf("  %-3llu %-21s DOWN  %s\n", static_cast<unsigned long long>(id),
+                    address[id].c_str(), OneLine(s.status()).c_str());
+      }
+    }
+    std::printf("shards (replica: role commit/applied, lag behind the leader's commit):\n");
+    for (const v1::ShardInfo& info : map->shards()) {
+      const uint64_t leader = leader_of(info);
+      const auto& per = shards[info.id()];
+      const uint64_t commit = leader != 0 ? per.at(leader).commit_index() : 0;
+      std::string line =
+          absl::StrFormat("  %-4u leader %-4s term %-4s", info.id(),
+                          leader != 0 ? absl::StrCat(leader) : std::string("none"),
+                          leader != 0 ? absl::StrCat(per.at(leader).term()) : std::string("-"));
+      for (uint64_t r : info.replicas()) {
+        auto it = per.find(r);
+        if (it == per.end()) {
+          absl::StrAppend(&line, "  ", r, ":unreachable");
+          continue;
+        }
+        const v1::ShardStatus& st = it->second;
+        absl::StrAppend(&line, "  ", r, ":", st.role(), " ", st.commit_index(), "/",
+                        st.applied_index());
+        const uint64_t lag = commit > st.applied_index() ? commit - st.applied_index() : 0;
+        if (lag > 0) absl::StrAppend(&line, " (lag ", lag, ")");
+      }
+      std::printf("%s\n", line.c_str());
+    }
+  }
+  return all_up ? kExitOk : kExitUnavailable;
+}
+
+int Run(int argc, char** argv) {
+  Args args;
+  bool help = false;
+  if (std::optional<std::string> err = ParseArgs(argc, argv, &args, &help)) {
+    std::fprintf(stderr, "tessera: %s (see tessera --help)\n", err->c_str());
+    return kExitUsage;
+  }
+  if (help) {
+    std::fputs(kHelp, stdout);
+    return kExitOk;
+  }
+  const std::vector<std::string>& pos = args.positional;
+  auto usage = [](const std::string& message) {
+    std::fprintf(stderr, "tessera: %s (see tessera --help)\n", message.c_str());
+    return kExitUsage;
+  };
+  if (pos.empty()) return usage("no command");
+  const std::string& cmd = pos[0];
+  const size_t n = pos.size() - 1;
+  if ((args.prefix || args.start || args.end || args.limit) && cmd != "scan") {
+    return usage(absl::StrCat("--prefix/--start/--end/--limit are flags of scan, not ", cmd));
+  }
+  if (args.version && cmd != "cas") return usage("--version is a flag of cas");
+
+  // Validate the command line fully before contacting the cluster.
+  TxnRequest txn;
+  if (cmd == "put") {
+    if (n < 1 || n > 2) return usage("put KEY [VALUE]");
+  } else if (cmd == "get" || cmd == "del") {
+    if (n != 1) return usage(cmd + " KEY");
+  } else if (cmd == "scan") {
+    if (n != 0) return usage("scan takes flags only");
+    if (args.prefix && (args.start || args.end))
+      return usage("scan: --prefix excludes --start/--end");
+  } else if (cmd == "cas") {
+    if (args.version ? n != 2 : n != 3) {
+      return usage("cas KEY EXPECTED NEW, or cas --version V KEY NEW");
+    }
+    uint64_t v;
+    if (args.version && !absl::SimpleAtoi(*args.version, &v)) {
+      return usage(absl::StrCat("bad --version '", *args.version, "'"));
+    }
+  } else if (cmd == "txn") {
+    std::string text = n > 0 ? absl::StrJoin(pos.begin() + 1, pos.end(), " ") : ReadStdin();
+    if (std::optional<std::string> err = ParseTxn(text, &txn)) return usage("txn: " + *err);
+  } else if (cmd == "cluster") {
+    if (n != 1 || pos[1] != "status") return usage("cluster status");
+  } else {
+    return usage(absl::StrCat("unknown command '", cmd, "'"));
+  }
+
+  ClientOptions options;
+  options.endpoints = args.endpoints;
+  options.default_timeout = args.timeout;
+  options.attempt_timeout = std::min(args.timeout, absl::Seconds(2));
+  absl::StatusOr<std::unique_ptr<Client>> created = Client::Create(options);
+  if (!created.ok()) return usage(OneLine(created.status()));
+  Client& client = **created;
+  CallOptions call;
+  call.timeout = args.timeout;
+  call.consistency = args.consistency;
+  call.max_staleness = args.max_staleness;
+
+  if (cmd == "put") {
+    const std::string value = n == 2 ? pos[2] : ReadStdin();
+    absl::StatusOr<PutResult> r = client.Put(pos[1], value, call);
+    if (!r.ok()) return Fail("put", r.status());
+    if (args.json) {
+      WriteRaw(absl::StrCat("{\"key\":", JsonString(pos[1]), ",\"version\":", r->version, "}\n"));
+    } else {
+      std::printf("OK version %llu\n", static_cast<unsigned long long>(r->version));
+    }
+    return kExitOk;
+  }
+  if (cmd == "get") {
+    absl::StatusOr<KeyValue> r = client.Get(pos[1], call);
+    if (!r.ok()) {
+      if (r.status().code() == absl::StatusCode::kNotFound) {
+        std::fprintf(stderr, "tessera: get: key not found\n");
+        return kExitNotFound;
+      }
+      return Fail("get", r.status());
+    }
+    if (args.json) {
+      WriteRaw(JsonKv(*r) + "\n");
+    } else {
+      WriteRaw(r->value);
+      if (isatty(STDOUT_FILENO)) WriteRaw("\n");
+    }
+    return kExitOk;
+  }
+  if (cmd == "del") {
+    absl::StatusOr<bool> r = client.Delete(pos[1], call);
+    if (!r.ok()) return Fail("del", r.status());
+    if (args.json) {
+      WriteRaw(absl::StrCat("{\"key\":", JsonString(pos[1]), ",\"deleted\":", *r ? "true" : "false",
+                            "}\n"));
+    } else {
+      std::printf("%s\n", *r ? "deleted" : "not found (nothing to delete)");
+    }
+    return kExitOk;
+  }
+  if (cmd == "scan") {
+    ScanOptions scan;
+    scan.prefix = args.prefix.value_or("");
+    scan.start = args.start.value_or("");
+    scan.end = args.end.value_or("");
+    scan.limit = args.limit.value_or(0);
+    absl::StatusOr<ScanResult> r = client.Scan(scan, call);
+    if (!r.ok()) return Fail("scan", r.status());
+    if (args.json) {
+      std::string out = "{\"kvs\":[";
+      for (size_t i = 0; i < r->kvs.size(); ++i) {
+        absl::StrAppend(&out, i ? "," : "", JsonKv(r->kvs[i]));
+      }
+      absl::StrAppend(&out, "],\"more\":", r->more ? "true" : "false");
+      if (r->more) absl::StrAppend(&out, ",\"next_start\":", JsonString(r->next_start));
+      WriteRaw(out + "}\n");
+    } else {
+      for (const KeyValue& kv : r->kvs) WriteRaw(kv.key + "\t" + kv.value + "\n");
+      if (r->more) std::fprintf(stderr, "tessera: scan: more keys after the limit\n");
+    }
+    return kExitOk;
+  }
+  if (cmd == "cas") {
+    absl::StatusOr<uint64_t> r;
+    if (args.version) {
+      uint64_t v = 0;
+      (void)absl::SimpleAtoi(*args.version, &v);
+      r = client.CompareAndSetVersion(pos[1], v, pos[2], call);
+    } else {
+      r = client.CompareAndSet(pos[1], pos[2], pos[3], call);
+    }
+    if (!r.ok()) {
+      if (r.status().code() == absl::StatusCode::kAborted) {
+        std::fprintf(stderr, "tessera: cas: compare failed\n");
+        return kExitNotFound;
+      }
+      return Fail("cas", r.status());
+    }
+    if (args.json) {
+      WriteRaw(absl::StrCat("{\"key\":", JsonString(pos[1]), ",\"version\":", *r, "}\n"));
+    } else {
+      std::printf("OK version %llu\n", static_cast<unsigned long long>(*r));
+    }
+    return kExitOk;
+  }
+  if (cmd == "txn") {
+    absl::StatusOr<TxnResult> r = client.Txn(txn, call);
+    if (!r.ok()) return Fail("txn", r.status());
+    std::string out;
+    if (args.json) {
+      out = absl::StrCat("{\"succeeded\":", r->succeeded ? "true" : "false", ",\"results\":[");
+    } else {
+      out = r->succeeded ? "succeeded\n" : "failed\n";
+    }
+    for (size_t i = 0; i < r->results.size(); ++i) {
+      const TxnOpResult& op = r->results[i];
+      if (args.json) {
+        const char* type = op.type == TxnOp::Type::kPut      ? "put"
+                           : op.type == TxnOp::Type::kDelete ? "del"
+                                                             : "get";
+        absl::StrAppend(&out, i ? "," : "", "{\"op\":\"", type, "\",\"key\":", JsonString(op.key),
+                        ",\"found\":", op.found ? "true" : "false", ",\"version\":", op.version);
+        if (op.type == TxnOp::Type::kGet && op.found) {
+          absl::StrAppend(&out, ",\"value\":", JsonString(op.value));
+        }
+        absl::StrAppend(&out, "}");
+      } else if (op.type == TxnOp::Type::kPut) {
+        absl::StrAppend(&out, "put ", op.key, " version ", op.version, "\n");
+      } else if (op.type == TxnOp::Type::kDelete) {
+        absl::StrAppend(&out, "del ", op.key, op.found ? " deleted" : " not found", "\n");
+      } else if (op.found) {
+        absl::StrAppend(&out, "get ", op.key, " = ", op.value, " (version ", op.version, ")\n");
+      } else {
+        absl::StrAppend(&out, "get ", op.key, " not found\n");
+      }
+    }
+    if (args.json) absl::StrAppend(&out, "]}\n");
+    WriteRaw(out);
+    return r->succeeded ? kExitOk : kExitNotFound;
+  }
+  return ClusterStatus(client, args, call);
+}
+
+}  // namespace
+}  // namespace tessera::client
+
+int main(int argc, char** argv) { return tessera::client::Run(argc, argv); }

@@ -1,0 +1,191 @@
+// The `tessera` binary against the in-process fake cluster: parsing, output
+// and exit codes.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/client/fake_cluster.h"
+
+namespace tessera::client {
+namespace {
+
+using ::tessera::client::testing::FakeCluster;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string Quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  Cli() : dir_(std::filesystem::temp_directory_path() / absl::StrCat("tessera-cli-", getpid())) {
+    std::filesystem::create_directories(dir_);
+  }
+  ~Cli() override { std::filesystem::remove_all(dir_); }
+
+  // Runs tessera with `args` (and `stdin_data`) against the fake cluster.
+  Result Run(const std::vector<std::string>& args, const std::string& stdin_data = "",
+             bool endpoints = true) {
+    const std::string in = (dir_ / "in").string(), out = (dir_ / "out").string(),
+                      err = (dir_ / "err").string();
+    std::ofstream(in, std::ios::binary) << stdin_data;
+    std::string cmd = Quote(TESSERA_CLI_BINARY);
+    if (endpoints) cmd += " --endpoints=" + cluster_.address(0) + " --timeout=2s";
+    for (const std::string& a : args) cmd += " " + Quote(a);
+    cmd += " <" + in + " >" + out + " 2>" + err;
+    Result r;
+    const int status = std::system(cmd.c_str());
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = Slurp(out);
+    r.err = Slurp(err);
+    return r;
+  }
+
+  FakeCluster cluster_{{}};
+  std::filesystem::path dir_;
+};
+
+TEST_F(Cli, PutGetDelete) {
+  Result put = Run({"put", "k", "v1"});
+  EXPECT_EQ(put.code, 0) << put.err;
+  EXPECT_EQ(put.out, "OK version 1\n");
+  Result get = Run({"get", "k"});
+  EXPECT_EQ(get.code, 0) << get.err;
+  EXPECT_EQ(get.out, "v1");  // not a terminal: no newline added
+  Result del = Run({"del", "k"});
+  EXPECT_EQ(del.code, 0);
+  Result missing = Run({"get", "k"});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_EQ(missing.err, "tessera: get: key not found\n");
+}
+
+TEST_F(Cli, PutReadsBinaryValueFromStdin) {
+  const std::string value("a\0b\xff\n", 5);
+  ASSERT_EQ(Run({"put", "bin"}, value).code, 0);
+  EXPECT_EQ(Run({"get", "bin"}).out, value);
+  Result json = Run({"-o", "json", "get", "bin"});
+  EXPECT_EQ(json.out, "{\"key\":\"bin\",\"value\":\"a\\u0000b\\u00ff\\u000a\",\"version\":1}\n");
+}
+
+TEST_F(Cli, ScanWithPrefixLimitAndRange) {
+  for (const char* k : {"a1", "a2", "a3", "b1"}) ASSERT_EQ(Run({"put", k, "x"}).code, 0);
+  EXPECT_EQ(Run({"scan"}).out, "a1\tx\na2\tx\na3\tx\nb1\tx\n");
+  EXPECT_EQ(Run({"scan", "--prefix", "a", "--limit", "2"}).out, "a1\tx\na2\tx\n");
+  EXPECT_EQ(Run({"scan", "--start=a2", "--end=b1"}).out, "a2\tx\na3\tx\n");
+  Result json = Run({"scan", "--prefix=b", "-o", "json"});
+  EXPECT_EQ(json.out,
+            "{\"kvs\":[{\"key\":\"b1\",\"value\":\"x\",\"version\":1}],\"more\":false}\n");
+}
+
+TEST_F(Cli, CompareAndSet) {
+  ASSERT_EQ(Run({"put", "c", "1"}).code, 0);
+  Result failed = Run({"cas", "c", "2", "3"});
+  EXPECT_EQ(failed.code, 1);
+  EXPECT_EQ(failed.err, "tessera: cas: compare failed\n");
+  EXPECT_EQ(Run({"cas", "c", "1", "2"}).out, "OK version 2\n");
+  EXPECT_EQ(Run({"cas", "--version", "2", "c", "3"}).code, 0);
+  EXPECT_EQ(Run({"cas", "--version", "0", "c", "4"}).code, 1);
+  EXPECT_EQ(Run({"get", "c"}).out, "3");
+}
+
+TEST_F(Cli, TxnFromArgumentsAndStdin) {
+  ASSERT_EQ(Run({"put", "t:{1}:a", "1"}).code, 0);
+  Result ok = Run({"txn",
+                   "if value t:{1}:a = 1; then put t:{1}:a \"two words\"; then get t:{1}:b;"
+                   " else get t:{1}:a"});
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_EQ(ok.out, "succeeded\nput t:{1}:a version 2\nget t:{1}:b not found\n");
+  Result failed = Run({"txn"}, "if version t:{1}:a > 5\nthen del t:{1}:a\nelse get t:{1}:a\n");
+  EXPECT_EQ(failed.code, 1);
+  EXPECT_EQ(failed.out, "failed\nget t:{1}:a = two words (version 2)\n");
+  Result bad = Run({"txn", "if value k"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_THAT(bad.err, StartsWith("tessera: txn: bad compare"));
+}
+
+TEST_F(Cli, UsageErrorsExitTwo) {
+  EXPECT_EQ(Run({}).code, 2);
+  EXPECT_EQ(Run({"frobnicate"}).code, 2);
+  EXPECT_EQ(Run({"get"}).code, 2);
+  EXPECT_EQ(Run({"put", "a", "b", "c"}).code, 2);
+  EXPECT_EQ(Run({"--timeout=soon", "get", "k"}).code, 2);
+  EXPECT_EQ(Run({"--consistency=eventual", "get", "k"}).code, 2);
+  EXPECT_EQ(Run({"scan", "--prefix=a", "--start=b"}).code, 2);
+  EXPECT_EQ(Run({"get", "k", "--limit=3"}).code, 2);
+  Result r = Run({"--bogus", "get", "k"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "tessera: unknown flag --bogus (see tessera --help)\n");
+}
+
+TEST_F(Cli, HelpDocumentsExitCodes) {
+  Result r = Run({"--help"}, "", false);
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.out, HasSubstr("exit codes:"));
+  EXPECT_THAT(r.out, HasSubstr("3  cluster unavailable or timed out"));
+}
+
+TEST_F(Cli, UnavailableClusterExitsThreeWithOneLine) {
+  for (int i = 0; i < 3; ++i) cluster_.SetDown(i, true);
+  Result r = Run({"get", "k", "--timeout=300ms"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_THAT(r.err, StartsWith("tessera: get: cluster unavailable: "));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+}
+
+TEST_F(Cli, InvalidArgumentExitsFour) {
+  cluster_.SetHook([](const testing::FakeCall& call) {
+    testing::FakeAction a;
+    if (call.method == "Put") {
+      a.kind = testing::FakeAction::Kind::kError;
+      a.error = absl::InvalidArgumentError("value of 9 bytes > 8");
+    }
+    return a;
+  });
+  Result r = Run({"put", "k", "123456789"});
+  EXPECT_EQ(r.code, 4);
+  EXPECT_EQ(r.err, "tessera: put: invalid argument: value of 9 bytes > 8\n");
+}
+
+TEST_F(Cli, ClusterStatus) {
+  cluster_.SetLeader(1, 2);
+  Result r = Run({"cluster", "status"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("epoch 7  shards 4  replication 3"));
+  EXPECT_THAT(r.out, HasSubstr(cluster_.address(2)));
+  EXPECT_THAT(r.out, HasSubstr("  1    leader 3    term 3"));
+  EXPECT_THAT(r.out, HasSubstr("(lag 1)"));
+  Result json = Run({"cluster", "status", "-o", "json"});
+  EXPECT_EQ(json.code, 0);
+  EXPECT_THAT(json.out, HasSubstr("\"applied_lag\":1"));
+  cluster_.SetDown(1, true);
+  Result down = Run({"cluster", "status"});
+  EXPECT_EQ(down.code, 3);
+  EXPECT_THAT(down.out, HasSubstr("DOWN"));
+}
+
+}  // namespace
+}  // namespace tessera::client

@@ -1,0 +1,275 @@
+// End to end: the SDK against three real tessera-server processes on
+// 127.0.0.1, with the leader of most shards killed (kill -9) in the middle
+// of a write workload. Every write must succeed (its deadline is far above
+// the election time) and apply exactly once: a key written k times has
+// version k.
+//
+// Process handling follows tests/server/integration_test.cc: every port is
+// reserved up front with SO_REUSEPORT (the servers bind the same ports),
+// readiness is Cluster.NodeStatus showing a leader for every shard, and each
+// process is stopped by pid (SIGKILL + waitpid) in a destructor, also when
+// the test fails.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "proto/testing/status_matchers.h"
+
+namespace tessera::client {
+namespace {
+
+using ::tessera::testing::IsOk;
+
+constexpr int kNodes = 3;
+constexpr uint32_t kShards = 8;
+
+// Holds a 127.0.0.1 port (bound with SO_REUSEPORT, not listening).
+class PortReservation {
+ public:
+  PortReservation() {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) abort();
+    sockaddr_in addr;
+    std::memset(&addr, 0, sizeof(addr));
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) abort();
+    socklen_t len = sizeof(addr);
+    if (getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) abort();
+    port_ = ntohs(addr.sin_port);
+  }
+  ~PortReservation() { close(fd_); }
+  PortReservation(const PortReservation&) = delete;
+  PortReservation& operator=(const PortReservation&) = delete;
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+// One child process, killed by pid in the destructor.
+class Process {
+ public:
+  Process() = default;
+  ~Process() { Kill(); }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  void Start(const std::vector<std::string>& args, const std::string& log) {
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    const pid_t pid = fork();
+    if (pid < 0) abort();
+    if (pid == 0) {  // async-signal-safe calls only
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      for (int other = 3; other < 1024; ++other) {
+        if (other != fd) close(other);
+      }
+      if (fd > 2) close(fd);
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    pid_ = pid;
+  }
+
+  bool running() const { return pid_ > 0; }
+
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+std::string MakeTempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string pattern = absl::StrCat(base != nullptr ? base : "/tmp", "/tessera-client-e2e-XXXXXX");
+  std::vector<char> buffer(pattern.begin(), pattern.end());
+  buffer.push_back('\0');
+  if (mkdtemp(buffer.data()) == nullptr) abort();
+  return buffer.data();
+}
+
+class ClusterProcesses {
+ public:
+  ClusterProcesses() : dir_(MakeTempDir()) {
+    std::vector<std::string> members;
+    for (int i = 0; i < kNodes; ++i) {
+      members.push_back(
+          absl::StrCat(i + 1, "=", client_ports_[i].address(), "/", peer_ports_[i].address()));
+    }
+    for (int i = 0; i < kNodes; ++i) {
+      processes_[i].Start({TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
+                           absl::StrCat("--data-dir=", dir_, "/node", i + 1),
+                           absl::StrCat("--initial-cluster=", absl::StrJoin(members, ",")),
+                           absl::StrCat("--shards=", kShards), "--tick-ms=20",
+                           "--election-ticks=10", "--drain-timeout-ms=1000",
+                           absl::StrCat("--port-file=", dir_, "/node", i + 1, ".ports")},
+                          Log(i));
+    }
+  }
+  ~ClusterProcesses() {
+    for (Process& p : processes_) p.Kill();
+    if (::testing::Test::HasFailure()) {
+      for (int i = 0; i < kNodes; ++i) {
+        std::ifstream in(Log(i));
+        std::vector<std::string> lines;
+        for (std::string line; std::getline(in, line);) lines.push_back(line);
+        const size_t from = lines.size() > 30 ? lines.size() - 30 : 0;
+        std::cerr << "---- node " << i + 1 << " log (tail) ----\n"
+                  << absl::StrJoin(lines.begin() + from, lines.end(), "\n") << "\n";
+      }
+    }
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  std::string Log(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".log"); }
+  std::vector<std::string> endpoints() const {
+    std::vector<std::string> out;
+    for (const PortReservation& p : client_ports_) out.push_back(p.address());
+    return out;
+  }
+  std::string endpoint(int i) const { return client_ports_[i].address(); }
+  Process& process(int i) { return processes_[i]; }
+
+ private:
+  std::string dir_;
+  PortReservation client_ports_[kNodes];
+  PortReservation peer_ports_[kNodes];
+  Process processes_[kNodes];
+};
+
+// shard -> 0-based node index of its leader, among running nodes that answer.
+std::map<uint32_t, int> Leaders(Client& client, ClusterProcesses& cluster) {
+  std::map<uint32_t, int> leaders;
+  CallOptions call;
+  call.timeout = absl::Seconds(1);
+  for (int i = 0; i < kNodes; ++i) {
+    if (!cluster.process(i).running()) continue;
+    absl::StatusOr<v1::NodeStatusResponse> s = client.NodeStatus(cluster.endpoint(i), call);
+    if (!s.ok()) continue;
+    for (const v1::ShardStatus& st : s->shards()) {
+      if (st.role() == "leader") leaders[st.shard()] = i;
+    }
+  }
+  return leaders;
+}
+
+TEST(ClientEndToEnd, LeaderKilledMidWorkloadNoWriteFailsNoneAppliedTwice) {
+  ClusterProcesses cluster;
+  ClientOptions options;
+  options.endpoints = cluster.endpoints();
+  options.attempt_timeout = absl::Seconds(1);
+  absl::StatusOr<std::unique_ptr<Client>> created = Client::Create(options);
+  ASSERT_THAT(created, IsOk());
+  Client& client = **created;
+
+  const absl::Time ready_by = absl::Now() + absl::Seconds(60);
+  while (Leaders(client, cluster).size() < kShards) {
+    ASSERT_LT(absl::Now(), ready_by) << "cluster not ready";
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+
+  constexpr int kWriters = 4;
+  constexpr int kKeysPerWriter = 8;
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::atomic<int> total_writes{0};
+  std::vector<std::map<std::string, uint64_t>> written(kWriters);
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; ++w) {
+    writers.emplace_back([&, w] {
+      CallOptions call;
+      call.timeout = absl::Seconds(15);  // far above the election time (~0.2-0.4 s)
+      for (int round = 0; !stop.load() && round < 10000; ++round) {
+        for (int k = 0; k < kKeysPerWriter; ++k) {
+          const std::string key = absl::StrCat("w", w, ":k", k);
+          absl::StatusOr<PutResult> put = client.Put(key, absl::StrCat("r", round), call);
+          if (!put.ok()) {
+            ++failures;
+            ADD_FAILURE() << "put " << key << ": " << put.status();
+            continue;
+          }
+          ++written[w][key];
+          ++total_writes;
+          EXPECT_EQ(put->version, written[w][key]) << key;
+        }
+      }
+    });
+  }
+
+  // Let the workload run, then kill the node leading the most shards.
+  const absl::Time warm_by = absl::Now() + absl::Seconds(30);
+  while (total_writes.load() < 200 && absl::Now() < warm_by) absl::SleepFor(absl::Milliseconds(10));
+  std::map<int, int> led;
+  for (const auto& [shard, node] : Leaders(client, cluster)) ++led[node];
+  int victim = 0;
+  for (const auto& [node, count] : led) {
+    if (count > led[victim]) victim = node;
+  }
+  const int before_kill = total_writes.load();
+  cluster.process(victim).Kill();
+  // Keep writing until a good number of writes went through after the kill.
+  const absl::Time after_by = absl::Now() + absl::Seconds(60);
+  while (total_writes.load() < before_kill + 400 && absl::Now() < after_by) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  stop = true;
+  for (std::thread& t : writers) t.join();
+
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GE(total_writes.load(), before_kill + 400) << "writes stalled after the kill";
+  CallOptions read;
+  read.timeout = absl::Seconds(15);
+  for (int w = 0; w < kWriters; ++w) {
+    for (const auto& [key, count] : written[w]) {
+      absl::StatusOr<KeyValue> got = client.Get(key, read);
+      ASSERT_THAT(got, IsOk()) << key;
+      EXPECT_EQ(got->version, count) << key << " written " << count << " times";
+    }
+  }
+  // The dead node's breaker keeps calls away from it.
+  std::cerr << "writes: " << total_writes.load() << " (" << before_kill
+            << " before killing node " << victim + 1 << ")\n";
+}
+
+}  // namespace
+}  // namespace tessera::client
