@@ -42,7 +42,10 @@ void TimerQueue::Run() {
       absl::MutexLock lock(&mu_);
       const uint64_t seen = changes_;
       const absl::Time next = pending_.empty() ? absl::InfiniteFuture() : pending_.begin()->first;
-      auto changed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return changes_ != seen; };
+      // stopping_ too: Shutdown() may have run before this thread started.
+      auto changed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || changes_ != seen;
+      };
       mu_.AwaitWithDeadline(absl::Condition(&changed), next);
       if (stopping_) return;
       const absl::Time now = absl::Now();
