@@ -221,9 +221,9 @@ class Cluster {
 
   ServerProcess& process(int i) { return processes_[i]; }
 
-  // Waits until the running nodes wrote their port files, answer NodeStatus
-  // with a loaded cluster map (epoch != 0) and every shard has a leader
-  // among them.
+  // Waits until every shard has a leader among the running nodes that
+  // answer NodeStatus, and every one of them that answers has loaded the
+  // cluster map (epoch != 0).
   bool WaitReady(absl::Duration timeout = absl::Seconds(30)) {
     absl::Time deadline = absl::Now() + timeout;
     while (absl::Now() < deadline) {
@@ -231,7 +231,8 @@ class Cluster {
       for (int i = 0; i < kNodes && loaded; ++i) {
         if (!processes_[i].running()) continue;
         absl::StatusOr<v1::NodeStatusResponse> status = Status(i);
-        loaded = status.ok() && status->epoch() != 0;
+        // A node that does not answer yet is skipped, as in Leaders().
+        loaded = !status.ok() || status->epoch() != 0;
       }
       if (loaded && Leaders().size() == kShards) return true;
       absl::SleepFor(absl::Milliseconds(50));
@@ -693,10 +694,16 @@ std::map<std::string, std::string> ParallelPuts(Cluster& cluster, const std::str
   return acknowledged;
 }
 
-// Every node's metadata replica stores the map the node serves by.
+// Every node's metadata replica stores the map the node serves by (waiting
+// for nodes that are still starting).
 void ExpectStoredMapOnEveryNode(Cluster& cluster, uint64_t epoch) {
   for (int i = 0; i < kNodes; ++i) {
     absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(i);
+    for (absl::Time deadline = absl::Now() + absl::Seconds(20);
+         (!status.ok() || status->epoch() == 0) && absl::Now() < deadline;) {
+      absl::SleepFor(absl::Milliseconds(50));
+      status = cluster.Status(i);
+    }
     ASSERT_THAT(status, IsOk()) << "node " << i + 1;
     EXPECT_EQ(status->epoch(), epoch) << "node " << i + 1;
     ASSERT_TRUE(status->has_stored_map()) << "node " << i + 1;
