@@ -136,13 +136,13 @@ class ClusterProcesses {
           absl::StrCat(i + 1, "=", client_ports_[i].address(), "/", peer_ports_[i].address()));
     }
     for (int i = 0; i < kNodes; ++i) {
-      processes_[i].Start({TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
-                           absl::StrCat("--data-dir=", dir_, "/node", i + 1),
-                           absl::StrCat("--initial-cluster=", absl::StrJoin(members, ",")),
-                           absl::StrCat("--shards=", kShards), "--tick-ms=20",
-                           "--election-ticks=10", "--drain-timeout-ms=1000",
-                           absl::StrCat("--port-file=", dir_, "/node", i + 1, ".ports")},
-                          Log(i));
+      processes_[i].Start(
+          {TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
+           absl::StrCat("--data-dir=", dir_, "/node", i + 1),
+           absl::StrCat("--initial-cluster=", absl::StrJoin(members, ",")),
+           absl::StrCat("--shards=", kShards), "--tick-ms=20", "--election-ticks=10",
+           "--drain-timeout-ms=1000", absl::StrCat("--port-file=", dir_, "/node", i + 1, ".ports")},
+          Log(i));
     }
   }
   ~ClusterProcesses() {
@@ -267,8 +267,8 @@ TEST(ClientEndToEnd, LeaderKilledMidWorkloadNoWriteFailsNoneAppliedTwice) {
     }
   }
   // The dead node's breaker keeps calls away from it.
-  std::cerr << "writes: " << total_writes.load() << " (" << before_kill
-            << " before killing node " << victim + 1 << ")\n";
+  std::cerr << "writes: " << total_writes.load() << " (" << before_kill << " before killing node "
+            << victim + 1 << ")\n";
 }
 
 }  // namespace
