@@ -49,7 +49,7 @@ out=$("$script" status 2>&1)
 expect "status" "shards with a leader: 16/16" "$out"
 
 out=$("$script" logs 1)
-expect "logs" "ready" "$out"
+expect "logs" "listening on 127.0.0.1:17001" "$out"
 
 out=$("$script" stop 9 2>&1) && fail "stop 9 must be refused"
 out=$("$script" bogus 2>&1) && fail "an unknown command must be refused"
