@@ -442,7 +442,7 @@ def main():
                     help="each client waits a random 0..N ms between calls")
     ap.add_argument("--testing-stale-gets", action="store_true",
                     help="NEGATIVE CONTROL: stale reads recorded as gets; expects a violation")
-    ap.add_argument("--keep", action="store_true", help="keep the artifacts of a passing run")
+    ap.add_argument("--keep", action="store_true", help="also keep the data directories of the nodes")
     args = ap.parse_args()
 
     if args.seed is None:
@@ -565,9 +565,7 @@ def main():
 
     expect_violation = args.testing_stale_gets
     passed = (verdict == "VIOLATION") if expect_violation else (verdict == "OK")
-    if passed and not args.keep and not expect_violation:
-        shutil.rmtree(os.path.join(run_dir, "data"), ignore_errors=True)
-    else:
+    if not args.keep:
         # Node data is large; logs, history, check output and nemesis log stay.
         shutil.rmtree(os.path.join(run_dir, "data"), ignore_errors=True)
     log(f"result: {verdict}{' (expected: negative control)' if expect_violation else ''}; "
