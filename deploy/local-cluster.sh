@@ -2,11 +2,16 @@
 # Runs a local Tessera cluster on 127.0.0.1.
 #
 # Usage: ./deploy/local-cluster.sh COMMAND
-#   up [--nodes 3|5] [--shards N]
+#   up [--nodes 3|5] [--shards N] [--with-prometheus]
 #              install missing deps, build the release preset, start the nodes
-#              (node N: client port 700N, peer port 710N) and wait until every
-#              node answers and every shard has a leader. Running: says so.
-#   down       SIGTERM every node (each drains), wait, SIGKILL stragglers.
+#              (node N: client port 700N, peer port 710N, /metrics /healthz
+#              /readyz on 920N) and wait until every node answers and every
+#              shard has a leader. Running: says so. --with-prometheus also
+#              runs Debian's prometheus on 127.0.0.1:9090 scraping the nodes
+#              (config generated from deploy/prometheus/prometheus.yml, data
+#              under the cluster dir).
+#   down       SIGTERM every node (each drains), wait, SIGKILL stragglers;
+#              stops prometheus if it runs.
 #   status     which nodes run, and the cluster's shards and leaders.
 #   stop N     SIGTERM node N (drain).       start N    start node N again.
 #   restart N  stop + start node N.          kill N     kill -9 node N.
@@ -14,10 +19,11 @@
 #
 # State lives in $TESSERA_CLUSTER_DIR (default ./.tessera): cluster.env (the
 # node count and shard count chosen by `up`), nodeN/data, nodeN/log,
-# nodeN/pid. TESSERA_SKIP_BUILD=1 skips deps and build; TESSERA_BIN_DIR picks
-# another build's server binaries (default build/release/server);
-# TESSERA_PORT_BASE moves the ports (default 7000: client base+N, peer
-# base+100+N).
+# nodeN/pid, prometheus/{prometheus.yml,data,log,pid}. TESSERA_SKIP_BUILD=1
+# skips deps and build; TESSERA_BIN_DIR picks another build's server binaries
+# (default build/release/server); TESSERA_PORT_BASE moves the ports (default
+# 7000: client base+N, peer base+100+N, metrics base+2200+N, prometheus
+# base+2090).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +31,9 @@ dir=${TESSERA_CLUSTER_DIR:-$PWD/.tessera}
 bin=${TESSERA_BIN_DIR:-build/release/server}
 base=${TESSERA_PORT_BASE:-7000}
 cli=build/release/client/tessera
+prom_port=$((base + 2090))
+prom_dir=$dir/prometheus
+metrics_port() { echo $((base + 2200 + $1)); }
 
 usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 
@@ -63,6 +72,7 @@ start_node() {
   fi
   "$bin/tessera-server" --node-id="$n" --data-dir="$dir/node$n/data" \
     --initial-cluster="$cluster" --shards="$shards" --port-file="$dir/node$n/ports" \
+    --metrics-listen="127.0.0.1:$(metrics_port "$n")" \
     >>"$dir/node$n/log" 2>&1 &
   echo $! >"$dir/node$n/pid"
   echo "node $n started (pid $!), log $dir/node$n/log"
@@ -82,6 +92,61 @@ stop_node() {  # SIGTERM, wait up to 15 s, then SIGKILL
   fi
   rm -f "$dir/node$n/pid"
   echo "node $n stopped"
+}
+
+prometheus_pid() {  # prints the pid of our prometheus if it is running
+  local pid
+  [[ -f $prom_dir/pid ]] || return 1
+  pid=$(cat "$prom_dir/pid")
+  if kill -0 "$pid" 2>/dev/null && grep -q prometheus "/proc/$pid/cmdline" 2>/dev/null; then
+    echo "$pid"
+  else
+    return 1
+  fi
+}
+
+start_prometheus() {
+  local pid targets="" template=deploy/prometheus/prometheus.yml
+  if pid=$(prometheus_pid); then
+    echo "prometheus already running (pid $pid): http://127.0.0.1:$prom_port"
+    return
+  fi
+  command -v prometheus >/dev/null ||
+    { echo "local-cluster: prometheus not installed (deploy/install-deps.sh installs it)" >&2; return 1; }
+  mkdir -p "$prom_dir/data"
+  for ((n = 1; n <= nodes; n++)); do targets+="${targets:+, }'127.0.0.1:$(metrics_port "$n")'"; done
+  # The template's targets are the default ports of a 3-node cluster.
+  sed -e "s|\['127.0.0.1:9201', '127.0.0.1:9202', '127.0.0.1:9203'\]|[$targets]|" \
+    -e "s|'127.0.0.1:9090'|'127.0.0.1:$prom_port'|" "$template" >"$prom_dir/prometheus.yml"
+  grep -qF "[$targets]" "$prom_dir/prometheus.yml" ||
+    { echo "local-cluster: $template has no default targets line to rewrite" >&2; return 1; }
+  prometheus --config.file="$prom_dir/prometheus.yml" --storage.tsdb.path="$prom_dir/data" \
+    --web.listen-address="127.0.0.1:$prom_port" >>"$prom_dir/log" 2>&1 &
+  echo $! >"$prom_dir/pid"
+  for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$prom_port/-/ready" >/dev/null 2>&1 && break
+    kill -0 "$(cat "$prom_dir/pid")" 2>/dev/null || break
+    sleep 0.2
+  done
+  if ! curl -fsS "http://127.0.0.1:$prom_port/-/ready" >/dev/null 2>&1; then
+    echo "local-cluster: prometheus did not become ready; log $prom_dir/log" >&2
+    tail -n 5 "$prom_dir/log" >&2 || true
+    return 1
+  fi
+  echo "prometheus: http://127.0.0.1:$prom_port (pid $(cat "$prom_dir/pid"), log $prom_dir/log)"
+}
+
+stop_prometheus() {
+  local pid
+  pid=$(prometheus_pid) || { rm -f "$prom_dir/pid"; return 0; }
+  kill -TERM "$pid"
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  rm -f "$prom_dir/pid"
+  echo "prometheus stopped"
 }
 
 wait_ready() {
@@ -107,10 +172,12 @@ case "$cmd" in
   up)
     want_nodes=$nodes
     want_shards=$shards
+    with_prometheus=""
     while [[ $# -gt 0 ]]; do
       case "$1" in
         --nodes) want_nodes=${2:-}; shift 2 ;;
         --shards) want_shards=${2:-}; shift 2 ;;
+        --with-prometheus) with_prometheus=1; shift ;;
         *) echo "local-cluster: unknown option '$1'" >&2; usage ;;
       esac
     done
@@ -126,6 +193,7 @@ case "$cmd" in
     for ((n = 1; n <= want_nodes; n++)); do pid_of "$n" >/dev/null && running=$((running + 1)); done
     if [[ $running -eq $want_nodes ]]; then
       echo "local-cluster: already running"
+      [[ -z $with_prometheus ]] || start_prometheus
       exec "$0" status
     fi
     if [[ -z ${TESSERA_SKIP_BUILD:-} ]]; then
@@ -140,7 +208,7 @@ case "$cmd" in
     wait_ready
     echo
     for ((n = 1; n <= nodes; n++)); do
-      echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  pid $(pid_of "$n" || echo '?')  log $dir/node$n/log"
+      echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  metrics http://127.0.0.1:$(metrics_port "$n")/metrics  pid $(pid_of "$n" || echo '?')  log $dir/node$n/log"
     done
     echo "endpoints: $endpoints  ($shards shards, replication 3)"
     if [[ -x $cli ]]; then
@@ -148,19 +216,22 @@ case "$cmd" in
       [[ $base == 7000 && $nodes == 3 ]] || ep=" --endpoints=$endpoints"
       echo "try:       $cli$ep put hello world && $cli$ep get hello"
     fi
+    [[ -z $with_prometheus ]] || start_prometheus
     echo "stop with: $0 down"
     ;;
   down)
     for ((n = 1; n <= nodes; n++)); do stop_node "$n"; done
+    stop_prometheus
     ;;
   status)
     for ((n = 1; n <= nodes; n++)); do
       if pid=$(pid_of "$n"); then
-        echo "node $n: running (pid $pid), client 127.0.0.1:$((base + n)), log $dir/node$n/log"
+        echo "node $n: running (pid $pid), client 127.0.0.1:$((base + n)), metrics http://127.0.0.1:$(metrics_port "$n")/metrics, log $dir/node$n/log"
       else
         echo "node $n: not running"
       fi
     done
+    if pid=$(prometheus_pid); then echo "prometheus: running (pid $pid), http://127.0.0.1:$prom_port"; fi
     if [[ -x $bin/tessera-admin ]]; then
       "$bin/tessera-admin" status --endpoints="$endpoints" || true
     fi

@@ -25,6 +25,7 @@
 // acknowledged.
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <csignal>
@@ -39,23 +40,28 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "proto/status_macros.h"
 #include "server/cluster_map.h"
 #include "server/grpc_transport.h"
+#include "server/health.h"
 #include "server/kv_service.h"
 #include "server/meta_group.h"
+#include "server/metrics.h"
 #include "server/node.h"
 #include "server/state_machine.h"
 #include "spdlog/sinks/stdout_sinks.h"
@@ -84,6 +90,17 @@ ABSL_FLAG(uint32_t, drain_timeout_ms, 5000,
 ABSL_FLAG(uint64_t, snapshot_interval_entries, 10000,
           "compact a shard's raft log after this many applied entries (lagging replicas then "
           "catch up by snapshot)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0",
+          "host:port of the HTTP server for /metrics, /healthz and /readyz (port 0: any free "
+          "port, written to --port-file as metrics_port; empty: no HTTP server)");
+ABSL_FLAG(bool, node_id_from_hostname, false,
+          "derive the node id from the hostname: 1 + the number after its last '-' (the "
+          "Kubernetes StatefulSet pod tessera-0 is node 1); excludes --node-id");
+ABSL_FLAG(uint32_t, slow_request_ms, 1000,
+          "log client requests slower than this, at most once per 10 s (0: never)");
+ABSL_FLAG(uint32_t, slow_fsync_ms, 500,
+          "log WAL fsyncs slower than this, at most once per 10 s (0: never)");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
 ABSL_FLAG(std::string, port_file, "",
           "if set, written after startup: client_port=<port> and peer_port=<port> lines");
 
@@ -95,19 +112,35 @@ constexpr char kUsage[] =
     "  [--listen=HOST:PORT] [--peer-listen=HOST:PORT] [--shards=16] [--replication=3]\n"
     "  [--config=FILE] [--tick-ms=50] [--election-ticks=20] [--max-key-bytes=4096]\n"
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
-    "  [--snapshot-interval-entries=10000]\n"
+    "  [--snapshot-interval-entries=10000] [--metrics-listen=127.0.0.1:0]\n"
+    "  [--node-id-from-hostname=false] [--slow-request-ms=1000] [--slow-fsync-ms=500]\n"
+    "  [--log-level=info]\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
 // Sets flag `name` (dashes allowed) to `value`.
 absl::Status SetFlag(std::string name, const std::string& value, std::set<std::string>* seen) {
   name = absl::StrReplaceAll(name, {{"-", "_"}});
   absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-  static const std::set<std::string> kOurs = {
-      "node_id",          "data_dir",      "initial_cluster",
-      "listen",           "peer_listen",   "shards",
-      "replication",      "config",        "tick_ms",
-      "election_ticks",   "max_key_bytes", "max_value_bytes",
-      "drain_timeout_ms", "port_file",     "snapshot_interval_entries"};
+  static const std::set<std::string> kOurs = {"node_id",
+                                              "data_dir",
+                                              "initial_cluster",
+                                              "listen",
+                                              "peer_listen",
+                                              "shards",
+                                              "replication",
+                                              "config",
+                                              "tick_ms",
+                                              "election_ticks",
+                                              "max_key_bytes",
+                                              "max_value_bytes",
+                                              "drain_timeout_ms",
+                                              "port_file",
+                                              "snapshot_interval_entries",
+                                              "metrics_listen",
+                                              "node_id_from_hostname",
+                                              "slow_request_ms",
+                                              "slow_fsync_ms",
+                                              "log_level"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -178,12 +211,45 @@ struct Config {
   std::string data_dir;
   std::string listen;
   std::string peer_listen;
+  std::string metrics_listen;
+  spdlog::level::level_enum log_level = spdlog::level::info;
   ClusterMap map;
 };
 
+// The node id of --node-id-from-hostname: 1 + the number after the last '-'
+// of `hostname` ("tessera-0" -> 1).
+absl::StatusOr<NodeId> NodeIdFromHostname(const std::string& hostname) {
+  const size_t dash = hostname.rfind('-');
+  uint64_t ordinal = 0;
+  if (dash == std::string::npos ||
+      !absl::SimpleAtoi(absl::string_view(hostname).substr(dash + 1), &ordinal) ||
+      ordinal >= (uint64_t{1} << 62)) {
+    return absl::InvalidArgumentError(absl::StrCat("--node-id-from-hostname: hostname '", hostname,
+                                                   "' does not end in -<number>"));
+  }
+  return ordinal + 1;
+}
+
 absl::StatusOr<Config> Validate() {
-  const NodeId id = absl::GetFlag(FLAGS_node_id);
+  NodeId id = absl::GetFlag(FLAGS_node_id);
+  if (absl::GetFlag(FLAGS_node_id_from_hostname)) {
+    if (id != 0) {
+      return absl::InvalidArgumentError("--node-id and --node-id-from-hostname exclude each other");
+    }
+    char hostname[256] = {0};
+    if (gethostname(hostname, sizeof(hostname) - 1) != 0) {
+      return absl::InvalidArgumentError("--node-id-from-hostname: cannot read the hostname");
+    }
+    absl::StatusOr<NodeId> from_hostname = NodeIdFromHostname(hostname);
+    if (!from_hostname.ok()) return from_hostname.status();
+    id = *from_hostname;
+  }
   if (id == 0) return absl::InvalidArgumentError("--node-id is required (non-zero)");
+  const spdlog::level::level_enum log_level =
+      spdlog::level::from_str(absl::GetFlag(FLAGS_log_level));
+  if (log_level == spdlog::level::off && absl::GetFlag(FLAGS_log_level) != "off") {
+    return absl::InvalidArgumentError("--log-level must be debug, info, warn or error");
+  }
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   if (data_dir.empty()) return absl::InvalidArgumentError("--data-dir is required");
   if (absl::GetFlag(FLAGS_initial_cluster).empty()) {
@@ -223,6 +289,10 @@ absl::StatusOr<Config> Validate() {
   for (const std::string* address : {&config.listen, &config.peer_listen}) {
     TESSERA_RETURN_IF_ERROR(ValidateHostPort(*address));
   }
+  config.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!config.metrics_listen.empty())
+    TESSERA_RETURN_IF_ERROR(ValidateHostPort(config.metrics_listen));
+  config.log_level = log_level;
   return config;
 }
 
@@ -312,6 +382,39 @@ int Run(const Config& config, const sigset_t& signals) {
       map.members().size(), map.num_shards(), map.replication(), map.epoch(), config.node_id,
       hosted.size(), hosts_meta ? " and a replica of the metadata group" : "");
 
+  // Metrics and health first: /healthz answers while the node starts.
+  MetricsOptions metrics_options;
+  metrics_options.node_id = config.node_id;
+  metrics_options.slow_request = absl::Milliseconds(absl::GetFlag(FLAGS_slow_request_ms));
+  metrics_options.slow_fsync = absl::Milliseconds(absl::GetFlag(FLAGS_slow_fsync_ms));
+  Metrics metrics(metrics_options);
+  ReadinessOptions readiness;
+  readiness.max_leader_silence = 2 * absl::Milliseconds(absl::GetFlag(FLAGS_tick_ms)) *
+                                 static_cast<int64_t>(absl::GetFlag(FLAGS_election_ticks));
+  HealthMonitor health(readiness);
+  std::unique_ptr<MetricsHttpServer> http;
+  if (!config.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
+        MetricsHttpServer::Start(config.metrics_listen, {{"/metrics", MetricsHandler(&metrics)},
+                                                         {"/healthz", health.LivenessHandler()},
+                                                         {"/readyz", health.ReadinessHandler()}});
+    if (!started.ok()) {
+      spdlog::error("{}", started.status().ToString());
+      return 1;
+    }
+    http = *std::move(started);
+    spdlog::info("metrics, /healthz and /readyz on http://{} (port {})", config.metrics_listen,
+                 http->port());
+  }
+  // Scrapes and readiness checks read the node and the engine: stop them
+  // before either goes away (on every return path below).
+  auto stop_observers = [&http, &health, &metrics] {
+    if (http != nullptr) http->Stop();
+    health.Stop();
+    metrics.SetNodeStatusSource(nullptr);
+    metrics.SetEngine(nullptr);
+  };
+
   absl::StatusOr<std::unique_ptr<storage::Engine>> engine =
       storage::Engine::Open(config.data_dir, storage::EngineOptions{});
   if (!engine.ok()) {
@@ -319,6 +422,9 @@ int Run(const Config& config, const sigset_t& signals) {
     return 1;
   }
   spdlog::info("opened storage at {}", config.data_dir);
+  // Each Cleanup runs before the objects declared before it are destroyed.
+  absl::Cleanup stop_observers_before_engine = stop_observers;
+  metrics.SetEngine(engine->get());
 
   StateMachine state_machine(&(*engine)->kv_store(), StateMachineOptions{});
   // A map already stored in this node's metadata replica is checked before
@@ -368,6 +474,12 @@ int Run(const Config& config, const sigset_t& signals) {
   node_options.tick_interval = absl::Milliseconds(absl::GetFlag(FLAGS_tick_ms));
   node_options.election_ticks = static_cast<int>(absl::GetFlag(FLAGS_election_ticks));
   node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
+  node_options.metrics = metrics.node_metrics();
+  {
+    std::vector<ShardId> shard_ids;
+    for (const ShardPlacement& p : node_options.shards) shard_ids.push_back(p.shard);
+    metrics.RegisterShards(shard_ids);
+  }
   absl::StatusOr<std::unique_ptr<Node>> node =
       Node::Start(node_options, engine->get(), &state_machine, transport.get());
   if (!node.ok()) {
@@ -376,6 +488,8 @@ int Run(const Config& config, const sigset_t& signals) {
     return 1;
   }
   node_for_peers.store(node->get(), std::memory_order_release);
+  absl::Cleanup stop_observers_before_node = stop_observers;
+  metrics.SetNodeStatusSource([n = node->get()] { return n->Status(); });
   spdlog::info("raft node started: {} shard replicas, tick {} ms, election timeout {} ticks",
                node_options.shards.size(), absl::GetFlag(FLAGS_tick_ms),
                absl::GetFlag(FLAGS_election_ticks));
@@ -393,8 +507,14 @@ int Run(const Config& config, const sigset_t& signals) {
   ClusterService cluster_service(config.node_id, &maps, &backend, std::move(stored_map));
   const int max_request_bytes =
       static_cast<int>(std::min<uint64_t>(2 * kv_options.max_value_bytes + (64 << 20), 1 << 30));
+  // The standard grpc.health.v1.Health service on the client port, kept in
+  // step with readiness by the HealthMonitor.
+  grpc::EnableDefaultHealthCheckService(true);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(metrics.NewGrpcInterceptorFactory());
   absl::StatusOr<StartedServer> client_server =
-      StartGrpcServer(config.listen, {kv_service.get(), &cluster_service}, max_request_bytes);
+      StartGrpcServer(config.listen, {kv_service.get(), &cluster_service}, max_request_bytes,
+                      std::move(interceptors));
   if (!client_server.ok()) {
     spdlog::error("client API: {}", client_server.status().ToString());
     (*node)->Stop();
@@ -403,12 +523,22 @@ int Run(const Config& config, const sigset_t& signals) {
   }
   spdlog::info("client API (KV, Cluster) listening on {} (port {})", config.listen,
                client_server->port);
+  health.SetSources({.member =
+                         [&maps, id = config.node_id] {
+                           std::shared_ptr<const ClusterMap> current = maps.Current();
+                           return current != nullptr && current->FindMember(id) != nullptr;
+                         },
+                     .shards = [n = node->get()] { return n->Status(); }});
+  absl::Cleanup stop_observers_before_maps = stop_observers;
+  health.SetGrpcHealth(client_server->server->GetHealthCheckService());
+  health.Start(absl::Milliseconds(500));
 
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
     absl::Status s = WriteFileAtomically(
         port_file,
-        absl::StrCat("client_port=", client_server->port, "\npeer_port=", peer_server->port, "\n"));
+        absl::StrCat("client_port=", client_server->port, "\npeer_port=", peer_server->port, "\n",
+                     http != nullptr ? absl::StrCat("metrics_port=", http->port(), "\n") : ""));
     if (!s.ok()) spdlog::error("port file: {}", s.ToString());
     spdlog::info("wrote ports to {}", port_file);
   }
@@ -449,6 +579,7 @@ int Run(const Config& config, const sigset_t& signals) {
   const absl::Duration drain = absl::Milliseconds(absl::GetFlag(FLAGS_drain_timeout_ms));
   spdlog::info("received {}: draining (up to {} ms per step)", strsignal(signal_number),
                absl::ToInt64Milliseconds(drain));
+  health.SetDraining();
 
   // With one replica per shard there is nobody to hand leadership to.
   absl::Status transferred = map.replication() > 1
@@ -492,6 +623,7 @@ int Run(const Config& config, const sigset_t& signals) {
   transport->Stop();
   spdlog::info("peer service and transport stopped");
   kv_service.reset();
+  stop_observers();
   node->reset();
   transport.reset();
   engine->reset();
@@ -524,6 +656,7 @@ int main(int argc, char** argv) {
   logger->set_pattern(absl::StrCat("%Y-%m-%dT%H:%M:%S.%e %L node", config->node_id, " %v"));
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
+  spdlog::set_level(config->log_level);
   spdlog::info("tessera-server starting: node {}, data dir {}", config->node_id, config->data_dir);
   return tessera::server::Run(*config, signals);
 }

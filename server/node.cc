@@ -121,6 +121,7 @@ class Node::Impl {
     std::unique_ptr<RaftStorage> storage;
     std::unique_ptr<raft::RawNode> raw;
     bool leader = false;
+    NodeId known_leader = 0;  // from the last soft state (0 = none), for metrics
     absl::Time last_leader_contact = absl::InfinitePast();
     // Proposals appended by this node as leader, by entry index.
     std::map<uint64_t, PendingProposal> proposals;
@@ -175,6 +176,9 @@ class Node::Impl {
     std::vector<std::function<void()>> run;
     run.swap(completions_);
     for (std::function<void()>& f : run) f();
+  }
+  void CountProposal(ShardId shard, NodeMetrics::ProposalOutcome outcome) const {
+    if (options_.metrics != nullptr) options_.metrics->OnProposal(shard, outcome);
   }
   // Reserves a pending slot; false if the shard is full.
   bool Reserve(ShardCounter* c) const {
@@ -292,6 +296,7 @@ void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time de
     return;
   }
   if (!Reserve(it->second.get())) {
+    CountProposal(shard, NodeMetrics::ProposalOutcome::kRejected);
     done(absl::ResourceExhaustedError(
         absl::StrCat("shard ", shard, ": too many pending requests; retry later")));
     return;
@@ -469,16 +474,20 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
 void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
   Shard& s = *shards_.at(req.shard);
   if (req.deadline <= now) {
+    CountProposal(s.id, NodeMetrics::ProposalOutcome::kDropped);
     Finish(s, req.done, absl::DeadlineExceededError("deadline passed before proposing"));
     return;
   }
   const uint64_t me = options_.id;
   if (s.raw->role() != raft::Role::kLeader) {
+    CountProposal(s.id, NodeMetrics::ProposalOutcome::kDropped);
     const uint64_t leader = s.raw->leader_id();
     Finish(s, req.done, NotLeaderError(leader == me ? 0 : leader, "not leader"));
     return;
   }
   absl::Status st = s.raw->Propose(std::move(req.data));
+  CountProposal(s.id, st.ok() ? NodeMetrics::ProposalOutcome::kAccepted
+                              : NodeMetrics::ProposalOutcome::kDropped);
   if (!st.ok()) {
     if (st.code() == absl::StatusCode::kUnavailable) {
       const uint64_t leader = s.raw->leader_id();
@@ -600,6 +609,11 @@ absl::Status Node::Impl::HandleReadys() {
     Shard& s = *ready_shards[i];
     if (!readys[i].soft_state.has_value()) continue;
     const bool leader = readys[i].soft_state->role == raft::Role::kLeader;
+    const NodeId leader_id = readys[i].soft_state->leader_id;
+    if (options_.metrics != nullptr && leader_id != 0 && leader_id != s.known_leader) {
+      options_.metrics->OnLeaderChange(s.id, leader_id, s.raw->term());
+    }
+    s.known_leader = leader_id;
     if (s.leader && !leader) {
       const uint64_t hint = readys[i].soft_state->leader_id;
       FailWaiters(s, NotLeaderError(hint == options_.id ? 0 : hint, "leadership lost"),
@@ -640,7 +654,13 @@ absl::Status Node::Impl::HandleReadys() {
     update_of.push_back(i);
   }
   if (!updates.empty()) {
+    size_t entries = 0;
+    for (const storage::LogUpdate& u : updates) entries += u.entries.size();
+    const absl::Time save_start = absl::Now();
     absl::Status saved = log_->Save(updates);
+    if (options_.metrics != nullptr && saved.ok()) {
+      options_.metrics->OnLogSaved(absl::Now() - save_start, updates.size(), entries);
+    }
     for (size_t k = 0; k < updates.size(); ++k) {
       if (saved.ok()) ready_shards[update_of[k]]->storage->Saved(updates[k]);
       readys[update_of[k]].entries = std::move(updates[k].entries);
@@ -666,7 +686,10 @@ absl::Status Node::Impl::HandleReadys() {
   for (size_t i = 0; i < n; ++i) {
     Shard& s = *ready_shards[i];
     for (raftpb::Message& m : readys[i].messages) {
-      if (m.type() == raftpb::MSG_SNAP) s.snapshot_reports.emplace_back(m.to(), report_at);
+      if (m.type() == raftpb::MSG_SNAP) {
+        s.snapshot_reports.emplace_back(m.to(), report_at);
+        if (options_.metrics != nullptr) options_.metrics->OnSnapshotSent(s.id);
+      }
       const NodeId to = m.to();
       out[to].push_back(ShardMessage{s.id, std::move(m)});
     }
@@ -742,6 +765,7 @@ absl::Status Node::Impl::InstallSnapshot(Shard& s, const raftpb::Snapshot& snap)
   SnapshotDataReader reader(snap.data());
   TESSERA_RETURN_IF_ERROR(kv_->InstallSnapshot(s.id, index, reader));
   ++s.snapshots_installed;
+  if (options_.metrics != nullptr) options_.metrics->OnSnapshotReceived(s.id);
   return absl::OkStatus();
 }
 

@@ -36,6 +36,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/applier.h"
+#include "server/node_metrics.h"
 #include "server/transport.h"
 #include "storage/engine.h"
 #include "tessera/command.pb.h"
@@ -63,6 +64,9 @@ struct NodeOptions {
   uint64_t max_size_per_msg = 1 << 20;
   // Seeds raft's randomized election timeouts (mixed with the node id).
   uint64_t seed = 0;
+  // Hooks for metrics (server/node_metrics.h); nullptr = none. Not owned;
+  // must outlive the Node.
+  NodeMetrics* metrics = nullptr;
 };
 
 // A snapshot of one shard replica's raft state, for status and metrics.

@@ -15,10 +15,13 @@ target_link_libraries(tessera_rpc_server
   PRIVATE PkgConfig::XXHASH)
 tessera_warnings(tessera_rpc_server)
 
+# Metrics, health and the metrics HTTP server (library tessera_metrics).
+include(${CMAKE_CURRENT_LIST_DIR}/metrics.cmake)
+
 # The server binary (build/<preset>/server/tessera-server).
 add_executable(tessera-server ${CMAKE_CURRENT_LIST_DIR}/main.cc)
 target_link_libraries(tessera-server PRIVATE
-  tessera_rpc_server tessera_node tessera_state_machine tessera_storage spdlog::spdlog
+  tessera_metrics tessera_rpc_server tessera_node tessera_state_machine tessera_storage spdlog::spdlog
   absl::flags absl::flags_reflection absl::flags_marshalling absl::synchronization absl::time)
 tessera_warnings(tessera-server)
 set_target_properties(tessera-server PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Drives deploy/local-cluster.sh the way a user does (up, up again, kill,
 # start, stop, restart, logs, down) against the binaries of this build, on
-# ports 17001-17003/17101-17103 in a temporary directory. Every node started
+# ports 17001-17003/17101-17103 (metrics 19201-19203) in a temporary
+# directory; checks each node's /healthz, /metrics and /readyz. Every node started
 # is stopped by PID at the end, also on failure.
 set -euo pipefail
 src=${1:?usage: local_cluster_test.sh SOURCE_DIR SERVER_BIN_DIR}
@@ -28,6 +29,12 @@ expect() {  # expect "what" "pattern" output
 out=$("$script" up 2>&1) || { echo "$out"; fail "up failed"; }
 expect "up" "cluster ready" "$out"
 expect "up" "endpoints: 127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003" "$out"
+expect "up" "metrics http://127.0.0.1:19203/metrics" "$out"
+for port in 19201 19202 19203; do
+  [[ $(curl -fsS "http://127.0.0.1:$port/healthz") == ok ]] || fail "healthz on $port"
+  curl -fsS "http://127.0.0.1:$port/metrics" | grep -q '^tessera_raft_term{' || fail "metrics on $port"
+done
+for n in 1 2 3; do grep -q "^metrics_port=1920$n\$" "$TESSERA_CLUSTER_DIR/node$n/ports" || fail "port file $n"; done
 
 out=$("$script" up 2>&1) || fail "second up failed"
 expect "second up" "already running" "$out"
@@ -47,6 +54,13 @@ out=$("$script" restart 3 2>&1) || { echo "$out"; fail "restart 3 failed"; }
 expect "restart" "cluster ready" "$out"
 out=$("$script" status 2>&1)
 expect "status" "shards with a leader: 16/16" "$out"
+expect "status" "metrics http://127.0.0.1:19202/metrics" "$out"
+# Node 3 was restarted: ready again (every shard has a leader it hears from).
+for _ in $(seq 100); do
+  [[ $(curl -s "http://127.0.0.1:19203/readyz") == ready ]] && break
+  sleep 0.1
+done
+[[ $(curl -s "http://127.0.0.1:19203/readyz") == ready ]] || fail "node 3 not ready after restart"
 
 out=$("$script" logs 1)
 expect "logs" "listening on 127.0.0.1:17001" "$out"
