@@ -32,7 +32,8 @@ expect "up" "endpoints: 127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003" "$out"
 expect "up" "metrics http://127.0.0.1:19203/metrics" "$out"
 for port in 19201 19202 19203; do
   [[ $(curl -fsS "http://127.0.0.1:$port/healthz") == ok ]] || fail "healthz on $port"
-  curl -fsS "http://127.0.0.1:$port/metrics" | grep -q '^tessera_raft_term{' || fail "metrics on $port"
+  metrics=$(curl -fsS "http://127.0.0.1:$port/metrics") || fail "metrics on $port"
+  grep -q '^tessera_raft_term{' <<<"$metrics" || fail "no tessera_raft_term on $port"
 done
 for n in 1 2 3; do grep -q "^metrics_port=1920$n\$" "$TESSERA_CLUSTER_DIR/node$n/ports" || fail "port file $n"; done
 
