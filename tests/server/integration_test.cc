@@ -699,8 +699,14 @@ std::map<std::string, std::string> ParallelPuts(Cluster& cluster, const std::str
 void ExpectStoredMapOnEveryNode(Cluster& cluster, uint64_t epoch) {
   for (int i = 0; i < kNodes; ++i) {
     absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(i);
+    // A node may serve by the map read from another node's metadata replica
+    // before its own replica has caught up: wait for both.
+    auto settled = [](const absl::StatusOr<v1::NodeStatusResponse>& s) {
+      return s.ok() && s->epoch() != 0 && s->has_meta_shard() &&
+             s->meta_shard().applied_index() >= 3;
+    };
     for (absl::Time deadline = absl::Now() + absl::Seconds(20);
-         (!status.ok() || status->epoch() == 0) && absl::Now() < deadline;) {
+         !settled(status) && absl::Now() < deadline;) {
       absl::SleepFor(absl::Milliseconds(50));
       status = cluster.Status(i);
     }
