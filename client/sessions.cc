@@ -58,10 +58,13 @@ SessionTable::Ticket SessionTable::Renew(const Ticket& ticket) {
 }
 
 SessionTable::Ticket SessionTable::Move(const Ticket& ticket, uint32_t new_shard) {
+  // A fresh seq: the new shard's session may already have moved its
+  // first_incomplete_seq past the old one.
+  const uint64_t seq = next_seq_.fetch_add(1);
   absl::MutexLock lock(&mu_);
   ticket.session->in_flight.erase(ticket.seq);
-  Ticket moved{Current(new_shard), new_shard, ticket.seq};
-  moved.session->in_flight.insert(ticket.seq);
+  Ticket moved{Current(new_shard), new_shard, seq};
+  moved.session->in_flight.insert(seq);
   return moved;
 }
 

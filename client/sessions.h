@@ -50,7 +50,9 @@ class SessionTable {
   // was never applied): ends the ticket, replaces the shard's session by a
   // fresh client id unless someone did already, and begins the write anew.
   Ticket Renew(const Ticket& ticket) ABSL_LOCKS_EXCLUDED(mu_);
-  // The write belongs to another shard (stale route, never applied there).
+  // The write belongs to another shard (a stale route: the old shard
+  // rejected it): ends the ticket and begins the write on `new_shard` with a
+  // fresh seq.
   Ticket Move(const Ticket& ticket, uint32_t new_shard) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The client id of `shard`'s current session (0 if none yet).
