@@ -28,8 +28,10 @@ done
 # Sanitizer runtime options (also in CMakePresets.json's test presets).
 # ignore_noninstrumented_modules: RocksDB, gRPC and protobuf come from Debian
 # uninstrumented; races are only looked for in our own code. Abseil's
-# mutexes are made visible by tests/tsan/absl_sync_annotations.cc.
-export TSAN_OPTIONS=${TSAN_OPTIONS:-ignore_noninstrumented_modules=1 halt_on_error=1 second_deadlock_stack=1}
+# mutexes are made visible by tests/tsan/absl_sync_annotations.cc, which
+# also shows TSan the absl locks inside uninstrumented gRPC: tsan.supp drops
+# its lock-state reports there (never data races).
+export TSAN_OPTIONS=${TSAN_OPTIONS:-ignore_noninstrumented_modules=1 halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan/tsan.supp}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1 abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1 halt_on_error=1}
 
