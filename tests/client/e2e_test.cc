@@ -36,100 +36,23 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
+#include "tests/testing/process.h"
 
 namespace tessera::client {
 namespace {
 
+using ::tessera::testing::ChildProcess;
 using ::tessera::testing::IsOk;
+using ::tessera::testing::MakeTempDir;
+using ::tessera::testing::PortReservation;
+using ::tessera::testing::Tail;
 
 constexpr int kNodes = 3;
 constexpr uint32_t kShards = 8;
 
-// Holds a 127.0.0.1 port (bound with SO_REUSEPORT, not listening).
-class PortReservation {
- public:
-  PortReservation() {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) abort();
-    sockaddr_in addr;
-    std::memset(&addr, 0, sizeof(addr));
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) abort();
-    socklen_t len = sizeof(addr);
-    if (getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) abort();
-    port_ = ntohs(addr.sin_port);
-  }
-  ~PortReservation() { close(fd_); }
-  PortReservation(const PortReservation&) = delete;
-  PortReservation& operator=(const PortReservation&) = delete;
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-
- private:
-  int fd_ = -1;
-  int port_ = 0;
-};
-
-// One child process, killed by pid in the destructor.
-class Process {
- public:
-  Process() = default;
-  ~Process() { Kill(); }
-  Process(const Process&) = delete;
-  Process& operator=(const Process&) = delete;
-
-  void Start(const std::vector<std::string>& args, const std::string& log) {
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    const pid_t pid = fork();
-    if (pid < 0) abort();
-    if (pid == 0) {  // async-signal-safe calls only
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-      }
-      for (int other = 3; other < 1024; ++other) {
-        if (other != fd) close(other);
-      }
-      if (fd > 2) close(fd);
-      sigset_t none;
-      sigemptyset(&none);
-      sigprocmask(SIG_SETMASK, &none, nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    pid_ = pid;
-  }
-
-  bool running() const { return pid_ > 0; }
-
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
-std::string MakeTempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern = absl::StrCat(base != nullptr ? base : "/tmp", "/tessera-client-e2e-XXXXXX");
-  std::vector<char> buffer(pattern.begin(), pattern.end());
-  buffer.push_back('\0');
-  if (mkdtemp(buffer.data()) == nullptr) abort();
-  return buffer.data();
-}
-
 class ClusterProcesses {
  public:
-  ClusterProcesses() : dir_(MakeTempDir()) {
+  ClusterProcesses() : dir_(MakeTempDir("tessera-client-e2e")) {
     std::vector<std::string> members;
     for (int i = 0; i < kNodes; ++i) {
       members.push_back(
@@ -146,15 +69,10 @@ class ClusterProcesses {
     }
   }
   ~ClusterProcesses() {
-    for (Process& p : processes_) p.Kill();
+    for (ChildProcess& p : processes_) p.Kill();
     if (::testing::Test::HasFailure()) {
       for (int i = 0; i < kNodes; ++i) {
-        std::ifstream in(Log(i));
-        std::vector<std::string> lines;
-        for (std::string line; std::getline(in, line);) lines.push_back(line);
-        const size_t from = lines.size() > 30 ? lines.size() - 30 : 0;
-        std::cerr << "---- node " << i + 1 << " log (tail) ----\n"
-                  << absl::StrJoin(lines.begin() + from, lines.end(), "\n") << "\n";
+        std::cerr << "---- node " << i + 1 << " log (tail) ----\n" << Tail(Log(i), 30) << "\n";
       }
     }
     std::error_code ignored;
@@ -168,13 +86,13 @@ class ClusterProcesses {
     return out;
   }
   std::string endpoint(int i) const { return client_ports_[i].address(); }
-  Process& process(int i) { return processes_[i]; }
+  ChildProcess& process(int i) { return processes_[i]; }
 
  private:
   std::string dir_;
   PortReservation client_ports_[kNodes];
   PortReservation peer_ports_[kNodes];
-  Process processes_[kNodes];
+  ChildProcess processes_[kNodes];
 };
 
 // shard -> 0-based node index of its leader, among running nodes that answer.

@@ -11,13 +11,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
-#include "tests/server/integration_port_reservation.h"
+#include "tests/testing/process.h"
 
 namespace tessera::server {
 namespace {
 
-using ::tessera::server::testing::PortReservation;
 using ::tessera::testing::IsOk;
+using ::tessera::testing::PortReservation;
 
 constexpr absl::Duration kWait = absl::Seconds(20);
 

@@ -3,13 +3,13 @@
 //
 // Ports: peers must know each other's addresses before they start, so the
 // test reserves every port up front with a socket bound to 127.0.0.1:0 with
-// SO_REUSEPORT and kept open (integration_port_reservation.h). The servers
+// SO_REUSEPORT and kept open (tests/testing/process.h). The servers
 // (gRPC sets SO_REUSEPORT too) bind the same ports; nobody else can take them
 // in between, and a restarted node gets its ports back. Readiness is the
 // --port-file plus Cluster.NodeStatus showing a leader for every shard.
 //
 // Every process is stopped by pid at the end, also when a test fails
-// (ServerProcess's destructor: SIGKILL + waitpid).
+// (ChildProcess's destructor: SIGKILL + waitpid).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -44,94 +44,21 @@
 #include "proto/key_hash.h"
 #include "proto/testing/status_matchers.h"
 #include "tessera/kv.grpc.pb.h"
-#include "tests/server/integration_port_reservation.h"
+#include "tests/testing/process.h"
 
 namespace tessera::server {
 namespace {
 
-using ::tessera::server::testing::PortReservation;
+using ::tessera::testing::ChildProcess;
 using ::tessera::testing::IsOk;
+using ::tessera::testing::MakeTempDir;
+using ::tessera::testing::PortReservation;
 using ::tessera::testing::StatusIs;
+using ::tessera::testing::Tail;
 using ::testing::HasSubstr;
 
 constexpr int kNodes = 3;
 constexpr uint32_t kShards = 8;
-
-// One tessera-server (or any binary) child process. Stopped by pid.
-class ServerProcess {
- public:
-  ServerProcess() = default;
-  ~ServerProcess() { Kill(); }
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
-
-  // Starts `args` (args[0] is the binary) with stdout+stderr appended to `log`.
-  void Start(const std::vector<std::string>& args, const std::string& log) {
-    ASSERT_EQ(pid_, -1) << "already running";
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    pid_t pid = fork();
-    ASSERT_GE(pid, 0) << "fork failed";
-    if (pid == 0) {  // child: async-signal-safe calls only
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-      }
-      // Inherit nothing else: not the port reservations, not the test's
-      // gRPC sockets and event fds.
-      for (int other = 3; other < 1024; ++other) {
-        if (other != fd) close(other);
-      }
-      if (fd > 2) close(fd);
-      sigset_t none;
-      sigemptyset(&none);
-      sigprocmask(SIG_SETMASK, &none, nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    pid_ = pid;
-  }
-
-  bool running() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
-
-  void Signal(int sig) {
-    if (pid_ > 0) kill(pid_, sig);
-  }
-
-  // Waits for the process to exit; returns its exit code, or -1 on timeout
-  // (it keeps running) or death by a signal (128 + signal).
-  int Wait(absl::Duration timeout) {
-    if (pid_ <= 0) return -1;
-    absl::Time deadline = absl::Now() + timeout;
-    while (true) {
-      int status = 0;
-      pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        if (WIFEXITED(status)) return WEXITSTATUS(status);
-        if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-        return -1;
-      }
-      if (absl::Now() >= deadline) return -1;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-  }
-
-  // kill -9 and reap. Idempotent.
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-};
 
 // A channel that reconnects quickly (gRPC's default backoff grows to minutes;
 // our servers start after the channels are made and restart mid-test).
@@ -144,30 +71,12 @@ std::shared_ptr<grpc::Channel> FastChannel(const std::string& address) {
   return grpc::CreateCustomChannel("ipv4:" + address, grpc::InsecureChannelCredentials(), args);
 }
 
-std::string MakeTempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern = absl::StrCat(base != nullptr ? base : "/tmp", "/tessera-it-XXXXXX");
-  std::vector<char> buffer(pattern.begin(), pattern.end());
-  buffer.push_back('\0');
-  char* dir = mkdtemp(buffer.data());
-  if (dir == nullptr) abort();
-  return dir;
-}
-
-std::string Tail(const std::string& path, int lines) {
-  std::ifstream in(path);
-  std::vector<std::string> all;
-  for (std::string line; std::getline(in, line);) all.push_back(line);
-  size_t from = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0;
-  return absl::StrJoin(all.begin() + from, all.end(), "\n");
-}
-
 // Three tessera-server processes and a tiny routing client.
 class Cluster {
  public:
   // `flags` are added to every node's command line.
   explicit Cluster(std::vector<std::string> flags = {})
-      : dir_(MakeTempDir()), flags_(std::move(flags)) {
+      : dir_(MakeTempDir("tessera-it")), flags_(std::move(flags)) {
     std::vector<std::string> members;
     for (int i = 0; i < kNodes; ++i) {
       members.push_back(
@@ -184,7 +93,7 @@ class Cluster {
   }
 
   ~Cluster() {
-    for (ServerProcess& p : processes_) p.Kill();
+    for (ChildProcess& p : processes_) p.Kill();
     if (::testing::Test::HasFailure()) {
       for (int i = 0; i < kNodes; ++i) {
         std::cerr << "---- node " << i + 1 << " log (tail) ----\n" << Tail(Log(i), 40) << "\n";
@@ -219,7 +128,7 @@ class Cluster {
     for (int i = 0; i < kNodes; ++i) Start(i);
   }
 
-  ServerProcess& process(int i) { return processes_[i]; }
+  ChildProcess& process(int i) { return processes_[i]; }
 
   // Waits until every shard has a leader among the running nodes that
   // answer NodeStatus, and every one of them that answers has loaded the
@@ -377,7 +286,7 @@ class Cluster {
   PortReservation client_ports_[kNodes];
   PortReservation peer_ports_[kNodes];
   std::string initial_cluster_;
-  ServerProcess processes_[kNodes];
+  ChildProcess processes_[kNodes];
   std::shared_ptr<grpc::Channel> channels_[kNodes];
   std::unique_ptr<v1::KV::Stub> kv_[kNodes];
   std::unique_ptr<v1::Cluster::Stub> cluster_[kNodes];
@@ -562,7 +471,7 @@ TEST(Integration, AcknowledgedWritesSurviveKillingALeader) {
 }
 
 TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("tessera-it");
   const std::string log = dir + "/out.log";
   const std::vector<std::vector<std::string>> cases = {
       {TESSERA_SERVER_BINARY, "--no-such-flag=1"},
@@ -578,7 +487,7 @@ TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
   };
   for (const auto& args : cases) {
     std::filesystem::remove(log);
-    ServerProcess p;
+    ChildProcess p;
     p.Start(args, log);
     EXPECT_EQ(p.Wait(absl::Seconds(10)), 2) << args.back();
     std::string out = Tail(log, 10);
@@ -590,7 +499,7 @@ TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
 }
 
 TEST(Integration, ConfigFileSuppliesFlagsAndFlagsOverrideIt) {
-  const std::string dir = MakeTempDir();
+  const std::string dir = MakeTempDir("tessera-it");
   PortReservation client;
   PortReservation peer;
   {
@@ -604,7 +513,7 @@ TEST(Integration, ConfigFileSuppliesFlagsAndFlagsOverrideIt) {
            << "election-ticks=5\n"
            << "max-key-bytes=99999999999999999999999\n";  // overridden below
   }
-  ServerProcess p;
+  ChildProcess p;
   p.Start({TESSERA_SERVER_BINARY, "--config=" + dir + "/tessera.conf", "--max-key-bytes=100",
            "--port-file=" + dir + "/ports"},
           dir + "/log");

@@ -1,0 +1,161 @@
+// Helpers for tests that run real processes on 127.0.0.1: port reservations,
+// child processes stopped by pid, temporary directories and log tails.
+// Header-only; used by the server integration and client end-to-end tests.
+#ifndef TESSERA_TESTS_TESTING_PROCESS_H_
+#define TESSERA_TESTS_TESTING_PROCESS_H_
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace tessera::testing {
+
+// Reserves a 127.0.0.1 port for a server that a test starts later (or
+// restarts): a socket bound with SO_REUSEPORT (but not listening) holds the
+// port, so no other process can take it, while a gRPC server (which also sets
+// SO_REUSEPORT) can bind and listen on it. Connections go only to listening
+// sockets, so the reservation never steals one.
+class PortReservation {
+ public:
+  // Aborts if no port can be reserved (the test cannot run then).
+  PortReservation() {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) abort();
+    sockaddr_in addr;
+    std::memset(&addr, 0, sizeof(addr));
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) abort();
+    socklen_t len = sizeof(addr);
+    if (getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) abort();
+    port_ = ntohs(addr.sin_port);
+  }
+  ~PortReservation() { close(fd_); }
+  PortReservation(const PortReservation&) = delete;
+  PortReservation& operator=(const PortReservation&) = delete;
+
+  int port() const { return port_; }
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+// One child process (e.g. a tessera-server). Stopped by pid: SIGKILL and
+// reaped in the destructor, also when a test fails.
+class ChildProcess {
+ public:
+  ChildProcess() = default;
+  ~ChildProcess() { Kill(); }
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  // Starts `args` (args[0] is the binary) with stdout+stderr appended to
+  // `log`. Aborts if it is already running or fork fails.
+  void Start(const std::vector<std::string>& args, const std::string& log) {
+    if (pid_ > 0) abort();
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    pid_t pid = fork();
+    if (pid < 0) abort();
+    if (pid == 0) {  // child: async-signal-safe calls only
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      // Inherit nothing else: not the port reservations, not the test's
+      // gRPC sockets and event fds.
+      for (int other = 3; other < 1024; ++other) {
+        if (other != fd) close(other);
+      }
+      if (fd > 2) close(fd);
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    pid_ = pid;
+  }
+
+  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+
+  void Signal(int sig) {
+    if (pid_ > 0) kill(pid_, sig);
+  }
+
+  // Waits for the process to exit; returns its exit code, 128 + signal if a
+  // signal ended it, or -1 on timeout (it keeps running).
+  int Wait(absl::Duration timeout) {
+    if (pid_ <= 0) return -1;
+    absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      int status = 0;
+      pid_t r = waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        pid_ = -1;
+        if (WIFEXITED(status)) return WEXITSTATUS(status);
+        if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+        return -1;
+      }
+      if (absl::Now() >= deadline) return -1;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
+
+  // kill -9 and reap. Idempotent.
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Creates a fresh directory under $TMPDIR (or /tmp) named `prefix`-XXXXXX.
+inline std::string MakeTempDir(const std::string& prefix) {
+  const char* base = std::getenv("TMPDIR");
+  std::string pattern = absl::StrCat(base != nullptr ? base : "/tmp", "/", prefix, "-XXXXXX");
+  std::vector<char> buffer(pattern.begin(), pattern.end());
+  buffer.push_back('\0');
+  if (mkdtemp(buffer.data()) == nullptr) abort();
+  return buffer.data();
+}
+
+// The last `lines` lines of the file at `path`.
+inline std::string Tail(const std::string& path, int lines) {
+  std::ifstream in(path);
+  std::vector<std::string> all;
+  for (std::string line; std::getline(in, line);) all.push_back(line);
+  size_t from = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0;
+  return absl::StrJoin(all.begin() + from, all.end(), "\n");
+}
+
+}  // namespace tessera::testing
+
+#endif  // TESSERA_TESTS_TESTING_PROCESS_H_
