@@ -268,6 +268,20 @@ void KvService::ProposeAndFinish(grpc::ServerUnaryReactor* reactor, ShardId shar
                     });
 }
 
+template <typename Response>
+void KvService::ProposeWrite(grpc::ServerUnaryReactor* reactor,
+                             grpc::CallbackServerContext* context, ShardId shard,
+                             const v1::RequestHeader& header, serverpb::Command command,
+                             Response* response, Response* (serverpb::CommandResult::*take)()) {
+  if (header.session().client_id() != 0) *command.mutable_session() = header.session();
+  ProposeAndFinish(reactor, shard, std::move(command), Deadline(context),
+                   [this, response, shard, take](serverpb::CommandResult& result) {
+                     *response = std::move(*(result.*take)());
+                     FillHeader(response->mutable_header(), shard, Epoch(),
+                                FindStatus(backend_->Status(), shard));
+                   });
+}
+
 void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
                               ShardId shard, absl::Time deadline,
                               std::function<absl::Status()> read) {
@@ -327,17 +341,10 @@ grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
     return reactor;
   }
   serverpb::Command command;
-  if (request->header().session().client_id() != 0) {
-    *command.mutable_session() = request->header().session();
-  }
   *command.mutable_put() = *request;
   command.mutable_put()->clear_header();
-  ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
-                   [this, response, shard = *shard](serverpb::CommandResult& result) {
-                     *response = std::move(*result.mutable_put());
-                     FillHeader(response->mutable_header(), shard, Epoch(),
-                                FindStatus(backend_->Status(), shard));
-                   });
+  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
+               &serverpb::CommandResult::mutable_put);
   return reactor;
 }
 
@@ -354,17 +361,10 @@ grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context
     return reactor;
   }
   serverpb::Command command;
-  if (request->header().session().client_id() != 0) {
-    *command.mutable_session() = request->header().session();
-  }
   *command.mutable_delete_() = *request;
   command.mutable_delete_()->clear_header();
-  ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
-                   [this, response, shard = *shard](serverpb::CommandResult& result) {
-                     *response = std::move(*result.mutable_delete_());
-                     FillHeader(response->mutable_header(), shard, Epoch(),
-                                FindStatus(backend_->Status(), shard));
-                   });
+  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
+               &serverpb::CommandResult::mutable_delete_);
   return reactor;
 }
 
@@ -422,17 +422,10 @@ grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
     return reactor;
   }
   serverpb::Command command;
-  if (request->header().session().client_id() != 0) {
-    *command.mutable_session() = request->header().session();
-  }
   *command.mutable_txn() = *request;
   command.mutable_txn()->clear_header();
-  ProposeAndFinish(reactor, *shard, std::move(command), Deadline(context),
-                   [this, response, shard = *shard](serverpb::CommandResult& result) {
-                     *response = std::move(*result.mutable_txn());
-                     FillHeader(response->mutable_header(), shard, Epoch(),
-                                FindStatus(backend_->Status(), shard));
-                   });
+  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
+               &serverpb::CommandResult::mutable_txn);
   return reactor;
 }
 

@@ -139,6 +139,13 @@ class KvService final : public v1::KV::CallbackService {
   // worker thread), then finishes the call.
   void ProposeAndFinish(grpc::ServerUnaryReactor* reactor, ShardId shard, serverpb::Command command,
                         absl::Time deadline, std::function<void(serverpb::CommandResult&)> fill);
+  // A write: proposes `command` (its op already set, header stripped) with
+  // the session of `header`; on success moves the op's response out of the
+  // result with `take`, fills its ResponseHeader and finishes the call.
+  template <typename Response>
+  void ProposeWrite(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                    ShardId shard, const v1::RequestHeader& header, serverpb::Command command,
+                    Response* response, Response* (serverpb::CommandResult::*take)());
   // Waits for the header's consistency, then runs `read` on a worker thread
   // and finishes the call with what it returns.
   void ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
