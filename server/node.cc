@@ -125,8 +125,10 @@ class Node::Impl {
     absl::Time last_leader_contact = absl::InfinitePast();
     // Proposals appended by this node as leader, by entry index.
     std::map<uint64_t, PendingProposal> proposals;
-    // Reads sent to raft (by request context), then confirmed (by read index).
-    absl::flat_hash_map<std::string, PendingRead> unconfirmed_reads;
+    // Reads sent to raft, then confirmed (by read index). The reads of one
+    // shard that arrive in one cycle share one ReadIndex request (context):
+    // one heartbeat round confirms all of them.
+    absl::flat_hash_map<std::string, std::vector<PendingRead>> unconfirmed_reads;
     std::multimap<uint64_t, PendingRead> confirmed_reads;
     uint64_t applied_since_compaction = 0;
     uint64_t snapshots_installed = 0;
@@ -145,7 +147,8 @@ class Node::Impl {
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
   void StepMessages(std::vector<Inbound>& inbound, absl::Time now);
   void HandlePropose(ProposeRequest& req, absl::Time now);
-  void HandleRead(ReadRequest& req, absl::Time now);
+  // Coalesces the cycle's reads into one ReadIndex per shard and kind.
+  void HandleReads(std::vector<ReadRequest>& reads, absl::Time now);
   void OnTicks(absl::Time now, bool transfer_active);
   void IssueTransfers();
   absl::Status HandleReadys();
@@ -420,7 +423,7 @@ void Node::Impl::Loop() {
 
     StepMessages(in.messages, now);
     for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
-    for (ReadRequest& r : in.reads) HandleRead(r, now);
+    HandleReads(in.reads, now);
     for (int i = 0; i < ticks; ++i) {
       ++tick_;
       for (auto& [id, s] : shards_) s->raw->Tick();
@@ -505,22 +508,32 @@ void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
   it->second = PendingProposal{s.raw->term(), req.deadline, std::move(req.done)};
 }
 
-void Node::Impl::HandleRead(ReadRequest& req, absl::Time now) {
-  Shard& s = *shards_.at(req.shard);
-  if (req.deadline <= now) {
-    Finish(s, req.done, absl::DeadlineExceededError("deadline passed before reading"));
-    return;
+void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
+  // (shard, lease) -> the context of the ReadIndex issued for it this cycle.
+  absl::flat_hash_map<std::pair<ShardId, bool>, std::string> issued;
+  for (ReadRequest& req : reads) {
+    Shard& s = *shards_.at(req.shard);
+    if (req.deadline <= now) {
+      Finish(s, req.done, absl::DeadlineExceededError("deadline passed before reading"));
+      continue;
+    }
+    if (s.raw->role() != raft::Role::kLeader) {
+      const uint64_t leader = s.raw->leader_id();
+      Finish(s, req.done, NotLeaderError(leader == options_.id ? 0 : leader, "not leader"));
+      continue;
+    }
+    auto [it, first] = issued.try_emplace({req.shard, req.lease});
+    if (first) {
+      std::string ctx(8, '\0');
+      uint64_t id = next_read_id_++;
+      for (int i = 7; i >= 0; --i, id >>= 8) {
+        ctx[static_cast<size_t>(i)] = static_cast<char>(id & 0xff);
+      }
+      s.raw->ReadIndex(ctx, /*use_lease=*/req.lease);
+      it->second = std::move(ctx);
+    }
+    s.unconfirmed_reads[it->second].push_back(PendingRead{req.deadline, std::move(req.done)});
   }
-  if (s.raw->role() != raft::Role::kLeader) {
-    const uint64_t leader = s.raw->leader_id();
-    Finish(s, req.done, NotLeaderError(leader == options_.id ? 0 : leader, "not leader"));
-    return;
-  }
-  std::string ctx(8, '\0');
-  uint64_t id = next_read_id_++;
-  for (int i = 7; i >= 0; --i, id >>= 8) ctx[static_cast<size_t>(i)] = static_cast<char>(id & 0xff);
-  s.raw->ReadIndex(ctx, /*use_lease=*/req.lease);
-  s.unconfirmed_reads.emplace(std::move(ctx), PendingRead{req.deadline, std::move(req.done)});
 }
 
 void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
@@ -536,8 +549,12 @@ void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
       }
     }
     for (auto it = s.unconfirmed_reads.begin(); it != s.unconfirmed_reads.end();) {
-      if (it->second.deadline <= now) {
-        Finish(s, it->second.done, absl::DeadlineExceededError("read barrier deadline exceeded"));
+      std::erase_if(it->second, [&](PendingRead& r) {
+        if (r.deadline > now) return false;
+        Finish(s, r.done, absl::DeadlineExceededError("read barrier deadline exceeded"));
+        return true;
+      });
+      if (it->second.empty()) {
         s.unconfirmed_reads.erase(it++);
       } else {
         ++it;
@@ -737,7 +754,8 @@ absl::Status Node::Impl::HandleReadys() {
     // 5. Reads: confirmed by this Ready, served once applied.
     for (raft::ReadState& rs : rd.read_states) {
       auto node = s.unconfirmed_reads.extract(rs.request_ctx);
-      if (!node.empty()) s.confirmed_reads.emplace(rs.index, std::move(node.mapped()));
+      if (node.empty()) continue;
+      for (PendingRead& r : node.mapped()) s.confirmed_reads.emplace(rs.index, std::move(r));
     }
     CompleteReads(s);
     // 6. Advance.
@@ -798,7 +816,9 @@ void Node::Impl::CompleteReads(Shard& s) {
 void Node::Impl::FailWaiters(Shard& s, const absl::Status& status, bool confirmed_reads_too) {
   for (auto& [index, p] : s.proposals) Finish(s, p.done, status);
   s.proposals.clear();
-  for (auto& [ctx, r] : s.unconfirmed_reads) Finish(s, r.done, status);
+  for (auto& [ctx, waiting] : s.unconfirmed_reads) {
+    for (PendingRead& r : waiting) Finish(s, r.done, status);
+  }
   s.unconfirmed_reads.clear();
   if (confirmed_reads_too) {
     for (auto& [index, r] : s.confirmed_reads) Finish(s, r.done, status);

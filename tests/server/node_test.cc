@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
@@ -370,6 +371,43 @@ TEST(Node, ReadBarrierOnLeaderSeesCommittedWrites) {
                              });
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(kWait));
   EXPECT_THAT(lease_status, IsOk());
+}
+
+TEST(Node, ConcurrentReadsShareReadIndexAndExpireOneByOne) {
+  // Reads arriving together share one ReadIndex round; a short deadline in
+  // the group fails only its own read.
+  Cluster c({.shards = 1, .election_ticks = 100});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "a", "1"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  c.net().Partition(leader, OtherThan(leader));
+  c.net().Partition(leader, OtherThan(leader, OtherThan(leader)));
+
+  constexpr int kReads = 64;
+  std::atomic<int> ok{0}, expired{0}, other{0};
+  absl::BlockingCounter all_done(kReads);
+  for (int i = 0; i < kReads; ++i) {
+    const bool short_deadline = i % 8 == 0;
+    const absl::Duration timeout = short_deadline ? absl::Milliseconds(100) : absl::Seconds(30);
+    c.node(leader).ReadBarrier(1, /*lease=*/false, absl::Now() + timeout, [&](absl::Status s) {
+      if (s.ok()) {
+        ++ok;
+      } else if (s.code() == absl::StatusCode::kDeadlineExceeded) {
+        ++expired;
+      } else {
+        ++other;
+      }
+      all_done.DecrementCount();
+    });
+  }
+  EXPECT_TRUE(WaitFor([&] { return expired.load() == kReads / 8; }));
+  EXPECT_EQ(ok.load(), 0);  // nothing is confirmed while the leader is cut off
+  c.net().Heal();
+  all_done.Wait();
+  EXPECT_EQ(ok.load(), kReads - kReads / 8);
+  EXPECT_EQ(expired.load(), kReads / 8);
+  EXPECT_EQ(other.load(), 0);
 }
 
 TEST(Node, PartitionedFollowerCatchesUpAfterHeal) {
