@@ -16,13 +16,6 @@
 namespace tessera::server {
 namespace {
 
-std::optional<ShardStatus> FindStatus(const std::vector<ShardStatus>& statuses, ShardId shard) {
-  for (const ShardStatus& s : statuses) {
-    if (s.shard == shard) return s;
-  }
-  return std::nullopt;
-}
-
 // The error a CommandResult carries, if any.
 absl::Status ResultStatus(const serverpb::CommandResult& result) {
   if (result.code() == 0) return absl::OkStatus();
@@ -191,7 +184,7 @@ void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::S
     std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
     if (!detail.has_value()) {
       detail.emplace();
-      std::optional<ShardStatus> s = FindStatus(backend_->Status(), shard);
+      std::optional<ShardStatus> s = backend_->StatusOf(shard);
       NodeId leader = s.has_value() && s->leader != options_.self ? s->leader : 0;
       detail->mutable_not_leader()->set_leader_node(leader);
     }
@@ -278,7 +271,7 @@ void KvService::ProposeWrite(grpc::ServerUnaryReactor* reactor,
                    [this, response, shard, take](serverpb::CommandResult& result) {
                      *response = std::move(*(result.*take)());
                      FillHeader(response->mutable_header(), shard, Epoch(),
-                                FindStatus(backend_->Status(), shard));
+                                backend_->StatusOf(shard));
                    });
 }
 
@@ -303,7 +296,7 @@ void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::Reque
                                         ? header.max_staleness_ms()
                                         : options_.default_max_staleness_ms;
       pool_->Submit([this, reactor, shard, staleness_ms, read = std::move(read)]() {
-        std::optional<ShardStatus> s = FindStatus(backend_->Status(), shard);
+        std::optional<ShardStatus> s = backend_->StatusOf(shard);
         const bool fresh =
             s.has_value() &&
             (s->role == "leader" || (s->leader != 0 && absl::Now() - s->last_leader_contact <=
@@ -442,7 +435,7 @@ grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
   }
   ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
                 [this, request, response, shard = *shard]() -> absl::Status {
-                  std::optional<ShardStatus> status = FindStatus(backend_->Status(), shard);
+                  std::optional<ShardStatus> status = backend_->StatusOf(shard);
                   absl::StatusOr<v1::GetResponse> got = backend_->Get(shard, request->key());
                   if (!got.ok()) return got.status();
                   *response = *std::move(got);
@@ -487,7 +480,7 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
   }
   ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
                 [this, request, response, shard = *shard]() -> absl::Status {
-                  std::optional<ShardStatus> status = FindStatus(backend_->Status(), shard);
+                  std::optional<ShardStatus> status = backend_->StatusOf(shard);
                   absl::StatusOr<v1::ScanResponse> got = backend_->Scan(shard, *request);
                   if (!got.ok()) return got.status();
                   *response = *std::move(got);

@@ -67,6 +67,13 @@ class KvBackend {
   virtual void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
                            Node::ReadCallback done) = 0;
   virtual std::vector<ShardStatus> Status() const = 0;
+  // One shard's entry of Status() (on the request path: no copy of the rest).
+  virtual std::optional<ShardStatus> StatusOf(ShardId shard) const {
+    for (ShardStatus& s : Status()) {
+      if (s.shard == shard) return std::move(s);
+    }
+    return std::nullopt;
+  }
   // As StateMachine::Get / StateMachine::Scan.
   virtual absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const = 0;
   virtual absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,

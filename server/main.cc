@@ -310,6 +310,9 @@ class NodeKvBackend final : public KvBackend {
     node_->ReadBarrier(shard, lease, deadline, std::move(done));
   }
   std::vector<ShardStatus> Status() const override { return node_->Status(); }
+  std::optional<ShardStatus> StatusOf(ShardId shard) const override {
+    return node_->StatusOf(shard);
+  }
   absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const override {
     return state_machine_->Get(shard, key);
   }

@@ -108,6 +108,7 @@ class Node::Impl {
       ABSL_LOCKS_EXCLUDED(mu_);
   void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<ShardStatus> Status() const ABSL_LOCKS_EXCLUDED(mu_);
+  std::optional<ShardStatus> StatusOf(ShardId shard) const ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status TransferLeadershipAway(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
   void Stop() ABSL_LOCKS_EXCLUDED(mu_, stop_mu_);
 
@@ -347,6 +348,14 @@ void Node::Impl::Receive(NodeId from, std::vector<ShardMessage> messages) {
 std::vector<ShardStatus> Node::Impl::Status() const {
   absl::MutexLock lock(&mu_);
   return status_;
+}
+
+std::optional<ShardStatus> Node::Impl::StatusOf(ShardId shard) const {
+  absl::MutexLock lock(&mu_);
+  auto it = std::lower_bound(status_.begin(), status_.end(), shard,
+                             [](const ShardStatus& s, ShardId id) { return s.shard < id; });
+  if (it == status_.end() || it->shard != shard) return std::nullopt;
+  return *it;
 }
 
 absl::Status Node::Impl::TransferLeadershipAway(absl::Duration timeout) {
@@ -908,6 +917,8 @@ void Node::Receive(NodeId from, std::vector<ShardMessage> messages) {
 }
 
 std::vector<ShardStatus> Node::Status() const { return impl_->Status(); }
+
+std::optional<ShardStatus> Node::StatusOf(ShardId shard) const { return impl_->StatusOf(shard); }
 
 absl::Status Node::TransferLeadershipAway(absl::Duration timeout) {
   return impl_->TransferLeadershipAway(timeout);

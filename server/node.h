@@ -117,6 +117,8 @@ class Node {
   void Receive(NodeId from, std::vector<ShardMessage> messages);
 
   std::vector<ShardStatus> Status() const;
+  // Status() of one shard; nullopt if it has no replica here.
+  std::optional<ShardStatus> StatusOf(ShardId shard) const;
 
   // Asks every shard this node leads to hand leadership to another
   // up-to-date replica, and waits (up to `timeout`) until it leads none.

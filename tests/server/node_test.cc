@@ -598,6 +598,12 @@ TEST(Node, StatusReportsEveryShard) {
   EXPECT_GE(st[1].commit_index, 3u);  // bootstrap point, the leader's empty entry, the put
   EXPECT_GE(st[1].last_index, st[1].commit_index);
   EXPECT_LE(absl::Now() - st[1].last_leader_contact, absl::Seconds(5));
+  // StatusOf: one shard's entry; none for a shard not hosted here.
+  std::optional<ShardStatus> one = c.node(leader).StatusOf(2);
+  ASSERT_TRUE(one.has_value());
+  EXPECT_EQ(one->shard, 2u);
+  EXPECT_EQ(one->role, "leader");
+  EXPECT_FALSE(c.node(leader).StatusOf(3).has_value());
   const NodeId follower = OtherThan(leader);
   EXPECT_TRUE(WaitFor([&] {
     std::optional<ShardStatus> f = c.StatusOf(follower, 2);
