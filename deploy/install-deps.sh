@@ -18,6 +18,9 @@ packages=(
   # runtime helpers for the local cluster and tests (prometheus ships promtool;
   # python3-yaml parses the Compose and Kubernetes files in tests/deploy)
   procps iproute2 iptables curl prometheus python3-yaml
+  # the baseline of tests/bench/compare-etcd.sh (it runs its own etcd cluster
+  # on other ports; a system etcd that the package may start is left alone)
+  etcd-server etcd-client
 )
 
 missing=()
