@@ -87,6 +87,9 @@ struct ClientOptions {
   size_t read_cache_bytes = 0;
   // Items per page of one shard's scan.
   uint32_t scan_page_size = 1000;
+  // gRPC channels (each its own TCP connection) per cluster member; calls
+  // to a member take them round-robin. Values below 1 mean 1.
+  int channels_per_node = 1;
 };
 
 struct KeyValue {

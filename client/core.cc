@@ -47,12 +47,18 @@ Client::Core::Node* Client::Core::GetNode(const std::string& address) {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    const int channels = std::max(1, options_.channels_per_node);
+    // Channels with identical arguments share one connection (gRPC's global
+    // subchannel pool): a pool of their own makes each its own connection.
+    if (channels > 1) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     // Numeric IPv4 addresses skip the DNS resolver and its re-resolution backoff.
     const bool numeric = !address.empty() && absl::ascii_isdigit(address[0]);
-    node->channel = grpc::CreateCustomChannel(numeric ? "ipv4:" + address : address,
-                                              grpc::InsecureChannelCredentials(), args);
-    node->kv = v1::KV::NewStub(node->channel);
-    node->cluster = v1::Cluster::NewStub(node->channel);
+    for (int i = 0; i < channels; ++i) {
+      node->channels.push_back(grpc::CreateCustomChannel(numeric ? "ipv4:" + address : address,
+                                                         grpc::InsecureChannelCredentials(), args));
+      node->kv.Add(v1::KV::NewStub(node->channels.back()));
+      node->cluster.Add(v1::Cluster::NewStub(node->channels.back()));
+    }
   }
   return node.get();
 }

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -41,15 +42,34 @@ class CallBase {
   virtual std::shared_ptr<grpc::ClientContext> Cancel() = 0;
 };
 
+// The stubs of one service over a node's ClientOptions::channels_per_node
+// channels. get() (and ->) picks the next one round-robin. Filled once when
+// the node is created, then thread-safe.
+template <typename Stub>
+class StubSet {
+ public:
+  void Add(std::unique_ptr<Stub> stub) { stubs_.push_back(std::move(stub)); }
+  Stub* get() {
+    if (stubs_.size() == 1) return stubs_[0].get();
+    return stubs_[next_.fetch_add(1, std::memory_order_relaxed) % stubs_.size()].get();
+  }
+  Stub* operator->() { return get(); }
+
+ private:
+  std::vector<std::unique_ptr<Stub>> stubs_;
+  std::atomic<uint64_t> next_{0};
+};
+
 class Client::Core {
  public:
-  // One cluster member as seen by this client: a channel reused by every
-  // call, stubs, health, and the requests outstanding on it.
+  // One cluster member as seen by this client: its channels (one TCP
+  // connection each) reused by every call, stubs, health, and the requests
+  // outstanding on it.
   struct Node {
     std::string address;
-    std::shared_ptr<grpc::Channel> channel;
-    std::unique_ptr<v1::KV::Stub> kv;
-    std::unique_ptr<v1::Cluster::Stub> cluster;
+    std::vector<std::shared_ptr<grpc::Channel>> channels;
+    StubSet<v1::KV::Stub> kv;
+    StubSet<v1::Cluster::Stub> cluster;
     CircuitBreaker breaker;
     std::atomic<int64_t> outstanding{0};
     std::atomic<uint64_t> attempts{0};  // every attempt sent (tests, status)
