@@ -156,7 +156,7 @@ class Server:
         self.proc = None
 
     def start(self):
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)  # etcd wants 0700
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, env=clean_env(),
