@@ -77,7 +77,7 @@ double LatencyHistogram::stddev_nanos() const {
   double squares = 0;
   for (size_t i = 0; i < kNumBuckets; ++i) {
     if ((*buckets_)[i] == 0) continue;
-    const double d = static_cast<double>(BucketMiddle(i)) - mean;
+    const double d = static_cast<double>(std::clamp(BucketMiddle(i), min_, max_)) - mean;
     squares += d * d * static_cast<double>((*buckets_)[i]);
   }
   return std::sqrt(squares / static_cast<double>(count_));

@@ -47,7 +47,8 @@ class LatencyHistogram {
   uint64_t max_nanos() const { return max_; }
   // Exact mean; 0 if empty.
   double mean_nanos() const;
-  // From the buckets (within their 0.4% half-width).
+  // From the buckets (each value taken as its bucket's middle, clamped to
+  // [min, max]: within 0.4%).
   double stddev_nanos() const;
   // The value at or below which `percent` (0..100) of the values lie: the
   // middle of the bucket holding that rank, clamped to [min, max]. 0 = min,
