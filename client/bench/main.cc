@@ -122,6 +122,15 @@ bool ParseInt(const std::string& text, T min, T max, T* out) {
   return true;
 }
 
+// The same into an optional flag (set only when valid).
+template <typename T>
+bool ParseInt(const std::string& text, T min, T max, std::optional<T>* out) {
+  T value;
+  if (!ParseInt(text, min, max, &value)) return false;
+  *out = value;
+  return true;
+}
+
 bool ParseEndpoint(const std::string& endpoint) {
   const size_t colon = endpoint.rfind(':');
   if (colon == std::string::npos || colon == 0) return false;
@@ -147,12 +156,7 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
       {"conns", [&](const std::string& v) { return ParseInt(v, 1, 4096, &config->conns); }},
       {"clients", [&](const std::string& v) { return ParseInt(v, 1, 1 << 20, &config->clients); }},
       {"total",
-       [&](const std::string& v) {
-         int64_t n = 0;
-         if (!ParseInt<int64_t>(v, 0, INT64_MAX, &n)) return false;
-         config->total = n;
-         return true;
-       }},
+       [&](const std::string& v) { return ParseInt<int64_t>(v, 0, INT64_MAX, &config->total); }},
       {"duration",
        [&](const std::string& v) {
          absl::Duration d;
@@ -189,12 +193,7 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
          return v == "linearizable" || v == "lease" || v == "stale";
        }},
       {"seed",
-       [&](const std::string& v) {
-         uint64_t seed = 0;
-         if (!ParseInt<uint64_t>(v, 0, UINT64_MAX, &seed)) return false;
-         config->seed = seed;
-         return true;
-       }},
+       [&](const std::string& v) { return ParseInt<uint64_t>(v, 0, UINT64_MAX, &config->seed); }},
   };
   const std::map<std::string, bool*> flags = {{"sequential-keys", &config->sequential_keys},
                                               {"fill", &config->fill},
