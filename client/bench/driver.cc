@@ -118,9 +118,10 @@ class ClosedLoop : public std::enable_shared_from_this<ClosedLoop> {
     uint64_t rng = 0;
     std::string key;  // the key of the request in flight (rewritten in place)
     // Of the request in flight: written before it starts, read by its
-    // completion.
-    int64_t start_nanos = 0;
-    bool measured = false;
+    // completion (ordered by the RPC itself; atomics so that no tool needs
+    // to see through gRPC for that).
+    std::atomic<int64_t> start_nanos{0};
+    std::atomic<bool> measured{false};
     std::atomic<int> state{kIdle};
 
     void OnComplete(absl::StatusCode code, bool miss) override {
@@ -141,9 +142,9 @@ class ClosedLoop : public std::enable_shared_from_this<ClosedLoop> {
       }
       const Op op = PickOp(c);
       keys_.Format(PickKey(c), &c->key);
-      c->measured = measured;
+      c->measured.store(measured, std::memory_order_relaxed);
       c->state.store(kIssuing);
-      c->start_nanos = NowNanos();
+      c->start_nanos.store(NowNanos(), std::memory_order_relaxed);
       backend_.Start(op, c->key, c->index, c);
       int expected = kIssuing;
       if (c->state.compare_exchange_strong(expected, kIdle)) return;  // the completion goes on
@@ -152,9 +153,10 @@ class ClosedLoop : public std::enable_shared_from_this<ClosedLoop> {
 
   void Completed(VirtualClient* c, absl::StatusCode code, bool miss) {
     const int64_t end = NowNanos();
-    if (c->measured) {
+    if (c->measured.load(std::memory_order_relaxed)) {
       if (code == absl::StatusCode::kOk) {
-        latencies_.Record(static_cast<uint64_t>(end - c->start_nanos));
+        latencies_.Record(
+            static_cast<uint64_t>(end - c->start_nanos.load(std::memory_order_relaxed)));
         if (miss) misses_.fetch_add(1, std::memory_order_relaxed);
       } else {
         const size_t i = static_cast<size_t>(code) < errors_.size()
