@@ -153,6 +153,16 @@ class Node::Impl {
   void OnTicks(absl::Time now, bool transfer_active);
   void IssueTransfers();
   absl::Status HandleReadys();
+  // Sends the readys' messages batched per destination node: only leaders'
+  // MSG_APP and MSG_HEARTBEAT if `leaders_appends_only` (the others stay in
+  // the readys), else all.
+  void SendMessages(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
+                    bool leaders_appends_only);
+  // Applies committed_entries[begin[i], end[i]) of every ready with ONE
+  // Applier::Apply and completes their proposals and the reads they make
+  // servable.
+  absl::Status ApplyCommitted(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
+                              const std::vector<size_t>& begin, const std::vector<size_t>& end);
   absl::Status InstallSnapshot(Shard& s, const raftpb::Snapshot& snap);
   void CompleteProposal(Shard& s, const raftpb::Entry& e, serverpb::CommandResult result);
   void CompleteReads(Shard& s);
@@ -664,8 +674,49 @@ absl::Status Node::Impl::HandleReadys() {
     }
   }
 
-  // 2. Persist every shard's entries, hard state and snapshot point with ONE
-  //    synced write, before any message leaves.
+  // 2. What need not wait for this cycle's fsync happens before it.
+  //  a. A leader's appends and heartbeats leave now, so that its followers
+  //     write in parallel with it (Raft thesis §10.2.1). Safe: an entry
+  //     commits only once a follower acknowledged it, and that response is
+  //     stepped in a later cycle, after this cycle's Save; a leader's term
+  //     and vote were persisted before it could win the election.
+  SendMessages(ready_shards, readys, /*leaders_appends_only=*/true);
+  //  b. Confirmed reads, and committed entries this node has already
+  //     persisted (on a leader: all of them, by the argument above) are
+  //     applied and answered now, not one fsync later. The apply write is
+  //     not synced: it needs no durability of its own, as the entries are
+  //     in the synced raft log and replayed after a crash.
+  std::vector<size_t> applied_early(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    Shard& s = *ready_shards[i];
+    for (raft::ReadState& rs : readys[i].read_states) {
+      auto node = s.unconfirmed_reads.extract(rs.request_ctx);
+      if (node.empty()) continue;
+      for (PendingRead& r : node.mapped()) s.confirmed_reads.emplace(rs.index, std::move(r));
+    }
+    if (readys[i].snapshot.has_value()) continue;
+    // Persisted and not overwritten by this Ready's entries.
+    uint64_t persisted = s.storage->LastIndex();
+    if (!readys[i].entries.empty()) {
+      persisted = std::min(persisted, readys[i].entries.front().index() - 1);
+    }
+    const std::vector<raftpb::Entry>& committed = readys[i].committed_entries;
+    while (applied_early[i] < committed.size() &&
+           committed[applied_early[i]].index() <= persisted) {
+      ++applied_early[i];
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(
+      ApplyCommitted(ready_shards, readys, std::vector<size_t>(n, 0), applied_early));
+  if (!completions_.empty()) {
+    // The answers' response headers read Status() (applied index): publish
+    // first.
+    PublishStatus(absl::Now());
+    RunCompletions();
+  }
+
+  // 3. Persist every shard's entries, hard state and snapshot point with ONE
+  //    synced write, before any other message leaves.
   std::vector<storage::LogUpdate> updates;
   std::vector<size_t> update_of;
   for (size_t i = 0; i < n; ++i) {
@@ -706,12 +757,44 @@ absl::Status Node::Impl::HandleReadys() {
     }
   }
 
-  // 3. Send, batched per destination node.
+  // 4. Send the rest, batched per destination node.
+  SendMessages(ready_shards, readys, /*leaders_appends_only=*/false);
+
+  // 5. Apply the remaining committed entries (ONE Applier::Apply), answer,
+  //    and Advance.
+  std::vector<size_t> all(n);
+  for (size_t i = 0; i < n; ++i) all[i] = readys[i].committed_entries.size();
+  TESSERA_RETURN_IF_ERROR(ApplyCommitted(ready_shards, readys, applied_early, all));
+  for (size_t i = 0; i < n; ++i) ready_shards[i]->raw->Advance(readys[i]);
+
+  // Log compaction, keeping a margin of entries for slightly lagging
+  // followers (anything older is answered by an on-demand snapshot).
+  const uint64_t interval = std::max<uint64_t>(1, options_.snapshot_interval_entries);
+  const uint64_t margin = std::min<uint64_t>(1024, interval / 2);
+  for (Shard* s : ready_shards) {
+    if (s->applied_since_compaction < interval) continue;
+    const uint64_t applied = s->storage->applied_index();
+    if (applied <= margin) continue;
+    TESSERA_RETURN_IF_ERROR(s->storage->Compact(applied - margin));
+    s->applied_since_compaction = 0;
+  }
+  return absl::OkStatus();
+}
+
+void Node::Impl::SendMessages(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
+                              bool leaders_appends_only) {
   absl::flat_hash_map<NodeId, std::vector<ShardMessage>> out;
   const uint64_t report_at = tick_ + 4 * static_cast<uint64_t>(options_.election_ticks);
-  for (size_t i = 0; i < n; ++i) {
-    Shard& s = *ready_shards[i];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    Shard& s = *shards[i];
+    const bool leader = s.raw->role() == raft::Role::kLeader;
+    std::vector<raftpb::Message> kept;
     for (raftpb::Message& m : readys[i].messages) {
+      if (leaders_appends_only &&
+          !(leader && (m.type() == raftpb::MSG_APP || m.type() == raftpb::MSG_HEARTBEAT))) {
+        kept.push_back(std::move(m));
+        continue;
+      }
       if (m.type() == raftpb::MSG_SNAP) {
         s.snapshot_reports.emplace_back(m.to(), report_at);
         if (options_.metrics != nullptr) options_.metrics->OnSnapshotSent(s.id);
@@ -719,16 +802,21 @@ absl::Status Node::Impl::HandleReadys() {
       const NodeId to = m.to();
       out[to].push_back(ShardMessage{s.id, std::move(m)});
     }
-    readys[i].messages.clear();
+    readys[i].messages = std::move(kept);
   }
   for (auto& [to, messages] : out) transport_->Send(to, std::move(messages));
+}
 
-  // 4. Apply every shard's committed entries with ONE Applier::Apply.
+absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
+                                        std::vector<raft::Ready>& readys,
+                                        const std::vector<size_t>& begin,
+                                        const std::vector<size_t>& end) {
   std::vector<CommittedEntry> batch;
-  for (size_t i = 0; i < n; ++i) {
-    for (raftpb::Entry& e : readys[i].committed_entries) {
+  for (size_t i = 0; i < shards.size(); ++i) {
+    for (size_t j = begin[i]; j < end[i]; ++j) {
+      raftpb::Entry& e = readys[i].committed_entries[j];
       CommittedEntry ce;
-      ce.shard = ready_shards[i]->id;
+      ce.shard = shards[i]->id;
       ce.index = e.index();
       if (e.type() == raftpb::ENTRY_NORMAL) ce.data = std::move(*e.mutable_data());
       batch.push_back(std::move(ce));
@@ -743,10 +831,11 @@ absl::Status Node::Impl::HandleReadys() {
     }
   }
   size_t k = 0;
-  for (size_t i = 0; i < n; ++i) {
-    Shard& s = *ready_shards[i];
-    raft::Ready& rd = readys[i];
-    for (const raftpb::Entry& e : rd.committed_entries) {
+  for (size_t i = 0; i < shards.size(); ++i) {
+    Shard& s = *shards[i];
+    const std::vector<raftpb::Entry>& committed = readys[i].committed_entries;
+    for (size_t j = begin[i]; j < end[i]; ++j, ++k) {
+      const raftpb::Entry& e = committed[j];
       if (e.type() == raftpb::ENTRY_CONF_CHANGE) {
         raftpb::ConfChange cc;
         if (!cc.ParseFromString(e.data())) cc.Clear();  // applied as empty (raw_node.h)
@@ -754,33 +843,12 @@ absl::Status Node::Impl::HandleReadys() {
       } else {
         CompleteProposal(s, e, std::move(results[k]));
       }
-      ++k;
     }
-    if (!rd.committed_entries.empty()) {
-      s.storage->AppliedTo(rd.committed_entries.back().index());
-      s.applied_since_compaction += rd.committed_entries.size();
-    }
-    // 5. Reads: confirmed by this Ready, served once applied.
-    for (raft::ReadState& rs : rd.read_states) {
-      auto node = s.unconfirmed_reads.extract(rs.request_ctx);
-      if (node.empty()) continue;
-      for (PendingRead& r : node.mapped()) s.confirmed_reads.emplace(rs.index, std::move(r));
+    if (end[i] > begin[i]) {
+      s.storage->AppliedTo(committed[end[i] - 1].index());
+      s.applied_since_compaction += end[i] - begin[i];
     }
     CompleteReads(s);
-    // 6. Advance.
-    s.raw->Advance(rd);
-  }
-
-  // Log compaction, keeping a margin of entries for slightly lagging
-  // followers (anything older is answered by an on-demand snapshot).
-  const uint64_t interval = std::max<uint64_t>(1, options_.snapshot_interval_entries);
-  const uint64_t margin = std::min<uint64_t>(1024, interval / 2);
-  for (Shard* s : ready_shards) {
-    if (s->applied_since_compaction < interval) continue;
-    const uint64_t applied = s->storage->applied_index();
-    if (applied <= margin) continue;
-    TESSERA_RETURN_IF_ERROR(s->storage->Compact(applied - margin));
-    s->applied_since_compaction = 0;
   }
   return absl::OkStatus();
 }

@@ -4,12 +4,16 @@
 // Where it sits: the KV service calls Propose()/ReadBarrier(); the transport
 // delivers peer messages through Receive(). The raft loop thread owns every
 // raft::RawNode and runs, per cycle (STYLE.md §2):
-//   1. step queued messages, proposals, read requests and due ticks;
+//   1. step queued messages, proposals, read requests (those of a shard
+//      arriving together share one ReadIndex round) and due ticks;
 //   2. collect the Ready of every shard that has one;
-//   3. persist all of them with ONE synced RaftLog::Save (group commit);
-//   4. only then send their messages, batched per destination node;
-//   5. apply all committed entries with ONE Applier::Apply;
-//   6. complete the waiting proposals and reads; Advance every Ready.
+//   3. before the fsync: send leaders' appends and heartbeats (followers
+//      write in parallel, Raft thesis §10.2.1), apply the committed entries
+//      this node already persisted (ONE Applier::Apply) and answer their
+//      proposals and the confirmed reads;
+//   4. persist all Readys with ONE synced RaftLog::Save (group commit);
+//   5. only then send the other messages, batched per destination node;
+//   6. apply the remaining committed entries, answer; Advance every Ready.
 // Snapshots are produced on demand from the KvStore (ExportSnapshot) when a
 // follower needs compacted entries, and the log of a shard is compacted
 // every snapshot_interval_entries applied entries.

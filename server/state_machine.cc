@@ -393,11 +393,13 @@ void StoreSessionList(Overlay& shard, const sm::SessionList& list) {
 // `is_new`, and stores it.
 absl::Status MoveToTail(Overlay& shard, uint64_t client_id, sm::SessionRecord* record,
                         bool is_new) {
-  TESSERA_ASSIGN_OR_RETURN(sm::SessionList list, LoadSessionList(shard));
-  if (!is_new && list.tail == client_id) {
+  if (!is_new && record->next == 0) {
+    // Already the tail (the only linked record without a next): the common
+    // case of a client writing repeatedly, decided without the list.
     StoreSession(shard, client_id, *record);
     return absl::OkStatus();
   }
+  TESSERA_ASSIGN_OR_RETURN(sm::SessionList list, LoadSessionList(shard));
   if (is_new) {
     ++list.count;
   } else {
@@ -513,7 +515,8 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t in
   }
   seqs.erase(seqs.begin(), seqs.begin() + static_cast<std::ptrdiff_t>(drop));
   TESSERA_RETURN_IF_ERROR(MoveToTail(shard, client_id, &updated, is_new));
-  TESSERA_RETURN_IF_ERROR(EvictOverflow(shard, options.max_sessions_per_shard));
+  // Only a new session can take the count over the bound.
+  if (is_new) TESSERA_RETURN_IF_ERROR(EvictOverflow(shard, options.max_sessions_per_shard));
   return result;
 }
 
