@@ -716,12 +716,17 @@ absl::Status Node::Impl::HandleReadys() {
   }
 
   // 3. Persist every shard's entries, hard state and snapshot point with ONE
-  //    synced write, before any other message leaves.
+  //    write, before any other message leaves.
+  //    Synced only if some Ready needs it: a commit-index-only HardState
+  //    need not be (raft recovers the commit index), which saves the leader
+  //    an fsync per commit; written, it still survives kill -9.
   std::vector<storage::LogUpdate> updates;
   std::vector<size_t> update_of;
+  bool must_sync = false;
   for (size_t i = 0; i < n; ++i) {
     raft::Ready& rd = readys[i];
     if (!rd.snapshot.has_value() && rd.entries.empty() && !rd.hard_state.has_value()) continue;
+    must_sync = must_sync || rd.must_sync;
     storage::LogUpdate u;
     u.shard = ready_shards[i]->id;
     if (rd.snapshot.has_value()) u.snapshot = rd.snapshot->metadata();
@@ -734,8 +739,9 @@ absl::Status Node::Impl::HandleReadys() {
     size_t entries = 0;
     for (const storage::LogUpdate& u : updates) entries += u.entries.size();
     const absl::Time save_start = absl::Now();
-    absl::Status saved = log_->Save(updates);
-    if (options_.metrics != nullptr && saved.ok()) {
+    absl::Status saved = log_->Save(updates, must_sync ? storage::RaftLog::Durability::kSynced
+                                                       : storage::RaftLog::Durability::kBuffered);
+    if (options_.metrics != nullptr && saved.ok() && must_sync) {
       options_.metrics->OnLogSaved(absl::Now() - save_start, updates.size(), entries);
     }
     for (size_t k = 0; k < updates.size(); ++k) {

@@ -6,7 +6,7 @@
 
 namespace tessera::storage {
 
-absl::Status MemRaftLog::Save(absl::Span<const LogUpdate> updates) {
+absl::Status MemRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durability /*durability*/) {
   absl::MutexLock lock(&mu_);
   // Validate everything against staged copies first: all or nothing.
   std::map<ShardId, internal::ShardLogMeta> staged;

@@ -21,7 +21,6 @@ class MemRaftLog : public RaftLog {
   MemRaftLog(const MemRaftLog&) = delete;
   MemRaftLog& operator=(const MemRaftLog&) = delete;
 
-  absl::Status Save(absl::Span<const LogUpdate> updates) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<LogState> State(ShardId shard) const override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::vector<raftpb::Entry>> Entries(ShardId shard, uint64_t lo, uint64_t hi,
                                                      uint64_t max_bytes) const override
@@ -30,6 +29,11 @@ class MemRaftLog : public RaftLog {
       ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Compact(ShardId shard, uint64_t index) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status DeleteShard(ShardId shard) override ABSL_LOCKS_EXCLUDED(mu_);
+
+ protected:
+  // Memory only: both durabilities are the same.
+  absl::Status DoSave(absl::Span<const LogUpdate> updates, Durability durability) override
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Shard {

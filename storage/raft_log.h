@@ -61,6 +61,16 @@ class RaftLog {
  public:
   virtual ~RaftLog() = default;
 
+  // How durable a Save() is once it returns OK.
+  enum class Durability {
+    kSynced,  // fsynced: survives a process crash and power loss
+    // Written to the WAL file but not fsynced: survives a process crash
+    // (kill -9), not power loss, until the next synced write (which covers
+    // everything written before it). For what raft need not sync, such as a
+    // commit-index-only HardState (raft::Ready::must_sync false).
+    kBuffered,
+  };
+
   // Persists all `updates` (of one or many shards; several updates of one
   // shard are applied in order) atomically with ONE synced write: when it
   // returns OK everything survives a crash or power loss; on error nothing was
@@ -71,7 +81,13 @@ class RaftLog {
   //    a snapshot older than the truncated index. Nothing is written: a bug
   //    in the caller.
   //  kInternal/kDataLoss/kUnavailable: I/O failure; the node should stop.
-  virtual absl::Status Save(absl::Span<const LogUpdate> updates) = 0;
+  absl::Status Save(absl::Span<const LogUpdate> updates) {
+    return Save(updates, Durability::kSynced);
+  }
+  // Same, as durable as `durability` says.
+  absl::Status Save(absl::Span<const LogUpdate> updates, Durability durability) {
+    return DoSave(updates, durability);
+  }
 
   // The shard's state (defaults for a shard never written to).
   virtual absl::StatusOr<LogState> State(ShardId shard) const = 0;
@@ -106,6 +122,10 @@ class RaftLog {
   // the replica was removed from this node. Synced. Afterwards State() returns
   // the defaults.
   virtual absl::Status DeleteShard(ShardId shard) = 0;
+
+ protected:
+  // Save() of the implementation.
+  virtual absl::Status DoSave(absl::Span<const LogUpdate> updates, Durability durability) = 0;
 };
 
 }  // namespace tessera::storage

@@ -53,7 +53,8 @@ class RocksRaftLog : public RaftLog {
  public:
   RocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) : db_(db), cf_(cf) {}
 
-  absl::Status Save(absl::Span<const LogUpdate> updates) override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status DoSave(absl::Span<const LogUpdate> updates, Durability durability) override
+      ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<LogState> State(ShardId shard) const override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::vector<raftpb::Entry>> Entries(ShardId shard, uint64_t lo, uint64_t hi,
                                                      uint64_t max_bytes) const override
@@ -212,7 +213,7 @@ void RocksRaftLog::DeleteEntries(ShardId shard, uint64_t first, uint64_t last,
   batch->DeleteRange(cf_, keys::EntryKey(shard, first), end).PermitUncheckedError();
 }
 
-absl::Status RocksRaftLog::Save(absl::Span<const LogUpdate> updates) {
+absl::Status RocksRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durability durability) {
   if (updates.empty()) return absl::OkStatus();
   std::vector<ShardId> shards;
   for (const LogUpdate& u : updates) {
@@ -263,7 +264,9 @@ absl::Status RocksRaftLog::Save(absl::Span<const LogUpdate> updates) {
     }
   }
   rocksdb::WriteOptions wo;
-  wo.sync = true;  // the whole batch, all shards: one WAL fsync
+  // The whole batch, all shards: one WAL fsync. Unsynced, the write still
+  // reaches the WAL file (no manual WAL flush), so it survives kill -9.
+  wo.sync = durability == Durability::kSynced;
   absl::Status status = FromRocks(db_->Write(wo, &batch), "RocksRaftLog::Save");
   Publish(shards, status.ok() ? &staged : nullptr);
   return status;

@@ -1,5 +1,6 @@
-// Crash test: a child process appends to the raft log (synced) and applies to
-// the KvStore in a loop, acknowledging each synced Save through a pipe; the
+// Crash test: a child process appends to the raft log and applies to the
+// KvStore in a loop, acknowledging each Save through a pipe (every other Save
+// is Durability::kBuffered, which must survive kill -9 too); the
 // parent kill -9s it at a random point, then checks in a fresh process that
 // every acknowledged entry is present and intact and that each shard's
 // applied index is consistent with its data.
@@ -109,7 +110,9 @@ bool ReadAll(int fd, void* buf, size_t n) {
       u.hard_state = hs;
       updates.push_back(std::move(u));
     }
-    if (!log.Save(updates).ok()) _exit(3);
+    const RaftLog::Durability durability =
+        next % 2 == 0 ? RaftLog::Durability::kSynced : RaftLog::Durability::kBuffered;
+    if (!log.Save(updates, durability).ok()) _exit(3);
     if (!WriteAll(ack_fd, &next, sizeof(next))) _exit(3);
     // Apply everything committed so far (after a restart: catch up).
     std::vector<ShardWrite> writes;
