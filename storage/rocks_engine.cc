@@ -16,11 +16,9 @@
 #include "rocksdb/db.h"
 #include "rocksdb/filter_policy.h"
 #include "rocksdb/options.h"
-#include "rocksdb/slice_transform.h"
 #include "rocksdb/statistics.h"
 #include "rocksdb/table.h"
 #include "storage/engine.h"
-#include "storage/keys.h"
 
 namespace tessera::storage {
 
@@ -88,9 +86,6 @@ rocksdb::DBOptions MakeDbOptions(const EngineOptions& options) {
   // a rarely-flushed data CF would otherwise pin old WAL files forever. Past
   // this size RocksDB flushes the CFs holding the oldest WAL.
   db.max_total_wal_size = options.max_total_wal_bytes;
-  // The node has one writer (its raft loop): no concurrent memtable inserts,
-  // which also lets the CFs' insert hints (InsertHintPrefix) work.
-  db.allow_concurrent_memtable_write = false;
   // Smooth SST writeback (flush/compaction) in 1 MiB steps so that a big
   // fsync at file end does not stall the synced WAL writes behind it.
   db.bytes_per_sync = 1 << 20;
@@ -107,35 +102,6 @@ rocksdb::DBOptions MakeDbOptions(const EngineOptions& options) {
   return db;
 }
 
-// Insert hints for memtable keys that arrive in order per prefix (RocksDB
-// keeps the last insert position per prefix and starts the next insert of
-// that prefix there instead of searching the skip list from the top):
-//  - raft CF: shard | 0x10 (a shard's entries, appended by index) and the
-//    fixed per-shard records;
-//  - data CF: shard | 0x02 | 'R'/'S' | client id (a session's results by
-//    seq and its record), i.e. the first 18 bytes of meta keys of that
-//    length. User data keys arrive in random order: no hint (a hint per key
-//    would only cost memory).
-// Only used with allow_concurrent_memtable_write off; the node has one
-// writer thread anyway.
-class InsertHintPrefix : public rocksdb::SliceTransform {
- public:
-  InsertHintPrefix(const char* name, size_t length, char only_tag)
-      : name_(name), length_(length), only_tag_(only_tag) {}
-  const char* Name() const override { return name_; }
-  rocksdb::Slice Transform(const rocksdb::Slice& key) const override {
-    return rocksdb::Slice(key.data(), length_);
-  }
-  bool InDomain(const rocksdb::Slice& key) const override {
-    return key.size() >= length_ && (only_tag_ == 0 || key[8] == only_tag_);
-  }
-
- private:
-  const char* const name_;
-  const size_t length_;
-  const char only_tag_;  // 0 = any tag
-};
-
 rocksdb::ColumnFamilyOptions MakeRaftCfOptions(const EngineOptions& options,
                                                const std::shared_ptr<rocksdb::Cache>& cache) {
   rocksdb::ColumnFamilyOptions cf;
@@ -143,8 +109,6 @@ rocksdb::ColumnFamilyOptions MakeRaftCfOptions(const EngineOptions& options,
   // deleted by Compact(): most never leave the memtable.
   cf.write_buffer_size = options.raft_write_buffer_bytes;
   cf.max_write_buffer_number = 3;
-  cf.memtable_insert_with_hint_prefix_extractor =
-      std::make_shared<InsertHintPrefix>("tessera.RaftInsertHint", 9, /*only_tag=*/0);
   cf.level_compaction_dynamic_level_bytes = true;
   cf.compression = FastCompression();
   cf.bottommost_compression = FastCompression();
@@ -166,8 +130,6 @@ rocksdb::ColumnFamilyOptions MakeDataCfOptions(const EngineOptions& options,
   rocksdb::ColumnFamilyOptions cf;
   cf.write_buffer_size = options.data_write_buffer_bytes;
   cf.max_write_buffer_number = 3;
-  cf.memtable_insert_with_hint_prefix_extractor =
-      std::make_shared<InsertHintPrefix>("tessera.SessionInsertHint", 18, keys::kMetaTag);
   // Keeps space amplification near 1.1x whatever the data size.
   cf.level_compaction_dynamic_level_bytes = true;
   cf.compression = FastCompression();
