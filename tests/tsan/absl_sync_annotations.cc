@@ -18,6 +18,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace {
@@ -108,14 +109,12 @@ void Mutex::LockWhen(const Condition& cond) ABSL_NO_THREAD_SAFETY_ANALYSIS {
   __tsan_mutex_post_lock(this, 0, 0);
 }
 
+// The *WithTimeout forms go through the annotated *WithDeadline ones (as
+// Debian's absl itself does for some of them, through the PLT: annotating
+// both would count one wait twice).
 bool Mutex::LockWhenWithTimeout(const Condition& cond,
                                 Duration timeout) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-  TESSERA_REAL(bool (*)(Mutex*, const Condition&, Duration),
-               "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  AnnotateLock(this, 0);
-  bool ok = real(this, cond, timeout);
-  __tsan_mutex_post_lock(this, 0, 0);
-  return ok;
+  return LockWhenWithDeadline(cond, Now() + timeout);
 }
 
 bool Mutex::LockWhenWithDeadline(const Condition& cond,
@@ -145,12 +144,7 @@ void Mutex::Await(const Condition& cond) {
 }
 
 bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
-  TESSERA_REAL(bool (*)(Mutex*, const Condition&, Duration),
-               "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  AnnotateWaitBegin(this);
-  bool ok = real(this, cond, timeout);
-  AnnotateWaitEnd(this);
-  return ok;
+  return AwaitWithDeadline(cond, Now() + timeout);
 }
 
 bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
@@ -170,12 +164,7 @@ void CondVar::Wait(Mutex* mu) {
 }
 
 bool CondVar::WaitWithTimeout(Mutex* mu, Duration timeout) {
-  TESSERA_REAL(bool (*)(CondVar*, Mutex*, Duration),
-               "_ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
-  AnnotateWaitBegin(mu);
-  bool timed_out = real(this, mu, timeout);
-  AnnotateWaitEnd(mu);
-  return timed_out;
+  return WaitWithDeadline(mu, Now() + timeout);
 }
 
 bool CondVar::WaitWithDeadline(Mutex* mu, Time deadline) {
@@ -201,11 +190,7 @@ void Notification::WaitForNotification() const {
 }
 
 bool Notification::WaitForNotificationWithTimeout(Duration timeout) const {
-  TESSERA_REAL(bool (*)(const Notification*, Duration),
-               "_ZNK4absl7debian312Notification30WaitForNotificationWithTimeoutENS0_8DurationE");
-  bool ok = real(this, timeout);
-  if (ok) __tsan_acquire(const_cast<void*>(NotificationSync(this)));
-  return ok;
+  return WaitForNotificationWithDeadline(Now() + timeout);
 }
 
 bool Notification::WaitForNotificationWithDeadline(Time deadline) const {
