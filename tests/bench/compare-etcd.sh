@@ -22,19 +22,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
-for arg in "$@"; do
-  if [[ $arg == -h || $arg == --help ]]; then
-    exec python3 "$root/tests/bench/compare_etcd.py" --help
-  fi
-done
-
-if [[ -z ${TESSERA_SKIP_BUILD:-} ]]; then
-  "$root/deploy/install-deps.sh"
-  if [[ ! -f $root/build/release/build.ninja ]]; then
-    (cd "$root" && cmake --preset release >/dev/null)
-  fi
-  ninja -C "$root/build/release" -j2 tessera-server tessera-admin tessera-bench
-elif [[ ! -x /usr/bin/etcd || ! -x /usr/bin/etcdctl ]]; then
+# shellcheck source=tests/bench/prepare.sh
+source "$root/tests/bench/prepare.sh"
+bench_prepare "$root/tests/bench/compare_etcd.py" "$@"
+# Skipping the build still needs etcd.
+if [[ ! -x /usr/bin/etcd || ! -x /usr/bin/etcdctl ]]; then
   "$root/deploy/install-deps.sh"
 fi
 

@@ -25,17 +25,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
-for arg in "$@"; do
-  if [[ $arg == -h || $arg == --help ]]; then
-    exec python3 "$root/tests/bench/scaling.py" --help
-  fi
-done
-
-if [[ -z ${TESSERA_SKIP_BUILD:-} ]]; then
-  "$root/deploy/install-deps.sh"
-  [[ -f $root/build/release/build.ninja ]] || (cd "$root" && cmake --preset release >/dev/null)
-  ninja -C "$root/build/release" -j2 tessera-server tessera-admin tessera-bench
-fi
+# shellcheck source=tests/bench/prepare.sh
+source "$root/tests/bench/prepare.sh"
+bench_prepare "$root/tests/bench/scaling.py" "$@"
 
 # scaling.py reads TESSERA_BIN_DIR itself (default build/release).
 exec python3 "$root/tests/bench/scaling.py" "$@"
