@@ -134,7 +134,7 @@ class MapCall final : public CallBase {
       if (cancelled_) context->TryCancel();  // before the call starts: no callback runs here
     }
     node->breaker.Allow(now);  // claims the half-open probe if any
-    node->cluster->async()->GetClusterMap(
+    node->cluster.Next()->async()->GetClusterMap(
         context.get(), &request_, &response_,
         [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
   }
@@ -352,7 +352,7 @@ class KvCall final : public CallBase {
     if (cancel_now) context->TryCancel();  // the call starts cancelled
     node->outstanding.fetch_add(1);
     node->attempts.fetch_add(1);
-    invoke_(node->kv.get(), context.get(), &request_, &response_,
+    invoke_(node->kv.Next(), context.get(), &request_, &response_,
             [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
   }
 
@@ -957,7 +957,7 @@ absl::StatusOr<v1::NodeStatusResponse> Client::NodeStatus(const std::string& add
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
   v1::NodeStatusResponse response;
-  absl::Status s = FromGrpcStatus(node->cluster->NodeStatus(&context, {}, &response));
+  absl::Status s = FromGrpcStatus(node->cluster.Next()->NodeStatus(&context, {}, &response));
   if (!s.ok()) return s;
   return response;
 }

@@ -54,10 +54,11 @@ Client::Core::Node* Client::Core::GetNode(const std::string& address) {
     // Numeric IPv4 addresses skip the DNS resolver and its re-resolution backoff.
     const bool numeric = !address.empty() && absl::ascii_isdigit(address[0]);
     for (int i = 0; i < channels; ++i) {
-      node->channels.push_back(grpc::CreateCustomChannel(numeric ? "ipv4:" + address : address,
-                                                         grpc::InsecureChannelCredentials(), args));
-      node->kv.Add(v1::KV::NewStub(node->channels.back()));
-      node->cluster.Add(v1::Cluster::NewStub(node->channels.back()));
+      // The stubs own the channel.
+      std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+          numeric ? "ipv4:" + address : address, grpc::InsecureChannelCredentials(), args);
+      node->kv.Add(v1::KV::NewStub(channel));
+      node->cluster.Add(v1::Cluster::NewStub(channel));
     }
   }
   return node.get();

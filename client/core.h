@@ -43,17 +43,16 @@ class CallBase {
 };
 
 // The stubs of one service over a node's ClientOptions::channels_per_node
-// channels. get() (and ->) picks the next one round-robin. Filled once when
-// the node is created, then thread-safe.
+// channels. Filled once when the node is created, then thread-safe.
 template <typename Stub>
 class StubSet {
  public:
   void Add(std::unique_ptr<Stub> stub) { stubs_.push_back(std::move(stub)); }
-  Stub* get() {
+  // The next stub, round-robin.
+  Stub* Next() {
     if (stubs_.size() == 1) return stubs_[0].get();
     return stubs_[next_.fetch_add(1, std::memory_order_relaxed) % stubs_.size()].get();
   }
-  Stub* operator->() { return get(); }
 
  private:
   std::vector<std::unique_ptr<Stub>> stubs_;
@@ -67,7 +66,6 @@ class Client::Core {
   // outstanding on it.
   struct Node {
     std::string address;
-    std::vector<std::shared_ptr<grpc::Channel>> channels;
     StubSet<v1::KV::Stub> kv;
     StubSet<v1::Cluster::Stub> cluster;
     CircuitBreaker breaker;

@@ -373,7 +373,7 @@ TEST(Node, ReadBarrierOnLeaderSeesCommittedWrites) {
   EXPECT_THAT(lease_status, IsOk());
 }
 
-TEST(Node, ConcurrentReadsShareReadIndexAndExpireOneByOne) {
+TEST(Node, ConcurrentReadsExpireOneByOneAndCompleteAfterHeal) {
   // Reads arriving together share one ReadIndex round; a short deadline in
   // the group fails only its own read.
   Cluster c({.shards = 1, .election_ticks = 100});
@@ -408,6 +408,31 @@ TEST(Node, ConcurrentReadsShareReadIndexAndExpireOneByOne) {
   EXPECT_EQ(ok.load(), kReads - kReads / 8);
   EXPECT_EQ(expired.load(), kReads / 8);
   EXPECT_EQ(other.load(), 0);
+}
+
+TEST(Node, CommitOnlyHardStatesAreNotFsynced) {
+  // One client writing: each put costs each node one fsync (its entry). The
+  // hard states that only move the commit index are written unsynced (raft
+  // recovers them); syncing them too would cost about two per put.
+  Cluster c({.shards = 1});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "warm", "up"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId follower = OtherThan(leader);
+  auto syncs = [&](NodeId id) -> uint64_t {
+    absl::StatusOr<storage::Engine::Stats> st = c.engine(id).GetStats();
+    return st.ok() ? st->wal_syncs : 0;
+  };
+  const uint64_t leader_before = syncs(leader);
+  const uint64_t follower_before = syncs(follower);
+  constexpr int kPuts = 40;
+  for (int i = 0; i < kPuts; ++i) {
+    ASSERT_THAT(Cluster::Put(c.node(leader), 1, absl::StrCat("k", i), "v"), IsOk());
+  }
+  EXPECT_GE(syncs(leader) - leader_before, uint64_t{kPuts});
+  EXPECT_LE(syncs(leader) - leader_before, uint64_t{kPuts * 3 / 2});
+  EXPECT_LE(syncs(follower) - follower_before, uint64_t{kPuts * 3 / 2});
 }
 
 TEST(Node, PartitionedFollowerCatchesUpAfterHeal) {
