@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <set>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "proto/grpc_status.h"
@@ -111,14 +113,16 @@ KvService::KvService(const KvServiceOptions& options, const ClusterMapCache* map
     : options_(options),
       maps_(maps),
       backend_(backend),
-      pool_(std::make_unique<WorkerPool>(options.worker_threads)) {}
+      pool_(std::make_unique<WorkerPool>(options.worker_threads)),
+      budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {}
 
 KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend)
     : options_(options),
       owned_maps_(std::make_unique<ClusterMapCache>(*map)),
       maps_(owned_maps_.get()),
       backend_(backend),
-      pool_(std::make_unique<WorkerPool>(options.worker_threads)) {}
+      pool_(std::make_unique<WorkerPool>(options.worker_threads)),
+      budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {}
 
 uint64_t KvService::Epoch() const {
   std::shared_ptr<const ClusterMap> map = maps_->Current();
@@ -155,8 +159,17 @@ absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
   if (header.shard() >= n) {
     return stale(absl::StrCat("shard ", header.shard(), " does not exist (", n, " shards)"));
   }
-  for (absl::string_view key : keys) {
-    uint32_t shard = ShardForKey(key, n);
+  std::set<uint32_t> shards;
+  for (absl::string_view key : keys) shards.insert(ShardForKey(key, n));
+  if (shards.size() > 1) {
+    // No route can fix this: not a stale-route error, or a client following
+    // the contract would refresh and retry forever.
+    return absl::InvalidArgumentError(
+        absl::StrCat("the keys of the request span shards ", absl::StrJoin(shards, ", "),
+                     "; a Txn's keys must all map to one shard (use a hash tag such as "
+                     "\"acct:{42}:balance\")"));
+  }
+  for (uint32_t shard : shards) {
     if (shard != header.shard()) {
       return stale(absl::StrCat("a key of the request belongs to shard ", shard, ", not shard ",
                                 header.shard()));
@@ -200,20 +213,49 @@ void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::S
   FinishCall(reactor, ToGrpcStatus(status));
 }
 
-bool KvService::Enter(grpc::ServerUnaryReactor* reactor) {
+bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes) {
+  bool draining;
   {
     absl::MutexLock lock(&drain_mu_);
-    if (!draining_) {
-      ++in_flight_;
-      return true;
-    }
+    draining = draining_;
+    if (!draining) ++in_flight_;
   }
-  reactor->Finish(ToGrpcStatus(absl::UnavailableError(
-      absl::StrCat("node ", options_.self, " is shutting down; retry on another replica"))));
+  if (draining) {
+    reactor->Finish(ToGrpcStatus(absl::UnavailableError(
+        absl::StrCat("node ", options_.self, " is shutting down; retry on another replica"))));
+    return false;
+  }
+  if (budget_.TryAcquire(request_bytes, absl::Now())) {
+    absl::MutexLock lock(&drain_mu_);
+    call_bytes_[reactor] = request_bytes;
+    return true;
+  }
+  // Refused before any work: the request costs the node nothing more.
+  const int64_t retry_after_ms =
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(budget_.RetryAfter()));
+  absl::Status status = absl::ResourceExhaustedError(
+      absl::StrCat("node ", options_.self, " has too many request bytes in flight (limit ",
+                   options_.max_inflight_bytes, "); retry in about ", retry_after_ms, " ms"));
+  v1::ErrorDetail detail;
+  detail.mutable_retry_after()->set_retry_after_ms(static_cast<uint32_t>(retry_after_ms));
+  SetErrorDetail(status, detail);
+  FinishCall(reactor, ToGrpcStatus(status));
   return false;
 }
 
 void KvService::FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
+  uint64_t bytes = 0;
+  {
+    absl::MutexLock lock(&drain_mu_);
+    auto it = call_bytes_.find(reactor);
+    if (it != call_bytes_.end()) {
+      bytes = it->second;
+      call_bytes_.erase(it);
+    }
+  }
+  // Give the bytes back before Finish: once finished, the reactor (and so
+  // the key above) may be reused by another call.
+  budget_.Release(bytes, absl::Now());
   reactor->Finish(status);
   absl::MutexLock lock(&drain_mu_);
   --in_flight_;
@@ -321,7 +363,7 @@ void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::Reque
 grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
                                          const v1::PutRequest* request, v1::PutResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor)) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
   absl::Status valid = ValidateKey(request->key());
   if (valid.ok() && request->value().size() > options_.max_value_bytes) {
     valid = absl::InvalidArgumentError(absl::StrCat("value of ", request->value().size(),
@@ -345,7 +387,7 @@ grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context
                                             const v1::DeleteRequest* request,
                                             v1::DeleteResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor)) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
@@ -364,7 +406,7 @@ grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context
 grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
                                          const v1::TxnRequest* request, v1::TxnResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor)) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
     const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
     if (ops > options_.max_txn_ops) {
@@ -425,7 +467,7 @@ grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
 grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
                                          const v1::GetRequest* request, v1::GetResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor)) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
@@ -449,7 +491,7 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
                                           const v1::ScanRequest* request,
                                           v1::ScanResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor)) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
   auto validate = [&]() -> absl::Status {
     if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {
       return absl::InvalidArgumentError("scan prefix cannot be combined with start/end");

@@ -17,9 +17,13 @@
 // Errors (all through ToGrpcStatus, with an ErrorDetail when actionable):
 //  INVALID_ARGUMENT    empty key, key > max_key_bytes, value >
 //                      max_value_bytes, prefix with start/end, start > end,
-//                      limit > max_scan_limit, a malformed Txn;
-//  FAILED_PRECONDITION header.shard is not the key's shard (or Txn keys span
-//                      shards), the shard has no replica here, or a non-zero
+//                      limit > max_scan_limit, a malformed Txn, a Txn whose
+//                      keys span shards (the message names them);
+//  RESOURCE_EXHAUSTED  max_inflight_bytes of requests are in flight on this
+//                      node (admission.h): ErrorDetail.retry_after says when
+//                      to come back;
+//  FAILED_PRECONDITION header.shard is not the key's shard, the shard has no
+//                      replica here, or a non-zero
 //                      header.epoch differs from ours: ErrorDetail.stale_route
 //                      carries the current map with leader hints;
 //  UNAVAILABLE         not the leader (ErrorDetail.not_leader: the leader id
@@ -47,6 +51,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/container/flat_hash_map.h"
+#include "server/admission.h"
 #include "server/cluster_map.h"
 #include "server/node.h"
 #include "server/state_machine.h"
@@ -95,6 +101,8 @@ struct KvServiceOptions {
   uint32_t default_max_staleness_ms = 5000;
   // Threads completing requests and reading the state machine.
   int worker_threads = 2;
+  // Node-wide budget of request bytes in flight (admission.h); 0 = none.
+  uint64_t max_inflight_bytes = 64 << 20;
 };
 
 class KvService final : public v1::KV::CallbackService {
@@ -126,12 +134,17 @@ class KvService final : public v1::KV::CallbackService {
   // Waits until no call is in flight, or `deadline`; returns whether idle.
   bool WaitIdle(absl::Time deadline) ABSL_LOCKS_EXCLUDED(drain_mu_);
 
+  // The byte budget's counters, for /metrics.
+  AdmissionStats admission_stats() const { return budget_.Stats(); }
+
  private:
   class WorkerPool;
 
-  // Admits a call (counted in flight) unless draining; else finishes it.
-  bool Enter(grpc::ServerUnaryReactor* reactor) ABSL_LOCKS_EXCLUDED(drain_mu_);
-  // Finishes an admitted call.
+  // Admits a call of `request_bytes` (counted in flight, its bytes taken
+  // from the budget) unless draining or over budget; else finishes it.
+  bool Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes)
+      ABSL_LOCKS_EXCLUDED(drain_mu_);
+  // Finishes an admitted call and gives its bytes back.
   void FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status)
       ABSL_LOCKS_EXCLUDED(drain_mu_);
   absl::Status ValidateKey(absl::string_view key) const;
@@ -165,9 +178,14 @@ class KvService final : public v1::KV::CallbackService {
   KvBackend* const backend_;
   std::unique_ptr<WorkerPool> pool_;
 
+  ByteBudget budget_;
+
   absl::Mutex drain_mu_;
   bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
   int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;
+  // The bytes each admitted call took from budget_.
+  absl::flat_hash_map<const grpc::ServerUnaryReactor*, uint64_t> call_bytes_
+      ABSL_GUARDED_BY(drain_mu_);
 };
 
 // Cluster.GetClusterMap (the map with this node's leader hints; UNAVAILABLE

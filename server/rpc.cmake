@@ -3,6 +3,7 @@
 find_package(spdlog CONFIG REQUIRED)
 
 add_library(tessera_rpc_server STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/admission.cc
   ${CMAKE_CURRENT_LIST_DIR}/cluster_map.cc
   ${CMAKE_CURRENT_LIST_DIR}/grpc_transport.cc
   ${CMAKE_CURRENT_LIST_DIR}/kv_service.cc

@@ -56,6 +56,7 @@
 #include "absl/strings/str_cat.h"
 #include "proto/status_macros.h"
 #include "server/sm_format.h"
+#include "xxhash.h"
 
 namespace tessera::server {
 namespace {
@@ -453,6 +454,33 @@ absl::Status EvictOverflow(Overlay& shard, size_t max_sessions) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
+uint64_t RequestFingerprint(const serverpb::Command& command) {
+  // The operation only: a retry carries the same op and seq but may carry
+  // a higher first_incomplete_seq. Which op it is goes in first, so a Put
+  // and a Delete with identical bytes differ. Replicas compute it from the
+  // same entry bytes with the same code, so it is deterministic.
+  std::string bytes(1, static_cast<char>(command.op_case()));
+  switch (command.op_case()) {
+    case serverpb::Command::kPut:
+      command.put().AppendToString(&bytes);
+      break;
+    case serverpb::Command::kDelete:
+      command.delete_().AppendToString(&bytes);
+      break;
+    case serverpb::Command::kTxn:
+      command.txn().AppendToString(&bytes);
+      break;
+    default:
+      break;
+  }
+  const uint64_t hash = XXH3_64bits(bytes.data(), bytes.size());
+  return hash != 0 ? hash : 1;  // 0 means "no fingerprint"
+}
+
+namespace {
+
 // Runs one decoded command at log index `index` with session handling.
 absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t index,
                                                      const serverpb::Command& command,
@@ -479,6 +507,14 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t in
         return absl::DataLossError(
             absl::StrCat("missing or corrupt result of client ", client_id, " seq ", seq));
       }
+      // 0: remembered before fingerprints existed; trust the seq as before.
+      if (remembered.request_fingerprint() != 0 &&
+          remembered.request_fingerprint() != RequestFingerprint(command)) {
+        return ErrorResult(absl::FailedPreconditionError(absl::StrCat(
+            "session seq ", seq, " of client ", client_id,
+            " was already used by a different request; use a new seq for a new request")));
+      }
+      remembered.clear_request_fingerprint();
       return remembered;
     }
     if (seq < record->first_incomplete_seq || seq < session.first_incomplete_seq()) {
@@ -503,7 +539,11 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t in
   auto& seqs = updated.seqs;
   seqs.insert(std::upper_bound(seqs.begin(), seqs.end(), seq), seq);
   std::string serialized;
-  result.SerializeToString(&serialized);
+  {
+    serverpb::CommandResult remembered = result;
+    remembered.set_request_fingerprint(RequestFingerprint(command));
+    remembered.SerializeToString(&serialized);
+  }
   shard.Put(/*meta=*/true, sm::ResultKey(client_id, seq), std::move(serialized));
   size_t drop = 0;
   while (drop < seqs.size() && (seqs[drop] < updated.first_incomplete_seq ||

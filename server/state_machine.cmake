@@ -7,5 +7,6 @@ add_library(tessera_state_machine STATIC
 )
 target_include_directories(tessera_state_machine PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(tessera_state_machine
-  PUBLIC tessera_api tessera_storage absl::status absl::statusor absl::strings absl::span)
+  PUBLIC tessera_api tessera_storage absl::status absl::statusor absl::strings absl::span
+  PRIVATE PkgConfig::XXHASH)
 tessera_warnings(tessera_state_machine)

@@ -88,6 +88,12 @@ class StateMachine : public Applier {
   const StateMachineOptions options_;
 };
 
+// The fingerprint a session remembers with a result (CommandResult.
+// request_fingerprint): XXH3_64bits of the command's operation (its kind and
+// its serialized message, session excluded), never 0. A retry with the same
+// seq must carry the same operation; another one is refused.
+uint64_t RequestFingerprint(const serverpb::Command& command);
+
 }  // namespace tessera::server
 
 #endif  // TESSERA_SERVER_STATE_MACHINE_H_

@@ -2,6 +2,7 @@
 // backend in place of Node + StateMachine.
 #include "server/kv_service.h"
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
@@ -375,7 +376,9 @@ TEST_F(KvServiceTest, WrongShardOrEpochReturnsTheCurrentMap) {
   EXPECT_THAT(Get("alpha", header),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("does not exist")));
 
-  // A Txn whose keys span shards.
+  // A Txn whose keys span shards: no route can fix it, so INVALID_ARGUMENT
+  // naming the shards (not a stale route, which a client would retry
+  // forever).
   std::string other = "b0";
   for (int i = 1; ShardForKey(other, 16) == ShardForKey("alpha", 16); ++i) {
     other = absl::StrCat("b", i);
@@ -384,7 +387,17 @@ TEST_F(KvServiceTest, WrongShardOrEpochReturnsTheCurrentMap) {
   *txn.mutable_header() = HeaderFor("alpha");
   txn.add_success()->mutable_put()->set_key("alpha");
   txn.add_success()->mutable_delete_()->set_key(other);
-  EXPECT_THAT(Call(&v1::KV::Stub::Txn, txn), StatusIs(absl::StatusCode::kFailedPrecondition));
+  const uint32_t a = ShardForKey("alpha", 16);
+  const uint32_t b = ShardForKey(other, 16);
+  absl::StatusOr<v1::TxnResponse> spanning = Call(&v1::KV::Stub::Txn, txn);
+  EXPECT_THAT(spanning,
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(absl::StrCat("span shards ", std::min(a, b), ", ",
+                                              std::max(a, b)))));
+  EXPECT_FALSE(GetErrorDetail(spanning.status()).has_value());
+  // Routed by the other key's shard: the same answer.
+  *txn.mutable_header() = HeaderFor(other);
+  EXPECT_THAT(Call(&v1::KV::Stub::Txn, txn), StatusIs(absl::StatusCode::kInvalidArgument));
   // Hash tags keep a Txn in one shard.
   txn.clear_success();
   *txn.mutable_header() = HeaderFor("{acct}:a");

@@ -546,6 +546,56 @@ TYPED_TEST(StateMachineTest, RetryAcrossBatchesAndRestartReturnsFirstResult) {
   EXPECT_EQ(this->Run(WithSession(PutCmd("k", "s2"), 42, 1, 1), 2).put().version(), 1u);
 }
 
+// Regression (issue 12, defect 12): a seq reused by a different request
+// used to return the first request's result silently.
+TYPED_TEST(StateMachineTest, SeqReusedByADifferentRequestIsFailedPrecondition) {
+  const serverpb::Command put = WithSession(PutCmd("k", "v"), 42, 1, 1);
+  const serverpb::CommandResult first = this->Run(put);
+  ASSERT_EQ(first.put().version(), 1u);
+  EXPECT_EQ(first.request_fingerprint(), 0u);  // internal: not handed back
+  absl::StatusOr<std::string> session = this->kv().GetMeta(1, sm::SessionKey(42));
+  absl::StatusOr<std::string> remembered = this->kv().GetMeta(1, sm::ResultKey(42, 1));
+  ASSERT_THAT(session, IsOk());
+  ASSERT_THAT(remembered, IsOk());
+  for (const serverpb::Command& other :
+       {WithSession(PutCmd("k", "w"), 42, 1, 1), WithSession(PutCmd("j", "v"), 42, 1, 1),
+        WithSession(DelCmd("k"), 42, 1, 1),
+        WithSession(TxnCmd({}, {OpPut("k", "v")}), 42, 1, 1)}) {
+    const serverpb::CommandResult r = this->Run(other);
+    EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+    EXPECT_THAT(r.message(), HasSubstr("already used by a different request"));
+  }
+  // Nothing changed: the data, the session and its remembered result.
+  EXPECT_EQ(this->Get("k").kv().value(), "v");
+  EXPECT_EQ(this->Get("k").kv().version(), 1u);
+  EXPECT_FALSE(this->Get("j").found());
+  EXPECT_EQ(*this->kv().GetMeta(1, sm::SessionKey(42)), *session);
+  EXPECT_EQ(*this->kv().GetMeta(1, sm::ResultKey(42, 1)), *remembered);
+  // The same request still gets the first result, also after a restart, and
+  // a retry may carry a higher first_incomplete_seq.
+  EXPECT_EQ(this->Run(put).SerializeAsString(), first.SerializeAsString());
+  this->Restart();
+  EXPECT_EQ(this->Run(WithSession(PutCmd("k", "v"), 42, 1, 0)).SerializeAsString(),
+            first.SerializeAsString());
+}
+
+// Results remembered before fingerprints existed have none: any request with
+// their seq gets them, as before.
+TYPED_TEST(StateMachineTest, ResultWithoutFingerprintMatchesAnyRequest) {
+  const serverpb::CommandResult first = this->Run(WithSession(PutCmd("k", "v"), 42, 1, 1));
+  serverpb::CommandResult old_format = first;
+  old_format.clear_request_fingerprint();
+  storage::ShardWrite rewrite{.shard = 1,
+                              .applied_index = ++this->last_index_[1],
+                              .mutations = {{storage::Mutation::Kind::kPutMeta,
+                                             sm::ResultKey(42, 1),
+                                             old_format.SerializeAsString()}}};
+  ASSERT_THAT(this->kv().Apply({rewrite}), IsOk());
+  EXPECT_EQ(this->Run(WithSession(PutCmd("k", "other"), 42, 1, 1)).SerializeAsString(),
+            first.SerializeAsString());
+  EXPECT_EQ(this->Get("k").kv().value(), "v");
+}
+
 TYPED_TEST(StateMachineTest, ErrorResultsAreRememberedToo) {
   const serverpb::Command bad = WithSession(PutCmd("", "v"), 7, 1, 1);
   const serverpb::CommandResult first = this->Run(bad);
