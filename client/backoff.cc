@@ -14,6 +14,10 @@ absl::Duration BackoffCap(const BackoffPolicy& policy, int retry) {
   return absl::Seconds(std::min(cap, max));
 }
 
+absl::Duration JitteredRetryAfter(absl::Duration hint, absl::BitGenRef rng) {
+  return hint * absl::Uniform(rng, 1.0, 1.5);
+}
+
 absl::Duration FullJitterBackoff(const BackoffPolicy& policy, int retry, absl::BitGenRef rng) {
   const double cap = absl::ToDoubleSeconds(BackoffCap(policy, retry));
   if (cap <= 0) return absl::ZeroDuration();

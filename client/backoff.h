@@ -33,6 +33,12 @@ absl::Duration BackoffCap(const BackoffPolicy& policy, int retry);
 // `rng` is.
 absl::Duration FullJitterBackoff(const BackoffPolicy& policy, int retry, absl::BitGenRef rng);
 
+// The wait before retrying a call the server refused with a retry-after
+// hint (ErrorDetail.retry_after): uniform in [hint, 1.5 * hint), so that
+// clients refused together do not come back together, and none comes back
+// before the server asked. Thread-safe if `rng` is.
+absl::Duration JitteredRetryAfter(absl::Duration hint, absl::BitGenRef rng);
+
 struct CircuitBreakerOptions {
   int failure_threshold = 3;                    // consecutive failures that open it
   absl::Duration cool_down = absl::Seconds(1);  // open -> half-open after this

@@ -412,6 +412,9 @@ class KvCall final : public CallBase {
         return RetryLater();
       }
       case absl::StatusCode::kResourceExhausted:
+        if (detail.has_value() && detail->has_retry_after()) {
+          return RetryAfterServerHint(absl::Milliseconds(detail->retry_after().retry_after_ms()));
+        }
         return RetryLater();
       case absl::StatusCode::kDeadlineExceeded:
         maybe_applied_ = maybe_applied_ || spec_.write;
@@ -454,6 +457,22 @@ class KvCall final : public CallBase {
     if (now >= spec_.deadline) return Finish(DeadlineStatus());
     hint_hops_ = 0;
     const absl::Time when = std::min(now + core_->Backoff(retries_++), spec_.deadline);
+    core_->timer().Schedule(when, [this](bool ok) {
+      if (!ok) return Finish(absl::CancelledError("client shutting down"));
+      Attempt();
+    });
+  }
+
+  // The server refused the call for overload and said when it expects room:
+  // wait about that long (with jitter), then try again. If that is past the
+  // deadline, give up now rather than wait for a certain failure.
+  void RetryAfterServerHint(absl::Duration hint) {
+    const absl::Time when = absl::Now() + core_->RetryAfter(hint);
+    if (when >= spec_.deadline) {
+      return Finish(spec_.write && maybe_applied_ ? DeadlineStatus() : last_error_);
+    }
+    hint_hops_ = 0;
+    ++retries_;  // the next backoff grows too
     core_->timer().Schedule(when, [this](bool ok) {
       if (!ok) return Finish(absl::CancelledError("client shutting down"));
       Attempt();

@@ -75,6 +75,11 @@ absl::Duration Client::Core::Backoff(int retry) {
   return FullJitterBackoff(options_.backoff, retry, rng_);
 }
 
+absl::Duration Client::Core::RetryAfter(absl::Duration hint) {
+  absl::MutexLock lock(&rng_mu_);
+  return JitteredRetryAfter(hint, rng_);
+}
+
 size_t Client::Core::RandomIndex(size_t n) {
   if (n <= 1) return 0;
   absl::MutexLock lock(&rng_mu_);

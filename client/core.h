@@ -93,6 +93,8 @@ class Client::Core {
 
   // A full-jitter backoff delay for retry number `retry`.
   absl::Duration Backoff(int retry) ABSL_LOCKS_EXCLUDED(rng_mu_);
+  // JitteredRetryAfter(hint).
+  absl::Duration RetryAfter(absl::Duration hint) ABSL_LOCKS_EXCLUDED(rng_mu_);
   // A uniform integer in [0, n).
   size_t RandomIndex(size_t n) ABSL_LOCKS_EXCLUDED(rng_mu_);
 

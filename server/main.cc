@@ -102,6 +102,11 @@ ABSL_FLAG(uint32_t, slow_request_ms, 1000,
 ABSL_FLAG(uint32_t, slow_fsync_ms, 500,
           "log WAL fsyncs slower than this, at most once per 10 s (0: never)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+// ---- Admission control and clear answers (issue 12) ----
+ABSL_FLAG(uint64_t, max_inflight_bytes, 64 << 20,
+          "node-wide budget of client request bytes in flight; beyond it requests get "
+          "RESOURCE_EXHAUSTED with a retry-after hint (0: no limit)");
+// ---- end admission control ----
 ABSL_FLAG(std::string, port_file, "",
           "if set, written after startup: client_port=<port> and peer_port=<port> lines");
 
@@ -115,7 +120,7 @@ constexpr char kUsage[] =
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
     "  [--snapshot-interval-entries=10000] [--metrics-listen=127.0.0.1:0]\n"
     "  [--node-id-from-hostname=false] [--slow-request-ms=1000] [--slow-fsync-ms=500]\n"
-    "  [--log-level=info]\n"
+    "  [--log-level=info] [--max-inflight-bytes=67108864]\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
 // Sets flag `name` (dashes allowed) to `value`.
@@ -141,7 +146,8 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "node_id_from_hostname",
                                               "slow_request_ms",
                                               "slow_fsync_ms",
-                                              "log_level"};
+                                              "log_level",
+                                              "max_inflight_bytes"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -417,6 +423,7 @@ int Run(const Config& config, const sigset_t& signals) {
     health.Stop();
     metrics.SetNodeStatusSource(nullptr);
     metrics.SetEngine(nullptr);
+    metrics.SetAdmissionSource(nullptr);
   };
 
   absl::StatusOr<std::unique_ptr<storage::Engine>> engine =
@@ -479,6 +486,10 @@ int Run(const Config& config, const sigset_t& signals) {
   node_options.election_ticks = static_cast<int>(absl::GetFlag(FLAGS_election_ticks));
   node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
   node_options.metrics = metrics.node_metrics();
+  // Raft holds no more uncommitted bytes per shard than the node admits.
+  if (absl::GetFlag(FLAGS_max_inflight_bytes) != 0) {
+    node_options.max_uncommitted_bytes_per_shard = absl::GetFlag(FLAGS_max_inflight_bytes);
+  }
   {
     std::vector<ShardId> shard_ids;
     for (const ShardPlacement& p : node_options.shards) shard_ids.push_back(p.shard);
@@ -505,7 +516,9 @@ int Run(const Config& config, const sigset_t& signals) {
   kv_options.self = config.node_id;
   kv_options.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
   kv_options.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
+  kv_options.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
   auto kv_service = std::make_unique<KvService>(kv_options, &maps, &backend);
+  metrics.SetAdmissionSource([kv = kv_service.get()] { return kv->admission_stats(); });
   ClusterService::StoredMapReader stored_map;
   if (hosts_meta) stored_map = [&backend] { return MetaGroup::ReadLocal(backend); };
   ClusterService cluster_service(config.node_id, &maps, &backend, std::move(stored_map));
@@ -626,6 +639,7 @@ int Run(const Config& config, const sigset_t& signals) {
   node_for_peers.store(nullptr, std::memory_order_release);
   transport->Stop();
   spdlog::info("peer service and transport stopped");
+  metrics.SetAdmissionSource(nullptr);
   kv_service.reset();
   stop_observers();
   node->reset();

@@ -460,10 +460,12 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
   std::vector<MetricFamily> Collect() const override {
     std::function<std::vector<ShardStatus>()> node_status;
     const storage::Engine* engine;
+    std::function<AdmissionStats()> admission;
     {
       absl::MutexLock lock(&parent_->mu_);
       node_status = parent_->node_status_;
       engine = parent_->engine_;
+      admission = parent_->admission_;
     }
     std::vector<MetricFamily> out;
     MetricFamily info =
@@ -472,6 +474,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     out.push_back(std::move(info));
     if (node_status) CollectRaft(node_status(), out);
     if (engine != nullptr) CollectStorage(*engine, out);
+    if (admission) CollectAdmission(admission(), out);
     return out;
   }
 
@@ -515,6 +518,23 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     for (MetricFamily* f : {&term, &role, &has_leader, &commit, &applied, &last, &contact}) {
       out.push_back(std::move(*f));
     }
+  }
+
+  static void CollectAdmission(const AdmissionStats& a, std::vector<MetricFamily>& out) {
+    auto add = [&out](std::string name, std::string help, MetricType type, uint64_t value) {
+      out.push_back(Family(std::move(name), std::move(help), type));
+      AddValue(out.back(), static_cast<double>(value));
+    };
+    add("tessera_admission_inflight_bytes",
+        "Client request bytes admitted and not yet answered (--max-inflight-bytes).",
+        MetricType::Gauge, a.in_flight_bytes);
+    add("tessera_admission_limit_bytes", "The budget of request bytes in flight (0: none).",
+        MetricType::Gauge, a.limit_bytes);
+    add("tessera_admission_admitted_total", "Client requests admitted by the byte budget.",
+        MetricType::Counter, a.admitted_total);
+    add("tessera_admission_rejected_total",
+        "Client requests refused with RESOURCE_EXHAUSTED: the byte budget was full.",
+        MetricType::Counter, a.rejected_total);
   }
 
   static void CollectStorage(const storage::Engine& engine, std::vector<MetricFamily>& out) {
@@ -664,6 +684,11 @@ void Metrics::ObserveRpc(absl::string_view full_method, grpc::StatusCode code,
 void Metrics::SetNodeStatusSource(std::function<std::vector<ShardStatus>()> source) {
   absl::MutexLock lock(&mu_);
   node_status_ = std::move(source);
+}
+
+void Metrics::SetAdmissionSource(std::function<AdmissionStats()> source) {
+  absl::MutexLock lock(&mu_);
+  admission_ = std::move(source);
 }
 
 void Metrics::SetEngine(const storage::Engine* engine) {

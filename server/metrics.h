@@ -44,6 +44,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
+#include "server/admission.h"
 #include "server/node.h"
 #include "server/node_metrics.h"
 #include "storage/engine.h"
@@ -186,6 +187,8 @@ class Metrics {
   void SetNodeStatusSource(std::function<std::vector<ShardStatus>()> source)
       ABSL_LOCKS_EXCLUDED(mu_);
   void SetEngine(const storage::Engine* engine) ABSL_LOCKS_EXCLUDED(mu_);
+  // The KV service's byte budget (KvService::admission_stats).
+  void SetAdmissionSource(std::function<AdmissionStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Every metric family, in the text exposition format (version 0.0.4).
   std::string Serialize() const;
@@ -209,6 +212,7 @@ class Metrics {
   mutable absl::Mutex mu_;
   std::function<std::vector<ShardStatus>()> node_status_ ABSL_GUARDED_BY(mu_);
   const storage::Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::function<AdmissionStats()> admission_ ABSL_GUARDED_BY(mu_);
 };
 
 // ---------------------------------------------------------------- HTTP

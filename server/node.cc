@@ -281,6 +281,8 @@ absl::Status Node::Impl::Init() {
     // and the loop re-applies their conf changes.
     config.applied = 0;
     config.max_size_per_msg = options_.max_size_per_msg;
+    config.max_uncommitted_entries_size = options_.max_uncommitted_bytes_per_shard;
+    config.max_inflight_bytes = options_.max_inflight_bytes_per_follower;
     config.check_quorum = true;
     config.pre_vote = true;
     // Lease bookkeeping on; each read chooses (ReadBarrier's `lease`).

@@ -66,6 +66,12 @@ struct NodeOptions {
   // Compact a shard's log after this many entries applied since the last time.
   uint64_t snapshot_interval_entries = 10000;
   uint64_t max_size_per_msg = 1 << 20;
+  // Memory bounds of raft (0 = unlimited): entry bytes a leader keeps
+  // proposed but uncommitted per shard (beyond it Propose fails with
+  // kResourceExhausted), and entry bytes sent but not acknowledged per
+  // follower and shard (raft then waits for acks before sending more).
+  uint64_t max_uncommitted_bytes_per_shard = 64 << 20;
+  uint64_t max_inflight_bytes_per_follower = 16 << 20;
   // Seeds raft's randomized election timeouts (mixed with the node id).
   uint64_t seed = 0;
   // Hooks for metrics (server/node_metrics.h); nullptr = none. Not owned;

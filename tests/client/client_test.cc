@@ -13,6 +13,7 @@
 #include "client/core.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/grpc_status.h"
 #include "proto/key_hash.h"
 #include "proto/testing/status_matchers.h"
 #include "tests/client/fake_cluster.h"
@@ -114,6 +115,62 @@ TEST(ClientFake, UnavailableAndResourceExhaustedAreRetried) {
   ASSERT_THAT(client->Put("r", "v"), IsOk());
   EXPECT_EQ(cluster.applies("r"), 1);
   EXPECT_GE(failures.load(), 5);
+}
+
+// RESOURCE_EXHAUSTED with ErrorDetail.retry_after: the retry waits at least
+// the hint (the backoff of these options is at most 20 ms).
+TEST(ClientFake, RetryAfterHintIsWaitedBeforeRetrying) {
+  FakeCluster cluster({});
+  absl::Mutex mu;
+  std::vector<absl::Time> arrivals;
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method != "Put") return a;
+    absl::MutexLock lock(&mu);
+    arrivals.push_back(absl::Now());
+    if (arrivals.size() == 1) {
+      a.kind = FakeAction::Kind::kError;
+      a.error = absl::ResourceExhaustedError("too many request bytes in flight");
+      v1::ErrorDetail detail;
+      detail.mutable_retry_after()->set_retry_after_ms(400);
+      SetErrorDetail(a.error, detail);
+    }
+    return a;
+  });
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("r", "v"), IsOk());
+  EXPECT_EQ(cluster.applies("r"), 1);
+  absl::MutexLock lock(&mu);
+  ASSERT_GE(arrivals.size(), 2u);  // then maybe a not-leader hop
+  EXPECT_GE(arrivals[1] - arrivals[0], absl::Milliseconds(400));
+  EXPECT_LT(arrivals[1] - arrivals[0], absl::Seconds(10));  // generous: a shared machine
+}
+
+// A hint beyond the call's deadline: the call fails at once with the
+// server's RESOURCE_EXHAUSTED instead of waiting for a certain timeout.
+TEST(ClientFake, RetryAfterBeyondTheDeadlineFailsAtOnce) {
+  FakeCluster cluster({});
+  std::atomic<int> puts{0};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method != "Put") return a;
+    ++puts;
+    a.kind = FakeAction::Kind::kError;
+    a.error = absl::ResourceExhaustedError("too many request bytes in flight");
+    v1::ErrorDetail detail;
+    detail.mutable_retry_after()->set_retry_after_ms(60000);
+    SetErrorDetail(a.error, detail);
+    return a;
+  });
+  ClientOptions options = Options(cluster);
+  options.default_timeout = absl::Seconds(20);
+  auto client = MakeClient(options);
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(client->Put("r", "v"),
+              StatusIs(absl::StatusCode::kResourceExhausted, ::testing::HasSubstr("in flight")));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_EQ(puts.load(), 1);
+  EXPECT_EQ(cluster.applies("r"), 0);
 }
 
 TEST(ClientFake, ErrorsThatAreNotSafeToRetryReturnAtOnce) {

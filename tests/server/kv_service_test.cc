@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
@@ -44,6 +45,10 @@ class FakeBackend : public KvBackend {
       absl::MutexLock lock(&mu_);
       last_command_ = command;
       last_deadline_ = deadline;
+      if (hold_) {
+        held_.push_back(std::move(done));
+        return;
+      }
       if (!propose_error_.ok()) {
         result = propose_error_;
       } else if (forced_result_.has_value()) {
@@ -112,6 +117,27 @@ class FakeBackend : public KvBackend {
     absl::MutexLock lock(&mu_);
     forced_result_ = std::move(r);
   }
+  // While holding, proposals wait (as in a busy Node) until CompleteHeld().
+  void Hold() {
+    absl::MutexLock lock(&mu_);
+    hold_ = true;
+  }
+  // Waits until `n` proposals are held; false at the deadline.
+  bool WaitHeld(size_t n, absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_.size() >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
+  }
+  // Stops holding and completes the held proposals with `result`.
+  void CompleteHeld(const absl::StatusOr<serverpb::CommandResult>& result) {
+    std::vector<Node::ProposeCallback> held;
+    {
+      absl::MutexLock lock(&mu_);
+      hold_ = false;
+      held.swap(held_);
+    }
+    for (Node::ProposeCallback& done : held) done(result);
+  }
   serverpb::Command last_command() const {
     absl::MutexLock lock(&mu_);
     return last_command_;
@@ -157,12 +183,14 @@ class FakeBackend : public KvBackend {
   absl::Time last_deadline_ ABSL_GUARDED_BY(mu_);
   bool last_lease_ ABSL_GUARDED_BY(mu_) = false;
   int barriers_ ABSL_GUARDED_BY(mu_) = 0;
+  bool hold_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Node::ProposeCallback> held_ ABSL_GUARDED_BY(mu_);
 };
 
 // Node 1 of kCluster serving KV + Cluster over the fake backend.
 class KvServiceTest : public ::testing::Test {
  protected:
-  explicit KvServiceTest(uint32_t replication = 3)
+  explicit KvServiceTest(uint32_t replication = 3, uint64_t max_inflight_bytes = 64 << 20)
       : map_(*ClusterMap::Parse(kCluster, 16, replication)) {
     std::vector<ShardStatus> statuses;
     for (ShardId s : map_.ShardsOf(1)) {
@@ -179,6 +207,7 @@ class KvServiceTest : public ::testing::Test {
     KvServiceOptions options;
     options.self = 1;
     options.max_deadline = absl::Seconds(30);
+    options.max_inflight_bytes = max_inflight_bytes;
     kv_ = std::make_unique<KvService>(options, &map_, &backend_);
     cluster_ = std::make_unique<ClusterService>(1, &map_, &backend_);
     absl::StatusOr<StartedServer> started =
@@ -520,6 +549,96 @@ TEST_F(KvServiceTest, DrainRefusesNewCallsAndWaitsForInFlightOnes) {
   EXPECT_THAT(Put("k", "v"), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("shutting down")));
   EXPECT_THAT(Get("k"), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_TRUE(kv_->WaitIdle(absl::Now() + absl::Seconds(5)));
+}
+
+// A node with a 2.5 MiB budget of request bytes in flight.
+class KvServiceBudgetTest : public KvServiceTest {
+ protected:
+  static constexpr uint64_t kBudget = (5 << 20) / 2;
+  KvServiceBudgetTest() : KvServiceTest(/*replication=*/3, kBudget) {}
+
+  // A put of a 1 MiB value, started without waiting for it.
+  struct AsyncPut {
+    grpc::ClientContext context;
+    v1::PutRequest request;
+    v1::PutResponse response;
+    absl::Notification done;
+    grpc::Status status;
+  };
+  std::unique_ptr<AsyncPut> StartPut(const std::string& key, absl::Duration timeout) {
+    auto call = std::make_unique<AsyncPut>();
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    *call->request.mutable_header() = HeaderFor(key);
+    call->request.set_key(key);
+    call->request.set_value(std::string(1 << 20, 'v'));
+    AsyncPut* c = call.get();
+    kv_stub_->async()->Put(&c->context, &c->request, &c->response, [c](grpc::Status status) {
+      c->status = std::move(status);
+      c->done.Notify();
+    });
+    return call;
+  }
+};
+
+// Regression (issue 12, defect 10): requests were admitted by count, never by
+// bytes, so large writes queued until their deadlines expired.
+TEST_F(KvServiceBudgetTest, OverBudgetIsResourceExhaustedWithRetryAfterUntilBytesAreReleased) {
+  backend_.Hold();
+  std::unique_ptr<AsyncPut> a = StartPut("a", absl::Seconds(20));
+  std::unique_ptr<AsyncPut> b = StartPut("b", absl::Seconds(20));
+  ASSERT_TRUE(backend_.WaitHeld(2, absl::Seconds(10)));
+  EXPECT_GT(kv_->admission_stats().in_flight_bytes, 2u << 20);
+
+  // A third 1 MiB write does not fit: refused at once, never proposed.
+  const absl::Time start = absl::Now();
+  absl::StatusOr<v1::PutResponse> refused = Put("c", std::string(1 << 20, 'v'));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));  // not held until a deadline
+  ASSERT_THAT(refused,
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("bytes in flight")));
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(refused.status());
+  ASSERT_TRUE(detail.has_value() && detail->has_retry_after()) << refused.status();
+  EXPECT_GE(detail->retry_after().retry_after_ms(), 10u);
+  EXPECT_LE(detail->retry_after().retry_after_ms(), 2000u);
+  EXPECT_EQ(kv_->admission_stats().rejected_total, 1u);
+  // A small request still fits.
+  EXPECT_THAT(Get("small"), IsOk());
+
+  backend_.CompleteHeld(serverpb::CommandResult());
+  a->done.WaitForNotification();
+  b->done.WaitForNotification();
+  EXPECT_TRUE(a->status.ok()) << a->status.error_message();
+  EXPECT_TRUE(b->status.ok()) << b->status.error_message();
+  ASSERT_TRUE(kv_->WaitIdle(absl::Now() + absl::Seconds(10)));
+  EXPECT_EQ(kv_->admission_stats().in_flight_bytes, 0u);
+  EXPECT_THAT(Put("c", std::string(1 << 20, 'v')), IsOk());
+  EXPECT_EQ(kv_->admission_stats().in_flight_bytes, 0u);
+}
+
+// The bytes of a call stay taken while the Node still holds its proposal,
+// even after its client gave up, and are given back when the Node answers
+// (here: with DEADLINE_EXCEEDED, as it does at the deadline).
+TEST_F(KvServiceBudgetTest, BytesOfCancelledAndTimedOutCallsAreReleased) {
+  backend_.Hold();
+  std::unique_ptr<AsyncPut> timed_out = StartPut("a", absl::Milliseconds(300));
+  std::unique_ptr<AsyncPut> cancelled = StartPut("b", absl::Seconds(20));
+  ASSERT_TRUE(backend_.WaitHeld(2, absl::Seconds(10)));
+  cancelled->context.TryCancel();
+  cancelled->done.WaitForNotification();
+  timed_out->done.WaitForNotification();
+  EXPECT_EQ(cancelled->status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(timed_out->status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_GT(kv_->admission_stats().in_flight_bytes, 2u << 20);
+
+  backend_.CompleteHeld(absl::DeadlineExceededError("not applied by the deadline"));
+  ASSERT_TRUE(kv_->WaitIdle(absl::Now() + absl::Seconds(10)));
+  EXPECT_EQ(kv_->admission_stats().in_flight_bytes, 0u);
+  std::unique_ptr<AsyncPut> c = StartPut("c", absl::Seconds(20));
+  std::unique_ptr<AsyncPut> d = StartPut("d", absl::Seconds(20));
+  c->done.WaitForNotification();
+  d->done.WaitForNotification();
+  EXPECT_TRUE(c->status.ok()) << c->status.error_message();
+  EXPECT_TRUE(d->status.ok()) << d->status.error_message();
+  EXPECT_EQ(kv_->admission_stats().rejected_total, 0u);
 }
 
 class KvServiceNotHostedTest : public KvServiceTest {

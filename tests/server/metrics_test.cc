@@ -162,6 +162,10 @@ struct Wired {
       s.last_leader_contact = absl::Now();
       return std::vector<ShardStatus>{s};
     });
+    metrics.SetAdmissionSource([] {
+      return AdmissionStats{
+          .in_flight_bytes = 5, .limit_bytes = 64, .admitted_total = 7, .rejected_total = 2};
+    });
     NodeMetrics* hooks = metrics.node_metrics();
     hooks->OnProposal(1, NodeMetrics::ProposalOutcome::kAccepted);
     hooks->OnProposal(1, NodeMetrics::ProposalOutcome::kRejected);
@@ -203,6 +207,10 @@ TEST(MetricNames, EveryExportedFamilyFollowsTheConventions) {
                          "process_cpu_seconds_total",
                          "process_resident_memory_bytes",
                          "process_open_fds",
+                         "tessera_admission_inflight_bytes",
+                         "tessera_admission_limit_bytes",
+                         "tessera_admission_admitted_total",
+                         "tessera_admission_rejected_total",
                      }));
   const std::string text = w.metrics.Serialize();
   EXPECT_THAT(text, HasSubstr("tessera_grpc_server_handled_total{grpc_code=\"UNAVAILABLE\","
@@ -210,6 +218,7 @@ TEST(MetricNames, EveryExportedFamilyFollowsTheConventions) {
   EXPECT_THAT(text, HasSubstr("tessera_raft_proposals_total{result=\"rejected\",shard=\"1\"} 1"));
   EXPECT_THAT(text, HasSubstr("tessera_raft_role{role=\"leader\",shard=\"1\"} 1"));
   EXPECT_THAT(text, HasSubstr("tessera_node_info{node_id=\"3\"} 1"));
+  EXPECT_THAT(text, HasSubstr("tessera_admission_rejected_total 2"));
 }
 
 TEST(MetricNames, UnknownMethodsShareOneLabelSet) {
