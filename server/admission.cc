@@ -1,6 +1,7 @@
 #include "server/admission.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace tessera::server {
 namespace {
@@ -10,42 +11,72 @@ constexpr absl::Duration kUnmeasuredRetryAfter = absl::Milliseconds(100);
 
 }  // namespace
 
-bool ByteBudget::TryAcquire(uint64_t bytes, absl::Time now) {
+bool ByteBudget::TryAcquire(uint64_t bytes, absl::Time now, absl::Time deadline) {
   absl::MutexLock lock(&mu_);
+  if (options_.limit_bytes == 0) {  // admission control off
+    in_flight_bytes_ += bytes;
+    ++admitted_total_;
+    return true;
+  }
   if (in_flight_bytes_ == 0 && now - window_start_ >= kRateWindow) {
     // Idle until now: start measuring afresh rather than averaging the
     // idle time into the drain rate.
     window_start_ = now;
-    window_released_ = 0;
+    window_served_ = 0;
   }
-  if (options_.limit_bytes != 0 && in_flight_bytes_ != 0 &&
-      in_flight_bytes_ + bytes > options_.limit_bytes) {
+  if (in_flight_bytes_ != 0 && in_flight_bytes_ + bytes > options_.limit_bytes) {
     ++rejected_total_;
+    window_refused_ += bytes;
     return false;
+  }
+  if (in_flight_bytes_ >= options_.always_admit_bytes && measured_ &&
+      deadline != absl::InfiniteFuture()) {
+    // FIFO estimate of the wait, with a wide margin: the request's own work
+    // (replication, fsync) comes on top, and the rate is an average.
+    // A node that served nothing lately admits only always_admit_bytes.
+    const double wait_seconds =
+        served_bytes_per_second_ > 0
+            ? static_cast<double>(in_flight_bytes_ + bytes) / served_bytes_per_second_
+            : std::numeric_limits<double>::infinity();
+    if (wait_seconds > absl::ToDoubleSeconds(deadline - now) * 0.5) {
+      ++rejected_total_;
+      ++rejected_deadline_total_;
+      window_refused_ += bytes;
+      return false;
+    }
   }
   in_flight_bytes_ += bytes;
   ++admitted_total_;
   return true;
 }
 
-void ByteBudget::Release(uint64_t bytes, absl::Time now) {
+void ByteBudget::Release(uint64_t bytes, absl::Time now, bool served) {
   absl::MutexLock lock(&mu_);
   in_flight_bytes_ -= std::min(bytes, in_flight_bytes_);
-  window_released_ += bytes;
+  if (served) window_served_ += bytes;
   const absl::Duration elapsed = now - window_start_;
   if (elapsed >= kRateWindow) {
-    released_bytes_per_second_ =
-        static_cast<double>(window_released_) / absl::ToDoubleSeconds(elapsed);
+    const double rate = static_cast<double>(window_served_) / absl::ToDoubleSeconds(elapsed);
+    // Smoothed: a window holds only a few large requests.
+    served_bytes_per_second_ = measured_ ? (served_bytes_per_second_ + rate) / 2 : rate;
+    measured_ = true;
     window_start_ = now;
-    window_released_ = 0;
+    window_served_ = 0;
+    last_window_refused_ = window_refused_;
+    window_refused_ = 0;
   }
 }
 
 absl::Duration ByteBudget::RetryAfter() const {
   absl::MutexLock lock(&mu_);
-  if (released_bytes_per_second_ <= 0) return kUnmeasuredRetryAfter;
+  if (!measured_) return kUnmeasuredRetryAfter;
+  if (served_bytes_per_second_ <= 0) return options_.max_retry_after;
+  // The refused clients of the last window are (roughly) the ones waiting
+  // to come back: a client's turn comes after theirs too, so they are not
+  // all told the same short wait and come back to be refused again.
   const absl::Duration drain =
-      absl::Seconds(static_cast<double>(in_flight_bytes_) / released_bytes_per_second_);
+      absl::Seconds(static_cast<double>(in_flight_bytes_ + last_window_refused_) /
+                    served_bytes_per_second_);
   return std::clamp(drain, options_.min_retry_after, options_.max_retry_after);
 }
 
@@ -54,7 +85,8 @@ AdmissionStats ByteBudget::Stats() const {
   return AdmissionStats{.in_flight_bytes = in_flight_bytes_,
                         .limit_bytes = options_.limit_bytes,
                         .admitted_total = admitted_total_,
-                        .rejected_total = rejected_total_};
+                        .rejected_total = rejected_total_,
+                        .rejected_deadline_total = rejected_deadline_total_};
 }
 
 }  // namespace tessera::server

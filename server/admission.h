@@ -27,13 +27,17 @@ struct AdmissionStats {
   uint64_t in_flight_bytes = 0;  // admitted and not yet finished
   uint64_t limit_bytes = 0;      // 0 = unlimited
   uint64_t admitted_total = 0;   // requests
-  uint64_t rejected_total = 0;   // requests refused with RESOURCE_EXHAUSTED
+  uint64_t rejected_total = 0;   // requests refused with RESOURCE_EXHAUSTED (both reasons)
+  uint64_t rejected_deadline_total = 0;  // of which: would not finish by their deadline
 };
 
 class ByteBudget {
  public:
   struct Options {
-    uint64_t limit_bytes = 64 << 20;  // 0 = unlimited
+    uint64_t limit_bytes = 64 << 20;  // 0 = no admission control at all
+    // Below this many bytes in flight every request is admitted (the drain
+    // rate of a node that was idle says nothing about its capacity).
+    uint64_t always_admit_bytes = 4 << 20;
     // Bounds of the retry-after hint.
     absl::Duration min_retry_after = absl::Milliseconds(10);
     absl::Duration max_retry_after = absl::Seconds(2);
@@ -41,16 +45,26 @@ class ByteBudget {
 
   explicit ByteBudget(const Options& options) : options_(options) {}
 
-  // Takes `bytes` if they fit under the limit. A request larger than the
-  // whole budget is admitted when nothing else is in flight, so it is never
-  // refused for good. Returns false (nothing taken) otherwise.
-  bool TryAcquire(uint64_t bytes, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
-  // Gives back bytes of an earlier successful TryAcquire.
-  void Release(uint64_t bytes, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // Takes `bytes` if they fit under the limit and, at the drain rate
+  // measured lately, what is in flight ahead of them would be done well
+  // before `deadline` (a request that would wait out its deadline in the
+  // queue only wastes the node's work: its client gives up, retries, and the
+  // node ends up doing nothing but expired work). Below
+  // always_admit_bytes in flight, every request is admitted; so is a
+  // request larger than the whole budget when nothing else is in flight, so
+  // it is never refused for good. Returns false (nothing taken) otherwise.
+  bool TryAcquire(uint64_t bytes, absl::Time now, absl::Time deadline = absl::InfiniteFuture())
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Gives back bytes of an earlier successful TryAcquire. `served`: the
+  // request was answered (whatever the answer) rather than given up at its
+  // deadline or cancelled; only served bytes count toward the drain rate,
+  // so that a node busy expiring requests does not look fast.
+  void Release(uint64_t bytes, absl::Time now, bool served) ABSL_LOCKS_EXCLUDED(mu_);
 
   // How long a refused client should wait: the time the node needs to
-  // finish what is in flight now, at the rate it finished requests lately
-  // (bytes released per second, measured over windows of at least 1 s),
+  // finish what is in flight now plus what it refused in the last window
+  // (those clients come back first), at the rate it served requests lately
+  // (bytes per second, measured over windows of at least 1 s and smoothed),
   // clamped to [min_retry_after, max_retry_after]. Before any measurement,
   // 100 ms.
   absl::Duration RetryAfter() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -63,10 +77,14 @@ class ByteBudget {
   uint64_t in_flight_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t admitted_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rejected_total_ ABSL_GUARDED_BY(mu_) = 0;
-  // Drain-rate measurement: bytes released since window_start_.
+  uint64_t rejected_deadline_total_ ABSL_GUARDED_BY(mu_) = 0;
+  // Drain-rate measurement: bytes served since window_start_.
   absl::Time window_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  uint64_t window_released_ ABSL_GUARDED_BY(mu_) = 0;
-  double released_bytes_per_second_ ABSL_GUARDED_BY(mu_) = 0;  // 0 = not measured yet
+  uint64_t window_served_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t window_refused_ ABSL_GUARDED_BY(mu_) = 0;       // bytes refused since window_start_
+  uint64_t last_window_refused_ ABSL_GUARDED_BY(mu_) = 0;  // in the window before
+  bool measured_ ABSL_GUARDED_BY(mu_) = false;
+  double served_bytes_per_second_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tessera::server

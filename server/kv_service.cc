@@ -213,7 +213,8 @@ void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::S
   FinishCall(reactor, ToGrpcStatus(status));
 }
 
-bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes) {
+bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes,
+                      absl::Time deadline) {
   bool draining;
   {
     absl::MutexLock lock(&drain_mu_);
@@ -225,7 +226,7 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes)
         absl::StrCat("node ", options_.self, " is shutting down; retry on another replica"))));
     return false;
   }
-  if (budget_.TryAcquire(request_bytes, absl::Now())) {
+  if (budget_.TryAcquire(request_bytes, absl::Now(), deadline)) {
     absl::MutexLock lock(&drain_mu_);
     call_bytes_[reactor] = request_bytes;
     return true;
@@ -233,9 +234,11 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes)
   // Refused before any work: the request costs the node nothing more.
   const int64_t retry_after_ms =
       std::max<int64_t>(1, absl::ToInt64Milliseconds(budget_.RetryAfter()));
-  absl::Status status = absl::ResourceExhaustedError(
-      absl::StrCat("node ", options_.self, " has too many request bytes in flight (limit ",
-                   options_.max_inflight_bytes, "); retry in about ", retry_after_ms, " ms"));
+  absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
+      "node ", options_.self, " has too many request bytes in flight to take this one (",
+      budget_.Stats().in_flight_bytes, " in flight, limit ", options_.max_inflight_bytes,
+      ", or more than it can finish before the deadline); retry in about ", retry_after_ms,
+      " ms"));
   v1::ErrorDetail detail;
   detail.mutable_retry_after()->set_retry_after_ms(static_cast<uint32_t>(retry_after_ms));
   SetErrorDetail(status, detail);
@@ -255,7 +258,9 @@ void KvService::FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status
   }
   // Give the bytes back before Finish: once finished, the reactor (and so
   // the key above) may be reused by another call.
-  budget_.Release(bytes, absl::Now());
+  const bool served = status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED &&
+                      status.error_code() != grpc::StatusCode::CANCELLED;
+  budget_.Release(bytes, absl::Now(), served);
   reactor->Finish(status);
   absl::MutexLock lock(&drain_mu_);
   --in_flight_;
@@ -363,7 +368,7 @@ void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::Reque
 grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
                                          const v1::PutRequest* request, v1::PutResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
   absl::Status valid = ValidateKey(request->key());
   if (valid.ok() && request->value().size() > options_.max_value_bytes) {
     valid = absl::InvalidArgumentError(absl::StrCat("value of ", request->value().size(),
@@ -387,7 +392,7 @@ grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context
                                             const v1::DeleteRequest* request,
                                             v1::DeleteResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
@@ -406,7 +411,7 @@ grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context
 grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
                                          const v1::TxnRequest* request, v1::TxnResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
     const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
     if (ops > options_.max_txn_ops) {
@@ -467,7 +472,7 @@ grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
 grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
                                          const v1::GetRequest* request, v1::GetResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
@@ -491,7 +496,7 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
                                           const v1::ScanRequest* request,
                                           v1::ScanResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong())) return reactor;
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
   auto validate = [&]() -> absl::Status {
     if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {
       return absl::InvalidArgumentError("scan prefix cannot be combined with start/end");

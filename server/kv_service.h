@@ -140,9 +140,10 @@ class KvService final : public v1::KV::CallbackService {
  private:
   class WorkerPool;
 
-  // Admits a call of `request_bytes` (counted in flight, its bytes taken
-  // from the budget) unless draining or over budget; else finishes it.
-  bool Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes)
+  // Admits a call of `request_bytes` due by `deadline` (counted in flight,
+  // its bytes taken from the budget) unless draining or refused by the
+  // budget; else finishes it.
+  bool Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes, absl::Time deadline)
       ABSL_LOCKS_EXCLUDED(drain_mu_);
   // Finishes an admitted call and gives its bytes back.
   void FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status)

@@ -535,6 +535,10 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     add("tessera_admission_rejected_total",
         "Client requests refused with RESOURCE_EXHAUSTED: the byte budget was full.",
         MetricType::Counter, a.rejected_total);
+    add("tessera_admission_rejected_for_deadline_total",
+        "Of those: refused because the bytes ahead of it would not be done before its deadline "
+        "at the node's recent rate.",
+        MetricType::Counter, a.rejected_deadline_total);
   }
 
   static void CollectStorage(const storage::Engine& engine, std::vector<MetricFamily>& out) {

@@ -30,6 +30,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
+#include "tests/bench/kv/harness.h"
 #include "tests/testing/process.h"
 
 namespace tessera::bench {
@@ -43,61 +44,6 @@ using ::tessera::testing::Tail;
 
 constexpr char kEtcd[] = "/usr/bin/etcd";
 constexpr int kKeySpace = 1000;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// A temporary directory, removed with everything in it.
-class TempDir {
- public:
-  explicit TempDir(const std::string& prefix) : path_(MakeTempDir(prefix)) {}
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-struct BenchRun {
-  int exit_code = -1;
-  std::string out;   // stdout
-  std::string err;   // stderr
-  std::string json;  // the last line of stdout
-
-  // A number field of the JSON line; NaN if missing.
-  double Number(const std::string& field) const {
-    const std::string needle = absl::StrCat("\"", field, "\":");
-    const size_t at = json.find(needle);
-    if (at == std::string::npos) return std::nan("");
-    return std::strtod(json.c_str() + at + needle.size(), nullptr);
-  }
-};
-
-// Runs tessera-bench with `args` (through /bin/sh `exec`, so the pid is the
-// bench's: stdout and stderr go to files of their own) and waits for it.
-BenchRun RunBench(const std::vector<std::string>& args) {
-  TempDir dir("tessera-bench-run");
-  std::string command = absl::StrCat("exec '", TESSERA_BENCH_BINARY, "'");
-  for (const std::string& a : args) absl::StrAppend(&command, " '", a, "'");
-  absl::StrAppend(&command, " 2>'", dir.path(), "/err'");
-  ChildProcess bench;
-  bench.Start({"/bin/sh", "-c", command}, dir.path() + "/out");
-  BenchRun run;
-  run.exit_code = bench.Wait(absl::Seconds(60));
-  bench.Kill();  // if it ran over
-  run.out = ReadFile(dir.path() + "/out");
-  run.err = ReadFile(dir.path() + "/err");
-  std::vector<std::string> lines = absl::StrSplit(run.out, '\n', absl::SkipEmpty());
-  if (!lines.empty()) run.json = lines.back();
-  return run;
-}
 
 // A run that completed without an error: ops > 0, ordered percentiles.
 void ExpectCleanRun(const BenchRun& run, const std::string& what) {
@@ -113,62 +59,6 @@ void ExpectCleanRun(const BenchRun& run, const std::string& what) {
   EXPECT_LE(run.Number("p999_ms"), run.Number("max_ms")) << run.json;
   EXPECT_GT(run.Number("p50_ms"), 0) << run.json;
 }
-
-// Three tessera-server processes on reserved 127.0.0.1 ports.
-class TesseraCluster {
- public:
-  static constexpr int kNodes = 3;
-
-  TesseraCluster() {
-    std::vector<std::string> members;
-    for (int i = 0; i < kNodes; ++i) {
-      members.push_back(absl::StrCat(i + 1, "=", api_[i].address(), "/", peer_[i].address()));
-    }
-    for (int i = 0; i < kNodes; ++i) {
-      const std::string node = absl::StrCat(dir_.path(), "/node", i + 1);
-      servers_[i].Start({TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
-                         "--data-dir=" + node, "--initial-cluster=" + absl::StrJoin(members, ","),
-                         "--shards=8", "--tick-ms=20", "--election-ticks=10"},
-                        node + ".log");
-    }
-  }
-  ~TesseraCluster() {
-    for (ChildProcess& p : servers_) p.Kill();
-    if (::testing::Test::HasFailure()) {
-      for (int i = 0; i < kNodes; ++i) {
-        std::cerr << "---- node " << i + 1 << " ----\n"
-                  << Tail(absl::StrCat(dir_.path(), "/node", i + 1, ".log"), 20) << "\n";
-      }
-    }
-  }
-
-  std::vector<std::string> endpoints() const {
-    return {api_[0].address(), api_[1].address(), api_[2].address()};
-  }
-
-  // Waits until node 1 reports a leader for each of its shards.
-  bool WaitReady(client::Client& client) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (absl::Now() < deadline) {
-      client::CallOptions call;
-      call.timeout = absl::Seconds(1);
-      absl::StatusOr<v1::NodeStatusResponse> status = client.NodeStatus(api_[0].address(), call);
-      if (status.ok() && status->shards_size() > 0 &&
-          std::all_of(status->shards().begin(), status->shards().end(),
-                      [](const v1::ShardStatus& s) { return s.leader() != 0; })) {
-        return true;
-      }
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-    return false;
-  }
-
- private:
-  TempDir dir_{"tessera-bench-cluster"};
-  PortReservation api_[kNodes];
-  PortReservation peer_[kNodes];
-  ChildProcess servers_[kNodes];
-};
 
 TEST(BenchSmoke, TesseraWorkloadsRunCleanAndWriteTheKeys) {
   TesseraCluster cluster;
