@@ -61,6 +61,7 @@
 #include "server/grpc_transport.h"
 #include "server/health.h"
 #include "server/kv_service.h"
+#include "server/log_prefix.h"
 #include "server/meta_group.h"
 #include "server/metrics.h"
 #include "server/node.h"
@@ -675,7 +676,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   auto logger = spdlog::stderr_logger_mt("tessera");
-  logger->set_pattern(absl::StrCat("%Y-%m-%dT%H:%M:%S.%e %L node", config->node_id, " %v"));
+  // UTC, as the raw (Abseil, raft invariant) lines of InstallRawLogPrefix.
+  logger->set_pattern(absl::StrCat("%Y-%m-%dT%H:%M:%S.%e %L node", config->node_id, " %v"),
+                      spdlog::pattern_time_type::utc);
+  tessera::server::InstallRawLogPrefix(config->node_id);
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
   spdlog::set_level(config->log_level);

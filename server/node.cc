@@ -1,4 +1,5 @@
 #include "server/node.h"
+#include "server/log_prefix.h"
 
 #include <algorithm>
 #include <atomic>
@@ -447,7 +448,10 @@ void Node::Impl::Loop() {
     HandleReads(in.reads, now);
     for (int i = 0; i < ticks; ++i) {
       ++tick_;
-      for (auto& [id, s] : shards_) s->raw->Tick();
+      for (auto& [id, s] : shards_) {
+        LogShardScope log_shard(id);
+        s->raw->Tick();
+      }
     }
     if (ticks > 0 || transfer_active) OnTicks(now, transfer_active);
 
@@ -486,6 +490,7 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
         }
       }
       // Errors: local message types from a peer (ignored, as raft does).
+      LogShardScope log_shard(sm.shard);
       s.raw->Step(std::move(sm.message)).IgnoreError();
       if ((type == raftpb::MSG_APP || type == raftpb::MSG_HEARTBEAT || type == raftpb::MSG_SNAP) &&
           from == s.raw->leader_id()) {
@@ -509,6 +514,7 @@ void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
     Finish(s, req.done, NotLeaderError(leader == me ? 0 : leader, "not leader"));
     return;
   }
+  LogShardScope log_shard(s.id);
   absl::Status st = s.raw->Propose(std::move(req.data));
   CountProposal(s.id, st.ok() ? NodeMetrics::ProposalOutcome::kAccepted
                               : NodeMetrics::ProposalOutcome::kDropped);
@@ -550,6 +556,7 @@ void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
       for (int i = 7; i >= 0; --i, id >>= 8) {
         ctx[static_cast<size_t>(i)] = static_cast<char>(id & 0xff);
       }
+      LogShardScope log_shard(s.id);
       s.raw->ReadIndex(ctx, /*use_lease=*/req.lease);
       it->second = std::move(ctx);
     }
@@ -594,6 +601,7 @@ void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
     // raft when the follower already caught up.
     std::erase_if(s.snapshot_reports, [&](const std::pair<NodeId, uint64_t>& r) {
       if (r.second > tick_) return false;
+      LogShardScope log_shard(s.id);
       s.raw->ReportSnapshot(r.first, /*success=*/false);
       return true;
     });
@@ -626,7 +634,10 @@ void Node::Impl::IssueTransfers() {
         best_match = m;
       }
     }
-    if (best != 0) s.raw->TransferLeader(best);
+    if (best != 0) {
+      LogShardScope log_shard(s.id);
+      s.raw->TransferLeader(best);
+    }
   }
 }
 
@@ -634,6 +645,7 @@ absl::Status Node::Impl::HandleReadys() {
   std::vector<Shard*> ready_shards;
   std::vector<raft::Ready> readys;
   for (auto& [id, sp] : shards_) {
+    LogShardScope log_shard(id);
     if (!sp->raw->HasReady()) continue;
     ready_shards.push_back(sp.get());
     readys.push_back(sp->raw->GetReady());
@@ -773,7 +785,10 @@ absl::Status Node::Impl::HandleReadys() {
   std::vector<size_t> all(n);
   for (size_t i = 0; i < n; ++i) all[i] = readys[i].committed_entries.size();
   TESSERA_RETURN_IF_ERROR(ApplyCommitted(ready_shards, readys, applied_early, all));
-  for (size_t i = 0; i < n; ++i) ready_shards[i]->raw->Advance(readys[i]);
+  for (size_t i = 0; i < n; ++i) {
+    LogShardScope log_shard(ready_shards[i]->id);
+    ready_shards[i]->raw->Advance(readys[i]);
+  }
 
   // Log compaction, keeping a margin of entries for slightly lagging
   // followers (anything older is answered by an on-demand snapshot).
@@ -847,6 +862,7 @@ absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
       if (e.type() == raftpb::ENTRY_CONF_CHANGE) {
         raftpb::ConfChange cc;
         if (!cc.ParseFromString(e.data())) cc.Clear();  // applied as empty (raw_node.h)
+        LogShardScope log_shard(s.id);
         s.storage->ConfChanged(e.index(), s.raw->ApplyConfChange(cc));
       } else {
         CompleteProposal(s, e, std::move(results[k]));

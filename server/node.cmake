@@ -2,6 +2,7 @@
 # of a tessera-server, its raft::Storage adapter, and the in-process
 # transport used by tests.
 add_library(tessera_node STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/log_prefix.cc
   ${CMAKE_CURRENT_LIST_DIR}/node.cc
   ${CMAKE_CURRENT_LIST_DIR}/raft_storage.cc
   ${CMAKE_CURRENT_LIST_DIR}/local_transport.cc
