@@ -29,6 +29,31 @@ absl::Status ResultStatus(const serverpb::CommandResult& result) {
   return absl::Status(static_cast<absl::StatusCode>(code), result.message());
 }
 
+// One call of a raw KV method: a reactor owning the parsed request and the
+// response until gRPC is done with the call.
+class KvCall : public grpc::ServerUnaryReactor {
+ public:
+  explicit KvCall(grpc::ByteBuffer* out) : out_(out) {}
+  void OnDone() override { delete this; }
+  // Writes the response into gRPC's buffer; before Finish(OK).
+  virtual grpc::Status SerializeResponse() = 0;
+
+ protected:
+  grpc::ByteBuffer* const out_;
+};
+
+template <typename Req, typename Resp>
+class TypedKvCall final : public KvCall {
+ public:
+  using KvCall::KvCall;
+  grpc::Status SerializeResponse() override {
+    bool own_buffer = false;
+    return grpc::SerializationTraits<Resp>::Serialize(response, out_, &own_buffer);
+  }
+  Req request;
+  Resp response;
+};
+
 }  // namespace
 
 v1::ClusterMap MapWithLeaderHints(const ClusterMap& map, const std::vector<ShardStatus>& statuses) {
@@ -246,6 +271,49 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes,
   return false;
 }
 
+template <typename Req, typename Resp>
+grpc::ServerUnaryReactor* KvService::Serve(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+    void (KvService::*handle)(grpc::ServerUnaryReactor*, grpc::CallbackServerContext*, const Req*,
+                              Resp*)) {
+  auto* call = new TypedKvCall<Req, Resp>(out);
+  grpc::ByteBuffer body(*in);  // shares the slices; Deserialize consumes it
+  if (!grpc::SerializationTraits<Req>::Deserialize(&body, &call->request).ok()) {
+    call->Finish(ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("the request body (", in->Length(), " bytes) is not a valid ",
+                     Req::descriptor()->full_name(), " message"))));
+    return call;
+  }
+  (this->*handle)(call, context, &call->request, &call->response);
+  return call;
+}
+
+grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandlePut);
+}
+grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandleGet);
+}
+grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context,
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandleDelete);
+}
+grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandleScan);
+}
+grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandleTxn);
+}
+
 void KvService::FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
   uint64_t bytes = 0;
   {
@@ -261,7 +329,16 @@ void KvService::FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status
   const bool served = status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED &&
                       status.error_code() != grpc::StatusCode::CANCELLED;
   budget_.Release(bytes, absl::Now(), served);
-  reactor->Finish(status);
+  grpc::Status final_status = status;
+  if (status.ok()) {
+    // Every reactor of this service is a KvCall (Serve).
+    grpc::Status serialized = static_cast<KvCall*>(reactor)->SerializeResponse();
+    if (!serialized.ok()) {
+      final_status = grpc::Status(grpc::StatusCode::INTERNAL,
+                                  "cannot serialize the response: " + serialized.error_message());
+    }
+  }
+  reactor->Finish(final_status);
   absl::MutexLock lock(&drain_mu_);
   --in_flight_;
 }
@@ -365,10 +442,9 @@ void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::Reque
   }
 }
 
-grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
-                                         const v1::PutRequest* request, v1::PutResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
+void KvService::HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+    const v1::PutRequest* request, v1::PutResponse* response) {
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   absl::Status valid = ValidateKey(request->key());
   if (valid.ok() && request->value().size() > options_.max_value_bytes) {
     valid = absl::InvalidArgumentError(absl::StrCat("value of ", request->value().size(),
@@ -378,40 +454,35 @@ grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
     FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return reactor;
+    return;
   }
   serverpb::Command command;
   *command.mutable_put() = *request;
   command.mutable_put()->clear_header();
   ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
                &serverpb::CommandResult::mutable_put);
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context,
-                                            const v1::DeleteRequest* request,
-                                            v1::DeleteResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
+void KvService::HandleDelete(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+    const v1::DeleteRequest* request, v1::DeleteResponse* response) {
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
     FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return reactor;
+    return;
   }
   serverpb::Command command;
   *command.mutable_delete_() = *request;
   command.mutable_delete_()->clear_header();
   ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
                &serverpb::CommandResult::mutable_delete_);
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
-                                         const v1::TxnRequest* request, v1::TxnResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
+void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+    const v1::TxnRequest* request, v1::TxnResponse* response) {
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
     const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
     if (ops > options_.max_txn_ops) {
@@ -459,26 +530,24 @@ grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
   absl::StatusOr<ShardId> shard = keys.ok() ? CheckRoute(request->header(), *keys) : keys.status();
   if (!shard.ok()) {
     FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return reactor;
+    return;
   }
   serverpb::Command command;
   *command.mutable_txn() = *request;
   command.mutable_txn()->clear_header();
   ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
                &serverpb::CommandResult::mutable_txn);
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
-                                         const v1::GetRequest* request, v1::GetResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
+void KvService::HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+    const v1::GetRequest* request, v1::GetResponse* response) {
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
     FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return reactor;
+    return;
   }
   ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
                 [this, request, response, shard = *shard]() -> absl::Status {
@@ -489,14 +558,11 @@ grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
                   FillHeader(response->mutable_header(), shard, Epoch(), status);
                   return absl::OkStatus();
                 });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
-                                          const v1::ScanRequest* request,
-                                          v1::ScanResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return reactor;
+void KvService::HandleScan(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+    const v1::ScanRequest* request, v1::ScanResponse* response) {
+  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   auto validate = [&]() -> absl::Status {
     if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {
       return absl::InvalidArgumentError("scan prefix cannot be combined with start/end");
@@ -523,7 +589,7 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
   absl::StatusOr<ShardId> shard = valid.ok() ? CheckRoute(request->header(), {}) : valid;
   if (!shard.ok()) {
     FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return reactor;
+    return;
   }
   ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
                 [this, request, response, shard = *shard]() -> absl::Status {
@@ -534,7 +600,6 @@ grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
                   FillHeader(response->mutable_header(), shard, Epoch(), status);
                   return absl::OkStatus();
                 });
-  return reactor;
 }
 
 // ---- ClusterService ----

@@ -105,7 +105,18 @@ struct KvServiceOptions {
   uint64_t max_inflight_bytes = 64 << 20;
 };
 
-class KvService final : public v1::KV::CallbackService {
+// tessera.v1.KV with every method registered raw (ByteBuffer in and out), so
+// that the service, not gRPC, parses the request: gRPC 1.51 answers a body
+// that fails to parse on a typed callback method with UNIMPLEMENTED and an
+// empty message (CallbackUnaryHandler::RunHandler), which a client cannot
+// tell from a missing method. Raw, an undecodable body gets INVALID_ARGUMENT
+// naming the expected message. (Unknown methods still get gRPC's own
+// UNIMPLEMENTED, the right code; gRPC gives no message with it.)
+using RawKvService = v1::KV::WithRawCallbackMethod_Put<
+    v1::KV::WithRawCallbackMethod_Get<v1::KV::WithRawCallbackMethod_Delete<
+        v1::KV::WithRawCallbackMethod_Scan<v1::KV::WithRawCallbackMethod_Txn<v1::KV::Service>>>>>;
+
+class KvService final : public RawKvService {
  public:
   // `maps` and `backend` are not owned and must outlive the service. While
   // `maps` holds no map (the metadata group's map is not loaded yet), every
@@ -115,18 +126,28 @@ class KvService final : public v1::KV::CallbackService {
   KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend);
   ~KvService() override;
 
-  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* context, const v1::PutRequest* request,
-                                v1::PutResponse* response) override;
-  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context, const v1::GetRequest* request,
-                                v1::GetResponse* response) override;
+  // The methods, raw: each parses its request (INVALID_ARGUMENT if it does
+  // not decode) and runs the Handle* below.
+  using RawKvService::Delete;
+  using RawKvService::Get;
+  using RawKvService::Put;
+  using RawKvService::Scan;
+  using RawKvService::Txn;
+  grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* context,
+                                const grpc::ByteBuffer* request,
+                                grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
+                                const grpc::ByteBuffer* request,
+                                grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
-                                   const v1::DeleteRequest* request,
-                                   v1::DeleteResponse* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Scan(grpc::CallbackServerContext* context,
-                                 const v1::ScanRequest* request,
-                                 v1::ScanResponse* response) override;
-  grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* context, const v1::TxnRequest* request,
-                                v1::TxnResponse* response) override;
+                                 const grpc::ByteBuffer* request,
+                                 grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* context,
+                                const grpc::ByteBuffer* request,
+                                grpc::ByteBuffer* response) override;
 
   // Drain, for a graceful stop: from now on new calls fail at once with
   // UNAVAILABLE (clients retry on another replica); calls in flight go on.
@@ -140,12 +161,33 @@ class KvService final : public v1::KV::CallbackService {
  private:
   class WorkerPool;
 
+  // Parses `in` as a Req into a new call (the reactor returned, which owns
+  // request and response until gRPC is done with it) and runs `handle`.
+  template <typename Req, typename Resp>
+  grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+                                  grpc::ByteBuffer* out,
+                                  void (KvService::*handle)(grpc::ServerUnaryReactor*,
+                                                            grpc::CallbackServerContext*,
+                                                            const Req*, Resp*));
+  // The typed methods. `reactor` is the call's; every path ends in Finish.
+  void HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                 const v1::PutRequest* request, v1::PutResponse* response);
+  void HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                 const v1::GetRequest* request, v1::GetResponse* response);
+  void HandleDelete(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                    const v1::DeleteRequest* request, v1::DeleteResponse* response);
+  void HandleScan(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                  const v1::ScanRequest* request, v1::ScanResponse* response);
+  void HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                 const v1::TxnRequest* request, v1::TxnResponse* response);
+
   // Admits a call of `request_bytes` due by `deadline` (counted in flight,
   // its bytes taken from the budget) unless draining or refused by the
   // budget; else finishes it.
   bool Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes, absl::Time deadline)
       ABSL_LOCKS_EXCLUDED(drain_mu_);
-  // Finishes an admitted call and gives its bytes back.
+  // Finishes an admitted call (serializing its response first when `status`
+  // is OK) and gives its bytes back.
   void FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status)
       ABSL_LOCKS_EXCLUDED(drain_mu_);
   absl::Status ValidateKey(absl::string_view key) const;

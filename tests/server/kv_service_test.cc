@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "proto/grpc_status.h"
@@ -214,10 +215,10 @@ class KvServiceTest : public ::testing::Test {
         StartGrpcServer("127.0.0.1:0", {kv_.get(), cluster_.get()}, 16 << 20);
     EXPECT_THAT(started, IsOk());
     server_ = std::move(started->server);
-    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", started->port),
-                                       grpc::InsecureChannelCredentials());
-    kv_stub_ = v1::KV::NewStub(channel);
-    cluster_stub_ = v1::Cluster::NewStub(channel);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", started->port),
+                                   grpc::InsecureChannelCredentials());
+    kv_stub_ = v1::KV::NewStub(channel_);
+    cluster_stub_ = v1::Cluster::NewStub(channel_);
   }
 
   ~KvServiceTest() override {
@@ -266,6 +267,7 @@ class KvServiceTest : public ::testing::Test {
   std::unique_ptr<KvService> kv_;
   std::unique_ptr<ClusterService> cluster_;
   std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::KV::Stub> kv_stub_;
   std::unique_ptr<v1::Cluster::Stub> cluster_stub_;
 };
@@ -381,6 +383,39 @@ v1::ClusterMap StaleRouteMap(const absl::Status& status) {
   std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
   EXPECT_TRUE(detail.has_value() && detail->has_stale_route()) << status;
   return detail.has_value() ? detail->stale_route().current() : v1::ClusterMap();
+}
+
+// Regression (issue 12, defect 12): a body that does not decode got gRPC's
+// UNIMPLEMENTED with an empty message.
+TEST_F(KvServiceTest, UndecodableBodyIsInvalidArgumentNamingTheMessage) {
+  grpc::GenericStub stub(channel_);
+  // Field 2 (bytes) claiming 100 bytes, followed by 3.
+  const std::string junk("\x12\x64" "abc", 5);
+  for (const auto& [method, message] :
+       std::vector<std::pair<std::string, std::string>>{{"Put", "tessera.v1.PutRequest"},
+                                                        {"Get", "tessera.v1.GetRequest"},
+                                                        {"Delete", "tessera.v1.DeleteRequest"},
+                                                        {"Scan", "tessera.v1.ScanRequest"},
+                                                        {"Txn", "tessera.v1.TxnRequest"}}) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    grpc::Slice slice(junk);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    absl::Notification done;
+    grpc::Status status;
+    stub.UnaryCall(&context, "/tessera.v1.KV/" + method, grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status s) {
+                     status = std::move(s);
+                     done.Notify();
+                   });
+    done.WaitForNotification();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_THAT(status.error_message(), HasSubstr("is not a valid " + message)) << method;
+  }
+  // Well-formed calls still work.
+  EXPECT_THAT(Put("k", "v"), IsOk());
+  EXPECT_THAT(Get("k"), IsOk());
 }
 
 TEST_F(KvServiceTest, WrongShardOrEpochReturnsTheCurrentMap) {
