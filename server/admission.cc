@@ -74,9 +74,8 @@ absl::Duration ByteBudget::RetryAfter() const {
   // The refused clients of the last window are (roughly) the ones waiting
   // to come back: a client's turn comes after theirs too, so they are not
   // all told the same short wait and come back to be refused again.
-  const absl::Duration drain =
-      absl::Seconds(static_cast<double>(in_flight_bytes_ + last_window_refused_) /
-                    served_bytes_per_second_);
+  const absl::Duration drain = absl::Seconds(
+      static_cast<double>(in_flight_bytes_ + last_window_refused_) / served_bytes_per_second_);
   return std::clamp(drain, options_.min_retry_after, options_.max_retry_after);
 }
 

@@ -24,10 +24,10 @@ namespace tessera::server {
 
 // What /metrics reports about the budget.
 struct AdmissionStats {
-  uint64_t in_flight_bytes = 0;  // admitted and not yet finished
-  uint64_t limit_bytes = 0;      // 0 = unlimited
-  uint64_t admitted_total = 0;   // requests
-  uint64_t rejected_total = 0;   // requests refused with RESOURCE_EXHAUSTED (both reasons)
+  uint64_t in_flight_bytes = 0;          // admitted and not yet finished
+  uint64_t limit_bytes = 0;              // 0 = unlimited
+  uint64_t admitted_total = 0;           // requests
+  uint64_t rejected_total = 0;           // requests refused with RESOURCE_EXHAUSTED (both reasons)
   uint64_t rejected_deadline_total = 0;  // of which: would not finish by their deadline
 };
 

@@ -262,8 +262,7 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes,
   absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
       "node ", options_.self, " has too many request bytes in flight to take this one (",
       budget_.Stats().in_flight_bytes, " in flight, limit ", options_.max_inflight_bytes,
-      ", or more than it can finish before the deadline); retry in about ", retry_after_ms,
-      " ms"));
+      ", or more than it can finish before the deadline); retry in about ", retry_after_ms, " ms"));
   v1::ErrorDetail detail;
   detail.mutable_retry_after()->set_retry_after_ms(static_cast<uint32_t>(retry_after_ms));
   SetErrorDetail(status, detail);
@@ -272,10 +271,11 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes,
 }
 
 template <typename Req, typename Resp>
-grpc::ServerUnaryReactor* KvService::Serve(
-    grpc::CallbackServerContext* context, const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
-    void (KvService::*handle)(grpc::ServerUnaryReactor*, grpc::CallbackServerContext*, const Req*,
-                              Resp*)) {
+grpc::ServerUnaryReactor* KvService::Serve(grpc::CallbackServerContext* context,
+                                           const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+                                           void (KvService::*handle)(grpc::ServerUnaryReactor*,
+                                                                     grpc::CallbackServerContext*,
+                                                                     const Req*, Resp*)) {
   auto* call = new TypedKvCall<Req, Resp>(out);
   grpc::ByteBuffer body(*in);  // shares the slices; Deserialize consumes it
   if (!grpc::SerializationTraits<Req>::Deserialize(&body, &call->request).ok()) {
@@ -443,7 +443,7 @@ void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::Reque
 }
 
 void KvService::HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-    const v1::PutRequest* request, v1::PutResponse* response) {
+                          const v1::PutRequest* request, v1::PutResponse* response) {
   if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   absl::Status valid = ValidateKey(request->key());
   if (valid.ok() && request->value().size() > options_.max_value_bytes) {
@@ -463,8 +463,9 @@ void KvService::HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
                &serverpb::CommandResult::mutable_put);
 }
 
-void KvService::HandleDelete(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-    const v1::DeleteRequest* request, v1::DeleteResponse* response) {
+void KvService::HandleDelete(grpc::ServerUnaryReactor* reactor,
+                             grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
+                             v1::DeleteResponse* response) {
   if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
@@ -481,7 +482,7 @@ void KvService::HandleDelete(grpc::ServerUnaryReactor* reactor, grpc::CallbackSe
 }
 
 void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-    const v1::TxnRequest* request, v1::TxnResponse* response) {
+                          const v1::TxnRequest* request, v1::TxnResponse* response) {
   if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
     const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
@@ -540,7 +541,7 @@ void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
 }
 
 void KvService::HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-    const v1::GetRequest* request, v1::GetResponse* response) {
+                          const v1::GetRequest* request, v1::GetResponse* response) {
   if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   absl::Status valid = ValidateKey(request->key());
   absl::StatusOr<ShardId> shard =
@@ -561,7 +562,7 @@ void KvService::HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
 }
 
 void KvService::HandleScan(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-    const v1::ScanRequest* request, v1::ScanResponse* response) {
+                           const v1::ScanRequest* request, v1::ScanResponse* response) {
   if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
   auto validate = [&]() -> absl::Status {
     if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {

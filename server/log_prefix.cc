@@ -55,8 +55,9 @@ bool Prefix(absl::LogSeverity severity, const char* file, int line, char** buf, 
   char shard[32] = "";
   if (t_has_shard) std::snprintf(shard, sizeof(shard), "shard=%llu ", (unsigned long long)t_shard);
   const int n = std::snprintf(
-      *buf, static_cast<size_t>(*size), "%04d-%02u-%02uT%02d:%02d:%02d.%03ld %c node%llu %s[%s:%d] ",
-      year, month, day, static_cast<int>(of_day / 3600), static_cast<int>(of_day / 60 % 60),
+      *buf, static_cast<size_t>(*size),
+      "%04d-%02u-%02uT%02d:%02d:%02d.%03ld %c node%llu %s[%s:%d] ", year, month, day,
+      static_cast<int>(of_day / 3600), static_cast<int>(of_day / 60 % 60),
       static_cast<int>(of_day % 60), now.tv_nsec / 1000000, LevelLetter(severity),
       (unsigned long long)g_node_id.load(std::memory_order_relaxed), shard, file, line);
   if (n > 0) {

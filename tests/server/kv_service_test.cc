@@ -390,7 +390,10 @@ v1::ClusterMap StaleRouteMap(const absl::Status& status) {
 TEST_F(KvServiceTest, UndecodableBodyIsInvalidArgumentNamingTheMessage) {
   grpc::GenericStub stub(channel_);
   // Field 2 (bytes) claiming 100 bytes, followed by 3.
-  const std::string junk("\x12\x64" "abc", 5);
+  const std::string junk(
+      "\x12\x64"
+      "abc",
+      5);
   for (const auto& [method, message] :
        std::vector<std::pair<std::string, std::string>>{{"Put", "tessera.v1.PutRequest"},
                                                         {"Get", "tessera.v1.GetRequest"},
@@ -454,10 +457,10 @@ TEST_F(KvServiceTest, WrongShardOrEpochReturnsTheCurrentMap) {
   const uint32_t a = ShardForKey("alpha", 16);
   const uint32_t b = ShardForKey(other, 16);
   absl::StatusOr<v1::TxnResponse> spanning = Call(&v1::KV::Stub::Txn, txn);
-  EXPECT_THAT(spanning,
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr(absl::StrCat("span shards ", std::min(a, b), ", ",
-                                              std::max(a, b)))));
+  EXPECT_THAT(
+      spanning,
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr(absl::StrCat("span shards ", std::min(a, b), ", ", std::max(a, b)))));
   EXPECT_FALSE(GetErrorDetail(spanning.status()).has_value());
   // Routed by the other key's shard: the same answer.
   *txn.mutable_header() = HeaderFor(other);

@@ -39,7 +39,8 @@ TEST(RawLogPrefix, ShardOnlyWithinAScopeAndScopesNest) {
     ABSL_RAW_LOG(INFO, "in one");
   }
   const std::string err = ::testing::internal::GetCapturedStderr();
-  EXPECT_THAT(err, ::testing::ContainsRegex(std::string(kTime) + " E node3 \\[[^]]*\\] no shard here"));
+  EXPECT_THAT(err,
+              ::testing::ContainsRegex(std::string(kTime) + " E node3 \\[[^]]*\\] no shard here"));
   EXPECT_THAT(err, ::testing::ContainsRegex(" W node3 shard=2 \\[[^]]*\\] in two"));
   EXPECT_THAT(err, ::testing::ContainsRegex(" I node3 shard=1 \\[[^]]*\\] in one"));
   EXPECT_THAT(err, ::testing::Not(::testing::HasSubstr("RAW:")));

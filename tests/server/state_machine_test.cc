@@ -559,8 +559,7 @@ TYPED_TEST(StateMachineTest, SeqReusedByADifferentRequestIsFailedPrecondition) {
   ASSERT_THAT(remembered, IsOk());
   for (const serverpb::Command& other :
        {WithSession(PutCmd("k", "w"), 42, 1, 1), WithSession(PutCmd("j", "v"), 42, 1, 1),
-        WithSession(DelCmd("k"), 42, 1, 1),
-        WithSession(TxnCmd({}, {OpPut("k", "v")}), 42, 1, 1)}) {
+        WithSession(DelCmd("k"), 42, 1, 1), WithSession(TxnCmd({}, {OpPut("k", "v")}), 42, 1, 1)}) {
     const serverpb::CommandResult r = this->Run(other);
     EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
     EXPECT_THAT(r.message(), HasSubstr("already used by a different request"));
@@ -585,11 +584,11 @@ TYPED_TEST(StateMachineTest, ResultWithoutFingerprintMatchesAnyRequest) {
   const serverpb::CommandResult first = this->Run(WithSession(PutCmd("k", "v"), 42, 1, 1));
   serverpb::CommandResult old_format = first;
   old_format.clear_request_fingerprint();
-  storage::ShardWrite rewrite{.shard = 1,
-                              .applied_index = ++this->last_index_[1],
-                              .mutations = {{storage::Mutation::Kind::kPutMeta,
-                                             sm::ResultKey(42, 1),
-                                             old_format.SerializeAsString()}}};
+  storage::ShardWrite rewrite{
+      .shard = 1,
+      .applied_index = ++this->last_index_[1],
+      .mutations = {{storage::Mutation::Kind::kPutMeta, sm::ResultKey(42, 1),
+                     old_format.SerializeAsString()}}};
   ASSERT_THAT(this->kv().Apply({rewrite}), IsOk());
   EXPECT_EQ(this->Run(WithSession(PutCmd("k", "other"), 42, 1, 1)).SerializeAsString(),
             first.SerializeAsString());

@@ -103,14 +103,11 @@ class TesseraCluster {
     }
     for (int i = 0; i < kNodes; ++i) {
       const std::string node = absl::StrCat(dir_.path(), "/node", i + 1);
-      std::vector<std::string> args = {TESSERA_SERVER_BINARY,
-                                       absl::StrCat("--node-id=", i + 1),
-                                       "--data-dir=" + node,
-                                       "--initial-cluster=" + absl::StrJoin(members, ","),
-                                       "--shards=8",
-                                       "--tick-ms=20",
-                                       "--election-ticks=10",
-                                       "--port-file=" + node + ".ports"};
+      std::vector<std::string> args = {
+          TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
+          "--data-dir=" + node,  "--initial-cluster=" + absl::StrJoin(members, ","),
+          "--shards=8",          "--tick-ms=20",
+          "--election-ticks=10", "--port-file=" + node + ".ports"};
       args.insert(args.end(), extra_flags.begin(), extra_flags.end());
       servers_[i].Start(args, node + ".log");
     }

@@ -74,14 +74,13 @@ TEST(BenchOverload, OneMiBValuesAt256ClientsAreShedNotTimedOut) {
   ASSERT_THAT(created, IsOk());
   ASSERT_TRUE(cluster.WaitReady(**created)) << "no leader for every shard";
 
-  const std::vector<std::string> common = {
-      "--endpoints=" + absl::StrJoin(cluster.endpoints(), ","),
-      "--value-size=1048576",
-      "--key-space=256",
-      "--duration=6s",
-      "--timeout=5s",
-      "--seed=12",
-      "--json-only"};
+  const std::vector<std::string> common = {"--endpoints=" + absl::StrJoin(cluster.endpoints(), ","),
+                                           "--value-size=1048576",
+                                           "--key-space=256",
+                                           "--duration=6s",
+                                           "--timeout=5s",
+                                           "--seed=12",
+                                           "--json-only"};
   auto run = [&](int clients) {
     std::vector<std::string> args = common;
     args.push_back(absl::StrCat("--clients=", clients));
