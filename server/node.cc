@@ -1,5 +1,4 @@
 #include "server/node.h"
-#include "server/log_prefix.h"
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +15,7 @@
 #include "proto/grpc_status.h"
 #include "proto/status_macros.h"
 #include "raft/raw_node.h"
+#include "server/log_prefix.h"
 #include "server/raft_storage.h"
 #include "tessera/kv.pb.h"
 
