@@ -328,6 +328,12 @@ class Metrics::NodeHooks final : public NodeMetrics {
                                 .Name("tessera_raft_snapshots_received_total")
                                 .Help("Snapshots received from the shard's leader and installed.")
                                 .Register(registry)),
+        refused_(prometheus::BuildCounter()
+                     .Name("tessera_peer_messages_refused_total")
+                     .Help("Peer input refused before raft saw it, by reason (sender_mismatch, "
+                           "unauthenticated, replaced_member, commit_out_of_range, "
+                           "snapshot_too_large, ...).")
+                     .Register(registry)),
         append_(prometheus::BuildHistogram()
                     .Name("tessera_raft_log_append_seconds")
                     .Help("Duration of a ready cycle's synced raft log write (all shards' "
@@ -404,6 +410,10 @@ class Metrics::NodeHooks final : public NodeMetrics {
   void Register(ShardId shard) { For(shard); }
 
   void OnSnapshotSent(ShardId shard) override { For(shard).snapshots_sent->Increment(); }
+  // `reason` comes from a fixed set in our code: the label stays bounded.
+  void OnPeerMessageRefused(const char* reason) override {
+    refused_.Add({{"reason", reason}}).Increment();
+  }
   void OnSnapshotReceived(ShardId shard) override {
     For(shard).snapshots_received->Increment();
     spdlog::info("event=snapshot_installed shard={}", shard);
@@ -440,6 +450,7 @@ class Metrics::NodeHooks final : public NodeMetrics {
   prometheus::Family<prometheus::Counter>& leader_changes_;
   prometheus::Family<prometheus::Counter>& snapshots_sent_;
   prometheus::Family<prometheus::Counter>& snapshots_received_;
+  prometheus::Family<prometheus::Counter>& refused_;
   prometheus::Histogram& append_;
   prometheus::Counter& append_entries_;
   prometheus::Histogram& fsync_;

@@ -10,7 +10,7 @@ add_library(tessera_rpc_server STATIC
 )
 target_include_directories(tessera_rpc_server PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(tessera_rpc_server
-  PUBLIC tessera_api absl::status absl::statusor absl::strings absl::synchronization
+  PUBLIC tessera_api tessera_security absl::status absl::statusor absl::strings absl::synchronization
          absl::flat_hash_map absl::flat_hash_set absl::time
   PRIVATE PkgConfig::XXHASH)
 tessera_warnings(tessera_rpc_server)

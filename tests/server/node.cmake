@@ -5,3 +5,5 @@ tessera_test(server_node_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/node_test.cc LIBS tessera_node)
 tessera_test(server_local_transport_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/local_transport_test.cc LIBS tessera_node)
+tessera_test(server_peer_message_check_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/peer_message_check_test.cc LIBS tessera_node)

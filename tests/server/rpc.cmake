@@ -17,3 +17,6 @@ target_compile_definitions(server_integration_test PRIVATE
   TESSERA_SERVER_BINARY="$<TARGET_FILE:tessera-server>")
 add_dependencies(server_integration_test tessera-server)
 set_tests_properties(server_integration_test PROPERTIES RESOURCE_LOCK ports RUN_SERIAL TRUE)
+# Peer TLS, data directory identity, known incarnations, snapshot bounds.
+tessera_test(server_peer_security_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/peer_security_test.cc LIBS tessera_rpc_server)

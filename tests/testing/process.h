@@ -156,6 +156,18 @@ inline std::string Tail(const std::string& path, int lines) {
   return absl::StrJoin(all.begin() + from, all.end(), "\n");
 }
 
+// Makes peer certificates for members 1..`members` in `dir` with
+// deploy/gen-certs.sh (kept if already there) and returns member `id`'s
+// tessera-server flags for them. Aborts if the script fails.
+inline std::vector<std::string> PeerTlsFlags(const std::string& dir, int members, uint64_t id) {
+  std::string command = absl::StrCat(TESSERA_SOURCE_DIR, "/deploy/gen-certs.sh '", dir, "'");
+  for (int m = 1; m <= members; ++m) absl::StrAppend(&command, " ", m);
+  if (std::system(command.c_str()) != 0) abort();
+  return {absl::StrCat("--peer-cert=", dir, "/node-", id, ".crt"),
+          absl::StrCat("--peer-key=", dir, "/node-", id, ".key"),
+          absl::StrCat("--peer-ca=", dir, "/ca.crt")};
+}
+
 }  // namespace tessera::testing
 
 #endif  // TESSERA_TESTS_TESTING_PROCESS_H_

@@ -38,6 +38,7 @@ namespace {
 using ::tessera::testing::ChildProcess;
 using ::tessera::testing::IsOk;
 using ::tessera::testing::MakeTempDir;
+using ::tessera::testing::PeerTlsFlags;
 using ::tessera::testing::PortReservation;
 using ::tessera::testing::Tail;
 
@@ -126,10 +127,15 @@ class TesseraCluster {
     }
     for (int i = 0; i < kNodes; ++i) {
       const std::string node = absl::StrCat(dir_.path(), "/node", i + 1);
-      servers_[i].Start({TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
-                         "--data-dir=" + node, "--initial-cluster=" + absl::StrJoin(members, ","),
-                         "--shards=8", "--tick-ms=20", "--election-ticks=10"},
-                        node + ".log");
+      std::vector<std::string> args = {
+          TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
+          "--data-dir=" + node,  "--initial-cluster=" + absl::StrJoin(members, ","),
+          "--shards=8",          "--tick-ms=20",
+          "--election-ticks=10"};
+      for (std::string& flag : PeerTlsFlags(dir_.path() + "/certs", kNodes, i + 1)) {
+        args.push_back(std::move(flag));
+      }
+      servers_[i].Start(args, node + ".log");
     }
   }
   ~TesseraCluster() {
