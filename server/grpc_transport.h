@@ -36,8 +36,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "grpcpp/server.h"
-#include "grpcpp/support/server_interceptor.h"
 #include "server/transport.h"
 #include "tessera/peer.grpc.pb.h"
 
@@ -117,23 +115,6 @@ class PeerService final : public peerpb::Peer::CallbackService {
   const MessageHandler handler_;
   const uint64_t max_snapshot_bytes_;
 };
-
-// A started gRPC server and the port it bound.
-struct StartedServer {
-  std::unique_ptr<grpc::Server> server;
-  int port = 0;
-};
-
-// Builds and starts an insecure gRPC server on `address` ("host:port"; port 0
-// picks a free one) serving `services` (not owned; must outlive the server).
-// Messages up to max_receive_bytes are accepted. `interceptors` (e.g. the
-// metrics interceptor of server/metrics.h) see every call. Errors:
-// kUnavailable when the address cannot be bound, kInvalidArgument for a
-// malformed address.
-absl::StatusOr<StartedServer> StartGrpcServer(
-    const std::string& address, const std::vector<grpc::Service*>& services, int max_receive_bytes,
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors = {});
 
 }  // namespace tessera::server
 

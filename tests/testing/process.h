@@ -26,9 +26,13 @@
 namespace tessera::testing {
 
 // Reserves a 127.0.0.1 port for a server that a test starts later (or
-// restarts): a socket bound with SO_REUSEPORT (but not listening) holds the
-// port, so no other process can take it, while a gRPC server (which also sets
-// SO_REUSEPORT) can bind and listen on it. Connections go only to listening
+// restarts): a socket bound with SO_REUSEADDR (but never listening) holds the
+// port, so the kernel hands it to nobody else (no ephemeral port, no bind
+// without SO_REUSEADDR), while a server that sets SO_REUSEADDR (tessera's
+// gRPC servers, server/grpc_server.h; gRPC's own listener) can bind and
+// listen on it: Linux lets SO_REUSEADDR sockets share a port as long as at
+// most one of them listens. So a second server on the same port still fails
+// with "address in use", as in production. Connections go only to listening
 // sockets, so the reservation never steals one.
 class PortReservation {
  public:
@@ -36,7 +40,7 @@ class PortReservation {
   PortReservation() {
     fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
-    if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) abort();
+    if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) abort();
     sockaddr_in addr;
     std::memset(&addr, 0, sizeof(addr));
     addr.sin_family = AF_INET;
