@@ -114,7 +114,8 @@ absl::Status GrpcServer::Listen() {
       close(fd);
       if (e == EADDRINUSE) {
         freeaddrinfo(results);
-        return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ": address in use"));
+        return absl::UnavailableError(
+            absl::StrCat("cannot listen on ", address, ": address in use"));
       }
       error = ErrnoText(e);
       continue;
@@ -124,9 +125,9 @@ absl::Status GrpcServer::Listen() {
       sockaddr_storage bound;
       socklen_t len = sizeof(bound);
       if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) == 0) {
-        port_ = ntohs(bound.ss_family == AF_INET
-                          ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
-                          : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+        port_ =
+            ntohs(bound.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
+                                             : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
       }
     }
   }
@@ -236,8 +237,7 @@ size_t GrpcServer::Sweep() {
   size_t closed = 0;
   for (auto it = open_.begin(); it != open_.end();) {
     struct stat st;
-    if (fstat(it->first, &st) != 0 || st.st_ino != it->second.ino ||
-        st.st_dev != it->second.dev) {
+    if (fstat(it->first, &st) != 0 || st.st_ino != it->second.ino || st.st_dev != it->second.dev) {
       open_.erase(it++);
       ++closed;
     } else {
@@ -279,14 +279,12 @@ absl::StatusOr<FdBudget> PlanFdBudget(uint64_t file_limit, uint64_t max_client_c
   b.reserved = 128 + file_limit / 16;
   const uint64_t fixed = b.reserved + static_cast<uint64_t>(b.storage_max_open_files);
   const uint64_t rest = file_limit > fixed ? file_limit - fixed : 0;
-  b.max_peer_connections = max_peer_connections != 0
-                               ? max_peer_connections
-                               : std::clamp<uint64_t>(rest / 8, 8, 1024);
+  b.max_peer_connections =
+      max_peer_connections != 0 ? max_peer_connections : std::clamp<uint64_t>(rest / 8, 8, 1024);
   const uint64_t after_peer = rest > b.max_peer_connections ? rest - b.max_peer_connections : 0;
   // Idle connections cost memory too: a derived cap stays at 64 Ki.
-  b.max_client_connections = max_client_connections != 0
-                                 ? max_client_connections
-                                 : std::min<uint64_t>(after_peer, 65536);
+  b.max_client_connections =
+      max_client_connections != 0 ? max_client_connections : std::min<uint64_t>(after_peer, 65536);
   if (b.max_client_connections + b.max_peer_connections > rest) {
     return absl::InvalidArgumentError(absl::StrCat(
         "connection caps (client ", b.max_client_connections, " + peer ", b.max_peer_connections,

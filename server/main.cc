@@ -584,7 +584,8 @@ int Run(const Config& config, const sigset_t& signals) {
   if (!port_file.empty()) {
     absl::Status s = WriteFileAtomically(
         port_file,
-        absl::StrCat("client_port=", (*client_server)->port(), "\npeer_port=", (*peer_server)->port(), "\n",
+        absl::StrCat("client_port=", (*client_server)->port(),
+                     "\npeer_port=", (*peer_server)->port(), "\n",
                      http != nullptr ? absl::StrCat("metrics_port=", http->port(), "\n") : ""));
     if (!s.ok()) spdlog::error("port file: {}", s.ToString());
     spdlog::info("wrote ports to {}", port_file);

@@ -266,7 +266,8 @@ std::vector<MetricFamily> ProcessCollector::Collect() const {
 
 absl::Status CheckMetricFamilies(const std::vector<MetricFamily>& families) {
   static const auto* kLabels = new absl::flat_hash_set<std::string>{
-      "shard", "role", "result", "grpc_service", "grpc_method", "grpc_code", "node_id", "le", "port"};
+      "shard",     "role",    "result", "grpc_service", "grpc_method",
+      "grpc_code", "node_id", "le",     "port"};
   static const char* const kBadUnits[] = {
       "_ms",  "_milliseconds", "_us",  "_micros", "_microseconds", "_ns",      "_nanos", "_kb",
       "_kib", "_mb",           "_mib", "_gb",     "_percent",      "_minutes", "_hours"};
@@ -693,7 +694,7 @@ void Metrics::ObserveRpc(absl::string_view full_method, grpc::StatusCode code,
 }
 
 std::function<void(uint64_t, uint64_t)> Metrics::ConnectionReporter(const std::string& port,
-                                                                     uint64_t max_connections) {
+                                                                    uint64_t max_connections) {
   prometheus::Gauge& open = open_connections_->Add({{"port", port}});
   max_connections_->Add({{"port", port}}).Set(static_cast<double>(max_connections));
   prometheus::Counter& refused = refused_connections_->Add({{"port", port}});

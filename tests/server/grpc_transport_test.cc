@@ -1,6 +1,6 @@
 // GrpcTransport + PeerService over real gRPC on 127.0.0.1.
-#include "server/grpc_server.h"
 #include "server/grpc_transport.h"
+#include "server/grpc_server.h"
 
 #include <memory>
 #include <random>

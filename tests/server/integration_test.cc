@@ -3,9 +3,9 @@
 //
 // Ports: peers must know each other's addresses before they start, so the
 // test reserves every port up front with a socket bound to 127.0.0.1:0 with
-// SO_REUSEPORT and kept open (tests/testing/process.h). The servers
-// (gRPC sets SO_REUSEPORT too) bind the same ports; nobody else can take them
-// in between, and a restarted node gets its ports back. Readiness is the
+// SO_REUSEADDR and kept open, never listening (tests/testing/process.h). The
+// servers (SO_REUSEADDR too) bind and listen on the same ports; nobody else
+// can take them in between, and a restarted node gets its ports back. Readiness is the
 // --port-file plus Cluster.NodeStatus showing a leader for every shard.
 //
 // Every process is stopped by pid at the end, also when a test fails

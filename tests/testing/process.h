@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,8 +74,9 @@ class ChildProcess {
   ChildProcess& operator=(const ChildProcess&) = delete;
 
   // Starts `args` (args[0] is the binary) with stdout+stderr appended to
-  // `log`. Aborts if it is already running or fork fails.
-  void Start(const std::vector<std::string>& args, const std::string& log) {
+  // `log`. A `file_limit` > 0 becomes the child's RLIMIT_NOFILE (soft and
+  // hard). Aborts if it is already running or fork fails.
+  void Start(const std::vector<std::string>& args, const std::string& log, int file_limit = 0) {
     if (pid_ > 0) abort();
     std::vector<char*> argv;
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -93,6 +95,10 @@ class ChildProcess {
         if (other != fd) close(other);
       }
       if (fd > 2) close(fd);
+      if (file_limit > 0) {
+        rlimit limit{static_cast<rlim_t>(file_limit), static_cast<rlim_t>(file_limit)};
+        if (setrlimit(RLIMIT_NOFILE, &limit) != 0) _exit(126);
+      }
       sigset_t none;
       sigemptyset(&none);
       sigprocmask(SIG_SETMASK, &none, nullptr);
