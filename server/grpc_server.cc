@@ -278,7 +278,12 @@ absl::StatusOr<FdBudget> PlanFdBudget(uint64_t file_limit, uint64_t max_client_c
   b.storage_max_open_files = static_cast<int>(std::clamp<uint64_t>(file_limit / 4, 16, 4096));
   b.reserved = 128 + file_limit / 16;
   const uint64_t fixed = b.reserved + static_cast<uint64_t>(b.storage_max_open_files);
-  const uint64_t rest = file_limit > fixed ? file_limit - fixed : 0;
+  if (file_limit < fixed + 16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "file limit ", file_limit, " is too small: storage and the process keep ", fixed,
+        " descriptors and each port needs at least 8 connections; raise it (ulimit -n)"));
+  }
+  const uint64_t rest = file_limit - fixed;
   b.max_peer_connections =
       max_peer_connections != 0 ? max_peer_connections : std::clamp<uint64_t>(rest / 8, 8, 1024);
   const uint64_t after_peer = rest > b.max_peer_connections ? rest - b.max_peer_connections : 0;

@@ -156,9 +156,9 @@ struct FdBudget {
 // Derives the caps that are 0 in the request from `file_limit`: storage gets
 // a quarter (16..4096 files), a reserve of 128 + 1/16 stays free, the peer
 // port gets 1/8 of the rest (at least 8, at most 1024) and the client port
-// what remains. Caps given explicitly are kept. Errors: kInvalidArgument
-// when the caps do not fit in the limit (with the numbers), or leave the
-// client port fewer than 8 connections.
+// what remains (at most 64 Ki). Caps given explicitly are kept. Errors:
+// kInvalidArgument (with the numbers) when the limit leaves fewer than 8
+// connections per port, or the caps do not fit in it.
 absl::StatusOr<FdBudget> PlanFdBudget(uint64_t file_limit, uint64_t max_client_connections,
                                       uint64_t max_peer_connections);
 
