@@ -1,7 +1,8 @@
-// Resource bounds of a real tessera-server process (issue 12, defects 5 and
-// 8): a connection flood is refused at accept and the node keeps serving,
-// during the flood and after it; a second server on a running node's ports
-// fails to start with "address in use" and the first keeps serving.
+// Resource bounds of a real tessera-server process (issue 12, defects 5, 8
+// and 9): a connection flood is refused at accept and the node keeps
+// serving, during the flood and after it; a second server on a running
+// node's ports fails to start with "address in use" and the first keeps
+// serving; calls to random method names do not add metric series.
 //
 // Each test runs a one-member cluster on reserved 127.0.0.1 ports
 // (tests/testing/process.h) through the client SDK, and stops its processes
@@ -26,9 +27,14 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
 #include "tests/testing/process.h"
@@ -262,6 +268,48 @@ TEST(ResourceBounds, DuplicateServerOnTheSamePortsFailsToStart) {
     ASSERT_THAT((*first)->Put(absl::StrCat("k", i), "v", call).status(), IsOk());
     ASSERT_THAT((*first)->Get(absl::StrCat("k", i), call).status(), IsOk());
   }
+  node.process().Signal(SIGTERM);
+  EXPECT_EQ(node.process().Wait(absl::Seconds(30)), 0) << Tail(node.log(), 20);
+}
+
+// Issue 12 defect 9: 20,000 calls to random "/tessera.v1.KV/X..." method
+// names grew /metrics from 39 KB to 48 MB for good.
+TEST(ResourceBounds, RandomMethodNamesDoNotGrowMetrics) {
+  OneNode node;
+  node.Start();
+  absl::StatusOr<std::unique_ptr<client::Client>> c = node.ReadyClient(absl::Seconds(30));
+  ASSERT_THAT(c, IsOk()) << Tail(node.log(), 30);
+  const int metrics_port = node.MetricsPort();
+  ASSERT_GT(metrics_port, 0);
+  grpc::GenericStub stub(
+      grpc::CreateChannel(node.client_port().address(), grpc::InsecureChannelCredentials()));
+  auto call = [&stub](const std::string& method) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    grpc::Slice empty("");
+    grpc::ByteBuffer in(&empty, 1);
+    grpc::ByteBuffer out;
+    absl::Notification done;
+    grpc::StatusCode code = grpc::StatusCode::OK;
+    stub.UnaryCall(&context, method, grpc::StubOptions(), &in, &out, [&](grpc::Status s) {
+      code = s.error_code();
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return code;
+  };
+  ASSERT_EQ(call("/tessera.v1.KV/X0"), grpc::StatusCode::UNIMPLEMENTED);
+  const size_t before = HttpGet(metrics_port, "/metrics").size();
+  for (int i = 1; i <= 500; ++i) {
+    ASSERT_EQ(call(absl::StrCat("/tessera.v1.KV/X", i)), grpc::StatusCode::UNIMPLEMENTED);
+  }
+  const std::string after = HttpGet(metrics_port, "/metrics");
+  // Counters and gauges change digits, not series.
+  EXPECT_LT(after.size(), before + 2048) << "grew from " << before;
+  EXPECT_EQ(Sample(after,
+                   "tessera_grpc_server_handled_total{grpc_code=\"UNIMPLEMENTED\","
+                   "grpc_method=\"unknown\",grpc_service=\"unknown\"}"),
+            501);
   node.process().Signal(SIGTERM);
   EXPECT_EQ(node.process().Wait(absl::Seconds(30)), 0) << Tail(node.log(), 20);
 }
