@@ -661,30 +661,4 @@ void PeerService::RunWatchdog() {
   }
 }
 
-absl::StatusOr<StartedServer> StartGrpcServer(
-    const std::string& address, const std::vector<grpc::Service*>& services, int max_receive_bytes,
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors,
-    std::shared_ptr<grpc::ServerCredentials> credentials) {
-  absl::Status valid = ValidateHostPort(address);
-  if (!valid.ok()) return valid;
-  StartedServer started;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(address,
-                           credentials != nullptr ? credentials : grpc::InsecureServerCredentials(),
-                           &started.port);
-  for (grpc::Service* service : services) builder.RegisterService(service);
-  builder.SetMaxReceiveMessageSize(max_receive_bytes);
-  // Peers send keepalive pings on idle connections.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-  if (!interceptors.empty()) builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  started.server = builder.BuildAndStart();
-  if (started.server == nullptr || started.port == 0) {
-    if (started.server != nullptr) started.server->Shutdown();
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
-  }
-  return started;
-}
-
 }  // namespace tessera::server

@@ -39,8 +39,6 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "grpcpp/server.h"
-#include "grpcpp/support/server_interceptor.h"
 #include "server/security/peer_registry.h"
 #include "server/security/peer_tls.h"
 #include "server/transport.h"
@@ -182,25 +180,6 @@ class PeerService final : public peerpb::Peer::CallbackService {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread watchdog_;
 };
-
-// A started gRPC server and the port it bound.
-struct StartedServer {
-  std::unique_ptr<grpc::Server> server;
-  int port = 0;
-};
-
-// Builds and starts a gRPC server (plaintext unless `credentials` say
-// otherwise) on `address` ("host:port"; port 0
-// picks a free one) serving `services` (not owned; must outlive the server).
-// Messages up to max_receive_bytes are accepted. `interceptors` (e.g. the
-// metrics interceptor of server/metrics.h) see every call. Errors:
-// kUnavailable when the address cannot be bound, kInvalidArgument for a
-// malformed address.
-absl::StatusOr<StartedServer> StartGrpcServer(
-    const std::string& address, const std::vector<grpc::Service*>& services, int max_receive_bytes,
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors = {},
-    std::shared_ptr<grpc::ServerCredentials> credentials = nullptr);
 
 }  // namespace tessera::server
 

@@ -59,6 +59,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "proto/status_macros.h"
 #include "server/cluster_map.h"
+#include "server/grpc_server.h"
 #include "server/grpc_transport.h"
 #include "server/health.h"
 #include "server/kv_service.h"
@@ -121,6 +122,14 @@ ABSL_FLAG(uint32_t, snapshot_idle_timeout_ms, 30000,
           "cut an inbound snapshot that sends nothing for this long");
 ABSL_FLAG(std::string, port_file, "",
           "if set, written after startup: client_port=<port> and peer_port=<port> lines");
+// Resource bounds (issue 12): connection caps per port, sized with storage's
+// open files from the file limit (raised to the hard limit at start).
+ABSL_FLAG(uint64_t, max_client_connections, 0,
+          "open connections on the client port; more are refused at accept (0: derived from "
+          "the file limit)");
+ABSL_FLAG(uint64_t, max_peer_connections, 0,
+          "open connections on the peer port; more are refused at accept (0: derived from the "
+          "file limit)");
 
 namespace tessera::server {
 namespace {
@@ -132,7 +141,7 @@ constexpr char kUsage[] =
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
     "  [--snapshot-interval-entries=10000] [--metrics-listen=127.0.0.1:0]\n"
     "  [--node-id-from-hostname=false] [--slow-request-ms=1000] [--slow-fsync-ms=500]\n"
-    "  [--log-level=info]\n"
+    "  [--log-level=info] [--max-client-connections=0] [--max-peer-connections=0]\n"
     "  --peer-cert=FILE --peer-key=FILE --peer-ca=FILE | --insecure-peers\n"
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
@@ -168,7 +177,9 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "insecure_peers",
                                               "max_inbound_snapshots",
                                               "max_snapshot_bytes",
-                                              "snapshot_idle_timeout_ms"};
+                                              "snapshot_idle_timeout_ms",
+                                              "max_client_connections",
+                                              "max_peer_connections"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -243,6 +254,7 @@ struct Config {
   spdlog::level::level_enum log_level = spdlog::level::info;
   ClusterMap map;
   security::PeerTlsFiles peer_tls;  // empty with --insecure-peers
+  FdBudget fds;
 };
 
 // The node id of --node-id-from-hostname: 1 + the number after the last '-'
@@ -346,6 +358,13 @@ absl::StatusOr<Config> Validate() {
     return absl::InvalidArgumentError(
         "--max-inbound-snapshots and --snapshot-idle-timeout-ms must be at least 1");
   }
+  absl::StatusOr<uint64_t> file_limit = RaiseFileLimit();
+  if (!file_limit.ok()) return file_limit.status();
+  absl::StatusOr<FdBudget> fds =
+      PlanFdBudget(*file_limit, absl::GetFlag(FLAGS_max_client_connections),
+                   absl::GetFlag(FLAGS_max_peer_connections));
+  if (!fds.ok()) return fds.status();
+  config.fds = *fds;
   return config;
 }
 
@@ -561,8 +580,15 @@ int Run(const Config& config, const sigset_t& signals) {
     return 1;
   }
 
+  spdlog::info(
+      "file limit {}: storage keeps at most {} files open, {} are reserved, ports take at most "
+      "{} client and {} peer connections",
+      config.fds.file_limit, config.fds.storage_max_open_files, config.fds.reserved,
+      config.fds.max_client_connections, config.fds.max_peer_connections);
+  storage::EngineOptions engine_options;
+  engine_options.max_open_files = config.fds.storage_max_open_files;
   absl::StatusOr<std::unique_ptr<storage::Engine>> engine =
-      storage::Engine::Open(config.data_dir, storage::EngineOptions{});
+      storage::Engine::Open(config.data_dir, engine_options);
   if (!engine.ok()) {
     spdlog::error("cannot open storage at {}: {}", config.data_dir, engine.status().ToString());
     return 1;
@@ -632,15 +658,24 @@ int Run(const Config& config, const sigset_t& signals) {
                            });
   // A batch holds at most a few MiB of messages plus one entry (a value of
   // up to --max-value-bytes and its key).
-  const int max_peer_message_bytes = static_cast<int>(
+  GrpcServerOptions peer_server_options;
+  peer_server_options.address = config.peer_listen;
+  peer_server_options.services = {&peer_service};
+  peer_server_options.max_receive_bytes = static_cast<int>(
       std::min<uint64_t>(2 * absl::GetFlag(FLAGS_max_value_bytes) + (64 << 20), 1 << 30));
-  absl::StatusOr<StartedServer> peer_server = StartGrpcServer(
-      config.peer_listen, {&peer_service}, max_peer_message_bytes, {}, peer_credentials->server());
+  peer_server_options.credentials = peer_credentials->server();
+  peer_server_options.max_connections = config.fds.max_peer_connections;
+  peer_server_options.name = "peer";
+  peer_server_options.on_connections =
+      metrics.ConnectionReporter("peer", config.fds.max_peer_connections);
+  absl::StatusOr<std::unique_ptr<GrpcServer>> peer_server =
+      StartGrpcServer(std::move(peer_server_options));
   if (!peer_server.ok()) {
     spdlog::error("peer service: {}", peer_server.status().ToString());
     return 1;
   }
-  spdlog::info("peer service listening on {} (port {}, {})", config.peer_listen, peer_server->port,
+  spdlog::info("peer service listening on {} (port {}, {})", config.peer_listen,
+               (*peer_server)->port(),
                peer_credentials->secure() ? "mutual TLS" : "PLAINTEXT, --insecure-peers");
 
   NodeOptions node_options;
@@ -665,7 +700,7 @@ int Run(const Config& config, const sigset_t& signals) {
       Node::Start(node_options, engine->get(), &state_machine, transport.get());
   if (!node.ok()) {
     spdlog::error("cannot start the node: {}", node.status().ToString());
-    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    (*peer_server)->Shutdown();
     return 1;
   }
   node_for_peers.store(node->get(), std::memory_order_release);
@@ -693,17 +728,25 @@ int Run(const Config& config, const sigset_t& signals) {
   grpc::EnableDefaultHealthCheckService(true);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(metrics.NewGrpcInterceptorFactory());
-  absl::StatusOr<StartedServer> client_server =
-      StartGrpcServer(config.listen, {kv_service.get(), &cluster_service}, max_request_bytes,
-                      std::move(interceptors));
+  GrpcServerOptions client_server_options;
+  client_server_options.address = config.listen;
+  client_server_options.services = {kv_service.get(), &cluster_service};
+  client_server_options.max_receive_bytes = max_request_bytes;
+  client_server_options.interceptors = std::move(interceptors);
+  client_server_options.max_connections = config.fds.max_client_connections;
+  client_server_options.name = "client";
+  client_server_options.on_connections =
+      metrics.ConnectionReporter("client", config.fds.max_client_connections);
+  absl::StatusOr<std::unique_ptr<GrpcServer>> client_server =
+      StartGrpcServer(std::move(client_server_options));
   if (!client_server.ok()) {
     spdlog::error("client API: {}", client_server.status().ToString());
     (*node)->Stop();
-    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    (*peer_server)->Shutdown();
     return 1;
   }
   spdlog::info("client API (KV, Cluster) listening on {} (port {})", config.listen,
-               client_server->port);
+               (*client_server)->port());
   health.SetSources({.member =
                          [&maps, id = config.node_id] {
                            std::shared_ptr<const ClusterMap> current = maps.Current();
@@ -711,14 +754,15 @@ int Run(const Config& config, const sigset_t& signals) {
                          },
                      .shards = [n = node->get()] { return n->Status(); }});
   absl::Cleanup stop_observers_before_maps = stop_observers;
-  health.SetGrpcHealth(client_server->server->GetHealthCheckService());
+  health.SetGrpcHealth((*client_server)->server()->GetHealthCheckService());
   health.Start(absl::Milliseconds(500));
 
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
     absl::Status s = WriteFileAtomically(
         port_file,
-        absl::StrCat("client_port=", client_server->port, "\npeer_port=", peer_server->port, "\n",
+        absl::StrCat("client_port=", (*client_server)->port(),
+                     "\npeer_port=", (*peer_server)->port(), "\n",
                      http != nullptr ? absl::StrCat("metrics_port=", http->port(), "\n") : ""));
     if (!s.ok()) spdlog::error("port file: {}", s.ToString());
     spdlog::info("wrote ports to {}", port_file);
@@ -749,9 +793,9 @@ int Run(const Config& config, const sigset_t& signals) {
       why = refusal;
     }
     spdlog::error("refusing to serve: {}", std::string(why.message()));
-    client_server->server->Shutdown(std::chrono::system_clock::now());
+    (*client_server)->Shutdown();
     (*node)->Stop();
-    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    (*peer_server)->Shutdown();
     node_for_peers.store(nullptr, std::memory_order_release);
     transport->Stop();
     kv_service.reset();
@@ -787,7 +831,7 @@ int Run(const Config& config, const sigset_t& signals) {
   }
   absl::Notification shut_down;
   std::thread shutdown_thread([&] {
-    client_server->server->Shutdown(std::chrono::system_clock::now());
+    (*client_server)->Shutdown();
     shut_down.Notify();
   });
   if (!shut_down.WaitForNotificationWithTimeout(absl::Seconds(2))) {
@@ -799,7 +843,7 @@ int Run(const Config& config, const sigset_t& signals) {
 
   (*node)->Stop();
   spdlog::info("raft node stopped");
-  peer_server->server->Shutdown(std::chrono::system_clock::now());
+  (*peer_server)->Shutdown();
   node_for_peers.store(nullptr, std::memory_order_release);
   transport->Stop();
   spdlog::info("peer service and transport stopped");

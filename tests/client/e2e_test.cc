@@ -5,7 +5,7 @@
 // version k.
 //
 // Process handling follows tests/server/integration_test.cc: every port is
-// reserved up front with SO_REUSEPORT (the servers bind the same ports),
+// reserved up front with SO_REUSEADDR (the servers bind the same ports),
 // readiness is Cluster.NodeStatus showing a leader for every shard, and each
 // process is stopped by pid (SIGKILL + waitpid) in a destructor, also when
 // the test fails.

@@ -3,9 +3,9 @@
 //
 // Ports: peers must know each other's addresses before they start, so the
 // test reserves every port up front with a socket bound to 127.0.0.1:0 with
-// SO_REUSEPORT and kept open (tests/testing/process.h). The servers
-// (gRPC sets SO_REUSEPORT too) bind the same ports; nobody else can take them
-// in between, and a restarted node gets its ports back. Readiness is the
+// SO_REUSEADDR and kept open, never listening (tests/testing/process.h). The
+// servers (SO_REUSEADDR too) bind and listen on the same ports; nobody else
+// can take them in between, and a restarted node gets its ports back. Readiness is the
 // --port-file plus Cluster.NodeStatus showing a leader for every shard.
 //
 // Every process is stopped by pid at the end, also when a test fails
@@ -915,6 +915,53 @@ TEST(Integration, PeerPortRefusesOutsidersImpostorsAndImpossibleMessages) {
     EXPECT_EQ(got->kv().value(), "acknowledged") << key;
     EXPECT_EQ(got->kv().version(), version) << key;
   }
+}
+
+// Resident memory of a process, from /proc/<pid>/status (VmRSS).
+int64_t ResidentBytesOf(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+// Defect 4 of issue "hardening": an endless snapshot stream grew a node from
+// 39 MB to 1.6 GB. Now it is spooled to disk and cut at --max-snapshot-bytes.
+TEST(Integration, AnEndlessSnapshotStreamIsCutWithoutGrowingTheNode) {
+  Cluster cluster({"--max-snapshot-bytes=268435456"});
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  const pid_t node2 = cluster.process(1).pid();
+  const int64_t steady = ResidentBytesOf(node2);
+  std::unique_ptr<peerpb::Peer::Stub> member = PeerStub(cluster, 1, /*as=*/1);
+  grpc::ClientContext context;
+  peerpb::SnapshotAck ack;
+  std::unique_ptr<grpc::ClientWriter<peerpb::SnapshotChunk>> writer =
+      member->Snapshot(&context, &ack);
+  peerpb::SnapshotChunk chunk;
+  chunk.set_from_node(1);
+  chunk.set_to_node(2);
+  chunk.set_shard(0);
+  chunk.set_incarnation(IncarnationOf(cluster, 0));
+  chunk.mutable_message()->set_type(raftpb::MSG_SNAP);
+  bool open = writer->Write(chunk);
+  chunk.clear_message();
+  chunk.set_data(std::string(1 << 20, 's'));
+  int64_t peak = steady;
+  uint64_t sent = 0;
+  for (; open && sent < (1ull << 30); sent += chunk.data().size()) {  // bounded: 1 GiB
+    open = writer->Write(chunk);
+    if (sent % (16 << 20) == 0) peak = std::max(peak, ResidentBytesOf(node2));
+  }
+  grpc::Status s = writer->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_LT(sent, 300ull << 20);
+  std::cerr << "node 2 resident growth " << (peak - steady) << "\n";
+  EXPECT_LT(peak - steady, int64_t{64} << 20)
+      << "node 2 grew from " << steady << " to " << peak << " bytes";
+  EXPECT_TRUE(cluster.process(1).running());
+  EXPECT_THAT(cluster.Put("after-endless-snapshot", "v"), IsOk());
 }
 
 // A node whose data directory was wiped must not rejoin under its old
