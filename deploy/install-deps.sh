@@ -13,11 +13,11 @@ packages=(
   clang clang-format clang-tidy lld libclang-rt-14-dev
   # libraries
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   prometheus-cpp-dev libcivetweb-dev libxxhash-dev libspdlog-dev libfmt-dev
   # runtime helpers for the local cluster and tests (prometheus ships promtool;
   # python3-yaml parses the Compose and Kubernetes files in tests/deploy)
-  procps iproute2 iptables curl prometheus python3-yaml
+  procps iproute2 iptables curl openssl prometheus python3-yaml
   # the baseline of tests/bench/compare-etcd.sh (it runs its own etcd cluster
   # on other ports; a system etcd that the package may start is left alone)
   etcd-server etcd-client

@@ -18,7 +18,8 @@
 #   logs N     print node N's log (logs N -f follows it).
 #
 # State lives in $TESSERA_CLUSTER_DIR (default ./.tessera): cluster.env (the
-# node count and shard count chosen by `up`), nodeN/data, nodeN/log,
+# node count and shard count chosen by `up`), certs/ (the peer port's cluster
+# CA and node-N certificates, made by deploy/gen-certs.sh), nodeN/data, nodeN/log,
 # nodeN/pid, prometheus/{prometheus.yml,data,log,pid}. TESSERA_SKIP_BUILD=1
 # skips deps and build; TESSERA_BIN_DIR picks another build's server binaries
 # (default build/release/server); TESSERA_PORT_BASE moves the ports (default
@@ -70,8 +71,12 @@ start_node() {
     echo "node $n already running (pid $pid)"
     return
   fi
+  # Peer mutual TLS: a cluster CA and one certificate per member, made once.
+  deploy/gen-certs.sh "$dir/certs" $(seq 1 "$nodes")
   "$bin/tessera-server" --node-id="$n" --data-dir="$dir/node$n/data" \
     --initial-cluster="$cluster" --shards="$shards" --port-file="$dir/node$n/ports" \
+    --peer-cert="$dir/certs/node-$n.crt" --peer-key="$dir/certs/node-$n.key" \
+    --peer-ca="$dir/certs/ca.crt" \
     --metrics-listen="127.0.0.1:$(metrics_port "$n")" \
     >>"$dir/node$n/log" 2>&1 &
   echo $! >"$dir/node$n/pid"

@@ -1,7 +1,9 @@
 #include "server/grpc_transport.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <deque>
+#include <fstream>
 #include <thread>
 #include <utility>
 
@@ -38,7 +40,11 @@ class GrpcTransport::PeerSender {
     // Our own connection, not one shared with other channels of the process.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetMaxSendMessageSize(-1);
-    channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+    const security::PeerCredentials insecure = security::PeerCredentials::Insecure();
+    const security::PeerCredentials& credentials =
+        options.credentials != nullptr ? *options.credentials : insecure;
+    credentials.ConfigureChannelTo(to, &args);
+    channel_ = grpc::CreateCustomChannel(address_, credentials.channel(), args);
     stub_ = peerpb::Peer::NewStub(channel_);
     stream_thread_ = std::thread([this] { RunStream(); });
     snapshot_thread_ = std::thread([this] { RunSnapshots(); });
@@ -121,6 +127,19 @@ class GrpcTransport::PeerSender {
   }
   bool Stopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; }
 
+  // Tells on_refused when the peer refused us (as opposed to a broken or
+  // unreachable connection, which backoff handles).
+  void ReportRefusal(const grpc::Status& status) {
+    const grpc::StatusCode code = status.error_code();
+    if (!options_.on_refused || (code != grpc::StatusCode::FAILED_PRECONDITION &&
+                                 code != grpc::StatusCode::PERMISSION_DENIED &&
+                                 code != grpc::StatusCode::UNAUTHENTICATED)) {
+      return;
+    }
+    options_.on_refused(to_,
+                        absl::Status(static_cast<absl::StatusCode>(code), status.error_message()));
+  }
+
   // Waits `d` unless stopping first; returns false when stopping.
   bool BackOff(absl::Duration d) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
@@ -154,6 +173,7 @@ class GrpcTransport::PeerSender {
       peerpb::MessageBatch batch;
       batch.set_from_node(options_.self);
       batch.set_to_node(to_);
+      batch.set_incarnation(options_.incarnation);
       for (Queued& q : work) {
         for (ShardMessage& m : q.messages) {
           peerpb::ShardMessage* out = batch.add_messages();
@@ -182,7 +202,7 @@ class GrpcTransport::PeerSender {
         continue;
       }
       // The stream broke (or never opened): drop this batch, back off, reopen.
-      writer->Finish().IgnoreError();  // why it failed does not change what we do
+      ReportRefusal(writer->Finish());
       {
         absl::MutexLock lock(&mu_);
         stream_context_ = nullptr;
@@ -253,6 +273,7 @@ class GrpcTransport::PeerSender {
     chunk.set_from_node(options_.self);
     chunk.set_to_node(to_);
     chunk.set_shard(snap.shard);
+    chunk.set_incarnation(options_.incarnation);
     *chunk.mutable_message() = std::move(snap.message);
     chunk.set_last(data.empty());
     bool ok = writer->Write(chunk);
@@ -265,6 +286,7 @@ class GrpcTransport::PeerSender {
     }
     if (ok) ok = writer->WritesDone();
     grpc::Status status = writer->Finish();
+    ReportRefusal(status);
     {
       absl::MutexLock lock(&mu_);
       snapshot_context_ = nullptr;
@@ -324,25 +346,43 @@ GrpcTransport::PeerStats GrpcTransport::StatsForTesting(NodeId peer) const {
 // Reads the batches of one Peer.Stream call and hands them to the handler.
 class PeerService::StreamReactor final : public grpc::ServerReadReactor<peerpb::MessageBatch> {
  public:
-  explicit StreamReactor(const PeerService* service) : service_(service) { StartRead(&batch_); }
+  StreamReactor(const PeerService* service, NodeId certified)
+      : service_(service), certified_(certified) {
+    StartRead(&batch_);
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the sender closed the stream, or it broke
       Finish(grpc::Status::OK);
       return;
     }
-    if (batch_.to_node() != service_->self_ || batch_.from_node() == 0) {
-      Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          absl::StrCat("batch from node ", batch_.from_node(), " for node ",
-                                       batch_.to_node(), " reached node ", service_->self_)));
+    // One stream carries one sender: its first batch is checked in full,
+    // later ones must name the same sender and incarnation.
+    if (from_ == 0 || batch_.from_node() != from_ || batch_.incarnation() != incarnation_) {
+      grpc::Status admitted =
+          service_->Admit(certified_, batch_.from_node(), batch_.to_node(), batch_.incarnation());
+      if (!admitted.ok()) {
+        Finish(admitted);
+        return;
+      }
+      from_ = batch_.from_node();
+      incarnation_ = batch_.incarnation();
+    } else if (batch_.to_node() != service_->options_.self) {
+      Finish(
+          service_->Admit(certified_, batch_.from_node(), batch_.to_node(), batch_.incarnation()));
       return;
     }
     std::vector<ShardMessage> messages;
     messages.reserve(batch_.messages_size());
     for (peerpb::ShardMessage& m : *batch_.mutable_messages()) {
+      if (m.message().type() == raftpb::MSG_SNAP) {
+        // Snapshots come only through Peer.Snapshot, which bounds them.
+        service_->Refused("snapshot_in_batch");
+        continue;
+      }
       messages.push_back({.shard = m.shard(), .message = std::move(*m.mutable_message())});
     }
-    if (!messages.empty()) service_->handler_(batch_.from_node(), std::move(messages));
+    if (!messages.empty()) service_->handler_(from_, std::move(messages));
     batch_.Clear();
     StartRead(&batch_);
   }
@@ -351,98 +391,274 @@ class PeerService::StreamReactor final : public grpc::ServerReadReactor<peerpb::
 
  private:
   const PeerService* const service_;
+  const NodeId certified_;
+  NodeId from_ = 0;
+  uint64_t incarnation_ = 0;
   peerpb::MessageBatch batch_;
 };
 
-// Reassembles one snapshot from its chunks, then hands it to the handler.
+// Reassembles one snapshot from its chunks (spooled to a file when the
+// service has a spool directory), then hands it to the handler. Registered
+// with the service while it runs (concurrency bound, idle cut).
 class PeerService::SnapshotReactor final : public grpc::ServerReadReactor<peerpb::SnapshotChunk> {
  public:
-  explicit SnapshotReactor(const PeerService* service) : service_(service) { StartRead(&chunk_); }
+  SnapshotReactor(PeerService* service, NodeId certified)
+      : service_(service), certified_(certified) {}
+
+  // Called once registered.
+  void Begin() { StartRead(&chunk_); }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Finish(
-          grpc::Status(grpc::StatusCode::ABORTED, "snapshot stream ended before its last chunk"));
+      End(grpc::Status(grpc::StatusCode::ABORTED, "snapshot stream ended before its last chunk"));
       return;
     }
+    Touch();
     if (first_) {
       first_ = false;
-      if (chunk_.to_node() != service_->self_ || chunk_.from_node() == 0 || !chunk_.has_message() ||
-          chunk_.message().type() != raftpb::MSG_SNAP) {
-        Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                            absl::StrCat("bad first snapshot chunk from node ", chunk_.from_node(),
-                                         " for node ", chunk_.to_node())));
+      grpc::Status admitted =
+          service_->Admit(certified_, chunk_.from_node(), chunk_.to_node(), chunk_.incarnation());
+      if (!admitted.ok()) {
+        End(admitted);
+        return;
+      }
+      if (!chunk_.has_message() || chunk_.message().type() != raftpb::MSG_SNAP) {
+        service_->Refused("bad_snapshot_header");
+        End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         "the first snapshot chunk carries no MSG_SNAP"));
         return;
       }
       from_ = chunk_.from_node();
       shard_ = chunk_.shard();
       message_ = std::move(*chunk_.mutable_message());
+      if (!service_->options_.spool_dir.empty()) {
+        spool_path_ = absl::StrCat(service_->options_.spool_dir, "/snapshot-", from_, "-", shard_,
+                                   "-", reinterpret_cast<uintptr_t>(this), ".part");
+        spool_.open(spool_path_, std::ios::binary | std::ios::trunc);
+        if (!spool_) {
+          End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           absl::StrCat("cannot spool the snapshot to ", spool_path_)));
+          return;
+        }
+      }
     }
-    if (data_.size() + chunk_.data().size() > service_->max_snapshot_bytes_) {
-      Finish(
-          grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       absl::StrCat("snapshot exceeds ", service_->max_snapshot_bytes_, " bytes")));
+    if (bytes_ + chunk_.data().size() > service_->options_.max_snapshot_bytes) {
+      service_->Refused("snapshot_too_large");
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("snapshot exceeds ", service_->options_.max_snapshot_bytes,
+                                    " bytes (--max-snapshot-bytes)")));
       return;
     }
-    data_.append(chunk_.data());
+    bytes_ += chunk_.data().size();
+    if (spool_.is_open()) {
+      spool_.write(chunk_.data().data(), static_cast<std::streamsize>(chunk_.data().size()));
+    } else {
+      data_.append(chunk_.data());
+    }
     if (chunk_.last()) {
+      if (spool_.is_open()) {
+        spool_.close();
+        std::ifstream in(spool_path_, std::ios::binary);
+        data_.resize(bytes_);
+        if (!spool_ || !in || !in.read(data_.data(), static_cast<std::streamsize>(bytes_))) {
+          End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           absl::StrCat("cannot read back the spooled snapshot ", spool_path_)));
+          return;
+        }
+      }
       *message_.mutable_snapshot()->mutable_data() = std::move(data_);
       std::vector<ShardMessage> messages;
       messages.push_back({.shard = shard_, .message = std::move(message_)});
       service_->handler_(from_, std::move(messages));
-      Finish(grpc::Status::OK);
+      End(grpc::Status::OK);
       return;
     }
     chunk_.Clear();
     StartRead(&chunk_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&service_->mu_);
+      service_->snapshots_.erase(this);
+    }
+    delete this;
+  }
+
+  // The watchdog's view: when a chunk last arrived.
+  absl::Time last_activity() const { return absl::FromUnixNanos(last_activity_ns_.load()); }
 
  private:
-  const PeerService* const service_;
+  void Touch() { last_activity_ns_.store(absl::ToUnixNanos(absl::Now())); }
+
+  void End(const grpc::Status& status) {
+    if (spool_.is_open()) spool_.close();
+    if (!spool_path_.empty()) std::remove(spool_path_.c_str());
+    data_.clear();
+    data_.shrink_to_fit();
+    Finish(status);
+  }
+
+  PeerService* const service_;
+  const NodeId certified_;
+  std::atomic<int64_t> last_activity_ns_{absl::ToUnixNanos(absl::Now())};
   peerpb::SnapshotChunk chunk_;
   bool first_ = true;
   NodeId from_ = 0;
   ShardId shard_ = 0;
   raftpb::Message message_;
+  uint64_t bytes_ = 0;
+  std::string spool_path_;
+  std::ofstream spool_;
   std::string data_;
 };
 
-PeerService::PeerService(NodeId self, MessageHandler handler, uint64_t max_snapshot_bytes)
-    : self_(self), handler_(std::move(handler)), max_snapshot_bytes_(max_snapshot_bytes) {}
+PeerService::PeerService(PeerServiceOptions options, MessageHandler handler)
+    : options_(std::move(options)), handler_(std::move(handler)) {
+  watchdog_ = std::thread([this] { RunWatchdog(); });
+}
+
+PeerService::PeerService(NodeId self, MessageHandler handler)
+    : PeerService(PeerServiceOptions{.self = self, .require_certified_sender = false},
+                  std::move(handler)) {}
+
+PeerService::~PeerService() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  watchdog_.join();
+}
+
+void PeerService::Refused(const char* reason) const {
+  if (options_.on_refused) options_.on_refused(reason);
+}
+
+absl::StatusOr<NodeId> PeerService::Sender(grpc::CallbackServerContext* context) const {
+  if (!options_.require_certified_sender) return 0;
+  std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (auth == nullptr) return absl::UnauthenticatedError("no peer certificate");
+  return security::CertifiedPeerId(*auth);
+}
+
+grpc::Status PeerService::Admit(NodeId certified, NodeId from, NodeId to,
+                                uint64_t incarnation) const {
+  if (certified != 0 && from != certified) {
+    Refused("sender_mismatch");
+    return grpc::Status(
+        grpc::StatusCode::PERMISSION_DENIED,
+        absl::StrCat("node ", certified, " sent a batch claiming to be node ", from));
+  }
+  if (from == 0 || to != options_.self) {
+    Refused("misaddressed");
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat("batch from node ", from, " for node ", to, " reached node ", options_.self));
+  }
+  if (options_.registry != nullptr) {
+    absl::Status admitted = options_.registry->Admit(from, incarnation);
+    if (!admitted.ok()) {
+      Refused("replaced_member");
+      return grpc::Status(static_cast<grpc::StatusCode>(admitted.code()),
+                          std::string(admitted.message()));
+    }
+  }
+  return grpc::Status::OK;
+}
 
 grpc::ServerReadReactor<peerpb::MessageBatch>* PeerService::Stream(
-    grpc::CallbackServerContext* /*context*/, peerpb::StreamAck* /*ack*/) {
-  return new StreamReactor(this);
+    grpc::CallbackServerContext* context, peerpb::StreamAck* /*ack*/) {
+  absl::StatusOr<NodeId> sender = Sender(context);
+  if (!sender.ok()) {
+    Refused("unauthenticated");
+    class Refuse final : public grpc::ServerReadReactor<peerpb::MessageBatch> {
+     public:
+      explicit Refuse(const absl::Status& why) {
+        Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(why.message())));
+      }
+      void OnDone() override { delete this; }
+    };
+    return new Refuse(sender.status());
+  }
+  return new StreamReactor(this, *sender);
 }
 
 grpc::ServerReadReactor<peerpb::SnapshotChunk>* PeerService::Snapshot(
-    grpc::CallbackServerContext* /*context*/, peerpb::SnapshotAck* /*ack*/) {
-  return new SnapshotReactor(this);
+    grpc::CallbackServerContext* context, peerpb::SnapshotAck* /*ack*/) {
+  class Refuse final : public grpc::ServerReadReactor<peerpb::SnapshotChunk> {
+   public:
+    explicit Refuse(grpc::Status why) { Finish(why); }
+    void OnDone() override { delete this; }
+  };
+  absl::StatusOr<NodeId> sender = Sender(context);
+  if (!sender.ok()) {
+    Refused("unauthenticated");
+    return new Refuse(
+        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(sender.status().message())));
+  }
+  auto* reactor = new SnapshotReactor(this, *sender);
+  {
+    absl::MutexLock lock(&mu_);
+    if (static_cast<int>(snapshots_.size()) >= std::max(options_.max_inbound_snapshots, 1)) {
+      delete reactor;
+      Refused("too_many_snapshots");
+      return new Refuse(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat(options_.max_inbound_snapshots,
+                       " snapshots are already arriving (--max-inbound-snapshots); retry later")));
+    }
+    snapshots_[reactor] = {.context = context};
+  }
+  reactor->Begin();
+  return reactor;
 }
 
-absl::StatusOr<StartedServer> StartGrpcServer(
-    const std::string& address, const std::vector<grpc::Service*>& services, int max_receive_bytes,
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors) {
-  absl::Status valid = ValidateHostPort(address);
-  if (!valid.ok()) return valid;
-  StartedServer started;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &started.port);
-  for (grpc::Service* service : services) builder.RegisterService(service);
-  builder.SetMaxReceiveMessageSize(max_receive_bytes);
-  // Peers send keepalive pings on idle connections.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-  if (!interceptors.empty()) builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  started.server = builder.BuildAndStart();
-  if (started.server == nullptr || started.port == 0) {
-    if (started.server != nullptr) started.server->Shutdown();
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+grpc::ServerUnaryReactor* PeerService::Hello(grpc::CallbackServerContext* context,
+                                             const peerpb::HelloRequest* request,
+                                             peerpb::HelloResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<NodeId> sender = Sender(context);
+  if (!sender.ok()) {
+    Refused("unauthenticated");
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(sender.status().message())));
+    return reactor;
   }
-  return started;
+  if (*sender != 0 && request->from_node() != *sender) {
+    Refused("sender_mismatch");
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                     absl::StrCat("node ", *sender, " asked as node ", request->from_node())));
+    return reactor;
+  }
+  if (options_.registry != nullptr) {
+    response->set_known_incarnation(options_.registry->Known(request->from_node()));
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+int PeerService::active_snapshots_for_testing() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(snapshots_.size());
+}
+
+// Cuts snapshot streams that sent nothing for snapshot_idle_timeout.
+void PeerService::RunWatchdog() {
+  const absl::Duration period =
+      std::clamp(options_.snapshot_idle_timeout / 4, absl::Milliseconds(10), absl::Seconds(1));
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    mu_.AwaitWithTimeout(absl::Condition(this, &PeerService::Stopping), period);
+    const absl::Time now = absl::Now();
+    for (auto& [reactor, call] : snapshots_) {
+      if (!call.cancelled && now - reactor->last_activity() > options_.snapshot_idle_timeout) {
+        Refused("snapshot_idle");
+        call.cancelled = true;
+        call.context->TryCancel();  // the reactor then ends and unregisters
+      }
+    }
+  }
 }
 
 }  // namespace tessera::server

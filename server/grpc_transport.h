@@ -31,13 +31,16 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "grpcpp/server.h"
-#include "grpcpp/support/server_interceptor.h"
+#include "server/security/peer_registry.h"
+#include "server/security/peer_tls.h"
 #include "server/transport.h"
 #include "tessera/peer.grpc.pb.h"
 
@@ -45,6 +48,11 @@ namespace tessera::server {
 
 struct GrpcTransportOptions {
   NodeId self = 0;
+  // This node's data directory incarnation (security/data_dir_identity.h),
+  // sent with every batch and snapshot.
+  uint64_t incarnation = 1;
+  // Peer TLS (not owned; must outlive the transport). nullptr: plaintext.
+  const security::PeerCredentials* credentials = nullptr;
   // Peer-service address ("host:port") of every other node. An entry for
   // `self` is ignored.
   absl::flat_hash_map<NodeId, std::string> peers;
@@ -64,6 +72,11 @@ struct GrpcTransportOptions {
   absl::Duration max_backoff = absl::Seconds(1);
   // Called after each snapshot transfer with its outcome (optional).
   std::function<void(NodeId to, ShardId shard, bool ok)> on_snapshot_sent;
+  // Called when a peer refuses this node: kFailedPrecondition when it knows
+  // this node under another data directory incarnation (this node's data is
+  // gone: it must stop), kPermissionDenied / kUnauthenticated for an identity
+  // the peer does not accept (optional; runs on a transport thread).
+  std::function<void(NodeId to, const absl::Status& why)> on_refused;
 };
 
 class GrpcTransport : public Transport {
@@ -98,42 +111,75 @@ class GrpcTransport : public Transport {
   std::atomic<bool> stopped_{false};
 };
 
-// The Peer service: hands what arrives to `handler`. Batches addressed to
-// another node are refused (FAILED_PRECONDITION: a misconfigured cluster).
-// A snapshot larger than max_snapshot_bytes is refused (RESOURCE_EXHAUSTED).
+struct PeerServiceOptions {
+  NodeId self = 0;
+  // With peer TLS, every call must carry a verified certificate and a batch
+  // is accepted only when its from_node is the id the certificate names.
+  // false: plaintext peers (--insecure-peers), from_node is taken on trust.
+  bool require_certified_sender = true;
+  // Known incarnations of the other members (not owned). nullptr: not checked.
+  security::PeerRegistry* registry = nullptr;
+  // Inbound snapshots: at most this many streams at once (more are refused
+  // with RESOURCE_EXHAUSTED; the sender retries later), each at most
+  // max_snapshot_bytes, and cut after snapshot_idle_timeout without a chunk.
+  int max_inbound_snapshots = 2;
+  uint64_t max_snapshot_bytes = 1ull << 30;
+  absl::Duration snapshot_idle_timeout = absl::Seconds(30);
+  // Where snapshot data is spooled while it arrives (a file per stream,
+  // removed afterwards); empty: in memory.
+  std::string spool_dir;
+  // Counts refused input by reason (a short fixed string; optional, thread-safe).
+  std::function<void(const char* reason)> on_refused;
+};
+
+// The Peer service: checks who sends and hands what arrives to `handler`.
+// Refusals end the call: PERMISSION_DENIED for a sender that is not the
+// certified one, UNAUTHENTICATED without a certificate (TLS normally stops
+// those earlier), FAILED_PRECONDITION for a member known under another
+// incarnation (its data is gone), INVALID_ARGUMENT for a batch addressed to
+// another node, RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED for snapshots beyond
+// the bounds above. Each refusal is counted through on_refused.
 class PeerService final : public peerpb::Peer::CallbackService {
  public:
-  PeerService(NodeId self, MessageHandler handler, uint64_t max_snapshot_bytes = 4ull << 30);
+  PeerService(PeerServiceOptions options, MessageHandler handler);
+  // Plaintext, no registry, defaults (tests of the transport itself).
+  PeerService(NodeId self, MessageHandler handler);
+  ~PeerService() override;
 
   grpc::ServerReadReactor<peerpb::MessageBatch>* Stream(grpc::CallbackServerContext* context,
                                                         peerpb::StreamAck* ack) override;
   grpc::ServerReadReactor<peerpb::SnapshotChunk>* Snapshot(grpc::CallbackServerContext* context,
                                                            peerpb::SnapshotAck* ack) override;
+  grpc::ServerUnaryReactor* Hello(grpc::CallbackServerContext* context,
+                                  const peerpb::HelloRequest* request,
+                                  peerpb::HelloResponse* response) override;
+
+  int active_snapshots_for_testing() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   class StreamReactor;
   class SnapshotReactor;
-  const NodeId self_;
+  // The certified sender of a call, or 0 when not required; an error when
+  // required and absent.
+  absl::StatusOr<NodeId> Sender(grpc::CallbackServerContext* context) const;
+  // Checks a batch's or first chunk's header; counts a refusal.
+  grpc::Status Admit(NodeId certified, NodeId from, NodeId to, uint64_t incarnation) const;
+  void Refused(const char* reason) const;
+  void RunWatchdog() ABSL_LOCKS_EXCLUDED(mu_);
+  bool Stopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; }
+
+  const PeerServiceOptions options_;
   const MessageHandler handler_;
-  const uint64_t max_snapshot_bytes_;
+  mutable absl::Mutex mu_;
+  // Snapshot streams in progress, for the concurrency bound and the idle cut.
+  struct SnapshotCall {
+    grpc::CallbackServerContext* context = nullptr;
+    bool cancelled = false;  // by the idle cut
+  };
+  absl::flat_hash_map<SnapshotReactor*, SnapshotCall> snapshots_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread watchdog_;
 };
-
-// A started gRPC server and the port it bound.
-struct StartedServer {
-  std::unique_ptr<grpc::Server> server;
-  int port = 0;
-};
-
-// Builds and starts an insecure gRPC server on `address` ("host:port"; port 0
-// picks a free one) serving `services` (not owned; must outlive the server).
-// Messages up to max_receive_bytes are accepted. `interceptors` (e.g. the
-// metrics interceptor of server/metrics.h) see every call. Errors:
-// kUnavailable when the address cannot be bound, kInvalidArgument for a
-// malformed address.
-absl::StatusOr<StartedServer> StartGrpcServer(
-    const std::string& address, const std::vector<grpc::Service*>& services, int max_receive_bytes,
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        interceptors = {});
 
 }  // namespace tessera::server
 

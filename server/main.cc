@@ -31,6 +31,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <set>
@@ -58,6 +59,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "proto/status_macros.h"
 #include "server/cluster_map.h"
+#include "server/grpc_server.h"
 #include "server/grpc_transport.h"
 #include "server/health.h"
 #include "server/kv_service.h"
@@ -65,10 +67,14 @@
 #include "server/meta_group.h"
 #include "server/metrics.h"
 #include "server/node.h"
+#include "server/security/data_dir_identity.h"
+#include "server/security/peer_registry.h"
+#include "server/security/peer_tls.h"
 #include "server/state_machine.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 #include "storage/engine.h"
+#include "tessera/peer.grpc.pb.h"
 
 ABSL_FLAG(uint64_t, node_id, 0, "this node's id in --initial-cluster (required)");
 ABSL_FLAG(std::string, data_dir, "", "directory of this node's RocksDB (required)");
@@ -103,6 +109,18 @@ ABSL_FLAG(uint32_t, slow_request_ms, 1000,
 ABSL_FLAG(uint32_t, slow_fsync_ms, 500,
           "log WAL fsyncs slower than this, at most once per 10 s (0: never)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(std::string, peer_cert, "",
+          "PEM certificate of this member for the peer port (common name node-<id>, signed by "
+          "--peer-ca; deploy/gen-certs.sh makes them); {id} is replaced by the node id");
+ABSL_FLAG(std::string, peer_key, "", "PEM private key of --peer-cert; {id} as there");
+ABSL_FLAG(std::string, peer_ca, "", "PEM certificate of the cluster CA that signs every member");
+ABSL_FLAG(bool, insecure_peers, false,
+          "plaintext peer port without authentication: anyone who reaches it can rewrite or "
+          "erase data (logged as a warning on every start)");
+ABSL_FLAG(uint32_t, max_inbound_snapshots, 2, "snapshots received at once; more wait");
+ABSL_FLAG(uint64_t, max_snapshot_bytes, 1ull << 30, "largest snapshot accepted from a peer");
+ABSL_FLAG(uint32_t, snapshot_idle_timeout_ms, 30000,
+          "cut an inbound snapshot that sends nothing for this long");
 // ---- Admission control and clear answers (issue 12) ----
 ABSL_FLAG(uint64_t, max_inflight_bytes, 64 << 20,
           "node-wide budget of client request bytes in flight; beyond it requests get "
@@ -110,6 +128,14 @@ ABSL_FLAG(uint64_t, max_inflight_bytes, 64 << 20,
 // ---- end admission control ----
 ABSL_FLAG(std::string, port_file, "",
           "if set, written after startup: client_port=<port> and peer_port=<port> lines");
+// Resource bounds (issue 12): connection caps per port, sized with storage's
+// open files from the file limit (raised to the hard limit at start).
+ABSL_FLAG(uint64_t, max_client_connections, 0,
+          "open connections on the client port; more are refused at accept (0: derived from "
+          "the file limit)");
+ABSL_FLAG(uint64_t, max_peer_connections, 0,
+          "open connections on the peer port; more are refused at accept (0: derived from the "
+          "file limit)");
 
 namespace tessera::server {
 namespace {
@@ -121,7 +147,11 @@ constexpr char kUsage[] =
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
     "  [--snapshot-interval-entries=10000] [--metrics-listen=127.0.0.1:0]\n"
     "  [--node-id-from-hostname=false] [--slow-request-ms=1000] [--slow-fsync-ms=500]\n"
-    "  [--log-level=info] [--max-inflight-bytes=67108864]\n"
+    "  [--log-level=info] [--max-client-connections=0] [--max-peer-connections=0]\n"
+    "  --peer-cert=FILE --peer-key=FILE --peer-ca=FILE | --insecure-peers\n"
+    "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
+    "  [--snapshot-idle-timeout-ms=30000]\n"
+    "  [--max-inflight-bytes=67108864]\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
 // Sets flag `name` (dashes allowed) to `value`.
@@ -148,6 +178,15 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "slow_request_ms",
                                               "slow_fsync_ms",
                                               "log_level",
+                                              "peer_cert",
+                                              "peer_key",
+                                              "peer_ca",
+                                              "insecure_peers",
+                                              "max_inbound_snapshots",
+                                              "max_snapshot_bytes",
+                                              "snapshot_idle_timeout_ms",
+                                              "max_client_connections",
+                                              "max_peer_connections",
                                               "max_inflight_bytes"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
@@ -222,6 +261,8 @@ struct Config {
   std::string metrics_listen;
   spdlog::level::level_enum log_level = spdlog::level::info;
   ClusterMap map;
+  security::PeerTlsFiles peer_tls;  // empty with --insecure-peers
+  FdBudget fds;
 };
 
 // The node id of --node-id-from-hostname: 1 + the number after the last '-'
@@ -301,6 +342,37 @@ absl::StatusOr<Config> Validate() {
   if (!config.metrics_listen.empty())
     TESSERA_RETURN_IF_ERROR(ValidateHostPort(config.metrics_listen));
   config.log_level = log_level;
+  // "{id}" lets one configuration serve every node (e.g. Kubernetes pods).
+  const std::string id_text = absl::StrCat(id);
+  config.peer_tls = {
+      .cert = absl::StrReplaceAll(absl::GetFlag(FLAGS_peer_cert), {{"{id}", id_text}}),
+      .key = absl::StrReplaceAll(absl::GetFlag(FLAGS_peer_key), {{"{id}", id_text}}),
+      .ca = absl::GetFlag(FLAGS_peer_ca)};
+  const bool any_tls =
+      !config.peer_tls.cert.empty() || !config.peer_tls.key.empty() || !config.peer_tls.ca.empty();
+  if (absl::GetFlag(FLAGS_insecure_peers)) {
+    if (any_tls) {
+      return absl::InvalidArgumentError(
+          "--insecure-peers excludes --peer-cert/--peer-key/--peer-ca");
+    }
+  } else if (config.peer_tls.cert.empty() || config.peer_tls.key.empty() ||
+             config.peer_tls.ca.empty()) {
+    return absl::InvalidArgumentError(
+        "the peer port needs --peer-cert, --peer-key and --peer-ca (deploy/gen-certs.sh makes "
+        "them), or --insecure-peers to run it without authentication");
+  }
+  if (absl::GetFlag(FLAGS_max_inbound_snapshots) < 1 ||
+      absl::GetFlag(FLAGS_snapshot_idle_timeout_ms) < 1) {
+    return absl::InvalidArgumentError(
+        "--max-inbound-snapshots and --snapshot-idle-timeout-ms must be at least 1");
+  }
+  absl::StatusOr<uint64_t> file_limit = RaiseFileLimit();
+  if (!file_limit.ok()) return file_limit.status();
+  absl::StatusOr<FdBudget> fds =
+      PlanFdBudget(*file_limit, absl::GetFlag(FLAGS_max_client_connections),
+                   absl::GetFlag(FLAGS_max_peer_connections));
+  if (!fds.ok()) return fds.status();
+  config.fds = *fds;
   return config;
 }
 
@@ -378,8 +450,52 @@ MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& map) {
   };
 }
 
-// Set by the MetaGroup (then SIGUSR1 wakes the main thread): why this node
-// refuses to serve.
+// For a data directory created just now (a new member, or one whose data is
+// gone): asks every reachable peer whether it knows this member under
+// another incarnation. kFailedPrecondition (the line to log) if one does;
+// peers that do not answer are skipped (they refuse the member later if they
+// know it, see PeerRegistry).
+absl::Status CheckNotReplaced(const Config& config, uint64_t incarnation,
+                              const security::PeerCredentials& credentials) {
+  for (const MemberInfo& m : config.map.members()) {
+    if (m.id == config.node_id) continue;
+    grpc::ChannelArguments args;
+    credentials.ConfigureChannelTo(m.id, &args);
+    std::unique_ptr<peerpb::Peer::Stub> stub = peerpb::Peer::NewStub(
+        grpc::CreateCustomChannel(m.peer_address, credentials.channel(), args));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    peerpb::HelloRequest request;
+    request.set_from_node(config.node_id);
+    request.set_incarnation(incarnation);
+    peerpb::HelloResponse response;
+    if (!stub->Hello(&context, request, &response).ok()) continue;
+    const uint64_t known = response.known_incarnation();
+    if (known != 0 && known != incarnation) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the data directory ", config.data_dir, " is new, but node ", m.id, " knows node ",
+          config.node_id, " from an earlier one (incarnation ", known,
+          "): this node's data is gone, and rejoining under its old identity could lose "
+          "acknowledged writes; restore its data directory, or remove the member and add a new "
+          "one"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Empties (creates) the directory where inbound snapshots are spooled.
+absl::StatusOr<std::string> PrepareSnapshotSpool(const std::string& data_dir) {
+  const std::string dir = absl::StrCat(data_dir, "/snapshots-incoming");
+  std::error_code error;
+  std::filesystem::remove_all(dir, error);
+  if (!std::filesystem::create_directories(dir, error) || error) {
+    return absl::UnavailableError(absl::StrCat("cannot create ", dir, ": ", error.message()));
+  }
+  return dir;
+}
+
+// Set by the MetaGroup or the transport (then SIGUSR1 wakes the main
+// thread): why this node refuses to serve.
 absl::Mutex refusal_mu;
 absl::Status refusal ABSL_GUARDED_BY(refusal_mu);
 
@@ -427,8 +543,61 @@ int Run(const Config& config, const sigset_t& signals) {
     metrics.SetAdmissionSource(nullptr);
   };
 
+  // Peer identity before any storage or raft: whose data directory this is,
+  // with which credentials it talks to its peers.
+  absl::StatusOr<security::PeerCredentials> peer_credentials =
+      config.peer_tls.cert.empty()
+          ? absl::StatusOr<security::PeerCredentials>(security::PeerCredentials::Insecure())
+          : security::PeerCredentials::Load(config.peer_tls, config.node_id);
+  if (!peer_credentials.ok()) {
+    spdlog::error("refusing to start: {}", std::string(peer_credentials.status().message()));
+    return 2;
+  }
+  if (!peer_credentials->secure()) {
+    spdlog::warn(
+        "--insecure-peers: the peer port {} accepts plaintext raft traffic from anyone who can "
+        "reach it, who can then rewrite or erase this cluster's data; use --peer-cert, --peer-key "
+        "and --peer-ca outside closed test networks",
+        config.peer_listen);
+  }
+  absl::StatusOr<security::DataDirIdentity> identity =
+      security::LoadOrCreateIdentity(config.data_dir, config.node_id);
+  if (!identity.ok()) {
+    spdlog::error("refusing to start: {}", std::string(identity.status().message()));
+    return 2;
+  }
+  if (identity->created) {
+    absl::Status fresh = CheckNotReplaced(config, identity->incarnation, *peer_credentials);
+    if (!fresh.ok()) {
+      // Not keep the new identity: the operator may still restore the old data.
+      std::filesystem::remove(absl::StrCat(config.data_dir, "/", security::kIdentityFileName));
+      spdlog::error("refusing to start: {}", std::string(fresh.message()));
+      return 2;
+    }
+    spdlog::info("new data directory {}: node {}, incarnation {}", config.data_dir, config.node_id,
+                 identity->incarnation);
+  }
+  absl::StatusOr<std::unique_ptr<security::PeerRegistry>> registry =
+      security::PeerRegistry::Open(config.data_dir);
+  if (!registry.ok()) {
+    spdlog::error("refusing to start: {}", std::string(registry.status().message()));
+    return 2;
+  }
+  absl::StatusOr<std::string> spool = PrepareSnapshotSpool(config.data_dir);
+  if (!spool.ok()) {
+    spdlog::error("{}", std::string(spool.status().message()));
+    return 1;
+  }
+
+  spdlog::info(
+      "file limit {}: storage keeps at most {} files open, {} are reserved, ports take at most "
+      "{} client and {} peer connections",
+      config.fds.file_limit, config.fds.storage_max_open_files, config.fds.reserved,
+      config.fds.max_client_connections, config.fds.max_peer_connections);
+  storage::EngineOptions engine_options;
+  engine_options.max_open_files = config.fds.storage_max_open_files;
   absl::StatusOr<std::unique_ptr<storage::Engine>> engine =
-      storage::Engine::Open(config.data_dir, storage::EngineOptions{});
+      storage::Engine::Open(config.data_dir, engine_options);
   if (!engine.ok()) {
     spdlog::error("cannot open storage at {}: {}", config.data_dir, engine.status().ToString());
     return 1;
@@ -454,25 +623,69 @@ int Run(const Config& config, const sigset_t& signals) {
 
   GrpcTransportOptions transport_options;
   transport_options.self = config.node_id;
+  transport_options.incarnation = identity->incarnation;
+  transport_options.credentials = &*peer_credentials;
+  transport_options.on_refused = [](NodeId to, const absl::Status& why) {
+    if (why.code() == absl::StatusCode::kFailedPrecondition) {
+      // The peer knows this member under another incarnation: stop.
+      {
+        absl::MutexLock lock(&refusal_mu);
+        refusal = absl::FailedPreconditionError(
+            absl::StrCat("node ", to, " refuses us: ", why.message()));
+      }
+      kill(getpid(), SIGUSR1);
+      return;
+    }
+    static std::atomic<int64_t> last_warning{0};
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    if (now - last_warning.exchange(now) >= 10) {
+      spdlog::warn("node {} refuses this node's peer identity: {}", to, why.ToString());
+    }
+  };
   for (const MemberInfo& m : map.members()) {
     if (m.id != config.node_id) transport_options.peers[m.id] = m.peer_address;
   }
   auto transport = std::make_unique<GrpcTransport>(std::move(transport_options));
 
   std::atomic<Node*> node_for_peers{nullptr};
-  PeerService peer_service(config.node_id,
+  PeerServiceOptions peer_options{
+      .self = config.node_id,
+      .require_certified_sender = peer_credentials->secure(),
+      .registry = registry->get(),
+      .max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots)),
+      .max_snapshot_bytes = absl::GetFlag(FLAGS_max_snapshot_bytes),
+      .snapshot_idle_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_snapshot_idle_timeout_ms)),
+      .spool_dir = *spool,
+      .on_refused = [hooks = metrics.node_metrics()](const char* reason) {
+        hooks->OnPeerMessageRefused(reason);
+      }};
+  PeerService peer_service(std::move(peer_options),
                            [&node_for_peers](NodeId from, std::vector<ShardMessage> messages) {
                              if (Node* node = node_for_peers.load(std::memory_order_acquire)) {
                                node->Receive(from, std::move(messages));
                              }
                            });
-  absl::StatusOr<StartedServer> peer_server =
-      StartGrpcServer(config.peer_listen, {&peer_service}, 512 << 20);
+  // A batch holds at most a few MiB of messages plus one entry (a value of
+  // up to --max-value-bytes and its key).
+  GrpcServerOptions peer_server_options;
+  peer_server_options.address = config.peer_listen;
+  peer_server_options.services = {&peer_service};
+  peer_server_options.max_receive_bytes = static_cast<int>(
+      std::min<uint64_t>(2 * absl::GetFlag(FLAGS_max_value_bytes) + (64 << 20), 1 << 30));
+  peer_server_options.credentials = peer_credentials->server();
+  peer_server_options.max_connections = config.fds.max_peer_connections;
+  peer_server_options.name = "peer";
+  peer_server_options.on_connections =
+      metrics.ConnectionReporter("peer", config.fds.max_peer_connections);
+  absl::StatusOr<std::unique_ptr<GrpcServer>> peer_server =
+      StartGrpcServer(std::move(peer_server_options));
   if (!peer_server.ok()) {
     spdlog::error("peer service: {}", peer_server.status().ToString());
     return 1;
   }
-  spdlog::info("peer service listening on {} (port {})", config.peer_listen, peer_server->port);
+  spdlog::info("peer service listening on {} (port {}, {})", config.peer_listen,
+               (*peer_server)->port(),
+               peer_credentials->secure() ? "mutual TLS" : "PLAINTEXT, --insecure-peers");
 
   NodeOptions node_options;
   node_options.id = config.node_id;
@@ -500,7 +713,7 @@ int Run(const Config& config, const sigset_t& signals) {
       Node::Start(node_options, engine->get(), &state_machine, transport.get());
   if (!node.ok()) {
     spdlog::error("cannot start the node: {}", node.status().ToString());
-    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    (*peer_server)->Shutdown();
     return 1;
   }
   node_for_peers.store(node->get(), std::memory_order_release);
@@ -530,17 +743,25 @@ int Run(const Config& config, const sigset_t& signals) {
   grpc::EnableDefaultHealthCheckService(true);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(metrics.NewGrpcInterceptorFactory());
-  absl::StatusOr<StartedServer> client_server =
-      StartGrpcServer(config.listen, {kv_service.get(), &cluster_service}, max_request_bytes,
-                      std::move(interceptors));
+  GrpcServerOptions client_server_options;
+  client_server_options.address = config.listen;
+  client_server_options.services = {kv_service.get(), &cluster_service};
+  client_server_options.max_receive_bytes = max_request_bytes;
+  client_server_options.interceptors = std::move(interceptors);
+  client_server_options.max_connections = config.fds.max_client_connections;
+  client_server_options.name = "client";
+  client_server_options.on_connections =
+      metrics.ConnectionReporter("client", config.fds.max_client_connections);
+  absl::StatusOr<std::unique_ptr<GrpcServer>> client_server =
+      StartGrpcServer(std::move(client_server_options));
   if (!client_server.ok()) {
     spdlog::error("client API: {}", client_server.status().ToString());
     (*node)->Stop();
-    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    (*peer_server)->Shutdown();
     return 1;
   }
   spdlog::info("client API (KV, Cluster) listening on {} (port {})", config.listen,
-               client_server->port);
+               (*client_server)->port());
   health.SetSources({.member =
                          [&maps, id = config.node_id] {
                            std::shared_ptr<const ClusterMap> current = maps.Current();
@@ -548,14 +769,15 @@ int Run(const Config& config, const sigset_t& signals) {
                          },
                      .shards = [n = node->get()] { return n->Status(); }});
   absl::Cleanup stop_observers_before_maps = stop_observers;
-  health.SetGrpcHealth(client_server->server->GetHealthCheckService());
+  health.SetGrpcHealth((*client_server)->server()->GetHealthCheckService());
   health.Start(absl::Milliseconds(500));
 
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
     absl::Status s = WriteFileAtomically(
         port_file,
-        absl::StrCat("client_port=", client_server->port, "\npeer_port=", peer_server->port, "\n",
+        absl::StrCat("client_port=", (*client_server)->port(),
+                     "\npeer_port=", (*peer_server)->port(), "\n",
                      http != nullptr ? absl::StrCat("metrics_port=", http->port(), "\n") : ""));
     if (!s.ok()) spdlog::error("port file: {}", s.ToString());
     spdlog::info("wrote ports to {}", port_file);
@@ -586,9 +808,9 @@ int Run(const Config& config, const sigset_t& signals) {
       why = refusal;
     }
     spdlog::error("refusing to serve: {}", std::string(why.message()));
-    client_server->server->Shutdown(std::chrono::system_clock::now());
+    (*client_server)->Shutdown();
     (*node)->Stop();
-    peer_server->server->Shutdown(std::chrono::system_clock::now());
+    (*peer_server)->Shutdown();
     node_for_peers.store(nullptr, std::memory_order_release);
     transport->Stop();
     kv_service.reset();
@@ -624,7 +846,7 @@ int Run(const Config& config, const sigset_t& signals) {
   }
   absl::Notification shut_down;
   std::thread shutdown_thread([&] {
-    client_server->server->Shutdown(std::chrono::system_clock::now());
+    (*client_server)->Shutdown();
     shut_down.Notify();
   });
   if (!shut_down.WaitForNotificationWithTimeout(absl::Seconds(2))) {
@@ -636,7 +858,7 @@ int Run(const Config& config, const sigset_t& signals) {
 
   (*node)->Stop();
   spdlog::info("raft node stopped");
-  peer_server->server->Shutdown(std::chrono::system_clock::now());
+  (*peer_server)->Shutdown();
   node_for_peers.store(nullptr, std::memory_order_release);
   transport->Stop();
   spdlog::info("peer service and transport stopped");

@@ -4,10 +4,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <sstream>
 #include <system_error>
 #include <utility>
@@ -24,6 +26,8 @@
 #include "prometheus/check_names.h"
 #include "prometheus/text_serializer.h"
 #include "spdlog/spdlog.h"
+#include "tessera/kv.pb.h"
+#include "tessera/peer.pb.h"
 
 namespace tessera::server {
 
@@ -127,6 +131,25 @@ absl::Status ValidateAddress(const std::string& address) {
 }
 
 std::string ShardLabel(ShardId shard) { return absl::StrCat(shard); }
+
+// "/package.Service/Method" of every method our gRPC servers serve.
+const absl::flat_hash_set<std::string>& KnownMethods() {
+  static const auto* known = [] {
+    auto* names = new absl::flat_hash_set<std::string>{"/grpc.health.v1.Health/Check",
+                                                       "/grpc.health.v1.Health/Watch"};
+    for (const google::protobuf::FileDescriptor* file :
+         {v1::GetRequest::descriptor()->file(), peerpb::MessageBatch::descriptor()->file()}) {
+      for (int i = 0; i < file->service_count(); ++i) {
+        const google::protobuf::ServiceDescriptor* service = file->service(i);
+        for (int j = 0; j < service->method_count(); ++j) {
+          names->insert(absl::StrCat("/", service->full_name(), "/", service->method(j)->name()));
+        }
+      }
+    }
+    return names;
+  }();
+  return *known;
+}
 
 double Millis(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
@@ -243,7 +266,8 @@ std::vector<MetricFamily> ProcessCollector::Collect() const {
 
 absl::Status CheckMetricFamilies(const std::vector<MetricFamily>& families) {
   static const auto* kLabels = new absl::flat_hash_set<std::string>{
-      "shard", "role", "result", "grpc_service", "grpc_method", "grpc_code", "node_id", "le"};
+      "shard",     "role",    "result", "grpc_service", "grpc_method",
+      "grpc_code", "node_id", "le",     "port"};
   static const char* const kBadUnits[] = {
       "_ms",  "_milliseconds", "_us",  "_micros", "_microseconds", "_ns",      "_nanos", "_kb",
       "_kib", "_mb",           "_mib", "_gb",     "_percent",      "_minutes", "_hours"};
@@ -328,6 +352,12 @@ class Metrics::NodeHooks final : public NodeMetrics {
                                 .Name("tessera_raft_snapshots_received_total")
                                 .Help("Snapshots received from the shard's leader and installed.")
                                 .Register(registry)),
+        refused_(prometheus::BuildCounter()
+                     .Name("tessera_peer_messages_refused_total")
+                     .Help("Peer input refused before raft saw it, by reason (sender_mismatch, "
+                           "unauthenticated, replaced_member, commit_out_of_range, "
+                           "snapshot_too_large, ...).")
+                     .Register(registry)),
         append_(prometheus::BuildHistogram()
                     .Name("tessera_raft_log_append_seconds")
                     .Help("Duration of a ready cycle's synced raft log write (all shards' "
@@ -404,6 +434,10 @@ class Metrics::NodeHooks final : public NodeMetrics {
   void Register(ShardId shard) { For(shard); }
 
   void OnSnapshotSent(ShardId shard) override { For(shard).snapshots_sent->Increment(); }
+  // `reason` comes from a fixed set in our code: the label stays bounded.
+  void OnPeerMessageRefused(const char* reason) override {
+    refused_.Add({{"reason", reason}}).Increment();
+  }
   void OnSnapshotReceived(ShardId shard) override {
     For(shard).snapshots_received->Increment();
     spdlog::info("event=snapshot_installed shard={}", shard);
@@ -440,6 +474,7 @@ class Metrics::NodeHooks final : public NodeMetrics {
   prometheus::Family<prometheus::Counter>& leader_changes_;
   prometheus::Family<prometheus::Counter>& snapshots_sent_;
   prometheus::Family<prometheus::Counter>& snapshots_received_;
+  prometheus::Family<prometheus::Counter>& refused_;
   prometheus::Histogram& append_;
   prometheus::Counter& append_entries_;
   prometheus::Histogram& fsync_;
@@ -638,6 +673,18 @@ Metrics::Metrics(const MetricsOptions& options)
                       .Name("tessera_grpc_server_handling_seconds")
                       .Help("Client RPC latency (metadata received to status sent), by method.")
                       .Register(*registry_);
+  open_connections_ = &prometheus::BuildGauge()
+                           .Name("tessera_grpc_server_open_connections")
+                           .Help("Connections open on the gRPC port (client or peer).")
+                           .Register(*registry_);
+  max_connections_ = &prometheus::BuildGauge()
+                          .Name("tessera_grpc_server_max_connections")
+                          .Help("Open connections allowed on the gRPC port; more are refused.")
+                          .Register(*registry_);
+  refused_connections_ = &prometheus::BuildCounter()
+                              .Name("tessera_grpc_server_refused_connections_total")
+                              .Help("Connections closed at accept: the port was at its cap.")
+                              .Register(*registry_);
   node_hooks_ = std::make_unique<NodeHooks>(this, *registry_);
 }
 
@@ -658,15 +705,11 @@ void Metrics::ObserveRpc(absl::string_view full_method, grpc::StatusCode code,
                          absl::Duration duration) {
   std::string service = "unknown";
   std::string method = "unknown";
-  absl::string_view m = full_method;
-  if (absl::ConsumePrefix(&m, "/") &&
-      (absl::StartsWith(m, "tessera.") || absl::StartsWith(m, "grpc.health."))) {
+  if (KnownMethods().contains(full_method)) {
+    absl::string_view m = full_method.substr(1);
     const size_t slash = m.find('/');
-    if (slash != absl::string_view::npos && slash + 1 < m.size() &&
-        m.find('/', slash + 1) == absl::string_view::npos) {
-      service = std::string(m.substr(0, slash));
-      method = std::string(m.substr(slash + 1));
-    }
+    service = std::string(m.substr(0, slash));
+    method = std::string(m.substr(slash + 1));
   }
   rpc_handled_
       ->Add({{"grpc_service", service}, {"grpc_method", method}, {"grpc_code", GrpcCodeName(code)}})
@@ -683,6 +726,19 @@ void Metrics::ObserveRpc(absl::string_view full_method, grpc::StatusCode code,
                    Millis(r->slowest), r->what, r->count);
     }
   }
+}
+
+std::function<void(uint64_t, uint64_t)> Metrics::ConnectionReporter(const std::string& port,
+                                                                    uint64_t max_connections) {
+  prometheus::Gauge& open = open_connections_->Add({{"port", port}});
+  max_connections_->Add({{"port", port}}).Set(static_cast<double>(max_connections));
+  prometheus::Counter& refused = refused_connections_->Add({{"port", port}});
+  auto reported = std::make_shared<std::atomic<uint64_t>>(0);
+  return [&open, &refused, reported](uint64_t open_now, uint64_t refused_total) {
+    open.Set(static_cast<double>(open_now));
+    const uint64_t before = reported->exchange(refused_total);
+    if (refused_total > before) refused.Increment(static_cast<double>(refused_total - before));
+  };
 }
 
 void Metrics::SetNodeStatusSource(std::function<std::vector<ShardStatus>()> source) {
@@ -723,9 +779,24 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& address, std::map<std::string, Handler> handlers) {
   if (absl::Status valid = ValidateAddress(address); !valid.ok()) return valid;
   std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer(std::move(handlers)));
-  const char* options[] = {
-      "listening_ports",    address.c_str(), "num_threads", "2", "enable_keep_alive", "yes",
-      "request_timeout_ms", "10000",         nullptr};
+  // See the class comment for these bounds.
+  const std::string threads = absl::StrCat(kHttpThreads);
+  const std::string timeout_ms = absl::StrCat(absl::ToInt64Milliseconds(kHttpRequestTimeout));
+  const std::string queued = absl::StrCat(kHttpQueuedConnections);
+  const std::string backlog = absl::StrCat(kHttpBacklog);
+  const char* options[] = {"listening_ports",
+                           address.c_str(),
+                           "num_threads",
+                           threads.c_str(),
+                           "request_timeout_ms",
+                           timeout_ms.c_str(),
+                           "enable_keep_alive",
+                           "no",
+                           "connection_queue",
+                           queued.c_str(),
+                           "listen_backlog",
+                           backlog.c_str(),
+                           nullptr};
   mg_callbacks callbacks{};
   // civetweb logs its errors through this callback: keep stderr clean, the
   // error comes back through mg_start2's error data.

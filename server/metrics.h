@@ -41,6 +41,7 @@
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
+#include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
@@ -178,9 +179,18 @@ class Metrics {
   std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
   NewGrpcInterceptorFactory();
   // What the interceptor calls per finished RPC. `full_method` is gRPC's
-  // "/package.Service/Method"; methods outside tessera.* and grpc.health.*
-  // are counted as service "unknown", method "unknown".
+  // "/package.Service/Method". Only the methods our services define (every
+  // service of proto/tessera/kv.proto and peer.proto, grpc.health.v1.Health)
+  // get their own labels; any other name (a client can send any) is counted
+  // as service "unknown", method "unknown", so labels stay bounded.
   void ObserveRpc(absl::string_view full_method, grpc::StatusCode code, absl::Duration duration);
+
+  // The GrpcServerOptions::on_connections hook of the gRPC server on `port`
+  // ("client" or "peer"): tessera_grpc_server_open_connections,
+  // tessera_grpc_server_max_connections (set to `max_connections` now) and
+  // tessera_grpc_server_refused_connections_total, labelled port=`port`.
+  std::function<void(uint64_t open, uint64_t refused_total)> ConnectionReporter(
+      const std::string& port, uint64_t max_connections);
 
   // Scrape-time sources (see the file comment for lifetimes). Each may be
   // set, replaced or cleared (nullptr / empty function) at any time.
@@ -207,6 +217,9 @@ class Metrics {
 
   prometheus::Family<prometheus::Counter>* rpc_handled_ = nullptr;
   prometheus::Family<prometheus::Histogram>* rpc_seconds_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* open_connections_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* max_connections_ = nullptr;
+  prometheus::Family<prometheus::Counter>* refused_connections_ = nullptr;
   RateLimitedLog slow_requests_;
 
   mutable absl::Mutex mu_;
@@ -225,12 +238,24 @@ struct HttpResponse {
 };
 
 // A small HTTP/1.1 server (civetweb) answering GET on fixed paths; anything
-// else is 404. Handlers run on civetweb's worker threads (2), concurrently,
-// and must be thread-safe. Stop() (or the destructor) waits for running
-// handlers.
+// else is 404. Handlers run on civetweb's worker threads, concurrently, and
+// must be thread-safe. Stop() (or the destructor) waits for running handlers.
+//
+// Bounds: civetweb serves one connection per worker thread, so a client that
+// sends half a request holds a worker until the request timeout. There are
+// kHttpThreads workers (a few slow clients leave the others for /healthz),
+// each read or write times out after kHttpRequestTimeout, connections are
+// not kept alive (an idle scraper holds no worker), and at most
+// kHttpQueuedConnections accepted connections wait for a worker (then the
+// kernel's listen backlog of kHttpBacklog), so the server holds at most
+// about kHttpThreads + kHttpQueuedConnections descriptors.
 class MetricsHttpServer {
  public:
   using Handler = std::function<HttpResponse()>;
+  static constexpr int kHttpThreads = 16;
+  static constexpr absl::Duration kHttpRequestTimeout = absl::Seconds(2);
+  static constexpr int kHttpQueuedConnections = 32;
+  static constexpr int kHttpBacklog = 64;
 
   // Listens on `address` ("host:port"; port 0 picks one). Errors:
   // kInvalidArgument (malformed address), kUnavailable (cannot bind).

@@ -16,6 +16,7 @@
 #include "proto/status_macros.h"
 #include "raft/raw_node.h"
 #include "server/log_prefix.h"
+#include "server/peer_message_check.h"
 #include "server/raft_storage.h"
 #include "tessera/kv.pb.h"
 
@@ -480,6 +481,12 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
       auto it = shards_.find(sm.shard);
       if (it == shards_.end()) continue;  // not hosted here (any more)
       Shard& s = *it->second;
+      const raftpb::ConfState conf = s.raw->conf_state();
+      const ReplicaView view{.self = options_.id, .last_index = s.raw->last_index(), .conf = &conf};
+      if (const char* refused = CheckPeerMessage(sm.message, batch.from, view)) {
+        if (options_.metrics != nullptr) options_.metrics->OnPeerMessageRefused(refused);
+        continue;
+      }
       const raftpb::MessageType type = sm.message.type();
       const NodeId from = sm.message.from();
       if (type == raftpb::MSG_APP_RESP || type == raftpb::MSG_HEARTBEAT_RESP) {

@@ -4,6 +4,7 @@
 add_library(tessera_node STATIC
   ${CMAKE_CURRENT_LIST_DIR}/log_prefix.cc
   ${CMAKE_CURRENT_LIST_DIR}/node.cc
+  ${CMAKE_CURRENT_LIST_DIR}/peer_message_check.cc
   ${CMAKE_CURRENT_LIST_DIR}/raft_storage.cc
   ${CMAKE_CURRENT_LIST_DIR}/local_transport.cc
 )

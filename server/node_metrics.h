@@ -41,6 +41,9 @@ class NodeMetrics {
   // A MSG_SNAP left for a follower / a received snapshot was installed.
   virtual void OnSnapshotSent(ShardId shard) = 0;
   virtual void OnSnapshotReceived(ShardId shard) = 0;
+  // Peer input was refused before raft saw it; `reason` is a short fixed
+  // string (peer_message_check.h, PeerService).
+  virtual void OnPeerMessageRefused(const char* /*reason*/) {}
 };
 
 }  // namespace tessera::server

@@ -5,15 +5,16 @@ find_package(spdlog CONFIG REQUIRED)
 add_library(tessera_rpc_server STATIC
   ${CMAKE_CURRENT_LIST_DIR}/admission.cc
   ${CMAKE_CURRENT_LIST_DIR}/cluster_map.cc
+  ${CMAKE_CURRENT_LIST_DIR}/grpc_server.cc
   ${CMAKE_CURRENT_LIST_DIR}/grpc_transport.cc
   ${CMAKE_CURRENT_LIST_DIR}/kv_service.cc
   ${CMAKE_CURRENT_LIST_DIR}/meta_group.cc
 )
 target_include_directories(tessera_rpc_server PUBLIC ${PROJECT_SOURCE_DIR})
 target_link_libraries(tessera_rpc_server
-  PUBLIC tessera_api absl::status absl::statusor absl::strings absl::synchronization
+  PUBLIC tessera_api tessera_security absl::status absl::statusor absl::strings absl::synchronization
          absl::flat_hash_map absl::flat_hash_set absl::time
-  PRIVATE PkgConfig::XXHASH)
+  PRIVATE PkgConfig::XXHASH spdlog::spdlog)
 tessera_warnings(tessera_rpc_server)
 
 # Metrics, health and the metrics HTTP server (library tessera_metrics).

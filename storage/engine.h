@@ -41,6 +41,10 @@ struct EngineOptions {
   uint64_t max_total_wal_bytes = 512ull << 20;
   // Flush + compaction threads.
   int max_background_jobs = 2;
+  // SST files RocksDB keeps open (its table cache); -1: all. tessera-server
+  // sets it from the file limit so that connections cannot starve storage
+  // of descriptors (server/grpc_server.h, PlanFdBudget).
+  int max_open_files = -1;
 };
 
 class Engine {

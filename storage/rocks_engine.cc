@@ -98,6 +98,7 @@ rocksdb::DBOptions MakeDbOptions(const EngineOptions& options) {
   db.statistics->set_stats_level(rocksdb::StatsLevel::kExceptDetailedTimers);
   // Bound the info LOG files.
   db.keep_log_file_num = 5;
+  db.max_open_files = options.max_open_files;
   db.max_log_file_size = 16 << 20;
   return db;
 }

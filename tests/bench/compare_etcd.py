@@ -246,13 +246,20 @@ def make_etcd(ports, data_root, log_dir, token):
 def make_tessera(ports, data_root, log_dir, bins, shards):
     addrs = {n: (ports.pick(), ports.pick()) for n in range(1, NODES + 1)}
     initial = ",".join(f"{n}=127.0.0.1:{cp}/127.0.0.1:{pp}" for n, (cp, pp) in addrs.items())
+    # Peer mutual TLS, as a user runs it (deploy/gen-certs.sh).
+    certs = os.path.join(data_root, "tessera-certs")
+    subprocess.run([os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "deploy", "gen-certs.sh"), certs,
+        *map(str, addrs)], check=True)
     servers = []
     for n, (cp, pp) in addrs.items():
         data = os.path.join(data_root, f"tessera-n{n}")
         argv = [bins["tessera-server"], f"--node-id={n}", f"--data-dir={data}/db",
                 f"--initial-cluster={initial}", f"--shards={shards}",
                 f"--listen=127.0.0.1:{cp}", f"--peer-listen=127.0.0.1:{pp}",
-                "--metrics-listen=127.0.0.1:0", f"--port-file={data}/ports", "--log-level=warn"]
+                "--metrics-listen=127.0.0.1:0", f"--port-file={data}/ports", "--log-level=warn",
+                f"--peer-cert={certs}/node-{n}.crt", f"--peer-key={certs}/node-{n}.key",
+                f"--peer-ca={certs}/ca.crt"]
         servers.append(Server("tessera", f"n{n}", argv, data,
                               os.path.join(log_dir, f"tessera-n{n}.log")))
     endpoints = ",".join(f"127.0.0.1:{cp}" for cp, _ in addrs.values())

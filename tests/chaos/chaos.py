@@ -136,6 +136,15 @@ class Cluster:
         return ",".join(f"{i}={self.ip(i)}:{CLIENT_PORT}/{self.ip(i)}:{PEER_PORT}"
                         for i in range(1, self.n + 1))
 
+    def peer_tls_flags(self, i):
+        """Member i's peer-TLS flags; certificates made once by deploy/gen-certs.sh."""
+        certs = os.path.join(self.run_dir, "certs")
+        script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))), "deploy", "gen-certs.sh")
+        subprocess.run([script, certs, *map(str, range(1, self.n + 1))], check=True)
+        return [f"--peer-cert={certs}/node-{i}.crt", f"--peer-key={certs}/node-{i}.key",
+                f"--peer-ca={certs}/ca.crt"]
+
     def start(self, i):
         d = os.path.join(self.run_dir, "data", f"n{i}")
         os.makedirs(d, exist_ok=True)
@@ -146,7 +155,7 @@ class Cluster:
                f"--initial-cluster={self.cluster_flag()}", f"--shards={self.args.shards}",
                f"--tick-ms={self.args.tick_ms}", f"--election-ticks={self.args.election_ticks}",
                f"--snapshot-interval-entries={self.args.snapshot_interval}",
-               "--drain-timeout-ms=2000"]
+               "--drain-timeout-ms=2000", *self.peer_tls_flags(i)]
         # `ip netns exec` execs the command: the pid is the server's.
         self.procs[i] = subprocess.Popen(self.nsexec(self.ns(i), cmd), stdout=logf,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -5,7 +5,7 @@
 // version k.
 //
 // Process handling follows tests/server/integration_test.cc: every port is
-// reserved up front with SO_REUSEPORT (the servers bind the same ports),
+// reserved up front with SO_REUSEADDR (the servers bind the same ports),
 // readiness is Cluster.NodeStatus showing a leader for every shard, and each
 // process is stopped by pid (SIGKILL + waitpid) in a destructor, also when
 // the test fails.
@@ -44,6 +44,7 @@ namespace {
 using ::tessera::testing::ChildProcess;
 using ::tessera::testing::IsOk;
 using ::tessera::testing::MakeTempDir;
+using ::tessera::testing::PeerTlsFlags;
 using ::tessera::testing::PortReservation;
 using ::tessera::testing::Tail;
 
@@ -59,13 +60,20 @@ class ClusterProcesses {
           absl::StrCat(i + 1, "=", client_ports_[i].address(), "/", peer_ports_[i].address()));
     }
     for (int i = 0; i < kNodes; ++i) {
-      processes_[i].Start(
-          {TESSERA_SERVER_BINARY, absl::StrCat("--node-id=", i + 1),
-           absl::StrCat("--data-dir=", dir_, "/node", i + 1),
-           absl::StrCat("--initial-cluster=", absl::StrJoin(members, ",")),
-           absl::StrCat("--shards=", kShards), "--tick-ms=20", "--election-ticks=10",
-           "--drain-timeout-ms=1000", absl::StrCat("--port-file=", dir_, "/node", i + 1, ".ports")},
-          Log(i));
+      std::vector<std::string> args = {
+          TESSERA_SERVER_BINARY,
+          absl::StrCat("--node-id=", i + 1),
+          absl::StrCat("--data-dir=", dir_, "/node", i + 1),
+          absl::StrCat("--initial-cluster=", absl::StrJoin(members, ",")),
+          absl::StrCat("--shards=", kShards),
+          "--tick-ms=20",
+          "--election-ticks=10",
+          "--drain-timeout-ms=1000",
+          absl::StrCat("--port-file=", dir_, "/node", i + 1, ".ports")};
+      for (std::string& flag : PeerTlsFlags(dir_ + "/certs", kNodes, i + 1)) {
+        args.push_back(std::move(flag));
+      }
+      processes_[i].Start(args, Log(i));
     }
   }
   ~ClusterProcesses() {

@@ -76,6 +76,18 @@ def check_promtool():
         check(p.returncode == 0, f"promtool check config {path}:\n{p.stdout}{p.stderr}")
 
 
+def check_peer_tls(args, mounts, where, name):
+    """The peer port runs mutual TLS from files on a mounted volume."""
+    check("insecure-peers" not in args, f"{where}: --insecure-peers in a deployment file")
+    files = [args.get(k, "") for k in ("peer-cert", "peer-key", "peer-ca")]
+    check(all(files), f"{where}: --peer-cert, --peer-key and --peer-ca are required")
+    check(files[0].endswith(f"/{name}.crt") and files[1].endswith(f"/{name}.key"),
+          f"{where}: peer certificate {files[0]} is not {name}'s")
+    dirs = {os.path.dirname(f) for f in files}
+    check(len(dirs) == 1 and any(dirs <= {m} for m in mounts),
+          f"{where}: peer TLS files {files} are not on a mounted volume {mounts}")
+
+
 def check_compose(flags):
     (compose,) = load_yaml("docker", "docker-compose.yml")
     services = compose["services"]
@@ -100,7 +112,14 @@ def check_compose(flags):
         check(any(v.endswith(":/var/lib/tessera") for v in svc["volumes"]) and
               args["data-dir"].startswith("/var/lib/tessera"),
               f"{where}: --data-dir {args['data-dir']} is not on the volume")
+        check_peer_tls(args, [v.split(":")[1] for v in svc["volumes"]], where, f"node-{node_id}")
         targets.append(f"{hostname}:{metrics}")
+    certs = services.get("peer-certs", {})
+    check("gen-certs.sh" in " ".join(certs.get("command", [])) and
+          all(services[n].get("depends_on", compose["x-tessera"].get("depends_on", {}))
+              .get("peer-certs", {}).get("condition") == "service_completed_successfully"
+              for n in nodes),
+          "compose: the nodes must wait for the peer-certs service that runs gen-certs.sh")
     (prom,) = load_yaml("docker", "prometheus.yml")
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "tessera")
     scraped = sorted(t for c in job["static_configs"] for t in c["targets"])
@@ -132,6 +151,10 @@ def check_k8s(flags):
     args = parse_args(c["args"], flags, "k8s StatefulSet")
     check(args.get("node-id-from-hostname") == "true" and "node-id" not in args,
           "k8s: the node id must come from the pod ordinal (--node-id-from-hostname=true)")
+    mounts = [m["mountPath"] for m in c["volumeMounts"]]
+    check_peer_tls(args, mounts, "k8s StatefulSet", "node-{id}")
+    secrets = [v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v]
+    check(secrets == ["tessera-peer-tls"], f"k8s: peer TLS secret volume missing: {secrets}")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     check(ports == {"client": port_of(args["listen"]), "peer": port_of(args["peer-listen"]),
                     "metrics": port_of(args["metrics-listen"])},
@@ -153,7 +176,8 @@ def check_k8s(flags):
     check("requests" in c.get("resources", {}), "k8s: no resource requests")
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     claims = {t["metadata"]["name"] for t in spec["volumeClaimTemplates"]}
-    check(set(mounts) <= claims and args["data-dir"].startswith(next(iter(mounts.values()))),
+    check(any(name in claims and args["data-dir"].startswith(path)
+              for name, path in mounts.items()),
           f"k8s: --data-dir {args['data-dir']} not on a claimed volume {mounts}")
     labels = spec["template"]["metadata"]["labels"]
     for sel, what in [(spec["selector"]["matchLabels"], "StatefulSet"),

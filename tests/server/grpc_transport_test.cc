@@ -1,5 +1,6 @@
 // GrpcTransport + PeerService over real gRPC on 127.0.0.1.
 #include "server/grpc_transport.h"
+#include "server/grpc_server.h"
 
 #include <memory>
 #include <random>
@@ -52,18 +53,22 @@ class Inbox {
 // One node's receiving side: a PeerService on its own gRPC server.
 struct Receiver {
   Receiver(NodeId id, const std::string& address) : service(id, inbox.Handler()) {
-    absl::StatusOr<StartedServer> s = StartGrpcServer(address, {&service}, 64 << 20);
+    GrpcServerOptions options;
+    options.address = address;
+    options.services = {&service};
+    options.max_receive_bytes = 64 << 20;
+    absl::StatusOr<std::unique_ptr<GrpcServer>> s = StartGrpcServer(std::move(options));
     EXPECT_THAT(s, IsOk());
     if (s.ok()) started = *std::move(s);
   }
   ~Receiver() {
-    if (started.server) started.server->Shutdown(std::chrono::system_clock::now());
+    if (started != nullptr) started->Shutdown();
   }
-  std::string address() const { return absl::StrCat("127.0.0.1:", started.port); }
+  std::string address() const { return absl::StrCat("127.0.0.1:", started->port()); }
 
   Inbox inbox;
   PeerService service;
-  StartedServer started;
+  std::unique_ptr<GrpcServer> started;
 };
 
 ShardMessage Heartbeat(ShardId shard, uint64_t term, uint64_t from, uint64_t to) {
@@ -179,7 +184,7 @@ TEST(GrpcTransport, ReconnectsWhenAPeerComesUpLater) {
   EXPECT_GT(t1.StatsForTesting(2).stream_failures, 0u);
 
   Receiver r2(2, port.address());
-  ASSERT_EQ(r2.started.port, port.port());
+  ASSERT_EQ(r2.started->port(), port.port());
   // Keep sending (raft would keep heartbeating) until one gets through.
   size_t got = 0;
   for (int i = 0; i < 2000 && got == 0; ++i) {
@@ -187,11 +192,17 @@ TEST(GrpcTransport, ReconnectsWhenAPeerComesUpLater) {
     got = r2.inbox.WaitFor(1, absl::Milliseconds(10));
   }
   ASSERT_GT(got, 0u);
-  // Once connected, later messages all arrive, in order.
-  r2.inbox.Take();
+  // Once connected, later messages all arrive, in order. (A heartbeat of the
+  // loop above may still arrive after the first: skip those.)
   for (int i = 0; i < 50; ++i) t1.Send(2, {Heartbeat(1, 100 + i, 1, 2)});
-  ASSERT_EQ(r2.inbox.WaitFor(50), 50u);
-  std::vector<std::pair<NodeId, ShardMessage>> later = r2.inbox.Take();
+  std::vector<std::pair<NodeId, ShardMessage>> later;
+  for (absl::Time until = absl::Now() + kWait; later.size() < 50 && absl::Now() < until;) {
+    r2.inbox.WaitFor(1, absl::Milliseconds(100));
+    for (auto& m : r2.inbox.Take()) {
+      if (m.second.message.term() >= 100) later.push_back(std::move(m));
+    }
+  }
+  ASSERT_EQ(later.size(), 50u);
   for (int i = 0; i < 50; ++i) EXPECT_EQ(later[i].second.message.term(), 100u + i);
 }
 
@@ -248,16 +259,6 @@ TEST(GrpcTransport, UnknownDestinationsAreDropped) {
   t1.Send(42, {Heartbeat(1, 1, 1, 42)});
   t1.Send(42, {});
   EXPECT_EQ(t1.StatsForTesting(42).sent_batches, 0u);
-}
-
-TEST(StartGrpcServer, RejectsBadAddresses) {
-  Inbox inbox;
-  PeerService service(1, inbox.Handler());
-  EXPECT_THAT(StartGrpcServer("nonsense", {&service}, 1 << 20).status(),
-              tessera::testing::StatusIs(absl::StatusCode::kInvalidArgument));
-  PeerService other(1, inbox.Handler());
-  EXPECT_THAT(StartGrpcServer("256.256.256.256:1", {&other}, 1 << 20).status(),
-              tessera::testing::StatusIs(absl::StatusCode::kUnavailable));
 }
 
 }  // namespace

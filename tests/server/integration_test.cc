@@ -3,9 +3,9 @@
 //
 // Ports: peers must know each other's addresses before they start, so the
 // test reserves every port up front with a socket bound to 127.0.0.1:0 with
-// SO_REUSEPORT and kept open (tests/testing/process.h). The servers
-// (gRPC sets SO_REUSEPORT too) bind the same ports; nobody else can take them
-// in between, and a restarted node gets its ports back. Readiness is the
+// SO_REUSEADDR and kept open, never listening (tests/testing/process.h). The
+// servers (SO_REUSEADDR too) bind and listen on the same ports; nobody else
+// can take them in between, and a restarted node gets its ports back. Readiness is the
 // --port-file plus Cluster.NodeStatus showing a leader for every shard.
 //
 // Every process is stopped by pid at the end, also when a test fails
@@ -44,6 +44,7 @@
 #include "proto/key_hash.h"
 #include "proto/testing/status_matchers.h"
 #include "tessera/kv.grpc.pb.h"
+#include "tessera/peer.grpc.pb.h"
 #include "tests/testing/process.h"
 
 namespace tessera::server {
@@ -58,6 +59,7 @@ using ::tessera::testing::Tail;
 using ::testing::HasSubstr;
 
 constexpr int kNodes = 3;
+using NodeId = uint64_t;
 constexpr uint32_t kShards = 8;
 
 // A channel that reconnects quickly (gRPC's default backoff grows to minutes;
@@ -119,6 +121,9 @@ class Cluster {
                                      "--election-ticks=10",
                                      "--drain-timeout-ms=3000",
                                      absl::StrCat("--port-file=", PortFile(i))};
+    for (std::string& flag : testing::PeerTlsFlags(absl::StrCat(dir_, "/certs"), kNodes, i + 1)) {
+      args.push_back(std::move(flag));
+    }
     args.insert(args.end(), flags_.begin(), flags_.end());
     args.insert(args.end(), more.begin(), more.end());
     processes_[i].Start(args, Log(i));
@@ -161,6 +166,8 @@ class Cluster {
 
   v1::KV::Stub* kv(int i) { return kv_[i].get(); }
   std::string client_address(int i) const { return client_ports_[i].address(); }
+  std::string peer_address(int i) const { return peer_ports_[i].address(); }
+  std::string cert_dir() const { return absl::StrCat(dir_, "/certs"); }
 
   // shard -> node index (0-based) of the running nodes that say they lead it.
   std::map<uint32_t, int> Leaders() {
@@ -484,6 +491,12 @@ TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
       {TESSERA_SERVER_BINARY, "--node-id=1", "--data-dir=/tmp/none",
        "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2", "--shards=0"},
       {TESSERA_SERVER_BINARY, "--config=/nonexistent/tessera.conf"},
+      // The peer port is authenticated unless that is turned off explicitly.
+      {TESSERA_SERVER_BINARY, "--node-id=1", "--data-dir=/tmp/none",
+       "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2"},
+      {TESSERA_SERVER_BINARY, "--node-id=1", "--data-dir=/tmp/none",
+       "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2", "--insecure-peers",
+       "--peer-cert=/tmp/none.crt"},
   };
   for (const auto& args : cases) {
     std::filesystem::remove(log);
@@ -512,6 +525,9 @@ TEST(Integration, ConfigFileSuppliesFlagsAndFlagsOverrideIt) {
            << "tick-ms=20\n"
            << "election-ticks=5\n"
            << "max-key-bytes=99999999999999999999999\n";  // overridden below
+    for (const std::string& flag : testing::PeerTlsFlags(dir + "/certs", 1, 1)) {
+      config << flag.substr(2) << "\n";  // --peer-cert=F -> peer-cert=F
+    }
   }
   ChildProcess p;
   p.Start({TESSERA_SERVER_BINARY, "--config=" + dir + "/tessera.conf", "--max-key-bytes=100",
@@ -778,6 +794,199 @@ TEST(Integration, RestartedNodeCatchesUpBySnapshotAndServesEveryWrite) {
   }
   EXPECT_EQ(found.size(), acknowledged.size());
   EXPECT_TRUE(found == acknowledged);
+}
+
+// ---------------------------------------------------------------- the peer port
+
+// A Peer stub to node index `to` presenting member `as`'s certificate from
+// the cluster's CA (as = 0: plaintext, no certificate).
+std::unique_ptr<peerpb::Peer::Stub> PeerStub(Cluster& cluster, int to, NodeId as) {
+  if (as == 0) {
+    return peerpb::Peer::NewStub(
+        grpc::CreateChannel(cluster.peer_address(to), grpc::InsecureChannelCredentials()));
+  }
+  const std::string dir = cluster.cert_dir();
+  grpc::SslCredentialsOptions tls;
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  tls.pem_root_certs = read(dir + "/ca.crt");
+  tls.pem_cert_chain = read(absl::StrCat(dir, "/node-", as, ".crt"));
+  tls.pem_private_key = read(absl::StrCat(dir, "/node-", as, ".key"));
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride(absl::StrCat("node-", to + 1));
+  return peerpb::Peer::NewStub(
+      grpc::CreateCustomChannel(cluster.peer_address(to), grpc::SslCredentials(tls), args));
+}
+
+// Node index i's data directory incarnation (its TESSERA-IDENTITY file).
+uint64_t IncarnationOf(Cluster& cluster, int i) {
+  std::ifstream in(cluster.DataDir(i) + "/TESSERA-IDENTITY");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("incarnation=", 0) == 0) return std::stoull(line.substr(12));
+  }
+  return 0;
+}
+
+grpc::Status SendBatch(peerpb::Peer::Stub& stub, const peerpb::MessageBatch& batch) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  peerpb::StreamAck ack;
+  std::unique_ptr<grpc::ClientWriter<peerpb::MessageBatch>> writer = stub.Stream(&context, &ack);
+  if (writer->Write(batch)) writer->WritesDone();
+  return writer->Finish();
+}
+
+// The attacks of issue "hardening" (defects 1-3), each against a running
+// cluster: a forged snapshot from outside, a forged append from a member
+// certificate claiming another id, and an out-of-range heartbeat carried by
+// a real member's identity. None may change data or stop a node.
+TEST(Integration, PeerPortRefusesOutsidersImpostorsAndImpossibleMessages) {
+  Cluster cluster;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  std::map<std::string, uint64_t> versions;
+  for (int i = 0; i < 40; ++i) {
+    const std::string key = absl::StrCat("key-", i);
+    absl::StatusOr<v1::PutResponse> put = cluster.Put(key, "acknowledged");
+    ASSERT_THAT(put, IsOk());
+    versions[key] = put->version();
+  }
+  auto shard_message = [](raftpb::MessageType type, NodeId from, NodeId to) {
+    peerpb::MessageBatch batch;
+    batch.set_from_node(from);
+    batch.set_to_node(to);
+    for (uint32_t shard = 0; shard < kShards; ++shard) {
+      peerpb::ShardMessage* m = batch.add_messages();
+      m->set_shard(shard);
+      m->mutable_message()->set_type(type);
+      m->mutable_message()->set_from(from);
+      m->mutable_message()->set_to(to);
+      m->mutable_message()->set_term(1000);
+    }
+    return batch;
+  };
+  // 1. Outsider, plaintext: a snapshot replacing every shard on node 2.
+  {
+    peerpb::MessageBatch snap = shard_message(raftpb::MSG_SNAP, 1, 2);
+    for (peerpb::ShardMessage& m : *snap.mutable_messages()) {
+      raftpb::SnapshotMetadata* md = m.mutable_message()->mutable_snapshot()->mutable_metadata();
+      md->set_index(1000);
+      md->set_term(1000);
+      for (NodeId id : {1, 2, 3}) md->mutable_conf_state()->add_voters(id);
+    }
+    std::unique_ptr<peerpb::Peer::Stub> outsider = PeerStub(cluster, 1, /*as=*/0);
+    EXPECT_FALSE(SendBatch(*outsider, snap).ok());
+  }
+  // 2. Member 3's certificate claiming to be node 1: an append of a put.
+  {
+    peerpb::MessageBatch app = shard_message(raftpb::MSG_APP, 1, 2);
+    app.set_incarnation(IncarnationOf(cluster, 0));
+    std::unique_ptr<peerpb::Peer::Stub> impostor = PeerStub(cluster, 1, /*as=*/3);
+    grpc::Status s = SendBatch(*impostor, app);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  }
+  // 3. Member 1's own identity, a heartbeat claiming commit 10^12 (it used
+  // to abort node 2 in raft).
+  {
+    peerpb::MessageBatch hb = shard_message(raftpb::MSG_HEARTBEAT, 1, 2);
+    hb.set_incarnation(IncarnationOf(cluster, 0));
+    for (peerpb::ShardMessage& m : *hb.mutable_messages()) {
+      m.mutable_message()->set_term(0);  // no term change: only the commit is wrong
+      m.mutable_message()->set_commit(1000000000000ull);
+    }
+    std::unique_ptr<peerpb::Peer::Stub> member = PeerStub(cluster, 1, /*as=*/1);
+    EXPECT_TRUE(SendBatch(*member, hb).ok());
+  }
+  // Every node still runs and every acknowledged write reads back, also
+  // after node 2 leads: restart node 1 (a routine restart spread the forged
+  // snapshot before).
+  ASSERT_EQ(cluster.Drain(0), 0);
+  cluster.Start(0);
+  ASSERT_TRUE(cluster.WaitReady());
+  for (int i = 0; i < kNodes; ++i) EXPECT_TRUE(cluster.process(i).running()) << "node " << i + 1;
+  for (const auto& [key, version] : versions) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);
+    ASSERT_THAT(got, IsOk()) << key;
+    EXPECT_TRUE(got->found()) << key;
+    EXPECT_EQ(got->kv().value(), "acknowledged") << key;
+    EXPECT_EQ(got->kv().version(), version) << key;
+  }
+}
+
+// Resident memory of a process, from /proc/<pid>/status (VmRSS).
+int64_t ResidentBytesOf(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+// Defect 4 of issue "hardening": an endless snapshot stream grew a node from
+// 39 MB to 1.6 GB. Now it is spooled to disk and cut at --max-snapshot-bytes.
+TEST(Integration, AnEndlessSnapshotStreamIsCutWithoutGrowingTheNode) {
+  Cluster cluster({"--max-snapshot-bytes=268435456"});
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  const pid_t node2 = cluster.process(1).pid();
+  const int64_t steady = ResidentBytesOf(node2);
+  std::unique_ptr<peerpb::Peer::Stub> member = PeerStub(cluster, 1, /*as=*/1);
+  grpc::ClientContext context;
+  peerpb::SnapshotAck ack;
+  std::unique_ptr<grpc::ClientWriter<peerpb::SnapshotChunk>> writer =
+      member->Snapshot(&context, &ack);
+  peerpb::SnapshotChunk chunk;
+  chunk.set_from_node(1);
+  chunk.set_to_node(2);
+  chunk.set_shard(0);
+  chunk.set_incarnation(IncarnationOf(cluster, 0));
+  chunk.mutable_message()->set_type(raftpb::MSG_SNAP);
+  bool open = writer->Write(chunk);
+  chunk.clear_message();
+  chunk.set_data(std::string(1 << 20, 's'));
+  int64_t peak = steady;
+  uint64_t sent = 0;
+  for (; open && sent < (1ull << 30); sent += chunk.data().size()) {  // bounded: 1 GiB
+    open = writer->Write(chunk);
+    if (sent % (16 << 20) == 0) peak = std::max(peak, ResidentBytesOf(node2));
+  }
+  grpc::Status s = writer->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_LT(sent, 300ull << 20);
+  std::cerr << "node 2 resident growth " << (peak - steady) << "\n";
+  EXPECT_LT(peak - steady, int64_t{64} << 20)
+      << "node 2 grew from " << steady << " to " << peak << " bytes";
+  EXPECT_TRUE(cluster.process(1).running());
+  EXPECT_THAT(cluster.Put("after-endless-snapshot", "v"), IsOk());
+}
+
+// A node whose data directory was wiped must not rejoin under its old
+// identity (it forgot what it acknowledged); one copied from another node
+// must not start at all.
+TEST(Integration, WipedOrCopiedDataDirectoriesAreRefused) {
+  Cluster cluster;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  ASSERT_THAT(cluster.Put("before-wipe", "v"), IsOk());
+  ASSERT_EQ(cluster.Drain(2), 0);
+  std::filesystem::remove_all(cluster.DataDir(2));
+  cluster.Start(2);
+  EXPECT_EQ(cluster.process(2).Wait(absl::Seconds(20)), 2) << Tail(cluster.Log(2), 20);
+  EXPECT_THAT(Tail(cluster.Log(2), 3), HasSubstr("this node's data is gone"));
+  // The others serve on.
+  ASSERT_THAT(cluster.Put("after-wipe", "v"), IsOk());
+  // Node 2's directory under node 3's id.
+  ASSERT_EQ(cluster.Drain(1), 0);
+  std::filesystem::remove_all(cluster.DataDir(2));
+  std::filesystem::copy(cluster.DataDir(1), cluster.DataDir(2),
+                        std::filesystem::copy_options::recursive);
+  cluster.Start(2);
+  EXPECT_EQ(cluster.process(2).Wait(absl::Seconds(20)), 2) << Tail(cluster.Log(2), 20);
+  EXPECT_THAT(Tail(cluster.Log(2), 3), HasSubstr("belongs to node 2, not to node 3"));
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "proto/grpc_status.h"
 #include "proto/key_hash.h"
 #include "proto/testing/status_matchers.h"
+#include "server/grpc_server.h"
 #include "server/grpc_transport.h"
 
 namespace tessera::server {
@@ -211,18 +212,22 @@ class KvServiceTest : public ::testing::Test {
     options.max_inflight_bytes = max_inflight_bytes;
     kv_ = std::make_unique<KvService>(options, &map_, &backend_);
     cluster_ = std::make_unique<ClusterService>(1, &map_, &backend_);
-    absl::StatusOr<StartedServer> started =
-        StartGrpcServer("127.0.0.1:0", {kv_.get(), cluster_.get()}, 16 << 20);
+    GrpcServerOptions server_options;
+    server_options.address = "127.0.0.1:0";
+    server_options.services = {kv_.get(), cluster_.get()};
+    server_options.max_receive_bytes = 16 << 20;
+    absl::StatusOr<std::unique_ptr<GrpcServer>> started =
+        StartGrpcServer(std::move(server_options));
     EXPECT_THAT(started, IsOk());
-    server_ = std::move(started->server);
-    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", started->port),
+    server_ = *std::move(started);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
                                    grpc::InsecureChannelCredentials());
     kv_stub_ = v1::KV::NewStub(channel_);
     cluster_stub_ = v1::Cluster::NewStub(channel_);
   }
 
   ~KvServiceTest() override {
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    server_->Shutdown(absl::Now() + absl::Seconds(5));
     kv_.reset();
   }
 
@@ -266,7 +271,7 @@ class KvServiceTest : public ::testing::Test {
   FakeBackend backend_;
   std::unique_ptr<KvService> kv_;
   std::unique_ptr<ClusterService> cluster_;
-  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<GrpcServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::KV::Stub> kv_stub_;
   std::unique_ptr<v1::Cluster::Stub> cluster_stub_;
@@ -718,9 +723,13 @@ TEST(KvServiceMetaTest, UnavailableUntilTheMapIsLoadedAndMetaReplicaReportedApar
   KvService kv(options, &cache, &backend);
   ClusterService cluster(1, &cache, &backend,
                          [&map]() -> std::optional<v1::ClusterMap> { return map.ToProto(); });
-  absl::StatusOr<StartedServer> started = StartGrpcServer("127.0.0.1:0", {&kv, &cluster}, 1 << 20);
+  GrpcServerOptions server_options;
+  server_options.address = "127.0.0.1:0";
+  server_options.services = {&kv, &cluster};
+  server_options.max_receive_bytes = 1 << 20;
+  absl::StatusOr<std::unique_ptr<GrpcServer>> started = StartGrpcServer(std::move(server_options));
   ASSERT_THAT(started, IsOk());
-  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", started->port),
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*started)->port()),
                                      grpc::InsecureChannelCredentials());
   auto kv_stub = v1::KV::NewStub(channel);
   auto cluster_stub = v1::Cluster::NewStub(channel);
@@ -767,7 +776,7 @@ TEST(KvServiceMetaTest, UnavailableUntilTheMapIsLoadedAndMetaReplicaReportedApar
   v1::GetResponse response;
   EXPECT_THAT(FromGrpcStatus(kv_stub->Get(&context, request, &response)),
               StatusIs(absl::StatusCode::kFailedPrecondition));
-  started->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  (*started)->Shutdown(absl::Now() + absl::Seconds(5));
 }
 
 }  // namespace

@@ -245,6 +245,44 @@ prometheus::MetricFamily MakeFamily(std::string name, prometheus::MetricType typ
   return f;
 }
 
+// Issue 12: 20,000 calls to random "/tessera.v1.KV/X..." names made 359k
+// series. Only the methods our services define get labels of their own.
+TEST(MetricNames, RandomMethodNamesDoNotGrowMetrics) {
+  Metrics metrics(MetricsOptions{});
+  metrics.ObserveRpc("/tessera.v1.KV/Put", grpc::StatusCode::OK, absl::Milliseconds(1));
+  metrics.ObserveRpc("/tessera.v1.Cluster/NodeStatus", grpc::StatusCode::OK, absl::Milliseconds(1));
+  metrics.ObserveRpc("/grpc.health.v1.Health/Check", grpc::StatusCode::OK, absl::Milliseconds(1));
+  metrics.ObserveRpc("/tessera.v1.KV/X0", grpc::StatusCode::UNIMPLEMENTED, absl::Milliseconds(1));
+  const size_t before = metrics.Serialize().size();
+  for (int i = 1; i < 1000; ++i) {
+    metrics.ObserveRpc(absl::StrCat("/tessera.v1.KV/X", i), grpc::StatusCode::UNIMPLEMENTED,
+                       absl::Milliseconds(1));
+  }
+  const std::string text = metrics.Serialize();
+  // Counts change digits only (and process gauges may wiggle).
+  EXPECT_LT(text.size(), before + 256);
+  EXPECT_THAT(text, HasSubstr("tessera_grpc_server_handled_total{grpc_code=\"UNIMPLEMENTED\","
+                              "grpc_method=\"unknown\",grpc_service=\"unknown\"} 1000"));
+  EXPECT_THAT(text, HasSubstr("tessera_grpc_server_handled_total{grpc_code=\"OK\","
+                              "grpc_method=\"Put\",grpc_service=\"tessera.v1.KV\"} 1"));
+  EXPECT_THAT(text, HasSubstr("grpc_method=\"NodeStatus\",grpc_service=\"tessera.v1.Cluster\""));
+  EXPECT_THAT(text, HasSubstr("grpc_method=\"Check\",grpc_service=\"grpc.health.v1.Health\""));
+  EXPECT_THAT(text, Not(HasSubstr("X1")));
+}
+
+TEST(MetricNames, ConnectionReporterCountsOpenAndRefused) {
+  Metrics metrics(MetricsOptions{});
+  auto report = metrics.ConnectionReporter("client", 40);
+  report(3, 0);
+  report(40, 7);
+  report(12, 9);
+  const std::string text = metrics.Serialize();
+  EXPECT_THAT(text, HasSubstr("tessera_grpc_server_open_connections{port=\"client\"} 12"));
+  EXPECT_THAT(text, HasSubstr("tessera_grpc_server_max_connections{port=\"client\"} 40"));
+  EXPECT_THAT(text, HasSubstr("tessera_grpc_server_refused_connections_total{port=\"client\"} 9"));
+  EXPECT_THAT(CheckMetricFamilies(metrics.Collect()), IsOk());
+}
+
 TEST(MetricNames, RefusesNamesAgainstTheConventions) {
   using T = prometheus::MetricType;
   auto check = [](prometheus::MetricFamily f) { return CheckMetricFamilies({f}); };
@@ -335,9 +373,26 @@ TEST(Readiness, FollowsMembershipLeadersContactAndLag) {
   EXPECT_TRUE(EvaluateReadiness(true, false, lagging, now, o).ready);
 }
 
-// GET http://127.0.0.1:port/path; returns "<status>\n<body>".
-std::string HttpGet(int port, const std::string& path) {
+// A socket connected to 127.0.0.1:port, or -1.
+int ConnectLocal(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// GET http://127.0.0.1:port/path; returns "<status>\n<body>". A read that
+// waits longer than `timeout` ends the response there.
+std::string HttpGet(int port, const std::string& path, absl::Duration timeout = absl::Seconds(30)) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv = absl::ToTimeval(timeout);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -394,6 +449,39 @@ TEST(MetricsHttpServer, ServesMetricsHealthAndReadiness) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   (*server)->Stop();
   EXPECT_EQ(HttpGet(port, "/healthz"), "connect failed");
+}
+
+// Issue 12: two half-sent requests (slowloris) held both of civetweb's
+// worker threads, and /healthz timed out for ~10 s.
+TEST(MetricsHttpServer, SlowClientsDoNotStallHealthz) {
+  HealthMonitor health(ReadinessOptions{});
+  absl::StatusOr<std::unique_ptr<MetricsHttpServer>> server =
+      MetricsHttpServer::Start("127.0.0.1:0", {{"/healthz", health.LivenessHandler()}});
+  ASSERT_THAT(server.status(), IsOk());
+  const int port = (*server)->port();
+  std::vector<int> slow;
+  for (int i = 0; i < MetricsHttpServer::kHttpThreads / 2; ++i) {
+    const int fd = ConnectLocal(port);
+    ASSERT_GE(fd, 0);
+    const std::string half = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n";  // no blank line
+    ASSERT_EQ(write(fd, half.data(), half.size()), static_cast<ssize_t>(half.size()));
+    slow.push_back(fd);
+  }
+  // A liveness probe's usual timeout is 1 s: each probe must answer in that.
+  for (int probe = 0; probe < 3; ++probe) {
+    EXPECT_EQ(HttpGet(port, "/healthz", absl::Seconds(1)), "200\nok\n") << "probe " << probe;
+  }
+  // The slow clients are cut off after the request timeout.
+  for (int fd : slow) {
+    timeval tv = absl::ToTimeval(MetricsHttpServer::kHttpRequestTimeout + absl::Seconds(10));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char buf[256];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+    }
+    EXPECT_EQ(n, 0) << "the server kept a half-sent request open";
+    close(fd);
+  }
 }
 
 // Calls grpc.health.v1.Health/Check for `service`; returns the serving

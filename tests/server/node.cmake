@@ -7,3 +7,5 @@ tessera_test(server_local_transport_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/local_transport_test.cc LIBS tessera_node)
 tessera_test(server_log_prefix_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/log_prefix_test.cc LIBS tessera_node)
+tessera_test(server_peer_message_check_test
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/peer_message_check_test.cc LIBS tessera_node)

@@ -637,5 +637,53 @@ TEST(Node, StatusReportsEveryShard) {
   }));
 }
 
+// Regression (issue "hardening", defect 3): a heartbeat claiming commit 10^12
+// aborted the process in raft ("commit ... is out of range"). Peer input that
+// would reach a raft invariant is dropped before raft sees it.
+TEST(Node, HostilePeerMessagesAreDroppedNotFatal) {
+  Cluster c({.shards = 1});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "before", "v"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId follower = OtherThan(leader);
+  const uint64_t term = c.StatusOf(leader, 1)->term;
+  auto message = [&](raftpb::MessageType type, NodeId from, NodeId to) {
+    ShardMessage m;
+    m.shard = 1;
+    m.message.set_type(type);
+    m.message.set_term(term);
+    m.message.set_from(from);
+    m.message.set_to(to);
+    return m;
+  };
+  std::vector<ShardMessage> to_follower;
+  to_follower.push_back(message(raftpb::MSG_HEARTBEAT, leader, follower));
+  to_follower.back().message.set_commit(1000000000000ull);
+  to_follower.push_back(message(raftpb::MSG_APP, leader, follower));  // a gap in the entries
+  to_follower.back().message.set_index(c.StatusOf(follower, 1)->last_index);
+  to_follower.back().message.add_entries()->set_index(1000);
+  to_follower.push_back(message(raftpb::MSG_HUP, leader, follower));  // a local type
+  c.node(follower).Receive(leader, std::move(to_follower));
+  std::vector<ShardMessage> to_leader;
+  // Acknowledging entries the leader does not have would make it commit them.
+  to_leader.push_back(message(raftpb::MSG_APP_RESP, follower, leader));
+  to_leader.back().message.set_index(1000000000000ull);
+  // A snapshot whose configuration names a stranger.
+  to_leader.push_back(message(raftpb::MSG_SNAP, follower, leader));
+  to_leader.back().message.mutable_snapshot()->mutable_metadata()->set_index(5);
+  to_leader.back().message.mutable_snapshot()->mutable_metadata()->set_term(1);
+  to_leader.back().message.mutable_snapshot()->mutable_metadata()->mutable_conf_state()->add_voters(
+      99);
+  // A batch from one node claiming to carry another's message.
+  to_leader.push_back(message(raftpb::MSG_VOTE, 9, leader));
+  c.node(leader).Receive(follower, std::move(to_leader));
+  // Both keep working: the group commits and the follower applies.
+  ASSERT_THAT(c.PutOnLeader(1, "after", "w"), IsOk());
+  EXPECT_TRUE(c.WaitForValue(follower, 1, "after", "w"));
+  EXPECT_EQ(c.StatusOf(leader, 1)->role, "leader");
+  EXPECT_LT(c.StatusOf(follower, 1)->commit_index, 1000u);
+}
+
 }  // namespace
 }  // namespace tessera::server

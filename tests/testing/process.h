@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,9 +27,13 @@
 namespace tessera::testing {
 
 // Reserves a 127.0.0.1 port for a server that a test starts later (or
-// restarts): a socket bound with SO_REUSEPORT (but not listening) holds the
-// port, so no other process can take it, while a gRPC server (which also sets
-// SO_REUSEPORT) can bind and listen on it. Connections go only to listening
+// restarts): a socket bound with SO_REUSEADDR (but never listening) holds the
+// port, so the kernel hands it to nobody else (no ephemeral port, no bind
+// without SO_REUSEADDR), while a server that sets SO_REUSEADDR (tessera's
+// gRPC servers, server/grpc_server.h; gRPC's own listener) can bind and
+// listen on it: Linux lets SO_REUSEADDR sockets share a port as long as at
+// most one of them listens. So a second server on the same port still fails
+// with "address in use", as in production. Connections go only to listening
 // sockets, so the reservation never steals one.
 class PortReservation {
  public:
@@ -36,7 +41,7 @@ class PortReservation {
   PortReservation() {
     fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
-    if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) abort();
+    if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) abort();
     sockaddr_in addr;
     std::memset(&addr, 0, sizeof(addr));
     addr.sin_family = AF_INET;
@@ -69,8 +74,9 @@ class ChildProcess {
   ChildProcess& operator=(const ChildProcess&) = delete;
 
   // Starts `args` (args[0] is the binary) with stdout+stderr appended to
-  // `log`. Aborts if it is already running or fork fails.
-  void Start(const std::vector<std::string>& args, const std::string& log) {
+  // `log`. A `file_limit` > 0 becomes the child's RLIMIT_NOFILE (soft and
+  // hard). Aborts if it is already running or fork fails.
+  void Start(const std::vector<std::string>& args, const std::string& log, int file_limit = 0) {
     if (pid_ > 0) abort();
     std::vector<char*> argv;
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -89,6 +95,10 @@ class ChildProcess {
         if (other != fd) close(other);
       }
       if (fd > 2) close(fd);
+      if (file_limit > 0) {
+        rlimit limit{static_cast<rlim_t>(file_limit), static_cast<rlim_t>(file_limit)};
+        if (setrlimit(RLIMIT_NOFILE, &limit) != 0) _exit(126);
+      }
       sigset_t none;
       sigemptyset(&none);
       sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -154,6 +164,18 @@ inline std::string Tail(const std::string& path, int lines) {
   for (std::string line; std::getline(in, line);) all.push_back(line);
   size_t from = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0;
   return absl::StrJoin(all.begin() + from, all.end(), "\n");
+}
+
+// Makes peer certificates for members 1..`members` in `dir` with
+// deploy/gen-certs.sh (kept if already there) and returns member `id`'s
+// tessera-server flags for them. Aborts if the script fails.
+inline std::vector<std::string> PeerTlsFlags(const std::string& dir, int members, uint64_t id) {
+  std::string command = absl::StrCat(TESSERA_SOURCE_DIR, "/deploy/gen-certs.sh '", dir, "'");
+  for (int m = 1; m <= members; ++m) absl::StrAppend(&command, " ", m);
+  if (std::system(command.c_str()) != 0) abort();
+  return {absl::StrCat("--peer-cert=", dir, "/node-", id, ".crt"),
+          absl::StrCat("--peer-key=", dir, "/node-", id, ".key"),
+          absl::StrCat("--peer-ca=", dir, "/ca.crt")};
 }
 
 }  // namespace tessera::testing

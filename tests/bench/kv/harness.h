@@ -32,6 +32,7 @@ namespace tessera::bench {
 
 using ::tessera::testing::ChildProcess;
 using ::tessera::testing::MakeTempDir;
+using ::tessera::testing::PeerTlsFlags;
 using ::tessera::testing::PortReservation;
 using ::tessera::testing::Tail;
 
@@ -108,6 +109,9 @@ class TesseraCluster {
           "--data-dir=" + node,  "--initial-cluster=" + absl::StrJoin(members, ","),
           "--shards=8",          "--tick-ms=20",
           "--election-ticks=10", "--port-file=" + node + ".ports"};
+      for (std::string& flag : PeerTlsFlags(dir_.path() + "/certs", kNodes, i + 1)) {
+        args.push_back(std::move(flag));
+      }
       args.insert(args.end(), extra_flags.begin(), extra_flags.end());
       servers_[i].Start(args, node + ".log");
     }

@@ -39,6 +39,7 @@ namespace {
 using ::tessera::testing::ChildProcess;
 using ::tessera::testing::IsOk;
 using ::tessera::testing::MakeTempDir;
+using ::tessera::testing::PeerTlsFlags;
 using ::tessera::testing::PortReservation;
 using ::tessera::testing::Tail;
 
