@@ -104,8 +104,12 @@ TEST(BenchOverload, OneMiBValuesAt256ClientsAreShedNotTimedOut) {
             << "; after 256: " << absl::StrJoin(rss256, ", ")
             << "\nrequests refused by the byte budget: " << rejected << "\n";
 
-  const double ops64 = at64.Number("ops_per_sec");
-  const double ops256 = at256.Number("ops_per_sec");
+  // Throughput as the writes that succeeded among those issued in the same
+  // 6 s: tessera-bench's ops_per_sec also divides by the tail spent waiting
+  // for the last calls (up to their 5 s deadline), which is longer with more
+  // clients waiting out retry-after hints and says nothing about capacity.
+  const double ops64 = at64.Number("ops");
+  const double ops256 = at256.Number("ops");
   ASSERT_GT(ops64, 0) << at64.json;
   EXPECT_GE(ops256, ops64 / 2) << "throughput collapsed under overload";
   // Shed with RESOURCE_EXHAUSTED, not queued until deadlines expire.
