@@ -193,8 +193,8 @@ class Node::Impl {
   // What Propose/ReadBarrier answer once stopping_ is set.
   absl::Status StoppedError() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (failure_.ok()) return absl::CancelledError("node is stopping");
-    return absl::UnavailableError(
-        absl::StrCat("node ", options_.id, " failed (", failure_.message(), "); try another replica"));
+    return absl::UnavailableError(absl::StrCat("node ", options_.id, " failed (",
+                                               failure_.message(), "); try another replica"));
   }
 
   // Queues the completion of a waiter; RunCompletions() calls them once the
@@ -405,8 +405,9 @@ absl::Status Node::Impl::Health() const {
   const absl::Duration since =
       absl::Now() - absl::FromUnixNanos(last_cycle_ns_.load(std::memory_order_relaxed));
   if (since > max_loop_stall_) {
-    return absl::UnavailableError(absl::StrCat("raft loop wedged: no cycle completed for ",
-                                               absl::FormatDuration(absl::Trunc(since, absl::Milliseconds(1)))));
+    return absl::UnavailableError(
+        absl::StrCat("raft loop wedged: no cycle completed for ",
+                     absl::FormatDuration(absl::Trunc(since, absl::Milliseconds(1)))));
   }
   return absl::OkStatus();
 }
@@ -756,10 +757,10 @@ absl::Status Node::Impl::HandleReadys() {
   //    installed.
   for (size_t i = 0; i < n; ++i) {
     if (readys[i].snapshot.has_value()) {
-      TESSERA_RETURN_IF_ERROR(WithContext(
-          InstallSnapshot(*ready_shards[i], *readys[i].snapshot),
-          absl::StrCat("shard ", ready_shards[i]->id, ": install snapshot at index ",
-                       readys[i].snapshot->metadata().index())));
+      TESSERA_RETURN_IF_ERROR(
+          WithContext(InstallSnapshot(*ready_shards[i], *readys[i].snapshot),
+                      absl::StrCat("shard ", ready_shards[i]->id, ": install snapshot at index ",
+                                   readys[i].snapshot->metadata().index())));
     }
   }
 
