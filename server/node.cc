@@ -101,9 +101,11 @@ class Node::Impl {
  public:
   Impl(const NodeOptions& options, storage::Engine* engine, Applier* applier, Transport* transport)
       : options_(options),
-        max_loop_stall_(options.max_loop_stall > absl::ZeroDuration()
-                            ? options.max_loop_stall
-                            : 5 * options.election_ticks * options.tick_interval),
+        // Generous by default: a slow fsync on a loaded disk is not a wedge.
+        max_loop_stall_(
+            options.max_loop_stall > absl::ZeroDuration()
+                ? options.max_loop_stall
+                : std::max(10 * options.election_ticks * options.tick_interval, absl::Seconds(5))),
         log_(&engine->raft_log()),
         kv_(&engine->kv_store()),
         applier_(applier),

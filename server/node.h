@@ -80,7 +80,7 @@ struct NodeOptions {
   // Empty: the error is logged to stderr only.
   std::function<void(const absl::Status&)> on_fatal;
   // Health() reports a loop that has not completed a cycle for this long as
-  // wedged. Zero: 5 election timeouts.
+  // wedged. Zero: 10 election timeouts, at least 5 s.
   absl::Duration max_loop_stall = absl::ZeroDuration();
 };
 

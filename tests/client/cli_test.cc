@@ -193,7 +193,7 @@ TEST_F(Cli, ClusterStatusShowsANodeReportingItselfStoppedAsDown) {
   cluster_.SetStopped(2, true);
   Result r = Run({"cluster", "status"});
   EXPECT_EQ(r.code, 3) << r.out;
-  EXPECT_THAT(r.out, HasSubstr("DOWN  node 3 reports its replicas stopped"));
+  EXPECT_THAT(r.out, HasSubstr("DOWN  cluster unavailable: node 3 reports its replicas stopped"));
   EXPECT_THAT(r.out, HasSubstr("  1    leader none"));
   EXPECT_THAT(r.out, HasSubstr(" 3:down"));
 }
