@@ -209,6 +209,7 @@ TEST(MetricNames, EveryExportedFamilyFollowsTheConventions) {
                               "grpc_method=\"Get\",grpc_service=\"tessera.v1.KV\"} 1"));
   EXPECT_THAT(text, HasSubstr("tessera_raft_proposals_total{result=\"rejected\",shard=\"1\"} 1"));
   EXPECT_THAT(text, HasSubstr("tessera_raft_role{role=\"leader\",shard=\"1\"} 1"));
+  EXPECT_THAT(text, HasSubstr("tessera_raft_role{role=\"stopped\",shard=\"1\"} 0"));
   EXPECT_THAT(text, HasSubstr("tessera_node_info{node_id=\"3\"} 1"));
 }
 
