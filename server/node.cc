@@ -521,8 +521,7 @@ void Node::Impl::Fail(const absl::Status& error) {
     failure_ = error;
     std::swap(left, inbox_);
   }
-  // No leader hint: the SDK treats this as a node failure and goes to
-  // another replica.
+  // kUnavailable without a leader: the SDK goes to another replica.
   const absl::Status failed = absl::UnavailableError(
       absl::StrCat("node ", options_.id, " failed (", error.message(), "); try another replica"));
   for (ProposeRequest& p : left.proposals) Finish(*shards_.at(p.shard), p.done, failed);
