@@ -11,6 +11,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "proto/grpc_status.h"
 #include "proto/status_macros.h"
@@ -38,12 +39,13 @@ absl::Status WithContext(const absl::Status& s, absl::string_view what) {
   return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
 }
 
-// "shards 1, 2, 5" of a batch.
+// "shards 1, 2, 5" of a batch, in order.
 template <typename ShardPtrs>
 std::string ShardList(const ShardPtrs& shards) {
-  std::string out = shards.size() == 1 ? "shard " : "shards ";
-  for (size_t i = 0; i < shards.size(); ++i) absl::StrAppend(&out, i ? ", " : "", shards[i]->id);
-  return out;
+  std::vector<ShardId> ids;
+  for (const auto* s : shards) ids.push_back(s->id);
+  std::sort(ids.begin(), ids.end());
+  return absl::StrCat(ids.size() == 1 ? "shard " : "shards ", absl::StrJoin(ids, ", "));
 }
 
 bool IsEmptyLog(const storage::LogState& state) {
