@@ -671,6 +671,15 @@ int Run(const Config& config, const sigset_t& signals) {
   spdlog::info("client API stopped");
 
   (*node)->Stop();
+  // ---- fail-stop: a storage failure during the drain still exits 3 ----
+  {
+    absl::Status why;
+    {
+      absl::MutexLock lock(&fatal_mu);
+      why = fatal;
+    }
+    if (!why.ok()) ExitOnStorageFailure(why);
+  }
   spdlog::info("raft node stopped");
   peer_server->server->Shutdown(std::chrono::system_clock::now());
   node_for_peers.store(nullptr, std::memory_order_release);

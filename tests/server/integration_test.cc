@@ -901,10 +901,12 @@ TEST(Integration, MalformedSnapshotMakesTheNodeExitAndTheOthersServe) {
 }
 
 // A small filesystem for one node's data: a 64 MiB ext4 image on a loop
-// device, else a 64 MiB tmpfs. Unmounted (lazily) in the destructor.
+// device, else a 64 MiB tmpfs, in a fresh temporary directory. Unmounted
+// (lazily) and removed in the destructor.
 class SmallFilesystem {
  public:
-  explicit SmallFilesystem(const std::string& dir) : image_(dir + "/fs.img"), mount_(dir + "/fs") {
+  SmallFilesystem()
+      : dir_(MakeTempDir("tessera-fs")), image_(dir_ + "/fs.img"), mount_(dir_ + "/fs") {
     std::filesystem::create_directories(mount_);
     const std::string quiet = " >/dev/null 2>&1";
     if (Run("truncate -s 64M " + image_ + quiet) && Run("mkfs.ext4 -q -F " + image_ + quiet) &&
@@ -916,6 +918,8 @@ class SmallFilesystem {
   }
   ~SmallFilesystem() {
     if (!kind_.empty()) Run("umount -l " + mount_);
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
   }
   bool mounted() const { return !kind_.empty(); }
   const std::string& kind() const { return kind_; }
@@ -923,6 +927,7 @@ class SmallFilesystem {
 
  private:
   static bool Run(const std::string& command) { return std::system(command.c_str()) == 0; }
+  const std::string dir_;
   const std::string image_;
   const std::string mount_;
   std::string kind_;
@@ -933,8 +938,8 @@ class SmallFilesystem {
 // a refused start while the disk stays full, and once space is back the node
 // restarts, catches up and holds every acknowledged write.
 TEST(Integration, FullDiskExitsWithAClearLineAndRecoversOnceSpaceIsBack) {
+  SmallFilesystem fs;  // outlives the cluster's processes
   Cluster cluster;
-  SmallFilesystem fs(MakeTempDir("tessera-fs"));
   if (!fs.mounted()) {
     GTEST_SKIP() << "cannot mount a small filesystem here (neither a loop device nor tmpfs; "
                     "needs root)";
