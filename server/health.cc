@@ -60,6 +60,11 @@ Readiness HealthMonitor::Check() const {
     draining = draining_;
   }
   if (!draining && (!sources.member || !sources.shards)) return {false, "starting"};
+  if (sources.live) {
+    if (absl::Status live = sources.live(); !live.ok()) {
+      return {false, absl::StrCat("not live: ", live.ToString())};
+    }
+  }
   const bool member = sources.member ? sources.member() : false;
   std::vector<ShardStatus> shards;
   if (sources.shards) shards = sources.shards();
@@ -109,8 +114,21 @@ void HealthMonitor::Poll() {
   }
 }
 
+absl::Status HealthMonitor::Liveness() const {
+  std::function<absl::Status()> live;
+  {
+    absl::MutexLock lock(&mu_);
+    live = sources_.live;
+  }
+  return live ? live() : absl::OkStatus();
+}
+
 MetricsHttpServer::Handler HealthMonitor::LivenessHandler() const {
-  return [] { return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"}; };
+  return [this] {
+    const absl::Status live = Liveness();
+    if (live.ok()) return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"};
+    return HttpResponse{503, "text/plain; charset=utf-8", live.ToString() + "\n"};
+  };
 }
 
 MetricsHttpServer::Handler HealthMonitor::ReadinessHandler() const {

@@ -1,13 +1,16 @@
 // Health: is this tessera-server alive, and is it ready to serve?
 //
-// Liveness (/healthz) only says the process answers. Readiness (/readyz and
+// Liveness (/healthz) says the process answers and its raft loop is alive:
+// it fails (503 with the reason) once the loop stopped on an error (the
+// process is about to exit) or has not completed a cycle for several
+// election timeouts (wedged, e.g. on a hung disk). Readiness (/readyz and
 // the standard grpc.health.v1.Health service on the client port) says the
 // node can usefully take client traffic:
 //   - it is a member of the cluster: the cluster map is loaded and names it;
 //   - every local shard replica knows its leader and heard from it recently
 //     (within `max_leader_silence`; the leader itself always has);
 //   - every replica is caught up: commit_index - applied_index <= max_apply_lag;
-//   - it is not draining (SIGTERM).
+//   - it is not draining (SIGTERM), and it is live.
 // A node cut off from its peers loses its leaders within an election timeout
 // and turns not ready; it turns ready again once it rejoins and catches up.
 //
@@ -55,6 +58,7 @@ class HealthMonitor {
   struct Sources {
     std::function<bool()> member;                      // the map is loaded and names us
     std::function<std::vector<ShardStatus>()> shards;  // Node::Status
+    std::function<absl::Status()> live;                // Node::Health; empty: live
   };
 
   explicit HealthMonitor(ReadinessOptions options) : options_(options) {}
@@ -76,8 +80,11 @@ class HealthMonitor {
   void Start(absl::Duration interval) ABSL_LOCKS_EXCLUDED(mu_);
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
-  // HTTP handlers: /healthz answers 200 "ok"; /readyz 200 "ready" or 503
-  // with the reason.
+  // OK, or why the node is not live (Sources::live).
+  absl::Status Liveness() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  // HTTP handlers: /healthz answers 200 "ok" or 503 with why it is not live;
+  // /readyz 200 "ready" or 503 with the reason.
   MetricsHttpServer::Handler LivenessHandler() const;
   MetricsHttpServer::Handler ReadinessHandler() const;
 

@@ -634,6 +634,14 @@ grpc::ServerUnaryReactor* ClusterService::GetClusterMap(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext* context,
                                                      const v1::NodeStatusRequest* /*request*/,
                                                      v1::NodeStatusResponse* response) {
+  // A node whose raft loop stopped or is wedged is down, whatever its last
+  // published raft state says (it may still read "leader" when wedged).
+  if (absl::Status health = backend_->Health(); !health.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(
+        absl::UnavailableError(absl::StrCat("node ", self_, " is down: ", health.ToString()))));
+    return reactor;
+  }
   response->set_node_id(self_);
   std::shared_ptr<const ClusterMap> map = maps_->Current();
   response->set_epoch(map != nullptr ? map->epoch() : 0);

@@ -73,6 +73,8 @@ class KvBackend {
   virtual void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
                            Node::ReadCallback done) = 0;
   virtual std::vector<ShardStatus> Status() const = 0;
+  // As Node::Health: not OK once the raft loop stopped or is wedged.
+  virtual absl::Status Health() const { return absl::OkStatus(); }
   // One shard's entry of Status() (on the request path: no copy of the rest).
   virtual std::optional<ShardStatus> StatusOf(ShardId shard) const {
     for (ShardStatus& s : Status()) {
@@ -234,7 +236,9 @@ class KvService final : public RawKvService {
 // Cluster.GetClusterMap (the map with this node's leader hints; UNAVAILABLE
 // while no map is loaded) and Cluster.NodeStatus (client shards in `shards`,
 // the metadata replica in `meta_shard`, and what `stored_map` returns in
-// `stored_map`). Thread-safe; `maps` and `backend` outlive it.
+// `stored_map`); NodeStatus is UNAVAILABLE "node N is down: ..." while the
+// backend's Health() is not OK (raft loop stopped or wedged), so tools show
+// the node down. Thread-safe; `maps` and `backend` outlive it.
 class ClusterService final : public v1::Cluster::CallbackService {
  public:
   // Reads the map stored in this node's metadata replica (nullopt: absent or

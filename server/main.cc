@@ -20,9 +20,10 @@
 //
 // Exit codes: 0 after a clean drain; 1 when startup fails (storage, ports);
 // 2 for bad flags (one line on stderr) or a map that conflicts with the
-// metadata group's. kill -9 is safe at any point: every
-// acknowledged write is durable in the engine's WAL before it is
-// acknowledged.
+// metadata group's; 3 when storage fails (the raft loop stopped on a
+// storage error, or the disk is full, at start too), after one "fatal: ..."
+// line. kill -9 is safe at any point: every acknowledged write is durable in
+// the engine's WAL before it is acknowledged.
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -121,6 +123,11 @@ ABSL_FLAG(uint32_t, max_inbound_snapshots, 2, "snapshots received at once; more 
 ABSL_FLAG(uint64_t, max_snapshot_bytes, 1ull << 30, "largest snapshot accepted from a peer");
 ABSL_FLAG(uint32_t, snapshot_idle_timeout_ms, 30000,
           "cut an inbound snapshot that sends nothing for this long");
+// ---- fail-stop (issue 12) ----
+ABSL_FLAG(uint64_t, min_free_disk_bytes, 256ull << 20,
+          "refuse writes, and exit (code 3) or refuse to start, while less than this is free on "
+          "the --data-dir filesystem: RocksDB must never hit a full disk (0: no check)");
+// ---- end fail-stop ----
 // ---- Admission control and clear answers (issue 12) ----
 ABSL_FLAG(uint64_t, max_inflight_bytes, 64 << 20,
           "node-wide budget of client request bytes in flight; beyond it requests get "
@@ -147,7 +154,8 @@ constexpr char kUsage[] =
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
     "  [--snapshot-interval-entries=10000] [--metrics-listen=127.0.0.1:0]\n"
     "  [--node-id-from-hostname=false] [--slow-request-ms=1000] [--slow-fsync-ms=500]\n"
-    "  [--log-level=info] [--max-client-connections=0] [--max-peer-connections=0]\n"
+    "  [--log-level=info] [--min-free-disk-bytes=268435456]\n"
+    "  [--max-client-connections=0] [--max-peer-connections=0]\n"
     "  --peer-cert=FILE --peer-key=FILE --peer-ca=FILE | --insecure-peers\n"
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
@@ -187,6 +195,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "snapshot_idle_timeout_ms",
                                               "max_client_connections",
                                               "max_peer_connections",
+                                              "min_free_disk_bytes",
                                               "max_inflight_bytes"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
@@ -390,6 +399,7 @@ class NodeKvBackend final : public KvBackend {
     node_->ReadBarrier(shard, lease, deadline, std::move(done));
   }
   std::vector<ShardStatus> Status() const override { return node_->Status(); }
+  absl::Status Health() const override { return node_->Health(); }
   std::optional<ShardStatus> StatusOf(ShardId shard) const override {
     return node_->StatusOf(shard);
   }
@@ -499,6 +509,23 @@ absl::StatusOr<std::string> PrepareSnapshotSpool(const std::string& data_dir) {
 absl::Mutex refusal_mu;
 absl::Status refusal ABSL_GUARDED_BY(refusal_mu);
 
+// ---- fail-stop (issue 12) ----
+// Set by NodeOptions::on_fatal (then SIGUSR2 wakes the main thread): the
+// storage error that stopped the raft loop.
+constexpr int kExitStorageFailure = 3;
+absl::Mutex fatal_mu;
+absl::Status fatal ABSL_GUARDED_BY(fatal_mu);
+
+// Logs the one line saying why and exits at once: closing RocksDB after an
+// I/O error may trip its assertions (Debian's build keeps them), and nothing
+// needs closing: every acknowledged write is in the WAL, as after kill -9.
+[[noreturn]] void ExitOnStorageFailure(const absl::Status& why) {
+  spdlog::critical("fatal: {}; exiting with code {}", why.ToString(), kExitStorageFailure);
+  spdlog::default_logger()->flush();
+  std::_Exit(kExitStorageFailure);
+}
+// ---- end fail-stop ----
+
 int Run(const Config& config, const sigset_t& signals) {
   const ClusterMap& map = config.map;
   const std::vector<ShardId> hosted = map.ShardsOf(config.node_id);
@@ -596,8 +623,12 @@ int Run(const Config& config, const sigset_t& signals) {
       config.fds.max_client_connections, config.fds.max_peer_connections);
   storage::EngineOptions engine_options;
   engine_options.max_open_files = config.fds.storage_max_open_files;
+  engine_options.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
   absl::StatusOr<std::unique_ptr<storage::Engine>> engine =
       storage::Engine::Open(config.data_dir, engine_options);
+  if (engine.status().code() == absl::StatusCode::kResourceExhausted) {
+    ExitOnStorageFailure(engine.status());  // no space left on the data dir
+  }
   if (!engine.ok()) {
     spdlog::error("cannot open storage at {}: {}", config.data_dir, engine.status().ToString());
     return 1;
@@ -704,6 +735,13 @@ int Run(const Config& config, const sigset_t& signals) {
   if (absl::GetFlag(FLAGS_max_inflight_bytes) != 0) {
     node_options.max_uncommitted_bytes_per_shard = absl::GetFlag(FLAGS_max_inflight_bytes);
   }
+  node_options.on_fatal = [](const absl::Status& status) {
+    {
+      absl::MutexLock lock(&fatal_mu);
+      fatal = status;
+    }
+    kill(getpid(), SIGUSR2);
+  };
   {
     std::vector<ShardId> shard_ids;
     for (const ShardPlacement& p : node_options.shards) shard_ids.push_back(p.shard);
@@ -711,6 +749,9 @@ int Run(const Config& config, const sigset_t& signals) {
   }
   absl::StatusOr<std::unique_ptr<Node>> node =
       Node::Start(node_options, engine->get(), &state_machine, transport.get());
+  if (node.status().code() == absl::StatusCode::kResourceExhausted) {
+    ExitOnStorageFailure(node.status());  // bootstrap writes on a full disk
+  }
   if (!node.ok()) {
     spdlog::error("cannot start the node: {}", node.status().ToString());
     (*peer_server)->Shutdown();
@@ -767,7 +808,8 @@ int Run(const Config& config, const sigset_t& signals) {
                            std::shared_ptr<const ClusterMap> current = maps.Current();
                            return current != nullptr && current->FindMember(id) != nullptr;
                          },
-                     .shards = [n = node->get()] { return n->Status(); }});
+                     .shards = [n = node->get()] { return n->Status(); },
+                     .live = [n = node->get()] { return n->Health(); }});
   absl::Cleanup stop_observers_before_maps = stop_observers;
   health.SetGrpcHealth((*client_server)->server()->GetHealthCheckService());
   health.Start(absl::Milliseconds(500));
@@ -800,6 +842,14 @@ int Run(const Config& config, const sigset_t& signals) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  if (signal_number == SIGUSR2) {
+    absl::Status why;
+    {
+      absl::MutexLock lock(&fatal_mu);
+      why = fatal;
+    }
+    ExitOnStorageFailure(why);
+  }
   meta_group.Stop();
   if (signal_number == SIGUSR1) {
     absl::Status why;
@@ -857,6 +907,15 @@ int Run(const Config& config, const sigset_t& signals) {
   spdlog::info("client API stopped");
 
   (*node)->Stop();
+  // ---- fail-stop: a storage failure during the drain still exits 3 ----
+  {
+    absl::Status why;
+    {
+      absl::MutexLock lock(&fatal_mu);
+      why = fatal;
+    }
+    if (!why.ok()) ExitOnStorageFailure(why);
+  }
   spdlog::info("raft node stopped");
   (*peer_server)->Shutdown();
   node_for_peers.store(nullptr, std::memory_order_release);
@@ -883,6 +942,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGUSR1);  // the MetaGroup: the stored map conflicts with the flags
+  sigaddset(&signals, SIGUSR2);  // NodeOptions::on_fatal: the raft loop stopped
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
   // Debian builds Abseil with Mutex deadlock detection on: every lock (gRPC

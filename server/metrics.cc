@@ -537,7 +537,8 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     for (const ShardStatus& s : shards) {
       const std::string id = ShardLabel(s.shard);
       AddValue(term, static_cast<double>(s.term), {{"shard", id}});
-      for (const char* r : {"leader", "follower", "candidate", "pre-candidate"}) {
+      // "stopped": the raft loop failed (the process is exiting).
+      for (const char* r : {"leader", "follower", "candidate", "pre-candidate", "stopped"}) {
         AddValue(role, s.role == r ? 1 : 0, {{"role", r}, {"shard", id}});
       }
       AddValue(has_leader, s.leader != 0 ? 1 : 0, {{"shard", id}});

@@ -11,6 +11,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "proto/grpc_status.h"
 #include "proto/status_macros.h"
@@ -32,6 +33,21 @@ absl::Status NotLeaderError(uint64_t leader, absl::string_view why) {
   detail.mutable_not_leader()->set_leader_node(leader);
   SetErrorDetail(s, detail);
   return s;
+}
+
+// `s` with `what` (the shard(s) and the operation) in front of its message.
+absl::Status WithContext(const absl::Status& s, absl::string_view what) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+}
+
+// "shards 1, 2, 5" of a batch, in order.
+template <typename ShardPtrs>
+std::string ShardList(const ShardPtrs& shards) {
+  std::vector<ShardId> ids;
+  for (const auto* s : shards) ids.push_back(s->id);
+  std::sort(ids.begin(), ids.end());
+  return absl::StrCat(ids.size() == 1 ? "shard " : "shards ", absl::StrJoin(ids, ", "));
 }
 
 bool IsEmptyLog(const storage::LogState& state) {
@@ -89,6 +105,11 @@ class Node::Impl {
  public:
   Impl(const NodeOptions& options, storage::Engine* engine, Applier* applier, Transport* transport)
       : options_(options),
+        // Generous by default: a slow fsync on a loaded disk is not a wedge.
+        max_loop_stall_(
+            options.max_loop_stall > absl::ZeroDuration()
+                ? options.max_loop_stall
+                : std::max(10 * options.election_ticks * options.tick_interval, absl::Seconds(5))),
         log_(&engine->raft_log()),
         kv_(&engine->kv_store()),
         applier_(applier),
@@ -102,6 +123,7 @@ class Node::Impl {
 
   absl::Status Init();
   void StartLoop() {
+    last_cycle_ns_.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
     thread_ = std::thread([this] { Loop(); });
   }
   void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done)
@@ -110,6 +132,7 @@ class Node::Impl {
       ABSL_LOCKS_EXCLUDED(mu_);
   void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<ShardStatus> Status() const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Health() const ABSL_LOCKS_EXCLUDED(mu_);
   std::optional<ShardStatus> StatusOf(ShardId shard) const ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status TransferLeadershipAway(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
   void Stop() ABSL_LOCKS_EXCLUDED(mu_, stop_mu_);
@@ -170,6 +193,15 @@ class Node::Impl {
   void CompleteReads(Shard& s);
   void FailWaiters(Shard& s, const absl::Status& status, bool confirmed_reads_too);
   void PublishStatus(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // The loop stopped on `error`: fail everything with kUnavailable, report
+  // every replica "stopped", then tell options_.on_fatal.
+  void Fail(const absl::Status& error) ABSL_LOCKS_EXCLUDED(mu_);
+  // What Propose/ReadBarrier answer once stopping_ is set.
+  absl::Status StoppedError() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (failure_.ok()) return absl::CancelledError("node is stopping");
+    return absl::UnavailableError(absl::StrCat("node ", options_.id, " failed (",
+                                               failure_.message(), "); try another replica"));
+  }
 
   // Queues the completion of a waiter; RunCompletions() calls them once the
   // cycle's state (and Status()) is published, with no lock held.
@@ -207,6 +239,7 @@ class Node::Impl {
 
   // Constant after construction.
   const NodeOptions options_;
+  const absl::Duration max_loop_stall_;
   storage::RaftLog* const log_;
   storage::KvStore* const kv_;
   Applier* const applier_;
@@ -220,6 +253,8 @@ class Node::Impl {
   uint64_t next_transfer_tick_ = 0;
   std::vector<std::function<void()>> completions_;
   std::thread thread_;
+  // When the loop last completed a cycle (absl::ToUnixNanos), for Health().
+  std::atomic<int64_t> last_cycle_ns_{0};
 
   absl::Mutex stop_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serialises Stop()
   bool stopped_ ABSL_GUARDED_BY(stop_mu_) = false;
@@ -227,6 +262,7 @@ class Node::Impl {
   mutable absl::Mutex mu_;
   Inbox inbox_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);  // why the loop stopped on its own
   bool transfer_requested_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time transfer_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::vector<ShardStatus> status_ ABSL_GUARDED_BY(mu_);
@@ -320,15 +356,17 @@ void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time de
     return;
   }
   std::string data = command.SerializeAsString();
+  absl::Status stopped;
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
       inbox_.proposals.push_back(ProposeRequest{shard, std::move(data), deadline, std::move(done)});
       return;
     }
+    stopped = StoppedError();
   }
   it->second->pending.fetch_sub(1);
-  done(absl::CancelledError("node is stopping"));
+  done(std::move(stopped));
 }
 
 void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
@@ -342,15 +380,17 @@ void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, Rea
         absl::StrCat("shard ", shard, ": too many pending requests; retry later")));
     return;
   }
+  absl::Status stopped;
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
       inbox_.reads.push_back(ReadRequest{shard, lease, deadline, std::move(done)});
       return;
     }
+    stopped = StoppedError();
   }
   it->second->pending.fetch_sub(1);
-  done(absl::CancelledError("node is stopping"));
+  done(std::move(stopped));
 }
 
 void Node::Impl::Receive(NodeId from, std::vector<ShardMessage> messages) {
@@ -362,6 +402,22 @@ void Node::Impl::Receive(NodeId from, std::vector<ShardMessage> messages) {
 std::vector<ShardStatus> Node::Impl::Status() const {
   absl::MutexLock lock(&mu_);
   return status_;
+}
+
+absl::Status Node::Impl::Health() const {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!failure_.ok()) return failure_;
+    if (stopping_) return absl::UnavailableError("node stopped");
+  }
+  const absl::Duration since =
+      absl::Now() - absl::FromUnixNanos(last_cycle_ns_.load(std::memory_order_relaxed));
+  if (since > max_loop_stall_) {
+    return absl::UnavailableError(
+        absl::StrCat("raft loop wedged: no cycle completed for ",
+                     absl::FormatDuration(absl::Trunc(since, absl::Milliseconds(1)))));
+  }
+  return absl::OkStatus();
 }
 
 std::optional<ShardStatus> Node::Impl::StatusOf(ShardId shard) const {
@@ -457,21 +513,55 @@ void Node::Impl::Loop() {
     if (ticks > 0 || transfer_active) OnTicks(now, transfer_active);
 
     if (absl::Status s = HandleReadys(); !s.ok()) {
-      ABSL_RAW_LOG(ERROR, "node %llu: raft loop stops: %s",
-                   static_cast<unsigned long long>(options_.id), s.ToString().c_str());
-      {
-        absl::MutexLock lock(&mu_);
-        stopping_ = true;
-      }
-      const absl::Status failed =
-          absl::UnavailableError(absl::StrCat("node failed: ", s.message()));
-      for (auto& [id, shard] : shards_) FailWaiters(*shard, failed, /*confirmed_reads_too=*/true);
-      PublishStatus(now);
-      RunCompletions();
+      Fail(s);
       return;
     }
     PublishStatus(now);
     RunCompletions();
+    last_cycle_ns_.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
+  }
+}
+
+void Node::Impl::Fail(const absl::Status& error) {
+  Inbox left;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    failure_ = error;
+    std::swap(left, inbox_);
+  }
+  // kUnavailable without a leader: the SDK goes to another replica.
+  const absl::Status failed = absl::UnavailableError(
+      absl::StrCat("node ", options_.id, " failed (", error.message(), "); try another replica"));
+  for (ProposeRequest& p : left.proposals) Finish(*shards_.at(p.shard), p.done, failed);
+  for (ReadRequest& r : left.reads) Finish(*shards_.at(r.shard), r.done, failed);
+  for (auto& [id, shard] : shards_) FailWaiters(*shard, failed, /*confirmed_reads_too=*/true);
+  // Nothing here leads or follows any more (metrics, NodeStatus, readiness).
+  std::vector<ShardStatus> status;
+  for (auto& [id, sp] : shards_) {
+    ShardStatus st;
+    st.shard = id;
+    st.role = "stopped";
+    st.term = sp->raw->term();
+    st.commit_index = sp->raw->commit_index();
+    st.applied_index = sp->storage->applied_index();
+    st.last_index = sp->raw->last_index();
+    st.snapshots_installed = sp->snapshots_installed;
+    status.push_back(std::move(st));
+  }
+  std::sort(status.begin(), status.end(),
+            [](const ShardStatus& a, const ShardStatus& b) { return a.shard < b.shard; });
+  {
+    absl::MutexLock lock(&mu_);
+    status_ = std::move(status);
+    led_shards_ = 0;
+  }
+  RunCompletions();
+  if (options_.on_fatal) {
+    options_.on_fatal(error);
+  } else {
+    ABSL_RAW_LOG(ERROR, "node %llu: raft loop stopped: %s",
+                 static_cast<unsigned long long>(options_.id), error.ToString().c_str());
   }
 }
 
@@ -691,7 +781,10 @@ absl::Status Node::Impl::HandleReadys() {
   //    installed.
   for (size_t i = 0; i < n; ++i) {
     if (readys[i].snapshot.has_value()) {
-      TESSERA_RETURN_IF_ERROR(InstallSnapshot(*ready_shards[i], *readys[i].snapshot));
+      TESSERA_RETURN_IF_ERROR(
+          WithContext(InstallSnapshot(*ready_shards[i], *readys[i].snapshot),
+                      absl::StrCat("shard ", ready_shards[i]->id, ": install snapshot at index ",
+                                   readys[i].snapshot->metadata().index())));
     }
   }
 
@@ -769,7 +862,11 @@ absl::Status Node::Impl::HandleReadys() {
       if (saved.ok()) ready_shards[update_of[k]]->storage->Saved(updates[k]);
       readys[update_of[k]].entries = std::move(updates[k].entries);
     }
-    TESSERA_RETURN_IF_ERROR(saved);
+    if (!saved.ok()) {
+      std::vector<Shard*> saving;
+      for (size_t i : update_of) saving.push_back(ready_shards[i]);
+      return WithContext(saved, absl::StrCat(ShardList(saving), ": raft log save"));
+    }
   }
   for (size_t i = 0; i < n; ++i) {
     if (!readys[i].snapshot.has_value()) continue;
@@ -805,7 +902,9 @@ absl::Status Node::Impl::HandleReadys() {
     if (s->applied_since_compaction < interval) continue;
     const uint64_t applied = s->storage->applied_index();
     if (applied <= margin) continue;
-    TESSERA_RETURN_IF_ERROR(s->storage->Compact(applied - margin));
+    TESSERA_RETURN_IF_ERROR(
+        WithContext(s->storage->Compact(applied - margin),
+                    absl::StrCat("shard ", s->id, ": compact raft log to ", applied - margin)));
     s->applied_since_compaction = 0;
   }
   return absl::OkStatus();
@@ -854,7 +953,13 @@ absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
   }
   std::vector<serverpb::CommandResult> results;
   if (!batch.empty()) {
-    TESSERA_RETURN_IF_ERROR(applier_->Apply(batch, &results));
+    if (absl::Status s = applier_->Apply(batch, &results); !s.ok()) {
+      std::vector<Shard*> applying;
+      for (size_t i = 0; i < shards.size(); ++i) {
+        if (end[i] > begin[i]) applying.push_back(shards[i]);
+      }
+      return WithContext(s, absl::StrCat(ShardList(applying), ": apply committed entries"));
+    }
     if (results.size() != batch.size()) {
       return absl::InternalError(absl::StrCat("applier returned ", results.size(), " results for ",
                                               batch.size(), " entries"));
@@ -1016,6 +1121,8 @@ void Node::Receive(NodeId from, std::vector<ShardMessage> messages) {
 }
 
 std::vector<ShardStatus> Node::Status() const { return impl_->Status(); }
+
+absl::Status Node::Health() const { return impl_->Health(); }
 
 std::optional<ShardStatus> Node::StatusOf(ShardId shard) const { return impl_->StatusOf(shard); }
 

@@ -77,12 +77,25 @@ struct NodeOptions {
   // Hooks for metrics (server/node_metrics.h); nullptr = none. Not owned;
   // must outlive the Node.
   NodeMetrics* metrics = nullptr;
+  // Called once, on the raft loop thread, when the loop stops on an error
+  // (a failed RaftLog::Save, Apply, snapshot install or compaction: the node
+  // cannot go on safely) with that error, which names the shard(s) and the
+  // operation. By then the node refuses requests with kUnavailable, Status()
+  // reports every replica "stopped" and Health() returns the error. Must not
+  // block or destroy the Node; the process should exit (tessera-server does).
+  // Empty: the error is logged to stderr only.
+  std::function<void(const absl::Status&)> on_fatal;
+  // Health() reports a loop that has not completed a cycle for this long as
+  // wedged. Zero: 10 election timeouts, at least 5 s.
+  absl::Duration max_loop_stall = absl::ZeroDuration();
 };
 
 // A snapshot of one shard replica's raft state, for status and metrics.
 struct ShardStatus {
   ShardId shard = 0;
-  std::string role;  // "leader", "follower", "candidate", "pre-candidate"
+  // "leader", "follower", "candidate", "pre-candidate", or "stopped" once the
+  // raft loop stopped on an error (then leader is 0).
+  std::string role;
   uint64_t term = 0;
   NodeId leader = 0;  // 0 = unknown
   uint64_t commit_index = 0;
@@ -114,7 +127,9 @@ class Node {
   //    committed (the command may still apply: retry with the same session);
   //  kResourceExhausted: too many pending requests in the shard;
   //  kDeadlineExceeded: not applied by `deadline` (outcome unknown);
-  //  kNotFound: the shard has no replica here; kCancelled: the node stops.
+  //  kNotFound: the shard has no replica here; kCancelled: the node stops;
+  //  kUnavailable without a leader hint also once the raft loop stopped on
+  //  an error (another replica may serve).
   void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done);
 
   // Calls `done` with OK once this replica's applied state is fresh enough
@@ -127,6 +142,12 @@ class Node {
   void Receive(NodeId from, std::vector<ShardMessage> messages);
 
   std::vector<ShardStatus> Status() const;
+
+  // OK while the raft loop runs and completes cycles. Otherwise:
+  // the loop's error if it stopped on one (see NodeOptions::on_fatal);
+  // kUnavailable if it has not completed a cycle for max_loop_stall (wedged,
+  // e.g. on a hung disk; OK again if it recovers) or after Stop().
+  absl::Status Health() const;
   // Status() of one shard; nullopt if it has no replica here.
   std::optional<ShardStatus> StatusOf(ShardId shard) const;
 

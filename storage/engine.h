@@ -45,13 +45,19 @@ struct EngineOptions {
   // sets it from the file limit so that connections cannot starve storage
   // of descriptors (server/grpc_server.h, PlanFdBudget).
   int max_open_files = -1;
+  // Writes that add data (RaftLog::Save, KvStore::Apply/InstallSnapshot) and
+  // Open() fail with kResourceExhausted "no space left on <dir>: ..." while
+  // fewer bytes than this are free on the directory's filesystem (0: no
+  // check). See disk_space.h for why and how large.
+  uint64_t min_free_disk_bytes = 0;
 };
 
 class Engine {
  public:
   // Opens or creates the DB in `dir` (created if missing).
-  // Errors: kInvalidArgument (e.g. not a DB directory), kDataLoss (corrupted),
-  // kInternal/kUnavailable (I/O, or the DB is locked by another process).
+  // Errors: kResourceExhausted (no space left on the disk, see
+  // EngineOptions::min_free_disk_bytes), kInvalidArgument (e.g. not a DB directory), kDataLoss
+  // (corrupted), kInternal/kUnavailable (I/O, or the DB is locked by another process).
   static absl::StatusOr<std::unique_ptr<Engine>> Open(const std::string& dir,
                                                       const EngineOptions& options);
 

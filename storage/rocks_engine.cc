@@ -18,6 +18,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/statistics.h"
 #include "rocksdb/table.h"
+#include "storage/disk_space.h"
 #include "storage/engine.h"
 
 namespace tessera::storage {
@@ -26,14 +27,18 @@ namespace tessera::storage {
 // that no header mentions a RocksDB type (STYLE.md §1). A mismatch between the
 // declarations is a link error.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
-std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf);
-std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf);
+std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                         const DiskSpaceGuard* space);
+std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                         const DiskSpaceGuard* space);
 
 // The only rocksdb::Status -> absl::Status conversion.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
   if (s.ok()) return absl::OkStatus();
   std::string message = absl::StrCat(context, ": ", s.ToString());
   if (s.IsNotFound()) return absl::NotFoundError(message);
+  // ENOSPC (DiskSpaceGuard::Annotate names the directory).
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(message);
   if (s.IsCorruption()) return absl::DataLossError(message);
   if (s.IsInvalidArgument()) return absl::InvalidArgumentError(message);
   if (s.IsNotSupported()) return absl::UnimplementedError(message);
@@ -96,6 +101,11 @@ rocksdb::DBOptions MakeDbOptions(const EngineOptions& options) {
   // the node's fsync latency metric); no detailed or mutex timers.
   db.statistics = rocksdb::CreateDBStatistics();
   db.statistics->set_stats_level(rocksdb::StatsLevel::kExceptDetailedTimers);
+  // With a free-space reserve (disk_space.h) the reserve must stay free for
+  // RocksDB's own writes (flushes, compactions): fallocate would let a new
+  // WAL or SST file grab it up front (1.1 x the write buffer, 70 MiB) and
+  // make free space jump. Without it, files take space as they are written.
+  db.allow_fallocate = options.min_free_disk_bytes == 0;
   // Bound the info LOG files.
   db.keep_log_file_num = 5;
   db.max_open_files = options.max_open_files;
@@ -160,6 +170,7 @@ rocksdb::ColumnFamilyOptions MakeDataCfOptions(const EngineOptions& options,
 }  // namespace
 
 struct Engine::Impl {
+  std::unique_ptr<DiskSpaceGuard> space;  // outlives raft_log and kv_store
   rocksdb::DB* db = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;  // default, raft, data
   std::shared_ptr<rocksdb::Statistics> statistics;
@@ -200,11 +211,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& dir,
       {kDataCf, MakeDataCfOptions(options, cache)},
   };
   auto impl = std::make_unique<Impl>();
+  impl->space = std::make_unique<DiskSpaceGuard>(dir, options.min_free_disk_bytes);
+  // Opening writes too (WAL recovery flushes, a new WAL): refuse on a full
+  // disk with a clear message rather than let RocksDB abort.
+  TESSERA_RETURN_IF_ERROR(impl->space->Check());
   impl->statistics = db_options.statistics;
   rocksdb::Status s = rocksdb::DB::Open(db_options, dir, cfs, &impl->handles, &impl->db);
-  if (!s.ok()) return FromRocks(s, absl::StrCat("Engine::Open(", dir, ")"));
-  impl->raft_log = NewRocksRaftLog(impl->db, impl->handles[1]);
-  impl->kv_store = NewRocksKvStore(impl->db, impl->handles[2]);
+  if (!s.ok()) return impl->space->Annotate(FromRocks(s, absl::StrCat("Engine::Open(", dir, ")")));
+  impl->raft_log = NewRocksRaftLog(impl->db, impl->handles[1], impl->space.get());
+  impl->kv_store = NewRocksKvStore(impl->db, impl->handles[2], impl->space.get());
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 

@@ -20,6 +20,7 @@
 #include "rocksdb/options.h"
 #include "rocksdb/snapshot.h"
 #include "rocksdb/write_batch.h"
+#include "storage/disk_space.h"
 #include "storage/keys.h"
 #include "storage/kv_internal.h"
 #include "storage/kv_store.h"
@@ -28,7 +29,8 @@ namespace tessera::storage {
 
 // Defined in rocks_engine.cc (see the note there).
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
-std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf);
+std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                         const DiskSpaceGuard* space);
 
 namespace {
 
@@ -117,7 +119,8 @@ class RocksShardSnapshot : public ShardSnapshot {
 
 class RocksKvStore : public KvStore {
  public:
-  RocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) : db_(db), cf_(cf) {}
+  RocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, const DiskSpaceGuard* space)
+      : db_(db), cf_(cf), space_(space) {}
 
   absl::Status Apply(absl::Span<const ShardWrite> writes) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::string> Get(ShardId shard, absl::string_view key) const override {
@@ -159,6 +162,7 @@ class RocksKvStore : public KvStore {
 
   rocksdb::DB* const db_;
   rocksdb::ColumnFamilyHandle* const cf_;
+  const DiskSpaceGuard* const space_;
 
   mutable absl::Mutex mu_;
   mutable absl::flat_hash_map<ShardId, Cached> cache_ ABSL_GUARDED_BY(mu_);
@@ -195,6 +199,7 @@ void RocksKvStore::Publish(const std::vector<ShardId>& shards,
 
 absl::Status RocksKvStore::Apply(absl::Span<const ShardWrite> writes) {
   if (writes.empty()) return absl::OkStatus();
+  TESSERA_RETURN_IF_ERROR(space_->Check());
   std::vector<ShardId> shards;
   for (const ShardWrite& w : writes) {
     TESSERA_RETURN_IF_ERROR(internal::CheckMutations(w));
@@ -245,7 +250,8 @@ absl::Status RocksKvStore::Apply(absl::Span<const ShardWrite> writes) {
         .PermitUncheckedError();
   }
   // Not synced, but written to the WAL before Write() returns: survives kill -9.
-  absl::Status s = FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "RocksKvStore::Apply");
+  absl::Status s = space_->Annotate(
+      FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "RocksKvStore::Apply"));
   Publish(shards, staged, s.ok());
   return s;
 }
@@ -300,6 +306,7 @@ absl::Status RocksKvStore::InstallSnapshot(ShardId shard, uint64_t applied_index
   // One batch: drop the shard's whole range (data, meta, applied index), then
   // write the received records. Range tombstone first, puts after: the puts
   // have higher sequence numbers and survive it.
+  TESSERA_RETURN_IF_ERROR(space_->Check());
   rocksdb::WriteBatch batch;
   batch.DeleteRange(cf_, keys::ShardStart(shard), keys::ShardEnd(shard)).PermitUncheckedError();
   SnapshotRecord record;
@@ -324,7 +331,8 @@ absl::Status RocksKvStore::InstallSnapshot(ShardId shard, uint64_t applied_index
   // installed, so the installed state must be durable by itself.
   rocksdb::WriteOptions wo;
   wo.sync = true;
-  absl::Status s = FromRocks(db_->Write(wo, &batch), "RocksKvStore::InstallSnapshot");
+  absl::Status s =
+      space_->Annotate(FromRocks(db_->Write(wo, &batch), "RocksKvStore::InstallSnapshot"));
   Publish(shards, {{shard, applied_index}}, s.ok());
   return s;
 }
@@ -346,8 +354,9 @@ absl::Status RocksKvStore::DeleteShard(ShardId shard) {
 
 }  // namespace
 
-std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
-  return std::make_unique<RocksKvStore>(db, cf);
+std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                         const DiskSpaceGuard* space) {
+  return std::make_unique<RocksKvStore>(db, cf, space);
 }
 
 }  // namespace tessera::storage

@@ -23,6 +23,7 @@
 #include "rocksdb/iterator.h"
 #include "rocksdb/options.h"
 #include "rocksdb/write_batch.h"
+#include "storage/disk_space.h"
 #include "storage/keys.h"
 #include "storage/log_meta.h"
 #include "storage/raft_log.h"
@@ -31,7 +32,8 @@ namespace tessera::storage {
 
 // Defined in rocks_engine.cc (see the note there).
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
-std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf);
+std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                         const DiskSpaceGuard* space);
 
 namespace {
 
@@ -51,7 +53,8 @@ std::string EncodeTruncated(uint64_t index, uint64_t term) {
 
 class RocksRaftLog : public RaftLog {
  public:
-  RocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) : db_(db), cf_(cf) {}
+  RocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, const DiskSpaceGuard* space)
+      : db_(db), cf_(cf), space_(space) {}
 
   absl::Status DoSave(absl::Span<const LogUpdate> updates, Durability durability) override
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -97,6 +100,7 @@ class RocksRaftLog : public RaftLog {
 
   rocksdb::DB* const db_;
   rocksdb::ColumnFamilyHandle* const cf_;
+  const DiskSpaceGuard* const space_;
 
   mutable absl::Mutex mu_;
   // Entries are never erased (DeleteShard resets them), so a loaded shard
@@ -215,6 +219,7 @@ void RocksRaftLog::DeleteEntries(ShardId shard, uint64_t first, uint64_t last,
 
 absl::Status RocksRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durability durability) {
   if (updates.empty()) return absl::OkStatus();
+  TESSERA_RETURN_IF_ERROR(space_->Check());
   std::vector<ShardId> shards;
   for (const LogUpdate& u : updates) {
     if (std::find(shards.begin(), shards.end(), u.shard) == shards.end()) {
@@ -267,7 +272,7 @@ absl::Status RocksRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durabilit
   // The whole batch, all shards: one WAL fsync. Unsynced, the write still
   // reaches the WAL file (no manual WAL flush), so it survives kill -9.
   wo.sync = durability == Durability::kSynced;
-  absl::Status status = FromRocks(db_->Write(wo, &batch), "RocksRaftLog::Save");
+  absl::Status status = space_->Annotate(FromRocks(db_->Write(wo, &batch), "RocksRaftLog::Save"));
   Publish(shards, status.ok() ? &staged : nullptr);
   return status;
 }
@@ -401,8 +406,9 @@ absl::Status RocksRaftLog::DeleteShard(ShardId shard) {
 
 }  // namespace
 
-std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf) {
-  return std::make_unique<RocksRaftLog>(db, cf);
+std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                         const DiskSpaceGuard* space) {
+  return std::make_unique<RocksRaftLog>(db, cf, space);
 }
 
 }  // namespace tessera::storage

@@ -354,6 +354,19 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
     address[m.id()] = m.client_address();
     status.emplace(m.id(), client.NodeStatus(m.client_address(), call));
   }
+  // A node that reports its replicas stopped (its raft loop failed; it is
+  // about to exit) is down like one that does not answer, whose NodeStatus
+  // fails (a node with a wedged raft loop answers UNAVAILABLE).
+  for (auto& [id, s] : status) {
+    if (!s.ok()) continue;
+    for (const v1::ShardStatus& st : s->shards()) {
+      if (st.role() == "stopped") {
+        s = absl::UnavailableError(
+            absl::StrCat("node ", id, " reports its replicas stopped (its raft loop failed)"));
+        break;
+      }
+    }
+  }
   // shard -> node -> its status of that shard
   std::map<uint32_t, std::map<uint64_t, v1::ShardStatus>> shards;
   for (const auto& [id, s] : status) {
@@ -402,7 +415,7 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
               ",\"commit_lag\":", commit > st.commit_index() ? commit - st.commit_index() : 0,
               ",\"applied_lag\":", commit > st.applied_index() ? commit - st.applied_index() : 0);
         } else {
-          absl::StrAppend(&out, ",\"role\":\"unreachable\"");
+          absl::StrAppend(&out, ",\"role\":\"down\"");
         }
         absl::StrAppend(&out, "}");
         first_replica = false;
@@ -440,7 +453,7 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
       for (uint64_t r : info.replicas()) {
         auto it = per.find(r);
         if (it == per.end()) {
-          absl::StrAppend(&line, "  ", r, ":unreachable");
+          absl::StrAppend(&line, "  ", r, ":down");
           continue;
         }
         const v1::ShardStatus& st = it->second;

@@ -2,7 +2,9 @@
 //
 //   tessera-admin status --endpoints=127.0.0.1:7001,127.0.0.1:7002 [--wait-ms=30000]
 //       Prints each node's shards (role, term, leader, applied index) and
-//       which node leads each shard. Exit 0 when every endpoint answered,
+//       which node leads each shard, or DOWN for a node that does not answer,
+//       whose NodeStatus fails (raft loop stopped or wedged) or that reports
+//       its replicas stopped. Exit 0 when every endpoint answered,
 //       has loaded the cluster map (epoch != 0) and every shard has a leader;
 //       with --wait-ms, polls until that holds or
 //       the time is up. Exit 1 otherwise, 2 for bad usage.
@@ -89,9 +91,15 @@ bool StatusOnce(const Args& args, bool print) {
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
     tessera::v1::NodeStatusResponse status;
     grpc::Status s = Stub(endpoint)->NodeStatus(&context, {}, &status);
-    if (!s.ok()) {
+    // Down: unreachable, NodeStatus failing (a node whose raft loop stopped
+    // or is wedged answers UNAVAILABLE), or replicas reported "stopped".
+    bool stopped = false;
+    for (const auto& shard : status.shards()) stopped = stopped || shard.role() == "stopped";
+    if (!s.ok() || stopped) {
       all_answered = false;
-      absl::StrAppend(&report, endpoint, ": unreachable (", s.error_message(), ")\n");
+      absl::StrAppend(&report, endpoint, ": DOWN (",
+                      s.ok() ? "its replicas are stopped: the raft loop failed" : s.error_message(),
+                      ")\n");
       continue;
     }
     // Epoch 0: the node has not loaded the map from the metadata group yet.

@@ -187,5 +187,16 @@ TEST_F(Cli, ClusterStatus) {
   EXPECT_THAT(down.out, HasSubstr("DOWN"));
 }
 
+// Issue 12: a node whose raft loop had stopped was shown up (and leader).
+TEST_F(Cli, ClusterStatusShowsANodeReportingItselfStoppedAsDown) {
+  cluster_.SetLeader(1, 2);
+  cluster_.SetStopped(2, true);
+  Result r = Run({"cluster", "status"});
+  EXPECT_EQ(r.code, 3) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("DOWN  cluster unavailable: node 3 reports its replicas stopped"));
+  EXPECT_THAT(r.out, HasSubstr("  1    leader none"));
+  EXPECT_THAT(r.out, HasSubstr(" 3:down"));
+}
+
 }  // namespace
 }  // namespace tessera::client

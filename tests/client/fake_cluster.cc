@@ -253,7 +253,9 @@ class FakeCluster::ClusterImpl final : public v1::Cluster::Service {
     for (uint32_t s = 0; s < c_->options_.shards; ++s) {
       v1::ShardStatus* st = resp->add_shards();
       st->set_shard(s);
-      st->set_role(c_->leaders_[s] == node_ ? "leader" : "follower");
+      st->set_role(c_->stopped_[node_]        ? "stopped"
+                   : c_->leaders_[s] == node_ ? "leader"
+                                              : "follower");
       st->set_term(3);
       st->set_leader(c_->leaders_[s] + 1);
       st->set_commit_index(c_->applied_index_);
@@ -272,6 +274,7 @@ FakeCluster::FakeCluster(Options options)
     : options_(options),
       leaders_(options.shards, 0),
       down_(options.nodes, false),
+      stopped_(options.nodes, false),
       calls_(options.nodes, 0),
       epoch_(options.epoch) {
   for (int i = 0; i < options_.nodes; ++i) {
@@ -327,6 +330,11 @@ int FakeCluster::leader(uint32_t shard) const {
 void FakeCluster::SetDown(int node, bool down) {
   absl::MutexLock lock(&mu_);
   down_[node] = down;
+}
+
+void FakeCluster::SetStopped(int node, bool stopped) {
+  absl::MutexLock lock(&mu_);
+  stopped_[node] = stopped;
 }
 
 void FakeCluster::SetEpoch(uint64_t epoch) {

@@ -67,6 +67,9 @@ class FakeCluster {
   int leader(uint32_t shard) const ABSL_LOCKS_EXCLUDED(mu_);
   // A down node answers UNAVAILABLE without detail, as a broken connection.
   void SetDown(int node, bool down) ABSL_LOCKS_EXCLUDED(mu_);
+  // NodeStatus of `node` reports every replica "stopped" (a node whose raft
+  // loop failed).
+  void SetStopped(int node, bool stopped) ABSL_LOCKS_EXCLUDED(mu_);
   // Changes the epoch: calls routed by the old one get stale_route.
   void SetEpoch(uint64_t epoch) ABSL_LOCKS_EXCLUDED(mu_);
   // Drops every session (as if evicted).
@@ -106,6 +109,7 @@ class FakeCluster {
   mutable absl::Mutex mu_;
   std::vector<int> leaders_ ABSL_GUARDED_BY(mu_);
   std::vector<bool> down_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> stopped_ ABSL_GUARDED_BY(mu_);
   std::vector<int> calls_ ABSL_GUARDED_BY(mu_);
   uint64_t epoch_ ABSL_GUARDED_BY(mu_);
   uint64_t applied_index_ ABSL_GUARDED_BY(mu_) = 1;

@@ -12,6 +12,7 @@
 // (ChildProcess's destructor: SIGKILL + waitpid).
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -107,7 +108,18 @@ class Cluster {
 
   std::string Log(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".log"); }
   std::string PortFile(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".ports"); }
-  std::string DataDir(int i) const { return absl::StrCat(dir_, "/node", i + 1); }
+  std::string DataDir(int i) const {
+    return data_dirs_[i].empty() ? absl::StrCat(dir_, "/node", i + 1) : data_dirs_[i];
+  }
+  // Node i keeps its data in `dir` (e.g. on a small filesystem) from its
+  // next Start().
+  void SetDataDir(int i, std::string dir) { data_dirs_[i] = std::move(dir); }
+
+  // A Peer stub to node i's peer port, as another member would connect:
+  // the one place tests reach the peer port (peer credentials go here).
+  std::unique_ptr<peerpb::Peer::Stub> PeerStub(int i) {
+    return peerpb::Peer::NewStub(FastChannel(peer_ports_[i].address()));
+  }
 
   // Starts node i; `more` flags come last (and win).
   void Start(int i, const std::vector<std::string>& more = {}) {
@@ -293,6 +305,7 @@ class Cluster {
   PortReservation client_ports_[kNodes];
   PortReservation peer_ports_[kNodes];
   std::string initial_cluster_;
+  std::string data_dirs_[kNodes];  // empty: under dir_
   ChildProcess processes_[kNodes];
   std::shared_ptr<grpc::Channel> channels_[kNodes];
   std::unique_ptr<v1::KV::Stub> kv_[kNodes];
@@ -567,7 +580,7 @@ TEST(Integration, ConfigFileSuppliesFlagsAndFlagsOverrideIt) {
 // hints, retrying UNAVAILABLE/DEADLINE_EXCEEDED; no session: a retried put
 // writes the same value). Returns the acknowledged keys and values.
 std::map<std::string, std::string> ParallelPuts(Cluster& cluster, const std::string& prefix,
-                                                int count, int threads) {
+                                                int count, int threads, size_t value_bytes = 0) {
   std::map<uint32_t, int> leaders = cluster.Leaders();
   absl::Mutex mu;
   std::map<std::string, std::string> acknowledged;
@@ -580,6 +593,7 @@ std::map<std::string, std::string> ParallelPuts(Cluster& cluster, const std::str
         v1::PutRequest request;
         request.set_key(absl::StrCat(prefix, i));
         request.set_value(absl::StrCat("v", i));
+        if (request.value().size() < value_bytes) request.mutable_value()->resize(value_bytes, 'x');
         const uint32_t shard = ShardForKey(request.key(), kShards);
         request.mutable_header()->set_shard(shard);
         int target = cache.count(shard) ? cache[shard] : 0;
@@ -728,6 +742,63 @@ TEST(Integration, NewNodeWithAnotherMapIsRefusedOnceTheStoredMapReachesIt) {
   ExpectStoredMapOnEveryNode(cluster, cluster.epoch());
 }
 
+// Every shard's commit index, as the running nodes other than `except`
+// report it (the highest).
+std::map<uint32_t, uint64_t> CommitIndexes(Cluster& cluster, int except) {
+  std::map<uint32_t, uint64_t> commit;
+  for (int i = 0; i < kNodes; ++i) {
+    if (i == except) continue;
+    absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(i);
+    if (!status.ok()) continue;
+    for (const v1::ShardStatus& s : status->shards()) {
+      commit[s.shard()] = std::max(commit[s.shard()], s.commit_index());
+    }
+  }
+  return commit;
+}
+
+// Waits (up to 30 s) until node i serves by the map and has applied every
+// shard up to `commit`; returns its last status.
+absl::StatusOr<v1::NodeStatusResponse> WaitCaughtUp(Cluster& cluster, int i,
+                                                    const std::map<uint32_t, uint64_t>& commit) {
+  absl::StatusOr<v1::NodeStatusResponse> status;
+  for (absl::Time deadline = absl::Now() + absl::Seconds(30); absl::Now() < deadline;) {
+    status = cluster.Status(i);
+    bool caught_up = status.ok() && status->epoch() != 0 && status->shards_size() == kShards;
+    for (int k = 0; caught_up && k < status->shards_size(); ++k) {
+      caught_up = status->shards(k).applied_index() >= commit.at(status->shards(k).shard());
+    }
+    if (caught_up) return status;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  if (!status.ok()) return status.status();
+  return absl::DeadlineExceededError(status->DebugString());
+}
+
+// Every key with `prefix` in node i's own replicas (STALE scans at that node
+// only).
+absl::StatusOr<std::map<std::string, std::string>> ScanOwnReplicas(Cluster& cluster, int i,
+                                                                   const std::string& prefix) {
+  std::map<std::string, std::string> found;
+  for (uint32_t shard = 0; shard < kShards; ++shard) {
+    v1::ScanRequest scan;
+    scan.mutable_header()->set_shard(shard);
+    scan.mutable_header()->set_consistency(v1::READ_CONSISTENCY_STALE);
+    scan.set_prefix(prefix);
+    scan.set_limit(10000);
+    do {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      v1::ScanResponse page;
+      absl::Status s = FromGrpcStatus(cluster.kv(i)->Scan(&context, scan, &page));
+      if (!s.ok()) return absl::Status(s.code(), absl::StrCat("shard ", shard, ": ", s.message()));
+      for (const v1::KeyValue& kv : page.kvs()) found[kv.key()] = kv.value();
+      scan.set_continuation(page.continuation());
+    } while (!scan.continuation().empty());
+  }
+  return found;
+}
+
 TEST(Integration, RestartedNodeCatchesUpBySnapshotAndServesEveryWrite) {
   // Logs are compacted every 200 applied entries (keeping 100).
   Cluster cluster({"--snapshot-interval-entries=200"});
@@ -744,56 +815,216 @@ TEST(Integration, RestartedNodeCatchesUpBySnapshotAndServesEveryWrite) {
   ASSERT_EQ(acknowledged.size(), 10000u);
   std::cerr << "10000 puts in " << absl::Now() - start << "\n";
 
-  // Every shard's commit index now, as its leader reports it.
-  std::map<uint32_t, uint64_t> commit;
-  for (int i = 0; i < kNodes; ++i) {
-    if (i == lagging) continue;
-    absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(i);
-    ASSERT_THAT(status, IsOk());
-    for (const v1::ShardStatus& s : status->shards()) {
-      commit[s.shard()] = std::max(commit[s.shard()], s.commit_index());
-    }
-  }
+  const std::map<uint32_t, uint64_t> commit = CommitIndexes(cluster, /*except=*/lagging);
   ASSERT_EQ(commit.size(), kShards);
 
   cluster.Start(lagging);
-  absl::StatusOr<v1::NodeStatusResponse> status;
-  bool caught_up = false;
-  for (absl::Time deadline = absl::Now() + absl::Seconds(30);
-       !caught_up && absl::Now() < deadline;) {
-    status = cluster.Status(lagging);
-    caught_up = status.ok() && status->epoch() != 0 && status->shards_size() == kShards;
-    for (int k = 0; caught_up && k < status->shards_size(); ++k) {
-      caught_up = status->shards(k).applied_index() >= commit[status->shards(k).shard()];
-    }
-    if (!caught_up) absl::SleepFor(absl::Milliseconds(50));
-  }
-  ASSERT_TRUE(caught_up) << "node " << lagging + 1 << " did not catch up";
+  absl::StatusOr<v1::NodeStatusResponse> status = WaitCaughtUp(cluster, lagging, commit);
+  ASSERT_THAT(status, IsOk()) << "node " << lagging + 1 << " did not catch up";
   // It caught up by snapshot: the leaders' logs no longer had its entries.
   for (const v1::ShardStatus& s : status->shards()) {
     EXPECT_GE(s.snapshots_installed(), 1u) << "shard " << s.shard();
   }
 
   // Its own replicas (STALE reads at that node only) hold every write.
-  std::map<std::string, std::string> found;
-  for (uint32_t shard = 0; shard < kShards; ++shard) {
-    v1::ScanRequest scan;
-    scan.mutable_header()->set_shard(shard);
-    scan.mutable_header()->set_consistency(v1::READ_CONSISTENCY_STALE);
-    scan.set_prefix("snap-");
-    scan.set_limit(10000);
-    do {
-      grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-      v1::ScanResponse page;
-      absl::Status s = FromGrpcStatus(cluster.kv(lagging)->Scan(&context, scan, &page));
-      ASSERT_THAT(s, IsOk()) << "shard " << shard;
-      for (const v1::KeyValue& kv : page.kvs()) found[kv.key()] = kv.value();
-      scan.set_continuation(page.continuation());
-    } while (!scan.continuation().empty());
+  absl::StatusOr<std::map<std::string, std::string>> found =
+      ScanOwnReplicas(cluster, lagging, "snap-");
+  ASSERT_THAT(found, IsOk());
+  EXPECT_EQ(found->size(), acknowledged.size());
+  EXPECT_TRUE(*found == acknowledged);
+}
+
+// The lines of `log` that contain `needle`.
+std::vector<std::string> LinesWith(const std::string& log, const std::string& needle) {
+  std::ifstream in(log);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(needle) != std::string::npos) lines.push_back(line);
   }
-  EXPECT_EQ(found.size(), acknowledged.size());
-  EXPECT_TRUE(found == acknowledged);
+  return lines;
+}
+
+// Issue 12, defect 6: a malformed snapshot stopped a node's raft loop and
+// left a zombie reporting itself up and leader. Now that node exits with
+// code 3 and one clear line, and the other two re-elect and serve.
+TEST(Integration, MalformedSnapshotMakesTheNodeExitAndTheOthersServe) {
+  Cluster cluster;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_THAT(cluster.Put(absl::StrCat("before-", i), "v"), IsOk());
+  }
+  // A shard the victim follows, and its leader.
+  const int victim = 2;
+  std::map<uint32_t, int> leaders = cluster.Leaders();
+  auto followed = std::find_if(leaders.begin(), leaders.end(),
+                               [&](const auto& l) { return l.second != victim; });
+  ASSERT_NE(followed, leaders.end());
+  const uint32_t shard = followed->first;
+  const uint64_t leader_id = followed->second + 1;
+  absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(victim);
+  ASSERT_THAT(status, IsOk());
+  const v1::ShardStatus& mine = status->shards(static_cast<int>(shard));
+  ASSERT_EQ(mine.shard(), shard);
+
+  // The snapshot message as the leader would send it, with data that is not
+  // a snapshot.
+  peerpb::SnapshotChunk chunk;
+  chunk.set_from_node(leader_id);
+  chunk.set_to_node(victim + 1);
+  chunk.set_shard(shard);
+  raftpb::Message* m = chunk.mutable_message();
+  m->set_type(raftpb::MSG_SNAP);
+  m->set_from(leader_id);
+  m->set_to(victim + 1);
+  m->set_term(mine.term());
+  raftpb::SnapshotMetadata* meta = m->mutable_snapshot()->mutable_metadata();
+  meta->set_index(mine.commit_index() + 1000);
+  meta->set_term(mine.term());
+  for (uint64_t r = 1; r <= kNodes; ++r) meta->mutable_conf_state()->add_voters(r);
+  chunk.set_data("not a snapshot");
+  chunk.set_last(true);
+  {
+    std::unique_ptr<peerpb::Peer::Stub> peer = cluster.PeerStub(victim);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    peerpb::SnapshotAck ack;
+    std::unique_ptr<grpc::ClientWriter<peerpb::SnapshotChunk>> writer =
+        peer->Snapshot(&context, &ack);
+    writer->Write(chunk);
+    writer->WritesDone();
+    writer->Finish().ok();  // the outcome shows in the victim's exit
+  }
+
+  EXPECT_EQ(cluster.process(victim).Wait(absl::Seconds(20)), 3) << Tail(cluster.Log(victim), 20);
+  const std::vector<std::string> fatal = LinesWith(cluster.Log(victim), "fatal:");
+  ASSERT_EQ(fatal.size(), 1u) << Tail(cluster.Log(victim), 20);
+  EXPECT_THAT(fatal[0], HasSubstr(absl::StrCat("fatal: DATA_LOSS: shard ", shard,
+                                               ": install snapshot at index ",
+                                               mine.commit_index() + 1000, ": snapshot data")));
+  EXPECT_THAT(fatal[0], HasSubstr("exiting with code 3"));
+
+  // The other two lead every shard and serve every key.
+  ASSERT_TRUE(cluster.WaitReady());
+  for (const auto& [s, leader] : cluster.Leaders()) EXPECT_NE(leader, victim) << "shard " << s;
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_THAT(cluster.Put(absl::StrCat("after-", i), "v"), IsOk());
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(absl::StrCat("before-", i));
+    ASSERT_THAT(got, IsOk());
+    EXPECT_TRUE(got->found());
+  }
+}
+
+// A small filesystem for one node's data: a 64 MiB ext4 image on a loop
+// device, else a 64 MiB tmpfs, in a fresh temporary directory. Unmounted
+// (lazily) and removed in the destructor.
+class SmallFilesystem {
+ public:
+  SmallFilesystem()
+      : dir_(MakeTempDir("tessera-fs")), image_(dir_ + "/fs.img"), mount_(dir_ + "/fs") {
+    std::filesystem::create_directories(mount_);
+    const std::string quiet = " >/dev/null 2>&1";
+    if (Run("truncate -s 64M " + image_ + quiet) && Run("mkfs.ext4 -q -F " + image_ + quiet) &&
+        Run("mount -o loop " + image_ + " " + mount_ + quiet)) {
+      kind_ = "ext4 on a loop device";
+    } else if (Run("mount -t tmpfs -o size=64m tmpfs " + mount_ + quiet)) {
+      kind_ = "tmpfs";
+    }
+  }
+  ~SmallFilesystem() {
+    if (!kind_.empty()) Run("umount -l " + mount_);
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+  bool mounted() const { return !kind_.empty(); }
+  const std::string& kind() const { return kind_; }
+  const std::string& path() const { return mount_; }
+
+ private:
+  static bool Run(const std::string& command) { return std::system(command.c_str()) == 0; }
+  const std::string dir_;
+  const std::string image_;
+  const std::string mount_;
+  std::string kind_;
+};
+
+// Issue 12, defect 7: on a full disk RocksDB aborted on an assertion with no
+// word about the disk, at every restart too. Now: one clear line and exit 3,
+// a refused start while the disk stays full, and once space is back the node
+// restarts, catches up and holds every acknowledged write.
+TEST(Integration, FullDiskExitsWithAClearLineAndRecoversOnceSpaceIsBack) {
+  SmallFilesystem fs;  // outlives the cluster's processes
+  Cluster cluster;
+  if (!fs.mounted()) {
+    GTEST_SKIP() << "cannot mount a small filesystem here (neither a loop device nor tmpfs; "
+                    "needs root)";
+  }
+  const int full = 2;
+  const std::string data_dir = fs.path() + "/node3";
+  cluster.SetDataDir(full, data_dir);
+  constexpr uint64_t kReserve = 8 << 20;
+  const std::string reserve_flag = absl::StrCat("--min-free-disk-bytes=", kReserve);
+  cluster.Start(0, {reserve_flag});
+  cluster.Start(1, {reserve_flag});
+  cluster.Start(full, {reserve_flag});
+  ASSERT_TRUE(cluster.WaitReady());
+
+  // Ballast: leave ~16 MiB above the reserve.
+  const std::string ballast = fs.path() + "/ballast";
+  {
+    struct statvfs st;
+    ASSERT_EQ(statvfs(fs.path().c_str(), &st), 0);
+    const uint64_t free = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+    ASSERT_GT(free, kReserve + (16 << 20)) << fs.kind();
+    const int fd = open(ballast.c_str(), O_WRONLY | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(posix_fallocate(fd, 0, static_cast<off_t>(free - kReserve - (16 << 20))), 0);
+    close(fd);
+  }
+
+  // Writes until the node on the small filesystem stops (bounded).
+  std::map<std::string, std::string> acknowledged;
+  int exit_code = -1;
+  for (int round = 0; round < 40 && exit_code == -1; ++round) {
+    std::map<std::string, std::string> acked = ParallelPuts(
+        cluster, absl::StrCat("full-", round, "-"), /*count=*/32, /*threads=*/8, 64 << 10);
+    acknowledged.insert(acked.begin(), acked.end());
+    exit_code = cluster.process(full).Wait(absl::ZeroDuration());
+  }
+  if (exit_code == -1) exit_code = cluster.process(full).Wait(absl::Seconds(10));
+  EXPECT_EQ(exit_code, 3) << Tail(cluster.Log(full), 20);
+  std::vector<std::string> fatal = LinesWith(cluster.Log(full), "fatal:");
+  ASSERT_EQ(fatal.size(), 1u) << Tail(cluster.Log(full), 20);
+  EXPECT_THAT(fatal[0], HasSubstr("RESOURCE_EXHAUSTED"));
+  EXPECT_THAT(fatal[0], HasSubstr("no space left on " + data_dir));
+
+  // The others keep serving.
+  ASSERT_TRUE(cluster.WaitReady());
+  std::map<std::string, std::string> more = ParallelPuts(cluster, "more-", 64, 8);
+  acknowledged.insert(more.begin(), more.end());
+
+  // While the disk is full the node refuses to start, with the same line.
+  cluster.Start(full, {reserve_flag});
+  EXPECT_EQ(cluster.process(full).Wait(absl::Seconds(20)), 3) << Tail(cluster.Log(full), 20);
+  fatal = LinesWith(cluster.Log(full), "fatal:");
+  ASSERT_EQ(fatal.size(), 2u) << Tail(cluster.Log(full), 20);
+  EXPECT_THAT(fatal[1], HasSubstr("no space left on " + data_dir));
+
+  // Space back: it starts, catches up and holds every acknowledged write.
+  ASSERT_TRUE(std::filesystem::remove(ballast));
+  const std::map<uint32_t, uint64_t> commit = CommitIndexes(cluster, /*except=*/full);
+  ASSERT_EQ(commit.size(), kShards);
+  cluster.Start(full, {reserve_flag});
+  ASSERT_THAT(WaitCaughtUp(cluster, full, commit), IsOk()) << Tail(cluster.Log(full), 20);
+  absl::StatusOr<std::map<std::string, std::string>> found = ScanOwnReplicas(cluster, full, "");
+  ASSERT_THAT(found, IsOk());
+  for (const auto& [key, value] : acknowledged) {
+    auto it = found->find(key);
+    ASSERT_TRUE(it != found->end()) << key;
+    EXPECT_TRUE(it->second == value) << key;
+  }
+  std::cerr << "filesystem: " << fs.kind() << ", " << acknowledged.size()
+            << " acknowledged writes checked\n";
 }
 
 // ---------------------------------------------------------------- the peer port

@@ -103,6 +103,15 @@ class FakeBackend : public KvBackend {
     return response;
   }
 
+  absl::Status Health() const override {
+    absl::MutexLock lock(&mu_);
+    return health_;
+  }
+  void SetHealth(absl::Status s) {
+    absl::MutexLock lock(&mu_);
+    health_ = std::move(s);
+  }
+
   void SetStatuses(std::vector<ShardStatus> statuses) {
     absl::MutexLock lock(&mu_);
     statuses_ = std::move(statuses);
@@ -180,6 +189,7 @@ class FakeBackend : public KvBackend {
   std::vector<ShardStatus> statuses_ ABSL_GUARDED_BY(mu_);
   absl::Status propose_error_ ABSL_GUARDED_BY(mu_);
   absl::Status barrier_error_ ABSL_GUARDED_BY(mu_);
+  absl::Status health_ ABSL_GUARDED_BY(mu_);
   std::optional<serverpb::CommandResult> forced_result_ ABSL_GUARDED_BY(mu_);
   serverpb::Command last_command_ ABSL_GUARDED_BY(mu_);
   absl::Time last_deadline_ ABSL_GUARDED_BY(mu_);
@@ -584,6 +594,20 @@ TEST_F(KvServiceTest, ClusterServiceReportsMapAndStatus) {
   ASSERT_EQ(status.shards_size(), 16);
   EXPECT_EQ(status.shards(0).role(), "leader");
   EXPECT_EQ(status.shards(0).applied_index(), 10u);
+}
+
+// Issue 12: a node whose raft loop stopped (or is wedged) was reported up
+// and still leader; its NodeStatus now fails, so tools show it down.
+TEST_F(KvServiceTest, NodeStatusIsUnavailableWhileTheNodeIsDown) {
+  backend_.SetHealth(absl::DataLossError("shard 3: install snapshot at index 9: snapshot data"));
+  grpc::ClientContext context;
+  v1::NodeStatusResponse status;
+  absl::Status s = FromGrpcStatus(cluster_stub_->NodeStatus(&context, {}, &status));
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable,
+                          HasSubstr("node 1 is down: DATA_LOSS: shard 3: install snapshot")));
+  backend_.SetHealth(absl::OkStatus());
+  grpc::ClientContext again;
+  EXPECT_TRUE(cluster_stub_->NodeStatus(&again, {}, &status).ok());
 }
 
 TEST_F(KvServiceTest, DrainRefusesNewCallsAndWaitsForInFlightOnes) {

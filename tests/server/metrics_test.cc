@@ -217,6 +217,7 @@ TEST(MetricNames, EveryExportedFamilyFollowsTheConventions) {
                               "grpc_method=\"Get\",grpc_service=\"tessera.v1.KV\"} 1"));
   EXPECT_THAT(text, HasSubstr("tessera_raft_proposals_total{result=\"rejected\",shard=\"1\"} 1"));
   EXPECT_THAT(text, HasSubstr("tessera_raft_role{role=\"leader\",shard=\"1\"} 1"));
+  EXPECT_THAT(text, HasSubstr("tessera_raft_role{role=\"stopped\",shard=\"1\"} 0"));
   EXPECT_THAT(text, HasSubstr("tessera_node_info{node_id=\"3\"} 1"));
   EXPECT_THAT(text, HasSubstr("tessera_admission_rejected_total 2"));
 }
@@ -442,6 +443,27 @@ TEST(MetricsHttpServer, ServesMetricsHealthAndReadiness) {
   EXPECT_THAT(HttpGet(port, "/nope"), ::testing::StartsWith("404"));
   EXPECT_THAT(HttpGet(port, "/metrics/x"), ::testing::StartsWith("404"));
 
+  // Issue 12: /healthz was 200 for a node whose raft loop had stopped.
+  absl::Mutex live_mu;
+  absl::Status live = absl::UnavailableError("raft loop wedged: no cycle completed for 6s");
+  health.SetSources(
+      {.member = [] { return true; },
+       .shards = [] { return std::vector<ShardStatus>{Replica(0, "leader", 1, absl::Now())}; },
+       .live =
+           [&] {
+             absl::MutexLock lock(&live_mu);
+             return live;
+           }});
+  EXPECT_EQ(HttpGet(port, "/healthz"),
+            "503\nUNAVAILABLE: raft loop wedged: no cycle completed for 6s\n");
+  EXPECT_EQ(HttpGet(port, "/readyz"),
+            "503\nnot live: UNAVAILABLE: raft loop wedged: no cycle completed for 6s\n");
+  {
+    absl::MutexLock lock(&live_mu);
+    live = absl::OkStatus();
+  }
+  EXPECT_EQ(HttpGet(port, "/healthz"), "200\nok\n");
+
   // The port is taken now.
   EXPECT_THAT(MetricsHttpServer::Start(absl::StrCat("127.0.0.1:", port), {}).status(),
               StatusIs(absl::StatusCode::kUnavailable));
@@ -552,6 +574,13 @@ TEST(GrpcHealthAndInterceptor, ServingStatusFollowsReadinessAndCallsAreCounted) 
        .shards = [] { return std::vector<ShardStatus>{Replica(0, "leader", 1, absl::Now())}; }});
   EXPECT_EQ(wait_status("", 1), 1);
   EXPECT_EQ(wait_status("tessera.v1.KV", 1), 1);
+  // Issue 12: a stopped raft loop turns the node NOT_SERVING.
+  health.SetSources(
+      {.member = [] { return true; },
+       .shards = [] { return std::vector<ShardStatus>{Replica(0, "leader", 1, absl::Now())}; },
+       .live = [] { return absl::DataLossError("shard 0: install snapshot"); }});
+  EXPECT_EQ(wait_status("", 2), 2);
+  EXPECT_EQ(wait_status("tessera.v1.KV", 2), 2);
   health.SetDraining();
   EXPECT_EQ(HealthCheck(stub, ""), 2);
   health.Stop();

@@ -47,6 +47,7 @@ class PutApplier : public Applier {
 
   absl::Status Apply(absl::Span<const CommittedEntry> entries,
                      std::vector<serverpb::CommandResult>* results) override {
+    if (before_apply) TESSERA_RETURN_IF_ERROR(before_apply());
     results->assign(entries.size(), serverpb::CommandResult());
     std::vector<storage::ShardWrite> writes;
     absl::flat_hash_map<ShardId, uint64_t> applied;
@@ -76,6 +77,11 @@ class PutApplier : public Applier {
     return kv_->Apply(writes);
   }
 
+  // Runs first in every Apply, on the raft loop thread (fault injection:
+  // an error, or blocking). Set before the node applies anything, or while
+  // no Apply runs (tests set it once, before proposing).
+  std::function<absl::Status()> before_apply;
+
  private:
   storage::KvStore* const kv_;
 };
@@ -103,6 +109,7 @@ struct Options {
   int election_ticks = 20;
   size_t max_pending_per_shard = 4096;
   uint64_t snapshot_interval_entries = 10000;
+  absl::Duration max_loop_stall = absl::ZeroDuration();
 };
 
 class Cluster {
@@ -142,6 +149,12 @@ class Cluster {
     no.max_pending_per_shard = o_.max_pending_per_shard;
     no.snapshot_interval_entries = o_.snapshot_interval_entries;
     no.seed = 42;
+    no.max_loop_stall = o_.max_loop_stall;
+    m.fatal = std::make_unique<Fatal>();
+    no.on_fatal = [f = m.fatal.get()](const absl::Status& s) {
+      f->status = s;
+      f->fired.Notify();
+    };
     TESSERA_ASSIGN_OR_RETURN(m.node,
                              Node::Start(no, m.engine.get(), m.applier.get(), m.transport.get()));
     Node* node = m.node.get();
@@ -161,6 +174,15 @@ class Cluster {
   }
 
   Node& node(NodeId id) { return *members_.at(id).node; }
+  PutApplier& applier(NodeId id) { return *members_.at(id).applier; }
+  // The error NodeOptions::on_fatal got, once it fired (else an error).
+  absl::StatusOr<absl::Status> WaitForFatal(NodeId id) {
+    Fatal& f = *members_.at(id).fatal;
+    if (!f.fired.WaitForNotificationWithTimeout(kWait)) {
+      return absl::DeadlineExceededError("TEST: on_fatal never fired");
+    }
+    return f.status;
+  }
   storage::Engine& engine(NodeId id) { return *members_.at(id).engine; }
   LocalNetwork& net() { return net_; }
   bool up(NodeId id) const { return members_.at(id).node != nullptr; }
@@ -261,8 +283,13 @@ class Cluster {
   }
 
  private:
+  struct Fatal {
+    absl::Notification fired;
+    absl::Status status;  // written before fired.Notify()
+  };
   struct Member {
     std::unique_ptr<storage::testing::TempDir> dir;
+    std::unique_ptr<Fatal> fatal;
     std::unique_ptr<storage::Engine> engine;
     std::unique_ptr<PutApplier> applier;
     std::unique_ptr<Transport> transport;
@@ -683,6 +710,110 @@ TEST(Node, HostilePeerMessagesAreDroppedNotFatal) {
   EXPECT_TRUE(c.WaitForValue(follower, 1, "after", "w"));
   EXPECT_EQ(c.StatusOf(leader, 1)->role, "leader");
   EXPECT_LT(c.StatusOf(follower, 1)->commit_index, 1000u);
+}
+
+// Issue 12, defect 6: a malformed snapshot stopped the raft loop but left a
+// zombie (status "leader", requests CANCELLED "node is stopping"). Now the
+// fatal callback gets a clear error, the node reports itself stopped and
+// answers UNAVAILABLE, and the others keep serving.
+TEST(Node, MalformedSnapshotStopsTheNodeWithAClearError) {
+  Cluster c({.shards = 2});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "k", "v"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId victim = OtherThan(leader);
+  const ShardStatus st = *c.StatusOf(victim, 1);
+  // As the leader would send it, but the data is not a snapshot.
+  raftpb::Message m;
+  m.set_type(raftpb::MSG_SNAP);
+  m.set_from(leader);
+  m.set_to(victim);
+  m.set_term(st.term);
+  raftpb::SnapshotMetadata* meta = m.mutable_snapshot()->mutable_metadata();
+  meta->set_index(st.commit_index + 100);
+  meta->set_term(st.term);
+  for (NodeId r = 1; r <= 3; ++r) meta->mutable_conf_state()->add_voters(r);
+  m.mutable_snapshot()->set_data("not a snapshot");
+  std::vector<ShardMessage> batch;
+  batch.push_back(ShardMessage{1, std::move(m)});
+  c.node(victim).Receive(leader, std::move(batch));
+
+  absl::StatusOr<absl::Status> fatal = c.WaitForFatal(victim);
+  ASSERT_THAT(fatal, IsOk());
+  EXPECT_THAT(*fatal, StatusIs(absl::StatusCode::kDataLoss,
+                               ::testing::AllOf(::testing::HasSubstr("shard 1: install snapshot"),
+                                                ::testing::HasSubstr("snapshot data"))));
+  EXPECT_EQ(c.node(victim).Health(), *fatal);
+  for (const ShardStatus& s : c.node(victim).Status()) {
+    EXPECT_EQ(s.role, "stopped") << "shard " << s.shard;
+    EXPECT_EQ(s.leader, 0u) << "shard " << s.shard;
+  }
+  // Requests: UNAVAILABLE (go to another replica), not CANCELLED.
+  EXPECT_THAT(Cluster::Put(c.node(victim), 2, "a", "b"),
+              StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("failed")));
+  EXPECT_THAT(Cluster::Read(c.node(victim), 1), StatusIs(absl::StatusCode::kUnavailable));
+  // The other two serve both shards (a leader of shard 2 on the victim is
+  // replaced after an election timeout).
+  for (ShardId shard : {1, 2}) {
+    absl::StatusOr<serverpb::CommandResult> r = absl::UnavailableError("none");
+    WaitFor([&] {
+      const NodeId l = c.Leader(shard);
+      if (l == 0 || l == victim) return false;
+      r = Cluster::Put(c.node(l), shard, "after", "fail");
+      return r.ok();
+    });
+    EXPECT_THAT(r, IsOk()) << "shard " << shard;
+  }
+}
+
+// A storage error while applying (here injected below the KvStore write)
+// stops the loop: the waiting proposal gets UNAVAILABLE, the callback names
+// the shard and the operation, later requests get UNAVAILABLE.
+TEST(Node, ApplyErrorStopsTheNodeAndFailsRequestsUnavailable) {
+  Cluster c({.shards = 1});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "k", "v"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  c.applier(leader).before_apply = [] {
+    return absl::ResourceExhaustedError("no space left on /injected");
+  };
+  EXPECT_THAT(Cluster::Put(c.node(leader), 1, "k2", "v2"),
+              StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("no space left")));
+  absl::StatusOr<absl::Status> fatal = c.WaitForFatal(leader);
+  ASSERT_THAT(fatal, IsOk());
+  EXPECT_THAT(*fatal, StatusIs(absl::StatusCode::kResourceExhausted,
+                               "shard 1: apply committed entries: no space left on /injected"));
+  EXPECT_THAT(c.node(leader).Health(), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(Cluster::Put(c.node(leader), 1, "k3", "v3"),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(c.StatusOf(leader, 1)->role, "stopped");
+}
+
+// A loop stuck in one cycle (a hung disk) is reported by Health() and
+// recovers when the cycle ends.
+TEST(Node, HealthReportsAWedgedLoop) {
+  Cluster c({.shards = 1, .max_loop_stall = absl::Milliseconds(300)});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "k", "v"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  EXPECT_THAT(c.node(leader).Health(), IsOk());
+  absl::Notification release;
+  c.applier(leader).before_apply = [&release] {
+    release.WaitForNotificationWithTimeout(kWait);
+    return absl::OkStatus();
+  };
+  absl::Notification put_done;
+  c.node(leader).Propose(1, PutCommand("k2", "v2"), absl::Now() + kWait,
+                         [&](absl::StatusOr<serverpb::CommandResult>) { put_done.Notify(); });
+  EXPECT_TRUE(WaitFor([&] { return !c.node(leader).Health().ok(); }));
+  EXPECT_THAT(c.node(leader).Health(),
+              StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("wedged")));
+  release.Notify();
+  EXPECT_TRUE(WaitFor([&] { return c.node(leader).Health().ok(); }));
+  EXPECT_TRUE(put_done.WaitForNotificationWithTimeout(kWait));
 }
 
 }  // namespace

@@ -9,9 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
+#include "storage/disk_space.h"
 #include "storage/keys.h"
 #include "tests/storage/test_util.h"
 
@@ -153,6 +155,42 @@ TEST(RocksEngine, OpenFailsCleanlyOnBadDirectories) {
   absl::StatusOr<std::unique_ptr<Engine>> first = Engine::Open(dir.path() + "/db", {});
   ASSERT_THAT(first, IsOk());
   EXPECT_THAT(Engine::Open(dir.path() + "/db", {}), StatusIs(absl::StatusCode::kInternal));
+}
+
+// Issue 12, defect 7: on a full disk RocksDB aborted with no word about the
+// disk. Below the reserve, Open and every write that adds data are refused
+// with "no space left on <dir>" (the real full filesystem: the server's
+// integration test).
+TEST(RocksEngine, RefusesToOpenBelowTheFreeSpaceReserve) {
+  TempDir dir;
+  const std::string db = dir.path() + "/db";
+  absl::StatusOr<uint64_t> free = FreeDiskBytes(dir.path());
+  ASSERT_THAT(free, IsOk());
+  EngineOptions o;
+  o.min_free_disk_bytes = *free + (uint64_t{1} << 50);
+  EXPECT_THAT(Engine::Open(db, o),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       ::testing::StartsWith(absl::StrCat("no space left on ", db, ": "))));
+  o.min_free_disk_bytes = 1;  // anything free will do
+  EXPECT_THAT(Engine::Open(db, o), IsOk());
+}
+
+TEST(DiskSpaceGuard, ChecksTheReserveAndNamesTheDirectory) {
+  TempDir dir;
+  EXPECT_THAT(DiskSpaceGuard(dir.path(), 0).Check(), IsOk());
+  EXPECT_THAT(DiskSpaceGuard(dir.path(), 1).Check(), IsOk());
+  const DiskSpaceGuard full(dir.path(), uint64_t{1} << 62);
+  EXPECT_THAT(
+      full.Check(),
+      StatusIs(absl::StatusCode::kResourceExhausted,
+               ::testing::AllOf(::testing::HasSubstr("no space left on " + dir.path() + ": "),
+                                ::testing::HasSubstr("below the reserve"))));
+  // RocksDB's ENOSPC (kResourceExhausted from the engine) gets the directory.
+  EXPECT_THAT(full.Annotate(absl::ResourceExhaustedError("IO error: No space left on device")),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       "no space left on " + dir.path() + ": IO error: No space left on device"));
+  EXPECT_THAT(full.Annotate(absl::InternalError("other")),
+              StatusIs(absl::StatusCode::kInternal, "other"));
 }
 
 TEST(RocksEngine, AppliedIndexSurvivesReopenAndStillMustIncrease) {
