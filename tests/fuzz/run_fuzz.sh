@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs one fuzz target for a bounded time (the ctest test of tests/fuzz).
+#
+# Usage: run_fuzz.sh FUZZER SEED_CORPUS WORK_DIR SECONDS [LIBFUZZER_ARGS...]
+# The seed corpus (in the tree) is only read; what the run finds goes to
+# WORK_DIR (emptied first), crash inputs to WORK_DIR/artifacts/. Exits
+# non-zero on a crash, a leak, a hang (-timeout) or an out-of-memory.
+set -euo pipefail
+fuzzer=$1 seeds=$2 work=$3 seconds=$4
+shift 4
+rm -rf "$work"
+mkdir -p "$work/corpus" "$work/artifacts"
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1 halt_on_error=1}
+exec "$fuzzer" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+  -artifact_prefix="$work/artifacts/" "$@" "$work/corpus" "$seeds"
