@@ -60,16 +60,48 @@ bool EntriesFollowIndex(const raftpb::Message& m) {
 //    of its vector (heap overflow; UBSan: invalid vptr in Entry::operator=);
 //  - snapshot-conf-state-without-voters: MSG_SNAP whose ConfState raft
 //    cannot restore (e.g. no voters) aborts ("cannot restore the snapshot's
-//    config", raft/raft.cc Raft::Restore).
+//    config", raft/raft.cc Raft::Restore);
+//  - append-conf-change-raft-rejects: MSG_APP carrying an ENTRY_CONF_CHANGE
+//    that raft rejects once committed (here: data that does not parse, hence
+//    an empty ConfChange, "can't leave a non-joint config") aborts ("cannot
+//    apply committed conf change", Raft::ApplyConfChange). Whether a change
+//    is valid depends on the configuration when it applies, so the filter
+//    lets through only changes valid in any configuration of this harness:
+//    one simple change, adding a voter, or adding/removing a node >= 4;
+//  - vote-without-term: MSG_VOTE (or MSG_PRE_VOTE) with term 0 is granted
+//    and the answer, term 0 too, aborts ("vote message type 6 sent without a
+//    term", Raft::Send).
 // `deliver` hands the messages collected so far to the node and waits for
 // the cycle, so that the node's last index is known exactly.
 // TESSERA_FUZZ_NO_FILTER=1 turns the filter off (to check the crash inputs).
+// See "append-conf-change-raft-rejects" below.
+bool AlwaysValidConfChange(const raftpb::Entry& e) {
+  raftpb::ConfChange cc;
+  if (!cc.ParseFromString(e.data()) || cc.changes_size() != 1 ||
+      cc.transition() != raftpb::CONF_CHANGE_TRANSITION_AUTO) {
+    return false;
+  }
+  const raftpb::ConfChangeSingle& c = cc.changes(0);
+  if (c.node_id() == 0) return false;
+  return c.type() == raftpb::CONF_CHANGE_ADD_NODE ||
+         (c.node_id() >= 4 && (c.type() == raftpb::CONF_CHANGE_ADD_LEARNER ||
+                               c.type() == raftpb::CONF_CHANGE_REMOVE_NODE));
+}
+
 template <typename Deliver>
 bool KnownCrash(Node& node, const peerpb::ShardMessage& m, Deliver& deliver) {
   static const bool off = std::getenv("TESSERA_FUZZ_NO_FILTER") != nullptr;
   if (off) return false;
   const raftpb::Message& msg = m.message();
   if (msg.type() == raftpb::MSG_APP && !EntriesFollowIndex(msg)) return true;
+  if ((msg.type() == raftpb::MSG_VOTE || msg.type() == raftpb::MSG_PRE_VOTE) && msg.term() == 0) {
+    return true;
+  }
+  if (msg.type() == raftpb::MSG_APP) {
+    for (const raftpb::Entry& e : msg.entries()) {
+      if (e.type() == raftpb::ENTRY_CONF_CHANGE && !AlwaysValidConfChange(e)) return true;
+    }
+  }
   if (msg.type() == raftpb::MSG_SNAP &&
       !raft::RestoreConfig(msg.snapshot().metadata().conf_state(), 256, 0, 0).ok()) {
     return true;
