@@ -1,7 +1,7 @@
 // client_request_fuzz: what a client can send to the KV service, fed to a
 // real KvService in front of a real Node and StateMachine.
 //
-// Input: byte 0 picks the method (byte % 5: Put, Get, Delete, Scan, Txn);
+// Input: byte 0 picks the method ((byte & 7) % 5: Put, Get, Delete, Scan, Txn);
 // the rest is the request as it comes off the wire. With bit 3 of byte 0
 // set and the rest parsing as that request, the harness sets header.shard to
 // the shard of its (first) key and header.epoch to 0, so that the request
@@ -16,6 +16,8 @@
 // as it would on a server.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -170,7 +172,7 @@ class ClientHarness {
   }
 
   void Run(const uint8_t* data, size_t size) {
-    const auto method = static_cast<ClientMethod>(data[0] % 5);
+    const auto method = static_cast<ClientMethod>((data[0] & 7) % 5);
     std::string bytes(reinterpret_cast<const char*>(data + 1), size - 1);
     if ((data[0] & kFixRouteBit) != 0) {
       if (std::optional<std::string> routed = RouteFixed(method, bytes)) bytes = *routed;
@@ -191,6 +193,10 @@ class ClientHarness {
     void* tag = nullptr;
     bool ok = false;
     if (!cq_.Next(&tag, &ok) || tag != call.get()) Die("completion queue broke");
+    if (verbose_) {
+      std::fprintf(stderr, "%s: %d %s\n", kClientMethodNames[static_cast<int>(method)],
+                   static_cast<int>(status.error_code()), status.error_message().c_str());
+    }
   }
 
  private:
@@ -212,6 +218,8 @@ class ClientHarness {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::GenericStub> stub_;
   grpc::CompletionQueue cq_;
+  // TESSERA_FUZZ_VERBOSE=1: print each call's status (to check the seeds).
+  const bool verbose_ = std::getenv("TESSERA_FUZZ_VERBOSE") != nullptr;
 };
 
 }  // namespace

@@ -31,7 +31,7 @@ inline constexpr server::NodeId kPeers[] = {1, 2, 3};
 inline constexpr char kClientCluster[] = "1=127.0.0.1:1/127.0.0.1:2";
 inline constexpr uint32_t kClientShards = 4;
 
-// The first byte of a client_request_fuzz input: method = byte % 5 (in this
+// The first byte of a client_request_fuzz input: method = (byte & 7) % 5 (in this
 // order); bit 3 set: the harness fixes header.shard/epoch so that the
 // request gets past routing.
 enum class ClientMethod { kPut = 0, kGet, kDelete, kScan, kTxn };

@@ -294,7 +294,10 @@ void ClientSeeds() {
   put.set_key("key");
   put.set_value("value");
   WriteClient("put", ClientMethod::kPut, true, put);
-  WriteClient("put-unrouted", ClientMethod::kPut, false, put);
+  v1::PutRequest stale = put;
+  stale.mutable_header()->set_shard((put.header().shard() + 1) % kClientShards);
+  stale.mutable_header()->set_epoch(12345);
+  WriteClient("put-stale-route", ClientMethod::kPut, false, stale);
   put.set_return_previous(true);
   *put.mutable_header()->mutable_session() = Session(5, 1, 1);
   WriteClient("put-session", ClientMethod::kPut, true, put);
@@ -329,7 +332,11 @@ void ClientSeeds() {
   other->mutable_put()->set_key("acct:{1}:b");
   other->mutable_put()->set_value("x");
   WriteClient("txn", ClientMethod::kTxn, true, txn);
-  txn.add_success()->mutable_put()->set_key("elsewhere");
+  std::string elsewhere = "x";  // a key of another shard
+  while (ShardForKey(elsewhere, kClientShards) == ShardForKey("acct:{1}:a", kClientShards)) {
+    elsewhere += "x";
+  }
+  txn.add_success()->mutable_put()->set_key(elsewhere);
   WriteClient("txn-cross-shard", ClientMethod::kTxn, true, txn);
 }
 
