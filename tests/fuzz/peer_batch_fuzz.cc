@@ -16,6 +16,7 @@
 // engine kept open (opening RocksDB is the slow part).
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -163,6 +164,16 @@ class PeerHarness {
       deliver();
     }
     AwaitCycle(node, kPeerShards[0]);  // whatever the last cycle left ready
+    if (verbose_) {
+      for (const server::ShardStatus& st : node.Status()) {
+        std::fprintf(stderr, "shard %llu: %s term %llu commit %llu applied %llu last %llu\n",
+                     static_cast<unsigned long long>(st.shard), st.role.c_str(),
+                     static_cast<unsigned long long>(st.term),
+                     static_cast<unsigned long long>(st.commit_index),
+                     static_cast<unsigned long long>(st.applied_index),
+                     static_cast<unsigned long long>(st.last_index));
+      }
+    }
     started->reset();
     for (ShardId s : kPeerShards) {
       absl::Status st = engine_->raft_log().DeleteShard(s);
@@ -177,6 +188,8 @@ class PeerHarness {
   std::unique_ptr<server::StateMachine> state_machine_;
   NullTransport transport_;
   server::NodeOptions options_;
+  // TESSERA_FUZZ_VERBOSE=1: print the shards' state after each input.
+  const bool verbose_ = std::getenv("TESSERA_FUZZ_VERBOSE") != nullptr;
 };
 
 }  // namespace
