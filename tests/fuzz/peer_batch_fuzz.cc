@@ -71,7 +71,11 @@ bool EntriesFollowIndex(const raftpb::Message& m) {
 //    one simple change, adding a voter, or adding/removing a node >= 4;
 //  - vote-without-term: MSG_VOTE (or MSG_PRE_VOTE) with term 0 is granted
 //    and the answer, term 0 too, aborts ("vote message type 6 sent without a
-//    term", Raft::Send).
+//    term", Raft::Send);
+//  - pre-vote-rejected-at-term-0: a MSG_PRE_VOTE that a replica still at
+//    term 0 (bootstrapped, no election yet) rejects (here: the candidate's
+//    log is behind) is answered with term 0 and aborts the same way
+//    ("vote message type 18 sent without a term").
 // `deliver` hands the messages collected so far to the node and waits for
 // the cycle, so that the node's last index is known exactly.
 // TESSERA_FUZZ_NO_FILTER=1 turns the filter off (to check the crash inputs).
@@ -106,6 +110,11 @@ bool KnownCrash(Node& node, const peerpb::ShardMessage& m, Deliver& deliver) {
   if (msg.type() == raftpb::MSG_SNAP &&
       !raft::RestoreConfig(msg.snapshot().metadata().conf_state(), 256, 0, 0).ok()) {
     return true;
+  }
+  if (msg.type() == raftpb::MSG_PRE_VOTE) {
+    deliver();
+    std::optional<server::ShardStatus> status = node.StatusOf(m.shard());
+    if (status.has_value() && status->term == 0) return true;
   }
   if (msg.type() == raftpb::MSG_HEARTBEAT && msg.commit() > 0) {
     deliver();
