@@ -257,6 +257,15 @@ void PeerSeeds() {
                                         {Response(raftpb::MSG_APP_RESP, 3, 2, 0, /*reject=*/true),
                                          Response(raftpb::MSG_HEARTBEAT_RESP, 3, 2, 0), read}),
                                   Batch(3, 1, {transfer})});
+  // As a follower, applies enough entries to compact its log; then leads
+  // (term 3) and is asked for entries below its log's start: it sends a
+  // snapshot exported from its store.
+  WritePeer("compact-then-lead-and-send-snapshot",
+            {Batch(2, 1, {Append(2, 2, 1, 1, CommandEntries(2, 2), 9)}),
+             Batch(2, 1, {Msg(raftpb::MSG_TIMEOUT_NOW, 2, 2)}),
+             Batch(3, 1, {Response(raftpb::MSG_VOTE_RESP, 3, 3, 0)}),
+             Batch(3, 1, {Response(raftpb::MSG_APP_RESP, 3, 3, 10, /*reject=*/true)}),
+             Batch(2, 1, {Response(raftpb::MSG_APP_RESP, 2, 3, 10)})});
   WritePeer("pre-vote-responses",
             {Batch(2, 2, {Msg(raftpb::MSG_TIMEOUT_NOW, 2, 1)}),
              Batch(3, 2,
