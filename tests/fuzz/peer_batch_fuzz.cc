@@ -92,7 +92,10 @@ bool AlwaysValidConfChange(const raftpb::Entry& e) {
 //  - pre-vote-rejected-at-term-0: a MSG_PRE_VOTE that a replica still at
 //    term 0 (bootstrapped, no election yet) rejects (here: the candidate's
 //    log is behind) is answered with term 0 and aborts the same way
-//    ("vote message type 18 sent without a term").
+//    ("vote message type 18 sent without a term");
+//  - read-index-with-term: MSG_READ_INDEX carrying a term, to a follower
+//    that knows a leader, is forwarded with that term and aborts ("message
+//    type 15 has term 2 set by the caller", Raft::Send from StepFollower).
 // `deliver` hands the messages collected so far to the node and waits for
 // the cycle, so that the node's last index is known exactly.
 // TESSERA_FUZZ_NO_FILTER=1 turns the filter off (to check the crash inputs).
@@ -102,6 +105,7 @@ bool KnownCrash(Node& node, const peerpb::ShardMessage& m, Deliver& deliver) {
   if (off) return false;
   const raftpb::Message& msg = m.message();
   if (msg.type() == raftpb::MSG_APP && !EntriesFollowIndex(msg)) return true;
+  if (msg.type() == raftpb::MSG_READ_INDEX && msg.term() != 0) return true;
   if ((msg.type() == raftpb::MSG_VOTE || msg.type() == raftpb::MSG_PRE_VOTE) && msg.term() == 0) {
     return true;
   }
