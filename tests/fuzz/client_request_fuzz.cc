@@ -121,6 +121,7 @@ class ClientHarness {
     map_ = std::make_unique<server::ClusterMap>(*std::move(map));
     storage::EngineOptions eo;
     eo.block_cache_bytes = 8 << 20;
+    eo.max_total_wal_bytes = 16 << 20;  // on tmpfs: memory
     eo.raft_write_buffer_bytes = 4 << 20;
     eo.data_write_buffer_bytes = 8 << 20;
     absl::StatusOr<std::unique_ptr<storage::Engine>> engine =

@@ -44,15 +44,19 @@ inline constexpr uint8_t kFixRouteBit = 0x08;
   std::abort();
 }
 
-// A fresh directory, removed when destroyed; on tmpfs (/dev/shm) when there
-// is one, so that RocksDB's fsyncs cost nothing.
+// A fresh directory, removed when destroyed (not after a crash: run_fuzz.sh
+// points TESSERA_FUZZ_TMPDIR at a directory it removes); under
+// $TESSERA_FUZZ_TMPDIR, else on tmpfs (/dev/shm) when there is one, so that
+// RocksDB's fsyncs cost nothing, else under $TMPDIR or /tmp.
 class ScratchDir {
  public:
   ScratchDir() {
+    const char* mine = std::getenv("TESSERA_FUZZ_TMPDIR");
     const char* tmp = std::getenv("TMPDIR");
-    std::string base = std::filesystem::is_directory("/dev/shm") ? "/dev/shm"
-                       : tmp != nullptr && *tmp != '\0'          ? tmp
-                                                                 : "/tmp";
+    std::string base = mine != nullptr && *mine != '\0'            ? mine
+                       : std::filesystem::is_directory("/dev/shm") ? "/dev/shm"
+                       : tmp != nullptr && *tmp != '\0'            ? tmp
+                                                                   : "/tmp";
     std::string pattern = base + "/tessera-fuzz-XXXXXX";
     if (mkdtemp(pattern.data()) == nullptr) Die("mkdtemp failed for " + pattern);
     path_ = pattern;

@@ -136,6 +136,7 @@ class PeerHarness {
   PeerHarness() {
     storage::EngineOptions eo;
     eo.block_cache_bytes = 8 << 20;
+    eo.max_total_wal_bytes = 16 << 20;  // on tmpfs: memory
     eo.raft_write_buffer_bytes = 4 << 20;
     eo.data_write_buffer_bytes = 4 << 20;
     absl::StatusOr<std::unique_ptr<storage::Engine>> engine =

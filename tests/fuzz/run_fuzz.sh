@@ -15,5 +15,10 @@ rm -rf "$work"
 mkdir -p "$work/corpus" "$work/artifacts"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1 halt_on_error=1}
-exec "$fuzzer" -seed="${TESSERA_FUZZ_SEED:-1}" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+# The harnesses' RocksDB directories: on tmpfs when there is one, removed
+# here even when the target crashed.
+scratch=$(mktemp -d "$( [[ -d /dev/shm ]] && echo /dev/shm || echo "${TMPDIR:-/tmp}")/tessera-fuzz-run-XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+export TESSERA_FUZZ_TMPDIR=$scratch
+"$fuzzer" -seed="${TESSERA_FUZZ_SEED:-1}" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
   -artifact_prefix="$work/artifacts/" "$@" "$work/corpus" "$seeds"
