@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "raft/confchange.h"
+
 namespace tessera::server {
 namespace {
 
@@ -27,7 +29,14 @@ const char* CheckSnapshot(const raftpb::Message& m, const ReplicaView& view) {
     return "bad_snapshot";
   }
   const raftpb::ConfState& cs = md.conf_state();
-  if (cs.voters().empty()) return "bad_snapshot";
+  // Membership is static in this version: no joint configurations.
+  if (cs.voters().empty() || !cs.voters_outgoing().empty() || !cs.learners_next().empty()) {
+    return "bad_snapshot";
+  }
+  // What raft would abort on when installing it.
+  if (!raft::RestoreConfig(cs, /*max_inflight=*/1, /*max_inflight_bytes=*/0, md.index()).ok()) {
+    return "bad_snapshot";
+  }
   for (const auto* ids :
        {&cs.voters(), &cs.learners(), &cs.voters_outgoing(), &cs.learners_next()}) {
     for (uint64_t id : *ids) {

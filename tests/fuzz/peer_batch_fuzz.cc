@@ -38,99 +38,6 @@ using server::NodeId;
 using server::ShardId;
 using server::ShardMessage;
 
-// Whether MSG_APP's entries are numbered index + 1, index + 2, ...
-bool EntriesFollowIndex(const raftpb::Message& m) {
-  uint64_t next = m.index();
-  for (const raftpb::Entry& e : m.entries()) {
-    if (++next == 0 || e.index() != next) return false;
-  }
-  return true;
-}
-
-// Whether the conf change of `e` is valid in every configuration the
-// harness can reach (see "append-conf-change-raft-rejects" below).
-bool AlwaysValidConfChange(const raftpb::Entry& e) {
-  raftpb::ConfChange cc;
-  if (!cc.ParseFromString(e.data()) || cc.changes_size() != 1 ||
-      cc.transition() != raftpb::CONF_CHANGE_TRANSITION_AUTO) {
-    return false;
-  }
-  const raftpb::ConfChangeSingle& c = cc.changes(0);
-  if (c.node_id() == 0) return false;
-  return c.type() == raftpb::CONF_CHANGE_ADD_NODE ||
-         (c.node_id() >= 4 && (c.type() == raftpb::CONF_CHANGE_ADD_LEARNER ||
-                               c.type() == raftpb::CONF_CHANGE_REMOVE_NODE));
-}
-
-// TODO(issue 12, "Remote input never aborts a process"): delete this filter
-// once server/ validates peer messages before raft sees them. Until then it
-// drops the peer messages known to crash raft, so that the CI run stays
-// green and the fuzzer goes on looking for other crashes. One input per
-// case is kept in tests/fuzz/crashes/peer_batch_fuzz/ (they must pass once
-// the filter is gone):
-//  - heartbeat-commit-beyond-log: MSG_HEARTBEAT whose commit is beyond the
-//    follower's last index aborts ("commit N is out of range", raft/log.cc
-//    RaftLog::CommitTo);
-//  - append-entries-not-after-index: MSG_APP whose entries are not numbered
-//    index + 1, index + 2, ... makes RaftLog::MaybeAppend erase past the end
-//    of its vector (heap overflow; UBSan: invalid vptr in Entry::operator=);
-//  - snapshot-conf-state-without-voters: MSG_SNAP whose ConfState raft
-//    cannot restore (e.g. no voters) aborts ("cannot restore the snapshot's
-//    config", raft/raft.cc Raft::Restore);
-//  - append-conf-change-raft-rejects: MSG_APP carrying an ENTRY_CONF_CHANGE
-//    that raft rejects once committed (here: data that does not parse, hence
-//    an empty ConfChange, "can't leave a non-joint config") aborts ("cannot
-//    apply committed conf change", Raft::ApplyConfChange). Whether a change
-//    is valid depends on the configuration when it applies, so the filter
-//    lets through only changes valid in any configuration of this harness:
-//    one simple change, adding a voter, or adding/removing a node >= 4 (and
-//    drops snapshots with a joint configuration, where no simple change is
-//    valid);
-//  - vote-without-term: MSG_VOTE (or MSG_PRE_VOTE) with term 0 is granted
-//    and the answer, term 0 too, aborts ("vote message type 6 sent without a
-//    term", Raft::Send);
-//  - pre-vote-rejected-at-term-0: a MSG_PRE_VOTE that a replica still at
-//    term 0 (bootstrapped, no election yet) rejects (here: the candidate's
-//    log is behind) is answered with term 0 and aborts the same way
-//    ("vote message type 18 sent without a term");
-//  - read-index-with-term: MSG_READ_INDEX carrying a term, to a follower
-//    that knows a leader, is forwarded with that term and aborts ("message
-//    type 15 has term 2 set by the caller", Raft::Send from StepFollower).
-// `deliver` hands the messages collected so far to the node and waits for
-// the cycle, so that the node's last index is known exactly.
-// TESSERA_FUZZ_NO_FILTER=1 turns the filter off (to check the crash inputs).
-template <typename Deliver>
-bool KnownCrash(Node& node, const peerpb::ShardMessage& m, Deliver& deliver) {
-  static const bool off = std::getenv("TESSERA_FUZZ_NO_FILTER") != nullptr;
-  if (off) return false;
-  const raftpb::Message& msg = m.message();
-  if (msg.type() == raftpb::MSG_APP && !EntriesFollowIndex(msg)) return true;
-  if (msg.type() == raftpb::MSG_READ_INDEX && msg.term() != 0) return true;
-  if ((msg.type() == raftpb::MSG_VOTE || msg.type() == raftpb::MSG_PRE_VOTE) && msg.term() == 0) {
-    return true;
-  }
-  if (msg.type() == raftpb::MSG_APP) {
-    for (const raftpb::Entry& e : msg.entries()) {
-      if (e.type() == raftpb::ENTRY_CONF_CHANGE && !AlwaysValidConfChange(e)) return true;
-    }
-  }
-  if (msg.type() == raftpb::MSG_SNAP) {
-    const raftpb::ConfState& cs = msg.snapshot().metadata().conf_state();
-    if (!raft::RestoreConfig(cs, 256, 0, 0).ok() || cs.voters_outgoing_size() > 0) return true;
-  }
-  if (msg.type() == raftpb::MSG_PRE_VOTE) {
-    deliver();
-    std::optional<server::ShardStatus> status = node.StatusOf(m.shard());
-    if (status.has_value() && status->term == 0) return true;
-  }
-  if (msg.type() == raftpb::MSG_HEARTBEAT && msg.commit() > 0) {
-    deliver();
-    std::optional<server::ShardStatus> status = node.StatusOf(m.shard());
-    if (status.has_value() && msg.commit() > status->last_index) return true;
-  }
-  return false;
-}
-
 class PeerHarness {
  public:
   PeerHarness() {
@@ -175,7 +82,6 @@ class PeerHarness {
         AwaitCycle(node, kPeerShards[0]);
       };
       for (const peerpb::ShardMessage& m : batch.messages()) {
-        if (KnownCrash(node, m, deliver)) continue;
         messages.push_back({.shard = m.shard(), .message = m.message()});
       }
       deliver();
