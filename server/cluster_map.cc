@@ -41,6 +41,12 @@ uint64_t PlacementWeight(ShardId shard, NodeId member) {
   return XXH3_64bits(bytes, sizeof(bytes));
 }
 
+uint64_t ClusterMap::cluster_id() const {
+  std::string text = "tessera-cluster-v1;";
+  for (const MemberInfo& m : members_) absl::StrAppend(&text, m.id, "=", m.peer_address, ";");
+  return XXH3_64bits(text.data(), text.size());
+}
+
 absl::Status ValidateHostPort(absl::string_view address) {
   size_t colon = address.rfind(':');
   if (colon == absl::string_view::npos || colon == 0) {

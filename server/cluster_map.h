@@ -106,6 +106,10 @@ class ClusterMap {
   static absl::StatusOr<std::vector<MemberInfo>> ParseMembers(absl::string_view initial_cluster);
 
   uint64_t epoch() const { return epoch_; }
+  // Names the cluster by its members alone (ids and peer addresses; not the
+  // shard count, which the metadata group checks): what a data directory
+  // records as the cluster it belongs to (security/data_dir_identity.h).
+  uint64_t cluster_id() const;
   uint32_t num_shards() const { return num_shards_; }
   uint32_t replication() const { return replication_; }
   // By increasing id.

@@ -588,7 +588,7 @@ int Run(const Config& config, const sigset_t& signals) {
         config.peer_listen);
   }
   absl::StatusOr<security::DataDirIdentity> identity =
-      security::LoadOrCreateIdentity(config.data_dir, config.node_id);
+      security::LoadOrCreateIdentity(config.data_dir, config.map.cluster_id(), config.node_id);
   if (!identity.ok()) {
     spdlog::error("refusing to start: {}", std::string(identity.status().message()));
     return 2;

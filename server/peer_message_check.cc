@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "raft/confchange.h"
+
 namespace tessera::server {
 namespace {
 
@@ -27,7 +29,14 @@ const char* CheckSnapshot(const raftpb::Message& m, const ReplicaView& view) {
     return "bad_snapshot";
   }
   const raftpb::ConfState& cs = md.conf_state();
-  if (cs.voters().empty()) return "bad_snapshot";
+  // Membership is static in this version: no joint configurations.
+  if (cs.voters().empty() || !cs.voters_outgoing().empty() || !cs.learners_next().empty()) {
+    return "bad_snapshot";
+  }
+  // What raft would abort on when installing it.
+  if (!raft::RestoreConfig(cs, /*max_inflight=*/1, /*max_inflight_bytes=*/0, md.index()).ok()) {
+    return "bad_snapshot";
+  }
   for (const auto* ids :
        {&cs.voters(), &cs.learners(), &cs.voters_outgoing(), &cs.learners_next()}) {
     for (uint64_t id : *ids) {
@@ -48,9 +57,10 @@ const char* CheckEntries(const raftpb::Message& m) {
     const raftpb::Entry& e = m.entries(i);
     if (e.index() != m.index() + 1 + static_cast<uint64_t>(i)) return "bad_entries";
     if (e.term() < prev_term || e.term() > m.term()) return "bad_entries";
-    if (e.type() != raftpb::ENTRY_NORMAL && e.type() != raftpb::ENTRY_CONF_CHANGE) {
-      return "bad_entries";
-    }
+    // Membership is static in this version: no honest leader appends a
+    // conf change, and a committed one that raft cannot apply aborts it.
+    // (Membership changes will validate the change here instead.)
+    if (e.type() != raftpb::ENTRY_NORMAL) return "bad_entries";
     prev_term = e.term();
   }
   return nullptr;
@@ -64,6 +74,12 @@ const char* CheckPeerMessage(const raftpb::Message& m, NodeId sender, const Repl
   if (!IsMember(*view.conf, m.from())) return "not_a_replica";
   if (m.term() >= kMaxIndexOrTerm || m.log_term() > m.term() || m.index() >= kMaxIndexOrTerm ||
       m.commit() >= kMaxIndexOrTerm || m.context().size() > kMaxContextBytes) {
+    return "bad_term_or_index";
+  }
+  // Raft stamps every message it sends with its term, except forwarded
+  // reads (and proposals, refused below as a type); a term where none
+  // belongs, or none where one does, makes raft abort when it answers.
+  if (m.type() != raftpb::MSG_PROP && (m.term() == 0) != (m.type() == raftpb::MSG_READ_INDEX)) {
     return "bad_term_or_index";
   }
   switch (m.type()) {
@@ -82,6 +98,11 @@ const char* CheckPeerMessage(const raftpb::Message& m, NodeId sender, const Repl
       return CheckSnapshot(m, view);
     case raftpb::MSG_VOTE:
     case raftpb::MSG_PRE_VOTE:
+      // Every replica's log starts at the bootstrap point (index 1, term 1);
+      // a candidate claiming less is not one of ours (and rejecting it at
+      // term 0 would make raft abort).
+      if (m.index() == 0 || m.log_term() == 0) return "bad_term_or_index";
+      return m.entries_size() == 0 ? nullptr : "bad_entries";
     case raftpb::MSG_VOTE_RESP:
     case raftpb::MSG_PRE_VOTE_RESP:
     case raftpb::MSG_HEARTBEAT_RESP:

@@ -2,10 +2,12 @@
 # Installs missing dependencies, configures, builds and runs Tessera's tests
 # through ctest. Exits non-zero if anything fails.
 #
-# Usage: ./tests/run.sh [--long] [--preset release|debug|asan|tsan] [-- CTEST_ARGS...]
+# Usage: ./tests/run.sh [--long] [--preset release|debug|asan|tsan] [--no-fuzz] [-- CTEST_ARGS...]
 #   --long     also run the long suites (ctest label "long"): big simulation
 #              sweeps, long chaos schedules.
 #   --preset   build flavour (default: release).
+#   --no-fuzz  skip the fuzz targets (tests/fuzz: built by the `fuzz` preset
+#              with clang, each run for a bounded time; on by default).
 # Everything after `--` goes to ctest (e.g. -- -R storage).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +15,14 @@ cd "$(dirname "$0")/.."
 preset=release
 labels=fast
 ctest_args=()
+fuzz=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --long) labels='fast|long'; shift ;;
     --preset) preset=${2:?--preset needs a value}; shift 2 ;;
+    --no-fuzz) fuzz=0; shift ;;
     --) shift; ctest_args=("$@"); break ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -38,4 +42,18 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1 halt_on_error=1}
 jobs=$(nproc)
 cmake --preset "$preset" >/dev/null
 cmake --build --preset "$preset" -j "$jobs"
-ctest --test-dir "build/$preset" --output-on-failure -j "$jobs" -L "$labels" "${ctest_args[@]}"
+status=0
+ctest --test-dir "build/$preset" --output-on-failure -j "$jobs" -L "$labels" "${ctest_args[@]}" || status=$?
+
+# The fuzz targets (tests/fuzz/README.md): a second build tree, clang with
+# libFuzzer, ASan and UBSan, holding only what the fuzz targets need.
+if [[ $fuzz -eq 1 ]]; then
+  if command -v clang++ >/dev/null && compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a' >/dev/null; then
+    cmake --preset fuzz >/dev/null
+    cmake --build --preset fuzz -j "$jobs"
+    ctest --test-dir build/fuzz --output-on-failure -j "$jobs" -L fuzz "${ctest_args[@]}" || status=$?
+  else
+    echo "run.sh: clang++ or libFuzzer (libclang-rt-14-dev) missing: fuzz targets skipped" >&2
+  fi
+fi
+exit $status

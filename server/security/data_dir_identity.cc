@@ -31,15 +31,17 @@ absl::StatusOr<DataDirIdentity> Parse(const std::string& path, const std::string
     line = absl::StripAsciiWhitespace(line);
     if (line == kHeader) {
       header = true;
+    } else if (absl::ConsumePrefix(&line, "cluster_id=")) {
+      if (!absl::SimpleAtoi(line, &id.cluster_id)) id.cluster_id = 0;
     } else if (absl::ConsumePrefix(&line, "node_id=")) {
       if (!absl::SimpleAtoi(line, &id.node_id)) id.node_id = 0;
     } else if (absl::ConsumePrefix(&line, "incarnation=")) {
       if (!absl::SimpleAtoi(line, &id.incarnation)) id.incarnation = 0;
     }
   }
-  if (!header || id.node_id == 0 || id.incarnation == 0) {
+  if (!header || id.cluster_id == 0 || id.node_id == 0 || id.incarnation == 0) {
     return absl::DataLossError(absl::StrCat(path, " is malformed (expected '", kHeader,
-                                            "', node_id= and incarnation= lines)"));
+                                            "', cluster_id=, node_id= and incarnation= lines)"));
   }
   return id;
 }
@@ -80,7 +82,8 @@ absl::Status WriteFileDurably(const std::string& path, const std::string& conten
   return s;
 }
 
-absl::StatusOr<DataDirIdentity> LoadOrCreateIdentity(const std::string& dir, uint64_t node_id) {
+absl::StatusOr<DataDirIdentity> LoadOrCreateIdentity(const std::string& dir, uint64_t cluster_id,
+                                                     uint64_t node_id) {
   if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return Errno(absl::StrCat("cannot create the data directory ", dir));
   }
@@ -91,6 +94,12 @@ absl::StatusOr<DataDirIdentity> LoadOrCreateIdentity(const std::string& dir, uin
     text << in.rdbuf();
     absl::StatusOr<DataDirIdentity> id = Parse(path, text.str());
     if (!id.ok()) return id.status();
+    if (id->cluster_id != cluster_id) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data directory ", dir, " belongs to another cluster (cluster id ", id->cluster_id,
+          ", this --initial-cluster is ", cluster_id,
+          "): its raft logs and terms are not this cluster's; give this node a new directory"));
+    }
     if (id->node_id != node_id) {
       return absl::FailedPreconditionError(absl::StrCat(
           "data directory ", dir, " belongs to node ", id->node_id, ", not to node ", node_id,
@@ -98,13 +107,14 @@ absl::StatusOr<DataDirIdentity> LoadOrCreateIdentity(const std::string& dir, uin
     }
     return id;
   }
-  DataDirIdentity id{.node_id = node_id, .created = true};
+  DataDirIdentity id{.cluster_id = cluster_id, .node_id = node_id, .created = true};
   std::random_device random;
   while (id.incarnation == 0) {
     id.incarnation = (static_cast<uint64_t>(random()) << 32) ^ random();
   }
   absl::Status written = WriteFileDurably(
-      path, absl::StrCat(kHeader, "\nnode_id=", node_id, "\nincarnation=", id.incarnation, "\n"));
+      path, absl::StrCat(kHeader, "\ncluster_id=", cluster_id, "\nnode_id=", node_id,
+                         "\nincarnation=", id.incarnation, "\n"));
   if (!written.ok()) return written;
   return id;
 }

@@ -3,6 +3,7 @@
 // IDENTITY file there).
 //
 // A node must never take part in raft with state that is not its own: a
+// directory of another cluster holds logs and terms of other groups, a
 // directory copied from another member would inherit that member's votes, and
 // a wiped directory has forgotten what its member acknowledged (it could vote
 // in a leader that lacks committed entries). So the directory records the
@@ -10,7 +11,7 @@
 // The incarnation travels with every peer message; peers remember it
 // (PeerRegistry) and refuse the same member id under another incarnation.
 //
-// Format: text lines "tessera-data-dir 1", "node_id=<id>",
+// Format: text lines "tessera-data-dir 1", "cluster_id=<u64>", "node_id=<id>",
 // "incarnation=<non-zero u64>". Written to a temp file, fsynced, renamed, and
 // the directory fsynced: a crash leaves either no identity or a complete one.
 #ifndef TESSERA_SERVER_SECURITY_DATA_DIR_IDENTITY_H_
@@ -26,6 +27,7 @@ namespace tessera::server::security {
 inline constexpr char kIdentityFileName[] = "TESSERA-IDENTITY";
 
 struct DataDirIdentity {
+  uint64_t cluster_id = 0;  // ClusterMap::cluster_id()
   uint64_t node_id = 0;
   uint64_t incarnation = 0;
   // True when this call created the identity: the directory held none
@@ -33,12 +35,14 @@ struct DataDirIdentity {
   bool created = false;
 };
 
-// Reads `dir`'s identity, or creates one for `node_id` (with a random
-// incarnation) when the directory has none. Errors: kFailedPrecondition when
-// the directory belongs to another member (one line naming both ids);
+// Reads `dir`'s identity, or creates one for `cluster_id` and `node_id`
+// (with a random incarnation) when the directory has none. Errors:
+// kFailedPrecondition when the directory belongs to another cluster or
+// member (one line naming both);
 // kDataLoss when the identity file is unreadable or malformed; kUnavailable when it
 // cannot be written.
-absl::StatusOr<DataDirIdentity> LoadOrCreateIdentity(const std::string& dir, uint64_t node_id);
+absl::StatusOr<DataDirIdentity> LoadOrCreateIdentity(const std::string& dir, uint64_t cluster_id,
+                                                     uint64_t node_id);
 
 // Writes `content` to `path` so that a crash leaves the old or the new
 // content: temp file, fsync, rename, fsync of the directory.

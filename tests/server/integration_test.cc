@@ -115,10 +115,35 @@ class Cluster {
   // next Start().
   void SetDataDir(int i, std::string dir) { data_dirs_[i] = std::move(dir); }
 
-  // A Peer stub to node i's peer port, as another member would connect:
-  // the one place tests reach the peer port (peer credentials go here).
-  std::unique_ptr<peerpb::Peer::Stub> PeerStub(int i) {
-    return peerpb::Peer::NewStub(FastChannel(peer_ports_[i].address()));
+  // A Peer stub to node index i's peer port presenting member `as`'s
+  // certificate from the cluster's CA (as = 0: plaintext, no certificate):
+  // the one place tests reach the peer port.
+  std::unique_ptr<peerpb::Peer::Stub> PeerStub(int i, uint64_t as) {
+    if (as == 0) return peerpb::Peer::NewStub(FastChannel(peer_ports_[i].address()));
+    auto read = [](const std::string& path) {
+      std::ifstream in(path);
+      std::stringstream text;
+      text << in.rdbuf();
+      return text.str();
+    };
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = read(cert_dir() + "/ca.crt");
+    tls.pem_cert_chain = read(absl::StrCat(cert_dir(), "/node-", as, ".crt"));
+    tls.pem_private_key = read(absl::StrCat(cert_dir(), "/node-", as, ".key"));
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride(absl::StrCat("node-", i + 1));
+    return peerpb::Peer::NewStub(
+        grpc::CreateCustomChannel(peer_ports_[i].address(), grpc::SslCredentials(tls), args));
+  }
+
+  // Node index i's data directory incarnation (its TESSERA-IDENTITY file),
+  // which its peers expect with its messages.
+  uint64_t Incarnation(int i) {
+    std::ifstream in(DataDir(i) + "/TESSERA-IDENTITY");
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("incarnation=", 0) == 0) return std::stoull(line.substr(12));
+    }
+    return 0;
   }
 
   // Starts node i; `more` flags come last (and win).
@@ -884,8 +909,10 @@ TEST(Integration, MalformedSnapshotMakesTheNodeExitAndTheOthersServe) {
   for (uint64_t r = 1; r <= kNodes; ++r) meta->mutable_conf_state()->add_voters(r);
   chunk.set_data("not a snapshot");
   chunk.set_last(true);
+  chunk.set_incarnation(cluster.Incarnation(followed->second));
   {
-    std::unique_ptr<peerpb::Peer::Stub> peer = cluster.PeerStub(victim);
+    // The leader's own identity: only a member can send a snapshot.
+    std::unique_ptr<peerpb::Peer::Stub> peer = cluster.PeerStub(victim, leader_id);
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     peerpb::SnapshotAck ack;
@@ -1029,39 +1056,6 @@ TEST(Integration, FullDiskExitsWithAClearLineAndRecoversOnceSpaceIsBack) {
 
 // ---------------------------------------------------------------- the peer port
 
-// A Peer stub to node index `to` presenting member `as`'s certificate from
-// the cluster's CA (as = 0: plaintext, no certificate).
-std::unique_ptr<peerpb::Peer::Stub> PeerStub(Cluster& cluster, int to, NodeId as) {
-  if (as == 0) {
-    return peerpb::Peer::NewStub(
-        grpc::CreateChannel(cluster.peer_address(to), grpc::InsecureChannelCredentials()));
-  }
-  const std::string dir = cluster.cert_dir();
-  grpc::SslCredentialsOptions tls;
-  auto read = [](const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-  };
-  tls.pem_root_certs = read(dir + "/ca.crt");
-  tls.pem_cert_chain = read(absl::StrCat(dir, "/node-", as, ".crt"));
-  tls.pem_private_key = read(absl::StrCat(dir, "/node-", as, ".key"));
-  grpc::ChannelArguments args;
-  args.SetSslTargetNameOverride(absl::StrCat("node-", to + 1));
-  return peerpb::Peer::NewStub(
-      grpc::CreateCustomChannel(cluster.peer_address(to), grpc::SslCredentials(tls), args));
-}
-
-// Node index i's data directory incarnation (its TESSERA-IDENTITY file).
-uint64_t IncarnationOf(Cluster& cluster, int i) {
-  std::ifstream in(cluster.DataDir(i) + "/TESSERA-IDENTITY");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("incarnation=", 0) == 0) return std::stoull(line.substr(12));
-  }
-  return 0;
-}
-
 grpc::Status SendBatch(peerpb::Peer::Stub& stub, const peerpb::MessageBatch& batch) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
@@ -1109,14 +1103,14 @@ TEST(Integration, PeerPortRefusesOutsidersImpostorsAndImpossibleMessages) {
       md->set_term(1000);
       for (NodeId id : {1, 2, 3}) md->mutable_conf_state()->add_voters(id);
     }
-    std::unique_ptr<peerpb::Peer::Stub> outsider = PeerStub(cluster, 1, /*as=*/0);
+    std::unique_ptr<peerpb::Peer::Stub> outsider = cluster.PeerStub(1, /*as=*/0);
     EXPECT_FALSE(SendBatch(*outsider, snap).ok());
   }
   // 2. Member 3's certificate claiming to be node 1: an append of a put.
   {
     peerpb::MessageBatch app = shard_message(raftpb::MSG_APP, 1, 2);
-    app.set_incarnation(IncarnationOf(cluster, 0));
-    std::unique_ptr<peerpb::Peer::Stub> impostor = PeerStub(cluster, 1, /*as=*/3);
+    app.set_incarnation(cluster.Incarnation(0));
+    std::unique_ptr<peerpb::Peer::Stub> impostor = cluster.PeerStub(1, /*as=*/3);
     grpc::Status s = SendBatch(*impostor, app);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
   }
@@ -1124,12 +1118,12 @@ TEST(Integration, PeerPortRefusesOutsidersImpostorsAndImpossibleMessages) {
   // to abort node 2 in raft).
   {
     peerpb::MessageBatch hb = shard_message(raftpb::MSG_HEARTBEAT, 1, 2);
-    hb.set_incarnation(IncarnationOf(cluster, 0));
+    hb.set_incarnation(cluster.Incarnation(0));
     for (peerpb::ShardMessage& m : *hb.mutable_messages()) {
-      m.mutable_message()->set_term(0);  // no term change: only the commit is wrong
+      m.mutable_message()->set_term(1);  // old or current: only the commit is wrong
       m.mutable_message()->set_commit(1000000000000ull);
     }
-    std::unique_ptr<peerpb::Peer::Stub> member = PeerStub(cluster, 1, /*as=*/1);
+    std::unique_ptr<peerpb::Peer::Stub> member = cluster.PeerStub(1, /*as=*/1);
     EXPECT_TRUE(SendBatch(*member, hb).ok());
   }
   // Every node still runs and every acknowledged write reads back, also
@@ -1165,7 +1159,7 @@ TEST(Integration, AnEndlessSnapshotStreamIsCutWithoutGrowingTheNode) {
   ASSERT_TRUE(cluster.WaitReady());
   const pid_t node2 = cluster.process(1).pid();
   const int64_t steady = ResidentBytesOf(node2);
-  std::unique_ptr<peerpb::Peer::Stub> member = PeerStub(cluster, 1, /*as=*/1);
+  std::unique_ptr<peerpb::Peer::Stub> member = cluster.PeerStub(1, /*as=*/1);
   grpc::ClientContext context;
   peerpb::SnapshotAck ack;
   std::unique_ptr<grpc::ClientWriter<peerpb::SnapshotChunk>> writer =
@@ -1174,7 +1168,7 @@ TEST(Integration, AnEndlessSnapshotStreamIsCutWithoutGrowingTheNode) {
   chunk.set_from_node(1);
   chunk.set_to_node(2);
   chunk.set_shard(0);
-  chunk.set_incarnation(IncarnationOf(cluster, 0));
+  chunk.set_incarnation(cluster.Incarnation(0));
   chunk.mutable_message()->set_type(raftpb::MSG_SNAP);
   bool open = writer->Write(chunk);
   chunk.clear_message();

@@ -51,10 +51,20 @@ TEST_F(PeerMessageCheck, AcceptsWhatHonestPeersSend) {
   resp.set_index(99);
   resp.set_reject(true);  // a rejection names the probe index; raft bounds it
   EXPECT_EQ(Check(resp), "ok");
-  for (raftpb::MessageType t : {raftpb::MSG_VOTE, raftpb::MSG_PRE_VOTE, raftpb::MSG_VOTE_RESP,
-                                raftpb::MSG_HEARTBEAT_RESP, raftpb::MSG_TIMEOUT_NOW}) {
+  for (raftpb::MessageType t : {raftpb::MSG_VOTE_RESP, raftpb::MSG_HEARTBEAT_RESP,
+                                raftpb::MSG_TIMEOUT_NOW, raftpb::MSG_READ_INDEX_RESP}) {
     EXPECT_EQ(Check(Make(t)), "ok") << t;
   }
+  for (raftpb::MessageType t : {raftpb::MSG_VOTE, raftpb::MSG_PRE_VOTE}) {
+    raftpb::Message vote = Make(t);
+    vote.set_index(1);  // the bootstrap point
+    vote.set_log_term(1);
+    EXPECT_EQ(Check(vote), "ok") << t;
+  }
+  raftpb::Message read = Make(raftpb::MSG_READ_INDEX);  // forwarded: no term
+  read.set_term(0);
+  read.add_entries();
+  EXPECT_EQ(Check(read), "ok");
   raftpb::Message snap = Make(raftpb::MSG_SNAP);
   snap.mutable_snapshot()->mutable_metadata()->set_index(40);
   snap.mutable_snapshot()->mutable_metadata()->set_term(5);
@@ -112,8 +122,31 @@ TEST_F(PeerMessageCheck, RefusesEntriesThatDoNotFollowTheirIndex) {
   EXPECT_EQ(Check(hb), "bad_entries");
 }
 
+// Found by peer_batch_fuzz: each of these made raft abort when it answered.
+TEST_F(PeerMessageCheck, RefusesTermsWhereRaftWouldAbortAnswering) {
+  raftpb::Message vote = Make(raftpb::MSG_VOTE);
+  vote.set_index(1);
+  vote.set_log_term(1);
+  vote.set_term(0);  // the grant would carry term 0
+  EXPECT_EQ(Check(vote), "bad_term_or_index");
+  raftpb::Message read = Make(raftpb::MSG_READ_INDEX);  // forwarded with a term
+  read.add_entries();
+  EXPECT_EQ(Check(read), "bad_term_or_index");
+  raftpb::Message behind = Make(raftpb::MSG_PRE_VOTE);  // rejected at term 0
+  EXPECT_EQ(Check(behind), "bad_term_or_index");
+  raftpb::Message app = Make(raftpb::MSG_APP);
+  app.set_index(10);
+  app.set_log_term(5);
+  raftpb::Entry* e = app.add_entries();
+  e->set_index(11);
+  e->set_term(5);
+  e->set_type(raftpb::ENTRY_CONF_CHANGE);  // raft aborts applying an invalid one
+  EXPECT_EQ(Check(app), "bad_entries");
+}
+
 TEST_F(PeerMessageCheck, RefusesImpossibleTermsAndIndexes) {
   raftpb::Message vote = Make(raftpb::MSG_VOTE);
+  vote.set_index(1);
   vote.set_log_term(6);  // a last entry newer than the candidate's term
   EXPECT_EQ(Check(vote), "bad_term_or_index");
   raftpb::Message huge = Make(raftpb::MSG_APP);

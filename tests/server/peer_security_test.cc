@@ -101,11 +101,11 @@ TEST(PeerCredentials, RefusesMissingFiles) {
 
 TEST(DataDirIdentity, IsCreatedOnceAndKept) {
   const std::string dir = MakeTempDir("tessera-identity");
-  absl::StatusOr<security::DataDirIdentity> first = security::LoadOrCreateIdentity(dir, 4);
+  absl::StatusOr<security::DataDirIdentity> first = security::LoadOrCreateIdentity(dir, 7, 4);
   ASSERT_THAT(first, IsOk());
   EXPECT_TRUE(first->created);
   EXPECT_NE(first->incarnation, 0u);
-  absl::StatusOr<security::DataDirIdentity> again = security::LoadOrCreateIdentity(dir, 4);
+  absl::StatusOr<security::DataDirIdentity> again = security::LoadOrCreateIdentity(dir, 7, 4);
   ASSERT_THAT(again, IsOk());
   EXPECT_FALSE(again->created);
   EXPECT_EQ(again->incarnation, first->incarnation);
@@ -114,16 +114,24 @@ TEST(DataDirIdentity, IsCreatedOnceAndKept) {
 
 TEST(DataDirIdentity, RefusesTheDirectoryOfAnotherNode) {
   const std::string dir = MakeTempDir("tessera-identity");
-  ASSERT_THAT(security::LoadOrCreateIdentity(dir, 2), IsOk());
-  EXPECT_THAT(security::LoadOrCreateIdentity(dir, 3),
+  ASSERT_THAT(security::LoadOrCreateIdentity(dir, 7, 2), IsOk());
+  EXPECT_THAT(security::LoadOrCreateIdentity(dir, 7, 3),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("belongs to node 2")));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(DataDirIdentity, RefusesTheDirectoryOfAnotherCluster) {
+  const std::string dir = MakeTempDir("tessera-identity");
+  ASSERT_THAT(security::LoadOrCreateIdentity(dir, 7, 2), IsOk());
+  EXPECT_THAT(security::LoadOrCreateIdentity(dir, 8, 2),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("another cluster")));
   std::filesystem::remove_all(dir);
 }
 
 TEST(DataDirIdentity, RefusesAMalformedFile) {
   const std::string dir = MakeTempDir("tessera-identity");
   std::ofstream(dir + "/TESSERA-IDENTITY") << "garbage\n";
-  EXPECT_THAT(security::LoadOrCreateIdentity(dir, 2), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(security::LoadOrCreateIdentity(dir, 7, 2), StatusIs(absl::StatusCode::kDataLoss));
   std::filesystem::remove_all(dir);
 }
 
