@@ -116,12 +116,13 @@ TEST(BenchOverload, OneMiBValuesAt256ClientsAreShedNotTimedOut) {
   EXPECT_GT(rejected, 0) << "no request was refused by the byte budget";
   // No DEADLINE_EXCEEDED storm: timed-out requests are no more frequent at
   // 256 clients than at 64 (on an idle machine both are 0; on a loaded one
-  // the 64-client run has some too), with some slack.
+  // the 64-client run has some too), with slack for a shared machine; the
+  // run without admission control had 91%.
   auto timeout_share = [](const BenchRun& r) {
     const double requests = r.Number("ops") + r.Number("errors");
     return requests > 0 ? ErrorsWithCode(r, "DEADLINE_EXCEEDED") / requests : 0;
   };
-  EXPECT_LE(timeout_share(at256), 2 * timeout_share(at64) + 0.05)
+  EXPECT_LE(timeout_share(at256), 2 * timeout_share(at64) + 0.15)
       << "64 clients: " << at64.json << "\n256 clients: " << at256.json;
   // Without admission control 90% of them timed out here.
   EXPECT_LE(timeout_share(at256), 0.5) << at256.json;
