@@ -529,6 +529,8 @@ def markdown(report):
             tv, ev = mem["tessera"].get(key), mem["etcd"].get(key)
             lines.append(f"| {title} | {fmt(tv)} | {fmt(ev)} | {fmt_ratio(ratio(tv, ev))} |")
         for system in SYSTEMS:
+            if "rss_nodes" not in mem[system]:
+                continue  # --fill-keys 0: no fill, nothing measured after it
             lines.append("")
             lines.append(f"{system} per node after the fill (VmRSS MiB): "
                          + ", ".join(f"{k} {v:.0f}" for k, v in mem[system]["rss_nodes"].items()))
