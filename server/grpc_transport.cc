@@ -13,10 +13,7 @@
 #include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
-#include "grpcpp/security/server_credentials.h"
-#include "grpcpp/server_builder.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "server/cluster_map.h"
 
 namespace tessera::server {
 

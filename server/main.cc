@@ -696,13 +696,15 @@ int Run(const Config& config, const sigset_t& signals) {
                                node->Receive(from, std::move(messages));
                              }
                            });
-  // A batch holds at most a few MiB of messages plus one entry (a value of
-  // up to --max-value-bytes and its key).
+  // The largest message either port accepts: a request, or a peer batch of
+  // a few MiB of messages plus one entry, holds at most one value of up to
+  // --max-value-bytes and its key.
+  const int max_message_bytes = static_cast<int>(
+      std::min<uint64_t>(2 * absl::GetFlag(FLAGS_max_value_bytes) + (64 << 20), 1 << 30));
   GrpcServerOptions peer_server_options;
   peer_server_options.address = config.peer_listen;
   peer_server_options.services = {&peer_service};
-  peer_server_options.max_receive_bytes = static_cast<int>(
-      std::min<uint64_t>(2 * absl::GetFlag(FLAGS_max_value_bytes) + (64 << 20), 1 << 30));
+  peer_server_options.max_receive_bytes = max_message_bytes;
   peer_server_options.credentials = peer_credentials->server();
   peer_server_options.max_connections = config.fds.max_peer_connections;
   peer_server_options.name = "peer";
@@ -777,8 +779,6 @@ int Run(const Config& config, const sigset_t& signals) {
   ClusterService::StoredMapReader stored_map;
   if (hosts_meta) stored_map = [&backend] { return MetaGroup::ReadLocal(backend); };
   ClusterService cluster_service(config.node_id, &maps, &backend, std::move(stored_map));
-  const int max_request_bytes =
-      static_cast<int>(std::min<uint64_t>(2 * kv_options.max_value_bytes + (64 << 20), 1 << 30));
   // The standard grpc.health.v1.Health service on the client port, kept in
   // step with readiness by the HealthMonitor.
   grpc::EnableDefaultHealthCheckService(true);
@@ -787,7 +787,7 @@ int Run(const Config& config, const sigset_t& signals) {
   GrpcServerOptions client_server_options;
   client_server_options.address = config.listen;
   client_server_options.services = {kv_service.get(), &cluster_service};
-  client_server_options.max_receive_bytes = max_request_bytes;
+  client_server_options.max_receive_bytes = max_message_bytes;
   client_server_options.interceptors = std::move(interceptors);
   client_server_options.max_connections = config.fds.max_client_connections;
   client_server_options.name = "client";
