@@ -284,11 +284,9 @@ bool Raft::IncreaseUncommittedSize(const std::vector<raftpb::Entry>& ents) {
   return true;
 }
 
-void Raft::ReduceUncommittedSize(const std::vector<raftpb::Entry>& ents) {
+void Raft::ReduceUncommittedSize(uint64_t payload_bytes) {
   if (role_ != Role::kLeader) return;
-  uint64_t s = 0;
-  for (const raftpb::Entry& e : ents) s += PayloadSize(e);
-  uncommitted_size_ = s > uncommitted_size_ ? 0 : uncommitted_size_ - s;
+  uncommitted_size_ = payload_bytes > uncommitted_size_ ? 0 : uncommitted_size_ - payload_bytes;
 }
 
 bool Raft::AppendEntry(std::vector<raftpb::Entry> ents) {

@@ -47,8 +47,9 @@ class Raft {
   absl::Status Step(raftpb::Message m);
   // Applies a committed conf change; returns the new ConfState.
   raftpb::ConfState ApplyConfChange(const raftpb::ConfChange& cc);
-  // Called by RawNode::Advance with the entries the application applied.
-  void ReduceUncommittedSize(const std::vector<raftpb::Entry>& ents);
+  // Called by RawNode::Advance with the payload bytes of the entries the
+  // application applied (counted when the Ready was made).
+  void ReduceUncommittedSize(uint64_t payload_bytes);
   // Proposes leaving an auto-leave joint config once the joint config is
   // applied (leader only).
   void MaybeAutoLeave();

@@ -116,6 +116,7 @@ Ready RawNode::GetReady() {
   Ready rd;
   rd.entries = r.log().UnstableEntries();
   rd.committed_entries = r.log().NextEntries();
+  for (const raftpb::Entry& e : rd.committed_entries) rd.committed_payload_bytes += PayloadSize(e);
   rd.messages = std::move(r.msgs());
   r.msgs().clear();
   rd.read_states = std::move(r.read_states());
@@ -147,7 +148,7 @@ void RawNode::Advance(const Ready& rd) {
     applied = std::max(applied, rd.committed_entries.back().index());
   }
   if (applied > log.applied()) log.AppliedTo(applied);
-  raft_->ReduceUncommittedSize(rd.committed_entries);
+  raft_->ReduceUncommittedSize(rd.committed_payload_bytes);
   raft_->MaybeAutoLeave();
 }
 

@@ -73,6 +73,10 @@ struct Ready {
   std::vector<raftpb::Entry> entries;            // persist BEFORE sending messages
   std::optional<raftpb::Snapshot> snapshot;      // persist/apply before entries
   std::vector<raftpb::Entry> committed_entries;  // apply
+  // The committed entries' payload bytes, counted by GetReady: Advance gives
+  // them back to the uncommitted-size budget (Config::max_uncommitted_entries_size)
+  // even if the caller has moved the entries' data out to apply them.
+  uint64_t committed_payload_bytes = 0;
   std::vector<raftpb::Message> messages;         // send after persisting
   // True when entries, a snapshot or the term/vote changed: the write must be
   // synced before messages are sent. (A commit-only change need not be.)
