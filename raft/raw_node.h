@@ -77,7 +77,7 @@ struct Ready {
   // them back to the uncommitted-size budget (Config::max_uncommitted_entries_size)
   // even if the caller has moved the entries' data out to apply them.
   uint64_t committed_payload_bytes = 0;
-  std::vector<raftpb::Message> messages;         // send after persisting
+  std::vector<raftpb::Message> messages;  // send after persisting
   // True when entries, a snapshot or the term/vote changed: the write must be
   // synced before messages are sent. (A commit-only change need not be.)
   bool must_sync = false;
