@@ -337,6 +337,15 @@ class KvCall final : public CallBase {
       }
     }
     Core::Node* node = PickTarget(*route, now);
+    if (const absl::Time busy = node->BusyUntil(); busy > now) {
+      // The node asked for a pause (server pushback): wait here, not there.
+      if (last_error_.code() != absl::StatusCode::kResourceExhausted) {
+        last_error_ = absl::ResourceExhaustedError(absl::StrCat(
+            "node ", node->address, " is overloaded and asked clients to wait ",
+            absl::ToInt64Milliseconds(busy - now), " ms more; the request was not sent"));
+      }
+      return RetryAfterServerHint(busy - now);
+    }
     node->breaker.Allow(now);  // claims the half-open probe if any
     auto context = std::make_shared<grpc::ClientContext>();
     context->set_deadline(
@@ -413,7 +422,9 @@ class KvCall final : public CallBase {
       }
       case absl::StatusCode::kResourceExhausted:
         if (detail.has_value() && detail->has_retry_after()) {
-          return RetryAfterServerHint(absl::Milliseconds(detail->retry_after().retry_after_ms()));
+          const absl::Duration hint = absl::Milliseconds(detail->retry_after().retry_after_ms());
+          node->PushBack(now + hint / 2);  // the client's other requests wait too
+          return RetryAfterServerHint(hint);
         }
         return RetryLater();
       case absl::StatusCode::kDeadlineExceeded:

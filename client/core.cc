@@ -75,6 +75,18 @@ absl::Duration Client::Core::Backoff(int retry) {
   return FullJitterBackoff(options_.backoff, retry, rng_);
 }
 
+void Client::Core::Node::PushBack(absl::Time until) {
+  const int64_t ns = absl::ToUnixNanos(until);
+  int64_t seen = busy_until_ns_.load(std::memory_order_relaxed);
+  while (seen < ns && !busy_until_ns_.compare_exchange_weak(seen, ns, std::memory_order_relaxed)) {
+  }
+}
+
+absl::Time Client::Core::Node::BusyUntil() const {
+  const int64_t ns = busy_until_ns_.load(std::memory_order_relaxed);
+  return ns == INT64_MIN ? absl::InfinitePast() : absl::FromUnixNanos(ns);
+}
+
 absl::Duration Client::Core::RetryAfter(absl::Duration hint) {
   absl::MutexLock lock(&rng_mu_);
   return JitteredRetryAfter(hint, rng_);

@@ -72,6 +72,18 @@ class Client::Core {
     std::atomic<int64_t> outstanding{0};
     std::atomic<uint64_t> attempts{0};  // every attempt sent (tests, status)
     explicit Node(CircuitBreakerOptions options) : breaker(options) {}
+
+    // Server pushback: the node refused a call for overload and said when
+    // it expects room (ErrorDetail.retry_after). Until then no request of
+    // this client is sent there: they wait here instead of crossing the
+    // network only to be refused (with 1 MiB values the refusals themselves
+    // crowded out the work). Thread-safe.
+    void PushBack(absl::Time until);
+    // When the node said it expects room (InfinitePast if it did not).
+    absl::Time BusyUntil() const;
+
+   private:
+    std::atomic<int64_t> busy_until_ns_{INT64_MIN};
   };
 
   explicit Core(ClientOptions options);

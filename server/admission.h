@@ -49,12 +49,16 @@ class ByteBudget {
   // measured lately, what is in flight ahead of them would be done well
   // before `deadline` (a request that would wait out its deadline in the
   // queue only wastes the node's work: its client gives up, retries, and the
-  // node ends up doing nothing but expired work). Below
-  // always_admit_bytes in flight, every request is admitted; so is a
-  // request larger than the whole budget when nothing else is in flight, so
-  // it is never refused for good. Returns false (nothing taken) otherwise.
-  bool TryAcquire(uint64_t bytes, absl::Time now, absl::Time deadline = absl::InfiniteFuture())
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // node ends up doing nothing but expired work). `queued_bytes` is work the
+  // node still has to do that no admitted request holds (writes answered at
+  // their deadline whose entries are still to be applied): it counts as in
+  // flight, or every expired request would make room for a new one while
+  // its work is still queued. Below always_admit_bytes in flight, every
+  // request is admitted; so is a request larger than the whole budget when
+  // nothing else is in flight, so it is never refused for good. Returns false
+  // (nothing taken) otherwise.
+  bool TryAcquire(uint64_t bytes, absl::Time now, absl::Time deadline = absl::InfiniteFuture(),
+                  uint64_t queued_bytes = 0) ABSL_LOCKS_EXCLUDED(mu_);
   // Gives back bytes of an earlier successful TryAcquire. `served`: the
   // request was answered (whatever the answer) rather than given up at its
   // deadline or cancelled; only served bytes count toward the drain rate,
@@ -62,12 +66,13 @@ class ByteBudget {
   void Release(uint64_t bytes, absl::Time now, bool served) ABSL_LOCKS_EXCLUDED(mu_);
 
   // How long a refused client should wait: the time the node needs to
-  // finish what is in flight now plus what it refused in the last window
+  // finish what is in flight now (`queued_bytes` as in TryAcquire) plus
+  // what it refused in the last window
   // (those clients come back first), at the rate it served requests lately
   // (bytes per second, measured over windows of at least 1 s and smoothed),
   // clamped to [min_retry_after, max_retry_after]. Before any measurement,
   // 100 ms.
-  absl::Duration RetryAfter() const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Duration RetryAfter(uint64_t queued_bytes = 0) const ABSL_LOCKS_EXCLUDED(mu_);
 
   AdmissionStats Stats() const ABSL_LOCKS_EXCLUDED(mu_);
 

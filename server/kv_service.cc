@@ -251,17 +251,19 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes,
         absl::StrCat("node ", options_.self, " is shutting down; retry on another replica"))));
     return false;
   }
-  if (budget_.TryAcquire(request_bytes, absl::Now(), deadline)) {
+  const uint64_t abandoned = backend_->AbandonedProposalBytes();
+  if (budget_.TryAcquire(request_bytes, absl::Now(), deadline, abandoned)) {
     absl::MutexLock lock(&drain_mu_);
     call_bytes_[reactor] = request_bytes;
     return true;
   }
   // Refused before any work: the request costs the node nothing more.
   const int64_t retry_after_ms =
-      std::max<int64_t>(1, absl::ToInt64Milliseconds(budget_.RetryAfter()));
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(budget_.RetryAfter(abandoned)));
   absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
       "node ", options_.self, " has too many request bytes in flight to take this one (",
-      budget_.Stats().in_flight_bytes, " in flight, limit ", options_.max_inflight_bytes,
+      budget_.Stats().in_flight_bytes, " in flight and ", abandoned,
+      " of writes whose callers gave up still to apply, limit ", options_.max_inflight_bytes,
       ", or more than it can finish before the deadline); retry in about ", retry_after_ms, " ms"));
   v1::ErrorDetail detail;
   detail.mutable_retry_after()->set_retry_after_ms(static_cast<uint32_t>(retry_after_ms));

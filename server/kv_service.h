@@ -75,6 +75,8 @@ class KvBackend {
   virtual std::vector<ShardStatus> Status() const = 0;
   // As Node::Health: not OK once the raft loop stopped or is wedged.
   virtual absl::Status Health() const { return absl::OkStatus(); }
+  // As Node::AbandonedProposalBytes.
+  virtual uint64_t AbandonedProposalBytes() const { return 0; }
   // One shard's entry of Status() (on the request path: no copy of the rest).
   virtual std::optional<ShardStatus> StatusOf(ShardId shard) const {
     for (ShardStatus& s : Status()) {

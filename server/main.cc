@@ -400,6 +400,7 @@ class NodeKvBackend final : public KvBackend {
   }
   std::vector<ShardStatus> Status() const override { return node_->Status(); }
   absl::Status Health() const override { return node_->Health(); }
+  uint64_t AbandonedProposalBytes() const override { return node_->AbandonedProposalBytes(); }
   std::optional<ShardStatus> StatusOf(ShardId shard) const override {
     return node_->StatusOf(shard);
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <limits>
 #include <map>
 #include <thread>
 #include <utility>
@@ -85,6 +86,7 @@ struct Inbox {
 struct PendingProposal {
   uint64_t term = 0;  // the term the entry was appended in
   absl::Time deadline;
+  uint64_t bytes = 0;  // the entry's payload
   Node::ProposeCallback done;
 };
 
@@ -133,6 +135,7 @@ class Node::Impl {
   void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<ShardStatus> Status() const ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Health() const ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t AbandonedBytes() const { return abandoned_bytes_.load(std::memory_order_relaxed); }
   std::optional<ShardStatus> StatusOf(ShardId shard) const ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status TransferLeadershipAway(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
   void Stop() ABSL_LOCKS_EXCLUDED(mu_, stop_mu_);
@@ -151,6 +154,9 @@ class Node::Impl {
     absl::Time last_leader_contact = absl::InfinitePast();
     // Proposals appended by this node as leader, by entry index.
     std::map<uint64_t, PendingProposal> proposals;
+    // Proposals answered at their deadline whose entries this leader still
+    // has to commit and apply: index -> payload bytes (AbandonedBytes()).
+    std::map<uint64_t, uint64_t> abandoned;
     // Reads sent to raft, then confirmed (by read index). The reads of one
     // shard that arrive in one cycle share one ReadIndex request (context):
     // one heartbeat round confirms all of them.
@@ -191,6 +197,8 @@ class Node::Impl {
   absl::Status InstallSnapshot(Shard& s, const raftpb::Snapshot& snap);
   void CompleteProposal(Shard& s, const raftpb::Entry& e, serverpb::CommandResult result);
   void CompleteReads(Shard& s);
+  // Drops the abandoned proposals up to `index` (applied, or no longer led).
+  void ForgetAbandoned(Shard& s, uint64_t index);
   void FailWaiters(Shard& s, const absl::Status& status, bool confirmed_reads_too);
   void PublishStatus(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   // The loop stopped on `error`: fail everything with kUnavailable, report
@@ -255,6 +263,9 @@ class Node::Impl {
   std::thread thread_;
   // When the loop last completed a cycle (absl::ToUnixNanos), for Health().
   std::atomic<int64_t> last_cycle_ns_{0};
+  // Sum of every shard's `abandoned` bytes (written by the loop, read by
+  // AbandonedBytes() from any thread).
+  std::atomic<uint64_t> abandoned_bytes_{0};
 
   absl::Mutex stop_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serialises Stop()
   bool stopped_ ABSL_GUARDED_BY(stop_mu_) = false;
@@ -612,6 +623,7 @@ void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
     return;
   }
   LogShardScope log_shard(s.id);
+  const uint64_t bytes = req.data.size();
   absl::Status st = s.raw->Propose(std::move(req.data));
   CountProposal(s.id, st.ok() ? NodeMetrics::ProposalOutcome::kAccepted
                               : NodeMetrics::ProposalOutcome::kDropped);
@@ -629,7 +641,7 @@ void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
   if (!inserted) {  // a proposal of an earlier term at the same index: lost
     Finish(s, it->second.done, NotLeaderError(0, "the proposal was overwritten"));
   }
-  it->second = PendingProposal{s.raw->term(), req.deadline, std::move(req.done)};
+  it->second = PendingProposal{s.raw->term(), req.deadline, bytes, std::move(req.done)};
 }
 
 void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
@@ -668,6 +680,8 @@ void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
     for (auto it = s.proposals.begin(); it != s.proposals.end();) {
       if (it->second.deadline <= now) {
         Finish(s, it->second.done, expired);
+        s.abandoned.emplace(it->first, it->second.bytes);
+        abandoned_bytes_.fetch_add(it->second.bytes, std::memory_order_relaxed);
         it = s.proposals.erase(it);
       } else {
         ++it;
@@ -765,6 +779,7 @@ absl::Status Node::Impl::HandleReadys() {
       const uint64_t hint = readys[i].soft_state->leader_id;
       FailWaiters(s, NotLeaderError(hint == options_.id ? 0 : hint, "leadership lost"),
                   /*confirmed_reads_too=*/false);
+      ForgetAbandoned(s, std::numeric_limits<uint64_t>::max());  // no longer this node's work
     }
     if (leader && !s.leader) {
       s.follower_match.clear();
@@ -983,6 +998,7 @@ absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
     if (end[i] > begin[i]) {
       s.storage->AppliedTo(committed[end[i] - 1].index());
       s.applied_since_compaction += end[i] - begin[i];
+      ForgetAbandoned(s, committed[end[i] - 1].index());
     }
     CompleteReads(s);
   }
@@ -1015,6 +1031,15 @@ void Node::Impl::CompleteProposal(Shard& s, const raftpb::Entry& e,
     }
     s.proposals.erase(it);
   }
+}
+
+void Node::Impl::ForgetAbandoned(Shard& s, uint64_t index) {
+  uint64_t bytes = 0;
+  while (!s.abandoned.empty() && s.abandoned.begin()->first <= index) {
+    bytes += s.abandoned.begin()->second;
+    s.abandoned.erase(s.abandoned.begin());
+  }
+  if (bytes != 0) abandoned_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
 }
 
 void Node::Impl::CompleteReads(Shard& s) {
@@ -1106,6 +1131,8 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options,
 Node::Node(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Node::~Node() { impl_->Stop(); }
+
+uint64_t Node::AbandonedProposalBytes() const { return impl_->AbandonedBytes(); }
 
 void Node::Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
                    ProposeCallback done) {

@@ -148,6 +148,11 @@ class Node {
   // kUnavailable if it has not completed a cycle for max_loop_stall (wedged,
   // e.g. on a hung disk; OK again if it recovers) or after Stop().
   absl::Status Health() const;
+  // Payload bytes of proposals this node leads that were answered
+  // DEADLINE_EXCEEDED (their callers gave up) but whose entries it still has
+  // to replicate and apply: queued work that no waiting request accounts for.
+  // Admission control counts them as in flight. Thread-safe.
+  uint64_t AbandonedProposalBytes() const;
   // Status() of one shard; nullopt if it has no replica here.
   std::optional<ShardStatus> StatusOf(ShardId shard) const;
 

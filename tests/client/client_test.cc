@@ -173,6 +173,37 @@ TEST(ClientFake, RetryAfterBeyondTheDeadlineFailsAtOnce) {
   EXPECT_EQ(cluster.applies("r"), 0);
 }
 
+// Server pushback: a retry-after hint holds back the client's other requests
+// to that node too, so they wait in the client instead of crossing the
+// network to be refused. Here the node asks for 60 s: a second call with a
+// 20 s deadline is not sent at all and fails at once.
+TEST(ClientFake, RetryAfterHoldsBackOtherRequestsToThatNode) {
+  FakeCluster cluster({});
+  for (uint32_t s = 0; s < cluster.shards(); ++s) cluster.SetLeader(s, 0);
+  std::atomic<int> puts{0};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method != "Put" || puts.fetch_add(1) != 0) return a;
+    a.kind = FakeAction::Kind::kError;
+    a.error = absl::ResourceExhaustedError("too many request bytes in flight");
+    v1::ErrorDetail detail;
+    detail.mutable_retry_after()->set_retry_after_ms(60000);
+    SetErrorDetail(a.error, detail);
+    return a;
+  });
+  ClientOptions options = Options(cluster);
+  options.default_timeout = absl::Seconds(20);
+  auto client = MakeClient(options);
+  ASSERT_THAT(client->Get("warm"), StatusIs(absl::StatusCode::kNotFound));  // routes known
+  EXPECT_THAT(client->Put("a", "v"), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(client->Put("b", "v"),
+              StatusIs(absl::StatusCode::kResourceExhausted, ::testing::HasSubstr("not sent")));
+  EXPECT_EQ(puts.load(), 1);
+  EXPECT_EQ(cluster.applies("b"), 0);
+  // Reads to that node wait too.
+  EXPECT_THAT(client->Get("a"), StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
 TEST(ClientFake, ErrorsThatAreNotSafeToRetryReturnAtOnce) {
   FakeCluster cluster({});
   std::atomic<int> puts{0};

@@ -111,6 +111,14 @@ class FakeBackend : public KvBackend {
     absl::MutexLock lock(&mu_);
     health_ = std::move(s);
   }
+  uint64_t AbandonedProposalBytes() const override {
+    absl::MutexLock lock(&mu_);
+    return abandoned_bytes_;
+  }
+  void SetAbandonedProposalBytes(uint64_t bytes) {
+    absl::MutexLock lock(&mu_);
+    abandoned_bytes_ = bytes;
+  }
 
   void SetStatuses(std::vector<ShardStatus> statuses) {
     absl::MutexLock lock(&mu_);
@@ -190,6 +198,7 @@ class FakeBackend : public KvBackend {
   absl::Status propose_error_ ABSL_GUARDED_BY(mu_);
   absl::Status barrier_error_ ABSL_GUARDED_BY(mu_);
   absl::Status health_ ABSL_GUARDED_BY(mu_);
+  uint64_t abandoned_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<serverpb::CommandResult> forced_result_ ABSL_GUARDED_BY(mu_);
   serverpb::Command last_command_ ABSL_GUARDED_BY(mu_);
   absl::Time last_deadline_ ABSL_GUARDED_BY(mu_);
@@ -706,6 +715,25 @@ TEST_F(KvServiceBudgetTest, BytesOfCancelledAndTimedOutCallsAreReleased) {
   EXPECT_TRUE(c->status.ok()) << c->status.error_message();
   EXPECT_TRUE(d->status.ok()) << d->status.error_message();
   EXPECT_EQ(kv_->admission_stats().rejected_total, 0u);
+}
+
+// Writes answered at their deadline whose entries the Node still has to
+// apply are work the node has queued: they count against the budget. (When
+// they did not, every expired 1 MiB write made room for a new one while its
+// own work was still queued, and at 256 clients a quarter of the writes
+// timed out instead of being refused.)
+TEST_F(KvServiceBudgetTest, AbandonedProposalsCountAsInFlight) {
+  backend_.SetAbandonedProposalBytes(2 << 20);
+  absl::StatusOr<v1::PutResponse> refused = Put("a", std::string(1 << 20, 'v'));
+  ASSERT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted,
+                                HasSubstr("of writes whose callers gave up")));
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(refused.status());
+  ASSERT_TRUE(detail.has_value() && detail->has_retry_after()) << refused.status();
+  EXPECT_THAT(Get("small"), IsOk());  // what fits is still served
+
+  backend_.SetAbandonedProposalBytes(0);  // applied
+  EXPECT_THAT(Put("a", std::string(1 << 20, 'v')), IsOk());
+  EXPECT_EQ(kv_->admission_stats().rejected_total, 1u);
 }
 
 class KvServiceNotHostedTest : public KvServiceTest {

@@ -635,7 +635,14 @@ TEST(Node, ExpiredDeadlinesAreDeadlineExceeded) {
               StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_THAT(Cluster::Read(c.node(leader), 1, absl::Milliseconds(100)),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
+  // The expired put's entry is still in the leader's log: work queued that
+  // no caller waits for, which admission control counts (kv_service.h).
+  Node& old_leader = c.node(leader);
+  EXPECT_GT(old_leader.AbandonedProposalBytes(), 0u);
   c.net().Heal();
+  // Applied (or no longer this node's to commit): forgotten.
+  EXPECT_TRUE(WaitFor([&] { return old_leader.AbandonedProposalBytes() == 0; }))
+      << old_leader.AbandonedProposalBytes();
 }
 
 TEST(Node, TransferLeadershipAwayMovesEveryShard) {
