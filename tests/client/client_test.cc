@@ -117,6 +117,17 @@ TEST(ClientFake, UnavailableAndResourceExhaustedAreRetried) {
   EXPECT_GE(failures.load(), 5);
 }
 
+// The byte budget's refusal: RESOURCE_EXHAUSTED with a retry-after hint.
+FakeAction Overloaded(uint32_t retry_after_ms) {
+  FakeAction a;
+  a.kind = FakeAction::Kind::kError;
+  a.error = absl::ResourceExhaustedError("too many request bytes in flight");
+  v1::ErrorDetail detail;
+  detail.mutable_retry_after()->set_retry_after_ms(retry_after_ms);
+  SetErrorDetail(a.error, detail);
+  return a;
+}
+
 // RESOURCE_EXHAUSTED with ErrorDetail.retry_after: the retry waits at least
 // the hint (the backoff of these options is at most 20 ms).
 TEST(ClientFake, RetryAfterHintIsWaitedBeforeRetrying) {
@@ -129,11 +140,7 @@ TEST(ClientFake, RetryAfterHintIsWaitedBeforeRetrying) {
     absl::MutexLock lock(&mu);
     arrivals.push_back(absl::Now());
     if (arrivals.size() == 1) {
-      a.kind = FakeAction::Kind::kError;
-      a.error = absl::ResourceExhaustedError("too many request bytes in flight");
-      v1::ErrorDetail detail;
-      detail.mutable_retry_after()->set_retry_after_ms(400);
-      SetErrorDetail(a.error, detail);
+      a = Overloaded(400);
     }
     return a;
   });
@@ -155,11 +162,7 @@ TEST(ClientFake, RetryAfterBeyondTheDeadlineFailsAtOnce) {
     FakeAction a;
     if (call.method != "Put") return a;
     ++puts;
-    a.kind = FakeAction::Kind::kError;
-    a.error = absl::ResourceExhaustedError("too many request bytes in flight");
-    v1::ErrorDetail detail;
-    detail.mutable_retry_after()->set_retry_after_ms(60000);
-    SetErrorDetail(a.error, detail);
+    a = Overloaded(60000);
     return a;
   });
   ClientOptions options = Options(cluster);
@@ -184,11 +187,7 @@ TEST(ClientFake, RetryAfterHoldsBackOtherRequestsToThatNode) {
   cluster.SetHook([&](const FakeCall& call) {
     FakeAction a;
     if (call.method != "Put" || puts.fetch_add(1) != 0) return a;
-    a.kind = FakeAction::Kind::kError;
-    a.error = absl::ResourceExhaustedError("too many request bytes in flight");
-    v1::ErrorDetail detail;
-    detail.mutable_retry_after()->set_retry_after_ms(60000);
-    SetErrorDetail(a.error, detail);
+    a = Overloaded(60000);
     return a;
   });
   ClientOptions options = Options(cluster);
