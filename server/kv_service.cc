@@ -279,6 +279,16 @@ grpc::ServerUnaryReactor* KvService::Serve(grpc::CallbackServerContext* context,
                                                                      grpc::CallbackServerContext*,
                                                                      const Req*, Resp*)) {
   auto* call = new TypedKvCall<Req, Resp>(out);
+  if (!in->Valid()) {
+    // No request message arrived: the client cancelled while sending it (an
+    // overloaded client's deadline), its stream broke, or it sent none.
+    call->Finish(context->IsCancelled()
+                     ? grpc::Status(grpc::StatusCode::CANCELLED,
+                                    "the call was cancelled before its request arrived")
+                     : ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                           "the call carried no ", Req::descriptor()->full_name(), " message"))));
+    return call;
+  }
   grpc::ByteBuffer body(*in);  // shares the slices; Deserialize consumes it
   if (!grpc::SerializationTraits<Req>::Deserialize(&body, &call->request).ok()) {
     call->Finish(ToGrpcStatus(absl::InvalidArgumentError(

@@ -445,6 +445,32 @@ TEST_F(KvServiceTest, UndecodableBodyIsInvalidArgumentNamingTheMessage) {
   EXPECT_THAT(Get("k"), IsOk());
 }
 
+// A call that ends without a request message (hostile, or a client that
+// cancelled while sending one) is not reported as a malformed body: under
+// overload the cancelled ones made INVALID_ARGUMENT look like client bugs.
+TEST_F(KvServiceTest, CallWithoutARequestMessageIsNamedSo) {
+  class NoMessageCall : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+   public:
+    void OnDone(const grpc::Status& s) override {
+      status = s;
+      done.Notify();
+    }
+    grpc::Status status;
+    absl::Notification done;
+  };
+  grpc::GenericStub stub(channel_);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  NoMessageCall call;
+  stub.PrepareBidiStreamingCall(&context, "/tessera.v1.KV/Put", grpc::StubOptions(), &call);
+  call.StartWritesDone();
+  call.StartCall();
+  call.done.WaitForNotification();
+  EXPECT_EQ(call.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(call.status.error_message(), HasSubstr("no tessera.v1.PutRequest message"));
+  EXPECT_THAT(Put("k", "v"), IsOk());
+}
+
 TEST_F(KvServiceTest, WrongShardOrEpochReturnsTheCurrentMap) {
   v1::RequestHeader header = HeaderFor("alpha");
   header.set_shard((header.shard() + 1) % 16);
