@@ -1,18 +1,24 @@
 // Configuration and small value types of the Raft state machine.
 //
 // raft/ is a pure, deterministic state machine: it never reads a clock, starts
-// a thread or touches a file. Time is counted in ticks (RawNode::Tick) and
-// randomness comes from a PRNG seeded from Config::seed, so a run is fully
-// reproducible from its inputs.
+// a thread or touches a file. Time is counted in ticks (RawNode::Tick), lease
+// reads are also judged against the application's monotonic clock readings
+// (RawNode::SetNow), and randomness comes from a PRNG seeded from
+// Config::seed, so a run is fully reproducible from its inputs.
 #ifndef TESSERA_RAFT_CONFIG_H_
 #define TESSERA_RAFT_CONFIG_H_
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
 namespace tessera::raft {
 
 class Storage;
+
+// The clock lease reads are measured against: monotonic, so that neither a
+// wall-clock step nor a stalled process can stretch a lease.
+using Clock = std::chrono::steady_clock;
 
 // The role a node plays in its current term.
 enum class Role { kFollower, kPreCandidate, kCandidate, kLeader };
@@ -26,8 +32,9 @@ enum class ReadOnlyOption {
   // before answering (no assumption about clocks).
   kSafe,
   // The leader answers from its lease when it holds one (a quorum acked a
-  // heartbeat recently enough, see README.md for the clock-drift bound) and
-  // falls back to kSafe otherwise. Requires check_quorum.
+  // heartbeat recently enough, in ticks and in Clock time; see README.md for
+  // the clock-drift bound) and falls back to kSafe otherwise. Requires
+  // check_quorum and tick_interval.
   kLeaseBased,
 };
 
@@ -37,6 +44,7 @@ enum class ReadOnlyOption {
 struct TestingKnobs {
   bool grant_vote_without_log_check = false;     // break §5.4.1 election restriction
   bool commit_earlier_term_by_counting = false;  // break §5.4.2 (Figure 8) commitment rule
+  bool lease_in_ticks_only = false;  // the old lease rule: a stalled leader keeps its lease
 };
 
 struct Config {
@@ -75,8 +83,13 @@ struct Config {
   ReadOnlyOption read_only_option = ReadOnlyOption::kSafe;
   // For kLeaseBased: the number of ticks by which the clocks of two nodes may
   // drift apart during one election timeout. The lease lasts
-  // election_ticks - 2 - max_clock_drift_ticks ticks, which must be > 0.
+  // election_ticks - 2 - max_clock_drift_ticks ticks, which must be > 0, and
+  // as many tick_intervals of Clock time (RawNode::SetNow).
   int max_clock_drift_ticks = 1;
+  // For kLeaseBased: the nominal time between two Ticks; must be > 0. The
+  // application must never tick faster than this by its clock (a follower's
+  // promise not to vote is counted in its ticks).
+  Clock::duration tick_interval = Clock::duration::zero();
   // When true a follower's Propose returns kUnavailable (naming the leader)
   // instead of forwarding the proposal to the leader.
   bool disable_proposal_forwarding = false;

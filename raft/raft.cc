@@ -77,6 +77,9 @@ absl::StatusOr<std::unique_ptr<Raft>> Raft::Create(const Config& c) {
       return absl::InvalidArgumentError(
           "config: kLeaseBased needs election_ticks - 2 - max_clock_drift_ticks >= 1");
     }
+    if (c.tick_interval <= Clock::duration::zero()) {
+      return absl::InvalidArgumentError("config: kLeaseBased needs a positive tick_interval");
+    }
   }
   raftpb::HardState hs;
   raftpb::ConfState cs;
@@ -123,6 +126,7 @@ Raft::Raft(const Config& c)
       pre_vote_(c.pre_vote),
       read_only_option_(c.read_only_option),
       lease_ticks_(c.election_ticks - 2 - c.max_clock_drift_ticks),
+      lease_duration_(lease_ticks_ * c.tick_interval),
       disable_proposal_forwarding_(c.disable_proposal_forwarding),
       knobs_(c.testing),
       log_(c.storage, c.max_committed_size_per_ready),
@@ -329,6 +333,7 @@ void Raft::Reset(uint64_t term) {
   read_only_.Reset();
   pending_read_index_messages_.clear();
   leader_tick_ = 0;
+  leader_tick_times_.clear();
   lease_revoked_ = false;
 }
 
@@ -365,6 +370,7 @@ void Raft::BecomeLeader() {
   lead_ = id_;
   role_ = Role::kLeader;
   leader_tick_ = 1;
+  RecordLeaderTickTime();
   if (Progress* self = prs_.Find(id_)) {
     self->BecomeReplicate();
     self->recent_active = true;
@@ -470,6 +476,7 @@ void Raft::TickHeartbeat() {
   ++heartbeat_elapsed_;
   ++election_elapsed_;
   ++leader_tick_;
+  RecordLeaderTickTime();
   if (election_elapsed_ >= election_timeout_) {
     election_elapsed_ = 0;
     if (check_quorum_) {
@@ -1006,7 +1013,28 @@ bool Raft::LeaseValid() const {
     return true;
   });
   if (q == 0 || q == std::numeric_limits<uint64_t>::max()) return false;
-  return leader_tick_ - q <= static_cast<uint64_t>(lease_ticks_);
+  if (leader_tick_ - q > static_cast<uint64_t>(lease_ticks_)) return false;
+  if (knobs_.lease_in_ticks_only) return true;
+  // And in time: ticks stop while the process stalls, the clock does not.
+  // Tick q happened at leader_tick_times_[q - first], before the heartbeat
+  // that carried it was sent (README.md).
+  const uint64_t first = leader_tick_ + 1 - leader_tick_times_.size();
+  if (!now_.has_value() || q < first) return false;
+  const std::optional<Clock::time_point>& sent = leader_tick_times_[q - first];
+  return sent.has_value() && *now_ < *sent + lease_duration_;
+}
+
+void Raft::RecordLeaderTickTime() {
+  if (read_only_option_ != ReadOnlyOption::kLeaseBased) return;
+  leader_tick_times_.push_back(now_);
+  // An older tick cannot satisfy the tick rule above.
+  while (leader_tick_times_.size() > static_cast<size_t>(lease_ticks_) + 1) {
+    leader_tick_times_.pop_front();
+  }
+}
+
+void Raft::SetNow(Clock::time_point now) {
+  if (!now_.has_value() || now > *now_) now_ = now;
 }
 
 void Raft::SendReadIndexResponse(const Message& m) {

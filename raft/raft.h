@@ -9,7 +9,9 @@
 #define TESSERA_RAFT_RAFT_H_
 
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -72,6 +74,8 @@ class Raft {
   int election_elapsed() const { return election_elapsed_; }
   int randomized_election_timeout() const { return randomized_election_timeout_; }
   bool LeaseValid() const;
+  // The application's clock reading (RawNode::SetNow); never goes back.
+  void SetNow(Clock::time_point now);
   SoftState soft_state() const { return SoftState{lead_, role_}; }
   raftpb::HardState hard_state() const;
   RaftLog& log() { return log_; }
@@ -138,6 +142,8 @@ class Raft {
   void SendReadIndexResponse(const raftpb::Message& m);
   void RespondToReadIndex(const raftpb::Message& req, uint64_t index);
   void ReleasePendingReadIndexMessages();
+  // Remembers the clock reading of the leader tick just begun.
+  void RecordLeaderTickTime();
 
   // Constant after construction.
   const uint64_t id_;
@@ -149,6 +155,7 @@ class Raft {
   const bool pre_vote_;
   const ReadOnlyOption read_only_option_;
   const int lease_ticks_;
+  const Clock::duration lease_duration_;
   const bool disable_proposal_forwarding_;
   const TestingKnobs knobs_;
 
@@ -182,6 +189,11 @@ class Raft {
   // whether the lease was given up (MsgTimeoutNow sent), and whether this
   // node must treat itself as in a leader's lease after a restart.
   uint64_t leader_tick_ = 0;
+  // The clock reading (SetNow) at each of the last lease_ticks_ + 1 leader
+  // ticks, the last being leader_tick_ (nullopt: no reading yet).
+  std::deque<std::optional<Clock::time_point>> leader_tick_times_;
+  // The latest clock reading (nullopt until the application gives one).
+  std::optional<Clock::time_point> now_;
   bool lease_revoked_ = false;
   bool restart_guard_ = false;
 

@@ -22,6 +22,7 @@ RawNode::RawNode(std::unique_ptr<Raft> raft) : raft_(std::move(raft)) {
 RawNode::~RawNode() = default;
 
 void RawNode::Tick() { raft_->Tick(); }
+void RawNode::SetNow(Clock::time_point now) { raft_->SetNow(now); }
 
 absl::Status RawNode::Campaign() {
   if (!raft_->Promotable()) {

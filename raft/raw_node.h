@@ -98,6 +98,13 @@ class RawNode {
 
   // Advances logical time by one tick.
   void Tick();
+  // The application's monotonic clock reading. With kLeaseBased, lease reads
+  // are judged against the latest one as well as in ticks: call it with a
+  // fresh reading at the start of each batch of work (after its inputs were
+  // received, before Tick, Step and ReadIndex), so that a process that
+  // stalled finds its lease expired. Readings that go back are ignored.
+  // Without any reading a kLeaseBased leader never holds a lease.
+  void SetNow(Clock::time_point now);
   // Starts an election now (with PreVote if configured). kFailedPrecondition
   // if this node cannot campaign (learner, not in the config).
   absl::Status Campaign();
@@ -134,9 +141,10 @@ class RawNode {
   // dropped silently when there is no leader; the caller retries on timeout.
   // request_ctx must be unique among pending reads (e.g. a request id).
   // With ReadOnlyOption::kLeaseBased, `use_lease` chooses per request: true
-  // answers from the leader's lease when it holds one (no round trip; relies
-  // on the clock-drift bound in README.md), false always confirms leadership
-  // with a heartbeat round. With kSafe every read takes the heartbeat round.
+  // answers from the leader's lease when it holds one at the latest SetNow
+  // reading (no round trip; relies on the clock-drift bound in README.md),
+  // false always confirms leadership with a heartbeat round. With kSafe
+  // every read takes the heartbeat round.
   void ReadIndex(std::string request_ctx, bool use_lease = true);
   // Asks the leader to hand leadership to `transferee` (forwarded when called
   // on a follower). Aborted after an election timeout.

@@ -334,8 +334,10 @@ absl::Status Node::Impl::Init() {
     config.max_inflight_bytes = options_.max_inflight_bytes_per_follower;
     config.check_quorum = true;
     config.pre_vote = true;
-    // Lease bookkeeping on; each read chooses (ReadBarrier's `lease`).
+    // Lease bookkeeping on; each read chooses (ReadBarrier's `lease`). The
+    // lease is also measured against the monotonic clock (Loop: SetNow).
     config.read_only_option = raft::ReadOnlyOption::kLeaseBased;
+    config.tick_interval = absl::ToChronoNanoseconds(options_.tick_interval);
     config.disable_proposal_forwarding = true;
     // Different shards of one node must not time out in lockstep.
     config.seed = options_.seed ^ (p.shard * 0x9E3779B97F4A7C15ull);
@@ -485,14 +487,17 @@ void Node::Impl::Stop() {
 // ---------------------------------------------------------------- the loop
 
 void Node::Impl::Loop() {
-  const absl::Duration interval = options_.tick_interval;
-  absl::Time next_tick = absl::Now() + interval;
+  // Ticks follow the monotonic clock: a wall-clock step must not add ticks
+  // (a follower counts its promise not to vote in ticks; raft/README.md).
+  const raft::Clock::duration interval = absl::ToChronoNanoseconds(options_.tick_interval);
+  raft::Clock::time_point next_tick = raft::Clock::now() + interval;
   while (true) {
     Inbox in;
     bool transfer_active = false;
     {
       absl::MutexLock lock(&mu_);
-      mu_.AwaitWithDeadline(absl::Condition(this, &Impl::HasWork), next_tick);
+      mu_.AwaitWithDeadline(absl::Condition(this, &Impl::HasWork),
+                            absl::Now() + absl::FromChrono(next_tick - raft::Clock::now()));
       if (stopping_) return;
       std::swap(in, inbox_);
       if (transfer_requested_) {
@@ -501,19 +506,24 @@ void Node::Impl::Loop() {
       }
       transfer_active = absl::Now() < transfer_until_;
     }
+    // Read after taking the inbox: every request in it arrived before this
+    // instant, so a lease valid now is valid for all of them (issue 18: a
+    // leader whose process stalled finds its lease expired here).
+    const raft::Clock::time_point mono = raft::Clock::now();
     const absl::Time now = absl::Now();
     int ticks = 0;
-    if (now >= next_tick) {
+    if (mono >= next_tick) {
       // Catch up on missed ticks after a slow cycle, but only a few: a long
-      // stall must not look like many election timeouts at once.
-      ticks = static_cast<int>(std::min<int64_t>(3, 1 + (now - next_tick) / interval));
+      // stall must not look like many election timeouts at once. Never more
+      // ticks than intervals passed.
+      ticks = static_cast<int>(std::min<int64_t>(3, 1 + (mono - next_tick) / interval));
       next_tick += interval * ticks;
-      if (next_tick <= now) next_tick = now + interval;
+      if (next_tick <= mono) next_tick = mono + interval;
     }
-
-    StepMessages(in.messages, now);
-    for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
-    HandleReads(in.reads, now);
+    // The ticks are time that passed before this cycle's inputs: a follower
+    // that acknowledges a heartbeat below counts only later ticks against
+    // its promise not to vote.
+    for (auto& [id, s] : shards_) s->raw->SetNow(mono);
     for (int i = 0; i < ticks; ++i) {
       ++tick_;
       for (auto& [id, s] : shards_) {
@@ -521,6 +531,10 @@ void Node::Impl::Loop() {
         s->raw->Tick();
       }
     }
+
+    StepMessages(in.messages, now);
+    for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
+    HandleReads(in.reads, now);
     if (ticks > 0 || transfer_active) OnTicks(now, transfer_active);
 
     if (absl::Status s = HandleReadys(); !s.ok()) {

@@ -599,6 +599,57 @@ TEST(ReadIndex, LeaseReadIsAnsweredLocallyWhileLeaseHolds) {
   EXPECT_EQ(net.read_states(1).size(), 1u);
 }
 
+// Issue 18: ticks stop while a process stalls, time does not. A leader that
+// resumes after a stall longer than its lease must not answer from it, even
+// though it counted no tick meanwhile (the others may have elected a new
+// leader and committed writes).
+TEST(ReadIndex, LeaseEndsInClockTimeWhenTheLeaderStalls) {
+  Network net({1, 2, 3}, LeaseReads);
+  net.Elect(1);
+  net.TickAll(1);  // lease established
+  ASSERT_TRUE(net.raft(1).LeaseValid());
+  net.Isolate(1);
+  net.Stall(1, std::chrono::seconds(3));  // no tick, 3 s of clock
+  EXPECT_FALSE(net.raft(1).LeaseValid());
+  net.node(1)->ReadIndex("after-stall");
+  net.Stabilize();
+  EXPECT_TRUE(net.read_states(1).empty());  // needs a heartbeat round: cut off
+  // Within the lease (7 ticks of 100 ms), a shorter stall keeps it.
+  Network net2({1, 2, 3}, LeaseReads);
+  net2.Elect(1);
+  net2.TickAll(1);
+  net2.Stall(1, std::chrono::milliseconds(300));
+  EXPECT_TRUE(net2.raft(1).LeaseValid());
+}
+
+// The mutation switch restores the old rule, which the randomized test must
+// catch (random_test.cc): here, the stalled leader still believes its lease.
+TEST(ReadIndex, LeaseInTicksOnlySurvivesAStall) {
+  Network net({1, 2, 3}, [](Config& c) {
+    LeaseReads(c);
+    c.testing.lease_in_ticks_only = true;
+  });
+  net.Elect(1);
+  net.TickAll(1);
+  net.Stall(1, std::chrono::seconds(3));
+  EXPECT_TRUE(net.raft(1).LeaseValid());
+}
+
+// Without any clock reading a leader never holds a lease.
+TEST(ReadIndex, NoClockReadingNoLease) {
+  MemoryStorage s;
+  Bootstrap(&s, Voters({1}));
+  Config c = TestConfig(1, &s);
+  c.read_only_option = ReadOnlyOption::kLeaseBased;
+  auto node = *RawNode::Create(c);
+  ASSERT_THAT(node->Campaign(), IsOk());
+  for (int i = 0; i < 3; ++i) node->Tick();
+  EXPECT_FALSE(node->raft_for_testing().LeaseValid());
+  node->SetNow(Clock::time_point() + std::chrono::seconds(1));
+  node->Tick();
+  EXPECT_TRUE(node->raft_for_testing().LeaseValid());
+}
+
 TEST(ReadIndex, LeaseIsChosenPerRequest) {
   Network net({1, 2, 3}, LeaseReads);
   net.Elect(1);
@@ -637,7 +688,7 @@ TEST(ReadIndex, DeposedLeaderNeverServesStaleLeaseRead) {
   bool wrote = false;
   std::map<std::string, uint64_t> floor;
   for (int t = 0; t < 30; ++t) {
-    for (uint64_t id : {1, 2, 3}) net.node(id)->Tick();
+    for (uint64_t id : {1, 2, 3}) net.Tick(id);
     net.Stabilize();
     if (net.node(2)->role() != Role::kLeader) {
       ASSERT_THAT(net.node(2)->Campaign(), IsOk());

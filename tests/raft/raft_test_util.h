@@ -43,9 +43,13 @@ inline void Bootstrap(MemoryStorage* s, const raftpb::ConfState& cs, uint64_t in
   ASSERT_TRUE(s->ApplySnapshot(snap).ok());
 }
 
+// The nominal tick of the tests' virtual clocks (Network, TestConfig).
+inline constexpr Clock::duration kTestTickInterval = std::chrono::milliseconds(100);
+
 inline Config TestConfig(uint64_t id, const Storage* storage, int election = 10,
                          int heartbeat = 1) {
   Config c;
+  c.tick_interval = kTestTickInterval;
   c.id = id;
   c.election_ticks = election;
   c.heartbeat_ticks = heartbeat;
@@ -193,14 +197,23 @@ class Network {
     Stabilize();
   }
 
+  // Ticks advance each node's virtual clock by kTestTickInterval (given to
+  // the node with SetNow before the tick).
   void Tick(uint64_t id, int n = 1) {
-    for (int i = 0; i < n; ++i) node(id)->Tick();
+    for (int i = 0; i < n; ++i) TickNode(nodes_.at(id));
   }
   void TickAll(int n = 1) {
     for (int i = 0; i < n; ++i) {
-      for (auto& [id, nd] : nodes_) nd.node->Tick();
+      for (auto& [id, nd] : nodes_) TickNode(nd);
       Stabilize();
     }
+  }
+  // A stall of node `id`'s process: its clock moves on by `d` while it
+  // ticks and processes nothing; it resumes with a fresh clock reading.
+  void Stall(uint64_t id, Clock::duration d) {
+    TestNode& n = nodes_.at(id);
+    n.clock += d;
+    n.node->SetNow(n.clock);
   }
 
   // Campaigns on `id` and stabilizes.
@@ -242,6 +255,7 @@ class Network {
   struct TestNode {
     std::unique_ptr<MemoryStorage> storage;
     std::unique_ptr<RawNode> node;
+    Clock::time_point clock;  // virtual, kept across restarts
     std::vector<raftpb::Entry> applied;
     std::vector<ReadState> read_states;
     uint64_t snapshot_index = 0;
@@ -258,6 +272,13 @@ class Network {
     auto node = RawNode::Create(c);
     ASSERT_TRUE(node.ok()) << node.status();
     n.node = *std::move(node);
+    n.node->SetNow(n.clock);
+  }
+
+  static void TickNode(TestNode& n) {
+    n.clock += kTestTickInterval;
+    n.node->SetNow(n.clock);
+    n.node->Tick();
   }
 
   ConfigTweak tweak_;

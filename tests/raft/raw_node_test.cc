@@ -34,6 +34,10 @@ TEST(RawNode, CreateValidatesConfig) {
   c.max_clock_drift_ticks = 8;
   EXPECT_THAT(RawNode::Create(c), StatusIs(absl::StatusCode::kInvalidArgument));
   c = TestConfig(1, &s);
+  c.read_only_option = ReadOnlyOption::kLeaseBased;
+  c.tick_interval = Clock::duration::zero();
+  EXPECT_THAT(RawNode::Create(c), StatusIs(absl::StatusCode::kInvalidArgument));
+  c = TestConfig(1, &s);
   EXPECT_THAT(RawNode::Create(c), IsOk());
 }
 
