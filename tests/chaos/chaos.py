@@ -507,11 +507,20 @@ def main():
     ap.add_argument("--op-timeout-ms", type=int, default=2000)
     ap.add_argument("--think-ms", type=int, default=20,
                     help="each client waits a random 0..N ms between calls")
+    ap.add_argument("--read-consistency", default="linearizable",
+                    choices=["linearizable", "lease"],
+                    help="consistency of the register gets (lease: served from the leader's "
+                         "lease; still checked as linearizable)")
+    ap.add_argument("--clients-per-thread", type=int, default=1,
+                    help="independent SDK clients per register worker, a random one per call "
+                         "(many mostly idle clients keep stale leader caches)")
     ap.add_argument("--testing-stale-gets", action="store_true",
                     help="NEGATIVE CONTROL: stale reads recorded as gets; expects a violation")
     ap.add_argument("--keep", action="store_true", help="also keep the data directories of the nodes")
     args = ap.parse_args()
 
+    if args.testing_stale_gets and args.read_consistency != "linearizable":
+        ap.error("--testing-stale-gets replaces the gets' consistency: drop --read-consistency")
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little")
     kinds = [] if args.nemesis == "none" else (
@@ -534,7 +543,8 @@ def main():
         "chaos-artifacts", f"{stamp}-n{args.nodes}-seed{args.seed}"))
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
     log(f"seed {args.seed}, nodes {args.nodes}, duration {args.duration}s, "
-        f"nemesis {','.join(kinds) or 'none'}, artifacts {run_dir}")
+        f"nemesis {','.join(kinds) or 'none'}, {args.read_consistency} reads, "
+        f"artifacts {run_dir}")
     with open(os.path.join(run_dir, "command.txt"), "w") as f:
         f.write(" ".join(sys.argv) + f"\n# seed {args.seed}\n")
 
@@ -562,7 +572,9 @@ def main():
                 f"--duration_s={args.duration}", f"--threads={args.threads}",
                 f"--bank_threads={args.bank_threads}", f"--keys={args.keys}",
                 f"--op_timeout_ms={args.op_timeout_ms}", f"--final_gate={gate}",
-                f"--think_ms={args.think_ms}", f"--seed={args.seed}"]
+                f"--think_ms={args.think_ms}", f"--seed={args.seed}",
+                f"--consistency={args.read_consistency}",
+                f"--clients_per_thread={args.clients_per_thread}"]
         if args.testing_stale_gets:
             wcmd.append("--testing_stale_gets")
         workload = subprocess.Popen(cluster.nsexec(cluster.hub, wcmd), stdout=wl_log,
