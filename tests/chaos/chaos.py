@@ -32,7 +32,7 @@ import time
 PREFIX = "tsr-"
 CLIENT_PORT = 7001
 PEER_PORT = 7101
-NEMESES = ("partition", "kill", "pause", "netem", "snapshot")
+NEMESES = ("partition", "kill", "pause", "netem", "snapshot", "pause-isolated")
 
 
 def log(msg):
@@ -91,6 +91,7 @@ class Cluster:
         self.nemlog = nemlog
         self.procs = {}  # node -> Popen
         self.paused = set()
+        self.peer_isolated = set()  # nodes with isolate_peer_port rules
         self.namespaces = []
         self.logs = {}
         self.has_netem = False
@@ -220,6 +221,26 @@ class Cluster:
         for i in range(1, self.n + 1):
             sh(self.nsexec(self.ns(i), ["iptables", "-w", "-F", "INPUT"]), check=False)
 
+    # Rules of isolate_peer_port: (chain, match) pairs, both directions.
+    PEER_PORT_RULES = [(chain, flag) for chain in ("INPUT", "OUTPUT")
+                       for flag in ("--dport", "--sport")]
+
+    def isolate_peer_port(self, i):
+        """Node i drops all traffic on the peer port, in and out (its own peer
+        server and its connections to the others' peer servers); its client
+        port stays reachable."""
+        for chain, flag in self.PEER_PORT_RULES:
+            sh(self.nsexec(self.ns(i), ["iptables", "-w", "-A", chain, "-p", "tcp", flag,
+                                        str(PEER_PORT), "-j", "DROP"]))
+        self.peer_isolated.add(i)
+
+    def heal_peer_port(self, i):
+        """Removes isolate_peer_port's rules of node i (one -D per rule added)."""
+        for chain, flag in self.PEER_PORT_RULES:
+            sh(self.nsexec(self.ns(i), ["iptables", "-w", "-D", chain, "-p", "tcp", flag,
+                                        str(PEER_PORT), "-j", "DROP"]), check=False, quiet=True)
+        self.peer_isolated.discard(i)
+
     def probe_netem(self):
         """Whether the kernel has sch_netem (some VMs and containers lack it)."""
         r = sh(self.nsexec(self.ns(1), ["tc", "qdisc", "add", "dev", "eth0", "root", "netem",
@@ -256,6 +277,8 @@ class Cluster:
         for i in list(self.paused):
             self.signal(i, signal.SIGCONT)
         self.paused.clear()
+        for i in list(self.peer_isolated):
+            self.heal_peer_port(i)
         self.heal_partitions()
         self.heal_netem()
 
@@ -336,6 +359,9 @@ class Nemesis:
                 self.c.signal(node, signal.SIGCONT)
                 self.c.paused.discard(node)
                 self.note(f"end {sub}: SIGCONT node {node}")
+            elif kind == "pause-isolated":
+                if not self.pause_isolated(deadline):
+                    break
             elif kind == "partition":
                 sub, desc = self.partition()
                 self.note(f"start partition-{sub}: {desc}")
@@ -396,6 +422,38 @@ class Nemesis:
                 sub = "snapshot"
             self.counts[kind] = self.counts.get(kind, 0) + 1
 
+    def pause_isolated(self, deadline):
+        """A stalled leader that resumes before it hears of its successors.
+
+        Cuts the peer port of the node leading the most shards (both
+        directions; clients still reach it), SIGSTOPs it for 2.5-4 s (more
+        than one election timeout, so the others elect new leaders and
+        acknowledge new writes), SIGCONTs it while its peer links are still
+        cut, so for a moment it believes it still leads (and, with a lease
+        counted in ticks, that its lease still holds), and heals 2 s later.
+        """
+        stop_s = self.rng.uniform(2.5, 4.0)
+        if time.monotonic() + stop_s + 2.5 > deadline:
+            # The clients stop at the deadline: a round that ends after it
+            # would resume the node with nobody reading.
+            self.note(f"pause-isolated: skipped ({stop_s:.2f}s + 2s do not fit before the end)")
+            return False
+        node = self.c.leader(self.rng)
+        self.note(f"start pause-isolated: cut peer port {PEER_PORT} of node {node} (leader), "
+                  f"both directions")
+        self.c.isolate_peer_port(node)
+        self.c.signal(node, signal.SIGSTOP)
+        self.c.paused.add(node)
+        self.note(f"pause-isolated: SIGSTOP node {node} for {stop_s:.2f}s")
+        time.sleep(stop_s)  # not cut short by the deadline: the SIGCONT is the point
+        self.c.signal(node, signal.SIGCONT)
+        self.c.paused.discard(node)
+        self.note(f"pause-isolated: SIGCONT node {node}, peer port still cut")
+        time.sleep(2.0)
+        self.c.heal_peer_port(node)
+        self.note(f"end pause-isolated: healed peer port of node {node}")
+        return True
+
     def partition(self):
         rng, n = self.rng, self.c.n
         nodes = list(range(1, n + 1))
@@ -449,11 +507,20 @@ def main():
     ap.add_argument("--op-timeout-ms", type=int, default=2000)
     ap.add_argument("--think-ms", type=int, default=20,
                     help="each client waits a random 0..N ms between calls")
+    ap.add_argument("--read-consistency", default="linearizable",
+                    choices=["linearizable", "lease"],
+                    help="consistency of the register gets (lease: served from the leader's "
+                         "lease; still checked as linearizable)")
+    ap.add_argument("--clients-per-thread", type=int, default=1,
+                    help="independent SDK clients per register worker, a random one per call "
+                         "(many mostly idle clients keep stale leader caches)")
     ap.add_argument("--testing-stale-gets", action="store_true",
                     help="NEGATIVE CONTROL: stale reads recorded as gets; expects a violation")
     ap.add_argument("--keep", action="store_true", help="also keep the data directories of the nodes")
     args = ap.parse_args()
 
+    if args.testing_stale_gets and args.read_consistency != "linearizable":
+        ap.error("--testing-stale-gets replaces the gets' consistency: drop --read-consistency")
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little")
     kinds = [] if args.nemesis == "none" else (
@@ -476,7 +543,8 @@ def main():
         "chaos-artifacts", f"{stamp}-n{args.nodes}-seed{args.seed}"))
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
     log(f"seed {args.seed}, nodes {args.nodes}, duration {args.duration}s, "
-        f"nemesis {','.join(kinds) or 'none'}, artifacts {run_dir}")
+        f"nemesis {','.join(kinds) or 'none'}, {args.read_consistency} reads, "
+        f"artifacts {run_dir}")
     with open(os.path.join(run_dir, "command.txt"), "w") as f:
         f.write(" ".join(sys.argv) + f"\n# seed {args.seed}\n")
 
@@ -504,7 +572,9 @@ def main():
                 f"--duration_s={args.duration}", f"--threads={args.threads}",
                 f"--bank_threads={args.bank_threads}", f"--keys={args.keys}",
                 f"--op_timeout_ms={args.op_timeout_ms}", f"--final_gate={gate}",
-                f"--think_ms={args.think_ms}", f"--seed={args.seed}"]
+                f"--think_ms={args.think_ms}", f"--seed={args.seed}",
+                f"--consistency={args.read_consistency}",
+                f"--clients_per_thread={args.clients_per_thread}"]
         if args.testing_stale_gets:
             wcmd.append("--testing_stale_gets")
         workload = subprocess.Popen(cluster.nsexec(cluster.hub, wcmd), stdout=wl_log,

@@ -3,6 +3,7 @@
 #
 #   tests/chaos/run.sh --nodes 3 --duration 60 --nemesis partition,kill,pause --seed S
 #       [--bin-dir BUILD] [--out DIR] [--threads 8] [--keys 10] [--keep]
+#       [--read-consistency linearizable|lease] [--clients-per-thread N]
 #       [--testing-stale-gets]      (negative control: must find a violation)
 #
 # Needs root (ip netns, iptables, tc). The binaries come from --bin-dir, else

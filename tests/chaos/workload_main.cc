@@ -3,13 +3,26 @@
 //   tessera-chaos-workload --endpoints=10.77.3.1:7001,... --history=FILE
 //       [--duration-s=60] [--threads=8] [--keys=10] [--bank-threads=2]
 //       [--accounts=5] [--op-timeout-ms=2000] [--final-gate=FILE]
-//       [--final-wait-s=300] [--think-ms=20] [--testing-stale-gets]
+//       [--final-wait-s=300] [--think-ms=20] [--consistency=linearizable|lease]
+//       [--clients-per-thread=1] [--testing-stale-gets]
 //
 // Register clients (--threads) do put / get / cas / delete with unique
 // values ("p<process>-<n>") over --keys keys "reg:{<i>}" (one hash tag each,
 // so they spread over the shards). Bank clients (--bank-threads) move money
 // between --accounts accounts "bank:{1}:acct:<i>" (one shard) with a Txn that
 // compares both accounts' versions, and read all accounts in one Txn.
+//
+// --consistency=lease makes the register clients' gets LEASE reads (served
+// by the leader from its lease, without a quorum round). They are recorded
+// as ordinary gets: a lease read must be linearizable too, so the checker
+// judges them like the others. The final reads stay linearizable.
+//
+// --clients-per-thread=N gives each register worker N independent Clients
+// (each its own session and leader cache) and has it use a random one per
+// call, so many clients are idle for seconds at a time, as most
+// applications' clients are. An idle client still caches the leader it
+// last saw: after a leader stalls and resumes, those are the clients whose
+// next call goes to the old leader (chaos.py's pause-isolated nemesis).
 //
 // Every call is recorded in the history (history.h) with the outcome the
 // caller saw, mapped conservatively (tests/chaos/README.md, "notes for the
@@ -69,6 +82,10 @@ ABSL_FLAG(int32_t, final_wait_s, 300, "longest wait for --final-gate");
 ABSL_FLAG(int32_t, think_ms, 20,
           "each client pauses a random 0..think_ms between calls (bounds the history size)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the clients' choices");
+ABSL_FLAG(std::string, consistency, "linearizable",
+          "consistency of the register gets: linearizable or lease (both recorded as gets)");
+ABSL_FLAG(int32_t, clients_per_thread, 1,
+          "independent Clients per register worker, one picked at random per call");
 ABSL_FLAG(bool, testing_stale_gets, false,
           "NEGATIVE CONTROL: read with STALE consistency but record ordinary gets");
 
@@ -102,6 +119,7 @@ class Workload {
     accounts_ = absl::GetFlag(FLAGS_accounts);
     timeout_ = absl::Milliseconds(absl::GetFlag(FLAGS_op_timeout_ms));
     stale_gets_ = absl::GetFlag(FLAGS_testing_stale_gets);
+    lease_gets_ = absl::GetFlag(FLAGS_consistency) == "lease";
     think_ms_ = absl::GetFlag(FLAGS_think_ms);
     last_written_.resize(num_keys_);
   }
@@ -135,12 +153,16 @@ class Workload {
 
   // One register client. A process that saw an unknown outcome continues as
   // a new process (its op may still be pending), as Jepsen does.
-  void RegisterClient(Client* cl, int thread, int threads, absl::Time stop, uint64_t seed) {
+  // `pool` (not empty) are its Clients; each call uses a random one.
+  void RegisterClient(const std::vector<Client*>& pool, int thread, int threads, absl::Time stop,
+                      uint64_t seed) {
     std::mt19937_64 rng(seed);
     int64_t process = thread;
     int64_t n = 0;
     while (absl::Now() < stop) {
       Think(rng);
+      // (One client: no draw, so older seeds replay the same calls.)
+      Client* cl = pool.size() == 1 ? pool[0] : pool[rng() % pool.size()];
       Op op;
       op.process = process;
       int k = static_cast<int>(rng() % num_keys_);
@@ -154,6 +176,8 @@ class Workload {
         if (stale_gets_) {
           o.consistency = Consistency::kStale;
           o.max_staleness = absl::Seconds(30);
+        } else if (lease_gets_) {
+          o.consistency = Consistency::kLease;
         }
         absl::StatusOr<client::KeyValue> got = cl->Get(op.key, o);
         if (got.ok()) {
@@ -365,6 +389,7 @@ class Workload {
   int accounts_ = 5;
   absl::Duration timeout_;
   bool stale_gets_ = false;
+  bool lease_gets_ = false;
   int think_ms_ = 20;
   Counters counters_;
   absl::Mutex mu_;
@@ -377,12 +402,18 @@ int Main() {
       absl::StrSplit(absl::GetFlag(FLAGS_endpoints), ',', absl::SkipEmpty());
   const int threads = absl::GetFlag(FLAGS_threads);
   const int bank_threads = absl::GetFlag(FLAGS_bank_threads);
+  const int per_thread = absl::GetFlag(FLAGS_clients_per_thread);
+  const std::string consistency = absl::GetFlag(FLAGS_consistency);
   if (history_path.empty() || endpoints.empty() || threads < 0 || bank_threads < 0 ||
-      absl::GetFlag(FLAGS_keys) < 1 || absl::GetFlag(FLAGS_accounts) < 2) {
+      absl::GetFlag(FLAGS_keys) < 1 || absl::GetFlag(FLAGS_accounts) < 2 || per_thread < 1 ||
+      per_thread > 64 || (consistency != "linearizable" && consistency != "lease") ||
+      (consistency == "lease" && absl::GetFlag(FLAGS_testing_stale_gets))) {
     std::fprintf(stderr,
                  "usage: tessera-chaos-workload --endpoints=H:P,... --history=FILE "
                  "[--duration-s=60] [--threads=8] [--keys=10] [--bank-threads=2] "
-                 "[--accounts=5] [--op-timeout-ms=2000] [--final-gate=FILE] [--seed=N]\n");
+                 "[--accounts=5] [--op-timeout-ms=2000] [--final-gate=FILE] [--seed=N] "
+                 "[--consistency=linearizable|lease] [--clients-per-thread=1..64] "
+                 "(--testing-stale-gets excludes --consistency=lease)\n");
     return 2;
   }
   client::ClientOptions options;
@@ -402,8 +433,10 @@ int Main() {
   Workload w(client->get(), history->get());
   // One Client (one session, one read-your-writes floor) per worker, as
   // independent clients would be; `client` does the setup and final reads.
+  // Register worker t uses clients [t * per_thread, (t + 1) * per_thread);
+  // bank worker b uses clients[threads * per_thread + b].
   std::vector<std::unique_ptr<Client>> clients;
-  for (int t = 0; t < threads + bank_threads; ++t) {
+  for (int t = 0; t < threads * per_thread + bank_threads; ++t) {
     absl::StatusOr<std::unique_ptr<Client>> c = Client::Create(options);
     if (!c.ok()) {
       std::fprintf(stderr, "workload: %s\n", c.status().ToString().c_str());
@@ -418,20 +451,23 @@ int Main() {
       return 2;
     }
   }
-  std::printf("workload: started %d register + %d bank clients\n", threads, bank_threads);
+  std::printf("workload: started %d register (%d clients each, %s gets) + %d bank clients\n",
+              threads, per_thread, consistency.c_str(), bank_threads);
   std::fflush(stdout);
   const absl::Time stop = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_duration_s));
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
+    std::vector<Client*> pool;
+    for (int i = 0; i < per_thread; ++i) pool.push_back(clients[t * per_thread + i].get());
     workers.emplace_back(
-        [&, t] { w.RegisterClient(clients[t].get(), t, threads, stop, seed * 1000003 + t); });
+        [&, t, pool] { w.RegisterClient(pool, t, threads, stop, seed * 1000003 + t); });
   }
   for (int t = 0; t < bank_threads; ++t) {
     // Bank processes are numbered after every possible register process.
     int64_t process = 1000000 + t;
     workers.emplace_back([&, t, process] {
-      w.BankClient(clients[threads + t].get(), process, bank_threads, stop,
+      w.BankClient(clients[threads * per_thread + t].get(), process, bank_threads, stop,
                    seed * 1000003 + 500 + t);
     });
   }
