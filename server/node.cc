@@ -5,6 +5,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -183,6 +184,8 @@ class Node::Impl {
   void HandleReads(std::vector<ReadRequest>& reads, absl::Time now);
   void OnTicks(absl::Time now, bool transfer_active);
   void IssueTransfers();
+  // NodeOptions::balance_leaders: at most one transfer per call.
+  void BalanceLeaders(absl::Time now);
   absl::Status HandleReadys();
   // Sends the readys' messages batched per destination node: only leaders'
   // MSG_APP and MSG_HEARTBEAT if `leaders_appends_only` (the others stay in
@@ -259,6 +262,18 @@ class Node::Impl {
   uint64_t tick_ = 0;
   uint64_t next_read_id_ = 1;
   uint64_t next_transfer_tick_ = 0;
+  uint64_t next_balance_tick_ = 0;
+  // BalanceLeaders: the leader of every shard hosted here at the last round,
+  // how many rounds it has been unchanged, the last transfer it asked for,
+  // and followers that did not take one (a draining node declines), by the
+  // tick until which they are not asked again.
+  std::vector<std::pair<ShardId, NodeId>> balance_layout_;
+  int balance_stable_rounds_ = 0;
+  std::optional<std::pair<ShardId, NodeId>> balance_asked_;
+  absl::flat_hash_map<NodeId, uint64_t> balance_declined_until_;
+  // TransferLeadershipAway is in progress (a drain): leadership offered to
+  // this node (MsgTimeoutNow) is declined.
+  bool handing_off_ = false;
   std::vector<std::function<void()>> completions_;
   std::thread thread_;
   // When the loop last completed a cycle (absl::ToUnixNanos), for Health().
@@ -532,6 +547,7 @@ void Node::Impl::Loop() {
       }
     }
 
+    handing_off_ = transfer_active;
     StepMessages(in.messages, now);
     for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
     HandleReads(in.reads, now);
@@ -604,6 +620,7 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
       }
       const raftpb::MessageType type = sm.message.type();
       const NodeId from = sm.message.from();
+      if (type == raftpb::MSG_TIMEOUT_NOW && handing_off_) continue;  // draining: declined
       if (type == raftpb::MSG_APP_RESP || type == raftpb::MSG_HEARTBEAT_RESP) {
         s.follower_heard[from] = now;
         if (type == raftpb::MSG_APP_RESP && !sm.message.reject()) {
@@ -736,6 +753,67 @@ void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
     // A transfer aborts after an election timeout; then try again.
     next_transfer_tick_ = tick_ + static_cast<uint64_t>(options_.election_ticks);
   }
+  if (options_.balance_leaders && !transfer_active && tick_ >= next_balance_tick_) {
+    BalanceLeaders(now);
+    next_balance_tick_ = tick_ + static_cast<uint64_t>(options_.election_ticks);
+  }
+}
+
+void Node::Impl::BalanceLeaders(absl::Time now) {
+  std::vector<std::pair<ShardId, NodeId>> layout;
+  for (auto& [id, sp] : shards_) layout.emplace_back(id, sp->raw->leader_id());
+  std::sort(layout.begin(), layout.end());  // deterministic choices below
+  // Only a layout that held for 3 rounds: not during elections, drains or
+  // other nodes' transfers (a draining node would look like the best target).
+  balance_stable_rounds_ = layout == balance_layout_ ? balance_stable_rounds_ + 1 : 0;
+  balance_layout_ = layout;
+  if (balance_asked_.has_value()) {
+    // The last transfer asked for: if the shard is still led here, that
+    // follower did not take it; leave it alone for a while.
+    auto [shard, to] = *balance_asked_;
+    balance_asked_.reset();
+    auto it = shards_.find(shard);
+    if (it != shards_.end() && it->second->raw->role() == raft::Role::kLeader) {
+      balance_declined_until_[to] = tick_ + 10 * static_cast<uint64_t>(options_.election_ticks);
+    }
+  }
+  if (balance_stable_rounds_ < 3) return;
+  // Leaderships per node, over the shards hosted here (every replica counts,
+  // with zero if it leads none).
+  absl::flat_hash_map<NodeId, int> leads;
+  for (auto& [id, sp] : shards_) {
+    if (sp->raw->leader_id() == 0) return;  // an election is under way
+    for (NodeId r : sp->replicas) leads.try_emplace(r, 0);
+    ++leads[sp->raw->leader_id()];
+  }
+  const int mine = leads[options_.id];
+  const absl::Duration recent = options_.tick_interval * options_.election_ticks;
+  // The live follower leading fewest, of a shard led here; it must lead at
+  // least two fewer than this node (else the transfer only swaps the roles).
+  Shard* from = nullptr;
+  NodeId to = 0;
+  int fewest = mine - 1;
+  for (const auto& [id, leader] : layout) {
+    Shard& s = *shards_.at(id);
+    if (s.raw->role() != raft::Role::kLeader) continue;
+    for (NodeId r : s.replicas) {
+      if (r == options_.id || leads[r] >= fewest) continue;
+      auto declined = balance_declined_until_.find(r);
+      if (declined != balance_declined_until_.end() && tick_ < declined->second) continue;
+      auto heard = s.follower_heard.find(r);
+      if (heard == s.follower_heard.end() || now - heard->second > recent) continue;
+      from = &s;
+      to = r;
+      fewest = leads[r];
+    }
+  }
+  if (from == nullptr) return;
+  ABSL_RAW_LOG(INFO, "event=leader_balance shard=%llu to=%llu leads_here=%d leads_there=%d",
+               static_cast<unsigned long long>(from->id), static_cast<unsigned long long>(to), mine,
+               fewest);
+  LogShardScope log_shard(from->id);
+  from->raw->TransferLeader(to);
+  balance_asked_.emplace(from->id, to);
 }
 
 void Node::Impl::IssueTransfers() {

@@ -88,6 +88,13 @@ struct NodeOptions {
   // Health() reports a loop that has not completed a cycle for this long as
   // wedged. Zero: 10 election timeouts, at least 5 s.
   absl::Duration max_loop_stall = absl::ZeroDuration();
+  // Spread leaderships evenly: once per election timeout, when every shard
+  // hosted here has a leader, a node that leads at least two shards more
+  // than one of its followers hands one of them to the follower that leads
+  // fewest (raft leadership transfer). So leaders spread after a cluster
+  // starts and after a node returns (until a scheduler of the elastic
+  // cluster takes over).
+  bool balance_leaders = true;
 };
 
 // A snapshot of one shard replica's raft state, for status and metrics.

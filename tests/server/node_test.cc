@@ -109,6 +109,7 @@ struct Options {
   int election_ticks = 20;
   size_t max_pending_per_shard = 4096;
   uint64_t max_uncommitted_bytes_per_shard = 64 << 20;
+  bool balance_leaders = false;  // tests that place leaders themselves
   uint64_t snapshot_interval_entries = 10000;
   absl::Duration max_loop_stall = absl::ZeroDuration();
 };
@@ -149,6 +150,7 @@ class Cluster {
     no.heartbeat_ticks = 2;
     no.max_pending_per_shard = o_.max_pending_per_shard;
     no.max_uncommitted_bytes_per_shard = o_.max_uncommitted_bytes_per_shard;
+    no.balance_leaders = o_.balance_leaders;
     no.snapshot_interval_entries = o_.snapshot_interval_entries;
     no.seed = 42;
     no.max_loop_stall = o_.max_loop_stall;
@@ -659,6 +661,27 @@ TEST(Node, TransferLeadershipAwayMovesEveryShard) {
     EXPECT_NE(leader, 0u);
     ASSERT_THAT(c.PutOnLeader(s, "k", "after"), IsOk());
   }
+}
+
+// Leaders spread again after a node comes back (issue 19): a node that
+// handed all its leaderships away (a drain) gets its share back once the
+// hand-off is over, by leadership transfers from the nodes that lead more.
+// Without balancing it would lead nothing until some leader failed.
+TEST(Node, LeadershipsSpreadEvenlyAfterANodeHandedItsAway) {
+  Cluster c({.shards = 6, .balance_leaders = true});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  for (ShardId s = 1; s <= 6; ++s) ASSERT_THAT(c.PutOnLeader(s, "k", "v"), IsOk());
+  ASSERT_THAT(c.node(3).TransferLeadershipAway(absl::Seconds(2)), IsOk());
+  auto leads = [&](NodeId id) {
+    int n = 0;
+    for (const ShardStatus& s : c.node(1).Status()) n += s.leader == id ? 1 : 0;
+    return n;
+  };
+  // Balanced: every node leads 2 of the 6 shards (as node 1 sees it).
+  EXPECT_TRUE(
+      WaitFor([&] { return leads(1) == 2 && leads(2) == 2 && leads(3) == 2; }, absl::Seconds(60)))
+      << "leaders per node: " << leads(1) << " " << leads(2) << " " << leads(3);
+  for (ShardId s = 1; s <= 6; ++s) ASSERT_THAT(c.PutOnLeader(s, "k", "after"), IsOk());
 }
 
 TEST(Node, StatusReportsEveryShard) {
