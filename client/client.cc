@@ -427,6 +427,15 @@ class KvCall final : public CallBase {
           return RetryAfterServerHint(hint);
         }
         return RetryLater();
+      case absl::StatusCode::kCancelled:
+        // Not this client's cancellation (that finished above): the server
+        // or the connection dropped the call, as a node shutting down does
+        // with calls it had received but not started. Another replica, then;
+        // a write may have been applied (its session makes the retry safe).
+        maybe_applied_ = maybe_applied_ || spec_.write;
+        if (LeaderOnly()) routes.ForgetLeader(shard_, target);
+        avoid_ = target;
+        return RetryLater();
       case absl::StatusCode::kDeadlineExceeded:
         maybe_applied_ = maybe_applied_ || spec_.write;
         if (now >= spec_.deadline) return Finish(DeadlineStatus());

@@ -128,6 +128,25 @@ FakeAction Overloaded(uint32_t retry_after_ms) {
   return a;
 }
 
+// A CANCELLED the client did not ask for comes from the server side (a node
+// shutting down drops calls it had not started): retried, once applied.
+TEST(ClientFake, ServerSideCancellationIsRetried) {
+  FakeCluster cluster({});
+  std::atomic<int> puts{0};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Put" && puts.fetch_add(1) == 0) {
+      a.kind = FakeAction::Kind::kError;
+      a.error = absl::CancelledError("the server is shutting down");
+    }
+    return a;
+  });
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("c", "v"), IsOk());
+  EXPECT_EQ(cluster.applies("c"), 1);
+  EXPECT_GE(puts.load(), 2);
+}
+
 // RESOURCE_EXHAUSTED with ErrorDetail.retry_after: the retry waits at least
 // the hint (the backoff of these options is at most 20 ms).
 TEST(ClientFake, RetryAfterHintIsWaitedBeforeRetrying) {

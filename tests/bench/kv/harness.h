@@ -72,23 +72,38 @@ struct BenchRun {
   }
 };
 
-// Runs tessera-bench with `args` (through /bin/sh `exec`, so the pid is the
-// bench's: stdout and stderr go to files of their own) and waits for it.
+// A tessera-bench process started with `args` (through /bin/sh `exec`, so
+// the pid is the bench's: stdout and stderr go to files of their own).
+class BenchProcess {
+ public:
+  explicit BenchProcess(const std::vector<std::string>& args) {
+    std::string command = absl::StrCat("exec '", TESSERA_BENCH_BINARY, "'");
+    for (const std::string& a : args) absl::StrAppend(&command, " '", a, "'");
+    absl::StrAppend(&command, " 2>'", dir_.path(), "/err'");
+    bench_.Start({"/bin/sh", "-c", command}, dir_.path() + "/out");
+  }
+  ~BenchProcess() { bench_.Kill(); }
+
+  // Waits (up to `timeout`, then kills it) and collects its output.
+  BenchRun Finish(absl::Duration timeout) {
+    BenchRun run;
+    run.exit_code = bench_.Wait(timeout);
+    bench_.Kill();  // if it ran over
+    run.out = ReadFile(dir_.path() + "/out");
+    run.err = ReadFile(dir_.path() + "/err");
+    std::vector<std::string> lines = absl::StrSplit(run.out, '\n', absl::SkipEmpty());
+    if (!lines.empty()) run.json = lines.back();
+    return run;
+  }
+
+ private:
+  TempDir dir_{"tessera-bench-run"};
+  ChildProcess bench_;
+};
+
+// Runs tessera-bench with `args` and waits for it (up to 60 s).
 inline BenchRun RunBench(const std::vector<std::string>& args) {
-  TempDir dir("tessera-bench-run");
-  std::string command = absl::StrCat("exec '", TESSERA_BENCH_BINARY, "'");
-  for (const std::string& a : args) absl::StrAppend(&command, " '", a, "'");
-  absl::StrAppend(&command, " 2>'", dir.path(), "/err'");
-  ChildProcess bench;
-  bench.Start({"/bin/sh", "-c", command}, dir.path() + "/out");
-  BenchRun run;
-  run.exit_code = bench.Wait(absl::Seconds(60));
-  bench.Kill();  // if it ran over
-  run.out = ReadFile(dir.path() + "/out");
-  run.err = ReadFile(dir.path() + "/err");
-  std::vector<std::string> lines = absl::StrSplit(run.out, '\n', absl::SkipEmpty());
-  if (!lines.empty()) run.json = lines.back();
-  return run;
+  return BenchProcess(args).Finish(absl::Seconds(60));
 }
 
 // Three tessera-server processes on reserved 127.0.0.1 ports.
@@ -114,7 +129,19 @@ class TesseraCluster {
       }
       args.insert(args.end(), extra_flags.begin(), extra_flags.end());
       servers_[i].Start(args, node + ".log");
+      args_[i] = std::move(args);
     }
+  }
+
+  // SIGTERM node `node` (0-based), wait for its drain and exit (its exit
+  // code, or -1 if it did not exit within 30 s: then it is killed), and
+  // start it again on the same data directory and ports.
+  int Restart(int node) {
+    servers_[node].Signal(SIGTERM);
+    const int code = servers_[node].Wait(absl::Seconds(30));
+    servers_[node].Kill();
+    servers_[node].Start(args_[node], absl::StrCat(dir_.path(), "/node", node + 1, ".log"));
+    return code;
   }
   ~TesseraCluster() {
     for (ChildProcess& p : servers_) p.Kill();
@@ -138,13 +165,14 @@ class TesseraCluster {
     return {api_[0].address(), api_[1].address(), api_[2].address()};
   }
 
-  // Waits until node 1 reports a leader for each of its shards.
-  bool WaitReady(client::Client& client) {
+  // Waits until node `node` (0-based) answers and reports a leader for each
+  // of its shards.
+  bool WaitReady(client::Client& client, int node = 0) {
     const absl::Time deadline = absl::Now() + absl::Seconds(30);
     while (absl::Now() < deadline) {
       client::CallOptions call;
       call.timeout = absl::Seconds(1);
-      absl::StatusOr<v1::NodeStatusResponse> status = client.NodeStatus(api_[0].address(), call);
+      absl::StatusOr<v1::NodeStatusResponse> status = client.NodeStatus(api_[node].address(), call);
       if (status.ok() && status->shards_size() > 0 &&
           std::all_of(status->shards().begin(), status->shards().end(),
                       [](const v1::ShardStatus& s) { return s.leader() != 0; })) {
@@ -160,6 +188,7 @@ class TesseraCluster {
   PortReservation api_[kNodes];
   PortReservation peer_[kNodes];
   ChildProcess servers_[kNodes];
+  std::vector<std::string> args_[kNodes];
 };
 
 }  // namespace tessera::bench
