@@ -40,15 +40,23 @@ void HealthMonitor::SetGrpcHealth(grpc::HealthCheckServiceInterface* grpc_health
 }
 
 void HealthMonitor::SetDraining() {
-  grpc::HealthCheckServiceInterface* grpc_health;
   {
     absl::MutexLock lock(&mu_);
     draining_ = true;
     last_state_ = 0;
-    grpc_health = grpc_health_;
+    PublishLocked(false);
   }
-  if (grpc_health != nullptr) grpc_health->SetServingStatus(false);
   spdlog::info("event=readiness ready=false reason=draining");
+}
+
+// Under mu_, so that a Poll() that read "ready" before SetDraining() cannot
+// publish SERVING after it.
+void HealthMonitor::PublishLocked(bool serving) {
+  if (grpc_health_ == nullptr) return;
+  grpc_health_->SetServingStatus(serving);
+  for (const char* service : {"tessera.v1.KV", "tessera.v1.Cluster"}) {
+    grpc_health_->SetServingStatus(service, serving);
+  }
 }
 
 Readiness HealthMonitor::Check() const {
@@ -94,18 +102,11 @@ void HealthMonitor::Stop() {
 
 void HealthMonitor::Poll() {
   const Readiness r = Check();
-  grpc::HealthCheckServiceInterface* grpc_health;
   {
     absl::MutexLock lock(&mu_);
     if (draining_ || last_state_ == (r.ready ? 1 : 0)) return;
     last_state_ = r.ready ? 1 : 0;
-    grpc_health = grpc_health_;
-  }
-  if (grpc_health != nullptr) {
-    grpc_health->SetServingStatus(r.ready);
-    for (const char* service : {"tessera.v1.KV", "tessera.v1.Cluster"}) {
-      grpc_health->SetServingStatus(service, r.ready);
-    }
+    PublishLocked(r.ready);
   }
   if (r.ready) {
     spdlog::info("event=readiness ready=true");

@@ -98,6 +98,8 @@ class HealthMonitor {
   Sources sources_ ABSL_GUARDED_BY(mu_);
   grpc::HealthCheckServiceInterface* grpc_health_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  // Sets the gRPC health status (overall and per service), if any.
+  void PublishLocked(bool serving) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int last_state_ ABSL_GUARDED_BY(mu_) = -1;  // -1 unknown, 0 not ready, 1 ready
 };
