@@ -206,6 +206,7 @@ class GrpcTransport::PeerSender {
         ++stats_.stream_failures;
         stats_.dropped_messages += count;
       }
+      if (options_.on_unreachable) options_.on_unreachable(to_);
       writer.reset();
       context.reset();
       if (!BackOff(backoff)) break;

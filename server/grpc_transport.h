@@ -72,6 +72,10 @@ struct GrpcTransportOptions {
   absl::Duration max_backoff = absl::Seconds(1);
   // Called after each snapshot transfer with its outcome (optional).
   std::function<void(NodeId to, ShardId shard, bool ok)> on_snapshot_sent;
+  // Called when the stream to a peer broke or could not be opened: the
+  // batch written was lost (optional; raft then probes the peer instead of
+  // streaming appends to it blindly).
+  std::function<void(NodeId to)> on_unreachable;
   // Called when a peer refuses this node: kFailedPrecondition when it knows
   // this node under another data directory incarnation (this node's data is
   // gone: it must stop), kPermissionDenied / kUnauthenticated for an identity

@@ -677,9 +677,18 @@ int Run(const Config& config, const sigset_t& signals) {
   for (const MemberInfo& m : map.members()) {
     if (m.id != config.node_id) transport_options.peers[m.id] = m.peer_address;
   }
+  // Transport feedback goes to the node once it runs (node_for_peers).
+  std::atomic<Node*> node_for_peers{nullptr};
+  transport_options.on_unreachable = [&node_for_peers](NodeId to) {
+    if (Node* node = node_for_peers.load(std::memory_order_acquire)) node->ReportUnreachable(to);
+  };
+  transport_options.on_snapshot_sent = [&node_for_peers](NodeId to, ShardId shard, bool ok) {
+    if (Node* node = node_for_peers.load(std::memory_order_acquire)) {
+      node->ReportSnapshot(to, shard, ok);
+    }
+  };
   auto transport = std::make_unique<GrpcTransport>(std::move(transport_options));
 
-  std::atomic<Node*> node_for_peers{nullptr};
   PeerServiceOptions peer_options{
       .self = config.node_id,
       .require_certified_sender = peer_credentials->secure(),

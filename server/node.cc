@@ -77,11 +77,22 @@ struct Inbound {
   std::vector<ShardMessage> messages;
 };
 
+struct SnapshotOutcome {
+  NodeId to = 0;
+  ShardId shard = 0;
+  bool ok = false;
+};
+
 struct Inbox {
   std::vector<Inbound> messages;
   std::vector<ProposeRequest> proposals;
   std::vector<ReadRequest> reads;
-  bool empty() const { return messages.empty() && proposals.empty() && reads.empty(); }
+  std::vector<NodeId> unreachable;
+  std::vector<SnapshotOutcome> snapshots;
+  bool empty() const {
+    return messages.empty() && proposals.empty() && reads.empty() && unreachable.empty() &&
+           snapshots.empty();
+  }
 };
 
 struct PendingProposal {
@@ -134,6 +145,8 @@ class Node::Impl {
   void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done)
       ABSL_LOCKS_EXCLUDED(mu_);
   void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReportUnreachable(NodeId to) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReportSnapshot(NodeId to, ShardId shard, bool ok) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<ShardStatus> Status() const ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Health() const ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t AbandonedBytes() const { return abandoned_bytes_.load(std::memory_order_relaxed); }
@@ -184,6 +197,8 @@ class Node::Impl {
   void HandleReads(std::vector<ReadRequest>& reads, absl::Time now);
   void OnTicks(absl::Time now, bool transfer_active);
   void IssueTransfers();
+  // Inbox::unreachable and Inbox::snapshots to raft.
+  void HandleTransportFeedback(const Inbox& in);
   // NodeOptions::balance_leaders: at most one transfer per call.
   void BalanceLeaders(absl::Time now);
   absl::Status HandleReadys();
@@ -548,6 +563,7 @@ void Node::Impl::Loop() {
     }
 
     handing_off_ = transfer_active;
+    HandleTransportFeedback(in);
     StepMessages(in.messages, now);
     for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
     HandleReads(in.reads, now);
@@ -814,6 +830,46 @@ void Node::Impl::BalanceLeaders(absl::Time now) {
   LogShardScope log_shard(from->id);
   from->raw->TransferLeader(to);
   balance_asked_.emplace(from->id, to);
+}
+
+void Node::Impl::ReportUnreachable(NodeId to) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  if (std::find(inbox_.unreachable.begin(), inbox_.unreachable.end(), to) ==
+      inbox_.unreachable.end()) {
+    inbox_.unreachable.push_back(to);
+  }
+}
+
+void Node::Impl::ReportSnapshot(NodeId to, ShardId shard, bool ok) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  inbox_.snapshots.push_back(SnapshotOutcome{to, shard, ok});
+}
+
+void Node::Impl::HandleTransportFeedback(const Inbox& in) {
+  for (NodeId to : in.unreachable) {
+    for (auto& [id, sp] : shards_) {
+      if (sp->raw->role() != raft::Role::kLeader) continue;
+      if (std::find(sp->replicas.begin(), sp->replicas.end(), to) == sp->replicas.end()) continue;
+      LogShardScope log_shard(id);
+      sp->raw->ReportUnreachable(to);
+    }
+  }
+  for (const SnapshotOutcome& o : in.snapshots) {
+    auto it = shards_.find(o.shard);
+    if (it == shards_.end()) continue;
+    Shard& s = *it->second;
+    // The outcome is known: the fallback report after 4 election timeouts
+    // (OnTicks) is not needed for this transfer.
+    auto pending =
+        std::find_if(s.snapshot_reports.begin(), s.snapshot_reports.end(),
+                     [&](const std::pair<NodeId, uint64_t>& r) { return r.first == o.to; });
+    if (pending != s.snapshot_reports.end()) s.snapshot_reports.erase(pending);
+    if (s.raw->role() != raft::Role::kLeader) continue;
+    LogShardScope log_shard(s.id);
+    s.raw->ReportSnapshot(o.to, o.ok);
+  }
 }
 
 void Node::Impl::IssueTransfers() {
@@ -1225,6 +1281,12 @@ Node::Node(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Node::~Node() { impl_->Stop(); }
 
 uint64_t Node::AbandonedProposalBytes() const { return impl_->AbandonedBytes(); }
+
+void Node::ReportUnreachable(NodeId to) { impl_->ReportUnreachable(to); }
+
+void Node::ReportSnapshot(NodeId to, ShardId shard, bool ok) {
+  impl_->ReportSnapshot(to, shard, ok);
+}
 
 void Node::Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
                    ProposeCallback done) {

@@ -147,6 +147,12 @@ class Node {
 
   // Transport ingress (the MessageHandler).
   void Receive(NodeId from, std::vector<ShardMessage> messages);
+  // Transport feedback (thread-safe, queued for the raft loop): messages to
+  // `to` were lost because it could not be reached (raft probes it instead
+  // of streaming appends blindly), and a snapshot of `shard` sent to `to`
+  // was delivered or failed (a failed one is retried promptly).
+  void ReportUnreachable(NodeId to);
+  void ReportSnapshot(NodeId to, ShardId shard, bool ok);
 
   std::vector<ShardStatus> Status() const;
 

@@ -2,12 +2,14 @@
 #include "server/grpc_transport.h"
 #include "server/grpc_server.h"
 
+#include <atomic>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -237,6 +239,24 @@ TEST(GrpcTransport, QueueToAnUnreachablePeerStaysBounded) {
   t1.Stop();  // does not wait for the backoff
   EXPECT_LT(absl::Now() - start, absl::Milliseconds(900));
   t1.Send(2, {Heartbeat(1, 1, 1, 2)});  // dropped after Stop; no crash
+}
+
+// Lost batches are reported, so that raft probes the peer instead of
+// streaming appends to it blindly (Node::ReportUnreachable).
+TEST(GrpcTransport, AnUnreachablePeerIsReported) {
+  PortReservation port;  // never listened on
+  GrpcTransportOptions options = Options(1, {{2, port.address()}});
+  absl::Notification reported;
+  std::atomic<NodeId> who{0};
+  options.on_unreachable = [&](NodeId to) {
+    who = to;
+    if (!reported.HasBeenNotified()) reported.Notify();
+  };
+  GrpcTransport t1(options);
+  t1.Send(2, {Heartbeat(1, 1, 1, 2)});
+  ASSERT_TRUE(reported.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(who.load(), 2u);
+  t1.Stop();
 }
 
 TEST(GrpcTransport, MisaddressedBatchesAreRefused) {
