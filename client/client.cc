@@ -113,8 +113,8 @@ class MapCall final : public CallBase {
         candidates.push_back(a);
       }
     }
-    std::shared_ptr<grpc::ClientContext> context = std::make_shared<grpc::ClientContext>();
-    context->set_deadline(absl::ToChronoTime(std::min(deadline_, now + AttemptTimeout())));
+    std::shared_ptr<grpc::ClientContext> context =
+        core_->NewContext(std::min(deadline_, now + AttemptTimeout()));
     if (IsCancelled()) return Finish(absl::CancelledError("client shutting down"));
     Core::Node* node = nullptr;
     {
@@ -347,9 +347,8 @@ class KvCall final : public CallBase {
       return RetryAfterServerHint(busy - now);
     }
     node->breaker.Allow(now);  // claims the half-open probe if any
-    auto context = std::make_shared<grpc::ClientContext>();
-    context->set_deadline(
-        absl::ToChronoTime(std::min(spec_.deadline, now + core_->options().attempt_timeout)));
+    std::shared_ptr<grpc::ClientContext> context =
+        core_->NewContext(std::min(spec_.deadline, now + core_->options().attempt_timeout));
     bool cancel_now;
     {
       absl::MutexLock lock(&mu_);

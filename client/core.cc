@@ -30,10 +30,36 @@ Client::Core::~Core() {
   }
   // gRPC may run completions inline in TryCancel: no lock held here.
   for (const auto& context : contexts) context->TryCancel();
+  contexts.clear();   // counted in contexts_, awaited below
   timer_.Shutdown();  // pending retries complete with kCancelled
-  absl::MutexLock lock(&calls_mu_);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) { return calls_.empty(); };
-  calls_mu_.Await(absl::Condition(&idle));
+  {
+    absl::MutexLock lock(&calls_mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) { return calls_.empty(); };
+    calls_mu_.Await(absl::Condition(&idle));
+  }
+  // A call unregisters before it is deleted (with its context), and the
+  // thread that started an attempt may still hold that attempt's context
+  // after the call finished on another thread: wait for the contexts too,
+  // so the channels (nodes_) are destroyed with their last reference here,
+  // on this thread. No call is left to make a new one.
+  absl::MutexLock lock(&contexts_mu_);
+  auto released = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(contexts_mu_) { return contexts_ == 0; };
+  contexts_mu_.Await(absl::Condition(&released));
+}
+
+std::shared_ptr<grpc::ClientContext> Client::Core::NewContext(absl::Time deadline) {
+  {
+    absl::MutexLock lock(&contexts_mu_);
+    ++contexts_;
+  }
+  std::shared_ptr<grpc::ClientContext> context(
+      new grpc::ClientContext, [this](grpc::ClientContext* c) {
+        delete c;  // drops a channel reference; the Core's stubs still hold one
+        absl::MutexLock lock(&contexts_mu_);
+        --contexts_;  // the last touch of the Core
+      });
+  context->set_deadline(absl::ToChronoTime(deadline));
+  return context;
 }
 
 Client::Core::Node* Client::Core::GetNode(const std::string& address) {

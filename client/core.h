@@ -2,8 +2,9 @@
 // cache, timer) and the registry of calls in flight. Not part of the public
 // API; tests reach it through Client::core_for_testing().
 //
-// Thread-safe. Owned by the Client; outlives every call (the Client's
-// destructor cancels calls and waits for them before destroying it).
+// Thread-safe. Owned by the Client; outlives every call and every gRPC
+// context of a call (the Client's destructor cancels calls and waits for
+// both before destroying it).
 #ifndef TESSERA_CLIENT_CORE_H_
 #define TESSERA_CLIENT_CORE_H_
 
@@ -115,6 +116,17 @@ class Client::Core {
   void NoteWriteIndex(uint32_t shard, uint64_t index) ABSL_LOCKS_EXCLUDED(index_mu_);
   uint64_t MinReadIndex(uint32_t shard) const ABSL_LOCKS_EXCLUDED(index_mu_);
 
+  // The context of one RPC attempt, with `deadline`. Every context a call
+  // uses comes from here: ~Core waits until all are destroyed. A context
+  // holds a reference to its channel (grpc::ClientContext::channel_), and
+  // the last reference to a channel must be dropped by ~Core, never on a
+  // gRPC callback thread: gRPC 1.51 tears down its shared callback
+  // completion queue when the last channel using it goes, and done from one
+  // of that queue's own threads the thread then polls the freed queue
+  // (SIGSEGV, "ref_counted.h: prior > 0").
+  std::shared_ptr<grpc::ClientContext> NewContext(absl::Time deadline)
+      ABSL_LOCKS_EXCLUDED(contexts_mu_);
+
   // Registers a call; false once shutting down (complete it with kCancelled).
   bool Register(CallBase* call) ABSL_LOCKS_EXCLUDED(calls_mu_);
   // After the call's callback returned; the call must not touch the Core
@@ -139,6 +151,11 @@ class Client::Core {
   absl::Mutex calls_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(calls_mu_) = false;
   absl::flat_hash_set<CallBase*> calls_ ABSL_GUARDED_BY(calls_mu_);
+
+  // A leaf lock: a context may be dropped under a call's lock, and ~Core
+  // takes the calls' locks under calls_mu_.
+  absl::Mutex contexts_mu_;
+  int64_t contexts_ ABSL_GUARDED_BY(contexts_mu_) = 0;  // made by NewContext, not yet destroyed
 
   TimerQueue timer_;  // last: its thread stops first
 };
