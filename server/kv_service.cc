@@ -246,7 +246,7 @@ absl::Time KvService::Deadline(const grpc::CallbackServerContext* context) const
   return std::min(absl::FromChrono(deadline), cap);
 }
 
-void KvService::AddLeaderHint(absl::Status& status, std::optional<ShardId> shard) const {
+void KvService::AddLeaderHint(absl::Status& status, ShardId shard) const {
   std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
   if (!detail.has_value()) {
     detail.emplace();
@@ -261,12 +261,12 @@ void KvService::AddLeaderHint(absl::Status& status, std::optional<ShardId> shard
   const bool may_know = not_leader->reason() == v1::ErrorDetail::NotLeader::REASON_NOT_LEADER ||
                         not_leader->reason() == v1::ErrorDetail::NotLeader::REASON_DRAINING;
   std::shared_ptr<const ClusterMap> map = maps_->Current();
-  if (not_leader->leader_node() == 0 && may_know && shard.has_value() && map != nullptr &&
-      map->Hosts(options_.self, *shard)) {
+  if (not_leader->leader_node() == 0 && may_know && map != nullptr &&
+      map->Hosts(options_.self, shard)) {
     // The leader this replica knows now: a replica that has just lost
     // leadership (or whose proposal was overwritten) may have learned the
     // new leader since the error was made.
-    std::optional<ShardStatus> s = backend_->StatusOf(*shard);
+    std::optional<ShardStatus> s = backend_->StatusOf(shard);
     if (s.has_value() && s->leader != options_.self) not_leader->set_leader_node(s->leader);
   }
   if (not_leader->leader_node() != 0 && not_leader->leader_address().empty() && map != nullptr) {

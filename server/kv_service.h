@@ -238,7 +238,7 @@ class KvService final : public RawKvService {
   // node may know one: not leader or draining), names the leader this
   // replica of `shard` knows now (a replica that has just lost leadership
   // learns its successor soon after); adds the leader's client address.
-  void AddLeaderHint(absl::Status& status, std::optional<ShardId> shard) const;
+  void AddLeaderHint(absl::Status& status, ShardId shard) const;
 
   const KvServiceOptions options_;
   std::unique_ptr<ClusterMapCache> owned_maps_;  // the fixed-map constructor's
