@@ -44,12 +44,17 @@ v1::ReadConsistency ToProto(Consistency c) {
   return v1::READ_CONSISTENCY_LINEARIZABLE;
 }
 
-// A failure of the node or the network rather than an answer: no error
-// detail (every UNAVAILABLE a Tessera server sends names a leader or none),
-// or the attempt timed out.
+// A failure of the node or the network rather than an answer: the attempt
+// timed out, or an UNAVAILABLE without an error detail (gRPC's own: the node
+// is down or unreachable; every UNAVAILABLE a Tessera server sends carries
+// ErrorDetail.not_leader) or from a node that cannot serve at all (draining,
+// no cluster map yet, raft loop failed).
 bool IsNodeFailure(const absl::Status& s) {
   if (s.code() == absl::StatusCode::kDeadlineExceeded) return true;
-  return s.code() == absl::StatusCode::kUnavailable && !GetErrorDetail(s).has_value();
+  if (s.code() != absl::StatusCode::kUnavailable) return false;
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(s);
+  return !detail.has_value() || !detail->has_not_leader() ||
+         detail->not_leader().reason() != v1::ErrorDetail::NotLeader::REASON_NOT_LEADER;
 }
 
 // The smallest key greater than every key with `prefix`; empty = none.

@@ -16,8 +16,11 @@ packages=(
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   prometheus-cpp-dev libcivetweb-dev libxxhash-dev libspdlog-dev libfmt-dev
   # runtime helpers for the local cluster and tests (prometheus ships promtool;
-  # python3-yaml parses the Compose and Kubernetes files in tests/deploy)
+  # python3-yaml parses the Compose and Kubernetes files in tests/deploy;
+  # python3-grpcio and python3-protobuf run tests/client/error_model_test.py,
+  # a client in another language)
   procps iproute2 iptables curl openssl prometheus python3-yaml
+  python3-grpcio python3-protobuf
   # the baseline of tests/bench/compare-etcd.sh (it runs its own etcd cluster
   # on other ports; a system etcd that the package may start is left alone)
   etcd-server etcd-client

@@ -54,6 +54,16 @@ class TypedKvCall final : public KvCall {
   Resp response;
 };
 
+// UNAVAILABLE with ErrorDetail.not_leader{leader 0, `reason`}.
+absl::Status NodeUnavailableError(const std::string& message,
+                                  v1::ErrorDetail::NotLeader::Reason reason) {
+  absl::Status status = absl::UnavailableError(message);
+  v1::ErrorDetail detail;
+  detail.mutable_not_leader()->set_reason(reason);
+  SetErrorDetail(status, detail);
+  return status;
+}
+
 }  // namespace
 
 v1::ClusterMap MapWithLeaderHints(const ClusterMap& map, const std::vector<ShardStatus>& statuses) {
@@ -156,22 +166,42 @@ uint64_t KvService::Epoch() const {
 
 KvService::~KvService() = default;
 
-absl::Status KvService::ValidateKey(absl::string_view key) const {
-  if (key.empty()) return absl::InvalidArgumentError("empty key");
+namespace {
+
+// "empty key" for the request's own key, "success[2].put.key: empty key" for
+// a Txn's.
+std::string FieldProblem(absl::string_view field, absl::string_view problem) {
+  if (field == "key" || field == "value") return std::string(problem);
+  return absl::StrCat(field, ": ", problem);
+}
+
+}  // namespace
+
+absl::Status KvService::ValidateKey(absl::string_view key, absl::string_view field) const {
+  if (key.empty()) return InvalidFieldError(field, FieldProblem(field, "empty key"));
   if (key.size() > options_.max_key_bytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("key of ", key.size(), " bytes exceeds ", options_.max_key_bytes));
+    return InvalidFieldError(
+        field, FieldProblem(field, absl::StrCat("key of ", key.size(), " bytes exceeds ",
+                                                options_.max_key_bytes)));
   }
   return absl::OkStatus();
+}
+
+absl::Status KvService::ValidateValue(absl::string_view value, absl::string_view field) const {
+  if (value.size() <= options_.max_value_bytes) return absl::OkStatus();
+  return InvalidFieldError(
+      field, FieldProblem(field, absl::StrCat("value of ", value.size(), " bytes exceeds ",
+                                              options_.max_value_bytes)));
 }
 
 absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
                                               const std::vector<absl::string_view>& keys) const {
   std::shared_ptr<const ClusterMap> map = maps_->Current();
   if (map == nullptr) {
-    return absl::UnavailableError(
+    return NodeUnavailableError(
         absl::StrCat("node ", options_.self,
-                     " has not loaded the cluster map from the metadata group yet; retry later"));
+                     " has not loaded the cluster map from the metadata group yet; retry later"),
+        v1::ErrorDetail::NotLeader::REASON_NO_CLUSTER_MAP);
   }
   const uint32_t n = map->num_shards();
   auto stale = [&](std::string message) {
@@ -216,30 +246,44 @@ absl::Time KvService::Deadline(const grpc::CallbackServerContext* context) const
   return std::min(absl::FromChrono(deadline), cap);
 }
 
-void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status) {
-  if (status.code() == absl::StatusCode::kUnavailable) {
-    // Say where the leader is, if anyone knows.
-    std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
-    if (!detail.has_value()) {
-      detail.emplace();
-      std::optional<ShardStatus> s = backend_->StatusOf(shard);
-      NodeId leader = s.has_value() && s->leader != options_.self ? s->leader : 0;
-      detail->mutable_not_leader()->set_leader_node(leader);
-    }
-    if (detail->has_not_leader() && detail->not_leader().leader_node() != 0 &&
-        detail->not_leader().leader_address().empty()) {
-      std::shared_ptr<const ClusterMap> map = maps_->Current();
-      const MemberInfo* m =
-          map != nullptr ? map->FindMember(detail->not_leader().leader_node()) : nullptr;
-      if (m != nullptr) detail->mutable_not_leader()->set_leader_address(m->client_address);
-    }
-    SetErrorDetail(status, *detail);
+void KvService::AddLeaderHint(absl::Status& status, ShardId shard) const {
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
+  if (!detail.has_value()) {
+    detail.emplace();
+    // Without a detail from the node: the node failed (its raft loop
+    // stopped or is wedged), or this replica cannot serve (not the leader).
+    detail->mutable_not_leader()->set_reason(backend_->Health().ok()
+                                                 ? v1::ErrorDetail::NotLeader::REASON_NOT_LEADER
+                                                 : v1::ErrorDetail::NotLeader::REASON_NODE_FAILED);
   }
+  if (!detail->has_not_leader()) return;
+  v1::ErrorDetail::NotLeader* not_leader = detail->mutable_not_leader();
+  const bool may_know = not_leader->reason() == v1::ErrorDetail::NotLeader::REASON_NOT_LEADER ||
+                        not_leader->reason() == v1::ErrorDetail::NotLeader::REASON_DRAINING;
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  if (not_leader->leader_node() == 0 && may_know && map != nullptr &&
+      map->Hosts(options_.self, shard)) {
+    // The leader this replica knows now: a replica that has just lost
+    // leadership (or whose proposal was overwritten) may have learned the
+    // new leader since the error was made.
+    std::optional<ShardStatus> s = backend_->StatusOf(shard);
+    if (s.has_value() && s->leader != options_.self) not_leader->set_leader_node(s->leader);
+  }
+  if (not_leader->leader_node() != 0 && not_leader->leader_address().empty() && map != nullptr) {
+    if (const MemberInfo* m = map->FindMember(not_leader->leader_node())) {
+      not_leader->set_leader_address(m->client_address);
+    }
+  }
+  SetErrorDetail(status, *detail);
+}
+
+void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status) {
+  if (status.code() == absl::StatusCode::kUnavailable) AddLeaderHint(status, shard);
   FinishCall(reactor, ToGrpcStatus(status));
 }
 
-bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes,
-                      absl::Time deadline) {
+bool KvService::Enter(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
+                      uint64_t request_bytes, absl::Time deadline) {
   bool draining;
   {
     absl::MutexLock lock(&drain_mu_);
@@ -247,8 +291,14 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes,
     if (!draining) ++in_flight_;
   }
   if (draining) {
-    reactor->Finish(ToGrpcStatus(absl::UnavailableError(
-        absl::StrCat("node ", options_.self, " is shutting down; retry on another replica"))));
+    // Named after the shard the client routed to (its leader, if this node
+    // knows one, is where the client should go).
+    absl::Status status = NodeUnavailableError(
+        absl::StrCat("node ", options_.self,
+                     " is shutting down; retry at the leader or on another replica"),
+        v1::ErrorDetail::NotLeader::REASON_DRAINING);
+    AddLeaderHint(status, static_cast<ShardId>(header.shard()));
+    reactor->Finish(ToGrpcStatus(status));
     return false;
   }
   const uint64_t abandoned = backend_->AbandonedProposalBytes();
@@ -268,6 +318,7 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes,
   v1::ErrorDetail detail;
   detail.mutable_retry_after()->set_retry_after_ms(static_cast<uint32_t>(retry_after_ms));
   SetErrorDetail(status, detail);
+  SetRetryInfo(status, absl::Milliseconds(retry_after_ms));  // the same hint, standard form
   FinishCall(reactor, ToGrpcStatus(status));
   return false;
 }
@@ -449,19 +500,17 @@ void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::Reque
     }
     default:
       Finish(reactor, shard,
-             absl::InvalidArgumentError(absl::StrCat("unknown read consistency ",
-                                                     static_cast<int>(header.consistency()))));
+             InvalidFieldError("header.consistency",
+                               absl::StrCat("unknown read consistency ",
+                                            static_cast<int>(header.consistency()))));
   }
 }
 
 void KvService::HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
                           const v1::PutRequest* request, v1::PutResponse* response) {
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
-  absl::Status valid = ValidateKey(request->key());
-  if (valid.ok() && request->value().size() > options_.max_value_bytes) {
-    valid = absl::InvalidArgumentError(absl::StrCat("value of ", request->value().size(),
-                                                    " bytes exceeds ", options_.max_value_bytes));
-  }
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+  absl::Status valid = ValidateKey(request->key(), "key");
+  if (valid.ok()) valid = ValidateValue(request->value(), "value");
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
@@ -478,8 +527,8 @@ void KvService::HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
 void KvService::HandleDelete(grpc::ServerUnaryReactor* reactor,
                              grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
                              v1::DeleteResponse* response) {
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
-  absl::Status valid = ValidateKey(request->key());
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+  absl::Status valid = ValidateKey(request->key(), "key");
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
@@ -495,7 +544,7 @@ void KvService::HandleDelete(grpc::ServerUnaryReactor* reactor,
 
 void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
                           const v1::TxnRequest* request, v1::TxnResponse* response) {
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
     const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
     if (ops > options_.max_txn_ops) {
@@ -503,37 +552,37 @@ void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
           "txn has ", ops, " compares and operations; the limit is ", options_.max_txn_ops));
     }
     std::vector<absl::string_view> keys;
-    auto check_value = [&](const std::string& value) -> absl::Status {
-      if (value.size() <= options_.max_value_bytes) return absl::OkStatus();
-      return absl::InvalidArgumentError(
-          absl::StrCat("value of ", value.size(), " bytes exceeds ", options_.max_value_bytes));
-    };
-    for (const v1::Compare& c : request->compares()) {
-      TESSERA_RETURN_IF_ERROR(ValidateKey(c.key()));
+    for (int i = 0; i < request->compares_size(); ++i) {
+      const v1::Compare& c = request->compares(i);
+      const std::string field = absl::StrCat("compares[", i, "]");
+      TESSERA_RETURN_IF_ERROR(ValidateKey(c.key(), field + ".key"));
       if (!v1::Compare_Target_IsValid(c.target()) || !v1::Compare_Op_IsValid(c.op())) {
-        return absl::InvalidArgumentError("txn compare has an unknown target or op");
+        return InvalidFieldError(field, "txn compare has an unknown target or op");
       }
-      TESSERA_RETURN_IF_ERROR(check_value(c.value()));
+      TESSERA_RETURN_IF_ERROR(ValidateValue(c.value(), field + ".value"));
       keys.push_back(c.key());
     }
     for (const auto* branch : {&request->success(), &request->failure()}) {
-      for (const v1::TxnOp& op : *branch) {
+      const char* name = branch == &request->success() ? "success" : "failure";
+      for (int i = 0; i < branch->size(); ++i) {
+        const v1::TxnOp& op = (*branch)[i];
+        const std::string field = absl::StrCat(name, "[", i, "]");
         switch (op.op_case()) {
           case v1::TxnOp::kPut:
-            TESSERA_RETURN_IF_ERROR(ValidateKey(op.put().key()));
-            TESSERA_RETURN_IF_ERROR(check_value(op.put().value()));
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.put().key(), field + ".put.key"));
+            TESSERA_RETURN_IF_ERROR(ValidateValue(op.put().value(), field + ".put.value"));
             keys.push_back(op.put().key());
             break;
           case v1::TxnOp::kDelete:
-            TESSERA_RETURN_IF_ERROR(ValidateKey(op.delete_().key()));
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.delete_().key(), field + ".delete.key"));
             keys.push_back(op.delete_().key());
             break;
           case v1::TxnOp::kGet:
-            TESSERA_RETURN_IF_ERROR(ValidateKey(op.get().key()));
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.get().key(), field + ".get.key"));
             keys.push_back(op.get().key());
             break;
           default:
-            return absl::InvalidArgumentError("txn has an empty operation");
+            return InvalidFieldError(field, "txn has an empty operation");
         }
       }
     }
@@ -554,8 +603,8 @@ void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
 
 void KvService::HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
                           const v1::GetRequest* request, v1::GetResponse* response) {
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
-  absl::Status valid = ValidateKey(request->key());
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+  absl::Status valid = ValidateKey(request->key(), "key");
   absl::StatusOr<ShardId> shard =
       valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
   if (!shard.ok()) {
@@ -575,26 +624,28 @@ void KvService::HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
 
 void KvService::HandleScan(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
                            const v1::ScanRequest* request, v1::ScanResponse* response) {
-  if (!Enter(reactor, request->ByteSizeLong(), Deadline(context))) return;
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
   auto validate = [&]() -> absl::Status {
     if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {
-      return absl::InvalidArgumentError("scan prefix cannot be combined with start/end");
+      return InvalidFieldError("prefix", "scan prefix cannot be combined with start/end");
     }
     if (!request->start().empty() && !request->end().empty() && request->start() > request->end()) {
-      return absl::InvalidArgumentError("scan start is after its end");
+      return InvalidFieldError("start", "scan start is after its end");
     }
-    for (const std::string* bound : {&request->start(), &request->end(), &request->prefix()}) {
+    const std::pair<const char*, const std::string*> bounds[] = {
+        {"start", &request->start()}, {"end", &request->end()}, {"prefix", &request->prefix()}};
+    for (const auto& [field, bound] : bounds) {
       if (bound->size() > options_.max_key_bytes) {
-        return absl::InvalidArgumentError(absl::StrCat("scan bound of ", bound->size(),
-                                                       " bytes exceeds ", options_.max_key_bytes));
+        return InvalidFieldError(field, absl::StrCat("scan bound of ", bound->size(),
+                                                     " bytes exceeds ", options_.max_key_bytes));
       }
     }
     if (request->continuation().size() > 4 * options_.max_key_bytes + 64) {
-      return absl::InvalidArgumentError("scan continuation is too long");
+      return InvalidFieldError("continuation", "scan continuation is too long");
     }
     if (request->limit() > options_.max_scan_limit) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("scan limit ", request->limit(), " exceeds ", options_.max_scan_limit));
+      return InvalidFieldError("limit", absl::StrCat("scan limit ", request->limit(), " exceeds ",
+                                                     options_.max_scan_limit));
     }
     return absl::OkStatus();
   };
@@ -633,9 +684,11 @@ grpc::ServerUnaryReactor* ClusterService::GetClusterMap(grpc::CallbackServerCont
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::shared_ptr<const ClusterMap> map = maps_->Current();
   if (map == nullptr) {
-    reactor->Finish(ToGrpcStatus(absl::UnavailableError(
-        absl::StrCat("node ", self_,
-                     " has not loaded the cluster map from the metadata group yet; retry later"))));
+    reactor->Finish(ToGrpcStatus(NodeUnavailableError(
+        absl::StrCat(
+            "node ", self_,
+            " has not loaded the cluster map from the metadata group yet; ask another node"),
+        v1::ErrorDetail::NotLeader::REASON_NO_CLUSTER_MAP)));
     return reactor;
   }
   *response->mutable_map() = MapWithLeaderHints(*map, backend_->Status());
@@ -651,7 +704,8 @@ grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext
   if (absl::Status health = backend_->Health(); !health.ok()) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(ToGrpcStatus(
-        absl::UnavailableError(absl::StrCat("node ", self_, " is down: ", health.ToString()))));
+        NodeUnavailableError(absl::StrCat("node ", self_, " is down: ", health.ToString()),
+                             v1::ErrorDetail::NotLeader::REASON_NODE_FAILED)));
     return reactor;
   }
   response->set_node_id(self_);

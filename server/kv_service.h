@@ -14,21 +14,27 @@
 // Completions are handed to a small worker pool, never run on the raft loop
 // thread, and reads of the StateMachine run there too.
 //
-// Errors (all through ToGrpcStatus, with an ErrorDetail when actionable):
+// Errors (all through ToGrpcStatus, details as kv.proto's file comment
+// lists them):
 //  INVALID_ARGUMENT    empty key, key > max_key_bytes, value >
 //                      max_value_bytes, prefix with start/end, start > end,
-//                      limit > max_scan_limit, a malformed Txn, a Txn whose
+//                      limit > max_scan_limit, a malformed Txn (with
+//                      google.rpc.BadRequest naming the field), a Txn whose
 //                      keys span shards (the message names them);
 //  RESOURCE_EXHAUSTED  max_inflight_bytes of requests are in flight on this
-//                      node (admission.h): ErrorDetail.retry_after says when
-//                      to come back;
+//                      node (admission.h): ErrorDetail.retry_after and
+//                      google.rpc.RetryInfo say when to come back;
 //  FAILED_PRECONDITION header.shard is not the key's shard, the shard has no
 //                      replica here, or a non-zero
 //                      header.epoch differs from ours: ErrorDetail.stale_route
 //                      carries the current map with leader hints;
-//  UNAVAILABLE         not the leader (ErrorDetail.not_leader: the leader id
-//                      and client address when known), no leader, or a STALE
-//                      read on a replica that lost contact with its leader;
+//  UNAVAILABLE         always with ErrorDetail.not_leader (the leader's id
+//                      and client address when this node knows them, and
+//                      the reason): not the leader, no leader, a STALE read
+//                      on a replica that lost contact with its leader
+//                      (REASON_NOT_LEADER); draining (REASON_DRAINING); no
+//                      map loaded yet (REASON_NO_CLUSTER_MAP); the raft loop
+//                      failed (REASON_NODE_FAILED);
 //  and whatever Node::Propose/ReadBarrier or the command returned
 //  (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, CANCELLED, FAILED_PRECONDITION for
 //  expired sessions, ...).
@@ -154,7 +160,9 @@ class KvService final : public RawKvService {
                                 grpc::ByteBuffer* response) override;
 
   // Drain, for a graceful stop: from now on new calls fail at once with
-  // UNAVAILABLE (clients retry on another replica); calls in flight go on.
+  // UNAVAILABLE, ErrorDetail.not_leader{REASON_DRAINING, the leader of the
+  // shard the call was routed to when known} (clients retry there or on
+  // another replica); calls in flight go on.
   void BeginDrain() ABSL_LOCKS_EXCLUDED(drain_mu_);
   // Waits until no call is in flight, or `deadline`; returns whether idle.
   bool WaitIdle(absl::Time deadline) ABSL_LOCKS_EXCLUDED(drain_mu_);
@@ -188,13 +196,18 @@ class KvService final : public RawKvService {
   // Admits a call of `request_bytes` due by `deadline` (counted in flight,
   // its bytes taken from the budget) unless draining or refused by the
   // budget; else finishes it.
-  bool Enter(grpc::ServerUnaryReactor* reactor, uint64_t request_bytes, absl::Time deadline)
-      ABSL_LOCKS_EXCLUDED(drain_mu_);
+  // `header` is the request's (a draining node's answer names the leader of
+  // its shard).
+  bool Enter(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
+             uint64_t request_bytes, absl::Time deadline) ABSL_LOCKS_EXCLUDED(drain_mu_);
   // Finishes an admitted call (serializing its response first when `status`
   // is OK) and gives its bytes back.
   void FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status)
       ABSL_LOCKS_EXCLUDED(drain_mu_);
-  absl::Status ValidateKey(absl::string_view key) const;
+  // INVALID_ARGUMENT naming `field` (google.rpc.BadRequest) if the key is
+  // empty or too long / the value too long.
+  absl::Status ValidateKey(absl::string_view key, absl::string_view field) const;
+  absl::Status ValidateValue(absl::string_view value, absl::string_view field) const;
   // The shard of `keys` if the header routes them correctly (see above).
   // UNAVAILABLE while no map is loaded.
   absl::StatusOr<ShardId> CheckRoute(const v1::RequestHeader& header,
@@ -217,7 +230,15 @@ class KvService final : public RawKvService {
   // and finishes the call with what it returns.
   void ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
                      ShardId shard, absl::Time deadline, std::function<absl::Status()> read);
+  // Finishes an admitted call; an UNAVAILABLE gets its leader hint first.
   void Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status);
+  // Completes the ErrorDetail.not_leader of an UNAVAILABLE `status` about
+  // `shard`: adds one if missing (REASON_NODE_FAILED while the backend is
+  // not healthy, else REASON_NOT_LEADER); if it names no leader (and the
+  // node may know one: not leader or draining), names the leader this
+  // replica of `shard` knows now (a replica that has just lost leadership
+  // learns its successor soon after); adds the leader's client address.
+  void AddLeaderHint(absl::Status& status, ShardId shard) const;
 
   const KvServiceOptions options_;
   std::unique_ptr<ClusterMapCache> owned_maps_;  // the fixed-map constructor's

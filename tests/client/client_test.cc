@@ -286,6 +286,50 @@ TEST(ClientFake, CircuitBreakerSkipsADeadNodeThenProbesAndCloses) {
   EXPECT_GT(cluster.calls(0) - before, 2);
 }
 
+// A draining node names the leader: the client goes there at once, and
+// counts the answer as a failure of the node (it is going away), unlike a
+// follower's plain not-leader answer.
+TEST(ClientFake, DrainingNodeIsLeftForTheLeaderItNames) {
+  FakeCluster cluster({});
+  for (uint32_t s = 0; s < cluster.shards(); ++s) cluster.SetLeader(s, 0);
+  ClientOptions o = Options(cluster);
+  o.breaker = {.failure_threshold = 1, .cool_down = absl::Seconds(30)};
+  auto client = MakeClient(o);
+  ASSERT_THAT(client->Put("k", "v"), IsOk());
+  const uint32_t shard = ShardForKey("k", cluster.shards());
+  cluster.SetLeader(shard, 1);
+  std::atomic<int> refused{0};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.node != 0 || call.method != "Put") return a;
+    ++refused;
+    a.kind = FakeAction::Kind::kError;
+    a.error = absl::UnavailableError("node 1 is shutting down");
+    v1::ErrorDetail detail;
+    detail.mutable_not_leader()->set_leader_node(2);
+    detail.mutable_not_leader()->set_leader_address(cluster.address(1));
+    detail.mutable_not_leader()->set_reason(v1::ErrorDetail::NotLeader::REASON_DRAINING);
+    SetErrorDetail(a.error, detail);
+    return a;
+  });
+  ASSERT_THAT(client->Put("k", "w"), IsOk());
+  EXPECT_EQ(refused.load(), 1);
+  EXPECT_EQ(client->core_for_testing().routes().Leaders().at(shard), cluster.address(1));
+  Client::Core::Node* node = client->core_for_testing().FindNode(cluster.address(0));
+  ASSERT_NE(node, nullptr);
+  EXPECT_EQ(node->breaker.state(absl::Now()), CircuitBreaker::State::kOpen);
+
+  // A plain not-leader answer (node 3 leads now; node 2, the cached
+  // leader, follows): the node is fine.
+  cluster.SetHook(nullptr);
+  cluster.SetLeader(shard, 2);
+  Client::Core::Node* follower = client->core_for_testing().FindNode(cluster.address(1));
+  ASSERT_NE(follower, nullptr);
+  ASSERT_THAT(client->Put("k", "x"), IsOk());
+  EXPECT_EQ(client->core_for_testing().routes().Leaders().at(shard), cluster.address(2));
+  EXPECT_EQ(follower->breaker.state(absl::Now()), CircuitBreaker::State::kClosed);
+}
+
 TEST(ClientFake, WriteWhoseReplyIsLostIsRetriedAndAppliedOnce) {
   FakeCluster cluster({});
   std::atomic<int> attempts{0};

@@ -31,7 +31,24 @@ namespace {
 
 using ::tessera::testing::IsOk;
 using ::tessera::testing::StatusIs;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+
+// The not_leader detail of `status`, failing the test if absent.
+v1::ErrorDetail::NotLeader NotLeaderOf(const absl::Status& status) {
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
+  EXPECT_TRUE(detail.has_value() && detail->has_not_leader()) << status;
+  return detail.has_value() ? detail->not_leader() : v1::ErrorDetail::NotLeader();
+}
+
+// The fields google.rpc.BadRequest names in `status`.
+std::vector<std::string> BadFields(const absl::Status& status) {
+  std::vector<std::string> fields;
+  if (std::optional<google::rpc::BadRequest> bad = GetBadRequest(status)) {
+    for (const auto& v : bad->field_violations()) fields.push_back(v.field());
+  }
+  return fields;
+}
 
 constexpr char kCluster[] =
     "1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102,"
@@ -402,6 +419,66 @@ TEST_F(KvServiceTest, InvalidArguments) {
   EXPECT_THAT(Call(&v1::KV::Stub::Txn, txn), StatusIs(kInvalid, HasSubstr("empty key")));
 }
 
+// INVALID_ARGUMENT about one field names it in a google.rpc.BadRequest.
+TEST_F(KvServiceTest, InvalidArgumentsNameTheField) {
+  EXPECT_THAT(BadFields(Put("", "v").status()), ElementsAre("key"));
+  EXPECT_THAT(BadFields(Put("k", std::string((1 << 20) + 1, 'v')).status()), ElementsAre("value"));
+  absl::Status empty_get = Get("").status();
+  EXPECT_THAT(BadFields(empty_get), ElementsAre("key"));
+  std::optional<google::rpc::BadRequest> bad = GetBadRequest(empty_get);
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_EQ(bad->field_violations(0).description(), empty_get.message());
+
+  v1::ScanRequest scan;
+  scan.mutable_header()->set_shard(0);
+  scan.set_prefix("p");
+  scan.set_start("a");
+  EXPECT_THAT(BadFields(Call(&v1::KV::Stub::Scan, scan).status()), ElementsAre("prefix"));
+  scan.clear_prefix();
+  scan.set_start("b");
+  scan.set_end("a");
+  EXPECT_THAT(BadFields(Call(&v1::KV::Stub::Scan, scan).status()), ElementsAre("start"));
+  scan.clear_start();
+  scan.set_end(std::string(4097, 'e'));
+  EXPECT_THAT(BadFields(Call(&v1::KV::Stub::Scan, scan).status()), ElementsAre("end"));
+  scan.clear_end();
+  scan.set_limit(10001);
+  EXPECT_THAT(BadFields(Call(&v1::KV::Stub::Scan, scan).status()), ElementsAre("limit"));
+
+  v1::GetRequest get;
+  *get.mutable_header() = HeaderFor("k");
+  get.mutable_header()->set_consistency(static_cast<v1::ReadConsistency>(7));
+  get.set_key("k");
+  EXPECT_THAT(BadFields(Call(&v1::KV::Stub::Get, get).status()), ElementsAre("header.consistency"));
+
+  v1::TxnRequest txn;
+  *txn.mutable_header() = HeaderFor("k");
+  txn.add_success()->mutable_get()->set_key("k");
+  txn.add_success()->mutable_put()->set_key("k");
+  txn.mutable_success(1)->mutable_put()->set_value(std::string((1 << 20) + 1, 'v'));
+  absl::Status big = Call(&v1::KV::Stub::Txn, txn).status();
+  EXPECT_THAT(big, StatusIs(absl::StatusCode::kInvalidArgument,
+                            HasSubstr("success[1].put.value: value of")));
+  EXPECT_THAT(BadFields(big), ElementsAre("success[1].put.value"));
+  txn.clear_success();
+  txn.add_failure()->mutable_delete_()->set_key("");
+  EXPECT_THAT(BadFields(Call(&v1::KV::Stub::Txn, txn).status()),
+              ElementsAre("failure[0].delete.key"));
+  txn.clear_failure();
+  txn.add_compares()->set_key("k");
+  txn.mutable_compares(0)->set_target(static_cast<v1::Compare::Target>(9));
+  EXPECT_THAT(BadFields(Call(&v1::KV::Stub::Txn, txn).status()), ElementsAre("compares[0]"));
+  // Keys spanning shards: no one field is at fault.
+  txn.clear_compares();
+  std::string other = "x";
+  for (int i = 0; ShardForKey(other, 16) == ShardForKey("k", 16); ++i) other = absl::StrCat("x", i);
+  txn.add_success()->mutable_put()->set_key("k");
+  txn.add_success()->mutable_put()->set_key(other);
+  absl::Status spanning = Call(&v1::KV::Stub::Txn, txn).status();
+  EXPECT_THAT(spanning, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("span")));
+  EXPECT_FALSE(GetBadRequest(spanning).has_value());
+}
+
 // Returns the stale_route map of `status`, failing the test if absent.
 v1::ClusterMap StaleRouteMap(const absl::Status& status) {
   std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
@@ -553,6 +630,48 @@ TEST_F(KvServiceTest, NotLeaderNamesTheLeaderAndItsAddress) {
   ASSERT_TRUE(got.has_value() && got->has_not_leader());
   EXPECT_EQ(got->not_leader().leader_node(), 3u);
   EXPECT_EQ(got->not_leader().leader_address(), "127.0.0.1:7003");
+  EXPECT_EQ(got->not_leader().reason(), v1::ErrorDetail::NotLeader::REASON_NOT_LEADER);
+}
+
+// A replica that has just lost leadership answers its waiters "not leader"
+// before it knows its successor (leader 0); by the time the call finishes
+// it may know: the answer names the leader it knows then.
+TEST_F(KvServiceTest, NotLeaderWithoutALeaderNamesTheOneLearnedSince) {
+  v1::ErrorDetail detail;
+  detail.mutable_not_leader()->set_leader_node(0);
+  absl::Status lost = absl::UnavailableError("leadership lost");
+  SetErrorDetail(lost, detail);
+  backend_.SetProposeError(lost);
+  std::vector<ShardStatus> statuses = backend_.Status();
+  for (ShardStatus& s : statuses) {
+    s.role = "follower";
+    s.leader = 2;
+  }
+  backend_.SetStatuses(statuses);
+  absl::StatusOr<v1::PutResponse> put = Put("k", "v");
+  ASSERT_THAT(put, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("leadership lost")));
+  v1::ErrorDetail::NotLeader hint = NotLeaderOf(put.status());
+  EXPECT_EQ(hint.leader_node(), 2u);
+  EXPECT_EQ(hint.leader_address(), "127.0.0.1:7002");
+
+  // Still no leader known: none named (never this node itself).
+  for (ShardStatus& s : statuses) s.leader = 1;
+  backend_.SetStatuses(statuses);
+  put = Put("k", "v");
+  ASSERT_THAT(put, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(NotLeaderOf(put.status()).leader_node(), 0u);
+  EXPECT_EQ(NotLeaderOf(put.status()).leader_address(), "");
+}
+
+// A node whose raft loop failed answers KV calls UNAVAILABLE saying so.
+TEST_F(KvServiceTest, FailedNodeSaysSo) {
+  backend_.SetHealth(absl::DataLossError("raft log save failed"));
+  backend_.SetProposeError(absl::UnavailableError("node 1 failed (raft log save failed)"));
+  absl::StatusOr<v1::PutResponse> put = Put("k", "v");
+  ASSERT_THAT(put, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("failed")));
+  v1::ErrorDetail::NotLeader hint = NotLeaderOf(put.status());
+  EXPECT_EQ(hint.reason(), v1::ErrorDetail::NotLeader::REASON_NODE_FAILED);
+  EXPECT_EQ(hint.leader_node(), 0u);
 }
 
 TEST_F(KvServiceTest, CommandErrorsBecomeStatuses) {
@@ -640,6 +759,7 @@ TEST_F(KvServiceTest, NodeStatusIsUnavailableWhileTheNodeIsDown) {
   absl::Status s = FromGrpcStatus(cluster_stub_->NodeStatus(&context, {}, &status));
   EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable,
                           HasSubstr("node 1 is down: DATA_LOSS: shard 3: install snapshot")));
+  EXPECT_EQ(NotLeaderOf(s).reason(), v1::ErrorDetail::NotLeader::REASON_NODE_FAILED);
   backend_.SetHealth(absl::OkStatus());
   grpc::ClientContext again;
   EXPECT_TRUE(cluster_stub_->NodeStatus(&again, {}, &status).ok());
@@ -648,9 +768,38 @@ TEST_F(KvServiceTest, NodeStatusIsUnavailableWhileTheNodeIsDown) {
 TEST_F(KvServiceTest, DrainRefusesNewCallsAndWaitsForInFlightOnes) {
   EXPECT_TRUE(kv_->WaitIdle(absl::Now()));
   kv_->BeginDrain();
-  EXPECT_THAT(Put("k", "v"), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("shutting down")));
+  absl::StatusOr<v1::PutResponse> put = Put("k", "v");
+  EXPECT_THAT(put, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("shutting down")));
+  // This node leads: the client is told to go elsewhere, not back here.
+  EXPECT_EQ(NotLeaderOf(put.status()).reason(), v1::ErrorDetail::NotLeader::REASON_DRAINING);
+  EXPECT_EQ(NotLeaderOf(put.status()).leader_node(), 0u);
   EXPECT_THAT(Get("k"), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_TRUE(kv_->WaitIdle(absl::Now() + absl::Seconds(5)));
+}
+
+// A draining node that knows another leader of the shard the call was
+// routed to names it.
+TEST_F(KvServiceTest, DrainingNodeNamesTheLeaderOfTheShard) {
+  std::vector<ShardStatus> statuses = backend_.Status();
+  for (ShardStatus& s : statuses) {
+    s.role = "follower";
+    s.leader = 3;
+  }
+  backend_.SetStatuses(statuses);
+  kv_->BeginDrain();
+  absl::StatusOr<v1::GetResponse> get = Get("k");
+  ASSERT_THAT(get, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("shutting down")));
+  v1::ErrorDetail::NotLeader hint = NotLeaderOf(get.status());
+  EXPECT_EQ(hint.reason(), v1::ErrorDetail::NotLeader::REASON_DRAINING);
+  EXPECT_EQ(hint.leader_node(), 3u);
+  EXPECT_EQ(hint.leader_address(), "127.0.0.1:7003");
+  // A shard id that does not exist gets no hint (but still the reason).
+  v1::RequestHeader bogus = HeaderFor("k");
+  bogus.set_shard(99);
+  get = Get("k", bogus);
+  ASSERT_THAT(get, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(NotLeaderOf(get.status()).leader_node(), 0u);
+  EXPECT_EQ(NotLeaderOf(get.status()).reason(), v1::ErrorDetail::NotLeader::REASON_DRAINING);
 }
 
 // A node with a 2.5 MiB budget of request bytes in flight.
@@ -701,6 +850,11 @@ TEST_F(KvServiceBudgetTest, OverBudgetIsResourceExhaustedWithRetryAfterUntilByte
   ASSERT_TRUE(detail.has_value() && detail->has_retry_after()) << refused.status();
   EXPECT_GE(detail->retry_after().retry_after_ms(), 10u);
   EXPECT_LE(detail->retry_after().retry_after_ms(), 2000u);
+  // The same hint in the standard form.
+  std::optional<google::rpc::RetryInfo> info = GetRetryInfo(refused.status());
+  ASSERT_TRUE(info.has_value()) << refused.status();
+  EXPECT_EQ(info->retry_delay().seconds() * 1000 + info->retry_delay().nanos() / 1000000,
+            detail->retry_after().retry_after_ms());
   EXPECT_EQ(kv_->admission_stats().rejected_total, 1u);
   // A small request still fits.
   EXPECT_THAT(Get("small"), IsOk());
@@ -833,7 +987,9 @@ TEST(KvServiceMetaTest, UnavailableUntilTheMapIsLoadedAndMetaReplicaReportedApar
   };
 
   EXPECT_THAT(put(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("not loaded")));
+  EXPECT_EQ(NotLeaderOf(put()).reason(), v1::ErrorDetail::NotLeader::REASON_NO_CLUSTER_MAP);
   EXPECT_THAT(get_map(), StatusIs(absl::StatusCode::kUnavailable, HasSubstr("not loaded")));
+  EXPECT_EQ(NotLeaderOf(get_map()).reason(), v1::ErrorDetail::NotLeader::REASON_NO_CLUSTER_MAP);
   v1::NodeStatusResponse status = node_status();
   EXPECT_EQ(status.epoch(), 0u);
   EXPECT_EQ(status.shards_size(), static_cast<int>(map.ShardsOf(1).size()));
