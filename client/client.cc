@@ -1,7 +1,11 @@
 #include "client/client.h"
 
 #include <algorithm>
+#include <deque>
+#include <memory>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -588,22 +592,29 @@ CallSpec ReadSpec(const Core& core, const CallOptions& options, absl::Time deadl
   return spec;
 }
 
+// Turns a prefix into the range [prefix, PrefixEnd(prefix)); kInvalidArgument
+// for a prefix with start/end, or start after end.
+absl::Status ToRange(ScanOptions* scan) {
+  if (!scan->prefix.empty()) {
+    if (!scan->start.empty() || !scan->end.empty()) {
+      return absl::InvalidArgumentError("scan: prefix excludes start and end");
+    }
+    scan->start = scan->prefix;
+    scan->end = PrefixEnd(scan->prefix);
+  }
+  if (!scan->end.empty() && scan->start > scan->end) {
+    return absl::InvalidArgumentError("scan: start is after end");
+  }
+  return absl::OkStatus();
+}
+
 // A cluster-wide scan: one chain of pages per shard, in parallel, merged in
 // key order when every shard is done.
 class ScanCall {
  public:
   static void Start(Core* core, ScanOptions scan, const CallOptions& options,
                     Callback<ScanResult> done) {
-    if (!scan.prefix.empty()) {
-      if (!scan.start.empty() || !scan.end.empty()) {
-        return done(absl::InvalidArgumentError("scan: prefix excludes start and end"));
-      }
-      scan.start = scan.prefix;
-      scan.end = PrefixEnd(scan.prefix);
-    }
-    if (!scan.end.empty() && scan.start > scan.end) {
-      return done(absl::InvalidArgumentError("scan: start is after end"));
-    }
+    if (absl::Status s = ToRange(&scan); !s.ok()) return done(s);
     const absl::Time deadline = EffectiveDeadline(core->options(), options);
     auto* call =
         new ScanCall(core, std::move(scan), ReadSpec(*core, options, deadline), std::move(done));
@@ -708,6 +719,97 @@ class ScanCall {
   absl::Mutex mu_;
   uint32_t pending_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Shard> per_shard_ ABSL_GUARDED_BY(mu_);
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+};
+
+// The per-shard buffers of Client::ScanPages, shared by the merging thread
+// and the page fetches' callbacks (gRPC threads), which may outlive the
+// merge (a scan that stops early leaves its fetches to finish on their own).
+// Thread-safe.
+class ScanBuffers {
+ public:
+  // A page of `limit` keys to request from `shard`, after `continuation`.
+  struct Fetch {
+    uint32_t shard = 0;
+    std::string continuation;
+    uint32_t limit = 0;
+  };
+
+  explicit ScanBuffers(uint32_t num_shards) : shards_(num_shards) {}
+
+  // The fetches to start now: each shard not exhausted, with no fetch in
+  // flight, that buffers fewer than `want` keys (the fetch is marked in
+  // flight; it asks for `want` keys).
+  std::vector<Fetch> Plan(uint32_t want) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    std::vector<Fetch> fetches;
+    for (uint32_t i = 0; i < shards_.size(); ++i) {
+      Shard& s = shards_[i];
+      if (s.exhausted || s.in_flight || s.kvs.size() >= want) continue;
+      s.in_flight = true;
+      fetches.push_back({i, s.continuation, want});
+    }
+    return fetches;
+  }
+
+  // A fetch of `shard` finished.
+  void OnPage(uint32_t shard, absl::StatusOr<v1::ScanResponse> page) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    Shard& s = shards_[shard];
+    s.in_flight = false;
+    if (!page.ok()) {
+      if (error_.ok()) error_ = page.status();
+      return;
+    }
+    for (v1::KeyValue& kv : *page->mutable_kvs()) {
+      s.kvs.push_back({std::move(*kv.mutable_key()), std::move(*kv.mutable_value()), kv.version()});
+    }
+    s.continuation = std::move(*page->mutable_continuation());
+    s.exhausted = s.continuation.empty();
+  }
+
+  // Waits until every shard buffers a key or is exhausted (its fetches,
+  // planned by the caller, are in flight), or a fetch failed (its status).
+  // Then moves up to `max` keys into `batch` in key order, while the next
+  // key of every shard is known. Returns whether the scan is drained (every
+  // shard exhausted, nothing buffered).
+  absl::StatusOr<bool> Merge(size_t max, std::vector<KeyValue>* batch) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &ScanBuffers::ReadyLocked));
+    if (!error_.ok()) return error_;
+    while (batch->size() < max) {
+      Shard* next = nullptr;
+      for (Shard& s : shards_) {
+        if (s.kvs.empty()) {
+          if (!s.exhausted) return false;  // its next key is not known yet
+          continue;
+        }
+        if (next == nullptr || s.kvs.front().key < next->kvs.front().key) next = &s;
+      }
+      if (next == nullptr) return true;
+      batch->push_back(std::move(next->kvs.front()));
+      next->kvs.pop_front();
+    }
+    return std::all_of(shards_.begin(), shards_.end(),
+                       [](const Shard& s) { return s.exhausted && s.kvs.empty(); });
+  }
+
+ private:
+  struct Shard {
+    std::deque<KeyValue> kvs;  // fetched, not yet merged; in key order
+    std::string continuation;  // where the next page starts
+    bool exhausted = false;    // no page after the buffered keys
+    bool in_flight = false;
+  };
+
+  bool ReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !error_.ok() || std::all_of(shards_.begin(), shards_.end(), [](const Shard& s) {
+      return s.exhausted || !s.kvs.empty();
+    });
+  }
+
+  absl::Mutex mu_;
+  std::vector<Shard> shards_ ABSL_GUARDED_BY(mu_);
   absl::Status error_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -877,6 +979,66 @@ absl::StatusOr<ScanResult> Client::Scan(const ScanOptions& scan, const CallOptio
   return ToFuture<ScanResult>(
              [&](Callback<ScanResult> cb) { ScanAsync(scan, options, std::move(cb)); })
       .get();
+}
+
+// A k-way merge of the shards' page chains (ScanBuffers): the calling thread
+// merges and hands batches to `on_batch`; each shard's next page is fetched
+// while its buffer holds less than a page. With a limit, a shard is asked
+// for at most one key more than the limit still allows: that key, if any,
+// tells `more`.
+absl::StatusOr<ScanResult> Client::ScanPages(
+    const ScanOptions& scan_options, const CallOptions& options,
+    const std::function<bool(std::vector<KeyValue>&)>& on_batch) {
+  ScanOptions scan = scan_options;
+  if (absl::Status s = ToRange(&scan); !s.ok()) return s;
+  Core* core = core_.get();
+  if (!core->routes().has_map()) {
+    absl::StatusOr<v1::ClusterMap> map = GetClusterMap(options);
+    if (!map.ok()) return map.status();
+  }
+  const uint32_t num_shards = core->routes().num_shards();
+  const uint32_t page = std::max<uint32_t>(1, core->options().scan_page_size);
+  auto buffers = std::make_shared<ScanBuffers>(num_shards);
+  ScanResult result;
+  uint64_t handed = 0;  // keys handed to on_batch
+  std::string last_key;
+  std::vector<KeyValue> batch;
+  // Each turn either hands keys over or waits for a page: it ends when the
+  // shards are drained, the limit is reached, a page fails or on_batch stops.
+  while (true) {
+    const uint64_t left = scan.limit == 0 ? UINT64_MAX : scan.limit - handed;
+    const uint32_t want =
+        scan.limit == 0 ? page : static_cast<uint32_t>(std::min<uint64_t>(page, left + 1));
+    for (ScanBuffers::Fetch& f : buffers->Plan(want)) {
+      CallSpec spec = ReadSpec(*core, options, EffectiveDeadline(core->options(), options));
+      spec.fixed_shard = f.shard;
+      spec.fixed_num_shards = num_shards;
+      v1::ScanRequest request;
+      request.set_start(scan.start);
+      request.set_end(scan.end);
+      request.set_limit(f.limit);
+      request.set_continuation(std::move(f.continuation));
+      KvCall<v1::ScanRequest, v1::ScanResponse>::Start(
+          core, std::move(spec), std::move(request), &InvokeScan,
+          [buffers, shard = f.shard](absl::StatusOr<v1::ScanResponse> r) {
+            buffers->OnPage(shard, std::move(r));
+          });
+    }
+    absl::StatusOr<bool> drained = buffers->Merge(std::min<uint64_t>(page, left), &batch);
+    if (!drained.ok()) return drained.status();
+    if (left == 0) {  // the limit is reached: is there a key after the last one?
+      result.more = !*drained;
+      if (result.more) result.next_start = last_key + std::string(1, '\0');
+      return result;
+    }
+    if (!batch.empty()) {
+      handed += batch.size();
+      last_key = batch.back().key;
+      if (!on_batch(batch)) return absl::CancelledError("scan stopped by its consumer");
+      batch.clear();
+    }
+    if (*drained) return result;
+  }
 }
 
 void Client::TxnAsync(const TxnRequest& txn, const CallOptions& options, Callback<TxnResult> done) {

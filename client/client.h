@@ -194,6 +194,20 @@ class Client {
   // Every shard in parallel, merged in key order (see ScanOptions).
   absl::StatusOr<ScanResult> Scan(const ScanOptions& scan, const CallOptions& options = {});
   void ScanAsync(const ScanOptions& scan, const CallOptions& options, Callback<ScanResult> done);
+  // Scan that hands the keys over in batches as the pages arrive instead of
+  // collecting them: the same keys in the same (key) order as Scan, with
+  // memory bounded by under two pages per shard (a shard's next page is
+  // fetched while its buffer holds less than a page). Blocking: `on_batch`
+  // runs on the calling thread with the next keys in order (never empty; at
+  // most scan_page_size of them; it may move them out); returning false
+  // stops the scan with kCancelled. Each page gets its own deadline
+  // (options.timeout, else default_timeout, from when it is requested), so a
+  // long scan or a slow `on_batch` does not time out; an explicit
+  // options.deadline bounds the whole scan. Returns `more`/`next_start` as
+  // Scan does, with `kvs` empty. On an error (Scan's codes) the batches
+  // already handed over are a prefix of the scan.
+  absl::StatusOr<ScanResult> ScanPages(const ScanOptions& scan, const CallOptions& options,
+                                       const std::function<bool(std::vector<KeyValue>&)>& on_batch);
 
   absl::StatusOr<TxnResult> Txn(const TxnRequest& txn, const CallOptions& options = {});
   void TxnAsync(const TxnRequest& txn, const CallOptions& options, Callback<TxnResult> done);

@@ -489,6 +489,110 @@ TEST(ClientFake, ScanMergesShardsInKeyOrderWithLimitAndPaging) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// ScanPages: Scan's keys in Scan's order, handed over in batches of at most
+// a page while at most a few pages per shard are fetched ahead of the
+// consumer (Scan fetches everything first), with Scan's limit semantics.
+TEST(ClientFake, ScanPagesStreamsScansKeysFetchingFewPagesAhead) {
+  constexpr int kShards = 5;
+  constexpr uint32_t kPage = 4;
+  FakeCluster cluster({.nodes = 3, .shards = kShards});
+  std::vector<std::string> keys;
+  for (int i = 0; i < 2000; ++i) {
+    keys.push_back(absl::StrCat(i % 2 ? "p/" : "q/", 10000 + i));
+    cluster.Seed(keys.back(), absl::StrCat("v", i));
+  }
+  std::sort(keys.begin(), keys.end());
+  auto scans = std::make_shared<std::atomic<int>>(0);  // outlives late handlers
+  cluster.SetHook([scans](const FakeCall& call) {
+    if (call.method == "Scan") ++*scans;
+    return FakeAction();
+  });
+  ClientOptions o = Options(cluster);
+  o.scan_page_size = kPage;
+  auto client = MakeClient(o);
+
+  std::vector<std::string> got;
+  int most_ahead = 0;  // pages fetched beyond those the consumer has had
+  absl::StatusOr<ScanResult> all = client->ScanPages({}, {}, [&](std::vector<KeyValue>& batch) {
+    EXPECT_FALSE(batch.empty());
+    EXPECT_LE(batch.size(), kPage);
+    for (const KeyValue& kv : batch) got.push_back(kv.key);
+    most_ahead = std::max(most_ahead, scans->load() - static_cast<int>(got.size() / kPage));
+    return true;
+  });
+  ASSERT_THAT(all, IsOk());
+  EXPECT_EQ(got, keys);
+  EXPECT_TRUE(all->kvs.empty());
+  EXPECT_FALSE(all->more);
+  // A shard buffers under two pages and has at most one more in flight.
+  EXPECT_LE(most_ahead, 4 * kShards) << "of " << scans->load() << " pages";
+
+  // A limit: `more` and `next_start` as Scan's, resuming gives the rest.
+  std::vector<std::string> paged;
+  ScanOptions scan{.limit = 13};
+  for (int turn = 0; turn < 200; ++turn) {
+    absl::StatusOr<ScanResult> r = client->ScanPages(scan, {}, [&](std::vector<KeyValue>& batch) {
+      for (const KeyValue& kv : batch) paged.push_back(kv.key);
+      return true;
+    });
+    ASSERT_THAT(r, IsOk());
+    EXPECT_EQ(paged.size() % 13 == 0 && paged.size() < keys.size(), r->more) << paged.size();
+    if (!r->more) break;
+    EXPECT_EQ(r->next_start, paged.back() + std::string(1, '\0'));
+    scan.start = r->next_start;
+  }
+  EXPECT_EQ(paged, keys);
+
+  std::vector<std::string> exact;
+  absl::StatusOr<ScanResult> whole =
+      client->ScanPages({.limit = 2000}, {}, [&](std::vector<KeyValue>& batch) {
+        for (const KeyValue& kv : batch) exact.push_back(kv.key);
+        return true;
+      });
+  ASSERT_THAT(whole, IsOk());
+  EXPECT_FALSE(whole->more);  // the limit is exactly the number of keys
+  EXPECT_EQ(exact, keys);
+
+  int batches = 0;
+  EXPECT_THAT(client->ScanPages({}, {}, [&](std::vector<KeyValue>&) { return ++batches < 2; }),
+              StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_EQ(batches, 2);
+  EXPECT_THAT(client->ScanPages({.start = "a", .prefix = "p"}, {},
+                                [](std::vector<KeyValue>&) { return true; }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A page that fails ends the stream with its error after a prefix of the keys.
+TEST(ClientFake, ScanPagesEndsWithAPagesError) {
+  FakeCluster cluster({.nodes = 3, .shards = 4});
+  std::vector<std::string> keys;
+  for (int i = 0; i < 200; ++i) {
+    keys.push_back(absl::StrCat("k", 1000 + i));
+    cluster.Seed(keys.back(), "v");
+  }
+  auto scans = std::make_shared<std::atomic<int>>(0);  // outlives late handlers
+  cluster.SetHook([scans](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Scan" && ++*scans > 6) {
+      a.kind = FakeAction::Kind::kError;
+      a.error = absl::InvalidArgumentError("page refused");
+    }
+    return a;
+  });
+  ClientOptions o = Options(cluster);
+  o.scan_page_size = 10;
+  auto client = MakeClient(o);
+  std::vector<std::string> got;
+  EXPECT_THAT(client->ScanPages({}, {},
+                                [&](std::vector<KeyValue>& batch) {
+                                  for (const KeyValue& kv : batch) got.push_back(kv.key);
+                                  return true;
+                                }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  ASSERT_LT(got.size(), keys.size());
+  EXPECT_EQ(got, std::vector<std::string>(keys.begin(), keys.begin() + got.size()));
+}
+
 TEST(ClientFake, StaleReadsGoToTheLeastLoadedReplica) {
   FakeCluster cluster({});
   cluster.Seed("hot", "v");
