@@ -5,9 +5,13 @@
 //   0 ok, 1 key not found / compare failed, 2 usage error,
 //   3 cluster unavailable or timed out, 4 any other error.
 // Errors are one line on stderr: "tessera: <command>: <what went wrong>".
+// `scan` streams: it prints each batch of keys as the SDK's ScanPages hands
+// it over, so its memory does not grow with the number of keys.
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <iterator>
 #include <map>
@@ -44,7 +48,10 @@ commands:
   get KEY                  print KEY's value (a newline is added only on a terminal)
   del KEY                  delete KEY
   scan [--prefix P | --start S --end E] [--limit N]
-                           keys in order (text: KEY<TAB>VALUE per line)
+                           keys in byte-wise key order, printed as the pages arrive
+                           (text: KEY<TAB>VALUE per line; json: JSON Lines, one
+                           {"key","value","version"} object per line). An error
+                           midway keeps what was printed, then one line on stderr.
   cas KEY EXPECTED NEW     set KEY to NEW if its value is EXPECTED
   cas --version V KEY NEW  set KEY to NEW if its version is V (0 = KEY must not exist)
   txn [STATEMENTS]         a transaction (statements from the arguments, else stdin)
@@ -63,7 +70,8 @@ one shard (use a hash tag: "acct:{42}:balance").
 
 flags:
   --endpoints=HOST:PORT,...  members to contact (default 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003)
-  --timeout=DURATION         overall deadline of the command, retries included (default 5s)
+  --timeout=DURATION         overall deadline of the command, retries included (default 5s);
+                             for scan, the deadline of each page
   --consistency=MODE         reads: linearizable (default) | lease | stale
   --max-staleness=DURATION   stale reads: how far behind the leader (default 5s)
   -o text|json               output format (default text; json escapes bytes as \u00XX)
@@ -201,8 +209,9 @@ std::string OneLine(const absl::Status& s) {
   return what + msg;
 }
 
-int Fail(const std::string& command, const absl::Status& s) {
-  std::fprintf(stderr, "tessera: %s: %s\n", command.c_str(), OneLine(s).c_str());
+// Prints the error (with `note` after it) and returns its exit code.
+int Fail(const std::string& command, const absl::Status& s, const std::string& note = "") {
+  std::fprintf(stderr, "tessera: %s: %s%s\n", command.c_str(), OneLine(s).c_str(), note.c_str());
   switch (s.code()) {
     case absl::StatusCode::kNotFound:
     case absl::StatusCode::kAborted:
@@ -576,20 +585,38 @@ int Run(int argc, char** argv) {
     scan.start = args.start.value_or("");
     scan.end = args.end.value_or("");
     scan.limit = args.limit.value_or(0);
-    absl::StatusOr<ScanResult> r = client.Scan(scan, call);
-    if (!r.ok()) return Fail("scan", r.status());
-    if (args.json) {
-      std::string out = "{\"kvs\":[";
-      for (size_t i = 0; i < r->kvs.size(); ++i) {
-        absl::StrAppend(&out, i ? "," : "", JsonKv(r->kvs[i]));
+    // Streams: each batch is written and flushed as it arrives (memory stays
+    // bounded however many keys there are); text is KEY<TAB>VALUE per line,
+    // json is JSON Lines (one object per key).
+    std::string out;
+    int write_errno = 0;
+    uint64_t printed = 0;
+    absl::StatusOr<ScanResult> r = client.ScanPages(scan, call, [&](std::vector<KeyValue>& batch) {
+      printed += batch.size();
+      out.clear();
+      for (const KeyValue& kv : batch) {
+        if (args.json) {
+          absl::StrAppend(&out, JsonKv(kv), "\n");
+        } else {
+          absl::StrAppend(&out, kv.key, "\t", kv.value, "\n");
+        }
       }
-      absl::StrAppend(&out, "],\"more\":", r->more ? "true" : "false");
-      if (r->more) absl::StrAppend(&out, ",\"next_start\":", JsonString(r->next_start));
-      WriteRaw(out + "}\n");
-    } else {
-      for (const KeyValue& kv : r->kvs) WriteRaw(kv.key + "\t" + kv.value + "\n");
-      if (r->more) std::fprintf(stderr, "tessera: scan: more keys after the limit\n");
+      WriteRaw(out);
+      if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+        write_errno = errno != 0 ? errno : EIO;
+        return false;
+      }
+      return true;
+    });
+    if (write_errno != 0) {
+      std::fprintf(stderr, "tessera: scan: writing the output: %s\n", std::strerror(write_errno));
+      return kExitError;
     }
+    if (!r.ok()) {
+      return Fail("scan", r.status(),
+                  printed == 0 ? "" : absl::StrCat(" (after ", printed, " keys were printed)"));
+    }
+    if (r->more) std::fprintf(stderr, "tessera: scan: more keys after the limit\n");
     return kExitOk;
   }
   if (cmd == "cas") {

@@ -1,19 +1,28 @@
 // The `tessera` binary against the in-process fake cluster: parsing, output
-// and exit codes.
+// (a scan streamed through a pipe), exit codes.
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/client/fake_cluster.h"
+#include "tests/client/piped_cli.h"
 
 namespace tessera::client {
 namespace {
@@ -96,9 +105,95 @@ TEST_F(Cli, ScanWithPrefixLimitAndRange) {
   EXPECT_EQ(Run({"scan"}).out, "a1\tx\na2\tx\na3\tx\nb1\tx\n");
   EXPECT_EQ(Run({"scan", "--prefix", "a", "--limit", "2"}).out, "a1\tx\na2\tx\n");
   EXPECT_EQ(Run({"scan", "--start=a2", "--end=b1"}).out, "a2\tx\na3\tx\n");
-  Result json = Run({"scan", "--prefix=b", "-o", "json"});
-  EXPECT_EQ(json.out,
-            "{\"kvs\":[{\"key\":\"b1\",\"value\":\"x\",\"version\":1}],\"more\":false}\n");
+  Result json = Run({"scan", "--prefix=a", "-o", "json"});
+  EXPECT_EQ(json.out,  // JSON Lines: one object per key
+            "{\"key\":\"a1\",\"value\":\"x\",\"version\":1}\n"
+            "{\"key\":\"a2\",\"value\":\"x\",\"version\":1}\n"
+            "{\"key\":\"a3\",\"value\":\"x\",\"version\":1}\n");
+  EXPECT_EQ(json.err, "");
+}
+
+TEST_F(Cli, ScanSaysWhenTheLimitCutItShort) {
+  for (const char* k : {"a1", "a2", "a3", "b1"}) ASSERT_EQ(Run({"put", k, "x"}).code, 0);
+  for (const std::string format : {"text", "json"}) {
+    SCOPED_TRACE(format);
+    Result cut = Run({"scan", "--limit=3", "-o", format});
+    EXPECT_EQ(cut.code, 0);
+    EXPECT_EQ(std::count(cut.out.begin(), cut.out.end(), '\n'), 3);
+    EXPECT_EQ(cut.err, "tessera: scan: more keys after the limit\n");
+    Result whole = Run({"scan", "--limit=4", "-o", format});
+    EXPECT_EQ(whole.code, 0);
+    EXPECT_EQ(std::count(whole.out.begin(), whole.out.end(), '\n'), 4);
+    EXPECT_EQ(whole.err, "");
+  }
+}
+
+// What a hook needs across the fake's handler threads; shared so that a
+// handler still running after the test body finds it alive.
+struct ScanGate {
+  std::atomic<int> scans{0};
+  absl::Notification release;
+  std::atomic<bool> held_too_long{false};
+};
+
+// Issue 19: the scan printed nothing before every page of every shard had
+// arrived. Every shard's second page is held until the test has read the
+// first line through the pipe, as the next tool of a pipeline would.
+TEST_F(Cli, ScanPrintsTheFirstPagesBeforeTheLastAreServed) {
+  for (int i = 0; i < 5000; ++i) cluster_.Seed(absl::StrFormat("k%05d", i), "x");
+  auto gate = std::make_shared<ScanGate>();
+  const int first_pages = static_cast<int>(cluster_.shards());
+  cluster_.SetHook([gate, first_pages](const testing::FakeCall& call) {
+    if (call.method == "Scan" && gate->scans.fetch_add(1) >= first_pages &&
+        !gate->release.WaitForNotificationWithTimeout(absl::Seconds(20))) {
+      gate->held_too_long = true;
+    }
+    return testing::FakeAction();
+  });
+  testing::PipedCli cli(
+      {TESSERA_CLI_BINARY, "--endpoints=" + cluster_.address(0), "--timeout=30s", "scan"},
+      (dir_ / "err").string());
+  std::optional<std::string> first = cli.ReadLine(absl::Now() + absl::Seconds(10));
+  gate->release.Notify();
+  EXPECT_EQ(first.value_or("(none)"), "k00000\tx") << "no line while later pages were held";
+  int lines = first.has_value() ? 1 : 0;
+  while (std::optional<std::string> line = cli.ReadLine(absl::Now() + absl::Seconds(30))) {
+    EXPECT_EQ(*line, absl::StrFormat("k%05d\tx", lines));
+    if (++lines > 5000) break;
+  }
+  EXPECT_EQ(lines, 5000);
+  EXPECT_EQ(cli.Wait(absl::Now() + absl::Seconds(10)), 0) << Slurp((dir_ / "err").string());
+  EXPECT_FALSE(gate->held_too_long);
+  EXPECT_GT(gate->scans.load(), first_pages);  // the later pages were asked for
+}
+
+// A page that fails mid-scan: what was printed stays (whole lines, in
+// order), then one line on stderr and the error's exit code.
+TEST_F(Cli, ScanErrorMidwayKeepsWhatWasPrintedThenOneLine) {
+  for (int i = 0; i < 5000; ++i) cluster_.Seed(absl::StrFormat("k%05d", i), "x");
+  std::string all;
+  for (int i = 0; i < 5000; ++i) {
+    absl::StrAppend(&all, "{\"key\":\"", absl::StrFormat("k%05d", i),
+                    "\",\"value\":\"x\",\"version\":1}\n");
+  }
+  auto scans = std::make_shared<std::atomic<int>>(0);
+  const int first_pages = static_cast<int>(cluster_.shards());
+  cluster_.SetHook([scans, first_pages](const testing::FakeCall& call) {
+    testing::FakeAction a;
+    if (call.method == "Scan" && scans->fetch_add(1) >= first_pages) {
+      a.kind = testing::FakeAction::Kind::kError;
+      a.error = absl::InvalidArgumentError("page refused");
+    }
+    return a;
+  });
+  Result r = Run({"scan", "-o", "json"});
+  EXPECT_EQ(r.code, 4);
+  const int lines = static_cast<int>(std::count(r.out.begin(), r.out.end(), '\n'));
+  EXPECT_GE(lines, 1000);  // the first batch: a page's worth
+  EXPECT_LT(lines, 5000);
+  EXPECT_EQ(all.substr(0, r.out.size()), r.out);
+  EXPECT_EQ(r.err, absl::StrCat("tessera: scan: invalid argument: page refused (after ", lines,
+                                " keys were printed)\n"));
 }
 
 TEST_F(Cli, CompareAndSet) {
