@@ -1167,6 +1167,17 @@ absl::StatusOr<v1::NodeStatusResponse> Client::NodeStatus(const std::string& add
   return response;
 }
 
+absl::Status Client::Drain(const std::string& address, uint64_t node_id,
+                           const CallOptions& options) {
+  Core::Node* node = core_->GetNode(address);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
+  v1::DrainRequest request;
+  request.set_node_id(node_id);
+  v1::DrainResponse response;
+  return FromGrpcStatus(node->cluster.Next()->Drain(&context, request, &response));
+}
+
 ReadCacheStats Client::read_cache_stats() const { return core_->cache().stats(); }
 
 }  // namespace tessera::client

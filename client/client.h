@@ -227,6 +227,9 @@ class Client {
 
   // Fetches the cluster map from any reachable member and caches it.
   absl::StatusOr<v1::ClusterMap> GetClusterMap(const CallOptions& options = {});
+  // Cluster.Drain of member `node_id` at `address` (one attempt): it hands
+  // its leaderships away, drains and exits.
+  absl::Status Drain(const std::string& address, uint64_t node_id, const CallOptions& options = {});
   // Cluster.NodeStatus of the member at `address` (one attempt).
   absl::StatusOr<v1::NodeStatusResponse> NodeStatus(const std::string& address,
                                                     const CallOptions& options = {});

@@ -696,6 +696,24 @@ grpc::ServerUnaryReactor* ClusterService::GetClusterMap(grpc::CallbackServerCont
   return reactor;
 }
 
+grpc::ServerUnaryReactor* ClusterService::Drain(grpc::CallbackServerContext* context,
+                                                const v1::DrainRequest* request,
+                                                v1::DrainResponse* /*response*/) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (request->node_id() != self_) {
+    reactor->Finish(ToGrpcStatus(absl::FailedPreconditionError(
+        absl::StrCat("this is node ", self_, ", not node ", request->node_id(),
+                     ": refresh the cluster map and ask that node"))));
+  } else if (!drain_) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server cannot drain on request"));
+  } else {
+    drain_();
+    reactor->Finish(grpc::Status::OK);
+  }
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext* context,
                                                      const v1::NodeStatusRequest* /*request*/,
                                                      v1::NodeStatusResponse* response) {

@@ -279,9 +279,17 @@ class ClusterService final : public v1::Cluster::CallbackService {
   grpc::ServerUnaryReactor* NodeStatus(grpc::CallbackServerContext* context,
                                        const v1::NodeStatusRequest* request,
                                        v1::NodeStatusResponse* response) override;
+  grpc::ServerUnaryReactor* Drain(grpc::CallbackServerContext* context,
+                                  const v1::DrainRequest* request,
+                                  v1::DrainResponse* response) override;
+
+  // What Drain starts (tessera-server: the SIGTERM path). Unset: Drain is
+  // UNIMPLEMENTED. Call before serving.
+  void SetDrainHandler(std::function<void()> drain) { drain_ = std::move(drain); }
 
  private:
   const NodeId self_;
+  std::function<void()> drain_;
   std::unique_ptr<ClusterMapCache> owned_maps_;
   const ClusterMapCache* const maps_;
   KvBackend* const backend_;

@@ -789,6 +789,8 @@ int Run(const Config& config, const sigset_t& signals) {
   ClusterService::StoredMapReader stored_map;
   if (hosts_meta) stored_map = [&backend] { return MetaGroup::ReadLocal(backend); };
   ClusterService cluster_service(config.node_id, &maps, &backend, std::move(stored_map));
+  // `tessera cluster drain N`: the same path as SIGTERM (sigwait below).
+  cluster_service.SetDrainHandler([] { kill(getpid(), SIGTERM); });
   // The standard grpc.health.v1.Health service on the client port, kept in
   // step with readiness by the HealthMonitor.
   grpc::EnableDefaultHealthCheckService(true);

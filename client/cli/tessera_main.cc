@@ -56,6 +56,8 @@ commands:
   cas --version V KEY NEW  set KEY to NEW if its version is V (0 = KEY must not exist)
   txn [STATEMENTS]         a transaction (statements from the arguments, else stdin)
   cluster status           members, shards, leaders, epochs, per-replica lag
+  cluster drain NODE       node NODE hands its leaderships away, drains and exits
+                           (as on SIGTERM; e.g. before maintenance)
 
 transaction syntax: statements separated by newlines or ';', tokens by spaces;
 "double quotes" allow spaces, ';' and \" \\ \n \t \xHH escapes. All keys must map to
@@ -354,6 +356,23 @@ std::string ReadStdin() {
   return data;
 }
 
+// `cluster drain NODE`: NODE's client address from the map, then Drain.
+int ClusterDrain(Client& client, uint64_t node_id, const CallOptions& call) {
+  absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(call);
+  if (!map.ok()) return Fail("cluster drain", map.status());
+  for (const v1::Member& m : map->members()) {
+    if (m.id() != node_id) continue;
+    if (absl::Status s = client.Drain(m.client_address(), node_id, call); !s.ok()) {
+      return Fail("cluster drain", s);
+    }
+    std::printf("node %llu (%s) is draining: it hands its leaderships away and exits\n",
+                static_cast<unsigned long long>(node_id), m.client_address().c_str());
+    return kExitOk;
+  }
+  return Fail("cluster drain",
+              absl::NotFoundError(absl::StrCat("node ", node_id, " is not a member")));
+}
+
 int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
   absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(call);
   if (!map.ok()) return Fail("cluster status", map.status());
@@ -523,7 +542,11 @@ int Run(int argc, char** argv) {
     std::string text = n > 0 ? absl::StrJoin(pos.begin() + 1, pos.end(), " ") : ReadStdin();
     if (std::optional<std::string> err = ParseTxn(text, &txn)) return usage("txn: " + *err);
   } else if (cmd == "cluster") {
-    if (n != 1 || pos[1] != "status") return usage("cluster status");
+    uint64_t node_id = 0;
+    const bool status = n == 1 && pos[1] == "status";
+    const bool drain =
+        n == 2 && pos[1] == "drain" && absl::SimpleAtoi(pos[2], &node_id) && node_id != 0;
+    if (!status && !drain) return usage("cluster status | cluster drain NODE");
   } else {
     return usage(absl::StrCat("unknown command '", cmd, "'"));
   }
@@ -676,6 +699,11 @@ int Run(int argc, char** argv) {
     if (args.json) absl::StrAppend(&out, "]}\n");
     WriteRaw(out);
     return r->succeeded ? kExitOk : kExitNotFound;
+  }
+  if (pos[1] == "drain") {
+    uint64_t node_id = 0;
+    (void)absl::SimpleAtoi(pos[2], &node_id);  // validated above
+    return ClusterDrain(client, node_id, call);
   }
   return ClusterStatus(client, args, call);
 }

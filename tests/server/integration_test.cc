@@ -321,8 +321,19 @@ class Cluster {
   // SIGTERMs node i and returns its exit code (-1: did not exit in time).
   int Drain(int i) {
     processes_[i].Signal(SIGTERM);
-    return processes_[i].Wait(absl::Seconds(20));
+    return WaitExit(i);
   }
+  // Cluster.Drain sent to node i (0-based) naming member `node_id`.
+  absl::Status DrainRpc(int i, uint64_t node_id) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::DrainRequest request;
+    request.set_node_id(node_id);
+    v1::DrainResponse response;
+    return FromGrpcStatus(cluster_[i]->Drain(&context, request, &response));
+  }
+  // Node i's exit code (-1: did not exit within 20 s).
+  int WaitExit(int i) { return processes_[i].Wait(absl::Seconds(20)); }
 
  private:
   const std::string dir_;
@@ -456,8 +467,14 @@ TEST(Integration, ServesKvOnEveryShardAndDrainsOnSigterm) {
   EXPECT_THAT(cluster.Call(&v1::KV::Stub::Get, stale),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("belongs to shard")));
 
-  // SIGTERM drains: every node exits 0.
-  for (int i = 0; i < kNodes; ++i) EXPECT_EQ(cluster.Drain(i), 0) << "node " << i + 1;
+  // Cluster.Drain (`tessera cluster drain 1`) drains node 1 as SIGTERM
+  // does, once asked under its own id; then SIGTERM drains the others. Every
+  // node exits 0.
+  EXPECT_THAT(cluster.DrainRpc(0, 2),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not node 2")));
+  ASSERT_THAT(cluster.DrainRpc(0, 1), IsOk());
+  EXPECT_EQ(cluster.WaitExit(0), 0) << "node 1 after Cluster.Drain";
+  for (int i = 1; i < kNodes; ++i) EXPECT_EQ(cluster.Drain(i), 0) << "node " << i + 1;
 }
 
 TEST(Integration, AcknowledgedWritesSurviveKillingALeader) {
