@@ -1,6 +1,8 @@
 // TimerQueue: ordering, shutdown semantics.
 #include "client/timer.h"
 
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -14,10 +16,21 @@ namespace {
 // Regression: Shutdown() before the timer thread first took its lock left
 // the thread waiting forever (the CLI hung on exit).
 TEST(TimerQueue, ShutdownRightAfterConstructionDoesNotHang) {
-  for (int i = 0; i < 200; ++i) {
-    TimerQueue q;
-    q.Shutdown();
+  // On a thread of its own, so that a hang fails this test with a message
+  // instead of running into ctest's timeout.
+  auto finished = std::make_shared<absl::Notification>();
+  std::thread cycles([finished] {
+    for (int i = 0; i < 200; ++i) {
+      TimerQueue q;
+      q.Shutdown();
+    }
+    finished->Notify();
+  });
+  if (!finished->WaitForNotificationWithTimeout(absl::Seconds(60))) {
+    cycles.detach();  // hung: it only touches `finished`, which it shares
+    FAIL() << "200 construct-and-shutdown cycles did not finish within 60 s";
   }
+  cycles.join();
 }
 
 TEST(TimerQueue, RunsCallbacksInDeadlineOrder) {

@@ -273,12 +273,25 @@ TEST(GrpcTransport, MisaddressedBatchesAreRefused) {
   EXPECT_EQ(r2.inbox.WaitFor(1, absl::ZeroDuration()), 0u);
 }
 
+// Messages to self, to an unknown node or empty sends go nowhere: the one
+// real peer gets exactly the message addressed to it, sent after them on
+// the same transport (a misrouted one would arrive first).
 TEST(GrpcTransport, UnknownDestinationsAreDropped) {
-  GrpcTransport t1(Options(1, {{1, "127.0.0.1:1"}}));  // self is ignored
+  Receiver r2(2, "127.0.0.1:0");
+  Receiver r3(3, "127.0.0.1:0");  // self (1) is configured to look like node 3
+  GrpcTransport t1(Options(1, {{1, r3.address()}, {2, r2.address()}}));  // self is ignored
   t1.Send(1, {Heartbeat(1, 1, 1, 1)});
-  t1.Send(42, {Heartbeat(1, 1, 1, 42)});
-  t1.Send(42, {});
-  EXPECT_EQ(t1.StatsForTesting(42).sent_batches, 0u);
+  t1.Send(42, {Heartbeat(2, 1, 1, 42)});
+  t1.Send(2, {});
+  t1.Send(2, {Heartbeat(3, 7, 1, 2)});
+  ASSERT_EQ(r2.inbox.WaitFor(1), 1u);
+  std::vector<std::pair<NodeId, ShardMessage>> at2 = r2.inbox.Take();
+  ASSERT_EQ(at2.size(), 1u);
+  EXPECT_EQ(at2[0].second.shard, 3u);
+  EXPECT_EQ(at2[0].second.message.term(), 7u);
+  t1.Stop();
+  EXPECT_EQ(r3.inbox.Take().size(), 0u);  // nothing was sent to "self"
+  EXPECT_EQ(t1.StatsForTesting(2).sent_batches, 1u);
 }
 
 }  // namespace
