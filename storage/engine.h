@@ -43,7 +43,7 @@ struct EngineOptions {
   int max_background_jobs = 2;
   // SST files RocksDB keeps open (its table cache); -1: all. tessera-server
   // sets it from the file limit so that connections cannot starve storage
-  // of descriptors (server/grpc_server.h, PlanFdBudget).
+  // of descriptors (server/transport/grpc_server.h, PlanFdBudget).
   int max_open_files = -1;
   // Writes that add data (RaftLog::Save, KvStore::Apply/InstallSnapshot) and
   // Open() fail with kResourceExhausted "no space left on <dir>: ..." while

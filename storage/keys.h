@@ -20,7 +20,7 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
-#include "storage/shard_id.h"
+#include "proto/ids.h"
 
 namespace tessera::storage::keys {
 

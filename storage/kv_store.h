@@ -30,7 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "storage/shard_id.h"
+#include "proto/ids.h"
 
 namespace tessera::storage {
 

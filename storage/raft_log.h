@@ -29,7 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "storage/shard_id.h"
+#include "proto/ids.h"
 #include "tessera/raft.pb.h"
 
 namespace tessera::storage {

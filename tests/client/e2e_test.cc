@@ -4,7 +4,7 @@
 // the election time) and apply exactly once: a key written k times has
 // version k.
 //
-// Process handling follows tests/server/integration_test.cc: every port is
+// Process handling follows tests/server/cmd/integration_test.cc: every port is
 // reserved up front with SO_REUSEADDR (the servers bind the same ports),
 // readiness is Cluster.NodeStatus showing a leader for every shard, and each
 // process is stopped by pid (SIGKILL + waitpid) in a destructor, also when

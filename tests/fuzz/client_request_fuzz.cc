@@ -29,10 +29,11 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/key_hash.h"
-#include "server/cluster_map.h"
-#include "server/kv_service.h"
-#include "server/node.h"
-#include "server/state_machine.h"
+#include "server/api/kv_service.h"
+#include "server/cluster/cluster_map.h"
+#include "server/kv/node_backend.h"
+#include "server/kv/state_machine.h"
+#include "server/raftstore/node.h"
 #include "storage/engine.h"
 #include "tessera/kv.pb.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -40,36 +41,7 @@
 namespace tessera::fuzz {
 namespace {
 
-using server::ShardId;
-
-// Node + StateMachine behind the KV service, as main.cc wires them.
-class NodeBackend final : public server::KvBackend {
- public:
-  NodeBackend(server::Node* node, const server::StateMachine* sm) : node_(node), sm_(sm) {}
-  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
-               server::Node::ProposeCallback done) override {
-    node_->Propose(shard, std::move(command), deadline, std::move(done));
-  }
-  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
-                   server::Node::ReadCallback done) override {
-    node_->ReadBarrier(shard, lease, deadline, std::move(done));
-  }
-  std::vector<server::ShardStatus> Status() const override { return node_->Status(); }
-  std::optional<server::ShardStatus> StatusOf(ShardId shard) const override {
-    return node_->StatusOf(shard);
-  }
-  absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const override {
-    return sm_->Get(shard, key);
-  }
-  absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,
-                                        const v1::ScanRequest& request) const override {
-    return sm_->Scan(shard, request);
-  }
-
- private:
-  server::Node* const node_;
-  const server::StateMachine* const sm_;
-};
+using tessera::ShardId;
 
 // Points the header at the shard of `key` (any epoch accepted).
 void FixRoute(v1::RequestHeader* header, const std::string& key) {
@@ -148,7 +120,7 @@ class ClientHarness {
       if (absl::Now() > deadline) Die("the node did not elect itself in 30 s");
       absl::SleepFor(absl::Milliseconds(5));
     }
-    backend_ = std::make_unique<NodeBackend>(node_.get(), state_machine_.get());
+    backend_ = std::make_unique<server::NodeKvBackend>(node_.get(), state_machine_.get());
     server::KvServiceOptions ko;
     ko.self = kSelf;
     ko.max_value_bytes = 64 << 10;  // inputs are small; bigger values cost memory only
@@ -214,7 +186,7 @@ class ClientHarness {
   std::unique_ptr<server::StateMachine> state_machine_;
   NullTransport transport_;
   std::unique_ptr<server::Node> node_;
-  std::unique_ptr<NodeBackend> backend_;
+  std::unique_ptr<server::NodeKvBackend> backend_;
   std::unique_ptr<server::KvService> kv_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<grpc::GenericStub> stub_;

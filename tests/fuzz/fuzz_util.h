@@ -16,16 +16,16 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "server/node.h"
-#include "server/transport.h"
+#include "server/raftstore/node.h"
+#include "server/raftstore/transport.h"
 
 namespace tessera::fuzz {
 
 // peer_batch_fuzz's node: node 1, hosting shards 1-3 (replicas 1, 2, 3);
 // shard 4 exists in no placement (messages naming it are ignored).
-inline constexpr server::NodeId kSelf = 1;
-inline constexpr server::ShardId kPeerShards[] = {1, 2, 3};
-inline constexpr server::NodeId kPeers[] = {1, 2, 3};
+inline constexpr NodeId kSelf = 1;
+inline constexpr ShardId kPeerShards[] = {1, 2, 3};
+inline constexpr NodeId kPeers[] = {1, 2, 3};
 
 // client_request_fuzz's cluster: node 1 alone, holding every shard.
 inline constexpr char kClientCluster[] = "1=127.0.0.1:1/127.0.0.1:2";
@@ -76,7 +76,7 @@ class ScratchDir {
 // Drops every message (the peers are the fuzzer).
 class NullTransport : public server::Transport {
  public:
-  void Send(server::NodeId, std::vector<server::ShardMessage>) override {}
+  void Send(NodeId, std::vector<server::ShardMessage>) override {}
 };
 
 // Returns once the raft loop of `node` has run a cycle that started after
@@ -84,7 +84,7 @@ class NullTransport : public server::Transport {
 // applied), or the loop has stopped. A read barrier with a past deadline is
 // answered in the cycle that takes it; a stopped loop answers new ones at
 // once (kCancelled) but leaves queued ones unanswered, hence the re-issue.
-inline void AwaitCycle(server::Node& node, server::ShardId shard) {
+inline void AwaitCycle(server::Node& node, ShardId shard) {
   struct Answer {
     std::atomic<bool> fired{false};
     absl::Notification done;

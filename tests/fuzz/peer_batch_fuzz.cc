@@ -2,7 +2,7 @@
 //
 // Input: a serialized fuzzpb::PeerFuzzInput, the MessageBatches one peer
 // stream delivers. Each batch goes where PeerService's stream reactor
-// (server/grpc_transport.cc) would send it: dropped unless to_node is this
+// (server/transport/grpc_transport.cc) would send it: dropped unless to_node is this
 // node and from_node is set, else Node::Receive(from_node, messages); then
 // the harness waits for the raft loop to run a cycle (step, persist, apply),
 // so every input is processed in full and in order before the next.
@@ -25,8 +25,8 @@
 
 #include "fuzz_input.pb.h"
 #include "raft/confchange.h"
-#include "server/node.h"
-#include "server/state_machine.h"
+#include "server/kv/state_machine.h"
+#include "server/raftstore/node.h"
 #include "storage/engine.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -34,9 +34,9 @@ namespace tessera::fuzz {
 namespace {
 
 using server::Node;
-using server::NodeId;
-using server::ShardId;
 using server::ShardMessage;
+using tessera::NodeId;
+using tessera::ShardId;
 
 class PeerHarness {
  public:

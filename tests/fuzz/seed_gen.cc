@@ -15,8 +15,8 @@
 
 #include "fuzz_input.pb.h"
 #include "proto/key_hash.h"
-#include "server/raft_storage.h"
-#include "server/state_machine.h"
+#include "server/kv/state_machine.h"
+#include "server/raftstore/raft_storage.h"
 #include "storage/mem_kv_store.h"
 #include "tessera/command.pb.h"
 #include "tessera/kv.pb.h"
@@ -181,7 +181,7 @@ raftpb::Message Snap(uint64_t from, uint64_t term, uint64_t index, uint64_t snap
   raftpb::SnapshotMetadata* meta = m.mutable_snapshot()->mutable_metadata();
   meta->set_index(index);
   meta->set_term(snap_term);
-  for (server::NodeId n : kPeers) meta->mutable_conf_state()->add_voters(n);
+  for (NodeId n : kPeers) meta->mutable_conf_state()->add_voters(n);
   m.mutable_snapshot()->set_data(SnapshotPayload());
   return m;
 }

@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "server/raft_storage.h"
-#include "server/state_machine.h"
+#include "server/kv/state_machine.h"
+#include "server/raftstore/raft_storage.h"
 #include "storage/mem_kv_store.h"
 #include "tessera/raft.pb.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -30,7 +30,7 @@
 namespace tessera::fuzz {
 namespace {
 
-using server::ShardId;
+using tessera::ShardId;
 
 constexpr ShardId kShardA = 1;
 constexpr ShardId kShardB = 2;

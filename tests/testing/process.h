@@ -30,7 +30,7 @@ namespace tessera::testing {
 // restarts): a socket bound with SO_REUSEADDR (but never listening) holds the
 // port, so the kernel hands it to nobody else (no ephemeral port, no bind
 // without SO_REUSEADDR), while a server that sets SO_REUSEADDR (tessera's
-// gRPC servers, server/grpc_server.h; gRPC's own listener) can bind and
+// gRPC servers, server/transport/grpc_server.h; gRPC's own listener) can bind and
 // listen on it: Linux lets SO_REUSEADDR sockets share a port as long as at
 // most one of them listens. So a second server on the same port still fails
 // with "address in use", as in production. Connections go only to listening

@@ -1,0 +1,755 @@
+#include "server/api/kv_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "proto/grpc_status.h"
+#include "proto/key_hash.h"
+#include "proto/status_macros.h"
+
+namespace tessera::server {
+namespace {
+
+// The error a CommandResult carries, if any.
+absl::Status ResultStatus(const serverpb::CommandResult& result) {
+  if (result.code() == 0) return absl::OkStatus();
+  int code = result.code();
+  if (code < 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+    return absl::InternalError(
+        absl::StrCat("command failed with unknown code ", code, ": ", result.message()));
+  }
+  return absl::Status(static_cast<absl::StatusCode>(code), result.message());
+}
+
+// One call of a raw KV method: a reactor owning the parsed request and the
+// response until gRPC is done with the call.
+class KvCall : public grpc::ServerUnaryReactor {
+ public:
+  explicit KvCall(grpc::ByteBuffer* out) : out_(out) {}
+  void OnDone() override { delete this; }
+  // Writes the response into gRPC's buffer; before Finish(OK).
+  virtual grpc::Status SerializeResponse() = 0;
+
+ protected:
+  grpc::ByteBuffer* const out_;
+};
+
+template <typename Req, typename Resp>
+class TypedKvCall final : public KvCall {
+ public:
+  using KvCall::KvCall;
+  grpc::Status SerializeResponse() override {
+    bool own_buffer = false;
+    return grpc::SerializationTraits<Resp>::Serialize(response, out_, &own_buffer);
+  }
+  Req request;
+  Resp response;
+};
+
+// UNAVAILABLE with ErrorDetail.not_leader{leader 0, `reason`}.
+absl::Status NodeUnavailableError(const std::string& message,
+                                  v1::ErrorDetail::NotLeader::Reason reason) {
+  absl::Status status = absl::UnavailableError(message);
+  v1::ErrorDetail detail;
+  detail.mutable_not_leader()->set_reason(reason);
+  SetErrorDetail(status, detail);
+  return status;
+}
+
+}  // namespace
+
+v1::ClusterMap MapWithLeaderHints(const ClusterMap& map, const std::vector<ShardStatus>& statuses) {
+  v1::ClusterMap proto = map.ToProto();
+  for (const ShardStatus& s : statuses) {
+    if (s.shard >= static_cast<ShardId>(proto.shards_size())) continue;
+    v1::ShardInfo* info = proto.mutable_shards(static_cast<int>(s.shard));
+    info->set_leader(s.leader);
+    info->set_term(s.leader != 0 ? s.term : 0);
+  }
+  return proto;
+}
+
+absl::Status StaleRouteError(const std::string& message, v1::ClusterMap current) {
+  absl::Status status = absl::FailedPreconditionError(message);
+  v1::ErrorDetail detail;
+  *detail.mutable_stale_route()->mutable_current() = std::move(current);
+  SetErrorDetail(status, detail);
+  return status;
+}
+
+// ---- WorkerPool ----
+
+// A fixed set of threads running submitted closures in FIFO order. After
+// the destructor starts, Submit() runs the closure inline (late completions
+// from a stopping Node must still finish their calls). Thread-safe.
+class KvService::WorkerPool {
+ public:
+  explicit WorkerPool(int threads) {
+    for (int i = 0; i < std::max(threads, 1); ++i) {
+      threads_.emplace_back([this] { Run(); });
+    }
+  }
+
+  // Runs what is queued, then joins.
+  ~WorkerPool() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    for (std::thread& t : threads_) t.join();
+  }
+
+  void Submit(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        queue_.push_back(std::move(fn));
+        return;
+      }
+    }
+    fn();
+  }
+
+ private:
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); }
+
+  void Run() ABSL_LOCKS_EXCLUDED(mu_) {
+    while (true) {
+      std::function<void()> fn;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &WorkerPool::HasWork));
+        if (queue_.empty()) return;  // stopping and drained
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+// ---- KvService ----
+
+KvService::KvService(const KvServiceOptions& options, const ClusterMapCache* maps,
+                     KvBackend* backend)
+    : options_(options),
+      maps_(maps),
+      backend_(backend),
+      pool_(std::make_unique<WorkerPool>(options.worker_threads)),
+      budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {}
+
+KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend)
+    : options_(options),
+      owned_maps_(std::make_unique<ClusterMapCache>(*map)),
+      maps_(owned_maps_.get()),
+      backend_(backend),
+      pool_(std::make_unique<WorkerPool>(options.worker_threads)),
+      budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {}
+
+uint64_t KvService::Epoch() const {
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  return map != nullptr ? map->epoch() : 0;
+}
+
+KvService::~KvService() = default;
+
+namespace {
+
+// "empty key" for the request's own key, "success[2].put.key: empty key" for
+// a Txn's.
+std::string FieldProblem(absl::string_view field, absl::string_view problem) {
+  if (field == "key" || field == "value") return std::string(problem);
+  return absl::StrCat(field, ": ", problem);
+}
+
+}  // namespace
+
+absl::Status KvService::ValidateKey(absl::string_view key, absl::string_view field) const {
+  if (key.empty()) return InvalidFieldError(field, FieldProblem(field, "empty key"));
+  if (key.size() > options_.max_key_bytes) {
+    return InvalidFieldError(
+        field, FieldProblem(field, absl::StrCat("key of ", key.size(), " bytes exceeds ",
+                                                options_.max_key_bytes)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvService::ValidateValue(absl::string_view value, absl::string_view field) const {
+  if (value.size() <= options_.max_value_bytes) return absl::OkStatus();
+  return InvalidFieldError(
+      field, FieldProblem(field, absl::StrCat("value of ", value.size(), " bytes exceeds ",
+                                              options_.max_value_bytes)));
+}
+
+absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
+                                              const std::vector<absl::string_view>& keys) const {
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  if (map == nullptr) {
+    return NodeUnavailableError(
+        absl::StrCat("node ", options_.self,
+                     " has not loaded the cluster map from the metadata group yet; retry later"),
+        v1::ErrorDetail::NotLeader::REASON_NO_CLUSTER_MAP);
+  }
+  const uint32_t n = map->num_shards();
+  auto stale = [&](std::string message) {
+    return StaleRouteError(message, MapWithLeaderHints(*map, backend_->Status()));
+  };
+  if (header.epoch() != 0 && header.epoch() != map->epoch()) {
+    return stale(absl::StrCat("request routed by map epoch ", header.epoch(),
+                              "; the current epoch is ", map->epoch()));
+  }
+  if (header.shard() >= n) {
+    return stale(absl::StrCat("shard ", header.shard(), " does not exist (", n, " shards)"));
+  }
+  std::set<uint32_t> shards;
+  for (absl::string_view key : keys) shards.insert(ShardForKey(key, n));
+  if (shards.size() > 1) {
+    // No route can fix this: not a stale-route error, or a client following
+    // the contract would refresh and retry forever.
+    return absl::InvalidArgumentError(
+        absl::StrCat("the keys of the request span shards ", absl::StrJoin(shards, ", "),
+                     "; a Txn's keys must all map to one shard (use a hash tag such as "
+                     "\"acct:{42}:balance\")"));
+  }
+  for (uint32_t shard : shards) {
+    if (shard != header.shard()) {
+      return stale(absl::StrCat("a key of the request belongs to shard ", shard, ", not shard ",
+                                header.shard()));
+    }
+  }
+  if (!map->Hosts(options_.self, header.shard())) {
+    return stale(absl::StrCat("shard ", header.shard(), " has no replica on node ", options_.self));
+  }
+  return static_cast<ShardId>(header.shard());
+}
+
+absl::Time KvService::Deadline(const grpc::CallbackServerContext* context) const {
+  const absl::Time now = absl::Now();
+  const absl::Time cap = now + options_.max_deadline;
+  std::chrono::system_clock::time_point deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return std::min(now + options_.default_deadline, cap);
+  }
+  return std::min(absl::FromChrono(deadline), cap);
+}
+
+void KvService::AddLeaderHint(absl::Status& status, ShardId shard) const {
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
+  if (!detail.has_value()) {
+    detail.emplace();
+    // Without a detail from the node: the node failed (its raft loop
+    // stopped or is wedged), or this replica cannot serve (not the leader).
+    detail->mutable_not_leader()->set_reason(backend_->Health().ok()
+                                                 ? v1::ErrorDetail::NotLeader::REASON_NOT_LEADER
+                                                 : v1::ErrorDetail::NotLeader::REASON_NODE_FAILED);
+  }
+  if (!detail->has_not_leader()) return;
+  v1::ErrorDetail::NotLeader* not_leader = detail->mutable_not_leader();
+  const bool may_know = not_leader->reason() == v1::ErrorDetail::NotLeader::REASON_NOT_LEADER ||
+                        not_leader->reason() == v1::ErrorDetail::NotLeader::REASON_DRAINING;
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  if (not_leader->leader_node() == 0 && may_know && map != nullptr &&
+      map->Hosts(options_.self, shard)) {
+    // The leader this replica knows now: a replica that has just lost
+    // leadership (or whose proposal was overwritten) may have learned the
+    // new leader since the error was made.
+    std::optional<ShardStatus> s = backend_->StatusOf(shard);
+    if (s.has_value() && s->leader != options_.self) not_leader->set_leader_node(s->leader);
+  }
+  if (not_leader->leader_node() != 0 && not_leader->leader_address().empty() && map != nullptr) {
+    if (const MemberInfo* m = map->FindMember(not_leader->leader_node())) {
+      not_leader->set_leader_address(m->client_address);
+    }
+  }
+  SetErrorDetail(status, *detail);
+}
+
+void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status) {
+  if (status.code() == absl::StatusCode::kUnavailable) AddLeaderHint(status, shard);
+  FinishCall(reactor, ToGrpcStatus(status));
+}
+
+bool KvService::Enter(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
+                      uint64_t request_bytes, absl::Time deadline) {
+  bool draining;
+  {
+    absl::MutexLock lock(&drain_mu_);
+    draining = draining_;
+    if (!draining) ++in_flight_;
+  }
+  if (draining) {
+    // Named after the shard the client routed to (its leader, if this node
+    // knows one, is where the client should go).
+    absl::Status status = NodeUnavailableError(
+        absl::StrCat("node ", options_.self,
+                     " is shutting down; retry at the leader or on another replica"),
+        v1::ErrorDetail::NotLeader::REASON_DRAINING);
+    AddLeaderHint(status, static_cast<ShardId>(header.shard()));
+    reactor->Finish(ToGrpcStatus(status));
+    return false;
+  }
+  const uint64_t abandoned = backend_->AbandonedProposalBytes();
+  if (budget_.TryAcquire(request_bytes, absl::Now(), deadline, abandoned)) {
+    absl::MutexLock lock(&drain_mu_);
+    call_bytes_[reactor] = request_bytes;
+    return true;
+  }
+  // Refused before any work: the request costs the node nothing more.
+  const int64_t retry_after_ms =
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(budget_.RetryAfter(abandoned)));
+  absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
+      "node ", options_.self, " has too many request bytes in flight to take this one (",
+      budget_.Stats().in_flight_bytes, " in flight and ", abandoned,
+      " of writes whose callers gave up still to apply, limit ", options_.max_inflight_bytes,
+      ", or more than it can finish before the deadline); retry in about ", retry_after_ms, " ms"));
+  v1::ErrorDetail detail;
+  detail.mutable_retry_after()->set_retry_after_ms(static_cast<uint32_t>(retry_after_ms));
+  SetErrorDetail(status, detail);
+  SetRetryInfo(status, absl::Milliseconds(retry_after_ms));  // the same hint, standard form
+  FinishCall(reactor, ToGrpcStatus(status));
+  return false;
+}
+
+template <typename Req, typename Resp>
+grpc::ServerUnaryReactor* KvService::Serve(grpc::CallbackServerContext* context,
+                                           const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+                                           void (KvService::*handle)(grpc::ServerUnaryReactor*,
+                                                                     grpc::CallbackServerContext*,
+                                                                     const Req*, Resp*)) {
+  auto* call = new TypedKvCall<Req, Resp>(out);
+  if (!in->Valid()) {
+    // No request message arrived: the client cancelled while sending it (an
+    // overloaded client's deadline), its stream broke, or it sent none.
+    call->Finish(context->IsCancelled()
+                     ? grpc::Status(grpc::StatusCode::CANCELLED,
+                                    "the call was cancelled before its request arrived")
+                     : ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                           "the call carried no ", Req::descriptor()->full_name(), " message"))));
+    return call;
+  }
+  grpc::ByteBuffer body(*in);  // shares the slices; Deserialize consumes it
+  if (!grpc::SerializationTraits<Req>::Deserialize(&body, &call->request).ok()) {
+    call->Finish(ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("the request body (", in->Length(), " bytes) is not a valid ",
+                     Req::descriptor()->full_name(), " message"))));
+    return call;
+  }
+  (this->*handle)(call, context, &call->request, &call->response);
+  return call;
+}
+
+grpc::ServerUnaryReactor* KvService::Put(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandlePut);
+}
+grpc::ServerUnaryReactor* KvService::Get(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandleGet);
+}
+grpc::ServerUnaryReactor* KvService::Delete(grpc::CallbackServerContext* context,
+                                            const grpc::ByteBuffer* request,
+                                            grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandleDelete);
+}
+grpc::ServerUnaryReactor* KvService::Scan(grpc::CallbackServerContext* context,
+                                          const grpc::ByteBuffer* request,
+                                          grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandleScan);
+}
+grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) {
+  return Serve(context, request, response, &KvService::HandleTxn);
+}
+
+void KvService::FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
+  uint64_t bytes = 0;
+  {
+    absl::MutexLock lock(&drain_mu_);
+    auto it = call_bytes_.find(reactor);
+    if (it != call_bytes_.end()) {
+      bytes = it->second;
+      call_bytes_.erase(it);
+    }
+  }
+  // Give the bytes back before Finish: once finished, the reactor (and so
+  // the key above) may be reused by another call.
+  const bool served = status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED &&
+                      status.error_code() != grpc::StatusCode::CANCELLED;
+  budget_.Release(bytes, absl::Now(), served);
+  grpc::Status final_status = status;
+  if (status.ok()) {
+    // Every reactor of this service is a KvCall (Serve).
+    grpc::Status serialized = static_cast<KvCall*>(reactor)->SerializeResponse();
+    if (!serialized.ok()) {
+      final_status = grpc::Status(grpc::StatusCode::INTERNAL,
+                                  "cannot serialize the response: " + serialized.error_message());
+    }
+  }
+  reactor->Finish(final_status);
+  absl::MutexLock lock(&drain_mu_);
+  --in_flight_;
+}
+
+void KvService::BeginDrain() {
+  absl::MutexLock lock(&drain_mu_);
+  draining_ = true;
+}
+
+bool KvService::WaitIdle(absl::Time deadline) {
+  absl::MutexLock lock(&drain_mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(drain_mu_) { return in_flight_ == 0; };
+  return drain_mu_.AwaitWithDeadline(absl::Condition(&idle), deadline);
+}
+
+namespace {
+
+void FillHeader(v1::ResponseHeader* header, ShardId shard, uint64_t epoch,
+                const std::optional<ShardStatus>& status) {
+  header->set_shard(static_cast<uint32_t>(shard));
+  header->set_epoch(epoch);
+  if (status.has_value()) {
+    header->set_leader_node(status->leader);
+    header->set_applied_index(status->applied_index);
+  }
+}
+
+}  // namespace
+
+void KvService::ProposeAndFinish(grpc::ServerUnaryReactor* reactor, ShardId shard,
+                                 serverpb::Command command, absl::Time deadline,
+                                 std::function<void(serverpb::CommandResult&)> fill) {
+  backend_->Propose(shard, std::move(command), deadline,
+                    [this, reactor, shard, fill = std::move(fill)](
+                        absl::StatusOr<serverpb::CommandResult> result) mutable {
+                      // Runs on the raft loop thread: move the rest to a worker.
+                      pool_->Submit([this, reactor, shard, fill = std::move(fill),
+                                     result = std::move(result)]() mutable {
+                        if (!result.ok()) return Finish(reactor, shard, result.status());
+                        absl::Status status = ResultStatus(*result);
+                        if (status.ok()) fill(*result);
+                        Finish(reactor, shard, status);
+                      });
+                    });
+}
+
+template <typename Response>
+void KvService::ProposeWrite(grpc::ServerUnaryReactor* reactor,
+                             grpc::CallbackServerContext* context, ShardId shard,
+                             const v1::RequestHeader& header, serverpb::Command command,
+                             Response* response, Response* (serverpb::CommandResult::*take)()) {
+  if (header.session().client_id() != 0) *command.mutable_session() = header.session();
+  ProposeAndFinish(reactor, shard, std::move(command), Deadline(context),
+                   [this, response, shard, take](serverpb::CommandResult& result) {
+                     *response = std::move(*(result.*take)());
+                     FillHeader(response->mutable_header(), shard, Epoch(),
+                                backend_->StatusOf(shard));
+                   });
+}
+
+void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
+                              ShardId shard, absl::Time deadline,
+                              std::function<absl::Status()> read) {
+  switch (header.consistency()) {
+    case v1::READ_CONSISTENCY_LINEARIZABLE:
+    case v1::READ_CONSISTENCY_LEASE: {
+      const bool lease = header.consistency() == v1::READ_CONSISTENCY_LEASE;
+      backend_->ReadBarrier(
+          shard, lease, deadline,
+          [this, reactor, shard, read = std::move(read)](absl::Status barrier) mutable {
+            pool_->Submit([this, reactor, shard, read = std::move(read), barrier]() {
+              Finish(reactor, shard, barrier.ok() ? read() : barrier);
+            });
+          });
+      return;
+    }
+    case v1::READ_CONSISTENCY_STALE: {
+      const uint32_t staleness_ms = header.max_staleness_ms() != 0
+                                        ? header.max_staleness_ms()
+                                        : options_.default_max_staleness_ms;
+      pool_->Submit([this, reactor, shard, staleness_ms, read = std::move(read)]() {
+        std::optional<ShardStatus> s = backend_->StatusOf(shard);
+        const bool fresh =
+            s.has_value() &&
+            (s->role == "leader" || (s->leader != 0 && absl::Now() - s->last_leader_contact <=
+                                                           absl::Milliseconds(staleness_ms)));
+        if (!fresh) {
+          return Finish(reactor, shard,
+                        absl::UnavailableError(absl::StrCat(
+                            "replica of shard ", shard, " on node ", options_.self,
+                            " has not heard from a leader within ", staleness_ms, " ms")));
+        }
+        Finish(reactor, shard, read());
+      });
+      return;
+    }
+    default:
+      Finish(reactor, shard,
+             InvalidFieldError("header.consistency",
+                               absl::StrCat("unknown read consistency ",
+                                            static_cast<int>(header.consistency()))));
+  }
+}
+
+void KvService::HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                          const v1::PutRequest* request, v1::PutResponse* response) {
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+  absl::Status valid = ValidateKey(request->key(), "key");
+  if (valid.ok()) valid = ValidateValue(request->value(), "value");
+  absl::StatusOr<ShardId> shard =
+      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
+  if (!shard.ok()) {
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
+    return;
+  }
+  serverpb::Command command;
+  *command.mutable_put() = *request;
+  command.mutable_put()->clear_header();
+  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
+               &serverpb::CommandResult::mutable_put);
+}
+
+void KvService::HandleDelete(grpc::ServerUnaryReactor* reactor,
+                             grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
+                             v1::DeleteResponse* response) {
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+  absl::Status valid = ValidateKey(request->key(), "key");
+  absl::StatusOr<ShardId> shard =
+      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
+  if (!shard.ok()) {
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
+    return;
+  }
+  serverpb::Command command;
+  *command.mutable_delete_() = *request;
+  command.mutable_delete_()->clear_header();
+  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
+               &serverpb::CommandResult::mutable_delete_);
+}
+
+void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                          const v1::TxnRequest* request, v1::TxnResponse* response) {
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+  auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
+    const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
+    if (ops > options_.max_txn_ops) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "txn has ", ops, " compares and operations; the limit is ", options_.max_txn_ops));
+    }
+    std::vector<absl::string_view> keys;
+    for (int i = 0; i < request->compares_size(); ++i) {
+      const v1::Compare& c = request->compares(i);
+      const std::string field = absl::StrCat("compares[", i, "]");
+      TESSERA_RETURN_IF_ERROR(ValidateKey(c.key(), field + ".key"));
+      if (!v1::Compare_Target_IsValid(c.target()) || !v1::Compare_Op_IsValid(c.op())) {
+        return InvalidFieldError(field, "txn compare has an unknown target or op");
+      }
+      TESSERA_RETURN_IF_ERROR(ValidateValue(c.value(), field + ".value"));
+      keys.push_back(c.key());
+    }
+    for (const auto* branch : {&request->success(), &request->failure()}) {
+      const char* name = branch == &request->success() ? "success" : "failure";
+      for (int i = 0; i < branch->size(); ++i) {
+        const v1::TxnOp& op = (*branch)[i];
+        const std::string field = absl::StrCat(name, "[", i, "]");
+        switch (op.op_case()) {
+          case v1::TxnOp::kPut:
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.put().key(), field + ".put.key"));
+            TESSERA_RETURN_IF_ERROR(ValidateValue(op.put().value(), field + ".put.value"));
+            keys.push_back(op.put().key());
+            break;
+          case v1::TxnOp::kDelete:
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.delete_().key(), field + ".delete.key"));
+            keys.push_back(op.delete_().key());
+            break;
+          case v1::TxnOp::kGet:
+            TESSERA_RETURN_IF_ERROR(ValidateKey(op.get().key(), field + ".get.key"));
+            keys.push_back(op.get().key());
+            break;
+          default:
+            return InvalidFieldError(field, "txn has an empty operation");
+        }
+      }
+    }
+    return keys;
+  };
+  absl::StatusOr<std::vector<absl::string_view>> keys = validate();
+  absl::StatusOr<ShardId> shard = keys.ok() ? CheckRoute(request->header(), *keys) : keys.status();
+  if (!shard.ok()) {
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
+    return;
+  }
+  serverpb::Command command;
+  *command.mutable_txn() = *request;
+  command.mutable_txn()->clear_header();
+  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
+               &serverpb::CommandResult::mutable_txn);
+}
+
+void KvService::HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                          const v1::GetRequest* request, v1::GetResponse* response) {
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+  absl::Status valid = ValidateKey(request->key(), "key");
+  absl::StatusOr<ShardId> shard =
+      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
+  if (!shard.ok()) {
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
+    return;
+  }
+  ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
+                [this, request, response, shard = *shard]() -> absl::Status {
+                  std::optional<ShardStatus> status = backend_->StatusOf(shard);
+                  absl::StatusOr<v1::GetResponse> got = backend_->Get(shard, request->key());
+                  if (!got.ok()) return got.status();
+                  *response = *std::move(got);
+                  FillHeader(response->mutable_header(), shard, Epoch(), status);
+                  return absl::OkStatus();
+                });
+}
+
+void KvService::HandleScan(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
+                           const v1::ScanRequest* request, v1::ScanResponse* response) {
+  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+  auto validate = [&]() -> absl::Status {
+    if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {
+      return InvalidFieldError("prefix", "scan prefix cannot be combined with start/end");
+    }
+    if (!request->start().empty() && !request->end().empty() && request->start() > request->end()) {
+      return InvalidFieldError("start", "scan start is after its end");
+    }
+    const std::pair<const char*, const std::string*> bounds[] = {
+        {"start", &request->start()}, {"end", &request->end()}, {"prefix", &request->prefix()}};
+    for (const auto& [field, bound] : bounds) {
+      if (bound->size() > options_.max_key_bytes) {
+        return InvalidFieldError(field, absl::StrCat("scan bound of ", bound->size(),
+                                                     " bytes exceeds ", options_.max_key_bytes));
+      }
+    }
+    if (request->continuation().size() > 4 * options_.max_key_bytes + 64) {
+      return InvalidFieldError("continuation", "scan continuation is too long");
+    }
+    if (request->limit() > options_.max_scan_limit) {
+      return InvalidFieldError("limit", absl::StrCat("scan limit ", request->limit(), " exceeds ",
+                                                     options_.max_scan_limit));
+    }
+    return absl::OkStatus();
+  };
+  absl::Status valid = validate();
+  absl::StatusOr<ShardId> shard = valid.ok() ? CheckRoute(request->header(), {}) : valid;
+  if (!shard.ok()) {
+    FinishCall(reactor, ToGrpcStatus(shard.status()));
+    return;
+  }
+  ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
+                [this, request, response, shard = *shard]() -> absl::Status {
+                  std::optional<ShardStatus> status = backend_->StatusOf(shard);
+                  absl::StatusOr<v1::ScanResponse> got = backend_->Scan(shard, *request);
+                  if (!got.ok()) return got.status();
+                  *response = *std::move(got);
+                  FillHeader(response->mutable_header(), shard, Epoch(), status);
+                  return absl::OkStatus();
+                });
+}
+
+// ---- ClusterService ----
+
+ClusterService::ClusterService(NodeId self, const ClusterMapCache* maps, KvBackend* backend,
+                               StoredMapReader stored_map)
+    : self_(self), maps_(maps), backend_(backend), stored_map_(std::move(stored_map)) {}
+
+ClusterService::ClusterService(NodeId self, const ClusterMap* map, KvBackend* backend)
+    : self_(self),
+      owned_maps_(std::make_unique<ClusterMapCache>(*map)),
+      maps_(owned_maps_.get()),
+      backend_(backend) {}
+
+grpc::ServerUnaryReactor* ClusterService::GetClusterMap(grpc::CallbackServerContext* context,
+                                                        const v1::GetClusterMapRequest* /*request*/,
+                                                        v1::GetClusterMapResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  if (map == nullptr) {
+    reactor->Finish(ToGrpcStatus(NodeUnavailableError(
+        absl::StrCat(
+            "node ", self_,
+            " has not loaded the cluster map from the metadata group yet; ask another node"),
+        v1::ErrorDetail::NotLeader::REASON_NO_CLUSTER_MAP)));
+    return reactor;
+  }
+  *response->mutable_map() = MapWithLeaderHints(*map, backend_->Status());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ClusterService::Drain(grpc::CallbackServerContext* context,
+                                                const v1::DrainRequest* request,
+                                                v1::DrainResponse* /*response*/) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (request->node_id() != self_) {
+    reactor->Finish(ToGrpcStatus(absl::FailedPreconditionError(
+        absl::StrCat("this is node ", self_, ", not node ", request->node_id(),
+                     ": refresh the cluster map and ask that node"))));
+  } else if (!drain_) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server cannot drain on request"));
+  } else {
+    drain_();
+    reactor->Finish(grpc::Status::OK);
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext* context,
+                                                     const v1::NodeStatusRequest* /*request*/,
+                                                     v1::NodeStatusResponse* response) {
+  // A node whose raft loop stopped or is wedged is down, whatever its last
+  // published raft state says (it may still read "leader" when wedged).
+  if (absl::Status health = backend_->Health(); !health.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(
+        NodeUnavailableError(absl::StrCat("node ", self_, " is down: ", health.ToString()),
+                             v1::ErrorDetail::NotLeader::REASON_NODE_FAILED)));
+    return reactor;
+  }
+  response->set_node_id(self_);
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  response->set_epoch(map != nullptr ? map->epoch() : 0);
+  for (const ShardStatus& s : backend_->Status()) {
+    // The metadata replica is reported apart (its id does not fit uint32).
+    v1::ShardStatus* out =
+        s.shard == kMetaShard ? response->mutable_meta_shard() : response->add_shards();
+    out->set_shard(s.shard == kMetaShard ? 0 : static_cast<uint32_t>(s.shard));
+    out->set_role(s.role);
+    out->set_term(s.term);
+    out->set_leader(s.leader);
+    out->set_commit_index(s.commit_index);
+    out->set_applied_index(s.applied_index);
+    out->set_last_index(s.last_index);
+    out->set_snapshots_installed(s.snapshots_installed);
+  }
+  if (stored_map_ != nullptr) {
+    if (std::optional<v1::ClusterMap> stored = stored_map_()) {
+      *response->mutable_stored_map() = *std::move(stored);
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace tessera::server

@@ -1,0 +1,238 @@
+#include "server/cluster/cluster_map.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "proto/key_hash.h"
+
+namespace tessera::server {
+namespace {
+
+void AppendLittleEndian64(uint64_t v, unsigned char* out) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
+uint64_t ComputeEpoch(const std::vector<MemberInfo>& members, uint32_t num_shards,
+                      uint32_t replication) {
+  std::string text =
+      absl::StrCat("tessera-map-v1;shards=", num_shards, ";replication=", replication, ";");
+  for (const MemberInfo& m : members) {
+    absl::StrAppend(&text, m.id, "=", m.client_address, "/", m.peer_address, ";");
+  }
+  uint64_t epoch = XXH3_64bits(text.data(), text.size()) & ~(uint64_t{1} << 63);
+  return epoch == 0 ? 1 : epoch;
+}
+
+}  // namespace
+
+uint64_t PlacementWeight(ShardId shard, NodeId member) {
+  unsigned char bytes[16];
+  AppendLittleEndian64(shard, bytes);
+  AppendLittleEndian64(member, bytes + 8);
+  return XXH3_64bits(bytes, sizeof(bytes));
+}
+
+uint64_t ClusterMap::cluster_id() const {
+  std::string text = "tessera-cluster-v1;";
+  for (const MemberInfo& m : members_) absl::StrAppend(&text, m.id, "=", m.peer_address, ";");
+  return XXH3_64bits(text.data(), text.size());
+}
+
+absl::Status ValidateHostPort(absl::string_view address) {
+  size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' is not host:port"));
+  }
+  absl::string_view port_text = address.substr(colon + 1);
+  uint32_t port = 0;
+  if (port_text.empty() ||
+      !std::all_of(port_text.begin(), port_text.end(),
+                   [](char c) { return c >= '0' && c <= '9'; }) ||
+      !absl::SimpleAtoi(port_text, &port) || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' has a bad port"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<MemberInfo>> ClusterMap::ParseMembers(
+    absl::string_view initial_cluster) {
+  std::vector<MemberInfo> members;
+  absl::string_view text = absl::StripAsciiWhitespace(initial_cluster);
+  if (text.empty()) return absl::InvalidArgumentError("--initial-cluster is empty");
+  for (absl::string_view item : absl::StrSplit(text, ',')) {
+    item = absl::StripAsciiWhitespace(item);
+    std::pair<absl::string_view, absl::string_view> id_addrs = absl::StrSplit(item, '=');
+    absl::string_view id_text = absl::StripAsciiWhitespace(id_addrs.first);
+    absl::string_view addrs = id_addrs.second;
+    if (item.find('=') == absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("member '", item, "' is not <id>=<client host:port>/<peer host:port>"));
+    }
+    std::vector<absl::string_view> parts = absl::StrSplit(addrs, '/');
+    if (parts.size() != 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "member '", item, "' needs two addresses: <id>=<client host:port>/<peer host:port>"));
+    }
+    MemberInfo member;
+    if (id_text.empty() ||
+        !std::all_of(id_text.begin(), id_text.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        !absl::SimpleAtoi(id_text, &member.id)) {
+      return absl::InvalidArgumentError(absl::StrCat("member '", item, "' has a bad id"));
+    }
+    member.client_address = std::string(absl::StripAsciiWhitespace(parts[0]));
+    member.peer_address = std::string(absl::StripAsciiWhitespace(parts[1]));
+    members.push_back(std::move(member));
+  }
+  return members;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::Create(std::vector<MemberInfo> members, uint32_t num_shards,
+                                              uint32_t replication) {
+  if (members.empty()) return absl::InvalidArgumentError("the cluster has no members");
+  if (num_shards < 1 || num_shards > kMaxNumShards) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("number of shards ", num_shards, " is outside [1, ", kMaxNumShards, "]"));
+  }
+  if (replication < 1) return absl::InvalidArgumentError("replication must be at least 1");
+  absl::flat_hash_set<NodeId> ids;
+  absl::flat_hash_set<std::string> addresses;
+  for (const MemberInfo& m : members) {
+    if (m.id == 0) return absl::InvalidArgumentError("member id 0 is reserved");
+    if (!ids.insert(m.id).second) {
+      return absl::InvalidArgumentError(absl::StrCat("member id ", m.id, " appears twice"));
+    }
+    for (const std::string* address : {&m.client_address, &m.peer_address}) {
+      absl::Status s = ValidateHostPort(*address);
+      if (!s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("member ", m.id, ": ", s.message()));
+      }
+      // Port 0 ("any port") may repeat: tests bind them and report the result.
+      bool any_port = absl::EndsWith(*address, ":0");
+      if (!any_port && !addresses.insert(*address).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("address '", *address, "' is used twice (member ", m.id, ")"));
+      }
+    }
+  }
+  std::sort(members.begin(), members.end(),
+            [](const MemberInfo& a, const MemberInfo& b) { return a.id < b.id; });
+
+  ClusterMap map;
+  map.num_shards_ = num_shards;
+  map.replication_ = std::min<uint32_t>(replication, members.size());
+  map.epoch_ = ComputeEpoch(members, num_shards, map.replication_);
+  map.shards_.reserve(num_shards);
+  std::vector<std::pair<uint64_t, NodeId>> weights(members.size());
+  for (uint32_t s = 0; s < num_shards; ++s) {
+    ShardLayout layout;
+    layout.id = s;
+    layout.hash_start = HashRangeStart(s, num_shards);
+    layout.hash_end = s + 1 == num_shards ? ~uint64_t{0} : HashRangeStart(s + 1, num_shards) - 1;
+    for (size_t i = 0; i < members.size(); ++i) {
+      weights[i] = {PlacementWeight(s, members[i].id), members[i].id};
+    }
+    // Highest weight first; on a tie the lower id first.
+    std::sort(weights.begin(), weights.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    });
+    for (uint32_t r = 0; r < map.replication_; ++r) layout.replicas.push_back(weights[r].second);
+    map.shards_.push_back(std::move(layout));
+  }
+  // The metadata group: the same rule on kMetaShard, up to kMetaReplication.
+  for (size_t i = 0; i < members.size(); ++i) {
+    weights[i] = {PlacementWeight(kMetaShard, members[i].id), members[i].id};
+  }
+  std::sort(weights.begin(), weights.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  for (size_t r = 0; r < std::min<size_t>(kMetaReplication, weights.size()); ++r) {
+    map.meta_replicas_.push_back(weights[r].second);
+  }
+  map.members_ = std::move(members);
+  return map;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
+  std::vector<MemberInfo> members;
+  for (const v1::Member& m : proto.members()) {
+    members.push_back(MemberInfo{m.id(), m.client_address(), m.peer_address()});
+  }
+  absl::StatusOr<ClusterMap> map =
+      Create(std::move(members), proto.num_shards(), proto.replication());
+  if (!map.ok()) return map.status();
+  v1::ClusterMap plain = proto;
+  for (v1::ShardInfo& s : *plain.mutable_shards()) {
+    s.clear_leader();
+    s.clear_term();
+  }
+  if (map->ToProto().SerializeAsString() != plain.SerializeAsString()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cluster map of epoch ", proto.epoch(),
+                     " does not match the placement this build computes for its members (epoch ",
+                     map->epoch(), ")"));
+  }
+  return map;
+}
+
+bool ClusterMap::HostsMeta(NodeId node) const {
+  return std::find(meta_replicas_.begin(), meta_replicas_.end(), node) != meta_replicas_.end();
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::Parse(absl::string_view initial_cluster, uint32_t num_shards,
+                                             uint32_t replication) {
+  absl::StatusOr<std::vector<MemberInfo>> members = ParseMembers(initial_cluster);
+  if (!members.ok()) return members.status();
+  return Create(*std::move(members), num_shards, replication);
+}
+
+const MemberInfo* ClusterMap::FindMember(NodeId id) const {
+  auto it = std::lower_bound(members_.begin(), members_.end(), id,
+                             [](const MemberInfo& m, NodeId v) { return m.id < v; });
+  return it != members_.end() && it->id == id ? &*it : nullptr;
+}
+
+bool ClusterMap::Hosts(NodeId node, ShardId shard) const {
+  if (shard >= shards_.size()) return false;
+  const std::vector<NodeId>& replicas = shards_[shard].replicas;
+  return std::find(replicas.begin(), replicas.end(), node) != replicas.end();
+}
+
+std::vector<ShardId> ClusterMap::ShardsOf(NodeId node) const {
+  std::vector<ShardId> result;
+  for (const ShardLayout& shard : shards_) {
+    if (Hosts(node, shard.id)) result.push_back(shard.id);
+  }
+  return result;
+}
+
+v1::ClusterMap ClusterMap::ToProto() const {
+  v1::ClusterMap proto;
+  proto.set_epoch(epoch_);
+  proto.set_num_shards(num_shards_);
+  proto.set_replication(replication_);
+  for (const MemberInfo& m : members_) {
+    v1::Member* member = proto.add_members();
+    member->set_id(m.id);
+    member->set_client_address(m.client_address);
+    member->set_peer_address(m.peer_address);
+  }
+  for (const ShardLayout& s : shards_) {
+    v1::ShardInfo* shard = proto.add_shards();
+    shard->set_id(static_cast<uint32_t>(s.id));
+    shard->set_hash_start(s.hash_start);
+    shard->set_hash_end(s.hash_end);
+    for (NodeId r : s.replicas) shard->add_replicas(r);
+  }
+  return proto;
+}
+
+}  // namespace tessera::server

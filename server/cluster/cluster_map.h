@@ -1,0 +1,181 @@
+// ClusterMap: the static layout of a Tessera cluster (members, shards and
+// which members hold each shard's replicas), computed identically by every
+// node from the same flags, so nodes never need to agree on it at run time.
+//
+// Where it sits: tessera-server builds it at startup from --initial-cluster,
+// --shards and --replication; the Node learns from it which shards it hosts
+// (and their voters), the GrpcTransport where its peers listen, and the KV
+// service checks each request's routing against it and hands it (as a
+// v1::ClusterMap) to clients whose routing is stale.
+//
+// --initial-cluster syntax: comma-separated members, each
+//   <id>=<client host:port>/<peer host:port>
+// e.g. "1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102".
+// Ids are non-zero decimal uint64 and unique; addresses are non-empty
+// "host:port" with a decimal port in [0, 65535] and unique. Whitespace around
+// members and around '=' and '/' is ignored. Member order does not matter.
+//
+// Shards: shard i of N owns the key hashes [HashRangeStart(i, N),
+// HashRangeStart(i + 1, N) - 1] (proto/key_hash.h); the last one ends at
+// 2^64 - 1.
+//
+// Placement: rendezvous (highest random weight) hashing. For shard s, every
+// member m gets the weight PlacementWeight(s, m) = XXH3_64bits (seed 0) of
+// the 16 bytes little-endian(uint64 s) || little-endian(uint64 m); the
+// `replication` members with the highest weights (ties: lower id first) hold
+// the replicas, listed by decreasing weight. Adding or removing a member
+// therefore moves only the replicas that member gains or loses.
+//
+// Epoch: XXH3_64bits (seed 0) of a canonical text of the configuration
+// ("tessera-map-v1;shards=N;replication=R;" then "id=client/peer;" per member
+// in increasing id order), with the top bit cleared and 0 mapped to 1. It is
+// an identity, not a counter: equal configurations have equal epochs, a
+// different configuration has (with overwhelming probability) a different
+// epoch, and clients compare epochs for equality only.
+//
+// Metadata group: the replicated copy of the map lives in a small raft group,
+// shard kMetaShard (outside the uint32 range of client shards, so no client
+// request can name it), hosted on MetaReplicas(): the kMetaReplication
+// members with the highest PlacementWeight(kMetaShard, m), or every member
+// when there are fewer. See meta_group.h and server/README.md.
+//
+// ClusterMap is immutable after construction and thread-safe;
+// ClusterMapCache is thread-safe.
+#ifndef TESSERA_SERVER_CLUSTER_CLUSTER_MAP_H_
+#define TESSERA_SERVER_CLUSTER_CLUSTER_MAP_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "proto/ids.h"
+#include "tessera/kv.pb.h"
+
+namespace tessera::server {
+
+struct MemberInfo {
+  NodeId id = 0;
+  std::string client_address;  // host:port of the KV and Cluster services
+  std::string peer_address;    // host:port of the Peer service
+};
+
+struct ShardLayout {
+  ShardId id = 0;
+  uint64_t hash_start = 0;       // inclusive
+  uint64_t hash_end = 0;         // inclusive
+  std::vector<NodeId> replicas;  // by decreasing placement weight
+};
+
+inline constexpr uint32_t kDefaultNumShards = 16;
+inline constexpr uint32_t kDefaultReplication = 3;
+// Upper bound on --shards: keeps maps (and per-shard state) reasonable.
+inline constexpr uint32_t kMaxNumShards = 1 << 16;
+// The metadata raft group's shard id: above every client shard id (client
+// shards are 0..N-1 with N <= kMaxNumShards, and uint32 on the wire).
+inline constexpr ShardId kMetaShard = ShardId{1} << 32;
+// Members holding a replica of the metadata group (fewer when the cluster
+// has fewer members).
+inline constexpr uint32_t kMetaReplication = 5;
+
+class ClusterMap {
+ public:
+  // Builds the map of `members` (any order). `replication` above the member
+  // count is capped to it. Errors: kInvalidArgument (no members, id 0 or
+  // duplicated, empty/duplicated/malformed address, num_shards outside
+  // [1, kMaxNumShards], replication 0) with a one-line message.
+  static absl::StatusOr<ClusterMap> Create(std::vector<MemberInfo> members, uint32_t num_shards,
+                                           uint32_t replication);
+
+  // Parses the --initial-cluster syntax above, then Create()s.
+  static absl::StatusOr<ClusterMap> Parse(absl::string_view initial_cluster, uint32_t num_shards,
+                                          uint32_t replication);
+
+  // Rebuilds a map from its wire form (leader hints ignored) and checks that
+  // it is exactly what Create() makes of its members, shard count and
+  // replication (same placement, same epoch). Errors: kInvalidArgument as
+  // Create(); kFailedPrecondition when the proto's placement or epoch is not
+  // the one this build computes (another placement rule).
+  static absl::StatusOr<ClusterMap> FromProto(const v1::ClusterMap& proto);
+
+  // The --initial-cluster members alone. Errors: kInvalidArgument.
+  static absl::StatusOr<std::vector<MemberInfo>> ParseMembers(absl::string_view initial_cluster);
+
+  uint64_t epoch() const { return epoch_; }
+  // Names the cluster by its members alone (ids and peer addresses; not the
+  // shard count, which the metadata group checks): what a data directory
+  // records as the cluster it belongs to (security/data_dir_identity.h).
+  uint64_t cluster_id() const;
+  uint32_t num_shards() const { return num_shards_; }
+  uint32_t replication() const { return replication_; }
+  // By increasing id.
+  const std::vector<MemberInfo>& members() const { return members_; }
+  // Indexed by shard id.
+  const std::vector<ShardLayout>& shards() const { return shards_; }
+
+  // The members holding the metadata group (kMetaShard), by decreasing
+  // placement weight.
+  const std::vector<NodeId>& meta_replicas() const { return meta_replicas_; }
+  bool HostsMeta(NodeId node) const;
+
+  // The member with `id`, or nullptr. The pointer lives as long as the map.
+  const MemberInfo* FindMember(NodeId id) const;
+  // Whether `node` holds a replica of `shard` (false for an unknown shard).
+  bool Hosts(NodeId node, ShardId shard) const;
+  // The shards `node` holds a replica of, by increasing id.
+  std::vector<ShardId> ShardsOf(NodeId node) const;
+
+  // The wire form, without leader hints (ShardInfo.leader/term = 0).
+  v1::ClusterMap ToProto() const;
+
+ private:
+  ClusterMap() = default;
+
+  uint64_t epoch_ = 0;
+  uint32_t num_shards_ = 0;
+  uint32_t replication_ = 0;
+  std::vector<MemberInfo> members_;
+  std::vector<ShardLayout> shards_;
+  std::vector<NodeId> meta_replicas_;
+};
+
+// The map a node currently serves by: empty until the metadata group's
+// stored map has been loaded (see meta_group.h), then replaced whenever a
+// new stored value is verified. Thread-safe.
+class ClusterMapCache {
+ public:
+  ClusterMapCache() = default;
+  // Starts loaded with `map` (tests, fixed maps).
+  explicit ClusterMapCache(ClusterMap map)
+      : map_(std::make_shared<const ClusterMap>(std::move(map))) {}
+
+  // The current map, or nullptr while none is loaded. The map stays valid
+  // as long as the caller holds the pointer.
+  std::shared_ptr<const ClusterMap> Current() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return map_;
+  }
+  void Set(std::shared_ptr<const ClusterMap> map) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    map_ = std::move(map);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const ClusterMap> map_ ABSL_GUARDED_BY(mu_);
+};
+
+// The rendezvous weight of `member` for `shard` (see the file comment).
+// Part of the placement contract: never change it.
+uint64_t PlacementWeight(ShardId shard, NodeId member);
+
+// Parses "host:port" (port decimal, 0..65535). Errors: kInvalidArgument.
+absl::Status ValidateHostPort(absl::string_view address);
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_CLUSTER_CLUSTER_MAP_H_

@@ -1,0 +1,113 @@
+// MetaGroup: keeps this node's ClusterMapCache in step with the cluster map
+// stored in the metadata raft group (kMetaShard, cluster_map.h).
+//
+// Where it sits: tessera-server creates one after the Node has started. The
+// metadata group is an ordinary shard of the Node and the StateMachine
+// (replicas: ClusterMap::meta_replicas()); its replicated state holds the
+// serialized v1::ClusterMap under the single key kMetaMapKey. A background
+// thread, every poll_interval:
+//  1. reads the stored value: on a node with a metadata replica, from the
+//     local replica's applied state (KvBackend::Get, no read barrier: the
+//     value is written once and never changed, so a lagging replica sees
+//     either nothing yet or the final value); on other nodes through
+//     `remote` (main.cc asks the metadata members' Cluster.NodeStatus);
+//  2. when nothing is stored and the local metadata replica leads its group,
+//     bootstraps it: proposes a Txn "if kMetaMapKey does not exist, put the
+//     map computed from the flags". The compare makes it idempotent: of two
+//     leaders in a row (or two nodes with different flags) only the first
+//     write lands, the others' Txns fail their compare and change nothing;
+//  3. when a new stored value appears, checks it against the map computed
+//     from the flags (`expected`): equal → publishes it in the cache (the
+//     KV and Cluster services serve from the cache); different, or not a
+//     valid map → calls `on_conflict` once with kFailedPrecondition (or
+//     kDataLoss) and stops polling; the cache is left as it was (the node
+//     should refuse to serve: tessera-server exits 2).
+// Until step 3 succeeds the cache stays empty and the services answer
+// UNAVAILABLE ("not loaded yet").
+//
+// Thread-safety: thread-safe; the callbacks run on the MetaGroup's thread
+// and must not call Stop(). Lifetime: `backend` and `cache` are not owned
+// and must outlive the MetaGroup (Stop() or the destructor joins the thread).
+#ifndef TESSERA_SERVER_CLUSTER_META_GROUP_H_
+#define TESSERA_SERVER_CLUSTER_META_GROUP_H_
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "server/cluster/cluster_map.h"
+#include "server/kv/backend.h"
+
+namespace tessera::server {
+
+// The metadata group's key holding the serialized v1::ClusterMap.
+inline constexpr char kMetaMapKey[] = "cluster-map";
+
+struct MetaGroupOptions {
+  NodeId self = 0;
+  absl::Duration poll_interval = absl::Milliseconds(100);
+  // Deadline of one bootstrap proposal.
+  absl::Duration propose_timeout = absl::Seconds(5);
+};
+
+class MetaGroup {
+ public:
+  // The stored map's bytes as another node has them: nullopt if it has none
+  // yet; errors (any code) are retried at the next poll.
+  using RemoteReader = std::function<absl::StatusOr<std::optional<std::string>>()>;
+  using ConflictHandler = std::function<void(const absl::Status&)>;
+  using Logger = std::function<void(const std::string&)>;
+
+  // Starts the polling thread. `backend` serves kMetaShard (this node holds
+  // a metadata replica) or is nullptr (then `remote` is used). `log` gets
+  // one line per noteworthy event (bootstrap proposed, map loaded).
+  MetaGroup(const MetaGroupOptions& options, ClusterMap expected, KvBackend* backend,
+            RemoteReader remote, ClusterMapCache* cache, ConflictHandler on_conflict, Logger log);
+  ~MetaGroup();  // Stop()s.
+  MetaGroup(const MetaGroup&) = delete;
+  MetaGroup& operator=(const MetaGroup&) = delete;
+
+  // Joins the thread. Idempotent.
+  void Stop();
+
+  // The map stored in the local metadata replica (nullopt: absent, no
+  // replica here, or unreadable). Thread-safe.
+  static std::optional<v1::ClusterMap> ReadLocal(const KvBackend& backend);
+
+  // Checks a stored value against `expected`: the map to serve by, or
+  // kFailedPrecondition (a different map: the message says both), kDataLoss
+  // (not a map), or FromProto's errors.
+  static absl::StatusOr<ClusterMap> Check(const ClusterMap& expected, const std::string& stored);
+
+ private:
+  void Run();
+  absl::StatusOr<std::optional<std::string>> ReadStored() const;
+  bool LeadsMetaGroup() const;
+  // Proposes the bootstrap Txn and waits for its outcome (or Stop()).
+  void ProposeBootstrap();
+  // Checks a newly seen stored value; false when it conflicts (stop polling).
+  bool Accept(const std::string& bytes);
+
+  const MetaGroupOptions options_;
+  const ClusterMap expected_;
+  KvBackend* const backend_;
+  const RemoteReader remote_;
+  ClusterMapCache* const cache_;
+  const ConflictHandler on_conflict_;
+  const Logger log_;
+
+  absl::Notification stop_;
+  std::string last_seen_;  // the thread's only
+  std::thread thread_;
+};
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_CLUSTER_META_GROUP_H_

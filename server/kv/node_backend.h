@@ -1,0 +1,51 @@
+// NodeKvBackend: the production KvBackend, this node's Node (raft) and
+// StateMachine (applied state) behind the interface the services call.
+#ifndef TESSERA_SERVER_KV_NODE_BACKEND_H_
+#define TESSERA_SERVER_KV_NODE_BACKEND_H_
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "server/kv/backend.h"
+#include "server/kv/state_machine.h"
+#include "server/raftstore/node.h"
+
+namespace tessera::server {
+
+// Thread-safe (as Node and StateMachine are). Neither is owned; both must
+// outlive it.
+class NodeKvBackend final : public KvBackend {
+ public:
+  NodeKvBackend(Node* node, const StateMachine* state_machine)
+      : node_(node), state_machine_(state_machine) {}
+  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
+               Node::ProposeCallback done) override {
+    node_->Propose(shard, std::move(command), deadline, std::move(done));
+  }
+  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
+                   Node::ReadCallback done) override {
+    node_->ReadBarrier(shard, lease, deadline, std::move(done));
+  }
+  std::vector<ShardStatus> Status() const override { return node_->Status(); }
+  absl::Status Health() const override { return node_->Health(); }
+  uint64_t AbandonedProposalBytes() const override { return node_->AbandonedProposalBytes(); }
+  std::optional<ShardStatus> StatusOf(ShardId shard) const override {
+    return node_->StatusOf(shard);
+  }
+  absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const override {
+    return state_machine_->Get(shard, key);
+  }
+  absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,
+                                        const v1::ScanRequest& request) const override {
+    return state_machine_->Scan(shard, request);
+  }
+
+ private:
+  Node* const node_;
+  const StateMachine* const state_machine_;
+};
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_KV_NODE_BACKEND_H_

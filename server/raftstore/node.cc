@@ -1,0 +1,1316 @@
+#include "server/raftstore/node.h"
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <thread>
+#include <utility>
+
+#include "absl/base/internal/raw_logging.h"
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "proto/grpc_status.h"
+#include "proto/status_macros.h"
+#include "raft/raw_node.h"
+#include "server/raftstore/log_prefix.h"
+#include "server/raftstore/peer_message_check.h"
+#include "server/raftstore/raft_storage.h"
+#include "tessera/kv.pb.h"
+
+namespace tessera::server {
+
+namespace {
+
+// kUnavailable naming the leader (0 = unknown) in ErrorDetail.not_leader.
+absl::Status NotLeaderError(uint64_t leader, absl::string_view why) {
+  absl::Status s = absl::UnavailableError(
+      leader != 0 ? absl::StrCat(why, "; leader is node ", leader) : absl::StrCat(why));
+  v1::ErrorDetail detail;
+  detail.mutable_not_leader()->set_leader_node(leader);
+  SetErrorDetail(s, detail);
+  return s;
+}
+
+// `s` with `what` (the shard(s) and the operation) in front of its message.
+absl::Status WithContext(const absl::Status& s, absl::string_view what) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+}
+
+// "shards 1, 2, 5" of a batch, in order.
+template <typename ShardPtrs>
+std::string ShardList(const ShardPtrs& shards) {
+  std::vector<ShardId> ids;
+  for (const auto* s : shards) ids.push_back(s->id);
+  std::sort(ids.begin(), ids.end());
+  return absl::StrCat(ids.size() == 1 ? "shard " : "shards ", absl::StrJoin(ids, ", "));
+}
+
+bool IsEmptyLog(const storage::LogState& state) {
+  const raftpb::HardState& hs = state.hard_state;
+  return hs.term() == 0 && hs.vote() == 0 && hs.commit() == 0 && state.last_index == 0 &&
+         state.snapshot.index() == 0;
+}
+
+struct ProposeRequest {
+  ShardId shard = 0;
+  std::string data;
+  absl::Time deadline;
+  Node::ProposeCallback done;
+};
+
+struct ReadRequest {
+  ShardId shard = 0;
+  bool lease = false;  // may be answered from the leader's lease
+  absl::Time deadline;
+  Node::ReadCallback done;
+};
+
+struct Inbound {
+  NodeId from = 0;
+  std::vector<ShardMessage> messages;
+};
+
+struct SnapshotOutcome {
+  NodeId to = 0;
+  ShardId shard = 0;
+  bool ok = false;
+};
+
+struct Inbox {
+  std::vector<Inbound> messages;
+  std::vector<ProposeRequest> proposals;
+  std::vector<ReadRequest> reads;
+  std::vector<NodeId> unreachable;
+  std::vector<SnapshotOutcome> snapshots;
+  bool empty() const {
+    return messages.empty() && proposals.empty() && reads.empty() && unreachable.empty() &&
+           snapshots.empty();
+  }
+};
+
+struct PendingProposal {
+  uint64_t term = 0;  // the term the entry was appended in
+  absl::Time deadline;
+  uint64_t bytes = 0;  // the entry's payload
+  Node::ProposeCallback done;
+};
+
+struct PendingRead {
+  absl::Time deadline;
+  Node::ReadCallback done;
+};
+
+// Requests waiting in a shard (queued or pending); beyond
+// max_pending_per_shard new ones are refused.
+struct ShardCounter {
+  std::atomic<size_t> pending{0};
+};
+
+}  // namespace
+
+class Node::Impl {
+ public:
+  Impl(const NodeOptions& options, storage::Engine* engine, Applier* applier, Transport* transport)
+      : options_(options),
+        // Generous by default: a slow fsync on a loaded disk is not a wedge.
+        max_loop_stall_(
+            options.max_loop_stall > absl::ZeroDuration()
+                ? options.max_loop_stall
+                : std::max(10 * options.election_ticks * options.tick_interval, absl::Seconds(5))),
+        log_(&engine->raft_log()),
+        kv_(&engine->kv_store()),
+        applier_(applier),
+        transport_(transport) {
+    for (const ShardPlacement& p : options_.shards) {
+      counters_.emplace(p.shard, std::make_unique<ShardCounter>());
+    }
+  }
+
+  ~Impl() { Stop(); }
+
+  absl::Status Init();
+  void StartLoop() {
+    last_cycle_ns_.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReportUnreachable(NodeId to) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReportSnapshot(NodeId to, ShardId shard, bool ok) ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<ShardStatus> Status() const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Health() const ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t AbandonedBytes() const { return abandoned_bytes_.load(std::memory_order_relaxed); }
+  std::optional<ShardStatus> StatusOf(ShardId shard) const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status TransferLeadershipAway(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_, stop_mu_);
+
+ private:
+  // State of one hosted shard; used by the raft loop thread only (and by
+  // Stop() after the loop has exited).
+  struct Shard {
+    ShardId id = 0;
+    std::vector<NodeId> replicas;
+    ShardCounter* counter = nullptr;
+    std::unique_ptr<RaftStorage> storage;
+    std::unique_ptr<raft::RawNode> raw;
+    bool leader = false;
+    NodeId known_leader = 0;  // from the last soft state (0 = none), for metrics
+    absl::Time last_leader_contact = absl::InfinitePast();
+    // Proposals appended by this node as leader, by entry index.
+    std::map<uint64_t, PendingProposal> proposals;
+    // Proposals answered at their deadline whose entries this leader still
+    // has to commit and apply: index -> payload bytes (AbandonedBytes()).
+    std::map<uint64_t, uint64_t> abandoned;
+    // Reads sent to raft, then confirmed (by read index). The reads of one
+    // shard that arrive in one cycle share one ReadIndex request (context):
+    // one heartbeat round confirms all of them.
+    absl::flat_hash_map<std::string, std::vector<PendingRead>> unconfirmed_reads;
+    std::multimap<uint64_t, PendingRead> confirmed_reads;
+    uint64_t applied_since_compaction = 0;
+    uint64_t snapshots_installed = 0;
+    // Followers' progress as seen in their append responses (for transfers).
+    absl::flat_hash_map<NodeId, uint64_t> follower_match;
+    absl::flat_hash_map<NodeId, absl::Time> follower_heard;
+    // Snapshots sent: (follower, tick at which to report it as failed unless
+    // raft has seen it succeed by then).
+    std::vector<std::pair<NodeId, uint64_t>> snapshot_reports;
+  };
+
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || transfer_requested_ || !inbox_.empty();
+  }
+
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  void StepMessages(std::vector<Inbound>& inbound, absl::Time now);
+  void HandlePropose(ProposeRequest& req, absl::Time now);
+  // Coalesces the cycle's reads into one ReadIndex per shard and kind.
+  void HandleReads(std::vector<ReadRequest>& reads, absl::Time now);
+  void OnTicks(absl::Time now, bool transfer_active);
+  void IssueTransfers();
+  // Inbox::unreachable and Inbox::snapshots to raft.
+  void HandleTransportFeedback(const Inbox& in);
+  // NodeOptions::balance_leaders: at most one transfer per call.
+  void BalanceLeaders(absl::Time now);
+  absl::Status HandleReadys();
+  // Sends the readys' messages batched per destination node: only leaders'
+  // MSG_APP and MSG_HEARTBEAT if `leaders_appends_only` (the others stay in
+  // the readys), else all.
+  void SendMessages(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
+                    bool leaders_appends_only);
+  // Applies committed_entries[begin[i], end[i]) of every ready with ONE
+  // Applier::Apply and completes their proposals and the reads they make
+  // servable.
+  absl::Status ApplyCommitted(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
+                              const std::vector<size_t>& begin, const std::vector<size_t>& end);
+  absl::Status InstallSnapshot(Shard& s, const raftpb::Snapshot& snap);
+  void CompleteProposal(Shard& s, const raftpb::Entry& e, serverpb::CommandResult result);
+  void CompleteReads(Shard& s);
+  // Drops the abandoned proposals up to `index` (applied, or no longer led).
+  void ForgetAbandoned(Shard& s, uint64_t index);
+  void FailWaiters(Shard& s, const absl::Status& status, bool confirmed_reads_too);
+  void PublishStatus(absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // The loop stopped on `error`: fail everything with kUnavailable, report
+  // every replica "stopped", then tell options_.on_fatal.
+  void Fail(const absl::Status& error) ABSL_LOCKS_EXCLUDED(mu_);
+  // What Propose/ReadBarrier answer once stopping_ is set.
+  absl::Status StoppedError() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (failure_.ok()) return absl::CancelledError("node is stopping");
+    return absl::UnavailableError(absl::StrCat("node ", options_.id, " failed (",
+                                               failure_.message(), "); try another replica"));
+  }
+
+  // Queues the completion of a waiter; RunCompletions() calls them once the
+  // cycle's state (and Status()) is published, with no lock held.
+  void Finish(Shard& s, Node::ProposeCallback& done,
+              absl::StatusOr<serverpb::CommandResult> result) {
+    completions_.push_back(
+        [counter = s.counter, done = std::move(done), result = std::move(result)]() mutable {
+          counter->pending.fetch_sub(1);
+          done(std::move(result));
+        });
+  }
+  void Finish(Shard& s, Node::ReadCallback& done, absl::Status status) {
+    completions_.push_back(
+        [counter = s.counter, done = std::move(done), status = std::move(status)]() mutable {
+          counter->pending.fetch_sub(1);
+          done(std::move(status));
+        });
+  }
+  void RunCompletions() {
+    std::vector<std::function<void()>> run;
+    run.swap(completions_);
+    for (std::function<void()>& f : run) f();
+  }
+  void CountProposal(ShardId shard, NodeMetrics::ProposalOutcome outcome) const {
+    if (options_.metrics != nullptr) options_.metrics->OnProposal(shard, outcome);
+  }
+  // Reserves a pending slot; false if the shard is full.
+  bool Reserve(ShardCounter* c) const {
+    if (c->pending.fetch_add(1) >= options_.max_pending_per_shard) {
+      c->pending.fetch_sub(1);
+      return false;
+    }
+    return true;
+  }
+
+  // Constant after construction.
+  const NodeOptions options_;
+  const absl::Duration max_loop_stall_;
+  storage::RaftLog* const log_;
+  storage::KvStore* const kv_;
+  Applier* const applier_;
+  Transport* const transport_;
+  absl::flat_hash_map<ShardId, std::unique_ptr<ShardCounter>> counters_;
+
+  // Raft loop thread only (then Stop(), after joining it).
+  absl::flat_hash_map<ShardId, std::unique_ptr<Shard>> shards_;
+  uint64_t tick_ = 0;
+  uint64_t next_read_id_ = 1;
+  uint64_t next_transfer_tick_ = 0;
+  uint64_t next_balance_tick_ = 0;
+  // BalanceLeaders: the leader of every shard hosted here at the last round,
+  // how many rounds it has been unchanged, the last transfer it asked for,
+  // and followers that did not take one (a draining node declines), by the
+  // tick until which they are not asked again.
+  std::vector<std::pair<ShardId, NodeId>> balance_layout_;
+  int balance_stable_rounds_ = 0;
+  std::optional<std::pair<ShardId, NodeId>> balance_asked_;
+  absl::flat_hash_map<NodeId, uint64_t> balance_declined_until_;
+  // TransferLeadershipAway is in progress (a drain): leadership offered to
+  // this node (MsgTimeoutNow) is declined.
+  bool handing_off_ = false;
+  std::vector<std::function<void()>> completions_;
+  std::thread thread_;
+  // When the loop last completed a cycle (absl::ToUnixNanos), for Health().
+  std::atomic<int64_t> last_cycle_ns_{0};
+  // Sum of every shard's `abandoned` bytes (written by the loop, read by
+  // AbandonedBytes() from any thread).
+  std::atomic<uint64_t> abandoned_bytes_{0};
+
+  absl::Mutex stop_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serialises Stop()
+  bool stopped_ ABSL_GUARDED_BY(stop_mu_) = false;
+
+  mutable absl::Mutex mu_;
+  Inbox inbox_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);  // why the loop stopped on its own
+  bool transfer_requested_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time transfer_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::vector<ShardStatus> status_ ABSL_GUARDED_BY(mu_);
+  size_t led_shards_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// ---------------------------------------------------------------- startup
+
+absl::Status Node::Impl::Init() {
+  // Bootstrap every shard whose raft state is empty: a snapshot point at
+  // index 1, term 1 with the replicas as voters (raft/README.md), and the
+  // store's applied index at 1 so that the applier starts at 2.
+  std::vector<storage::LogUpdate> boot_log;
+  std::vector<storage::ShardWrite> boot_kv;
+  for (const ShardPlacement& p : options_.shards) {
+    TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(p.shard));
+    TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(p.shard));
+    if (IsEmptyLog(state)) {
+      if (applied > 1) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("shard ", p.shard, ": empty raft log but data applied up to ", applied));
+      }
+      storage::LogUpdate u;
+      u.shard = p.shard;
+      raftpb::SnapshotMetadata& meta = u.snapshot.emplace();
+      meta.set_index(1);
+      meta.set_term(1);
+      for (NodeId r : p.replicas) meta.mutable_conf_state()->add_voters(r);
+      boot_log.push_back(std::move(u));
+      if (applied == 0)
+        boot_kv.push_back(storage::ShardWrite{.shard = p.shard, .applied_index = 1});
+    } else if (applied + 1 < state.first_index) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", p.shard, ": data applied up to ", applied,
+                       " but the raft log is compacted up to ", state.first_index - 1));
+    }
+  }
+  if (!boot_log.empty()) TESSERA_RETURN_IF_ERROR(log_->Save(boot_log));
+  if (!boot_kv.empty()) TESSERA_RETURN_IF_ERROR(kv_->Apply(boot_kv));
+
+  for (const ShardPlacement& p : options_.shards) {
+    auto s = std::make_unique<Shard>();
+    s->id = p.shard;
+    s->replicas = p.replicas;
+    s->counter = counters_.at(p.shard).get();
+    TESSERA_ASSIGN_OR_RETURN(s->storage, RaftStorage::Open(p.shard, log_, kv_));
+    raft::Config config;
+    config.id = options_.id;
+    config.election_ticks = options_.election_ticks;
+    config.heartbeat_ticks = options_.heartbeat_ticks;
+    config.storage = s->storage.get();
+    // Raft re-delivers the committed entries after the log's truncated index
+    // (the snapshot point); the applier skips those the store already has,
+    // and the loop re-applies their conf changes.
+    config.applied = 0;
+    config.max_size_per_msg = options_.max_size_per_msg;
+    config.max_uncommitted_entries_size = options_.max_uncommitted_bytes_per_shard;
+    config.max_inflight_bytes = options_.max_inflight_bytes_per_follower;
+    config.check_quorum = true;
+    config.pre_vote = true;
+    // Lease bookkeeping on; each read chooses (ReadBarrier's `lease`). The
+    // lease is also measured against the monotonic clock (Loop: SetNow).
+    config.read_only_option = raft::ReadOnlyOption::kLeaseBased;
+    config.tick_interval = absl::ToChronoNanoseconds(options_.tick_interval);
+    config.disable_proposal_forwarding = true;
+    // Different shards of one node must not time out in lockstep.
+    config.seed = options_.seed ^ (p.shard * 0x9E3779B97F4A7C15ull);
+    absl::StatusOr<std::unique_ptr<raft::RawNode>> raw = raft::RawNode::Create(config);
+    if (!raw.ok()) {
+      return absl::Status(raw.status().code(),
+                          absl::StrCat("shard ", p.shard, ": ", raw.status().message()));
+    }
+    s->raw = *std::move(raw);
+    shards_.emplace(p.shard, std::move(s));
+  }
+  PublishStatus(absl::Now());
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- API
+
+void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
+                         ProposeCallback done) {
+  auto it = counters_.find(shard);
+  if (it == counters_.end()) {
+    done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
+    return;
+  }
+  if (!Reserve(it->second.get())) {
+    CountProposal(shard, NodeMetrics::ProposalOutcome::kRejected);
+    done(absl::ResourceExhaustedError(
+        absl::StrCat("shard ", shard, ": too many pending requests; retry later")));
+    return;
+  }
+  std::string data = command.SerializeAsString();
+  absl::Status stopped;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      inbox_.proposals.push_back(ProposeRequest{shard, std::move(data), deadline, std::move(done)});
+      return;
+    }
+    stopped = StoppedError();
+  }
+  it->second->pending.fetch_sub(1);
+  done(std::move(stopped));
+}
+
+void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
+  auto it = counters_.find(shard);
+  if (it == counters_.end()) {
+    done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
+    return;
+  }
+  if (!Reserve(it->second.get())) {
+    done(absl::ResourceExhaustedError(
+        absl::StrCat("shard ", shard, ": too many pending requests; retry later")));
+    return;
+  }
+  absl::Status stopped;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      inbox_.reads.push_back(ReadRequest{shard, lease, deadline, std::move(done)});
+      return;
+    }
+    stopped = StoppedError();
+  }
+  it->second->pending.fetch_sub(1);
+  done(std::move(stopped));
+}
+
+void Node::Impl::Receive(NodeId from, std::vector<ShardMessage> messages) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  inbox_.messages.push_back(Inbound{from, std::move(messages)});
+}
+
+std::vector<ShardStatus> Node::Impl::Status() const {
+  absl::MutexLock lock(&mu_);
+  return status_;
+}
+
+absl::Status Node::Impl::Health() const {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!failure_.ok()) return failure_;
+    if (stopping_) return absl::UnavailableError("node stopped");
+  }
+  const absl::Duration since =
+      absl::Now() - absl::FromUnixNanos(last_cycle_ns_.load(std::memory_order_relaxed));
+  if (since > max_loop_stall_) {
+    return absl::UnavailableError(
+        absl::StrCat("raft loop wedged: no cycle completed for ",
+                     absl::FormatDuration(absl::Trunc(since, absl::Milliseconds(1)))));
+  }
+  return absl::OkStatus();
+}
+
+std::optional<ShardStatus> Node::Impl::StatusOf(ShardId shard) const {
+  absl::MutexLock lock(&mu_);
+  auto it = std::lower_bound(status_.begin(), status_.end(), shard,
+                             [](const ShardStatus& s, ShardId id) { return s.shard < id; });
+  if (it == status_.end() || it->shard != shard) return std::nullopt;
+  return *it;
+}
+
+absl::Status Node::Impl::TransferLeadershipAway(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::CancelledError("node is stopping");
+  transfer_requested_ = true;
+  transfer_until_ = std::max(transfer_until_, deadline);
+  auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || (!transfer_requested_ && led_shards_ == 0);
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&done), deadline);
+  if (led_shards_ == 0 && !transfer_requested_) return absl::OkStatus();
+  if (stopping_) return absl::CancelledError("node is stopping");
+  return absl::DeadlineExceededError(absl::StrCat(led_shards_, " shard(s) still led by this node"));
+}
+
+void Node::Impl::Stop() {
+  absl::MutexLock stop_lock(&stop_mu_);
+  if (stopped_) return;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) {
+    if (thread_.get_id() == std::this_thread::get_id()) {
+      // Called from a callback on the loop thread: the loop exits after this
+      // cycle; the destructor (on another thread) joins it.
+      return;
+    }
+    thread_.join();
+  }
+  stopped_ = true;
+  Inbox left;
+  {
+    absl::MutexLock lock(&mu_);
+    std::swap(left, inbox_);
+  }
+  const absl::Status cancelled = absl::CancelledError("node stopped");
+  for (ProposeRequest& p : left.proposals) Finish(*shards_.at(p.shard), p.done, cancelled);
+  for (ReadRequest& r : left.reads) Finish(*shards_.at(r.shard), r.done, cancelled);
+  for (auto& [id, s] : shards_) FailWaiters(*s, cancelled, /*confirmed_reads_too=*/true);
+  RunCompletions();
+}
+
+// ---------------------------------------------------------------- the loop
+
+void Node::Impl::Loop() {
+  // Ticks follow the monotonic clock: a wall-clock step must not add ticks
+  // (a follower counts its promise not to vote in ticks; raft/README.md).
+  const raft::Clock::duration interval = absl::ToChronoNanoseconds(options_.tick_interval);
+  raft::Clock::time_point next_tick = raft::Clock::now() + interval;
+  while (true) {
+    Inbox in;
+    bool transfer_active = false;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithDeadline(absl::Condition(this, &Impl::HasWork),
+                            absl::Now() + absl::FromChrono(next_tick - raft::Clock::now()));
+      if (stopping_) return;
+      std::swap(in, inbox_);
+      if (transfer_requested_) {
+        transfer_requested_ = false;
+        next_transfer_tick_ = tick_;  // transfer at the next tick handling
+      }
+      transfer_active = absl::Now() < transfer_until_;
+    }
+    // Read after taking the inbox: every request in it arrived before this
+    // instant, so a lease valid now is valid for all of them (issue 18: a
+    // leader whose process stalled finds its lease expired here).
+    const raft::Clock::time_point mono = raft::Clock::now();
+    const absl::Time now = absl::Now();
+    int ticks = 0;
+    if (mono >= next_tick) {
+      // Catch up on missed ticks after a slow cycle, but only a few: a long
+      // stall must not look like many election timeouts at once. Never more
+      // ticks than intervals passed.
+      ticks = static_cast<int>(std::min<int64_t>(3, 1 + (mono - next_tick) / interval));
+      next_tick += interval * ticks;
+      if (next_tick <= mono) next_tick = mono + interval;
+    }
+    // The ticks are time that passed before this cycle's inputs: a follower
+    // that acknowledges a heartbeat below counts only later ticks against
+    // its promise not to vote.
+    for (auto& [id, s] : shards_) s->raw->SetNow(mono);
+    for (int i = 0; i < ticks; ++i) {
+      ++tick_;
+      for (auto& [id, s] : shards_) {
+        LogShardScope log_shard(id);
+        s->raw->Tick();
+      }
+    }
+
+    handing_off_ = transfer_active;
+    HandleTransportFeedback(in);
+    StepMessages(in.messages, now);
+    for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
+    HandleReads(in.reads, now);
+    if (ticks > 0 || transfer_active) OnTicks(now, transfer_active);
+
+    if (absl::Status s = HandleReadys(); !s.ok()) {
+      Fail(s);
+      return;
+    }
+    PublishStatus(now);
+    RunCompletions();
+    last_cycle_ns_.store(absl::ToUnixNanos(absl::Now()), std::memory_order_relaxed);
+  }
+}
+
+void Node::Impl::Fail(const absl::Status& error) {
+  Inbox left;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    failure_ = error;
+    std::swap(left, inbox_);
+  }
+  // kUnavailable without a leader: the SDK goes to another replica.
+  const absl::Status failed = absl::UnavailableError(
+      absl::StrCat("node ", options_.id, " failed (", error.message(), "); try another replica"));
+  for (ProposeRequest& p : left.proposals) Finish(*shards_.at(p.shard), p.done, failed);
+  for (ReadRequest& r : left.reads) Finish(*shards_.at(r.shard), r.done, failed);
+  for (auto& [id, shard] : shards_) FailWaiters(*shard, failed, /*confirmed_reads_too=*/true);
+  // Nothing here leads or follows any more (metrics, NodeStatus, readiness).
+  std::vector<ShardStatus> status;
+  for (auto& [id, sp] : shards_) {
+    ShardStatus st;
+    st.shard = id;
+    st.role = "stopped";
+    st.term = sp->raw->term();
+    st.commit_index = sp->raw->commit_index();
+    st.applied_index = sp->storage->applied_index();
+    st.last_index = sp->raw->last_index();
+    st.snapshots_installed = sp->snapshots_installed;
+    status.push_back(std::move(st));
+  }
+  std::sort(status.begin(), status.end(),
+            [](const ShardStatus& a, const ShardStatus& b) { return a.shard < b.shard; });
+  {
+    absl::MutexLock lock(&mu_);
+    status_ = std::move(status);
+    led_shards_ = 0;
+  }
+  RunCompletions();
+  if (options_.on_fatal) {
+    options_.on_fatal(error);
+  } else {
+    ABSL_RAW_LOG(ERROR, "node %llu: raft loop stopped: %s",
+                 static_cast<unsigned long long>(options_.id), error.ToString().c_str());
+  }
+}
+
+void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
+  for (Inbound& batch : inbound) {
+    for (ShardMessage& sm : batch.messages) {
+      auto it = shards_.find(sm.shard);
+      if (it == shards_.end()) continue;  // not hosted here (any more)
+      Shard& s = *it->second;
+      const raftpb::ConfState conf = s.raw->conf_state();
+      const ReplicaView view{.self = options_.id, .last_index = s.raw->last_index(), .conf = &conf};
+      if (const char* refused = CheckPeerMessage(sm.message, batch.from, view)) {
+        if (options_.metrics != nullptr) options_.metrics->OnPeerMessageRefused(refused);
+        continue;
+      }
+      const raftpb::MessageType type = sm.message.type();
+      const NodeId from = sm.message.from();
+      if (type == raftpb::MSG_TIMEOUT_NOW && handing_off_) continue;  // draining: declined
+      if (type == raftpb::MSG_APP_RESP || type == raftpb::MSG_HEARTBEAT_RESP) {
+        s.follower_heard[from] = now;
+        if (type == raftpb::MSG_APP_RESP && !sm.message.reject()) {
+          uint64_t& match = s.follower_match[from];
+          match = std::max(match, sm.message.index());
+        }
+      }
+      // Errors: local message types from a peer (ignored, as raft does).
+      LogShardScope log_shard(sm.shard);
+      s.raw->Step(std::move(sm.message)).IgnoreError();
+      if ((type == raftpb::MSG_APP || type == raftpb::MSG_HEARTBEAT || type == raftpb::MSG_SNAP) &&
+          from == s.raw->leader_id()) {
+        s.last_leader_contact = now;
+      }
+    }
+  }
+}
+
+void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
+  Shard& s = *shards_.at(req.shard);
+  if (req.deadline <= now) {
+    CountProposal(s.id, NodeMetrics::ProposalOutcome::kDropped);
+    Finish(s, req.done, absl::DeadlineExceededError("deadline passed before proposing"));
+    return;
+  }
+  const uint64_t me = options_.id;
+  if (s.raw->role() != raft::Role::kLeader) {
+    CountProposal(s.id, NodeMetrics::ProposalOutcome::kDropped);
+    const uint64_t leader = s.raw->leader_id();
+    Finish(s, req.done, NotLeaderError(leader == me ? 0 : leader, "not leader"));
+    return;
+  }
+  LogShardScope log_shard(s.id);
+  const uint64_t bytes = req.data.size();
+  absl::Status st = s.raw->Propose(std::move(req.data));
+  CountProposal(s.id, st.ok() ? NodeMetrics::ProposalOutcome::kAccepted
+                              : NodeMetrics::ProposalOutcome::kDropped);
+  if (!st.ok()) {
+    if (st.code() == absl::StatusCode::kUnavailable) {
+      const uint64_t leader = s.raw->leader_id();
+      st = NotLeaderError(leader == me ? 0 : leader, st.message());
+    }
+    Finish(s, req.done, st);
+    return;
+  }
+  // Forwarding is disabled, so an accepted proposal was appended here as the
+  // last entry of the leader's log.
+  auto [it, inserted] = s.proposals.try_emplace(s.raw->last_index());
+  if (!inserted) {  // a proposal of an earlier term at the same index: lost
+    Finish(s, it->second.done, NotLeaderError(0, "the proposal was overwritten"));
+  }
+  it->second = PendingProposal{s.raw->term(), req.deadline, bytes, std::move(req.done)};
+}
+
+void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
+  // (shard, lease) -> the context of the ReadIndex issued for it this cycle.
+  absl::flat_hash_map<std::pair<ShardId, bool>, std::string> issued;
+  for (ReadRequest& req : reads) {
+    Shard& s = *shards_.at(req.shard);
+    if (req.deadline <= now) {
+      Finish(s, req.done, absl::DeadlineExceededError("deadline passed before reading"));
+      continue;
+    }
+    if (s.raw->role() != raft::Role::kLeader) {
+      const uint64_t leader = s.raw->leader_id();
+      Finish(s, req.done, NotLeaderError(leader == options_.id ? 0 : leader, "not leader"));
+      continue;
+    }
+    auto [it, first] = issued.try_emplace({req.shard, req.lease});
+    if (first) {
+      std::string ctx(8, '\0');
+      uint64_t id = next_read_id_++;
+      for (int i = 7; i >= 0; --i, id >>= 8) {
+        ctx[static_cast<size_t>(i)] = static_cast<char>(id & 0xff);
+      }
+      LogShardScope log_shard(s.id);
+      s.raw->ReadIndex(ctx, /*use_lease=*/req.lease);
+      it->second = std::move(ctx);
+    }
+    s.unconfirmed_reads[it->second].push_back(PendingRead{req.deadline, std::move(req.done)});
+  }
+}
+
+void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
+  const absl::Status expired = absl::DeadlineExceededError("deadline exceeded; outcome unknown");
+  for (auto& [id, sp] : shards_) {
+    Shard& s = *sp;
+    for (auto it = s.proposals.begin(); it != s.proposals.end();) {
+      if (it->second.deadline <= now) {
+        Finish(s, it->second.done, expired);
+        s.abandoned.emplace(it->first, it->second.bytes);
+        abandoned_bytes_.fetch_add(it->second.bytes, std::memory_order_relaxed);
+        it = s.proposals.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = s.unconfirmed_reads.begin(); it != s.unconfirmed_reads.end();) {
+      std::erase_if(it->second, [&](PendingRead& r) {
+        if (r.deadline > now) return false;
+        Finish(s, r.done, absl::DeadlineExceededError("read barrier deadline exceeded"));
+        return true;
+      });
+      if (it->second.empty()) {
+        s.unconfirmed_reads.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = s.confirmed_reads.begin(); it != s.confirmed_reads.end();) {
+      if (it->second.deadline <= now) {
+        Finish(s, it->second.done, absl::DeadlineExceededError("read barrier deadline exceeded"));
+        it = s.confirmed_reads.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // A snapshot the follower has not acknowledged for a while was probably
+    // lost (the transport is best effort): let raft probe again. Ignored by
+    // raft when the follower already caught up.
+    std::erase_if(s.snapshot_reports, [&](const std::pair<NodeId, uint64_t>& r) {
+      if (r.second > tick_) return false;
+      LogShardScope log_shard(s.id);
+      s.raw->ReportSnapshot(r.first, /*success=*/false);
+      return true;
+    });
+  }
+  if (transfer_active && tick_ >= next_transfer_tick_) {
+    IssueTransfers();
+    // A transfer aborts after an election timeout; then try again.
+    next_transfer_tick_ = tick_ + static_cast<uint64_t>(options_.election_ticks);
+  }
+  if (options_.balance_leaders && !transfer_active && tick_ >= next_balance_tick_) {
+    BalanceLeaders(now);
+    next_balance_tick_ = tick_ + static_cast<uint64_t>(options_.election_ticks);
+  }
+}
+
+void Node::Impl::BalanceLeaders(absl::Time now) {
+  std::vector<std::pair<ShardId, NodeId>> layout;
+  for (auto& [id, sp] : shards_) layout.emplace_back(id, sp->raw->leader_id());
+  std::sort(layout.begin(), layout.end());  // deterministic choices below
+  // Only a layout that held for 3 rounds: not during elections, drains or
+  // other nodes' transfers (a draining node would look like the best target).
+  balance_stable_rounds_ = layout == balance_layout_ ? balance_stable_rounds_ + 1 : 0;
+  balance_layout_ = layout;
+  if (balance_asked_.has_value()) {
+    // The last transfer asked for: if the shard is still led here, that
+    // follower did not take it; leave it alone for a while.
+    auto [shard, to] = *balance_asked_;
+    balance_asked_.reset();
+    auto it = shards_.find(shard);
+    if (it != shards_.end() && it->second->raw->role() == raft::Role::kLeader) {
+      balance_declined_until_[to] = tick_ + 10 * static_cast<uint64_t>(options_.election_ticks);
+    }
+  }
+  if (balance_stable_rounds_ < 3) return;
+  // Leaderships per node, over the shards hosted here (every replica counts,
+  // with zero if it leads none).
+  absl::flat_hash_map<NodeId, int> leads;
+  for (auto& [id, sp] : shards_) {
+    if (sp->raw->leader_id() == 0) return;  // an election is under way
+    for (NodeId r : sp->replicas) leads.try_emplace(r, 0);
+    ++leads[sp->raw->leader_id()];
+  }
+  const int mine = leads[options_.id];
+  const absl::Duration recent = options_.tick_interval * options_.election_ticks;
+  // The live follower leading fewest, of a shard led here; it must lead at
+  // least two fewer than this node (else the transfer only swaps the roles).
+  Shard* from = nullptr;
+  NodeId to = 0;
+  int fewest = mine - 1;
+  for (const auto& [id, leader] : layout) {
+    Shard& s = *shards_.at(id);
+    if (s.raw->role() != raft::Role::kLeader) continue;
+    for (NodeId r : s.replicas) {
+      if (r == options_.id || leads[r] >= fewest) continue;
+      auto declined = balance_declined_until_.find(r);
+      if (declined != balance_declined_until_.end() && tick_ < declined->second) continue;
+      auto heard = s.follower_heard.find(r);
+      if (heard == s.follower_heard.end() || now - heard->second > recent) continue;
+      from = &s;
+      to = r;
+      fewest = leads[r];
+    }
+  }
+  if (from == nullptr) return;
+  ABSL_RAW_LOG(INFO, "event=leader_balance shard=%llu to=%llu leads_here=%d leads_there=%d",
+               static_cast<unsigned long long>(from->id), static_cast<unsigned long long>(to), mine,
+               fewest);
+  LogShardScope log_shard(from->id);
+  from->raw->TransferLeader(to);
+  balance_asked_.emplace(from->id, to);
+}
+
+void Node::Impl::ReportUnreachable(NodeId to) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  if (std::find(inbox_.unreachable.begin(), inbox_.unreachable.end(), to) ==
+      inbox_.unreachable.end()) {
+    inbox_.unreachable.push_back(to);
+  }
+}
+
+void Node::Impl::ReportSnapshot(NodeId to, ShardId shard, bool ok) {
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return;
+  inbox_.snapshots.push_back(SnapshotOutcome{to, shard, ok});
+}
+
+void Node::Impl::HandleTransportFeedback(const Inbox& in) {
+  for (NodeId to : in.unreachable) {
+    for (auto& [id, sp] : shards_) {
+      if (sp->raw->role() != raft::Role::kLeader) continue;
+      if (std::find(sp->replicas.begin(), sp->replicas.end(), to) == sp->replicas.end()) continue;
+      LogShardScope log_shard(id);
+      sp->raw->ReportUnreachable(to);
+    }
+  }
+  for (const SnapshotOutcome& o : in.snapshots) {
+    auto it = shards_.find(o.shard);
+    if (it == shards_.end()) continue;
+    Shard& s = *it->second;
+    // The outcome is known: the fallback report after 4 election timeouts
+    // (OnTicks) is not needed for this transfer.
+    auto pending =
+        std::find_if(s.snapshot_reports.begin(), s.snapshot_reports.end(),
+                     [&](const std::pair<NodeId, uint64_t>& r) { return r.first == o.to; });
+    if (pending != s.snapshot_reports.end()) s.snapshot_reports.erase(pending);
+    if (s.raw->role() != raft::Role::kLeader) continue;
+    LogShardScope log_shard(s.id);
+    s.raw->ReportSnapshot(o.to, o.ok);
+  }
+}
+
+void Node::Impl::IssueTransfers() {
+  const absl::Time now = absl::Now();
+  const absl::Duration recent = options_.tick_interval * options_.election_ticks;
+  for (auto& [id, sp] : shards_) {
+    Shard& s = *sp;
+    if (s.raw->role() != raft::Role::kLeader) continue;
+    // The most up-to-date follower heard from recently; else any other one.
+    NodeId best = 0;
+    uint64_t best_match = 0;
+    for (NodeId r : s.replicas) {
+      if (r == options_.id) continue;
+      if (best == 0) best = r;
+      auto heard = s.follower_heard.find(r);
+      if (heard == s.follower_heard.end() || now - heard->second > recent) continue;
+      auto match = s.follower_match.find(r);
+      const uint64_t m = match == s.follower_match.end() ? 0 : match->second;
+      if (m >= best_match) {
+        best = r;
+        best_match = m;
+      }
+    }
+    if (best != 0) {
+      LogShardScope log_shard(s.id);
+      s.raw->TransferLeader(best);
+    }
+  }
+}
+
+absl::Status Node::Impl::HandleReadys() {
+  std::vector<Shard*> ready_shards;
+  std::vector<raft::Ready> readys;
+  for (auto& [id, sp] : shards_) {
+    LogShardScope log_shard(id);
+    if (!sp->raw->HasReady()) continue;
+    ready_shards.push_back(sp.get());
+    readys.push_back(sp->raw->GetReady());
+  }
+  if (readys.empty()) return absl::OkStatus();
+  const size_t n = readys.size();
+
+  // Leadership changes: a deposed leader's waiters learn it now (their
+  // entries may still commit under the new leader: kUnavailable says so).
+  for (size_t i = 0; i < n; ++i) {
+    Shard& s = *ready_shards[i];
+    if (!readys[i].soft_state.has_value()) continue;
+    const bool leader = readys[i].soft_state->role == raft::Role::kLeader;
+    const NodeId leader_id = readys[i].soft_state->leader_id;
+    if (options_.metrics != nullptr && leader_id != 0 && leader_id != s.known_leader) {
+      options_.metrics->OnLeaderChange(s.id, leader_id, s.raw->term());
+    }
+    s.known_leader = leader_id;
+    if (s.leader && !leader) {
+      const uint64_t hint = readys[i].soft_state->leader_id;
+      FailWaiters(s, NotLeaderError(hint == options_.id ? 0 : hint, "leadership lost"),
+                  /*confirmed_reads_too=*/false);
+      ForgetAbandoned(s, std::numeric_limits<uint64_t>::max());  // no longer this node's work
+    }
+    if (leader && !s.leader) {
+      s.follower_match.clear();
+      s.follower_heard.clear();
+    }
+    s.leader = leader;
+  }
+
+  // 1. Received snapshots: the data goes to the store first (synced), then
+  //    the snapshot point to the raft log below. A crash in between leaves
+  //    data newer than the raft log, which is consistent: raft re-delivers
+  //    the committed entries and the applier skips those the store has.
+  //    The other order could leave a log that starts after data never
+  //    installed.
+  for (size_t i = 0; i < n; ++i) {
+    if (readys[i].snapshot.has_value()) {
+      TESSERA_RETURN_IF_ERROR(
+          WithContext(InstallSnapshot(*ready_shards[i], *readys[i].snapshot),
+                      absl::StrCat("shard ", ready_shards[i]->id, ": install snapshot at index ",
+                                   readys[i].snapshot->metadata().index())));
+    }
+  }
+
+  // 2. What need not wait for this cycle's fsync happens before it.
+  //  a. A leader's appends and heartbeats leave now, so that its followers
+  //     write in parallel with it (Raft thesis §10.2.1). Safe: an entry
+  //     commits only once a follower acknowledged it, and that response is
+  //     stepped in a later cycle, after this cycle's Save; a leader's term
+  //     and vote were persisted before it could win the election.
+  SendMessages(ready_shards, readys, /*leaders_appends_only=*/true);
+  //  b. Confirmed reads, and committed entries this node has already
+  //     persisted (on a leader: all of them, by the argument above) are
+  //     applied and answered now, not one fsync later. The apply write is
+  //     not synced: it needs no durability of its own, as the entries are
+  //     in the synced raft log and replayed after a crash.
+  std::vector<size_t> applied_early(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    Shard& s = *ready_shards[i];
+    for (raft::ReadState& rs : readys[i].read_states) {
+      auto node = s.unconfirmed_reads.extract(rs.request_ctx);
+      if (node.empty()) continue;
+      for (PendingRead& r : node.mapped()) s.confirmed_reads.emplace(rs.index, std::move(r));
+    }
+    if (readys[i].snapshot.has_value()) continue;
+    // Persisted and not overwritten by this Ready's entries.
+    uint64_t persisted = s.storage->LastIndex();
+    if (!readys[i].entries.empty()) {
+      persisted = std::min(persisted, readys[i].entries.front().index() - 1);
+    }
+    const std::vector<raftpb::Entry>& committed = readys[i].committed_entries;
+    while (applied_early[i] < committed.size() &&
+           committed[applied_early[i]].index() <= persisted) {
+      ++applied_early[i];
+    }
+  }
+  TESSERA_RETURN_IF_ERROR(
+      ApplyCommitted(ready_shards, readys, std::vector<size_t>(n, 0), applied_early));
+  if (!completions_.empty()) {
+    // The answers' response headers read Status() (applied index): publish
+    // first.
+    PublishStatus(absl::Now());
+    RunCompletions();
+  }
+
+  // 3. Persist every shard's entries, hard state and snapshot point with ONE
+  //    write, before any other message leaves.
+  //    Synced only if some Ready needs it: a commit-index-only HardState
+  //    need not be (raft recovers the commit index), which saves the leader
+  //    an fsync per commit; written, it still survives kill -9.
+  std::vector<storage::LogUpdate> updates;
+  std::vector<size_t> update_of;
+  bool must_sync = false;
+  for (size_t i = 0; i < n; ++i) {
+    raft::Ready& rd = readys[i];
+    if (!rd.snapshot.has_value() && rd.entries.empty() && !rd.hard_state.has_value()) continue;
+    must_sync = must_sync || rd.must_sync;
+    storage::LogUpdate u;
+    u.shard = ready_shards[i]->id;
+    if (rd.snapshot.has_value()) u.snapshot = rd.snapshot->metadata();
+    u.entries = std::move(rd.entries);
+    u.hard_state = rd.hard_state;
+    updates.push_back(std::move(u));
+    update_of.push_back(i);
+  }
+  if (!updates.empty()) {
+    size_t entries = 0;
+    for (const storage::LogUpdate& u : updates) entries += u.entries.size();
+    const absl::Time save_start = absl::Now();
+    absl::Status saved = log_->Save(updates, must_sync ? storage::RaftLog::Durability::kSynced
+                                                       : storage::RaftLog::Durability::kBuffered);
+    if (options_.metrics != nullptr && saved.ok() && must_sync) {
+      options_.metrics->OnLogSaved(absl::Now() - save_start, updates.size(), entries);
+    }
+    for (size_t k = 0; k < updates.size(); ++k) {
+      if (saved.ok()) ready_shards[update_of[k]]->storage->Saved(updates[k]);
+      readys[update_of[k]].entries = std::move(updates[k].entries);
+    }
+    if (!saved.ok()) {
+      std::vector<Shard*> saving;
+      for (size_t i : update_of) saving.push_back(ready_shards[i]);
+      return WithContext(saved, absl::StrCat(ShardList(saving), ": raft log save"));
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!readys[i].snapshot.has_value()) continue;
+    // Proposals the snapshot covers: this node cannot tell whether they were
+    // applied.
+    Shard& s = *ready_shards[i];
+    const uint64_t index = readys[i].snapshot->metadata().index();
+    while (!s.proposals.empty() && s.proposals.begin()->first <= index) {
+      Finish(s, s.proposals.begin()->second.done,
+             NotLeaderError(s.raw->leader_id(), "replaced by a snapshot; outcome unknown"));
+      s.proposals.erase(s.proposals.begin());
+    }
+  }
+
+  // 4. Send the rest, batched per destination node.
+  SendMessages(ready_shards, readys, /*leaders_appends_only=*/false);
+
+  // 5. Apply the remaining committed entries (ONE Applier::Apply), answer,
+  //    and Advance.
+  std::vector<size_t> all(n);
+  for (size_t i = 0; i < n; ++i) all[i] = readys[i].committed_entries.size();
+  TESSERA_RETURN_IF_ERROR(ApplyCommitted(ready_shards, readys, applied_early, all));
+  for (size_t i = 0; i < n; ++i) {
+    LogShardScope log_shard(ready_shards[i]->id);
+    ready_shards[i]->raw->Advance(readys[i]);
+  }
+
+  // Log compaction, keeping a margin of entries for slightly lagging
+  // followers (anything older is answered by an on-demand snapshot).
+  const uint64_t interval = std::max<uint64_t>(1, options_.snapshot_interval_entries);
+  const uint64_t margin = std::min<uint64_t>(1024, interval / 2);
+  for (Shard* s : ready_shards) {
+    if (s->applied_since_compaction < interval) continue;
+    const uint64_t applied = s->storage->applied_index();
+    if (applied <= margin) continue;
+    TESSERA_RETURN_IF_ERROR(
+        WithContext(s->storage->Compact(applied - margin),
+                    absl::StrCat("shard ", s->id, ": compact raft log to ", applied - margin)));
+    s->applied_since_compaction = 0;
+  }
+  return absl::OkStatus();
+}
+
+void Node::Impl::SendMessages(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
+                              bool leaders_appends_only) {
+  absl::flat_hash_map<NodeId, std::vector<ShardMessage>> out;
+  const uint64_t report_at = tick_ + 4 * static_cast<uint64_t>(options_.election_ticks);
+  for (size_t i = 0; i < shards.size(); ++i) {
+    Shard& s = *shards[i];
+    const bool leader = s.raw->role() == raft::Role::kLeader;
+    std::vector<raftpb::Message> kept;
+    for (raftpb::Message& m : readys[i].messages) {
+      if (leaders_appends_only &&
+          !(leader && (m.type() == raftpb::MSG_APP || m.type() == raftpb::MSG_HEARTBEAT))) {
+        kept.push_back(std::move(m));
+        continue;
+      }
+      if (m.type() == raftpb::MSG_SNAP) {
+        s.snapshot_reports.emplace_back(m.to(), report_at);
+        if (options_.metrics != nullptr) options_.metrics->OnSnapshotSent(s.id);
+      }
+      const NodeId to = m.to();
+      out[to].push_back(ShardMessage{s.id, std::move(m)});
+    }
+    readys[i].messages = std::move(kept);
+  }
+  for (auto& [to, messages] : out) transport_->Send(to, std::move(messages));
+}
+
+absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
+                                        std::vector<raft::Ready>& readys,
+                                        const std::vector<size_t>& begin,
+                                        const std::vector<size_t>& end) {
+  std::vector<CommittedEntry> batch;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    for (size_t j = begin[i]; j < end[i]; ++j) {
+      raftpb::Entry& e = readys[i].committed_entries[j];
+      CommittedEntry ce;
+      ce.shard = shards[i]->id;
+      ce.index = e.index();
+      if (e.type() == raftpb::ENTRY_NORMAL) ce.data = std::move(*e.mutable_data());
+      batch.push_back(std::move(ce));
+    }
+  }
+  std::vector<serverpb::CommandResult> results;
+  if (!batch.empty()) {
+    if (absl::Status s = applier_->Apply(batch, &results); !s.ok()) {
+      std::vector<Shard*> applying;
+      for (size_t i = 0; i < shards.size(); ++i) {
+        if (end[i] > begin[i]) applying.push_back(shards[i]);
+      }
+      return WithContext(s, absl::StrCat(ShardList(applying), ": apply committed entries"));
+    }
+    if (results.size() != batch.size()) {
+      return absl::InternalError(absl::StrCat("applier returned ", results.size(), " results for ",
+                                              batch.size(), " entries"));
+    }
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    Shard& s = *shards[i];
+    const std::vector<raftpb::Entry>& committed = readys[i].committed_entries;
+    for (size_t j = begin[i]; j < end[i]; ++j, ++k) {
+      const raftpb::Entry& e = committed[j];
+      if (e.type() == raftpb::ENTRY_CONF_CHANGE) {
+        raftpb::ConfChange cc;
+        if (!cc.ParseFromString(e.data())) cc.Clear();  // applied as empty (raw_node.h)
+        LogShardScope log_shard(s.id);
+        s.storage->ConfChanged(e.index(), s.raw->ApplyConfChange(cc));
+      } else {
+        CompleteProposal(s, e, std::move(results[k]));
+      }
+    }
+    if (end[i] > begin[i]) {
+      s.storage->AppliedTo(committed[end[i] - 1].index());
+      s.applied_since_compaction += end[i] - begin[i];
+      ForgetAbandoned(s, committed[end[i] - 1].index());
+    }
+    CompleteReads(s);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Node::Impl::InstallSnapshot(Shard& s, const raftpb::Snapshot& snap) {
+  const uint64_t index = snap.metadata().index();
+  TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(s.id));
+  if (applied >= index) return absl::OkStatus();  // the store is already newer
+  SnapshotDataReader reader(snap.data());
+  TESSERA_RETURN_IF_ERROR(kv_->InstallSnapshot(s.id, index, reader));
+  ++s.snapshots_installed;
+  if (options_.metrics != nullptr) options_.metrics->OnSnapshotReceived(s.id);
+  return absl::OkStatus();
+}
+
+void Node::Impl::CompleteProposal(Shard& s, const raftpb::Entry& e,
+                                  serverpb::CommandResult result) {
+  // Waiting proposals below this index were lost (overwritten and skipped).
+  while (!s.proposals.empty() && s.proposals.begin()->first <= e.index()) {
+    auto it = s.proposals.begin();
+    if (it->first == e.index() && it->second.term == e.term()) {
+      Finish(s, it->second.done, std::move(result));
+    } else {
+      const uint64_t leader = s.raw->leader_id();
+      Finish(s, it->second.done,
+             NotLeaderError(leader == options_.id ? 0 : leader,
+                            "the proposal was overwritten by another leader"));
+    }
+    s.proposals.erase(it);
+  }
+}
+
+void Node::Impl::ForgetAbandoned(Shard& s, uint64_t index) {
+  uint64_t bytes = 0;
+  while (!s.abandoned.empty() && s.abandoned.begin()->first <= index) {
+    bytes += s.abandoned.begin()->second;
+    s.abandoned.erase(s.abandoned.begin());
+  }
+  if (bytes != 0) abandoned_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+}
+
+void Node::Impl::CompleteReads(Shard& s) {
+  const uint64_t applied = s.storage->applied_index();
+  while (!s.confirmed_reads.empty() && s.confirmed_reads.begin()->first <= applied) {
+    auto it = s.confirmed_reads.begin();
+    Finish(s, it->second.done, absl::OkStatus());
+    s.confirmed_reads.erase(it);
+  }
+}
+
+void Node::Impl::FailWaiters(Shard& s, const absl::Status& status, bool confirmed_reads_too) {
+  for (auto& [index, p] : s.proposals) Finish(s, p.done, status);
+  s.proposals.clear();
+  for (auto& [ctx, waiting] : s.unconfirmed_reads) {
+    for (PendingRead& r : waiting) Finish(s, r.done, status);
+  }
+  s.unconfirmed_reads.clear();
+  if (confirmed_reads_too) {
+    for (auto& [index, r] : s.confirmed_reads) Finish(s, r.done, status);
+    s.confirmed_reads.clear();
+  }
+}
+
+void Node::Impl::PublishStatus(absl::Time now) {
+  std::vector<ShardStatus> status;
+  status.reserve(shards_.size());
+  size_t led = 0;
+  for (auto& [id, sp] : shards_) {
+    const raft::RawNode& raw = *sp->raw;
+    ShardStatus st;
+    st.shard = id;
+    st.role = raft::RoleName(raw.role());
+    st.term = raw.term();
+    st.leader = raw.leader_id();
+    st.commit_index = raw.commit_index();
+    st.applied_index = sp->storage->applied_index();
+    st.last_index = raw.last_index();
+    st.snapshots_installed = sp->snapshots_installed;
+    st.last_leader_contact = raw.role() == raft::Role::kLeader ? now : sp->last_leader_contact;
+    if (raw.role() == raft::Role::kLeader) ++led;
+    status.push_back(std::move(st));
+  }
+  std::sort(status.begin(), status.end(),
+            [](const ShardStatus& a, const ShardStatus& b) { return a.shard < b.shard; });
+  absl::MutexLock lock(&mu_);
+  status_ = std::move(status);
+  led_shards_ = led;
+}
+
+// ---------------------------------------------------------------- Node
+
+absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options,
+                                                  storage::Engine* engine, Applier* applier,
+                                                  Transport* transport) {
+  if (options.id == 0) return absl::InvalidArgumentError("node id must not be 0");
+  if (engine == nullptr || applier == nullptr || transport == nullptr) {
+    return absl::InvalidArgumentError("engine, applier and transport are required");
+  }
+  if (options.tick_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("tick_interval must be positive");
+  }
+  if (options.heartbeat_ticks <= 0 || options.election_ticks <= options.heartbeat_ticks) {
+    return absl::InvalidArgumentError("need 0 < heartbeat_ticks < election_ticks");
+  }
+  if (options.max_pending_per_shard == 0 || options.snapshot_interval_entries == 0) {
+    return absl::InvalidArgumentError(
+        "max_pending_per_shard and snapshot_interval_entries must be positive");
+  }
+  absl::flat_hash_map<ShardId, bool> seen;
+  for (const ShardPlacement& p : options.shards) {
+    if (!seen.emplace(p.shard, true).second) {
+      return absl::InvalidArgumentError(absl::StrCat("shard ", p.shard, " listed twice"));
+    }
+    if (std::find(p.replicas.begin(), p.replicas.end(), options.id) == p.replicas.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard ", p.shard, ": replicas do not include this node"));
+    }
+    for (NodeId r : p.replicas) {
+      if (r == 0) return absl::InvalidArgumentError("replica id 0");
+    }
+  }
+  auto impl = std::make_unique<Impl>(options, engine, applier, transport);
+  TESSERA_RETURN_IF_ERROR(impl->Init());
+  impl->StartLoop();
+  return std::unique_ptr<Node>(new Node(std::move(impl)));
+}
+
+Node::Node(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Node::~Node() { impl_->Stop(); }
+
+uint64_t Node::AbandonedProposalBytes() const { return impl_->AbandonedBytes(); }
+
+void Node::ReportUnreachable(NodeId to) { impl_->ReportUnreachable(to); }
+
+void Node::ReportSnapshot(NodeId to, ShardId shard, bool ok) {
+  impl_->ReportSnapshot(to, shard, ok);
+}
+
+void Node::Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
+                   ProposeCallback done) {
+  impl_->Propose(shard, std::move(command), deadline, std::move(done));
+}
+
+void Node::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
+  impl_->ReadBarrier(shard, lease, deadline, std::move(done));
+}
+
+void Node::Receive(NodeId from, std::vector<ShardMessage> messages) {
+  impl_->Receive(from, std::move(messages));
+}
+
+std::vector<ShardStatus> Node::Status() const { return impl_->Status(); }
+
+absl::Status Node::Health() const { return impl_->Health(); }
+
+std::optional<ShardStatus> Node::StatusOf(ShardId shard) const { return impl_->StatusOf(shard); }
+
+absl::Status Node::TransferLeadershipAway(absl::Duration timeout) {
+  return impl_->TransferLeadershipAway(timeout);
+}
+
+void Node::Stop() { impl_->Stop(); }
+
+}  // namespace tessera::server

@@ -1,0 +1,188 @@
+// Node: every shard replica hosted by one tessera-server process, driven by
+// one raft loop thread.
+//
+// Where it sits: the KV service calls Propose()/ReadBarrier(); the transport
+// delivers peer messages through Receive(). The raft loop thread owns every
+// raft::RawNode and runs, per cycle (STYLE.md §2):
+//   1. step queued messages, proposals, read requests (those of a shard
+//      arriving together share one ReadIndex round) and due ticks;
+//   2. collect the Ready of every shard that has one;
+//   3. before the fsync: send leaders' appends and heartbeats (followers
+//      write in parallel, Raft thesis §10.2.1), apply the committed entries
+//      this node already persisted (ONE Applier::Apply) and answer their
+//      proposals and the confirmed reads;
+//   4. persist all Readys with ONE synced RaftLog::Save (group commit);
+//   5. only then send the other messages, batched per destination node;
+//   6. apply the remaining committed entries, answer; Advance every Ready.
+// Snapshots are produced on demand from the KvStore (ExportSnapshot) when a
+// follower needs compacted entries, and the log of a shard is compacted
+// every snapshot_interval_entries applied entries.
+//
+// Thread-safety: all public methods are thread-safe. Callbacks run on the raft
+// loop thread at the end of a cycle (after Status() reflects it) and must not
+// block (hand work to another thread if needed) nor destroy the Node. Refusals
+// decided at once (kNotFound, kResourceExhausted, kCancelled once stopping)
+// call `done` inline, in the caller's thread, before Propose/ReadBarrier
+// return; Stop() calls the kCancelled callbacks in its caller's thread.
+// Implementation notes (snapshot data format, restart, compaction): README.md
+// "Node".
+#ifndef TESSERA_SERVER_RAFTSTORE_NODE_H_
+#define TESSERA_SERVER_RAFTSTORE_NODE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/raftstore/applier.h"
+#include "server/raftstore/node_metrics.h"
+#include "server/raftstore/transport.h"
+#include "storage/engine.h"
+#include "tessera/command.pb.h"
+
+namespace tessera::server {
+
+// A shard and the nodes holding its replicas (this node among them).
+struct ShardPlacement {
+  ShardId shard = 0;
+  std::vector<NodeId> replicas;
+};
+
+struct NodeOptions {
+  NodeId id = 0;
+  // The shards with a replica on this node. A shard whose raft state is empty
+  // on disk is bootstrapped with `replicas` as its voters.
+  std::vector<ShardPlacement> shards;
+  absl::Duration tick_interval = absl::Milliseconds(50);
+  int election_ticks = 20;  // 1 s with the default tick
+  int heartbeat_ticks = 2;
+  // Proposals plus reads waiting per shard; beyond it kResourceExhausted.
+  size_t max_pending_per_shard = 4096;
+  // Compact a shard's log after this many entries applied since the last time.
+  uint64_t snapshot_interval_entries = 10000;
+  uint64_t max_size_per_msg = 1 << 20;
+  // Memory bounds of raft (0 = unlimited): entry bytes a leader keeps
+  // proposed but uncommitted per shard (beyond it Propose fails with
+  // kResourceExhausted), and entry bytes sent but not acknowledged per
+  // follower and shard (raft then waits for acks before sending more).
+  uint64_t max_uncommitted_bytes_per_shard = 64 << 20;
+  uint64_t max_inflight_bytes_per_follower = 16 << 20;
+  // Seeds raft's randomized election timeouts (mixed with the node id).
+  uint64_t seed = 0;
+  // Hooks for metrics (server/node_metrics.h); nullptr = none. Not owned;
+  // must outlive the Node.
+  NodeMetrics* metrics = nullptr;
+  // Called once, on the raft loop thread, when the loop stops on an error
+  // (a failed RaftLog::Save, Apply, snapshot install or compaction: the node
+  // cannot go on safely) with that error, which names the shard(s) and the
+  // operation. By then the node refuses requests with kUnavailable, Status()
+  // reports every replica "stopped" and Health() returns the error. Must not
+  // block or destroy the Node; the process should exit (tessera-server does).
+  // Empty: the error is logged to stderr only.
+  std::function<void(const absl::Status&)> on_fatal;
+  // Health() reports a loop that has not completed a cycle for this long as
+  // wedged. Zero: 10 election timeouts, at least 5 s.
+  absl::Duration max_loop_stall = absl::ZeroDuration();
+  // Spread leaderships evenly: once per election timeout, when every shard
+  // hosted here has a leader, a node that leads at least two shards more
+  // than one of its followers hands one of them to the follower that leads
+  // fewest (raft leadership transfer). So leaders spread after a cluster
+  // starts and after a node returns (until a scheduler of the elastic
+  // cluster takes over).
+  bool balance_leaders = true;
+};
+
+// A snapshot of one shard replica's raft state, for status and metrics.
+struct ShardStatus {
+  ShardId shard = 0;
+  // "leader", "follower", "candidate", "pre-candidate", or "stopped" once the
+  // raft loop stopped on an error (then leader is 0).
+  std::string role;
+  uint64_t term = 0;
+  NodeId leader = 0;  // 0 = unknown
+  uint64_t commit_index = 0;
+  uint64_t applied_index = 0;
+  uint64_t last_index = 0;
+  uint64_t snapshots_installed = 0;  // from the leader, since Start()
+  absl::Time last_leader_contact;    // when this replica last heard from its leader (now if leader)
+};
+
+class Node {
+ public:
+  using ProposeCallback = std::function<void(absl::StatusOr<serverpb::CommandResult>)>;
+  using ReadCallback = std::function<void(absl::Status)>;
+
+  // Recovers every hosted shard from `engine` (bootstrapping new ones), and
+  // starts the raft loop. None of the pointers is owned; all must outlive
+  // the Node. Errors: kInvalidArgument (bad options), storage errors.
+  static absl::StatusOr<std::unique_ptr<Node>> Start(const NodeOptions& options,
+                                                     storage::Engine* engine, Applier* applier,
+                                                     Transport* transport);
+  ~Node();  // Stop()s.
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // Replicates `command` in `shard` and calls `done` exactly once: with the
+  // CommandResult once it is applied on this node, or with an error:
+  //  kUnavailable: this replica is not the leader (ErrorDetail.not_leader
+  //    names the leader if known) or leadership changed before the command
+  //    committed (the command may still apply: retry with the same session);
+  //  kResourceExhausted: too many pending requests in the shard;
+  //  kDeadlineExceeded: not applied by `deadline` (outcome unknown);
+  //  kNotFound: the shard has no replica here; kCancelled: the node stops;
+  //  kUnavailable without a leader hint also once the raft loop stopped on
+  //  an error (another replica may serve).
+  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done);
+
+  // Calls `done` with OK once this replica's applied state is fresh enough
+  // for a linearizable read started now: the leader confirmed its leadership
+  // (a heartbeat quorum, or its lease when `lease` is true) and the local
+  // applied index reached the confirmed commit index. Errors as Propose.
+  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done);
+
+  // Transport ingress (the MessageHandler).
+  void Receive(NodeId from, std::vector<ShardMessage> messages);
+  // Transport feedback (thread-safe, queued for the raft loop): messages to
+  // `to` were lost because it could not be reached (raft probes it instead
+  // of streaming appends blindly), and a snapshot of `shard` sent to `to`
+  // was delivered or failed (a failed one is retried promptly).
+  void ReportUnreachable(NodeId to);
+  void ReportSnapshot(NodeId to, ShardId shard, bool ok);
+
+  std::vector<ShardStatus> Status() const;
+
+  // OK while the raft loop runs and completes cycles. Otherwise:
+  // the loop's error if it stopped on one (see NodeOptions::on_fatal);
+  // kUnavailable if it has not completed a cycle for max_loop_stall (wedged,
+  // e.g. on a hung disk; OK again if it recovers) or after Stop().
+  absl::Status Health() const;
+  // Payload bytes of proposals this node leads that were answered
+  // DEADLINE_EXCEEDED (their callers gave up) but whose entries it still has
+  // to replicate and apply: queued work that no waiting request accounts for.
+  // Admission control counts them as in flight. Thread-safe.
+  uint64_t AbandonedProposalBytes() const;
+  // Status() of one shard; nullopt if it has no replica here.
+  std::optional<ShardStatus> StatusOf(ShardId shard) const;
+
+  // Asks every shard this node leads to hand leadership to another
+  // up-to-date replica, and waits (up to `timeout`) until it leads none.
+  // kDeadlineExceeded if some shard is still led here at the deadline.
+  absl::Status TransferLeadershipAway(absl::Duration timeout);
+
+  // Stops the raft loop; pending callbacks get kCancelled. Idempotent.
+  void Stop();
+
+ private:
+  class Impl;
+  explicit Node(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_RAFTSTORE_NODE_H_

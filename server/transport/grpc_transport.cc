@@ -1,0 +1,662 @@
+#include "server/transport/grpc_transport.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <thread>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+
+namespace tessera::server {
+
+// ---- Sending side ----
+
+// The queues, threads and stub for one destination node. Thread-safe.
+class GrpcTransport::PeerSender {
+ public:
+  PeerSender(const GrpcTransportOptions& options, NodeId to, std::string address)
+      : options_(options), to_(to), address_(std::move(address)) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+                static_cast<int>(absl::ToInt64Milliseconds(options.min_backoff)));
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS,
+                static_cast<int>(absl::ToInt64Milliseconds(options.min_backoff)));
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+                static_cast<int>(absl::ToInt64Milliseconds(options.max_backoff)));
+    // Detect a peer that vanished without closing the connection.
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    // Our own connection, not one shared with other channels of the process.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetMaxSendMessageSize(-1);
+    const security::PeerCredentials insecure = security::PeerCredentials::Insecure();
+    const security::PeerCredentials& credentials =
+        options.credentials != nullptr ? *options.credentials : insecure;
+    credentials.ConfigureChannelTo(to, &args);
+    channel_ = grpc::CreateCustomChannel(address_, credentials.channel(), args);
+    stub_ = peerpb::Peer::NewStub(channel_);
+    stream_thread_ = std::thread([this] { RunStream(); });
+    snapshot_thread_ = std::thread([this] { RunSnapshots(); });
+  }
+
+  ~PeerSender() { Stop(); }
+
+  void Enqueue(std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_) {
+    std::vector<ShardMessage> regular;
+    std::vector<ShardMessage> snapshots;
+    uint64_t bytes = 0;
+    for (ShardMessage& m : messages) {
+      if (m.message.type() == raftpb::MSG_SNAP) {
+        snapshots.push_back(std::move(m));
+      } else {
+        bytes += m.message.ByteSizeLong() + 16;
+        regular.push_back(std::move(m));
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    if (stopping_) {
+      stats_.dropped_messages += messages.size();
+      return;
+    }
+    if (!regular.empty()) {
+      queued_bytes_ += bytes;
+      queue_.push_back({std::move(regular), bytes});
+      while (queue_.size() > 1 && (queue_.size() > options_.max_queued_batches ||
+                                   queued_bytes_ > options_.max_queued_bytes)) {
+        DropOldestLocked();
+      }
+    }
+    for (ShardMessage& snap : snapshots) {
+      snapshots_.push_back(std::move(snap));
+      while (snapshots_.size() > std::max<size_t>(options_.max_queued_snapshots, 1)) {
+        ++stats_.dropped_messages;
+        snapshots_.pop_front();
+      }
+    }
+  }
+
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        stopping_ = true;
+        if (stream_context_ != nullptr) stream_context_->TryCancel();
+        if (snapshot_context_ != nullptr) snapshot_context_->TryCancel();
+        while (!queue_.empty()) DropOldestLocked();
+        stats_.dropped_messages += snapshots_.size();
+        snapshots_.clear();
+      }
+    }
+    if (stream_thread_.joinable()) stream_thread_.join();
+    if (snapshot_thread_.joinable()) snapshot_thread_.join();
+  }
+
+  PeerStats Stats() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return stats_;
+  }
+
+ private:
+  struct Queued {
+    std::vector<ShardMessage> messages;
+    uint64_t bytes = 0;
+  };
+
+  void DropOldestLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    stats_.dropped_messages += queue_.front().messages.size();
+    queued_bytes_ -= queue_.front().bytes;
+    queue_.pop_front();
+  }
+
+  bool HasStreamWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !queue_.empty();
+  }
+  bool HasSnapshotWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !snapshots_.empty();
+  }
+  bool Stopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; }
+
+  // Tells on_refused when the peer refused us (as opposed to a broken or
+  // unreachable connection, which backoff handles).
+  void ReportRefusal(const grpc::Status& status) {
+    const grpc::StatusCode code = status.error_code();
+    if (!options_.on_refused || (code != grpc::StatusCode::FAILED_PRECONDITION &&
+                                 code != grpc::StatusCode::PERMISSION_DENIED &&
+                                 code != grpc::StatusCode::UNAUTHENTICATED)) {
+      return;
+    }
+    options_.on_refused(to_,
+                        absl::Status(static_cast<absl::StatusCode>(code), status.error_message()));
+  }
+
+  // Waits `d` unless stopping first; returns false when stopping.
+  bool BackOff(absl::Duration d) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(this, &PeerSender::Stopping), d);
+    return !stopping_;
+  }
+
+  // The stream thread: drains queue_ into one Peer.Stream call, reopening it
+  // (after a backoff) when it breaks.
+  void RunStream() ABSL_LOCKS_EXCLUDED(mu_) {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<grpc::ClientWriter<peerpb::MessageBatch>> writer;
+    peerpb::StreamAck ack;
+    absl::Duration backoff = options_.min_backoff;
+    while (true) {
+      std::vector<Queued> work;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &PeerSender::HasStreamWork));
+        if (stopping_) break;
+        uint64_t bytes = 0;
+        while (!queue_.empty() &&
+               (work.empty() || bytes + queue_.front().bytes <= options_.max_batch_bytes)) {
+          bytes += queue_.front().bytes;
+          queued_bytes_ -= queue_.front().bytes;
+          work.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      }
+      size_t count = 0;
+      peerpb::MessageBatch batch;
+      batch.set_from_node(options_.self);
+      batch.set_to_node(to_);
+      batch.set_incarnation(options_.incarnation);
+      for (Queued& q : work) {
+        for (ShardMessage& m : q.messages) {
+          peerpb::ShardMessage* out = batch.add_messages();
+          out->set_shard(m.shard);
+          *out->mutable_message() = std::move(m.message);
+          ++count;
+        }
+      }
+      if (writer == nullptr) {
+        context = std::make_unique<grpc::ClientContext>();
+        {
+          absl::MutexLock lock(&mu_);
+          if (stopping_) {
+            stats_.dropped_messages += count;
+            context.reset();
+            break;
+          }
+          stream_context_ = context.get();
+        }
+        writer = stub_->Stream(context.get(), &ack);
+      }
+      if (writer->Write(batch)) {
+        absl::MutexLock lock(&mu_);
+        ++stats_.sent_batches;
+        backoff = options_.min_backoff;
+        continue;
+      }
+      // The stream broke (or never opened): drop this batch, back off, reopen.
+      ReportRefusal(writer->Finish());
+      {
+        absl::MutexLock lock(&mu_);
+        stream_context_ = nullptr;
+        ++stats_.stream_failures;
+        stats_.dropped_messages += count;
+      }
+      if (options_.on_unreachable) options_.on_unreachable(to_);
+      writer.reset();
+      context.reset();
+      if (!BackOff(backoff)) break;
+      backoff = std::min(backoff * 2, options_.max_backoff);
+    }
+    if (writer != nullptr) {
+      context->TryCancel();
+      writer->Finish().IgnoreError();  // cancelled by us
+      absl::MutexLock lock(&mu_);
+      stream_context_ = nullptr;
+    }
+  }
+
+  // The snapshot thread: one Peer.Snapshot call per MSG_SNAP.
+  void RunSnapshots() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::Duration backoff = options_.min_backoff;
+    while (true) {
+      ShardMessage snap;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(this, &PeerSender::HasSnapshotWork));
+        if (stopping_) break;
+        snap = std::move(snapshots_.front());
+        snapshots_.pop_front();
+      }
+      const ShardId shard = snap.shard;
+      bool ok = SendSnapshot(std::move(snap));
+      {
+        absl::MutexLock lock(&mu_);
+        if (ok) {
+          ++stats_.snapshots_sent;
+        } else {
+          ++stats_.snapshots_failed;
+        }
+      }
+      if (options_.on_snapshot_sent) options_.on_snapshot_sent(to_, shard, ok);
+      if (ok) {
+        backoff = options_.min_backoff;
+      } else {
+        if (!BackOff(backoff)) break;
+        backoff = std::min(backoff * 2, options_.max_backoff);
+      }
+    }
+  }
+
+  bool SendSnapshot(ShardMessage snap) ABSL_LOCKS_EXCLUDED(mu_) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.snapshot_timeout));
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return false;
+      snapshot_context_ = &context;
+    }
+    peerpb::SnapshotAck ack;
+    std::unique_ptr<grpc::ClientWriter<peerpb::SnapshotChunk>> writer =
+        stub_->Snapshot(&context, &ack);
+    std::string data = std::move(*snap.message.mutable_snapshot()->mutable_data());
+    snap.message.mutable_snapshot()->clear_data();
+    const uint64_t chunk_bytes = std::max<uint64_t>(options_.snapshot_chunk_bytes, 1);
+
+    peerpb::SnapshotChunk chunk;
+    chunk.set_from_node(options_.self);
+    chunk.set_to_node(to_);
+    chunk.set_shard(snap.shard);
+    chunk.set_incarnation(options_.incarnation);
+    *chunk.mutable_message() = std::move(snap.message);
+    chunk.set_last(data.empty());
+    bool ok = writer->Write(chunk);
+    chunk.clear_message();
+    for (uint64_t offset = 0; ok && offset < data.size(); offset += chunk_bytes) {
+      uint64_t n = std::min<uint64_t>(chunk_bytes, data.size() - offset);
+      chunk.set_data(data.data() + offset, n);
+      chunk.set_last(offset + n == data.size());
+      ok = writer->Write(chunk);
+    }
+    if (ok) ok = writer->WritesDone();
+    grpc::Status status = writer->Finish();
+    ReportRefusal(status);
+    {
+      absl::MutexLock lock(&mu_);
+      snapshot_context_ = nullptr;
+    }
+    return ok && status.ok();
+  }
+
+  const GrpcTransportOptions& options_;
+  const NodeId to_;
+  const std::string address_;
+  // Constant after construction.
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<peerpb::Peer::Stub> stub_;
+
+  mutable absl::Mutex mu_;
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<ShardMessage> snapshots_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // The contexts of the RPCs in flight, so Stop() can cancel them.
+  grpc::ClientContext* stream_context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  grpc::ClientContext* snapshot_context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  PeerStats stats_ ABSL_GUARDED_BY(mu_);
+
+  std::thread stream_thread_;
+  std::thread snapshot_thread_;
+};
+
+GrpcTransport::GrpcTransport(GrpcTransportOptions options) : options_(std::move(options)) {
+  for (const auto& [id, address] : options_.peers) {
+    if (id == options_.self) continue;
+    senders_[id] = std::make_unique<PeerSender>(options_, id, address);
+  }
+}
+
+GrpcTransport::~GrpcTransport() { Stop(); }
+
+void GrpcTransport::Send(NodeId to, std::vector<ShardMessage> messages) {
+  if (messages.empty() || stopped_.load(std::memory_order_acquire)) return;
+  auto it = senders_.find(to);
+  if (it == senders_.end()) return;
+  it->second->Enqueue(std::move(messages));
+}
+
+void GrpcTransport::Stop() {
+  stopped_.store(true, std::memory_order_release);
+  for (auto& [id, sender] : senders_) sender->Stop();
+}
+
+GrpcTransport::PeerStats GrpcTransport::StatsForTesting(NodeId peer) const {
+  auto it = senders_.find(peer);
+  return it == senders_.end() ? PeerStats{} : it->second->Stats();
+}
+
+// ---- Receiving side ----
+
+// Reads the batches of one Peer.Stream call and hands them to the handler.
+class PeerService::StreamReactor final : public grpc::ServerReadReactor<peerpb::MessageBatch> {
+ public:
+  StreamReactor(const PeerService* service, NodeId certified)
+      : service_(service), certified_(certified) {
+    StartRead(&batch_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the sender closed the stream, or it broke
+      Finish(grpc::Status::OK);
+      return;
+    }
+    // One stream carries one sender: its first batch is checked in full,
+    // later ones must name the same sender and incarnation.
+    if (from_ == 0 || batch_.from_node() != from_ || batch_.incarnation() != incarnation_) {
+      grpc::Status admitted =
+          service_->Admit(certified_, batch_.from_node(), batch_.to_node(), batch_.incarnation());
+      if (!admitted.ok()) {
+        Finish(admitted);
+        return;
+      }
+      from_ = batch_.from_node();
+      incarnation_ = batch_.incarnation();
+    } else if (batch_.to_node() != service_->options_.self) {
+      Finish(
+          service_->Admit(certified_, batch_.from_node(), batch_.to_node(), batch_.incarnation()));
+      return;
+    }
+    std::vector<ShardMessage> messages;
+    messages.reserve(batch_.messages_size());
+    for (peerpb::ShardMessage& m : *batch_.mutable_messages()) {
+      if (m.message().type() == raftpb::MSG_SNAP) {
+        // Snapshots come only through Peer.Snapshot, which bounds them.
+        service_->Refused("snapshot_in_batch");
+        continue;
+      }
+      messages.push_back({.shard = m.shard(), .message = std::move(*m.mutable_message())});
+    }
+    if (!messages.empty()) service_->handler_(from_, std::move(messages));
+    batch_.Clear();
+    StartRead(&batch_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  const PeerService* const service_;
+  const NodeId certified_;
+  NodeId from_ = 0;
+  uint64_t incarnation_ = 0;
+  peerpb::MessageBatch batch_;
+};
+
+// Reassembles one snapshot from its chunks (spooled to a file when the
+// service has a spool directory), then hands it to the handler. Registered
+// with the service while it runs (concurrency bound, idle cut).
+class PeerService::SnapshotReactor final : public grpc::ServerReadReactor<peerpb::SnapshotChunk> {
+ public:
+  SnapshotReactor(PeerService* service, NodeId certified)
+      : service_(service), certified_(certified) {}
+
+  // Called once registered.
+  void Begin() { StartRead(&chunk_); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      End(grpc::Status(grpc::StatusCode::ABORTED, "snapshot stream ended before its last chunk"));
+      return;
+    }
+    Touch();
+    if (first_) {
+      first_ = false;
+      grpc::Status admitted =
+          service_->Admit(certified_, chunk_.from_node(), chunk_.to_node(), chunk_.incarnation());
+      if (!admitted.ok()) {
+        End(admitted);
+        return;
+      }
+      if (!chunk_.has_message() || chunk_.message().type() != raftpb::MSG_SNAP) {
+        service_->Refused("bad_snapshot_header");
+        End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         "the first snapshot chunk carries no MSG_SNAP"));
+        return;
+      }
+      from_ = chunk_.from_node();
+      shard_ = chunk_.shard();
+      message_ = std::move(*chunk_.mutable_message());
+      if (!service_->options_.spool_dir.empty()) {
+        spool_path_ = absl::StrCat(service_->options_.spool_dir, "/snapshot-", from_, "-", shard_,
+                                   "-", reinterpret_cast<uintptr_t>(this), ".part");
+        spool_.open(spool_path_, std::ios::binary | std::ios::trunc);
+        if (!spool_) {
+          End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           absl::StrCat("cannot spool the snapshot to ", spool_path_)));
+          return;
+        }
+      }
+    }
+    if (bytes_ + chunk_.data().size() > service_->options_.max_snapshot_bytes) {
+      service_->Refused("snapshot_too_large");
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("snapshot exceeds ", service_->options_.max_snapshot_bytes,
+                                    " bytes (--max-snapshot-bytes)")));
+      return;
+    }
+    bytes_ += chunk_.data().size();
+    if (spool_.is_open()) {
+      spool_.write(chunk_.data().data(), static_cast<std::streamsize>(chunk_.data().size()));
+    } else {
+      data_.append(chunk_.data());
+    }
+    if (chunk_.last()) {
+      if (spool_.is_open()) {
+        spool_.close();
+        std::ifstream in(spool_path_, std::ios::binary);
+        data_.resize(bytes_);
+        if (!spool_ || !in || !in.read(data_.data(), static_cast<std::streamsize>(bytes_))) {
+          End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                           absl::StrCat("cannot read back the spooled snapshot ", spool_path_)));
+          return;
+        }
+      }
+      *message_.mutable_snapshot()->mutable_data() = std::move(data_);
+      std::vector<ShardMessage> messages;
+      messages.push_back({.shard = shard_, .message = std::move(message_)});
+      service_->handler_(from_, std::move(messages));
+      End(grpc::Status::OK);
+      return;
+    }
+    chunk_.Clear();
+    StartRead(&chunk_);
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&service_->mu_);
+      service_->snapshots_.erase(this);
+    }
+    delete this;
+  }
+
+  // The watchdog's view: when a chunk last arrived.
+  absl::Time last_activity() const { return absl::FromUnixNanos(last_activity_ns_.load()); }
+
+ private:
+  void Touch() { last_activity_ns_.store(absl::ToUnixNanos(absl::Now())); }
+
+  void End(const grpc::Status& status) {
+    if (spool_.is_open()) spool_.close();
+    if (!spool_path_.empty()) std::remove(spool_path_.c_str());
+    data_.clear();
+    data_.shrink_to_fit();
+    Finish(status);
+  }
+
+  PeerService* const service_;
+  const NodeId certified_;
+  std::atomic<int64_t> last_activity_ns_{absl::ToUnixNanos(absl::Now())};
+  peerpb::SnapshotChunk chunk_;
+  bool first_ = true;
+  NodeId from_ = 0;
+  ShardId shard_ = 0;
+  raftpb::Message message_;
+  uint64_t bytes_ = 0;
+  std::string spool_path_;
+  std::ofstream spool_;
+  std::string data_;
+};
+
+PeerService::PeerService(PeerServiceOptions options, MessageHandler handler)
+    : options_(std::move(options)), handler_(std::move(handler)) {
+  watchdog_ = std::thread([this] { RunWatchdog(); });
+}
+
+PeerService::PeerService(NodeId self, MessageHandler handler)
+    : PeerService(PeerServiceOptions{.self = self, .require_certified_sender = false},
+                  std::move(handler)) {}
+
+PeerService::~PeerService() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  watchdog_.join();
+}
+
+void PeerService::Refused(const char* reason) const {
+  if (options_.on_refused) options_.on_refused(reason);
+}
+
+absl::StatusOr<NodeId> PeerService::Sender(grpc::CallbackServerContext* context) const {
+  if (!options_.require_certified_sender) return 0;
+  std::shared_ptr<const grpc::AuthContext> auth = context->auth_context();
+  if (auth == nullptr) return absl::UnauthenticatedError("no peer certificate");
+  return security::CertifiedPeerId(*auth);
+}
+
+grpc::Status PeerService::Admit(NodeId certified, NodeId from, NodeId to,
+                                uint64_t incarnation) const {
+  if (certified != 0 && from != certified) {
+    Refused("sender_mismatch");
+    return grpc::Status(
+        grpc::StatusCode::PERMISSION_DENIED,
+        absl::StrCat("node ", certified, " sent a batch claiming to be node ", from));
+  }
+  if (from == 0 || to != options_.self) {
+    Refused("misaddressed");
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat("batch from node ", from, " for node ", to, " reached node ", options_.self));
+  }
+  if (options_.registry != nullptr) {
+    absl::Status admitted = options_.registry->Admit(from, incarnation);
+    if (!admitted.ok()) {
+      Refused("replaced_member");
+      return grpc::Status(static_cast<grpc::StatusCode>(admitted.code()),
+                          std::string(admitted.message()));
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::ServerReadReactor<peerpb::MessageBatch>* PeerService::Stream(
+    grpc::CallbackServerContext* context, peerpb::StreamAck* /*ack*/) {
+  absl::StatusOr<NodeId> sender = Sender(context);
+  if (!sender.ok()) {
+    Refused("unauthenticated");
+    class Refuse final : public grpc::ServerReadReactor<peerpb::MessageBatch> {
+     public:
+      explicit Refuse(const absl::Status& why) {
+        Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(why.message())));
+      }
+      void OnDone() override { delete this; }
+    };
+    return new Refuse(sender.status());
+  }
+  return new StreamReactor(this, *sender);
+}
+
+grpc::ServerReadReactor<peerpb::SnapshotChunk>* PeerService::Snapshot(
+    grpc::CallbackServerContext* context, peerpb::SnapshotAck* /*ack*/) {
+  class Refuse final : public grpc::ServerReadReactor<peerpb::SnapshotChunk> {
+   public:
+    explicit Refuse(grpc::Status why) { Finish(why); }
+    void OnDone() override { delete this; }
+  };
+  absl::StatusOr<NodeId> sender = Sender(context);
+  if (!sender.ok()) {
+    Refused("unauthenticated");
+    return new Refuse(
+        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(sender.status().message())));
+  }
+  auto* reactor = new SnapshotReactor(this, *sender);
+  {
+    absl::MutexLock lock(&mu_);
+    if (static_cast<int>(snapshots_.size()) >= std::max(options_.max_inbound_snapshots, 1)) {
+      delete reactor;
+      Refused("too_many_snapshots");
+      return new Refuse(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat(options_.max_inbound_snapshots,
+                       " snapshots are already arriving (--max-inbound-snapshots); retry later")));
+    }
+    snapshots_[reactor] = {.context = context};
+  }
+  reactor->Begin();
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PeerService::Hello(grpc::CallbackServerContext* context,
+                                             const peerpb::HelloRequest* request,
+                                             peerpb::HelloResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<NodeId> sender = Sender(context);
+  if (!sender.ok()) {
+    Refused("unauthenticated");
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(sender.status().message())));
+    return reactor;
+  }
+  if (*sender != 0 && request->from_node() != *sender) {
+    Refused("sender_mismatch");
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                     absl::StrCat("node ", *sender, " asked as node ", request->from_node())));
+    return reactor;
+  }
+  if (options_.registry != nullptr) {
+    response->set_known_incarnation(options_.registry->Known(request->from_node()));
+  }
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+int PeerService::active_snapshots_for_testing() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(snapshots_.size());
+}
+
+// Cuts snapshot streams that sent nothing for snapshot_idle_timeout.
+void PeerService::RunWatchdog() {
+  const absl::Duration period =
+      std::clamp(options_.snapshot_idle_timeout / 4, absl::Milliseconds(10), absl::Seconds(1));
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    mu_.AwaitWithTimeout(absl::Condition(this, &PeerService::Stopping), period);
+    const absl::Time now = absl::Now();
+    for (auto& [reactor, call] : snapshots_) {
+      if (!call.cancelled && now - reactor->last_activity() > options_.snapshot_idle_timeout) {
+        Refused("snapshot_idle");
+        call.cancelled = true;
+        call.context->TryCancel();  // the reactor then ends and unregisters
+      }
+    }
+  }
+}
+
+}  // namespace tessera::server

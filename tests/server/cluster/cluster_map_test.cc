@@ -1,0 +1,280 @@
+#include "server/cluster/cluster_map.h"
+
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "proto/key_hash.h"
+#include "proto/testing/status_matchers.h"
+
+namespace tessera::server {
+namespace {
+
+using ::tessera::testing::IsOk;
+using ::tessera::testing::StatusIs;
+using ::testing::HasSubstr;
+
+std::vector<MemberInfo> Members(int first, int count) {
+  std::vector<MemberInfo> members;
+  for (int id = first; id < first + count; ++id) {
+    members.push_back({.id = static_cast<NodeId>(id),
+                       .client_address = absl::StrCat("127.0.0.1:", 7000 + id),
+                       .peer_address = absl::StrCat("127.0.0.1:", 8000 + id)});
+  }
+  return members;
+}
+
+TEST(ClusterMap, ParsesMembersWithBothAddresses) {
+  absl::StatusOr<ClusterMap> map = ClusterMap::Parse(
+      " 2=127.0.0.1:7002/127.0.0.1:7102, 1 = 127.0.0.1:7001 / 127.0.0.1:7101 ", 4, 3);
+  ASSERT_THAT(map, IsOk());
+  ASSERT_EQ(map->members().size(), 2u);
+  EXPECT_EQ(map->members()[0].id, 1u);
+  EXPECT_EQ(map->members()[0].client_address, "127.0.0.1:7001");
+  EXPECT_EQ(map->members()[0].peer_address, "127.0.0.1:7101");
+  EXPECT_EQ(map->members()[1].id, 2u);
+  EXPECT_EQ(map->replication(), 2u);  // capped at the member count
+  EXPECT_EQ(map->num_shards(), 4u);
+  for (const ShardLayout& shard : map->shards()) EXPECT_EQ(shard.replicas.size(), 2u);
+  ASSERT_NE(map->FindMember(2), nullptr);
+  EXPECT_EQ(map->FindMember(2)->client_address, "127.0.0.1:7002");
+  EXPECT_EQ(map->FindMember(3), nullptr);
+}
+
+TEST(ClusterMap, IdenticalInputGivesIdenticalMap) {
+  std::vector<MemberInfo> members = Members(1, 5);
+  absl::StatusOr<ClusterMap> a = ClusterMap::Create(members, 64, 3);
+  std::reverse(members.begin(), members.end());
+  absl::StatusOr<ClusterMap> b = ClusterMap::Create(members, 64, 3);
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(a->epoch(), b->epoch());
+  EXPECT_NE(a->epoch(), 0u);
+  EXPECT_EQ(a->ToProto().SerializeAsString(), b->ToProto().SerializeAsString());
+}
+
+TEST(ClusterMap, PlacementIsStableAcrossBuilds) {
+  // Part of the placement contract: these values must never change.
+  EXPECT_EQ(PlacementWeight(0, 1), 935533381143019749u);
+  EXPECT_EQ(PlacementWeight(3, 2), 8981066839643278175u);
+  EXPECT_NE(PlacementWeight(0, 1), PlacementWeight(1, 0));
+  absl::StatusOr<ClusterMap> map = ClusterMap::Create(Members(1, 3), 16, 3);
+  ASSERT_THAT(map, IsOk());
+  absl::StatusOr<ClusterMap> again = ClusterMap::Create(Members(1, 3), 16, 3);
+  ASSERT_THAT(again, IsOk());
+  for (uint32_t s = 0; s < 16; ++s) {
+    EXPECT_EQ(map->shards()[s].replicas, again->shards()[s].replicas);
+    std::set<NodeId> distinct(map->shards()[s].replicas.begin(), map->shards()[s].replicas.end());
+    EXPECT_EQ(distinct, (std::set<NodeId>{1, 2, 3}));
+  }
+}
+
+TEST(ClusterMap, EpochChangesWithConfiguration) {
+  uint64_t base = ClusterMap::Create(Members(1, 3), 16, 3)->epoch();
+  EXPECT_NE(base, ClusterMap::Create(Members(1, 3), 32, 3)->epoch());
+  EXPECT_NE(base, ClusterMap::Create(Members(1, 3), 16, 2)->epoch());
+  EXPECT_NE(base, ClusterMap::Create(Members(1, 4), 16, 3)->epoch());
+  std::vector<MemberInfo> moved = Members(1, 3);
+  moved[1].client_address = "127.0.0.1:9999";
+  EXPECT_NE(base, ClusterMap::Create(moved, 16, 3)->epoch());
+}
+
+TEST(ClusterMap, ShardRangesTileTheHashSpaceAndMatchKeyRouting) {
+  absl::StatusOr<ClusterMap> map = ClusterMap::Create(Members(1, 3), 7, 3);
+  ASSERT_THAT(map, IsOk());
+  const std::vector<ShardLayout>& shards = map->shards();
+  ASSERT_EQ(shards.size(), 7u);
+  EXPECT_EQ(shards.front().hash_start, 0u);
+  EXPECT_EQ(shards.back().hash_end, ~uint64_t{0});
+  for (size_t i = 1; i < shards.size(); ++i) {
+    EXPECT_EQ(shards[i].hash_start, shards[i - 1].hash_end + 1);
+  }
+  for (int k = 0; k < 1000; ++k) {
+    std::string key = absl::StrCat("key-", k);
+    uint64_t hash = KeyHash(key);
+    const ShardLayout& shard = shards[ShardForKey(key, 7)];
+    EXPECT_GE(hash, shard.hash_start);
+    EXPECT_LE(hash, shard.hash_end);
+  }
+}
+
+TEST(ClusterMap, PlacementIsUniform) {
+  constexpr int kMembers = 10;
+  constexpr uint32_t kShards = 2000;
+  absl::StatusOr<ClusterMap> map = ClusterMap::Create(Members(1, kMembers), kShards, 3);
+  ASSERT_THAT(map, IsOk());
+  std::map<NodeId, int> replicas;
+  std::map<NodeId, int> first;
+  for (const ShardLayout& shard : map->shards()) {
+    ASSERT_EQ(shard.replicas.size(), 3u);
+    std::set<NodeId> distinct(shard.replicas.begin(), shard.replicas.end());
+    EXPECT_EQ(distinct.size(), 3u);
+    for (NodeId r : shard.replicas) ++replicas[r];
+    ++first[shard.replicas[0]];
+  }
+  const double expected = kShards * 3.0 / kMembers;  // 600
+  for (const MemberInfo& m : map->members()) {
+    EXPECT_GT(replicas[m.id], expected * 0.85) << "member " << m.id;
+    EXPECT_LT(replicas[m.id], expected * 1.15) << "member " << m.id;
+    EXPECT_GT(first[m.id], kShards / kMembers * 0.75) << "member " << m.id;
+    EXPECT_LT(first[m.id], kShards / kMembers * 1.25) << "member " << m.id;
+    EXPECT_EQ(map->ShardsOf(m.id).size(), static_cast<size_t>(replicas[m.id]));
+  }
+}
+
+TEST(ClusterMap, AddingAMemberMovesOnlyItsShare) {
+  constexpr uint32_t kShards = 1000;
+  absl::StatusOr<ClusterMap> before = ClusterMap::Create(Members(1, 10), kShards, 3);
+  absl::StatusOr<ClusterMap> after = ClusterMap::Create(Members(1, 11), kShards, 3);
+  ASSERT_THAT(before, IsOk());
+  ASSERT_THAT(after, IsOk());
+  int moved = 0;
+  for (uint32_t s = 0; s < kShards; ++s) {
+    std::set<NodeId> old_set(before->shards()[s].replicas.begin(),
+                             before->shards()[s].replicas.end());
+    std::set<NodeId> new_set(after->shards()[s].replicas.begin(),
+                             after->shards()[s].replicas.end());
+    if (old_set == new_set) continue;
+    // Only the newcomer enters, and it displaces exactly one old replica.
+    EXPECT_TRUE(new_set.count(11)) << "shard " << s;
+    std::vector<NodeId> lost;
+    std::set_difference(old_set.begin(), old_set.end(), new_set.begin(), new_set.end(),
+                        std::back_inserter(lost));
+    EXPECT_EQ(lost.size(), 1u) << "shard " << s;
+    ++moved;
+  }
+  // The newcomer's fair share is 3/11 of the shards (~273).
+  EXPECT_GT(moved, 200);
+  EXPECT_LT(moved, 350);
+}
+
+TEST(ClusterMap, RemovingAMemberMovesOnlyItsReplicas) {
+  constexpr uint32_t kShards = 1000;
+  absl::StatusOr<ClusterMap> before = ClusterMap::Create(Members(1, 10), kShards, 3);
+  std::vector<MemberInfo> fewer = Members(1, 10);
+  fewer.erase(fewer.begin() + 4);  // member 5 leaves
+  absl::StatusOr<ClusterMap> after = ClusterMap::Create(fewer, kShards, 3);
+  ASSERT_THAT(before, IsOk());
+  ASSERT_THAT(after, IsOk());
+  for (uint32_t s = 0; s < kShards; ++s) {
+    std::set<NodeId> old_set(before->shards()[s].replicas.begin(),
+                             before->shards()[s].replicas.end());
+    std::set<NodeId> new_set(after->shards()[s].replicas.begin(),
+                             after->shards()[s].replicas.end());
+    EXPECT_FALSE(new_set.count(5));
+    if (!old_set.count(5)) {
+      EXPECT_EQ(old_set, new_set) << "shard " << s;
+      continue;
+    }
+    old_set.erase(5);
+    for (NodeId kept : old_set) EXPECT_TRUE(new_set.count(kept)) << "shard " << s;
+  }
+}
+
+TEST(ClusterMap, ToProtoCarriesEverything) {
+  absl::StatusOr<ClusterMap> map = ClusterMap::Create(Members(1, 3), 4, 3);
+  ASSERT_THAT(map, IsOk());
+  v1::ClusterMap proto = map->ToProto();
+  EXPECT_EQ(proto.epoch(), map->epoch());
+  EXPECT_EQ(proto.num_shards(), 4u);
+  EXPECT_EQ(proto.replication(), 3u);
+  ASSERT_EQ(proto.members_size(), 3);
+  EXPECT_EQ(proto.members(2).id(), 3u);
+  EXPECT_EQ(proto.members(2).client_address(), "127.0.0.1:7003");
+  EXPECT_EQ(proto.members(2).peer_address(), "127.0.0.1:8003");
+  ASSERT_EQ(proto.shards_size(), 4);
+  for (int s = 0; s < 4; ++s) {
+    EXPECT_EQ(proto.shards(s).id(), static_cast<uint32_t>(s));
+    EXPECT_EQ(proto.shards(s).hash_start(), map->shards()[s].hash_start);
+    EXPECT_EQ(proto.shards(s).hash_end(), map->shards()[s].hash_end);
+    EXPECT_EQ(proto.shards(s).replicas_size(), 3);
+    EXPECT_EQ(proto.shards(s).leader(), 0u);
+  }
+}
+
+TEST(ClusterMap, RejectsBadInputWithOneLineMessages) {
+  struct Case {
+    std::string text;
+    uint32_t shards;
+    uint32_t replication;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"", 16, 3, "empty"},
+      {"1=127.0.0.1:1/127.0.0.1:2,", 16, 3, "member ''"},
+      {"1", 16, 3, "is not"},
+      {"1=127.0.0.1:1", 16, 3, "two addresses"},
+      {"1=127.0.0.1:1/127.0.0.1:2/127.0.0.1:3", 16, 3, "two addresses"},
+      {"x=127.0.0.1:1/127.0.0.1:2", 16, 3, "bad id"},
+      {"-1=127.0.0.1:1/127.0.0.1:2", 16, 3, "bad id"},
+      {"0=127.0.0.1:1/127.0.0.1:2", 16, 3, "reserved"},
+      {"1=127.0.0.1:1/127.0.0.1:2,1=127.0.0.1:3/127.0.0.1:4", 16, 3, "twice"},
+      {"1=127.0.0.1:1/127.0.0.1:2,2=127.0.0.1:1/127.0.0.1:4", 16, 3, "used twice"},
+      {"1=127.0.0.1/127.0.0.1:2", 16, 3, "host:port"},
+      {"1=127.0.0.1:70000/127.0.0.1:2", 16, 3, "bad port"},
+      {"1=127.0.0.1:1/127.0.0.1:x", 16, 3, "bad port"},
+      {"1=:1/127.0.0.1:2", 16, 3, "host:port"},
+      {"1=127.0.0.1:1/127.0.0.1:2", 0, 3, "shards"},
+      {"1=127.0.0.1:1/127.0.0.1:2", kMaxNumShards + 1, 3, "shards"},
+      {"1=127.0.0.1:1/127.0.0.1:2", 16, 0, "replication"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<ClusterMap> map = ClusterMap::Parse(c.text, c.shards, c.replication);
+    EXPECT_THAT(map, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.message)))
+        << "input '" << c.text << "'";
+    if (!map.ok()) {
+      EXPECT_EQ(map.status().message().find('\n'), absl::string_view::npos);
+    }
+  }
+}
+
+TEST(ClusterMap, MetaGroupIsEveryMemberUpToFiveByTheSameRule) {
+  ClusterMap three = *ClusterMap::Create(Members(1, 3), 8, 3);
+  std::vector<NodeId> meta = three.meta_replicas();
+  std::sort(meta.begin(), meta.end());
+  EXPECT_EQ(meta, (std::vector<NodeId>{1, 2, 3}));
+  EXPECT_TRUE(three.HostsMeta(2));
+
+  ClusterMap eleven = *ClusterMap::Create(Members(1, 11), 8, 3);
+  ASSERT_EQ(eleven.meta_replicas().size(), kMetaReplication);
+  // The heaviest members for kMetaShard, by decreasing weight.
+  std::vector<std::pair<uint64_t, NodeId>> weights;
+  for (NodeId m = 1; m <= 11; ++m) weights.push_back({PlacementWeight(kMetaShard, m), m});
+  std::sort(weights.rbegin(), weights.rend());
+  for (size_t r = 0; r < kMetaReplication; ++r) {
+    EXPECT_EQ(eleven.meta_replicas()[r], weights[r].second);
+  }
+  EXPECT_FALSE(eleven.HostsMeta(weights[kMetaReplication].second));
+  // Not a client shard: neither in the map nor hosted as one.
+  EXPECT_GT(kMetaShard, static_cast<ShardId>(std::numeric_limits<uint32_t>::max()));
+  EXPECT_EQ(eleven.ToProto().shards_size(), 8);
+  EXPECT_FALSE(eleven.Hosts(weights[0].second, kMetaShard));
+}
+
+TEST(ClusterMap, FromProtoRebuildsTheSameMapAndRejectsAnotherPlacement) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 4), 8, 3);
+  v1::ClusterMap proto = map.ToProto();
+  proto.mutable_shards(0)->set_leader(2);  // hints are ignored
+  absl::StatusOr<ClusterMap> rebuilt = ClusterMap::FromProto(proto);
+  ASSERT_THAT(rebuilt, IsOk());
+  EXPECT_EQ(rebuilt->epoch(), map.epoch());
+  EXPECT_EQ(rebuilt->ToProto().SerializeAsString(), map.ToProto().SerializeAsString());
+  EXPECT_EQ(rebuilt->meta_replicas(), map.meta_replicas());
+
+  v1::ClusterMap moved = map.ToProto();
+  std::swap(*moved.mutable_shards(0)->mutable_replicas()->Mutable(0),
+            *moved.mutable_shards(0)->mutable_replicas()->Mutable(1));
+  EXPECT_THAT(ClusterMap::FromProto(moved), StatusIs(absl::StatusCode::kFailedPrecondition));
+  v1::ClusterMap no_members = map.ToProto();
+  no_members.clear_members();
+  EXPECT_THAT(ClusterMap::FromProto(no_members), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+}  // namespace
+}  // namespace tessera::server
