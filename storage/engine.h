@@ -102,6 +102,8 @@ class Engine {
   uint64_t SyncedWalWritesForTesting() const;
   // Flushes all memtables to SST files, so tests read through the SST path.
   absl::Status FlushForTesting();
+  // Compacts every column family fully (range tombstones take effect).
+  absl::Status CompactForTesting();
 
  private:
   struct Impl;

@@ -35,6 +35,22 @@ absl::Status CheckScanOptions(const ScanOptions& options) {
   return absl::OkStatus();
 }
 
+absl::Status SnapshotOrder::Check(const SnapshotRecord& record) {
+  if (record.key.empty()) return absl::InvalidArgumentError("snapshot record with an empty key");
+  if (any_) {
+    const bool ordered =
+        last_meta_ == record.meta ? last_key_ < record.key : (last_meta_ && !record.meta);
+    if (!ordered) {
+      return absl::InvalidArgumentError(
+          "snapshot records out of order (meta first, then data, each in increasing key order)");
+    }
+  }
+  any_ = true;
+  last_meta_ = record.meta;
+  last_key_ = record.key;
+  return absl::OkStatus();
+}
+
 bool ScanCollector::Full() const {
   if (options_.limit != 0 && result_.items.size() >= options_.limit) return true;
   if (options_.max_bytes != 0 && bytes_ >= options_.max_bytes) return true;

@@ -21,6 +21,20 @@ absl::Status CheckAppliedIndex(const ShardWrite& write, uint64_t current_applied
 // kInvalidArgument if end is set and start > end.
 absl::Status CheckScanOptions(const ScanOptions& options);
 
+// Checks that the records of a staged snapshot come in ExportSnapshot()
+// order: meta first, then data, each in strictly increasing key order, keys
+// non-empty. Keeps only the previous key.
+class SnapshotOrder {
+ public:
+  // kInvalidArgument for an empty key or a record out of order.
+  absl::Status Check(const SnapshotRecord& record);
+
+ private:
+  bool any_ = false;
+  bool last_meta_ = true;
+  std::string last_key_;
+};
+
 // Collects the items of one Scan page, honouring limit and max_bytes.
 //   for each (key, value) in range:
 //     if (collector.Full()) { collector.SetResume(key); break; }

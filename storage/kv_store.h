@@ -117,6 +117,44 @@ class ShardSnapshotReader : public SnapshotReader {
   ShardSnapshot* snapshot_;
 };
 
+// A snapshot being received for one shard, staged outside the shard's live
+// data until Commit() switches to it in one atomic step. Made by
+// KvStore::StageSnapshot(); the receiving transport feeds it chunk by chunk,
+// so a large snapshot is never held in memory (RocksDB: an SST file under
+// <db>/snapshot-staging/ with a range tombstone over the shard, ingested by
+// Commit(); Mem: buffered records).
+//
+// A crash before Commit() returns leaves the old shard state (Engine::Open
+// removes leftover staging files); after it, the new state. Never a mix.
+//
+// Not thread-safe: one owner at a time (it may move between threads).
+// Destroying it without a successful Commit() discards what was staged. Must
+// not outlive the KvStore that made it.
+class SnapshotStaging {
+ public:
+  virtual ~SnapshotStaging() = default;
+  virtual ShardId shard() const = 0;
+  virtual uint64_t applied_index() const = 0;
+  // Keys plus values added so far.
+  virtual uint64_t bytes() const = 0;
+  // Adds the next record. Records must come in ExportSnapshot() order: meta
+  // first, then data, each in strictly increasing key order. Errors (the
+  // staging is then unusable; destroy it): kInvalidArgument for an empty key
+  // or a record out of order, kFailedPrecondition after Finish(),
+  // kResourceExhausted for a full disk, kInternal for I/O errors.
+  virtual absl::Status Add(const SnapshotRecord& record) = 0;
+  // Ends the records and makes the staged data durable (not yet visible).
+  // Errors: as Add().
+  virtual absl::Status Finish() = 0;
+  // Atomically replaces all of the shard's data and meta with the staged
+  // records and sets its applied index to applied_index(); synced. Cheap (no
+  // copy of the data). Errors (nothing changes): kFailedPrecondition if not
+  // finished, already committed, or the shard's applied index is already at
+  // or above applied_index() (the store is newer: drop the staging);
+  // kResourceExhausted, kInternal as Add().
+  virtual absl::Status Commit() = 0;
+};
+
 class KvStore {
  public:
   virtual ~KvStore() = default;
@@ -156,6 +194,13 @@ class KvStore {
   // returned by the reader.
   virtual absl::Status InstallSnapshot(ShardId shard, uint64_t applied_index,
                                        SnapshotReader& reader) = 0;
+
+  // Starts receiving a snapshot of `shard` at `applied_index` (see
+  // SnapshotStaging). The default buffers the records in memory and commits
+  // through InstallSnapshot() (MemKvStore); the RocksDB store stages an SST
+  // file. Errors: kResourceExhausted (disk), kInternal (I/O).
+  virtual absl::StatusOr<std::unique_ptr<SnapshotStaging>> StageSnapshot(ShardId shard,
+                                                                         uint64_t applied_index);
 
   // Removes all of the shard's data, meta and applied index (the replica was
   // removed from this node). Synced.

@@ -30,7 +30,7 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
 std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
                                          const DiskSpaceGuard* space);
 std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
-                                         const DiskSpaceGuard* space);
+                                         const DiskSpaceGuard* space, std::string staging_dir);
 
 // The only rocksdb::Status -> absl::Status conversion.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
@@ -219,7 +219,16 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& dir,
   rocksdb::Status s = rocksdb::DB::Open(db_options, dir, cfs, &impl->handles, &impl->db);
   if (!s.ok()) return impl->space->Annotate(FromRocks(s, absl::StrCat("Engine::Open(", dir, ")")));
   impl->raft_log = NewRocksRaftLog(impl->db, impl->handles[1], impl->space.get());
-  impl->kv_store = NewRocksKvStore(impl->db, impl->handles[2], impl->space.get());
+  // Snapshots being received are staged here (KvStore::StageSnapshot) and
+  // ingested from here (a hard link: same filesystem). What a crash left
+  // behind was never committed: remove it.
+  const std::string staging = absl::StrCat(dir, "/snapshot-staging");
+  std::filesystem::remove_all(staging, ec);
+  if (ec || !std::filesystem::create_directories(staging, ec) || ec) {
+    return absl::InternalError(
+        absl::StrCat("Engine::Open: cannot prepare ", staging, ": ", ec.message()));
+  }
+  impl->kv_store = NewRocksKvStore(impl->db, impl->handles[2], impl->space.get(), staging);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -303,6 +312,15 @@ uint64_t Engine::SyncedWalWritesForTesting() const {
 absl::Status Engine::FlushForTesting() {
   return FromRocks(impl_->db->Flush(rocksdb::FlushOptions(), impl_->handles),
                    "Engine::FlushForTesting");
+}
+
+absl::Status Engine::CompactForTesting() {
+  for (rocksdb::ColumnFamilyHandle* h : impl_->handles) {
+    TESSERA_RETURN_IF_ERROR(
+        FromRocks(impl_->db->CompactRange(rocksdb::CompactRangeOptions(), h, nullptr, nullptr),
+                  "Engine::CompactForTesting"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace tessera::storage

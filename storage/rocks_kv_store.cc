@@ -5,7 +5,10 @@
 // mark their shards busy under mu_, write without holding it, then publish,
 // exactly as in rocks_raft_log.cc. Reads go straight to RocksDB.
 #include <algorithm>
+#include <atomic>
+#include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +22,7 @@
 #include "rocksdb/iterator.h"
 #include "rocksdb/options.h"
 #include "rocksdb/snapshot.h"
+#include "rocksdb/sst_file_writer.h"
 #include "rocksdb/write_batch.h"
 #include "storage/disk_space.h"
 #include "storage/keys.h"
@@ -30,7 +34,7 @@ namespace tessera::storage {
 // Defined in rocks_engine.cc (see the note there).
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
 std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
-                                         const DiskSpaceGuard* space);
+                                         const DiskSpaceGuard* space, std::string staging_dir);
 
 namespace {
 
@@ -119,8 +123,9 @@ class RocksShardSnapshot : public ShardSnapshot {
 
 class RocksKvStore : public KvStore {
  public:
-  RocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, const DiskSpaceGuard* space)
-      : db_(db), cf_(cf), space_(space) {}
+  RocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, const DiskSpaceGuard* space,
+               std::string staging_dir)
+      : db_(db), cf_(cf), space_(space), staging_dir_(std::move(staging_dir)) {}
 
   absl::Status Apply(absl::Span<const ShardWrite> writes) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::string> Get(ShardId shard, absl::string_view key) const override {
@@ -135,6 +140,22 @@ class RocksKvStore : public KvStore {
   absl::Status InstallSnapshot(ShardId shard, uint64_t applied_index,
                                SnapshotReader& reader) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status DeleteShard(ShardId shard) override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> StageSnapshot(ShardId shard,
+                                                                 uint64_t applied_index) override;
+
+  // SnapshotStaging::Commit of a finished staging file: ingests it (its range
+  // tombstone drops the shard's old state, its records and applied index
+  // replace it, all at one sequence number: atomic).
+  absl::Status IngestStaged(ShardId shard, uint64_t applied_index, const std::string& path)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Flushes the memtable, so that IngestStaged rarely has to (the flush would
+  // then run on the caller of Commit, the raft loop).
+  absl::Status FlushForIngest() {
+    return FromRocks(db_->Flush(rocksdb::FlushOptions(), cf_), "RocksKvStore: flush for ingest");
+  }
+  rocksdb::DB* db() const { return db_; }
+  rocksdb::ColumnFamilyHandle* cf() const { return cf_; }
+  const DiskSpaceGuard* space() const { return space_; }
 
  private:
   struct Cached {
@@ -163,6 +184,8 @@ class RocksKvStore : public KvStore {
   rocksdb::DB* const db_;
   rocksdb::ColumnFamilyHandle* const cf_;
   const DiskSpaceGuard* const space_;
+  const std::string staging_dir_;
+  std::atomic<uint64_t> next_staging_{1};
 
   mutable absl::Mutex mu_;
   mutable absl::flat_hash_map<ShardId, Cached> cache_ ABSL_GUARDED_BY(mu_);
@@ -337,6 +360,142 @@ absl::Status RocksKvStore::InstallSnapshot(ShardId shard, uint64_t applied_index
   return s;
 }
 
+// Stages a received snapshot in one SST file: a range tombstone over the
+// shard's whole range, its applied index, then its records (full internal
+// keys, in order). The SstFileWriter keeps about one block plus the index in
+// memory, whatever the snapshot's size.
+class RocksSnapshotStaging : public SnapshotStaging {
+ public:
+  RocksSnapshotStaging(RocksKvStore* store, ShardId shard, uint64_t applied_index, std::string path)
+      : store_(store),
+        shard_(shard),
+        applied_index_(applied_index),
+        path_(std::move(path)),
+        writer_(std::in_place, rocksdb::EnvOptions(), store->db()->GetOptions(store->cf()),
+                store->cf()) {}
+  ~RocksSnapshotStaging() override {
+    writer_.reset();
+    std::error_code ec;
+    std::filesystem::remove(path_, ec);  // gone already once ingested
+  }
+
+  absl::Status Open() {
+    TESSERA_RETURN_IF_ERROR(store_->space()->Check());
+    TESSERA_RETURN_IF_ERROR(Rocks(writer_->Open(path_), "open"));
+    TESSERA_RETURN_IF_ERROR(
+        Rocks(writer_->DeleteRange(keys::ShardStart(shard_), keys::ShardEnd(shard_)), "tombstone"));
+    return Rocks(writer_->Put(keys::TagKey(shard_, keys::kAppliedTag), EncodeIndex(applied_index_)),
+                 "applied index");
+  }
+
+  ShardId shard() const override { return shard_; }
+  uint64_t applied_index() const override { return applied_index_; }
+  uint64_t bytes() const override { return bytes_; }
+
+  absl::Status Add(const SnapshotRecord& record) override {
+    TESSERA_RETURN_IF_ERROR(Usable());
+    absl::Status s = order_.Check(record);
+    if (!s.ok()) return Broken(s);
+    // Check the disk now and then (statvfs), not per record.
+    if (bytes_ / kSpaceCheckBytes !=
+        (bytes_ + record.key.size() + record.value.size()) / kSpaceCheckBytes) {
+      s = store_->space()->Check();
+      if (!s.ok()) return Broken(s);
+    }
+    bytes_ += record.key.size() + record.value.size();
+    return Rocks(writer_->Put(keys::TagKey(shard_, record.meta ? keys::kMetaTag : keys::kDataTag,
+                                           record.key),
+                              ToSlice(record.value)),
+                 "put");
+  }
+
+  absl::Status Finish() override {
+    TESSERA_RETURN_IF_ERROR(Usable());
+    rocksdb::ExternalSstFileInfo info;
+    TESSERA_RETURN_IF_ERROR(Rocks(writer_->Finish(&info), "finish"));  // synced
+    finished_ = true;
+    absl::Status s = store_->FlushForIngest();
+    if (!s.ok()) return Broken(s);
+    return absl::OkStatus();
+  }
+
+  absl::Status Commit() override {
+    if (!finished_ || committed_ || broken_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", shard_, ": snapshot staging not finished or already committed"));
+    }
+    TESSERA_RETURN_IF_ERROR(store_->IngestStaged(shard_, applied_index_, path_));
+    committed_ = true;
+    return absl::OkStatus();
+  }
+
+ private:
+  static constexpr uint64_t kSpaceCheckBytes = 64ull << 20;
+
+  absl::Status Usable() const {
+    if (broken_) return absl::FailedPreconditionError("snapshot staging failed earlier");
+    if (finished_) return absl::FailedPreconditionError("snapshot staging already finished");
+    return absl::OkStatus();
+  }
+  absl::Status Broken(absl::Status s) {
+    broken_ = true;
+    return s;
+  }
+  absl::Status Rocks(const rocksdb::Status& s, absl::string_view what) {
+    if (s.ok()) return absl::OkStatus();
+    broken_ = true;
+    return store_->space()->Annotate(FromRocks(
+        s, absl::StrCat("shard ", shard_, ": snapshot staging ", what, " (", path_, ")")));
+  }
+
+  RocksKvStore* const store_;
+  const ShardId shard_;
+  const uint64_t applied_index_;
+  const std::string path_;
+  std::optional<rocksdb::SstFileWriter> writer_;
+  internal::SnapshotOrder order_;
+  uint64_t bytes_ = 0;
+  bool finished_ = false;
+  bool committed_ = false;
+  bool broken_ = false;
+};
+
+absl::StatusOr<std::unique_ptr<SnapshotStaging>> RocksKvStore::StageSnapshot(
+    ShardId shard, uint64_t applied_index) {
+  std::string path = absl::StrCat(staging_dir_, "/shard-", shard, "-", applied_index, "-",
+                                  next_staging_.fetch_add(1), ".sst");
+  auto staging = std::make_unique<RocksSnapshotStaging>(this, shard, applied_index, path);
+  TESSERA_RETURN_IF_ERROR(staging->Open());
+  return std::unique_ptr<SnapshotStaging>(std::move(staging));
+}
+
+absl::Status RocksKvStore::IngestStaged(ShardId shard, uint64_t applied_index,
+                                        const std::string& path) {
+  TESSERA_RETURN_IF_ERROR(space_->Check());
+  const std::vector<ShardId> shards = {shard};
+  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
+  LockWhenIdle(shards);
+  const uint64_t current = cache_.at(shard).applied_index;
+  if (current >= applied_index) {
+    mu_.Unlock();
+    return absl::FailedPreconditionError(absl::StrCat("shard ", shard, ": applied index ", current,
+                                                      " is not below the snapshot's ",
+                                                      applied_index));
+  }
+  cache_.at(shard).busy = true;
+  mu_.Unlock();
+  rocksdb::IngestExternalFileOptions options;
+  options.move_files = true;  // a hard link: no copy of the data
+  options.allow_global_seqno = true;
+  options.allow_blocking_flush = true;  // rare: Finish() flushed
+  options.write_global_seqno = false;
+  // Ingestion is recorded in the MANIFEST, synced: durable on return.
+  absl::Status s = space_->Annotate(
+      FromRocks(db_->IngestExternalFile(cf_, {path}, options), "RocksKvStore: ingest snapshot"));
+  Publish(shards, {{shard, applied_index}}, s.ok());
+  return s;
+}
+
 absl::Status RocksKvStore::DeleteShard(ShardId shard) {
   const std::vector<ShardId> shards = {shard};
   TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
@@ -355,8 +514,8 @@ absl::Status RocksKvStore::DeleteShard(ShardId shard) {
 }  // namespace
 
 std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
-                                         const DiskSpaceGuard* space) {
-  return std::make_unique<RocksKvStore>(db, cf, space);
+                                         const DiskSpaceGuard* space, std::string staging_dir) {
+  return std::make_unique<RocksKvStore>(db, cf, space, std::move(staging_dir));
 }
 
 }  // namespace tessera::storage

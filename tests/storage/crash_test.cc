@@ -1,9 +1,11 @@
-// Crash test: a child process appends to the raft log and applies to the
+// Crash tests. 1: a child process appends to the raft log and applies to the
 // KvStore in a loop, acknowledging each Save through a pipe (every other Save
 // is Durability::kBuffered, which must survive kill -9 too); the
 // parent kill -9s it at a random point, then checks in a fresh process that
 // every acknowledged entry is present and intact and that each shard's
-// applied index is consistent with its data.
+// applied index is consistent with its data. 2: a child stages and commits
+// snapshots in a loop and is killed mid-install: the shard is the old state
+// or the new, never a mix (below).
 //
 // Every RocksDB access happens in forked children: the test process itself
 // stays single-threaded, so fork() never copies a process with RocksDB's
@@ -19,10 +21,12 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <limits>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -286,6 +290,130 @@ TEST(StorageCrash, AcknowledgedAppendsSurviveKill9) {
   }
   std::cout << "seed " << seed << ": " << kIterations << " kills, last acknowledged index "
             << max_acked << "\n";
+}
+
+// ---- Snapshot install ----
+//
+// A child stages and commits snapshots of shard 1 in a loop (generation g:
+// kSnapshotKeys keys "g<g>-<i>" and applied index kBaseIndex + g), writing g to
+// the pipe after each Commit; the parent kill -9s it at a random point (most
+// often while it stages, sometimes during the ingestion). After every kill
+// the shard must be exactly one generation, at least the last acknowledged
+// one, with its applied index, and the staging directory must be empty after
+// reopening.
+
+constexpr uint64_t kBaseIndex = 100;
+constexpr int kSnapshotKeys = 3000;
+
+std::string GenKey(uint64_t g, int i) {
+  char key[48];
+  snprintf(key, sizeof(key), "g%llu-%06d", static_cast<unsigned long long>(g), i);
+  return key;
+}
+
+[[noreturn]] void InstallLoop(const std::string& dir, uint64_t first_generation, int fd) {
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(dir, {});
+  if (!engine.ok()) _exit(2);
+  KvStore& kv = (*engine)->kv_store();
+  for (uint64_t g = first_generation;; ++g) {
+    absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = kv.StageSnapshot(1, kBaseIndex + g);
+    if (!staging.ok()) _exit(3);
+    if (!(*staging)->Add({true, "generation", std::to_string(g)}).ok()) _exit(3);
+    for (int i = 0; i < kSnapshotKeys; ++i) {
+      if (!(*staging)->Add({false, GenKey(g, i), std::string(200, 'a' + g % 26)}).ok()) _exit(3);
+    }
+    if (!(*staging)->Finish().ok() || !(*staging)->Commit().ok()) _exit(3);
+    if (!WriteAll(fd, &g, sizeof(g))) _exit(3);
+  }
+}
+
+// "" if shard 1 holds exactly one whole generation >= min_generation (0: the
+// initial state "old-<i>" at kBaseIndex), else what is wrong. Sets *found.
+std::string VerifyInstall(const std::string& dir, uint64_t min_generation, uint64_t* found) {
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(dir, {});
+  if (!engine.ok()) return "open: " + engine.status().ToString();
+  if (!std::filesystem::is_empty(dir + "/snapshot-staging")) return "staging left behind";
+  KvStore& kv = (*engine)->kv_store();
+  absl::StatusOr<uint64_t> applied = kv.AppliedIndex(1);
+  if (!applied.ok() || *applied < kBaseIndex) return "bad applied index";
+  const uint64_t g = *applied - kBaseIndex;
+  if (g < min_generation) return absl::StrCat("generation ", g, " < acknowledged ", min_generation);
+  absl::StatusOr<ScanResult> all = kv.Scan(1, {});
+  if (!all.ok()) return "scan: " + all.status().ToString();
+  const size_t want = g == 0 ? 10 : kSnapshotKeys;
+  if (all->items.size() != want) {
+    return absl::StrCat("generation ", g, ": ", all->items.size(), " keys, want ", want);
+  }
+  for (size_t i = 0; i < all->items.size(); ++i) {
+    const std::string key = g == 0 ? absl::StrCat("old-", i) : GenKey(g, static_cast<int>(i));
+    if (all->items[i].first != key) return absl::StrCat("unexpected key ", all->items[i].first);
+  }
+  if (g > 0) {
+    absl::StatusOr<std::string> meta = kv.GetMeta(1, "generation");
+    if (!meta.ok() || *meta != std::to_string(g)) return "meta of another generation";
+  }
+  *found = g;
+  return "";
+}
+
+TEST(StorageCrash, SnapshotInstallIsOldOrNewAfterKill9) {
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(absl::StrCat("seed=", seed, " (replay: TESSERA_SEED=", seed, ")"));
+  std::mt19937_64 rng(seed);
+  testing::TempDir tmp;
+  const std::string dir = tmp.path() + "/db";
+  ASSERT_EQ(RunInChild([&]() -> std::string {
+              absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Open(dir, {});
+              if (!engine.ok()) return engine.status().ToString();
+              ShardWrite w{1, kBaseIndex, {}};
+              for (int i = 0; i < 10; ++i) {
+                w.mutations.push_back({Mutation::Kind::kPut, absl::StrCat("old-", i), "old"});
+              }
+              return (*engine)->kv_store().Apply({w}).ToString() == "OK"
+                         ? ""
+                         : "apply of the initial state failed";
+            }),
+            "");
+  uint64_t acked = 0;
+  uint64_t next_generation = 1;
+  std::set<uint64_t> seen;
+  for (int iteration = 0; iteration < kIterations; ++iteration) {
+    SCOPED_TRACE(absl::StrCat("iteration ", iteration));
+    int fds[2];
+    ASSERT_EQ(pipe(fds), 0);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      close(fds[0]);
+      InstallLoop(dir, next_generation, fds[1]);
+    }
+    close(fds[1]);
+    // 0..2 acknowledged installs, then a random part of the next one.
+    const uint64_t target_acks = rng() % 3;
+    uint64_t g = 0;
+    for (uint64_t a = 0; a < target_acks && ReadAll(fds[0], &g, sizeof(g)); ++a) acked = g;
+    usleep(static_cast<useconds_t>(rng() % 40'000));
+    kill(pid, SIGKILL);
+    while (ReadAll(fds[0], &g, sizeof(g))) acked = g;
+    close(fds[0]);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+        << "installer died on its own, status " << status;
+    uint64_t found = 0;
+    std::string errors = RunInChild([&] {
+      uint64_t f = 0;
+      std::string e = VerifyInstall(dir, acked, &f);
+      return e.empty() ? absl::StrCat("ok ", f) : e;
+    });
+    ASSERT_EQ(errors.rfind("ok ", 0), 0u) << errors;
+    found = std::strtoull(errors.c_str() + 3, nullptr, 10);
+    seen.insert(found);
+    next_generation = std::max(found, acked) + 1;
+  }
+  std::cout << "seed " << seed << ": " << kIterations << " kills, generations seen:";
+  for (uint64_t g : seen) std::cout << " " << g;
+  std::cout << "\n";
 }
 
 }  // namespace

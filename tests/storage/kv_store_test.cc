@@ -2,6 +2,7 @@
 // RocksDB implementation. Includes the snapshot export -> install round trip.
 #include "storage/kv_store.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -9,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
@@ -438,6 +440,114 @@ TYPED_TEST(KvStoreTest, FailedInstallChangesNothing) {
   EXPECT_THAT(this->kv().Get(1, "x"), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(this->kv().Get(1, "k0"), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(*this->kv().AppliedIndex(1), 3u);
+}
+
+// Stages every record of `records` and finishes; returns the staging.
+template <typename KvStoreT>
+std::unique_ptr<SnapshotStaging> StageAll(KvStoreT& kv, ShardId shard, uint64_t index,
+                                          const std::vector<SnapshotRecord>& records) {
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = kv.StageSnapshot(shard, index);
+  EXPECT_THAT(staging, IsOk());
+  if (!staging.ok()) return nullptr;
+  for (const SnapshotRecord& r : records) EXPECT_THAT((*staging)->Add(r), IsOk());
+  EXPECT_THAT((*staging)->Finish(), IsOk());
+  return *std::move(staging);
+}
+
+TYPED_TEST(KvStoreTest, StagedSnapshotCommitReplacesShardAtomically) {
+  ASSERT_THAT(this->Apply(1, 3, {Put("a", "old"), Put("z", "old"), PutMeta("m", "old")}), IsOk());
+  ASSERT_THAT(this->Apply(2, 4, {Put("a", "neighbour")}), IsOk());
+  const std::string bin("\0\xFF", 2);
+  std::vector<SnapshotRecord> records = {
+      {true, "m", "new"}, {true, "n", ""}, {false, bin, bin}, {false, "a", "new"}};
+  std::sort(records.begin() + 2, records.end(),
+            [](const SnapshotRecord& x, const SnapshotRecord& y) { return x.key < y.key; });
+  std::unique_ptr<SnapshotStaging> staging = StageAll(this->kv(), 1, 9, records);
+  ASSERT_NE(staging, nullptr);
+  EXPECT_EQ(staging->shard(), 1u);
+  EXPECT_EQ(staging->applied_index(), 9u);
+  EXPECT_EQ(staging->bytes(), 13u);  // keys + values
+  // Staged, not yet visible.
+  EXPECT_EQ(*this->kv().Get(1, "z"), "old");
+  EXPECT_EQ(*this->kv().AppliedIndex(1), 3u);
+  ASSERT_THAT(staging->Commit(), IsOk());
+  EXPECT_EQ(*this->kv().AppliedIndex(1), 9u);
+  EXPECT_EQ(*this->kv().Get(1, "a"), "new");
+  EXPECT_EQ(*this->kv().Get(1, bin), bin);
+  EXPECT_THAT(this->kv().Get(1, "z"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(*this->kv().GetMeta(1, "m"), "new");
+  EXPECT_EQ(*this->kv().GetMeta(1, "n"), "");
+  EXPECT_EQ(*this->kv().Get(2, "a"), "neighbour");
+  // Committed once only; applying continues after the snapshot.
+  EXPECT_THAT(staging->Commit(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(this->Apply(1, 9, {}), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(this->Apply(1, 10, {Put("b", "after")}), IsOk());
+  absl::StatusOr<std::unique_ptr<ShardSnapshot>> snap = this->kv().ExportSnapshot(1);
+  ASSERT_THAT(snap, IsOk());
+  EXPECT_EQ(Drain(**snap).size(), 5u);
+}
+
+TYPED_TEST(KvStoreTest, StagedSnapshotOfManyRecordsRoundTrips) {
+  for (int i = 0; i < 50; ++i) {
+    std::vector<Mutation> puts;
+    for (int j = 0; j < 100; ++j) {
+      puts.push_back(Put(absl::StrCat("key", i * 100 + j), std::string(200, 'a' + j % 26)));
+    }
+    ASSERT_THAT(this->Apply(1, i + 1, std::move(puts)), IsOk());
+  }
+  absl::StatusOr<std::unique_ptr<ShardSnapshot>> snap = this->kv().ExportSnapshot(1);
+  ASSERT_THAT(snap, IsOk());
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = this->kv().StageSnapshot(3, 50);
+  ASSERT_THAT(staging, IsOk());
+  SnapshotRecord r;
+  while (*(*snap)->Next(&r)) ASSERT_THAT((*staging)->Add(r), IsOk());
+  ASSERT_THAT((*staging)->Finish(), IsOk());
+  ASSERT_THAT((*staging)->Commit(), IsOk());
+  EXPECT_EQ(this->ScanAll(3, {.limit = 1000}).size(), 5000u);
+  EXPECT_EQ(*this->kv().Get(3, "key4999"), std::string(200, 'a' + 99 % 26));
+}
+
+TYPED_TEST(KvStoreTest, StagedSnapshotRefusesBadRecordsAndStaleCommits) {
+  ASSERT_THAT(this->Apply(1, 5, {Put("a", "old")}), IsOk());
+  {
+    absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = this->kv().StageSnapshot(1, 9);
+    ASSERT_THAT(staging, IsOk());
+    ASSERT_THAT((*staging)->Add({false, "b", "1"}), IsOk());
+    EXPECT_THAT((*staging)->Add({false, "a", "1"}), StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  {
+    absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = this->kv().StageSnapshot(1, 9);
+    ASSERT_THAT(staging, IsOk());
+    ASSERT_THAT((*staging)->Add({false, "b", "1"}), IsOk());
+    EXPECT_THAT((*staging)->Add({false, "b", "2"}), StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  {
+    absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = this->kv().StageSnapshot(1, 9);
+    ASSERT_THAT(staging, IsOk());
+    ASSERT_THAT((*staging)->Add({false, "b", "1"}), IsOk());
+    EXPECT_THAT((*staging)->Add({true, "m", "1"}), StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  {
+    absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = this->kv().StageSnapshot(1, 9);
+    ASSERT_THAT(staging, IsOk());
+    EXPECT_THAT((*staging)->Add({false, "", "1"}), StatusIs(absl::StatusCode::kInvalidArgument));
+  }
+  {
+    // Not finished: no commit. Abandoned: nothing changes.
+    absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = this->kv().StageSnapshot(1, 9);
+    ASSERT_THAT(staging, IsOk());
+    ASSERT_THAT((*staging)->Add({false, "x", "1"}), IsOk());
+    EXPECT_THAT((*staging)->Commit(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  }
+  // A snapshot at or below the store's applied index is refused.
+  std::unique_ptr<SnapshotStaging> stale = StageAll(this->kv(), 1, 5, {{false, "s", "1"}});
+  ASSERT_NE(stale, nullptr);
+  EXPECT_THAT(stale->Commit(), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(stale->Add({false, "t", "1"}), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(*this->kv().Get(1, "a"), "old");
+  EXPECT_THAT(this->kv().Get(1, "x"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(this->kv().Get(1, "s"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(*this->kv().AppliedIndex(1), 5u);
 }
 
 TYPED_TEST(KvStoreTest, ConcurrentAppliesAndReads) {

@@ -4,6 +4,7 @@
 #include "storage/engine.h"
 
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -130,6 +131,77 @@ TEST(RocksEngine, OnlySaveInstallAndDeleteShardSync) {
   EXPECT_EQ(env.engine().SyncedWalWritesForTesting(), before + 1);
   ASSERT_THAT(env.raft_log().Save({}), IsOk());  // nothing to write: no fsync
   EXPECT_EQ(env.engine().SyncedWalWritesForTesting(), before + 1);
+}
+
+// The staged snapshot is one SST file under <db>/snapshot-staging whose range
+// tombstone and records share one sequence number: after ingestion, flushes
+// and compactions the shard holds exactly the snapshot.
+TEST(RocksEngine, StagedSnapshotSurvivesReopenAndCompaction) {
+  RocksEnv env;
+  std::vector<Mutation> old;
+  for (int i = 0; i < 500; ++i) {
+    old.push_back({Mutation::Kind::kPut, absl::StrCat("old", i), "o"});
+    old.push_back({Mutation::Kind::kPut, absl::StrCat("key", i), "o"});
+  }
+  ASSERT_THAT(env.kv_store().Apply({ShardWrite{1, 4, old}, ShardWrite{2, 4, old}}), IsOk());
+  ASSERT_THAT(env.engine().FlushForTesting(), IsOk());  // old state in SST files too
+  ASSERT_THAT(env.kv_store().Apply({ShardWrite{1, 5, {{Mutation::Kind::kPut, "mem", "o"}}}}),
+              IsOk());  // and in the memtable
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = env.kv_store().StageSnapshot(1, 20);
+  ASSERT_THAT(staging, IsOk());
+  ASSERT_THAT((*staging)->Add({true, "session", "s"}), IsOk());
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_THAT((*staging)->Add({false, absl::StrCat("key", 1000 + i), "n"}), IsOk());
+  }
+  ASSERT_THAT((*staging)->Finish(), IsOk());
+  const uint64_t syncs = env.engine().SyncedWalWritesForTesting();
+  ASSERT_THAT((*staging)->Commit(), IsOk());
+  EXPECT_EQ(env.engine().SyncedWalWritesForTesting(), syncs);  // durable through the MANIFEST
+  staging->reset();
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(round == 0 ? "after reopen" : "after compaction");
+    env.Reopen();
+    if (round == 1) {
+      ASSERT_THAT(env.engine().CompactForTesting(), IsOk());
+    }
+    EXPECT_EQ(*env.kv_store().AppliedIndex(1), 20u);
+    absl::StatusOr<ScanResult> all = env.kv_store().Scan(1, {});
+    ASSERT_THAT(all, IsOk());
+    ASSERT_EQ(all->items.size(), 300u);
+    EXPECT_EQ(all->items.front().first, "key1000");
+    EXPECT_EQ(*env.kv_store().GetMeta(1, "session"), "s");
+    EXPECT_THAT(env.kv_store().Get(1, "mem"), StatusIs(absl::StatusCode::kNotFound));
+    EXPECT_EQ(env.kv_store().Scan(2, {})->items.size(), 1000u);  // the neighbour is untouched
+    EXPECT_EQ(*env.kv_store().AppliedIndex(2), 4u);
+  }
+  ASSERT_THAT(env.kv_store().Apply({ShardWrite{1, 21, {{Mutation::Kind::kPut, "key0", "a"}}}}),
+              IsOk());
+  EXPECT_EQ(*env.kv_store().Get(1, "key0"), "a");
+}
+
+// A staging never committed (the process crashed, or the transfer failed)
+// changes nothing, and the next Open removes its file.
+TEST(RocksEngine, UncommittedStagingLeavesOldStateAndIsRemovedAtOpen) {
+  RocksEnv env;
+  ASSERT_THAT(env.kv_store().Apply({ShardWrite{1, 4, {{Mutation::Kind::kPut, "a", "old"}}}}),
+              IsOk());
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging = env.kv_store().StageSnapshot(1, 20);
+  ASSERT_THAT(staging, IsOk());
+  ASSERT_THAT((*staging)->Add({false, "b", "new"}), IsOk());
+  ASSERT_THAT((*staging)->Finish(), IsOk());
+  const std::string staging_dir = env.dir() + "/db/snapshot-staging";
+  EXPECT_FALSE(std::filesystem::is_empty(staging_dir));
+  // "Crash": the engine goes away with the staging file still there.
+  std::unique_ptr<SnapshotStaging> leaked = *std::move(staging);
+  std::filesystem::path file = std::filesystem::directory_iterator(staging_dir)->path();
+  std::filesystem::copy_file(file, file.string() + ".copy");
+  leaked.reset();
+  EXPECT_TRUE(std::filesystem::exists(file.string() + ".copy"));
+  env.Reopen();
+  EXPECT_TRUE(std::filesystem::is_empty(staging_dir));
+  EXPECT_EQ(*env.kv_store().Get(1, "a"), "old");
+  EXPECT_THAT(env.kv_store().Get(1, "b"), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(*env.kv_store().AppliedIndex(1), 4u);
 }
 
 TEST(RocksEngine, StatsReflectWrites) {
