@@ -21,6 +21,7 @@
 #include "server/raftstore/log_prefix.h"
 #include "server/raftstore/peer_message_check.h"
 #include "server/raftstore/raft_storage.h"
+#include "server/raftstore/snapshot_stream.h"
 #include "tessera/kv.pb.h"
 
 namespace tessera::server {
@@ -213,6 +214,11 @@ class Node::Impl {
   absl::Status ApplyCommitted(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
                               const std::vector<size_t>& begin, const std::vector<size_t>& end);
   absl::Status InstallSnapshot(Shard& s, const raftpb::Snapshot& snap);
+  // A received MSG_SNAP whose data was staged by the transport: commits the
+  // staging before raft steps the message, when raft will take it. False:
+  // drop the message (staging expired, or a storage error, then in
+  // step_failure_).
+  bool CommitStagedSnapshot(Shard& s, const raftpb::Message& m);
   void CompleteProposal(Shard& s, const raftpb::Entry& e, serverpb::CommandResult result);
   void CompleteReads(Shard& s);
   // Drops the abandoned proposals up to `index` (applied, or no longer led).
@@ -290,6 +296,9 @@ class Node::Impl {
   // this node (MsgTimeoutNow) is declined.
   bool handing_off_ = false;
   std::vector<std::function<void()>> completions_;
+  // A storage error met while stepping messages (committing a staged
+  // snapshot); HandleReadys returns it, which stops the loop.
+  absl::Status step_failure_;
   std::thread thread_;
   // When the loop last completed a cycle (absl::ToUnixNanos), for Health().
   std::atomic<int64_t> last_cycle_ns_{0};
@@ -349,7 +358,7 @@ absl::Status Node::Impl::Init() {
     s->id = p.shard;
     s->replicas = p.replicas;
     s->counter = counters_.at(p.shard).get();
-    TESSERA_ASSIGN_OR_RETURN(s->storage, RaftStorage::Open(p.shard, log_, kv_));
+    TESSERA_ASSIGN_OR_RETURN(s->storage, RaftStorage::Open(p.shard, log_, kv_, options_.snapshots));
     raft::Config config;
     config.id = options_.id;
     config.election_ticks = options_.election_ticks;
@@ -637,6 +646,7 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
       const raftpb::MessageType type = sm.message.type();
       const NodeId from = sm.message.from();
       if (type == raftpb::MSG_TIMEOUT_NOW && handing_off_) continue;  // draining: declined
+      if (type == raftpb::MSG_SNAP && !CommitStagedSnapshot(s, sm.message)) continue;
       if (type == raftpb::MSG_APP_RESP || type == raftpb::MSG_HEARTBEAT_RESP) {
         s.follower_heard[from] = now;
         if (type == raftpb::MSG_APP_RESP && !sm.message.reject()) {
@@ -901,6 +911,7 @@ void Node::Impl::IssueTransfers() {
 }
 
 absl::Status Node::Impl::HandleReadys() {
+  if (!step_failure_.ok()) return std::exchange(step_failure_, absl::OkStatus());
   std::vector<Shard*> ready_shards;
   std::vector<raft::Ready> readys;
   for (auto& [id, sp] : shards_) {
@@ -1153,10 +1164,50 @@ absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
   return absl::OkStatus();
 }
 
+bool Node::Impl::CommitStagedSnapshot(Shard& s, const raftpb::Message& m) {
+  const raftpb::Snapshot& snap = m.snapshot();
+  if (IsExportToken(snap.data())) return false;  // another node's token: never valid here
+  if (!IsStagedToken(snap.data())) return true;  // inline data: installed from the Ready
+  if (options_.snapshots == nullptr) return false;
+  absl::StatusOr<std::unique_ptr<storage::SnapshotStaging>> staging =
+      options_.snapshots->TakeStaged(snap.data());
+  if (!staging.ok()) {
+    ABSL_RAW_LOG(WARNING, "shard %llu: dropping a snapshot from node %llu: %s",
+                 static_cast<unsigned long long>(s.id), static_cast<unsigned long long>(m.from()),
+                 staging.status().ToString().c_str());
+    return false;
+  }
+  // Raft takes the snapshot only from a current leader, past its commit
+  // index and unless its log already has the entry (raft.cc Restore); then
+  // the data must be there first. Installed otherwise (the message is
+  // stale), the data is still committed state of the shard at its index,
+  // newer than raft's: the applier skips the entries it covers.
+  const raftpb::SnapshotMetadata& md = snap.metadata();
+  const bool needed = m.term() >= s.raw->term() && md.index() > s.raw->commit_index() &&
+                      !(md.index() <= s.storage->LastIndex() &&
+                        s.storage->Term(md.index()).value_or(0) == md.term());
+  if (!needed) return true;  // raft will not restore it: the staging is dropped
+  absl::Status committed = (*staging)->Commit();
+  if (committed.code() == absl::StatusCode::kFailedPrecondition) return true;  // store is newer
+  if (!committed.ok()) {
+    step_failure_ = WithContext(
+        committed, absl::StrCat("shard ", s.id, ": install snapshot at index ", md.index()));
+    return false;
+  }
+  ++s.snapshots_installed;
+  if (options_.metrics != nullptr) options_.metrics->OnSnapshotReceived(s.id);
+  return true;
+}
+
 absl::Status Node::Impl::InstallSnapshot(Shard& s, const raftpb::Snapshot& snap) {
   const uint64_t index = snap.metadata().index();
   TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(s.id));
   if (applied >= index) return absl::OkStatus();  // the store is already newer
+  if (IsStagedToken(snap.data()) || IsExportToken(snap.data())) {
+    // CommitStagedSnapshot installs before raft steps the message.
+    return absl::InternalError(
+        absl::StrCat("raft restored a snapshot at ", index, " whose data is not installed"));
+  }
   SnapshotDataReader reader(snap.data());
   TESSERA_RETURN_IF_ERROR(kv_->InstallSnapshot(s.id, index, reader));
   ++s.snapshots_installed;

@@ -15,8 +15,9 @@
 //   5. only then send the other messages, batched per destination node;
 //   6. apply the remaining committed entries, answer; Advance every Ready.
 // Snapshots are produced on demand from the KvStore (ExportSnapshot) when a
-// follower needs compacted entries, and the log of a shard is compacted
-// every snapshot_interval_entries applied entries.
+// follower needs compacted entries (streamed by the transport when
+// NodeOptions::snapshots is set), and the log of a shard is compacted every
+// snapshot_interval_entries applied entries.
 //
 // Thread-safety: all public methods are thread-safe. Callbacks run on the raft
 // loop thread at the end of a cycle (after Status() reflects it) and must not
@@ -47,6 +48,8 @@
 
 namespace tessera::server {
 
+class SnapshotExchange;
+
 // A shard and the nodes holding its replicas (this node among them).
 struct ShardPlacement {
   ShardId shard = 0;
@@ -74,6 +77,12 @@ struct NodeOptions {
   uint64_t max_inflight_bytes_per_follower = 16 << 20;
   // Seeds raft's randomized election timeouts (mixed with the node id).
   uint64_t seed = 0;
+  // Snapshots in flight (snapshot_stream.h), shared with the transport: a
+  // snapshot for a follower is a view pinned there that the transport
+  // streams, and a received one is committed from its staging before raft
+  // steps the MSG_SNAP. nullptr: snapshot data inline in the MSG_SNAP (tests
+  // with LocalNetwork). Not owned; must outlive the Node.
+  SnapshotExchange* snapshots = nullptr;
   // Hooks for metrics (server/node_metrics.h); nullptr = none. Not owned;
   // must outlive the Node.
   NodeMetrics* metrics = nullptr;

@@ -5,14 +5,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/status_macros.h"
+#include "server/raftstore/snapshot_stream.h"
 
 namespace tessera::server {
 
 namespace {
 
 constexpr char kSnapshotFormatV1 = 0x01;
-constexpr char kRecordData = 0x00;
-constexpr char kRecordMeta = 0x01;
 
 // RaftLog reports "past the last index" as kInvalidArgument; raft wants
 // kUnavailable.
@@ -25,41 +24,12 @@ bool SameConf(const raftpb::ConfState& a, const raftpb::ConfState& b) {
   return a.SerializeAsString() == b.SerializeAsString();
 }
 
-void PutVarint(std::string* out, uint64_t v) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
-
-bool GetVarint(absl::string_view* in, uint64_t* v) {
-  uint64_t result = 0;
-  for (int shift = 0; shift <= 63 && !in->empty(); shift += 7) {
-    const auto byte = static_cast<uint8_t>(in->front());
-    in->remove_prefix(1);
-    result |= static_cast<uint64_t>(byte & 0x7f) << shift;
-    if ((byte & 0x80) == 0) {
-      *v = result;
-      return true;
-    }
-  }
-  return false;
-}
-
-bool GetLengthPrefixed(absl::string_view* in, std::string* out) {
-  uint64_t n = 0;
-  if (!GetVarint(in, &n) || n > in->size()) return false;
-  out->assign(in->data(), static_cast<size_t>(n));
-  in->remove_prefix(static_cast<size_t>(n));
-  return true;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RaftStorage>> RaftStorage::Open(ShardId shard, storage::RaftLog* log,
-                                                               storage::KvStore* kv) {
-  std::unique_ptr<RaftStorage> s(new RaftStorage(shard, log, kv));
+                                                               storage::KvStore* kv,
+                                                               SnapshotExchange* exchange) {
+  std::unique_ptr<RaftStorage> s(new RaftStorage(shard, log, kv, exchange));
   TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log->State(shard));
   s->first_index_ = state.first_index;
   s->last_index_ = state.last_index;
@@ -129,7 +99,13 @@ absl::StatusOr<raftpb::Snapshot> RaftStorage::Snapshot() const {
     return absl::UnavailableError("the store moved while exporting; retry");
   }
   raftpb::Snapshot snap;
-  TESSERA_ASSIGN_OR_RETURN(*snap.mutable_data(), EncodeSnapshotData(*exported));
+  if (exchange_ != nullptr) {
+    // Only the pinned view's token: the transport streams the records.
+    TESSERA_ASSIGN_OR_RETURN(*snap.mutable_data(),
+                             exchange_->AddExport(shard_, std::move(exported)));
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(*snap.mutable_data(), EncodeSnapshotData(*exported));
+  }
   raftpb::SnapshotMetadata* meta = snap.mutable_metadata();
   meta->set_index(applied);
   meta->set_term(*term);
@@ -206,11 +182,7 @@ absl::StatusOr<std::string> EncodeSnapshotData(storage::ShardSnapshot& snapshot)
   while (true) {
     TESSERA_ASSIGN_OR_RETURN(bool more, snapshot.Next(&record));
     if (!more) break;
-    out.push_back(record.meta ? kRecordMeta : kRecordData);
-    PutVarint(&out, record.key.size());
-    out.append(record.key);
-    PutVarint(&out, record.value.size());
-    out.append(record.value);
+    AppendSnapshotRecord(record, &out);
   }
   return out;
 }
@@ -224,13 +196,10 @@ absl::StatusOr<bool> SnapshotDataReader::Next(storage::SnapshotRecord* out) {
     header_read_ = true;
   }
   if (data_.empty()) return false;
-  const char kind = data_.front();
-  data_.remove_prefix(1);
-  if (kind != kRecordData && kind != kRecordMeta) {
+  if (data_.front() != 0x00 && data_.front() != 0x01) {
     return absl::DataLossError("snapshot data: bad record kind");
   }
-  out->meta = kind == kRecordMeta;
-  if (!GetLengthPrefixed(&data_, &out->key) || !GetLengthPrefixed(&data_, &out->value)) {
+  if (!ParseSnapshotRecord(&data_, out)) {
     return absl::DataLossError("snapshot data: truncated record");
   }
   return true;

@@ -10,10 +10,13 @@
 // from the RaftLog.
 //
 // Snapshots are made on demand: Snapshot() exports the shard's KvStore at its
-// applied index (see EncodeSnapshotData for the format of Snapshot::data)
-// with the membership as of that index, which the loop reports through
-// AppliedTo()/ConfChanged(). Nothing is stored for a snapshot: a leader that
-// compacted its log answers a lagging follower with a fresh export.
+// applied index with the membership as of that index, which the loop reports
+// through AppliedTo()/ConfChanged(). With a SnapshotExchange the export is
+// only pinned there (O(1) on the loop) and Snapshot::data is its token, which
+// the transport streams (snapshot_stream.h); without one, the records are
+// encoded inline (EncodeSnapshotData; tests). Nothing is stored for a
+// snapshot: a leader that compacted its log answers a lagging follower with a
+// fresh export.
 //
 // Invariant kept for restarts: the ConfState in the RaftLog's snapshot
 // metadata (what InitialState() returns) is the membership as of the log's
@@ -44,12 +47,16 @@
 
 namespace tessera::server {
 
+class SnapshotExchange;
+
 class RaftStorage : public raft::Storage {
  public:
-  // Loads the shard's positions from `log`. Neither pointer is owned; both
-  // must outlive the adapter. Errors: those of RaftLog::State / Term.
+  // Loads the shard's positions from `log`. No pointer is owned; all must
+  // outlive the adapter; `exchange` may be null (inline snapshot data).
+  // Errors: those of RaftLog::State / Term.
   static absl::StatusOr<std::unique_ptr<RaftStorage>> Open(ShardId shard, storage::RaftLog* log,
-                                                           storage::KvStore* kv);
+                                                           storage::KvStore* kv,
+                                                           SnapshotExchange* exchange = nullptr);
 
   // raft::Storage. Error codes follow raft's contract: kOutOfRange for
   // compacted indexes (raft::IsCompacted), kUnavailable beyond LastIndex();
@@ -61,10 +68,12 @@ class RaftStorage : public raft::Storage {
   uint64_t FirstIndex() const override;
   uint64_t LastIndex() const override;
   // Exports the shard's KvStore: metadata {index = applied index, its term,
-  // the ConfState as of it}, data = EncodeSnapshotData. kUnavailable while
+  // the ConfState as of it}, data = the export token of the view pinned in
+  // the exchange (or EncodeSnapshotData without one). kUnavailable while
   // the loop's applied index (AppliedTo) differs from the KvStore's (after a
   // restart, until the replay caught up) or the applied entry's term is not
-  // readable; raft retries later. Other errors: the KvStore's.
+  // readable, or the exchange holds its maximum of exports; raft retries
+  // later. Other errors: the KvStore's.
   absl::StatusOr<raftpb::Snapshot> Snapshot() const override;
 
   // --- Application side (the raft loop) ---
@@ -88,13 +97,15 @@ class RaftStorage : public raft::Storage {
   absl::Status Compact(uint64_t index);
 
  private:
-  RaftStorage(ShardId shard, storage::RaftLog* log, storage::KvStore* kv)
-      : shard_(shard), log_(log), kv_(kv) {}
+  RaftStorage(ShardId shard, storage::RaftLog* log, storage::KvStore* kv,
+              SnapshotExchange* exchange)
+      : shard_(shard), log_(log), kv_(kv), exchange_(exchange) {}
   raftpb::ConfState ConfStateAt(uint64_t index) const;
 
   const ShardId shard_;
   storage::RaftLog* const log_;
   storage::KvStore* const kv_;
+  SnapshotExchange* const exchange_;
 
   // Cached positions, equal to the RaftLog's after every Saved()/Compact().
   uint64_t first_index_ = 1;
@@ -113,7 +124,8 @@ class RaftStorage : public raft::Storage {
 //   byte 0x01 (format version), then per record:
 //   byte kind (0x00 user data, 0x01 meta), varint key length, key,
 //   varint value length, value.
-// Varints are LEB128 (protobuf's). Part of the wire format between nodes.
+// Varints are LEB128 (protobuf's). Used where no SnapshotExchange streams
+// the records (snapshot_stream.h has the streamed format).
 absl::StatusOr<std::string> EncodeSnapshotData(storage::ShardSnapshot& snapshot);
 
 // Reads the records of EncodeSnapshotData's output, for

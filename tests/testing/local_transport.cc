@@ -1,6 +1,9 @@
 #include "tests/testing/local_transport.h"
 
 #include <algorithm>
+#include <limits>
+#include <memory>
+#include <string>
 
 namespace tessera::server {
 
@@ -40,6 +43,54 @@ void LocalNetwork::Unregister(NodeId id) {
 
 std::unique_ptr<Transport> LocalNetwork::TransportFor(NodeId from) {
   return std::make_unique<LocalTransport>(this, from);
+}
+
+void LocalNetwork::SetSnapshotExchange(NodeId id, SnapshotExchange* exchange) {
+  absl::MutexLock lock(&mu_);
+  if (exchange == nullptr) {
+    exchanges_.erase(id);
+  } else {
+    exchanges_[id] = exchange;
+  }
+}
+
+void LocalNetwork::set_snapshot_chunk_bytes(uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  snapshot_chunk_bytes_ = bytes;
+}
+
+uint64_t LocalNetwork::snapshot_chunks() const {
+  absl::MutexLock lock(&mu_);
+  return snapshot_chunks_;
+}
+
+uint64_t LocalNetwork::failed_snapshots() const {
+  absl::MutexLock lock(&mu_);
+  return failed_snapshots_;
+}
+
+bool LocalNetwork::StreamSnapshot(SnapshotExchange* from, SnapshotExchange* to,
+                                  uint64_t chunk_bytes, ShardMessage& m) {
+  absl::StatusOr<std::unique_ptr<SnapshotChunker>> chunker =
+      SnapshotChunker::Open(from, m.message.mutable_snapshot());
+  if (!chunker.ok()) return false;
+  SnapshotAssembler assembler(to, std::numeric_limits<uint64_t>::max());
+  if (!assembler.Begin(m.shard, m.message).ok()) return false;
+  std::string chunk;
+  uint64_t chunks = 0;
+  while (true) {
+    absl::StatusOr<bool> more = (*chunker)->Next(chunk_bytes, &chunk);
+    if (!more.ok()) return false;
+    if (!*more) break;
+    if (!assembler.Add(chunk).ok()) return false;
+    ++chunks;
+  }
+  absl::StatusOr<raftpb::Message> done = assembler.Finish((*chunker)->records());
+  if (!done.ok()) return false;
+  m.message = *std::move(done);
+  absl::MutexLock lock(&mu_);
+  snapshot_chunks_ += chunks;
+  return true;
 }
 
 void LocalNetwork::Partition(NodeId a, NodeId b) {
@@ -83,6 +134,9 @@ void LocalNetwork::Run() {
   while (true) {
     Envelope env;
     MessageHandler handler;
+    SnapshotExchange* from_exchange = nullptr;
+    SnapshotExchange* to_exchange = nullptr;
+    uint64_t chunk_bytes = 0;
     {
       absl::MutexLock lock(&mu_);
       delivering_to_ = 0;
@@ -99,6 +153,20 @@ void LocalNetwork::Run() {
       ++delivered_;
       handler = it->second;  // a copy: Unregister may erase the original
       delivering_to_ = env.to;
+      auto from = exchanges_.find(env.from);
+      auto to = exchanges_.find(env.to);
+      from_exchange = from == exchanges_.end() ? nullptr : from->second;
+      to_exchange = to == exchanges_.end() ? nullptr : to->second;
+      chunk_bytes = snapshot_chunk_bytes_;
+    }
+    if (from_exchange != nullptr) {
+      std::erase_if(env.messages, [&](ShardMessage& m) {
+        if (m.message.type() != raftpb::MSG_SNAP) return false;
+        if (StreamSnapshot(from_exchange, to_exchange, chunk_bytes, m)) return false;
+        absl::MutexLock lock(&mu_);
+        ++failed_snapshots_;
+        return true;
+      });
     }
     handler(env.from, std::move(env.messages));
   }

@@ -8,6 +8,12 @@
 // from inside Send(). Filters are checked at delivery time, so a partition
 // also drops what was queued before it.
 //
+// Snapshots: a node whose Node streams snapshots (NodeOptions::snapshots)
+// registers its SnapshotExchange with SetSnapshotExchange(); a MSG_SNAP
+// carrying an export token is then streamed at delivery time as GrpcTransport
+// does (SnapshotChunker -> chunks of snapshot_chunk_bytes -> SnapshotAssembler
+// into the receiver's exchange), so the receiver gets a staged token.
+//
 // Thread-safe. The LocalNetwork must outlive every Transport it hands out;
 // unregister a node before destroying whatever its handler refers to.
 #ifndef TESSERA_TESTS_TESTING_LOCAL_TRANSPORT_H_
@@ -24,6 +30,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "server/raftstore/snapshot_stream.h"
 #include "server/raftstore/transport.h"
 
 namespace tessera::server {
@@ -40,6 +47,13 @@ class LocalNetwork {
   // Messages to `id` are dropped from now on. When it returns, the handler is
   // not running and will not be called again.
   void Unregister(NodeId id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Snapshots from and to `id` go through `exchange` (not owned; nullptr
+  // removes it).
+  void SetSnapshotExchange(NodeId id, SnapshotExchange* exchange) ABSL_LOCKS_EXCLUDED(mu_);
+  void set_snapshot_chunk_bytes(uint64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
+  // Chunks streamed, and snapshots dropped because streaming failed.
+  uint64_t snapshot_chunks() const ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t failed_snapshots() const ABSL_LOCKS_EXCLUDED(mu_);
   // A Transport sending as node `from`.
   std::unique_ptr<Transport> TransportFor(NodeId from);
 
@@ -64,10 +78,17 @@ class LocalNetwork {
   void Send(NodeId from, NodeId to, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
   void Run() ABSL_LOCKS_EXCLUDED(mu_);
   bool Blocked(NodeId from, NodeId to) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Streams a MSG_SNAP's export from `from` to `to`; false if it failed.
+  bool StreamSnapshot(SnapshotExchange* from, SnapshotExchange* to, uint64_t chunk_bytes,
+                      ShardMessage& m) ABSL_LOCKS_EXCLUDED(mu_);
 
   mutable absl::Mutex mu_;
   std::deque<Envelope> queue_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<NodeId, MessageHandler> handlers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<NodeId, SnapshotExchange*> exchanges_ ABSL_GUARDED_BY(mu_);
+  uint64_t snapshot_chunk_bytes_ ABSL_GUARDED_BY(mu_) = 1 << 20;
+  uint64_t snapshot_chunks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t failed_snapshots_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<std::pair<NodeId, NodeId>> cut_ ABSL_GUARDED_BY(mu_);  // (min, max)
   std::set<NodeId> isolated_ ABSL_GUARDED_BY(mu_);
   NodeId delivering_to_ ABSL_GUARDED_BY(mu_) = 0;  // 0 = none

@@ -112,6 +112,9 @@ struct Options {
   bool balance_leaders = false;  // tests that place leaders themselves
   uint64_t snapshot_interval_entries = 10000;
   absl::Duration max_loop_stall = absl::ZeroDuration();
+  // Each node gets a SnapshotExchange: snapshots are streamed in chunks by
+  // the LocalNetwork and committed from a staging.
+  bool streamed_snapshots = false;
 };
 
 class Cluster {
@@ -154,6 +157,11 @@ class Cluster {
     no.snapshot_interval_entries = o_.snapshot_interval_entries;
     no.seed = 42;
     no.max_loop_stall = o_.max_loop_stall;
+    if (o_.streamed_snapshots) {
+      m.exchange = std::make_unique<SnapshotExchange>(&m.engine->kv_store());
+      no.snapshots = m.exchange.get();
+      net_.SetSnapshotExchange(id, m.exchange.get());
+    }
     m.fatal = std::make_unique<Fatal>();
     no.on_fatal = [f = m.fatal.get()](const absl::Status& s) {
       f->status = s;
@@ -172,7 +180,9 @@ class Cluster {
   void Down(NodeId id) {
     Member& m = members_.at(id);
     net_.Unregister(id);
+    net_.SetSnapshotExchange(id, nullptr);
     m.node.reset();
+    m.exchange.reset();
     m.applier.reset();
     m.engine.reset();
   }
@@ -188,6 +198,7 @@ class Cluster {
     return f.status;
   }
   storage::Engine& engine(NodeId id) { return *members_.at(id).engine; }
+  SnapshotExchange& exchange(NodeId id) { return *members_.at(id).exchange; }
   LocalNetwork& net() { return net_; }
   bool up(NodeId id) const { return members_.at(id).node != nullptr; }
 
@@ -296,6 +307,7 @@ class Cluster {
     std::unique_ptr<Fatal> fatal;
     std::unique_ptr<storage::Engine> engine;
     std::unique_ptr<PutApplier> applier;
+    std::unique_ptr<SnapshotExchange> exchange;
     std::unique_ptr<Transport> transport;
     std::unique_ptr<Node> node;
   };
@@ -577,6 +589,54 @@ TEST(Node, FollowerBehindCompactedLogGetsSnapshot) {
   c.Down(lagging);
   ASSERT_THAT(c.Up(lagging), IsOk());
   EXPECT_EQ(c.Get(lagging, 1, "k0"), "v0");
+  ASSERT_THAT(c.PutOnLeader(1, "after", "restart"), IsOk());
+  EXPECT_TRUE(c.WaitForValue(lagging, 1, "after", "restart"));
+}
+
+// Issue 13 item 4: the leader pins an export and the transport streams it in
+// many small chunks into the follower's staging; the follower's loop commits
+// it before raft steps the MSG_SNAP.
+TEST(Node, LaggingFollowerCaughtUpByStreamedSnapshotInManyChunks) {
+  Cluster c({.shards = 2, .snapshot_interval_entries = 8, .streamed_snapshots = true});
+  c.net().set_snapshot_chunk_bytes(64);
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId lagging = OtherThan(leader);
+  c.net().Isolate(lagging);
+  const std::string value(100, 'v');
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_THAT(c.PutOnLeader(1, absl::StrCat("k", i), absl::StrCat(value, i)), IsOk());
+  }
+  const uint64_t lagging_last = c.StatusOf(lagging, 1)->last_index;
+  for (NodeId id = 1; id <= 3; ++id) {
+    if (id == lagging) continue;
+    EXPECT_TRUE(WaitFor([&] {
+      absl::StatusOr<storage::LogState> st = c.engine(id).raft_log().State(1);
+      return st.ok() && st->first_index > lagging_last + 1;
+    })) << "node "
+        << id;
+  }
+  c.net().Heal();
+  for (int i = 0; i < 200; ++i) {
+    EXPECT_TRUE(c.WaitForValue(lagging, 1, absl::StrCat("k", i), absl::StrCat(value, i))) << i;
+  }
+  EXPECT_TRUE(WaitFor([&] { return c.StatusOf(lagging, 1)->snapshots_installed >= 1; }));
+  // ~22 KB of records, one ~110-byte record per chunk.
+  EXPECT_GE(c.net().snapshot_chunks(), 200u);
+  EXPECT_EQ(c.net().failed_snapshots(), 0u);
+  // Nothing stays pinned or staged.
+  EXPECT_TRUE(WaitFor([&] {
+    for (NodeId id = 1; id <= 3; ++id) {
+      if (c.exchange(id).exports() != 0 || c.exchange(id).staged() != 0) return false;
+    }
+    return true;
+  }));
+  ASSERT_THAT(c.PutOnLeader(1, "after", "snapshot"), IsOk());
+  EXPECT_TRUE(c.WaitForValue(lagging, 1, "after", "snapshot"));
+  c.Down(lagging);
+  ASSERT_THAT(c.Up(lagging), IsOk());
+  EXPECT_EQ(c.Get(lagging, 1, "k0"), absl::StrCat(value, 0));
   ASSERT_THAT(c.PutOnLeader(1, "after", "restart"), IsOk());
   EXPECT_TRUE(c.WaitForValue(lagging, 1, "after", "restart"));
 }
