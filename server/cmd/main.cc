@@ -69,6 +69,7 @@
 #include "server/observability/metrics.h"
 #include "server/raftstore/log_prefix.h"
 #include "server/raftstore/node.h"
+#include "server/raftstore/snapshot_stream.h"
 #include "server/security/data_dir_identity.h"
 #include "server/security/peer_registry.h"
 #include "server/security/peer_tls.h"
@@ -463,17 +464,6 @@ absl::Status CheckNotReplaced(const Config& config, uint64_t incarnation,
   return absl::OkStatus();
 }
 
-// Empties (creates) the directory where inbound snapshots are spooled.
-absl::StatusOr<std::string> PrepareSnapshotSpool(const std::string& data_dir) {
-  const std::string dir = absl::StrCat(data_dir, "/snapshots-incoming");
-  std::error_code error;
-  std::filesystem::remove_all(dir, error);
-  if (!std::filesystem::create_directories(dir, error) || error) {
-    return absl::UnavailableError(absl::StrCat("cannot create ", dir, ": ", error.message()));
-  }
-  return dir;
-}
-
 // Set by the MetaGroup or the transport (then SIGUSR1 wakes the main
 // thread): why this node refuses to serve.
 absl::Mutex refusal_mu;
@@ -580,12 +570,6 @@ int Run(const Config& config, const sigset_t& signals) {
     spdlog::error("refusing to start: {}", std::string(registry.status().message()));
     return 2;
   }
-  absl::StatusOr<std::string> spool = PrepareSnapshotSpool(config.data_dir);
-  if (!spool.ok()) {
-    spdlog::error("{}", std::string(spool.status().message()));
-    return 1;
-  }
-
   spdlog::info(
       "file limit {}: storage keeps at most {} files open, {} are reserved, ports take at most "
       "{} client and {} peer connections",
@@ -609,6 +593,10 @@ int Run(const Config& config, const sigset_t& signals) {
   metrics.SetEngine(engine->get());
 
   StateMachine state_machine(&(*engine)->kv_store(), StateMachineOptions{});
+  // Snapshots in flight: exports the transport streams to followers, and
+  // received snapshots staged for the raft loop to commit (shared by the
+  // Node, the transport and the peer service, which all go before it).
+  SnapshotExchange snapshots(&(*engine)->kv_store());
   // A map already stored in this node's metadata replica is checked before
   // any shard replica is created or joins its group.
   if (hosts_meta) {
@@ -625,6 +613,7 @@ int Run(const Config& config, const sigset_t& signals) {
   GrpcTransportOptions transport_options;
   transport_options.self = config.node_id;
   transport_options.incarnation = identity->incarnation;
+  transport_options.snapshots = &snapshots;
   transport_options.credentials = &*peer_credentials;
   transport_options.on_refused = [](NodeId to, const absl::Status& why) {
     if (why.code() == absl::StatusCode::kFailedPrecondition) {
@@ -665,7 +654,7 @@ int Run(const Config& config, const sigset_t& signals) {
       .max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots)),
       .max_snapshot_bytes = absl::GetFlag(FLAGS_max_snapshot_bytes),
       .snapshot_idle_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_snapshot_idle_timeout_ms)),
-      .spool_dir = *spool,
+      .snapshots = &snapshots,
       .on_refused = [hooks = metrics.node_metrics()](const char* reason) {
         hooks->OnPeerMessageRefused(reason);
       }};
@@ -712,6 +701,7 @@ int Run(const Config& config, const sigset_t& signals) {
   node_options.election_ticks = static_cast<int>(absl::GetFlag(FLAGS_election_ticks));
   node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
   node_options.metrics = metrics.node_metrics();
+  node_options.snapshots = &snapshots;
   // Raft holds no more uncommitted bytes per shard than the node admits.
   if (absl::GetFlag(FLAGS_max_inflight_bytes) != 0) {
     node_options.max_uncommitted_bytes_per_shard = absl::GetFlag(FLAGS_max_inflight_bytes);

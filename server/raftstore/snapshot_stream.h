@@ -154,8 +154,6 @@ class SnapshotChunker {
   std::unique_ptr<storage::ShardSnapshot> view_;
   std::string inline_data_;
   std::unique_ptr<storage::SnapshotReader> reader_;
-  storage::SnapshotRecord pending_;
-  bool has_pending_ = false;
   uint64_t records_ = 0;
 };
 

@@ -1,13 +1,13 @@
 #include "server/transport/grpc_transport.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <deque>
-#include <fstream>
 #include <thread>
 #include <utility>
 
+#include "absl/base/internal/raw_logging.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -16,6 +16,11 @@
 #include "grpcpp/support/channel_arguments.h"
 
 namespace tessera::server {
+
+namespace {
+// SnapshotChunk.format: chunks of whole records (raftstore/snapshot_stream.h).
+constexpr uint32_t kSnapshotChunkFormat = 2;
+}  // namespace
 
 // ---- Sending side ----
 
@@ -61,9 +66,23 @@ class GrpcTransport::PeerSender {
         regular.push_back(std::move(m));
       }
     }
-    absl::MutexLock lock(&mu_);
+    std::vector<ShardMessage> dropped;  // snapshots that will not be sent
+    {
+      absl::MutexLock lock(&mu_);
+      EnqueueLocked(regular, bytes, snapshots, &dropped);
+    }
+    for (ShardMessage& snap : dropped) {
+      DropSnapshot(snap);
+      if (options_.on_snapshot_sent) options_.on_snapshot_sent(to_, snap.shard, false);
+    }
+  }
+
+  void EnqueueLocked(std::vector<ShardMessage>& regular, uint64_t bytes,
+                     std::vector<ShardMessage>& snapshots, std::vector<ShardMessage>* dropped)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (stopping_) {
-      stats_.dropped_messages += messages.size();
+      stats_.dropped_messages += regular.size() + snapshots.size();
+      for (ShardMessage& snap : snapshots) DropSnapshot(snap);
       return;
     }
     if (!regular.empty()) {
@@ -78,6 +97,8 @@ class GrpcTransport::PeerSender {
       snapshots_.push_back(std::move(snap));
       while (snapshots_.size() > std::max<size_t>(options_.max_queued_snapshots, 1)) {
         ++stats_.dropped_messages;
+        ++stats_.snapshots_failed;
+        dropped->push_back(std::move(snapshots_.front()));
         snapshots_.pop_front();
       }
     }
@@ -92,6 +113,7 @@ class GrpcTransport::PeerSender {
         if (snapshot_context_ != nullptr) snapshot_context_->TryCancel();
         while (!queue_.empty()) DropOldestLocked();
         stats_.dropped_messages += snapshots_.size();
+        for (ShardMessage& snap : snapshots_) DropSnapshot(snap);
         snapshots_.clear();
       }
     }
@@ -109,6 +131,13 @@ class GrpcTransport::PeerSender {
     std::vector<ShardMessage> messages;
     uint64_t bytes = 0;
   };
+
+  // Releases the export a MSG_SNAP that will not be sent pins (no I/O: a
+  // RocksDB snapshot released).
+  void DropSnapshot(const ShardMessage& snap) {
+    if (options_.snapshots != nullptr)
+      options_.snapshots->DropExport(snap.message.snapshot().data());
+  }
 
   void DropOldestLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     stats_.dropped_messages += queue_.front().messages.size();
@@ -252,7 +281,20 @@ class GrpcTransport::PeerSender {
     }
   }
 
+  // Streams one snapshot: the MSG_SNAP's metadata first, then its records
+  // read from the pinned export, one chunk of at most about
+  // snapshot_chunk_bytes per Write (a blocking Write returns once gRPC's flow
+  // control takes the chunk: one chunk in flight), then a last chunk with the
+  // record count. True once the receiver acknowledged it.
   bool SendSnapshot(ShardMessage snap) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::StatusOr<std::unique_ptr<SnapshotChunker>> chunker =
+        SnapshotChunker::Open(options_.snapshots, snap.message.mutable_snapshot());
+    if (!chunker.ok()) {
+      ABSL_RAW_LOG(WARNING, "snapshot of shard %llu for node %llu not sent: %s",
+                   static_cast<unsigned long long>(snap.shard),
+                   static_cast<unsigned long long>(to_), chunker.status().ToString().c_str());
+      return false;
+    }
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.snapshot_timeout));
     {
@@ -263,8 +305,6 @@ class GrpcTransport::PeerSender {
     peerpb::SnapshotAck ack;
     std::unique_ptr<grpc::ClientWriter<peerpb::SnapshotChunk>> writer =
         stub_->Snapshot(&context, &ack);
-    std::string data = std::move(*snap.message.mutable_snapshot()->mutable_data());
-    snap.message.mutable_snapshot()->clear_data();
     const uint64_t chunk_bytes = std::max<uint64_t>(options_.snapshot_chunk_bytes, 1);
 
     peerpb::SnapshotChunk chunk;
@@ -272,24 +312,44 @@ class GrpcTransport::PeerSender {
     chunk.set_to_node(to_);
     chunk.set_shard(snap.shard);
     chunk.set_incarnation(options_.incarnation);
+    chunk.set_format(kSnapshotChunkFormat);
     *chunk.mutable_message() = std::move(snap.message);
-    chunk.set_last(data.empty());
     bool ok = writer->Write(chunk);
     chunk.clear_message();
-    for (uint64_t offset = 0; ok && offset < data.size(); offset += chunk_bytes) {
-      uint64_t n = std::min<uint64_t>(chunk_bytes, data.size() - offset);
-      chunk.set_data(data.data() + offset, n);
-      chunk.set_last(offset + n == data.size());
+    chunk.clear_format();
+    uint64_t seq = 1;
+    std::string data;
+    bool local_error = false;
+    while (ok) {
+      absl::StatusOr<bool> more = (*chunker)->Next(chunk_bytes, &data);
+      if (!more.ok()) {
+        ABSL_RAW_LOG(WARNING, "snapshot of shard %llu for node %llu: %s",
+                     static_cast<unsigned long long>(snap.shard),
+                     static_cast<unsigned long long>(to_), more.status().ToString().c_str());
+        local_error = true;
+        break;
+      }
+      if (!*more) break;
+      chunk.set_seq(seq++);
+      chunk.set_data(std::move(data));
       ok = writer->Write(chunk);
+      data = std::move(*chunk.mutable_data());  // reuse the buffer
     }
-    if (ok) ok = writer->WritesDone();
+    if (ok && !local_error) {
+      chunk.clear_data();
+      chunk.set_seq(seq);
+      chunk.set_last(true);
+      chunk.set_records((*chunker)->records());
+      ok = writer->Write(chunk) && writer->WritesDone();
+    }
+    if (local_error) context.TryCancel();  // the receiver drops what it staged
     grpc::Status status = writer->Finish();
     ReportRefusal(status);
     {
       absl::MutexLock lock(&mu_);
       snapshot_context_ = nullptr;
     }
-    return ok && status.ok();
+    return ok && !local_error && status.ok();
   }
 
   const GrpcTransportOptions& options_;
@@ -395,84 +455,30 @@ class PeerService::StreamReactor final : public grpc::ServerReadReactor<peerpb::
   peerpb::MessageBatch batch_;
 };
 
-// Reassembles one snapshot from its chunks (spooled to a file when the
-// service has a spool directory), then hands it to the handler. Registered
-// with the service while it runs (concurrency bound, idle cut).
+// Receives one snapshot: checks each chunk and has the service's snapshot
+// worker write its records to a staging (SnapshotAssembler), then asks for
+// the next chunk, so one chunk is in flight and no disk I/O happens on a gRPC
+// thread. After the last chunk the staged snapshot is handed to the handler
+// with a staged token as its data. Registered with the service while it runs
+// (concurrency bound, idle cut).
 class PeerService::SnapshotReactor final : public grpc::ServerReadReactor<peerpb::SnapshotChunk> {
  public:
   SnapshotReactor(PeerService* service, NodeId certified)
-      : service_(service), certified_(certified) {}
+      : service_(service),
+        certified_(certified),
+        assembler_(service->options_.snapshots, service->options_.max_snapshot_bytes) {}
 
   // Called once registered.
   void Begin() { StartRead(&chunk_); }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      End(grpc::Status(grpc::StatusCode::ABORTED, "snapshot stream ended before its last chunk"));
+      Finish(
+          grpc::Status(grpc::StatusCode::ABORTED, "snapshot stream ended before its last chunk"));
       return;
     }
     Touch();
-    if (first_) {
-      first_ = false;
-      grpc::Status admitted =
-          service_->Admit(certified_, chunk_.from_node(), chunk_.to_node(), chunk_.incarnation());
-      if (!admitted.ok()) {
-        End(admitted);
-        return;
-      }
-      if (!chunk_.has_message() || chunk_.message().type() != raftpb::MSG_SNAP) {
-        service_->Refused("bad_snapshot_header");
-        End(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                         "the first snapshot chunk carries no MSG_SNAP"));
-        return;
-      }
-      from_ = chunk_.from_node();
-      shard_ = chunk_.shard();
-      message_ = std::move(*chunk_.mutable_message());
-      if (!service_->options_.spool_dir.empty()) {
-        spool_path_ = absl::StrCat(service_->options_.spool_dir, "/snapshot-", from_, "-", shard_,
-                                   "-", reinterpret_cast<uintptr_t>(this), ".part");
-        spool_.open(spool_path_, std::ios::binary | std::ios::trunc);
-        if (!spool_) {
-          End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                           absl::StrCat("cannot spool the snapshot to ", spool_path_)));
-          return;
-        }
-      }
-    }
-    if (bytes_ + chunk_.data().size() > service_->options_.max_snapshot_bytes) {
-      service_->Refused("snapshot_too_large");
-      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       absl::StrCat("snapshot exceeds ", service_->options_.max_snapshot_bytes,
-                                    " bytes (--max-snapshot-bytes)")));
-      return;
-    }
-    bytes_ += chunk_.data().size();
-    if (spool_.is_open()) {
-      spool_.write(chunk_.data().data(), static_cast<std::streamsize>(chunk_.data().size()));
-    } else {
-      data_.append(chunk_.data());
-    }
-    if (chunk_.last()) {
-      if (spool_.is_open()) {
-        spool_.close();
-        std::ifstream in(spool_path_, std::ios::binary);
-        data_.resize(bytes_);
-        if (!spool_ || !in || !in.read(data_.data(), static_cast<std::streamsize>(bytes_))) {
-          End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                           absl::StrCat("cannot read back the spooled snapshot ", spool_path_)));
-          return;
-        }
-      }
-      *message_.mutable_snapshot()->mutable_data() = std::move(data_);
-      std::vector<ShardMessage> messages;
-      messages.push_back({.shard = shard_, .message = std::move(message_)});
-      service_->handler_(from_, std::move(messages));
-      End(grpc::Status::OK);
-      return;
-    }
-    chunk_.Clear();
-    StartRead(&chunk_);
+    service_->RunOnSnapshotWorker([this] { Process(); });
   }
 
   void OnDone() override {
@@ -480,40 +486,132 @@ class PeerService::SnapshotReactor final : public grpc::ServerReadReactor<peerpb
       absl::MutexLock lock(&service_->mu_);
       service_->snapshots_.erase(this);
     }
-    delete this;
+    delete this;  // an unfinished staging goes with the assembler
   }
 
-  // The watchdog's view: when a chunk last arrived.
+  // The watchdog's view: when a chunk last arrived or was written.
   absl::Time last_activity() const { return absl::FromUnixNanos(last_activity_ns_.load()); }
 
  private:
   void Touch() { last_activity_ns_.store(absl::ToUnixNanos(absl::Now())); }
 
-  void End(const grpc::Status& status) {
-    if (spool_.is_open()) spool_.close();
-    if (!spool_path_.empty()) std::remove(spool_path_.c_str());
-    data_.clear();
-    data_.shrink_to_fit();
-    Finish(status);
+  // On the snapshot worker thread.
+  void Process() {
+    grpc::Status status = Handle();
+    Touch();
+    if (!status.ok() || done_) {
+      Finish(status);
+      return;
+    }
+    chunk_.Clear();
+    StartRead(&chunk_);
+  }
+
+  // A refusal: counted, and the call ends with `code`.
+  grpc::Status Refuse(const char* reason, grpc::StatusCode code, absl::string_view message) {
+    service_->Refused(reason);
+    return grpc::Status(code, std::string(message));
+  }
+  // A failure of this node (its storage) rather than of the input.
+  static grpc::Status Local(const absl::Status& s) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
+  }
+
+  grpc::Status Handle() {
+    if (chunk_.seq() != next_seq_) {
+      return Refuse(
+          "snapshot_out_of_order", grpc::StatusCode::INVALID_ARGUMENT,
+          absl::StrCat("snapshot chunk ", chunk_.seq(), " arrived, expected ", next_seq_));
+    }
+    ++next_seq_;
+    if (next_seq_ == 1) {
+      grpc::Status admitted =
+          service_->Admit(certified_, chunk_.from_node(), chunk_.to_node(), chunk_.incarnation());
+      if (!admitted.ok()) return admitted;
+      if (chunk_.format() != kSnapshotChunkFormat) {
+        return Refuse("bad_snapshot_header", grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat("snapshot chunk format ", chunk_.format(), ", expected ",
+                                   kSnapshotChunkFormat));
+      }
+      from_ = chunk_.from_node();
+      shard_ = chunk_.shard();
+      absl::Status begun = assembler_.Begin(shard_, std::move(*chunk_.mutable_message()));
+      if (begun.code() == absl::StatusCode::kInvalidArgument) {
+        return Refuse("bad_snapshot_header", grpc::StatusCode::INVALID_ARGUMENT, begun.message());
+      }
+      if (!begun.ok()) return Local(begun);
+    } else if (chunk_.has_message()) {
+      return Refuse("bad_snapshot_header", grpc::StatusCode::INVALID_ARGUMENT,
+                    "only the first snapshot chunk carries the message");
+    }
+    if (!chunk_.data().empty()) {
+      absl::Status added = assembler_.Add(chunk_.data());
+      if (added.code() == absl::StatusCode::kResourceExhausted && !IsDiskFull(added)) {
+        return Refuse("snapshot_too_large", grpc::StatusCode::RESOURCE_EXHAUSTED, added.message());
+      }
+      if (added.code() == absl::StatusCode::kInvalidArgument) {
+        return Refuse("bad_snapshot_data", grpc::StatusCode::INVALID_ARGUMENT, added.message());
+      }
+      if (!added.ok()) return Local(added);
+    }
+    if (!chunk_.last()) return grpc::Status::OK;
+    absl::StatusOr<raftpb::Message> message = assembler_.Finish(chunk_.records());
+    if (message.status().code() == absl::StatusCode::kInvalidArgument) {
+      return Refuse("bad_snapshot_data", grpc::StatusCode::INVALID_ARGUMENT,
+                    message.status().message());
+    }
+    if (!message.ok()) return Local(message.status());
+    std::vector<ShardMessage> messages;
+    messages.push_back({.shard = shard_, .message = *std::move(message)});
+    service_->handler_(from_, std::move(messages));
+    done_ = true;
+    return grpc::Status::OK;
+  }
+
+  // storage/disk_space.h names a full disk this way; it is this node's
+  // problem, not the sender's input.
+  static bool IsDiskFull(const absl::Status& s) {
+    return absl::StrContains(s.message(), "no space left");
   }
 
   PeerService* const service_;
   const NodeId certified_;
   std::atomic<int64_t> last_activity_ns_{absl::ToUnixNanos(absl::Now())};
   peerpb::SnapshotChunk chunk_;
-  bool first_ = true;
+  uint64_t next_seq_ = 0;
   NodeId from_ = 0;
   ShardId shard_ = 0;
-  raftpb::Message message_;
-  uint64_t bytes_ = 0;
-  std::string spool_path_;
-  std::ofstream spool_;
-  std::string data_;
+  SnapshotAssembler assembler_;
+  bool done_ = false;
 };
 
 PeerService::PeerService(PeerServiceOptions options, MessageHandler handler)
     : options_(std::move(options)), handler_(std::move(handler)) {
   watchdog_ = std::thread([this] { RunWatchdog(); });
+  worker_ = std::thread([this] { RunSnapshotWorker(); });
+}
+
+void PeerService::RunOnSnapshotWorker(std::function<void()> job) {
+  absl::MutexLock lock(&work_mu_);
+  jobs_.push_back(std::move(job));
+}
+
+// Runs the reactors' chunk jobs in order; drains them before exiting.
+void PeerService::RunSnapshotWorker() {
+  while (true) {
+    std::function<void()> job;
+    {
+      absl::MutexLock lock(&work_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(work_mu_) {
+        return worker_stopping_ || !jobs_.empty();
+      };
+      work_mu_.Await(absl::Condition(&ready));
+      if (jobs_.empty()) return;  // stopping
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    job();
+  }
 }
 
 PeerService::PeerService(NodeId self, MessageHandler handler)
@@ -526,6 +624,11 @@ PeerService::~PeerService() {
     stopping_ = true;
   }
   watchdog_.join();
+  {
+    absl::MutexLock lock(&work_mu_);
+    worker_stopping_ = true;
+  }
+  worker_.join();
 }
 
 void PeerService::Refused(const char* reason) const {

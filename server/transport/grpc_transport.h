@@ -6,10 +6,15 @@
 // ready cycle for one destination; Send() only queues them. Per destination
 // node, one sender thread drains the queue into one long-lived client stream
 // (Peer.Stream), coalescing queued batches up to max_batch_bytes, and one
-// snapshot thread sends MSG_SNAP messages through Peer.Snapshot in chunks of
-// snapshot_chunk_bytes (so a large snapshot neither blocks heartbeats nor
-// exceeds message size limits). On the receiving node, PeerService hands each
-// arriving batch (and each reassembled snapshot) to the MessageHandler.
+// snapshot thread streams each MSG_SNAP through Peer.Snapshot: its metadata,
+// then the records of the export its token names in the SnapshotExchange
+// (server/raftstore/snapshot_stream.h), in chunks of about
+// snapshot_chunk_bytes, one blocking write at a time (so a large snapshot
+// neither blocks heartbeats, nor is held in memory, nor exceeds message size
+// limits). On the receiving node, PeerService hands each arriving batch to
+// the MessageHandler; a snapshot's chunks are checked and staged on disk by
+// its snapshot worker thread, and the MSG_SNAP is handed over with a staged
+// token once the staging is durable.
 //
 // Loss: raft tolerates loss, so queues are bounded and never block the
 // caller. When a destination's queue holds max_queued_batches or
@@ -28,6 +33,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -39,6 +45,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/raftstore/snapshot_stream.h"
 #include "server/raftstore/transport.h"
 #include "server/security/peer_registry.h"
 #include "server/security/peer_tls.h"
@@ -62,7 +69,11 @@ struct GrpcTransportOptions {
   // One MessageBatch on the wire carries at most about this many bytes
   // (always at least one queued batch).
   uint64_t max_batch_bytes = 4ull << 20;
-  // Snapshot data is sent in chunks of this size.
+  // Where the exports named by MSG_SNAP tokens are pinned (the node's
+  // exchange, shared with its Node). Not owned; must outlive the transport.
+  // nullptr: only MSG_SNAPs with inline data can be sent.
+  SnapshotExchange* snapshots = nullptr;
+  // Snapshot records are sent in chunks of about this size.
   uint64_t snapshot_chunk_bytes = 1ull << 20;
   // Snapshots waiting per destination; more drop the oldest.
   size_t max_queued_snapshots = 2;
@@ -129,9 +140,11 @@ struct PeerServiceOptions {
   int max_inbound_snapshots = 2;
   uint64_t max_snapshot_bytes = 1ull << 30;
   absl::Duration snapshot_idle_timeout = absl::Seconds(30);
-  // Where snapshot data is spooled while it arrives (a file per stream,
-  // removed afterwards); empty: in memory.
-  std::string spool_dir;
+  // Where received snapshots are staged (the node's exchange, shared with
+  // its Node: KvStore::StageSnapshot, committed by the raft loop). Not owned;
+  // must outlive the service. nullptr: reassembled in memory as inline data
+  // (tests of the transport alone).
+  SnapshotExchange* snapshots = nullptr;
   // Counts refused input by reason (a short fixed string; optional, thread-safe).
   std::function<void(const char* reason)> on_refused;
 };
@@ -170,6 +183,9 @@ class PeerService final : public peerpb::Peer::CallbackService {
   grpc::Status Admit(NodeId certified, NodeId from, NodeId to, uint64_t incarnation) const;
   void Refused(const char* reason) const;
   void RunWatchdog() ABSL_LOCKS_EXCLUDED(mu_);
+  // Queues a snapshot reactor's job (writing a chunk) for the worker thread.
+  void RunOnSnapshotWorker(std::function<void()> job) ABSL_LOCKS_EXCLUDED(work_mu_);
+  void RunSnapshotWorker() ABSL_LOCKS_EXCLUDED(work_mu_);
   bool Stopping() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; }
 
   const PeerServiceOptions options_;
@@ -183,6 +199,12 @@ class PeerService final : public peerpb::Peer::CallbackService {
   absl::flat_hash_map<SnapshotReactor*, SnapshotCall> snapshots_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread watchdog_;
+  // The snapshot worker: writes received chunks to their stagings, one job
+  // at a time (at most one per inbound snapshot is queued).
+  absl::Mutex work_mu_;
+  std::deque<std::function<void()>> jobs_ ABSL_GUARDED_BY(work_mu_);
+  bool worker_stopping_ ABSL_GUARDED_BY(work_mu_) = false;
+  std::thread worker_;
 };
 
 }  // namespace tessera::server

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,6 +26,7 @@
 #include "server/security/peer_tls.h"
 #include "server/transport/grpc_server.h"
 #include "server/transport/grpc_transport.h"
+#include "storage/engine.h"
 #include "tests/testing/process.h"
 
 namespace tessera::server {
@@ -208,7 +210,12 @@ struct SecureReceiver {
     extra.self = id;
     extra.require_certified_sender = true;
     extra.registry = &registry;
-    if (extra.spool_dir.empty()) extra.spool_dir = spool;
+    absl::StatusOr<std::unique_ptr<storage::Engine>> opened =
+        storage::Engine::Open(spool + "/db", {});
+    EXPECT_THAT(opened, IsOk());
+    if (opened.ok()) engine = *std::move(opened);
+    exchange = std::make_unique<SnapshotExchange>(&engine->kv_store());
+    extra.snapshots = exchange.get();
     extra.on_refused = inbox.Refusals();
     service = std::make_unique<PeerService>(std::move(extra), inbox.Handler());
     GrpcServerOptions options;
@@ -223,12 +230,19 @@ struct SecureReceiver {
   }
   ~SecureReceiver() {
     if (started) started->Shutdown();
+    service.reset();
+    exchange.reset();
+    engine.reset();
     std::filesystem::remove_all(spool);
   }
+  // Files staged and not yet committed.
+  bool StagingEmpty() const { return std::filesystem::is_empty(spool + "/db/snapshot-staging"); }
   std::string address() const { return absl::StrCat("127.0.0.1:", started->port()); }
 
   security::PeerCredentials credentials;
-  std::string spool;
+  std::string spool;  // the engine's directory
+  std::unique_ptr<storage::Engine> engine;
+  std::unique_ptr<SnapshotExchange> exchange;
   security::PeerRegistry registry;
   Inbox inbox;
   std::unique_ptr<PeerService> service;
@@ -387,7 +401,8 @@ TEST(PeerTls, AMemberUnderANewIncarnationIsRefusedAndTold) {
 
 // ---------------------------------------------------------------- snapshot bounds
 
-// Opens a snapshot stream as member 1 and sends its first chunk.
+// Opens a snapshot stream as member 1 and sends its first chunk (a MSG_SNAP
+// at index 7 with its metadata, as GrpcTransport sends it).
 struct SnapshotStream {
   SnapshotStream(peerpb::Peer::Stub& stub, ShardId shard) {
     writer = stub.Snapshot(&context, &ack);
@@ -396,8 +411,30 @@ struct SnapshotStream {
     chunk.set_to_node(2);
     chunk.set_shard(shard);
     chunk.set_incarnation(5);
-    chunk.mutable_message()->set_type(raftpb::MSG_SNAP);
+    chunk.set_format(2);
+    raftpb::Message* m = chunk.mutable_message();
+    m->set_type(raftpb::MSG_SNAP);
+    m->set_from(1);
+    m->set_to(2);
+    m->set_term(2);
+    m->mutable_snapshot()->mutable_metadata()->set_index(7);
+    m->mutable_snapshot()->mutable_metadata()->set_term(2);
+    m->mutable_snapshot()->mutable_metadata()->mutable_conf_state()->add_voters(1);
     first_ok = writer->Write(chunk);
+  }
+  // Sends chunk `seq` with `records` (whole records, format 2).
+  bool Send(uint64_t seq, const std::vector<storage::SnapshotRecord>& records, bool last = false,
+            uint64_t total = 0) {
+    peerpb::SnapshotChunk chunk;
+    chunk.set_seq(seq);
+    for (const storage::SnapshotRecord& r : records) AppendSnapshotRecord(r, chunk.mutable_data());
+    chunk.set_last(last);
+    chunk.set_records(total);
+    return writer->Write(chunk);
+  }
+  grpc::Status End() {
+    writer->WritesDone();
+    return writer->Finish();
   }
   grpc::ClientContext context;
   peerpb::SnapshotAck ack;
@@ -437,6 +474,16 @@ TEST(PeerSnapshots, AnIdleStreamIsCut) {
   EXPECT_EQ(r2.inbox.messages(), 0u);
 }
 
+// Polls `cond` until it holds or kWait passes.
+bool WaitForCondition(const std::function<bool()>& cond) {
+  const absl::Time deadline = absl::Now() + kWait;
+  while (!cond()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
 // Bytes the process has allocated and not freed (both ends of the stream
 // run here; resident memory would also count what malloc keeps cached).
 int64_t LiveHeapBytes() {
@@ -445,7 +492,7 @@ int64_t LiveHeapBytes() {
 }
 
 // The defect: an endless snapshot stream grew a node from 39 MB to 1.6 GB.
-// Now the data goes to the spool file and the stream is cut at the bound.
+// Now the records go to a staging file and the stream is cut at the bound.
 TEST(PeerSnapshots, AnEndlessStreamIsCutAtItsBoundWithoutGrowingMemory) {
   constexpr uint64_t kBound = 256ull << 20;
   SecureReceiver r2(2, {.max_snapshot_bytes = kBound});
@@ -453,13 +500,13 @@ TEST(PeerSnapshots, AnEndlessStreamIsCutAtItsBoundWithoutGrowingMemory) {
   const int64_t before = LiveHeapBytes();
   SnapshotStream endless(*stub, 1);
   ASSERT_TRUE(endless.first_ok);
-  peerpb::SnapshotChunk chunk;
-  chunk.set_data(std::string(1 << 20, 'x'));
   uint64_t sent = 0;
   int64_t peak = before;
+  const std::string value(1 << 20, 'x');
   // Bounded: the receiver cuts the stream after kBound bytes.
-  while (sent < 4 * kBound && endless.writer->Write(chunk)) {
-    sent += chunk.data().size();
+  for (uint64_t seq = 1; sent < 4 * kBound; ++seq) {
+    if (!endless.Send(seq, {{false, absl::StrCat("key", 100000 + seq), value}})) break;
+    sent += value.size();
     if (sent % (32 << 20) == 0) peak = std::max(peak, LiveHeapBytes());
   }
   grpc::Status s = endless.writer->Finish();
@@ -472,30 +519,119 @@ TEST(PeerSnapshots, AnEndlessStreamIsCutAtItsBoundWithoutGrowingMemory) {
   EXPECT_LT(peak - before, int64_t{128} << 20) << "memory grew while receiving";
   EXPECT_TRUE(r2.inbox.WaitForRefusal("snapshot_too_large"));
   EXPECT_EQ(r2.inbox.messages(), 0u);
-  // The spool file is gone.
-  EXPECT_TRUE(std::filesystem::is_empty(r2.spool));
+  // The staging file is gone.
+  EXPECT_TRUE(WaitForCondition([&] { return r2.StagingEmpty(); }));
 }
 
-TEST(PeerSnapshots, ACompleteSnapshotArrivesThroughTheSpool) {
+TEST(PeerSnapshots, ACompleteSnapshotIsStagedAndHandedOverWithAToken) {
   SecureReceiver r2(2);
   std::unique_ptr<peerpb::Peer::Stub> stub = RawStub(r2.address(), 1, 2);
   SnapshotStream stream(*stub, 4);
   ASSERT_TRUE(stream.first_ok);
-  std::string expected;
-  peerpb::SnapshotChunk chunk;
-  for (int i = 0; i < 5; ++i) {
-    chunk.set_data(std::string(300000, static_cast<char>('a' + i)));
-    expected += chunk.data();
-    chunk.set_last(i == 4);
-    ASSERT_TRUE(stream.writer->Write(chunk));
-  }
-  stream.writer->WritesDone();
-  EXPECT_TRUE(stream.writer->Finish().ok());
+  ASSERT_TRUE(stream.Send(1, {{true, "session", "s"}, {false, "a", std::string(300000, 'a')}}));
+  ASSERT_TRUE(stream.Send(2, {{false, "b", std::string(300000, 'b')}}));
+  ASSERT_TRUE(stream.Send(3, {}, /*last=*/true, /*total=*/3));
+  grpc::Status s = stream.End();
+  EXPECT_TRUE(s.ok()) << s.error_message();
   ASSERT_EQ(r2.inbox.WaitForMessages(1), 1u);
   std::vector<std::pair<NodeId, ShardMessage>> got = r2.inbox.Take();
   EXPECT_EQ(got[0].second.shard, 4u);
-  EXPECT_EQ(got[0].second.message.snapshot().data(), expected);
-  EXPECT_TRUE(std::filesystem::is_empty(r2.spool));
+  EXPECT_EQ(got[0].second.message.snapshot().metadata().index(), 7u);
+  ASSERT_TRUE(IsStagedToken(got[0].second.message.snapshot().data()));
+  // The node's loop commits it.
+  absl::StatusOr<std::unique_ptr<storage::SnapshotStaging>> staging =
+      r2.exchange->TakeStaged(got[0].second.message.snapshot().data());
+  ASSERT_THAT(staging, IsOk());
+  ASSERT_THAT((*staging)->Commit(), IsOk());
+  storage::KvStore& kv = r2.engine->kv_store();
+  EXPECT_EQ(*kv.AppliedIndex(4), 7u);
+  EXPECT_EQ(*kv.Get(4, "b"), std::string(300000, 'b'));
+  EXPECT_EQ(*kv.GetMeta(4, "session"), "s");
+}
+
+// Hostile chunks end the call with a clear error, are counted, and leave
+// nothing staged.
+TEST(PeerSnapshots, HostileChunksAreRefusedAndCounted) {
+  SecureReceiver r2(2);
+  std::unique_ptr<peerpb::Peer::Stub> stub = RawStub(r2.address(), 1, 2);
+  // The previous call has ended (it counts against --max-inbound-snapshots
+  // until then).
+  auto idle = [&] {
+    ASSERT_TRUE(WaitForCondition([&] { return r2.service->active_snapshots_for_testing() == 0; }));
+  };
+  {  // a chunk skipped
+    SnapshotStream stream(*stub, 1);
+    ASSERT_TRUE(stream.first_ok);
+    stream.Send(1, {{false, "a", "1"}});
+    stream.Send(3, {{false, "c", "1"}});
+    grpc::Status s = stream.End();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr("chunk 3 arrived, expected 2"));
+    EXPECT_TRUE(r2.inbox.WaitForRefusal("snapshot_out_of_order"));
+  }
+  idle();
+  {  // records out of order
+    SnapshotStream stream(*stub, 1);
+    ASSERT_TRUE(stream.first_ok);
+    stream.Send(1, {{false, "b", "1"}, {false, "a", "1"}});
+    grpc::Status s = stream.End();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_TRUE(r2.inbox.WaitForRefusal("bad_snapshot_data"));
+  }
+  idle();
+  {  // garbage data
+    SnapshotStream stream(*stub, 1);
+    ASSERT_TRUE(stream.first_ok);
+    peerpb::SnapshotChunk chunk;
+    chunk.set_seq(1);
+    chunk.set_data("not a snapshot");
+    stream.writer->Write(chunk);
+    grpc::Status s = stream.End();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  }
+  idle();
+  {  // fewer records than declared
+    SnapshotStream stream(*stub, 1);
+    ASSERT_TRUE(stream.first_ok);
+    stream.Send(1, {{false, "a", "1"}});
+    stream.Send(2, {}, /*last=*/true, /*total=*/2);
+    grpc::Status s = stream.End();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr("declares 2 records, 1 arrived"));
+  }
+  idle();
+  {  // a first chunk of another format, or without metadata
+    SnapshotStream stream(*stub, 1);
+    stream.writer->WritesDone();
+    stream.writer->Finish().IgnoreError();
+    std::unique_ptr<grpc::ClientWriter<peerpb::SnapshotChunk>> writer;
+    grpc::ClientContext context;
+    peerpb::SnapshotAck ack;
+    writer = stub->Snapshot(&context, &ack);
+    peerpb::SnapshotChunk chunk;
+    chunk.set_from_node(1);
+    chunk.set_to_node(2);
+    chunk.set_incarnation(5);
+    chunk.set_format(1);
+    chunk.mutable_message()->set_type(raftpb::MSG_SNAP);
+    writer->Write(chunk);
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_TRUE(r2.inbox.WaitForRefusal("bad_snapshot_header"));
+  }
+  idle();
+  {  // a stream that stops before its last chunk
+    SnapshotStream stream(*stub, 1);
+    ASSERT_TRUE(stream.first_ok);
+    stream.Send(1, {{false, "a", "1"}});
+    grpc::Status s = stream.End();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::ABORTED) << s.error_message();
+  }
+  EXPECT_EQ(r2.inbox.messages(), 0u);
+  EXPECT_EQ(r2.exchange->staged(), 0u);
+  EXPECT_TRUE(WaitForCondition([&] { return r2.StagingEmpty(); }));
+  EXPECT_EQ(*r2.engine->kv_store().AppliedIndex(1), 0u);
 }
 
 }  // namespace

@@ -8,12 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
+#include "storage/mem_kv_store.h"
 #include "tests/testing/process.h"
 
 namespace tessera::server {
@@ -54,7 +56,10 @@ class Inbox {
 
 // One node's receiving side: a PeerService on its own gRPC server.
 struct Receiver {
-  Receiver(NodeId id, const std::string& address) : service(id, inbox.Handler()) {
+  Receiver(NodeId id, const std::string& address)
+      : Receiver(PeerServiceOptions{.self = id, .require_certified_sender = false}, address) {}
+  Receiver(PeerServiceOptions service_options, const std::string& address)
+      : service(std::move(service_options), inbox.Handler()) {
     GrpcServerOptions options;
     options.address = address;
     options.services = {&service};
@@ -125,6 +130,104 @@ TEST(GrpcTransport, TwoNodesExchangeBatchesInOrder) {
   t2.Stop();
 }
 
+// Records outcomes of on_snapshot_sent. Thread-safe.
+struct Outcomes {
+  std::function<void(NodeId, ShardId, bool)> Callback() {
+    return [this](NodeId, ShardId, bool ok) {
+      absl::MutexLock lock(&mu);
+      got.push_back(ok);
+    };
+  }
+  std::vector<bool> WaitFor(size_t n) {
+    absl::MutexLock lock(&mu);
+    auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return got.size() >= n; };
+    mu.AwaitWithTimeout(absl::Condition(&enough), kWait);
+    return got;
+  }
+  absl::Mutex mu;
+  std::vector<bool> got ABSL_GUARDED_BY(mu);
+};
+
+ShardMessage SnapMessage(ShardId shard, uint64_t index, std::string data) {
+  ShardMessage snap;
+  snap.shard = shard;
+  snap.message.set_type(raftpb::MSG_SNAP);
+  snap.message.set_term(7);
+  snap.message.set_from(1);
+  snap.message.set_to(2);
+  snap.message.mutable_snapshot()->mutable_metadata()->set_index(index);
+  snap.message.mutable_snapshot()->mutable_metadata()->set_term(6);
+  snap.message.mutable_snapshot()->set_data(std::move(data));
+  return snap;
+}
+
+// The exported view pinned by the sender's exchange is streamed in many
+// chunks into the receiver's staging; the receiver's node gets a token.
+TEST(GrpcTransport, ExportIsStreamedIntoTheReceiversStaging) {
+  storage::MemKvStore kv1, kv2;
+  storage::ShardWrite w{9, 40, {}};
+  for (int i = 0; i < 2000; ++i) {
+    w.mutations.push_back({storage::Mutation::Kind::kPut, absl::StrCat("key", 10000 + i),
+                           std::string(500, static_cast<char>('a' + i % 26))});
+  }
+  ASSERT_THAT(kv1.Apply({w}), IsOk());
+  SnapshotExchange x1(&kv1), x2(&kv2);
+  Receiver r2(PeerServiceOptions{.self = 2, .require_certified_sender = false, .snapshots = &x2},
+              "127.0.0.1:0");
+  Outcomes outcomes;
+  GrpcTransportOptions options = Options(1, {{2, r2.address()}});
+  options.snapshots = &x1;
+  options.snapshot_chunk_bytes = 4096;
+  options.on_snapshot_sent = outcomes.Callback();
+  GrpcTransport t1(options);
+  absl::StatusOr<std::string> token = x1.AddExport(9, *kv1.ExportSnapshot(9));
+  ASSERT_THAT(token, IsOk());
+  t1.Send(2, {SnapMessage(9, 40, *token)});
+  ASSERT_EQ(r2.inbox.WaitFor(1), 1u);
+  std::vector<std::pair<NodeId, ShardMessage>> got = r2.inbox.Take();
+  const raftpb::Message& m = got[0].second.message;
+  EXPECT_EQ(m.snapshot().metadata().index(), 40u);
+  ASSERT_TRUE(IsStagedToken(m.snapshot().data()));
+  absl::StatusOr<std::unique_ptr<storage::SnapshotStaging>> staging =
+      x2.TakeStaged(m.snapshot().data());
+  ASSERT_THAT(staging, IsOk());
+  ASSERT_THAT((*staging)->Commit(), IsOk());
+  EXPECT_EQ(kv2.Scan(9, {})->items.size(), 2000u);
+  EXPECT_EQ(*kv2.AppliedIndex(9), 40u);
+  EXPECT_EQ(outcomes.WaitFor(1), std::vector<bool>{true});
+  EXPECT_EQ(x1.exports(), 0u);
+}
+
+// A transfer that cannot be made is reported failed at once (raft then
+// probes and sends a new snapshot), not after a timeout.
+TEST(GrpcTransport, FailedTransfersAreReportedPromptly) {
+  storage::MemKvStore kv1, kv2;
+  ASSERT_THAT(kv1.Apply({{9, 40, {{storage::Mutation::Kind::kPut, "k", std::string(10000, 'v')}}}}),
+              IsOk());
+  SnapshotExchange x1(&kv1), x2(&kv2);
+  Receiver r2(PeerServiceOptions{.self = 2,
+                                 .require_certified_sender = false,
+                                 .max_snapshot_bytes = 1000,
+                                 .snapshots = &x2},
+              "127.0.0.1:0");
+  Outcomes outcomes;
+  GrpcTransportOptions options = Options(1, {{2, r2.address()}});
+  options.snapshots = &x1;
+  options.on_snapshot_sent = outcomes.Callback();
+  GrpcTransport t1(options);
+  const absl::Time start = absl::Now();
+  // Refused by the receiver (too large), then an export that expired.
+  t1.Send(2, {SnapMessage(9, 40, *x1.AddExport(9, *kv1.ExportSnapshot(9)))});
+  ASSERT_EQ(outcomes.WaitFor(1).size(), 1u);
+  t1.Send(2, {SnapMessage(9, 40, std::string("\x02") + std::string(8, '\x7f'))});
+  EXPECT_EQ(outcomes.WaitFor(2), (std::vector<bool>{false, false}));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(t1.StatsForTesting(2).snapshots_failed, 2u);
+  EXPECT_EQ(r2.inbox.Take().size(), 0u);
+  EXPECT_EQ(x1.exports(), 0u);
+  EXPECT_EQ(x2.staged(), 0u);
+}
+
 TEST(GrpcTransport, LargeSnapshotArrivesIntactInChunks) {
   Receiver r2(2, "127.0.0.1:0");
   absl::Mutex mu;
@@ -138,9 +241,14 @@ TEST(GrpcTransport, LargeSnapshotArrivesIntactInChunks) {
   };
   GrpcTransport t1(options);
 
-  std::string data(5 << 20, '\0');
+  // Inline format-1 data (no exchange on either side): random records.
+  std::string data(1, '\x01');
   std::mt19937_64 rng(42);
-  for (char& c : data) c = static_cast<char>(rng());
+  for (int i = 0; i < 5000; ++i) {
+    std::string value(1000, '\0');
+    for (char& c : value) c = static_cast<char>(rng());
+    AppendSnapshotRecord({false, absl::StrCat("key", 100000 + i), value}, &data);
+  }
   ShardMessage snap;
   snap.shard = 9;
   snap.message.set_type(raftpb::MSG_SNAP);
