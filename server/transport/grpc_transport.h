@@ -77,8 +77,10 @@ struct GrpcTransportOptions {
   uint64_t snapshot_chunk_bytes = 1ull << 20;
   // Snapshots waiting per destination; more drop the oldest.
   size_t max_queued_snapshots = 2;
-  // A snapshot transfer that takes longer fails.
-  absl::Duration snapshot_timeout = absl::Seconds(120);
+  // A snapshot transfer that takes longer fails. Generous: a 1 GiB shard on
+  // a busy disk takes minutes; a transfer that stalls is cut much sooner by
+  // the receiver's idle timeout (--snapshot-idle-timeout-ms).
+  absl::Duration snapshot_timeout = absl::Minutes(10);
   absl::Duration min_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(1);
   // Called after each snapshot transfer with its outcome (optional).
