@@ -702,6 +702,8 @@ int Run(const Config& config, const sigset_t& signals) {
   node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
   node_options.metrics = metrics.node_metrics();
   node_options.snapshots = &snapshots;
+  // The transport reports every transfer (its deadline: 10 minutes).
+  node_options.snapshot_report_timeout = absl::Minutes(11);
   // Raft holds no more uncommitted bytes per shard than the node admits.
   if (absl::GetFlag(FLAGS_max_inflight_bytes) != 0) {
     node_options.max_uncommitted_bytes_per_shard = absl::GetFlag(FLAGS_max_inflight_bytes);

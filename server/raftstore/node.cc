@@ -1087,7 +1087,14 @@ absl::Status Node::Impl::HandleReadys() {
 void Node::Impl::SendMessages(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
                               bool leaders_appends_only) {
   absl::flat_hash_map<NodeId, std::vector<ShardMessage>> out;
-  const uint64_t report_at = tick_ + 4 * static_cast<uint64_t>(options_.election_ticks);
+  // When a sent snapshot counts as lost unless the transport reported it.
+  const uint64_t report_ticks =
+      options_.snapshot_report_timeout > absl::ZeroDuration()
+          ? static_cast<uint64_t>(
+                absl::Ceil(options_.snapshot_report_timeout, options_.tick_interval) /
+                options_.tick_interval)
+          : 4 * static_cast<uint64_t>(options_.election_ticks);
+  const uint64_t report_at = tick_ + report_ticks;
   for (size_t i = 0; i < shards.size(); ++i) {
     Shard& s = *shards[i];
     const bool leader = s.raw->role() == raft::Role::kLeader;

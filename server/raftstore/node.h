@@ -83,6 +83,14 @@ struct NodeOptions {
   // steps the MSG_SNAP. nullptr: snapshot data inline in the MSG_SNAP (tests
   // with LocalNetwork). Not owned; must outlive the Node.
   SnapshotExchange* snapshots = nullptr;
+  // A snapshot sent to a follower that the transport has not reported
+  // (ReportSnapshot) within this counts as failed, and raft probes again.
+  // Zero: 4 election timeouts, for transports that never report (the tests'
+  // LocalNetwork). GrpcTransport reports every transfer, which may take
+  // minutes for a large shard: tessera-server sets this above the
+  // transport's transfer deadline, so that a transfer still in progress is
+  // not declared lost (raft would send the whole snapshot again after it).
+  absl::Duration snapshot_report_timeout = absl::ZeroDuration();
   // Hooks for metrics (server/node_metrics.h); nullptr = none. Not owned;
   // must outlive the Node.
   NodeMetrics* metrics = nullptr;

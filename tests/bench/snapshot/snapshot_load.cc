@@ -2,8 +2,8 @@
 //
 //   tessera-snapshot-load fill --bytes=N [--value-bytes=1000000] [--tag=big]
 //       [--first=0]
-//       puts N bytes of values under keys "{TAG}:<first + i>" (one shard: the
-//       hash tag), 4 in flight, and prints that shard's id.
+//       puts N bytes of random values under keys "{TAG}:<first + i>" (one
+//       shard: the hash tag), 4 in flight, and prints that shard's id.
 //   tessera-snapshot-load load --out=FILE [--seconds=60] [--clients=8]
 //       [--value-bytes=256] [--tag=big] [--stop-file=PATH]
 //       a closed-loop put load on keys of every shard but the tag's, until
@@ -18,6 +18,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -62,7 +63,11 @@ uint64_t IntFlag(int argc, char** argv, const std::string& name, uint64_t def) {
 
 int Fill(Client& client, uint64_t bytes, uint64_t value_bytes, const std::string& tag,
          uint32_t shards, uint64_t first) {
-  const std::string value(value_bytes, 'f');
+  // Random bytes (one buffer for every key): incompressible, as real data
+  // would be, so storage and transfer carry the full size.
+  std::string value(value_bytes, '\0');
+  std::mt19937_64 rng(value_bytes);
+  for (char& c : value) c = static_cast<char>(rng());
   const uint64_t n = (bytes + value_bytes - 1) / value_bytes;
   std::cout << "shard " << tessera::ShardForKey(absl::StrCat("{", tag, "}:0"), shards) << "\n";
   absl::Mutex& mu = g_mu;
