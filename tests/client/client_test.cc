@@ -17,6 +17,7 @@
 #include "proto/key_hash.h"
 #include "proto/testing/status_matchers.h"
 #include "tests/client/fake_cluster.h"
+#include "tests/testing/wait.h"
 
 namespace tessera::client {
 namespace {
@@ -41,16 +42,7 @@ std::unique_ptr<Client> MakeClient(ClientOptions options) {
   return std::move(*c);
 }
 
-// Waits (bounded) until `done` holds.
-template <typename F>
-bool Eventually(F done, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
-}
+using ::tessera::testing::WaitFor;
 
 TEST(ClientFake, CreateNeedsEndpoints) {
   ClientOptions o;
@@ -283,7 +275,7 @@ TEST(ClientFake, CircuitBreakerSkipsADeadNodeThenProbesAndCloses) {
   EXPECT_EQ(node->breaker.state(absl::Now()), CircuitBreaker::State::kOpen);
   // Back up: after the cool-down one probe goes through and closes it.
   cluster.SetDown(0, false);
-  ASSERT_TRUE(Eventually([&] {
+  ASSERT_TRUE(WaitFor([&] {
     EXPECT_THAT(client->Get("k1", stale), IsOk());
     return node->breaker.state(absl::Now()) == CircuitBreaker::State::kClosed;
   }));
@@ -621,7 +613,7 @@ TEST(ClientFake, StaleReadsGoToTheLeastLoadedReplica) {
     });
     absl::SleepFor(absl::Milliseconds(2));  // pacing the load, not waiting for a result
   }
-  ASSERT_TRUE(Eventually([&] { return done.load() == kReads; }));
+  ASSERT_TRUE(WaitFor([&] { return done.load() == kReads; }));
   // The slow node keeps its requests outstanding, so it gets few new ones.
   EXPECT_LE(cluster.calls(0) - before, 4);
 }

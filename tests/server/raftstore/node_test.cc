@@ -30,6 +30,7 @@
 #include "storage/engine.h"
 #include "tests/storage/test_util.h"
 #include "tests/testing/local_transport.h"
+#include "tests/testing/wait.h"
 
 namespace tessera::server {
 namespace {
@@ -93,14 +94,8 @@ serverpb::Command PutCommand(const std::string& key, const std::string& value) {
   return cmd;
 }
 
-// Polls `cond` every few milliseconds until it holds or `timeout` passes.
 bool WaitFor(const std::function<bool()>& cond, absl::Duration timeout = kWait) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!cond()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
+  return ::tessera::testing::WaitFor(cond, timeout);
 }
 
 struct Options {
