@@ -1,5 +1,6 @@
 // Engine over RocksDB: opening the DB with tuned options, the one
-// rocksdb::Status -> absl::Status conversion, and stats.
+// rocksdb::Status -> absl::Status conversion, helpers the other rocks_*.cc
+// share, and stats.
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -20,6 +21,7 @@
 #include "rocksdb/table.h"
 #include "storage/disk_space.h"
 #include "storage/engine.h"
+#include "storage/keys.h"
 
 namespace tessera::storage {
 
@@ -27,6 +29,8 @@ namespace tessera::storage {
 // that no header mentions a RocksDB type (STYLE.md §1). A mismatch between the
 // declarations is a link error.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
+absl::Status DeleteShardRange(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard,
+                              absl::string_view context);
 std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
                                          const DiskSpaceGuard* space);
 std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
@@ -48,6 +52,16 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
   if (s.IsAborted()) return absl::AbortedError(message);
   // IOError (disk full, EIO, lock held by another process), Incomplete, ...
   return absl::InternalError(message);
+}
+
+// Deletes every record of `shard` in `cf` with one range tombstone, synced
+// (the DeleteShard() of the RaftLog and of the KvStore).
+absl::Status DeleteShardRange(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard,
+                              absl::string_view context) {
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(db->DeleteRange(wo, cf, keys::ShardStart(shard), keys::ShardEnd(shard)),
+                   context);
 }
 
 namespace {
