@@ -85,31 +85,28 @@ absl::StatusOr<ShardLogMeta> RocksRaftLog::LoadMeta(ShardId shard) const {
   ShardLogMeta meta;
   rocksdb::ReadOptions ro;
   std::string value;
-  rocksdb::Status s = db_->Get(ro, cf_, keys::TagKey(shard, keys::kHardStateTag), &value);
-  if (s.ok()) {
-    if (!meta.hard_state.ParseFromString(value)) {
-      return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt hard state"));
-    }
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, "RocksRaftLog::LoadMeta");
+  // Reads the shard's record with `tag` into `value`; false if there is none.
+  auto read = [&](char tag) -> absl::StatusOr<bool> {
+    rocksdb::Status s = db_->Get(ro, cf_, keys::TagKey(shard, tag), &value);
+    if (s.IsNotFound()) return false;
+    TESSERA_RETURN_IF_ERROR(FromRocks(s, "RocksRaftLog::LoadMeta"));
+    return true;
+  };
+  TESSERA_ASSIGN_OR_RETURN(bool found, read(keys::kHardStateTag));
+  if (found && !meta.hard_state.ParseFromString(value)) {
+    return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt hard state"));
   }
-  s = db_->Get(ro, cf_, keys::TagKey(shard, keys::kSnapshotTag), &value);
-  if (s.ok()) {
-    if (!meta.snapshot.ParseFromString(value)) {
-      return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt snapshot metadata"));
-    }
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, "RocksRaftLog::LoadMeta");
+  TESSERA_ASSIGN_OR_RETURN(found, read(keys::kSnapshotTag));
+  if (found && !meta.snapshot.ParseFromString(value)) {
+    return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt snapshot metadata"));
   }
-  s = db_->Get(ro, cf_, keys::TagKey(shard, keys::kTruncatedTag), &value);
-  if (s.ok()) {
+  TESSERA_ASSIGN_OR_RETURN(found, read(keys::kTruncatedTag));
+  if (found) {
     if (value.size() != 16) {
       return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt truncated state"));
     }
     meta.truncated_index = keys::DecodeBigEndian64(value);
     meta.truncated_term = keys::DecodeBigEndian64(absl::string_view(value).substr(8));
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, "RocksRaftLog::LoadMeta");
   }
   meta.last_index = meta.truncated_index;
   meta.last_term = meta.truncated_term;
