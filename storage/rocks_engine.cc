@@ -127,56 +127,61 @@ rocksdb::DBOptions MakeDbOptions(const EngineOptions& options) {
   return db;
 }
 
-rocksdb::ColumnFamilyOptions MakeRaftCfOptions(const EngineOptions& options,
-                                               const std::shared_ptr<rocksdb::Cache>& cache) {
+// What both column families share: up to three memtables of
+// `write_buffer_bytes`, fast compression above the last level, and a
+// block-based table in the shared `cache` with `block_size` blocks.
+rocksdb::ColumnFamilyOptions BaseCfOptions(uint64_t write_buffer_bytes) {
   rocksdb::ColumnFamilyOptions cf;
-  // Entries are appended, read back soon (by followers' Entries()) and
-  // deleted by Compact(): most never leave the memtable.
-  cf.write_buffer_size = options.raft_write_buffer_bytes;
+  cf.write_buffer_size = write_buffer_bytes;
   cf.max_write_buffer_number = 3;
+  // Keeps space amplification near 1.1x whatever the data size.
   cf.level_compaction_dynamic_level_bytes = true;
   cf.compression = FastCompression();
-  cf.bottommost_compression = FastCompression();
+  return cf;
+}
+
+rocksdb::BlockBasedTableOptions BaseTableOptions(const std::shared_ptr<rocksdb::Cache>& cache,
+                                                 size_t block_size) {
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = cache;
-  // No bloom filter: raft reads are iterations or Gets of entries known to
-  // exist, which a filter cannot speed up.
+  // Index and filter blocks compete for the same cache budget (bounded
+  // memory); L0's are pinned since every read consults them.
   table.cache_index_and_filter_blocks = true;
   table.pin_l0_filter_and_index_blocks_in_cache = true;
-  // Entries are read sequentially: bigger blocks, fewer index entries.
-  table.block_size = 16 << 10;
+  table.block_size = block_size;
   table.format_version = 5;
+  return table;
+}
+
+rocksdb::ColumnFamilyOptions MakeRaftCfOptions(const EngineOptions& options,
+                                               const std::shared_ptr<rocksdb::Cache>& cache) {
+  // Entries are appended, read back soon (by followers' Entries()) and
+  // deleted by Compact(): most never leave the memtable.
+  rocksdb::ColumnFamilyOptions cf = BaseCfOptions(options.raft_write_buffer_bytes);
+  cf.bottommost_compression = FastCompression();
+  // No bloom filter: raft reads are iterations or Gets of entries known to
+  // exist, which a filter cannot speed up. Entries are read sequentially:
+  // bigger blocks, fewer index entries.
+  rocksdb::BlockBasedTableOptions table = BaseTableOptions(cache, 16 << 10);
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   return cf;
 }
 
 rocksdb::ColumnFamilyOptions MakeDataCfOptions(const EngineOptions& options,
                                                const std::shared_ptr<rocksdb::Cache>& cache) {
-  rocksdb::ColumnFamilyOptions cf;
-  cf.write_buffer_size = options.data_write_buffer_bytes;
-  cf.max_write_buffer_number = 3;
-  // Keeps space amplification near 1.1x whatever the data size.
-  cf.level_compaction_dynamic_level_bytes = true;
-  cf.compression = FastCompression();
+  rocksdb::ColumnFamilyOptions cf = BaseCfOptions(options.data_write_buffer_bytes);
   cf.bottommost_compression = DenseCompression();
   // A small whole-key bloom filter in the memtable: point Gets of absent or
   // flushed keys skip the memtable search.
   cf.memtable_prefix_bloom_size_ratio = 0.02;
   cf.memtable_whole_key_filtering = true;
-  rocksdb::BlockBasedTableOptions table;
-  table.block_cache = cache;
+  // 4 KiB blocks (the default) suit point reads of small values.
+  rocksdb::BlockBasedTableOptions table = BaseTableOptions(cache, 4 << 10);
   // Whole-key bloom filter, 10 bits/key (~1% false positives): a Get of a
   // missing key reads no data block. No prefix extractor, so iterators over
   // any range (Scan, snapshot export) stay in total order.
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   table.whole_key_filtering = true;
-  // Index and filter blocks compete for the same cache budget (bounded
-  // memory); L0's are pinned since every read consults them.
-  table.cache_index_and_filter_blocks = true;
-  table.pin_l0_filter_and_index_blocks_in_cache = true;
-  // 4 KiB blocks (the default) suit point reads of small values.
-  table.block_size = 4 << 10;
-  table.format_version = 5;
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   return cf;
 }
