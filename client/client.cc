@@ -61,6 +61,15 @@ bool IsNodeFailure(const absl::Status& s) {
          detail->not_leader().reason() != v1::ErrorDetail::NotLeader::REASON_NOT_LEADER;
 }
 
+// Feeds the outcome of an attempt on `node` to its circuit breaker.
+void RecordOutcome(Core::Node* node, const absl::Status& status, absl::Time now) {
+  if (IsNodeFailure(status)) {
+    node->breaker.RecordFailure(now);
+  } else {
+    node->breaker.RecordSuccess();
+  }
+}
+
 // The smallest key greater than every key with `prefix`; empty = none.
 std::string PrefixEnd(const std::string& prefix) {
   std::string end = prefix;
@@ -87,34 +96,78 @@ struct CallSpec {
   uint32_t fixed_num_shards = 0;  // the shard count `fixed_shard` belongs to
 };
 
-// Fetches the cluster map from any endpoint or member, with backoff until
-// the deadline, and installs it in the RouteTable.
-class MapCall final : public CallBase {
+// What MapCall and KvCall share: a call registered with the Core (so that
+// ~Client cancels it) that makes attempts one after another, each started by
+// Attempt() at once or on the client's timer, until it completes and deletes
+// itself.
+class RetryingCall : public CallBase {
  public:
-  using Done = std::function<void(absl::StatusOr<v1::ClusterMap>)>;
-
-  static void Start(Core* core, absl::Time deadline, Done done) {
-    auto* call = new MapCall(core, deadline, std::move(done));
-    if (!core->Register(call)) return call->Finish(absl::CancelledError("client shutting down"));
-    call->Attempt();
-  }
-
-  std::shared_ptr<grpc::ClientContext> Cancel() override {
+  std::shared_ptr<grpc::ClientContext> Cancel() final ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     cancelled_ = true;
     return context_;
   }
 
-  bool IsCancelled() {
+ protected:
+  explicit RetryingCall(Core* core) : core_(core) {}
+
+  static absl::Status ShuttingDown() { return absl::CancelledError("client shutting down"); }
+
+  // Starts the next attempt.
+  virtual void Attempt() = 0;
+  // Completes the call with `status` (an error); ends with Release().
+  virtual void Fail(absl::Status status) = 0;
+
+  // Registers the call and makes its first attempt (or fails it: the client
+  // is shutting down).
+  void Launch() {
+    if (!core_->Register(this)) return Fail(ShuttingDown());
+    Attempt();
+  }
+
+  bool IsCancelled() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     return cancelled_;
   }
 
+  // Makes the next attempt at `when` (or fails the call if the client shuts
+  // down first).
+  void AttemptAt(absl::Time when) {
+    core_->timer().Schedule(when, [this](bool ok) {
+      if (!ok) return Fail(ShuttingDown());
+      Attempt();
+    });
+  }
+
+  // The call's last step, after it reported its result.
+  void Release() {
+    core_->Unregister(this);
+    delete this;
+  }
+
+  Core* const core_;
+  // Attempts run one after another (each starts after the previous one's
+  // completion or timer); mu_ orders them and guards what Cancel() reads.
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);  // of the attempt
+};
+
+// Fetches the cluster map from any endpoint or member, with backoff until
+// the deadline, and installs it in the RouteTable.
+class MapCall final : public RetryingCall {
+ public:
+  using Done = std::function<void(absl::StatusOr<v1::ClusterMap>)>;
+
+  static void Start(Core* core, absl::Time deadline, Done done) {
+    (new MapCall(core, deadline, std::move(done)))->Launch();
+  }
+
  private:
   MapCall(Core* core, absl::Time deadline, Done done)
-      : core_(core), deadline_(deadline), done_(std::move(done)) {}
+      : RetryingCall(core), deadline_(deadline), done_(std::move(done)) {}
 
-  void Attempt() {
+  void Attempt() override {
     const absl::Time now = absl::Now();
     std::vector<std::string> candidates = core_->options().endpoints;
     for (const std::string& a : core_->routes().MemberAddresses()) {
@@ -124,7 +177,7 @@ class MapCall final : public CallBase {
     }
     std::shared_ptr<grpc::ClientContext> context =
         core_->NewContext(std::min(deadline_, now + AttemptTimeout()));
-    if (IsCancelled()) return Finish(absl::CancelledError("client shutting down"));
+    if (IsCancelled()) return Finish(ShuttingDown());
     Core::Node* node = nullptr;
     {
       absl::MutexLock lock(&mu_);
@@ -152,11 +205,7 @@ class MapCall final : public CallBase {
 
   void OnDone(Core::Node* node, absl::Status status) {
     const absl::Time now = absl::Now();
-    if (IsNodeFailure(status)) {
-      node->breaker.RecordFailure(now);
-    } else {
-      node->breaker.RecordSuccess();
-    }
+    RecordOutcome(node, status, now);
     v1::ClusterMap map;
     {
       absl::MutexLock lock(&mu_);
@@ -177,27 +226,18 @@ class MapCall final : public CallBase {
                        absl::StrCat("no member answered GetClusterMap before the deadline: ",
                                     last_error_.message())));
     }
-    core_->timer().Schedule(now + delay, [this](bool ok) {
-      if (!ok) return Finish(absl::CancelledError("client shutting down"));
-      Attempt();
-    });
+    AttemptAt(now + delay);
   }
+
+  void Fail(absl::Status status) override { Finish(std::move(status)); }
 
   void Finish(absl::StatusOr<v1::ClusterMap> result) {
     done_(std::move(result));
-    Core* core = core_;
-    core->Unregister(this);
-    delete this;
+    Release();
   }
 
-  Core* const core_;
   const absl::Time deadline_;
   Done done_;
-  // Attempts run one after the other; mu_ orders them for TSan, which does
-  // not see gRPC's own synchronization.
-  absl::Mutex mu_;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);
   size_t next_ ABSL_GUARDED_BY(mu_) = 0;
   v1::GetClusterMapRequest request_;
   v1::GetClusterMapResponse response_;
@@ -207,32 +247,19 @@ class MapCall final : public CallBase {
 
 // One KV RPC with routing, retries and (for writes) its session.
 template <typename Req, typename Resp>
-class KvCall final : public CallBase {
+class KvCall final : public RetryingCall {
  public:
   using Invoke = void (*)(v1::KV::Stub*, grpc::ClientContext*, const Req*, Resp*,
                           std::function<void(grpc::Status)>);
   using Done = std::function<void(absl::StatusOr<Resp>)>;
 
   static void Start(Core* core, CallSpec spec, Req request, Invoke invoke, Done done) {
-    auto* call = new KvCall(core, std::move(spec), std::move(request), invoke, std::move(done));
-    if (!core->Register(call)) return call->Finish(absl::CancelledError("client shutting down"));
-    call->Attempt();
-  }
-
-  std::shared_ptr<grpc::ClientContext> Cancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    return context_;
-  }
-
-  bool IsCancelled() {
-    absl::MutexLock lock(&mu_);
-    return cancelled_;
+    (new KvCall(core, std::move(spec), std::move(request), invoke, std::move(done)))->Launch();
   }
 
  private:
   KvCall(Core* core, CallSpec spec, Req request, Invoke invoke, Done done)
-      : core_(core),
+      : RetryingCall(core),
         spec_(std::move(spec)),
         request_(std::move(request)),
         invoke_(invoke),
@@ -301,9 +328,9 @@ class KvCall final : public CallBase {
     return core_->GetNode(candidates[rotation_++ % candidates.size()]);
   }
 
-  void Attempt() {
+  void Attempt() override {
     const absl::Time now = absl::Now();
-    if (IsCancelled()) return Finish(absl::CancelledError("client shutting down"));
+    if (IsCancelled()) return Finish(ShuttingDown());
     if (now >= spec_.deadline) return Finish(DeadlineStatus());
     if (!core_->routes().has_map() || need_map_) {
       need_map_ = false;
@@ -384,12 +411,8 @@ class KvCall final : public CallBase {
       cancelled = cancelled_;
       context_.reset();
     }
-    if (cancelled) return Finish(absl::CancelledError("client shutting down"));
-    if (IsNodeFailure(status)) {
-      node->breaker.RecordFailure(now);
-    } else {
-      node->breaker.RecordSuccess();
-    }
+    if (cancelled) return Finish(ShuttingDown());
+    RecordOutcome(node, status, now);
     RouteTable& routes = core_->routes();
     if (status.ok()) {
       Resp response;
@@ -484,11 +507,7 @@ class KvCall final : public CallBase {
     const absl::Time now = absl::Now();
     if (now >= spec_.deadline) return Finish(DeadlineStatus());
     hint_hops_ = 0;
-    const absl::Time when = std::min(now + core_->Backoff(retries_++), spec_.deadline);
-    core_->timer().Schedule(when, [this](bool ok) {
-      if (!ok) return Finish(absl::CancelledError("client shutting down"));
-      Attempt();
-    });
+    AttemptAt(std::min(now + core_->Backoff(retries_++), spec_.deadline));
   }
 
   // The server refused the call for overload and said when it expects room:
@@ -501,10 +520,7 @@ class KvCall final : public CallBase {
     }
     hint_hops_ = 0;
     ++retries_;  // the next backoff grows too
-    core_->timer().Schedule(when, [this](bool ok) {
-      if (!ok) return Finish(absl::CancelledError("client shutting down"));
-      Attempt();
-    });
+    AttemptAt(when);
   }
 
   // What to report when the deadline passes.
@@ -522,26 +538,18 @@ class KvCall final : public CallBase {
                                                         : std::string(last_error_.message()));
   }
 
+  void Fail(absl::Status status) override { Finish(std::move(status)); }
+
   void Finish(absl::StatusOr<Resp> result) {
     if (ticket_.has_value()) core_->sessions().End(*ticket_);
     done_(std::move(result));
-    Core* core = core_;
-    core->Unregister(this);
-    delete this;
+    Release();
   }
 
-  Core* const core_;
   CallSpec spec_;
   Req request_;
   const Invoke invoke_;
   Done done_;
-
-  // Attempts run one after another (each starts after the previous one's
-  // completion or timer); mu_ orders them for TSan, which does not see
-  // gRPC's internal synchronization, and guards what Cancel() reads.
-  absl::Mutex mu_;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);
   std::string target_ ABSL_GUARDED_BY(mu_);
   Resp response_;
 
