@@ -18,6 +18,8 @@ namespace tessera::client {
 namespace {
 
 using Core = Client::Core;
+// The callback API of the KV service's stubs.
+using AsyncKv = v1::KV::StubInterface::async_interface;
 
 // Not-leader hints followed at once (no backoff) in a row; then back off, so
 // two nodes that name each other during an election cannot spin.
@@ -249,20 +251,21 @@ class MapCall final : public RetryingCall {
 template <typename Req, typename Resp>
 class KvCall final : public RetryingCall {
  public:
-  using Invoke = void (*)(v1::KV::Stub*, grpc::ClientContext*, const Req*, Resp*,
-                          std::function<void(grpc::Status)>);
+  // The stub's callback method for the RPC, e.g. &AsyncKv::Put.
+  using Method = void (AsyncKv::*)(grpc::ClientContext*, const Req*, Resp*,
+                                   std::function<void(grpc::Status)>);
   using Done = std::function<void(absl::StatusOr<Resp>)>;
 
-  static void Start(Core* core, CallSpec spec, Req request, Invoke invoke, Done done) {
-    (new KvCall(core, std::move(spec), std::move(request), invoke, std::move(done)))->Launch();
+  static void Start(Core* core, CallSpec spec, Req request, Method method, Done done) {
+    (new KvCall(core, std::move(spec), std::move(request), method, std::move(done)))->Launch();
   }
 
  private:
-  KvCall(Core* core, CallSpec spec, Req request, Invoke invoke, Done done)
+  KvCall(Core* core, CallSpec spec, Req request, Method method, Done done)
       : RetryingCall(core),
         spec_(std::move(spec)),
         request_(std::move(request)),
-        invoke_(invoke),
+        method_(method),
         done_(std::move(done)) {}
 
   bool LeaderOnly() const { return spec_.write || spec_.consistency != Consistency::kStale; }
@@ -396,8 +399,9 @@ class KvCall final : public RetryingCall {
     if (cancel_now) context->TryCancel();  // the call starts cancelled
     node->outstanding.fetch_add(1);
     node->attempts.fetch_add(1);
-    invoke_(node->kv.Next(), context.get(), &request_, &response_,
-            [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
+    (node->kv.Next()->async()->*method_)(
+        context.get(), &request_, &response_,
+        [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
   }
 
   void OnDone(Core::Node* node, absl::Status status) {
@@ -548,7 +552,7 @@ class KvCall final : public RetryingCall {
 
   CallSpec spec_;
   Req request_;
-  const Invoke invoke_;
+  const Method method_;
   Done done_;
   std::string target_ ABSL_GUARDED_BY(mu_);
   Resp response_;
@@ -565,27 +569,6 @@ class KvCall final : public RetryingCall {
   bool maybe_applied_ = false;  // an attempt of this write may have been applied
   absl::Status last_error_;
 };
-
-void InvokePut(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::PutRequest* q,
-               v1::PutResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Put(c, q, r, std::move(f));
-}
-void InvokeGet(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::GetRequest* q,
-               v1::GetResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Get(c, q, r, std::move(f));
-}
-void InvokeDelete(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::DeleteRequest* q,
-                  v1::DeleteResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Delete(c, q, r, std::move(f));
-}
-void InvokeScan(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::ScanRequest* q,
-                v1::ScanResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Scan(c, q, r, std::move(f));
-}
-void InvokeTxn(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::TxnRequest* q,
-               v1::TxnResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Txn(c, q, r, std::move(f));
-}
 
 KeyValue FromProto(const v1::KeyValue& kv) { return {kv.key(), kv.value(), kv.version()}; }
 
@@ -662,7 +645,7 @@ class ScanCall {
     request.set_limit(page);
     request.set_continuation(std::move(continuation));
     KvCall<v1::ScanRequest, v1::ScanResponse>::Start(
-        core_, std::move(spec), std::move(request), &InvokeScan,
+        core_, std::move(spec), std::move(request), &AsyncKv::Scan,
         [this, shard](absl::StatusOr<v1::ScanResponse> page) { OnPage(shard, std::move(page)); });
   }
 
@@ -901,7 +884,7 @@ void Client::PutAsync(const std::string& key, const std::string& value, bool ret
   Core* core = core_.get();
   core->cache().BeginWrite(key);
   KvCall<v1::PutRequest, v1::PutResponse>::Start(
-      core, std::move(spec), std::move(request), &InvokePut,
+      core, std::move(spec), std::move(request), &AsyncKv::Put,
       [core, key, value, done = std::move(done)](absl::StatusOr<v1::PutResponse> r) {
         if (!r.ok()) {
           core->cache().EndWrite(key, std::nullopt);
@@ -938,7 +921,7 @@ void Client::GetAsync(const std::string& key, const CallOptions& options, Callba
   v1::GetRequest request;
   request.set_key(key);
   KvCall<v1::GetRequest, v1::GetResponse>::Start(
-      core, std::move(spec), std::move(request), &InvokeGet,
+      core, std::move(spec), std::move(request), &AsyncKv::Get,
       [core, key, start, token, done = std::move(done)](absl::StatusOr<v1::GetResponse> r) {
         if (!r.ok()) return done(r.status());
         core->cache().Fill(key, CachedValue{r->found(), r->kv().value(), r->kv().version(), start},
@@ -963,7 +946,7 @@ void Client::DeleteAsync(const std::string& key, const CallOptions& options, Cal
   Core* core = core_.get();
   core->cache().BeginWrite(key);
   KvCall<v1::DeleteRequest, v1::DeleteResponse>::Start(
-      core, std::move(spec), std::move(request), &InvokeDelete,
+      core, std::move(spec), std::move(request), &AsyncKv::Delete,
       [core, key, done = std::move(done)](absl::StatusOr<v1::DeleteResponse> r) {
         if (!r.ok()) {
           core->cache().EndWrite(key, std::nullopt);
@@ -1027,7 +1010,7 @@ absl::StatusOr<ScanResult> Client::ScanPages(
       request.set_limit(f.limit);
       request.set_continuation(std::move(f.continuation));
       KvCall<v1::ScanRequest, v1::ScanResponse>::Start(
-          core, std::move(spec), std::move(request), &InvokeScan,
+          core, std::move(spec), std::move(request), &AsyncKv::Scan,
           [buffers, shard = f.shard](absl::StatusOr<v1::ScanResponse> r) {
             buffers->OnPage(shard, std::move(r));
           });
@@ -1075,7 +1058,7 @@ void Client::TxnAsync(const TxnRequest& txn, const CallOptions& options, Callbac
   Core* core = core_.get();
   for (const std::string& key : written) core->cache().BeginWrite(key);
   KvCall<v1::TxnRequest, v1::TxnResponse>::Start(
-      core, std::move(spec), std::move(request), &InvokeTxn,
+      core, std::move(spec), std::move(request), &AsyncKv::Txn,
       [core, written, txn, done = std::move(done)](absl::StatusOr<v1::TxnResponse> r) {
         // The new state of the written keys is not all in the response:
         // leave them uncached.
