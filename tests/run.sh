@@ -13,8 +13,9 @@
 #              preset (clang, -Wthread-safety -Werror) builds everything under
 #              server/ and client/ and runs the concurrent suites under TSan
 #              (node, peer transports, kv service, client end-to-end,
-#              sim_node*; the regex is tsan_tests below). About 25 min from a
-#              cold ccache on 2 cores, 4 min warm.
+#              sim_node*; the regex is tsan_tests below). About 5 min from a
+#              cold ccache on 2 cores (half a minute of it the tests), under
+#              a minute warm.
 # Everything after `--` goes to ctest (e.g. -- -R storage) for the main and
 # fuzz runs; the TSan stage always runs its own selection.
 set -euo pipefail
