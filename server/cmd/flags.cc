@@ -73,6 +73,14 @@ ABSL_FLAG(uint64_t, max_inflight_bytes, 64 << 20,
           "node-wide budget of client request bytes in flight; beyond it requests get "
           "RESOURCE_EXHAUSTED with a retry-after hint (0: no limit)");
 // ---- end admission control ----
+// ---- testing only (issue 13 item 2) ----
+ABSL_FLAG(std::string, testing_storage_faults, "",
+          "TESTING ONLY, never in production: storage operations fail with an injected I/O "
+          "error while this file exists and names them (save, sync, apply, install, compact, "
+          "all; empty file = all), so tests can prove the fail-stop path (exit code 3). "
+          "Refused unless the environment has TESSERA_ALLOW_TESTING_FLAGS=1. Empty (default): "
+          "storage is not wrapped");
+// ---- end testing only ----
 ABSL_FLAG(std::string, port_file, "",
           "if set, written after startup: client_port=<port> and peer_port=<port> lines");
 // Resource bounds (issue 12): connection caps per port, sized with storage's
@@ -100,6 +108,7 @@ constexpr char kUsage[] =
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
     "  [--max-inflight-bytes=67108864]\n"
+    "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
 // Sets flag `name` (dashes allowed) to `value`.
@@ -136,7 +145,8 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "max_client_connections",
                                               "max_peer_connections",
                                               "min_free_disk_bytes",
-                                              "max_inflight_bytes"};
+                                              "max_inflight_bytes",
+                                              "testing_storage_faults"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
   }
@@ -324,6 +334,16 @@ absl::StatusOr<ServerConfig> Validate() {
   config.max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots));
   config.max_snapshot_bytes = absl::GetFlag(FLAGS_max_snapshot_bytes);
   config.snapshot_idle_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_snapshot_idle_timeout_ms));
+  config.testing_storage_faults = absl::GetFlag(FLAGS_testing_storage_faults);
+  if (!config.testing_storage_faults.empty()) {
+    const char* allow = std::getenv(kAllowTestingFlagsEnv);
+    if (allow == nullptr || std::string(allow) != "1") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--testing-storage-faults is for tests only (it makes storage fail on "
+                       "command); refused unless the environment has ",
+                       kAllowTestingFlagsEnv, "=1"));
+    }
+  }
   return config;
 }
 

@@ -42,7 +42,15 @@ struct ServerConfig {
   int max_inbound_snapshots = 2;
   uint64_t max_snapshot_bytes = 1ull << 30;
   absl::Duration snapshot_idle_timeout = absl::Seconds(30);
+  // TESTING ONLY (--testing-storage-faults): the control file of the storage
+  // fault injector (storage/fault_injection.h); empty: storage is not
+  // wrapped at all.
+  std::string testing_storage_faults;
 };
+
+// The environment variable that must be "1" for tessera-server to accept its
+// testing-only flags (--testing-storage-faults).
+inline constexpr char kAllowTestingFlagsEnv[] = "TESSERA_ALLOW_TESTING_FLAGS";
 
 // Parses argv, then --config for what argv did not set, and validates the
 // result (raising the file limit to size the connection caps).

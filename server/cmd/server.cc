@@ -236,8 +236,20 @@ absl::Status Server::StartParts() {
   engine_ = *std::move(engine);
   spdlog::info("opened storage at {}", config.data_dir);
   metrics_->SetEngine(engine_.get());
+  storage::RaftLog* raft_log = &engine_->raft_log();
+  storage::KvStore* kv_store = &engine_->kv_store();
+  if (!config.testing_storage_faults.empty()) {
+    testing_faults_ = std::make_unique<storage::FaultInjectionEngine>(
+        engine_.get(), config.testing_storage_faults);
+    raft_log = &testing_faults_->raft_log();
+    kv_store = &testing_faults_->kv_store();
+    spdlog::warn(
+        "--testing-storage-faults={}: TESTING ONLY: storage operations named in that file fail "
+        "with an injected I/O error (the node then exits with code 3)",
+        config.testing_storage_faults);
+  }
 
-  state_machine_ = std::make_unique<StateMachine>(&engine_->kv_store(), StateMachineOptions{});
+  state_machine_ = std::make_unique<StateMachine>(kv_store, StateMachineOptions{});
   // A map already stored in this node's metadata replica is checked before
   // any shard replica is created or joins its group.
   if (hosts_meta) {
@@ -353,7 +365,7 @@ absl::Status Server::StartParts() {
     metrics_->RegisterShards(shard_ids);
   }
   absl::StatusOr<std::unique_ptr<Node>> node =
-      Node::Start(node_options, engine_.get(), state_machine_.get(), transport_.get());
+      Node::Start(node_options, raft_log, kv_store, state_machine_.get(), transport_.get());
   if (node.status().code() == absl::StatusCode::kResourceExhausted) {
     ExitOnStorageFailure(node.status());  // bootstrap writes on a full disk
   }
@@ -503,6 +515,7 @@ void Server::Stop() {
   StopObservers();
   node_.reset();
   transport_.reset();
+  testing_faults_.reset();
   if (engine_ != nullptr) {
     engine_.reset();
     spdlog::info("storage closed; node {} exits", config_.node_id);

@@ -44,6 +44,7 @@
 #include "server/transport/grpc_server.h"
 #include "server/transport/grpc_transport.h"
 #include "storage/engine.h"
+#include "storage/fault_injection.h"
 
 namespace tessera::server {
 
@@ -110,6 +111,9 @@ class Server {
   security::DataDirIdentity identity_;
   std::unique_ptr<security::PeerRegistry> registry_;
   std::unique_ptr<storage::Engine> engine_;
+  // Only with --testing-storage-faults: the engine's RaftLog and KvStore
+  // wrapped to fail on command; the Node and the StateMachine use these.
+  std::unique_ptr<storage::FaultInjectionEngine> testing_faults_;
   std::unique_ptr<StateMachine> state_machine_;
   // The Node once it runs, for the transport's callbacks (null before and
   // after: messages are then dropped, as raft tolerates).

@@ -117,15 +117,16 @@ struct ShardCounter {
 
 class Node::Impl {
  public:
-  Impl(const NodeOptions& options, storage::Engine* engine, Applier* applier, Transport* transport)
+  Impl(const NodeOptions& options, storage::RaftLog* log, storage::KvStore* kv, Applier* applier,
+       Transport* transport)
       : options_(options),
         // Generous by default: a slow fsync on a loaded disk is not a wedge.
         max_loop_stall_(
             options.max_loop_stall > absl::ZeroDuration()
                 ? options.max_loop_stall
                 : std::max(10 * options.election_ticks * options.tick_interval, absl::Seconds(5))),
-        log_(&engine->raft_log()),
-        kv_(&engine->kv_store()),
+        log_(log),
+        kv_(kv),
         applier_(applier),
         transport_(transport) {
     for (const ShardPlacement& p : options_.shards) {
@@ -1243,8 +1244,15 @@ void Node::Impl::PublishStatus(absl::Time now) {
 absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options,
                                                   storage::Engine* engine, Applier* applier,
                                                   Transport* transport) {
+  if (engine == nullptr) return absl::InvalidArgumentError("engine is required");
+  return Start(options, &engine->raft_log(), &engine->kv_store(), applier, transport);
+}
+
+absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options, storage::RaftLog* log,
+                                                  storage::KvStore* kv, Applier* applier,
+                                                  Transport* transport) {
   if (options.id == 0) return absl::InvalidArgumentError("node id must not be 0");
-  if (engine == nullptr || applier == nullptr || transport == nullptr) {
+  if (log == nullptr || kv == nullptr || applier == nullptr || transport == nullptr) {
     return absl::InvalidArgumentError("engine, applier and transport are required");
   }
   if (options.tick_interval <= absl::ZeroDuration()) {
@@ -1270,7 +1278,7 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Start(const NodeOptions& options,
       if (r == 0) return absl::InvalidArgumentError("replica id 0");
     }
   }
-  auto impl = std::make_unique<Impl>(options, engine, applier, transport);
+  auto impl = std::make_unique<Impl>(options, log, kv, applier, transport);
   TESSERA_RETURN_IF_ERROR(impl->Init());
   impl->StartLoop();
   return std::unique_ptr<Node>(new Node(std::move(impl)));

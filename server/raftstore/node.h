@@ -123,6 +123,11 @@ class Node {
   static absl::StatusOr<std::unique_ptr<Node>> Start(const NodeOptions& options,
                                                      storage::Engine* engine, Applier* applier,
                                                      Transport* transport);
+  // The same over a RaftLog and a KvStore given separately (e.g. the
+  // in-memory ones of storage/mem_*.h). Neither is owned.
+  static absl::StatusOr<std::unique_ptr<Node>> Start(const NodeOptions& options,
+                                                     storage::RaftLog* log, storage::KvStore* kv,
+                                                     Applier* applier, Transport* transport);
   ~Node();  // Stop()s.
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
