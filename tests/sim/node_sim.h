@@ -86,7 +86,7 @@ struct NodeSimStats {
   uint64_t ops_ok = 0, ops_fail = 0, ops_unknown = 0;
   uint64_t crashes = 0, power_losses = 0, write_crashes = 0, outages = 0;
   uint64_t stalls = 0, partitions = 0, transfers = 0;
-  uint64_t snapshots_installed = 0;
+  uint64_t snapshots_delivered = 0;
   uint64_t leaders_elected = 0;
   uint64_t max_commit = 0;
 };

@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
     total.stalls += st.stalls;
     total.partitions += st.partitions;
     total.transfers += st.transfers;
-    total.snapshots_installed += st.snapshots_installed;
+    total.snapshots_delivered += st.snapshots_delivered;
     total.leaders_elected += st.leaders_elected;
     if (!status.ok()) {
       ++failures;
@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   std::cout << absl::StrFormat(
       "%d seeds in %.2f s (%.1f seeds/s): %d passed, %d failed; per seed: %.0f steps, ops "
       "ok/fail/unknown %.1f/%.1f/%.1f, crashes %.2f (power losses %.2f, inside a write %.2f), "
-      "outages %.2f, stalls %.2f, partitions %.2f, transfers %.2f, snapshots sent %.2f, "
+      "outages %.2f, stalls %.2f, partitions %.2f, transfers %.2f, snapshots delivered %.2f, "
       "leaders %.1f\n",
       ran, secs, static_cast<double>(ran) / secs, ran - failures, failures,
       static_cast<double>(total.steps) / ran, static_cast<double>(total.ops_ok) / ran,
@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
       static_cast<double>(total.power_losses) / ran, static_cast<double>(total.write_crashes) / ran,
       static_cast<double>(total.outages) / ran, static_cast<double>(total.stalls) / ran,
       static_cast<double>(total.partitions) / ran, static_cast<double>(total.transfers) / ran,
-      static_cast<double>(total.snapshots_installed) / ran,
+      static_cast<double>(total.snapshots_delivered) / ran,
       static_cast<double>(total.leaders_elected) / ran);
   if (expect_violation) {
     std::cout << "mutation " << mutation << " NOT caught within " << ran << " seeds\n";
