@@ -18,6 +18,8 @@ namespace tessera::client {
 namespace {
 
 using Core = Client::Core;
+// The callback API of the KV service's stubs.
+using AsyncKv = v1::KV::StubInterface::async_interface;
 
 // Not-leader hints followed at once (no backoff) in a row; then back off, so
 // two nodes that name each other during an election cannot spin.
@@ -61,6 +63,15 @@ bool IsNodeFailure(const absl::Status& s) {
          detail->not_leader().reason() != v1::ErrorDetail::NotLeader::REASON_NOT_LEADER;
 }
 
+// Feeds the outcome of an attempt on `node` to its circuit breaker.
+void RecordOutcome(Core::Node* node, const absl::Status& status, absl::Time now) {
+  if (IsNodeFailure(status)) {
+    node->breaker.RecordFailure(now);
+  } else {
+    node->breaker.RecordSuccess();
+  }
+}
+
 // The smallest key greater than every key with `prefix`; empty = none.
 std::string PrefixEnd(const std::string& prefix) {
   std::string end = prefix;
@@ -87,34 +98,78 @@ struct CallSpec {
   uint32_t fixed_num_shards = 0;  // the shard count `fixed_shard` belongs to
 };
 
-// Fetches the cluster map from any endpoint or member, with backoff until
-// the deadline, and installs it in the RouteTable.
-class MapCall final : public CallBase {
+// What MapCall and KvCall share: a call registered with the Core (so that
+// ~Client cancels it) that makes attempts one after another, each started by
+// Attempt() at once or on the client's timer, until it completes and deletes
+// itself.
+class RetryingCall : public CallBase {
  public:
-  using Done = std::function<void(absl::StatusOr<v1::ClusterMap>)>;
-
-  static void Start(Core* core, absl::Time deadline, Done done) {
-    auto* call = new MapCall(core, deadline, std::move(done));
-    if (!core->Register(call)) return call->Finish(absl::CancelledError("client shutting down"));
-    call->Attempt();
-  }
-
-  std::shared_ptr<grpc::ClientContext> Cancel() override {
+  std::shared_ptr<grpc::ClientContext> Cancel() final ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     cancelled_ = true;
     return context_;
   }
 
-  bool IsCancelled() {
+ protected:
+  explicit RetryingCall(Core* core) : core_(core) {}
+
+  static absl::Status ShuttingDown() { return absl::CancelledError("client shutting down"); }
+
+  // Starts the next attempt.
+  virtual void Attempt() = 0;
+  // Completes the call with `status` (an error); ends with Release().
+  virtual void Fail(absl::Status status) = 0;
+
+  // Registers the call and makes its first attempt (or fails it: the client
+  // is shutting down).
+  void Launch() {
+    if (!core_->Register(this)) return Fail(ShuttingDown());
+    Attempt();
+  }
+
+  bool IsCancelled() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
     return cancelled_;
   }
 
+  // Makes the next attempt at `when` (or fails the call if the client shuts
+  // down first).
+  void AttemptAt(absl::Time when) {
+    core_->timer().Schedule(when, [this](bool ok) {
+      if (!ok) return Fail(ShuttingDown());
+      Attempt();
+    });
+  }
+
+  // The call's last step, after it reported its result.
+  void Release() {
+    core_->Unregister(this);
+    delete this;
+  }
+
+  Core* const core_;
+  // Attempts run one after another (each starts after the previous one's
+  // completion or timer); mu_ orders them and guards what Cancel() reads.
+  absl::Mutex mu_;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);  // of the attempt
+};
+
+// Fetches the cluster map from any endpoint or member, with backoff until
+// the deadline, and installs it in the RouteTable.
+class MapCall final : public RetryingCall {
+ public:
+  using Done = std::function<void(absl::StatusOr<v1::ClusterMap>)>;
+
+  static void Start(Core* core, absl::Time deadline, Done done) {
+    (new MapCall(core, deadline, std::move(done)))->Launch();
+  }
+
  private:
   MapCall(Core* core, absl::Time deadline, Done done)
-      : core_(core), deadline_(deadline), done_(std::move(done)) {}
+      : RetryingCall(core), deadline_(deadline), done_(std::move(done)) {}
 
-  void Attempt() {
+  void Attempt() override {
     const absl::Time now = absl::Now();
     std::vector<std::string> candidates = core_->options().endpoints;
     for (const std::string& a : core_->routes().MemberAddresses()) {
@@ -124,7 +179,7 @@ class MapCall final : public CallBase {
     }
     std::shared_ptr<grpc::ClientContext> context =
         core_->NewContext(std::min(deadline_, now + AttemptTimeout()));
-    if (IsCancelled()) return Finish(absl::CancelledError("client shutting down"));
+    if (IsCancelled()) return Finish(ShuttingDown());
     Core::Node* node = nullptr;
     {
       absl::MutexLock lock(&mu_);
@@ -152,11 +207,7 @@ class MapCall final : public CallBase {
 
   void OnDone(Core::Node* node, absl::Status status) {
     const absl::Time now = absl::Now();
-    if (IsNodeFailure(status)) {
-      node->breaker.RecordFailure(now);
-    } else {
-      node->breaker.RecordSuccess();
-    }
+    RecordOutcome(node, status, now);
     v1::ClusterMap map;
     {
       absl::MutexLock lock(&mu_);
@@ -177,27 +228,18 @@ class MapCall final : public CallBase {
                        absl::StrCat("no member answered GetClusterMap before the deadline: ",
                                     last_error_.message())));
     }
-    core_->timer().Schedule(now + delay, [this](bool ok) {
-      if (!ok) return Finish(absl::CancelledError("client shutting down"));
-      Attempt();
-    });
+    AttemptAt(now + delay);
   }
+
+  void Fail(absl::Status status) override { Finish(std::move(status)); }
 
   void Finish(absl::StatusOr<v1::ClusterMap> result) {
     done_(std::move(result));
-    Core* core = core_;
-    core->Unregister(this);
-    delete this;
+    Release();
   }
 
-  Core* const core_;
   const absl::Time deadline_;
   Done done_;
-  // Attempts run one after the other; mu_ orders them for TSan, which does
-  // not see gRPC's own synchronization.
-  absl::Mutex mu_;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);
   size_t next_ ABSL_GUARDED_BY(mu_) = 0;
   v1::GetClusterMapRequest request_;
   v1::GetClusterMapResponse response_;
@@ -207,35 +249,23 @@ class MapCall final : public CallBase {
 
 // One KV RPC with routing, retries and (for writes) its session.
 template <typename Req, typename Resp>
-class KvCall final : public CallBase {
+class KvCall final : public RetryingCall {
  public:
-  using Invoke = void (*)(v1::KV::Stub*, grpc::ClientContext*, const Req*, Resp*,
-                          std::function<void(grpc::Status)>);
+  // The stub's callback method for the RPC, e.g. &AsyncKv::Put.
+  using Method = void (AsyncKv::*)(grpc::ClientContext*, const Req*, Resp*,
+                                   std::function<void(grpc::Status)>);
   using Done = std::function<void(absl::StatusOr<Resp>)>;
 
-  static void Start(Core* core, CallSpec spec, Req request, Invoke invoke, Done done) {
-    auto* call = new KvCall(core, std::move(spec), std::move(request), invoke, std::move(done));
-    if (!core->Register(call)) return call->Finish(absl::CancelledError("client shutting down"));
-    call->Attempt();
-  }
-
-  std::shared_ptr<grpc::ClientContext> Cancel() override {
-    absl::MutexLock lock(&mu_);
-    cancelled_ = true;
-    return context_;
-  }
-
-  bool IsCancelled() {
-    absl::MutexLock lock(&mu_);
-    return cancelled_;
+  static void Start(Core* core, CallSpec spec, Req request, Method method, Done done) {
+    (new KvCall(core, std::move(spec), std::move(request), method, std::move(done)))->Launch();
   }
 
  private:
-  KvCall(Core* core, CallSpec spec, Req request, Invoke invoke, Done done)
-      : core_(core),
+  KvCall(Core* core, CallSpec spec, Req request, Method method, Done done)
+      : RetryingCall(core),
         spec_(std::move(spec)),
         request_(std::move(request)),
-        invoke_(invoke),
+        method_(method),
         done_(std::move(done)) {}
 
   bool LeaderOnly() const { return spec_.write || spec_.consistency != Consistency::kStale; }
@@ -301,9 +331,9 @@ class KvCall final : public CallBase {
     return core_->GetNode(candidates[rotation_++ % candidates.size()]);
   }
 
-  void Attempt() {
+  void Attempt() override {
     const absl::Time now = absl::Now();
-    if (IsCancelled()) return Finish(absl::CancelledError("client shutting down"));
+    if (IsCancelled()) return Finish(ShuttingDown());
     if (now >= spec_.deadline) return Finish(DeadlineStatus());
     if (!core_->routes().has_map() || need_map_) {
       need_map_ = false;
@@ -369,8 +399,9 @@ class KvCall final : public CallBase {
     if (cancel_now) context->TryCancel();  // the call starts cancelled
     node->outstanding.fetch_add(1);
     node->attempts.fetch_add(1);
-    invoke_(node->kv.Next(), context.get(), &request_, &response_,
-            [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
+    (node->kv.Next()->async()->*method_)(
+        context.get(), &request_, &response_,
+        [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
   }
 
   void OnDone(Core::Node* node, absl::Status status) {
@@ -384,12 +415,8 @@ class KvCall final : public CallBase {
       cancelled = cancelled_;
       context_.reset();
     }
-    if (cancelled) return Finish(absl::CancelledError("client shutting down"));
-    if (IsNodeFailure(status)) {
-      node->breaker.RecordFailure(now);
-    } else {
-      node->breaker.RecordSuccess();
-    }
+    if (cancelled) return Finish(ShuttingDown());
+    RecordOutcome(node, status, now);
     RouteTable& routes = core_->routes();
     if (status.ok()) {
       Resp response;
@@ -484,11 +511,7 @@ class KvCall final : public CallBase {
     const absl::Time now = absl::Now();
     if (now >= spec_.deadline) return Finish(DeadlineStatus());
     hint_hops_ = 0;
-    const absl::Time when = std::min(now + core_->Backoff(retries_++), spec_.deadline);
-    core_->timer().Schedule(when, [this](bool ok) {
-      if (!ok) return Finish(absl::CancelledError("client shutting down"));
-      Attempt();
-    });
+    AttemptAt(std::min(now + core_->Backoff(retries_++), spec_.deadline));
   }
 
   // The server refused the call for overload and said when it expects room:
@@ -501,10 +524,7 @@ class KvCall final : public CallBase {
     }
     hint_hops_ = 0;
     ++retries_;  // the next backoff grows too
-    core_->timer().Schedule(when, [this](bool ok) {
-      if (!ok) return Finish(absl::CancelledError("client shutting down"));
-      Attempt();
-    });
+    AttemptAt(when);
   }
 
   // What to report when the deadline passes.
@@ -522,26 +542,18 @@ class KvCall final : public CallBase {
                                                         : std::string(last_error_.message()));
   }
 
+  void Fail(absl::Status status) override { Finish(std::move(status)); }
+
   void Finish(absl::StatusOr<Resp> result) {
     if (ticket_.has_value()) core_->sessions().End(*ticket_);
     done_(std::move(result));
-    Core* core = core_;
-    core->Unregister(this);
-    delete this;
+    Release();
   }
 
-  Core* const core_;
   CallSpec spec_;
   Req request_;
-  const Invoke invoke_;
+  const Method method_;
   Done done_;
-
-  // Attempts run one after another (each starts after the previous one's
-  // completion or timer); mu_ orders them for TSan, which does not see
-  // gRPC's internal synchronization, and guards what Cancel() reads.
-  absl::Mutex mu_;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);
   std::string target_ ABSL_GUARDED_BY(mu_);
   Resp response_;
 
@@ -557,27 +569,6 @@ class KvCall final : public CallBase {
   bool maybe_applied_ = false;  // an attempt of this write may have been applied
   absl::Status last_error_;
 };
-
-void InvokePut(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::PutRequest* q,
-               v1::PutResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Put(c, q, r, std::move(f));
-}
-void InvokeGet(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::GetRequest* q,
-               v1::GetResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Get(c, q, r, std::move(f));
-}
-void InvokeDelete(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::DeleteRequest* q,
-                  v1::DeleteResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Delete(c, q, r, std::move(f));
-}
-void InvokeScan(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::ScanRequest* q,
-                v1::ScanResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Scan(c, q, r, std::move(f));
-}
-void InvokeTxn(v1::KV::Stub* stub, grpc::ClientContext* c, const v1::TxnRequest* q,
-               v1::TxnResponse* r, std::function<void(grpc::Status)> f) {
-  stub->async()->Txn(c, q, r, std::move(f));
-}
 
 KeyValue FromProto(const v1::KeyValue& kv) { return {kv.key(), kv.value(), kv.version()}; }
 
@@ -654,7 +645,7 @@ class ScanCall {
     request.set_limit(page);
     request.set_continuation(std::move(continuation));
     KvCall<v1::ScanRequest, v1::ScanResponse>::Start(
-        core_, std::move(spec), std::move(request), &InvokeScan,
+        core_, std::move(spec), std::move(request), &AsyncKv::Scan,
         [this, shard](absl::StatusOr<v1::ScanResponse> page) { OnPage(shard, std::move(page)); });
   }
 
@@ -893,7 +884,7 @@ void Client::PutAsync(const std::string& key, const std::string& value, bool ret
   Core* core = core_.get();
   core->cache().BeginWrite(key);
   KvCall<v1::PutRequest, v1::PutResponse>::Start(
-      core, std::move(spec), std::move(request), &InvokePut,
+      core, std::move(spec), std::move(request), &AsyncKv::Put,
       [core, key, value, done = std::move(done)](absl::StatusOr<v1::PutResponse> r) {
         if (!r.ok()) {
           core->cache().EndWrite(key, std::nullopt);
@@ -930,7 +921,7 @@ void Client::GetAsync(const std::string& key, const CallOptions& options, Callba
   v1::GetRequest request;
   request.set_key(key);
   KvCall<v1::GetRequest, v1::GetResponse>::Start(
-      core, std::move(spec), std::move(request), &InvokeGet,
+      core, std::move(spec), std::move(request), &AsyncKv::Get,
       [core, key, start, token, done = std::move(done)](absl::StatusOr<v1::GetResponse> r) {
         if (!r.ok()) return done(r.status());
         core->cache().Fill(key, CachedValue{r->found(), r->kv().value(), r->kv().version(), start},
@@ -955,7 +946,7 @@ void Client::DeleteAsync(const std::string& key, const CallOptions& options, Cal
   Core* core = core_.get();
   core->cache().BeginWrite(key);
   KvCall<v1::DeleteRequest, v1::DeleteResponse>::Start(
-      core, std::move(spec), std::move(request), &InvokeDelete,
+      core, std::move(spec), std::move(request), &AsyncKv::Delete,
       [core, key, done = std::move(done)](absl::StatusOr<v1::DeleteResponse> r) {
         if (!r.ok()) {
           core->cache().EndWrite(key, std::nullopt);
@@ -1019,7 +1010,7 @@ absl::StatusOr<ScanResult> Client::ScanPages(
       request.set_limit(f.limit);
       request.set_continuation(std::move(f.continuation));
       KvCall<v1::ScanRequest, v1::ScanResponse>::Start(
-          core, std::move(spec), std::move(request), &InvokeScan,
+          core, std::move(spec), std::move(request), &AsyncKv::Scan,
           [buffers, shard = f.shard](absl::StatusOr<v1::ScanResponse> r) {
             buffers->OnPage(shard, std::move(r));
           });
@@ -1067,7 +1058,7 @@ void Client::TxnAsync(const TxnRequest& txn, const CallOptions& options, Callbac
   Core* core = core_.get();
   for (const std::string& key : written) core->cache().BeginWrite(key);
   KvCall<v1::TxnRequest, v1::TxnResponse>::Start(
-      core, std::move(spec), std::move(request), &InvokeTxn,
+      core, std::move(spec), std::move(request), &AsyncKv::Txn,
       [core, written, txn, done = std::move(done)](absl::StatusOr<v1::TxnResponse> r) {
         // The new state of the written keys is not all in the response:
         // leave them uncached.

@@ -1,5 +1,7 @@
 #include "storage/mem_kv_store.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 #include <vector>
 
@@ -23,17 +25,43 @@ class MemShardSnapshot : public ShardSnapshot {
 
 }  // namespace
 
+MemKvStore::MemKvStore(MemWal* wal) : wal_(wal) {
+  wal_->Attach([this] {
+    absl::MutexLock lock(&mu_);
+    shards_ = durable_;
+  });
+}
+
 absl::Status MemKvStore::Apply(absl::Span<const ShardWrite> writes) {
   absl::MutexLock lock(&mu_);
+  if (wal_ == nullptr) return ApplyTo(shards_, writes);
+  if (writes.empty()) return absl::OkStatus();
+  if (absl::Status s = wal_->BeginWrite(); !s.ok()) return s;
+  absl::Status s = ApplyTo(shards_, writes);
+  if (!s.ok()) return s;
+  // Not synced (README.md "Durability contract").
+  wal_->Record(
+      [this, copy = std::vector<ShardWrite>(writes.begin(), writes.end())] {
+        if (absl::Status replayed = ApplyTo(durable_, copy); !replayed.ok()) {
+          std::fprintf(stderr, "MemKvStore: replaying an Apply on the durable image failed: %s\n",
+                       replayed.ToString().c_str());
+          std::abort();
+        }
+      },
+      /*synced=*/false);
+  return absl::OkStatus();
+}
+
+absl::Status MemKvStore::ApplyTo(Shards& shards, absl::Span<const ShardWrite> writes) {
   std::map<ShardId, uint64_t> staged_applied;
   for (const ShardWrite& w : writes) {
     absl::Status s = internal::CheckMutations(w);
     if (!s.ok()) return s;
     auto it = staged_applied.find(w.shard);
     if (it == staged_applied.end()) {
-      auto existing = shards_.find(w.shard);
+      auto existing = shards.find(w.shard);
       it = staged_applied
-               .emplace(w.shard, existing == shards_.end() ? 0 : existing->second.applied_index)
+               .emplace(w.shard, existing == shards.end() ? 0 : existing->second.applied_index)
                .first;
     }
     s = internal::CheckAppliedIndex(w, it->second);
@@ -41,7 +69,7 @@ absl::Status MemKvStore::Apply(absl::Span<const ShardWrite> writes) {
     it->second = w.applied_index;
   }
   for (const ShardWrite& w : writes) {
-    Shard& shard = shards_[w.shard];
+    Shard& shard = shards[w.shard];
     for (const Mutation& m : w.mutations) {
       switch (m.kind) {
         case Mutation::Kind::kPut:
@@ -137,13 +165,25 @@ absl::Status MemKvStore::InstallSnapshot(ShardId shard, uint64_t applied_index,
     (record.meta ? replacement.meta : replacement.data)[record.key] = std::move(record.value);
   }
   absl::MutexLock lock(&mu_);
-  shards_[shard] = std::move(replacement);
+  if (wal_ == nullptr) {
+    shards_[shard] = std::move(replacement);
+    return absl::OkStatus();
+  }
+  if (absl::Status s = wal_->BeginWrite(); !s.ok()) return s;
+  shards_[shard] = replacement;
+  // Synced: covers every earlier write too.
+  wal_->Record([this, shard, copy = std::move(replacement)] { durable_[shard] = copy; },
+               /*synced=*/true);
   return absl::OkStatus();
 }
 
 absl::Status MemKvStore::DeleteShard(ShardId shard) {
   absl::MutexLock lock(&mu_);
+  if (wal_ != nullptr) {
+    if (absl::Status s = wal_->BeginWrite(); !s.ok()) return s;
+  }
   shards_.erase(shard);
+  if (wal_ != nullptr) wal_->Record([this, shard] { durable_.erase(shard); }, /*synced=*/true);
   return absl::OkStatus();
 }
 

@@ -1,5 +1,8 @@
-// MemKvStore: an in-memory KvStore for tests and the simulator. Thread-safe
-// (one mutex; no I/O). ExportSnapshot() copies the shard.
+// MemKvStore: an in-memory KvStore for tests and the simulators. Thread-safe
+// (one mutex; no I/O). ExportSnapshot() copies the shard. With a MemWal
+// (shared with the node's MemRaftLog) it keeps a durable image too, and
+// MemWal::SimulateCrash() drops what a crash of the RocksDB engine would
+// (mem_wal.h): the Applies since the last synced write.
 #ifndef TESSERA_STORAGE_MEM_KV_STORE_H_
 #define TESSERA_STORAGE_MEM_KV_STORE_H_
 
@@ -11,12 +14,16 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "storage/kv_store.h"
+#include "storage/mem_wal.h"
 
 namespace tessera::storage {
 
 class MemKvStore : public KvStore {
  public:
   MemKvStore() = default;
+  // Records every write in `wal` (not owned; must outlive this store) so that
+  // wal->SimulateCrash() can undo the unsynced ones.
+  explicit MemKvStore(MemWal* wal);
   MemKvStore(const MemKvStore&) = delete;
   MemKvStore& operator=(const MemKvStore&) = delete;
 
@@ -41,11 +48,19 @@ class MemKvStore : public KvStore {
     std::map<std::string, std::string> meta;
   };
 
+  using Shards = std::map<ShardId, Shard>;
+
   absl::StatusOr<std::string> Lookup(ShardId shard, absl::string_view key, bool meta) const
       ABSL_LOCKS_EXCLUDED(mu_);
+  // Apply() on the live state or on the durable image.
+  static absl::Status ApplyTo(Shards& shards, absl::Span<const ShardWrite> writes);
 
+  MemWal* const wal_ = nullptr;
   mutable absl::Mutex mu_;
-  std::map<ShardId, Shard> shards_ ABSL_GUARDED_BY(mu_);
+  Shards shards_ ABSL_GUARDED_BY(mu_);
+  // With a MemWal: the state as of the last synced write plus the unsynced
+  // writes the WAL has replayed since (see MemRaftLog::durable_).
+  Shards durable_;
 };
 
 }  // namespace tessera::storage

@@ -1,13 +1,49 @@
 #include "storage/mem_raft_log.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 
 namespace tessera::storage {
 
-absl::Status MemRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durability /*durability*/) {
+namespace {
+
+// A replay of a write that succeeded on the live state must succeed on the
+// durable image (the same writes in the same order): anything else is a bug
+// of the crash model.
+void CheckReplay(const absl::Status& s) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "MemRaftLog: replaying a write on the durable image failed: %s\n",
+                 s.ToString().c_str());
+    std::abort();
+  }
+}
+
+}  // namespace
+
+MemRaftLog::MemRaftLog(MemWal* wal) : wal_(wal) {
+  wal_->Attach([this] {
+    absl::MutexLock lock(&mu_);
+    shards_ = durable_;
+  });
+}
+
+absl::Status MemRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durability durability) {
   absl::MutexLock lock(&mu_);
+  if (wal_ == nullptr) return SaveTo(shards_, updates);
+  if (updates.empty()) return absl::OkStatus();
+  if (absl::Status s = wal_->BeginWrite(); !s.ok()) return s;
+  absl::Status s = SaveTo(shards_, updates);
+  if (!s.ok()) return s;
+  wal_->Record([this, copy = std::vector<LogUpdate>(
+                          updates.begin(), updates.end())] { CheckReplay(SaveTo(durable_, copy)); },
+               durability == Durability::kSynced);
+  return absl::OkStatus();
+}
+
+absl::Status MemRaftLog::SaveTo(Shards& shards, absl::Span<const LogUpdate> updates) {
   // Validate everything against staged copies first: all or nothing.
   std::map<ShardId, internal::ShardLogMeta> staged;
   std::vector<std::vector<internal::IndexRange>> deletes(updates.size());
@@ -15,24 +51,24 @@ absl::Status MemRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durability 
     const ShardId shard = updates[i].shard;
     auto it = staged.find(shard);
     if (it == staged.end()) {
-      auto existing = shards_.find(shard);
+      auto existing = shards.find(shard);
       it = staged
-               .emplace(shard, existing == shards_.end() ? internal::ShardLogMeta{}
-                                                         : existing->second.meta)
+               .emplace(shard,
+                        existing == shards.end() ? internal::ShardLogMeta{} : existing->second.meta)
                .first;
     }
     absl::Status s = internal::PlanLogUpdate(updates[i], &it->second, &deletes[i]);
     if (!s.ok()) return s;
   }
   for (size_t i = 0; i < updates.size(); ++i) {
-    Shard& shard = shards_[updates[i].shard];
+    Shard& shard = shards[updates[i].shard];
     for (const internal::IndexRange& range : deletes[i]) {
       shard.entries.erase(shard.entries.lower_bound(range.first),
                           shard.entries.upper_bound(range.last));
     }
     for (const raftpb::Entry& e : updates[i].entries) shard.entries[e.index()] = e;
   }
-  for (auto& [id, meta] : staged) shards_[id].meta = std::move(meta);
+  for (auto& [id, meta] : staged) shards[id].meta = std::move(meta);
   return absl::OkStatus();
 }
 
@@ -85,9 +121,19 @@ absl::StatusOr<uint64_t> MemRaftLog::Term(ShardId shard, uint64_t index) const {
 
 absl::Status MemRaftLog::Compact(ShardId shard, uint64_t index) {
   absl::MutexLock lock(&mu_);
-  auto it = shards_.find(shard);
+  if (wal_ == nullptr) return CompactIn(shards_, shard, index);
+  if (absl::Status s = wal_->BeginWrite(); !s.ok()) return s;
+  absl::Status s = CompactIn(shards_, shard, index);
+  if (!s.ok()) return s;
+  wal_->Record([this, shard, index] { CheckReplay(CompactIn(durable_, shard, index)); },
+               /*synced=*/false);
+  return absl::OkStatus();
+}
+
+absl::Status MemRaftLog::CompactIn(Shards& shards, ShardId shard, uint64_t index) {
+  auto it = shards.find(shard);
   absl::Status status = internal::CheckCompactIndex(
-      it == shards_.end() ? internal::ShardLogMeta{} : it->second.meta, index);
+      it == shards.end() ? internal::ShardLogMeta{} : it->second.meta, index);
   if (!status.ok()) return status;
   Shard& s = it->second;
   auto e = s.entries.find(index);
@@ -102,7 +148,11 @@ absl::Status MemRaftLog::Compact(ShardId shard, uint64_t index) {
 
 absl::Status MemRaftLog::DeleteShard(ShardId shard) {
   absl::MutexLock lock(&mu_);
+  if (wal_ != nullptr) {
+    if (absl::Status s = wal_->BeginWrite(); !s.ok()) return s;
+  }
   shards_.erase(shard);
+  if (wal_ != nullptr) wal_->Record([this, shard] { durable_.erase(shard); }, /*synced=*/true);
   return absl::OkStatus();
 }
 

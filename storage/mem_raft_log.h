@@ -1,6 +1,9 @@
-// MemRaftLog: an in-memory RaftLog for tests and the raft simulator. Nothing
-// survives the object: a "crash" is modelled by dropping it. Thread-safe (one
-// mutex; no I/O).
+// MemRaftLog: an in-memory RaftLog for tests and the simulators. Without a
+// MemWal nothing survives the object, and both durabilities are the same.
+// With one (shared with the node's MemKvStore) it keeps a durable image too,
+// and MemWal::SimulateCrash() drops what a crash of the RocksDB engine would
+// (mem_wal.h): kBuffered Saves and Compacts since the last synced write.
+// Thread-safe (one mutex; no I/O).
 #ifndef TESSERA_STORAGE_MEM_RAFT_LOG_H_
 #define TESSERA_STORAGE_MEM_RAFT_LOG_H_
 
@@ -11,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "storage/log_meta.h"
+#include "storage/mem_wal.h"
 #include "storage/raft_log.h"
 
 namespace tessera::storage {
@@ -18,6 +22,9 @@ namespace tessera::storage {
 class MemRaftLog : public RaftLog {
  public:
   MemRaftLog() = default;
+  // Records every write in `wal` (not owned; must outlive this log) so that
+  // wal->SimulateCrash() can undo the unsynced ones.
+  explicit MemRaftLog(MemWal* wal);
   MemRaftLog(const MemRaftLog&) = delete;
   MemRaftLog& operator=(const MemRaftLog&) = delete;
 
@@ -31,7 +38,7 @@ class MemRaftLog : public RaftLog {
   absl::Status DeleteShard(ShardId shard) override ABSL_LOCKS_EXCLUDED(mu_);
 
  protected:
-  // Memory only: both durabilities are the same.
+  // Without a MemWal both durabilities are the same.
   absl::Status DoSave(absl::Span<const LogUpdate> updates, Durability durability) override
       ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -40,9 +47,19 @@ class MemRaftLog : public RaftLog {
     internal::ShardLogMeta meta;
     std::map<uint64_t, raftpb::Entry> entries;
   };
+  using Shards = std::map<ShardId, Shard>;
 
+  // The writes, on the live state or on the durable image.
+  static absl::Status SaveTo(Shards& shards, absl::Span<const LogUpdate> updates);
+  static absl::Status CompactIn(Shards& shards, ShardId shard, uint64_t index);
+
+  MemWal* const wal_ = nullptr;
   mutable absl::Mutex mu_;
-  std::map<ShardId, Shard> shards_ ABSL_GUARDED_BY(mu_);
+  Shards shards_ ABSL_GUARDED_BY(mu_);
+  // With a MemWal: the state as of the last synced write plus the unsynced
+  // writes the WAL has replayed since; touched only by the WAL's closures
+  // (under its lock) and by SimulateCrash.
+  Shards durable_;
 };
 
 }  // namespace tessera::storage

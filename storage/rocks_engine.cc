@@ -1,5 +1,6 @@
 // Engine over RocksDB: opening the DB with tuned options, the one
-// rocksdb::Status -> absl::Status conversion, and stats.
+// rocksdb::Status -> absl::Status conversion, helpers the other rocks_*.cc
+// share, and stats.
 #include <cstdlib>
 #include <filesystem>
 #include <map>
@@ -20,6 +21,7 @@
 #include "rocksdb/table.h"
 #include "storage/disk_space.h"
 #include "storage/engine.h"
+#include "storage/keys.h"
 
 namespace tessera::storage {
 
@@ -27,6 +29,8 @@ namespace tessera::storage {
 // that no header mentions a RocksDB type (STYLE.md §1). A mismatch between the
 // declarations is a link error.
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
+absl::Status DeleteShardRange(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard,
+                              absl::string_view context);
 std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
                                          const DiskSpaceGuard* space);
 std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
@@ -48,6 +52,16 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
   if (s.IsAborted()) return absl::AbortedError(message);
   // IOError (disk full, EIO, lock held by another process), Incomplete, ...
   return absl::InternalError(message);
+}
+
+// Deletes every record of `shard` in `cf` with one range tombstone, synced
+// (the DeleteShard() of the RaftLog and of the KvStore).
+absl::Status DeleteShardRange(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard,
+                              absl::string_view context) {
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(db->DeleteRange(wo, cf, keys::ShardStart(shard), keys::ShardEnd(shard)),
+                   context);
 }
 
 namespace {
@@ -113,56 +127,61 @@ rocksdb::DBOptions MakeDbOptions(const EngineOptions& options) {
   return db;
 }
 
-rocksdb::ColumnFamilyOptions MakeRaftCfOptions(const EngineOptions& options,
-                                               const std::shared_ptr<rocksdb::Cache>& cache) {
+// What both column families share: up to three memtables of
+// `write_buffer_bytes`, fast compression above the last level, and a
+// block-based table in the shared `cache` with `block_size` blocks.
+rocksdb::ColumnFamilyOptions BaseCfOptions(uint64_t write_buffer_bytes) {
   rocksdb::ColumnFamilyOptions cf;
-  // Entries are appended, read back soon (by followers' Entries()) and
-  // deleted by Compact(): most never leave the memtable.
-  cf.write_buffer_size = options.raft_write_buffer_bytes;
+  cf.write_buffer_size = write_buffer_bytes;
   cf.max_write_buffer_number = 3;
+  // Keeps space amplification near 1.1x whatever the data size.
   cf.level_compaction_dynamic_level_bytes = true;
   cf.compression = FastCompression();
-  cf.bottommost_compression = FastCompression();
+  return cf;
+}
+
+rocksdb::BlockBasedTableOptions BaseTableOptions(const std::shared_ptr<rocksdb::Cache>& cache,
+                                                 size_t block_size) {
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = cache;
-  // No bloom filter: raft reads are iterations or Gets of entries known to
-  // exist, which a filter cannot speed up.
+  // Index and filter blocks compete for the same cache budget (bounded
+  // memory); L0's are pinned since every read consults them.
   table.cache_index_and_filter_blocks = true;
   table.pin_l0_filter_and_index_blocks_in_cache = true;
-  // Entries are read sequentially: bigger blocks, fewer index entries.
-  table.block_size = 16 << 10;
+  table.block_size = block_size;
   table.format_version = 5;
+  return table;
+}
+
+rocksdb::ColumnFamilyOptions MakeRaftCfOptions(const EngineOptions& options,
+                                               const std::shared_ptr<rocksdb::Cache>& cache) {
+  // Entries are appended, read back soon (by followers' Entries()) and
+  // deleted by Compact(): most never leave the memtable.
+  rocksdb::ColumnFamilyOptions cf = BaseCfOptions(options.raft_write_buffer_bytes);
+  cf.bottommost_compression = FastCompression();
+  // No bloom filter: raft reads are iterations or Gets of entries known to
+  // exist, which a filter cannot speed up. Entries are read sequentially:
+  // bigger blocks, fewer index entries.
+  rocksdb::BlockBasedTableOptions table = BaseTableOptions(cache, 16 << 10);
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   return cf;
 }
 
 rocksdb::ColumnFamilyOptions MakeDataCfOptions(const EngineOptions& options,
                                                const std::shared_ptr<rocksdb::Cache>& cache) {
-  rocksdb::ColumnFamilyOptions cf;
-  cf.write_buffer_size = options.data_write_buffer_bytes;
-  cf.max_write_buffer_number = 3;
-  // Keeps space amplification near 1.1x whatever the data size.
-  cf.level_compaction_dynamic_level_bytes = true;
-  cf.compression = FastCompression();
+  rocksdb::ColumnFamilyOptions cf = BaseCfOptions(options.data_write_buffer_bytes);
   cf.bottommost_compression = DenseCompression();
   // A small whole-key bloom filter in the memtable: point Gets of absent or
   // flushed keys skip the memtable search.
   cf.memtable_prefix_bloom_size_ratio = 0.02;
   cf.memtable_whole_key_filtering = true;
-  rocksdb::BlockBasedTableOptions table;
-  table.block_cache = cache;
+  // 4 KiB blocks (the default) suit point reads of small values.
+  rocksdb::BlockBasedTableOptions table = BaseTableOptions(cache, 4 << 10);
   // Whole-key bloom filter, 10 bits/key (~1% false positives): a Get of a
   // missing key reads no data block. No prefix extractor, so iterators over
   // any range (Scan, snapshot export) stay in total order.
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   table.whole_key_filtering = true;
-  // Index and filter blocks compete for the same cache budget (bounded
-  // memory); L0's are pinned since every read consults them.
-  table.cache_index_and_filter_blocks = true;
-  table.pin_l0_filter_and_index_blocks_in_cache = true;
-  // 4 KiB blocks (the default) suit point reads of small values.
-  table.block_size = 4 << 10;
-  table.format_version = 5;
   cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   return cf;
 }

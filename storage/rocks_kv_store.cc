@@ -1,9 +1,9 @@
 // KvStore over the "data" column family of the node's RocksDB (layout in
 // keys.h and README.md).
 //
-// Each shard's applied index is loaded lazily and cached under mu_; writers
-// mark their shards busy under mu_, write without holding it, then publish,
-// exactly as in rocks_raft_log.cc. Reads go straight to RocksDB.
+// Each shard's applied index is loaded lazily and cached; writers follow the
+// busy-shard protocol of shard_cache.h, as rocks_raft_log.cc does. Reads go
+// straight to RocksDB.
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
@@ -13,10 +13,8 @@
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "proto/status_macros.h"
 #include "rocksdb/db.h"
 #include "rocksdb/iterator.h"
@@ -28,11 +26,14 @@
 #include "storage/keys.h"
 #include "storage/kv_internal.h"
 #include "storage/kv_store.h"
+#include "storage/shard_cache.h"
 
 namespace tessera::storage {
 
 // Defined in rocks_engine.cc (see the note there).
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
+absl::Status DeleteShardRange(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard,
+                              absl::string_view context);
 std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
                                          const DiskSpaceGuard* space, std::string staging_dir);
 
@@ -125,29 +126,34 @@ class RocksKvStore : public KvStore {
  public:
   RocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, const DiskSpaceGuard* space,
                std::string staging_dir)
-      : db_(db), cf_(cf), space_(space), staging_dir_(std::move(staging_dir)) {}
+      : db_(db),
+        cf_(cf),
+        space_(space),
+        staging_dir_(std::move(staging_dir)),
+        applied_([db, cf](ShardId shard) {
+          return ReadAppliedIndex(db, cf, rocksdb::ReadOptions(), shard);
+        }) {}
 
-  absl::Status Apply(absl::Span<const ShardWrite> writes) override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Apply(absl::Span<const ShardWrite> writes) override;
   absl::StatusOr<std::string> Get(ShardId shard, absl::string_view key) const override {
     return Lookup(shard, key, keys::kDataTag);
   }
   absl::StatusOr<std::string> GetMeta(ShardId shard, absl::string_view key) const override {
     return Lookup(shard, key, keys::kMetaTag);
   }
-  absl::StatusOr<uint64_t> AppliedIndex(ShardId shard) const override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<uint64_t> AppliedIndex(ShardId shard) const override;
   absl::StatusOr<ScanResult> Scan(ShardId shard, const ScanOptions& options) const override;
   absl::StatusOr<std::unique_ptr<ShardSnapshot>> ExportSnapshot(ShardId shard) const override;
   absl::Status InstallSnapshot(ShardId shard, uint64_t applied_index,
-                               SnapshotReader& reader) override ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status DeleteShard(ShardId shard) override ABSL_LOCKS_EXCLUDED(mu_);
+                               SnapshotReader& reader) override;
+  absl::Status DeleteShard(ShardId shard) override;
   absl::StatusOr<std::unique_ptr<SnapshotStaging>> StageSnapshot(ShardId shard,
                                                                  uint64_t applied_index) override;
 
   // SnapshotStaging::Commit of a finished staging file: ingests it (its range
   // tombstone drops the shard's old state, its records and applied index
   // replace it, all at one sequence number: atomic).
-  absl::Status IngestStaged(ShardId shard, uint64_t applied_index, const std::string& path)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status IngestStaged(ShardId shard, uint64_t applied_index, const std::string& path);
   // Flushes the memtable, so that IngestStaged rarely has to (the flush would
   // then run on the caller of Commit, the raft loop).
   absl::Status FlushForIngest() {
@@ -158,94 +164,29 @@ class RocksKvStore : public KvStore {
   const DiskSpaceGuard* space() const { return space_; }
 
  private:
-  struct Cached {
-    uint64_t applied_index = 0;
-    bool busy = false;
-  };
-  struct BusyQuery {
-    const absl::flat_hash_map<ShardId, Cached>* cache;
-    const std::vector<ShardId>* shards;
-  };
-  static bool NoneBusy(BusyQuery* q) {
-    for (ShardId s : *q->shards) {
-      if (q->cache->at(s).busy) return false;
-    }
-    return true;
-  }
-
   absl::StatusOr<std::string> Lookup(ShardId shard, absl::string_view key, char tag) const;
-  absl::Status EnsureLoaded(const std::vector<ShardId>& shards) const ABSL_LOCKS_EXCLUDED(mu_);
-  void LockWhenIdle(const std::vector<ShardId>& shards) const ABSL_EXCLUSIVE_LOCK_FUNCTION(mu_);
-  // Clears busy and, when `ok`, publishes the applied indexes.
-  void Publish(const std::vector<ShardId>& shards,
-               const absl::flat_hash_map<ShardId, uint64_t>& staged, bool ok)
-      ABSL_LOCKS_EXCLUDED(mu_);
 
   rocksdb::DB* const db_;
   rocksdb::ColumnFamilyHandle* const cf_;
   const DiskSpaceGuard* const space_;
   const std::string staging_dir_;
   std::atomic<uint64_t> next_staging_{1};
-
-  mutable absl::Mutex mu_;
-  mutable absl::flat_hash_map<ShardId, Cached> cache_ ABSL_GUARDED_BY(mu_);
+  internal::ShardCache<uint64_t> applied_;  // each shard's applied index
 };
-
-absl::Status RocksKvStore::EnsureLoaded(const std::vector<ShardId>& shards) const {
-  for (ShardId shard : shards) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (cache_.contains(shard)) continue;
-    }
-    TESSERA_ASSIGN_OR_RETURN(uint64_t applied,
-                             ReadAppliedIndex(db_, cf_, rocksdb::ReadOptions(), shard));
-    absl::MutexLock lock(&mu_);
-    cache_.try_emplace(shard, Cached{applied, false});
-  }
-  return absl::OkStatus();
-}
-
-void RocksKvStore::LockWhenIdle(const std::vector<ShardId>& shards) const {
-  BusyQuery query{&cache_, &shards};
-  mu_.LockWhen(absl::Condition(&NoneBusy, &query));
-}
-
-void RocksKvStore::Publish(const std::vector<ShardId>& shards,
-                           const absl::flat_hash_map<ShardId, uint64_t>& staged, bool ok) {
-  absl::MutexLock lock(&mu_);
-  for (ShardId shard : shards) {
-    Cached& cached = cache_.at(shard);
-    cached.busy = false;
-    if (ok) cached.applied_index = staged.at(shard);
-  }
-}
 
 absl::Status RocksKvStore::Apply(absl::Span<const ShardWrite> writes) {
   if (writes.empty()) return absl::OkStatus();
   TESSERA_RETURN_IF_ERROR(space_->Check());
-  std::vector<ShardId> shards;
-  for (const ShardWrite& w : writes) {
-    TESSERA_RETURN_IF_ERROR(internal::CheckMutations(w));
-    if (std::find(shards.begin(), shards.end(), w.shard) == shards.end()) {
-      shards.push_back(w.shard);
+  for (const ShardWrite& w : writes) TESSERA_RETURN_IF_ERROR(internal::CheckMutations(w));
+  const std::vector<ShardId> shards = internal::DistinctShards(writes);
+  auto plan = [&](absl::flat_hash_map<ShardId, uint64_t>& applied) {
+    for (const ShardWrite& w : writes) {
+      TESSERA_RETURN_IF_ERROR(internal::CheckAppliedIndex(w, applied.at(w.shard)));
+      applied.at(w.shard) = w.applied_index;
     }
-  }
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
-
-  absl::flat_hash_map<ShardId, uint64_t> staged;
-  LockWhenIdle(shards);
-  for (ShardId shard : shards) staged.emplace(shard, cache_.at(shard).applied_index);
-  for (const ShardWrite& w : writes) {
-    uint64_t& applied = staged.at(w.shard);
-    absl::Status s = internal::CheckAppliedIndex(w, applied);
-    if (!s.ok()) {
-      mu_.Unlock();
-      return s;
-    }
-    applied = w.applied_index;
-  }
-  for (ShardId shard : shards) cache_.at(shard).busy = true;
-  mu_.Unlock();
+    return absl::OkStatus();
+  };
+  TESSERA_ASSIGN_OR_RETURN(auto staged, applied_.BeginWrite(shards, plan));
 
   // WriteBatch operations fail only on size overflow (> 4 GiB), which Write()
   // then reports.
@@ -275,7 +216,7 @@ absl::Status RocksKvStore::Apply(absl::Span<const ShardWrite> writes) {
   // Not synced, but written to the WAL before Write() returns: survives kill -9.
   absl::Status s = space_->Annotate(
       FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "RocksKvStore::Apply"));
-  Publish(shards, staged, s.ok());
+  applied_.EndWrite(shards, s.ok() ? &staged : nullptr);
   return s;
 }
 
@@ -290,9 +231,8 @@ absl::StatusOr<std::string> RocksKvStore::Lookup(ShardId shard, absl::string_vie
 }
 
 absl::StatusOr<uint64_t> RocksKvStore::AppliedIndex(ShardId shard) const {
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded({shard}));
-  absl::MutexLock lock(&mu_);
-  return cache_.at(shard).applied_index;
+  TESSERA_RETURN_IF_ERROR(applied_.EnsureLoaded({shard}));
+  return applied_.Read(shard, [](uint64_t applied) { return applied; });
 }
 
 absl::StatusOr<ScanResult> RocksKvStore::Scan(ShardId shard, const ScanOptions& options) const {
@@ -345,19 +285,13 @@ absl::Status RocksKvStore::InstallSnapshot(ShardId shard, uint64_t applied_index
   batch.Put(cf_, keys::TagKey(shard, keys::kAppliedTag), EncodeIndex(applied_index))
       .PermitUncheckedError();
 
-  const std::vector<ShardId> shards = {shard};
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
-  LockWhenIdle(shards);
-  cache_.at(shard).busy = true;
-  mu_.Unlock();
-  // Synced: the raft log may discard its entries once the snapshot is
-  // installed, so the installed state must be durable by itself.
-  rocksdb::WriteOptions wo;
-  wo.sync = true;
-  absl::Status s =
-      space_->Annotate(FromRocks(db_->Write(wo, &batch), "RocksKvStore::InstallSnapshot"));
-  Publish(shards, {{shard, applied_index}}, s.ok());
-  return s;
+  return applied_.WriteShard(shard, applied_index, [&] {
+    // Synced: the raft log may discard its entries once the snapshot is
+    // installed, so the installed state must be durable by itself.
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    return space_->Annotate(FromRocks(db_->Write(wo, &batch), "RocksKvStore::InstallSnapshot"));
+  });
 }
 
 // Stages a received snapshot in one SST file: a range tombstone over the
@@ -473,42 +407,34 @@ absl::Status RocksKvStore::IngestStaged(ShardId shard, uint64_t applied_index,
                                         const std::string& path) {
   TESSERA_RETURN_IF_ERROR(space_->Check());
   const std::vector<ShardId> shards = {shard};
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
-  LockWhenIdle(shards);
-  const uint64_t current = cache_.at(shard).applied_index;
-  if (current >= applied_index) {
-    mu_.Unlock();
-    return absl::FailedPreconditionError(absl::StrCat("shard ", shard, ": applied index ", current,
-                                                      " is not below the snapshot's ",
-                                                      applied_index));
-  }
-  cache_.at(shard).busy = true;
-  mu_.Unlock();
+  TESSERA_ASSIGN_OR_RETURN(
+      internal::ShardCache<uint64_t>::Values staged,
+      applied_.BeginWrite(shards, [&](internal::ShardCache<uint64_t>::Values& v) {
+        const uint64_t current = v.at(shard);
+        if (current >= applied_index) {
+          return absl::FailedPreconditionError(absl::StrCat("shard ", shard, ": applied index ",
+                                                            current, " is not below the snapshot's ",
+                                                            applied_index));
+        }
+        return absl::OkStatus();
+      }));
   rocksdb::IngestExternalFileOptions options;
   options.move_files = true;  // a hard link: no copy of the data
   options.allow_global_seqno = true;
   options.allow_blocking_flush = true;  // rare: Finish() flushed
   options.write_global_seqno = false;
   // Ingestion is recorded in the MANIFEST, synced: durable on return.
-  absl::Status s = space_->Annotate(
-      FromRocks(db_->IngestExternalFile(cf_, {path}, options), "RocksKvStore: ingest snapshot"));
-  Publish(shards, {{shard, applied_index}}, s.ok());
+  absl::Status s = space_->Annotate(FromRocks(db_->IngestExternalFile(cf_, {path}, options),
+                                              "RocksKvStore: ingest snapshot"));
+  staged[shard] = applied_index;
+  applied_.EndWrite(shards, s.ok() ? &staged : nullptr);
   return s;
 }
 
 absl::Status RocksKvStore::DeleteShard(ShardId shard) {
-  const std::vector<ShardId> shards = {shard};
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
-  LockWhenIdle(shards);
-  cache_.at(shard).busy = true;
-  mu_.Unlock();
-  rocksdb::WriteOptions wo;
-  wo.sync = true;
-  absl::Status s =
-      FromRocks(db_->DeleteRange(wo, cf_, keys::ShardStart(shard), keys::ShardEnd(shard)),
-                "RocksKvStore::DeleteShard");
-  Publish(shards, {{shard, 0}}, s.ok());
-  return s;
+  return applied_.WriteShard(shard, /*value=*/0, [&] {
+    return DeleteShardRange(db_, cf_, shard, "RocksKvStore::DeleteShard");
+  });
 }
 
 }  // namespace

@@ -3,21 +3,16 @@
 //
 // Each shard's bookkeeping (internal::ShardLogMeta: hard state, snapshot,
 // truncated and last index/term) is loaded lazily from disk on first use and
-// then kept in memory, guarded by mu_. Writers mark their shards `busy` under
-// mu_, do the RocksDB write without holding it, then publish the new meta;
-// another writer of the same shard waits for busy to clear. Readers never
-// wait for a writer: they validate against the published meta and read
-// RocksDB without the lock.
-#include <algorithm>
+// then kept in memory; writers follow the busy-shard protocol of
+// shard_cache.h. Readers never wait for a writer: they validate against the
+// published meta and read RocksDB without the lock.
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "proto/status_macros.h"
 #include "rocksdb/db.h"
 #include "rocksdb/iterator.h"
@@ -27,11 +22,14 @@
 #include "storage/keys.h"
 #include "storage/log_meta.h"
 #include "storage/raft_log.h"
+#include "storage/shard_cache.h"
 
 namespace tessera::storage {
 
 // Defined in rocks_engine.cc (see the note there).
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
+absl::Status DeleteShardRange(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard,
+                              absl::string_view context);
 std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
                                          const DiskSpaceGuard* space);
 
@@ -54,89 +52,61 @@ std::string EncodeTruncated(uint64_t index, uint64_t term) {
 class RocksRaftLog : public RaftLog {
  public:
   RocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, const DiskSpaceGuard* space)
-      : db_(db), cf_(cf), space_(space) {}
+      : db_(db),
+        cf_(cf),
+        space_(space),
+        metas_([this](ShardId shard) { return LoadMeta(shard); }) {}
 
-  absl::Status DoSave(absl::Span<const LogUpdate> updates, Durability durability) override
-      ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<LogState> State(ShardId shard) const override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status DoSave(absl::Span<const LogUpdate> updates, Durability durability) override;
+  absl::StatusOr<LogState> State(ShardId shard) const override;
   absl::StatusOr<std::vector<raftpb::Entry>> Entries(ShardId shard, uint64_t lo, uint64_t hi,
-                                                     uint64_t max_bytes) const override
-      ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<uint64_t> Term(ShardId shard, uint64_t index) const override
-      ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status Compact(ShardId shard, uint64_t index) override ABSL_LOCKS_EXCLUDED(mu_);
-  absl::Status DeleteShard(ShardId shard) override ABSL_LOCKS_EXCLUDED(mu_);
+                                                     uint64_t max_bytes) const override;
+  absl::StatusOr<uint64_t> Term(ShardId shard, uint64_t index) const override;
+  absl::Status Compact(ShardId shard, uint64_t index) override;
+  absl::Status DeleteShard(ShardId shard) override;
 
  private:
-  struct Cached {
-    ShardLogMeta meta;
-    bool busy = false;  // a writer of this shard is between plan and publish
-  };
-  struct BusyQuery {
-    const absl::flat_hash_map<ShardId, Cached>* cache;
-    const std::vector<ShardId>* shards;
-  };
-  static bool NoneBusy(BusyQuery* q) {
-    for (ShardId s : *q->shards) {
-      if (q->cache->at(s).busy) return false;
-    }
-    return true;
-  }
+  using Metas = internal::ShardCache<ShardLogMeta>::Values;
 
-  // Reads a shard's meta from disk (no lock; see the file comment for why a
-  // concurrent writer cannot make the result stale once it is published).
+  // Reads a shard's meta from disk (metas_' loader).
   absl::StatusOr<ShardLogMeta> LoadMeta(ShardId shard) const;
-  // Makes sure cache_ has an entry for each shard.
-  absl::Status EnsureLoaded(const std::vector<ShardId>& shards) const ABSL_LOCKS_EXCLUDED(mu_);
-  // Waits until none of `shards` (all loaded) is busy and locks mu_.
-  void LockWhenIdle(const std::vector<ShardId>& shards) const ABSL_EXCLUSIVE_LOCK_FUNCTION(mu_);
-  // Clears busy and publishes `staged` (if given).
-  void Publish(const std::vector<ShardId>& shards,
-               const absl::flat_hash_map<ShardId, ShardLogMeta>* staged) ABSL_LOCKS_EXCLUDED(mu_);
   // The error for an entry that was expected but is not on disk.
-  absl::Status MissingEntry(ShardId shard, uint64_t index) const ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status MissingEntry(ShardId shard, uint64_t index) const;
   // Adds deletes of entries [first, last] to `batch`.
   void DeleteEntries(ShardId shard, uint64_t first, uint64_t last, rocksdb::WriteBatch* batch);
 
   rocksdb::DB* const db_;
   rocksdb::ColumnFamilyHandle* const cf_;
   const DiskSpaceGuard* const space_;
-
-  mutable absl::Mutex mu_;
-  // Entries are never erased (DeleteShard resets them), so a loaded shard
-  // stays loaded.
-  mutable absl::flat_hash_map<ShardId, Cached> cache_ ABSL_GUARDED_BY(mu_);
+  internal::ShardCache<ShardLogMeta> metas_;
 };
 
 absl::StatusOr<ShardLogMeta> RocksRaftLog::LoadMeta(ShardId shard) const {
   ShardLogMeta meta;
   rocksdb::ReadOptions ro;
   std::string value;
-  rocksdb::Status s = db_->Get(ro, cf_, keys::TagKey(shard, keys::kHardStateTag), &value);
-  if (s.ok()) {
-    if (!meta.hard_state.ParseFromString(value)) {
-      return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt hard state"));
-    }
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, "RocksRaftLog::LoadMeta");
+  // Reads the shard's record with `tag` into `value`; false if there is none.
+  auto read = [&](char tag) -> absl::StatusOr<bool> {
+    rocksdb::Status s = db_->Get(ro, cf_, keys::TagKey(shard, tag), &value);
+    if (s.IsNotFound()) return false;
+    TESSERA_RETURN_IF_ERROR(FromRocks(s, "RocksRaftLog::LoadMeta"));
+    return true;
+  };
+  TESSERA_ASSIGN_OR_RETURN(bool found, read(keys::kHardStateTag));
+  if (found && !meta.hard_state.ParseFromString(value)) {
+    return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt hard state"));
   }
-  s = db_->Get(ro, cf_, keys::TagKey(shard, keys::kSnapshotTag), &value);
-  if (s.ok()) {
-    if (!meta.snapshot.ParseFromString(value)) {
-      return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt snapshot metadata"));
-    }
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, "RocksRaftLog::LoadMeta");
+  TESSERA_ASSIGN_OR_RETURN(found, read(keys::kSnapshotTag));
+  if (found && !meta.snapshot.ParseFromString(value)) {
+    return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt snapshot metadata"));
   }
-  s = db_->Get(ro, cf_, keys::TagKey(shard, keys::kTruncatedTag), &value);
-  if (s.ok()) {
+  TESSERA_ASSIGN_OR_RETURN(found, read(keys::kTruncatedTag));
+  if (found) {
     if (value.size() != 16) {
       return absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt truncated state"));
     }
     meta.truncated_index = keys::DecodeBigEndian64(value);
     meta.truncated_term = keys::DecodeBigEndian64(absl::string_view(value).substr(8));
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, "RocksRaftLog::LoadMeta");
   }
   meta.last_index = meta.truncated_index;
   meta.last_term = meta.truncated_term;
@@ -164,38 +134,10 @@ absl::StatusOr<ShardLogMeta> RocksRaftLog::LoadMeta(ShardId shard) const {
   return meta;
 }
 
-absl::Status RocksRaftLog::EnsureLoaded(const std::vector<ShardId>& shards) const {
-  for (ShardId shard : shards) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (cache_.contains(shard)) continue;
-    }
-    TESSERA_ASSIGN_OR_RETURN(ShardLogMeta meta, LoadMeta(shard));
-    absl::MutexLock lock(&mu_);
-    cache_.try_emplace(shard, Cached{std::move(meta), false});
-  }
-  return absl::OkStatus();
-}
-
-void RocksRaftLog::LockWhenIdle(const std::vector<ShardId>& shards) const {
-  BusyQuery query{&cache_, &shards};
-  mu_.LockWhen(absl::Condition(&NoneBusy, &query));
-}
-
-void RocksRaftLog::Publish(const std::vector<ShardId>& shards,
-                           const absl::flat_hash_map<ShardId, ShardLogMeta>* staged) {
-  absl::MutexLock lock(&mu_);
-  for (ShardId shard : shards) {
-    Cached& cached = cache_.at(shard);
-    cached.busy = false;
-    if (staged != nullptr) cached.meta = staged->at(shard);
-  }
-}
-
 absl::Status RocksRaftLog::MissingEntry(ShardId shard, uint64_t index) const {
-  absl::MutexLock lock(&mu_);
-  const ShardLogMeta& meta = cache_.at(shard).meta;
-  if (index < meta.first_index()) {
+  const uint64_t first_index =
+      metas_.Read(shard, [](const ShardLogMeta& meta) { return meta.first_index(); });
+  if (index < first_index) {
     return absl::OutOfRangeError(
         absl::StrCat("shard ", shard, ": entry ", index, " was compacted concurrently"));
   }
@@ -220,27 +162,16 @@ void RocksRaftLog::DeleteEntries(ShardId shard, uint64_t first, uint64_t last,
 absl::Status RocksRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durability durability) {
   if (updates.empty()) return absl::OkStatus();
   TESSERA_RETURN_IF_ERROR(space_->Check());
-  std::vector<ShardId> shards;
-  for (const LogUpdate& u : updates) {
-    if (std::find(shards.begin(), shards.end(), u.shard) == shards.end()) {
-      shards.push_back(u.shard);
-    }
-  }
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
-
-  absl::flat_hash_map<ShardId, ShardLogMeta> staged;
+  const std::vector<ShardId> shards = internal::DistinctShards(updates);
   std::vector<std::vector<internal::IndexRange>> deletes(updates.size());
-  LockWhenIdle(shards);
-  for (ShardId shard : shards) staged.emplace(shard, cache_.at(shard).meta);
-  for (size_t i = 0; i < updates.size(); ++i) {
-    absl::Status s = internal::PlanLogUpdate(updates[i], &staged.at(updates[i].shard), &deletes[i]);
-    if (!s.ok()) {
-      mu_.Unlock();
-      return s;
+  auto plan = [&](Metas& metas) {
+    for (size_t i = 0; i < updates.size(); ++i) {
+      TESSERA_RETURN_IF_ERROR(
+          internal::PlanLogUpdate(updates[i], &metas.at(updates[i].shard), &deletes[i]));
     }
-  }
-  for (ShardId shard : shards) cache_.at(shard).busy = true;
-  mu_.Unlock();
+    return absl::OkStatus();
+  };
+  TESSERA_ASSIGN_OR_RETURN(Metas staged, metas_.BeginWrite(shards, plan));
 
   // Serialising happens outside the lock. WriteBatch operations fail only on
   // size overflow (> 4 GiB), which Write() then reports.
@@ -273,24 +204,21 @@ absl::Status RocksRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durabilit
   // reaches the WAL file (no manual WAL flush), so it survives kill -9.
   wo.sync = durability == Durability::kSynced;
   absl::Status status = space_->Annotate(FromRocks(db_->Write(wo, &batch), "RocksRaftLog::Save"));
-  Publish(shards, status.ok() ? &staged : nullptr);
+  metas_.EndWrite(shards, status.ok() ? &staged : nullptr);
   return status;
 }
 
 absl::StatusOr<LogState> RocksRaftLog::State(ShardId shard) const {
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded({shard}));
-  absl::MutexLock lock(&mu_);
-  return cache_.at(shard).meta.ToState();
+  TESSERA_RETURN_IF_ERROR(metas_.EnsureLoaded({shard}));
+  return metas_.Read(shard, [](const ShardLogMeta& meta) { return meta.ToState(); });
 }
 
 absl::StatusOr<std::vector<raftpb::Entry>> RocksRaftLog::Entries(ShardId shard, uint64_t lo,
                                                                  uint64_t hi,
                                                                  uint64_t max_bytes) const {
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded({shard}));
-  {
-    absl::MutexLock lock(&mu_);
-    TESSERA_RETURN_IF_ERROR(internal::CheckEntriesRange(cache_.at(shard).meta, lo, hi));
-  }
+  TESSERA_RETURN_IF_ERROR(metas_.EnsureLoaded({shard}));
+  TESSERA_RETURN_IF_ERROR(metas_.Read(
+      shard, [&](const ShardLogMeta& meta) { return internal::CheckEntriesRange(meta, lo, hi); }));
   std::vector<raftpb::Entry> out;
   if (lo == hi) return out;
   rocksdb::ReadOptions ro;
@@ -323,15 +251,13 @@ absl::StatusOr<std::vector<raftpb::Entry>> RocksRaftLog::Entries(ShardId shard, 
 }
 
 absl::StatusOr<uint64_t> RocksRaftLog::Term(ShardId shard, uint64_t index) const {
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded({shard}));
-  {
-    absl::MutexLock lock(&mu_);
-    bool answered = false;
-    uint64_t term = 0;
-    TESSERA_RETURN_IF_ERROR(
-        internal::CheckTermIndex(cache_.at(shard).meta, index, &answered, &term));
-    if (answered) return term;
-  }
+  TESSERA_RETURN_IF_ERROR(metas_.EnsureLoaded({shard}));
+  bool answered = false;
+  uint64_t term = 0;
+  TESSERA_RETURN_IF_ERROR(metas_.Read(shard, [&](const ShardLogMeta& meta) {
+    return internal::CheckTermIndex(meta, index, &answered, &term);
+  }));
+  if (answered) return term;
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), cf_, keys::EntryKey(shard, index), &value);
   if (s.IsNotFound()) return MissingEntry(shard, index);
@@ -345,17 +271,11 @@ absl::StatusOr<uint64_t> RocksRaftLog::Term(ShardId shard, uint64_t index) const
 
 absl::Status RocksRaftLog::Compact(ShardId shard, uint64_t index) {
   const std::vector<ShardId> shards = {shard};
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
-  LockWhenIdle(shards);
-  ShardLogMeta meta = cache_.at(shard).meta;
-  absl::Status s = internal::CheckCompactIndex(meta, index);
-  if (!s.ok()) {
-    mu_.Unlock();
-    return s;
-  }
-  cache_.at(shard).busy = true;
-  mu_.Unlock();
-
+  TESSERA_ASSIGN_OR_RETURN(Metas staged, metas_.BeginWrite(shards, [&](Metas& metas) {
+    return internal::CheckCompactIndex(metas.at(shard), index);
+  }));
+  ShardLogMeta& meta = staged.at(shard);
+  absl::Status s;
   uint64_t term = meta.last_term;
   if (index != meta.last_index) {
     std::string value;
@@ -366,7 +286,7 @@ absl::Status RocksRaftLog::Compact(ShardId shard, uint64_t index) {
       s = absl::DataLossError(absl::StrCat("shard ", shard, ": corrupt entry ", index));
     }
     if (!s.ok()) {
-      Publish(shards, nullptr);
+      metas_.EndWrite(shards, nullptr);
       return s;
     }
     term = entry.term();
@@ -377,31 +297,16 @@ absl::Status RocksRaftLog::Compact(ShardId shard, uint64_t index) {
       .PermitUncheckedError();
   // Not synced: see RaftLog::Compact() for why that is safe.
   s = FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "RocksRaftLog::Compact");
-  absl::flat_hash_map<ShardId, ShardLogMeta> staged;
-  if (s.ok()) {
-    meta.truncated_index = index;
-    meta.truncated_term = term;
-    staged.emplace(shard, std::move(meta));
-  }
-  Publish(shards, s.ok() ? &staged : nullptr);
+  meta.truncated_index = index;
+  meta.truncated_term = term;
+  metas_.EndWrite(shards, s.ok() ? &staged : nullptr);
   return s;
 }
 
 absl::Status RocksRaftLog::DeleteShard(ShardId shard) {
-  const std::vector<ShardId> shards = {shard};
-  TESSERA_RETURN_IF_ERROR(EnsureLoaded(shards));
-  LockWhenIdle(shards);
-  cache_.at(shard).busy = true;
-  mu_.Unlock();
-  rocksdb::WriteOptions wo;
-  wo.sync = true;
-  absl::Status s =
-      FromRocks(db_->DeleteRange(wo, cf_, keys::ShardStart(shard), keys::ShardEnd(shard)),
-                "RocksRaftLog::DeleteShard");
-  absl::flat_hash_map<ShardId, ShardLogMeta> staged;
-  staged.emplace(shard, ShardLogMeta{});
-  Publish(shards, s.ok() ? &staged : nullptr);
-  return s;
+  return metas_.WriteShard(shard, ShardLogMeta{}, [&] {
+    return DeleteShardRange(db_, cf_, shard, "RocksRaftLog::DeleteShard");
+  });
 }
 
 }  // namespace

@@ -228,6 +228,16 @@ int Fail(const std::string& command, const absl::Status& s, const std::string& n
 
 void WriteRaw(const std::string& bytes) { std::fwrite(bytes.data(), 1, bytes.size(), stdout); }
 
+// Prints the version a put or cas gave `key` and returns kExitOk.
+int PrintWritten(bool json, const std::string& key, uint64_t version) {
+  if (json) {
+    WriteRaw(absl::StrCat("{\"key\":", JsonString(key), ",\"version\":", version, "}\n"));
+  } else {
+    std::printf("OK version %llu\n", static_cast<unsigned long long>(version));
+  }
+  return kExitOk;
+}
+
 // Splits txn text into statements of tokens.
 std::optional<std::string> Tokenize(const std::string& text,
                                     std::vector<std::vector<std::string>>* statements) {
@@ -567,12 +577,7 @@ int Run(int argc, char** argv) {
     const std::string value = n == 2 ? pos[2] : ReadStdin();
     absl::StatusOr<PutResult> r = client.Put(pos[1], value, call);
     if (!r.ok()) return Fail("put", r.status());
-    if (args.json) {
-      WriteRaw(absl::StrCat("{\"key\":", JsonString(pos[1]), ",\"version\":", r->version, "}\n"));
-    } else {
-      std::printf("OK version %llu\n", static_cast<unsigned long long>(r->version));
-    }
-    return kExitOk;
+    return PrintWritten(args.json, pos[1], r->version);
   }
   if (cmd == "get") {
     absl::StatusOr<KeyValue> r = client.Get(pos[1], call);
@@ -658,12 +663,7 @@ int Run(int argc, char** argv) {
       }
       return Fail("cas", r.status());
     }
-    if (args.json) {
-      WriteRaw(absl::StrCat("{\"key\":", JsonString(pos[1]), ",\"version\":", *r, "}\n"));
-    } else {
-      std::printf("OK version %llu\n", static_cast<unsigned long long>(*r));
-    }
-    return kExitOk;
+    return PrintWritten(args.json, pos[1], *r);
   }
   if (cmd == "txn") {
     absl::StatusOr<TxnResult> r = client.Txn(txn, call);

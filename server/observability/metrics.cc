@@ -1,6 +1,8 @@
 #include "server/observability/metrics.h"
 
 #include <civetweb.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <memory>
 #include <sstream>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -23,6 +26,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
 #include "prometheus/check_names.h"
 #include "prometheus/text_serializer.h"
 #include "spdlog/spdlog.h"
@@ -825,16 +829,51 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return absl::UnavailableError(absl::StrCat("metrics HTTP server on ", address, ": no port"));
   }
   server->port_ = ports[0].port;
+  std::string host = address.substr(0, address.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  server->wake_host_ = host;
   return server;
 }
 
 MetricsHttpServer::~MetricsHttpServer() { Stop(); }
 
 void MetricsHttpServer::Stop() {
-  if (context_ != nullptr) {
+  if (context_ == nullptr) return;
+  // civetweb's master thread sees mg_stop only when its poll() of the
+  // listening socket returns: on a new connection, or after civetweb's poll
+  // quantum (up to 2 s, most of a SIGTERM's exit time on an idle node). A
+  // connection to our own port wakes it at once; one that arrives before the
+  // stop flag is served as an empty request (EOF) by a worker.
+  absl::Notification stopped;
+  std::thread stopper([this, &stopped] {
     mg_stop(context_);
-    context_ = nullptr;
+    stopped.Notify();
+  });
+  for (int i = 0; i < 50 && !stopped.WaitForNotificationWithTimeout(absl::Milliseconds(20)); ++i) {
+    WakeListener();
   }
+  stopper.join();
+  context_ = nullptr;
+}
+
+void MetricsHttpServer::WakeListener() const {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* results = nullptr;
+  if (getaddrinfo(wake_host_.c_str(), absl::StrCat(port_).c_str(), &hints, &results) != 0) return;
+  for (addrinfo* a = results; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    const bool connected = connect(fd, a->ai_addr, a->ai_addrlen) == 0;
+    close(fd);
+    if (connected) break;
+  }
+  freeaddrinfo(results);
 }
 
 int MetricsHttpServer::Dispatch(mg_connection* conn, void* self_ptr) {

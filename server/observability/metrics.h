@@ -272,9 +272,13 @@ class MetricsHttpServer {
   MetricsHttpServer(std::map<std::string, Handler> handlers) : handlers_(std::move(handlers)) {}
   static int Dispatch(mg_connection* conn, void* self);
 
+  // Connects to the listening socket and hangs up (see Stop()).
+  void WakeListener() const;
+
   const std::map<std::string, Handler> handlers_;
   mg_context* context_ = nullptr;
   int port_ = 0;
+  std::string wake_host_;  // where WakeListener() connects: the listening host or loopback
 };
 
 // The /metrics handler for `metrics` (not owned; must outlive the server).

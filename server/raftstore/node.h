@@ -25,6 +25,10 @@
 // decided at once (kNotFound, kResourceExhausted, kCancelled once stopping)
 // call `done` inline, in the caller's thread, before Propose/ReadBarrier
 // return; Stop() calls the kCancelled callbacks in its caller's thread.
+// Step mode (NodeOptions::step_mode, for deterministic simulation): no
+// thread is started; the caller runs one cycle at a time with
+// RunCycleForTesting(), on its own thread, and time comes from
+// NodeOptions::clock. Both modes run the same cycle code.
 // Implementation notes (snapshot data format, restart, compaction): README.md
 // "Node".
 #ifndef TESSERA_SERVER_RAFTSTORE_NODE_H_
@@ -40,6 +44,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "raft/config.h"
 #include "server/raftstore/applier.h"
 #include "server/raftstore/node_metrics.h"
 #include "server/raftstore/transport.h"
@@ -54,6 +59,40 @@ class SnapshotExchange;
 struct ShardPlacement {
   ShardId shard = 0;
   std::vector<NodeId> replicas;
+};
+
+// The clocks a Node reads: the monotonic one that drives ticks and measures
+// leases (raft::RawNode::SetNow), and the wall clock that request deadlines
+// (absl::Time) are compared with. The default reads the real clocks; the
+// deterministic simulator (tests/sim/node_sim.h) injects virtual time.
+// Implementations must be thread-safe; the Node never changes them.
+class NodeClock {
+ public:
+  virtual ~NodeClock() = default;
+  virtual raft::Clock::time_point MonotonicNow() const = 0;
+  virtual absl::Time Now() const = 0;
+};
+
+// The real clocks (steady_clock and absl::Now()).
+const NodeClock& RealNodeClock();
+
+// TESTING ONLY. Mutation switches that break a durability or ordering rule
+// of the cycle on purpose, so that the node simulator (tests/sim/node_sim.h)
+// can prove it detects the violation. All off in production; tessera-server
+// never sets them.
+struct NodeTestingKnobs {
+  // Every RaftLog::Save is kBuffered: writes are acknowledged (by followers,
+  // hence to clients) before a quorum has synced them. Lost on power loss.
+  bool acknowledge_unsynced_writes = false;
+  // A leader applies (and answers) the entries it appends right away, before
+  // they commit.
+  bool apply_before_commit = false;
+  // Every message leaves before the cycle's Save: a follower acknowledges
+  // entries it has not persisted yet.
+  bool ack_before_save = false;
+  // raft::TestingKnobs::lease_in_ticks_only: a leader that stalled keeps its
+  // lease (the lease counts ticks only, not the monotonic clock).
+  bool lease_in_ticks_only = false;
 };
 
 struct NodeOptions {
@@ -112,6 +151,16 @@ struct NodeOptions {
   // starts and after a node returns (until a scheduler of the elastic
   // cluster takes over).
   bool balance_leaders = true;
+  // Time source (not owned; must outlive the Node). nullptr: RealNodeClock().
+  // The threaded loop still sleeps on the real clock between cycles, so an
+  // injected clock there must run at the real rate (e.g. offset or skewed).
+  const NodeClock* clock = nullptr;
+  // Step mode: Start() starts no thread; the caller drives the loop with
+  // RunCycleForTesting(). TransferLeadershipAway() then only files the
+  // request (it is carried out by later cycles) and returns at once.
+  bool step_mode = false;
+  // Mutation switches; see NodeTestingKnobs. Testing only.
+  NodeTestingKnobs testing;
 };
 
 // A snapshot of one shard replica's raft state, for status and metrics.
@@ -140,6 +189,11 @@ class Node {
   static absl::StatusOr<std::unique_ptr<Node>> Start(const NodeOptions& options,
                                                      storage::Engine* engine, Applier* applier,
                                                      Transport* transport);
+  // The same over a RaftLog and a KvStore given separately (e.g. the
+  // in-memory ones of storage/mem_*.h). Neither is owned.
+  static absl::StatusOr<std::unique_ptr<Node>> Start(const NodeOptions& options,
+                                                     storage::RaftLog* log, storage::KvStore* kv,
+                                                     Applier* applier, Transport* transport);
   ~Node();  // Stop()s.
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
@@ -189,10 +243,22 @@ class Node {
   // Asks every shard this node leads to hand leadership to another
   // up-to-date replica, and waits (up to `timeout`) until it leads none.
   // kDeadlineExceeded if some shard is still led here at the deadline.
+  // In step mode it does not wait: kDeadlineExceeded while some shard is
+  // still led here (the request stays active until the deadline by
+  // NodeOptions::clock; poll Status()).
   absl::Status TransferLeadershipAway(absl::Duration timeout);
 
-  // Stops the raft loop; pending callbacks get kCancelled. Idempotent.
+  // Stops the raft loop; pending callbacks get kCancelled. Idempotent. In
+  // step mode, not from inside a callback.
   void Stop();
+
+  // Step mode only: runs exactly one cycle of the raft loop on the caller's
+  // thread (take the inbox, tick by NodeOptions::clock, step messages,
+  // proposals and reads, handle the Readys: persist, send, apply, complete
+  // waiters, advance), running the cycle's callbacks before it returns.
+  // Errors: kFailedPrecondition when not in step mode; kCancelled after
+  // Stop(); the loop's error once it stopped on one (on_fatal was called).
+  absl::Status RunCycleForTesting();
 
  private:
   class Impl;

@@ -528,19 +528,25 @@ def markdown(report):
                 ("peak RSS (VmHWM) after the fill, max of the 3 nodes", "hwm_fill_max"),
                 ("fill throughput, ops/s (256 clients)", "fill_ops_per_sec"),
                 ("fill: server CPU s per 1000 puts", "fill_cpu_s_per_kop")]
+        if mem["fill_keys"] <= 0:
+            rows = rows[:1]  # --fill-keys 0: no fill, nothing measured after it
         for title, key in rows:
             tv, ev = mem["tessera"].get(key), mem["etcd"].get(key)
             lines.append(f"| {title} | {fmt(tv)} | {fmt(ev)} | {fmt_ratio(ratio(tv, ev))} |")
         for system in SYSTEMS:
             if "rss_nodes" not in mem[system]:
-                continue  # --fill-keys 0: no fill, nothing measured after it
+                continue  # no fill, or it failed: nothing measured after it
             lines.append("")
             lines.append(f"{system} per node after the fill (VmRSS MiB): "
                          + ", ".join(f"{k} {v:.0f}" for k, v in mem[system]["rss_nodes"].items()))
         lines.append("")
-        lines.append(f"Before its fill etcd's history was compacted to its current revision "
-                     f"(revision {mem.get('etcd_compacted_revision', '-')}), as its "
-                     f"auto-compaction would in production; Tessera compacts its raft logs itself.")
+        if mem["fill_keys"] <= 0:
+            lines.append("No memory fill (--fill-keys 0).")
+        else:
+            lines.append(f"Before its fill etcd's history was compacted to its current revision "
+                         f"(revision {mem.get('etcd_compacted_revision', '-')}), as its "
+                         f"auto-compaction would in production; Tessera compacts its raft logs "
+                         f"itself.")
     lines += ["", "## Targets (issue 8)", "", "| target | goal (Tessera/etcd) | measured | result |",
               "|---|---|--:|---|"]
     for t in report["targets"]:

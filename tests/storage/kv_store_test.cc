@@ -99,7 +99,7 @@ class KvStoreTest : public ::testing::Test {
   Env env_;
 };
 
-using Envs = ::testing::Types<testing::MemEnv, testing::RocksEnv>;
+using Envs = ::testing::Types<testing::MemEnv, testing::MemWalEnv, testing::RocksEnv>;
 TYPED_TEST_SUITE(KvStoreTest, Envs, testing::EnvNames);
 
 TYPED_TEST(KvStoreTest, FreshShardIsEmpty) {

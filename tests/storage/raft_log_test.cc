@@ -79,7 +79,7 @@ class RaftLogTest : public ::testing::Test {
   Env env_;
 };
 
-using Envs = ::testing::Types<testing::MemEnv, testing::RocksEnv>;
+using Envs = ::testing::Types<testing::MemEnv, testing::MemWalEnv, testing::RocksEnv>;
 TYPED_TEST_SUITE(RaftLogTest, Envs, testing::EnvNames);
 
 TYPED_TEST(RaftLogTest, FreshShardIsEmpty) {

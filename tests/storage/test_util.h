@@ -54,6 +54,20 @@ class MemEnv {
   MemKvStore kv_;
 };
 
+// The in-memory stores sharing a MemWal (crash simulation on): the same
+// contract must hold.
+class MemWalEnv {
+ public:
+  static constexpr const char* kName = "MemWal";
+  RaftLog& raft_log() { return log_; }
+  KvStore& kv_store() { return kv_; }
+
+ private:
+  MemWal wal_;  // outlives the stores
+  MemRaftLog log_{&wal_};
+  MemKvStore kv_{&wal_};
+};
+
 class RocksEnv {
  public:
   static constexpr const char* kName = "Rocks";

@@ -6,34 +6,20 @@
 // never sees its lock hand-offs and reports every access to absl::Mutex-
 // guarded data from two threads as a race. We interpose the exported entry
 // points (the executable's definitions take precedence over the shared
-// library's), call the real function through dlsym(RTLD_NEXT) and tell TSan
-// what happened with its mutex annotations. Memory accesses inside the real
-// calls (e.g. absl evaluating an Await condition in the unlocking thread) run
-// between __tsan_mutex_pre_* and __tsan_mutex_post_*, where TSan ignores them.
-#include <dlfcn.h>
+// library's; tests/tsan/interpose.h), call the real function through
+// dlsym(RTLD_NEXT) and tell TSan what happened with its mutex annotations.
+// Memory accesses inside the real calls (e.g. absl evaluating an Await
+// condition in the unlocking thread) run between __tsan_mutex_pre_* and
+// __tsan_mutex_post_*, where TSan ignores them.
 #include <sanitizer/tsan_interface.h>
-
-#include <cstdio>
-#include <cstdlib>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "tests/tsan/interpose.h"
 
 namespace {
-
-template <typename Fn>
-Fn Real(const char* mangled) {
-  void* p = dlsym(RTLD_NEXT, mangled);
-  if (p == nullptr) {
-    std::fprintf(stderr, "absl_sync_annotations: %s not found\n", mangled);
-    std::abort();
-  }
-  return reinterpret_cast<Fn>(p);
-}
-
-#define TESSERA_REAL(type, mangled) static const auto real = Real<type>(mangled);
 
 void AnnotateLock(void* m, unsigned flags) { __tsan_mutex_pre_lock(m, flags); }
 

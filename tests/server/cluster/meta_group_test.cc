@@ -18,11 +18,13 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
+#include "server/kv/node_backend.h"
 #include "server/kv/state_machine.h"
 #include "server/raftstore/node.h"
 #include "storage/engine.h"
 #include "tests/storage/test_util.h"
 #include "tests/testing/local_transport.h"
+#include "tests/testing/wait.h"
 
 namespace tessera::server {
 namespace {
@@ -35,40 +37,7 @@ constexpr char kCluster[] =
     "1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102,"
     "3=127.0.0.1:7003/127.0.0.1:7103";
 
-bool WaitFor(const std::function<bool()>& cond, absl::Duration timeout = absl::Seconds(15)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!cond()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
-}
-
-// Node + StateMachine as the services see them (as main.cc's adapter).
-class Backend final : public KvBackend {
- public:
-  Backend(Node* node, const StateMachine* sm) : node_(node), sm_(sm) {}
-  void Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
-               Node::ProposeCallback done) override {
-    node_->Propose(shard, std::move(command), deadline, std::move(done));
-  }
-  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
-                   Node::ReadCallback done) override {
-    node_->ReadBarrier(shard, lease, deadline, std::move(done));
-  }
-  std::vector<ShardStatus> Status() const override { return node_->Status(); }
-  absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const override {
-    return sm_->Get(shard, key);
-  }
-  absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,
-                                        const v1::ScanRequest& request) const override {
-    return sm_->Scan(shard, request);
-  }
-
- private:
-  Node* const node_;
-  const StateMachine* const sm_;
-};
+using ::tessera::testing::WaitFor;
 
 // Records what a MetaGroup reports. Thread-safe.
 struct Events {
@@ -117,7 +86,7 @@ class MetaCluster {
       net_.Register(id, [node](NodeId from, std::vector<ShardMessage> msgs) {
         node->Receive(from, std::move(msgs));
       });
-      m.backend = std::make_unique<Backend>(node, m.sm.get());
+      m.backend = std::make_unique<NodeKvBackend>(node, m.sm.get());
     }
   }
   ~MetaCluster() {
@@ -142,7 +111,7 @@ class MetaCluster {
 
   ClusterMapCache& cache(NodeId id) { return *members_.at(id).cache; }
   Events& events(NodeId id) { return members_.at(id).events; }
-  Backend& backend(NodeId id) { return *members_.at(id).backend; }
+  NodeKvBackend& backend(NodeId id) { return *members_.at(id).backend; }
 
   NodeId Leader() {
     for (auto& [id, m] : members_) {
@@ -160,7 +129,7 @@ class MetaCluster {
     std::unique_ptr<StateMachine> sm;
     std::unique_ptr<Transport> transport;
     std::unique_ptr<Node> node;
-    std::unique_ptr<Backend> backend;
+    std::unique_ptr<NodeKvBackend> backend;
     std::unique_ptr<ClusterMapCache> cache;
     Events events;
     std::unique_ptr<MetaGroup> group;

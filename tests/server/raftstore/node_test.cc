@@ -30,6 +30,7 @@
 #include "storage/engine.h"
 #include "tests/storage/test_util.h"
 #include "tests/testing/local_transport.h"
+#include "tests/testing/wait.h"
 
 namespace tessera::server {
 namespace {
@@ -93,14 +94,8 @@ serverpb::Command PutCommand(const std::string& key, const std::string& value) {
   return cmd;
 }
 
-// Polls `cond` every few milliseconds until it holds or `timeout` passes.
 bool WaitFor(const std::function<bool()>& cond, absl::Duration timeout = kWait) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!cond()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
+  return ::tessera::testing::WaitFor(cond, timeout);
 }
 
 struct Options {
@@ -396,16 +391,21 @@ TEST(Node, FollowerAnswersUnavailableWithLeaderHint) {
   const NodeId leader = c.WaitForLeader(1);
   ASSERT_NE(leader, 0u);
   const NodeId follower = OtherThan(leader);
+  auto known_leader = [&] { return c.node(follower).StatusOf(1).value_or(ShardStatus{}).leader; };
+  const NodeId known_before = known_leader();
   absl::StatusOr<serverpb::CommandResult> r = Cluster::Put(c.node(follower), 1, "k", "v");
+  const NodeId known_after = known_leader();
   ASSERT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
   std::optional<v1::ErrorDetail> detail = GetErrorDetail(r.status());
   ASSERT_TRUE(detail.has_value());
   ASSERT_TRUE(detail->has_not_leader());
-  // The hint is the leader the follower knows (the one found above unless an
-  // election happened in between, which the status check rules out).
-  if (c.Leader(1) == leader) {
-    EXPECT_EQ(detail->not_leader().leader_node(), leader);
-  }
+  // The hint is the leader the follower knew when it answered: its view just
+  // before or just after the call (the same node, unless an election ran).
+  const NodeId hint = detail->not_leader().leader_node();
+  EXPECT_NE(hint, 0u);
+  EXPECT_NE(hint, follower);
+  EXPECT_TRUE(hint == known_before || hint == known_after)
+      << "hint " << hint << ", follower saw " << known_before << " then " << known_after;
 
   absl::Status read = Cluster::Read(c.node(follower), 1);
   ASSERT_THAT(read, StatusIs(absl::StatusCode::kUnavailable));

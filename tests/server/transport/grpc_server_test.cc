@@ -27,6 +27,7 @@
 #include "proto/testing/status_matchers.h"
 #include "tessera/kv.grpc.pb.h"
 #include "tests/testing/process.h"
+#include "tests/testing/wait.h"
 
 namespace tessera::server {
 namespace {
@@ -74,15 +75,7 @@ int ConnectIdle(int port) {
   return fd;
 }
 
-// Waits until `done()` or 10 s.
-template <typename F>
-bool WaitFor(F done) {
-  for (absl::Time deadline = absl::Now() + absl::Seconds(10); absl::Now() < deadline;) {
-    if (done()) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return done();
-}
+using ::tessera::testing::WaitFor;
 
 TEST(StartGrpcServer, RejectsBadAddresses) {
   EmptyKv kv;

@@ -1,0 +1,357 @@
+#include "server/cmd/flags.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
+#include "proto/status_macros.h"
+
+ABSL_FLAG(uint64_t, node_id, 0, "this node's id in --initial-cluster (required)");
+ABSL_FLAG(std::string, data_dir, "", "directory of this node's RocksDB (required)");
+ABSL_FLAG(std::string, initial_cluster, "",
+          "members: <id>=<client host:port>/<peer host:port>,... (required)");
+ABSL_FLAG(std::string, listen, "",
+          "host:port of the client API (default: this member's client address)");
+ABSL_FLAG(std::string, peer_listen, "",
+          "host:port of the peer service (default: this member's peer address)");
+ABSL_FLAG(uint32_t, shards, tessera::server::kDefaultNumShards, "number of shards");
+ABSL_FLAG(uint32_t, replication, tessera::server::kDefaultReplication,
+          "replicas per shard (capped at the member count)");
+ABSL_FLAG(std::string, config, "",
+          "optional file of key=value lines with the same keys as these flags; flags override");
+ABSL_FLAG(uint32_t, tick_ms, 50, "raft tick interval in milliseconds");
+ABSL_FLAG(uint32_t, election_ticks, 20, "raft election timeout in ticks");
+ABSL_FLAG(uint64_t, max_key_bytes, 4096, "largest key accepted");
+ABSL_FLAG(uint64_t, max_value_bytes, 1 << 20, "largest value accepted");
+ABSL_FLAG(uint32_t, drain_timeout_ms, 5000,
+          "on SIGTERM: time to hand off leadership, and then to finish in-flight calls");
+ABSL_FLAG(uint64_t, snapshot_interval_entries, 10000,
+          "compact a shard's raft log after this many applied entries (lagging replicas then "
+          "catch up by snapshot)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0",
+          "host:port of the HTTP server for /metrics, /healthz and /readyz (port 0: any free "
+          "port, written to --port-file as metrics_port; empty: no HTTP server)");
+ABSL_FLAG(bool, node_id_from_hostname, false,
+          "derive the node id from the hostname: 1 + the number after its last '-' (the "
+          "Kubernetes StatefulSet pod tessera-0 is node 1); excludes --node-id");
+ABSL_FLAG(uint32_t, slow_request_ms, 1000,
+          "log client requests slower than this, at most once per 10 s (0: never)");
+ABSL_FLAG(uint32_t, slow_fsync_ms, 500,
+          "log WAL fsyncs slower than this, at most once per 10 s (0: never)");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(std::string, peer_cert, "",
+          "PEM certificate of this member for the peer port (common name node-<id>, signed by "
+          "--peer-ca; deploy/gen-certs.sh makes them); {id} is replaced by the node id");
+ABSL_FLAG(std::string, peer_key, "", "PEM private key of --peer-cert; {id} as there");
+ABSL_FLAG(std::string, peer_ca, "", "PEM certificate of the cluster CA that signs every member");
+ABSL_FLAG(bool, insecure_peers, false,
+          "plaintext peer port without authentication: anyone who reaches it can rewrite or "
+          "erase data (logged as a warning on every start)");
+ABSL_FLAG(uint32_t, max_inbound_snapshots, 2, "snapshots received at once; more wait");
+ABSL_FLAG(uint64_t, max_snapshot_bytes, 1ull << 30, "largest snapshot accepted from a peer");
+ABSL_FLAG(uint32_t, snapshot_idle_timeout_ms, 30000,
+          "cut an inbound snapshot that sends nothing for this long");
+// ---- fail-stop (issue 12) ----
+ABSL_FLAG(uint64_t, min_free_disk_bytes, 256ull << 20,
+          "refuse writes, and exit (code 3) or refuse to start, while less than this is free on "
+          "the --data-dir filesystem: RocksDB must never hit a full disk (0: no check)");
+// ---- end fail-stop ----
+// ---- Admission control and clear answers (issue 12) ----
+ABSL_FLAG(uint64_t, max_inflight_bytes, 64 << 20,
+          "node-wide budget of client request bytes in flight; beyond it requests get "
+          "RESOURCE_EXHAUSTED with a retry-after hint (0: no limit)");
+// ---- end admission control ----
+// ---- testing only (issue 13 item 2) ----
+ABSL_FLAG(std::string, testing_storage_faults, "",
+          "TESTING ONLY, never in production: storage operations fail with an injected I/O "
+          "error while this file exists and names them (save, sync, apply, install, compact, "
+          "all; empty file = all), so tests can prove the fail-stop path (exit code 3). "
+          "Refused unless the environment has TESSERA_ALLOW_TESTING_FLAGS=1. Empty (default): "
+          "storage is not wrapped");
+// ---- end testing only ----
+ABSL_FLAG(std::string, port_file, "",
+          "if set, written after startup: client_port=<port> and peer_port=<port> lines");
+// Resource bounds (issue 12): connection caps per port, sized with storage's
+// open files from the file limit (raised to the hard limit at start).
+ABSL_FLAG(uint64_t, max_client_connections, 0,
+          "open connections on the client port; more are refused at accept (0: derived from "
+          "the file limit)");
+ABSL_FLAG(uint64_t, max_peer_connections, 0,
+          "open connections on the peer port; more are refused at accept (0: derived from the "
+          "file limit)");
+
+namespace tessera::server {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: tessera-server --node-id=N --data-dir=DIR --initial-cluster=ID=CLIENT/PEER,...\n"
+    "  [--listen=HOST:PORT] [--peer-listen=HOST:PORT] [--shards=16] [--replication=3]\n"
+    "  [--config=FILE] [--tick-ms=50] [--election-ticks=20] [--max-key-bytes=4096]\n"
+    "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
+    "  [--snapshot-interval-entries=10000] [--metrics-listen=127.0.0.1:0]\n"
+    "  [--node-id-from-hostname=false] [--slow-request-ms=1000] [--slow-fsync-ms=500]\n"
+    "  [--log-level=info] [--min-free-disk-bytes=268435456]\n"
+    "  [--max-client-connections=0] [--max-peer-connections=0]\n"
+    "  --peer-cert=FILE --peer-key=FILE --peer-ca=FILE | --insecure-peers\n"
+    "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
+    "  [--snapshot-idle-timeout-ms=30000]\n"
+    "  [--max-inflight-bytes=67108864]\n"
+    "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
+    "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
+
+// Sets flag `name` (dashes allowed) to `value`.
+absl::Status SetFlag(std::string name, const std::string& value, std::set<std::string>* seen) {
+  name = absl::StrReplaceAll(name, {{"-", "_"}});
+  absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  static const std::set<std::string> kOurs = {"node_id",
+                                              "data_dir",
+                                              "initial_cluster",
+                                              "listen",
+                                              "peer_listen",
+                                              "shards",
+                                              "replication",
+                                              "config",
+                                              "tick_ms",
+                                              "election_ticks",
+                                              "max_key_bytes",
+                                              "max_value_bytes",
+                                              "drain_timeout_ms",
+                                              "port_file",
+                                              "snapshot_interval_entries",
+                                              "metrics_listen",
+                                              "node_id_from_hostname",
+                                              "slow_request_ms",
+                                              "slow_fsync_ms",
+                                              "log_level",
+                                              "peer_cert",
+                                              "peer_key",
+                                              "peer_ca",
+                                              "insecure_peers",
+                                              "max_inbound_snapshots",
+                                              "max_snapshot_bytes",
+                                              "snapshot_idle_timeout_ms",
+                                              "max_client_connections",
+                                              "max_peer_connections",
+                                              "min_free_disk_bytes",
+                                              "max_inflight_bytes",
+                                              "testing_storage_faults"};
+  if (flag == nullptr || kOurs.count(name) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+  }
+  std::string error;
+  if (!flag->ParseFrom(value, &error)) {
+    return absl::InvalidArgumentError(absl::StrCat("bad value '", value, "' for --", name, ": ",
+                                                   absl::StripAsciiWhitespace(error)));
+  }
+  if (seen != nullptr) seen->insert(name);
+  return absl::OkStatus();
+}
+
+// Parses argv, then --config for what argv did not set. --help exits 0.
+absl::Status ParseFlags(int argc, char** argv) {
+  std::set<std::string> seen;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "-help") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    size_t eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+    }
+    TESSERA_RETURN_IF_ERROR(SetFlag(name, value, &seen));
+  }
+  const std::string config = absl::GetFlag(FLAGS_config);
+  if (config.empty()) return absl::OkStatus();
+  std::ifstream in(config);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read --config ", config));
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    absl::string_view text = absl::StripAsciiWhitespace(line);
+    if (text.empty() || text[0] == '#') continue;
+    size_t eq = text.find('=');
+    if (eq == absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(config, ":", number, ": expected key=value, got '", text, "'"));
+    }
+    std::string key =
+        absl::StrReplaceAll(absl::StripAsciiWhitespace(text.substr(0, eq)), {{"-", "_"}});
+    std::string value(absl::StripAsciiWhitespace(text.substr(eq + 1)));
+    if (key == "config") {
+      return absl::InvalidArgumentError(absl::StrCat(config, ":", number, ": nested config"));
+    }
+    if (seen.count(key)) continue;  // the command line wins
+    absl::Status s = SetFlag(key, value, nullptr);
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(config, ":", number, ": ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The node id of --node-id-from-hostname: 1 + the number after the last '-'
+// of `hostname` ("tessera-0" -> 1).
+absl::StatusOr<NodeId> NodeIdFromHostname(const std::string& hostname) {
+  const size_t dash = hostname.rfind('-');
+  uint64_t ordinal = 0;
+  if (dash == std::string::npos ||
+      !absl::SimpleAtoi(absl::string_view(hostname).substr(dash + 1), &ordinal) ||
+      ordinal >= (uint64_t{1} << 62)) {
+    return absl::InvalidArgumentError(absl::StrCat("--node-id-from-hostname: hostname '", hostname,
+                                                   "' does not end in -<number>"));
+  }
+  return ordinal + 1;
+}
+
+absl::StatusOr<ServerConfig> Validate() {
+  NodeId id = absl::GetFlag(FLAGS_node_id);
+  if (absl::GetFlag(FLAGS_node_id_from_hostname)) {
+    if (id != 0) {
+      return absl::InvalidArgumentError("--node-id and --node-id-from-hostname exclude each other");
+    }
+    char hostname[256] = {0};
+    if (gethostname(hostname, sizeof(hostname) - 1) != 0) {
+      return absl::InvalidArgumentError("--node-id-from-hostname: cannot read the hostname");
+    }
+    absl::StatusOr<NodeId> from_hostname = NodeIdFromHostname(hostname);
+    if (!from_hostname.ok()) return from_hostname.status();
+    id = *from_hostname;
+  }
+  if (id == 0) return absl::InvalidArgumentError("--node-id is required (non-zero)");
+  const spdlog::level::level_enum log_level =
+      spdlog::level::from_str(absl::GetFlag(FLAGS_log_level));
+  if (log_level == spdlog::level::off && absl::GetFlag(FLAGS_log_level) != "off") {
+    return absl::InvalidArgumentError("--log-level must be debug, info, warn or error");
+  }
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  if (data_dir.empty()) return absl::InvalidArgumentError("--data-dir is required");
+  if (absl::GetFlag(FLAGS_initial_cluster).empty()) {
+    return absl::InvalidArgumentError("--initial-cluster is required");
+  }
+  if (absl::GetFlag(FLAGS_tick_ms) < 1 || absl::GetFlag(FLAGS_tick_ms) > 10000) {
+    return absl::InvalidArgumentError("--tick-ms must be in [1, 10000]");
+  }
+  if (absl::GetFlag(FLAGS_election_ticks) < 2 || absl::GetFlag(FLAGS_election_ticks) > 1000) {
+    return absl::InvalidArgumentError("--election-ticks must be in [2, 1000]");
+  }
+  if (absl::GetFlag(FLAGS_max_key_bytes) < 1 || absl::GetFlag(FLAGS_max_key_bytes) > (1 << 20)) {
+    return absl::InvalidArgumentError("--max-key-bytes must be in [1, 1048576]");
+  }
+  if (absl::GetFlag(FLAGS_snapshot_interval_entries) < 1) {
+    return absl::InvalidArgumentError("--snapshot-interval-entries must be at least 1");
+  }
+  if (absl::GetFlag(FLAGS_max_value_bytes) > (64 << 20)) {
+    return absl::InvalidArgumentError("--max-value-bytes must be at most 67108864");
+  }
+  absl::StatusOr<ClusterMap> map =
+      ClusterMap::Parse(absl::GetFlag(FLAGS_initial_cluster), absl::GetFlag(FLAGS_shards),
+                        absl::GetFlag(FLAGS_replication));
+  if (!map.ok()) return map.status();
+  const MemberInfo* self = map->FindMember(id);
+  if (self == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--node-id ", id, " is not a member of --initial-cluster"));
+  }
+  ServerConfig config{.node_id = id,
+                      .data_dir = data_dir,
+                      .listen = absl::GetFlag(FLAGS_listen),
+                      .peer_listen = absl::GetFlag(FLAGS_peer_listen),
+                      .map = *std::move(map)};
+  if (config.listen.empty()) config.listen = self->client_address;
+  if (config.peer_listen.empty()) config.peer_listen = self->peer_address;
+  for (const std::string* address : {&config.listen, &config.peer_listen}) {
+    TESSERA_RETURN_IF_ERROR(ValidateHostPort(*address));
+  }
+  config.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!config.metrics_listen.empty())
+    TESSERA_RETURN_IF_ERROR(ValidateHostPort(config.metrics_listen));
+  config.log_level = log_level;
+  // "{id}" lets one configuration serve every node (e.g. Kubernetes pods).
+  const std::string id_text = absl::StrCat(id);
+  config.peer_tls = {
+      .cert = absl::StrReplaceAll(absl::GetFlag(FLAGS_peer_cert), {{"{id}", id_text}}),
+      .key = absl::StrReplaceAll(absl::GetFlag(FLAGS_peer_key), {{"{id}", id_text}}),
+      .ca = absl::GetFlag(FLAGS_peer_ca)};
+  const bool any_tls =
+      !config.peer_tls.cert.empty() || !config.peer_tls.key.empty() || !config.peer_tls.ca.empty();
+  if (absl::GetFlag(FLAGS_insecure_peers)) {
+    if (any_tls) {
+      return absl::InvalidArgumentError(
+          "--insecure-peers excludes --peer-cert/--peer-key/--peer-ca");
+    }
+  } else if (config.peer_tls.cert.empty() || config.peer_tls.key.empty() ||
+             config.peer_tls.ca.empty()) {
+    return absl::InvalidArgumentError(
+        "the peer port needs --peer-cert, --peer-key and --peer-ca (deploy/gen-certs.sh makes "
+        "them), or --insecure-peers to run it without authentication");
+  }
+  if (absl::GetFlag(FLAGS_max_inbound_snapshots) < 1 ||
+      absl::GetFlag(FLAGS_snapshot_idle_timeout_ms) < 1) {
+    return absl::InvalidArgumentError(
+        "--max-inbound-snapshots and --snapshot-idle-timeout-ms must be at least 1");
+  }
+  absl::StatusOr<uint64_t> file_limit = RaiseFileLimit();
+  if (!file_limit.ok()) return file_limit.status();
+  absl::StatusOr<FdBudget> fds =
+      PlanFdBudget(*file_limit, absl::GetFlag(FLAGS_max_client_connections),
+                   absl::GetFlag(FLAGS_max_peer_connections));
+  if (!fds.ok()) return fds.status();
+  config.fds = *fds;
+  config.port_file = absl::GetFlag(FLAGS_port_file);
+  config.tick = absl::Milliseconds(absl::GetFlag(FLAGS_tick_ms));
+  config.election_ticks = static_cast<int>(absl::GetFlag(FLAGS_election_ticks));
+  config.drain_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_drain_timeout_ms));
+  config.slow_request = absl::Milliseconds(absl::GetFlag(FLAGS_slow_request_ms));
+  config.slow_fsync = absl::Milliseconds(absl::GetFlag(FLAGS_slow_fsync_ms));
+  config.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
+  config.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
+  config.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
+  config.snapshot_interval_entries = absl::GetFlag(FLAGS_snapshot_interval_entries);
+  config.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
+  config.max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots));
+  config.max_snapshot_bytes = absl::GetFlag(FLAGS_max_snapshot_bytes);
+  config.snapshot_idle_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_snapshot_idle_timeout_ms));
+  config.testing_storage_faults = absl::GetFlag(FLAGS_testing_storage_faults);
+  if (!config.testing_storage_faults.empty()) {
+    const char* allow = std::getenv(kAllowTestingFlagsEnv);
+    if (allow == nullptr || std::string(allow) != "1") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--testing-storage-faults is for tests only (it makes storage fail on "
+                       "command); refused unless the environment has ",
+                       kAllowTestingFlagsEnv, "=1"));
+    }
+  }
+  return config;
+}
+
+}  // namespace
+
+absl::StatusOr<ServerConfig> ParseServerFlags(int argc, char** argv) {
+  TESSERA_RETURN_IF_ERROR(ParseFlags(argc, argv));
+  return Validate();
+}
+
+}  // namespace tessera::server

@@ -1,0 +1,521 @@
+#include "server/cmd/server.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "spdlog/spdlog.h"
+#include "tessera/peer.grpc.pb.h"
+
+namespace tessera::server {
+namespace {
+
+// Writes `content` to `path` atomically (temp file + rename).
+absl::Status WriteFileAtomically(const std::string& path, const std::string& content) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << content;
+    out.flush();
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write ", temp));
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot rename ", temp, " to ", path));
+  }
+  return absl::OkStatus();
+}
+
+// Reads the map stored in the metadata group from the members holding a
+// replica of it (for a node without one): their Cluster.NodeStatus
+// stored_map. nullopt if a member answered without one; kUnavailable if
+// none answered.
+MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& map) {
+  std::vector<std::shared_ptr<v1::Cluster::Stub>> stubs;
+  for (NodeId id : map.meta_replicas()) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    stubs.push_back(v1::Cluster::NewStub(grpc::CreateCustomChannel(
+        map.FindMember(id)->client_address, grpc::InsecureChannelCredentials(), args)));
+  }
+  return [stubs]() -> absl::StatusOr<std::optional<std::string>> {
+    bool answered = false;
+    for (const auto& stub : stubs) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+      v1::NodeStatusResponse status;
+      if (!stub->NodeStatus(&context, {}, &status).ok()) continue;
+      answered = true;
+      if (status.has_stored_map())
+        return std::optional<std::string>(status.stored_map().SerializeAsString());
+    }
+    if (answered) return std::optional<std::string>();
+    return absl::UnavailableError("no member of the metadata group answered");
+  };
+}
+
+// For a data directory created just now (a new member, or one whose data is
+// gone): asks every reachable peer whether it knows this member under
+// another incarnation. kFailedPrecondition (the line to log) if one does;
+// peers that do not answer are skipped (they refuse the member later if they
+// know it, see PeerRegistry).
+absl::Status CheckNotReplaced(const ServerConfig& config, uint64_t incarnation,
+                              const security::PeerCredentials& credentials) {
+  for (const MemberInfo& m : config.map.members()) {
+    if (m.id == config.node_id) continue;
+    grpc::ChannelArguments args;
+    credentials.ConfigureChannelTo(m.id, &args);
+    std::unique_ptr<peerpb::Peer::Stub> stub = peerpb::Peer::NewStub(
+        grpc::CreateCustomChannel(m.peer_address, credentials.channel(), args));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    peerpb::HelloRequest request;
+    request.set_from_node(config.node_id);
+    request.set_incarnation(incarnation);
+    peerpb::HelloResponse response;
+    if (!stub->Hello(&context, request, &response).ok()) continue;
+    const uint64_t known = response.known_incarnation();
+    if (known != 0 && known != incarnation) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the data directory ", config.data_dir, " is new, but node ", m.id, " knows node ",
+          config.node_id, " from an earlier one (incarnation ", known,
+          "): this node's data is gone, and rejoining under its old identity could lose "
+          "acknowledged writes; restore its data directory, or remove the member and add a new "
+          "one"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void ExitOnStorageFailure(const absl::Status& why) {
+  spdlog::critical("fatal: {}; exiting with code {}", why.ToString(), kExitStorageFailure);
+  spdlog::default_logger()->flush();
+  std::_Exit(kExitStorageFailure);
+}
+
+Server::Server(ServerConfig config, ServerHooks hooks)
+    : config_(std::move(config)), hooks_(std::move(hooks)) {}
+
+Server::~Server() { Stop(); }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerConfig config, ServerHooks hooks) {
+  std::unique_ptr<Server> server(new Server(std::move(config), std::move(hooks)));
+  absl::Status started = server->StartParts();
+  if (!started.ok()) return started;  // ~Server stops what started
+  return server;
+}
+
+absl::Status Server::Fatal() const {
+  absl::MutexLock lock(&fatal_mu_);
+  return fatal_;
+}
+
+void Server::StopObservers() {
+  if (http_ != nullptr) http_->Stop();
+  if (health_ != nullptr) health_->Stop();
+  if (metrics_ != nullptr) {
+    metrics_->SetNodeStatusSource(nullptr);
+    metrics_->SetEngine(nullptr);
+    metrics_->SetAdmissionSource(nullptr);
+  }
+}
+
+absl::Status Server::StartParts() {
+  const ServerConfig& config = config_;
+  const ClusterMap& map = config.map;
+  const std::vector<ShardId> hosted = map.ShardsOf(config.node_id);
+  const bool hosts_meta = map.HostsMeta(config.node_id);
+  spdlog::info(
+      "cluster map from flags: {} members, {} shards, replication {}, epoch {}; node {} hosts {} "
+      "shards{}",
+      map.members().size(), map.num_shards(), map.replication(), map.epoch(), config.node_id,
+      hosted.size(), hosts_meta ? " and a replica of the metadata group" : "");
+
+  // Metrics and health first: /healthz answers while the node starts.
+  MetricsOptions metrics_options;
+  metrics_options.node_id = config.node_id;
+  metrics_options.slow_request = config.slow_request;
+  metrics_options.slow_fsync = config.slow_fsync;
+  metrics_ = std::make_unique<Metrics>(metrics_options);
+  ReadinessOptions readiness;
+  readiness.max_leader_silence = 2 * config.tick * static_cast<int64_t>(config.election_ticks);
+  health_ = std::make_unique<HealthMonitor>(readiness);
+  if (!config.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started = MetricsHttpServer::Start(
+        config.metrics_listen, {{"/metrics", MetricsHandler(metrics_.get())},
+                                {"/healthz", health_->LivenessHandler()},
+                                {"/readyz", health_->ReadinessHandler()}});
+    if (!started.ok()) return absl::UnavailableError(started.status().ToString());
+    http_ = *std::move(started);
+    spdlog::info("metrics, /healthz and /readyz on http://{} (port {})", config.metrics_listen,
+                 http_->port());
+  }
+
+  // Peer identity before any storage or raft: whose data directory this is,
+  // with which credentials it talks to its peers.
+  auto refuse = [](absl::string_view why) {
+    return absl::FailedPreconditionError(absl::StrCat("refusing to start: ", why));
+  };
+  absl::StatusOr<security::PeerCredentials> peer_credentials =
+      config.peer_tls.cert.empty()
+          ? absl::StatusOr<security::PeerCredentials>(security::PeerCredentials::Insecure())
+          : security::PeerCredentials::Load(config.peer_tls, config.node_id);
+  if (!peer_credentials.ok()) return refuse(peer_credentials.status().message());
+  peer_credentials_.emplace(*std::move(peer_credentials));
+  if (!peer_credentials_->secure()) {
+    spdlog::warn(
+        "--insecure-peers: the peer port {} accepts plaintext raft traffic from anyone who can "
+        "reach it, who can then rewrite or erase this cluster's data; use --peer-cert, --peer-key "
+        "and --peer-ca outside closed test networks",
+        config.peer_listen);
+  }
+  absl::StatusOr<security::DataDirIdentity> identity =
+      security::LoadOrCreateIdentity(config.data_dir, config.map.cluster_id(), config.node_id);
+  if (!identity.ok()) return refuse(identity.status().message());
+  identity_ = *identity;
+  if (identity_.created) {
+    absl::Status fresh = CheckNotReplaced(config, identity_.incarnation, *peer_credentials_);
+    if (!fresh.ok()) {
+      // Not keep the new identity: the operator may still restore the old data.
+      std::filesystem::remove(absl::StrCat(config.data_dir, "/", security::kIdentityFileName));
+      return refuse(fresh.message());
+    }
+    spdlog::info("new data directory {}: node {}, incarnation {}", config.data_dir, config.node_id,
+                 identity_.incarnation);
+  }
+  absl::StatusOr<std::unique_ptr<security::PeerRegistry>> registry =
+      security::PeerRegistry::Open(config.data_dir);
+  if (!registry.ok()) return refuse(registry.status().message());
+  registry_ = *std::move(registry);
+
+  spdlog::info(
+      "file limit {}: storage keeps at most {} files open, {} are reserved, ports take at most "
+      "{} client and {} peer connections",
+      config.fds.file_limit, config.fds.storage_max_open_files, config.fds.reserved,
+      config.fds.max_client_connections, config.fds.max_peer_connections);
+  storage::EngineOptions engine_options;
+  engine_options.max_open_files = config.fds.storage_max_open_files;
+  engine_options.min_free_disk_bytes = config.min_free_disk_bytes;
+  absl::StatusOr<std::unique_ptr<storage::Engine>> engine =
+      storage::Engine::Open(config.data_dir, engine_options);
+  if (engine.status().code() == absl::StatusCode::kResourceExhausted) {
+    ExitOnStorageFailure(engine.status());  // no space left on the data dir
+  }
+  if (!engine.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot open storage at ", config.data_dir, ": ", engine.status().ToString()));
+  }
+  engine_ = *std::move(engine);
+  spdlog::info("opened storage at {}", config.data_dir);
+  metrics_->SetEngine(engine_.get());
+  storage::RaftLog* raft_log = &engine_->raft_log();
+  storage::KvStore* kv_store = &engine_->kv_store();
+  if (!config.testing_storage_faults.empty()) {
+    testing_faults_ = std::make_unique<storage::FaultInjectionEngine>(
+        engine_.get(), config.testing_storage_faults);
+    raft_log = &testing_faults_->raft_log();
+    kv_store = &testing_faults_->kv_store();
+    spdlog::warn(
+        "--testing-storage-faults={}: TESTING ONLY: storage operations named in that file fail "
+        "with an injected I/O error (the node then exits with code 3)",
+        config.testing_storage_faults);
+  }
+
+  state_machine_ = std::make_unique<StateMachine>(kv_store, StateMachineOptions{});
+  // Snapshots in flight: exports the transport streams to followers, and
+  // received snapshots staged for the raft loop to commit (shared by the
+  // Node, the transport and the peer service).
+  snapshots_ = std::make_unique<SnapshotExchange>(kv_store);
+  // A map already stored in this node's metadata replica is checked before
+  // any shard replica is created or joins its group.
+  if (hosts_meta) {
+    absl::StatusOr<v1::GetResponse> stored = state_machine_->Get(kMetaShard, kMetaMapKey);
+    if (stored.ok() && stored->found()) {
+      absl::StatusOr<ClusterMap> checked = MetaGroup::Check(map, stored->kv().value());
+      if (!checked.ok()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("refusing to serve: ", checked.status().message()));
+      }
+    }
+  }
+
+  GrpcTransportOptions transport_options;
+  transport_options.self = config.node_id;
+  transport_options.incarnation = identity_.incarnation;
+  transport_options.snapshots = snapshots_.get();
+  transport_options.credentials = &*peer_credentials_;
+  transport_options.on_refused = [this](NodeId to, const absl::Status& why) {
+    if (why.code() == absl::StatusCode::kFailedPrecondition) {
+      // The peer knows this member under another incarnation: stop.
+      hooks_.on_refusal(
+          absl::FailedPreconditionError(absl::StrCat("node ", to, " refuses us: ", why.message())));
+      return;
+    }
+    static std::atomic<int64_t> last_warning{0};
+    const int64_t now = absl::ToUnixSeconds(absl::Now());
+    if (now - last_warning.exchange(now) >= 10) {
+      spdlog::warn("node {} refuses this node's peer identity: {}", to, why.ToString());
+    }
+  };
+  for (const MemberInfo& m : map.members()) {
+    if (m.id != config.node_id) transport_options.peers[m.id] = m.peer_address;
+  }
+  // Transport feedback goes to the node once it runs (node_for_peers_).
+  transport_options.on_unreachable = [this](NodeId to) {
+    if (Node* node = node_for_peers_.load(std::memory_order_acquire)) node->ReportUnreachable(to);
+  };
+  transport_options.on_snapshot_sent = [this](NodeId to, ShardId shard, bool ok) {
+    if (Node* node = node_for_peers_.load(std::memory_order_acquire)) {
+      node->ReportSnapshot(to, shard, ok);
+    }
+  };
+  transport_ = std::make_unique<GrpcTransport>(std::move(transport_options));
+
+  PeerServiceOptions peer_options{
+      .self = config.node_id,
+      .require_certified_sender = peer_credentials_->secure(),
+      .registry = registry_.get(),
+      .max_inbound_snapshots = config.max_inbound_snapshots,
+      .max_snapshot_bytes = config.max_snapshot_bytes,
+      .snapshot_idle_timeout = config.snapshot_idle_timeout,
+      .snapshots = snapshots_.get(),
+      .on_refused = [hooks = metrics_->node_metrics()](const char* reason) {
+        hooks->OnPeerMessageRefused(reason);
+      }};
+  peer_service_ = std::make_unique<PeerService>(
+      std::move(peer_options), [this](NodeId from, std::vector<ShardMessage> messages) {
+        if (Node* node = node_for_peers_.load(std::memory_order_acquire)) {
+          node->Receive(from, std::move(messages));
+        }
+      });
+  // The largest message either port accepts: a request, or a peer batch of
+  // a few MiB of messages plus one entry, holds at most one value of up to
+  // --max-value-bytes and its key.
+  const int max_message_bytes =
+      static_cast<int>(std::min<uint64_t>(2 * config.max_value_bytes + (64 << 20), 1 << 30));
+  GrpcServerOptions peer_server_options;
+  peer_server_options.address = config.peer_listen;
+  peer_server_options.services = {peer_service_.get()};
+  peer_server_options.max_receive_bytes = max_message_bytes;
+  peer_server_options.credentials = peer_credentials_->server();
+  peer_server_options.max_connections = config.fds.max_peer_connections;
+  peer_server_options.name = "peer";
+  peer_server_options.on_connections =
+      metrics_->ConnectionReporter("peer", config.fds.max_peer_connections);
+  absl::StatusOr<std::unique_ptr<GrpcServer>> peer_server =
+      StartGrpcServer(std::move(peer_server_options));
+  if (!peer_server.ok()) {
+    return absl::UnavailableError(absl::StrCat("peer service: ", peer_server.status().ToString()));
+  }
+  peer_server_ = *std::move(peer_server);
+  spdlog::info("peer service listening on {} (port {}, {})", config.peer_listen,
+               peer_server_->port(),
+               peer_credentials_->secure() ? "mutual TLS" : "PLAINTEXT, --insecure-peers");
+
+  NodeOptions node_options;
+  node_options.id = config.node_id;
+  for (ShardId shard : hosted) {
+    node_options.shards.push_back({.shard = shard, .replicas = map.shards()[shard].replicas});
+  }
+  if (hosts_meta) {
+    node_options.shards.push_back({.shard = kMetaShard, .replicas = map.meta_replicas()});
+  }
+  node_options.snapshot_interval_entries = config.snapshot_interval_entries;
+  node_options.tick_interval = config.tick;
+  node_options.election_ticks = config.election_ticks;
+  node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
+  node_options.metrics = metrics_->node_metrics();
+  node_options.snapshots = snapshots_.get();
+  // The transport reports every transfer (its deadline: 10 minutes).
+  node_options.snapshot_report_timeout = absl::Minutes(11);
+  // Raft holds no more uncommitted bytes per shard than the node admits.
+  if (config.max_inflight_bytes != 0) {
+    node_options.max_uncommitted_bytes_per_shard = config.max_inflight_bytes;
+  }
+  node_options.on_fatal = [this](const absl::Status& status) {
+    {
+      absl::MutexLock lock(&fatal_mu_);
+      fatal_ = status;
+    }
+    hooks_.on_fatal(status);
+  };
+  {
+    std::vector<ShardId> shard_ids;
+    for (const ShardPlacement& p : node_options.shards) shard_ids.push_back(p.shard);
+    metrics_->RegisterShards(shard_ids);
+  }
+  absl::StatusOr<std::unique_ptr<Node>> node =
+      Node::Start(node_options, raft_log, kv_store, state_machine_.get(), transport_.get());
+  if (node.status().code() == absl::StatusCode::kResourceExhausted) {
+    ExitOnStorageFailure(node.status());  // bootstrap writes on a full disk
+  }
+  if (!node.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot start the node: ", node.status().ToString()));
+  }
+  node_ = *std::move(node);
+  node_for_peers_.store(node_.get(), std::memory_order_release);
+  metrics_->SetNodeStatusSource([n = node_.get()] { return n->Status(); });
+  spdlog::info("raft node started: {} shard replicas, tick {} ms, election timeout {} ticks",
+               node_options.shards.size(), absl::ToInt64Milliseconds(config.tick),
+               config.election_ticks);
+
+  backend_ = std::make_unique<NodeKvBackend>(node_.get(), state_machine_.get());
+  // The services serve by the map of the metadata group, once loaded.
+  maps_ = std::make_unique<ClusterMapCache>();
+  KvServiceOptions kv_options;
+  kv_options.self = config.node_id;
+  kv_options.max_key_bytes = config.max_key_bytes;
+  kv_options.max_value_bytes = config.max_value_bytes;
+  kv_options.max_inflight_bytes = config.max_inflight_bytes;
+  kv_service_ = std::make_unique<KvService>(kv_options, maps_.get(), backend_.get());
+  metrics_->SetAdmissionSource([kv = kv_service_.get()] { return kv->admission_stats(); });
+  ClusterService::StoredMapReader stored_map;
+  if (hosts_meta)
+    stored_map = [backend = backend_.get()] { return MetaGroup::ReadLocal(*backend); };
+  cluster_service_ = std::make_unique<ClusterService>(config.node_id, maps_.get(), backend_.get(),
+                                                      std::move(stored_map));
+  // `tessera cluster drain N`: the same path as SIGTERM.
+  cluster_service_->SetDrainHandler([this] { hooks_.on_drain_requested(); });
+  // The standard grpc.health.v1.Health service on the client port, kept in
+  // step with readiness by the HealthMonitor.
+  grpc::EnableDefaultHealthCheckService(true);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(metrics_->NewGrpcInterceptorFactory());
+  GrpcServerOptions client_server_options;
+  client_server_options.address = config.listen;
+  client_server_options.services = {kv_service_.get(), cluster_service_.get()};
+  client_server_options.max_receive_bytes = max_message_bytes;
+  client_server_options.interceptors = std::move(interceptors);
+  client_server_options.max_connections = config.fds.max_client_connections;
+  client_server_options.name = "client";
+  client_server_options.on_connections =
+      metrics_->ConnectionReporter("client", config.fds.max_client_connections);
+  absl::StatusOr<std::unique_ptr<GrpcServer>> client_server =
+      StartGrpcServer(std::move(client_server_options));
+  if (!client_server.ok()) {
+    return absl::UnavailableError(absl::StrCat("client API: ", client_server.status().ToString()));
+  }
+  client_server_ = *std::move(client_server);
+  spdlog::info("client API (KV, Cluster) listening on {} (port {})", config.listen,
+               client_server_->port());
+  health_->SetSources({.member =
+                           [maps = maps_.get(), id = config.node_id] {
+                             std::shared_ptr<const ClusterMap> current = maps->Current();
+                             return current != nullptr && current->FindMember(id) != nullptr;
+                           },
+                       .shards = [n = node_.get()] { return n->Status(); },
+                       .live = [n = node_.get()] { return n->Health(); }});
+  health_->SetGrpcHealth(client_server_->server()->GetHealthCheckService());
+  health_->Start(absl::Milliseconds(500));
+
+  if (!config.port_file.empty()) {
+    absl::Status s = WriteFileAtomically(
+        config.port_file,
+        absl::StrCat("client_port=", client_server_->port(), "\npeer_port=", peer_server_->port(),
+                     "\n",
+                     http_ != nullptr ? absl::StrCat("metrics_port=", http_->port(), "\n") : ""));
+    if (!s.ok()) spdlog::error("port file: {}", s.ToString());
+    spdlog::info("wrote ports to {}", config.port_file);
+  }
+  MetaGroupOptions meta_options;
+  meta_options.self = config.node_id;
+  meta_group_ = std::make_unique<MetaGroup>(
+      meta_options, map, hosts_meta ? backend_.get() : nullptr,
+      hosts_meta ? nullptr : RemoteMapReader(map), maps_.get(),
+      [this](const absl::Status& status) { hooks_.on_refusal(status); },
+      [](const std::string& line) { spdlog::info("metadata group: {}", line); });
+  spdlog::info("node {} started; serving once the cluster map is loaded from the metadata group",
+               config.node_id);
+  return absl::OkStatus();
+}
+
+absl::Status Server::Drain() {
+  if (meta_group_ != nullptr) meta_group_->Stop();
+  const absl::Duration drain = config_.drain_timeout;
+  health_->SetDraining();
+
+  // With one replica per shard there is nobody to hand leadership to.
+  absl::Status transferred = config_.map.replication() > 1
+                                 ? node_->TransferLeadershipAway(drain)
+                                 : absl::FailedPreconditionError("no other replicas");
+  if (transferred.ok()) {
+    spdlog::info("handed off leadership of every shard");
+  } else {
+    spdlog::warn("leadership hand-off incomplete: {}", transferred.ToString());
+  }
+
+  // Stop accepting calls (new ones get UNAVAILABLE and go to another
+  // replica) and let in-flight ones finish. Then shut the server down at
+  // once: gRPC's own graceful Shutdown would also wait for clients to close
+  // their idle connections. Shutdown waits for every call, and a call may
+  // wait for the Node: if that takes too long, stopping the Node completes
+  // them all.
+  kv_service_->BeginDrain();
+  if (kv_service_->WaitIdle(absl::Now() + drain)) {
+    spdlog::info("in-flight client calls finished");
+  } else {
+    spdlog::warn("client calls still in flight after {} ms; cancelling them",
+                 absl::ToInt64Milliseconds(drain));
+  }
+  absl::Notification shut_down;
+  std::thread shutdown_thread([&] {
+    client_server_->Shutdown();
+    shut_down.Notify();
+  });
+  if (!shut_down.WaitForNotificationWithTimeout(absl::Seconds(2))) {
+    spdlog::warn("client calls still pending; stopping the node to complete them");
+    node_->Stop();
+  }
+  shutdown_thread.join();
+  spdlog::info("client API stopped");
+  node_->Stop();
+  // A storage failure during the drain is still a storage failure.
+  if (absl::Status why = Fatal(); !why.ok()) return why;
+  spdlog::info("raft node stopped");
+  Stop();
+  return absl::OkStatus();
+}
+
+void Server::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  if (meta_group_ != nullptr) meta_group_->Stop();
+  if (client_server_ != nullptr) client_server_->Shutdown();
+  if (node_ != nullptr) node_->Stop();
+  if (peer_server_ != nullptr) peer_server_->Shutdown();
+  node_for_peers_.store(nullptr, std::memory_order_release);
+  if (transport_ != nullptr) {
+    transport_->Stop();
+    spdlog::info("peer service and transport stopped");
+  }
+  if (metrics_ != nullptr) metrics_->SetAdmissionSource(nullptr);
+  meta_group_.reset();
+  kv_service_.reset();
+  StopObservers();
+  node_.reset();
+  transport_.reset();
+  snapshots_.reset();  // its views and stagings belong to the engine
+  testing_faults_.reset();
+  if (engine_ != nullptr) {
+    engine_.reset();
+    spdlog::info("storage closed; node {} exits", config_.node_id);
+  }
+}
+
+}  // namespace tessera::server
