@@ -182,6 +182,39 @@ absl::Status FaultInjectingKvStore::InstallSnapshot(ShardId shard, uint64_t appl
   return base_->InstallSnapshot(shard, applied_index, reader);
 }
 
+namespace {
+
+// The base store's staging, with the install faults checked at Commit.
+class FaultInjectingStaging final : public SnapshotStaging {
+ public:
+  FaultInjectingStaging(std::unique_ptr<SnapshotStaging> base, FaultInjector* faults)
+      : base_(std::move(base)), faults_(faults) {}
+  ShardId shard() const override { return base_->shard(); }
+  uint64_t applied_index() const override { return base_->applied_index(); }
+  uint64_t bytes() const override { return base_->bytes(); }
+  absl::Status Add(const SnapshotRecord& record) override { return base_->Add(record); }
+  absl::Status Finish() override { return base_->Finish(); }
+  absl::Status Commit() override {
+    if (absl::Status s = faults_->Check(FaultOp::kInstallSnapshot); !s.ok()) return s;
+    if (absl::Status s = faults_->Check(FaultOp::kSync); !s.ok()) return s;
+    return base_->Commit();
+  }
+
+ private:
+  const std::unique_ptr<SnapshotStaging> base_;
+  FaultInjector* const faults_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SnapshotStaging>> FaultInjectingKvStore::StageSnapshot(
+    ShardId shard, uint64_t applied_index) {
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> staging =
+      base_->StageSnapshot(shard, applied_index);
+  if (!staging.ok()) return staging.status();
+  return std::make_unique<FaultInjectingStaging>(*std::move(staging), faults_);
+}
+
 absl::Status FaultInjectingKvStore::DeleteShard(ShardId shard) {
   if (absl::Status s = faults_->Check(FaultOp::kSync); !s.ok()) return s;
   return base_->DeleteShard(shard);

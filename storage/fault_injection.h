@@ -137,7 +137,9 @@ class FaultInjectingRaftLog final : public RaftLog {
 };
 
 // A KvStore that forwards to `base` and consults `faults` first: Apply
-// (apply), InstallSnapshot (install, sync), DeleteShard (sync).
+// (apply), InstallSnapshot and a staged snapshot's Commit (install, sync),
+// DeleteShard (sync). StageSnapshot stages on `base` (RocksDB: its SST
+// staging), so a test installs snapshots the way production does.
 class FaultInjectingKvStore final : public KvStore {
  public:
   FaultInjectingKvStore(KvStore* base, FaultInjector* faults) : base_(base), faults_(faults) {}
@@ -150,6 +152,8 @@ class FaultInjectingKvStore final : public KvStore {
   absl::StatusOr<std::unique_ptr<ShardSnapshot>> ExportSnapshot(ShardId shard) const override;
   absl::Status InstallSnapshot(ShardId shard, uint64_t applied_index,
                                SnapshotReader& reader) override;
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> StageSnapshot(ShardId shard,
+                                                                 uint64_t applied_index) override;
   absl::Status DeleteShard(ShardId shard) override;
 
  private:

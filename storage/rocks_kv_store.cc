@@ -412,9 +412,9 @@ absl::Status RocksKvStore::IngestStaged(ShardId shard, uint64_t applied_index,
       applied_.BeginWrite(shards, [&](internal::ShardCache<uint64_t>::Values& v) {
         const uint64_t current = v.at(shard);
         if (current >= applied_index) {
-          return absl::FailedPreconditionError(absl::StrCat("shard ", shard, ": applied index ",
-                                                            current, " is not below the snapshot's ",
-                                                            applied_index));
+          return absl::FailedPreconditionError(
+              absl::StrCat("shard ", shard, ": applied index ", current,
+                           " is not below the snapshot's ", applied_index));
         }
         return absl::OkStatus();
       }));
@@ -424,8 +424,8 @@ absl::Status RocksKvStore::IngestStaged(ShardId shard, uint64_t applied_index,
   options.allow_blocking_flush = true;  // rare: Finish() flushed
   options.write_global_seqno = false;
   // Ingestion is recorded in the MANIFEST, synced: durable on return.
-  absl::Status s = space_->Annotate(FromRocks(db_->IngestExternalFile(cf_, {path}, options),
-                                              "RocksKvStore: ingest snapshot"));
+  absl::Status s = space_->Annotate(
+      FromRocks(db_->IngestExternalFile(cf_, {path}, options), "RocksKvStore: ingest snapshot"));
   staged[shard] = applied_index;
   applied_.EndWrite(shards, s.ok() ? &staged : nullptr);
   return s;

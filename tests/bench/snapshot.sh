@@ -22,8 +22,8 @@
 #                                [--mode pause|restart]
 # Defaults: 1 GiB, /tmp/tessera-snapshot-bench, 8 clients. Uses this build's
 # binaries (build/release; TESSERA_BUILD_DIR to change), ports from
-# TESSERA_PORT_BASE (default 17000: clients 17001-17003, peers 17101-17103,
-# metrics 19201-19203), only 127.0.0.1. Every process it starts is stopped by
+# TESSERA_PORT_BASE (default 27000, apart from the tests' 17000: clients
+# 27001-27003, peers 27101-27103, metrics 29201-29203), only 127.0.0.1. Every process it starts is stopped by
 # PID on exit; every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,7 +44,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 build=${TESSERA_BUILD_DIR:-$root/build/release}
-base=${TESSERA_PORT_BASE:-17000}
+base=${TESSERA_PORT_BASE:-27000}
 load_bin=$build/tests/bench/tessera-snapshot-load
 for b in "$build/server/tessera-server" "$build/server/tessera-admin" "$load_bin"; do
   [[ -x $b ]] || { echo "snapshot.sh: $b is missing (build it first)" >&2; exit 2; }

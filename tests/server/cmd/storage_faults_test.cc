@@ -398,10 +398,18 @@ void ExpectRestartLosesNothing(FaultCluster& cluster, client::Client& client, in
     request.mutable_header()->set_shard(ShardForKey(key, kShards));
     request.mutable_header()->set_consistency(v1::READ_CONSISTENCY_STALE);
     request.set_key(key);
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     v1::GetResponse response;
-    absl::Status s = FromGrpcStatus(kv->Get(&context, request, &response));
+    absl::Status s;
+    // A STALE read is refused (UNAVAILABLE) while the replica has not heard
+    // from its leader lately (a leader change, a loaded machine): ask again.
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      response.Clear();
+      s = FromGrpcStatus(kv->Get(&context, request, &response));
+      if (s.code() != absl::StatusCode::kUnavailable) break;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
     ASSERT_THAT(s, IsOk()) << key;
     ASSERT_TRUE(response.found()) << key;
     EXPECT_EQ(response.kv().value(), expected.first) << key;
