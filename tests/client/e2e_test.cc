@@ -46,7 +46,7 @@ using ::tessera::testing::IsOk;
 using ::tessera::testing::MakeTempDir;
 using ::tessera::testing::PeerTlsFlags;
 using ::tessera::testing::PortReservation;
-using ::tessera::testing::Tail;
+using ::tessera::testing::TearDownCluster;
 
 constexpr int kNodes = 3;
 constexpr uint32_t kShards = 8;
@@ -77,14 +77,8 @@ class ClusterProcesses {
     }
   }
   ~ClusterProcesses() {
-    for (ChildProcess& p : processes_) p.Kill();
-    if (::testing::Test::HasFailure()) {
-      for (int i = 0; i < kNodes; ++i) {
-        std::cerr << "---- node " << i + 1 << " log (tail) ----\n" << Tail(Log(i), 30) << "\n";
-      }
-    }
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
+    TearDownCluster(
+        processes_, [this](int i) { return Log(i); }, dir_, ::testing::Test::HasFailure(), 30);
   }
 
   std::string Log(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".log"); }

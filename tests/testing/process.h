@@ -13,9 +13,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <functional>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -164,6 +168,23 @@ inline std::string Tail(const std::string& path, int lines) {
   for (std::string line; std::getline(in, line);) all.push_back(line);
   size_t from = all.size() > static_cast<size_t>(lines) ? all.size() - lines : 0;
   return absl::StrJoin(all.begin() + from, all.end(), "\n");
+}
+
+// Ends a test's cluster of child processes: kills each one, prints the tail
+// of each one's log (`log_of(i)`) to stderr if `print_logs` (the test
+// failed), and removes `dir`.
+template <size_t N>
+void TearDownCluster(ChildProcess (&processes)[N], const std::function<std::string(int)>& log_of,
+                     const std::string& dir, bool print_logs, int tail_lines = 40) {
+  for (ChildProcess& p : processes) p.Kill();
+  if (print_logs) {
+    for (size_t i = 0; i < N; ++i) {
+      std::cerr << "---- node " << i + 1 << " log (tail) ----\n"
+                << Tail(log_of(static_cast<int>(i)), tail_lines) << "\n";
+    }
+  }
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
 }
 
 // Makes peer certificates for members 1..`members` in `dir` with

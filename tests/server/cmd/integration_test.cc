@@ -58,6 +58,7 @@ using ::tessera::testing::MakeTempDir;
 using ::tessera::testing::PortReservation;
 using ::tessera::testing::StatusIs;
 using ::tessera::testing::Tail;
+using ::tessera::testing::TearDownCluster;
 using ::testing::HasSubstr;
 
 constexpr int kNodes = 3;
@@ -97,14 +98,8 @@ class Cluster {
   }
 
   ~Cluster() {
-    for (ChildProcess& p : processes_) p.Kill();
-    if (::testing::Test::HasFailure()) {
-      for (int i = 0; i < kNodes; ++i) {
-        std::cerr << "---- node " << i + 1 << " log (tail) ----\n" << Tail(Log(i), 40) << "\n";
-      }
-    }
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
+    TearDownCluster(
+        processes_, [this](int i) { return Log(i); }, dir_, ::testing::Test::HasFailure(), 40);
   }
 
   std::string Log(int i) const { return absl::StrCat(dir_, "/node", i + 1, ".log"); }
