@@ -288,6 +288,29 @@ class Cluster {
     return *v;
   }
 
+  // Cuts `lagging` off, writes k<i> = value_of(i) for i < n to shard 1,
+  // waits until every other node compacted shard 1's log past what `lagging`
+  // has (so only a snapshot can catch it up), and heals the network.
+  // `*lagging_last` is the last log index `lagging` had.
+  void LeaveBehindCompactedLog(NodeId lagging, int n,
+                               const std::function<std::string(int)>& value_of,
+                               uint64_t* lagging_last) {
+    net().Isolate(lagging);
+    for (int i = 0; i < n; ++i) {
+      ASSERT_THAT(PutOnLeader(1, absl::StrCat("k", i), value_of(i)), IsOk());
+    }
+    *lagging_last = StatusOf(lagging, 1)->last_index;
+    for (NodeId id = 1; id <= 3; ++id) {
+      if (id == lagging) continue;
+      EXPECT_TRUE(WaitFor([&] {
+        absl::StatusOr<storage::LogState> st = engine(id).raft_log().State(1);
+        return st.ok() && st->first_index > *lagging_last + 1;
+      })) << "node "
+          << id;
+    }
+    net().Heal();
+  }
+
   bool WaitForValue(NodeId id, ShardId shard, const std::string& key, const std::string& value) {
     return WaitFor([&] { return Get(id, shard, key) == value; });
   }
@@ -552,21 +575,9 @@ TEST(Node, FollowerBehindCompactedLogGetsSnapshot) {
   const NodeId leader = c.WaitForLeader(1);
   ASSERT_NE(leader, 0u);
   const NodeId lagging = OtherThan(leader);
-  c.net().Isolate(lagging);
-  for (int i = 0; i < 40; ++i) {
-    ASSERT_THAT(c.PutOnLeader(1, absl::StrCat("k", i), absl::StrCat("v", i)), IsOk());
-  }
-  // Every running node compacted its log past what the lagging one has.
-  const uint64_t lagging_last = c.StatusOf(lagging, 1)->last_index;
-  for (NodeId id = 1; id <= 3; ++id) {
-    if (id == lagging) continue;
-    EXPECT_TRUE(WaitFor([&] {
-      absl::StatusOr<storage::LogState> st = c.engine(id).raft_log().State(1);
-      return st.ok() && st->first_index > lagging_last + 1;
-    })) << "node "
-        << id;
-  }
-  c.net().Heal();
+  uint64_t lagging_last = 0;
+  ASSERT_NO_FATAL_FAILURE(c.LeaveBehindCompactedLog(
+      lagging, 40, [](int i) { return absl::StrCat("v", i); }, &lagging_last));
   for (int i = 0; i < 40; ++i) {
     EXPECT_TRUE(c.WaitForValue(lagging, 1, absl::StrCat("k", i), absl::StrCat("v", i))) << i;
   }
@@ -603,21 +614,10 @@ TEST(Node, LaggingFollowerCaughtUpByStreamedSnapshotInManyChunks) {
   const NodeId leader = c.WaitForLeader(1);
   ASSERT_NE(leader, 0u);
   const NodeId lagging = OtherThan(leader);
-  c.net().Isolate(lagging);
   const std::string value(100, 'v');
-  for (int i = 0; i < 200; ++i) {
-    ASSERT_THAT(c.PutOnLeader(1, absl::StrCat("k", i), absl::StrCat(value, i)), IsOk());
-  }
-  const uint64_t lagging_last = c.StatusOf(lagging, 1)->last_index;
-  for (NodeId id = 1; id <= 3; ++id) {
-    if (id == lagging) continue;
-    EXPECT_TRUE(WaitFor([&] {
-      absl::StatusOr<storage::LogState> st = c.engine(id).raft_log().State(1);
-      return st.ok() && st->first_index > lagging_last + 1;
-    })) << "node "
-        << id;
-  }
-  c.net().Heal();
+  uint64_t lagging_last = 0;
+  ASSERT_NO_FATAL_FAILURE(c.LeaveBehindCompactedLog(
+      lagging, 200, [&](int i) { return absl::StrCat(value, i); }, &lagging_last));
   for (int i = 0; i < 200; ++i) {
     EXPECT_TRUE(c.WaitForValue(lagging, 1, absl::StrCat("k", i), absl::StrCat(value, i))) << i;
   }
