@@ -21,22 +21,38 @@ std::optional<Message> GetDetail(const absl::Status& status, absl::string_view u
 
 }  // namespace
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
+google::rpc::Status ToRpcStatus(const absl::Status& status) {
   google::rpc::Status proto;
+  proto.set_code(static_cast<int32_t>(status.code()));
+  proto.set_message(std::string(status.message()));
   status.ForEachPayload([&proto](absl::string_view url, const absl::Cord& payload) {
     google::protobuf::Any* any = proto.add_details();
     any->set_type_url(std::string(url));
     any->set_value(std::string(payload));
   });
+  return proto;
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  google::rpc::Status proto = ToRpcStatus(status);
   std::string details;
-  if (proto.details_size() > 0) {
-    proto.set_code(static_cast<int32_t>(status.code()));
-    proto.set_message(std::string(status.message()));
-    details = proto.SerializeAsString();
-  }
+  if (proto.details_size() > 0) details = proto.SerializeAsString();
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()),
                       std::move(details));
+}
+
+absl::Status FromRpcStatus(const google::rpc::Status& status) {
+  int code = status.code();
+  if (code < 0 || code > static_cast<int>(absl::StatusCode::kUnauthenticated)) {
+    code = static_cast<int>(absl::StatusCode::kUnknown);
+  }
+  absl::Status result(static_cast<absl::StatusCode>(code), status.message());
+  if (result.ok()) return result;
+  for (const google::protobuf::Any& any : status.details()) {
+    result.SetPayload(any.type_url(), absl::Cord(any.value()));
+  }
+  return result;
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {

@@ -25,6 +25,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "grpcpp/support/status.h"
 #include "tessera/kv.pb.h"
 
@@ -46,6 +47,13 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // from_call rejects them), are dropped: the status keeps code and message.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
+// The same as a google.rpc.Status message (a KV.Batch operation's error,
+// BatchResult.error): code, message and one Any per payload, always (also
+// without payloads). ToRpcStatus of OK is code 0.
+google::rpc::Status ToRpcStatus(const absl::Status& status);
+// Back: the payloads restored from the Any details; a code outside the
+// canonical range becomes kUnknown.
+absl::Status FromRpcStatus(const google::rpc::Status& status);
 // Attach details to `status` (which must not be OK), replacing one of the
 // same type.
 void SetErrorDetail(absl::Status& status, const v1::ErrorDetail& detail);

@@ -236,6 +236,12 @@ absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
   return static_cast<ShardId>(header.shard());
 }
 
+absl::Time KvService::BatchDeadline(absl::Time now, uint32_t timeout_ms) const {
+  const absl::Time cap = now + options_.max_deadline;
+  if (timeout_ms == 0) return std::min(now + options_.default_deadline, cap);
+  return std::min(now + absl::Milliseconds(timeout_ms), cap);
+}
+
 absl::Time KvService::Deadline(const grpc::CallbackServerContext* context) const {
   const absl::Time now = absl::Now();
   const absl::Time cap = now + options_.max_deadline;
@@ -277,13 +283,18 @@ void KvService::AddLeaderHint(absl::Status& status, ShardId shard) const {
   SetErrorDetail(status, *detail);
 }
 
-void KvService::Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status) {
+void KvService::Complete(ShardId shard, absl::Status status, const OpDone& done) {
   if (status.code() == absl::StatusCode::kUnavailable) AddLeaderHint(status, shard);
-  FinishCall(reactor, ToGrpcStatus(status));
+  done(std::move(status));
 }
 
-bool KvService::Enter(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
-                      uint64_t request_bytes, absl::Time deadline) {
+void KvService::Run(Hop hop, std::function<void()> fn) {
+  if (hop == Hop::kWorker) return pool_->Submit(std::move(fn));
+  fn();
+}
+
+bool KvService::Enter(const v1::RequestHeader& header, uint64_t request_bytes, absl::Time deadline,
+                      OpDone& done) {
   bool draining;
   {
     absl::MutexLock lock(&drain_mu_);
@@ -298,14 +309,27 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader
                      " is shutting down; retry at the leader or on another replica"),
         v1::ErrorDetail::NotLeader::REASON_DRAINING);
     AddLeaderHint(status, static_cast<ShardId>(header.shard()));
-    reactor->Finish(ToGrpcStatus(status));
+    done(std::move(status));
     return false;
   }
   const uint64_t abandoned = backend_->AbandonedProposalBytes();
   if (budget_.TryAcquire(request_bytes, absl::Now(), deadline, abandoned)) {
-    absl::MutexLock lock(&drain_mu_);
-    call_bytes_[reactor] = request_bytes;
+    // From now on `done` gives the bytes back first (before a unary call's
+    // Finish, after which gRPC may reuse its memory), and counts the
+    // operation out after.
+    done = [this, request_bytes, inner = std::move(done)](absl::Status status) {
+      const bool served = status.code() != absl::StatusCode::kDeadlineExceeded &&
+                          status.code() != absl::StatusCode::kCancelled;
+      budget_.Release(request_bytes, absl::Now(), served);
+      inner(std::move(status));
+      absl::MutexLock lock(&drain_mu_);
+      --in_flight_;
+    };
     return true;
+  }
+  {
+    absl::MutexLock lock(&drain_mu_);
+    --in_flight_;
   }
   // Refused before any work: the request costs the node nothing more.
   const int64_t retry_after_ms =
@@ -319,16 +343,15 @@ bool KvService::Enter(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader
   detail.mutable_retry_after()->set_retry_after_ms(static_cast<uint32_t>(retry_after_ms));
   SetErrorDetail(status, detail);
   SetRetryInfo(status, absl::Milliseconds(retry_after_ms));  // the same hint, standard form
-  FinishCall(reactor, ToGrpcStatus(status));
+  done(std::move(status));
   return false;
 }
 
 template <typename Req, typename Resp>
 grpc::ServerUnaryReactor* KvService::Serve(grpc::CallbackServerContext* context,
                                            const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
-                                           void (KvService::*handle)(grpc::ServerUnaryReactor*,
-                                                                     grpc::CallbackServerContext*,
-                                                                     const Req*, Resp*)) {
+                                           void (KvService::*handle)(const Req&, Resp*, absl::Time,
+                                                                     Hop, OpDone)) {
   auto* call = new TypedKvCall<Req, Resp>(out);
   if (!in->Valid()) {
     // No request message arrived: the client cancelled while sending it (an
@@ -347,7 +370,19 @@ grpc::ServerUnaryReactor* KvService::Serve(grpc::CallbackServerContext* context,
                      Req::descriptor()->full_name(), " message"))));
     return call;
   }
-  (this->*handle)(call, context, &call->request, &call->response);
+  (this->*handle)(
+      call->request, &call->response, Deadline(context), Hop::kWorker, [call](absl::Status status) {
+        grpc::Status final_status = ToGrpcStatus(status);
+        if (status.ok()) {
+          grpc::Status serialized = call->SerializeResponse();
+          if (!serialized.ok()) {
+            final_status =
+                grpc::Status(grpc::StatusCode::INTERNAL,
+                             "cannot serialize the response: " + serialized.error_message());
+          }
+        }
+        call->Finish(final_status);
+      });
   return call;
 }
 
@@ -377,35 +412,6 @@ grpc::ServerUnaryReactor* KvService::Txn(grpc::CallbackServerContext* context,
   return Serve(context, request, response, &KvService::HandleTxn);
 }
 
-void KvService::FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status) {
-  uint64_t bytes = 0;
-  {
-    absl::MutexLock lock(&drain_mu_);
-    auto it = call_bytes_.find(reactor);
-    if (it != call_bytes_.end()) {
-      bytes = it->second;
-      call_bytes_.erase(it);
-    }
-  }
-  // Give the bytes back before Finish: once finished, the reactor (and so
-  // the key above) may be reused by another call.
-  const bool served = status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED &&
-                      status.error_code() != grpc::StatusCode::CANCELLED;
-  budget_.Release(bytes, absl::Now(), served);
-  grpc::Status final_status = status;
-  if (status.ok()) {
-    // Every reactor of this service is a KvCall (Serve).
-    grpc::Status serialized = static_cast<KvCall*>(reactor)->SerializeResponse();
-    if (!serialized.ok()) {
-      final_status = grpc::Status(grpc::StatusCode::INTERNAL,
-                                  "cannot serialize the response: " + serialized.error_message());
-    }
-  }
-  reactor->Finish(final_status);
-  absl::MutexLock lock(&drain_mu_);
-  --in_flight_;
-}
-
 void KvService::BeginDrain() {
   absl::MutexLock lock(&drain_mu_);
   draining_ = true;
@@ -431,49 +437,51 @@ void FillHeader(v1::ResponseHeader* header, ShardId shard, uint64_t epoch,
 
 }  // namespace
 
-void KvService::ProposeAndFinish(grpc::ServerUnaryReactor* reactor, ShardId shard,
-                                 serverpb::Command command, absl::Time deadline,
-                                 std::function<void(serverpb::CommandResult&)> fill) {
+void KvService::ProposeAndFinish(ShardId shard, serverpb::Command command, absl::Time deadline,
+                                 Hop hop, std::function<void(serverpb::CommandResult&)> fill,
+                                 OpDone done) {
   backend_->Propose(shard, std::move(command), deadline,
-                    [this, reactor, shard, fill = std::move(fill)](
+                    [this, hop, shard, fill = std::move(fill), done = std::move(done)](
                         absl::StatusOr<serverpb::CommandResult> result) mutable {
-                      // Runs on the raft loop thread: move the rest to a worker.
-                      pool_->Submit([this, reactor, shard, fill = std::move(fill),
-                                     result = std::move(result)]() mutable {
-                        if (!result.ok()) return Finish(reactor, shard, result.status());
+                      // Runs on the raft loop thread: a unary call moves the rest to a
+                      // worker; a batched operation finishes here (CompletionScope).
+                      Run(hop, [this, shard, fill = std::move(fill), done = std::move(done),
+                                result = std::move(result)]() mutable {
+                        if (!result.ok()) return Complete(shard, result.status(), done);
                         absl::Status status = ResultStatus(*result);
                         if (status.ok()) fill(*result);
-                        Finish(reactor, shard, status);
+                        Complete(shard, status, done);
                       });
                     });
 }
 
 template <typename Response>
-void KvService::ProposeWrite(grpc::ServerUnaryReactor* reactor,
-                             grpc::CallbackServerContext* context, ShardId shard,
-                             const v1::RequestHeader& header, serverpb::Command command,
-                             Response* response, Response* (serverpb::CommandResult::*take)()) {
+void KvService::ProposeWrite(ShardId shard, const v1::RequestHeader& header,
+                             serverpb::Command command, absl::Time deadline, Hop hop,
+                             Response* response, Response* (serverpb::CommandResult::*take)(),
+                             OpDone done) {
   if (header.session().client_id() != 0) *command.mutable_session() = header.session();
-  ProposeAndFinish(reactor, shard, std::move(command), Deadline(context),
-                   [this, response, shard, take](serverpb::CommandResult& result) {
-                     *response = std::move(*(result.*take)());
-                     FillHeader(response->mutable_header(), shard, Epoch(),
-                                backend_->StatusOf(shard));
-                   });
+  ProposeAndFinish(
+      shard, std::move(command), deadline, hop,
+      [this, response, shard, take](serverpb::CommandResult& result) {
+        *response = std::move(*(result.*take)());
+        FillHeader(response->mutable_header(), shard, Epoch(), backend_->StatusOf(shard));
+      },
+      std::move(done));
 }
 
-void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
-                              ShardId shard, absl::Time deadline,
-                              std::function<absl::Status()> read) {
+void KvService::ReadAndFinish(const v1::RequestHeader& header, ShardId shard, absl::Time deadline,
+                              Hop hop, std::function<absl::Status()> read, OpDone done) {
   switch (header.consistency()) {
     case v1::READ_CONSISTENCY_LINEARIZABLE:
     case v1::READ_CONSISTENCY_LEASE: {
       const bool lease = header.consistency() == v1::READ_CONSISTENCY_LEASE;
       backend_->ReadBarrier(
           shard, lease, deadline,
-          [this, reactor, shard, read = std::move(read)](absl::Status barrier) mutable {
-            pool_->Submit([this, reactor, shard, read = std::move(read), barrier]() {
-              Finish(reactor, shard, barrier.ok() ? read() : barrier);
+          [this, hop, shard, read = std::move(read),
+           done = std::move(done)](absl::Status barrier) mutable {
+            Run(hop, [this, shard, read = std::move(read), done = std::move(done), barrier]() {
+              Complete(shard, barrier.ok() ? read() : barrier, done);
             });
           });
       return;
@@ -482,78 +490,73 @@ void KvService::ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::Reque
       const uint32_t staleness_ms = header.max_staleness_ms() != 0
                                         ? header.max_staleness_ms()
                                         : options_.default_max_staleness_ms;
-      pool_->Submit([this, reactor, shard, staleness_ms, read = std::move(read)]() {
+      Run(hop, [this, shard, staleness_ms, read = std::move(read), done = std::move(done)]() {
         std::optional<ShardStatus> s = backend_->StatusOf(shard);
         const bool fresh =
             s.has_value() &&
             (s->role == "leader" || (s->leader != 0 && absl::Now() - s->last_leader_contact <=
                                                            absl::Milliseconds(staleness_ms)));
         if (!fresh) {
-          return Finish(reactor, shard,
-                        absl::UnavailableError(absl::StrCat(
-                            "replica of shard ", shard, " on node ", options_.self,
-                            " has not heard from a leader within ", staleness_ms, " ms")));
+          return Complete(shard,
+                          absl::UnavailableError(absl::StrCat(
+                              "replica of shard ", shard, " on node ", options_.self,
+                              " has not heard from a leader within ", staleness_ms, " ms")),
+                          done);
         }
-        Finish(reactor, shard, read());
+        Complete(shard, read(), done);
       });
       return;
     }
     default:
-      Finish(reactor, shard,
-             InvalidFieldError("header.consistency",
-                               absl::StrCat("unknown read consistency ",
-                                            static_cast<int>(header.consistency()))));
+      Complete(shard,
+               InvalidFieldError("header.consistency",
+                                 absl::StrCat("unknown read consistency ",
+                                              static_cast<int>(header.consistency()))),
+               done);
   }
 }
 
-void KvService::HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                          const v1::PutRequest* request, v1::PutResponse* response) {
-  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
-  absl::Status valid = ValidateKey(request->key(), "key");
-  if (valid.ok()) valid = ValidateValue(request->value(), "value");
+void KvService::HandlePut(const v1::PutRequest& request, v1::PutResponse* response,
+                          absl::Time deadline, Hop hop, OpDone done) {
+  if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
+  absl::Status valid = ValidateKey(request.key(), "key");
+  if (valid.ok()) valid = ValidateValue(request.value(), "value");
   absl::StatusOr<ShardId> shard =
-      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
-  if (!shard.ok()) {
-    FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return;
-  }
+      valid.ok() ? CheckRoute(request.header(), {request.key()}) : valid;
+  if (!shard.ok()) return done(shard.status());
   serverpb::Command command;
-  *command.mutable_put() = *request;
+  *command.mutable_put() = request;
   command.mutable_put()->clear_header();
-  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
-               &serverpb::CommandResult::mutable_put);
+  ProposeWrite(*shard, request.header(), std::move(command), deadline, hop, response,
+               &serverpb::CommandResult::mutable_put, std::move(done));
 }
 
-void KvService::HandleDelete(grpc::ServerUnaryReactor* reactor,
-                             grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
-                             v1::DeleteResponse* response) {
-  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
-  absl::Status valid = ValidateKey(request->key(), "key");
+void KvService::HandleDelete(const v1::DeleteRequest& request, v1::DeleteResponse* response,
+                             absl::Time deadline, Hop hop, OpDone done) {
+  if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
+  absl::Status valid = ValidateKey(request.key(), "key");
   absl::StatusOr<ShardId> shard =
-      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
-  if (!shard.ok()) {
-    FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return;
-  }
+      valid.ok() ? CheckRoute(request.header(), {request.key()}) : valid;
+  if (!shard.ok()) return done(shard.status());
   serverpb::Command command;
-  *command.mutable_delete_() = *request;
+  *command.mutable_delete_() = request;
   command.mutable_delete_()->clear_header();
-  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
-               &serverpb::CommandResult::mutable_delete_);
+  ProposeWrite(*shard, request.header(), std::move(command), deadline, hop, response,
+               &serverpb::CommandResult::mutable_delete_, std::move(done));
 }
 
-void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                          const v1::TxnRequest* request, v1::TxnResponse* response) {
-  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+void KvService::HandleTxn(const v1::TxnRequest& request, v1::TxnResponse* response,
+                          absl::Time deadline, Hop hop, OpDone done) {
+  if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
-    const size_t ops = request->compares_size() + request->success_size() + request->failure_size();
+    const size_t ops = request.compares_size() + request.success_size() + request.failure_size();
     if (ops > options_.max_txn_ops) {
       return absl::InvalidArgumentError(absl::StrCat(
           "txn has ", ops, " compares and operations; the limit is ", options_.max_txn_ops));
     }
     std::vector<absl::string_view> keys;
-    for (int i = 0; i < request->compares_size(); ++i) {
-      const v1::Compare& c = request->compares(i);
+    for (int i = 0; i < request.compares_size(); ++i) {
+      const v1::Compare& c = request.compares(i);
       const std::string field = absl::StrCat("compares[", i, "]");
       TESSERA_RETURN_IF_ERROR(ValidateKey(c.key(), field + ".key"));
       if (!v1::Compare_Target_IsValid(c.target()) || !v1::Compare_Op_IsValid(c.op())) {
@@ -562,8 +565,8 @@ void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
       TESSERA_RETURN_IF_ERROR(ValidateValue(c.value(), field + ".value"));
       keys.push_back(c.key());
     }
-    for (const auto* branch : {&request->success(), &request->failure()}) {
-      const char* name = branch == &request->success() ? "success" : "failure";
+    for (const auto* branch : {&request.success(), &request.failure()}) {
+      const char* name = branch == &request.success() ? "success" : "failure";
       for (int i = 0; i < branch->size(); ++i) {
         const v1::TxnOp& op = (*branch)[i];
         const std::string field = absl::StrCat(name, "[", i, "]");
@@ -589,81 +592,79 @@ void KvService::HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServe
     return keys;
   };
   absl::StatusOr<std::vector<absl::string_view>> keys = validate();
-  absl::StatusOr<ShardId> shard = keys.ok() ? CheckRoute(request->header(), *keys) : keys.status();
-  if (!shard.ok()) {
-    FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return;
-  }
+  absl::StatusOr<ShardId> shard = keys.ok() ? CheckRoute(request.header(), *keys) : keys.status();
+  if (!shard.ok()) return done(shard.status());
   serverpb::Command command;
-  *command.mutable_txn() = *request;
+  *command.mutable_txn() = request;
   command.mutable_txn()->clear_header();
-  ProposeWrite(reactor, context, *shard, request->header(), std::move(command), response,
-               &serverpb::CommandResult::mutable_txn);
+  ProposeWrite(*shard, request.header(), std::move(command), deadline, hop, response,
+               &serverpb::CommandResult::mutable_txn, std::move(done));
 }
 
-void KvService::HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                          const v1::GetRequest* request, v1::GetResponse* response) {
-  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
-  absl::Status valid = ValidateKey(request->key(), "key");
+void KvService::HandleGet(const v1::GetRequest& request, v1::GetResponse* response,
+                          absl::Time deadline, Hop hop, OpDone done) {
+  if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
+  absl::Status valid = ValidateKey(request.key(), "key");
   absl::StatusOr<ShardId> shard =
-      valid.ok() ? CheckRoute(request->header(), {request->key()}) : valid;
-  if (!shard.ok()) {
-    FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return;
-  }
-  ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
-                [this, request, response, shard = *shard]() -> absl::Status {
-                  std::optional<ShardStatus> status = backend_->StatusOf(shard);
-                  absl::StatusOr<v1::GetResponse> got = backend_->Get(shard, request->key());
-                  if (!got.ok()) return got.status();
-                  *response = *std::move(got);
-                  FillHeader(response->mutable_header(), shard, Epoch(), status);
-                  return absl::OkStatus();
-                });
+      valid.ok() ? CheckRoute(request.header(), {request.key()}) : valid;
+  if (!shard.ok()) return done(shard.status());
+  ReadAndFinish(
+      request.header(), *shard, deadline, hop,
+      [this, &request, response, shard = *shard]() -> absl::Status {
+        std::optional<ShardStatus> status = backend_->StatusOf(shard);
+        absl::StatusOr<v1::GetResponse> got = backend_->Get(shard, request.key());
+        if (!got.ok()) return got.status();
+        *response = *std::move(got);
+        FillHeader(response->mutable_header(), shard, Epoch(), status);
+        return absl::OkStatus();
+      },
+      std::move(done));
 }
 
-void KvService::HandleScan(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                           const v1::ScanRequest* request, v1::ScanResponse* response) {
-  if (!Enter(reactor, request->header(), request->ByteSizeLong(), Deadline(context))) return;
+void KvService::HandleScan(const v1::ScanRequest& request, v1::ScanResponse* response,
+                           absl::Time deadline, Hop hop, OpDone done) {
+  if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   auto validate = [&]() -> absl::Status {
-    if (!request->prefix().empty() && (!request->start().empty() || !request->end().empty())) {
+    if (!request.prefix().empty() && (!request.start().empty() || !request.end().empty())) {
       return InvalidFieldError("prefix", "scan prefix cannot be combined with start/end");
     }
-    if (!request->start().empty() && !request->end().empty() && request->start() > request->end()) {
+    if (!request.start().empty() && !request.end().empty() && request.start() > request.end()) {
       return InvalidFieldError("start", "scan start is after its end");
     }
     const std::pair<const char*, const std::string*> bounds[] = {
-        {"start", &request->start()}, {"end", &request->end()}, {"prefix", &request->prefix()}};
+        {"start", &request.start()}, {"end", &request.end()}, {"prefix", &request.prefix()}};
     for (const auto& [field, bound] : bounds) {
       if (bound->size() > options_.max_key_bytes) {
         return InvalidFieldError(field, absl::StrCat("scan bound of ", bound->size(),
                                                      " bytes exceeds ", options_.max_key_bytes));
       }
     }
-    if (request->continuation().size() > 4 * options_.max_key_bytes + 64) {
+    if (request.continuation().size() > 4 * options_.max_key_bytes + 64) {
       return InvalidFieldError("continuation", "scan continuation is too long");
     }
-    if (request->limit() > options_.max_scan_limit) {
-      return InvalidFieldError("limit", absl::StrCat("scan limit ", request->limit(), " exceeds ",
+    if (request.limit() > options_.max_scan_limit) {
+      return InvalidFieldError("limit", absl::StrCat("scan limit ", request.limit(), " exceeds ",
                                                      options_.max_scan_limit));
     }
     return absl::OkStatus();
   };
   absl::Status valid = validate();
-  absl::StatusOr<ShardId> shard = valid.ok() ? CheckRoute(request->header(), {}) : valid;
-  if (!shard.ok()) {
-    FinishCall(reactor, ToGrpcStatus(shard.status()));
-    return;
-  }
-  ReadAndFinish(reactor, request->header(), *shard, Deadline(context),
-                [this, request, response, shard = *shard]() -> absl::Status {
-                  std::optional<ShardStatus> status = backend_->StatusOf(shard);
-                  absl::StatusOr<v1::ScanResponse> got = backend_->Scan(shard, *request);
-                  if (!got.ok()) return got.status();
-                  *response = *std::move(got);
-                  FillHeader(response->mutable_header(), shard, Epoch(), status);
-                  return absl::OkStatus();
-                });
+  absl::StatusOr<ShardId> shard = valid.ok() ? CheckRoute(request.header(), {}) : valid;
+  if (!shard.ok()) return done(shard.status());
+  // A scan's read is unbounded work: never on the raft loop thread, even
+  // batched.
+  ReadAndFinish(
+      request.header(), *shard, deadline, Hop::kWorker,
+      [this, &request, response, shard = *shard]() -> absl::Status {
+        std::optional<ShardStatus> status = backend_->StatusOf(shard);
+        absl::StatusOr<v1::ScanResponse> got = backend_->Scan(shard, request);
+        if (!got.ok()) return got.status();
+        *response = *std::move(got);
+        FillHeader(response->mutable_header(), shard, Epoch(), status);
+        return absl::OkStatus();
+      },
+      std::move(done));
+  (void)hop;
 }
 
 // ---- ClusterService ----

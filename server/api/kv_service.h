@@ -11,8 +11,20 @@
 //    Node::ReadBarrier with a quorum round; LEASE: with the leader lease;
 //    STALE: none, if this replica heard from its leader within
 //    max_staleness_ms) and reads the StateMachine.
-// Completions are handed to a small worker pool, never run on the raft loop
-// thread, and reads of the StateMachine run there too.
+// Unary calls: completions are handed to a small worker pool, never run on
+// the raft loop thread, and reads of the StateMachine run there too.
+//
+// KV.Batch (one BatchStream reactor per stream, batch_stream.cc): every
+// operation of a BatchRequest goes through the same Handle* path as its
+// unary method (admission, validation, routing, propose or read), but
+// completes inline where it finished: a write or a linearizable Get on the
+// raft loop thread during its completion run, a STALE Get on the gRPC thread
+// that read the message; only Scans (unbounded work) use the worker pool.
+// The results one completion run produced for one stream go out in ONE
+// BatchResponse, written from that thread (CompletionScope); while a write
+// is outstanding, results are buffered and sent together when it completes.
+// A stream holds at most max_batch_inflight_ops operations between reading
+// them and writing their results: it stops reading the stream beyond that.
 //
 // Errors (all through ToGrpcStatus, details as kv.proto's file comment
 // lists them):
@@ -58,7 +70,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "grpcpp/support/server_callback.h"
 #include "server/api/admission.h"
+#include "server/api/batch_stats.h"
 #include "server/cluster/cluster_map.h"
 #include "server/kv/backend.h"
 #include "server/kv/state_machine.h"
@@ -84,6 +98,20 @@ struct KvServiceOptions {
   int worker_threads = 2;
   // Node-wide budget of request bytes in flight (admission.h); 0 = none.
   uint64_t max_inflight_bytes = 64 << 20;
+  // KV.Batch: operations per BatchRequest and bytes per BatchRequest (a
+  // message over either gets INVALID_ARGUMENT for each of its operations);
+  // operations of one stream between reading them and writing their
+  // results (the stream is not read further while another message could
+  // take it past this; max_batch_ops is clamped to it).
+  size_t max_batch_ops = 256;
+  size_t max_batch_bytes = 8 << 20;
+  size_t max_batch_inflight_ops = 1024;
+  // Called once per finished KV.Batch operation with the unary method it
+  // stands for ("/tessera.v1.KV/Put", ...), its code and duration, so that
+  // batched operations are counted as the unary calls are (the server wires
+  // it to Metrics::ObserveRpc). Optional; called on the completing thread.
+  std::function<void(absl::string_view full_method, absl::StatusCode code, absl::Duration duration)>
+      on_batch_op;
 };
 
 // tessera.v1.KV with every method registered raw (ByteBuffer in and out), so
@@ -93,9 +121,9 @@ struct KvServiceOptions {
 // tell from a missing method. Raw, an undecodable body gets INVALID_ARGUMENT
 // naming the expected message. (Unknown methods still get gRPC's own
 // UNIMPLEMENTED, the right code; gRPC gives no message with it.)
-using RawKvService = v1::KV::WithRawCallbackMethod_Put<
-    v1::KV::WithRawCallbackMethod_Get<v1::KV::WithRawCallbackMethod_Delete<
-        v1::KV::WithRawCallbackMethod_Scan<v1::KV::WithRawCallbackMethod_Txn<v1::KV::Service>>>>>;
+using RawKvService = v1::KV::WithRawCallbackMethod_Put<v1::KV::WithRawCallbackMethod_Get<
+    v1::KV::WithRawCallbackMethod_Delete<v1::KV::WithRawCallbackMethod_Scan<
+        v1::KV::WithRawCallbackMethod_Txn<v1::KV::WithRawCallbackMethod_Batch<v1::KV::Service>>>>>>;
 
 class KvService final : public RawKvService {
  public:
@@ -109,6 +137,7 @@ class KvService final : public RawKvService {
 
   // The methods, raw: each parses its request (INVALID_ARGUMENT if it does
   // not decode) and runs the Handle* below.
+  using RawKvService::Batch;
   using RawKvService::Delete;
   using RawKvService::Get;
   using RawKvService::Put;
@@ -129,6 +158,9 @@ class KvService final : public RawKvService {
   grpc::ServerUnaryReactor* Txn(grpc::CallbackServerContext* context,
                                 const grpc::ByteBuffer* request,
                                 grpc::ByteBuffer* response) override;
+  // KV.Batch: a BatchStream reactor (batch_stream.cc).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Batch(
+      grpc::CallbackServerContext* context) override;
 
   // Drain, for a graceful stop: from now on new calls fail at once with
   // UNAVAILABLE, ErrorDetail.not_leader{REASON_DRAINING, the leader of the
@@ -140,41 +172,50 @@ class KvService final : public RawKvService {
 
   // The byte budget's counters, for /metrics.
   AdmissionStats admission_stats() const { return budget_.Stats(); }
+  // KV.Batch counters, for /metrics.
+  BatchStats batch_stats() const ABSL_LOCKS_EXCLUDED(stats_mu_);
 
  private:
   class WorkerPool;
+  class BatchStream;
+
+  // The outcome of one operation, unary or batched: called exactly once,
+  // after the response was filled when `status` is OK; with no lock of the
+  // service held.
+  using OpDone = std::function<void(absl::Status status)>;
+  // Where an operation's completion runs: handed to the worker pool (unary
+  // calls) or inline on the thread that completed it (Batch).
+  enum class Hop { kWorker, kInline };
 
   // Parses `in` as a Req into a new call (the reactor returned, which owns
   // request and response until gRPC is done with it) and runs `handle`.
   template <typename Req, typename Resp>
   grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
                                   grpc::ByteBuffer* out,
-                                  void (KvService::*handle)(grpc::ServerUnaryReactor*,
-                                                            grpc::CallbackServerContext*,
-                                                            const Req*, Resp*));
-  // The typed methods. `reactor` is the call's; every path ends in Finish.
-  void HandlePut(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                 const v1::PutRequest* request, v1::PutResponse* response);
-  void HandleGet(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                 const v1::GetRequest* request, v1::GetResponse* response);
-  void HandleDelete(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                    const v1::DeleteRequest* request, v1::DeleteResponse* response);
-  void HandleScan(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                  const v1::ScanRequest* request, v1::ScanResponse* response);
-  void HandleTxn(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                 const v1::TxnRequest* request, v1::TxnResponse* response);
+                                  void (KvService::*handle)(const Req&, Resp*, absl::Time, Hop,
+                                                            OpDone));
+  // The operations, shared by the unary methods and Batch. `request` and
+  // `response` must stay valid until `done` ran; `deadline` is already
+  // capped (Deadline / BatchDeadline).
+  void HandlePut(const v1::PutRequest& request, v1::PutResponse* response, absl::Time deadline,
+                 Hop hop, OpDone done);
+  void HandleGet(const v1::GetRequest& request, v1::GetResponse* response, absl::Time deadline,
+                 Hop hop, OpDone done);
+  void HandleDelete(const v1::DeleteRequest& request, v1::DeleteResponse* response,
+                    absl::Time deadline, Hop hop, OpDone done);
+  void HandleScan(const v1::ScanRequest& request, v1::ScanResponse* response, absl::Time deadline,
+                  Hop hop, OpDone done);
+  void HandleTxn(const v1::TxnRequest& request, v1::TxnResponse* response, absl::Time deadline,
+                 Hop hop, OpDone done);
 
-  // Admits a call of `request_bytes` due by `deadline` (counted in flight,
-  // its bytes taken from the budget) unless draining or refused by the
-  // budget; else finishes it.
+  // Admits an operation of `request_bytes` due by `deadline` (counted in
+  // flight, its bytes taken from the budget) unless draining or refused by
+  // the budget: then runs `done` with the error and returns false. When
+  // admitted, wraps `done` so that it gives the bytes back first.
   // `header` is the request's (a draining node's answer names the leader of
   // its shard).
-  bool Enter(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
-             uint64_t request_bytes, absl::Time deadline) ABSL_LOCKS_EXCLUDED(drain_mu_);
-  // Finishes an admitted call (serializing its response first when `status`
-  // is OK) and gives its bytes back.
-  void FinishCall(grpc::ServerUnaryReactor* reactor, const grpc::Status& status)
-      ABSL_LOCKS_EXCLUDED(drain_mu_);
+  bool Enter(const v1::RequestHeader& header, uint64_t request_bytes, absl::Time deadline,
+             OpDone& done) ABSL_LOCKS_EXCLUDED(drain_mu_);
   // INVALID_ARGUMENT naming `field` (google.rpc.BadRequest) if the key is
   // empty or too long / the value too long.
   absl::Status ValidateKey(absl::string_view key, absl::string_view field) const;
@@ -185,24 +226,32 @@ class KvService final : public RawKvService {
                                      const std::vector<absl::string_view>& keys) const;
   // The current map's epoch (0 while none is loaded).
   uint64_t Epoch() const;
+  // A unary call's deadline: the context's (default_deadline if none),
+  // capped at max_deadline.
   absl::Time Deadline(const grpc::CallbackServerContext* context) const;
-  // Proposes `command`; on success calls `fill` with the result (on a
-  // worker thread), then finishes the call.
-  void ProposeAndFinish(grpc::ServerUnaryReactor* reactor, ShardId shard, serverpb::Command command,
-                        absl::Time deadline, std::function<void(serverpb::CommandResult&)> fill);
+  // A batched operation's: BatchOp.timeout_ms from `now` (0: the default),
+  // capped the same way.
+  absl::Time BatchDeadline(absl::Time now, uint32_t timeout_ms) const;
+  // Proposes `command`; on success calls `fill` with the result (where
+  // `hop` says), then completes the operation.
+  void ProposeAndFinish(ShardId shard, serverpb::Command command, absl::Time deadline, Hop hop,
+                        std::function<void(serverpb::CommandResult&)> fill, OpDone done);
   // A write: proposes `command` (its op already set, header stripped) with
   // the session of `header`; on success moves the op's response out of the
-  // result with `take`, fills its ResponseHeader and finishes the call.
+  // result with `take`, fills its ResponseHeader and completes.
   template <typename Response>
-  void ProposeWrite(grpc::ServerUnaryReactor* reactor, grpc::CallbackServerContext* context,
-                    ShardId shard, const v1::RequestHeader& header, serverpb::Command command,
-                    Response* response, Response* (serverpb::CommandResult::*take)());
-  // Waits for the header's consistency, then runs `read` on a worker thread
-  // and finishes the call with what it returns.
-  void ReadAndFinish(grpc::ServerUnaryReactor* reactor, const v1::RequestHeader& header,
-                     ShardId shard, absl::Time deadline, std::function<absl::Status()> read);
-  // Finishes an admitted call; an UNAVAILABLE gets its leader hint first.
-  void Finish(grpc::ServerUnaryReactor* reactor, ShardId shard, absl::Status status);
+  void ProposeWrite(ShardId shard, const v1::RequestHeader& header, serverpb::Command command,
+                    absl::Time deadline, Hop hop, Response* response,
+                    Response* (serverpb::CommandResult::*take)(), OpDone done);
+  // Waits for the header's consistency, then runs `read` (where `hop` says)
+  // and completes with what it returns.
+  void ReadAndFinish(const v1::RequestHeader& header, ShardId shard, absl::Time deadline, Hop hop,
+                     std::function<absl::Status()> read, OpDone done);
+  // Completes an admitted operation; an UNAVAILABLE gets its leader hint
+  // first.
+  void Complete(ShardId shard, absl::Status status, const OpDone& done);
+  // Runs `fn` on the worker pool (kWorker) or here (kInline).
+  void Run(Hop hop, std::function<void()> fn);
   // Completes the ErrorDetail.not_leader of an UNAVAILABLE `status` about
   // `shard`: adds one if missing (REASON_NODE_FAILED while the backend is
   // not healthy, else REASON_NOT_LEADER); if it names no leader (and the
@@ -221,10 +270,10 @@ class KvService final : public RawKvService {
 
   absl::Mutex drain_mu_;
   bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;
-  int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;
-  // The bytes each admitted call took from budget_.
-  absl::flat_hash_map<const grpc::ServerUnaryReactor*, uint64_t> call_bytes_
-      ABSL_GUARDED_BY(drain_mu_);
+  int64_t in_flight_ ABSL_GUARDED_BY(drain_mu_) = 0;  // admitted operations
+
+  mutable absl::Mutex stats_mu_;
+  BatchStats batch_stats_ ABSL_GUARDED_BY(stats_mu_);
 };
 
 // Cluster.GetClusterMap (the map with this node's leader hints; UNAVAILABLE

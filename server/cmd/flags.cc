@@ -73,6 +73,17 @@ ABSL_FLAG(uint64_t, max_inflight_bytes, 64 << 20,
           "node-wide budget of client request bytes in flight; beyond it requests get "
           "RESOURCE_EXHAUSTED with a retry-after hint (0: no limit)");
 // ---- end admission control ----
+// ---- KV.Batch stream (issue 14) ----
+ABSL_FLAG(uint64_t, max_batch_ops, 256,
+          "operations per KV.Batch message; a larger message gets INVALID_ARGUMENT for each of "
+          "its operations");
+ABSL_FLAG(uint64_t, max_batch_bytes, 8 << 20,
+          "bytes per KV.Batch message; a larger message gets INVALID_ARGUMENT for each of its "
+          "operations");
+ABSL_FLAG(uint64_t, max_batch_inflight_ops, 1024,
+          "operations of one KV.Batch stream between reading them and writing their results; "
+          "the server stops reading the stream beyond it (backpressure)");
+// ---- end KV.Batch ----
 // ---- testing only (issue 13 item 2) ----
 ABSL_FLAG(std::string, testing_storage_faults, "",
           "TESTING ONLY, never in production: storage operations fail with an injected I/O "
@@ -146,6 +157,9 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "max_peer_connections",
                                               "min_free_disk_bytes",
                                               "max_inflight_bytes",
+                                              "max_batch_ops",
+                                              "max_batch_bytes",
+                                              "max_batch_inflight_ops",
                                               "testing_storage_faults"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
@@ -329,6 +343,9 @@ absl::StatusOr<ServerConfig> Validate() {
   config.max_key_bytes = absl::GetFlag(FLAGS_max_key_bytes);
   config.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
   config.max_inflight_bytes = absl::GetFlag(FLAGS_max_inflight_bytes);
+  config.max_batch_ops = absl::GetFlag(FLAGS_max_batch_ops);
+  config.max_batch_bytes = absl::GetFlag(FLAGS_max_batch_bytes);
+  config.max_batch_inflight_ops = absl::GetFlag(FLAGS_max_batch_inflight_ops);
   config.snapshot_interval_entries = absl::GetFlag(FLAGS_snapshot_interval_entries);
   config.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
   config.max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots));

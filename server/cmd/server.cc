@@ -383,8 +383,17 @@ absl::Status Server::StartParts() {
   kv_options.max_key_bytes = config.max_key_bytes;
   kv_options.max_value_bytes = config.max_value_bytes;
   kv_options.max_inflight_bytes = config.max_inflight_bytes;
+  kv_options.max_batch_ops = config.max_batch_ops;
+  kv_options.max_batch_bytes = config.max_batch_bytes;
+  kv_options.max_batch_inflight_ops = config.max_batch_inflight_ops;
+  // A batched operation is counted as the unary call it stands for.
+  kv_options.on_batch_op = [m = metrics_.get()](absl::string_view method, absl::StatusCode code,
+                                                absl::Duration duration) {
+    m->ObserveRpc(method, static_cast<grpc::StatusCode>(code), duration);
+  };
   kv_service_ = std::make_unique<KvService>(kv_options, maps_.get(), backend_.get());
   metrics_->SetAdmissionSource([kv = kv_service_.get()] { return kv->admission_stats(); });
+  metrics_->SetBatchSource([kv = kv_service_.get()] { return kv->batch_stats(); });
   ClusterService::StoredMapReader stored_map;
   if (hosts_meta)
     stored_map = [backend = backend_.get()] { return MetaGroup::ReadLocal(*backend); };

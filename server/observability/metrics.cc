@@ -289,9 +289,10 @@ absl::Status CheckMetricFamilies(const std::vector<MetricFamily>& families) {
     const bool total = absl::EndsWith(f.name, "_total");
     if (f.type == MetricType::Counter && !total) return bad("a counter must end in _total");
     if (f.type != MetricType::Counter && total) return bad("only counters end in _total");
+    // ..._ops: a count of operations (per KV.Batch message), unitless.
     if (f.type == MetricType::Histogram && !absl::EndsWith(f.name, "_seconds") &&
-        !absl::EndsWith(f.name, "_bytes")) {
-      return bad("a histogram must measure _seconds or _bytes");
+        !absl::EndsWith(f.name, "_bytes") && !absl::EndsWith(f.name, "_ops")) {
+      return bad("a histogram must measure _seconds or _bytes (or count _ops)");
     }
     absl::string_view base = f.name;
     absl::ConsumeSuffix(&base, "_total");
@@ -500,11 +501,13 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     std::function<std::vector<ShardStatus>()> node_status;
     const storage::Engine* engine;
     std::function<AdmissionStats()> admission;
+    std::function<BatchStats()> batch;
     {
       absl::MutexLock lock(&parent_->mu_);
       node_status = parent_->node_status_;
       engine = parent_->engine_;
       admission = parent_->admission_;
+      batch = parent_->batch_;
     }
     std::vector<MetricFamily> out;
     MetricFamily info =
@@ -514,6 +517,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     if (node_status) CollectRaft(node_status(), out);
     if (engine != nullptr) CollectStorage(*engine, out);
     if (admission) CollectAdmission(admission(), out);
+    if (batch) CollectBatch(batch(), out);
     return out;
   }
 
@@ -579,6 +583,41 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
         "Of those: refused because the bytes ahead of it would not be done before its deadline "
         "at the node's recent rate.",
         MetricType::Counter, a.rejected_deadline_total);
+  }
+
+  static void CollectBatch(const BatchStats& b, std::vector<MetricFamily>& out) {
+    auto add = [&out](std::string name, std::string help, MetricType type, uint64_t value) {
+      out.push_back(Family(std::move(name), std::move(help), type));
+      AddValue(out.back(), static_cast<double>(value));
+    };
+    add("tessera_kv_batch_streams_open", "KV.Batch streams open.", MetricType::Gauge,
+        b.streams_open);
+    add("tessera_kv_batch_messages_total", "BatchRequest messages read on KV.Batch streams.",
+        MetricType::Counter, b.messages_total);
+    add("tessera_kv_batch_responses_total", "BatchResponse messages written on KV.Batch streams.",
+        MetricType::Counter, b.responses_total);
+    add("tessera_kv_batch_invalid_messages_total",
+        "KV.Batch messages that did not decode (the stream ended with INVALID_ARGUMENT).",
+        MetricType::Counter, b.invalid_messages_total);
+    add("tessera_kv_batch_invalid_ops_total",
+        "KV.Batch operations refused with INVALID_ARGUMENT by the batch limits "
+        "(--max-batch-ops, --max-batch-bytes) or for having no op.",
+        MetricType::Counter, b.invalid_ops_total);
+    add("tessera_kv_batch_results_dropped_total",
+        "Results of KV.Batch operations that completed after their stream ended.",
+        MetricType::Counter, b.results_dropped_total);
+    MetricFamily ops = Family("tessera_kv_batch_message_ops", "Operations per KV.Batch message.",
+                              MetricType::Histogram);
+    ClientMetric m;
+    m.histogram.sample_count = b.messages_total;
+    m.histogram.sample_sum = static_cast<double>(b.ops_total);
+    for (size_t i = 0; i < std::size(BatchStats::kOpsBuckets); ++i) {
+      m.histogram.bucket.push_back(
+          {b.ops_per_message_le[i], static_cast<double>(BatchStats::kOpsBuckets[i])});
+    }
+    m.histogram.bucket.push_back({b.messages_total, std::numeric_limits<double>::infinity()});
+    ops.metric.push_back(std::move(m));
+    out.push_back(std::move(ops));
   }
 
   static void CollectStorage(const storage::Engine& engine, std::vector<MetricFamily>& out) {
@@ -722,8 +761,9 @@ void Metrics::ObserveRpc(absl::string_view full_method, grpc::StatusCode code,
   rpc_seconds_->Add({{"grpc_service", service}, {"grpc_method", method}}, RequestBuckets())
       .Observe(absl::ToDoubleSeconds(duration));
   const absl::Duration slow = options_.slow_request;
-  // Watch is a long poll by design: never "slow".
-  if (slow > absl::ZeroDuration() && duration >= slow && method != "Watch") {
+  // Watch is a long poll and Batch a long-lived stream by design: never
+  // "slow" (a batched operation is observed as its own method).
+  if (slow > absl::ZeroDuration() && duration >= slow && method != "Watch" && method != "Batch") {
     if (std::optional<RateLimitedLog::Report> r = slow_requests_.Record(
             absl::Now(), duration,
             absl::StrCat("method=", service, "/", method, " code=", GrpcCodeName(code)))) {
@@ -754,6 +794,11 @@ void Metrics::SetNodeStatusSource(std::function<std::vector<ShardStatus>()> sour
 void Metrics::SetAdmissionSource(std::function<AdmissionStats()> source) {
   absl::MutexLock lock(&mu_);
   admission_ = std::move(source);
+}
+
+void Metrics::SetBatchSource(std::function<BatchStats()> source) {
+  absl::MutexLock lock(&mu_);
+  batch_ = std::move(source);
 }
 
 void Metrics::SetEngine(const storage::Engine* engine) {

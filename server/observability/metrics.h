@@ -46,6 +46,7 @@
 #include "prometheus/metric_family.h"
 #include "prometheus/registry.h"
 #include "server/api/admission.h"
+#include "server/api/batch_stats.h"
 #include "server/raftstore/node.h"
 #include "server/raftstore/node_metrics.h"
 #include "storage/engine.h"
@@ -199,6 +200,8 @@ class Metrics {
   void SetEngine(const storage::Engine* engine) ABSL_LOCKS_EXCLUDED(mu_);
   // The KV service's byte budget (KvService::admission_stats).
   void SetAdmissionSource(std::function<AdmissionStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
+  // The KV service's Batch stream counters (KvService::batch_stats).
+  void SetBatchSource(std::function<BatchStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Every metric family, in the text exposition format (version 0.0.4).
   std::string Serialize() const;
@@ -226,6 +229,7 @@ class Metrics {
   std::function<std::vector<ShardStatus>()> node_status_ ABSL_GUARDED_BY(mu_);
   const storage::Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::function<AdmissionStats()> admission_ ABSL_GUARDED_BY(mu_);
+  std::function<BatchStats()> batch_ ABSL_GUARDED_BY(mu_);
 };
 
 // ---------------------------------------------------------------- HTTP

@@ -18,6 +18,7 @@
 #include "proto/grpc_status.h"
 #include "proto/status_macros.h"
 #include "raft/raw_node.h"
+#include "server/raftstore/completion_scope.h"
 #include "server/raftstore/log_prefix.h"
 #include "server/raftstore/peer_message_check.h"
 #include "server/raftstore/raft_storage.h"
@@ -277,6 +278,9 @@ class Node::Impl {
   void RunCompletions() {
     std::vector<std::function<void()>> run;
     run.swap(completions_);
+    // Callbacks may defer work to the end of the run (a Batch stream writes
+    // the run's results in one message).
+    CompletionScope scope;
     for (std::function<void()>& f : run) f();
   }
   void CountProposal(ShardId shard, NodeMetrics::ProposalOutcome outcome) const {

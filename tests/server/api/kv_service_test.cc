@@ -23,6 +23,7 @@
 #include "proto/grpc_status.h"
 #include "proto/key_hash.h"
 #include "proto/testing/status_matchers.h"
+#include "server/raftstore/completion_scope.h"
 #include "server/transport/grpc_server.h"
 #include "server/transport/grpc_transport.h"
 
@@ -66,6 +67,7 @@ class FakeBackend : public KvBackend {
       last_deadline_ = deadline;
       if (hold_) {
         held_.push_back(std::move(done));
+        held_commands_.push_back(command);
         return;
       }
       if (!propose_error_.ok()) {
@@ -164,15 +166,30 @@ class FakeBackend : public KvBackend {
     auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_.size() >= n; };
     return mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
   }
-  // Stops holding and completes the held proposals with `result`.
-  void CompleteHeld(const absl::StatusOr<serverpb::CommandResult>& result) {
+  // Stops holding and completes the held proposals with `result` (or, by
+  // default, applies them), in reverse order of arrival and in one
+  // completion run, as the raft loop's RunCompletions does.
+  void CompleteHeld(
+      const std::optional<absl::StatusOr<serverpb::CommandResult>>& result = std::nullopt) {
     std::vector<Node::ProposeCallback> held;
+    std::vector<serverpb::Command> commands;
     {
       absl::MutexLock lock(&mu_);
       hold_ = false;
       held.swap(held_);
+      commands.swap(held_commands_);
     }
-    for (Node::ProposeCallback& done : held) done(result);
+    std::vector<absl::StatusOr<serverpb::CommandResult>> results;
+    for (const serverpb::Command& c : commands) {
+      if (result.has_value()) {
+        results.push_back(*result);
+      } else {
+        absl::MutexLock lock(&mu_);
+        results.push_back(ApplyLocked(ShardForKey(c.put().key(), 16), c));
+      }
+    }
+    CompletionScope run;
+    for (size_t i = held.size(); i-- > 0;) held[i](results[i]);
   }
   serverpb::Command last_command() const {
     absl::MutexLock lock(&mu_);
@@ -223,12 +240,14 @@ class FakeBackend : public KvBackend {
   int barriers_ ABSL_GUARDED_BY(mu_) = 0;
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<Node::ProposeCallback> held_ ABSL_GUARDED_BY(mu_);
+  std::vector<serverpb::Command> held_commands_ ABSL_GUARDED_BY(mu_);
 };
 
 // Node 1 of kCluster serving KV + Cluster over the fake backend.
 class KvServiceTest : public ::testing::Test {
  protected:
-  explicit KvServiceTest(uint32_t replication = 3, uint64_t max_inflight_bytes = 64 << 20)
+  explicit KvServiceTest(uint32_t replication = 3, uint64_t max_inflight_bytes = 64 << 20,
+                         size_t max_batch_ops = 256, size_t max_batch_inflight_ops = 1024)
       : map_(*ClusterMap::Parse(kCluster, 16, replication)) {
     std::vector<ShardStatus> statuses;
     for (ShardId s : map_.ShardsOf(1)) {
@@ -246,6 +265,12 @@ class KvServiceTest : public ::testing::Test {
     options.self = 1;
     options.max_deadline = absl::Seconds(30);
     options.max_inflight_bytes = max_inflight_bytes;
+    options.max_batch_ops = max_batch_ops;
+    options.max_batch_inflight_ops = max_batch_inflight_ops;
+    options.on_batch_op = [this](absl::string_view method, absl::StatusCode code, absl::Duration) {
+      absl::MutexLock lock(&observed_mu_);
+      observed_.push_back(absl::StrCat(method, " ", absl::StatusCodeToString(code)));
+    };
     kv_ = std::make_unique<KvService>(options, &map_, &backend_);
     cluster_ = std::make_unique<ClusterService>(1, &map_, &backend_);
     GrpcServerOptions server_options;
@@ -303,6 +328,13 @@ class KvServiceTest : public ::testing::Test {
     return response;
   }
 
+  std::vector<std::string> observed() {
+    absl::MutexLock lock(&observed_mu_);
+    return observed_;
+  }
+
+  absl::Mutex observed_mu_;
+  std::vector<std::string> observed_ ABSL_GUARDED_BY(observed_mu_);
   ClusterMap map_;
   FakeBackend backend_;
   std::unique_ptr<KvService> kv_;
@@ -800,6 +832,250 @@ TEST_F(KvServiceTest, DrainingNodeNamesTheLeaderOfTheShard) {
   ASSERT_THAT(get, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_EQ(NotLeaderOf(get.status()).leader_node(), 0u);
   EXPECT_EQ(NotLeaderOf(get.status()).reason(), v1::ErrorDetail::NotLeader::REASON_DRAINING);
+}
+
+// ---- KV.Batch ----
+
+v1::BatchOp PutOp(uint64_t id, const std::string& key, const std::string& value,
+                  const v1::RequestHeader& header) {
+  v1::BatchOp op;
+  op.set_id(id);
+  *op.mutable_put()->mutable_header() = header;
+  op.mutable_put()->set_key(key);
+  op.mutable_put()->set_value(value);
+  return op;
+}
+
+// A Batch stream of the test's client.
+class BatchClient {
+ public:
+  explicit BatchClient(v1::KV::Stub* stub) : stream_(stub->Batch(&context_)) {}
+  bool Send(const std::vector<v1::BatchOp>& ops) {
+    v1::BatchRequest request;
+    for (const v1::BatchOp& op : ops) *request.add_ops() = op;
+    return stream_->Write(request);
+  }
+  // Reads results until `n` arrived (or the stream ends), in arrival order,
+  // with how many BatchResponses carried them.
+  std::vector<v1::BatchResult> Read(size_t n, int* messages = nullptr) {
+    std::vector<v1::BatchResult> results;
+    v1::BatchResponse response;
+    while (results.size() < n && stream_->Read(&response)) {
+      if (messages != nullptr) ++*messages;
+      for (const v1::BatchResult& r : response.results()) results.push_back(r);
+    }
+    return results;
+  }
+  absl::Status Close() {
+    stream_->WritesDone();
+    return FromGrpcStatus(stream_->Finish());
+  }
+  grpc::ClientContext& context() { return context_; }
+
+ private:
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::BatchRequest, v1::BatchResponse>> stream_;
+};
+
+absl::Status ErrorOf(const v1::BatchResult& r) {
+  EXPECT_TRUE(r.has_error()) << r.DebugString();
+  return FromRpcStatus(r.error());
+}
+
+TEST_F(KvServiceTest, BatchRunsManyOperationsOfOneMessage) {
+  BatchClient batch(kv_stub_.get());
+  v1::BatchOp get;
+  get.set_id(9);
+  *get.mutable_get()->mutable_header() = HeaderFor("x");
+  get.mutable_get()->set_key("x");
+  v1::BatchOp del;
+  del.set_id(10);
+  *del.mutable_delete_()->mutable_header() = HeaderFor("y");
+  del.mutable_delete_()->set_key("y");
+  ASSERT_TRUE(batch.Send(
+      {PutOp(7, "a", "1", HeaderFor("a")), PutOp(8, "b", "2", HeaderFor("b")), get, del}));
+  std::vector<v1::BatchResult> results = batch.Read(4);
+  ASSERT_EQ(results.size(), 4u);
+  std::map<uint64_t, v1::BatchResult> by_id;
+  for (const v1::BatchResult& r : results) by_id[r.id()] = r;
+  ASSERT_TRUE(by_id[7].has_put()) << by_id[7].DebugString();
+  EXPECT_EQ(by_id[7].put().version(), 1u);
+  EXPECT_EQ(by_id[7].put().header().shard(), ShardForKey("a", 16));
+  EXPECT_EQ(by_id[7].put().header().applied_index(), 10u);
+  ASSERT_TRUE(by_id[8].has_put());
+  ASSERT_TRUE(by_id[9].has_get());
+  EXPECT_FALSE(by_id[9].get().found());
+  ASSERT_TRUE(by_id[10].has_delete_());
+  EXPECT_FALSE(by_id[10].delete_().deleted());
+  EXPECT_THAT(Get("a"), IsOk());
+  EXPECT_EQ(Get("b")->kv().value(), "2");
+  EXPECT_THAT(batch.Close(), IsOk());
+  const BatchStats stats = kv_->batch_stats();
+  EXPECT_EQ(stats.messages_total, 1u);
+  EXPECT_EQ(stats.ops_total, 4u);
+  EXPECT_EQ(stats.ops_per_message_le[2], 1u);  // <= 4 ops
+  EXPECT_EQ(stats.ops_per_message_le[1], 0u);  // not <= 2
+  // Counted per operation as the unary calls are.
+  EXPECT_THAT(observed(),
+              ::testing::UnorderedElementsAre("/tessera.v1.KV/Put OK", "/tessera.v1.KV/Put OK",
+                                              "/tessera.v1.KV/Get OK", "/tessera.v1.KV/Delete OK"));
+}
+
+TEST_F(KvServiceTest, BatchResultsComeOutOfOrderAndOneCompletionRunIsOneMessage) {
+  BatchClient batch(kv_stub_.get());
+  backend_.Hold();
+  ASSERT_TRUE(batch.Send({PutOp(1, "a", "1", HeaderFor("a")), PutOp(2, "b", "2", HeaderFor("b")),
+                          PutOp(3, "c", "3", HeaderFor("c"))}));
+  ASSERT_TRUE(backend_.WaitHeld(3, absl::Seconds(10)));
+  // A read sent later completes first.
+  v1::BatchOp get;
+  get.set_id(4);
+  *get.mutable_get()->mutable_header() = HeaderFor("a");
+  get.mutable_get()->set_key("a");
+  ASSERT_TRUE(batch.Send({get}));
+  std::vector<v1::BatchResult> first = batch.Read(1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].id(), 4u);
+  // The three writes complete in one run, newest first: one message.
+  backend_.CompleteHeld();
+  int messages = 0;
+  std::vector<v1::BatchResult> rest = batch.Read(3, &messages);
+  ASSERT_EQ(rest.size(), 3u);
+  EXPECT_EQ(messages, 1);
+  EXPECT_EQ(rest[0].id(), 3u);
+  EXPECT_EQ(rest[2].id(), 1u);
+  for (const v1::BatchResult& r : rest) EXPECT_TRUE(r.has_put()) << r.DebugString();
+  EXPECT_THAT(batch.Close(), IsOk());
+}
+
+TEST_F(KvServiceTest, BatchOperationErrorsAreThoseOfTheUnaryCalls) {
+  BatchClient batch(kv_stub_.get());
+  v1::RequestHeader wrong = HeaderFor("a");
+  wrong.set_shard((wrong.shard() + 1) % 16);
+  v1::BatchOp empty;
+  empty.set_id(4);
+  ASSERT_TRUE(batch.Send({PutOp(1, "", "v", HeaderFor("")), PutOp(2, "a", "v", wrong),
+                          PutOp(3, "k", std::string((1 << 20) + 1, 'v'), HeaderFor("k")), empty}));
+  std::vector<v1::BatchResult> results = batch.Read(4);
+  ASSERT_EQ(results.size(), 4u);
+  std::map<uint64_t, absl::Status> errors;
+  for (const v1::BatchResult& r : results) errors[r.id()] = ErrorOf(r);
+  EXPECT_THAT(errors[1], StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty key")));
+  EXPECT_THAT(BadFields(errors[1]), ElementsAre("key"));
+  EXPECT_THAT(errors[2], StatusIs(absl::StatusCode::kFailedPrecondition));
+  std::optional<v1::ErrorDetail> stale = GetErrorDetail(errors[2]);
+  ASSERT_TRUE(stale.has_value() && stale->has_stale_route());
+  EXPECT_EQ(stale->stale_route().current().epoch(), map_.epoch());
+  EXPECT_THAT(BadFields(errors[3]), ElementsAre("value"));
+  EXPECT_THAT(errors[4], StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no op set")));
+  EXPECT_EQ(kv_->batch_stats().invalid_ops_total, 1u);
+
+  // Not the leader: the hint names the leader's address, as for Put.
+  backend_.SetStatuses({{.shard = ShardForKey("a", 16), .role = "follower", .leader = 2}});
+  backend_.SetProposeError(absl::UnavailableError("not leader"));
+  ASSERT_TRUE(batch.Send({PutOp(5, "a", "v", HeaderFor("a"))}));
+  results = batch.Read(1);
+  ASSERT_EQ(results.size(), 1u);
+  absl::Status not_leader = ErrorOf(results[0]);
+  EXPECT_THAT(not_leader, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(NotLeaderOf(not_leader).leader_address(), "127.0.0.1:7002");
+  EXPECT_THAT(batch.Close(), IsOk());
+}
+
+TEST_F(KvServiceTest, BatchMessageOverTheOpLimitFailsEachOperation) {
+  BatchClient batch(kv_stub_.get());
+  std::vector<v1::BatchOp> ops;
+  for (uint64_t i = 0; i < 257; ++i) ops.push_back(PutOp(i, "k", "v", HeaderFor("k")));
+  ASSERT_TRUE(batch.Send(ops));
+  std::vector<v1::BatchResult> results = batch.Read(257);
+  ASSERT_EQ(results.size(), 257u);
+  for (const v1::BatchResult& r : results) {
+    EXPECT_THAT(ErrorOf(r), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("limit")));
+  }
+  EXPECT_EQ(kv_->batch_stats().invalid_ops_total, 257u);
+  EXPECT_EQ(backend_.last_command().ByteSizeLong(), 0u);  // nothing was proposed
+  // The stream goes on.
+  ASSERT_TRUE(batch.Send({PutOp(1, "k", "v", HeaderFor("k"))}));
+  results = batch.Read(1);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_TRUE(results[0].has_put());
+  EXPECT_THAT(batch.Close(), IsOk());
+}
+
+TEST_F(KvServiceTest, BatchUndecodableMessageEndsTheStreamWithInvalidArgument) {
+  grpc::GenericStub generic(channel_);
+  grpc::ClientContext context;
+  grpc::CompletionQueue cq;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+      generic.PrepareCall(&context, "/tessera.v1.KV/Batch", &cq);
+  void* tag;
+  bool ok;
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  grpc::Slice junk(std::string("\\xff\\xff\\xff\\xff garbage"));
+  grpc::ByteBuffer buffer(&junk, 1);
+  call->Write(buffer, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("not a valid tessera.v1.BatchRequest"));
+  EXPECT_EQ(kv_->batch_stats().invalid_messages_total, 1u);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+// At most 4 operations in flight per stream, 2 per message.
+class KvServiceBatchCapTest : public KvServiceTest {
+ protected:
+  KvServiceBatchCapTest() : KvServiceTest(3, 64 << 20, /*max_batch_ops=*/2, /*inflight=*/4) {}
+};
+
+TEST_F(KvServiceBatchCapTest, StopsReadingTheStreamAtTheInFlightCap) {
+  BatchClient batch(kv_stub_.get());
+  backend_.Hold();
+  for (uint64_t m = 0; m < 3; ++m) {
+    ASSERT_TRUE(
+        batch.Send({PutOp(2 * m, absl::StrCat("k", m), "v", HeaderFor(absl::StrCat("k", m))),
+                    PutOp(2 * m + 1, absl::StrCat("j", m), "v", HeaderFor(absl::StrCat("j", m)))}));
+  }
+  ASSERT_TRUE(backend_.WaitHeld(4, absl::Seconds(10)));
+  // The third message stays unread while 4 operations are in flight.
+  EXPECT_FALSE(backend_.WaitHeld(5, absl::Milliseconds(300)));
+  EXPECT_EQ(kv_->batch_stats().messages_total, 2u);
+  backend_.CompleteHeld();
+  std::vector<v1::BatchResult> results = batch.Read(4);
+  ASSERT_EQ(results.size(), 4u);
+  // Written: the third message is read now.
+  results = batch.Read(2);
+  ASSERT_EQ(results.size(), 2u);
+  for (const v1::BatchResult& r : results) EXPECT_TRUE(r.has_put()) << r.DebugString();
+  EXPECT_EQ(kv_->batch_stats().messages_total, 3u);
+  EXPECT_THAT(batch.Close(), IsOk());
+}
+
+TEST_F(KvServiceTest, BatchCancelledMidFlightCompletesInsideAndDropsTheResults) {
+  {
+    BatchClient batch(kv_stub_.get());
+    backend_.Hold();
+    ASSERT_TRUE(
+        batch.Send({PutOp(1, "a", "1", HeaderFor("a")), PutOp(2, "b", "2", HeaderFor("b"))}));
+    ASSERT_TRUE(backend_.WaitHeld(2, absl::Seconds(10)));
+    batch.context().TryCancel();
+    EXPECT_THAT(batch.Close(), StatusIs(absl::StatusCode::kCancelled));
+  }
+  // The server side learns of the cancel asynchronously.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (kv_->batch_stats().streams_open != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  backend_.CompleteHeld();  // the writes still apply
+  EXPECT_EQ(kv_->batch_stats().results_dropped_total, 2u);
+  EXPECT_EQ(Get("a")->kv().value(), "1");
+  EXPECT_TRUE(kv_->WaitIdle(absl::Now() + absl::Seconds(5)));  // bytes and counts given back
+  EXPECT_EQ(kv_->admission_stats().in_flight_bytes, 0u);
 }
 
 // A node with a 2.5 MiB budget of request bytes in flight.

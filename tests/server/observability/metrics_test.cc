@@ -166,6 +166,13 @@ struct Wired {
       return AdmissionStats{
           .in_flight_bytes = 5, .limit_bytes = 64, .admitted_total = 7, .rejected_total = 2};
     });
+    metrics.SetBatchSource([] {
+      BatchStats b;
+      b.messages_total = 3;
+      b.ops_total = 10;
+      b.ops_per_message_le[3] = 2;  // <= 8 ops
+      return b;
+    });
     NodeMetrics* hooks = metrics.node_metrics();
     hooks->OnProposal(1, NodeMetrics::ProposalOutcome::kAccepted);
     hooks->OnProposal(1, NodeMetrics::ProposalOutcome::kRejected);
@@ -189,6 +196,9 @@ TEST(MetricNames, EveryExportedFamilyFollowsTheConventions) {
   EXPECT_THAT(names, ::testing::IsSupersetOf({
                          "tessera_grpc_server_handled_total",
                          "tessera_grpc_server_handling_seconds",
+                         "tessera_kv_batch_messages_total",
+                         "tessera_kv_batch_message_ops",
+                         "tessera_kv_batch_invalid_ops_total",
                          "tessera_raft_proposals_total",
                          "tessera_raft_leader_changes_total",
                          "tessera_raft_snapshots_sent_total",
