@@ -85,6 +85,39 @@ std::string PrefixEnd(const std::string& prefix) {
   return end;
 }
 
+// A request as a KV.Batch operation, and the response out of its result
+// (false: the result carries another op's response).
+void SetBatchOp(v1::BatchOp* op, const v1::PutRequest& r) { *op->mutable_put() = r; }
+void SetBatchOp(v1::BatchOp* op, const v1::GetRequest& r) { *op->mutable_get() = r; }
+void SetBatchOp(v1::BatchOp* op, const v1::DeleteRequest& r) { *op->mutable_delete_() = r; }
+void SetBatchOp(v1::BatchOp* op, const v1::TxnRequest& r) { *op->mutable_txn() = r; }
+void SetBatchOp(v1::BatchOp* op, const v1::ScanRequest& r) { *op->mutable_scan() = r; }
+bool TakeBatchResult(v1::BatchResult& r, v1::PutResponse* out) {
+  if (!r.has_put()) return false;
+  *out = std::move(*r.mutable_put());
+  return true;
+}
+bool TakeBatchResult(v1::BatchResult& r, v1::GetResponse* out) {
+  if (!r.has_get()) return false;
+  *out = std::move(*r.mutable_get());
+  return true;
+}
+bool TakeBatchResult(v1::BatchResult& r, v1::DeleteResponse* out) {
+  if (!r.has_delete_()) return false;
+  *out = std::move(*r.mutable_delete_());
+  return true;
+}
+bool TakeBatchResult(v1::BatchResult& r, v1::TxnResponse* out) {
+  if (!r.has_txn()) return false;
+  *out = std::move(*r.mutable_txn());
+  return true;
+}
+bool TakeBatchResult(v1::BatchResult& r, v1::ScanResponse* out) {
+  if (!r.has_scan()) return false;
+  *out = std::move(*r.mutable_scan());
+  return true;
+}
+
 // What a KvCall needs to know about the request it carries.
 struct CallSpec {
   bool write = false;
@@ -386,6 +419,23 @@ class KvCall final : public RetryingCall {
       return RetryAfterServerHint(busy - now);
     }
     node->breaker.Allow(now);  // claims the half-open probe if any
+    if (node->batch != nullptr) {
+      // The batched stream: no context of its own (~Core shuts the streams
+      // down, which fails the attempts on them).
+      bool cancel_now;
+      {
+        absl::MutexLock lock(&mu_);
+        target_ = node->address;
+        response_.Clear();
+        cancel_now = cancelled_;
+      }
+      if (cancel_now) return Finish(ShuttingDown());
+      node->outstanding.fetch_add(1);
+      node->attempts.fetch_add(1);
+      if (SubmitBatch(node, now)) return;
+      node->outstanding.fetch_sub(1);  // no KV.Batch there: the unary RPC
+      node->attempts.fetch_sub(1);
+    }
     std::shared_ptr<grpc::ClientContext> context =
         core_->NewContext(std::min(spec_.deadline, now + core_->options().attempt_timeout));
     bool cancel_now;
@@ -402,6 +452,37 @@ class KvCall final : public RetryingCall {
     (node->kv.Next()->async()->*method_)(
         context.get(), &request_, &response_,
         [this, node](grpc::Status s) { OnDone(node, FromGrpcStatus(s)); });
+  }
+
+  // Sends this attempt on the node's KV.Batch stream; false if the node has
+  // none (use the unary RPC). The stream carries the attempt's deadline as
+  // timeout_ms and fails the attempt itself if no answer comes by then.
+  bool SubmitBatch(Core::Node* node, absl::Time now) {
+    const absl::Time deadline = std::min(spec_.deadline, now + core_->options().attempt_timeout);
+    v1::BatchOp op;
+    op.set_timeout_ms(static_cast<uint32_t>(
+        std::clamp<int64_t>(absl::ToInt64Milliseconds(deadline - now), 1, INT32_MAX)));
+    SetBatchOp(&op, request_);
+    return node->batch->Submit(
+        std::move(op), deadline, [this, node](absl::Status stream, v1::BatchResult* result) {
+          if (stream.code() == absl::StatusCode::kUnimplemented && result == nullptr) {
+            // The node has no KV.Batch (an older server): nothing was
+            // applied; the channel now refuses, so this goes unary.
+            node->outstanding.fetch_sub(1);
+            return Attempt();
+          }
+          if (stream.ok()) {
+            if (result->has_error()) {
+              stream = FromRpcStatus(result->error());
+            } else {
+              absl::MutexLock lock(&mu_);
+              if (!TakeBatchResult(*result, &response_)) {
+                stream = absl::InternalError("a KV.Batch result of the wrong type");
+              }
+            }
+          }
+          OnDone(node, std::move(stream));
+        });
   }
 
   void OnDone(Core::Node* node, absl::Status status) {

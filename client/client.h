@@ -90,6 +90,11 @@ struct ClientOptions {
   // gRPC channels (each its own TCP connection) per cluster member; calls
   // to a member take them round-robin. Values below 1 mean 1.
   int channels_per_node = 1;
+  // Send Put/Get/Delete/Txn/Scan over one KV.Batch stream per member (many
+  // operations per message; client/README.md "Batched stream") instead of
+  // one unary RPC each. A member without KV.Batch (UNIMPLEMENTED) gets the
+  // unary RPCs.
+  bool use_batch_stream = true;
 };
 
 struct KeyValue {

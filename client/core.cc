@@ -30,6 +30,16 @@ Client::Core::~Core() {
   }
   // gRPC may run completions inline in TryCancel: no lock held here.
   for (const auto& context : contexts) context->TryCancel();
+  // The Batch streams: their attempts fail (the calls see they were
+  // cancelled) and their contexts go, awaited below.
+  std::vector<BatchChannel*> batches;
+  {
+    absl::MutexLock lock(&nodes_mu_);
+    for (const auto& [address, node] : nodes_) {
+      if (node->batch != nullptr) batches.push_back(node->batch.get());
+    }
+  }
+  for (BatchChannel* batch : batches) batch->Shutdown();
   contexts.clear();   // counted in contexts_, awaited below
   timer_.Shutdown();  // pending retries complete with kCancelled
   {
@@ -85,6 +95,10 @@ Client::Core::Node* Client::Core::GetNode(const std::string& address) {
           numeric ? "ipv4:" + address : address, grpc::InsecureChannelCredentials(), args);
       node->kv.Add(v1::KV::NewStub(channel));
       node->cluster.Add(v1::Cluster::NewStub(channel));
+    }
+    if (options_.use_batch_stream) {
+      node->batch = std::make_unique<BatchChannel>(
+          address, node->kv.Next(), &timer_, [this] { return NewContext(absl::InfiniteFuture()); });
     }
   }
   return node.get();

@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/backoff.h"
+#include "client/batch_stream.h"
 #include "client/client.h"
 #include "client/read_cache.h"
 #include "client/routing.h"
@@ -69,6 +70,9 @@ class Client::Core {
     std::string address;
     StubSet<v1::KV::Stub> kv;
     StubSet<v1::Cluster::Stub> cluster;
+    // The node's KV.Batch stream (over its first channel), when
+    // ClientOptions::use_batch_stream.
+    std::unique_ptr<BatchChannel> batch;
     CircuitBreaker breaker;
     std::atomic<int64_t> outstanding{0};
     std::atomic<uint64_t> attempts{0};  // every attempt sent (tests, status)

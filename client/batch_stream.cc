@@ -1,0 +1,255 @@
+#include "client/batch_stream.h"
+
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/support/client_callback.h"
+#include "proto/grpc_status.h"
+
+namespace tessera::client {
+namespace {
+
+// How often a stream looks for attempts past their deadline, and how long
+// after its deadline an attempt waits for the server's own answer.
+constexpr absl::Duration kSweepInterval = absl::Milliseconds(100);
+constexpr absl::Duration kAnswerGrace = absl::Milliseconds(100);
+
+}  // namespace
+
+// One KV.Batch call. Thread-safe.
+class BatchChannel::Stream final
+    : public grpc::ClientBidiReactor<v1::BatchRequest, v1::BatchResponse>,
+      public std::enable_shared_from_this<Stream> {
+ public:
+  Stream(BatchChannel* owner, std::shared_ptr<grpc::ClientContext> context)
+      : owner_(owner), context_(std::move(context)) {}
+
+  // Binds the call; under the owner's lock (cheap, no I/O), so that any
+  // Enqueue after it may StartWrite (held by gRPC until StartCall).
+  void Bind() ABSL_LOCKS_EXCLUDED(mu_) {
+    self_ = shared_from_this();
+    grpc::ClientContext* context;
+    {
+      absl::MutexLock lock(&mu_);
+      context = context_.get();
+    }
+    owner_->stub_->async()->Batch(context, this);
+  }
+  // Starts the call and the sweep; once, after Bind, with no lock held.
+  void Start() {
+    StartRead(&in_);
+    StartCall();
+    ScheduleSweep();
+  }
+
+  // Queues `op` (moved from only when accepted); false if the stream has
+  // ended (use another).
+  bool Enqueue(v1::BatchOp& op, absl::Time deadline, BatchCallback& done) ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_) return false;
+      pending_.emplace(op.id(), Pending{deadline, std::move(done)});
+      *queue_.add_ops() = std::move(op);
+      if (writing_) return true;  // OnWriteDone sends it with the others queued
+      writing_ = true;
+      out_.Clear();
+      out_.Swap(&queue_);
+    }
+    StartWrite(&out_);
+    return true;
+  }
+
+  void Cancel() ABSL_LOCKS_EXCLUDED(mu_) {
+    std::shared_ptr<grpc::ClientContext> context;
+    {
+      absl::MutexLock lock(&mu_);
+      context = context_;  // null once ended
+    }
+    if (context != nullptr) context->TryCancel();
+  }
+
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      // !ok: the stream is broken; OnDone fails what is pending.
+      if (!ok || ended_ || queue_.ops_size() == 0) return;
+      writing_ = true;
+      out_.Clear();
+      out_.Swap(&queue_);  // everything queued while the last write was out
+    }
+    StartWrite(&out_);
+  }
+
+  void OnReadDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    if (!ok) return;  // the stream ended: OnDone follows
+    for (v1::BatchResult& result : *in_.mutable_results()) {
+      BatchCallback done;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = pending_.find(result.id());
+        if (it == pending_.end()) continue;  // expired by the sweep
+        done = std::move(it->second.done);
+        pending_.erase(it);
+      }
+      done(absl::OkStatus(), &result);
+    }
+    in_.Clear();
+    StartRead(&in_);
+  }
+
+  void OnDone(const grpc::Status& status) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::flat_hash_map<uint64_t, Pending> pending;
+    {
+      absl::MutexLock lock(&mu_);
+      ended_ = true;
+      pending.swap(pending_);
+    }
+    absl::Status failed;
+    if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      // The node has no KV.Batch: nothing was applied; the attempts go unary.
+      owner_->MarkUnsupported();
+      failed = absl::UnimplementedError(
+          absl::StrCat(owner_->address_, " serves no KV.Batch: ", status.error_message()));
+    } else {
+      // Sent or not, an operation may have been applied: retried with the
+      // same session (kUnavailable without a detail, as a broken connection).
+      failed = absl::UnavailableError(absl::StrCat("the KV.Batch stream to ", owner_->address_,
+                                                   " ended (", FromGrpcStatus(status).ToString(),
+                                                   "); the operation's outcome is unknown"));
+      if (!pending.empty()) owner_->CountBroken(pending.size());
+    }
+    for (auto& [id, p] : pending) p.done(failed, nullptr);
+    // gRPC is done with the context; ~Core waits for it to go.
+    std::shared_ptr<grpc::ClientContext> context;
+    {
+      absl::MutexLock lock(&mu_);
+      context.swap(context_);
+    }
+    context.reset();
+    std::shared_ptr<Stream> self = std::move(self_);  // may delete this on return
+  }
+
+  bool ended() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return ended_;
+  }
+
+ private:
+  struct Pending {
+    absl::Time deadline;
+    BatchCallback done;
+  };
+
+  void ScheduleSweep() {
+    std::weak_ptr<Stream> weak = weak_from_this();
+    owner_->timer_->Schedule(absl::Now() + kSweepInterval, [weak](bool ok) {
+      if (!ok) return;  // the client shuts down: it cancels the stream
+      if (std::shared_ptr<Stream> s = weak.lock()) s->Sweep();
+    });
+  }
+
+  // Fails attempts the node has not answered by their deadline (plus a
+  // grace for the server's own DEADLINE_EXCEEDED): a hung node must not
+  // hold them forever. Their late results are ignored.
+  void Sweep() ABSL_LOCKS_EXCLUDED(mu_) {
+    const absl::Time now = absl::Now();
+    std::vector<BatchCallback> expired;
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_) return;
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        if (it->second.deadline + kAnswerGrace <= now) {
+          expired.push_back(std::move(it->second.done));
+          pending_.erase(it++);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (BatchCallback& done : expired) {
+      done(absl::DeadlineExceededError(absl::StrCat("no answer from ", owner_->address_,
+                                                    " on the KV.Batch stream in time")),
+           nullptr);
+    }
+    ScheduleSweep();
+  }
+
+  BatchChannel* const owner_;
+  std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);  // until OnDone
+  std::shared_ptr<Stream> self_;  // gRPC's reference, until OnDone
+  v1::BatchResponse in_;          // one read at a time
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  v1::BatchRequest queue_ ABSL_GUARDED_BY(mu_);  // queued, not yet written
+  // The message being written: touched only by the one writer (writing_).
+  v1::BatchRequest out_;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+BatchChannel::BatchChannel(std::string address, v1::KV::Stub* stub, TimerQueue* timer,
+                           std::function<std::shared_ptr<grpc::ClientContext>()> new_context)
+    : address_(std::move(address)),
+      stub_(stub),
+      timer_(timer),
+      new_context_(std::move(new_context)) {}
+
+BatchChannel::~BatchChannel() = default;
+
+bool BatchChannel::Submit(v1::BatchOp op, absl::Time deadline, BatchCallback done) {
+  for (;;) {
+    std::shared_ptr<Stream> stream;
+    bool start = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (unsupported_ || shut_down_) return false;
+      op.set_id(next_id_++);
+      if (current_ == nullptr || current_->ended()) {
+        current_ = std::make_shared<Stream>(this, new_context_());
+        current_->Bind();
+        ++streams_opened_;
+        start = true;
+      }
+      stream = current_;
+    }
+    if (start) stream->Start();
+    if (stream->Enqueue(op, deadline, done)) return true;
+    // It ended in between: open another.
+  }
+}
+
+void BatchChannel::Shutdown() {
+  std::shared_ptr<Stream> stream;
+  {
+    absl::MutexLock lock(&mu_);
+    shut_down_ = true;
+    stream = current_;
+  }
+  if (stream != nullptr) stream->Cancel();
+}
+
+void BatchChannel::MarkUnsupported() {
+  absl::MutexLock lock(&mu_);
+  unsupported_ = true;
+}
+
+void BatchChannel::CountBroken(size_t ops) {
+  absl::MutexLock lock(&mu_);
+  ops_failed_by_breaks_ += ops;
+}
+
+uint64_t BatchChannel::ops_failed_by_breaks() const {
+  absl::MutexLock lock(&mu_);
+  return ops_failed_by_breaks_;
+}
+
+uint64_t BatchChannel::streams_opened() const {
+  absl::MutexLock lock(&mu_);
+  return streams_opened_;
+}
+
+}  // namespace tessera::client
