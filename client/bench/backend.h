@@ -47,6 +47,7 @@ struct BackendOptions {
   ReadConsistency consistency = ReadConsistency::kLinearizable;
   absl::Duration timeout = absl::Seconds(5);  // per request
   int conns = 1;                              // gRPC connections (see README.md)
+  bool batch_stream = true;                   // tessera: KV.Batch (else unary RPCs)
   size_t clients = 1;                         // virtual clients (per-client scratch)
 };
 

@@ -61,6 +61,10 @@ flags:
                                (tessera) / 127.0.0.1:2379 (etcd)
   --conns=N                    gRPC connections: tessera per node, etcd in total
                                (spread round-robin over the endpoints) (default 1)
+  --api=batch|unary            tessera: one KV.Batch stream per node carrying many
+                               requests per message (default, as the SDK), or one
+                               unary RPC per request (ClientOptions::use_batch_stream);
+                               etcd: ignored (always unary, as clientv3)
   --clients=N                  requests in flight (virtual clients) (default 1)
   --total=N                    stop after N measured requests
   --duration=D                 stop after D (e.g. 5s); default 10s if --total is not
@@ -87,6 +91,7 @@ struct Config {
   std::string backend = "tessera";
   std::vector<std::string> endpoints;  // empty: the backend's default
   int conns = 1;
+  std::string api = "batch";
   int clients = 1;
   std::optional<int64_t> total;
   std::optional<absl::Duration> duration;
@@ -155,6 +160,11 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
          return std::all_of(config->endpoints.begin(), config->endpoints.end(), ParseEndpoint);
        }},
       {"conns", [&](const std::string& v) { return ParseInt(v, 1, 4096, &config->conns); }},
+      {"api",
+       [&](const std::string& v) {
+         config->api = v;
+         return v == "batch" || v == "unary";
+       }},
       {"clients", [&](const std::string& v) { return ParseInt(v, 1, 1 << 20, &config->clients); }},
       {"total",
        [&](const std::string& v) { return ParseInt<int64_t>(v, 0, INT64_MAX, &config->total); }},
@@ -350,16 +360,17 @@ std::string Json(const Config& config, const RunStats& stats, const RunStats* fi
   const LatencyHistogram& h = stats.latencies;
   auto ms = [](uint64_t nanos) { return Ms(static_cast<double>(nanos)); };
   std::string json = absl::StrFormat(
-      R"({"backend":"%s","workload":"%s","clients":%d,"conns":%d,"consistency":"%s",)"
+      R"({"backend":"%s","api":"%s","workload":"%s","clients":%d,"conns":%d,"consistency":"%s",)"
       R"("key_size":%d,"value_size":%d,"key_space":%d,"ops":%d,"seconds":%.4f,)"
       R"("ops_per_sec":%.1f,"p50_ms":%s,"p90_ms":%s,"p95_ms":%s,"p99_ms":%s,"p999_ms":%s,)"
       R"("min_ms":%s,"mean_ms":%s,"max_ms":%s,"errors":%d,"errors_by_code":{%s},"misses":%d,)"
       R"("seed":%d)",
-      config.backend, config.workload, config.clients, config.conns, config.consistency,
-      config.key_size, config.value_size, config.key_space, stats.ops, stats.seconds,
-      OpsPerSecond(stats), ms(h.Percentile(50)), ms(h.Percentile(90)), ms(h.Percentile(95)),
-      ms(h.Percentile(99)), ms(h.Percentile(99.9)), ms(h.min_nanos()), Ms(h.mean_nanos()),
-      ms(h.max_nanos()), stats.errors, ErrorList(stats, ":", "\""), stats.misses, *config.seed);
+      config.backend, config.backend == "etcd" ? "unary" : config.api, config.workload,
+      config.clients, config.conns, config.consistency, config.key_size, config.value_size,
+      config.key_space, stats.ops, stats.seconds, OpsPerSecond(stats), ms(h.Percentile(50)),
+      ms(h.Percentile(90)), ms(h.Percentile(95)), ms(h.Percentile(99)), ms(h.Percentile(99.9)),
+      ms(h.min_nanos()), Ms(h.mean_nanos()), ms(h.max_nanos()), stats.errors,
+      ErrorList(stats, ":", "\""), stats.misses, *config.seed);
   if (fill != nullptr) {
     absl::StrAppendFormat(&json,
                           R"(,"fill_ops":%d,"fill_seconds":%.4f,"fill_ops_per_sec":%.1f)"
@@ -396,6 +407,7 @@ int Main(int argc, char** argv) {
   options.consistency = ToConsistency(config.consistency);
   options.timeout = config.timeout;
   options.conns = config.conns;
+  options.batch_stream = config.api == "batch";
   options.clients = static_cast<size_t>(config.clients);
   absl::StatusOr<std::unique_ptr<Backend>> backend =
       config.backend == "etcd" ? NewEtcdBackend(config.endpoints, std::move(options))
@@ -404,9 +416,10 @@ int Main(int argc, char** argv) {
 
   if (!config.json_only) {
     std::printf(
-        "tessera-bench: %s %s, %d clients, %d conns, %s, key %llu B, value %llu B, "
+        "tessera-bench: %s (%s) %s, %d clients, %d conns, %s, key %llu B, value %llu B, "
         "key space %llu\n",
-        config.backend.c_str(), config.workload.c_str(), config.clients, config.conns,
+        config.backend.c_str(), config.backend == "etcd" ? "unary" : config.api.c_str(),
+        config.workload.c_str(), config.clients, config.conns,
         absl::StrJoin(config.endpoints, ",").c_str(),
         static_cast<unsigned long long>(config.key_size),
         static_cast<unsigned long long>(config.value_size),

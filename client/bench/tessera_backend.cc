@@ -81,6 +81,7 @@ absl::StatusOr<std::unique_ptr<Backend>> NewTesseraBackend(
   client::ClientOptions client_options;
   client_options.endpoints = endpoints;
   client_options.channels_per_node = options.conns;
+  client_options.use_batch_stream = options.batch_stream;
   client_options.default_timeout = options.timeout;
   absl::StatusOr<std::unique_ptr<client::Client>> created =
       client::Client::Create(std::move(client_options));
