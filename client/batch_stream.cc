@@ -1,5 +1,7 @@
 #include "client/batch_stream.h"
 
+#include <algorithm>
+#include <deque>
 #include <utility>
 #include <vector>
 
@@ -51,14 +53,28 @@ class BatchChannel::Stream final
       absl::MutexLock lock(&mu_);
       if (ended_) return false;
       pending_.emplace(op.id(), Pending{deadline, std::move(done)});
-      *queue_.add_ops() = std::move(op);
+      queue_.push_back(std::move(op));
       if (writing_) return true;  // OnWriteDone sends it with the others queued
       writing_ = true;
-      out_.Clear();
-      out_.Swap(&queue_);
+      TakeMessageLocked();
     }
     StartWrite(&out_);
     return true;
+  }
+
+  // Moves the next message's operations from queue_ into out_: as many as
+  // are queued, within the server's per-message limits (ClientOptions
+  // batch_max_ops / batch_max_bytes; one operation always goes).
+  void TakeMessageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    out_.Clear();
+    size_t bytes = 0;
+    while (!queue_.empty() && static_cast<size_t>(out_.ops_size()) < owner_->max_ops_) {
+      const size_t op_bytes = queue_.front().ByteSizeLong() + 8;  // + tag and length
+      if (out_.ops_size() > 0 && bytes + op_bytes > owner_->max_bytes_) break;
+      bytes += op_bytes;
+      *out_.add_ops() = std::move(queue_.front());
+      queue_.pop_front();
+    }
   }
 
   void Cancel() ABSL_LOCKS_EXCLUDED(mu_) {
@@ -75,10 +91,9 @@ class BatchChannel::Stream final
       absl::MutexLock lock(&mu_);
       writing_ = false;
       // !ok: the stream is broken; OnDone fails what is pending.
-      if (!ok || ended_ || queue_.ops_size() == 0) return;
+      if (!ok || ended_ || queue_.empty()) return;
       writing_ = true;
-      out_.Clear();
-      out_.Swap(&queue_);  // everything queued while the last write was out
+      TakeMessageLocked();  // what queued while the last write was out
     }
     StartWrite(&out_);
   }
@@ -184,7 +199,7 @@ class BatchChannel::Stream final
 
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
-  v1::BatchRequest queue_ ABSL_GUARDED_BY(mu_);  // queued, not yet written
+  std::deque<v1::BatchOp> queue_ ABSL_GUARDED_BY(mu_);  // queued, not yet written
   // The message being written: touched only by the one writer (writing_).
   v1::BatchRequest out_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -192,8 +207,11 @@ class BatchChannel::Stream final
 };
 
 BatchChannel::BatchChannel(std::string address, v1::KV::Stub* stub, TimerQueue* timer,
-                           std::function<std::shared_ptr<grpc::ClientContext>()> new_context)
-    : address_(std::move(address)),
+                           std::function<std::shared_ptr<grpc::ClientContext>()> new_context,
+                           size_t max_ops, size_t max_bytes)
+    : max_ops_(std::max<size_t>(1, max_ops)),
+      max_bytes_(max_bytes),
+      address_(std::move(address)),
       stub_(stub),
       timer_(timer),
       new_context_(std::move(new_context)) {}

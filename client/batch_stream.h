@@ -46,9 +46,13 @@ using BatchCallback = std::function<void(absl::Status stream, v1::BatchResult* r
 class BatchChannel {
  public:
   // `new_context` makes the stream's context (Core::NewContext, so that
-  // ~Core waits for it); `stub` and `timer` must outlive the channel.
+  // ~Core waits for it); `stub` and `timer` must outlive the channel. A
+  // message carries at most `max_ops` operations and about `max_bytes`
+  // (one operation always goes): keep them within the server's
+  // --max-batch-ops / --max-batch-bytes, which refuse a larger message.
   BatchChannel(std::string address, v1::KV::Stub* stub, TimerQueue* timer,
-               std::function<std::shared_ptr<grpc::ClientContext>()> new_context);
+               std::function<std::shared_ptr<grpc::ClientContext>()> new_context, size_t max_ops,
+               size_t max_bytes);
   ~BatchChannel();
 
   // Queues `op` (its id is set here) with `deadline` (the attempt's: past
@@ -72,6 +76,8 @@ class BatchChannel {
   void MarkUnsupported() ABSL_LOCKS_EXCLUDED(mu_);
   void CountBroken(size_t ops) ABSL_LOCKS_EXCLUDED(mu_);
 
+  const size_t max_ops_;
+  const size_t max_bytes_;
   const std::string address_;
   v1::KV::Stub* const stub_;
   TimerQueue* const timer_;

@@ -95,6 +95,11 @@ struct ClientOptions {
   // one unary RPC each. A member without KV.Batch (UNIMPLEMENTED) gets the
   // unary RPCs.
   bool use_batch_stream = true;
+  // Operations and bytes per KV.Batch message, at most (a larger message is
+  // sent as several); within the server's --max-batch-ops (256) and
+  // --max-batch-bytes (8 MiB), which refuse every operation of a larger one.
+  size_t batch_max_ops = 256;
+  size_t batch_max_bytes = 4 << 20;
 };
 
 struct KeyValue {

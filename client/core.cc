@@ -98,7 +98,8 @@ Client::Core::Node* Client::Core::GetNode(const std::string& address) {
     }
     if (options_.use_batch_stream) {
       node->batch = std::make_unique<BatchChannel>(
-          address, node->kv.Next(), &timer_, [this] { return NewContext(absl::InfiniteFuture()); });
+          address, node->kv.Next(), &timer_, [this] { return NewContext(absl::InfiniteFuture()); },
+          options_.batch_max_ops, options_.batch_max_bytes);
     }
   }
   return node.get();
