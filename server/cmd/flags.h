@@ -37,6 +37,7 @@ struct ServerConfig {
   uint64_t max_key_bytes = 4096;
   uint64_t max_value_bytes = 1 << 20;
   uint64_t max_inflight_bytes = 64 << 20;
+  bool hibernate_idle_shards = true;
   uint64_t snapshot_interval_entries = 10000;
   uint64_t min_free_disk_bytes = 256ull << 20;
   int max_inbound_snapshots = 2;
