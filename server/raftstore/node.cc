@@ -1092,7 +1092,7 @@ void Node::Impl::CheckSleepingShards() {
   auto probed = [&](NodeId node) {
     return std::find(probed_.begin(), probed_.end(), node) != probed_.end();
   };
-  for (auto& [id, sp] : shards_) {
+  for (Shard* sp : ordered_) {  // in shard order: the same probes in every run
     Shard& s = *sp;
     if (!s.asleep) continue;
     const bool leader = s.raw->role() == raft::Role::kLeader;
