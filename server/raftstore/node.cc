@@ -258,6 +258,10 @@ class Node::Impl {
   // Whether a leader has nothing to do (raft's LeaderIdle plus the loop's
   // own waiters, every follower heard from within an election timeout).
   bool LeaderCanSleep(const Shard& s, absl::Time now) const;
+  // Whether follower `r` of a shard led here was heard within `recent`; for
+  // a sleeping shard, anything from its node counts, within twice that (the
+  // probes keep it within about two check periods).
+  bool FollowerHeard(const Shard& s, NodeId r, absl::Time now, absl::Duration recent) const;
   // After the cycle's Readys: idle leaders send their sleep notices and
   // sleep; followers that stepped a notice and are caught up sleep.
   void Hibernate(absl::Time now);
@@ -1025,6 +1029,15 @@ bool Node::Impl::LeaderCanSleep(const Shard& s, absl::Time now) const {
   return true;
 }
 
+bool Node::Impl::FollowerHeard(const Shard& s, NodeId r, absl::Time now,
+                               absl::Duration recent) const {
+  auto heard = s.follower_heard.find(r);
+  if (heard != s.follower_heard.end() && now - heard->second <= recent) return true;
+  if (!s.asleep) return false;
+  auto node = node_heard_time_.find(r);
+  return node != node_heard_time_.end() && now - node->second <= 2 * recent;
+}
+
 void Node::Impl::Hibernate(absl::Time now) {
   if (!options_.hibernate_idle_shards) return;
   const int idle_needed =
@@ -1180,8 +1193,7 @@ void Node::Impl::BalanceLeaders(absl::Time now) {
       if (r == options_.id || leads[r] >= fewest) continue;
       auto declined = balance_declined_until_.find(r);
       if (declined != balance_declined_until_.end() && tick_ < declined->second) continue;
-      auto heard = s.follower_heard.find(r);
-      if (heard == s.follower_heard.end() || now - heard->second > recent) continue;
+      if (!FollowerHeard(s, r, now, recent)) continue;
       from = &s;
       to = r;
       fewest = leads[r];
@@ -1260,8 +1272,7 @@ void Node::Impl::IssueTransfers() {
     for (NodeId r : s.replicas) {
       if (r == options_.id) continue;
       if (best == 0) best = r;
-      auto heard = s.follower_heard.find(r);
-      if (heard == s.follower_heard.end() || now - heard->second > recent) continue;
+      if (!FollowerHeard(s, r, now, recent)) continue;
       auto match = s.follower_match.find(r);
       const uint64_t m = match == s.follower_match.end() ? 0 : match->second;
       if (m >= best_match) {
