@@ -1024,6 +1024,23 @@ bool Raft::LeaseValid() const {
   return sent.has_value() && *now_ < *sent + lease_duration_;
 }
 
+bool Raft::LeaderIdle() const {
+  if (role_ != Role::kLeader || lead_transferee_ != 0 || append_pending_) return false;
+  const uint64_t last = log_.LastIndex();
+  if (log_.committed() != last || log_.applied() != last || pending_conf_index_ > last ||
+      log_.HasPendingSnapshot()) {
+    return false;
+  }
+  if (read_only_.pending() != 0 || !pending_read_index_messages_.empty()) return false;
+  for (const auto& [id, pr] : prs_.progress) {
+    if (id == id_) continue;
+    if (pr.match != last || pr.state != ProgressState::kReplicate || pr.inflights.Count() != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
 void Raft::RecordLeaderTickTime() {
   if (read_only_option_ != ReadOnlyOption::kLeaseBased) return;
   leader_tick_times_.push_back(now_);

@@ -74,6 +74,13 @@ class Raft {
   int election_elapsed() const { return election_elapsed_; }
   int randomized_election_timeout() const { return randomized_election_timeout_; }
   bool LeaseValid() const;
+  // True when this node leads and has nothing in flight: every entry is
+  // committed and applied, every follower (voters and learners) has
+  // acknowledged the whole log and has no append or snapshot outstanding, and
+  // no read, conf change or leadership transfer is pending. An application
+  // may then stop ticking the group until new input arrives (hibernation,
+  // server/raftstore/README.md); raft itself does not act on it.
+  bool LeaderIdle() const;
   // The application's clock reading (RawNode::SetNow); never goes back.
   void SetNow(Clock::time_point now);
   SoftState soft_state() const { return SoftState{lead_, role_}; }

@@ -161,5 +161,6 @@ uint64_t RawNode::commit_index() const { return raft_->log().committed(); }
 uint64_t RawNode::applied_index() const { return raft_->log().applied(); }
 uint64_t RawNode::last_index() const { return raft_->log().LastIndex(); }
 raftpb::ConfState RawNode::conf_state() const { return raft_->tracker().ConfState(); }
+bool RawNode::LeaderIdle() const { return raft_->LeaderIdle(); }
 
 }  // namespace tessera::raft

@@ -169,6 +169,8 @@ class RawNode {
   uint64_t applied_index() const;
   uint64_t last_index() const;
   raftpb::ConfState conf_state() const;
+  // Raft::LeaderIdle: this leader has nothing in flight (hibernation hook).
+  bool LeaderIdle() const;
 
   // The state machine itself, for white-box unit tests.
   Raft& raft_for_testing() { return *raft_; }

@@ -84,6 +84,9 @@ ABSL_FLAG(uint64_t, max_batch_inflight_ops, 1024,
           "operations of one KV.Batch stream between reading them and writing their results; "
           "the server stops reading the stream beyond it (backpressure)");
 // ---- end KV.Batch ----
+ABSL_FLAG(bool, hibernate_idle_shards, true,
+          "idle shards stop ticking and heartbeating until a request or message wakes them "
+          "(server/raftstore/README.md \"Hibernation\"); set it the same on every member");
 // ---- testing only (issue 13 item 2) ----
 ABSL_FLAG(std::string, testing_storage_faults, "",
           "TESTING ONLY, never in production: storage operations fail with an injected I/O "
@@ -118,7 +121,7 @@ constexpr char kUsage[] =
     "  --peer-cert=FILE --peer-key=FILE --peer-ca=FILE | --insecure-peers\n"
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
-    "  [--max-inflight-bytes=67108864]\n"
+    "  [--max-inflight-bytes=67108864] [--hibernate-idle-shards=true]\n"
     "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
@@ -160,6 +163,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "max_batch_ops",
                                               "max_batch_bytes",
                                               "max_batch_inflight_ops",
+                                              "hibernate_idle_shards",
                                               "testing_storage_faults"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
@@ -346,6 +350,7 @@ absl::StatusOr<ServerConfig> Validate() {
   config.max_batch_ops = absl::GetFlag(FLAGS_max_batch_ops);
   config.max_batch_bytes = absl::GetFlag(FLAGS_max_batch_bytes);
   config.max_batch_inflight_ops = absl::GetFlag(FLAGS_max_batch_inflight_ops);
+  config.hibernate_idle_shards = absl::GetFlag(FLAGS_hibernate_idle_shards);
   config.snapshot_interval_entries = absl::GetFlag(FLAGS_snapshot_interval_entries);
   config.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
   config.max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots));

@@ -338,6 +338,7 @@ absl::Status Server::StartParts() {
   node_options.snapshot_interval_entries = config.snapshot_interval_entries;
   node_options.tick_interval = config.tick;
   node_options.election_ticks = config.election_ticks;
+  node_options.hibernate_idle_shards = config.hibernate_idle_shards;
   node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
   node_options.metrics = metrics_->node_metrics();
   node_options.snapshots = snapshots_.get();

@@ -363,6 +363,17 @@ class Metrics::NodeHooks final : public NodeMetrics {
                            "unauthenticated, replaced_member, commit_out_of_range, "
                            "snapshot_too_large, ...).")
                      .Register(registry)),
+        shards_by_state_(prometheus::BuildGauge()
+                             .Name("tessera_raft_shards")
+                             .Help("Shard replicas hosted here by hibernation state: awake "
+                                   "(ticking) or asleep (idle group, not ticking).")
+                             .Register(registry)),
+        wakeups_(prometheus::BuildCounter()
+                     .Name("tessera_raft_shard_wakeups_total")
+                     .Help("Sleeping shard replicas woken up, by reason (proposal, read, "
+                           "message, leader_silent, follower_silent, unreachable, transfer, "
+                           "balance).")
+                     .Register(registry)),
         append_(prometheus::BuildHistogram()
                     .Name("tessera_raft_log_append_seconds")
                     .Help("Duration of a ready cycle's synced raft log write (all shards' "
@@ -443,6 +454,12 @@ class Metrics::NodeHooks final : public NodeMetrics {
   void OnPeerMessageRefused(const char* reason) override {
     refused_.Add({{"reason", reason}}).Increment();
   }
+  void OnShardsAwake(size_t awake, size_t asleep) override {
+    shards_by_state_.Add({{"state", "awake"}}).Set(static_cast<double>(awake));
+    shards_by_state_.Add({{"state", "asleep"}}).Set(static_cast<double>(asleep));
+  }
+  // `reason` comes from a fixed set in our code: the label stays bounded.
+  void OnShardWoke(const char* reason) override { wakeups_.Add({{"reason", reason}}).Increment(); }
   void OnSnapshotReceived(ShardId shard) override {
     For(shard).snapshots_received->Increment();
     spdlog::info("event=snapshot_installed shard={}", shard);
@@ -480,6 +497,8 @@ class Metrics::NodeHooks final : public NodeMetrics {
   prometheus::Family<prometheus::Counter>& snapshots_sent_;
   prometheus::Family<prometheus::Counter>& snapshots_received_;
   prometheus::Family<prometheus::Counter>& refused_;
+  prometheus::Family<prometheus::Gauge>& shards_by_state_;
+  prometheus::Family<prometheus::Counter>& wakeups_;
   prometheus::Histogram& append_;
   prometheus::Counter& append_entries_;
   prometheus::Histogram& fsync_;

@@ -60,6 +60,16 @@ bool IsEmptyLog(const storage::LogState& state) {
          state.snapshot.index() == 0;
 }
 
+// Heartbeat contexts of hibernation (README.md "Hibernation"). The loop
+// builds these messages itself, raft only steps them: the leader's notice
+// that the group sleeps (a MSG_HEARTBEAT carrying its commit index, also
+// its answer to a probe; followers echo the context in their response) and
+// a sleeping follower's probe of a leader node it has not heard from, and a
+// follower's wake-up call to its leader (both MSG_HEARTBEAT_RESP).
+constexpr char kSleepContext[] = "tessera/hibernate";
+constexpr char kProbeContext[] = "tessera/hibernate-probe";
+constexpr char kWakeContext[] = "tessera/wake";
+
 struct ProposeRequest {
   ShardId shard = 0;
   std::string data;
@@ -201,6 +211,22 @@ class Node::Impl {
     // Snapshots sent: (follower, tick at which to report it as failed unless
     // raft has seen it succeed by then).
     std::vector<std::pair<NodeId, uint64_t>> snapshot_reports;
+    // Hibernation (README.md "Hibernation"). Asleep: not in awake_, not
+    // ticked. touched: asleep but given input this cycle (in touched_).
+    bool asleep = false;
+    bool touched = false;
+    // Woken this cycle: its reads take a heartbeat round, not the lease.
+    bool woke_this_cycle = false;
+    // Leader: consecutive ticks with nothing to do.
+    int idle_ticks = 0;
+    // Follower: the leader's sleep notice stepped this cycle (from, term,
+    // commit); it sleeps after the cycle's Readys if caught up with it.
+    struct SleepNotice {
+      NodeId from = 0;
+      uint64_t term = 0;
+      uint64_t commit = 0;
+    };
+    std::optional<SleepNotice> sleep_notice;
   };
 
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -219,8 +245,38 @@ class Node::Impl {
   void HandlePropose(ProposeRequest& req, absl::Time now);
   // Coalesces the cycle's reads into one ReadIndex per shard and kind.
   void HandleReads(std::vector<ReadRequest>& reads, absl::Time now);
-  void OnTicks(absl::Time now, bool transfer_active);
+  void OnTicks(absl::Time now, int ticks, bool transfer_active);
   void IssueTransfers();
+  // Hibernation (README.md "Hibernation"); all no-ops when
+  // NodeOptions::hibernate_idle_shards is off.
+  // A sleeping shard starts ticking again (counted under `reason`).
+  void Wake(Shard& s, const char* reason);
+  // A sleeping shard got input this cycle: HandleReadys looks at it.
+  void Touch(Shard& s);
+  // A follower woken by a request: a heartbeat response with kWakeContext
+  // wakes its leader.
+  void WakeLeaderOf(Shard& s);
+  // Whether a leader has nothing to do (raft's LeaderIdle plus the loop's
+  // own waiters, every follower heard from within an election timeout).
+  bool LeaderCanSleep(const Shard& s, absl::Time now) const;
+  // Whether follower `r` of a shard led here was heard within `recent`; for
+  // a sleeping shard, anything from its node counts, within twice that (the
+  // probes keep it within about two check periods).
+  bool FollowerHeard(const Shard& s, NodeId r, absl::Time now, absl::Duration recent) const;
+  // After the cycle's Readys: idle leaders send their sleep notices and
+  // sleep; followers that stepped a notice and are caught up sleep.
+  void Hibernate(absl::Time now);
+  // Every hibernate_check_ticks: a sleeping shard probes the peer nodes it
+  // depends on (a follower its leader's, a leader its followers') that were
+  // silent since the last check; one still silent a whole check after its
+  // probe wakes the shard (a follower then elects another leader if the
+  // leader is gone; a leader that lost its quorum steps down).
+  void CheckSleepingShards();
+  // A loop-built hibernation message of shard `s` (see kSleepContext).
+  raftpb::Message HibernateMessage(const Shard& s, raftpb::MessageType type, NodeId to,
+                                   const char* context) const;
+  void SendHibernateMessages();
+  void PublishShardCounts();
   // Inbox::unreachable and Inbox::snapshots to raft.
   void HandleTransportFeedback(const Inbox& in);
   // NodeOptions::balance_leaders: at most one transfer per call.
@@ -307,6 +363,23 @@ class Node::Impl {
 
   // Raft loop thread only (then Stop(), after joining it).
   absl::flat_hash_map<ShardId, std::unique_ptr<Shard>> shards_;
+  // Hibernation: the shards that tick (all of them when it is off), ordered
+  // for deterministic iteration; the sleeping ones given input this cycle;
+  // when each peer node was last heard from (tick, time); the nodes probed
+  // at the last check; loop-built messages to send at the end of the cycle.
+  std::map<ShardId, Shard*> awake_;
+  std::vector<Shard*> ordered_;  // every shard, by id (PublishStatus)
+  std::vector<Shard*> touched_;
+  std::vector<Shard*> woken_;  // this cycle (woke_this_cycle set)
+  absl::flat_hash_map<NodeId, uint64_t> node_heard_tick_;
+  absl::flat_hash_map<NodeId, absl::Time> node_heard_time_;
+  std::vector<NodeId> probed_;
+  std::map<NodeId, std::vector<ShardMessage>> hibernate_out_;
+  uint64_t next_check_tick_ = 0;
+  uint64_t last_check_tick_ = 0;
+  size_t published_awake_ = std::numeric_limits<size_t>::max();
+  // The cycle's monotonic clock reading (given to shards woken in it).
+  raft::Clock::time_point cycle_mono_;
   uint64_t tick_ = 0;
   raft::Clock::time_point next_tick_;  // when the next tick is due
   // Step mode: a cycle is running (Stop() from one of its callbacks only
@@ -424,8 +497,13 @@ absl::Status Node::Impl::Init() {
                           absl::StrCat("shard ", p.shard, ": ", raw.status().message()));
     }
     s->raw = *std::move(raw);
+    awake_.emplace(p.shard, s.get());  // every shard starts awake
+    ordered_.push_back(s.get());
     shards_.emplace(p.shard, std::move(s));
   }
+  std::sort(ordered_.begin(), ordered_.end(),
+            [](const Shard* a, const Shard* b) { return a->id < b->id; });
+  PublishShardCounts();
   PublishStatus(clock_->Now());
   return absl::OkStatus();
 }
@@ -620,10 +698,12 @@ bool Node::Impl::RunCycle() {
   // The ticks are time that passed before this cycle's inputs: a follower
   // that acknowledges a heartbeat below counts only later ticks against
   // its promise not to vote.
-  for (auto& [id, s] : shards_) s->raw->SetNow(mono);
+  // Only the awake shards: a sleeping one gets the reading when it wakes.
+  cycle_mono_ = mono;
+  for (auto& [id, s] : awake_) s->raw->SetNow(mono);
   for (int i = 0; i < ticks; ++i) {
     ++tick_;
-    for (auto& [id, s] : shards_) {
+    for (auto& [id, s] : awake_) {
       LogShardScope log_shard(id);
       s->raw->Tick();
     }
@@ -634,12 +714,13 @@ bool Node::Impl::RunCycle() {
   StepMessages(in.messages, now);
   for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
   HandleReads(in.reads, now);
-  if (ticks > 0 || transfer_active) OnTicks(now, transfer_active);
+  if (ticks > 0 || transfer_active) OnTicks(now, ticks, transfer_active);
 
   if (absl::Status s = HandleReadys(); !s.ok()) {
     Fail(s);
     return false;
   }
+  Hibernate(now);
   PublishStatus(now);
   RunCompletions();
   last_cycle_ns_.store(absl::ToUnixNanos(clock_->Now()), std::memory_order_relaxed);
@@ -691,6 +772,10 @@ void Node::Impl::Fail(const absl::Status& error) {
 
 void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
   for (Inbound& batch : inbound) {
+    if (options_.hibernate_idle_shards) {
+      node_heard_tick_[batch.from] = tick_;
+      node_heard_time_[batch.from] = now;
+    }
     for (ShardMessage& sm : batch.messages) {
       auto it = shards_.find(sm.shard);
       if (it == shards_.end()) continue;  // not hosted here (any more)
@@ -705,6 +790,34 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
       const NodeId from = sm.message.from();
       if (type == raftpb::MSG_TIMEOUT_NOW && handing_off_) continue;  // draining: declined
       if (type == raftpb::MSG_SNAP && !CommitStagedSnapshot(s, sm.message)) continue;
+      if (options_.hibernate_idle_shards) {
+        // Heartbeats keep a sleeping shard asleep: those of its leader in
+        // its term (the notice, or plain ones of a leader woken meanwhile:
+        // answered, and new entries would come in a MSG_APP) and heartbeat
+        // responses (late answers to heartbeats sent before it slept), but
+        // for a follower's wake-up call, and a probe a sleeping leader
+        // answers with its notice. Anything else wakes it.
+        const std::string& ctx = sm.message.context();
+        const bool leader = s.raw->role() == raft::Role::kLeader;
+        const bool same_term = sm.message.term() == s.raw->term();
+        if (type == raftpb::MSG_HEARTBEAT && ctx == kSleepContext) {
+          s.sleep_notice = Shard::SleepNotice{from, sm.message.term(), sm.message.commit()};
+        }
+        bool quiet = false;
+        if (type == raftpb::MSG_HEARTBEAT) {
+          quiet = !leader && same_term && from == s.raw->leader_id();
+        } else if (type == raftpb::MSG_HEARTBEAT_RESP && ctx == kProbeContext) {
+          quiet = leader && same_term;
+          if (quiet && s.asleep) {
+            hibernate_out_[from].push_back(ShardMessage{
+                s.id, HibernateMessage(s, raftpb::MSG_HEARTBEAT, from, kSleepContext)});
+          }
+        } else if (type == raftpb::MSG_HEARTBEAT_RESP) {
+          quiet = ctx != kWakeContext;
+        }
+        if (!quiet) Wake(s, "message");
+        Touch(s);
+      }
       if (type == raftpb::MSG_APP_RESP || type == raftpb::MSG_HEARTBEAT_RESP) {
         s.follower_heard[from] = now;
         if (type == raftpb::MSG_APP_RESP && !sm.message.reject()) {
@@ -725,6 +838,10 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
 
 void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
   Shard& s = *shards_.at(req.shard);
+  if (s.asleep) {
+    Wake(s, "proposal");
+    WakeLeaderOf(s);
+  }
   if (req.deadline <= now) {
     CountProposal(s.id, NodeMetrics::ProposalOutcome::kDropped);
     Finish(s, req.done, absl::DeadlineExceededError("deadline passed before proposing"));
@@ -764,6 +881,13 @@ void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
   absl::flat_hash_map<std::pair<ShardId, bool>, std::string> issued;
   for (ReadRequest& req : reads) {
     Shard& s = *shards_.at(req.shard);
+    if (s.asleep) {
+      Wake(s, "read");
+      WakeLeaderOf(s);
+    }
+    // A leader that slept confirms its leadership with a heartbeat round
+    // before it answers from its lease again (README.md "Hibernation").
+    if (s.woke_this_cycle) req.lease = false;
     if (req.deadline <= now) {
       Finish(s, req.done, absl::DeadlineExceededError("deadline passed before reading"));
       continue;
@@ -788,10 +912,15 @@ void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
   }
 }
 
-void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
+void Node::Impl::OnTicks(absl::Time now, int ticks, bool transfer_active) {
   const absl::Status expired = absl::DeadlineExceededError("deadline exceeded; outcome unknown");
-  for (auto& [id, sp] : shards_) {
+  // A sleeping shard has no waiters, snapshot reports or pending work.
+  for (auto& [id, sp] : awake_) {
     Shard& s = *sp;
+    if (options_.hibernate_idle_shards) {
+      s.idle_ticks =
+          s.raw->role() == raft::Role::kLeader && LeaderCanSleep(s, now) ? s.idle_ticks + ticks : 0;
+    }
     for (auto it = s.proposals.begin(); it != s.proposals.end();) {
       if (it->second.deadline <= now) {
         Finish(s, it->second.done, expired);
@@ -832,6 +961,13 @@ void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
       return true;
     });
   }
+  if (options_.hibernate_idle_shards && tick_ >= next_check_tick_) {
+    CheckSleepingShards();
+    next_check_tick_ =
+        tick_ + static_cast<uint64_t>(options_.hibernate_check_ticks > 0
+                                          ? options_.hibernate_check_ticks
+                                          : std::max(1, options_.election_ticks / 2));
+  }
   if (transfer_active && tick_ >= next_transfer_tick_) {
     IssueTransfers();
     // A transfer aborts after an election timeout; then try again.
@@ -840,6 +976,183 @@ void Node::Impl::OnTicks(absl::Time now, bool transfer_active) {
   if (options_.balance_leaders && !transfer_active && tick_ >= next_balance_tick_) {
     BalanceLeaders(now);
     next_balance_tick_ = tick_ + static_cast<uint64_t>(options_.election_ticks);
+  }
+}
+
+// ---------------------------------------------------------------- hibernation
+
+void Node::Impl::Wake(Shard& s, const char* reason) {
+  if (!s.asleep) return;
+  s.asleep = false;
+  s.idle_ticks = 0;
+  s.woke_this_cycle = true;
+  woken_.push_back(&s);
+  s.raw->SetNow(cycle_mono_);
+  awake_.emplace(s.id, &s);
+  if (options_.metrics != nullptr) options_.metrics->OnShardWoke(reason);
+}
+
+void Node::Impl::Touch(Shard& s) {
+  if (!s.asleep || s.touched) return;
+  s.touched = true;
+  touched_.push_back(&s);
+}
+
+raftpb::Message Node::Impl::HibernateMessage(const Shard& s, raftpb::MessageType type, NodeId to,
+                                             const char* context) const {
+  raftpb::Message m;
+  m.set_type(type);
+  m.set_from(options_.id);
+  m.set_to(to);
+  m.set_term(s.raw->term());
+  // Only sent by an idle leader: every follower has the whole log.
+  if (type == raftpb::MSG_HEARTBEAT) m.set_commit(s.raw->commit_index());
+  m.set_context(context);
+  return m;
+}
+
+void Node::Impl::WakeLeaderOf(Shard& s) {
+  const NodeId leader = s.raw->leader_id();
+  if (s.raw->role() == raft::Role::kLeader || leader == 0 || leader == options_.id) return;
+  hibernate_out_[leader].push_back(
+      ShardMessage{s.id, HibernateMessage(s, raftpb::MSG_HEARTBEAT_RESP, leader, kWakeContext)});
+}
+
+bool Node::Impl::LeaderCanSleep(const Shard& s, absl::Time now) const {
+  if (handing_off_ || !s.raw->LeaderIdle()) return false;
+  if (!s.proposals.empty() || !s.abandoned.empty() || !s.unconfirmed_reads.empty() ||
+      !s.confirmed_reads.empty() || !s.snapshot_reports.empty()) {
+    return false;
+  }
+  const absl::Duration recent = options_.tick_interval * options_.election_ticks;
+  for (NodeId r : s.replicas) {
+    if (r == options_.id) continue;
+    auto heard = s.follower_heard.find(r);
+    if (heard == s.follower_heard.end() || now - heard->second > recent) return false;
+  }
+  return true;
+}
+
+bool Node::Impl::FollowerHeard(const Shard& s, NodeId r, absl::Time now,
+                               absl::Duration recent) const {
+  auto heard = s.follower_heard.find(r);
+  if (heard != s.follower_heard.end() && now - heard->second <= recent) return true;
+  if (!s.asleep) return false;
+  auto node = node_heard_time_.find(r);
+  return node != node_heard_time_.end() && now - node->second <= 2 * recent;
+}
+
+void Node::Impl::Hibernate(absl::Time now) {
+  if (!options_.hibernate_idle_shards) return;
+  const int idle_needed =
+      options_.hibernate_idle_ticks > 0 ? options_.hibernate_idle_ticks : options_.election_ticks;
+  std::vector<Shard*> to_sleep;
+  // A follower sleeps when the leader's notice found it caught up: the same
+  // leader and term, the whole log committed and applied.
+  auto consider_notice = [&](Shard& s) {
+    const Shard::SleepNotice n = *s.sleep_notice;
+    s.sleep_notice.reset();
+    const raft::RawNode& raw = *s.raw;
+    const bool caught_up = raw.role() == raft::Role::kFollower && raw.leader_id() == n.from &&
+                           raw.term() == n.term && raw.last_index() == n.commit &&
+                           raw.commit_index() == n.commit && raw.applied_index() == n.commit &&
+                           !raw.HasReady();
+    if (!caught_up) {
+      Wake(s, "message");
+    } else if (!s.asleep) {
+      to_sleep.push_back(&s);
+    }
+  };
+  for (Shard* sp : touched_) {
+    if (sp->sleep_notice.has_value()) consider_notice(*sp);
+  }
+  for (auto& [id, sp] : awake_) {
+    Shard& s = *sp;
+    if (s.sleep_notice.has_value()) {
+      consider_notice(s);
+      continue;
+    }
+    if (s.idle_ticks < idle_needed || s.raw->role() != raft::Role::kLeader || s.raw->HasReady() ||
+        !LeaderCanSleep(s, now)) {
+      continue;
+    }
+    for (NodeId r : s.replicas) {
+      if (r == options_.id) continue;
+      hibernate_out_[r].push_back(
+          ShardMessage{s.id, HibernateMessage(s, raftpb::MSG_HEARTBEAT, r, kSleepContext)});
+    }
+    to_sleep.push_back(&s);
+  }
+  for (Shard* sp : to_sleep) {
+    sp->asleep = true;
+    sp->idle_ticks = 0;
+    awake_.erase(sp->id);
+  }
+  for (Shard* sp : touched_) sp->touched = false;
+  touched_.clear();
+  for (Shard* sp : woken_) sp->woke_this_cycle = false;
+  woken_.clear();
+  SendHibernateMessages();
+  PublishShardCounts();
+}
+
+void Node::Impl::CheckSleepingShards() {
+  // The peer nodes silent since the last check: probe each once (carried by
+  // one of its shards); those already probed then wake their shards.
+  std::map<NodeId, raftpb::Message> probes;
+  std::map<NodeId, ShardId> carrier;
+  std::vector<Shard*> wake;
+  auto silent = [&](NodeId node) {
+    auto heard = node_heard_tick_.find(node);
+    return heard == node_heard_tick_.end() || heard->second < last_check_tick_;
+  };
+  auto probed = [&](NodeId node) {
+    return std::find(probed_.begin(), probed_.end(), node) != probed_.end();
+  };
+  for (Shard* sp : ordered_) {  // in shard order: the same probes in every run
+    Shard& s = *sp;
+    if (!s.asleep) continue;
+    const bool leader = s.raw->role() == raft::Role::kLeader;
+    for (NodeId peer : s.replicas) {
+      if (peer == options_.id || (!leader && peer != s.raw->leader_id()) || !silent(peer)) {
+        continue;
+      }
+      if (probed(peer)) {
+        wake.push_back(&s);
+        break;
+      }
+      if (probes.count(peer) == 0) {
+        // A leader re-sends its notice (the follower echoes it), a follower
+        // sends a probe (a sleeping leader answers with its notice).
+        probes.emplace(
+            peer, leader ? HibernateMessage(s, raftpb::MSG_HEARTBEAT, peer, kSleepContext)
+                         : HibernateMessage(s, raftpb::MSG_HEARTBEAT_RESP, peer, kProbeContext));
+        carrier.emplace(peer, s.id);
+      }
+    }
+  }
+  for (Shard* s : wake) {
+    Wake(*s, s->raw->role() == raft::Role::kLeader ? "follower_silent" : "leader_silent");
+  }
+  probed_.clear();
+  for (auto& [peer, m] : probes) {
+    probed_.push_back(peer);
+    hibernate_out_[peer].push_back(ShardMessage{carrier.at(peer), std::move(m)});
+  }
+  last_check_tick_ = tick_;
+}
+
+void Node::Impl::SendHibernateMessages() {
+  std::map<NodeId, std::vector<ShardMessage>> out;
+  out.swap(hibernate_out_);
+  for (auto& [to, messages] : out) transport_->Send(to, std::move(messages));
+}
+
+void Node::Impl::PublishShardCounts() {
+  if (awake_.size() == published_awake_) return;
+  published_awake_ = awake_.size();
+  if (options_.metrics != nullptr) {
+    options_.metrics->OnShardsAwake(awake_.size(), shards_.size() - awake_.size());
   }
 }
 
@@ -884,8 +1197,7 @@ void Node::Impl::BalanceLeaders(absl::Time now) {
       if (r == options_.id || leads[r] >= fewest) continue;
       auto declined = balance_declined_until_.find(r);
       if (declined != balance_declined_until_.end() && tick_ < declined->second) continue;
-      auto heard = s.follower_heard.find(r);
-      if (heard == s.follower_heard.end() || now - heard->second > recent) continue;
+      if (!FollowerHeard(s, r, now, recent)) continue;
       from = &s;
       to = r;
       fewest = leads[r];
@@ -895,6 +1207,7 @@ void Node::Impl::BalanceLeaders(absl::Time now) {
   ABSL_RAW_LOG(INFO, "event=leader_balance shard=%llu to=%llu leads_here=%d leads_there=%d",
                static_cast<unsigned long long>(from->id), static_cast<unsigned long long>(to), mine,
                fewest);
+  Wake(*from, "balance");
   LogShardScope log_shard(from->id);
   from->raw->TransferLeader(to);
   balance_asked_.emplace(from->id, to);
@@ -918,7 +1231,17 @@ void Node::Impl::ReportSnapshot(NodeId to, ShardId shard, bool ok) {
 void Node::Impl::HandleTransportFeedback(const Inbox& in) {
   for (NodeId to : in.unreachable) {
     for (auto& [id, sp] : shards_) {
+      // A sleeping follower whose leader's node cannot be reached wakes (and
+      // elects another leader if it is gone); a sleeping leader wakes to
+      // probe the follower.
+      if (sp->asleep && sp->raw->role() != raft::Role::kLeader && sp->raw->leader_id() == to) {
+        Wake(*sp, "unreachable");
+      }
       if (sp->raw->role() != raft::Role::kLeader) continue;
+      if (sp->asleep &&
+          std::find(sp->replicas.begin(), sp->replicas.end(), to) != sp->replicas.end()) {
+        Wake(*sp, "unreachable");
+      }
       if (std::find(sp->replicas.begin(), sp->replicas.end(), to) == sp->replicas.end()) continue;
       LogShardScope log_shard(id);
       sp->raw->ReportUnreachable(to);
@@ -935,6 +1258,7 @@ void Node::Impl::HandleTransportFeedback(const Inbox& in) {
                      [&](const std::pair<NodeId, uint64_t>& r) { return r.first == o.to; });
     if (pending != s.snapshot_reports.end()) s.snapshot_reports.erase(pending);
     if (s.raw->role() != raft::Role::kLeader) continue;
+    Wake(s, "message");
     LogShardScope log_shard(s.id);
     s.raw->ReportSnapshot(o.to, o.ok);
   }
@@ -952,8 +1276,7 @@ void Node::Impl::IssueTransfers() {
     for (NodeId r : s.replicas) {
       if (r == options_.id) continue;
       if (best == 0) best = r;
-      auto heard = s.follower_heard.find(r);
-      if (heard == s.follower_heard.end() || now - heard->second > recent) continue;
+      if (!FollowerHeard(s, r, now, recent)) continue;
       auto match = s.follower_match.find(r);
       const uint64_t m = match == s.follower_match.end() ? 0 : match->second;
       if (m >= best_match) {
@@ -962,6 +1285,7 @@ void Node::Impl::IssueTransfers() {
       }
     }
     if (best != 0) {
+      Wake(s, "transfer");
       LogShardScope log_shard(s.id);
       s.raw->TransferLeader(best);
     }
@@ -972,11 +1296,17 @@ absl::Status Node::Impl::HandleReadys() {
   if (!step_failure_.ok()) return std::exchange(step_failure_, absl::OkStatus());
   std::vector<Shard*> ready_shards;
   std::vector<raft::Ready> readys;
-  for (auto& [id, sp] : shards_) {
-    LogShardScope log_shard(id);
-    if (!sp->raw->HasReady()) continue;
-    ready_shards.push_back(sp.get());
+  // The awake shards and the sleeping ones given input this cycle: nothing
+  // else can have a Ready.
+  auto collect = [&](Shard* sp) {
+    LogShardScope log_shard(sp->id);
+    if (!sp->raw->HasReady()) return;
+    ready_shards.push_back(sp);
     readys.push_back(sp->raw->GetReady());
+  };
+  for (auto& [id, sp] : awake_) collect(sp);
+  for (Shard* sp : touched_) {
+    if (sp->asleep) collect(sp);
   }
   if (readys.empty()) return absl::OkStatus();
   const size_t n = readys.size();
@@ -1364,28 +1694,36 @@ void Node::Impl::FailWaiters(Shard& s, const absl::Status& status, bool confirme
 }
 
 void Node::Impl::PublishStatus(absl::Time now) {
-  std::vector<ShardStatus> status;
-  status.reserve(shards_.size());
+  // In place, in shard order (ordered_): no allocation or sort per cycle,
+  // which matters with many sleeping shards (README.md "Hibernation").
   size_t led = 0;
-  for (auto& [id, sp] : shards_) {
-    const raft::RawNode& raw = *sp->raw;
-    ShardStatus st;
-    st.shard = id;
+  absl::MutexLock lock(&mu_);
+  status_.resize(ordered_.size());
+  for (size_t i = 0; i < ordered_.size(); ++i) {
+    const Shard& sp = *ordered_[i];
+    const raft::RawNode& raw = *sp.raw;
+    const bool leader = raw.role() == raft::Role::kLeader;
+    ShardStatus& st = status_[i];
+    st.shard = sp.id;
     st.role = raft::RoleName(raw.role());
     st.term = raw.term();
     st.leader = raw.leader_id();
     st.commit_index = raw.commit_index();
-    st.applied_index = sp->storage->applied_index();
+    st.applied_index = sp.storage->applied_index();
     st.last_index = raw.last_index();
-    st.snapshots_installed = sp->snapshots_installed;
-    st.last_leader_contact = raw.role() == raft::Role::kLeader ? now : sp->last_leader_contact;
-    if (raw.role() == raft::Role::kLeader) ++led;
-    status.push_back(std::move(st));
+    st.snapshots_installed = sp.snapshots_installed;
+    st.asleep = sp.asleep;
+    st.last_leader_contact = leader ? now : sp.last_leader_contact;
+    if (sp.asleep && !leader) {
+      // Asleep: the leader tells before anything changes; the latest sign
+      // of life of its node is the contact (probes keep it fresh).
+      auto heard = node_heard_time_.find(raw.leader_id());
+      if (heard != node_heard_time_.end()) {
+        st.last_leader_contact = std::max(st.last_leader_contact, heard->second);
+      }
+    }
+    if (leader) ++led;
   }
-  std::sort(status.begin(), status.end(),
-            [](const ShardStatus& a, const ShardStatus& b) { return a.shard < b.shard; });
-  absl::MutexLock lock(&mu_);
-  status_ = std::move(status);
   led_shards_ = led;
 }
 

@@ -151,6 +151,19 @@ struct NodeOptions {
   // starts and after a node returns (until a scheduler of the elastic
   // cluster takes over).
   bool balance_leaders = true;
+  // Hibernation (README.md "Hibernation"): a shard whose leader had nothing
+  // to do for hibernate_idle_ticks ticks (everything committed, applied and
+  // acknowledged by every follower, each heard from recently, no request,
+  // read, transfer or snapshot pending) tells its followers and stops
+  // ticking and heartbeating; a follower told so, and caught up, stops
+  // ticking too. Any proposal, read, message or transfer wakes it. Sleeping
+  // followers check every hibernate_check_ticks ticks that the leader's node
+  // is alive (a probe when they have not heard from it) and wake when it
+  // stays silent for a check. Zero ticks: election_ticks (idle) and
+  // election_ticks / 2 (check). Should be the same on every node.
+  bool hibernate_idle_shards = true;
+  int hibernate_idle_ticks = 0;
+  int hibernate_check_ticks = 0;
   // Time source (not owned; must outlive the Node). nullptr: RealNodeClock().
   // The threaded loop still sleeps on the real clock between cycles, so an
   // injected clock there must run at the real rate (e.g. offset or skewed).
@@ -176,6 +189,10 @@ struct ShardStatus {
   uint64_t last_index = 0;
   uint64_t snapshots_installed = 0;  // from the leader, since Start()
   absl::Time last_leader_contact;    // when this replica last heard from its leader (now if leader)
+  // Hibernating (README.md "Hibernation"): not ticking until woken. For a
+  // sleeping follower, last_leader_contact is the last message from the
+  // leader's node (probes keep it fresh while the group sleeps).
+  bool asleep = false;
 };
 
 class Node {

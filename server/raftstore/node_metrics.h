@@ -44,6 +44,13 @@ class NodeMetrics {
   // Peer input was refused before raft saw it; `reason` is a short fixed
   // string (peer_message_check.h, PeerService).
   virtual void OnPeerMessageRefused(const char* /*reason*/) {}
+  // Hibernation (README.md "Hibernation"): of the shard replicas hosted
+  // here, `awake` tick and `asleep` do not (called when the counts change);
+  // a sleeping replica woke up because of `reason`, a short fixed string
+  // ("proposal", "read", "message", "leader_silent", "follower_silent",
+  // "unreachable", "transfer", "balance").
+  virtual void OnShardsAwake(size_t /*awake*/, size_t /*asleep*/) {}
+  virtual void OnShardWoke(const char* /*reason*/) {}
 };
 
 }  // namespace tessera::server

@@ -31,7 +31,10 @@ under OUT/data on the real disk, removed after the figure unless --keep-data):
   restart  in a cluster holding 1M keys (the keys figure's cluster when it
            ran), node 1 is stopped with SIGTERM and started again, then node
            2 with kill -9 (both from the same state): time until its /readyz
-           is 200 and until it has caught up (as in catchup).
+           is 200 and until it has caught up (as in catchup);
+  idle     (optional: --only idle) idle CPU of each node hosting 1,000 shard
+           replicas, hibernation on and off (--hibernate-idle-shards): utime+
+           stime over 10 s, 5 s after every shard had a leader.
 
 The report is printed and written to OUT/scaling.md, the raw numbers to
 OUT/scaling.json; every tessera-bench run's output is in OUT/runs/, server
@@ -61,7 +64,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare_etcd as ce  # noqa: E402  (cluster, tessera-bench and report helpers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIGURES = ("shards", "keys", "catchup", "restart")
+FIGURES = ("shards", "keys", "catchup", "restart", "idle")
+DEFAULT_FIGURES = ("shards", "keys", "catchup", "restart")  # "idle" only when asked for
 CLIENTS = 256
 CONNS = 4  # tessera-bench --conns: connections per server node, as compare-etcd.sh
 POLL_S = 0.05  # catch-up and readiness polling period
@@ -72,10 +76,11 @@ POLL_S = 0.05  # catch-up and readiness polling period
 FULL = dict(shard_counts=(1, 16, 64, 256), small_keys=100_000, big_keys=1_000_000,
             catchup_writes=100_000, catchup_shards=4, catchup_clients=64, settle_s=2.0,
             idle_s=5.0, duration=15.0, warmup=2.0, log_interval=1_000_000,
-            snapshot_interval=10_000)
+            snapshot_interval=10_000, idle_shards=1000, idle_settle_s=5.0, idle_window_s=10.0)
 SMOKE = dict(shard_counts=(1, 4), small_keys=2000, big_keys=20_000, catchup_writes=2000,
              catchup_shards=1, catchup_clients=4, settle_s=0.5, idle_s=1.0, duration=1.0,
-             warmup=0.3, log_interval=1_000_000, snapshot_interval=200)
+             warmup=0.3, log_interval=1_000_000, snapshot_interval=200, idle_shards=8,
+             idle_settle_s=0.5, idle_window_s=1.0)
 
 RAFT_METRICS = {"tessera_raft_applied_index": "applied", "tessera_raft_commit_index": "commit",
                 "tessera_raft_snapshots_received_total": "snapshots_received"}
@@ -249,6 +254,8 @@ class Lab:
     def __init__(self, a, bins, report):
         self.a, self.bins, self.report = a, bins, report
         self.ports = ce.PortPicker(os.getpid() ^ int(time.time()))
+        if a.ports:
+            self.ports.low, self.ports.high = a.ports[0], a.ports[1] + 1
         self.bench = ce.Bench(bins["tessera-bench"], CONNS, os.path.join(a.out, "runs"), 5)
         self.clusters = []  # running clusters (stopped by cleanup())
         self.runs = 0
@@ -331,6 +338,23 @@ def figure_shards(lab, a, out):
         row["fill"] = lab.fill(c, a.sizes["small_keys"])
         row["put"] = lab.cell(c, "put", "put", a.sizes["small_keys"])
         row["get"] = lab.cell(c, "get-lin", "get", a.sizes["small_keys"], "linearizable")
+        out.append(row)
+        lab.discard(c)
+
+
+def figure_idle(lab, a, out):
+    """Idle CPU per node with many shards, hibernation on and off."""
+    shards = a.sizes["idle_shards"]
+    for on in (True, False):
+        flag = f"--hibernate-idle-shards={'true' if on else 'false'}"
+        c = lab.start(f"idle-{'on' if on else 'off'}", shards, [flag])
+        time.sleep(a.sizes["idle_settle_s"])
+        cpu0, t0 = c.cpu_seconds(), time.monotonic()
+        time.sleep(a.sizes["idle_window_s"])
+        cpu1, t1 = c.cpu_seconds(), time.monotonic()
+        row = {"shards": shards, "hibernate": on, "idle_window_s": round(t1 - t0, 3),
+               "idle_cpu_pct": [round((y - x) / (t1 - t0) * 100, 2) for x, y in zip(cpu0, cpu1)]}
+        log(f"idle {shards} shards, {flag}: idle CPU % per node {row['idle_cpu_pct']}")
         out.append(row)
         lab.discard(c)
 
@@ -465,6 +489,16 @@ def markdown(report):
                   f"{c['idle_s']:g} s with no load, {c['settle_s']:g} s after every shard had a "
                   f"leader, in % of one core. Gets are linearizable (ReadIndex). CPU s/1k: the "
                   f"3 nodes' CPU seconds per 1000 measured ops."]
+    if "idle" in f:
+        lines += ["", "## Idle shards (hibernation)", "",
+                  "| shards | hibernation | idle CPU % n1 / n2 / n3 |", "|--:|:--|--:|"]
+        for r in f["idle"]:
+            lines.append(cells(f"{r['shards']:,}", "on" if r["hibernate"] else "off",
+                               " / ".join(f"{x:.1f}" for x in r["idle_cpu_pct"])))
+        lines += ["", "Idle CPU: utime+stime of each node (/proc/PID/stat) over "
+                  f"{c.get('idle_window_s', 10):g} s with no load, "
+                  f"{c.get('idle_settle_s', 5):g} s after every shard had a leader, in % of "
+                  "one core (server/raftstore/README.md \"Hibernation\")."]
     if "keys" in f:
         lines += ["", f"## Put throughput vs key space ({c['shards']} shards, {CLIENTS} clients)",
                   "", "| key space | fill ops/s | fill s | put ops/s | put p50 ms | put p99 ms "
@@ -536,8 +570,12 @@ def parse_args(argv):
     p.add_argument("--bin-dir", default=os.environ.get("TESSERA_BIN_DIR") or os.path.join(
         ROOT, "build", "release"), help="build dir holding server/ and client/bench/ "
                    "(default: env TESSERA_BIN_DIR, else build/release)")
-    p.add_argument("--only", default=",".join(FIGURES),
-                   help="comma-separated figures (default all): " + ",".join(FIGURES))
+    p.add_argument("--only", default=",".join(DEFAULT_FIGURES),
+                   help="comma-separated figures (default " + ",".join(DEFAULT_FIGURES) +
+                   "): " + ",".join(FIGURES))
+    p.add_argument("--port-range", metavar="LO-HI",
+                   help="pick the clusters' 127.0.0.1 ports in [LO, HI] (default: below the "
+                   "ephemeral range)")
     p.add_argument("--duration", type=float,
                    help="measured seconds per throughput run (default 15)")
     p.add_argument("--warmup", type=float, help="warmup seconds per throughput run (default 2)")
@@ -565,6 +603,12 @@ def parse_args(argv):
     if a.duration <= 0 or a.warmup < 0 or a.shards < 1:
         p.error("--duration > 0, --warmup >= 0, --shards >= 1")
     a.out = os.path.abspath(a.out)
+    a.ports = None
+    if a.port_range:
+        m = re.fullmatch(r"(\d+)-(\d+)", a.port_range)
+        if not m or not 1024 <= int(m[1]) < int(m[2]) <= 65535:
+            p.error("--port-range LO-HI with 1024 <= LO < HI <= 65535")
+        a.ports = (int(m[1]), int(m[2]))
     return a
 
 
@@ -663,6 +707,8 @@ def main(argv):
                     big = figure_keys(lab, a, rows, keep_big="restart" in a.figures)
                 elif name == "catchup":
                     figure_catchup(lab, a, rows)
+                elif name == "idle":
+                    figure_idle(lab, a, rows)
                 else:
                     figure_restart(lab, a, rows, big)
                     big = None

@@ -10,8 +10,11 @@
 # Everything it starts is stopped again by pid, also on Ctrl-C or SIGTERM
 # (scaling.py's signal handlers; the servers also die with it on kill -9).
 #
-# Usage: tests/bench/scaling.sh [--only shards,keys,catchup,restart]
+# Usage: tests/bench/scaling.sh [--only shards,keys,catchup,restart,idle]
 #          [--duration S] [--warmup S] [--out DIR] [--smoke] [--keep-data]
+#          [--port-range LO-HI]
+#   idle (optional, not in the default list): idle CPU per node with 1,000
+#   shards, hibernation on and off.
 #   defaults: every figure, 15 s runs after 2 s warmup, out
 #   build/bench/scaling-<date>-<time>. --smoke: a tiny run (under 90 s) that
 #   the ctest bench_scaling_smoke runs; its numbers mean nothing.

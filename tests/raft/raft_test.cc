@@ -1054,5 +1054,48 @@ TEST(Transfer, NewerRequestReplacesPendingOne) {
   net.Stabilize();
   EXPECT_EQ(net.node(2)->role(), Role::kLeader);
 }
+
+// ---------------------------------------------------------------- LeaderIdle
+
+TEST(LeaderIdle, OnlyAQuiescentLeaderIsIdle) {
+  Network net({1, 2, 3});
+  net.Elect(1);
+  EXPECT_TRUE(net.node(1)->LeaderIdle());
+  EXPECT_FALSE(net.node(2)->LeaderIdle());  // followers never are
+  ASSERT_THAT(net.node(1)->Propose("x"), IsOk());
+  EXPECT_FALSE(net.node(1)->LeaderIdle());  // appended, not sent
+  net.Stabilize();
+  EXPECT_TRUE(net.node(1)->LeaderIdle());
+}
+
+TEST(LeaderIdle, LaggingFollowerKeepsTheLeaderBusy) {
+  Network net({1, 2, 3});
+  net.Elect(1);
+  net.Isolate(3);
+  ASSERT_THAT(net.node(1)->Propose("x"), IsOk());
+  net.Stabilize();  // committed by 1 and 2; 3 never acknowledged it
+  EXPECT_EQ(net.node(1)->commit_index(), net.node(1)->last_index());
+  EXPECT_FALSE(net.node(1)->LeaderIdle());
+  net.Recover();
+  net.Tick(1, 2);  // a heartbeat round: 3 answers and is caught up
+  net.Stabilize();
+  EXPECT_TRUE(net.node(1)->LeaderIdle());
+}
+
+TEST(LeaderIdle, PendingReadOrTransferKeepsTheLeaderBusy) {
+  Network net({1, 2, 3});
+  net.Elect(1);
+  net.set_hold(true);
+  net.node(1)->ReadIndex("r1", /*use_lease=*/false);
+  EXPECT_FALSE(net.node(1)->LeaderIdle());
+  net.set_hold(false);
+  net.Stabilize();
+  EXPECT_TRUE(net.node(1)->LeaderIdle());
+  net.Isolate(3);
+  net.node(1)->TransferLeader(3);
+  net.Stabilize();
+  EXPECT_FALSE(net.node(1)->LeaderIdle());
+}
+
 }  // namespace
 }  // namespace tessera::raft

@@ -103,6 +103,7 @@ struct NodeSim::Host {
   // verified up to, the store's applied index last digested.
   std::map<ShardId, uint64_t> commit_seen;
   std::map<ShardId, uint64_t> checked_commit;
+  std::map<ShardId, bool> asleep_seen;  // at the last check (hibernation stats)
   std::map<ShardId, uint64_t> kv_applied_seen;
   bool up() const { return node != nullptr; }
 };
@@ -348,6 +349,11 @@ void NodeSim::MaybeFault() {
     if (h.up() && h.stalled_until_ns <= now_ns_) Stall(h, rng_.Chance(0.5));
   }
   if (rng_.Chance(options_.transfer_rate)) Transfer();
+  if (rng_.Chance(options_.quiet_rate) && quiet_until_ns_ <= now_ns_) {
+    ++stats_.quiet_spells;
+    quiet_until_ns_ = now_ns_ + rng_.Range(50, 300) * kMs;
+    Record(absl::StrCat("clients quiet until ", Ms(quiet_until_ns_ - start_ns_)));
+  }
 }
 
 void NodeSim::Partition() {
@@ -426,6 +432,8 @@ void NodeSim::Restart(Host& h) {
   o.clock = clock_.get();
   o.step_mode = true;
   o.testing = options_.knobs;
+  o.hibernate_idle_shards = options_.hibernate;
+  o.hibernate_idle_ticks = options_.hibernate_idle_ticks;
   Host* host = &h;
   o.on_fatal = [host](const absl::Status&) { host->fatal = true; };
   h.sm = std::make_unique<server::StateMachine>(&h.kv, server::StateMachineOptions{});
@@ -734,7 +742,7 @@ void NodeSim::Complete(Client& c, chaos::Outcome outcome) {
 
 void NodeSim::ClientAct(Client& c) {
   if (!c.busy) {
-    if (workload_on_ && now_ns_ >= c.next_op_ns) {
+    if (workload_on_ && now_ns_ >= c.next_op_ns && now_ns_ >= quiet_until_ns_) {
       StartOp(c);
       SendAttempt(c);
     }
@@ -822,15 +830,23 @@ void NodeSim::ClientAct(Client& c) {
 // ---------------------------------------------------------------- checks
 
 void NodeSim::CheckInvariants() {
+  sleepers_now_ = false;
   for (auto& h : hosts_) {
     if (!violation_.ok()) return;
     if (h->up()) CheckHost(*h);
   }
+  if (sleepers_now_) ++stats_.steps_with_sleepers;
 }
 
 void NodeSim::CheckHost(Host& h) {
   for (const server::ShardStatus& st : h.node->Status()) {
     if (st.role == "stopped") continue;
+    bool& was_asleep = h.asleep_seen[st.shard];
+    if (st.asleep) {
+      sleepers_now_ = true;
+      if (!was_asleep) ++stats_.sleeps;
+    }
+    was_asleep = st.asleep;
     if (st.role == "leader") {
       auto [it, inserted] = leaders_.try_emplace({st.shard, st.term}, h.id);
       if (inserted) {

@@ -21,6 +21,8 @@
 //     goes on), alone or while cut off from its peers (stall-isolate);
 //   leader transfers (TransferLeadershipAway) and, with a snapshot interval
 //     of a few entries, followers caught up by snapshot.
+// Quiet spells (hibernation): every client pauses while faults go on, so
+// that groups fall asleep (NodeOptions::hibernate_idle_shards) and wake.
 // Clients run put / get (linearizable or lease) / delete / cas (a Txn) /
 // unconditional Txn puts over a few keys, with exactly-once sessions
 // (client_id, seq) and retries that reuse the seq; every operation goes into
@@ -74,6 +76,13 @@ struct NodeSimOptions {
   double transfer_rate = 0.002;
   // Share of gets that may be answered from the leader's lease.
   double lease_read_share = 0.5;
+  // Hibernation (NodeOptions::hibernate_*): on, with a short idle period so
+  // that groups fall asleep between bursts, and quiet spells (every client
+  // pauses for 50-300 ms, faults go on) so that crashes, partitions, stalls
+  // and transfers also hit sleeping groups.
+  bool hibernate = true;
+  int hibernate_idle_ticks = 3;
+  double quiet_rate = 0.003;
   // Mutation switches of the nodes (testing only; see NodeTestingKnobs).
   server::NodeTestingKnobs knobs;
 };
@@ -89,6 +98,11 @@ struct NodeSimStats {
   uint64_t snapshots_delivered = 0;
   uint64_t leaders_elected = 0;
   uint64_t max_commit = 0;
+  uint64_t quiet_spells = 0;
+  // Steps after which some replica was asleep (hibernation), and times a
+  // replica was seen asleep after being seen awake.
+  uint64_t steps_with_sleepers = 0;
+  uint64_t sleeps = 0;
 };
 
 class NodeSim {
@@ -167,6 +181,8 @@ class NodeSim {
   std::vector<std::unique_ptr<Host>> hosts_;  // index = id - 1
   std::vector<std::unique_ptr<Client>> clients_;
   bool workload_on_ = true;
+  int64_t quiet_until_ns_ = 0;  // clients start no operation before
+  bool sleepers_now_ = false;   // CheckInvariants: some replica is asleep
   bool faults_on_ = true;
   std::vector<int> base_filters_;
   std::map<int, int64_t> timed_filters_;  // filter id -> heal time

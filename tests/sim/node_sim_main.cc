@@ -28,6 +28,8 @@ ABSL_FLAG(int64_t, duration_ms, 1200, "virtual time of the faulty phase of each 
 ABSL_FLAG(std::string, mutation, "", "break a rule on purpose (see the file comment)");
 ABSL_FLAG(bool, expect_violation, false,
           "succeed only if some seed finds a violation; stop at the first");
+ABSL_FLAG(bool, hibernate, true,
+          "hibernation on, with quiet spells of the clients (NodeSimOptions::hibernate)");
 ABSL_FLAG(int, trace, 60, "trace lines printed on failure");
 ABSL_FLAG(bool, fingerprint, false,
           "print each seed's fingerprint (history, stores, counters): equal across runs");
@@ -44,6 +46,8 @@ int main(int argc, char** argv) {
   options.nodes = absl::GetFlag(FLAGS_nodes);
   options.shards = absl::GetFlag(FLAGS_shards);
   options.duration_ms = absl::GetFlag(FLAGS_duration_ms);
+  options.hibernate = absl::GetFlag(FLAGS_hibernate);
+  if (!options.hibernate) options.quiet_rate = 0;
   const std::string mutation = absl::GetFlag(FLAGS_mutation);
   if (!mutation.empty() && !tessera::sim::SetMutation(mutation, &options.knobs)) {
     std::cerr << "node_sim: unknown --mutation '" << mutation << "'\n";
@@ -79,6 +83,7 @@ int main(int argc, char** argv) {
     total.transfers += st.transfers;
     total.snapshots_delivered += st.snapshots_delivered;
     total.leaders_elected += st.leaders_elected;
+    total.sleeps += st.sleeps;
     if (!status.ok()) {
       ++failures;
       std::cout << "FAIL seed=" << seed << ": " << status.message() << "\n";
@@ -105,7 +110,7 @@ int main(int argc, char** argv) {
       "%d seeds in %.2f s (%.1f seeds/s): %d passed, %d failed; per seed: %.0f steps, ops "
       "ok/fail/unknown %.1f/%.1f/%.1f, crashes %.2f (power losses %.2f, inside a write %.2f), "
       "outages %.2f, stalls %.2f, partitions %.2f, transfers %.2f, snapshots delivered %.2f, "
-      "leaders %.1f\n",
+      "leaders %.1f, replicas fallen asleep %.1f\n",
       ran, secs, static_cast<double>(ran) / secs, ran - failures, failures,
       static_cast<double>(total.steps) / ran, static_cast<double>(total.ops_ok) / ran,
       static_cast<double>(total.ops_fail) / ran, static_cast<double>(total.ops_unknown) / ran,
@@ -114,7 +119,7 @@ int main(int argc, char** argv) {
       static_cast<double>(total.outages) / ran, static_cast<double>(total.stalls) / ran,
       static_cast<double>(total.partitions) / ran, static_cast<double>(total.transfers) / ran,
       static_cast<double>(total.snapshots_delivered) / ran,
-      static_cast<double>(total.leaders_elected) / ran);
+      static_cast<double>(total.leaders_elected) / ran, static_cast<double>(total.sleeps) / ran);
   if (expect_violation) {
     std::cout << "mutation " << mutation << " NOT caught within " << ran << " seeds\n";
     return 1;

@@ -160,6 +160,25 @@ TEST(NodeSim, EveryFaultIsExercised) {
   EXPECT_GT(total.ops_fail, 0u);  // cas compares that failed
 }
 
+// Hibernation is part of the random schedule: groups fall asleep (between
+// bursts and in quiet spells) and wake, under every fault, and the runs pass.
+TEST(NodeSim, GroupsSleepAndWakeUnderFaults) {
+  uint64_t sleeps = 0, steps_with_sleepers = 0, quiet_spells = 0;
+  for (uint64_t seed : NodeSimSeeds(1, 40)) {
+    NodeSimOptions o;
+    o.seed = seed;
+    o.shards = 2;
+    NodeSim sim(o);
+    ASSERT_THAT(sim.Run(), IsOk()) << sim.Trace(60);
+    sleeps += sim.stats().sleeps;
+    steps_with_sleepers += sim.stats().steps_with_sleepers;
+    quiet_spells += sim.stats().quiet_spells;
+  }
+  EXPECT_GT(quiet_spells, 0u);
+  EXPECT_GT(sleeps, 100u);
+  EXPECT_GT(steps_with_sleepers, 1000u);
+}
+
 TEST(NodeSim, FiveNodesTwoShards) {
   for (uint64_t seed : NodeSimSeeds(500, 20)) {
     NodeSimOptions o;

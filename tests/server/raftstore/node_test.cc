@@ -110,6 +110,33 @@ struct Options {
   // Each node gets a SnapshotExchange: snapshots are streamed in chunks by
   // the LocalNetwork and committed from a staging.
   bool streamed_snapshots = false;
+  // Hibernation (NodeOptions::hibernate_*); 0 ticks: the Node's defaults
+  // (idle 20 ticks = 200 ms, check every 10 ticks = 100 ms here).
+  bool hibernate = true;
+  int hibernate_check_ticks = 0;
+};
+
+// Counts NodeMetrics::OnShardWoke by reason. Thread-safe.
+class WakeCounter : public NodeMetrics {
+ public:
+  void OnProposal(ShardId, ProposalOutcome) override {}
+  void OnLeaderChange(ShardId, NodeId, uint64_t) override {}
+  void OnLogSaved(absl::Duration, size_t, size_t) override {}
+  void OnSnapshotSent(ShardId) override {}
+  void OnSnapshotReceived(ShardId) override {}
+  void OnShardWoke(const char* reason) override {
+    absl::MutexLock lock(&mu_);
+    ++woke_[reason];
+  }
+  int Woke(const std::string& reason) const {
+    absl::MutexLock lock(&mu_);
+    auto it = woke_.find(reason);
+    return it == woke_.end() ? 0 : it->second;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::map<std::string, int> woke_ ABSL_GUARDED_BY(mu_);
 };
 
 class Cluster {
@@ -152,6 +179,10 @@ class Cluster {
     no.snapshot_interval_entries = o_.snapshot_interval_entries;
     no.seed = 42;
     no.max_loop_stall = o_.max_loop_stall;
+    no.hibernate_idle_shards = o_.hibernate;
+    no.hibernate_check_ticks = o_.hibernate_check_ticks;
+    m.wakes = std::make_unique<WakeCounter>();
+    no.metrics = m.wakes.get();
     if (o_.streamed_snapshots) {
       m.exchange = std::make_unique<SnapshotExchange>(&m.engine->kv_store());
       no.snapshots = m.exchange.get();
@@ -184,6 +215,30 @@ class Cluster {
 
   Node& node(NodeId id) { return *members_.at(id).node; }
   PutApplier& applier(NodeId id) { return *members_.at(id).applier; }
+  const WakeCounter& wakes(NodeId id) { return *members_.at(id).wakes; }
+  // Every replica of every shard on the running nodes is asleep.
+  bool AllAsleep() {
+    for (auto& [id, m] : members_) {
+      if (!m.node) continue;
+      for (const ShardStatus& s : m.node->Status()) {
+        if (!s.asleep) return false;
+      }
+    }
+    return true;
+  }
+  // The replicas awake, for failure messages: "node/shard role term".
+  std::string Awake() {
+    std::string out;
+    for (auto& [id, m] : members_) {
+      if (!m.node) continue;
+      for (const ShardStatus& s : m.node->Status()) {
+        if (!s.asleep) absl::StrAppend(&out, " ", id, "/", s.shard, " ", s.role, " t", s.term);
+      }
+    }
+    return out;
+  }
+  // Batches handed to the network so far (delivered or dropped).
+  uint64_t batches() { return net_.delivered_batches() + net_.dropped_batches(); }
   // The error NodeOptions::on_fatal got, once it fired (else an error).
   absl::StatusOr<absl::Status> WaitForFatal(NodeId id) {
     Fatal& f = *members_.at(id).fatal;
@@ -325,6 +380,7 @@ class Cluster {
     std::unique_ptr<Fatal> fatal;
     std::unique_ptr<storage::Engine> engine;
     std::unique_ptr<PutApplier> applier;
+    std::unique_ptr<WakeCounter> wakes;  // the node's metrics; outlives it
     std::unique_ptr<SnapshotExchange> exchange;
     std::unique_ptr<Transport> transport;
     std::unique_ptr<Node> node;
@@ -340,6 +396,138 @@ NodeId OtherThan(NodeId a, NodeId b = 0) {
     if (id != a && id != b) return id;
   }
   return 0;
+}
+
+// ---------------------------------------------------------------- hibernation
+
+// Starts `c` and waits until every shard has a leader (`*leader` leads shard
+// 1) and every replica sleeps.
+void StartAndSleep(Cluster& c, NodeId* leader) {
+  ASSERT_THAT(c.StartAll(), IsOk());
+  *leader = c.WaitForLeader(1);
+  ASSERT_NE(*leader, 0u);
+  ASSERT_TRUE(WaitFor([&] { return c.AllAsleep(); })) << c.Awake();
+}
+
+TEST(Hibernation, IdleGroupsSleepAndSendNothing) {
+  // No liveness probes during the quiet period: only sleep can silence it.
+  Cluster c({.shards = 3, .hibernate_check_ticks = 100000});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  for (ShardId s = 1; s <= 3; ++s) ASSERT_NE(c.WaitForLeader(s), 0u);
+  ASSERT_TRUE(WaitFor([&] { return c.AllAsleep(); })) << c.Awake();
+  const uint64_t before = c.batches();
+  absl::SleepFor(absl::Milliseconds(500));  // 50 ticks: 25 heartbeat rounds awake
+  EXPECT_EQ(c.batches(), before);
+  EXPECT_TRUE(c.AllAsleep());
+}
+
+TEST(Hibernation, WithoutItIdleGroupsKeepHeartbeating) {
+  Cluster c({.shards = 3, .hibernate = false});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  for (ShardId s = 1; s <= 3; ++s) ASSERT_NE(c.WaitForLeader(s), 0u);
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_FALSE(c.AllAsleep());
+  const uint64_t before = c.batches();
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_GT(c.batches(), before + 20);
+}
+
+TEST(Hibernation, ProposalOnSleepingLeaderWakesTheGroup) {
+  Cluster c({.shards = 2});
+  NodeId leader = 0;
+  ASSERT_NO_FATAL_FAILURE(StartAndSleep(c, &leader));
+  ASSERT_THAT(Cluster::Put(c.node(leader), 1, "k", "v"), IsOk());
+  EXPECT_GE(c.wakes(leader).Woke("proposal"), 1);
+  for (NodeId id = 1; id <= 3; ++id) EXPECT_TRUE(c.WaitForValue(id, 1, "k", "v")) << id;
+  EXPECT_EQ(c.Leader(1), leader);
+  EXPECT_TRUE(WaitFor([&] { return c.AllAsleep(); }));  // and back to sleep
+}
+
+TEST(Hibernation, ProposalOnSleepingFollowerWakesTheLeader) {
+  Cluster c({.shards = 1});
+  NodeId leader = 0;
+  ASSERT_NO_FATAL_FAILURE(StartAndSleep(c, &leader));
+  const NodeId follower = OtherThan(leader);
+  const int woke_before = c.wakes(leader).Woke("message");
+  absl::StatusOr<serverpb::CommandResult> r = Cluster::Put(c.node(follower), 1, "k", "v");
+  ASSERT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(r.status());
+  ASSERT_TRUE(detail.has_value() && detail->has_not_leader());
+  EXPECT_EQ(detail->not_leader().leader_node(), leader);
+  EXPECT_EQ(c.wakes(follower).Woke("proposal"), 1);
+  // The follower's wake-up call reached the leader.
+  EXPECT_TRUE(WaitFor([&] { return c.wakes(leader).Woke("message") > woke_before; }));
+  ASSERT_THAT(Cluster::Put(c.node(leader), 1, "k", "v"), IsOk());
+}
+
+// The bound README.md "Hibernation" documents: a sleeping follower notices a
+// silent leader node within 3 check periods and then needs at most two
+// randomized election timeouts (< 4 election timeouts) to elect another
+// leader: 3 * 10 + 4 * 20 = 110 ticks = 1.1 s with this test's 10 ms ticks.
+TEST(Hibernation, LeaderKilledWhileAsleepIsReplacedWithinTheBound) {
+  Cluster c({.shards = 2});
+  NodeId leader = 0;
+  ASSERT_NO_FATAL_FAILURE(StartAndSleep(c, &leader));
+  const absl::Time killed = absl::Now();
+  c.Down(leader);
+  NodeId next = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    next = c.Leader(1);
+    return next != 0;
+  }));
+  const absl::Duration took = absl::Now() - killed;
+  EXPECT_NE(next, leader);
+  // Twice the bound: the threads of this shared 2-core machine are late.
+  EXPECT_LT(took, absl::Milliseconds(2 * 1100)) << took;
+  EXPECT_GE(c.wakes(next).Woke("leader_silent"), 1);
+  ASSERT_THAT(c.PutOnLeader(1, "k", "v"), IsOk());
+}
+
+TEST(Hibernation, PartitionedFollowerDoesNotDisruptTheGroup) {
+  Cluster c({.shards = 1});
+  NodeId leader = 0;
+  ASSERT_NO_FATAL_FAILURE(StartAndSleep(c, &leader));
+  const uint64_t term = c.StatusOf(leader, 1)->term;
+  const NodeId cut = OtherThan(leader);
+  c.net().Isolate(cut);
+  // It notices the silence, wakes and campaigns (pre-vote: in vain).
+  ASSERT_TRUE(WaitFor([&] { return c.wakes(cut).Woke("leader_silent") >= 1; }));
+  absl::SleepFor(absl::Milliseconds(500));  // a few election timeouts
+  c.net().Heal();
+  ASSERT_THAT(Cluster::Put(c.node(leader), 1, "k", "v"), IsOk());
+  EXPECT_TRUE(c.WaitForValue(cut, 1, "k", "v"));
+  EXPECT_EQ(c.Leader(1), leader);
+  EXPECT_EQ(c.StatusOf(leader, 1)->term, term);
+}
+
+TEST(Hibernation, LeaseReadOnSleepingLeaderThatWasReplacedFails) {
+  Cluster c({.shards = 1});
+  NodeId old_leader = 0;
+  ASSERT_NO_FATAL_FAILURE(StartAndSleep(c, &old_leader));
+  // Cut off while asleep: it still believes it leads until its own check
+  // finds its followers silent and it steps down; meanwhile the others
+  // elect a new leader and write.
+  c.net().Isolate(old_leader);
+  NodeId next = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    for (NodeId id = 1; id <= 3; ++id) {
+      std::optional<ShardStatus> s = c.StatusOf(id, 1);
+      if (id != old_leader && s && s->role == "leader") next = id;
+    }
+    return next != 0;
+  }));
+  ASSERT_THAT(Cluster::Put(c.node(next), 1, "k", "new"), IsOk());
+  absl::Notification done;
+  absl::Status read;
+  c.node(old_leader)
+      .ReadBarrier(1, /*lease=*/true, absl::Now() + absl::Milliseconds(500), [&](absl::Status s) {
+        read = std::move(s);
+        done.Notify();
+      });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(kWait));
+  // A linearizable read there would miss k=new: it must not succeed.
+  EXPECT_FALSE(read.ok());
+  EXPECT_EQ(c.Get(old_leader, 1, "k"), std::nullopt);
 }
 
 TEST(Node, StartRejectsBadOptions) {
