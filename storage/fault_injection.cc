@@ -152,6 +152,11 @@ absl::Status FaultInjectingKvStore::Apply(absl::Span<const ShardWrite> writes) {
   return base_->Apply(writes);
 }
 
+absl::Status FaultInjectingKvStore::Sync() {
+  if (absl::Status s = faults_->Check(FaultOp::kSync); !s.ok()) return s;
+  return base_->Sync();
+}
+
 absl::StatusOr<std::string> FaultInjectingKvStore::Get(ShardId shard, absl::string_view key) const {
   return base_->Get(shard, key);
 }

@@ -56,7 +56,7 @@ namespace tessera::storage {
 enum class FaultOp : int {
   kSave = 0,  // "save": RaftLog::Save (any durability)
   // "sync": every synced write: RaftLog::Save with Durability::kSynced,
-  // KvStore::InstallSnapshot, RaftLog/KvStore::DeleteShard. A buffered Save
+  // KvStore::InstallSnapshot, KvStore::Sync, RaftLog/KvStore::DeleteShard. A buffered Save
   // (a commit-index-only hard state) still succeeds, as a WAL write does
   // when only fsync fails.
   kSync,
@@ -145,6 +145,7 @@ class FaultInjectingKvStore final : public KvStore {
   FaultInjectingKvStore(KvStore* base, FaultInjector* faults) : base_(base), faults_(faults) {}
 
   absl::Status Apply(absl::Span<const ShardWrite> writes) override;
+  absl::Status Sync() override;  // "sync" faults apply
   absl::StatusOr<std::string> Get(ShardId shard, absl::string_view key) const override;
   absl::StatusOr<std::string> GetMeta(ShardId shard, absl::string_view key) const override;
   absl::StatusOr<uint64_t> AppliedIndex(ShardId shard) const override;

@@ -162,12 +162,22 @@ class KvStore {
   // Applies the writes of many shards atomically: the data together with each
   // shard's applied index, in one batch; several writes of one shard apply in
   // order. Not synced: the raft log is the durable record, and after a power
-  // loss the server re-applies from applied_index + 1. A kill -9 of the
-  // process does not lose it (it is in the write-ahead log before returning).
+  // loss the server re-applies from applied_index + 1 — as long as the raft
+  // log still holds those entries, which is why the log (a separate engine)
+  // is compacted only after Sync(). A kill -9 of the process does not lose
+  // it (it is in the write-ahead log before returning).
   // Errors (nothing is written): kInvalidArgument for an empty key;
   // kFailedPrecondition if an applied_index is not above the shard's current
   // applied index (a duplicate or out-of-order apply: a bug in the caller).
   virtual absl::Status Apply(absl::Span<const ShardWrite> writes) = 0;
+
+  // Makes every write so far durable, power loss included (RocksDB: one WAL
+  // fsync; nothing to do if everything already is). The raft log lives in
+  // another engine: RaftLog::Compact(shard, i) may become durable at the
+  // log's next sync, so the caller syncs the store first to keep a durable
+  // compaction point from getting ahead of the durable applied index.
+  // Errors: kInternal/kResourceExhausted (I/O): the node should stop.
+  virtual absl::Status Sync() = 0;
 
   // The value of user key `key`. Errors: kNotFound; kInvalidArgument (empty key).
   virtual absl::StatusOr<std::string> Get(ShardId shard, absl::string_view key) const = 0;

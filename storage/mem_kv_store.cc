@@ -52,6 +52,14 @@ absl::Status MemKvStore::Apply(absl::Span<const ShardWrite> writes) {
   return absl::OkStatus();
 }
 
+absl::Status MemKvStore::Sync() {
+  absl::MutexLock lock(&mu_);
+  if (wal_ == nullptr) return absl::OkStatus();
+  if (absl::Status s = wal_->BeginWrite(); !s.ok()) return s;
+  wal_->Record([] {}, /*synced=*/true);
+  return absl::OkStatus();
+}
+
 absl::Status MemKvStore::ApplyTo(Shards& shards, absl::Span<const ShardWrite> writes) {
   std::map<ShardId, uint64_t> staged_applied;
   for (const ShardWrite& w : writes) {

@@ -9,10 +9,10 @@
 // be persisted with a single fsync (group commit).
 //
 // Implementations: MemRaftLog (mem_raft_log.h, tests and the raft simulator)
-// and the RocksDB one handed out by Engine (engine.h). Both are thread-safe.
-// Save()/Compact()/DeleteShard() calls touching the same shard are serialised
-// internally; calls for different shards proceed concurrently (and RocksDB
-// merges concurrent synced writes into one fsync as well).
+// and LogEngine (log_engine.h, segment files outside RocksDB), which Engine
+// (engine.h) hands out. Both are thread-safe. Save()/Compact()/DeleteShard()
+// calls touching the same shard are serialised internally (LogEngine
+// serialises all writers: one append position).
 //
 // Index conventions (as etcd-io/raft storage.go): a shard's log holds the
 // entries [first_index, last_index]. Everything up to the "truncated" index
@@ -110,12 +110,13 @@ class RaftLog {
   // Errors: kOutOfRange if index < first_index (already compacted);
   // kInvalidArgument if index > last_index.
   //
-  // Not synced. That is safe: the caller compacts only entries already applied
-  // to the KvStore, and all writes of a node share one write-ahead log which
-  // recovers as a prefix. Losing the compaction in a crash leaves more entries
-  // than needed (harmless: the raft state is a superset); if the compaction
-  // survives, so does every earlier write, including the Apply() of the
-  // entries it removed. The next synced Save() makes it durable.
+  // Not synced: losing the compaction in a crash leaves more entries than
+  // needed (harmless: the raft state is a superset). But the next synced
+  // Save() (or a segment purge) may make it durable at any time, and the
+  // KvStore is a separate engine that does not recover as a prefix of this
+  // log: the caller must first make the KvStore durable up to `index`
+  // (KvStore::Sync), so that a surviving compaction never removes entries
+  // whose Apply() a power loss undid. RaftStorage::Compact does.
   virtual absl::Status Compact(ShardId shard, uint64_t index) = 0;
 
   // Removes everything of the shard (entries, hard state, snapshot metadata):

@@ -19,9 +19,11 @@
 #include "rocksdb/options.h"
 #include "rocksdb/statistics.h"
 #include "rocksdb/table.h"
+#include "rocksdb/write_batch.h"
 #include "storage/disk_space.h"
 #include "storage/engine.h"
 #include "storage/keys.h"
+#include "storage/log_engine.h"
 
 namespace tessera::storage {
 
@@ -31,8 +33,8 @@ namespace tessera::storage {
 absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context);
 absl::Status DeleteShardRange(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard,
                               absl::string_view context);
-std::unique_ptr<RaftLog> NewRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
-                                         const DiskSpaceGuard* space);
+absl::StatusOr<uint64_t> MigrateRocksRaftLog(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                             LogEngine* log);
 std::unique_ptr<KvStore> NewRocksKvStore(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
                                          const DiskSpaceGuard* space, std::string staging_dir);
 
@@ -55,7 +57,7 @@ absl::Status FromRocks(const rocksdb::Status& s, absl::string_view context) {
 }
 
 // Deletes every record of `shard` in `cf` with one range tombstone, synced
-// (the DeleteShard() of the RaftLog and of the KvStore).
+// (the KvStore's DeleteShard()).
 absl::Status DeleteShardRange(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf, ShardId shard,
                               absl::string_view context) {
   rocksdb::WriteOptions wo;
@@ -193,7 +195,7 @@ struct Engine::Impl {
   rocksdb::DB* db = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;  // default, raft, data
   std::shared_ptr<rocksdb::Statistics> statistics;
-  std::unique_ptr<RaftLog> raft_log;
+  std::unique_ptr<LogEngine> raft_log;
   std::unique_ptr<KvStore> kv_store;
 
   ~Impl() {
@@ -237,7 +239,19 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const std::string& dir,
   impl->statistics = db_options.statistics;
   rocksdb::Status s = rocksdb::DB::Open(db_options, dir, cfs, &impl->handles, &impl->db);
   if (!s.ok()) return impl->space->Annotate(FromRocks(s, absl::StrCat("Engine::Open(", dir, ")")));
-  impl->raft_log = NewRocksRaftLog(impl->db, impl->handles[1], impl->space.get());
+  // The raft log lives outside RocksDB (log_engine.h); a directory written
+  // by an older version has it in the raft column family: move it over once.
+  LogEngineOptions log_options;
+  log_options.segment_bytes = options.raft_log_segment_bytes;
+  log_options.cache_bytes = options.raft_log_cache_bytes;
+  // As for RocksDB's files (MakeDbOptions): no preallocation eating the
+  // free-space reserve.
+  log_options.preallocate = options.min_free_disk_bytes == 0;
+  log_options.space = impl->space.get();
+  TESSERA_ASSIGN_OR_RETURN(impl->raft_log,
+                           LogEngine::Open(absl::StrCat(dir, "/raftlog"), log_options));
+  TESSERA_RETURN_IF_ERROR(
+      MigrateRocksRaftLog(impl->db, impl->handles[1], impl->raft_log.get()).status());
   // Snapshots being received are staged here (KvStore::StageSnapshot) and
   // ingested from here (a hard link: same filesystem). What a crash left
   // behind was never committed: remove it.
@@ -315,17 +329,47 @@ absl::StatusOr<Engine::Stats> Engine::GetStats() const {
   stats.write_stall_micros = st.getTickerCount(rocksdb::STALL_MICROS);
   stats.wal_bytes = st.getTickerCount(rocksdb::WAL_FILE_BYTES);
   std::tie(stats.wal_syncs, stats.wal_sync_micros) = WalSyncTotals();
+  const LogEngine::Stats log = impl_->raft_log->GetStats();
+  stats.wal_bytes += log.bytes_written;
+  stats.raft_log_segments = log.segments;
+  stats.raft_log_cache_hits = log.cache_hits;
+  stats.raft_log_cache_misses = log.cache_misses;
+  stats.raft_log_torn_tail_bytes = log.torn_tail_bytes;
   return stats;
 }
 
 std::pair<uint64_t, uint64_t> Engine::WalSyncTotals() const {
   rocksdb::HistogramData data;
   impl_->statistics->histogramData(rocksdb::WAL_FILE_SYNC_MICROS, &data);
-  return {data.count, data.sum};
+  const LogEngine::Stats log = impl_->raft_log->GetStats();
+  return {data.count + log.syncs, data.sum + log.sync_micros};
 }
 
 uint64_t Engine::SyncedWalWritesForTesting() const {
-  return impl_->statistics->getTickerCount(rocksdb::WAL_FILE_SYNCED);
+  return impl_->statistics->getTickerCount(rocksdb::WAL_FILE_SYNCED) +
+         impl_->raft_log->GetStats().syncs;
+}
+
+absl::Status Engine::WriteLegacyRaftLogForTesting(ShardId shard, const raftpb::HardState& hs,
+                                                  const raftpb::SnapshotMetadata& snapshot,
+                                                  uint64_t truncated_index, uint64_t truncated_term,
+                                                  const std::vector<raftpb::Entry>& entries) {
+  rocksdb::ColumnFamilyHandle* cf = impl_->handles[1];
+  rocksdb::WriteBatch batch;
+  batch.Put(cf, keys::TagKey(shard, keys::kHardStateTag), hs.SerializeAsString())
+      .PermitUncheckedError();
+  batch.Put(cf, keys::TagKey(shard, keys::kSnapshotTag), snapshot.SerializeAsString())
+      .PermitUncheckedError();
+  std::string truncated;
+  keys::AppendBigEndian64(truncated_index, &truncated);
+  keys::AppendBigEndian64(truncated_term, &truncated);
+  batch.Put(cf, keys::TagKey(shard, keys::kTruncatedTag), truncated).PermitUncheckedError();
+  for (const raftpb::Entry& e : entries) {
+    batch.Put(cf, keys::EntryKey(shard, e.index()), e.SerializeAsString()).PermitUncheckedError();
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  return FromRocks(impl_->db->Write(wo, &batch), "Engine::WriteLegacyRaftLogForTesting");
 }
 
 absl::Status Engine::FlushForTesting() {

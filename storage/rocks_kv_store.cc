@@ -135,6 +135,7 @@ class RocksKvStore : public KvStore {
         }) {}
 
   absl::Status Apply(absl::Span<const ShardWrite> writes) override;
+  absl::Status Sync() override;
   absl::StatusOr<std::string> Get(ShardId shard, absl::string_view key) const override {
     return Lookup(shard, key, keys::kDataTag);
   }
@@ -173,6 +174,12 @@ class RocksKvStore : public KvStore {
   std::atomic<uint64_t> next_staging_{1};
   internal::ShardCache<uint64_t> applied_;  // each shard's applied index
 };
+
+absl::Status RocksKvStore::Sync() {
+  // Writes reach the WAL file before Write() returns (no manual WAL flush):
+  // SyncWAL() fsyncs it.
+  return space_->Annotate(FromRocks(db_->SyncWAL(), "RocksKvStore::Sync"));
+}
 
 absl::Status RocksKvStore::Apply(absl::Span<const ShardWrite> writes) {
   if (writes.empty()) return absl::OkStatus();

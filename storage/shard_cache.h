@@ -1,6 +1,5 @@
-// Internal to storage/: the per-shard cache and writer protocol shared by the
-// RocksDB RaftLog (a shard's ShardLogMeta) and the RocksDB KvStore (a shard's
-// applied index).
+// Internal to storage/: the per-shard cache and writer protocol of the
+// RocksDB KvStore (a shard's applied index).
 //
 // A shard's value is loaded from disk on first use and then kept in memory.
 // A writer waits until none of its shards is busy, plans from their published

@@ -454,13 +454,17 @@ absl::Status Node::Impl::Init() {
                        " but the raft log is compacted up to ", state.first_index - 1));
     }
   }
-  // The store's applied index first: KvStore::Apply is not synced, and the
-  // synced Save after it covers it. The other order let a power loss keep
-  // the snapshot point but lose the applied index, and Init then refused to
-  // start ("data applied up to 0 but the raft log is compacted up to 1";
-  // found by the node simulator). A crash between the two leaves applied 1
-  // with an empty log: bootstrapped again below.
-  if (!boot_kv.empty()) TESSERA_RETURN_IF_ERROR(kv_->Apply(boot_kv));
+  // The store's applied index first, made durable (KvStore::Apply is not
+  // synced, and the raft log is a separate engine whose synced Save does not
+  // cover the store). The other order let a power loss keep the snapshot
+  // point but lose the applied index, and Init then refused to start ("data
+  // applied up to 0 but the raft log is compacted up to 1"; found by the
+  // node simulator). A crash between the two leaves applied 1 with an empty
+  // log: bootstrapped again below.
+  if (!boot_kv.empty()) {
+    TESSERA_RETURN_IF_ERROR(kv_->Apply(boot_kv));
+    TESSERA_RETURN_IF_ERROR(kv_->Sync());
+  }
   if (!boot_log.empty()) TESSERA_RETURN_IF_ERROR(log_->Save(boot_log));
 
   for (const ShardPlacement& p : options_.shards) {

@@ -150,6 +150,12 @@ absl::Status RaftStorage::Compact(uint64_t index) {
   }
   TESSERA_ASSIGN_OR_RETURN(uint64_t term, Term(index));
   raftpb::ConfState cs = ConfStateAt(index);
+  // The raft log and the KvStore are separate engines: the compaction may
+  // become durable at the log's next sync, so the applied data it relies on
+  // (entries <= index, applied unsynced) must be durable first. Otherwise a
+  // power loss could keep the compaction and lose the applies, leaving
+  // entries that nothing can re-apply.
+  TESSERA_RETURN_IF_ERROR(kv_->Sync());
   if (SameConf(cs, recorded_.conf_state())) {
     TESSERA_RETURN_IF_ERROR(log_->Compact(shard_, index));
   } else {

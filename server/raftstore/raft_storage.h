@@ -93,7 +93,10 @@ class RaftStorage : public raft::Storage {
   // invariant above: a plain RaftLog::Compact when the membership at `index`
   // is the recorded one, else one synced RaftLog::Save recording metadata at
   // `index` and re-writing the entries after it. No-op if index < FirstIndex().
-  // Errors: the RaftLog's (the loop stops).
+  // First makes the KvStore durable (KvStore::Sync): the log is a separate
+  // engine, and a durable compaction point must never be ahead of the
+  // durable applied index.
+  // Errors: the KvStore's Sync and the RaftLog's (the loop stops).
   absl::Status Compact(uint64_t index);
 
  private:

@@ -89,9 +89,14 @@ class NodeSim::Clock final : public server::NodeClock {
 
 struct NodeSim::Host {
   NodeId id = 0;
-  storage::MemWal wal;  // before the stores, which record into it
-  storage::MemRaftLog log{&wal};
-  storage::MemKvStore kv{&wal};
+  // One write-ahead model per engine (before the stores, which record into
+  // them): the raft log and the KvStore are separate engines (storage/
+  // README.md "Crash rule across the two engines"), so a power loss keeps a
+  // prefix of each one's unsynced writes independently.
+  storage::MemWal log_wal;
+  storage::MemWal kv_wal;
+  storage::MemRaftLog log{&log_wal};
+  storage::MemKvStore kv{&kv_wal};
   std::unique_ptr<server::Transport> transport;
   std::unique_ptr<server::StateMachine> sm;
   std::unique_ptr<server::Node> node;  // null while down
@@ -329,8 +334,10 @@ void NodeSim::MaybeFault() {
           // Inside one of its next writes (a Save, an Apply...): the rest of
           // that cycle never happens, but what it sent before is on the wire.
           const uint64_t n = static_cast<uint64_t>(rng_.Range(1, 4));
-          h.wal.CrashAtWrite(n);
-          Record(absl::StrCat("node ", h.id, ": will crash at its write #", n, " from now"));
+          const bool in_log = rng_.Chance(0.5);
+          (in_log ? h.log_wal : h.kv_wal).CrashAtWrite(n);
+          Record(absl::StrCat("node ", h.id, ": will crash at its ", in_log ? "raft log" : "store",
+                              " write #", n, " from now"));
           break;
         }
       }
@@ -388,19 +395,24 @@ void NodeSim::Crash(Host& h, const char* how) {
   Record(absl::StrCat("node ", h.id, ": crash (", how, ")"));
   h.node.reset();  // pending callbacks get kCancelled
   h.sm.reset();
-  h.wal.SimulateCrash(h.wal.unsynced_writes());
+  h.log_wal.SimulateCrash(h.log_wal.unsynced_writes());
+  h.kv_wal.SimulateCrash(h.kv_wal.unsynced_writes());
   ScheduleRestart(h);
 }
 
 void NodeSim::PowerLoss(Host& h, const char* why) {
   ++stats_.power_losses;
-  const size_t unsynced = h.wal.unsynced_writes();
-  const size_t keep = rng_.Chance(0.5) ? 0 : rng_.Pick(unsynced + 1);
-  Record(absl::StrCat("node ", h.id, ": ", why, ", keeps ", keep, " of ", unsynced,
-                      " unsynced writes"));
+  const size_t log_unsynced = h.log_wal.unsynced_writes();
+  const size_t kv_unsynced = h.kv_wal.unsynced_writes();
+  const size_t log_keep = rng_.Chance(0.5) ? 0 : rng_.Pick(log_unsynced + 1);
+  const size_t kv_keep = rng_.Chance(0.5) ? 0 : rng_.Pick(kv_unsynced + 1);
+  Record(absl::StrCat("node ", h.id, ": ", why, ", keeps ", log_keep, " of ", log_unsynced,
+                      " unsynced raft log writes and ", kv_keep, " of ", kv_unsynced,
+                      " unsynced store writes"));
   h.node.reset();
   h.sm.reset();
-  h.wal.SimulateCrash(keep);
+  h.log_wal.SimulateCrash(log_keep);
+  h.kv_wal.SimulateCrash(kv_keep);
   ScheduleRestart(h);
 }
 
@@ -498,7 +510,7 @@ void NodeSim::RunCycle(Host& h) {
   absl::Status s = h.node->RunCycleForTesting();
   net_.Flush(now_ns_);
   if (s.ok()) return;
-  if (h.wal.crashed()) {
+  if (h.log_wal.crashed() || h.kv_wal.crashed()) {
     ++stats_.write_crashes;
     if (rng_.Chance(0.5)) {
       Crash(h, "inside a write");
@@ -526,7 +538,8 @@ void NodeSim::HealAll() {
     if (!h->up()) {
       h->restart_at_ns = now_ns_;
     } else {
-      h->wal.CrashAtWrite(0);
+      h->log_wal.CrashAtWrite(0);
+      h->kv_wal.CrashAtWrite(0);
     }
   }
 }

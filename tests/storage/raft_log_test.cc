@@ -1,5 +1,6 @@
-// Conformance suite for RaftLog: every test runs against MemRaftLog and the
-// RocksDB implementation (as tikv's engine_traits_tests).
+// Conformance suite for RaftLog: every test runs against MemRaftLog, the
+// Engine's log (the LogEngine behind Engine::Open) and the LogEngine alone with
+// two configurations (as tikv's engine_traits_tests).
 #include "storage/raft_log.h"
 
 #include <cstdint>
@@ -79,7 +80,8 @@ class RaftLogTest : public ::testing::Test {
   Env env_;
 };
 
-using Envs = ::testing::Types<testing::MemEnv, testing::MemWalEnv, testing::RocksEnv>;
+using Envs = ::testing::Types<testing::MemEnv, testing::MemWalEnv, testing::RocksEnv,
+                              testing::LogEngineEnv, testing::LogEngineSmallEnv>;
 TYPED_TEST_SUITE(RaftLogTest, Envs, testing::EnvNames);
 
 TYPED_TEST(RaftLogTest, FreshShardIsEmpty) {

@@ -12,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "storage/engine.h"
+#include "storage/log_engine.h"
 #include "storage/mem_kv_store.h"
 #include "storage/mem_raft_log.h"
 #include "tessera/raft.pb.h"
@@ -90,6 +91,47 @@ class RocksEnv {
  private:
   TempDir dir_;  // outlives engine_
   std::unique_ptr<Engine> engine_;
+};
+
+// The raft log engine on its own (no KvStore): `Options` picks segment and
+// cache sizes, so that one variant reads everything from disk and rolls over
+// and purges segments often.
+template <uint64_t kSegmentBytes, uint64_t kCacheBytes>
+class LogEngineEnvT {
+ public:
+  LogEngineEnvT() { Reopen(); }
+  // Closes and reopens the log on the same directory (recovery).
+  void Reopen() {
+    log_.reset();
+    absl::StatusOr<std::unique_ptr<LogEngine>> log = LogEngine::Open(dir(), options());
+    if (!log.ok()) {
+      ADD_FAILURE() << log.status();
+      return;
+    }
+    log_ = *std::move(log);
+  }
+  static LogEngineOptions options() {
+    LogEngineOptions o;
+    o.segment_bytes = kSegmentBytes;
+    o.cache_bytes = kCacheBytes;
+    return o;
+  }
+  RaftLog& raft_log() { return *log_; }
+  LogEngine& log_engine() { return *log_; }
+  KvStore& kv_store() { return kv_; }
+  std::string dir() const { return dir_.path() + "/raftlog"; }
+
+ private:
+  TempDir dir_;  // outlives log_
+  std::unique_ptr<LogEngine> log_;
+  MemKvStore kv_;
+};
+struct LogEngineEnv : LogEngineEnvT<1 << 20, 4 << 20> {
+  static constexpr const char* kName = "LogEngine";
+};
+// Every read goes to disk; 16 KiB segments roll over and get purged.
+struct LogEngineSmallEnv : LogEngineEnvT<16 << 10, 0> {
+  static constexpr const char* kName = "LogEngineNoCacheSmallSegments";
 };
 
 struct EnvNames {

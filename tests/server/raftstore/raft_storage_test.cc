@@ -11,7 +11,9 @@
 #include "gtest/gtest.h"
 #include "proto/testing/status_matchers.h"
 #include "raft/storage.h"
+#include "storage/fault_injection.h"
 #include "storage/mem_kv_store.h"
+#include "storage/mem_raft_log.h"
 #include "tests/storage/test_util.h"
 
 namespace tessera::server {
@@ -219,6 +221,35 @@ TYPED_TEST(RaftStorageTest, SnapshotOnDemandRoundTrip) {
   EXPECT_THAT(other.GetMeta(kShard, "session"), IsOkAndHolds(std::string("s")));
   EXPECT_THAT(other.Get(kShard, "session"), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(other.AppliedIndex(kShard), IsOkAndHolds(4u));
+}
+
+// The raft log and the KvStore are separate engines: a compaction that may
+// become durable must not get ahead of the durable applied data, so Compact
+// syncs the store first and compacts nothing if that fails.
+TEST(RaftStorageCompact, SyncsTheKvStoreBeforeCompactingTheLog) {
+  storage::MemRaftLog log;
+  storage::MemKvStore kv;
+  storage::FaultInjectionEngine faulty(&log, &kv);
+  absl::StatusOr<std::unique_ptr<RaftStorage>> rs =
+      RaftStorage::Open(kShard, &faulty.raft_log(), &faulty.kv_store());
+  ASSERT_THAT(rs, IsOk());
+  storage::LogUpdate u;
+  u.shard = kShard;
+  raftpb::SnapshotMetadata& meta = u.snapshot.emplace();
+  meta.set_index(1);
+  meta.set_term(1);
+  *meta.mutable_conf_state() = Voters({1, 2, 3});
+  u.entries = {Entry(2, 1), Entry(3, 1), Entry(4, 1)};
+  ASSERT_THAT(log.Save({u}), IsOk());
+  (*rs)->Saved(u);
+  (*rs)->AppliedTo(4);
+  faulty.faults().Fail(storage::FaultOp::kSync);
+  EXPECT_THAT((*rs)->Compact(3), StatusIs(absl::StatusCode::kInternal));
+  EXPECT_EQ(log.State(kShard)->first_index, 2u);  // not compacted
+  EXPECT_EQ(faulty.faults().failures(storage::FaultOp::kSync), 1u);
+  faulty.faults().Heal(storage::FaultOp::kSync);
+  ASSERT_THAT((*rs)->Compact(3), IsOk());
+  EXPECT_EQ(log.State(kShard)->first_index, 4u);
 }
 
 TEST(SnapshotData, RejectsMalformedData) {
