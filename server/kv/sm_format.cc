@@ -166,7 +166,17 @@ absl::StatusOr<SessionRecord> DecodeSessionRecord(absl::string_view stored) {
 
 // ---- Format 2 ----
 
-std::string CheckpointKey() { return "C"; }
+std::string CheckpointKey(uint32_t part) {
+  std::string key = "C";
+  AppendU32(&key, part);
+  return key;
+}
+
+bool ParseCheckpointKey(absl::string_view meta_key, uint32_t* part) {
+  if (meta_key.size() != 5 || meta_key[0] != 'C') return false;
+  *part = ReadU32(meta_key, 1);
+  return true;
+}
 
 std::string DeltaKey(uint64_t first_index) {
   std::string key = "D";
@@ -180,11 +190,25 @@ bool ParseDeltaKey(absl::string_view meta_key, uint64_t* first_index) {
   return true;
 }
 
-std::string EncodeCheckpoint(uint64_t index, const SessionMap& sessions) {
-  std::string out(1, kSessionFormat);
-  AppendU64(&out, index);
-  AppendU32(&out, static_cast<uint32_t>(sessions.size()));
+std::vector<std::string> EncodeCheckpoint(uint64_t index, const SessionMap& sessions,
+                                          size_t part_bytes) {
+  constexpr size_t kPartsOffset = 1 + 8 + 4;  // where `parts` and `n` go
+  std::vector<std::string> parts;
+  std::vector<uint32_t> counts;
+  auto begin_part = [&]() {
+    std::string out(1, kSessionFormat);
+    AppendU64(&out, index);
+    AppendU32(&out, static_cast<uint32_t>(parts.size()));
+    AppendU32(&out, 0);  // parts, set below
+    AppendU32(&out, 0);  // n, set below
+    parts.push_back(std::move(out));
+    counts.push_back(0);
+  };
+  begin_part();
   for (const auto& [client_id, session] : sessions) {
+    if (counts.back() > 0 && parts.back().size() >= part_bytes) begin_part();
+    std::string& out = parts.back();
+    ++counts.back();
     AppendU64(&out, client_id);
     AppendU64(&out, session.first_incomplete_seq);
     AppendU64(&out, session.last_used_index);
@@ -195,44 +219,63 @@ std::string EncodeCheckpoint(uint64_t index, const SessionMap& sessions) {
       out.append(result);
     }
   }
-  return out;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    std::string fixed;
+    AppendU32(&fixed, static_cast<uint32_t>(parts.size()));
+    AppendU32(&fixed, counts[i]);
+    parts[i].replace(kPartsOffset, fixed.size(), fixed);
+  }
+  return parts;
 }
 
-absl::Status DecodeCheckpoint(absl::string_view stored, uint64_t* index, SessionMap* sessions) {
-  Reader in(stored, "session checkpoint");
-  TESSERA_ASSIGN_OR_RETURN(uint8_t version, in.U8());
-  if (version != kSessionFormat) {
-    return in.Error(absl::StrCat("unknown format version ", static_cast<int>(version)));
-  }
-  TESSERA_ASSIGN_OR_RETURN(*index, in.U64());
-  TESSERA_ASSIGN_OR_RETURN(uint32_t n, in.U32());
+absl::Status DecodeCheckpoint(const std::vector<std::string>& parts, uint64_t* index,
+                              SessionMap* sessions) {
+  if (parts.empty()) return absl::DataLossError("malformed session checkpoint: no parts");
   SessionMap decoded;
   std::map<uint64_t, uint64_t> last_used;  // uniqueness check
-  for (uint32_t i = 0; i < n; ++i) {
-    TESSERA_ASSIGN_OR_RETURN(uint64_t client_id, in.U64());
-    if (client_id == 0 || (!decoded.empty() && client_id <= decoded.rbegin()->first)) {
-      return in.Error("client ids not ascending");
+  for (size_t p = 0; p < parts.size(); ++p) {
+    Reader in(parts[p], "session checkpoint");
+    TESSERA_ASSIGN_OR_RETURN(uint8_t version, in.U8());
+    if (version != kSessionFormat) {
+      return in.Error(absl::StrCat("unknown format version ", static_cast<int>(version)));
     }
-    Session session;
-    TESSERA_ASSIGN_OR_RETURN(session.first_incomplete_seq, in.U64());
-    TESSERA_ASSIGN_OR_RETURN(session.last_used_index, in.U64());
-    if (session.last_used_index > *index || !last_used.emplace(session.last_used_index, 0).second) {
-      return in.Error(absl::StrCat("bad last_used_index of client ", client_id));
+    TESSERA_ASSIGN_OR_RETURN(uint64_t part_index, in.U64());
+    TESSERA_ASSIGN_OR_RETURN(uint32_t part, in.U32());
+    TESSERA_ASSIGN_OR_RETURN(uint32_t count, in.U32());
+    if (p == 0) *index = part_index;
+    if (part_index != *index || part != p || count != parts.size()) {
+      return in.Error(absl::StrCat("part ", part, " of ", count, " at index ", part_index,
+                                   " found as part ", p, " of ", parts.size(), " at index ",
+                                   *index));
     }
-    TESSERA_ASSIGN_OR_RETURN(uint32_t m, in.U32());
-    for (uint32_t j = 0; j < m; ++j) {
-      TESSERA_ASSIGN_OR_RETURN(uint64_t seq, in.U64());
-      if (seq < session.first_incomplete_seq ||
-          (!session.results.empty() && seq <= session.results.rbegin()->first)) {
-        return in.Error(absl::StrCat("bad result seq of client ", client_id));
+    TESSERA_ASSIGN_OR_RETURN(uint32_t n, in.U32());
+    for (uint32_t i = 0; i < n; ++i) {
+      TESSERA_ASSIGN_OR_RETURN(uint64_t client_id, in.U64());
+      if (client_id == 0 || (!decoded.empty() && client_id <= decoded.rbegin()->first)) {
+        return in.Error("client ids not ascending");
       }
-      TESSERA_ASSIGN_OR_RETURN(uint32_t len, in.U32());
-      TESSERA_ASSIGN_OR_RETURN(absl::string_view result, in.Bytes(len));
-      session.results.emplace_hint(session.results.end(), seq, std::string(result));
+      Session session;
+      TESSERA_ASSIGN_OR_RETURN(session.first_incomplete_seq, in.U64());
+      TESSERA_ASSIGN_OR_RETURN(session.last_used_index, in.U64());
+      if (session.last_used_index > *index ||
+          !last_used.emplace(session.last_used_index, 0).second) {
+        return in.Error(absl::StrCat("bad last_used_index of client ", client_id));
+      }
+      TESSERA_ASSIGN_OR_RETURN(uint32_t m, in.U32());
+      for (uint32_t j = 0; j < m; ++j) {
+        TESSERA_ASSIGN_OR_RETURN(uint64_t seq, in.U64());
+        if (seq < session.first_incomplete_seq ||
+            (!session.results.empty() && seq <= session.results.rbegin()->first)) {
+          return in.Error(absl::StrCat("bad result seq of client ", client_id));
+        }
+        TESSERA_ASSIGN_OR_RETURN(uint32_t len, in.U32());
+        TESSERA_ASSIGN_OR_RETURN(absl::string_view result, in.Bytes(len));
+        session.results.emplace_hint(session.results.end(), seq, std::string(result));
+      }
+      decoded.emplace_hint(decoded.end(), client_id, std::move(session));
     }
-    decoded.emplace_hint(decoded.end(), client_id, std::move(session));
+    if (!in.done()) return in.Error("trailing bytes");
   }
-  if (!in.done()) return in.Error("trailing bytes");
   *sessions = std::move(decoded);
   return absl::OkStatus();
 }

@@ -11,8 +11,9 @@
 // "Sessions"). The sessions live in memory; storage holds a checkpoint of the
 // whole table plus the changes made since, as a log of session ops grouped in
 // delta windows:
-//   "C"                      -> Checkpoint: 0x02 | index | n (4 BE) |
-//                               n x session, ascending client_id
+//   "C" | part (4 BE)        -> Checkpoint part: 0x02 | index | part (4 BE) |
+//                               parts (4 BE) | n (4 BE) | n x session,
+//                               ascending client_id within and across parts
 //       session: client_id | first_incomplete_seq | last_used_index |
 //                m (4 BE) | m x (seq | len (4 BE) | result), ascending seq
 //   "D" | first index (8 BE) -> DeltaWindow: 0x02 | ops, ascending index
@@ -23,6 +24,10 @@
 // set (0 in results converted from format 1, written before fingerprints).
 // All integers are 8 bytes big-endian unless noted. The checkpoint's index is
 // the log index whose state it holds; every op in the windows is newer. A
+// checkpoint is split into parts of about kCheckpointPartBytes (at session
+// boundaries; at least one part, even for an empty table), so that no record
+// outgrows a snapshot chunk or a peer message; all parts carry the same
+// index and part count. A
 // window's key is the index of its first op, so windows sort by log index.
 // A window closes after kDeltaWindowMaxOps ops or once it holds
 // kDeltaWindowMaxBytes; the next op opens a new one. Which ops share a window
@@ -106,17 +111,25 @@ struct SessionOp {
 constexpr char kSessionFormat = 0x02;
 constexpr uint64_t kDeltaWindowMaxOps = 32;
 constexpr size_t kDeltaWindowMaxBytes = 16 << 10;
+constexpr size_t kCheckpointPartBytes = 1 << 20;
 
-std::string CheckpointKey();
+std::string CheckpointKey(uint32_t part);
+// True if `meta_key` is a checkpoint part's key; sets `*part`.
+bool ParseCheckpointKey(absl::string_view meta_key, uint32_t* part);
 std::string DeltaKey(uint64_t first_index);
 // True if `meta_key` is a delta window's key; sets `*first_index`.
 bool ParseDeltaKey(absl::string_view meta_key, uint64_t* first_index);
 
-std::string EncodeCheckpoint(uint64_t index, const SessionMap& sessions);
-// kDataLoss on a malformed record (version, lengths, order, a result below
+// The checkpoint's parts, part 0 first; a part is closed once it holds
+// `part_bytes` (and at least one session).
+std::vector<std::string> EncodeCheckpoint(uint64_t index, const SessionMap& sessions,
+                                          size_t part_bytes = kCheckpointPartBytes);
+// `parts` in part order. kDataLoss on a malformed checkpoint (version,
+// lengths, order, a part missing or of another checkpoint, a result below
 // its session's first_incomplete_seq, a last_used_index above `index` or
 // shared by two sessions).
-absl::Status DecodeCheckpoint(absl::string_view stored, uint64_t* index, SessionMap* sessions);
+absl::Status DecodeCheckpoint(const std::vector<std::string>& parts, uint64_t* index,
+                              SessionMap* sessions);
 
 // A new, empty delta window (the version byte); ops are appended to it.
 std::string NewDeltaWindow();

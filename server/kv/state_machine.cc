@@ -153,6 +153,8 @@ StateMachineOptions Sanitized(StateMachineOptions options) {
   options.max_sessions_per_shard = std::max<size_t>(options.max_sessions_per_shard, 1);
   options.max_results_per_session = std::max<size_t>(options.max_results_per_session, 1);
   options.session_checkpoint_ops = std::max<uint64_t>(options.session_checkpoint_ops, 1);
+  options.session_checkpoint_part_bytes =
+      std::max<size_t>(options.session_checkpoint_part_bytes, 1);
   options.max_scan_limit = std::max<uint32_t>(options.max_scan_limit, 1);
   options.default_scan_limit =
       std::clamp<uint32_t>(options.default_scan_limit, 1, options.max_scan_limit);
@@ -408,6 +410,7 @@ struct StateMachine::ShardSessions {
   uint64_t ops_since_checkpoint = 0;
   uint64_t delta_bytes_since_checkpoint = 0;
   uint64_t checkpoint_bytes = 0;  // size of the stored checkpoint (0: none)
+  uint32_t checkpoint_parts = 0;  // its parts ("C" | part)
 
   // Format 1 records found at load: converted (a checkpoint written, these
   // deleted) with the shard's next write.
@@ -461,32 +464,43 @@ absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, S
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<storage::ShardSnapshot> snapshot,
                            kv.ExportSnapshot(shard));
   table->applied_index = snapshot->applied_index();
-  bool has_checkpoint = false;
   uint64_t checkpoint_index = 0;
+  std::vector<std::string> checkpoint_parts;
+  bool checkpoint_loaded = false;
   std::map<std::string, std::string> legacy;
   uint64_t last_op = 0;
+  // "C" keys sort before "D" keys: the checkpoint is complete when the first
+  // window (or the end of the meta records) is reached.
+  auto load_checkpoint = [&]() -> absl::Status {
+    if (checkpoint_loaded || checkpoint_parts.empty()) return absl::OkStatus();
+    checkpoint_loaded = true;
+    TESSERA_RETURN_IF_ERROR(
+        sm::DecodeCheckpoint(checkpoint_parts, &checkpoint_index, &table->sessions));
+    if (checkpoint_index > table->applied_index) {
+      return absl::DataLossError(absl::StrCat("session checkpoint at index ", checkpoint_index,
+                                              " is above the applied index ",
+                                              table->applied_index));
+    }
+    for (const auto& [client_id, session] : table->sessions) {
+      table->lru.emplace(session.last_used_index, client_id);
+    }
+    last_op = checkpoint_index;
+    table->checkpoint_parts = static_cast<uint32_t>(checkpoint_parts.size());
+    for (const std::string& part : checkpoint_parts) table->checkpoint_bytes += part.size();
+    checkpoint_parts.clear();
+    return absl::OkStatus();
+  };
   storage::SnapshotRecord record;
   while (true) {
     TESSERA_ASSIGN_OR_RETURN(bool more, snapshot->Next(&record));
     if (!more || !record.meta) break;  // meta records come first
     const std::string& key = record.key;
     uint64_t start = 0;
-    if (key == sm::CheckpointKey()) {
-      TESSERA_RETURN_IF_ERROR(
-          sm::DecodeCheckpoint(record.value, &checkpoint_index, &table->sessions));
-      if (checkpoint_index > table->applied_index) {
-        return absl::DataLossError(absl::StrCat("session checkpoint at index ", checkpoint_index,
-                                                " is above the applied index ",
-                                                table->applied_index));
-      }
-      for (const auto& [client_id, session] : table->sessions) {
-        table->lru.emplace(session.last_used_index, client_id);
-      }
-      has_checkpoint = true;
-      last_op = checkpoint_index;
-      table->checkpoint_bytes = record.value.size();
+    uint32_t part = 0;
+    if (sm::ParseCheckpointKey(key, &part)) {
+      checkpoint_parts.push_back(std::move(record.value));
     } else if (sm::ParseDeltaKey(key, &start)) {
-      // "C" sorts before "D": the checkpoint, if any, is loaded already.
+      TESSERA_RETURN_IF_ERROR(load_checkpoint());
       TESSERA_ASSIGN_OR_RETURN(std::vector<sm::SessionOp> ops, sm::DecodeDeltaWindow(record.value));
       if (ops.front().index != start) {
         return absl::DataLossError(
@@ -513,8 +527,9 @@ absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, S
     }
     // Other meta keys are not the StateMachine's.
   }
+  TESSERA_RETURN_IF_ERROR(load_checkpoint());
   if (!legacy.empty()) {
-    if (has_checkpoint || !table->delta_starts.empty()) {
+    if (checkpoint_loaded || !table->delta_starts.empty()) {
       return absl::DataLossError("session records of format 1 and format 2 side by side");
     }
     TESSERA_RETURN_IF_ERROR(ConvertLegacy(legacy, table.get()));
@@ -524,18 +539,28 @@ absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, S
 
 // Writes a checkpoint of `table` as of log index `index` and deletes the
 // delta windows it covers.
-void WriteCheckpoint(ShardSessions& table, Overlay& shard, uint64_t index) {
+void WriteCheckpoint(ShardSessions& table, Overlay& shard, uint64_t index,
+                     const StateMachineOptions& options) {
   for (uint64_t start : table.delta_starts) shard.Delete(/*meta=*/true, sm::DeltaKey(start));
   table.delta_starts.clear();
   table.window.clear();
   table.window_open = false;
   table.window_dirty = false;
   table.window_ops = 0;
-  std::string checkpoint = sm::EncodeCheckpoint(index, table.sessions);
-  table.checkpoint_bytes = checkpoint.size();
+  std::vector<std::string> parts =
+      sm::EncodeCheckpoint(index, table.sessions, options.session_checkpoint_part_bytes);
+  table.checkpoint_bytes = 0;
+  for (uint32_t part = 0; part < parts.size(); ++part) {
+    table.checkpoint_bytes += parts[part].size();
+    shard.Put(/*meta=*/true, sm::CheckpointKey(part), std::move(parts[part]));
+  }
+  // The previous checkpoint's extra parts.
+  for (uint32_t part = static_cast<uint32_t>(parts.size()); part < table.checkpoint_parts; ++part) {
+    shard.Delete(/*meta=*/true, sm::CheckpointKey(part));
+  }
+  table.checkpoint_parts = static_cast<uint32_t>(parts.size());
   table.ops_since_checkpoint = 0;
   table.delta_bytes_since_checkpoint = 0;
-  shard.Put(/*meta=*/true, sm::CheckpointKey(), std::move(checkpoint));
 }
 
 // Appends `op` to the shard's open delta window (opening one if needed);
@@ -565,7 +590,7 @@ void RecordOp(ShardSessions& table, Overlay& shard, const sm::SessionOp& op,
   if (table.ops_since_checkpoint >= options.session_checkpoint_ops ||
       table.delta_bytes_since_checkpoint >=
           std::max<uint64_t>(options.session_checkpoint_bytes, table.checkpoint_bytes)) {
-    WriteCheckpoint(table, shard, op.index);
+    WriteCheckpoint(table, shard, op.index, options);
   }
 }
 
@@ -731,7 +756,7 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
         // Converts format 1: its records go, a checkpoint holds the table.
         for (const std::string& key : table.legacy_keys) batch.overlay->Delete(/*meta=*/true, key);
         table.legacy_keys.clear();
-        WriteCheckpoint(table, *batch.overlay, batch.last_index);
+        WriteCheckpoint(table, *batch.overlay, batch.last_index, options_);
       }
       if (table.window_open && table.window_dirty) {
         batch.overlay->Put(/*meta=*/true, sm::DeltaKey(table.window_start), table.window);

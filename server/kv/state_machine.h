@@ -68,6 +68,8 @@ struct StateMachineOptions {
   // written: every replica of a shard must use the same values.
   uint64_t session_checkpoint_ops = 4096;
   uint64_t session_checkpoint_bytes = 1 << 20;
+  // A checkpoint is written in records ("parts") of about this many bytes.
+  size_t session_checkpoint_part_bytes = sm::kCheckpointPartBytes;
 };
 
 class StateMachine : public Applier {

@@ -104,8 +104,9 @@ void ExpectSameSessions(const SessionMap& a, const SessionMap& b) {
 }
 
 TEST(SmFormat, CheckpointRoundTrip) {
-  const std::string encoded = EncodeCheckpoint(12, SampleSessions());
-  EXPECT_EQ(encoded[0], kSessionFormat);
+  const std::vector<std::string> encoded = EncodeCheckpoint(12, SampleSessions());
+  ASSERT_EQ(encoded.size(), 1u);
+  EXPECT_EQ(encoded[0][0], kSessionFormat);
   uint64_t index = 0;
   SessionMap decoded;
   ASSERT_THAT(DecodeCheckpoint(encoded, &index, &decoded), IsOk());
@@ -113,44 +114,68 @@ TEST(SmFormat, CheckpointRoundTrip) {
   ExpectSameSessions(decoded, SampleSessions());
   // Same table, same bytes.
   EXPECT_EQ(EncodeCheckpoint(index, decoded), encoded);
+  // An empty table is one part with no sessions.
+  ASSERT_EQ(EncodeCheckpoint(0, {}).size(), 1u);
   ASSERT_THAT(DecodeCheckpoint(EncodeCheckpoint(0, {}), &index, &decoded), IsOk());
   EXPECT_EQ(index, 0u);
   EXPECT_TRUE(decoded.empty());
 }
 
-TEST(SmFormat, MalformedCheckpointIsDataLoss) {
-  const std::string good = EncodeCheckpoint(12, SampleSessions());
+TEST(SmFormat, CheckpointSplitsIntoPartsAtSessionBoundaries) {
+  // Parts close once they hold 1 byte: one session each.
+  const std::vector<std::string> parts = EncodeCheckpoint(12, SampleSessions(), 1);
+  ASSERT_EQ(parts.size(), 3u);
   uint64_t index = 0;
   SessionMap decoded;
+  ASSERT_THAT(DecodeCheckpoint(parts, &index, &decoded), IsOk());
+  EXPECT_EQ(index, 12u);
+  ExpectSameSessions(decoded, SampleSessions());
+  uint32_t part = 9;
+  EXPECT_TRUE(ParseCheckpointKey(CheckpointKey(2), &part));
+  EXPECT_EQ(part, 2u);
+  EXPECT_LT(CheckpointKey(255), CheckpointKey(256));
+  // A part missing, parts swapped, a part of another checkpoint.
+  EXPECT_THAT(DecodeCheckpoint({parts[0], parts[1]}, &index, &decoded),
+              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(DecodeCheckpoint({parts[0], parts[2]}, &index, &decoded),
+              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(DecodeCheckpoint({parts[1], parts[0], parts[2]}, &index, &decoded),
+              StatusIs(absl::StatusCode::kDataLoss));
+  const std::vector<std::string> other = EncodeCheckpoint(13, SampleSessions(), 1);
+  EXPECT_THAT(DecodeCheckpoint({parts[0], other[1], parts[2]}, &index, &decoded),
+              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(DecodeCheckpoint({}, &index, &decoded), StatusIs(absl::StatusCode::kDataLoss));
+}
+
+TEST(SmFormat, MalformedCheckpointIsDataLoss) {
+  const std::string good = EncodeCheckpoint(12, SampleSessions())[0];
+  uint64_t index = 0;
+  SessionMap decoded;
+  auto decode = [&](std::string part) {
+    return DecodeCheckpoint(std::vector<std::string>{std::move(part)}, &index, &decoded);
+  };
   // Every truncation, trailing bytes, another version.
   for (size_t n = 0; n < good.size(); ++n) {
-    EXPECT_THAT(DecodeCheckpoint(good.substr(0, n), &index, &decoded),
-                StatusIs(absl::StatusCode::kDataLoss))
-        << n;
+    EXPECT_THAT(decode(good.substr(0, n)), StatusIs(absl::StatusCode::kDataLoss)) << n;
   }
-  EXPECT_THAT(DecodeCheckpoint(good + "x", &index, &decoded),
-              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(decode(good + "x"), StatusIs(absl::StatusCode::kDataLoss));
   std::string bad_version = good;
   bad_version[0] = 0x01;
-  EXPECT_THAT(DecodeCheckpoint(bad_version, &index, &decoded),
-              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(decode(bad_version), StatusIs(absl::StatusCode::kDataLoss));
   // A last_used_index above the checkpoint's index, or shared.
-  EXPECT_THAT(DecodeCheckpoint(EncodeCheckpoint(11, SampleSessions()), &index, &decoded),
+  EXPECT_THAT(decode(EncodeCheckpoint(11, SampleSessions())[0]),
               StatusIs(absl::StatusCode::kDataLoss));
   SessionMap shared = SampleSessions();
   shared[3].last_used_index = 2;
-  EXPECT_THAT(DecodeCheckpoint(EncodeCheckpoint(12, shared), &index, &decoded),
-              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(decode(EncodeCheckpoint(12, shared)[0]), StatusIs(absl::StatusCode::kDataLoss));
   // A result below its session's first_incomplete_seq.
   SessionMap below = SampleSessions();
   below[7].results[4] = "old";
-  EXPECT_THAT(DecodeCheckpoint(EncodeCheckpoint(12, below), &index, &decoded),
-              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(decode(EncodeCheckpoint(12, below)[0]), StatusIs(absl::StatusCode::kDataLoss));
   // Client id 0.
   SessionMap zero = SampleSessions();
   zero[0] = Session{.first_incomplete_seq = 0, .last_used_index = 1, .results = {}};
-  EXPECT_THAT(DecodeCheckpoint(EncodeCheckpoint(12, zero), &index, &decoded),
-              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(decode(EncodeCheckpoint(12, zero)[0]), StatusIs(absl::StatusCode::kDataLoss));
 }
 
 std::vector<SessionOp> SampleOps() {
@@ -190,10 +215,10 @@ TEST(SmFormat, DeltaWindowRoundTrip) {
   uint64_t start = 0;
   EXPECT_TRUE(ParseDeltaKey(DeltaKey(20), &start));
   EXPECT_EQ(start, 20u);
-  EXPECT_FALSE(ParseDeltaKey(CheckpointKey(), &start));
+  EXPECT_FALSE(ParseDeltaKey(CheckpointKey(0), &start));
   // Windows sort by log index, after the checkpoint.
   EXPECT_LT(DeltaKey(255), DeltaKey(256));
-  EXPECT_LT(CheckpointKey(), DeltaKey(0));
+  EXPECT_LT(CheckpointKey(0xFFFFFFFF), DeltaKey(0));
 }
 
 TEST(SmFormat, MalformedDeltaWindowIsDataLoss) {

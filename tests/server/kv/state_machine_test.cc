@@ -647,7 +647,7 @@ TYPED_TEST(StateMachineTest, Format1SessionsAreConverted) {
   EXPECT_EQ(this->Get("k").kv().value(), "v");
   // Converted: no format 1 record is left, a checkpoint holds the table.
   std::map<std::string, std::string> meta = this->MetaRecords();
-  ASSERT_EQ(meta.count(sm::CheckpointKey()), 1u);
+  ASSERT_EQ(meta.count(sm::CheckpointKey(0)), 1u);
   for (const auto& [key, value] : meta) EXPECT_TRUE(key[0] == 'C' || key[0] == 'D') << key;
   EXPECT_TRUE(this->HasSession(43));
   // Client 43 completed seq 1: a retry of it is refused, seq 2 applies.
@@ -1001,9 +1001,9 @@ TYPED_TEST(StateMachineTest, CorruptCheckpointOrDeltaIsDataLoss) {
   this->SetOptions({.session_checkpoint_ops = 3});
   for (uint64_t seq = 1; seq <= 4; ++seq) this->Run(WithSession(PutCmd("k", "v"), 5, seq, seq));
   std::map<std::string, std::string> meta = this->MetaRecords();
-  ASSERT_EQ(meta.count(sm::CheckpointKey()), 1u);
+  ASSERT_EQ(meta.count(sm::CheckpointKey(0)), 1u);
   ASSERT_EQ(meta.count(sm::DeltaKey(4)), 1u);  // the op after the checkpoint at 3
-  for (const std::string& key : {sm::CheckpointKey(), sm::DeltaKey(4)}) {
+  for (const std::string& key : {sm::CheckpointKey(0), sm::DeltaKey(4)}) {
     for (const std::string& junk :
          {std::string("junk"), meta[key].substr(0, meta[key].size() - 1), meta[key] + "x"}) {
       storage::ShardWrite corrupt{.shard = 1,
@@ -1086,7 +1086,7 @@ TYPED_TEST(StateMachineTest, RestartRebuildsTheExactTable) {
   EXPECT_GT(refused, 0);
   EXPECT_GT(remembered, 0);
   std::map<std::string, std::string> meta = this->MetaRecords();
-  EXPECT_EQ(meta.count(sm::CheckpointKey()), 1u);
+  EXPECT_EQ(meta.count(sm::CheckpointKey(0)), 1u);
   EXPECT_GE(meta.size(), 2u);  // and at least one delta window
 }
 
@@ -1360,11 +1360,12 @@ std::string SeedTrace(uint64_t seed) {
 }
 
 // Small checkpoint thresholds, so that the 400-entry logs cross several
-// checkpoints and delta windows.
+// checkpoints (of one to a few parts) and delta windows.
 constexpr StateMachineOptions kDeterminismOptions{.max_sessions_per_shard = 3,
                                                   .max_results_per_session = 4,
                                                   .session_checkpoint_ops = 20,
-                                                  .session_checkpoint_bytes = 1500};
+                                                  .session_checkpoint_bytes = 1500,
+                                                  .session_checkpoint_part_bytes = 100};
 
 TEST(StateMachineDeterminism, SameLogGivesSameResultsAndBytes) {
   const StateMachineOptions options = kDeterminismOptions;
