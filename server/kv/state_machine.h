@@ -59,7 +59,7 @@ struct StateMachineOptions {
   // Default and maximum number of items of one Scan response.
   uint32_t default_scan_limit = 1000;
   uint32_t max_scan_limit = 10000;
-  // A shard's session table is checkpointed (one record holding it all, and
+  // A shard's session table is checkpointed (the whole table, and
   // the delta windows it covers deleted) after this many session ops since
   // the last checkpoint, or once the delta windows hold
   // max(session_checkpoint_bytes, size of the last checkpoint) bytes: at
