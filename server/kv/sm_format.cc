@@ -4,8 +4,11 @@
 #include <cstdint>
 #include <string>
 
+#include <utility>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "proto/status_macros.h"
 
 namespace tessera::server::sm {
 namespace {
@@ -34,6 +37,48 @@ uint32_t ReadU32(absl::string_view in, size_t pos) {
   for (size_t i = 0; i < 4; ++i) v = (v << 8) | static_cast<uint8_t>(in[pos + i]);
   return v;
 }
+
+// Reads fixed-width fields from a record, failing with kDataLoss (naming
+// `what`) when the record is too short.
+class Reader {
+ public:
+  Reader(absl::string_view in, const char* what) : in_(in), what_(what) {}
+  size_t remaining() const { return in_.size() - pos_; }
+  bool done() const { return pos_ == in_.size(); }
+  absl::Status Need(size_t n) const {
+    if (remaining() < n) {
+      return absl::DataLossError(absl::StrCat("malformed ", what_, ": truncated at byte ", pos_));
+    }
+    return absl::OkStatus();
+  }
+  absl::StatusOr<uint64_t> U64() {
+    TESSERA_RETURN_IF_ERROR(Need(8));
+    pos_ += 8;
+    return ReadU64(in_, pos_ - 8);
+  }
+  absl::StatusOr<uint32_t> U32() {
+    TESSERA_RETURN_IF_ERROR(Need(4));
+    pos_ += 4;
+    return ReadU32(in_, pos_ - 4);
+  }
+  absl::StatusOr<uint8_t> U8() {
+    TESSERA_RETURN_IF_ERROR(Need(1));
+    return static_cast<uint8_t>(in_[pos_++]);
+  }
+  absl::StatusOr<absl::string_view> Bytes(size_t n) {
+    TESSERA_RETURN_IF_ERROR(Need(n));
+    pos_ += n;
+    return in_.substr(pos_ - n, n);
+  }
+  absl::Status Error(absl::string_view why) const {
+    return absl::DataLossError(absl::StrCat("malformed ", what_, ": ", why));
+  }
+
+ private:
+  absl::string_view in_;
+  const char* what_;
+  size_t pos_ = 0;
+};
 
 }  // namespace
 
@@ -118,6 +163,210 @@ absl::StatusOr<SessionRecord> DecodeSessionRecord(absl::string_view stored) {
   }
   return record;
 }
+
+// ---- Format 2 ----
+
+std::string CheckpointKey(uint32_t part) {
+  std::string key = "C";
+  AppendU32(&key, part);
+  return key;
+}
+
+bool ParseCheckpointKey(absl::string_view meta_key, uint32_t* part) {
+  if (meta_key.size() != 5 || meta_key[0] != 'C') return false;
+  *part = ReadU32(meta_key, 1);
+  return true;
+}
+
+std::string DeltaKey(uint64_t first_index) {
+  std::string key = "D";
+  AppendU64(&key, first_index);
+  return key;
+}
+
+bool ParseDeltaKey(absl::string_view meta_key, uint64_t* first_index) {
+  if (meta_key.size() != 9 || meta_key[0] != 'D') return false;
+  *first_index = ReadU64(meta_key, 1);
+  return true;
+}
+
+std::vector<std::string> EncodeCheckpoint(uint64_t index, const SessionMap& sessions,
+                                          size_t part_bytes) {
+  constexpr size_t kPartsOffset = 1 + 8 + 4;  // where `parts` and `n` go
+  std::vector<std::string> parts;
+  std::vector<uint32_t> counts;
+  auto begin_part = [&]() {
+    std::string out(1, kSessionFormat);
+    AppendU64(&out, index);
+    AppendU32(&out, static_cast<uint32_t>(parts.size()));
+    AppendU32(&out, 0);  // parts, set below
+    AppendU32(&out, 0);  // n, set below
+    parts.push_back(std::move(out));
+    counts.push_back(0);
+  };
+  begin_part();
+  for (const auto& [client_id, session] : sessions) {
+    if (counts.back() > 0 && parts.back().size() >= part_bytes) begin_part();
+    std::string& out = parts.back();
+    ++counts.back();
+    AppendU64(&out, client_id);
+    AppendU64(&out, session.first_incomplete_seq);
+    AppendU64(&out, session.last_used_index);
+    AppendU32(&out, static_cast<uint32_t>(session.results.size()));
+    for (const auto& [seq, result] : session.results) {
+      AppendU64(&out, seq);
+      AppendU32(&out, static_cast<uint32_t>(result.size()));
+      out.append(result);
+    }
+  }
+  for (size_t i = 0; i < parts.size(); ++i) {
+    std::string fixed;
+    AppendU32(&fixed, static_cast<uint32_t>(parts.size()));
+    AppendU32(&fixed, counts[i]);
+    parts[i].replace(kPartsOffset, fixed.size(), fixed);
+  }
+  return parts;
+}
+
+absl::Status DecodeCheckpoint(const std::vector<std::string>& parts, uint64_t* index,
+                              SessionMap* sessions) {
+  if (parts.empty()) return absl::DataLossError("malformed session checkpoint: no parts");
+  SessionMap decoded;
+  std::map<uint64_t, uint64_t> last_used;  // uniqueness check
+  for (size_t p = 0; p < parts.size(); ++p) {
+    Reader in(parts[p], "session checkpoint");
+    TESSERA_ASSIGN_OR_RETURN(uint8_t version, in.U8());
+    if (version != kSessionFormat) {
+      return in.Error(absl::StrCat("unknown format version ", static_cast<int>(version)));
+    }
+    TESSERA_ASSIGN_OR_RETURN(uint64_t part_index, in.U64());
+    TESSERA_ASSIGN_OR_RETURN(uint32_t part, in.U32());
+    TESSERA_ASSIGN_OR_RETURN(uint32_t count, in.U32());
+    if (p == 0) *index = part_index;
+    if (part_index != *index || part != p || count != parts.size()) {
+      return in.Error(absl::StrCat("part ", part, " of ", count, " at index ", part_index,
+                                   " found as part ", p, " of ", parts.size(), " at index ",
+                                   *index));
+    }
+    TESSERA_ASSIGN_OR_RETURN(uint32_t n, in.U32());
+    for (uint32_t i = 0; i < n; ++i) {
+      TESSERA_ASSIGN_OR_RETURN(uint64_t client_id, in.U64());
+      if (client_id == 0 || (!decoded.empty() && client_id <= decoded.rbegin()->first)) {
+        return in.Error("client ids not ascending");
+      }
+      Session session;
+      TESSERA_ASSIGN_OR_RETURN(session.first_incomplete_seq, in.U64());
+      TESSERA_ASSIGN_OR_RETURN(session.last_used_index, in.U64());
+      if (session.last_used_index > *index ||
+          !last_used.emplace(session.last_used_index, 0).second) {
+        return in.Error(absl::StrCat("bad last_used_index of client ", client_id));
+      }
+      TESSERA_ASSIGN_OR_RETURN(uint32_t m, in.U32());
+      for (uint32_t j = 0; j < m; ++j) {
+        TESSERA_ASSIGN_OR_RETURN(uint64_t seq, in.U64());
+        if (seq < session.first_incomplete_seq ||
+            (!session.results.empty() && seq <= session.results.rbegin()->first)) {
+          return in.Error(absl::StrCat("bad result seq of client ", client_id));
+        }
+        TESSERA_ASSIGN_OR_RETURN(uint32_t len, in.U32());
+        TESSERA_ASSIGN_OR_RETURN(absl::string_view result, in.Bytes(len));
+        session.results.emplace_hint(session.results.end(), seq, std::string(result));
+      }
+      decoded.emplace_hint(decoded.end(), client_id, std::move(session));
+    }
+    if (!in.done()) return in.Error("trailing bytes");
+  }
+  *sessions = std::move(decoded);
+  return absl::OkStatus();
+}
+
+std::string NewDeltaWindow() { return std::string(1, kSessionFormat); }
+
+void AppendSessionOp(const SessionOp& op, std::string* window) {
+  AppendU64(window, op.index);
+  AppendU64(window, op.client_id);
+  window->push_back(op.create ? 0x01 : 0x00);
+  AppendU64(window, op.first_incomplete_seq);
+  AppendU64(window, op.seq);
+  AppendU32(window, static_cast<uint32_t>(op.result.size()));
+  window->append(op.result);
+  AppendU32(window, static_cast<uint32_t>(op.evicted.size()));
+  for (uint64_t client_id : op.evicted) AppendU64(window, client_id);
+}
+
+absl::StatusOr<std::vector<SessionOp>> DecodeDeltaWindow(absl::string_view stored) {
+  Reader in(stored, "session delta window");
+  TESSERA_ASSIGN_OR_RETURN(uint8_t version, in.U8());
+  if (version != kSessionFormat) {
+    return in.Error(absl::StrCat("unknown format version ", static_cast<int>(version)));
+  }
+  std::vector<SessionOp> ops;
+  while (!in.done()) {
+    SessionOp op;
+    TESSERA_ASSIGN_OR_RETURN(op.index, in.U64());
+    if (!ops.empty() && op.index <= ops.back().index) return in.Error("ops not ascending");
+    TESSERA_ASSIGN_OR_RETURN(op.client_id, in.U64());
+    if (op.client_id == 0) return in.Error("client id 0");
+    TESSERA_ASSIGN_OR_RETURN(uint8_t kind, in.U8());
+    if (kind > 1) return in.Error(absl::StrCat("unknown op kind ", static_cast<int>(kind)));
+    op.create = kind == 1;
+    TESSERA_ASSIGN_OR_RETURN(op.first_incomplete_seq, in.U64());
+    TESSERA_ASSIGN_OR_RETURN(op.seq, in.U64());
+    if (op.seq == 0) return in.Error("seq 0");
+    TESSERA_ASSIGN_OR_RETURN(uint32_t len, in.U32());
+    TESSERA_ASSIGN_OR_RETURN(absl::string_view result, in.Bytes(len));
+    op.result = std::string(result);
+    TESSERA_ASSIGN_OR_RETURN(uint32_t e, in.U32());
+    if (e > in.remaining() / 8) return in.Error("truncated evictions");
+    op.evicted.reserve(e);
+    for (uint32_t i = 0; i < e; ++i) {
+      TESSERA_ASSIGN_OR_RETURN(uint64_t victim, in.U64());
+      op.evicted.push_back(victim);
+    }
+    ops.push_back(std::move(op));
+  }
+  if (ops.empty()) return in.Error("no ops");
+  return ops;
+}
+
+absl::Status ReplaySessionOp(const SessionOp& op, SessionMap* sessions,
+                             std::map<uint64_t, uint64_t>* lru) {
+  auto it = sessions->find(op.client_id);
+  if (op.create) {
+    if (it != sessions->end()) {
+      return absl::DataLossError(absl::StrCat("session delta at index ", op.index,
+                                              " creates the existing session of client ",
+                                              op.client_id));
+    }
+    it = sessions->emplace(op.client_id, Session{}).first;
+  } else {
+    if (it == sessions->end()) {
+      return absl::DataLossError(absl::StrCat("session delta at index ", op.index,
+                                              " updates the missing session of client ",
+                                              op.client_id));
+    }
+    lru->erase(it->second.last_used_index);
+  }
+  Session& session = it->second;
+  session.first_incomplete_seq = op.first_incomplete_seq;
+  session.last_used_index = op.index;
+  if (op.seq >= op.first_incomplete_seq) session.results[op.seq] = op.result;
+  session.results.erase(session.results.begin(),
+                        session.results.lower_bound(op.first_incomplete_seq));
+  (*lru)[op.index] = op.client_id;
+  for (uint64_t victim : op.evicted) {
+    auto v = sessions->find(victim);
+    if (v == sessions->end() || victim == op.client_id) {
+      return absl::DataLossError(absl::StrCat("session delta at index ", op.index,
+                                              " evicts the missing session of client ", victim));
+    }
+    lru->erase(v->second.last_used_index);
+    sessions->erase(v);
+  }
+  return absl::OkStatus();
+}
+
+// ---- Scan continuation ----
 
 std::string EncodeContinuation(uint64_t shard, absl::string_view resume_key) {
   std::string out(1, kFormatV1);

@@ -7,20 +7,61 @@
 // User data (KvStore user keys):
 //   key -> version (8 bytes BE) | value bytes
 //
-// Meta records (KvStore meta keys; see state_machine.cc "Sessions"):
+// Session meta records, format 2 (KvStore meta keys; see state_machine.cc
+// "Sessions"). The sessions live in memory; storage holds a checkpoint of the
+// whole table plus the changes made since, as a log of session ops grouped in
+// delta windows:
+//   "C" | part (4 BE)        -> Checkpoint part: 0x02 | index | part (4 BE) |
+//                               parts (4 BE) | n (4 BE) | n x session,
+//                               ascending client_id within and across parts
+//       session: client_id | first_incomplete_seq | last_used_index |
+//                m (4 BE) | m x (seq | len (4 BE) | result), ascending seq
+//   "D" | first index (8 BE) -> DeltaWindow: 0x02 | ops, ascending index
+//       op: index | client_id | kind (1: 0x00 update, 0x01 create) |
+//           first_incomplete_seq | seq | len (4 BE) | result |
+//           e (4 BE) | e x evicted client_id
+// `result` is a serialized serverpb::CommandResult with request_fingerprint
+// set (0 in results converted from format 1, written before fingerprints).
+// All integers are 8 bytes big-endian unless noted. The checkpoint's index is
+// the log index whose state it holds; every op in the windows is newer. A
+// checkpoint is split into parts of about kCheckpointPartBytes (at session
+// boundaries; at least one part, even for an empty table), so that no record
+// outgrows a snapshot chunk or a peer message; all parts carry the same
+// index and part count. A
+// window's key is the index of its first op, so windows sort by log index.
+// A window closes after kDeltaWindowMaxOps ops or once it holds
+// kDeltaWindowMaxBytes; the next op opens a new one. Which ops share a window
+// and when a checkpoint is taken depend only on the log (and the
+// StateMachineOptions), never on how entries were batched, so replicas write
+// identical bytes.
+//
+// Rebuilding the table (load): the checkpoint (none: empty), then every op of
+// every window in key order. An op sets the session's first_incomplete_seq
+// and last_used_index (= the op's index), stores the result if seq >=
+// first_incomplete_seq, drops the results below first_incomplete_seq, then
+// removes the evicted sessions; "create" starts from an empty session.
+// Anything that does not fit (bad version, length, order, an op at or below
+// the checkpoint, an update of an unknown session, ...) is kDataLoss.
+//
+// Crash safety: the checkpoint, the window(s) a batch wrote and the deletion
+// of the windows a checkpoint covers go in the same KvStore::Apply as the
+// batch's data and applied index, so a crash leaves all or none of them.
+//
+// Format 1 (read once, converted on the first write; state_machine.cc):
 //   "L"                      -> SessionList: 0x01 | count | head | tail
 //   "S" | client_id (8 BE)   -> SessionRecord: 0x01 | first_incomplete_seq |
 //                               last_used_index | prev | next |
 //                               n (4 BE) | n x seq (ascending)
 //   "R" | client_id | seq    -> serialized serverpb::CommandResult
-// All integers are 8 bytes big-endian unless noted.
 //
 // Scan continuation token (opaque to clients):
 //   0x01 | shard (8 BE) | resume key (the first key of the next page)
 #ifndef TESSERA_SERVER_KV_SM_FORMAT_H_
 #define TESSERA_SERVER_KV_SM_FORMAT_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -42,7 +83,68 @@ std::string EncodeValue(uint64_t version, absl::string_view value);
 // kDataLoss if `stored` is shorter than the 8-byte version.
 absl::StatusOr<VersionedValue> DecodeValue(absl::string_view stored);
 
-// ---- Session meta records ----
+// ---- Session meta records, format 2 ----
+
+// One client's session on one shard, as held in memory and in checkpoints.
+// Invariant: every seq in `results` is >= first_incomplete_seq.
+struct Session {
+  uint64_t first_incomplete_seq = 0;
+  uint64_t last_used_index = 0;  // log index of the command that last used it
+  // seq -> serialized serverpb::CommandResult (request_fingerprint set)
+  std::map<uint64_t, std::string> results;
+};
+// client_id -> session (client id 0 never has one). Ordered: checkpoints
+// encode it in key order.
+using SessionMap = std::map<uint64_t, Session>;
+
+// One change to the table made by applying one command (see the top).
+struct SessionOp {
+  uint64_t index = 0;
+  uint64_t client_id = 0;
+  bool create = false;
+  uint64_t first_incomplete_seq = 0;  // the session's, after the command
+  uint64_t seq = 0;
+  std::string result;
+  std::vector<uint64_t> evicted;  // in eviction order
+};
+
+constexpr char kSessionFormat = 0x02;
+constexpr uint64_t kDeltaWindowMaxOps = 32;
+constexpr size_t kDeltaWindowMaxBytes = 16 << 10;
+constexpr size_t kCheckpointPartBytes = 1 << 20;
+
+std::string CheckpointKey(uint32_t part);
+// True if `meta_key` is a checkpoint part's key; sets `*part`.
+bool ParseCheckpointKey(absl::string_view meta_key, uint32_t* part);
+std::string DeltaKey(uint64_t first_index);
+// True if `meta_key` is a delta window's key; sets `*first_index`.
+bool ParseDeltaKey(absl::string_view meta_key, uint64_t* first_index);
+
+// The checkpoint's parts, part 0 first; a part is closed once it holds
+// `part_bytes` (and at least one session).
+std::vector<std::string> EncodeCheckpoint(uint64_t index, const SessionMap& sessions,
+                                          size_t part_bytes = kCheckpointPartBytes);
+// `parts` in part order. kDataLoss on a malformed checkpoint (version,
+// lengths, order, a part missing or of another checkpoint, a result below
+// its session's first_incomplete_seq, a last_used_index above `index` or
+// shared by two sessions).
+absl::Status DecodeCheckpoint(const std::vector<std::string>& parts, uint64_t* index,
+                              SessionMap* sessions);
+
+// A new, empty delta window (the version byte); ops are appended to it.
+std::string NewDeltaWindow();
+void AppendSessionOp(const SessionOp& op, std::string* window);
+// kDataLoss on a malformed window (version, lengths, ops not ascending).
+absl::StatusOr<std::vector<SessionOp>> DecodeDeltaWindow(absl::string_view stored);
+
+// Applies `op` to `sessions` (the load path; the live path in
+// state_machine.cc makes the same change). `lru` maps last_used_index ->
+// client_id. kDataLoss if the op does not fit the table (create of an
+// existing session, update or eviction of a missing one).
+absl::Status ReplaySessionOp(const SessionOp& op, SessionMap* sessions,
+                             std::map<uint64_t, uint64_t>* lru);
+
+// ---- Session meta records, format 1 (read only to convert them) ----
 
 // The shard's doubly linked list of sessions in least-recently-used order:
 // head is the least recently used, tail the most recently used. 0 = none

@@ -2,17 +2,20 @@
 //
 // Apply, step by step (one call = one ready cycle of the Node):
 //  1. For each entry, in order: look up the shard's applied index (once per
-//     shard and batch); skip entries at or below it or at or below an index
-//     already seen in this batch (empty result); decode the Command (empty
+//     shard and batch) and (re)load the shard's session table if it does
+//     not reflect that index; skip entries at or below it or at or below an
+//     index already seen in this batch (empty result); decode the Command (empty
 //     data: advance only; undecodable: kInvalidArgument result); run it.
 //  2. A command runs against a per-command Overlay stacked on the shard's
 //     batch Overlay, itself over the KvStore, so it sees the earlier commands
 //     of the batch. Only a command that succeeds merges its overlay into the
-//     shard's; a failed command changes nothing (its session bookkeeping is
-//     written straight to the shard overlay).
+//     shard's; a failed command changes no data (its result is still
+//     remembered in the session table).
 //  3. One KvStore::Apply with one ShardWrite per shard that advanced, in shard
 //     order, carrying the final state of every key the batch touched (in key
-//     order, from std::map) and the shard's last entry index.
+//     order, from std::map), the session records the batch wrote (the open
+//     delta window, plus any window that filled up or a checkpoint) and the
+//     shard's last entry index.
 // No clock, randomness or hash-map iteration order reaches the writes, so
 // every replica writes identical bytes for the same log.
 //
@@ -32,10 +35,18 @@
 //    request's (never falls) and results below it are dropped; beyond
 //    max_results_per_session results the smallest seqs are dropped and
 //    first_incomplete_seq rises past them (so their retries are rejected
-//    rather than re-applied); the session moves to the tail of the shard's
-//    LRU list (a doubly linked list kept in meta records, so no meta scan is
-//    ever needed); while more than max_sessions_per_shard sessions exist the
-//    head (least recently used) is evicted with all its results.
+//    rather than re-applied); the session becomes the most recently used
+//    (last_used_index = the entry's index); while more than
+//    max_sessions_per_shard sessions exist the least recently used (smallest
+//    last_used_index) is evicted with all its results.
+//  Sessions live in memory (ShardSessions: a map by client id and the LRU
+//  order as a map by last_used_index). Each command that changes a session
+//  appends one SessionOp (sm_format.h) to the shard's open delta window;
+//  the batch writes that window once, so a put costs one point read (the
+//  key's version) and one write (its value) plus its share of the window.
+//  After session_checkpoint_ops ops (or bytes) a checkpoint of the whole
+//  table replaces the windows. A restart or a snapshot install rebuilds the
+//  table from the checkpoint and the windows (LoadSessions), exactly.
 //  The only window left: a session evicted while its client's first write on
 //  this shard (first_incomplete_seq <= 1) is still unacknowledged applies
 //  that write again if retried. With the LRU bound this needs
@@ -141,6 +152,9 @@ serverpb::CommandResult ErrorResult(const absl::Status& status) {
 StateMachineOptions Sanitized(StateMachineOptions options) {
   options.max_sessions_per_shard = std::max<size_t>(options.max_sessions_per_shard, 1);
   options.max_results_per_session = std::max<size_t>(options.max_results_per_session, 1);
+  options.session_checkpoint_ops = std::max<uint64_t>(options.session_checkpoint_ops, 1);
+  options.session_checkpoint_part_bytes =
+      std::max<size_t>(options.session_checkpoint_part_bytes, 1);
   options.max_scan_limit = std::max<uint32_t>(options.max_scan_limit, 1);
   options.default_scan_limit =
       std::clamp<uint32_t>(options.default_scan_limit, 1, options.max_scan_limit);
@@ -353,107 +367,6 @@ absl::StatusOr<serverpb::CommandResult> Execute(Overlay& view, const serverpb::C
   return result;
 }
 
-// ---- Sessions (meta records, see sm_format.h and the comment at the top) ----
-
-absl::StatusOr<std::optional<sm::SessionRecord>> LoadSession(const Overlay& shard,
-                                                             uint64_t client_id) {
-  TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored,
-                           shard.Get(/*meta=*/true, sm::SessionKey(client_id)));
-  if (!stored.has_value()) return std::optional<sm::SessionRecord>();
-  TESSERA_ASSIGN_OR_RETURN(sm::SessionRecord record, sm::DecodeSessionRecord(*stored));
-  return std::optional<sm::SessionRecord>(std::move(record));
-}
-
-// A session the LRU list points at must exist.
-absl::StatusOr<sm::SessionRecord> LoadLinkedSession(const Overlay& shard, uint64_t client_id) {
-  TESSERA_ASSIGN_OR_RETURN(std::optional<sm::SessionRecord> record, LoadSession(shard, client_id));
-  if (!record.has_value()) {
-    return absl::DataLossError(
-        absl::StrCat("session list links to missing session of client ", client_id));
-  }
-  return *std::move(record);
-}
-
-void StoreSession(Overlay& shard, uint64_t client_id, const sm::SessionRecord& record) {
-  shard.Put(/*meta=*/true, sm::SessionKey(client_id), sm::EncodeSessionRecord(record));
-}
-
-absl::StatusOr<sm::SessionList> LoadSessionList(const Overlay& shard) {
-  TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored,
-                           shard.Get(/*meta=*/true, sm::SessionListKey()));
-  if (!stored.has_value()) return sm::SessionList{};
-  return sm::DecodeSessionList(*stored);
-}
-
-void StoreSessionList(Overlay& shard, const sm::SessionList& list) {
-  shard.Put(/*meta=*/true, sm::SessionListKey(), sm::EncodeSessionList(list));
-}
-
-// Moves `client_id` (whose up-to-date record is `*record`, not yet stored) to
-// the tail (most recently used end) of the LRU list, inserting it if
-// `is_new`, and stores it.
-absl::Status MoveToTail(Overlay& shard, uint64_t client_id, sm::SessionRecord* record,
-                        bool is_new) {
-  if (!is_new && record->next == 0) {
-    // Already the tail (the only linked record without a next): the common
-    // case of a client writing repeatedly, decided without the list.
-    StoreSession(shard, client_id, *record);
-    return absl::OkStatus();
-  }
-  TESSERA_ASSIGN_OR_RETURN(sm::SessionList list, LoadSessionList(shard));
-  if (is_new) {
-    ++list.count;
-  } else {
-    // Unlink; not the tail, so it has a next.
-    if (record->prev != 0) {
-      TESSERA_ASSIGN_OR_RETURN(sm::SessionRecord prev, LoadLinkedSession(shard, record->prev));
-      prev.next = record->next;
-      StoreSession(shard, record->prev, prev);
-    } else {
-      list.head = record->next;
-    }
-    TESSERA_ASSIGN_OR_RETURN(sm::SessionRecord next, LoadLinkedSession(shard, record->next));
-    next.prev = record->prev;
-    StoreSession(shard, record->next, next);
-  }
-  record->prev = list.tail;
-  record->next = 0;
-  if (list.tail != 0) {
-    TESSERA_ASSIGN_OR_RETURN(sm::SessionRecord tail, LoadLinkedSession(shard, list.tail));
-    tail.next = client_id;
-    StoreSession(shard, list.tail, tail);
-  } else {
-    list.head = client_id;
-  }
-  list.tail = client_id;
-  StoreSession(shard, client_id, *record);
-  StoreSessionList(shard, list);
-  return absl::OkStatus();
-}
-
-// Evicts least recently used sessions, with their results, down to the bound.
-absl::Status EvictOverflow(Overlay& shard, size_t max_sessions) {
-  TESSERA_ASSIGN_OR_RETURN(sm::SessionList list, LoadSessionList(shard));
-  if (list.count <= max_sessions) return absl::OkStatus();
-  while (list.count > max_sessions && list.head != 0) {
-    const uint64_t victim = list.head;
-    TESSERA_ASSIGN_OR_RETURN(sm::SessionRecord record, LoadLinkedSession(shard, victim));
-    for (uint64_t seq : record.seqs) shard.Delete(/*meta=*/true, sm::ResultKey(victim, seq));
-    shard.Delete(/*meta=*/true, sm::SessionKey(victim));
-    list.head = record.next;
-    if (record.next != 0) {
-      TESSERA_ASSIGN_OR_RETURN(sm::SessionRecord next, LoadLinkedSession(shard, record.next));
-      next.prev = 0;
-      StoreSession(shard, record.next, next);
-    } else {
-      list.tail = 0;
-    }
-    --list.count;
-  }
-  StoreSessionList(shard, list);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 uint64_t RequestFingerprint(const serverpb::Command& command) {
@@ -478,11 +391,212 @@ uint64_t RequestFingerprint(const serverpb::Command& command) {
   const uint64_t hash = XXH3_64bits(bytes.data(), bytes.size());
   return hash != 0 ? hash : 1;  // 0 means "no fingerprint"
 }
+// ---- Sessions (in memory; persisted as checkpoint + delta windows, see
+// sm_format.h and the comment at the top) ----
+
+// A shard's session table in memory, its LRU order, and where its persisted
+// form stands (the checkpoint and the delta windows written since).
+struct StateMachine::ShardSessions {
+  uint64_t applied_index = 0;  // the store's applied index this table reflects
+  sm::SessionMap sessions;
+  std::map<uint64_t, uint64_t> lru;  // last_used_index -> client_id; begin = LRU
+
+  std::vector<uint64_t> delta_starts;  // keys of the stored windows, ascending
+  std::string window;                  // the open (last) window's bytes
+  bool window_open = false;
+  bool window_dirty = false;  // the open window changed in this batch
+  uint64_t window_start = 0;
+  uint64_t window_ops = 0;
+  uint64_t ops_since_checkpoint = 0;
+  uint64_t delta_bytes_since_checkpoint = 0;
+  uint64_t checkpoint_bytes = 0;  // size of the stored checkpoint (0: none)
+  uint32_t checkpoint_parts = 0;  // its parts ("C" | part)
+
+  // Format 1 records found at load: converted (a checkpoint written, these
+  // deleted) with the shard's next write.
+  std::vector<std::string> legacy_keys;
+};
 
 namespace {
 
+using ShardSessions = StateMachine::ShardSessions;
+
+// Ops and bytes of a delta window that closes it (sm_format.h).
+bool WindowFull(uint64_t ops, size_t bytes) {
+  return ops >= sm::kDeltaWindowMaxOps || bytes >= sm::kDeltaWindowMaxBytes;
+}
+
+// Reads format 1 records (S/L/R) into `table`. kDataLoss when corrupt.
+absl::Status ConvertLegacy(const std::map<std::string, std::string>& legacy, ShardSessions* table) {
+  for (const auto& [key, value] : legacy) {
+    table->legacy_keys.push_back(key);
+    if (key[0] != 'S') continue;
+    if (key.size() != 9) return absl::DataLossError("malformed format 1 session key");
+    uint64_t client_id = 0;
+    for (size_t i = 1; i < 9; ++i) client_id = (client_id << 8) | static_cast<uint8_t>(key[i]);
+    TESSERA_ASSIGN_OR_RETURN(sm::SessionRecord record, sm::DecodeSessionRecord(value));
+    sm::Session session;
+    session.first_incomplete_seq = record.first_incomplete_seq;
+    session.last_used_index = record.last_used_index;
+    for (uint64_t seq : record.seqs) {
+      auto r = legacy.find(sm::ResultKey(client_id, seq));
+      if (r == legacy.end()) {
+        return absl::DataLossError(absl::StrCat("format 1 session of client ", client_id,
+                                                " lacks its result for seq ", seq));
+      }
+      // Format 1 kept results below first_incomplete_seq only transiently;
+      // the invariant of format 2 drops them.
+      if (seq >= session.first_incomplete_seq) session.results.emplace(seq, r->second);
+    }
+    if (!table->lru.emplace(session.last_used_index, client_id).second) {
+      return absl::DataLossError(
+          absl::StrCat("format 1 sessions share last_used_index ", session.last_used_index));
+    }
+    table->sessions.emplace(client_id, std::move(session));
+  }
+  return absl::OkStatus();
+}
+
+// Rebuilds a shard's table from its stored meta records (sm_format.h).
+// kDataLoss on corrupt or inconsistent records; storage errors.
+absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, ShardId shard) {
+  auto table = std::make_unique<ShardSessions>();
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<storage::ShardSnapshot> snapshot,
+                           kv.ExportSnapshot(shard));
+  table->applied_index = snapshot->applied_index();
+  uint64_t checkpoint_index = 0;
+  std::vector<std::string> checkpoint_parts;
+  bool checkpoint_loaded = false;
+  std::map<std::string, std::string> legacy;
+  uint64_t last_op = 0;
+  // "C" keys sort before "D" keys: the checkpoint is complete when the first
+  // window (or the end of the meta records) is reached.
+  auto load_checkpoint = [&]() -> absl::Status {
+    if (checkpoint_loaded || checkpoint_parts.empty()) return absl::OkStatus();
+    checkpoint_loaded = true;
+    TESSERA_RETURN_IF_ERROR(
+        sm::DecodeCheckpoint(checkpoint_parts, &checkpoint_index, &table->sessions));
+    if (checkpoint_index > table->applied_index) {
+      return absl::DataLossError(absl::StrCat("session checkpoint at index ", checkpoint_index,
+                                              " is above the applied index ",
+                                              table->applied_index));
+    }
+    for (const auto& [client_id, session] : table->sessions) {
+      table->lru.emplace(session.last_used_index, client_id);
+    }
+    last_op = checkpoint_index;
+    table->checkpoint_parts = static_cast<uint32_t>(checkpoint_parts.size());
+    for (const std::string& part : checkpoint_parts) table->checkpoint_bytes += part.size();
+    checkpoint_parts.clear();
+    return absl::OkStatus();
+  };
+  storage::SnapshotRecord record;
+  while (true) {
+    TESSERA_ASSIGN_OR_RETURN(bool more, snapshot->Next(&record));
+    if (!more || !record.meta) break;  // meta records come first
+    const std::string& key = record.key;
+    uint64_t start = 0;
+    uint32_t part = 0;
+    if (sm::ParseCheckpointKey(key, &part)) {
+      checkpoint_parts.push_back(std::move(record.value));
+    } else if (sm::ParseDeltaKey(key, &start)) {
+      TESSERA_RETURN_IF_ERROR(load_checkpoint());
+      TESSERA_ASSIGN_OR_RETURN(std::vector<sm::SessionOp> ops, sm::DecodeDeltaWindow(record.value));
+      if (ops.front().index != start) {
+        return absl::DataLossError(
+            absl::StrCat("session delta window ", start, " starts at index ", ops.front().index));
+      }
+      for (const sm::SessionOp& op : ops) {
+        if (op.index <= last_op || op.index > table->applied_index) {
+          return absl::DataLossError(absl::StrCat(
+              "session delta at index ", op.index, " is out of order (previous ", last_op,
+              ", checkpoint ", checkpoint_index, ", applied ", table->applied_index, ")"));
+        }
+        TESSERA_RETURN_IF_ERROR(sm::ReplaySessionOp(op, &table->sessions, &table->lru));
+        last_op = op.index;
+      }
+      table->delta_starts.push_back(start);
+      table->ops_since_checkpoint += ops.size();
+      table->delta_bytes_since_checkpoint += record.value.size();
+      table->window_open = !WindowFull(ops.size(), record.value.size());
+      table->window_start = start;
+      table->window_ops = ops.size();
+      table->window = table->window_open ? std::move(record.value) : std::string();
+    } else if (key.size() >= 1 && (key[0] == 'L' || key[0] == 'S' || key[0] == 'R')) {
+      legacy.emplace(key, std::move(record.value));
+    }
+    // Other meta keys are not the StateMachine's.
+  }
+  TESSERA_RETURN_IF_ERROR(load_checkpoint());
+  if (!legacy.empty()) {
+    if (checkpoint_loaded || !table->delta_starts.empty()) {
+      return absl::DataLossError("session records of format 1 and format 2 side by side");
+    }
+    TESSERA_RETURN_IF_ERROR(ConvertLegacy(legacy, table.get()));
+  }
+  return table;
+}
+
+// Writes a checkpoint of `table` as of log index `index` and deletes the
+// delta windows it covers.
+void WriteCheckpoint(ShardSessions& table, Overlay& shard, uint64_t index,
+                     const StateMachineOptions& options) {
+  for (uint64_t start : table.delta_starts) shard.Delete(/*meta=*/true, sm::DeltaKey(start));
+  table.delta_starts.clear();
+  table.window.clear();
+  table.window_open = false;
+  table.window_dirty = false;
+  table.window_ops = 0;
+  std::vector<std::string> parts =
+      sm::EncodeCheckpoint(index, table.sessions, options.session_checkpoint_part_bytes);
+  table.checkpoint_bytes = 0;
+  for (uint32_t part = 0; part < parts.size(); ++part) {
+    table.checkpoint_bytes += parts[part].size();
+    shard.Put(/*meta=*/true, sm::CheckpointKey(part), std::move(parts[part]));
+  }
+  // The previous checkpoint's extra parts.
+  for (uint32_t part = static_cast<uint32_t>(parts.size()); part < table.checkpoint_parts; ++part) {
+    shard.Delete(/*meta=*/true, sm::CheckpointKey(part));
+  }
+  table.checkpoint_parts = static_cast<uint32_t>(parts.size());
+  table.ops_since_checkpoint = 0;
+  table.delta_bytes_since_checkpoint = 0;
+}
+
+// Appends `op` to the shard's open delta window (opening one if needed);
+// a window that fills up is written and closed; then a checkpoint if due.
+void RecordOp(ShardSessions& table, Overlay& shard, const sm::SessionOp& op,
+              const StateMachineOptions& options) {
+  if (!table.window_open) {
+    table.window = sm::NewDeltaWindow();
+    table.window_open = true;
+    table.window_start = op.index;
+    table.window_ops = 0;
+    table.delta_starts.push_back(op.index);
+    table.delta_bytes_since_checkpoint += table.window.size();
+  }
+  const size_t before = table.window.size();
+  sm::AppendSessionOp(op, &table.window);
+  table.delta_bytes_since_checkpoint += table.window.size() - before;
+  ++table.window_ops;
+  ++table.ops_since_checkpoint;
+  table.window_dirty = true;
+  if (WindowFull(table.window_ops, table.window.size())) {
+    shard.Put(/*meta=*/true, sm::DeltaKey(table.window_start), std::move(table.window));
+    table.window.clear();
+    table.window_open = false;
+    table.window_dirty = false;
+  }
+  if (table.ops_since_checkpoint >= options.session_checkpoint_ops ||
+      table.delta_bytes_since_checkpoint >=
+          std::max<uint64_t>(options.session_checkpoint_bytes, table.checkpoint_bytes)) {
+    WriteCheckpoint(table, shard, op.index, options);
+  }
+}
+
 // Runs one decoded command at log index `index` with session handling.
-absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t index,
+absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, ShardSessions& table,
+                                                     uint64_t index,
                                                      const serverpb::Command& command,
                                                      const StateMachineOptions& options) {
   const v1::Session& session = command.session();
@@ -496,16 +610,15 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t in
 
   const uint64_t seq = session.seq();
   if (seq == 0) return ErrorResult(absl::InvalidArgumentError("session seq must be >= 1"));
-  TESSERA_ASSIGN_OR_RETURN(std::optional<sm::SessionRecord> record, LoadSession(shard, client_id));
-  if (record.has_value()) {
-    if (std::binary_search(record->seqs.begin(), record->seqs.end(), seq)) {
+  auto it = table.sessions.find(client_id);
+  if (it != table.sessions.end()) {
+    auto stored = it->second.results.find(seq);
+    if (stored != it->second.results.end()) {
       // A retry of an applied write: the original answer, nothing changes.
-      TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored,
-                               shard.Get(/*meta=*/true, sm::ResultKey(client_id, seq)));
       serverpb::CommandResult remembered;
-      if (!stored.has_value() || !remembered.ParseFromString(*stored)) {
+      if (!remembered.ParseFromString(stored->second)) {
         return absl::DataLossError(
-            absl::StrCat("missing or corrupt result of client ", client_id, " seq ", seq));
+            absl::StrCat("corrupt remembered result of client ", client_id, " seq ", seq));
       }
       // 0: remembered before fingerprints existed; trust the seq as before.
       if (remembered.request_fingerprint() != 0 &&
@@ -517,7 +630,7 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t in
       remembered.clear_request_fingerprint();
       return remembered;
     }
-    if (seq < record->first_incomplete_seq || seq < session.first_incomplete_seq()) {
+    if (seq < it->second.first_incomplete_seq || seq < session.first_incomplete_seq()) {
       return ErrorResult(absl::FailedPreconditionError(kStaleSessionMessage));
     }
   } else if (session.first_incomplete_seq() > 1) {
@@ -530,33 +643,46 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t in
   TESSERA_ASSIGN_OR_RETURN(serverpb::CommandResult result, Execute(view, command));
   if (result.code() == 0) view.CommitToParent();
 
-  // Remember the result and update the session.
-  const bool is_new = !record.has_value();
-  sm::SessionRecord updated = is_new ? sm::SessionRecord{} : *std::move(record);
-  updated.first_incomplete_seq =
-      std::max(updated.first_incomplete_seq, session.first_incomplete_seq());
-  updated.last_used_index = index;
-  auto& seqs = updated.seqs;
-  seqs.insert(std::upper_bound(seqs.begin(), seqs.end(), seq), seq);
-  std::string serialized;
+  // Remember the result and update the session (ReplaySessionOp makes the
+  // same change from the op at load).
+  sm::SessionOp op;
+  op.index = index;
+  op.client_id = client_id;
+  op.create = it == table.sessions.end();
+  op.seq = seq;
   {
     serverpb::CommandResult remembered = result;
     remembered.set_request_fingerprint(RequestFingerprint(command));
-    remembered.SerializeToString(&serialized);
+    remembered.SerializeToString(&op.result);
   }
-  shard.Put(/*meta=*/true, sm::ResultKey(client_id, seq), std::move(serialized));
-  size_t drop = 0;
-  while (drop < seqs.size() && (seqs[drop] < updated.first_incomplete_seq ||
-                                seqs.size() - drop > options.max_results_per_session)) {
+  if (op.create) {
+    it = table.sessions.emplace(client_id, sm::Session{}).first;
+  } else {
+    table.lru.erase(it->second.last_used_index);
+  }
+  sm::Session& updated = it->second;
+  updated.first_incomplete_seq =
+      std::max(updated.first_incomplete_seq, session.first_incomplete_seq());
+  updated.last_used_index = index;
+  updated.results[seq] = op.result;
+  auto& results = updated.results;
+  while (!results.empty() && (results.begin()->first < updated.first_incomplete_seq ||
+                              results.size() > options.max_results_per_session)) {
     // Results beyond the bound: later retries of these seqs are rejected.
-    updated.first_incomplete_seq = std::max(updated.first_incomplete_seq, seqs[drop] + 1);
-    shard.Delete(/*meta=*/true, sm::ResultKey(client_id, seqs[drop]));
-    ++drop;
+    updated.first_incomplete_seq =
+        std::max(updated.first_incomplete_seq, results.begin()->first + 1);
+    results.erase(results.begin());
   }
-  seqs.erase(seqs.begin(), seqs.begin() + static_cast<std::ptrdiff_t>(drop));
-  TESSERA_RETURN_IF_ERROR(MoveToTail(shard, client_id, &updated, is_new));
+  op.first_incomplete_seq = updated.first_incomplete_seq;
+  table.lru.emplace(index, client_id);
   // Only a new session can take the count over the bound.
-  if (is_new) TESSERA_RETURN_IF_ERROR(EvictOverflow(shard, options.max_sessions_per_shard));
+  while (op.create && table.sessions.size() > options.max_sessions_per_shard) {
+    auto victim = table.lru.begin();
+    op.evicted.push_back(victim->second);
+    table.sessions.erase(victim->second);
+    table.lru.erase(victim);
+  }
+  RecordOp(table, shard, op, options);
   return result;
 }
 
@@ -564,6 +690,8 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, uint64_t in
 
 StateMachine::StateMachine(storage::KvStore* kv, const StateMachineOptions& options)
     : kv_(kv), options_(Sanitized(options)) {}
+
+StateMachine::~StateMachine() = default;
 
 absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
                                  std::vector<serverpb::CommandResult>* results) {
@@ -574,6 +702,7 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
     uint64_t stored_applied = 0;  // applied index in the KvStore
     uint64_t last_index = 0;      // highest index applied in this batch
     std::unique_ptr<Overlay> overlay;
+    ShardSessions* table = nullptr;
   };
   std::map<ShardId, ShardBatch> shards;  // ordered: deterministic write order
 
@@ -591,6 +720,23 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
       ShardBatch& batch = it->second;
       if (entry.index <= batch.last_index) continue;  // already applied: empty result
       batch.last_index = entry.index;
+      if (batch.table == nullptr) {
+        // The table is (re)loaded when this StateMachine has none for the
+        // shard or the store moved without it: a snapshot was installed (or
+        // the shard replaced) underneath. The state of a shard at a given
+        // applied index is the same on every replica, so an equal index
+        // means the table is current.
+        std::unique_ptr<ShardSessions>& table = sessions_[entry.shard];
+        if (table == nullptr || table->applied_index != batch.stored_applied) {
+          table.reset();
+          TESSERA_ASSIGN_OR_RETURN(table, LoadSessions(*kv_, entry.shard));
+          if (table->applied_index != batch.stored_applied) {
+            return absl::InternalError(absl::StrCat(
+                "shard ", entry.shard, ": applied index moved while loading sessions"));
+          }
+        }
+        batch.table = table.get();
+      }
       if (entry.data.empty()) continue;  // advances the applied index only
       serverpb::Command command;
       if (!command.ParseFromString(entry.data)) {
@@ -598,22 +744,55 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
             absl::InvalidArgumentError(absl::StrCat("undecodable command at index ", entry.index)));
         continue;
       }
-      TESSERA_ASSIGN_OR_RETURN((*results)[i],
-                               ApplyCommand(*batch.overlay, entry.index, command, options_));
+      TESSERA_ASSIGN_OR_RETURN((*results)[i], ApplyCommand(*batch.overlay, *batch.table,
+                                                           entry.index, command, options_));
     }
 
     std::vector<ShardWrite> writes;
-    for (const auto& [shard, batch] : shards) {
+    for (auto& [shard, batch] : shards) {
       if (batch.last_index == batch.stored_applied) continue;
+      ShardSessions& table = *batch.table;
+      if (!table.legacy_keys.empty()) {
+        // Converts format 1: its records go, a checkpoint holds the table.
+        for (const std::string& key : table.legacy_keys) batch.overlay->Delete(/*meta=*/true, key);
+        table.legacy_keys.clear();
+        WriteCheckpoint(table, *batch.overlay, batch.last_index, options_);
+      }
+      if (table.window_open && table.window_dirty) {
+        batch.overlay->Put(/*meta=*/true, sm::DeltaKey(table.window_start), table.window);
+        table.window_dirty = false;
+      }
       writes.push_back(ShardWrite{.shard = shard,
                                   .applied_index = batch.last_index,
                                   .mutations = batch.overlay->Mutations()});
     }
     if (writes.empty()) return absl::OkStatus();
-    return kv_->Apply(writes);
+    TESSERA_RETURN_IF_ERROR(kv_->Apply(writes));
+    for (auto& [shard, batch] : shards) {
+      if (batch.table != nullptr) batch.table->applied_index = batch.last_index;
+    }
+    return absl::OkStatus();
   }();
-  if (!status.ok()) results->clear();
+  if (!status.ok()) {
+    results->clear();
+    // The tables may hold changes the store does not: reload them.
+    for (const auto& [shard, batch] : shards) sessions_.erase(shard);
+  }
   return status;
+}
+
+const sm::SessionMap* StateMachine::SessionsForTesting(ShardId shard) const {
+  auto it = sessions_.find(shard);
+  if (it == sessions_.end()) return nullptr;
+  absl::StatusOr<uint64_t> applied = kv_->AppliedIndex(shard);
+  if (!applied.ok() || *applied != it->second->applied_index) return nullptr;
+  return &it->second->sessions;
+}
+
+absl::StatusOr<sm::SessionMap> LoadSessionsForTesting(const storage::KvStore& kv, ShardId shard) {
+  TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<StateMachine::ShardSessions> table,
+                           LoadSessions(kv, shard));
+  return std::move(table->sessions);
 }
 
 absl::StatusOr<v1::GetResponse> StateMachine::Get(ShardId shard, absl::string_view key) const {

@@ -10,28 +10,40 @@
 //  - user key -> (version, value): the key's version (1 on creation, +1 per
 //    put; a delete removes the key, a later put starts again at 1);
 //  - meta records for exactly-once sessions: per client_id the results of
-//    writes the client may still retry (seq >= first_incomplete_seq), plus a
-//    least-recently-used order of sessions by the log index that last used
-//    them. At most max_sessions_per_shard sessions are kept; the least
+//    writes the client may still retry (seq >= first_incomplete_seq), and
+//    the log index that last used the session (its least-recently-used
+//    order). At most max_sessions_per_shard sessions are kept; the least
 //    recently used one is evicted (deterministically, as part of applying a
 //    command), after which a retry on it fails with kFailedPrecondition.
+//    The sessions live in memory (per shard, loaded on the shard's first
+//    Apply and again whenever the store's applied index moved without this
+//    StateMachine, i.e. after a snapshot install); storage holds a
+//    checkpoint of the table plus delta windows of the changes since,
+//    written in the same KvStore::Apply as the batch's data.
 // Exact encodings: sm_format.h. The full session rules (and the client's side
 // of the contract: a first write to a shard carries first_incomplete_seq <= 1;
 // an unknown session with first_incomplete_seq > 1 was evicted and is
 // refused): state_machine.cc and server/README.md "State machine".
 //
-// Thread-safety: Apply() is called by the raft loop thread only. Get()/Scan()
-// are thread-safe and read the last applied state.
+// Memory: at most max_sessions_per_shard x max_results_per_session
+// remembered results per shard (plus one open delta window of up to 16 KiB).
+//
+// Thread-safety: Apply() is called by the raft loop thread only (it owns the
+// session tables). Get()/Scan() are thread-safe and read the last applied
+// state from the KvStore.
 #ifndef TESSERA_SERVER_KV_STATE_MACHINE_H_
 #define TESSERA_SERVER_KV_STATE_MACHINE_H_
 
 #include <cstddef>
+#include <map>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "server/kv/sm_format.h"
 #include "server/raftstore/applier.h"
 #include "storage/kv_store.h"
 #include "tessera/command.pb.h"
@@ -47,12 +59,24 @@ struct StateMachineOptions {
   // Default and maximum number of items of one Scan response.
   uint32_t default_scan_limit = 1000;
   uint32_t max_scan_limit = 10000;
+  // A shard's session table is checkpointed (the whole table, and
+  // the delta windows it covers deleted) after this many session ops since
+  // the last checkpoint, or once the delta windows hold
+  // max(session_checkpoint_bytes, size of the last checkpoint) bytes: at
+  // most that much is replayed at load, and storage holds at most about
+  // twice the table. Like the two bounds above, these decide which bytes are
+  // written: every replica of a shard must use the same values.
+  uint64_t session_checkpoint_ops = 4096;
+  uint64_t session_checkpoint_bytes = 1 << 20;
+  // A checkpoint is written in records ("parts") of about this many bytes.
+  size_t session_checkpoint_part_bytes = sm::kCheckpointPartBytes;
 };
 
 class StateMachine : public Applier {
  public:
   // `kv` is not owned and must outlive the StateMachine.
   StateMachine(storage::KvStore* kv, const StateMachineOptions& options);
+  ~StateMachine() override;
 
   // See Applier. Per command:
   //  - a session write whose seq was already applied returns the remembered
@@ -66,7 +90,8 @@ class StateMachine : public Applier {
   // Skipped entries (at or below the applied index) and empty entries get an
   // empty CommandResult (code 0, no response). On error `results` is cleared
   // and nothing of the batch is written: storage errors, or kDataLoss for a
-  // corrupt stored value or session record.
+  // corrupt stored value or session record (checked when a shard's sessions
+  // are loaded: its first Apply, or the first after a snapshot install).
   absl::Status Apply(absl::Span<const CommittedEntry> entries,
                      std::vector<serverpb::CommandResult>* results) override;
 
@@ -83,10 +108,24 @@ class StateMachine : public Applier {
   // max_scan_limit, and a page also stops after about 2 MiB.
   absl::StatusOr<v1::ScanResponse> Scan(ShardId shard, const v1::ScanRequest& request) const;
 
+  // The shard's session table in memory if it is loaded and current (its
+  // applied index is the store's), else nullptr. Raft loop thread only; the
+  // pointer is valid until the next Apply.
+  const sm::SessionMap* SessionsForTesting(ShardId shard) const;
+
+  struct ShardSessions;  // state_machine.cc
+
  private:
   storage::KvStore* const kv_;
   const StateMachineOptions options_;
+  // Per shard, loaded lazily by Apply (raft loop thread only).
+  std::map<ShardId, std::unique_ptr<ShardSessions>> sessions_;
 };
+
+// The session table of `shard` rebuilt from its stored meta records, as a
+// restart would (format 1 records converted). Errors: kDataLoss for corrupt
+// or inconsistent records; storage errors.
+absl::StatusOr<sm::SessionMap> LoadSessionsForTesting(const storage::KvStore& kv, ShardId shard);
 
 // The fingerprint a session remembers with a result (CommandResult.
 // request_fingerprint): XXH3_64bits of the command's operation (its kind and

@@ -24,6 +24,7 @@
 #include "server/kv/sm_format.h"
 #include "storage/kv_store.h"
 #include "storage/mem_kv_store.h"
+#include "tests/server/kv/counting_kv_store.h"
 #include "tests/storage/test_util.h"
 
 namespace tessera::server {
@@ -134,6 +135,19 @@ serverpb::Command WithSession(serverpb::Command c, uint64_t client_id, uint64_t 
 
 std::string Bytes(const char* data, size_t size) { return std::string(data, size); }
 
+bool SameSessions(const sm::SessionMap& a, const sm::SessionMap& b) {
+  if (a.size() != b.size()) return false;
+  for (auto ia = a.begin(), ib = b.begin(); ia != a.end(); ++ia, ++ib) {
+    if (ia->first != ib->first ||
+        ia->second.first_incomplete_seq != ib->second.first_incomplete_seq ||
+        ia->second.last_used_index != ib->second.last_used_index ||
+        ia->second.results != ib->second.results) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // ---- Fixture ----
 
 template <typename Env>
@@ -190,10 +204,40 @@ class StateMachineTest : public ::testing::Test {
     return index.ok() ? *index : 0;
   }
 
-  bool HasMeta(const std::string& key, ShardId shard = 1) {
-    absl::StatusOr<std::string> v = kv().GetMeta(shard, key);
-    EXPECT_TRUE(v.ok() || absl::IsNotFound(v.status())) << v.status();
-    return v.ok();
+  // The session table as stored (rebuilt from the checkpoint and delta
+  // windows, as a restart would), checked against the StateMachine's own.
+  sm::SessionMap StoredSessions(ShardId shard = 1) {
+    absl::StatusOr<sm::SessionMap> stored = LoadSessionsForTesting(kv(), shard);
+    EXPECT_THAT(stored, IsOk());
+    if (!stored.ok()) return {};
+    const sm::SessionMap* live = sm().SessionsForTesting(shard);
+    if (live != nullptr) {
+      EXPECT_TRUE(SameSessions(*live, *stored)) << "shard " << shard;
+    }
+    return *std::move(stored);
+  }
+  bool HasSession(uint64_t client_id, ShardId shard = 1) {
+    return StoredSessions(shard).count(client_id) > 0;
+  }
+  bool HasResult(uint64_t client_id, uint64_t seq, ShardId shard = 1) {
+    sm::SessionMap sessions = StoredSessions(shard);
+    auto it = sessions.find(client_id);
+    return it != sessions.end() && it->second.results.count(seq) > 0;
+  }
+  // The shard's meta records (key -> value).
+  std::map<std::string, std::string> MetaRecords(ShardId shard = 1) {
+    std::map<std::string, std::string> out;
+    absl::StatusOr<std::unique_ptr<storage::ShardSnapshot>> snapshot = kv().ExportSnapshot(shard);
+    EXPECT_THAT(snapshot, IsOk());
+    if (!snapshot.ok()) return out;
+    storage::SnapshotRecord record;
+    while (true) {
+      absl::StatusOr<bool> more = (*snapshot)->Next(&record);
+      EXPECT_THAT(more, IsOk());
+      if (!more.ok() || !*more || !record.meta) break;
+      out[record.key] = record.value;
+    }
+    return out;
   }
 
   Env env_;
@@ -553,10 +597,8 @@ TYPED_TEST(StateMachineTest, SeqReusedByADifferentRequestIsFailedPrecondition) {
   const serverpb::CommandResult first = this->Run(put);
   ASSERT_EQ(first.put().version(), 1u);
   EXPECT_EQ(first.request_fingerprint(), 0u);  // internal: not handed back
-  absl::StatusOr<std::string> session = this->kv().GetMeta(1, sm::SessionKey(42));
-  absl::StatusOr<std::string> remembered = this->kv().GetMeta(1, sm::ResultKey(42, 1));
-  ASSERT_THAT(session, IsOk());
-  ASSERT_THAT(remembered, IsOk());
+  const std::map<std::string, std::string> meta = this->MetaRecords();
+  ASSERT_TRUE(this->HasResult(42, 1));
   for (const serverpb::Command& other :
        {WithSession(PutCmd("k", "w"), 42, 1, 1), WithSession(PutCmd("j", "v"), 42, 1, 1),
         WithSession(DelCmd("k"), 42, 1, 1), WithSession(TxnCmd({}, {OpPut("k", "v")}), 42, 1, 1)}) {
@@ -568,8 +610,7 @@ TYPED_TEST(StateMachineTest, SeqReusedByADifferentRequestIsFailedPrecondition) {
   EXPECT_EQ(this->Get("k").kv().value(), "v");
   EXPECT_EQ(this->Get("k").kv().version(), 1u);
   EXPECT_FALSE(this->Get("j").found());
-  EXPECT_EQ(*this->kv().GetMeta(1, sm::SessionKey(42)), *session);
-  EXPECT_EQ(*this->kv().GetMeta(1, sm::ResultKey(42, 1)), *remembered);
+  EXPECT_EQ(this->MetaRecords(), meta);
   // The same request still gets the first result, also after a restart, and
   // a retry may carry a higher first_incomplete_seq.
   EXPECT_EQ(this->Run(put).SerializeAsString(), first.SerializeAsString());
@@ -578,21 +619,44 @@ TYPED_TEST(StateMachineTest, SeqReusedByADifferentRequestIsFailedPrecondition) {
             first.SerializeAsString());
 }
 
-// Results remembered before fingerprints existed have none: any request with
-// their seq gets them, as before.
-TYPED_TEST(StateMachineTest, ResultWithoutFingerprintMatchesAnyRequest) {
-  const serverpb::CommandResult first = this->Run(WithSession(PutCmd("k", "v"), 42, 1, 1));
-  serverpb::CommandResult old_format = first;
-  old_format.clear_request_fingerprint();
-  storage::ShardWrite rewrite{
+// A shard written in session format 1 ("S"/"L"/"R" records, results
+// without fingerprints from before they existed): read as is, converted to a
+// checkpoint with the shard's next write, and its results still answer
+// retries, by any request with their seq (no fingerprint), after restarts too.
+TYPED_TEST(StateMachineTest, Format1SessionsAreConverted) {
+  serverpb::CommandResult old_result;
+  old_result.mutable_put()->set_version(1);
+  sm::SessionRecord s42{.first_incomplete_seq = 1, .last_used_index = 1, .seqs = {1}};
+  sm::SessionRecord s43{.first_incomplete_seq = 2, .last_used_index = 2, .prev = 42, .seqs = {}};
+  s42.next = 43;
+  using Kind = storage::Mutation::Kind;
+  storage::ShardWrite old_format{
       .shard = 1,
-      .applied_index = ++this->last_index_[1],
-      .mutations = {{storage::Mutation::Kind::kPutMeta, sm::ResultKey(42, 1),
-                     old_format.SerializeAsString()}}};
-  ASSERT_THAT(this->kv().Apply({rewrite}), IsOk());
+      .applied_index = 2,
+      .mutations = {{Kind::kPutMeta, sm::SessionListKey(), sm::EncodeSessionList({2, 42, 43})},
+                    {Kind::kPutMeta, sm::SessionKey(42), sm::EncodeSessionRecord(s42)},
+                    {Kind::kPutMeta, sm::SessionKey(43), sm::EncodeSessionRecord(s43)},
+                    {Kind::kPutMeta, sm::ResultKey(42, 1), old_result.SerializeAsString()},
+                    {Kind::kPut, "k", sm::EncodeValue(1, "v")}}};
+  ASSERT_THAT(this->kv().Apply({old_format}), IsOk());
+  this->last_index_[1] = 2;
+  this->Restart();
+
   EXPECT_EQ(this->Run(WithSession(PutCmd("k", "other"), 42, 1, 1)).SerializeAsString(),
-            first.SerializeAsString());
+            old_result.SerializeAsString());
   EXPECT_EQ(this->Get("k").kv().value(), "v");
+  // Converted: no format 1 record is left, a checkpoint holds the table.
+  std::map<std::string, std::string> meta = this->MetaRecords();
+  ASSERT_EQ(meta.count(sm::CheckpointKey(0)), 1u);
+  for (const auto& [key, value] : meta) EXPECT_TRUE(key[0] == 'C' || key[0] == 'D') << key;
+  EXPECT_TRUE(this->HasSession(43));
+  // Client 43 completed seq 1: a retry of it is refused, seq 2 applies.
+  EXPECT_EQ(this->Run(WithSession(PutCmd("k", "x"), 43, 1, 1)).code(), kPrecondition);
+  EXPECT_EQ(this->Run(WithSession(PutCmd("k", "x"), 43, 2, 2)).put().version(), 2u);
+  this->Restart();
+  EXPECT_EQ(this->Run(WithSession(PutCmd("k", "again"), 42, 1, 1)).SerializeAsString(),
+            old_result.SerializeAsString());
+  EXPECT_EQ(this->Get("k").kv().version(), 2u);
 }
 
 TYPED_TEST(StateMachineTest, ErrorResultsAreRememberedToo) {
@@ -610,9 +674,9 @@ TYPED_TEST(StateMachineTest, StaleSeqIsFailedPrecondition) {
   EXPECT_EQ(this->Run(WithSession(PutCmd("k", "2"), 5, 2, 1)).put().version(), 2u);
   // The client got both replies: first_incomplete_seq 3 lets the server forget them.
   EXPECT_EQ(this->Run(WithSession(PutCmd("k", "3"), 5, 3, 3)).put().version(), 3u);
-  EXPECT_FALSE(this->HasMeta(sm::ResultKey(5, 1)));
-  EXPECT_FALSE(this->HasMeta(sm::ResultKey(5, 2)));
-  EXPECT_TRUE(this->HasMeta(sm::ResultKey(5, 3)));
+  EXPECT_FALSE(this->HasResult(5, 1));
+  EXPECT_FALSE(this->HasResult(5, 2));
+  EXPECT_TRUE(this->HasResult(5, 3));
   serverpb::CommandResult r = this->Run(WithSession(PutCmd("k", "retry"), 5, 1, 1));
   EXPECT_EQ(r.code(), kPrecondition);
   EXPECT_THAT(r.message(), HasSubstr("session expired or stale seq"));
@@ -635,28 +699,27 @@ TYPED_TEST(StateMachineTest, SessionsEvictedLeastRecentlyUsedFirst) {
   // A duplicate does not refresh a session.
   EXPECT_EQ(this->Run(WithSession(PutCmd("a", "2"), 1, 2, 2)).put().version(), 2u);
   EXPECT_EQ(this->Run(WithSession(PutCmd("c", "1"), 3, 1, 1)).code(), kOk);  // evicts 2
-  EXPECT_FALSE(this->HasMeta(sm::SessionKey(2)));
-  EXPECT_FALSE(this->HasMeta(sm::ResultKey(2, 1)));
-  EXPECT_TRUE(this->HasMeta(sm::SessionKey(1)));
-  EXPECT_TRUE(this->HasMeta(sm::SessionKey(3)));
+  EXPECT_FALSE(this->HasSession(2));
+  EXPECT_TRUE(this->HasSession(1));
+  EXPECT_TRUE(this->HasSession(3));
 
   // Client 2 completed seq 1: its next write says first_incomplete_seq 2 and
   // is refused, since a retry of a forgotten write could apply twice.
   serverpb::CommandResult r = this->Run(WithSession(PutCmd("b", "2"), 2, 2, 2));
   EXPECT_EQ(r.code(), kPrecondition);
   EXPECT_EQ(this->Get("b").kv().version(), 1u);
-  EXPECT_FALSE(this->HasMeta(sm::SessionKey(2)));  // the refusal creates nothing
+  EXPECT_FALSE(this->HasSession(2));  // the refusal creates nothing
 
   // Sessions 1 and 3 still answer retries.
   EXPECT_EQ(this->Run(WithSession(PutCmd("a", "2"), 1, 2, 2)).put().version(), 2u);
   EXPECT_EQ(this->Run(WithSession(PutCmd("c", "1"), 3, 1, 1)).put().version(), 1u);
 
-  // Survives a restart: the LRU order is in meta records. Client 1 was last
+  // Survives a restart: the LRU order is rebuilt from the meta records. Client 1 was last
   // used before client 3 (retries do not count), so a new client evicts it.
   this->Restart();
   EXPECT_EQ(this->Run(WithSession(PutCmd("d", "1"), 4, 1, 1)).code(), kOk);
-  EXPECT_FALSE(this->HasMeta(sm::SessionKey(1)));
-  EXPECT_TRUE(this->HasMeta(sm::SessionKey(3)));
+  EXPECT_FALSE(this->HasSession(1));
+  EXPECT_TRUE(this->HasSession(3));
   EXPECT_EQ(this->Run(WithSession(PutCmd("a", "3"), 1, 3, 3)).code(), kPrecondition);
   EXPECT_EQ(this->Get("a").kv().version(), 2u);
   EXPECT_EQ(this->Run(WithSession(PutCmd("c", "1"), 3, 1, 1)).put().version(), 1u);
@@ -676,9 +739,9 @@ TYPED_TEST(StateMachineTest, EvictionWithinOneBatchAndMaxSessionsOne) {
   EXPECT_EQ(r[3].put().version(), 3u);
   EXPECT_EQ(r[4].put().version(), 3u);
   EXPECT_EQ(this->Get("a").kv().version(), 3u);
-  EXPECT_FALSE(this->HasMeta(sm::SessionKey(1)));
-  EXPECT_FALSE(this->HasMeta(sm::SessionKey(2)));
-  EXPECT_TRUE(this->HasMeta(sm::SessionKey(3)));
+  EXPECT_FALSE(this->HasSession(1));
+  EXPECT_FALSE(this->HasSession(2));
+  EXPECT_TRUE(this->HasSession(3));
 }
 
 TYPED_TEST(StateMachineTest, MaxResultsPerSessionDropsOldest) {
@@ -687,8 +750,8 @@ TYPED_TEST(StateMachineTest, MaxResultsPerSessionDropsOldest) {
     // The client has all five in flight (first_incomplete_seq stays 1).
     EXPECT_EQ(this->Run(WithSession(PutCmd("k", "v"), 9, seq, 1)).put().version(), seq);
   }
-  EXPECT_FALSE(this->HasMeta(sm::ResultKey(9, 1)));
-  EXPECT_FALSE(this->HasMeta(sm::ResultKey(9, 2)));
+  EXPECT_FALSE(this->HasResult(9, 1));
+  EXPECT_FALSE(this->HasResult(9, 2));
   // Dropped results cannot be replayed, so their retries are refused.
   EXPECT_EQ(this->Run(WithSession(PutCmd("k", "v"), 9, 1, 1)).code(), kPrecondition);
   EXPECT_EQ(this->Run(WithSession(PutCmd("k", "v"), 9, 2, 1)).code(), kPrecondition);
@@ -932,6 +995,170 @@ TYPED_TEST(StateMachineTest, CorruptSessionRecordIsDataLoss) {
   EXPECT_EQ(this->AppliedIndex(), 1u);
 }
 
+// A corrupt checkpoint or delta window is found when the table is loaded
+// (restart): the batch fails with kDataLoss, nothing is written, no abort.
+TYPED_TEST(StateMachineTest, CorruptCheckpointOrDeltaIsDataLoss) {
+  this->SetOptions({.session_checkpoint_ops = 3});
+  for (uint64_t seq = 1; seq <= 4; ++seq) this->Run(WithSession(PutCmd("k", "v"), 5, seq, seq));
+  std::map<std::string, std::string> meta = this->MetaRecords();
+  ASSERT_EQ(meta.count(sm::CheckpointKey(0)), 1u);
+  ASSERT_EQ(meta.count(sm::DeltaKey(4)), 1u);  // the op after the checkpoint at 3
+  for (const std::string& key : {sm::CheckpointKey(0), sm::DeltaKey(4)}) {
+    for (const std::string& junk :
+         {std::string("junk"), meta[key].substr(0, meta[key].size() - 1), meta[key] + "x"}) {
+      storage::ShardWrite corrupt{.shard = 1,
+                                  .applied_index = ++this->last_index_[1],
+                                  .mutations = {{storage::Mutation::Kind::kPutMeta, key, junk}}};
+      ASSERT_THAT(this->kv().Apply({corrupt}), IsOk());
+      this->Restart();
+      const uint64_t applied = this->AppliedIndex();
+      Results results;
+      EXPECT_THAT(this->sm().Apply({this->Next(PutCmd("k", "w"))}, &results),
+                  StatusIs(absl::StatusCode::kDataLoss, HasSubstr("session")))
+          << key;
+      --this->last_index_[1];
+      EXPECT_TRUE(results.empty());
+      EXPECT_EQ(this->AppliedIndex(), applied);
+      EXPECT_THAT(LoadSessionsForTesting(this->kv(), 1), StatusIs(absl::StatusCode::kDataLoss));
+      // Put the good record back.
+      storage::ShardWrite repair{
+          .shard = 1,
+          .applied_index = ++this->last_index_[1],
+          .mutations = {{storage::Mutation::Kind::kPutMeta, key, meta[key]}}};
+      ASSERT_THAT(this->kv().Apply({repair}), IsOk());
+      this->Restart();
+    }
+  }
+  EXPECT_EQ(this->Run(WithSession(PutCmd("k", "v"), 5, 4, 4)).put().version(), 4u);
+}
+
+// Checkpoints replace the delta windows; every restart rebuilds exactly the
+// table the StateMachine had (StoredSessions compares them), and behaviour
+// (retries answered, stale seqs and evicted sessions refused) matches a
+// reference StateMachine that never restarts, fed the same log.
+TYPED_TEST(StateMachineTest, RestartRebuildsTheExactTable) {
+  const StateMachineOptions options{
+      .max_sessions_per_shard = 4, .max_results_per_session = 3, .session_checkpoint_ops = 40};
+  this->SetOptions(options);
+  storage::MemKvStore reference_kv;
+  StateMachine reference(&reference_kv, options);
+  auto apply_both = [&](const std::vector<CommittedEntry>& batch) {
+    Results want;
+    EXPECT_THAT(reference.Apply(batch, &want), IsOk());
+    Results got = this->ApplyOk(batch);
+    EXPECT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+      EXPECT_EQ(got[i].SerializeAsString(), want[i].SerializeAsString()) << "entry " << i;
+    }
+    return got;
+  };
+  std::mt19937_64 rng(7);
+  std::map<uint64_t, uint64_t> next_seq;
+  std::vector<serverpb::Command> sent;
+  int refused = 0;
+  int remembered = 0;
+  for (int round = 0; round < 8; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    std::vector<CommittedEntry> batch;
+    const int n = 1 + static_cast<int>(rng() % 30);
+    for (int i = 0; i < n; ++i) {
+      const uint64_t client = 1 + rng() % 6;
+      const uint64_t seq = ++next_seq[client];
+      const uint64_t first_incomplete = seq > 2 ? seq - rng() % 3 : 1;
+      sent.push_back(
+          WithSession(PutCmd("k" + std::to_string(client), "v"), client, seq, first_incomplete));
+      batch.push_back(this->Next(sent.back()));
+    }
+    apply_both(batch);
+    const sm::SessionMap before = this->StoredSessions();
+    ASSERT_NE(reference.SessionsForTesting(1), nullptr);
+    EXPECT_TRUE(SameSessions(before, *reference.SessionsForTesting(1)));
+    this->Restart();
+    EXPECT_TRUE(SameSessions(before, this->StoredSessions()));
+    // Every command sent so far, again.
+    std::vector<CommittedEntry> retries;
+    for (const serverpb::Command& c : sent) retries.push_back(this->Next(c));
+    for (const serverpb::CommandResult& r : apply_both(retries)) {
+      refused += r.code() == kPrecondition ? 1 : 0;
+      remembered += r.code() == kOk ? 1 : 0;
+    }
+  }
+  EXPECT_GT(refused, 0);
+  EXPECT_GT(remembered, 0);
+  std::map<std::string, std::string> meta = this->MetaRecords();
+  EXPECT_EQ(meta.count(sm::CheckpointKey(0)), 1u);
+  EXPECT_GE(meta.size(), 2u);  // and at least one delta window
+}
+
+// A snapshot installed into the store underneath a StateMachine that holds
+// the shard's table (as the Node's raft loop does): the next Apply sees the
+// store's applied index moved and reloads the sessions from the snapshot.
+TYPED_TEST(StateMachineTest, SnapshotInstalledUnderneathReloadsSessions) {
+  const serverpb::Command first = WithSession(PutCmd("k", "1"), 42, 1, 1);
+  EXPECT_EQ(this->Run(first).put().version(), 1u);  // index 1; the table is loaded
+
+  // Another replica got further: client 42 wrote seq 2, client 7 exists.
+  storage::MemKvStore leader;
+  StateMachine leader_sm(&leader, {});
+  const serverpb::Command second = WithSession(PutCmd("k", "2"), 42, 2, 1);
+  Results r;
+  ASSERT_THAT(leader_sm.Apply({{1, 1, first.SerializeAsString()},
+                               {1, 2, second.SerializeAsString()},
+                               {1, 3, WithSession(PutCmd("j", "x"), 7, 1, 1).SerializeAsString()}},
+                              &r),
+              IsOk());
+  const serverpb::CommandResult second_result = r[1];
+  absl::StatusOr<std::unique_ptr<storage::ShardSnapshot>> snapshot = leader.ExportSnapshot(1);
+  ASSERT_THAT(snapshot, IsOk());
+  storage::ShardSnapshotReader reader(snapshot->get());
+  ASSERT_THAT(this->kv().InstallSnapshot(1, 3, reader), IsOk());
+  this->last_index_[1] = 3;
+
+  // A retry of seq 2 gets the leader's answer; without the reload it would
+  // apply again (version 3).
+  EXPECT_EQ(this->Run(second).SerializeAsString(), second_result.SerializeAsString());
+  EXPECT_EQ(this->Get("k").kv().version(), 2u);
+  EXPECT_TRUE(this->HasSession(7));
+  EXPECT_EQ(this->Run(WithSession(PutCmd("j", "x"), 7, 1, 1)).put().version(), 1u);
+}
+
+// The cost this format exists for: per put with a session, one point read
+// (the key's version) and one write (the value), plus the batch's delta
+// window; no meta reads.
+TYPED_TEST(StateMachineTest, OneReadAndOneWritePerPut) {
+  storage::MemKvStore base;
+  testing::CountingKvStore kv(&base);
+  StateMachine sm(&kv, {});
+  uint64_t index = 0;
+  auto batch = [&](uint64_t seq) {
+    std::vector<CommittedEntry> entries;
+    for (uint64_t c = 1; c <= 64; ++c) {
+      entries.push_back(
+          {1, ++index,
+           WithSession(PutCmd("k" + std::to_string(c), "v"), c, seq, seq).SerializeAsString()});
+    }
+    return entries;
+  };
+  Results r;
+  ASSERT_THAT(sm.Apply(batch(1), &r), IsOk());  // loads the (empty) table, creates sessions
+  for (uint64_t seq = 2; seq <= 5; ++seq) {
+    kv.Reset();
+    ASSERT_THAT(sm.Apply(batch(seq), &r), IsOk());
+    for (const serverpb::CommandResult& result : r) ASSERT_EQ(result.code(), kOk);
+    const testing::CountingKvStore::Counts& n = kv.counts();
+    EXPECT_EQ(n.gets, 64u);
+    EXPECT_EQ(n.get_metas, 0u);
+    EXPECT_EQ(n.exports, 0u);
+    EXPECT_EQ(n.applied_reads, 1u);
+    EXPECT_EQ(n.applies, 1u);
+    EXPECT_EQ(n.puts, 64u);
+    EXPECT_EQ(n.deletes, 0u);
+    // 64 ops fill two windows of 32, plus at most one partly filled one.
+    EXPECT_LE(n.meta_puts, 3u);
+    EXPECT_EQ(n.meta_deletes, 0u);
+  }
+}
+
 // A MemKvStore whose Apply fails, as a full disk would.
 class FailingApplyKvStore : public storage::MemKvStore {
  public:
@@ -1097,11 +1324,53 @@ std::vector<uint64_t> Seeds() {
   return seeds;
 }
 
+// Checks that `sm`'s session tables equal what a restart would load.
+void ExpectTablesMatchStore(const StateMachine& sm, const storage::KvStore& kv) {
+  for (ShardId shard : {ShardId{0}, ShardId{1}, kMaxShard}) {
+    absl::StatusOr<sm::SessionMap> stored = LoadSessionsForTesting(kv, shard);
+    ASSERT_THAT(stored, IsOk());
+    const sm::SessionMap* live = sm.SessionsForTesting(shard);
+    if (live != nullptr) {
+      EXPECT_TRUE(SameSessions(*live, *stored)) << "shard " << shard;
+    }
+  }
+}
+
+void ExpectSameShards(storage::KvStore& a, storage::KvStore& b) {
+  for (ShardId shard : {ShardId{0}, ShardId{1}, kMaxShard}) {
+    uint64_t applied_a = 0;
+    uint64_t applied_b = 0;
+    const std::vector<storage::SnapshotRecord> records_a = Export(a, shard, &applied_a);
+    const std::vector<storage::SnapshotRecord> records_b = Export(b, shard, &applied_b);
+    EXPECT_EQ(applied_a, applied_b);
+    ASSERT_EQ(records_a.size(), records_b.size()) << "shard " << shard;
+    bool has_meta = false;
+    for (size_t i = 0; i < records_a.size(); ++i) {
+      EXPECT_EQ(records_a[i].meta, records_b[i].meta);
+      EXPECT_EQ(records_a[i].key, records_b[i].key);
+      EXPECT_EQ(records_a[i].value, records_b[i].value);
+      has_meta = has_meta || records_a[i].meta;
+    }
+    EXPECT_TRUE(has_meta) << "shard " << shard;
+  }
+}
+
+std::string SeedTrace(uint64_t seed) {
+  return "seed=" + std::to_string(seed) + " (replay: TESSERA_SEED=" + std::to_string(seed) + ")";
+}
+
+// Small checkpoint thresholds, so that the 400-entry logs cross several
+// checkpoints (of one to a few parts) and delta windows.
+constexpr StateMachineOptions kDeterminismOptions{.max_sessions_per_shard = 3,
+                                                  .max_results_per_session = 4,
+                                                  .session_checkpoint_ops = 20,
+                                                  .session_checkpoint_bytes = 1500,
+                                                  .session_checkpoint_part_bytes = 100};
+
 TEST(StateMachineDeterminism, SameLogGivesSameResultsAndBytes) {
-  const StateMachineOptions options{.max_sessions_per_shard = 3, .max_results_per_session = 4};
+  const StateMachineOptions options = kDeterminismOptions;
   for (uint64_t seed : Seeds()) {
-    SCOPED_TRACE("seed=" + std::to_string(seed) + " (replay: TESSERA_SEED=" + std::to_string(seed) +
-                 ")");
+    SCOPED_TRACE(SeedTrace(seed));
     std::mt19937_64 rng(seed);
     const std::vector<CommittedEntry> log = RandomLog(rng, 400);
 
@@ -1127,24 +1396,83 @@ TEST(StateMachineDeterminism, SameLogGivesSameResultsAndBytes) {
     }
     EXPECT_GT(ok, 200);
     EXPECT_GT(stale, 0);  // sessions were evicted or seqs went stale
-    for (ShardId shard : {ShardId{0}, ShardId{1}, kMaxShard}) {
-      uint64_t applied_a = 0;
-      uint64_t applied_b = 0;
-      const std::vector<storage::SnapshotRecord> records_a =
-          Export(mem.kv_store(), shard, &applied_a);
-      const std::vector<storage::SnapshotRecord> records_b =
-          Export(rocks.kv_store(), shard, &applied_b);
-      EXPECT_EQ(applied_a, applied_b);
-      ASSERT_EQ(records_a.size(), records_b.size()) << "shard " << shard;
-      bool has_meta = false;
-      for (size_t i = 0; i < records_a.size(); ++i) {
-        EXPECT_EQ(records_a[i].meta, records_b[i].meta);
-        EXPECT_EQ(records_a[i].key, records_b[i].key);
-        EXPECT_EQ(records_a[i].value, records_b[i].value);
-        has_meta = has_meta || records_a[i].meta;
+    ExpectSameShards(mem.kv_store(), rocks.kv_store());
+    ExpectTablesMatchStore(a, mem.kv_store());
+    ExpectTablesMatchStore(b, rocks.kv_store());
+  }
+}
+
+// The same log on three replicas: A (Mem) applies it straight; B (RocksDB)
+// is restarted (engine closed and reopened, a new StateMachine) at random
+// batch boundaries; C (Mem) applies a prefix itself, then gets B's shards
+// installed underneath it as snapshots at some later point and continues
+// from there. Same results for every entry each applied, same session
+// behaviour (retries answered, evicted sessions refused), same bytes.
+TEST(StateMachineDeterminism, RestartsAndSnapshotInstallMidStream) {
+  const StateMachineOptions options = kDeterminismOptions;
+  for (uint64_t seed : Seeds()) {
+    SCOPED_TRACE(SeedTrace(seed));
+    std::mt19937_64 rng(seed);
+    const std::vector<CommittedEntry> log = RandomLog(rng, 400);
+
+    MemEnv mem;
+    StateMachine a(&mem.kv_store(), options);
+    std::mt19937_64 split_a(seed * 3 + 1);
+    const Results results_a = ApplyInBatches(a, log, split_a);
+    ASSERT_EQ(results_a.size(), log.size());
+
+    RocksEnv rocks;
+    auto b = std::make_unique<StateMachine>(&rocks.kv_store(), options);
+    storage::MemKvStore c_kv;
+    auto c = std::make_unique<StateMachine>(&c_kv, options);
+    std::mt19937_64 split(seed * 3 + 2);
+    const size_t c_stops = log.size() / 4 + split() % (log.size() / 4);     // C applies up to here
+    const size_t install_at = log.size() / 2 + split() % (log.size() / 4);  // then B's state
+    bool installed = false;
+    int restarts = 0;
+    size_t begin = 0;
+    while (begin < log.size()) {
+      const size_t end = std::min(log.size(), begin + 1 + static_cast<size_t>(split() % 12));
+      const std::vector<CommittedEntry> batch(log.begin() + begin, log.begin() + end);
+      Results results_b;
+      ASSERT_THAT(b->Apply(batch, &results_b), IsOk()) << "B at " << begin;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        ASSERT_EQ(results_b[i].SerializeAsString(), results_a[begin + i].SerializeAsString())
+            << "B, entry " << begin + i;
       }
-      EXPECT_TRUE(has_meta) << "shard " << shard;
+      if (end <= c_stops || installed) {
+        Results results_c;
+        ASSERT_THAT(c->Apply(batch, &results_c), IsOk()) << "C at " << begin;
+        for (size_t i = 0; i < batch.size(); ++i) {
+          ASSERT_EQ(results_c[i].SerializeAsString(), results_a[begin + i].SerializeAsString())
+              << "C, entry " << begin + i;
+        }
+      } else if (end >= install_at) {
+        // B's shards installed under C's live StateMachine.
+        for (ShardId shard : {ShardId{0}, ShardId{1}, kMaxShard}) {
+          absl::StatusOr<std::unique_ptr<storage::ShardSnapshot>> snapshot =
+              rocks.kv_store().ExportSnapshot(shard);
+          ASSERT_THAT(snapshot, IsOk());
+          storage::ShardSnapshotReader reader(snapshot->get());
+          ASSERT_THAT(c_kv.InstallSnapshot(shard, (*snapshot)->applied_index(), reader), IsOk());
+        }
+        installed = true;
+      }
+      if (split() % 6 == 0) {
+        b.reset();
+        rocks.Reopen();
+        b = std::make_unique<StateMachine>(&rocks.kv_store(), options);
+        ++restarts;
+      }
+      begin = end;
     }
+    EXPECT_GT(restarts, 0);
+    EXPECT_TRUE(installed);
+    ExpectSameShards(mem.kv_store(), rocks.kv_store());
+    ExpectSameShards(mem.kv_store(), c_kv);
+    ExpectTablesMatchStore(a, mem.kv_store());
+    ExpectTablesMatchStore(*b, rocks.kv_store());
+    ExpectTablesMatchStore(*c, c_kv);
   }
 }
 
