@@ -72,6 +72,7 @@ class CountingKvStore : public storage::KvStore {
     ++counts_.applied_reads;
     return base_->AppliedIndex(shard);
   }
+  absl::Status Sync() override { return base_->Sync(); }
   absl::StatusOr<storage::ScanResult> Scan(ShardId shard,
                                            const storage::ScanOptions& options) const override {
     return base_->Scan(shard, options);
