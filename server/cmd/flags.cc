@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -74,12 +75,16 @@ ABSL_FLAG(uint64_t, max_inflight_bytes, 64 << 20,
           "RESOURCE_EXHAUSTED with a retry-after hint (0: no limit)");
 // ---- end admission control ----
 // ---- KV.Batch stream (issue 14) ----
+// The smallest limits the SDK's defaults fit in (client/client.h
+// ClientOptions::batch_max_ops / batch_max_bytes).
+constexpr uint64_t kMinBatchOps = 256;
+constexpr uint64_t kMinBatchBytes = 4 << 20;
 ABSL_FLAG(uint64_t, max_batch_ops, 256,
-          "operations per KV.Batch message; a larger message gets INVALID_ARGUMENT for each of "
-          "its operations");
+          "operations per KV.Batch message (at least 256, the SDK's message size); a larger "
+          "message gets INVALID_ARGUMENT for each of its operations");
 ABSL_FLAG(uint64_t, max_batch_bytes, 8 << 20,
-          "bytes per KV.Batch message; a larger message gets INVALID_ARGUMENT for each of its "
-          "operations");
+          "bytes per KV.Batch message (at least 4 MiB and one operation of --max-value-bytes); "
+          "a larger message gets INVALID_ARGUMENT for each of its operations");
 ABSL_FLAG(uint64_t, max_batch_inflight_ops, 1024,
           "operations of one KV.Batch stream between reading them and writing their results; "
           "the server stops reading the stream beyond it (backpressure)");
@@ -283,6 +288,22 @@ absl::StatusOr<ServerConfig> Validate() {
   }
   if (absl::GetFlag(FLAGS_max_value_bytes) > (64 << 20)) {
     return absl::InvalidArgumentError("--max-value-bytes must be at most 67108864");
+  }
+  // The SDK packs up to 256 operations and about 4 MiB into one KV.Batch
+  // message (one operation always goes, whatever its size) and the server
+  // refuses every operation of a larger message: lower limits would fail
+  // every SDK client, so they are refused here.
+  const uint64_t min_batch_bytes =
+      std::max<uint64_t>(kMinBatchBytes, absl::GetFlag(FLAGS_max_value_bytes) +
+                                             absl::GetFlag(FLAGS_max_key_bytes) + (64 << 10));
+  if (absl::GetFlag(FLAGS_max_batch_ops) < kMinBatchOps ||
+      absl::GetFlag(FLAGS_max_batch_inflight_ops) < absl::GetFlag(FLAGS_max_batch_ops) ||
+      absl::GetFlag(FLAGS_max_batch_bytes) < min_batch_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-batch-ops must be at least ", kMinBatchOps,
+        " and at most --max-batch-inflight-ops, and --max-batch-bytes at least ", min_batch_bytes,
+        " (4 MiB, and one operation of --max-value-bytes + --max-key-bytes + 64 KiB): the SDK "
+        "sends messages that large"));
   }
   absl::StatusOr<ClusterMap> map =
       ClusterMap::Parse(absl::GetFlag(FLAGS_initial_cluster), absl::GetFlag(FLAGS_shards),

@@ -558,6 +558,18 @@ TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
     EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 0) << out;
     EXPECT_THAT(out, HasSubstr("tessera-server: ")) << args.back();
   }
+  // KV.Batch limits below what the SDK sends would fail every SDK client.
+  for (const std::string& flag :
+       {std::string("--max-batch-ops=16"), std::string("--max-batch-inflight-ops=100"),
+        std::string("--max-batch-bytes=1048576"), std::string("--max-value-bytes=16777216")}) {
+    std::filesystem::remove(log);
+    ChildProcess p;
+    p.Start({TESSERA_SERVER_BINARY, "--node-id=1", "--data-dir=/tmp/none",
+             "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2", "--insecure-peers=true", flag},
+            log);
+    EXPECT_EQ(p.Wait(absl::Seconds(10)), 2) << flag;
+    EXPECT_THAT(Tail(log, 10), HasSubstr("--max-batch-ops must be at least 256")) << flag;
+  }
   std::error_code ignored;
   std::filesystem::remove_all(dir, ignored);
 }
