@@ -40,7 +40,12 @@ class BatchChannel::Stream final
     owner_->stub_->async()->Batch(context, this);
   }
   // Starts the call and the sweep; once, after Bind, with no lock held.
+  // The hold keeps gRPC from finishing the call (OnDone) while a write may
+  // still be started from outside a reaction (Enqueue): it is released once
+  // the stream has ended and no write is outstanding (ReleaseHoldLocked).
+  // Without it, a StartWrite racing the end of the call used a finished call.
   void Start() {
+    AddHold();
     StartRead(&in_);
     StartCall();
     ScheduleSweep();
@@ -87,19 +92,37 @@ class BatchChannel::Stream final
   }
 
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    bool release = false;
+    bool write = false;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
-      // !ok: the stream is broken; OnDone fails what is pending.
-      if (!ok || ended_ || queue_.empty()) return;
-      writing_ = true;
-      TakeMessageLocked();  // what queued while the last write was out
+      // !ok: the stream is broken; the read fails too (OnReadDone ends it)
+      // and OnDone fails what is pending.
+      if (!ok || ended_ || queue_.empty()) {
+        release = ended_ && TakeHoldLocked();
+      } else {
+        writing_ = write = true;
+        TakeMessageLocked();  // what queued while the last write was out
+      }
     }
-    StartWrite(&out_);
+    if (release) RemoveHold();
+    if (write) StartWrite(&out_);
   }
 
   void OnReadDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
-    if (!ok) return;  // the stream ended: OnDone follows
+    if (!ok) {
+      // The stream ended (broken, finished by the server, or cancelled): no
+      // new operation goes on it, and OnDone follows once the hold is gone.
+      bool release;
+      {
+        absl::MutexLock lock(&mu_);
+        ended_ = true;
+        release = !writing_ && TakeHoldLocked();
+      }
+      if (release) RemoveHold();
+      return;
+    }
     for (v1::BatchResult& result : *in_.mutable_results()) {
       BatchCallback done;
       {
@@ -158,6 +181,14 @@ class BatchChannel::Stream final
     BatchCallback done;
   };
 
+  // True once (the caller then calls RemoveHold with mu_ released): when
+  // ended_ and no write is outstanding, so that none will start.
+  bool TakeHoldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (hold_released_) return false;
+    hold_released_ = true;
+    return true;
+  }
+
   void ScheduleSweep() {
     std::weak_ptr<Stream> weak = weak_from_this();
     owner_->timer_->Schedule(absl::Now() + kSweepInterval, [weak](bool ok) {
@@ -204,6 +235,7 @@ class BatchChannel::Stream final
   v1::BatchRequest out_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool hold_released_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 BatchChannel::BatchChannel(std::string address, v1::KV::Stub* stub, TimerQueue* timer,
