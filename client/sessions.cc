@@ -14,15 +14,23 @@ std::shared_ptr<SessionTable::ShardSession> SessionTable::NewSession() {
 
 std::shared_ptr<SessionTable::ShardSession> SessionTable::Current(uint32_t shard) {
   std::shared_ptr<ShardSession>& session = sessions_[shard];
-  if (session == nullptr) session = NewSession();
+  if (session == nullptr ||
+      (!session->in_flight.empty() &&
+       session->begun - session->in_flight.begin()->second >= kMaxSessionLag)) {
+    session = NewSession();
+  }
   return session;
+}
+
+void SessionTable::BeginLocked(ShardSession& session, uint64_t seq) {
+  session.in_flight.emplace(seq, session.begun++);
 }
 
 SessionTable::Ticket SessionTable::Begin(uint32_t shard) {
   const uint64_t seq = next_seq_.fetch_add(1);
   absl::MutexLock lock(&mu_);
   Ticket ticket{Current(shard), shard, seq};
-  ticket.session->in_flight.insert(seq);
+  BeginLocked(*ticket.session, seq);
   return ticket;
 }
 
@@ -32,7 +40,8 @@ v1::Session SessionTable::Header(const Ticket& ticket) const {
   header.set_seq(ticket.seq);
   absl::MutexLock lock(&mu_);
   const ShardSession& s = *ticket.session;
-  header.set_first_incomplete_seq(s.known && !s.in_flight.empty() ? *s.in_flight.begin() : 0);
+  header.set_first_incomplete_seq(s.known && !s.in_flight.empty() ? s.in_flight.begin()->first
+                                                                   : 0);
   return header;
 }
 
@@ -53,7 +62,7 @@ SessionTable::Ticket SessionTable::Renew(const Ticket& ticket) {
   std::shared_ptr<ShardSession>& current = sessions_[ticket.shard];
   if (current == nullptr || current == ticket.session) current = NewSession();
   Ticket renewed{current, ticket.shard, seq};
-  current->in_flight.insert(seq);
+  BeginLocked(*current, seq);
   return renewed;
 }
 
@@ -64,7 +73,7 @@ SessionTable::Ticket SessionTable::Move(const Ticket& ticket, uint32_t new_shard
   absl::MutexLock lock(&mu_);
   ticket.session->in_flight.erase(ticket.seq);
   Ticket moved{Current(new_shard), new_shard, seq};
-  moved.session->in_flight.insert(seq);
+  BeginLocked(*moved.session, seq);
   return moved;
 }
 

@@ -9,6 +9,14 @@
 // session, first_incomplete_seq is 0 (the server creates the session; a
 // larger value on a session it does not know means "evicted").
 //
+// A server keeps at most 1024 results per session (server/README.md,
+// "Exactly-once sessions"): a write still unanswered while more than that
+// many later writes of its session are applied would have its own result
+// slot dropped, and its retry refused as stale. So once a shard's session
+// has kMaxSessionLag writes begun after its oldest unanswered one, new writes
+// to that shard start a fresh session; the old one keeps its writes in
+// flight (and their retries) until they end.
+//
 // Thread-safe.
 #ifndef TESSERA_CLIENT_SESSIONS_H_
 #define TESSERA_CLIENT_SESSIONS_H_
@@ -16,7 +24,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <set>
+#include <map>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -28,6 +36,10 @@ namespace tessera::client {
 
 class SessionTable {
  public:
+  // Writes a session may begin after its oldest unanswered one; well under
+  // the server's 1024 results per session.
+  static constexpr uint64_t kMaxSessionLag = 512;
+
   struct ShardSession;  // one (client id, shard) session; owned by the table and by tickets
   // One write: its session and seq. Pass it back to End() exactly once.
   struct Ticket {
@@ -59,8 +71,12 @@ class SessionTable {
   uint64_t ClientIdForTesting(uint32_t shard) const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // The session for a new write to `shard`: a fresh one if the current lags
+  // (kMaxSessionLag).
   std::shared_ptr<ShardSession> Current(uint32_t shard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<ShardSession> NewSession() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts `seq` in flight on `session`.
+  void BeginLocked(ShardSession& session, uint64_t seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::atomic<uint64_t> next_seq_{1};
   mutable absl::Mutex mu_;
@@ -71,8 +87,9 @@ class SessionTable {
 struct SessionTable::ShardSession {
   uint64_t client_id = 0;
   // Guarded by the table's mu_.
-  std::set<uint64_t> in_flight;
-  bool known = false;  // the shard has answered a write of this session
+  std::map<uint64_t, uint64_t> in_flight;  // seq -> `begun` when it began
+  uint64_t begun = 0;                      // writes begun on this session
+  bool known = false;                      // the shard has answered a write of this session
 };
 
 }  // namespace tessera::client

@@ -68,5 +68,55 @@ TEST(Sessions, MoveToAnotherShardTakesAFreshSeq) {
   EXPECT_TRUE(a.session->in_flight.empty());
 }
 
+// A write stuck in retries while the client's other writes to the shard go
+// on: the server keeps at most 1024 results per session, so after
+// kMaxSessionLag later writes new writes go to a fresh session, and the stuck
+// one keeps its own session and seq (its retry is then neither refused as
+// stale nor applied twice).
+TEST(Sessions, AStuckWriteMovesLaterWritesToAFreshSession) {
+  SessionTable t;
+  SessionTable::Ticket warm = t.Begin(0);
+  t.Answered(warm);
+  t.End(warm);
+  SessionTable::Ticket stuck = t.Begin(0);
+  const uint64_t stuck_id = stuck.session->client_id;
+  uint64_t on_stuck_session = 0;
+  uint64_t fresh_id = 0;
+  for (int i = 0; i < 3000; ++i) {
+    SessionTable::Ticket x = t.Begin(0);
+    if (x.session->client_id == stuck_id) {
+      ++on_stuck_session;
+    } else if (fresh_id == 0) {
+      fresh_id = x.session->client_id;
+    }
+    t.Answered(x);
+    t.End(x);
+  }
+  EXPECT_EQ(on_stuck_session, SessionTable::kMaxSessionLag - 1);
+  EXPECT_NE(fresh_id, 0u);
+  EXPECT_EQ(t.ClientIdForTesting(0), fresh_id) << "one fresh session, not one per write";
+  const v1::Session retry = t.Header(stuck);
+  EXPECT_EQ(retry.client_id(), stuck_id);
+  EXPECT_EQ(retry.seq(), stuck.seq);
+  EXPECT_EQ(retry.first_incomplete_seq(), stuck.seq);
+  t.End(stuck);
+}
+
+// Writes that end promptly never leave their session, however many.
+TEST(Sessions, PromptWritesStayOnOneSession) {
+  SessionTable t;
+  SessionTable::Ticket first = t.Begin(1);
+  const uint64_t id = first.session->client_id;
+  t.End(first);
+  for (int i = 0; i < 5000; ++i) {
+    SessionTable::Ticket a = t.Begin(1);
+    SessionTable::Ticket b = t.Begin(1);  // two in flight at a time
+    EXPECT_EQ(a.session->client_id, id);
+    EXPECT_EQ(b.session->client_id, id);
+    t.End(a);
+    t.End(b);
+  }
+}
+
 }  // namespace
 }  // namespace tessera::client

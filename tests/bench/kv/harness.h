@@ -43,11 +43,16 @@ inline std::string ReadFile(const std::string& path) {
   return text.str();
 }
 
-// A temporary directory, removed with everything in it.
+// A temporary directory, removed with everything in it unless the test
+// failed (then its logs stay for a look; the path is printed).
 class TempDir {
  public:
   explicit TempDir(const std::string& prefix) : path_(MakeTempDir(prefix)) {}
   ~TempDir() {
+    if (::testing::Test::HasFailure()) {
+      std::cerr << "kept " << path_ << "\n";
+      return;
+    }
     std::error_code ignored;
     std::filesystem::remove_all(path_, ignored);
   }
@@ -139,6 +144,18 @@ class TesseraCluster {
   int Restart(int node) {
     servers_[node].Signal(SIGTERM);
     const int code = servers_[node].Wait(absl::Seconds(30));
+    if (code == -1) {
+      // Hung in the drain: say where before killing it.
+      const std::string log = absl::StrCat(dir_.path(), "/node", node + 1, ".log");
+      std::cerr << "---- node " << node + 1 << " still running 30 s after SIGTERM ----\n"
+                << Tail(log, 40) << "\n";
+      if (access("/usr/bin/gdb", X_OK) == 0) {
+        const std::string bt = absl::StrCat("/usr/bin/gdb -p ", servers_[node].pid(),
+                                            " -batch -ex 'thread apply all bt' 2>&1 | tail -400");
+        std::cerr << "---- its threads ----\n" << std::flush;
+        if (std::system(bt.c_str()) != 0) std::cerr << "(gdb failed)\n";
+      }
+    }
     servers_[node].Kill();
     servers_[node].Start(args_[node], absl::StrCat(dir_.path(), "/node", node + 1, ".log"));
     return code;
