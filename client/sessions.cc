@@ -40,8 +40,7 @@ v1::Session SessionTable::Header(const Ticket& ticket) const {
   header.set_seq(ticket.seq);
   absl::MutexLock lock(&mu_);
   const ShardSession& s = *ticket.session;
-  header.set_first_incomplete_seq(s.known && !s.in_flight.empty() ? s.in_flight.begin()->first
-                                                                   : 0);
+  header.set_first_incomplete_seq(s.known && !s.in_flight.empty() ? s.in_flight.begin()->first : 0);
   return header;
 }
 
