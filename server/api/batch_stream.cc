@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -73,16 +74,22 @@ class KvService::BatchStream final
 
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
     bool resume_read = false;
+    std::optional<grpc::Status> finish;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
       in_flight_ops_ -= written_ops_;
       written_ops_ = 0;
+      finish.swap(deferred_finish_);
       if (!ok) {
         broken_ = true;  // OnCancel / OnDone follow; results are dropped
       } else if (!reading_ && !read_closed_ && !finished_ && CanReadLocked()) {
         reading_ = resume_read = true;
       }
+    }
+    if (finish.has_value()) {
+      Finish(*finish);
+      return;
     }
     if (resume_read) StartRead(&in_);
     Flush();
@@ -275,6 +282,12 @@ class KvService::BatchStream final
     grpc::Status serialized =
         grpc::SerializationTraits<v1::BatchResponse>::Serialize(response, &out_, &own_buffer);
     if (!serialized.ok()) {
+      {
+        absl::MutexLock lock(&mu_);
+        writing_ = false;
+        in_flight_ops_ -= written_ops_;
+        written_ops_ = 0;
+      }
       FinishNow(grpc::Status(grpc::StatusCode::INTERNAL,
                              "cannot serialize a BatchResponse: " + serialized.error_message()));
       return;
@@ -300,7 +313,11 @@ class KvService::BatchStream final
     Finish(status);
   }
 
-  // Finishes now (once); results still to come are dropped.
+  // Finishes now (once), or when the write outstanding is done; results
+  // still to come are dropped. Never while a write is being started: a
+  // StartWrite from outside a reaction (Deliver on the raft loop) racing a
+  // Finish (OnCancel, as a server shutting down does) could reach a call
+  // gRPC has already finished and freed.
   void FinishNow(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_) {
     {
       absl::MutexLock lock(&mu_);
@@ -308,6 +325,10 @@ class KvService::BatchStream final
       finished_ = true;
       in_flight_ops_ -= static_cast<size_t>(pending_.results_size());
       pending_.Clear();
+      if (writing_) {
+        deferred_finish_ = status;  // OnWriteDone finishes
+        return;
+      }
     }
     Finish(status);
   }
@@ -348,7 +369,9 @@ class KvService::BatchStream final
   bool flush_deferred_ ABSL_GUARDED_BY(mu_) = false;
   bool read_closed_ ABSL_GUARDED_BY(mu_) = false;  // the client half-closed
   bool broken_ ABSL_GUARDED_BY(mu_) = false;       // a write failed
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;     // Finish was called
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;     // Finish was called (or deferred)
+  // FinishNow's status while a write was outstanding: OnWriteDone finishes.
+  std::optional<grpc::Status> deferred_finish_ ABSL_GUARDED_BY(mu_);
 };
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KvService::Batch(

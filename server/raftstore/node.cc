@@ -1166,7 +1166,19 @@ void Node::Impl::BalanceLeaders(absl::Time now) {
   std::sort(layout.begin(), layout.end());  // deterministic choices below
   // Only a layout that held for 3 rounds: not during elections, drains or
   // other nodes' transfers (a draining node would look like the best target).
-  balance_stable_rounds_ = layout == balance_layout_ ? balance_stable_rounds_ + 1 : 0;
+  // The transfer this node asked for last round is no such change: when it
+  // is the only one, the next transfer may follow at once (one a round, not
+  // one per 4 rounds: a restarted node gets its share back 4x sooner).
+  bool only_own_transfer = false;
+  if (balance_asked_.has_value()) {
+    std::vector<std::pair<ShardId, NodeId>> expected = balance_layout_;
+    for (auto& [id, leader] : expected) {
+      if (id == balance_asked_->first) leader = balance_asked_->second;
+    }
+    only_own_transfer = layout == expected;
+  }
+  balance_stable_rounds_ =
+      layout == balance_layout_ || only_own_transfer ? balance_stable_rounds_ + 1 : 0;
   balance_layout_ = layout;
   if (balance_asked_.has_value()) {
     // The last transfer asked for: if the shard is still led here, that
