@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "client/client.h"
 #include "grpcpp/support/client_callback.h"
 #include "proto/grpc_status.h"
 
@@ -19,6 +20,31 @@ constexpr absl::Duration kSweepInterval = absl::Milliseconds(100);
 constexpr absl::Duration kAnswerGrace = absl::Milliseconds(100);
 
 }  // namespace
+
+// The streams a delivery of results (Stream::OnReadDone) wrote to while it
+// ran: each is written once when the delivery ends (see batch_stream.h).
+// One per thread at a time; the innermost one collects.
+class WriteCork {
+ public:
+  WriteCork() : outer_(current_) { current_ = this; }
+  ~WriteCork() {
+    current_ = outer_;
+    Flush();
+  }
+  WriteCork(const WriteCork&) = delete;
+  WriteCork& operator=(const WriteCork&) = delete;
+
+  static WriteCork* Current() { return current_; }
+  void Add(std::shared_ptr<BatchChannel::Stream> stream) { corked_.push_back(std::move(stream)); }
+  void Flush();
+
+ private:
+  static thread_local WriteCork* current_;
+  WriteCork* const outer_;
+  std::vector<std::shared_ptr<BatchChannel::Stream>> corked_;
+};
+
+thread_local WriteCork* WriteCork::current_ = nullptr;
 
 // One KV.Batch call. Thread-safe.
 class BatchChannel::Stream final
@@ -54,17 +80,43 @@ class BatchChannel::Stream final
   // Queues `op` (moved from only when accepted); false if the stream has
   // ended (use another).
   bool Enqueue(v1::BatchOp& op, absl::Time deadline, BatchCallback& done) ABSL_LOCKS_EXCLUDED(mu_) {
+    WriteCork* cork = WriteCork::Current();
     {
       absl::MutexLock lock(&mu_);
       if (ended_) return false;
       pending_.emplace(op.id(), Pending{deadline, std::move(done)});
       queue_.push_back(std::move(op));
-      if (writing_) return true;  // OnWriteDone sends it with the others queued
+      // Outstanding or corked: that write sends it with the others queued.
+      if (writing_) return true;
       writing_ = true;
-      TakeMessageLocked();
+      if (cork == nullptr) TakeMessageLocked();
     }
-    StartWrite(&out_);
+    if (cork != nullptr) {
+      cork->Add(shared_from_this());
+    } else {
+      StartWrite(&out_);
+    }
     return true;
+  }
+
+  // Writes what queued while this stream was corked (writing_ is set).
+  void WriteCorked() ABSL_LOCKS_EXCLUDED(mu_) {
+    bool release = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (ended_) {
+        // OnDone fails what is pending; the hold stayed for this write.
+        writing_ = false;
+        release = TakeHoldLocked();
+      } else {
+        TakeMessageLocked();
+      }
+    }
+    if (release) {
+      RemoveHold();
+    } else {
+      StartWrite(&out_);
+    }
   }
 
   // Moves the next message's operations from queue_ into out_: as many as
@@ -123,16 +175,19 @@ class BatchChannel::Stream final
       if (release) RemoveHold();
       return;
     }
-    for (v1::BatchResult& result : *in_.mutable_results()) {
-      BatchCallback done;
-      {
-        absl::MutexLock lock(&mu_);
-        auto it = pending_.find(result.id());
-        if (it == pending_.end()) continue;  // expired by the sweep
-        done = std::move(it->second.done);
-        pending_.erase(it);
+    {
+      WriteCork cork;
+      for (v1::BatchResult& result : *in_.mutable_results()) {
+        BatchCallback done;
+        {
+          absl::MutexLock lock(&mu_);
+          auto it = pending_.find(result.id());
+          if (it == pending_.end()) continue;  // expired by the sweep
+          done = std::move(it->second.done);
+          pending_.erase(it);
+        }
+        done(absl::OkStatus(), &result);
       }
-      done(absl::OkStatus(), &result);
     }
     in_.Clear();
     StartRead(&in_);
@@ -237,6 +292,16 @@ class BatchChannel::Stream final
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   bool hold_released_ ABSL_GUARDED_BY(mu_) = false;
 };
+
+void WriteCork::Flush() {
+  std::vector<std::shared_ptr<BatchChannel::Stream>> corked;
+  corked.swap(corked_);
+  for (const std::shared_ptr<BatchChannel::Stream>& stream : corked) stream->WriteCorked();
+}
+
+void FlushCorkedBatchWrites() {
+  if (WriteCork* cork = WriteCork::Current()) cork->Flush();
+}
 
 BatchChannel::BatchChannel(std::string address, v1::KV::Stub* stub, TimerQueue* timer,
                            std::function<std::shared_ptr<grpc::ClientContext>()> new_context,

@@ -3,7 +3,14 @@
 // whatever is queued into one BatchRequest (no timer: a message goes out as
 // soon as the previous write completed, carrying everything that queued up
 // meanwhile, as TiKV client-go's batch client does), and each BatchResult
-// completes the attempt with its id.
+// completes the attempt with its id. While a stream delivers a response's
+// results, the operations their callbacks submit (a closed-loop caller's
+// next ones) are corked: each stream they go to is written once, after the
+// last callback, so a response of N results brings back one message of N
+// operations instead of a message of one and another of N-1 (the server
+// pays per message; issue 14). A callback that then blocks on an operation
+// it submitted would wait for its own cork: ToFuture flushes it
+// (FlushCorkedBatchWrites, client.h), other waits in callbacks must not.
 //
 // Threads: none of its own. Submit() runs on the caller's thread (which
 // starts a write when none is outstanding); OnWriteDone / OnReadDone /
@@ -71,6 +78,7 @@ class BatchChannel {
 
  private:
   class Stream;
+  friend class WriteCork;
 
   // A stream ended with UNIMPLEMENTED: the node serves no KV.Batch.
   void MarkUnsupported() ABSL_LOCKS_EXCLUDED(mu_);

@@ -166,13 +166,19 @@ struct TxnResult {
 template <typename T>
 using Callback = std::function<void(absl::StatusOr<T>)>;
 
-// Adapts any *Async call to a std::future:
+// Sends at once the requests the calling thread made from inside a callback
+// of this SDK, which otherwise go out when the callback returns
+// (client/README.md, "Batched stream"). ToFuture calls it.
+void FlushCorkedBatchWrites();
+
+// Adapts any *Async call to a std::future (also inside a callback):
 //   auto f = ToFuture<PutResult>([&](auto done) { client->PutAsync("k", "v", {}, done); });
 template <typename T, typename Start>
 std::future<absl::StatusOr<T>> ToFuture(Start start) {
   auto promise = std::make_shared<std::promise<absl::StatusOr<T>>>();
   std::future<absl::StatusOr<T>> future = promise->get_future();
   start([promise](absl::StatusOr<T> result) { promise->set_value(std::move(result)); });
+  FlushCorkedBatchWrites();
   return future;
 }
 

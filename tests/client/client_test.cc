@@ -1,6 +1,7 @@
 // The SDK against an in-process fake cluster (fake_cluster.h): routing,
 // retries, circuit breaker, exactly-once writes, scans, read cache, async.
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -70,6 +71,39 @@ TEST(ClientFake, PutGetDeleteFollowingLeaderHints) {
   cluster.SetLeader(shard, 1);
   ASSERT_THAT(client->Put("k1", "v2"), IsOk());
   EXPECT_EQ(client->core_for_testing().routes().Leaders().at(shard), cluster.address(1));
+}
+
+// A closed loop of callers, each making its next request from the callback
+// of its last (as tessera-bench does): the requests made while one
+// response's results are delivered go out corked, in one message. Without
+// the cork a response brought back a message of one request and another of
+// the rest, and the messages split further every round.
+TEST(ClientFake, RequestsMadeFromTheCallbacksOfOneResponseGoInOneMessage) {
+  FakeCluster cluster({.nodes = 1, .serve_batch = true});
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("warm", "up"), IsOk());  // the map and the stream are ready
+  const int before = cluster.batch_messages();
+  constexpr int kCallers = 16;
+  constexpr int kRounds = 50;
+  std::atomic<int> succeeded{0};
+  std::atomic<int> finished{0};
+  absl::Notification all_finished;
+  std::function<void(int, int)> next = [&](int caller, int round) {
+    client->PutAsync(absl::StrCat("k", caller), "v", {},
+                     [&, caller, round](absl::StatusOr<PutResult> r) {
+                       succeeded += r.ok() ? 1 : 0;
+                       if (round + 1 < kRounds) return next(caller, round + 1);
+                       if (++finished == kCallers) all_finished.Notify();
+                     });
+  };
+  // Every caller starts from one callback: their first requests go together.
+  client->PutAsync("start", "v", {}, [&](absl::StatusOr<PutResult>) {
+    for (int c = 0; c < kCallers; ++c) next(c, 0);
+  });
+  ASSERT_TRUE(all_finished.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_EQ(succeeded.load(), kCallers * kRounds);
+  // "start", then one message per round.
+  EXPECT_EQ(cluster.batch_messages() - before, 1 + kRounds);
 }
 
 TEST(ClientFake, BinaryKeysAndValues) {

@@ -38,6 +38,49 @@ class FakeCluster::KvImpl final : public v1::KV::Service {
                  });
   }
 
+  grpc::Status Batch(grpc::ServerContext* ctx,
+                     grpc::ServerReaderWriter<v1::BatchResponse, v1::BatchRequest>* stream) override {
+    if (!c_->options_.serve_batch) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this fake serves no KV.Batch");
+    }
+    v1::BatchRequest request;
+    while (stream->Read(&request)) {
+      {
+        absl::MutexLock lock(&c_->mu_);
+        ++c_->batch_messages_;
+      }
+      v1::BatchResponse response;
+      for (const v1::BatchOp& op : request.ops()) {
+        v1::BatchResult* r = response.add_results();
+        r->set_id(op.id());
+        grpc::Status status;
+        switch (op.op_case()) {
+          case v1::BatchOp::kPut:
+            status = Put(ctx, &op.put(), r->mutable_put());
+            break;
+          case v1::BatchOp::kGet:
+            status = Get(ctx, &op.get(), r->mutable_get());
+            break;
+          case v1::BatchOp::kDelete:
+            status = Delete(ctx, &op.delete_(), r->mutable_delete_());
+            break;
+          case v1::BatchOp::kTxn:
+            status = Txn(ctx, &op.txn(), r->mutable_txn());
+            break;
+          case v1::BatchOp::kScan:
+            status = Scan(ctx, &op.scan(), r->mutable_scan());
+            break;
+          case v1::BatchOp::OP_NOT_SET:
+            status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no op");
+            break;
+        }
+        if (!status.ok()) *r->mutable_error() = ToRpcStatus(FromGrpcStatus(status));
+      }
+      if (!stream->Write(response)) break;
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status Delete(grpc::ServerContext* ctx, const v1::DeleteRequest* req,
                       v1::DeleteResponse* resp) override {
     return Serve(ctx, "Delete", req->header(), {req->key()}, true, resp,
@@ -355,6 +398,11 @@ void FakeCluster::SetHook(std::function<FakeAction(const FakeCall&)> hook) {
 int FakeCluster::calls(int node) const {
   absl::MutexLock lock(&mu_);
   return calls_[node];
+}
+
+int FakeCluster::batch_messages() const {
+  absl::MutexLock lock(&mu_);
+  return batch_messages_;
 }
 
 int FakeCluster::applies(const std::string& key) const {

@@ -55,6 +55,10 @@ class FakeCluster {
     int nodes = 3;
     uint32_t shards = 4;
     uint64_t epoch = 7;
+    // Serve KV.Batch (each request message answered by one response
+    // message, its operations served as the unary calls); false: answer it
+    // UNIMPLEMENTED, so the SDK uses the unary calls.
+    bool serve_batch = false;
   };
   explicit FakeCluster(Options options);
   ~FakeCluster();
@@ -78,6 +82,8 @@ class FakeCluster {
 
   // KV calls (all methods) that reached `node`, and writes applied per key.
   int calls(int node) const ABSL_LOCKS_EXCLUDED(mu_);
+  // KV.Batch request messages that reached any node.
+  int batch_messages() const ABSL_LOCKS_EXCLUDED(mu_);
   int applies(const std::string& key) const ABSL_LOCKS_EXCLUDED(mu_);
   v1::ClusterMap Map() const ABSL_LOCKS_EXCLUDED(mu_);
   // Writes a key directly (versions as the server: +1 per put).
@@ -111,6 +117,7 @@ class FakeCluster {
   std::vector<bool> down_ ABSL_GUARDED_BY(mu_);
   std::vector<bool> stopped_ ABSL_GUARDED_BY(mu_);
   std::vector<int> calls_ ABSL_GUARDED_BY(mu_);
+  int batch_messages_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t epoch_ ABSL_GUARDED_BY(mu_);
   uint64_t applied_index_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<std::string, Value> data_ ABSL_GUARDED_BY(mu_);
