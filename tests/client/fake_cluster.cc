@@ -38,8 +38,9 @@ class FakeCluster::KvImpl final : public v1::KV::Service {
                  });
   }
 
-  grpc::Status Batch(grpc::ServerContext* ctx,
-                     grpc::ServerReaderWriter<v1::BatchResponse, v1::BatchRequest>* stream) override {
+  grpc::Status Batch(
+      grpc::ServerContext* ctx,
+      grpc::ServerReaderWriter<v1::BatchResponse, v1::BatchRequest>* stream) override {
     if (!c_->options_.serve_batch) {
       return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this fake serves no KV.Batch");
     }
