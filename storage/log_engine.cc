@@ -62,6 +62,13 @@ constexpr uint8_t kFrameFormat = 1;
 // Bounds a record's claimed length at recovery (a corrupt length must not
 // make us allocate or skip gigabytes).
 constexpr uint64_t kMaxRecordBytes = 1ull << 31;
+// With preallocation, the writer keeps this much of the segment ahead of it
+// written with zeros (one write per chunk). fallocate leaves unwritten
+// extents: a sync after writing into one also converts the extent and
+// writes the inode, a second device write per fdatasync. Over blocks
+// already written, fdatasync writes the data alone (ext4 on this VM: a
+// 3 KB write + fdatasync 285 -> 165 us).
+constexpr uint64_t kZeroAheadBytes = 1ull << 20;
 
 void PutFixed32(uint32_t v, std::string* out) {
   char b[4];
@@ -286,6 +293,7 @@ struct LogEngine::Impl {
   // Held by writers across their I/O; the order is write_mu, then mu.
   absl::Mutex write_mu;
   uint64_t write_offset ABSL_GUARDED_BY(write_mu) = 0;  // in the current segment
+  uint64_t zeroed_until ABSL_GUARDED_BY(write_mu) = 0;  // ditto: zeros written up to here
   absl::Status failed ABSL_GUARDED_BY(write_mu);        // a write failed: refuse more
 
   mutable absl::Mutex mu;
@@ -615,7 +623,9 @@ struct LogEngine::Impl {
         stats.segments = segments.size();
       }
       write_offset = 0;
+      zeroed_until = 0;
     }
+    TESSERA_RETURN_IF_ERROR(ZeroAhead(*seg, write_offset + buf.size()));
     TESSERA_RETURN_IF_ERROR(WriteAllAt(seg->fd, seg->path, buf.data(), buf.size(), write_offset));
     *segment = seg->id;
     *offset = write_offset;
@@ -625,6 +635,22 @@ struct LogEngine::Impl {
       stats.bytes_written += buf.size();
     }
     if (sync) TESSERA_RETURN_IF_ERROR(Sync(*seg));
+    return absl::OkStatus();
+  }
+
+  // Writes zeros over [max(zeroed_until, end), end + kZeroAheadBytes) of the
+  // current segment (within its preallocated size) once the writer comes
+  // within a chunk of zeroed_until. Not synced: the next data sync takes
+  // them along, and unsynced zeros read back as the zeros of fallocate.
+  absl::Status ZeroAhead(const Segment& seg, uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    if (!options.preallocate || end + kZeroAheadBytes / 2 <= zeroed_until) return absl::OkStatus();
+    const uint64_t from = std::max(zeroed_until, end);
+    const uint64_t to = std::min(options.segment_bytes, end + kZeroAheadBytes);
+    if (from < to) {
+      static const std::string* const zeros = new std::string(kZeroAheadBytes, '\0');
+      TESSERA_RETURN_IF_ERROR(WriteAllAt(seg.fd, seg.path, zeros->data(), to - from, from));
+    }
+    zeroed_until = std::max(zeroed_until, to);
     return absl::OkStatus();
   }
 
@@ -776,6 +802,7 @@ absl::Status LogEngine::Impl::Recover() {
     current = seg->id;
     stats.segments = 1;
     write_offset = 0;
+    zeroed_until = 0;
     return absl::OkStatus();
   }
   absl::MutexLock wlock(&write_mu);
@@ -851,6 +878,7 @@ absl::Status LogEngine::Impl::Recover() {
     }
     if (newest) {
       write_offset = pos;
+      zeroed_until = pos;
       current = seg->id;
     }
     segments.emplace(seg->id, std::move(seg));

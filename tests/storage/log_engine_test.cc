@@ -4,6 +4,9 @@
 #include "storage/log_engine.h"
 
 #include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -101,6 +104,56 @@ void Overwrite(const std::string& path, uint64_t offset, const std::string& byte
   ASSERT_EQ(pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset)),
             static_cast<ssize_t>(bytes.size()));
   close(fd);
+}
+
+// The extents of `path` that overlap [0, length) and are still unwritten
+// (fallocated, never written), after writing the file back; -1 if the
+// filesystem cannot tell (no FIEMAP, as tmpfs).
+int UnwrittenExtentsBelow(const std::string& path, uint64_t length) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return -1;
+  constexpr uint32_t kMaxExtents = 256;
+  std::vector<char> buf(sizeof(fiemap) + kMaxExtents * sizeof(fiemap_extent), 0);
+  auto* map = reinterpret_cast<fiemap*>(buf.data());
+  map->fm_start = 0;
+  map->fm_length = length;
+  map->fm_flags = FIEMAP_FLAG_SYNC;
+  map->fm_extent_count = kMaxExtents;
+  const int rc = ioctl(fd, FS_IOC_FIEMAP, map);
+  close(fd);
+  if (rc != 0) return -1;
+  int unwritten = 0;
+  for (uint32_t i = 0; i < map->fm_mapped_extents; ++i) {
+    const fiemap_extent& e = map->fm_extents[i];
+    if (e.fe_logical < length && (e.fe_flags & FIEMAP_EXTENT_UNWRITTEN) != 0) ++unwritten;
+  }
+  return unwritten;
+}
+
+// A synced save writes no metadata: the writer keeps the blocks ahead of it
+// written (zeros), so no fdatasync lands in an unwritten (fallocated)
+// extent, which would also convert the extent and write the inode.
+TEST(LogEngine, TheWriterStaysAheadOfUnwrittenExtents) {
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/log";
+  {
+    std::unique_ptr<LogEngine> log = OpenOrDie(dir, Small(8 << 20));
+    ASSERT_NE(log, nullptr);
+    for (uint64_t i = 1; i <= 200; ++i) {
+      ASSERT_THAT(log->Save({Update(1, i, i, 1, 3000)}, RaftLog::Durability::kSynced), IsOk());
+      const uint64_t written = log->GetStats().bytes_written;
+      const int unwritten = UnwrittenExtentsBelow(SegmentPath(dir, 1), written + (256 << 10));
+      if (unwritten < 0) GTEST_SKIP() << "the filesystem of " << dir << " has no FIEMAP";
+      ASSERT_EQ(unwritten, 0) << "after save " << i << " (" << written << " bytes)";
+    }
+  }
+  // So does a writer that reopened the log.
+  std::unique_ptr<LogEngine> log = OpenOrDie(dir, Small(8 << 20));
+  ASSERT_NE(log, nullptr);
+  ASSERT_THAT(log->Save({Update(1, 201, 201, 1, 3000)}, RaftLog::Durability::kSynced), IsOk());
+  const uint64_t size = std::filesystem::file_size(SegmentPath(dir, 1));
+  EXPECT_EQ(size, 8u << 20);
+  EXPECT_EQ(UnwrittenExtentsBelow(SegmentPath(dir, 1), 201 * 3100 + (256 << 10)), 0);
 }
 
 // A record cut at any byte (the file ending there, or zeros from there on
