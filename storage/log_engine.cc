@@ -62,12 +62,12 @@ constexpr uint8_t kFrameFormat = 1;
 // Bounds a record's claimed length at recovery (a corrupt length must not
 // make us allocate or skip gigabytes).
 constexpr uint64_t kMaxRecordBytes = 1ull << 31;
-// With preallocation, the writer keeps this much of the segment ahead of it
-// written with zeros (one write per chunk). fallocate leaves unwritten
-// extents: a sync after writing into one also converts the extent and
-// writes the inode, a second device write per fdatasync. Over blocks
-// already written, fdatasync writes the data alone (ext4 on this VM: a
-// 3 KB write + fdatasync 285 -> 165 us).
+// The writer keeps this much of the segment ahead of it written with zeros
+// (one write per half chunk). A sync after a write that grows the file, or
+// lands in an unwritten (fallocated) extent, also writes the inode (new
+// size, converted extent): a second device write per fdatasync. Over
+// blocks already written, fdatasync writes the data alone (ext4 on this
+// VM: a 3 KB write + fdatasync 285 -> 165 us).
 constexpr uint64_t kZeroAheadBytes = 1ull << 20;
 
 void PutFixed32(uint32_t v, std::string* out) {
@@ -643,7 +643,7 @@ struct LogEngine::Impl {
   // within a chunk of zeroed_until. Not synced: the next data sync takes
   // them along, and unsynced zeros read back as the zeros of fallocate.
   absl::Status ZeroAhead(const Segment& seg, uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
-    if (!options.preallocate || end + kZeroAheadBytes / 2 <= zeroed_until) return absl::OkStatus();
+    if (end + kZeroAheadBytes / 2 <= zeroed_until) return absl::OkStatus();
     const uint64_t from = std::max(zeroed_until, end);
     const uint64_t to = std::min(options.segment_bytes, end + kZeroAheadBytes);
     if (from < to) {

@@ -47,9 +47,8 @@ struct LogEngineOptions {
   uint64_t segment_bytes = 64ull << 20;
   // Parsed recent entries kept in memory, for the whole node (0: none).
   uint64_t cache_bytes = 4ull << 20;
-  // Preallocate segments with fallocate, and keep about 1 MiB ahead of the
-  // writer written with zeros, so that a sync writes no metadata (off:
-  // files grow as written).
+  // Preallocate segments with fallocate (off: files grow as written, about
+  // 1 MiB ahead of the writer either way: see kZeroAheadBytes).
   bool preallocate = true;
   // Consulted before writes that add data; null: no check. Not owned.
   const DiskSpaceGuard* space = nullptr;

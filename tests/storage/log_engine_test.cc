@@ -131,8 +131,29 @@ int UnwrittenExtentsBelow(const std::string& path, uint64_t length) {
 }
 
 // A synced save writes no metadata: the writer keeps the blocks ahead of it
-// written (zeros), so no fdatasync lands in an unwritten (fallocated)
-// extent, which would also convert the extent and write the inode.
+// written (zeros), so no fdatasync follows a write that grew the file or
+// landed in an unwritten (fallocated) extent (either makes it write the
+// inode too).
+TEST(LogEngine, WithoutPreallocationSavesDoNotGrowTheFile) {
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/log";
+  LogEngineOptions o = Small(8 << 20);
+  o.preallocate = false;
+  std::unique_ptr<LogEngine> log = OpenOrDie(dir, o);
+  ASSERT_NE(log, nullptr);
+  for (uint64_t i = 1; i <= 400; ++i) {
+    const uint64_t before = std::filesystem::file_size(SegmentPath(dir, 1));
+    ASSERT_THAT(log->Save({Update(1, i, i, 1, 3000)}, RaftLog::Durability::kSynced), IsOk());
+    const uint64_t written = log->GetStats().bytes_written;
+    const uint64_t after = std::filesystem::file_size(SegmentPath(dir, 1));
+    ASSERT_GE(after, written + (256 << 10)) << "after save " << i;
+    // The file grows only by a zero chunk, never by a save's own write.
+    if (after != before) {
+      ASSERT_GE(after - before, 256u << 10) << "after save " << i;
+    }
+  }
+}
+
 TEST(LogEngine, TheWriterStaysAheadOfUnwrittenExtents) {
   TempDir tmp;
   const std::string dir = tmp.path() + "/log";
