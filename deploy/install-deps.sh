@@ -16,6 +16,7 @@ packages=(
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   prometheus-cpp-dev libcivetweb-dev libxxhash-dev libspdlog-dev libfmt-dev
   zlib1g-dev  # CRC-32 of the raft log engine (storage/log_engine.cc)
+  libjemalloc-dev  # tessera-server's allocator (server/cmd/CMakeLists.txt)
   # runtime helpers for the local cluster and tests (prometheus ships promtool;
   # python3-yaml parses the Compose and Kubernetes files in tests/deploy;
   # python3-grpcio and python3-protobuf run tests/client/error_model_test.py,
