@@ -639,9 +639,10 @@ struct LogEngine::Impl {
   }
 
   // Writes zeros over [max(zeroed_until, end), end + kZeroAheadBytes) of the
-  // current segment (within its preallocated size) once the writer comes
-  // within a chunk of zeroed_until. Not synced: the next data sync takes
-  // them along, and unsynced zeros read back as the zeros of fallocate.
+  // current segment (within segment_bytes) once the writer comes within half
+  // a chunk of zeroed_until. Not synced: the next data sync takes them
+  // along; after a crash, lost zeros are the zeros of fallocate or the end
+  // of the file, both an end of the log to recovery.
   absl::Status ZeroAhead(const Segment& seg, uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
     if (end + kZeroAheadBytes / 2 <= zeroed_until) return absl::OkStatus();
     const uint64_t from = std::max(zeroed_until, end);
