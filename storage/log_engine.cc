@@ -625,7 +625,7 @@ struct LogEngine::Impl {
       write_offset = 0;
       zeroed_until = 0;
     }
-    TESSERA_RETURN_IF_ERROR(ZeroAhead(*seg, write_offset + buf.size()));
+    ZeroAhead(*seg, write_offset + buf.size());
     TESSERA_RETURN_IF_ERROR(WriteAllAt(seg->fd, seg->path, buf.data(), buf.size(), write_offset));
     *segment = seg->id;
     *offset = write_offset;
@@ -642,17 +642,18 @@ struct LogEngine::Impl {
   // current segment (within segment_bytes) once the writer comes within half
   // a chunk of zeroed_until. Not synced: the next data sync takes them
   // along; after a crash, lost zeros are the zeros of fallocate or the end
-  // of the file, both an end of the log to recovery.
-  absl::Status ZeroAhead(const Segment& seg, uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
-    if (end + kZeroAheadBytes / 2 <= zeroed_until) return absl::OkStatus();
+  // of the file, both an end of the log to recovery. Best effort: a failed
+  // zero write (a full disk) only costs the metadata writes it would have
+  // saved; the data write after it reports what matters.
+  void ZeroAhead(const Segment& seg, uint64_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu) {
+    if (end + kZeroAheadBytes / 2 <= zeroed_until) return;
     const uint64_t from = std::max(zeroed_until, end);
     const uint64_t to = std::min(options.segment_bytes, end + kZeroAheadBytes);
     if (from < to) {
       static const std::string* const zeros = new std::string(kZeroAheadBytes, '\0');
-      TESSERA_RETURN_IF_ERROR(WriteAllAt(seg.fd, seg.path, zeros->data(), to - from, from));
+      if (!WriteAllAt(seg.fd, seg.path, zeros->data(), to - from, from).ok()) return;
     }
     zeroed_until = std::max(zeroed_until, to);
-    return absl::OkStatus();
   }
 
   // Unlinks the oldest segments once no live shard needs anything in them,
