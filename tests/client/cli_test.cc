@@ -12,6 +12,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -176,11 +177,13 @@ TEST_F(Cli, ScanErrorMidwayKeepsWhatWasPrintedThenOneLine) {
     absl::StrAppend(&all, "{\"key\":\"", absl::StrFormat("k%05d", i),
                     "\",\"value\":\"x\",\"version\":1}\n");
   }
-  auto scans = std::make_shared<std::atomic<int>>(0);
-  const int first_pages = static_cast<int>(cluster_.shards());
-  cluster_.SetHook([scans, first_pages](const testing::FakeCall& call) {
+  // Each shard's first page is served, any later one refused. (Counted per
+  // shard: the scan may ask for a shard's second page before another
+  // shard's first.)
+  auto scans = std::make_shared<std::vector<std::atomic<int>>>(cluster_.shards());
+  cluster_.SetHook([scans](const testing::FakeCall& call) {
     testing::FakeAction a;
-    if (call.method == "Scan" && scans->fetch_add(1) >= first_pages) {
+    if (call.method == "Scan" && (*scans)[call.shard].fetch_add(1) >= 1) {
       a.kind = testing::FakeAction::Kind::kError;
       a.error = absl::InvalidArgumentError("page refused");
     }
