@@ -275,6 +275,11 @@ absl::Status Server::StartParts() {
   for (const MemberInfo& m : map.members()) {
     if (m.id != config.node_id) transport_options.peers[m.id] = m.peer_address;
   }
+  // The largest message either port accepts: a request, or a peer batch of
+  // a few MiB of messages plus one entry, holds at most one value of up to
+  // --max-value-bytes and its key.
+  const int max_message_bytes =
+      static_cast<int>(std::min<uint64_t>(2 * config.max_value_bytes + (64 << 20), 1 << 30));
   // Transport feedback goes to the node once it runs (node_for_peers_).
   transport_options.on_unreachable = [this](NodeId to) {
     if (Node* node = node_for_peers_.load(std::memory_order_acquire)) node->ReportUnreachable(to);
@@ -284,6 +289,7 @@ absl::Status Server::StartParts() {
       node->ReportSnapshot(to, shard, ok);
     }
   };
+  transport_options.max_message_bytes = static_cast<uint64_t>(max_message_bytes);
   transport_ = std::make_unique<GrpcTransport>(std::move(transport_options));
 
   PeerServiceOptions peer_options{
@@ -303,11 +309,6 @@ absl::Status Server::StartParts() {
           node->Receive(from, std::move(messages));
         }
       });
-  // The largest message either port accepts: a request, or a peer batch of
-  // a few MiB of messages plus one entry, holds at most one value of up to
-  // --max-value-bytes and its key.
-  const int max_message_bytes =
-      static_cast<int>(std::min<uint64_t>(2 * config.max_value_bytes + (64 << 20), 1 << 30));
   GrpcServerOptions peer_server_options;
   peer_server_options.address = config.peer_listen;
   peer_server_options.services = {peer_service_.get()};
@@ -348,6 +349,14 @@ absl::Status Server::StartParts() {
   if (config.max_inflight_bytes != 0) {
     node_options.max_uncommitted_bytes_per_shard = config.max_inflight_bytes;
   }
+  // The services serve by the map of the metadata group, once loaded; until
+  // then (and if it does not name this node) a leadership offered to this
+  // node by a balancing transfer is declined: it could not serve clients.
+  maps_ = std::make_unique<ClusterMapCache>();
+  node_options.accept_leadership = [maps = maps_.get(), id = config.node_id] {
+    std::shared_ptr<const ClusterMap> current = maps->Current();
+    return current != nullptr && current->FindMember(id) != nullptr;
+  };
   node_options.on_fatal = [this](const absl::Status& status) {
     {
       absl::MutexLock lock(&fatal_mu_);
@@ -377,8 +386,6 @@ absl::Status Server::StartParts() {
                config.election_ticks);
 
   backend_ = std::make_unique<NodeKvBackend>(node_.get(), state_machine_.get());
-  // The services serve by the map of the metadata group, once loaded.
-  maps_ = std::make_unique<ClusterMapCache>();
   KvServiceOptions kv_options;
   kv_options.self = config.node_id;
   kv_options.max_key_bytes = config.max_key_bytes;
@@ -424,11 +431,7 @@ absl::Status Server::StartParts() {
   client_server_ = *std::move(client_server);
   spdlog::info("client API (KV, Cluster) listening on {} (port {})", config.listen,
                client_server_->port());
-  health_->SetSources({.member =
-                           [maps = maps_.get(), id = config.node_id] {
-                             std::shared_ptr<const ClusterMap> current = maps->Current();
-                             return current != nullptr && current->FindMember(id) != nullptr;
-                           },
+  health_->SetSources({.member = node_options.accept_leadership,
                        .shards = [n = node_.get()] { return n->Status(); },
                        .live = [n = node_.get()] { return n->Health(); }});
   health_->SetGrpcHealth(client_server_->server()->GetHealthCheckService());

@@ -792,7 +792,10 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
       }
       const raftpb::MessageType type = sm.message.type();
       const NodeId from = sm.message.from();
-      if (type == raftpb::MSG_TIMEOUT_NOW && handing_off_) continue;  // draining: declined
+      if (type == raftpb::MSG_TIMEOUT_NOW &&
+          (handing_off_ || (options_.accept_leadership && !options_.accept_leadership()))) {
+        continue;  // draining, or not serving: declined
+      }
       if (type == raftpb::MSG_SNAP && !CommitStagedSnapshot(s, sm.message)) continue;
       if (options_.hibernate_idle_shards) {
         // Heartbeats keep a sleeping shard asleep: those of its leader in

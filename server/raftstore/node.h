@@ -151,6 +151,13 @@ struct NodeOptions {
   // starts and after a node returns (until a scheduler of the elastic
   // cluster takes over).
   bool balance_leaders = true;
+  // Whether this node takes leadership handed to it by a transfer
+  // (MsgTimeoutNow, e.g. another node's balancing): false declines it (the
+  // transfer lapses at the leader, which offers it elsewhere later).
+  // Called on the raft loop thread; must be thread-safe, cheap and not
+  // block. Empty: always. Elections by timeout are not affected (raft needs
+  // them for liveness). tessera-server declines while it does not serve.
+  std::function<bool()> accept_leadership;
   // Hibernation (README.md "Hibernation"): a shard whose leader had nothing
   // to do for hibernate_idle_ticks ticks (everything committed, applied and
   // acknowledged by every follower, each heard from recently, no request,

@@ -1,9 +1,12 @@
 #include "server/transport/grpc_transport.h"
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
+#include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/internal/raw_logging.h"
 #include "absl/status/status.h"
@@ -23,6 +26,27 @@ constexpr uint32_t kSnapshotChunkFormat = 2;
 }  // namespace
 
 // ---- Sending side ----
+
+namespace {
+// The largest messages of a batch, for a log line: shard, type, entries,
+// index, term and bytes of each.
+std::string DescribeLargest(const peerpb::MessageBatch& batch) {
+  std::vector<std::pair<size_t, int>> sizes;
+  for (int i = 0; i < batch.messages_size(); ++i) {
+    sizes.emplace_back(batch.messages(i).ByteSizeLong(), i);
+  }
+  std::sort(sizes.rbegin(), sizes.rend());
+  std::string out = absl::StrCat(batch.messages_size(), " messages; largest:");
+  for (size_t k = 0; k < sizes.size() && k < 3; ++k) {
+    const peerpb::ShardMessage& m = batch.messages(sizes[k].second);
+    absl::StrAppend(&out, " [shard ", m.shard(), " ", raftpb::MessageType_Name(m.message().type()),
+                    " entries ", m.message().entries_size(), " index ", m.message().index(),
+                    " term ", m.message().term(), " context ", m.message().context().size(),
+                    " bytes ", sizes[k].first, "]");
+  }
+  return out;
+}
+}  // namespace
 
 // The queues, threads and stub for one destination node. Thread-safe.
 class GrpcTransport::PeerSender {
@@ -58,17 +82,35 @@ class GrpcTransport::PeerSender {
     std::vector<ShardMessage> regular;
     std::vector<ShardMessage> snapshots;
     uint64_t bytes = 0;
+    size_t oversized = 0;
     for (ShardMessage& m : messages) {
       if (m.message.type() == raftpb::MSG_SNAP) {
         snapshots.push_back(std::move(m));
-      } else {
-        bytes += m.message.ByteSizeLong() + 16;
-        regular.push_back(std::move(m));
+        continue;
       }
+      const size_t size = m.message.ByteSizeLong() + 16;
+      if (size > options_.max_message_bytes) {
+        // Lost like any message (raft sends it again, e.g. after the
+        // follower rejects the next append for the gap).
+        static std::atomic<int64_t> last_log_seconds{0};
+        const int64_t now = absl::ToUnixSeconds(absl::Now());
+        if (now - last_log_seconds.exchange(now) >= 10) {
+          ABSL_RAW_LOG(ERROR,
+                       "peer message for node %llu dropped: %zu bytes over the limit of %llu",
+                       static_cast<unsigned long long>(to_), size,
+                       static_cast<unsigned long long>(options_.max_message_bytes));
+        }
+        ++oversized;
+        continue;
+      }
+      bytes += size;
+      regular.push_back(std::move(m));
     }
     std::vector<ShardMessage> dropped;  // snapshots that will not be sent
     {
       absl::MutexLock lock(&mu_);
+      stats_.oversized_messages += oversized;
+      stats_.dropped_messages += oversized;
       EnqueueLocked(regular, bytes, snapshots, &dropped);
     }
     for (ShardMessage& snap : dropped) {
@@ -196,6 +238,8 @@ class GrpcTransport::PeerSender {
         }
       }
       size_t count = 0;
+      uint64_t accounted = 0;  // what Enqueue measured, for the log below
+      for (const Queued& q : work) accounted += q.bytes;
       peerpb::MessageBatch batch;
       batch.set_from_node(options_.self);
       batch.set_to_node(to_);
@@ -207,6 +251,23 @@ class GrpcTransport::PeerSender {
           *out->mutable_message() = std::move(m.message);
           ++count;
         }
+      }
+      // Each message was measured when queued and batches are bounded by
+      // those sizes: this holds unless a message changed after it was
+      // queued. Checked anyway, since gRPC would abort on it.
+      if (const size_t size = batch.ByteSizeLong(); size > options_.max_message_bytes) {
+        ABSL_RAW_LOG(
+            ERROR, "peer batch for node %llu dropped: %zu bytes (%llu when queued) over %llu: %s",
+            static_cast<unsigned long long>(to_), size, static_cast<unsigned long long>(accounted),
+            static_cast<unsigned long long>(options_.max_message_bytes),
+            DescribeLargest(batch).c_str());
+        {
+          absl::MutexLock lock(&mu_);
+          stats_.oversized_messages += count;
+          stats_.dropped_messages += count;
+        }
+        if (options_.on_unreachable) options_.on_unreachable(to_);  // raft probes again
+        continue;
       }
       if (writer == nullptr) {
         context = std::make_unique<grpc::ClientContext>();

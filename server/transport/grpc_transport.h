@@ -69,6 +69,11 @@ struct GrpcTransportOptions {
   // One MessageBatch on the wire carries at most about this many bytes
   // (always at least one queued batch).
   uint64_t max_batch_bytes = 4ull << 20;
+  // A message or batch larger than this (the peers' receive limit) is
+  // never written: it is dropped, logged and counted (gRPC aborts the
+  // process on a message it cannot serialize, over 2 GiB, and a peer
+  // refuses one over its limit by breaking the stream).
+  uint64_t max_message_bytes = 64ull << 20;
   // Where the exports named by MSG_SNAP tokens are pinned (the node's
   // exchange, shared with its Node). Not owned; must outlive the transport.
   // nullptr: only MSG_SNAPs with inline data can be sent.
@@ -117,6 +122,7 @@ class GrpcTransport : public Transport {
     uint64_t stream_failures = 0;   // streams that broke (or failed to open)
     uint64_t snapshots_sent = 0;
     uint64_t snapshots_failed = 0;
+    uint64_t oversized_messages = 0;  // over max_message_bytes (alone or batched)
   };
   PeerStats StatsForTesting(NodeId peer) const;
 

@@ -150,9 +150,13 @@ class TesseraCluster {
       std::cerr << "---- node " << node + 1 << " still running 30 s after SIGTERM ----\n"
                 << Tail(log, 40) << "\n";
       if (access("/usr/bin/gdb", X_OK) == 0) {
-        const std::string bt = absl::StrCat("/usr/bin/gdb -p ", servers_[node].pid(),
-                                            " -batch -ex 'thread apply all bt' 2>&1 | tail -400");
-        std::cerr << "---- its threads ----\n" << std::flush;
+        // All threads to a file in the (kept) directory; the ones in our
+        // code to stderr.
+        const std::string file = absl::StrCat(dir_.path(), "/node", node + 1, ".threads");
+        const std::string bt = absl::StrCat(
+            "/usr/bin/gdb -p ", servers_[node].pid(), " -batch -ex 'thread apply all bt' > ", file,
+            " 2>&1; grep -E '^Thread|tessera::' ", file, " | grep -B1 tessera:: | head -200");
+        std::cerr << "---- its threads (all of them: " << file << ") ----\n" << std::flush;
         if (std::system(bt.c_str()) != 0) std::cerr << "(gdb failed)\n";
       }
     }

@@ -114,6 +114,10 @@ struct Options {
   // (idle 20 ticks = 200 ms, check every 10 ticks = 100 ms here).
   bool hibernate = true;
   int hibernate_check_ticks = 0;
+  // NodeOptions::accept_leadership of node `id`; empty: always.
+  std::function<bool(NodeId id)> accept_leadership;
+  // Sees every message delivered to node `to` (on a network thread).
+  std::function<void(NodeId to, const ShardMessage& m)> on_deliver;
 };
 
 // Counts NodeMetrics::OnShardWoke by reason. Thread-safe.
@@ -181,6 +185,9 @@ class Cluster {
     no.max_loop_stall = o_.max_loop_stall;
     no.hibernate_idle_shards = o_.hibernate;
     no.hibernate_check_ticks = o_.hibernate_check_ticks;
+    if (o_.accept_leadership) {
+      no.accept_leadership = [f = o_.accept_leadership, id] { return f(id); };
+    }
     m.wakes = std::make_unique<WakeCounter>();
     no.metrics = m.wakes.get();
     if (o_.streamed_snapshots) {
@@ -196,9 +203,13 @@ class Cluster {
     TESSERA_ASSIGN_OR_RETURN(m.node,
                              Node::Start(no, m.engine.get(), m.applier.get(), m.transport.get()));
     Node* node = m.node.get();
-    net_.Register(id, [node](NodeId from, std::vector<ShardMessage> msgs) {
-      node->Receive(from, std::move(msgs));
-    });
+    net_.Register(id,
+                  [node, id, seen = o_.on_deliver](NodeId from, std::vector<ShardMessage> msgs) {
+                    if (seen) {
+                      for (const ShardMessage& m : msgs) seen(id, m);
+                    }
+                    node->Receive(from, std::move(msgs));
+                  });
     return absl::OkStatus();
   }
 
@@ -930,6 +941,54 @@ TEST(Node, LeadershipsSpreadEvenlyAfterANodeHandedItsAway) {
       WaitFor([&] { return leads(1) == 2 && leads(2) == 2 && leads(3) == 2; }, absl::Seconds(60)))
       << "leaders per node: " << leads(1) << " " << leads(2) << " " << leads(3);
   for (ShardId s = 1; s <= 6; ++s) ASSERT_THAT(c.PutOnLeader(s, "k", "after"), IsOk());
+}
+
+// A node that declines leadership (tessera-server: while it does not serve
+// by the cluster map) gets none by balancing, though offered it; it gets its
+// share once it accepts.
+TEST(Node, BalancingSkipsANodeThatDeclinesLeadership) {
+  std::atomic<bool> node3_accepts{false};
+  // MsgTimeoutNow delivered to node 3 once its own hand-off window is over
+  // (during it, node 3 declines as a draining node does).
+  absl::Mutex mu;
+  absl::Time hand_off_over = absl::InfiniteFuture();
+  int offers_to_3 = 0;
+  Cluster c({.shards = 6,
+             .election_ticks = 50,  // no election on a stalled machine
+             .balance_leaders = true,
+             .accept_leadership = [&](NodeId id) { return id != 3 || node3_accepts.load(); },
+             .on_deliver =
+                 [&](NodeId to, const ShardMessage& m) {
+                   if (to != 3 || m.message.type() != raftpb::MSG_TIMEOUT_NOW) return;
+                   absl::MutexLock lock(&mu);
+                   if (absl::Now() > hand_off_over) ++offers_to_3;
+                 }});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  for (ShardId s = 1; s <= 6; ++s) ASSERT_THAT(c.PutOnLeader(s, "k", "v"), IsOk());
+  const absl::Duration window = absl::Seconds(3);
+  const absl::Time start = absl::Now();
+  ASSERT_THAT(c.node(3).TransferLeadershipAway(window), IsOk());
+  {
+    absl::MutexLock lock(&mu);
+    hand_off_over = start + window;
+  }
+  // Balancing offers node 3 a shard (it leads fewest), twice: declined.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        absl::MutexLock lock(&mu);
+        return offers_to_3 >= 2;
+      },
+      absl::Seconds(60)));
+  for (const ShardStatus& s : c.node(3).Status()) EXPECT_NE(s.role, "leader") << s.shard;
+  auto leads = [&](NodeId id) {
+    int n = 0;
+    for (const ShardStatus& s : c.node(1).Status()) n += s.leader == id ? 1 : 0;
+    return n;
+  };
+  node3_accepts = true;
+  EXPECT_TRUE(
+      WaitFor([&] { return leads(1) == 2 && leads(2) == 2 && leads(3) == 2; }, absl::Seconds(60)))
+      << "leaders per node: " << leads(1) << " " << leads(2) << " " << leads(3);
 }
 
 TEST(Node, StatusReportsEveryShard) {

@@ -349,6 +349,31 @@ TEST(GrpcTransport, QueueToAnUnreachablePeerStaysBounded) {
   t1.Send(2, {Heartbeat(1, 1, 1, 2)});  // dropped after Stop; no crash
 }
 
+// A message over the peers' receive limit is never written (gRPC would
+// abort the process on one over 2 GiB; a peer breaks the stream on one over
+// its limit): it is dropped and counted, and the stream carries on.
+TEST(GrpcTransport, AnOversizedMessageIsDroppedAndTheStreamCarriesOn) {
+  Receiver r2(2, "127.0.0.1:0");
+  GrpcTransportOptions options = Options(1, {{2, r2.address()}});
+  options.max_message_bytes = 64 << 10;
+  GrpcTransport t1(options);
+  t1.Send(2, {Heartbeat(1, 1, 1, 2)});
+  ASSERT_EQ(r2.inbox.WaitFor(1), 1u);
+  ShardMessage big = Heartbeat(1, 2, 1, 2);
+  big.message.set_type(raftpb::MSG_APP);
+  big.message.add_entries()->set_data(std::string(100 << 10, 'x'));
+  t1.Send(2, {std::move(big)});
+  t1.Send(2, {Heartbeat(1, 3, 1, 2)});
+  ASSERT_EQ(r2.inbox.WaitFor(2), 2u);
+  std::vector<std::pair<NodeId, ShardMessage>> got = r2.inbox.Take();
+  EXPECT_EQ(got[1].second.message.term(), 3u);
+  EXPECT_EQ(got[1].second.message.type(), raftpb::MSG_HEARTBEAT);
+  EXPECT_EQ(t1.StatsForTesting(2).oversized_messages, 1u);
+  EXPECT_EQ(t1.StatsForTesting(2).dropped_messages, 1u);
+  EXPECT_EQ(t1.StatsForTesting(2).stream_failures, 0u);
+  t1.Stop();
+}
+
 // Lost batches are reported, so that raft probes the peer instead of
 // streaming appends to it blindly (Node::ReportUnreachable).
 TEST(GrpcTransport, AnUnreachablePeerIsReported) {
