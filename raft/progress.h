@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -99,6 +100,10 @@ struct Progress {
   // Lease-based reads: the highest leader tick echoed by this follower in a
   // heartbeat response (0 = none this term).
   uint64_t lease_ack_tick = 0;
+  // The leader tick echoed by the heartbeat response that last resumed a
+  // paused flow (a probe, or a full in-flight window): one resume per
+  // heartbeat interval (Raft::Step, MSG_HEARTBEAT_RESP).
+  std::optional<uint64_t> resumed_tick;
 };
 
 using ProgressMap = std::map<uint64_t, Progress>;

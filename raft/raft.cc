@@ -709,11 +709,19 @@ absl::Status Raft::StepLeader(Message& m) {
     }
     case raftpb::MSG_HEARTBEAT_RESP: {
       pr->recent_active = true;
-      pr->probe_sent = false;
       if (m.index() > pr->lease_ack_tick) pr->lease_ack_tick = m.index();
-      // Acks may have been lost: free one slot so replication can go on.
-      if (pr->state == ProgressState::kReplicate && pr->inflights.Full()) {
-        pr->inflights.FreeFirstOne();
+      // The last probe, or the acks of a full window, may have been lost:
+      // resume the flow, but once per heartbeat interval (by the tick the
+      // answer echoes). Read rounds send heartbeats every cycle; resending up
+      // to max_size_per_msg of entries on each of their answers flooded a
+      // lagging follower with gigabytes of duplicates.
+      if (!pr->resumed_tick.has_value() ||
+          m.index() >= *pr->resumed_tick + static_cast<uint64_t>(heartbeat_timeout_)) {
+        pr->resumed_tick = m.index();
+        pr->probe_sent = false;
+        if (pr->state == ProgressState::kReplicate && pr->inflights.Full()) {
+          pr->inflights.FreeFirstOne();
+        }
       }
       if (pr->match < log_.LastIndex()) SendAppend(m.from());
       if (m.context().empty()) return absl::OkStatus();

@@ -230,6 +230,37 @@ TEST(Replication, ProbeSendsOneAppendUntilAnswered) {
   EXPECT_EQ(pr->next, 5u);
 }
 
+// Read rounds send heartbeats every cycle; their answers must not each
+// resend a probe's entries (up to max_size_per_msg apiece) to a lagging
+// follower: at most one resend per heartbeat interval, by the leader tick
+// the answers echo.
+TEST(Replication, HeartbeatAnswersResendAProbeOncePerHeartbeatInterval) {
+  auto t = NewTestRaft(1, {1, 2}, {.heartbeat = 3});
+  t->r().BecomeCandidateForTesting();
+  t->r().BecomeLeaderForTesting();  // 2 starts in probe
+  ASSERT_THAT(t->node->Propose("a"), IsOk());
+  t->Take();  // the first probe
+  Progress* pr = t->r().tracker().Find(2);
+  ASSERT_TRUE(pr->probe_sent);
+  auto apps_to_2 = [&] {
+    int n = 0;
+    for (const auto& m : t->Take()) n += m.type() == raftpb::MSG_APP && m.to() == 2;
+    return n;
+  };
+  auto answer = [&](uint64_t echoed_tick) {
+    raftpb::Message m = Msg(2, 1, raftpb::MSG_HEARTBEAT_RESP, t->r().term());
+    m.set_index(echoed_tick);
+    ASSERT_THAT(t->r().Step(m), IsOk());
+  };
+  for (int i = 0; i < 50; ++i) answer(1);  // 50 read rounds in one tick
+  EXPECT_EQ(apps_to_2(), 1);
+  answer(2);
+  answer(3);
+  EXPECT_EQ(apps_to_2(), 0);  // within the heartbeat interval
+  answer(4);
+  EXPECT_EQ(apps_to_2(), 1);
+}
+
 TEST(Replication, InflightWindowBoundsOutstandingAppends) {
   Network net({1, 2}, [](Config& c) { c.max_inflight_msgs = 2; });
   net.Elect(1);
