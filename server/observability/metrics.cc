@@ -360,6 +360,7 @@ class Metrics::NodeHooks final : public NodeMetrics {
         refused_(prometheus::BuildCounter()
                      .Name("tessera_peer_messages_refused_total")
                      .Help("Peer input refused before raft saw it, by reason (sender_mismatch, "
+                           "inbox_full, "
                            "unauthenticated, replaced_member, commit_out_of_range, "
                            "snapshot_too_large, ...).")
                      .Register(registry)),

@@ -566,9 +566,18 @@ void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, Rea
 }
 
 void Node::Impl::Receive(NodeId from, std::vector<ShardMessage> messages) {
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return;
-  inbox_.messages.push_back(Inbound{from, std::move(messages)});
+  // Bounded: a loop that fell behind (a slow disk) must not buffer its
+  // peers' traffic without limit. Raft tolerates the loss (resends).
+  constexpr size_t kMaxInboundBatches = 4096;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    if (inbox_.messages.size() < kMaxInboundBatches) {
+      inbox_.messages.push_back(Inbound{from, std::move(messages)});
+      return;
+    }
+  }
+  if (options_.metrics != nullptr) options_.metrics->OnPeerMessageRefused("inbox_full");
 }
 
 std::vector<ShardStatus> Node::Impl::Status() const {

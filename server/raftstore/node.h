@@ -241,6 +241,8 @@ class Node {
   void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done);
 
   // Transport ingress (the MessageHandler).
+  // Queued for the raft loop; beyond 4096 queued batches, dropped (counted
+  // as a refused peer message, reason "inbox_full"): raft resends.
   void Receive(NodeId from, std::vector<ShardMessage> messages);
   // Transport feedback (thread-safe, queued for the raft loop): messages to
   // `to` were lost because it could not be reached (raft probes it instead

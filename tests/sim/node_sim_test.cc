@@ -4,6 +4,7 @@
 // run node_sim. A failure prints its seed; TESSERA_SIM_SEED=<n> replays one.
 #include <chrono>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -80,6 +81,43 @@ TEST(NodeStepMode, NothingHappensBetweenCyclesAndTimeIsTheInjectedClock) {
   EXPECT_THAT(*answer, StatusIs(absl::StatusCode::kDeadlineExceeded));
   (*node)->Stop();
   EXPECT_THAT((*node)->RunCycleForTesting(), StatusIs(absl::StatusCode::kCancelled));
+}
+
+// Peer input queued for a loop that does not run (a stalled loop) is
+// bounded: beyond 4096 batches it is dropped and counted.
+TEST(NodeStepMode, TheInboxOfPeerMessagesIsBounded) {
+  class Refusals : public server::NodeMetrics {
+   public:
+    void OnProposal(ShardId, ProposalOutcome) override {}
+    void OnLeaderChange(ShardId, NodeId, uint64_t) override {}
+    void OnLogSaved(absl::Duration, size_t, size_t) override {}
+    void OnSnapshotSent(ShardId) override {}
+    void OnSnapshotReceived(ShardId) override {}
+    void OnPeerMessageRefused(const char* reason) override {
+      if (std::string(reason) == "inbox_full") ++inbox_full;
+    }
+    int inbox_full = 0;
+  };
+  storage::MemRaftLog log;
+  storage::MemKvStore kv;
+  server::StateMachine sm(&kv, {});
+  NullTransport transport;
+  FixedClock clock;
+  Refusals refusals;
+  server::NodeOptions o = OneReplicaOptions(&clock);
+  o.metrics = &refusals;
+  absl::StatusOr<std::unique_ptr<server::Node>> node =
+      server::Node::Start(o, &log, &kv, &sm, &transport);
+  ASSERT_THAT(node.status(), IsOk());
+  for (int i = 0; i < 5000; ++i) {
+    server::ShardMessage m;
+    m.message.set_type(raftpb::MSG_HEARTBEAT);
+    (*node)->Receive(2, {m});
+  }
+  EXPECT_EQ(refusals.inbox_full, 5000 - 4096);
+  ASSERT_THAT((*node)->RunCycleForTesting(), IsOk());  // drains it
+  (*node)->Receive(2, {server::ShardMessage{}});
+  EXPECT_EQ(refusals.inbox_full, 5000 - 4096);
 }
 
 // Regression (found by the simulator, seed 279 of the first sweep): Init
