@@ -81,6 +81,13 @@ void AddValue(MetricFamily& f, double value, std::vector<ClientMetric::Label> la
   f.metric.push_back(std::move(m));
 }
 
+// Appends a family of one unlabelled sample to `out`.
+void AddSingle(std::vector<MetricFamily>& out, std::string name, std::string help, MetricType type,
+               double value) {
+  out.push_back(Family(std::move(name), std::move(help), type));
+  AddValue(out.back(), value);
+}
+
 const char* GrpcCodeName(grpc::StatusCode code) {
   switch (code) {
     case grpc::StatusCode::OK:
@@ -244,8 +251,7 @@ std::vector<MetricFamily> ProcessCollector::Collect() const {
   if (!st.ok()) return {};
   std::vector<MetricFamily> out;
   auto add = [&out](std::string name, std::string help, MetricType type, double value) {
-    out.push_back(Family(std::move(name), std::move(help), type));
-    AddValue(out.back(), value);
+    AddSingle(out, std::move(name), std::move(help), type, value);
   };
   add("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
       MetricType::Counter, st->cpu_seconds);
@@ -586,8 +592,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
 
   static void CollectAdmission(const AdmissionStats& a, std::vector<MetricFamily>& out) {
     auto add = [&out](std::string name, std::string help, MetricType type, uint64_t value) {
-      out.push_back(Family(std::move(name), std::move(help), type));
-      AddValue(out.back(), static_cast<double>(value));
+      AddSingle(out, std::move(name), std::move(help), type, static_cast<double>(value));
     };
     add("tessera_admission_inflight_bytes",
         "Client request bytes admitted and not yet answered (--max-inflight-bytes).",
@@ -607,8 +612,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
 
   static void CollectBatch(const BatchStats& b, std::vector<MetricFamily>& out) {
     auto add = [&out](std::string name, std::string help, MetricType type, uint64_t value) {
-      out.push_back(Family(std::move(name), std::move(help), type));
-      AddValue(out.back(), static_cast<double>(value));
+      AddSingle(out, std::move(name), std::move(help), type, static_cast<double>(value));
     };
     add("tessera_kv_batch_streams_open", "KV.Batch streams open.", MetricType::Gauge,
         b.streams_open);
@@ -644,8 +648,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     absl::StatusOr<storage::Engine::Stats> st = engine.GetStats();
     if (!st.ok()) return;
     auto add = [&out](std::string name, std::string help, MetricType type, double value) {
-      out.push_back(Family(std::move(name), std::move(help), type));
-      AddValue(out.back(), value);
+      AddSingle(out, std::move(name), std::move(help), type, value);
     };
     auto d = [](uint64_t v) { return static_cast<double>(v); };
     add("tessera_storage_live_data_bytes", "Estimated live data in RocksDB SST files.",
