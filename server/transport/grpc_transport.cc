@@ -50,6 +50,15 @@ std::string DescribeLargest(const peerpb::MessageBatch& batch) {
 
 // The queues, threads and stub for one destination node. Thread-safe.
 class GrpcTransport::PeerSender {
+  // One Send's messages; the sender takes them from `next` on (a batch
+  // may end inside one Send's messages, which can add up past any bound).
+  struct Queued {
+    std::vector<ShardMessage> messages;
+    std::vector<uint64_t> sizes;  // each message's, as measured when queued
+    size_t next = 0;
+    uint64_t bytes = 0;  // of messages[next..]
+  };
+
  public:
   PeerSender(const GrpcTransportOptions& options, NodeId to, std::string address)
       : options_(options), to_(to), address_(std::move(address)) {
@@ -79,9 +88,8 @@ class GrpcTransport::PeerSender {
   ~PeerSender() { Stop(); }
 
   void Enqueue(std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_) {
-    std::vector<ShardMessage> regular;
+    Queued regular;
     std::vector<ShardMessage> snapshots;
-    uint64_t bytes = 0;
     size_t oversized = 0;
     for (ShardMessage& m : messages) {
       if (m.message.type() == raftpb::MSG_SNAP) {
@@ -103,15 +111,16 @@ class GrpcTransport::PeerSender {
         ++oversized;
         continue;
       }
-      bytes += size;
-      regular.push_back(std::move(m));
+      regular.bytes += size;
+      regular.sizes.push_back(size);
+      regular.messages.push_back(std::move(m));
     }
     std::vector<ShardMessage> dropped;  // snapshots that will not be sent
     {
       absl::MutexLock lock(&mu_);
       stats_.oversized_messages += oversized;
       stats_.dropped_messages += oversized;
-      EnqueueLocked(regular, bytes, snapshots, &dropped);
+      EnqueueLocked(regular, snapshots, &dropped);
     }
     for (ShardMessage& snap : dropped) {
       DropSnapshot(snap);
@@ -119,17 +128,16 @@ class GrpcTransport::PeerSender {
     }
   }
 
-  void EnqueueLocked(std::vector<ShardMessage>& regular, uint64_t bytes,
-                     std::vector<ShardMessage>& snapshots, std::vector<ShardMessage>* dropped)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  void EnqueueLocked(Queued& regular, std::vector<ShardMessage>& snapshots,
+                     std::vector<ShardMessage>* dropped) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (stopping_) {
-      stats_.dropped_messages += regular.size() + snapshots.size();
+      stats_.dropped_messages += regular.messages.size() + snapshots.size();
       for (ShardMessage& snap : snapshots) DropSnapshot(snap);
       return;
     }
-    if (!regular.empty()) {
-      queued_bytes_ += bytes;
-      queue_.push_back({std::move(regular), bytes});
+    if (!regular.messages.empty()) {
+      queued_bytes_ += regular.bytes;
+      queue_.push_back(std::move(regular));
       while (queue_.size() > 1 && (queue_.size() > options_.max_queued_batches ||
                                    queued_bytes_ > options_.max_queued_bytes)) {
         DropOldestLocked();
@@ -169,10 +177,6 @@ class GrpcTransport::PeerSender {
   }
 
  private:
-  struct Queued {
-    std::vector<ShardMessage> messages;
-    uint64_t bytes = 0;
-  };
 
   // Releases the export a MSG_SNAP that will not be sent pins (no I/O: a
   // RocksDB snapshot released).
@@ -182,8 +186,9 @@ class GrpcTransport::PeerSender {
   }
 
   void DropOldestLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    stats_.dropped_messages += queue_.front().messages.size();
-    queued_bytes_ -= queue_.front().bytes;
+    const Queued& q = queue_.front();
+    stats_.dropped_messages += q.messages.size() - q.next;
+    queued_bytes_ -= q.bytes;
     queue_.pop_front();
   }
 
@@ -223,38 +228,40 @@ class GrpcTransport::PeerSender {
     peerpb::StreamAck ack;
     absl::Duration backoff = options_.min_backoff;
     while (true) {
-      std::vector<Queued> work;
+      // Messages in order, up to max_batch_bytes (at least one).
+      std::vector<ShardMessage> work;
+      uint64_t accounted = 0;  // what Enqueue measured
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(this, &PeerSender::HasStreamWork));
         if (stopping_) break;
-        uint64_t bytes = 0;
-        while (!queue_.empty() &&
-               (work.empty() || bytes + queue_.front().bytes <= options_.max_batch_bytes)) {
-          bytes += queue_.front().bytes;
-          queued_bytes_ -= queue_.front().bytes;
-          work.push_back(std::move(queue_.front()));
+        while (!queue_.empty()) {
+          Queued& q = queue_.front();
+          while (q.next < q.messages.size() &&
+                 (work.empty() || accounted + q.sizes[q.next] <= options_.max_batch_bytes)) {
+            accounted += q.sizes[q.next];
+            q.bytes -= q.sizes[q.next];
+            queued_bytes_ -= q.sizes[q.next];
+            work.push_back(std::move(q.messages[q.next++]));
+          }
+          if (q.next < q.messages.size()) break;  // the batch is full
           queue_.pop_front();
         }
       }
-      size_t count = 0;
-      uint64_t accounted = 0;  // what Enqueue measured, for the log below
-      for (const Queued& q : work) accounted += q.bytes;
+      const size_t count = work.size();
       peerpb::MessageBatch batch;
       batch.set_from_node(options_.self);
       batch.set_to_node(to_);
       batch.set_incarnation(options_.incarnation);
-      for (Queued& q : work) {
-        for (ShardMessage& m : q.messages) {
-          peerpb::ShardMessage* out = batch.add_messages();
-          out->set_shard(m.shard);
-          *out->mutable_message() = std::move(m.message);
-          ++count;
-        }
+      for (ShardMessage& m : work) {
+        peerpb::ShardMessage* out = batch.add_messages();
+        out->set_shard(m.shard);
+        *out->mutable_message() = std::move(m.message);
       }
-      // Each message was measured when queued and batches are bounded by
-      // those sizes: this holds unless a message changed after it was
-      // queued. Checked anyway, since gRPC would abort on it.
+      // Each message was measured when queued, and a batch holds at most
+      // max_batch_bytes of them or a single one under max_message_bytes:
+      // this holds unless a message changed after it was queued. Checked
+      // anyway, since gRPC would abort on it.
       if (const size_t size = batch.ByteSizeLong(); size > options_.max_message_bytes) {
         ABSL_RAW_LOG(
             ERROR, "peer batch for node %llu dropped: %zu bytes (%llu when queued) over %llu: %s",

@@ -374,6 +374,31 @@ TEST(GrpcTransport, AnOversizedMessageIsDroppedAndTheStreamCarriesOn) {
   t1.Stop();
 }
 
+// One Send's messages may add up past the peers' limit (a cycle's appends
+// for many shards): they go in several batches, none over max_batch_bytes.
+TEST(GrpcTransport, OneSendOverTheBatchBoundGoesInSeveralBatches) {
+  Receiver r2(2, "127.0.0.1:0");
+  GrpcTransportOptions options = Options(1, {{2, r2.address()}});
+  options.max_batch_bytes = 48 << 10;
+  options.max_message_bytes = 64 << 10;
+  GrpcTransport t1(options);
+  std::vector<ShardMessage> appends;
+  for (uint64_t i = 1; i <= 5; ++i) {
+    ShardMessage m = Heartbeat(i, i, 1, 2);
+    m.message.set_type(raftpb::MSG_APP);
+    m.message.add_entries()->set_data(std::string(30 << 10, 'x'));
+    appends.push_back(std::move(m));
+  }
+  t1.Send(2, std::move(appends));  // 150 KiB in one Send
+  ASSERT_EQ(r2.inbox.WaitFor(5), 5u);
+  std::vector<std::pair<NodeId, ShardMessage>> got = r2.inbox.Take();
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].second.shard, i + 1);  // in order
+  EXPECT_EQ(t1.StatsForTesting(2).sent_batches, 5u);  // 30 KiB each: one per batch
+  EXPECT_EQ(t1.StatsForTesting(2).dropped_messages, 0u);
+  EXPECT_EQ(t1.StatsForTesting(2).oversized_messages, 0u);
+  t1.Stop();
+}
+
 // Lost batches are reported, so that raft probes the peer instead of
 // streaming appends to it blindly (Node::ReportUnreachable).
 TEST(GrpcTransport, AnUnreachablePeerIsReported) {
