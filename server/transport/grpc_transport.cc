@@ -177,7 +177,6 @@ class GrpcTransport::PeerSender {
   }
 
  private:
-
   // Releases the export a MSG_SNAP that will not be sent pins (no I/O: a
   // RocksDB snapshot released).
   void DropSnapshot(const ShardMessage& snap) {
