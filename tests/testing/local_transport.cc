@@ -109,6 +109,11 @@ void LocalNetwork::Heal() {
   isolated_.clear();
 }
 
+uint64_t LocalNetwork::sent_batches() const {
+  absl::MutexLock lock(&mu_);
+  return sent_;
+}
+
 uint64_t LocalNetwork::delivered_batches() const {
   absl::MutexLock lock(&mu_);
   return delivered_;
@@ -122,6 +127,7 @@ uint64_t LocalNetwork::dropped_batches() const {
 void LocalNetwork::Send(NodeId from, NodeId to, std::vector<ShardMessage> messages) {
   absl::MutexLock lock(&mu_);
   if (stop_) return;
+  ++sent_;
   queue_.push_back(Envelope{from, to, std::move(messages)});
 }
 

@@ -64,6 +64,9 @@ class LocalNetwork {
   // Removes every filter.
   void Heal() ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Batches handed to Send (counted there, before the sender's next step,
+  // unlike delivered and dropped ones, which the network thread counts later).
+  uint64_t sent_batches() const ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t delivered_batches() const ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t dropped_batches() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -93,6 +96,7 @@ class LocalNetwork {
   std::set<NodeId> isolated_ ABSL_GUARDED_BY(mu_);
   NodeId delivering_to_ ABSL_GUARDED_BY(mu_) = 0;  // 0 = none
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t sent_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t delivered_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread thread_;  // last: started after everything above exists
