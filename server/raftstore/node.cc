@@ -1,5 +1,7 @@
 #include "server/raftstore/node.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <functional>
@@ -658,6 +660,7 @@ void Node::Impl::Stop() {
 // ---------------------------------------------------------------- the loop
 
 void Node::Impl::Loop() {
+  pthread_setname_np(pthread_self(), "raft-loop");  // for top -H and perf
   while (true) {
     {
       absl::MutexLock lock(&mu_);

@@ -1,5 +1,7 @@
 #include "server/transport/grpc_transport.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <deque>
@@ -222,6 +224,7 @@ class GrpcTransport::PeerSender {
   // The stream thread: drains queue_ into one Peer.Stream call, reopening it
   // (after a backoff) when it breaks.
   void RunStream() ABSL_LOCKS_EXCLUDED(mu_) {
+    pthread_setname_np(pthread_self(), "peer-send");
     std::unique_ptr<grpc::ClientContext> context;
     std::unique_ptr<grpc::ClientWriter<peerpb::MessageBatch>> writer;
     peerpb::StreamAck ack;
@@ -318,6 +321,7 @@ class GrpcTransport::PeerSender {
 
   // The snapshot thread: one Peer.Snapshot call per MSG_SNAP.
   void RunSnapshots() ABSL_LOCKS_EXCLUDED(mu_) {
+    pthread_setname_np(pthread_self(), "peer-snapshot");
     absl::Duration backoff = options_.min_backoff;
     while (true) {
       ShardMessage snap;

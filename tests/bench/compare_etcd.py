@@ -6,7 +6,8 @@ tests/bench/README.md. Python 3 standard library only.
 
 One run:
   1. starts a 3-member etcd cluster (/usr/bin/etcd, fsync on) and a 3-node
-     Tessera cluster (tessera-server, fsync on), all on 127.0.0.1, on free
+     Tessera cluster (tessera-server, fsync on), both with peer mutual TLS
+     (throwaway certificates) and plaintext clients, all on 127.0.0.1, on free
      ports below the ephemeral range (never etcd's 2379/2380), data under
      OUT/data (refused on tmpfs);
   2. fills the key space (100k keys) of both with tessera-bench;
@@ -238,17 +239,43 @@ class Cluster:
                 s.proc.wait(timeout=10)
 
 
+def make_etcd_peer_certs(certs):
+    """A CA and one peer certificate for 127.0.0.1 (server and client use),
+    with the openssl CLI, as deploy/gen-certs.sh makes Tessera's."""
+    os.makedirs(certs, exist_ok=True)
+    ca, key, crt = (os.path.join(certs, f) for f in ("ca", "peer.key", "peer.crt"))
+    ext = os.path.join(certs, "peer.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+                "keyUsage=digitalSignature,keyEncipherment\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for argv in (["req", "-x509", *ec, "-days", "30", "-subj", "/O=etcd/CN=etcd-peer-ca",
+                  "-keyout", f"{ca}.key", "-out", f"{ca}.crt"],
+                 ["req", *ec, "-subj", "/O=etcd/CN=etcd-peer", "-keyout", key,
+                  "-out", f"{crt}.csr"],
+                 ["x509", "-req", "-in", f"{crt}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+                  "-CAcreateserial", "-days", "30", "-extfile", ext, "-out", crt]):
+        subprocess.run(["openssl", *argv], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    return f"{ca}.crt", key, crt
+
+
 def make_etcd(ports, data_root, log_dir, token):
     peers = {f"e{n}": (ports.pick(), ports.pick()) for n in range(1, NODES + 1)}
-    initial = ",".join(f"{name}=http://127.0.0.1:{pp}" for name, (_, pp) in peers.items())
+    initial = ",".join(f"{name}=https://127.0.0.1:{pp}" for name, (_, pp) in peers.items())
+    # Peer mutual TLS, as Tessera's peers run (make_tessera): the same
+    # protection on both sides; client ports are plaintext on both.
+    ca, key, crt = make_etcd_peer_certs(os.path.join(data_root, "etcd-certs"))
     servers = []
     for name, (cp, pp) in peers.items():
         data = os.path.join(data_root, f"etcd-{name}")
         argv = [ETCD, "--name", name, "--data-dir", data,
                 "--listen-client-urls", f"http://127.0.0.1:{cp}",
                 "--advertise-client-urls", f"http://127.0.0.1:{cp}",
-                "--listen-peer-urls", f"http://127.0.0.1:{pp}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{pp}",
+                "--listen-peer-urls", f"https://127.0.0.1:{pp}",
+                "--initial-advertise-peer-urls", f"https://127.0.0.1:{pp}",
+                "--peer-cert-file", crt, "--peer-key-file", key,
+                "--peer-trusted-ca-file", ca, "--peer-client-cert-auth",
                 "--initial-cluster", initial, "--initial-cluster-token", token,
                 "--initial-cluster-state", "new",
                 "--quota-backend-bytes", str(8 << 30),
@@ -519,8 +546,8 @@ def markdown(report):
              f"- date: {m['date']}",
              f"- machine: {m['cpu_model']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM, "
              f"kernel {m['kernel']}",
-             f"- etcd: {m['etcd_version']} (Debian etcd-server; fsync on)",
-             f"- tessera: commit {m['git_commit']} ({c['shards']} shards, replication 3, fsync on)",
+             f"- etcd: {m['etcd_version']} (Debian etcd-server; fsync on; peer mutual TLS)",
+             f"- tessera: commit {m['git_commit']} ({c['shards']} shards, replication 3, fsync on; peer mutual TLS)",
              f"- disk: {m['data_fs']} ({m['data_dir']}); load average at start {m['loadavg_start']}, "
              f"at end {m.get('loadavg_end', '-')}",
              f"- matrix: {c['duration_s']:g} s per run after {c['warmup_s']:g} s warmup, "
