@@ -393,6 +393,7 @@ class KvCall final : public RetryingCall {
     v1::RequestHeader* header = request_.mutable_header();
     header->set_shard(shard_);
     header->set_epoch(route->epoch);
+    header->set_range_version(route->range_version);
     if (spec_.write) {
       SessionTable& sessions = core_->sessions();
       if (!ticket_.has_value()) {

@@ -8,6 +8,11 @@
 
 namespace tessera::client {
 
+namespace {
+// 0 (a map from before versions existed) reads as 1 (proto/tessera/kv.proto).
+uint64_t MapVersion(const v1::ClusterMap& map) { return std::max<uint64_t>(map.version(), 1); }
+}  // namespace
+
 absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders) {
   if (dropped_leaders != nullptr) *dropped_leaders = 0;
   const uint32_t n = map.num_shards();
@@ -19,6 +24,7 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
   for (const v1::Member& m : map.members()) addresses[m.id()] = m.client_address();
   std::vector<std::vector<std::string>> replicas(n);
   std::vector<uint64_t> starts(n);
+  std::vector<uint64_t> range_versions(n);
   std::vector<bool> seen(n, false);
   for (const v1::ShardInfo& s : map.shards()) {
     if (s.id() >= n || seen[s.id()]) {
@@ -31,6 +37,7 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
                                                      " disagrees with proto/key_hash.h"));
     }
     starts[s.id()] = s.hash_start();
+    range_versions[s.id()] = std::max<uint64_t>(s.range_version(), 1);
     for (uint64_t r : s.replicas()) {
       auto it = addresses.find(r);
       if (it != addresses.end() && !it->second.empty()) replicas[s.id()].push_back(it->second);
@@ -38,7 +45,9 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
   }
 
   absl::MutexLock lock(&mu_);
-  if (map_.has_value() && map_->epoch() == map.epoch() && map.epoch() != 0) {
+  if (map_.has_value() && MapVersion(map) < MapVersion(*map_)) return absl::OkStatus();
+  if (map_.has_value() && map_->epoch() == map.epoch() && map.epoch() != 0 &&
+      MapVersion(map) == MapVersion(*map_)) {
     // Same configuration: only take fresher leader hints for shards we know
     // no leader of.
     for (const v1::ShardInfo& s : map.shards()) {
@@ -70,6 +79,7 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
   map_ = map;
   replicas_ = std::move(replicas);
   range_starts_ = std::move(starts);
+  range_versions_ = std::move(range_versions);
   leaders_ = std::move(leaders);
   if (dropped_leaders != nullptr) *dropped_leaders = dropped;
   return absl::OkStatus();
@@ -83,6 +93,11 @@ bool RouteTable::has_map() const {
 uint64_t RouteTable::epoch() const {
   absl::MutexLock lock(&mu_);
   return map_.has_value() ? map_->epoch() : 0;
+}
+
+uint64_t RouteTable::version() const {
+  absl::MutexLock lock(&mu_);
+  return map_.has_value() ? MapVersion(*map_) : 0;
 }
 
 uint32_t RouteTable::num_shards() const {
@@ -114,6 +129,7 @@ std::optional<ShardRoute> RouteTable::Route(uint32_t shard) const {
   ShardRoute route;
   route.shard = shard;
   route.epoch = map_->epoch();
+  route.range_version = range_versions_[shard];
   route.replicas = replicas_[shard];
   auto it = leaders_.find(shard);
   if (it != leaders_.end()) route.leader = it->second;

@@ -29,6 +29,7 @@ namespace tessera::client {
 struct ShardRoute {
   uint32_t shard = 0;
   uint64_t epoch = 0;
+  uint64_t range_version = 0;         // of this shard in the map routed by
   std::vector<std::string> replicas;  // client addresses, in map order
   std::optional<std::string> leader;  // cached leader address, if known
 };
@@ -37,8 +38,9 @@ class RouteTable {
  public:
   RouteTable() = default;
 
-  // Installs `map` if it differs from the current one (epochs are
-  // identities: compared for equality only). Leader-cache entries survive
+  // Installs `map` if it differs from the current one and is not older
+  // (a lower version: a node that has not caught up answered with the map
+  // it has; ignored, OK). Leader-cache entries survive
   // when the shard count is unchanged and the cached leader is still a
   // replica of its shard; the map's own leader hints fill the rest. Returns
   // the number of leader-cache entries dropped. kInvalidArgument (and the
@@ -49,6 +51,7 @@ class RouteTable {
 
   bool has_map() const ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t epoch() const ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t version() const ABSL_LOCKS_EXCLUDED(mu_);     // 0 without a map
   uint32_t num_shards() const ABSL_LOCKS_EXCLUDED(mu_);  // 0 without a map
   std::optional<v1::ClusterMap> map() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -79,6 +82,8 @@ class RouteTable {
   std::vector<std::vector<std::string>> replicas_ ABSL_GUARDED_BY(mu_);
   // Sorted hash_start of each shard (index = shard id).
   std::vector<uint64_t> range_starts_ ABSL_GUARDED_BY(mu_);
+  // Each shard's range_version (0 in the map read as 1), index = shard id.
+  std::vector<uint64_t> range_versions_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, std::string> leaders_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -9,6 +9,7 @@
 // it over, so its memory does not grow with the number of keys.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -420,14 +421,17 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
   bool all_up = true;
   if (args.json) {
     std::string out =
-        absl::StrCat("{\"epoch\":", map->epoch(), ",\"num_shards\":", map->num_shards(),
+        absl::StrCat("{\"version\":", std::max<uint64_t>(map->version(), 1),
+                     ",\"epoch\":", map->epoch(), ",\"num_shards\":", map->num_shards(),
                      ",\"replication\":", map->replication(), ",\"members\":[");
     bool first = true;
     for (const auto& [id, s] : status) {
       absl::StrAppend(&out, first ? "" : ",", "{\"id\":", id,
                       ",\"address\":", JsonString(address[id]),
                       ",\"up\":", s.ok() ? "true" : "false");
-      if (s.ok()) absl::StrAppend(&out, ",\"epoch\":", s->epoch());
+      if (s.ok()) {
+        absl::StrAppend(&out, ",\"epoch\":", s->epoch(), ",\"map_version\":", s->map_version());
+      }
       if (!s.ok()) absl::StrAppend(&out, ",\"error\":", JsonString(OneLine(s.status())));
       absl::StrAppend(&out, "}");
       all_up = all_up && s.ok();
@@ -464,7 +468,8 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
     absl::StrAppend(&out, "]}\n");
     WriteRaw(out);
   } else {
-    std::printf("epoch %llu  shards %u  replication %u\n",
+    std::printf("map version %llu  epoch %llu  shards %u  replication %u\n",
+                static_cast<unsigned long long>(std::max<uint64_t>(map->version(), 1)),
                 static_cast<unsigned long long>(map->epoch()), map->num_shards(),
                 map->replication());
     std::printf("members:\n");

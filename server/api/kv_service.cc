@@ -159,10 +159,7 @@ KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvB
       pool_(std::make_unique<WorkerPool>(options.worker_threads)),
       budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {}
 
-uint64_t KvService::Epoch() const {
-  std::shared_ptr<const ClusterMap> map = maps_->Current();
-  return map != nullptr ? map->epoch() : 0;
-}
+std::shared_ptr<const ClusterMap> KvService::Map() const { return maps_->Current(); }
 
 KvService::~KvService() = default;
 
@@ -207,12 +204,21 @@ absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
   auto stale = [&](std::string message) {
     return StaleRouteError(message, MapWithLeaderHints(*map, backend_->Status()));
   };
-  if (header.epoch() != 0 && header.epoch() != map->epoch()) {
+  // A client that sends the shard's range_version is checked by the
+  // layout of that shard alone (a newer map that changed other shards does
+  // not invalidate its route); without one, by the whole map's epoch.
+  if (header.range_version() == 0 && header.epoch() != 0 && header.epoch() != map->epoch()) {
     return stale(absl::StrCat("request routed by map epoch ", header.epoch(),
                               "; the current epoch is ", map->epoch()));
   }
   if (header.shard() >= n) {
     return stale(absl::StrCat("shard ", header.shard(), " does not exist (", n, " shards)"));
+  }
+  if (const uint64_t current = map->shards()[header.shard()].range_version;
+      header.range_version() != 0 && header.range_version() != current) {
+    return stale(absl::StrCat("request routed by range version ", header.range_version(),
+                              " of shard ", header.shard(), "; the current one is ", current,
+                              " (map version ", map->version(), ")"));
   }
   std::set<uint32_t> shards;
   for (absl::string_view key : keys) shards.insert(ShardForKey(key, n));
@@ -425,10 +431,13 @@ bool KvService::WaitIdle(absl::Time deadline) {
 
 namespace {
 
-void FillHeader(v1::ResponseHeader* header, ShardId shard, uint64_t epoch,
+void FillHeader(v1::ResponseHeader* header, ShardId shard, const ClusterMap* map,
                 const std::optional<ShardStatus>& status) {
   header->set_shard(static_cast<uint32_t>(shard));
-  header->set_epoch(epoch);
+  if (map != nullptr) {
+    header->set_epoch(map->epoch());
+    header->set_map_version(map->version());
+  }
   if (status.has_value()) {
     header->set_leader_node(status->leader);
     header->set_applied_index(status->applied_index);
@@ -465,7 +474,7 @@ void KvService::ProposeWrite(ShardId shard, const v1::RequestHeader& header,
       shard, std::move(command), deadline, hop,
       [this, response, shard, take](serverpb::CommandResult& result) {
         *response = std::move(*(result.*take)());
-        FillHeader(response->mutable_header(), shard, Epoch(), backend_->StatusOf(shard));
+        FillHeader(response->mutable_header(), shard, Map().get(), backend_->StatusOf(shard));
       },
       std::move(done));
 }
@@ -615,7 +624,7 @@ void KvService::HandleGet(const v1::GetRequest& request, v1::GetResponse* respon
         absl::StatusOr<v1::GetResponse> got = backend_->Get(shard, request.key());
         if (!got.ok()) return got.status();
         *response = *std::move(got);
-        FillHeader(response->mutable_header(), shard, Epoch(), status);
+        FillHeader(response->mutable_header(), shard, Map().get(), status);
         return absl::OkStatus();
       },
       std::move(done));
@@ -660,7 +669,7 @@ void KvService::HandleScan(const v1::ScanRequest& request, v1::ScanResponse* res
         absl::StatusOr<v1::ScanResponse> got = backend_->Scan(shard, request);
         if (!got.ok()) return got.status();
         *response = *std::move(got);
-        FillHeader(response->mutable_header(), shard, Epoch(), status);
+        FillHeader(response->mutable_header(), shard, Map().get(), status);
         return absl::OkStatus();
       },
       std::move(done));
@@ -730,6 +739,7 @@ grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext
   response->set_node_id(self_);
   std::shared_ptr<const ClusterMap> map = maps_->Current();
   response->set_epoch(map != nullptr ? map->epoch() : 0);
+  response->set_map_version(map != nullptr ? map->version() : 0);
   for (const ShardStatus& s : backend_->Status()) {
     // The metadata replica is reported apart (its id does not fit uint32).
     v1::ShardStatus* out =

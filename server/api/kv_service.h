@@ -224,8 +224,8 @@ class KvService final : public RawKvService {
   // UNAVAILABLE while no map is loaded.
   absl::StatusOr<ShardId> CheckRoute(const v1::RequestHeader& header,
                                      const std::vector<absl::string_view>& keys) const;
-  // The current map's epoch (0 while none is loaded).
-  uint64_t Epoch() const;
+  // The map served by (nullptr while none is loaded).
+  std::shared_ptr<const ClusterMap> Map() const;
   // A unary call's deadline: the context's (default_deadline if none),
   // capped at max_deadline.
   absl::Time Deadline(const grpc::CallbackServerContext* context) const;

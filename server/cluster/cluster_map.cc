@@ -169,10 +169,20 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
   absl::StatusOr<ClusterMap> map =
       Create(std::move(members), proto.num_shards(), proto.replication());
   if (!map.ok()) return map.status();
+  map->version_ = std::max<uint64_t>(proto.version(), 1);
+  for (const v1::ShardInfo& s : proto.shards()) {
+    if (s.id() >= map->shards_.size()) break;  // the comparison below refuses it
+    map->shards_[s.id()].conf_version = std::max<uint64_t>(s.conf_version(), 1);
+    map->shards_[s.id()].range_version = std::max<uint64_t>(s.range_version(), 1);
+  }
   v1::ClusterMap plain = proto;
+  plain.DiscardUnknownFields();
+  plain.set_version(map->version_);
   for (v1::ShardInfo& s : *plain.mutable_shards()) {
     s.clear_leader();
     s.clear_term();
+    s.set_conf_version(std::max<uint64_t>(s.conf_version(), 1));
+    s.set_range_version(std::max<uint64_t>(s.range_version(), 1));
   }
   if (map->ToProto().SerializeAsString() != plain.SerializeAsString()) {
     return absl::FailedPreconditionError(
@@ -219,6 +229,7 @@ v1::ClusterMap ClusterMap::ToProto() const {
   proto.set_epoch(epoch_);
   proto.set_num_shards(num_shards_);
   proto.set_replication(replication_);
+  proto.set_version(version_);
   for (const MemberInfo& m : members_) {
     v1::Member* member = proto.add_members();
     member->set_id(m.id);
@@ -231,6 +242,8 @@ v1::ClusterMap ClusterMap::ToProto() const {
     shard->set_hash_start(s.hash_start);
     shard->set_hash_end(s.hash_end);
     for (NodeId r : s.replicas) shard->add_replicas(r);
+    shard->set_conf_version(s.conf_version);
+    shard->set_range_version(s.range_version);
   }
   return proto;
 }

@@ -33,6 +33,13 @@
 // different configuration has (with overwhelming probability) a different
 // epoch, and clients compare epochs for equality only.
 //
+// Version: a counter of the stored map's changes (1 for the map Create()
+// makes, which --initial-cluster bootstraps), and per shard a conf_version
+// (its replica set) and a range_version (its hash range), also 1 at first
+// (TiKV's region epoch). Nodes and clients only move forward to a map of a
+// higher version; a request routed by an older map is refused only when
+// its shard's range_version differs (v1::RequestHeader).
+//
 // Metadata group: the replicated copy of the map lives in a small raft group,
 // shard kMetaShard (outside the uint32 range of client shards, so no client
 // request can name it), hosted on MetaReplicas(): the kMetaReplication
@@ -69,6 +76,8 @@ struct ShardLayout {
   uint64_t hash_start = 0;       // inclusive
   uint64_t hash_end = 0;         // inclusive
   std::vector<NodeId> replicas;  // by decreasing placement weight
+  uint64_t conf_version = 1;     // grows when `replicas` changes
+  uint64_t range_version = 1;    // grows when the hash range changes
 };
 
 inline constexpr uint32_t kDefaultNumShards = 16;
@@ -95,17 +104,19 @@ class ClusterMap {
   static absl::StatusOr<ClusterMap> Parse(absl::string_view initial_cluster, uint32_t num_shards,
                                           uint32_t replication);
 
-  // Rebuilds a map from its wire form (leader hints ignored) and checks that
-  // it is exactly what Create() makes of its members, shard count and
-  // replication (same placement, same epoch). Errors: kInvalidArgument as
-  // Create(); kFailedPrecondition when the proto's placement or epoch is not
-  // the one this build computes (another placement rule).
+  // Rebuilds a map from its wire form (leader hints and fields this build
+  // does not know ignored; versions of 0 read as 1) and checks that it is
+  // what Create() makes of its members, shard count and replication (same
+  // placement, same epoch). Errors: kInvalidArgument as Create();
+  // kFailedPrecondition when the proto's placement or epoch is not the one
+  // this build computes (another placement rule).
   static absl::StatusOr<ClusterMap> FromProto(const v1::ClusterMap& proto);
 
   // The --initial-cluster members alone. Errors: kInvalidArgument.
   static absl::StatusOr<std::vector<MemberInfo>> ParseMembers(absl::string_view initial_cluster);
 
   uint64_t epoch() const { return epoch_; }
+  uint64_t version() const { return version_; }
   // Names the cluster by its members alone (ids and peer addresses; not the
   // shard count, which the metadata group checks): what a data directory
   // records as the cluster it belongs to (security/data_dir_identity.h).
@@ -136,6 +147,7 @@ class ClusterMap {
   ClusterMap() = default;
 
   uint64_t epoch_ = 0;
+  uint64_t version_ = 1;
   uint32_t num_shards_ = 0;
   uint32_t replication_ = 0;
   std::vector<MemberInfo> members_;
@@ -159,9 +171,13 @@ class ClusterMapCache {
     absl::MutexLock lock(&mu_);
     return map_;
   }
-  void Set(std::shared_ptr<const ClusterMap> map) ABSL_LOCKS_EXCLUDED(mu_) {
+  // Installs `map` unless the current one has a higher version (the cache
+  // only moves forward); false when refused.
+  bool Set(std::shared_ptr<const ClusterMap> map) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
+    if (map_ != nullptr && map != nullptr && map->version() < map_->version()) return false;
     map_ = std::move(map);
+    return true;
   }
 
  private:

@@ -1,5 +1,7 @@
 #include "server/cluster/meta_group.h"
 
+#include <algorithm>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -9,8 +11,9 @@ namespace tessera::server {
 namespace {
 
 std::string Describe(const v1::ClusterMap& map) {
-  return absl::StrCat("epoch ", map.epoch(), ": ", map.members_size(), " members, ",
-                      map.num_shards(), " shards, replication ", map.replication());
+  return absl::StrCat("version ", std::max<uint64_t>(map.version(), 1), ", epoch ", map.epoch(),
+                      ": ", map.members_size(), " members, ", map.num_shards(),
+                      " shards, replication ", map.replication());
 }
 
 }  // namespace
@@ -99,13 +102,16 @@ absl::StatusOr<ClusterMap> MetaGroup::Check(const ClusterMap& expected_map,
     return absl::DataLossError("the cluster map stored in the metadata group is corrupt");
   }
   const v1::ClusterMap expected = expected_map.ToProto();
-  if (stored.SerializeAsString() != expected.SerializeAsString()) {
+  // Compared as this build reads it: a map written before versions existed
+  // (version 0) is the same map as its version 1.
+  absl::StatusOr<ClusterMap> map = ClusterMap::FromProto(stored);
+  if (!map.ok() || map->ToProto().SerializeAsString() != expected.SerializeAsString()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the cluster map stored in the metadata group (", Describe(stored),
         ") differs from the one computed from this node's flags (", Describe(expected),
         "); start it with the cluster's --initial-cluster, --shards and --replication"));
   }
-  return ClusterMap::FromProto(stored);
+  return map;
 }
 
 bool MetaGroup::Accept(const std::string& bytes) {

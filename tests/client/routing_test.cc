@@ -175,5 +175,43 @@ TEST(Routing, ShardCountChangeDropsEveryLeader) {
   EXPECT_EQ(routes.num_shards(), 8u);
 }
 
+TEST(Routing, AnOlderMapIsIgnoredAndANewerOneInstalled) {
+  RouteTable routes;
+  v1::ClusterMap v3 = MakeMap({1, 2, 3}, 4, 5);
+  v3.set_version(3);
+  v3.mutable_shards(2)->set_range_version(2);
+  ASSERT_THAT(routes.Update(v3), IsOk());
+  EXPECT_EQ(routes.version(), 3u);
+  EXPECT_EQ(routes.Route(2)->range_version, 2u);
+  EXPECT_EQ(routes.Route(1)->range_version, 1u);  // 0 in the map reads as 1
+
+  // A lagging node answers with the map it has: the newer one stays.
+  v1::ClusterMap v2 = MakeMap({1, 2, 3, 4}, 8, 6);
+  v2.set_version(2);
+  ASSERT_THAT(routes.Update(v2), IsOk());
+  EXPECT_EQ(routes.version(), 3u);
+  EXPECT_EQ(routes.epoch(), 5u);
+  EXPECT_EQ(routes.num_shards(), 4u);
+
+  v1::ClusterMap v4 = MakeMap({1, 2, 3, 4}, 8, 7);
+  v4.set_version(4);
+  ASSERT_THAT(routes.Update(v4), IsOk());
+  EXPECT_EQ(routes.version(), 4u);
+  EXPECT_EQ(routes.epoch(), 7u);
+  EXPECT_EQ(routes.num_shards(), 8u);
+}
+
+TEST(Routing, SameEpochNewerVersionIsInstalled) {
+  RouteTable routes;
+  ASSERT_THAT(routes.Update(MakeMap({1, 2, 3}, 4, 5)), IsOk());
+  EXPECT_EQ(routes.version(), 1u);
+  v1::ClusterMap next = MakeMap({1, 2, 3}, 4, 5);
+  next.set_version(2);
+  next.mutable_shards(0)->set_range_version(3);
+  ASSERT_THAT(routes.Update(next), IsOk());
+  EXPECT_EQ(routes.version(), 2u);
+  EXPECT_EQ(routes.Route(0)->range_version, 3u);
+}
+
 }  // namespace
 }  // namespace tessera::client

@@ -580,6 +580,34 @@ TEST_F(KvServiceTest, CallWithoutARequestMessageIsNamedSo) {
   EXPECT_THAT(Put("k", "v"), IsOk());
 }
 
+TEST_F(KvServiceTest, ARangeVersionIsCheckedInsteadOfTheEpoch) {
+  // Routed by another map (other epoch) whose layout of this shard is the
+  // same: served, and the answer names the node's map.
+  v1::RequestHeader header = HeaderFor("alpha");
+  header.set_epoch(map_.epoch() + 1);
+  header.set_range_version(1);
+  absl::StatusOr<v1::PutResponse> put = Put("alpha", "v", header);
+  ASSERT_THAT(put, IsOk());
+  EXPECT_EQ(put->header().epoch(), map_.epoch());
+  EXPECT_EQ(put->header().map_version(), 1u);
+
+  // Routed by a layout of the shard that is not the node's: refused with
+  // the current map.
+  header.set_range_version(2);
+  absl::StatusOr<v1::GetResponse> get = Get("alpha", header);
+  ASSERT_THAT(
+      get, StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("range version 2 of shard")));
+  v1::ClusterMap current = StaleRouteMap(get.status());
+  EXPECT_EQ(current.version(), 1u);
+  EXPECT_EQ(current.shards(header.shard()).range_version(), 1u);
+
+  // The other checks still hold: the key's shard, the shard's replicas.
+  header.set_range_version(1);
+  header.set_shard((header.shard() + 1) % 16);
+  EXPECT_THAT(Get("alpha", header),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("belongs to shard")));
+}
+
 TEST_F(KvServiceTest, WrongShardOrEpochReturnsTheCurrentMap) {
   v1::RequestHeader header = HeaderFor("alpha");
   header.set_shard((header.shard() + 1) % 16);

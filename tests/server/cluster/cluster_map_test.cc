@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -274,6 +275,73 @@ TEST(ClusterMap, FromProtoRebuildsTheSameMapAndRejectsAnotherPlacement) {
   v1::ClusterMap no_members = map.ToProto();
   no_members.clear_members();
   EXPECT_THAT(ClusterMap::FromProto(no_members), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ClusterMap, BootstrapMapIsVersionOneWithShardVersionsOne) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 4), 8, 3);
+  EXPECT_EQ(map.version(), 1u);
+  const v1::ClusterMap proto = map.ToProto();
+  EXPECT_EQ(proto.version(), 1u);
+  for (const v1::ShardInfo& s : proto.shards()) {
+    EXPECT_EQ(s.conf_version(), 1u) << s.id();
+    EXPECT_EQ(s.range_version(), 1u) << s.id();
+  }
+}
+
+TEST(ClusterMap, FromProtoReadsMissingVersionsAsOneAndKeepsHigherOnes) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 4), 8, 3);
+  // As a build from before versions wrote it.
+  v1::ClusterMap old = map.ToProto();
+  old.clear_version();
+  for (v1::ShardInfo& s : *old.mutable_shards()) {
+    s.clear_conf_version();
+    s.clear_range_version();
+  }
+  absl::StatusOr<ClusterMap> read = ClusterMap::FromProto(old);
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->version(), 1u);
+  EXPECT_EQ(read->ToProto().SerializeAsString(), map.ToProto().SerializeAsString());
+
+  v1::ClusterMap later = map.ToProto();
+  later.set_version(7);
+  later.mutable_shards(3)->set_range_version(2);
+  later.mutable_shards(5)->set_conf_version(4);
+  read = ClusterMap::FromProto(later);
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->version(), 7u);
+  EXPECT_EQ(read->shards()[3].range_version, 2u);
+  EXPECT_EQ(read->shards()[3].conf_version, 1u);
+  EXPECT_EQ(read->shards()[5].conf_version, 4u);
+  EXPECT_EQ(read->ToProto().SerializeAsString(), later.SerializeAsString());
+}
+
+TEST(ClusterMap, FromProtoIgnoresFieldsFromNewerBuilds) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 3), 4, 3);
+  std::string bytes = map.ToProto().SerializeAsString();
+  // Field 99 (varint 5) at the top level, as a newer build might add one.
+  bytes += std::string("\x98\x06\x05", 3);
+  v1::ClusterMap newer;
+  ASSERT_TRUE(newer.ParseFromString(bytes));
+  absl::StatusOr<ClusterMap> read = ClusterMap::FromProto(newer);
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->epoch(), map.epoch());
+}
+
+TEST(ClusterMapCache, OnlyMovesForward) {
+  ClusterMapCache cache;
+  v1::ClusterMap proto = ClusterMap::Create(Members(1, 3), 4, 3)->ToProto();
+  proto.set_version(3);
+  auto v3 = std::make_shared<const ClusterMap>(*ClusterMap::FromProto(proto));
+  proto.set_version(2);
+  auto v2 = std::make_shared<const ClusterMap>(*ClusterMap::FromProto(proto));
+  proto.set_version(4);
+  auto v4 = std::make_shared<const ClusterMap>(*ClusterMap::FromProto(proto));
+  EXPECT_TRUE(cache.Set(v3));
+  EXPECT_FALSE(cache.Set(v2));
+  EXPECT_EQ(cache.Current()->version(), 3u);
+  EXPECT_TRUE(cache.Set(v3));  // the same version again: harmless
+  EXPECT_TRUE(cache.Set(v4));
+  EXPECT_EQ(cache.Current()->version(), 4u);
 }
 
 }  // namespace

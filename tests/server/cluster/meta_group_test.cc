@@ -231,5 +231,25 @@ TEST(MetaGroup, NodeWithoutReplicaLoadsTheMapFromTheMembersThatHaveIt) {
   EXPECT_EQ(other_cache.Current(), nullptr);
 }
 
+TEST(MetaGroupCheck, AMapStoredBeforeVersionsIsTheSameMap) {
+  ClusterMap expected =
+      *ClusterMap::Parse("1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102", 4, 2);
+  v1::ClusterMap old = expected.ToProto();  // as an older build stored it
+  old.clear_version();
+  for (v1::ShardInfo& s : *old.mutable_shards()) {
+    s.clear_conf_version();
+    s.clear_range_version();
+  }
+  absl::StatusOr<ClusterMap> read = MetaGroup::Check(expected, old.SerializeAsString());
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->version(), 1u);
+
+  v1::ClusterMap other = expected.ToProto();
+  other.set_num_shards(8);
+  EXPECT_THAT(MetaGroup::Check(expected, other.SerializeAsString()),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("differs")));
+  EXPECT_THAT(MetaGroup::Check(expected, "\xff\xff"), StatusIs(absl::StatusCode::kDataLoss));
+}
+
 }  // namespace
 }  // namespace tessera::server
