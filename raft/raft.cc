@@ -938,7 +938,7 @@ bool Raft::Restore(const raftpb::Snapshot& s) {
 
 // ---------------------------------------------------------------- config
 
-raftpb::ConfState Raft::ApplyConfChange(const raftpb::ConfChange& cc) {
+absl::StatusOr<raftpb::ConfState> Raft::ApplyConfChange(const raftpb::ConfChange& cc) {
   if (prs_.config.voters.incoming.empty()) {
     // Applying a change to an empty config would make up a group out of
     // nothing (e.g. {4} for "add 4"), which could elect a second leader.
@@ -948,9 +948,7 @@ raftpb::ConfState Raft::ApplyConfChange(const raftpb::ConfChange& cc) {
         ull(id_));
   }
   absl::StatusOr<ConfigAndProgress> next = Changer(prs_, log_.LastIndex()).Apply(cc);
-  if (!next.ok()) {
-    TESSERA_RAFT_FATAL("cannot apply committed conf change: %s", next.status().ToString().c_str());
-  }
+  if (!next.ok()) return next.status();
   return SwitchToConfig(std::move(next->first), std::move(next->second));
 }
 

@@ -47,8 +47,10 @@ class Raft {
   // Handles a message (network or local). Errors are only returned for
   // proposals (see RawNode::Propose).
   absl::Status Step(raftpb::Message m);
-  // Applies a committed conf change; returns the new ConfState.
-  raftpb::ConfState ApplyConfChange(const raftpb::ConfChange& cc);
+  // Applies a committed conf change; returns the new ConfState, or the
+  // Changer's error (configuration unchanged) for a change that is invalid
+  // against the current configuration (see RawNode::ApplyConfChange).
+  absl::StatusOr<raftpb::ConfState> ApplyConfChange(const raftpb::ConfChange& cc);
   // Called by RawNode::Advance with the payload bytes of the entries the
   // application applied (counted when the Ready was made).
   void ReduceUncommittedSize(uint64_t payload_bytes);

@@ -49,7 +49,7 @@ absl::Status RawNode::ProposeConfChange(const raftpb::ConfChange& cc) {
   return raft_->Step(std::move(m));
 }
 
-raftpb::ConfState RawNode::ApplyConfChange(const raftpb::ConfChange& cc) {
+absl::StatusOr<raftpb::ConfState> RawNode::ApplyConfChange(const raftpb::ConfChange& cc) {
   return raft_->ApplyConfChange(cc);
 }
 

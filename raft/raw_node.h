@@ -127,8 +127,13 @@ class RawNode {
   // Applies a committed conf change (call it when applying an
   // ENTRY_CONF_CHANGE entry, with the ConfChange parsed from its data) and
   // returns the new membership. An entry whose data does not parse must be
-  // applied as an empty ConfChange.
-  raftpb::ConfState ApplyConfChange(const raftpb::ConfChange& cc);
+  // applied as an empty ConfChange. A change that is invalid against the
+  // current configuration (never one this leader code proposed: it checks
+  // proposals the same way; possible from a faulty peer's log) is refused
+  // with the Changer's error and changes nothing: every replica applies the
+  // same log to the same configuration, so all refuse it alike. Applying
+  // any change before the configuration is known is a bug: it aborts.
+  absl::StatusOr<raftpb::ConfState> ApplyConfChange(const raftpb::ConfChange& cc);
   // Feeds a message received from the network. kInvalidArgument for local
   // message types (MSG_HUP, MSG_BEAT, MSG_UNREACHABLE, MSG_SNAP_STATUS,
   // MSG_CHECK_QUORUM). Messages for an old term, responses from unknown peers

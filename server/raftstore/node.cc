@@ -14,6 +14,7 @@
 #include "absl/base/internal/raw_logging.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -54,6 +55,23 @@ std::string ShardList(const ShardPtrs& shards) {
   for (const auto* s : shards) ids.push_back(s->id);
   std::sort(ids.begin(), ids.end());
   return absl::StrCat(ids.size() == 1 ? "shard " : "shards ", absl::StrJoin(ids, ", "));
+}
+
+// Every member of a configuration (voters, outgoing voters, learners,
+// learners to be), by id, once each.
+std::vector<NodeId> Members(const raftpb::ConfState& cs) {
+  std::vector<NodeId> out;
+  for (const auto* ids :
+       {&cs.voters(), &cs.voters_outgoing(), &cs.learners(), &cs.learners_next()}) {
+    out.insert(out.end(), ids->begin(), ids->end());
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+bool SameIds(const std::vector<NodeId>& a, const google::protobuf::RepeatedField<uint64_t>& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
 }
 
 bool IsEmptyLog(const storage::LogState& state) {
@@ -97,15 +115,26 @@ struct SnapshotOutcome {
   bool ok = false;
 };
 
+// AddReplica / RemoveReplica / ProposeConfChange, handled at the start of
+// the next cycle.
+struct MembershipRequest {
+  enum class Kind { kAddReplica, kRemoveReplica, kConfChange };
+  Kind kind = Kind::kAddReplica;
+  ShardId shard = 0;
+  raftpb::ConfChange cc;  // kConfChange
+  Node::StatusCallback done;
+};
+
 struct Inbox {
   std::vector<Inbound> messages;
   std::vector<ProposeRequest> proposals;
   std::vector<ReadRequest> reads;
   std::vector<NodeId> unreachable;
   std::vector<SnapshotOutcome> snapshots;
+  std::vector<MembershipRequest> membership;
   bool empty() const {
     return messages.empty() && proposals.empty() && reads.empty() && unreachable.empty() &&
-           snapshots.empty();
+           snapshots.empty() && membership.empty();
   }
 };
 
@@ -155,14 +184,15 @@ class Node::Impl {
         kv_(kv),
         applier_(applier),
         transport_(transport) {
-    for (const ShardPlacement& p : options_.shards) {
-      counters_.emplace(p.shard, std::make_unique<ShardCounter>());
-    }
+    for (const ShardPlacement& p : options_.shards) CounterFor(p.shard);
   }
 
   ~Impl() { Stop(); }
 
   absl::Status Init();
+  // Opens the raft state of `shard` (empty for a new replica) and starts
+  // driving it; `replicas` until raft knows its configuration.
+  absl::Status CreateShard(ShardId shard, const std::vector<NodeId>& replicas);
   void StartLoop() {
     last_cycle_ns_.store(absl::ToUnixNanos(clock_->Now()), std::memory_order_relaxed);
     next_tick_ = clock_->MonotonicNow() + absl::ToChronoNanoseconds(options_.tick_interval);
@@ -182,6 +212,8 @@ class Node::Impl {
   std::optional<ShardStatus> StatusOf(ShardId shard) const ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status TransferLeadershipAway(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
   void Stop() ABSL_LOCKS_EXCLUDED(mu_, stop_mu_);
+  // Node::AddReplica / RemoveReplica / ProposeConfChange: queued for the loop.
+  void QueueMembership(MembershipRequest request) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   // State of one hosted shard; used by the raft loop thread only (and by
@@ -230,6 +262,13 @@ class Node::Impl {
     };
     std::optional<SleepNotice> sleep_notice;
   };
+
+  // The loop's side of the membership requests (at the start of a cycle,
+  // when no Shard pointer of the cycle is held).
+  void HandleMembership(std::vector<MembershipRequest>& requests);
+  absl::Status AddShard(ShardId shard);
+  absl::Status RemoveShard(ShardId shard);
+  absl::Status ProposeConfChangeNow(ShardId shard, const raftpb::ConfChange& cc);
 
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stopping_ || transfer_requested_ || !inbox_.empty();
@@ -318,20 +357,34 @@ class Node::Impl {
 
   // Queues the completion of a waiter; RunCompletions() calls them once the
   // cycle's state (and Status()) is published, with no lock held.
+  void Finish(ShardCounter* counter, Node::ProposeCallback& done,
+              absl::StatusOr<serverpb::CommandResult> result) {
+    completions_.push_back([counter, done = std::move(done), result = std::move(result)]() mutable {
+      counter->pending.fetch_sub(1);
+      done(std::move(result));
+    });
+  }
+  void Finish(ShardCounter* counter, Node::ReadCallback& done, absl::Status status) {
+    completions_.push_back([counter, done = std::move(done), status = std::move(status)]() mutable {
+      counter->pending.fetch_sub(1);
+      done(std::move(status));
+    });
+  }
   void Finish(Shard& s, Node::ProposeCallback& done,
               absl::StatusOr<serverpb::CommandResult> result) {
-    completions_.push_back(
-        [counter = s.counter, done = std::move(done), result = std::move(result)]() mutable {
-          counter->pending.fetch_sub(1);
-          done(std::move(result));
-        });
+    Finish(s.counter, done, std::move(result));
   }
   void Finish(Shard& s, Node::ReadCallback& done, absl::Status status) {
-    completions_.push_back(
-        [counter = s.counter, done = std::move(done), status = std::move(status)]() mutable {
-          counter->pending.fetch_sub(1);
-          done(std::move(status));
-        });
+    Finish(s.counter, done, std::move(status));
+  }
+  // A queued request whose shard may have been removed since it was queued.
+  template <typename Callback, typename Result>
+  void FinishQueued(ShardId shard, Callback& done, Result result) {
+    Finish(CounterFor(shard), done, std::move(result));
+  }
+  absl::Status RemovedError(ShardId shard) const {
+    return absl::UnavailableError(
+        absl::StrCat("shard ", shard, " is no longer hosted on node ", options_.id));
   }
   void RunCompletions() {
     std::vector<std::function<void()>> run;
@@ -361,7 +414,18 @@ class Node::Impl {
   storage::KvStore* const kv_;
   Applier* const applier_;
   Transport* const transport_;
-  absl::flat_hash_map<ShardId, std::unique_ptr<ShardCounter>> counters_;
+  // Every shard ever hosted since Start (entries are never removed, so the
+  // pointers stay valid for requests still queued for a removed shard).
+  mutable absl::Mutex counters_mu_;
+  absl::flat_hash_map<ShardId, std::unique_ptr<ShardCounter>> counters_
+      ABSL_GUARDED_BY(counters_mu_);
+  // The counter of a hosted shard (nullptr when not hosted).
+  ShardCounter* HostedCounter(ShardId shard) const ABSL_LOCKS_EXCLUDED(counters_mu_, hosted_mu_);
+  // The counter of `shard`, created if needed.
+  ShardCounter* CounterFor(ShardId shard) ABSL_LOCKS_EXCLUDED(counters_mu_);
+  // The shards hosted now (written by the loop, read by Propose/ReadBarrier).
+  mutable absl::Mutex hosted_mu_;
+  absl::flat_hash_set<ShardId> hosted_ ABSL_GUARDED_BY(hosted_mu_);
 
   // Raft loop thread only (then Stop(), after joining it).
   absl::flat_hash_map<ShardId, std::unique_ptr<Shard>> shards_;
@@ -470,42 +534,7 @@ absl::Status Node::Impl::Init() {
   if (!boot_log.empty()) TESSERA_RETURN_IF_ERROR(log_->Save(boot_log));
 
   for (const ShardPlacement& p : options_.shards) {
-    auto s = std::make_unique<Shard>();
-    s->id = p.shard;
-    s->replicas = p.replicas;
-    s->counter = counters_.at(p.shard).get();
-    TESSERA_ASSIGN_OR_RETURN(s->storage, RaftStorage::Open(p.shard, log_, kv_, options_.snapshots));
-    raft::Config config;
-    config.id = options_.id;
-    config.election_ticks = options_.election_ticks;
-    config.heartbeat_ticks = options_.heartbeat_ticks;
-    config.storage = s->storage.get();
-    // Raft re-delivers the committed entries after the log's truncated index
-    // (the snapshot point); the applier skips those the store already has,
-    // and the loop re-applies their conf changes.
-    config.applied = 0;
-    config.max_size_per_msg = options_.max_size_per_msg;
-    config.max_uncommitted_entries_size = options_.max_uncommitted_bytes_per_shard;
-    config.max_inflight_bytes = options_.max_inflight_bytes_per_follower;
-    config.check_quorum = true;
-    config.pre_vote = true;
-    // Lease bookkeeping on; each read chooses (ReadBarrier's `lease`). The
-    // lease is also measured against the monotonic clock (Loop: SetNow).
-    config.read_only_option = raft::ReadOnlyOption::kLeaseBased;
-    config.tick_interval = absl::ToChronoNanoseconds(options_.tick_interval);
-    config.disable_proposal_forwarding = true;
-    config.testing.lease_in_ticks_only = options_.testing.lease_in_ticks_only;
-    // Different shards of one node must not time out in lockstep.
-    config.seed = options_.seed ^ (p.shard * 0x9E3779B97F4A7C15ull);
-    absl::StatusOr<std::unique_ptr<raft::RawNode>> raw = raft::RawNode::Create(config);
-    if (!raw.ok()) {
-      return absl::Status(raw.status().code(),
-                          absl::StrCat("shard ", p.shard, ": ", raw.status().message()));
-    }
-    s->raw = *std::move(raw);
-    awake_.emplace(p.shard, s.get());  // every shard starts awake
-    ordered_.push_back(s.get());
-    shards_.emplace(p.shard, std::move(s));
+    TESSERA_RETURN_IF_ERROR(CreateShard(p.shard, p.replicas));
   }
   std::sort(ordered_.begin(), ordered_.end(),
             [](const Shard* a, const Shard* b) { return a->id < b->id; });
@@ -514,16 +543,185 @@ absl::Status Node::Impl::Init() {
   return absl::OkStatus();
 }
 
+absl::Status Node::Impl::CreateShard(ShardId shard, const std::vector<NodeId>& replicas) {
+  auto s = std::make_unique<Shard>();
+  s->id = shard;
+  s->replicas = replicas;
+  s->counter = CounterFor(shard);
+  TESSERA_ASSIGN_OR_RETURN(s->storage, RaftStorage::Open(shard, log_, kv_, options_.snapshots));
+  raft::Config config;
+  config.id = options_.id;
+  config.election_ticks = options_.election_ticks;
+  config.heartbeat_ticks = options_.heartbeat_ticks;
+  config.storage = s->storage.get();
+  // Raft re-delivers the committed entries after the log's truncated index
+  // (the snapshot point); the applier skips those the store already has,
+  // and the loop re-applies their conf changes.
+  config.applied = 0;
+  config.max_size_per_msg = options_.max_size_per_msg;
+  config.max_uncommitted_entries_size = options_.max_uncommitted_bytes_per_shard;
+  config.max_inflight_bytes = options_.max_inflight_bytes_per_follower;
+  config.check_quorum = true;
+  config.pre_vote = true;
+  // Lease bookkeeping on; each read chooses (ReadBarrier's `lease`). The
+  // lease is also measured against the monotonic clock (Loop: SetNow).
+  config.read_only_option = raft::ReadOnlyOption::kLeaseBased;
+  config.tick_interval = absl::ToChronoNanoseconds(options_.tick_interval);
+  config.disable_proposal_forwarding = true;
+  config.testing.lease_in_ticks_only = options_.testing.lease_in_ticks_only;
+  // Different shards of one node must not time out in lockstep.
+  config.seed = options_.seed ^ (shard * 0x9E3779B97F4A7C15ull);
+  absl::StatusOr<std::unique_ptr<raft::RawNode>> raw = raft::RawNode::Create(config);
+  if (!raw.ok()) {
+    return absl::Status(raw.status().code(),
+                        absl::StrCat("shard ", shard, ": ", raw.status().message()));
+  }
+  s->raw = *std::move(raw);
+  // The configuration raft recovered is the truth (it may have changed
+  // since the placement the caller knows); none yet for a new replica.
+  if (std::vector<NodeId> members = Members(s->raw->conf_state()); !members.empty()) {
+    s->replicas = std::move(members);
+  }
+  awake_.emplace(shard, s.get());  // every shard starts awake
+  ordered_.insert(std::lower_bound(ordered_.begin(), ordered_.end(), shard,
+                                   [](const Shard* a, ShardId id) { return a->id < id; }),
+                  s.get());
+  shards_.emplace(shard, std::move(s));
+  {
+    absl::MutexLock lock(&hosted_mu_);
+    hosted_.insert(shard);
+  }
+  return absl::OkStatus();
+}
+
+void Node::Impl::HandleMembership(std::vector<MembershipRequest>& requests) {
+  for (MembershipRequest& r : requests) {
+    absl::Status status;
+    switch (r.kind) {
+      case MembershipRequest::Kind::kAddReplica:
+        status = AddShard(r.shard);
+        break;
+      case MembershipRequest::Kind::kRemoveReplica:
+        status = RemoveShard(r.shard);
+        break;
+      case MembershipRequest::Kind::kConfChange:
+        status = ProposeConfChangeNow(r.shard, r.cc);
+        break;
+    }
+    completions_.push_back([done = std::move(r.done), status]() { done(status); });
+  }
+}
+
+absl::Status Node::Impl::AddShard(ShardId shard) {
+  if (shards_.contains(shard)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("shard ", shard, " already has a replica on node ", options_.id));
+  }
+  TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(shard));
+  TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(shard));
+  if (!IsEmptyLog(state) || applied != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("shard ", shard, ": raft state or data left on node ", options_.id,
+                     " (applied index ", applied, "); remove the replica first"));
+  }
+  // No bootstrap: the replica learns its configuration and state from the
+  // leader's snapshot (raw_node.h: only founders start from index 1).
+  TESSERA_RETURN_IF_ERROR(CreateShard(shard, {}));
+  ABSL_RAW_LOG(INFO, "node %llu: replica of shard %llu added",
+               static_cast<unsigned long long>(options_.id),
+               static_cast<unsigned long long>(shard));
+  PublishShardCounts();
+  return absl::OkStatus();
+}
+
+absl::Status Node::Impl::RemoveShard(ShardId shard) {
+  auto it = shards_.find(shard);
+  if (it == shards_.end()) {
+    // Not hosted, but maybe left on disk (a removal cut short by a crash
+    // before the deletes reached the disk): delete what is there.
+    TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(shard));
+    TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(shard));
+    if (IsEmptyLog(state) && applied == 0) {
+      return absl::NotFoundError(
+          absl::StrCat("shard ", shard, " has no replica on node ", options_.id));
+    }
+    TESSERA_RETURN_IF_ERROR(log_->DeleteShard(shard));
+    return kv_->DeleteShard(shard);
+  }
+  Shard& s = *it->second;
+  {
+    absl::MutexLock lock(&hosted_mu_);
+    hosted_.erase(shard);
+  }
+  FailWaiters(s, RemovedError(shard), /*confirmed_reads_too=*/true);
+  awake_.erase(shard);
+  ordered_.erase(std::find(ordered_.begin(), ordered_.end(), &s));
+  if (balance_asked_.has_value() && balance_asked_->first == shard) balance_asked_.reset();
+  shards_.erase(it);  // touched_ and woken_ are empty between cycles
+  PublishShardCounts();
+  ABSL_RAW_LOG(INFO, "node %llu: replica of shard %llu removed",
+               static_cast<unsigned long long>(options_.id),
+               static_cast<unsigned long long>(shard));
+  TESSERA_RETURN_IF_ERROR(log_->DeleteShard(shard));
+  return kv_->DeleteShard(shard);
+}
+
+absl::Status Node::Impl::ProposeConfChangeNow(ShardId shard, const raftpb::ConfChange& cc) {
+  auto it = shards_.find(shard);
+  if (it == shards_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("shard ", shard, " has no replica on node ", options_.id));
+  }
+  Shard& s = *it->second;
+  Wake(s, "proposal");
+  if (s.raw->role() != raft::Role::kLeader) {
+    return absl::UnavailableError(absl::StrCat("node ", options_.id, " does not lead shard ", shard,
+                                               " (leader: ", s.raw->leader_id(), ")"));
+  }
+  LogShardScope log_shard(shard);
+  return s.raw->ProposeConfChange(cc);
+}
+
 // ---------------------------------------------------------------- API
+
+ShardCounter* Node::Impl::HostedCounter(ShardId shard) const {
+  {
+    absl::MutexLock lock(&hosted_mu_);
+    if (!hosted_.contains(shard)) return nullptr;
+  }
+  absl::MutexLock lock(&counters_mu_);
+  auto it = counters_.find(shard);
+  return it == counters_.end() ? nullptr : it->second.get();
+}
+
+ShardCounter* Node::Impl::CounterFor(ShardId shard) {
+  absl::MutexLock lock(&counters_mu_);
+  std::unique_ptr<ShardCounter>& c = counters_[shard];
+  if (c == nullptr) c = std::make_unique<ShardCounter>();
+  return c.get();
+}
+
+void Node::Impl::QueueMembership(MembershipRequest request) {
+  absl::Status stopped;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      inbox_.membership.push_back(std::move(request));
+      return;
+    }
+    stopped = StoppedError();
+  }
+  request.done(stopped);
+}
 
 void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time deadline,
                          ProposeCallback done) {
-  auto it = counters_.find(shard);
-  if (it == counters_.end()) {
+  ShardCounter* counter = HostedCounter(shard);
+  if (counter == nullptr) {
     done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
     return;
   }
-  if (!Reserve(it->second.get())) {
+  if (!Reserve(counter)) {
     CountProposal(shard, NodeMetrics::ProposalOutcome::kRejected);
     done(absl::ResourceExhaustedError(
         absl::StrCat("shard ", shard, ": too many pending requests; retry later")));
@@ -539,17 +737,17 @@ void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time de
     }
     stopped = StoppedError();
   }
-  it->second->pending.fetch_sub(1);
+  counter->pending.fetch_sub(1);
   done(std::move(stopped));
 }
 
 void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
-  auto it = counters_.find(shard);
-  if (it == counters_.end()) {
+  ShardCounter* counter = HostedCounter(shard);
+  if (counter == nullptr) {
     done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
     return;
   }
-  if (!Reserve(it->second.get())) {
+  if (!Reserve(counter)) {
     done(absl::ResourceExhaustedError(
         absl::StrCat("shard ", shard, ": too many pending requests; retry later")));
     return;
@@ -563,7 +761,7 @@ void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, Rea
     }
     stopped = StoppedError();
   }
-  it->second->pending.fetch_sub(1);
+  counter->pending.fetch_sub(1);
   done(std::move(stopped));
 }
 
@@ -651,8 +849,11 @@ void Node::Impl::Stop() {
     std::swap(left, inbox_);
   }
   const absl::Status cancelled = absl::CancelledError("node stopped");
-  for (ProposeRequest& p : left.proposals) Finish(*shards_.at(p.shard), p.done, cancelled);
-  for (ReadRequest& r : left.reads) Finish(*shards_.at(r.shard), r.done, cancelled);
+  for (ProposeRequest& p : left.proposals) FinishQueued(p.shard, p.done, cancelled);
+  for (MembershipRequest& m : left.membership) {
+    completions_.push_back([done = std::move(m.done), cancelled]() { done(cancelled); });
+  }
+  for (ReadRequest& r : left.reads) FinishQueued(r.shard, r.done, cancelled);
   for (auto& [id, s] : shards_) FailWaiters(*s, cancelled, /*confirmed_reads_too=*/true);
   RunCompletions();
 }
@@ -726,6 +927,7 @@ bool Node::Impl::RunCycle() {
   }
 
   handing_off_ = transfer_active;
+  HandleMembership(in.membership);
   HandleTransportFeedback(in);
   StepMessages(in.messages, now);
   for (ProposeRequest& p : in.proposals) HandlePropose(p, now);
@@ -754,8 +956,11 @@ void Node::Impl::Fail(const absl::Status& error) {
   // kUnavailable without a leader: the SDK goes to another replica.
   const absl::Status failed = absl::UnavailableError(
       absl::StrCat("node ", options_.id, " failed (", error.message(), "); try another replica"));
-  for (ProposeRequest& p : left.proposals) Finish(*shards_.at(p.shard), p.done, failed);
-  for (ReadRequest& r : left.reads) Finish(*shards_.at(r.shard), r.done, failed);
+  for (ProposeRequest& p : left.proposals) FinishQueued(p.shard, p.done, failed);
+  for (MembershipRequest& m : left.membership) {
+    completions_.push_back([done = std::move(m.done), failed]() { done(failed); });
+  }
+  for (ReadRequest& r : left.reads) FinishQueued(r.shard, r.done, failed);
   for (auto& [id, shard] : shards_) FailWaiters(*shard, failed, /*confirmed_reads_too=*/true);
   // Nothing here leads or follows any more (metrics, NodeStatus, readiness).
   std::vector<ShardStatus> status;
@@ -856,7 +1061,12 @@ void Node::Impl::StepMessages(std::vector<Inbound>& inbound, absl::Time now) {
 }
 
 void Node::Impl::HandlePropose(ProposeRequest& req, absl::Time now) {
-  Shard& s = *shards_.at(req.shard);
+  auto found = shards_.find(req.shard);
+  if (found == shards_.end()) {  // removed since it was queued
+    FinishQueued(req.shard, req.done, RemovedError(req.shard));
+    return;
+  }
+  Shard& s = *found->second;
   if (s.asleep) {
     Wake(s, "proposal");
     WakeLeaderOf(s);
@@ -899,7 +1109,12 @@ void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
   // (shard, lease) -> the context of the ReadIndex issued for it this cycle.
   absl::flat_hash_map<std::pair<ShardId, bool>, std::string> issued;
   for (ReadRequest& req : reads) {
-    Shard& s = *shards_.at(req.shard);
+    auto found = shards_.find(req.shard);
+    if (found == shards_.end()) {  // removed since it was queued
+      FinishQueued(req.shard, req.done, RemovedError(req.shard));
+      continue;
+    }
+    Shard& s = *found->second;
     if (s.asleep) {
       Wake(s, "read");
       WakeLeaderOf(s);
@@ -1580,7 +1795,17 @@ absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
         raftpb::ConfChange cc;
         if (!cc.ParseFromString(e.data())) cc.Clear();  // applied as empty (raw_node.h)
         LogShardScope log_shard(s.id);
-        s.storage->ConfChanged(e.index(), s.raw->ApplyConfChange(cc));
+        absl::StatusOr<raftpb::ConfState> cs = s.raw->ApplyConfChange(cc);
+        if (cs.ok()) {
+          s.storage->ConfChanged(e.index(), *cs);
+          s.replicas = Members(*cs);
+        } else {
+          // Every replica refuses it alike (raw_node.h): nothing changes.
+          ABSL_RAW_LOG(ERROR, "node %llu shard %llu: conf change at index %llu refused: %s",
+                       static_cast<unsigned long long>(options_.id),
+                       static_cast<unsigned long long>(s.id),
+                       static_cast<unsigned long long>(e.index()), cs.status().ToString().c_str());
+        }
       } else {
         CompleteProposal(s, e, std::move(results[k]));
       }
@@ -1745,6 +1970,13 @@ void Node::Impl::PublishStatus(absl::Time now) {
     st.snapshots_installed = sp.snapshots_installed;
     st.asleep = sp.asleep;
     st.last_leader_contact = leader ? now : sp.last_leader_contact;
+    const raftpb::ConfState& cs = raw.conf_state();
+    if (!SameIds(st.voters, cs.voters()) || !SameIds(st.voters_outgoing, cs.voters_outgoing()) ||
+        !SameIds(st.learners, cs.learners())) {  // rare: no allocation per cycle
+      st.voters.assign(cs.voters().begin(), cs.voters().end());
+      st.voters_outgoing.assign(cs.voters_outgoing().begin(), cs.voters_outgoing().end());
+      st.learners.assign(cs.learners().begin(), cs.learners().end());
+    }
     if (sp.asleep && !leader) {
       // Asleep: the leader tells before anything changes; the latest sign
       // of life of its node is the contact (probes keep it fresh).
@@ -1826,6 +2058,23 @@ void Node::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallb
 
 void Node::Receive(NodeId from, std::vector<ShardMessage> messages) {
   impl_->Receive(from, std::move(messages));
+}
+
+void Node::AddReplica(ShardId shard, StatusCallback done) {
+  impl_->QueueMembership(
+      {.kind = MembershipRequest::Kind::kAddReplica, .shard = shard, .done = std::move(done)});
+}
+
+void Node::RemoveReplica(ShardId shard, StatusCallback done) {
+  impl_->QueueMembership(
+      {.kind = MembershipRequest::Kind::kRemoveReplica, .shard = shard, .done = std::move(done)});
+}
+
+void Node::ProposeConfChange(ShardId shard, raftpb::ConfChange cc, StatusCallback done) {
+  impl_->QueueMembership({.kind = MembershipRequest::Kind::kConfChange,
+                          .shard = shard,
+                          .cc = std::move(cc),
+                          .done = std::move(done)});
 }
 
 std::vector<ShardStatus> Node::Status() const { return impl_->Status(); }

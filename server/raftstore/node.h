@@ -200,12 +200,19 @@ struct ShardStatus {
   // sleeping follower, last_leader_contact is the last message from the
   // leader's node (probes keep it fresh while the group sleeps).
   bool asleep = false;
+  // The shard's membership as this replica knows it (voters, outgoing
+  // voters while a joint change is in progress, learners), by id; all
+  // empty for a replica added by AddReplica until its first snapshot.
+  std::vector<NodeId> voters;
+  std::vector<NodeId> voters_outgoing;
+  std::vector<NodeId> learners;
 };
 
 class Node {
  public:
   using ProposeCallback = std::function<void(absl::StatusOr<serverpb::CommandResult>)>;
   using ReadCallback = std::function<void(absl::Status)>;
+  using StatusCallback = std::function<void(absl::Status)>;
 
   // Recovers every hosted shard from `engine` (bootstrapping new ones), and
   // starts the raft loop. None of the pointers is owned; all must outlive
@@ -244,6 +251,27 @@ class Node {
   // Queued for the raft loop; beyond 4096 queued batches, dropped (counted
   // as a refused peer message, reason "inbox_full"): raft resends.
   void Receive(NodeId from, std::vector<ShardMessage> messages);
+
+  // Replica lifecycle: the steps of a membership change (README.md
+  // "Membership changes"). Each `done` runs on the raft loop thread.
+  //
+  // Starts hosting an empty replica of `shard`: it knows no configuration,
+  // answers nothing but a leader's messages and serves nothing until a
+  // leader that added this node (as learner or voter) sends it a snapshot.
+  // Errors: kAlreadyExists (hosted here), kFailedPrecondition (raft state or
+  // data of the shard left on disk), storage errors.
+  void AddReplica(ShardId shard, StatusCallback done);
+  // Stops hosting `shard`: its waiting requests fail with kUnavailable, and
+  // its raft log and data are deleted (also when it is no longer hosted but
+  // left on disk). Call it only once a committed change took this node out
+  // of the shard's configuration. Errors: kNotFound (nothing of it here).
+  void RemoveReplica(ShardId shard, StatusCallback done);
+  // Proposes a membership change of `shard`, which this node must lead.
+  // `done` runs once raft appended it (its commit shows in ShardStatus).
+  // Errors: kNotFound, kUnavailable (not the leader), raft's refusals:
+  // kInvalidArgument / kFailedPrecondition (invalid for the configuration,
+  // or another change pending; raft/raw_node.h ProposeConfChange).
+  void ProposeConfChange(ShardId shard, raftpb::ConfChange cc, StatusCallback done);
   // Transport feedback (thread-safe, queued for the raft loop): messages to
   // `to` were lost because it could not be reached (raft probes it instead
   // of streaming appends blindly), and a snapshot of `shard` sent to `to`

@@ -17,6 +17,11 @@ bool Contains(const google::protobuf::RepeatedField<uint64_t>& ids, uint64_t id)
   return std::find(ids.begin(), ids.end(), id) != ids.end();
 }
 
+bool IsUnconfigured(const raftpb::ConfState& conf) {
+  return conf.voters().empty() && conf.learners().empty() && conf.voters_outgoing().empty() &&
+         conf.learners_next().empty();
+}
+
 bool IsMember(const raftpb::ConfState& conf, uint64_t id) {
   return Contains(conf.voters(), id) || Contains(conf.learners(), id) ||
          Contains(conf.voters_outgoing(), id) || Contains(conf.learners_next(), id);
@@ -29,20 +34,21 @@ const char* CheckSnapshot(const raftpb::Message& m, const ReplicaView& view) {
     return "bad_snapshot";
   }
   const raftpb::ConfState& cs = md.conf_state();
-  // Membership is static in this version: no joint configurations.
-  if (cs.voters().empty() || !cs.voters_outgoing().empty() || !cs.learners_next().empty()) {
-    return "bad_snapshot";
-  }
+  if (cs.voters().empty()) return "bad_snapshot";
   // What raft would abort on when installing it.
   if (!raft::RestoreConfig(cs, /*max_inflight=*/1, /*max_inflight_bytes=*/0, md.index()).ok()) {
     return "bad_snapshot";
   }
+  // Members may have changed since our configuration (a replica catching
+  // up, or a new one that has none yet), but the snapshot must name us: a
+  // replica left out of the group has no use for its state.
   for (const auto* ids :
        {&cs.voters(), &cs.learners(), &cs.voters_outgoing(), &cs.learners_next()}) {
     for (uint64_t id : *ids) {
-      if (id == 0 || !IsMember(*view.conf, id)) return "bad_snapshot";
+      if (id == 0) return "bad_snapshot";
     }
   }
+  if (!IsMember(cs, view.self)) return "bad_snapshot";
   for (uint64_t id : cs.learners()) {
     if (Contains(cs.voters(), id)) return "bad_snapshot";
   }
@@ -57,10 +63,17 @@ const char* CheckEntries(const raftpb::Message& m) {
     const raftpb::Entry& e = m.entries(i);
     if (e.index() != m.index() + 1 + static_cast<uint64_t>(i)) return "bad_entries";
     if (e.term() < prev_term || e.term() > m.term()) return "bad_entries";
-    // Membership is static in this version: no honest leader appends a
-    // conf change, and a committed one that raft cannot apply aborts it.
-    // (Membership changes will validate the change here instead.)
-    if (e.type() != raftpb::ENTRY_NORMAL) return "bad_entries";
+    // A conf change must at least parse (one raft refuses at apply changes
+    // nothing: raw_node.h).
+    if (e.type() == raftpb::ENTRY_CONF_CHANGE) {
+      raftpb::ConfChange cc;
+      if (!cc.ParseFromString(e.data())) return "bad_entries";
+      for (const raftpb::ConfChangeSingle& c : cc.changes()) {
+        if (c.node_id() == 0) return "bad_entries";
+      }
+    } else if (e.type() != raftpb::ENTRY_NORMAL) {
+      return "bad_entries";
+    }
     prev_term = e.term();
   }
   return nullptr;
@@ -71,7 +84,20 @@ const char* CheckEntries(const raftpb::Message& m) {
 const char* CheckPeerMessage(const raftpb::Message& m, NodeId sender, const ReplicaView& view) {
   if (m.from() != sender) return "sender_mismatch";
   if (m.to() != view.self) return "misaddressed";
-  if (!IsMember(*view.conf, m.from())) return "not_a_replica";
+  if (IsUnconfigured(*view.conf)) {
+    // A new replica waiting for its first snapshot knows no members yet: it
+    // takes what a leader sends (peer TLS decides who may), nothing else.
+    if (m.type() != raftpb::MSG_APP && m.type() != raftpb::MSG_SNAP &&
+        m.type() != raftpb::MSG_HEARTBEAT) {
+      return "not_a_replica";
+    }
+    // Its log is empty: an append from the very start of a log (which only
+    // a bootstrap writes) would give it entries, and maybe conf changes,
+    // without the configuration they apply to.
+    if (m.type() == raftpb::MSG_APP && m.index() == 0) return "bad_term_or_index";
+  } else if (!IsMember(*view.conf, m.from())) {
+    return "not_a_replica";
+  }
   if (m.term() >= kMaxIndexOrTerm || m.log_term() > m.term() || m.index() >= kMaxIndexOrTerm ||
       m.commit() >= kMaxIndexOrTerm || m.context().size() > kMaxContextBytes) {
     return "bad_term_or_index";

@@ -242,7 +242,7 @@ class Network {
         if (e.type() == raftpb::ENTRY_CONF_CHANGE) {
           raftpb::ConfChange cc;
           EXPECT_TRUE(cc.ParseFromString(e.data()));
-          n.node->ApplyConfChange(cc);
+          EXPECT_TRUE(n.node->ApplyConfChange(cc).ok());
         }
       }
       for (ReadState& rs : rd.read_states) n.read_states.push_back(std::move(rs));

@@ -231,8 +231,32 @@ TEST(RawNode, ApplyConfChangeReturnsNewConfState) {
   Network net({1, 2, 3});
   net.Elect(1);
   raftpb::ConfState cs =
-      net.node(1)->ApplyConfChange(SingleChange(raftpb::CONF_CHANGE_ADD_LEARNER, 7));
+      *net.node(1)->ApplyConfChange(SingleChange(raftpb::CONF_CHANGE_ADD_LEARNER, 7));
   EXPECT_THAT(std::vector<uint64_t>(cs.learners().begin(), cs.learners().end()), ElementsAre(7));
+}
+
+TEST(RawNode, AnInvalidCommittedConfChangeIsRefusedAndChangesNothing) {
+  Network net({1, 2, 3});
+  net.Elect(1);
+  // Removing every voter; leaving a joint config that is not joint (an
+  // empty change, as an unparsable entry is applied).
+  raftpb::ConfChange all;
+  for (uint64_t id : {1, 2, 3}) {
+    raftpb::ConfChangeSingle* c = all.add_changes();
+    c->set_type(raftpb::CONF_CHANGE_REMOVE_NODE);
+    c->set_node_id(id);
+  }
+  for (const raftpb::ConfChange& cc : {all, raftpb::ConfChange()}) {
+    absl::StatusOr<raftpb::ConfState> cs = net.node(2)->ApplyConfChange(cc);
+    EXPECT_FALSE(cs.ok()) << cc.DebugString();
+  }
+  raftpb::ConfState now = *net.node(2)->ApplyConfChange(
+      raftpb::ConfChange(SingleChange(raftpb::CONF_CHANGE_ADD_LEARNER, 4)));
+  EXPECT_THAT(std::vector<uint64_t>(now.voters().begin(), now.voters().end()),
+              ::testing::UnorderedElementsAre(1, 2, 3));
+  ASSERT_THAT(net.node(1)->Propose("still works"), IsOk());
+  net.Stabilize();
+  EXPECT_THAT(net.AppliedData(2), ::testing::Contains("still works"));
 }
 
 }  // namespace

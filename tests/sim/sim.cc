@@ -348,7 +348,12 @@ void Sim::ApplyEntry(Node& n, const raftpb::Entry& e) {
   if (e.type() == raftpb::ENTRY_CONF_CHANGE) {
     raftpb::ConfChange cc;
     if (!cc.ParseFromString(e.data())) cc.Clear();
-    n.conf_state = n.raw->ApplyConfChange(cc);
+    absl::StatusOr<raftpb::ConfState> cs = n.raw->ApplyConfChange(cc);
+    if (!cs.ok()) {
+      return Fail(absl::StrCat("node ", n.id, " refuses the conf change committed at ", e.index(),
+                               ": ", cs.status().ToString()));
+    }
+    n.conf_state = *std::move(cs);
     Record(absl::StrCat("node ", n.id, " applies conf change at ", e.index(), ": voters ",
                         absl::StrJoin(n.conf_state.voters(), ","), " outgoing ",
                         absl::StrJoin(n.conf_state.voters_outgoing(), ","), " learners ",

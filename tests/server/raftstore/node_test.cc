@@ -100,6 +100,8 @@ bool WaitFor(const std::function<bool()>& cond, absl::Duration timeout = kWait) 
 
 struct Options {
   int nodes = 3;
+  // More nodes (ids after `nodes`) that start hosting no shard.
+  int spare_nodes = 0;
   int shards = 3;
   int election_ticks = 20;
   size_t max_pending_per_shard = 4096;
@@ -146,7 +148,7 @@ class WakeCounter : public NodeMetrics {
 class Cluster {
  public:
   explicit Cluster(Options o) : o_(o) {
-    for (NodeId id = 1; id <= static_cast<NodeId>(o_.nodes); ++id) {
+    for (NodeId id = 1; id <= static_cast<NodeId>(o_.nodes + o_.spare_nodes); ++id) {
       members_[id].dir = std::make_unique<storage::testing::TempDir>();
     }
   }
@@ -169,7 +171,8 @@ class Cluster {
     m.transport = net_.TransportFor(id);
     NodeOptions no;
     no.id = id;
-    for (ShardId s = 1; s <= static_cast<ShardId>(o_.shards); ++s) {
+    for (ShardId s = 1; s <= static_cast<ShardId>(o_.shards) && id <= static_cast<NodeId>(o_.nodes);
+         ++s) {
       ShardPlacement p{.shard = s};
       for (NodeId r = 1; r <= static_cast<NodeId>(o_.nodes); ++r) p.replicas.push_back(r);
       no.shards.push_back(p);
@@ -296,7 +299,8 @@ class Cluster {
       for (auto& [id, m] : members_) {
         if (!m.node) continue;
         std::optional<ShardStatus> s = StatusOf(id, shard);
-        if (!s || s->leader != leader) return false;
+        if (!s) continue;  // not hosted there
+        if (s->leader != leader) return false;
       }
       return true;
     });
@@ -304,6 +308,20 @@ class Cluster {
   }
 
   // Proposes a put through `via` and waits for its callback.
+  // Runs a Node call that answers through a StatusCallback and waits for it.
+  static absl::Status Call(const std::function<void(Node::StatusCallback)>& call) {
+    absl::Notification done;
+    absl::Status out;
+    call([&](absl::Status s) {
+      out = std::move(s);
+      done.Notify();
+    });
+    if (!done.WaitForNotificationWithTimeout(kWait)) {
+      return absl::InternalError("TEST: the callback never came");
+    }
+    return out;
+  }
+
   static absl::StatusOr<serverpb::CommandResult> Put(Node& via, ShardId shard,
                                                      const std::string& key,
                                                      const std::string& value,
@@ -1172,6 +1190,136 @@ TEST(Node, HealthReportsAWedgedLoop) {
   release.Notify();
   EXPECT_TRUE(WaitFor([&] { return c.node(leader).Health().ok(); }));
   EXPECT_TRUE(put_done.WaitForNotificationWithTimeout(kWait));
+}
+
+// ---------------------------------------------------------------- membership
+
+raftpb::ConfChange Change(std::initializer_list<std::pair<raftpb::ConfChangeType, NodeId>> list) {
+  raftpb::ConfChange cc;
+  for (const auto& [type, node] : list) {
+    raftpb::ConfChangeSingle* c = cc.add_changes();
+    c->set_type(type);
+    c->set_node_id(node);
+  }
+  return cc;
+}
+
+std::vector<NodeId> Sorted(std::vector<NodeId> v) {
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+// The steps a replica move takes (issue 15): a new replica on node 4 joins
+// as a learner, catches up by a streamed snapshot, becomes a voter while a
+// follower leaves in one joint change, and the old replica is deleted. The
+// shard keeps serving throughout, and what was written is on node 4.
+TEST(Membership, AReplicaMovesToAnotherNodeThroughRaft) {
+  Cluster c({.spare_nodes = 1, .shards = 1, .streamed_snapshots = true});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId leaving = OtherThan(leader);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_THAT(Cluster::Put(c.node(leader), 1, absl::StrCat("k", i), absl::StrCat("v", i)),
+                IsOk());
+  }
+  EXPECT_FALSE(c.StatusOf(4, 1).has_value());
+
+  // 1. An empty replica on node 4; the leader adds it as a learner.
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(4).AddReplica(1, done); }), IsOk());
+  ASSERT_TRUE(c.StatusOf(4, 1).has_value());
+  EXPECT_TRUE(c.StatusOf(4, 1)->voters.empty());
+  ASSERT_THAT(
+      Cluster::Call([&](auto done) {
+        c.node(leader).ProposeConfChange(1, Change({{raftpb::CONF_CHANGE_ADD_LEARNER, 4}}), done);
+      }),
+      IsOk());
+  // 2. It catches up by snapshot (the leader's log starts after index 1).
+  ASSERT_TRUE(c.WaitForValue(4, 1, "k19", "v19"));
+  EXPECT_TRUE(WaitFor([&] {
+    std::optional<ShardStatus> s = c.StatusOf(4, 1);
+    return s && s->learners == std::vector<NodeId>{4};
+  }));
+  EXPECT_GE(c.StatusOf(4, 1)->snapshots_installed, 1u);
+
+  // 3. One joint change: node 4 becomes a voter, `leaving` leaves.
+  ASSERT_THAT(
+      Cluster::Call([&](auto done) {
+        c.node(leader).ProposeConfChange(
+            1,
+            Change({{raftpb::CONF_CHANGE_ADD_NODE, 4}, {raftpb::CONF_CHANGE_REMOVE_NODE, leaving}}),
+            done);
+      }),
+      IsOk());
+  std::vector<NodeId> want = {leader, OtherThan(leader, leaving), 4};
+  want = Sorted(want);
+  ASSERT_TRUE(WaitFor([&] {
+    for (NodeId id : {leader, NodeId{4}}) {
+      std::optional<ShardStatus> s = c.StatusOf(id, 1);
+      if (!s || Sorted(s->voters) != want || !s->voters_outgoing.empty() || !s->learners.empty()) {
+        return false;
+      }
+    }
+    return true;
+  })) << "the joint change was not left";
+
+  // 4. The old replica goes, with its data.
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(leaving).RemoveReplica(1, done); }), IsOk());
+  EXPECT_FALSE(c.StatusOf(leaving, 1).has_value());
+  EXPECT_FALSE(c.Get(leaving, 1, "k0").has_value());
+  absl::StatusOr<storage::LogState> log = c.engine(leaving).raft_log().State(1);
+  ASSERT_THAT(log, IsOk());
+  EXPECT_EQ(log->last_index, 0u);
+  EXPECT_THAT(Cluster::Put(c.node(leaving), 1, "x", "y"), StatusIs(absl::StatusCode::kNotFound));
+  // Nothing of it is left: it could come back as a new replica.
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(leaving).AddReplica(1, done); }), IsOk());
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(leaving).RemoveReplica(1, done); }), IsOk());
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(leaving).RemoveReplica(1, done); }),
+              StatusIs(absl::StatusCode::kNotFound));
+
+  // The group of {leader, other, 4} commits without `leaving`.
+  c.net().Isolate(leaving);
+  ASSERT_THAT(Cluster::Put(c.node(leader), 1, "after", "move"), IsOk());
+  EXPECT_TRUE(c.WaitForValue(4, 1, "after", "move"));
+  c.net().Heal();
+}
+
+TEST(Membership, RequestsThatCannotBeDoneSayWhy) {
+  Cluster c({.spare_nodes = 1, .shards = 1});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(leader).AddReplica(1, done); }),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(4).RemoveReplica(1, done); }),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Cluster::Call([&](auto done) {
+                c.node(OtherThan(leader))
+                    .ProposeConfChange(1, Change({{raftpb::CONF_CHANGE_ADD_LEARNER, 4}}), done);
+              }),
+              StatusIs(absl::StatusCode::kUnavailable));
+  // Changes raft refuses at once: every voter removed; leaving a joint
+  // configuration that is not joint.
+  EXPECT_THAT(Cluster::Call([&](auto done) {
+                c.node(leader).ProposeConfChange(1,
+                                                 Change({{raftpb::CONF_CHANGE_REMOVE_NODE, 1},
+                                                         {raftpb::CONF_CHANGE_REMOVE_NODE, 2},
+                                                         {raftpb::CONF_CHANGE_REMOVE_NODE, 3}}),
+                                                 done);
+              }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Cluster::Call([&](auto done) {
+                c.node(leader).ProposeConfChange(1, raftpb::ConfChange(), done);
+              }),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  // A replica whose shard left data on disk is not re-added over it.
+  const NodeId follower = OtherThan(leader);
+  ASSERT_THAT(Cluster::Put(c.node(leader), 1, "k", "v"), IsOk());
+  ASSERT_TRUE(c.WaitForValue(follower, 1, "k", "v"));
+  c.Down(follower);
+  ASSERT_THAT(c.Up(follower), IsOk());
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(follower).AddReplica(1, done); }),
+              StatusIs(absl::StatusCode::kAlreadyExists));
 }
 
 }  // namespace

@@ -134,14 +134,53 @@ TEST_F(PeerMessageCheck, RefusesTermsWhereRaftWouldAbortAnswering) {
   EXPECT_EQ(Check(read), "bad_term_or_index");
   raftpb::Message behind = Make(raftpb::MSG_PRE_VOTE);  // rejected at term 0
   EXPECT_EQ(Check(behind), "bad_term_or_index");
+}
+
+TEST_F(PeerMessageCheck, ConfChangeEntriesMustParse) {
   raftpb::Message app = Make(raftpb::MSG_APP);
   app.set_index(10);
   app.set_log_term(5);
   raftpb::Entry* e = app.add_entries();
   e->set_index(11);
   e->set_term(5);
-  e->set_type(raftpb::ENTRY_CONF_CHANGE);  // raft aborts applying an invalid one
+  e->set_type(raftpb::ENTRY_CONF_CHANGE);
+  raftpb::ConfChange cc;
+  raftpb::ConfChangeSingle* add = cc.add_changes();
+  add->set_type(raftpb::CONF_CHANGE_ADD_LEARNER);
+  add->set_node_id(4);
+  e->set_data(cc.SerializeAsString());
+  EXPECT_EQ(Check(app), "ok");  // raft refuses one invalid at apply (raw_node.h)
+  e->set_data("\xff\xff");
   EXPECT_EQ(Check(app), "bad_entries");
+  add->set_node_id(0);
+  e->set_data(cc.SerializeAsString());
+  EXPECT_EQ(Check(app), "bad_entries");
+}
+
+TEST_F(PeerMessageCheck, AReplicaWithoutAConfigurationTakesOnlyALeadersMessages) {
+  conf_.Clear();  // a new replica, waiting for its first snapshot
+  raftpb::Message snap = Make(raftpb::MSG_SNAP);
+  raftpb::SnapshotMetadata* md = snap.mutable_snapshot()->mutable_metadata();
+  md->set_index(40);
+  md->set_term(5);
+  for (uint64_t id : {2, 3, 4}) md->mutable_conf_state()->add_voters(id);
+  md->mutable_conf_state()->add_learners(1);
+  EXPECT_EQ(Check(snap), "ok");
+  raftpb::Message hb = Make(raftpb::MSG_HEARTBEAT);
+  hb.set_commit(0);
+  EXPECT_EQ(Check(hb), "ok");
+  raftpb::Message app = Make(raftpb::MSG_APP);
+  app.set_index(39);
+  app.set_log_term(5);
+  EXPECT_EQ(Check(app), "ok");  // rejected by raft: the leader then sends a snapshot
+  app.set_index(0);             // entries from the start of a log: only a bootstrap writes those
+  app.set_log_term(0);
+  EXPECT_EQ(Check(app), "bad_term_or_index");
+  raftpb::Message vote = Make(raftpb::MSG_VOTE);
+  vote.set_index(1);
+  vote.set_log_term(1);
+  EXPECT_EQ(Check(vote), "not_a_replica");
+  EXPECT_EQ(Check(Make(raftpb::MSG_APP_RESP)), "not_a_replica");
 }
 
 TEST_F(PeerMessageCheck, RefusesImpossibleTermsAndIndexes) {
@@ -163,9 +202,16 @@ TEST_F(PeerMessageCheck, RefusesSnapshotsWithUnrestorableConfigs) {
   md->set_index(40);
   md->set_term(5);
   EXPECT_EQ(Check(snap), "bad_snapshot");  // no voters
-  md->mutable_conf_state()->add_voters(1);
-  md->mutable_conf_state()->add_voters(99);  // a stranger
+  md->mutable_conf_state()->add_voters(2);
+  md->mutable_conf_state()->add_voters(99);  // members changed, but without us
   EXPECT_EQ(Check(snap), "bad_snapshot");
+  md->mutable_conf_state()->add_voters(0);
+  md->mutable_conf_state()->add_voters(1);
+  EXPECT_EQ(Check(snap), "bad_snapshot");  // node id 0
+  md->mutable_conf_state()->clear_voters();
+  md->mutable_conf_state()->add_voters(1);
+  md->mutable_conf_state()->add_voters(99);
+  EXPECT_EQ(Check(snap), "ok");  // a member we do not know yet
   md->mutable_conf_state()->clear_voters();
   md->mutable_conf_state()->add_voters(1);
   md->mutable_conf_state()->add_learners(1);  // voter and learner at once
