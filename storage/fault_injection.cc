@@ -116,6 +116,10 @@ absl::StatusOr<LogState> FaultInjectingRaftLog::State(ShardId shard) const {
   return base_->State(shard);
 }
 
+absl::StatusOr<std::vector<ShardId>> FaultInjectingRaftLog::Shards() const {
+  return base_->Shards();
+}
+
 absl::StatusOr<std::vector<raftpb::Entry>> FaultInjectingRaftLog::Entries(
     ShardId shard, uint64_t lo, uint64_t hi, uint64_t max_bytes) const {
   return base_->Entries(shard, lo, hi, max_bytes);

@@ -122,6 +122,7 @@ class FaultInjectingRaftLog final : public RaftLog {
   FaultInjectingRaftLog(RaftLog* base, FaultInjector* faults) : base_(base), faults_(faults) {}
 
   absl::StatusOr<LogState> State(ShardId shard) const override;
+  absl::StatusOr<std::vector<ShardId>> Shards() const override;
   absl::StatusOr<std::vector<raftpb::Entry>> Entries(ShardId shard, uint64_t lo, uint64_t hi,
                                                      uint64_t max_bytes) const override;
   absl::StatusOr<uint64_t> Term(ShardId shard, uint64_t index) const override;

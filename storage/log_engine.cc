@@ -996,6 +996,16 @@ absl::StatusOr<LogState> LogEngine::State(ShardId shard) const {
   return it->second.meta.ToState();
 }
 
+absl::StatusOr<std::vector<ShardId>> LogEngine::Shards() const {
+  std::vector<ShardId> out;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    for (const auto& [id, state] : impl_->shards) out.push_back(id);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 absl::StatusOr<std::vector<raftpb::Entry>> LogEngine::Entries(ShardId shard, uint64_t lo,
                                                               uint64_t hi,
                                                               uint64_t max_bytes) const {

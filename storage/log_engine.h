@@ -67,6 +67,7 @@ class LogEngine : public RaftLog {
   LogEngine& operator=(const LogEngine&) = delete;
 
   absl::StatusOr<LogState> State(ShardId shard) const override;
+  absl::StatusOr<std::vector<ShardId>> Shards() const override;
   absl::StatusOr<std::vector<raftpb::Entry>> Entries(ShardId shard, uint64_t lo, uint64_t hi,
                                                      uint64_t max_bytes) const override;
   absl::StatusOr<uint64_t> Term(ShardId shard, uint64_t index) const override;

@@ -43,7 +43,7 @@ absl::Status MemRaftLog::DoSave(absl::Span<const LogUpdate> updates, Durability 
   return absl::OkStatus();
 }
 
-absl::Status MemRaftLog::SaveTo(Shards& shards, absl::Span<const LogUpdate> updates) {
+absl::Status MemRaftLog::SaveTo(ShardMap& shards, absl::Span<const LogUpdate> updates) {
   // Validate everything against staged copies first: all or nothing.
   std::map<ShardId, internal::ShardLogMeta> staged;
   std::vector<std::vector<internal::IndexRange>> deletes(updates.size());
@@ -70,6 +70,13 @@ absl::Status MemRaftLog::SaveTo(Shards& shards, absl::Span<const LogUpdate> upda
   }
   for (auto& [id, meta] : staged) shards[id].meta = std::move(meta);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ShardId>> MemRaftLog::Shards() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<ShardId> out;
+  for (const auto& [id, shard] : shards_) out.push_back(id);  // a std::map: in order
+  return out;
 }
 
 absl::StatusOr<LogState> MemRaftLog::State(ShardId shard) const {
@@ -130,7 +137,7 @@ absl::Status MemRaftLog::Compact(ShardId shard, uint64_t index) {
   return absl::OkStatus();
 }
 
-absl::Status MemRaftLog::CompactIn(Shards& shards, ShardId shard, uint64_t index) {
+absl::Status MemRaftLog::CompactIn(ShardMap& shards, ShardId shard, uint64_t index) {
   auto it = shards.find(shard);
   absl::Status status = internal::CheckCompactIndex(
       it == shards.end() ? internal::ShardLogMeta{} : it->second.meta, index);

@@ -29,6 +29,7 @@ class MemRaftLog : public RaftLog {
   MemRaftLog& operator=(const MemRaftLog&) = delete;
 
   absl::StatusOr<LogState> State(ShardId shard) const override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::vector<ShardId>> Shards() const override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::vector<raftpb::Entry>> Entries(ShardId shard, uint64_t lo, uint64_t hi,
                                                      uint64_t max_bytes) const override
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -47,19 +48,19 @@ class MemRaftLog : public RaftLog {
     internal::ShardLogMeta meta;
     std::map<uint64_t, raftpb::Entry> entries;
   };
-  using Shards = std::map<ShardId, Shard>;
+  using ShardMap = std::map<ShardId, Shard>;
 
   // The writes, on the live state or on the durable image.
-  static absl::Status SaveTo(Shards& shards, absl::Span<const LogUpdate> updates);
-  static absl::Status CompactIn(Shards& shards, ShardId shard, uint64_t index);
+  static absl::Status SaveTo(ShardMap& shards, absl::Span<const LogUpdate> updates);
+  static absl::Status CompactIn(ShardMap& shards, ShardId shard, uint64_t index);
 
   MemWal* const wal_ = nullptr;
   mutable absl::Mutex mu_;
-  Shards shards_ ABSL_GUARDED_BY(mu_);
+  ShardMap shards_ ABSL_GUARDED_BY(mu_);
   // With a MemWal: the state as of the last synced write plus the unsynced
   // writes the WAL has replayed since; touched only by the WAL's closures
   // (under its lock) and by SimulateCrash.
-  Shards durable_;
+  ShardMap durable_;
 };
 
 }  // namespace tessera::storage

@@ -92,6 +92,10 @@ class RaftLog {
   // The shard's state (defaults for a shard never written to).
   virtual absl::StatusOr<LogState> State(ShardId shard) const = 0;
 
+  // Every shard with raft state (written through Save and not deleted by
+  // DeleteShard), by increasing id: the replicas this node holds.
+  virtual absl::StatusOr<std::vector<ShardId>> Shards() const = 0;
+
   // Entries [lo, hi), stopping before the total ByteSizeLong() of the
   // returned entries exceeds max_bytes, but always at least one if lo < hi.
   // Errors: kOutOfRange if lo < first_index (compacted: send a snapshot

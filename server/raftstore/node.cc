@@ -536,8 +536,25 @@ absl::Status Node::Impl::Init() {
   for (const ShardPlacement& p : options_.shards) {
     TESSERA_RETURN_IF_ERROR(CreateShard(p.shard, p.replicas));
   }
-  std::sort(ordered_.begin(), ordered_.end(),
-            [](const Shard* a, const Shard* b) { return a->id < b->id; });
+  // Replicas added at run time (AddReplica) that a leader's snapshot caught
+  // up: hosted again whatever the placement says, until RemoveReplica
+  // deletes them. A shard whose state never went past a bootstrap (left by
+  // a start with other flags, which the cluster map check then refused) is
+  // not opened; nor is an added replica still waiting for its snapshot
+  // (nothing of it is on disk: it must be added again).
+  TESSERA_ASSIGN_OR_RETURN(std::vector<ShardId> on_disk, log_->Shards());
+  for (ShardId shard : on_disk) {
+    if (shards_.contains(shard)) continue;
+    TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(shard));
+    if (state.snapshot.index() <= 1) continue;
+    TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(shard));
+    if (applied + 1 < state.first_index) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", shard, ": data applied up to ", applied,
+                       " but the raft log is compacted up to ", state.first_index - 1));
+    }
+    TESSERA_RETURN_IF_ERROR(CreateShard(shard, {}));
+  }
   PublishShardCounts();
   PublishStatus(clock_->Now());
   return absl::OkStatus();

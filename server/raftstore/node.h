@@ -98,7 +98,9 @@ struct NodeTestingKnobs {
 struct NodeOptions {
   NodeId id = 0;
   // The shards with a replica on this node. A shard whose raft state is empty
-  // on disk is bootstrapped with `replicas` as its voters.
+  // on disk is bootstrapped with `replicas` as its voters. Replicas added at
+  // run time (AddReplica) whose state on disk is past the bootstrap point
+  // are opened too (README.md "Membership changes").
   std::vector<ShardPlacement> shards;
   absl::Duration tick_interval = absl::Milliseconds(50);
   int election_ticks = 20;  // 1 s with the default tick

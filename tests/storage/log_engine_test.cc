@@ -404,6 +404,7 @@ TEST(LogEngine, ReopenRebuildsExactlyTheSameState) {
       ASSERT_NE(log, nullptr);
     }
     ASSERT_EQ(Fingerprint(*log, shards), Fingerprint(model, shards)) << "step " << step;
+    ASSERT_EQ(*log->Shards(), *model.Shards()) << "step " << step;
   }
   EXPECT_GT(log->SegmentsForTesting().front(), 1u) << "nothing was ever purged";
 }

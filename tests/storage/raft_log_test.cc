@@ -370,6 +370,20 @@ TYPED_TEST(RaftLogTest, DeleteShardForgetsEverything) {
   EXPECT_THAT(this->log().DeleteShard(12345), IsOk());  // unknown shard: fine
 }
 
+TYPED_TEST(RaftLogTest, ShardsListsTheShardsWithState) {
+  EXPECT_THAT(*this->log().Shards(), IsEmpty());
+  ASSERT_THAT(this->Save({Append(9, Range(1, 2, 1)), Snap(3, 10, 2)}), IsOk());
+  raftpb::HardState hs;
+  hs.set_term(1);
+  LogUpdate vote_only;
+  vote_only.shard = 5;
+  vote_only.hard_state = hs;
+  ASSERT_THAT(this->Save({vote_only}), IsOk());
+  EXPECT_THAT(*this->log().Shards(), ElementsAre(3, 5, 9));
+  ASSERT_THAT(this->log().DeleteShard(5), IsOk());
+  EXPECT_THAT(*this->log().Shards(), ElementsAre(3, 9));
+}
+
 TYPED_TEST(RaftLogTest, LargeEntries) {
   const std::string big(4 << 20, '\xAB');
   ASSERT_THAT(this->Save({Append(1, {MakeEntry(1, 1, big), MakeEntry(2, 1, big)})}), IsOk());

@@ -1284,6 +1284,45 @@ TEST(Membership, AReplicaMovesToAnotherNodeThroughRaft) {
   c.net().Heal();
 }
 
+// A replica added at run time is hosted again after a restart (its state is
+// on disk past the bootstrap point), and a removed one is not.
+TEST(Membership, AnAddedReplicaIsBackAfterARestartAndARemovedOneIsNot) {
+  Cluster c({.spare_nodes = 1, .shards = 1, .streamed_snapshots = true});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  ASSERT_THAT(Cluster::Put(c.node(leader), 1, "a", "1"), IsOk());
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(4).AddReplica(1, done); }), IsOk());
+  ASSERT_THAT(
+      Cluster::Call([&](auto done) {
+        c.node(leader).ProposeConfChange(1, Change({{raftpb::CONF_CHANGE_ADD_LEARNER, 4}}), done);
+      }),
+      IsOk());
+  ASSERT_TRUE(c.WaitForValue(4, 1, "a", "1"));
+
+  c.Down(4);
+  ASSERT_THAT(c.Up(4), IsOk());
+  std::optional<ShardStatus> s = c.StatusOf(4, 1);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->learners, std::vector<NodeId>{4});
+  ASSERT_THAT(Cluster::Put(c.node(leader), 1, "b", "2"), IsOk());
+  EXPECT_TRUE(c.WaitForValue(4, 1, "b", "2"));
+
+  ASSERT_THAT(
+      Cluster::Call([&](auto done) {
+        c.node(leader).ProposeConfChange(1, Change({{raftpb::CONF_CHANGE_REMOVE_NODE, 4}}), done);
+      }),
+      IsOk());
+  ASSERT_TRUE(WaitFor([&] {
+    std::optional<ShardStatus> l = c.StatusOf(leader, 1);
+    return l && l->learners.empty();
+  }));
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(4).RemoveReplica(1, done); }), IsOk());
+  c.Down(4);
+  ASSERT_THAT(c.Up(4), IsOk());
+  EXPECT_FALSE(c.StatusOf(4, 1).has_value());
+}
+
 TEST(Membership, RequestsThatCannotBeDoneSayWhy) {
   Cluster c({.spare_nodes = 1, .shards = 1});
   ASSERT_THAT(c.StartAll(), IsOk());
