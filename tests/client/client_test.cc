@@ -380,7 +380,10 @@ TEST(ClientFake, WriteWhoseReplyIsLostIsRetriedAndAppliedOnce) {
   absl::StatusOr<PutResult> put = client->Put("once", "v");
   ASSERT_THAT(put, IsOk());
   EXPECT_EQ(put->version, 1u);
-  EXPECT_EQ(attempts.load(), 3);
+  // Two lost replies, then the answer. On a loaded machine the third
+  // attempt can also outlive its 300 ms and be sent once more (seen on CI:
+  // 4 attempts): it is a retry of the same write, applied once all the same.
+  EXPECT_GE(attempts.load(), 3);
   EXPECT_EQ(cluster.applies("once"), 1);
   ASSERT_THAT(client->Put("once", "w"), IsOk());
   EXPECT_EQ(client->Get("once")->version, 2u);
