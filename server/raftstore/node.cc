@@ -70,10 +70,6 @@ std::vector<NodeId> Members(const raftpb::ConfState& cs) {
   return out;
 }
 
-bool SameIds(const std::vector<NodeId>& a, const google::protobuf::RepeatedField<uint64_t>& b) {
-  return std::equal(a.begin(), a.end(), b.begin(), b.end());
-}
-
 bool IsEmptyLog(const storage::LogState& state) {
   const raftpb::HardState& hs = state.hard_state;
   return hs.term() == 0 && hs.vote() == 0 && hs.commit() == 0 && state.last_index == 0 &&
@@ -251,6 +247,10 @@ class Node::Impl {
     bool touched = false;
     // Woken this cycle: its reads take a heartbeat round, not the lease.
     bool woke_this_cycle = false;
+    // The configuration changed (or the shard's slot in status_ did) since
+    // PublishStatus last copied it: copied only then, since building a
+    // ConfState allocates and PublishStatus visits sleeping shards too.
+    bool conf_dirty = true;
     // Leader: consecutive ticks with nothing to do.
     int idle_ticks = 0;
     // Follower: the leader's sleep notice stepped this cycle (from, term,
@@ -644,6 +644,7 @@ absl::Status Node::Impl::AddShard(ShardId shard) {
   // No bootstrap: the replica learns its configuration and state from the
   // leader's snapshot (raw_node.h: only founders start from index 1).
   TESSERA_RETURN_IF_ERROR(CreateShard(shard, {}));
+  for (Shard* sp : ordered_) sp->conf_dirty = true;  // status_ slots moved
   ABSL_RAW_LOG(INFO, "node %llu: replica of shard %llu added",
                static_cast<unsigned long long>(options_.id),
                static_cast<unsigned long long>(shard));
@@ -674,7 +675,8 @@ absl::Status Node::Impl::RemoveShard(ShardId shard) {
   awake_.erase(shard);
   ordered_.erase(std::find(ordered_.begin(), ordered_.end(), &s));
   if (balance_asked_.has_value() && balance_asked_->first == shard) balance_asked_.reset();
-  shards_.erase(it);  // touched_ and woken_ are empty between cycles
+  shards_.erase(it);                                 // touched_ and woken_ are empty between cycles
+  for (Shard* sp : ordered_) sp->conf_dirty = true;  // status_ slots moved
   PublishShardCounts();
   ABSL_RAW_LOG(INFO, "node %llu: replica of shard %llu removed",
                static_cast<unsigned long long>(options_.id),
@@ -1816,6 +1818,7 @@ absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
         if (cs.ok()) {
           s.storage->ConfChanged(e.index(), *cs);
           s.replicas = Members(*cs);
+          s.conf_dirty = true;
         } else {
           // Every replica refuses it alike (raw_node.h): nothing changes.
           ABSL_RAW_LOG(ERROR, "node %llu shard %llu: conf change at index %llu refused: %s",
@@ -1868,6 +1871,7 @@ bool Node::Impl::CommitStagedSnapshot(Shard& s, const raftpb::Message& m) {
     return false;
   }
   ++s.snapshots_installed;
+  s.conf_dirty = true;  // the snapshot's configuration
   if (options_.metrics != nullptr) options_.metrics->OnSnapshotReceived(s.id);
   return true;
 }
@@ -1914,6 +1918,7 @@ absl::Status Node::Impl::InstallSnapshot(Shard& s, const raftpb::Snapshot& snap)
   SnapshotDataReader reader(snap.data());
   TESSERA_RETURN_IF_ERROR(kv_->InstallSnapshot(s.id, index, reader));
   ++s.snapshots_installed;
+  s.conf_dirty = true;  // the snapshot's configuration
   if (options_.metrics != nullptr) options_.metrics->OnSnapshotReceived(s.id);
   return absl::OkStatus();
 }
@@ -1973,7 +1978,7 @@ void Node::Impl::PublishStatus(absl::Time now) {
   absl::MutexLock lock(&mu_);
   status_.resize(ordered_.size());
   for (size_t i = 0; i < ordered_.size(); ++i) {
-    const Shard& sp = *ordered_[i];
+    Shard& sp = *ordered_[i];
     const raft::RawNode& raw = *sp.raw;
     const bool leader = raw.role() == raft::Role::kLeader;
     ShardStatus& st = status_[i];
@@ -1987,9 +1992,9 @@ void Node::Impl::PublishStatus(absl::Time now) {
     st.snapshots_installed = sp.snapshots_installed;
     st.asleep = sp.asleep;
     st.last_leader_contact = leader ? now : sp.last_leader_contact;
-    const raftpb::ConfState& cs = raw.conf_state();
-    if (!SameIds(st.voters, cs.voters()) || !SameIds(st.voters_outgoing, cs.voters_outgoing()) ||
-        !SameIds(st.learners, cs.learners())) {  // rare: no allocation per cycle
+    if (sp.conf_dirty) {
+      sp.conf_dirty = false;
+      const raftpb::ConfState cs = raw.conf_state();
       st.voters.assign(cs.voters().begin(), cs.voters().end());
       st.voters_outgoing.assign(cs.voters_outgoing().begin(), cs.voters_outgoing().end());
       st.learners.assign(cs.learners().begin(), cs.learners().end());
