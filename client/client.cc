@@ -1251,6 +1251,35 @@ absl::Status Client::Drain(const std::string& address, uint64_t node_id,
   return FromGrpcStatus(node->cluster.Next()->Drain(&context, request, &response));
 }
 
+absl::StatusOr<uint64_t> Client::MoveReplica(const std::string& address, uint32_t shard,
+                                             uint64_t from_node, uint64_t to_node,
+                                             const CallOptions& options) {
+  Core::Node* node = core_->GetNode(address);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
+  v1::MoveReplicaRequest request;
+  request.set_shard(shard);
+  request.set_from_node(from_node);
+  request.set_to_node(to_node);
+  v1::MoveReplicaResponse response;
+  absl::Status s = FromGrpcStatus(node->cluster.Next()->MoveReplica(&context, request, &response));
+  if (!s.ok()) return s;
+  return response.map_version();
+}
+
+absl::StatusOr<uint64_t> Client::AddMember(const std::string& address, const v1::Member& member,
+                                           const CallOptions& options) {
+  Core::Node* node = core_->GetNode(address);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
+  v1::AddMemberRequest request;
+  *request.mutable_member() = member;
+  v1::AddMemberResponse response;
+  absl::Status s = FromGrpcStatus(node->cluster.Next()->AddMember(&context, request, &response));
+  if (!s.ok()) return s;
+  return response.map_version();
+}
+
 ReadCacheStats Client::read_cache_stats() const { return core_->cache().stats(); }
 
 }  // namespace tessera::client

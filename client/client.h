@@ -246,6 +246,18 @@ class Client {
   // Cluster.Drain of member `node_id` at `address` (one attempt): it hands
   // its leaderships away, drains and exits.
   absl::Status Drain(const std::string& address, uint64_t node_id, const CallOptions& options = {});
+  // Cluster.MoveReplica at `address` (one attempt): records a move of
+  // `shard`'s replica from `from_node` to `to_node`; the map version that
+  // holds it. Only the metadata group's leader records (elsewhere
+  // UNAVAILABLE).
+  absl::StatusOr<uint64_t> MoveReplica(const std::string& address, uint32_t shard,
+                                       uint64_t from_node, uint64_t to_node,
+                                       const CallOptions& options = {});
+  // Cluster.AddMember at `address` (one attempt): adds `member` to the
+  // cluster map; the map version that holds it. Only the metadata group's
+  // leader records (elsewhere UNAVAILABLE).
+  absl::StatusOr<uint64_t> AddMember(const std::string& address, const v1::Member& member,
+                                     const CallOptions& options = {});
   // Cluster.NodeStatus of the member at `address` (one attempt).
   absl::StatusOr<v1::NodeStatusResponse> NodeStatus(const std::string& address,
                                                     const CallOptions& options = {});

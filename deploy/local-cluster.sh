@@ -20,9 +20,13 @@
 #              the cluster is ready and the node leads shards again; clients
 #              see no errors.
 #   logs N     print node N's log (logs N -f follows it).
+#   add        add a node (the next number): `tessera cluster add-node`, then
+#              start it with --join; the scheduler moves replicas to it until
+#              every node holds within one of the mean.
 #
 # State lives in $TESSERA_CLUSTER_DIR (default ./.tessera): cluster.env (the
-# node count and shard count chosen by `up`), certs/ (the peer port's cluster
+# founding node count and shard count chosen by `up`, the node count `add`
+# grew it to), certs/ (the peer port's cluster
 # CA and node-N certificates, made by deploy/gen-certs.sh), nodeN/data, nodeN/log,
 # nodeN/pid, prometheus/{prometheus.yml,data,log,pid}. TESSERA_SKIP_BUILD=1
 # skips deps and build; TESSERA_BIN_DIR picks another build's server binaries
@@ -42,19 +46,29 @@ metrics_port() { echo $((base + 2200 + $1)); }
 
 usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 
-load_config() {  # sets nodes/shards from cluster.env (or defaults)
+load_config() {  # sets founders/nodes/shards from cluster.env (or defaults)
   nodes=3
   shards=16
+  founders=""
   if [[ -f $dir/cluster.env ]]; then
     # shellcheck disable=SC1091
     source "$dir/cluster.env"
   fi
-  cluster=""
+  founders=${founders:-$nodes}
+  cluster=""  # the founders: --initial-cluster
+  join=""     # their client ports: --join of the nodes added later
   endpoints=""
   for ((n = 1; n <= nodes; n++)); do
-    cluster+="${cluster:+,}$n=127.0.0.1:$((base + n))/127.0.0.1:$((base + 100 + n))"
+    if ((n <= founders)); then
+      cluster+="${cluster:+,}$n=127.0.0.1:$((base + n))/127.0.0.1:$((base + 100 + n))"
+      join+="${join:+,}127.0.0.1:$((base + n))"
+    fi
     endpoints+="${endpoints:+,}127.0.0.1:$((base + n))"
   done
+}
+
+save_config() {
+  printf 'founders=%s\nnodes=%s\nshards=%s\n' "$founders" "$nodes" "$shards" >"$dir/cluster.env"
 }
 
 pid_of() {  # prints the pid of node $1 if it is running
@@ -77,8 +91,12 @@ start_node() {
   fi
   # Peer mutual TLS: a cluster CA and one certificate per member, made once.
   deploy/gen-certs.sh "$dir/certs" $(seq 1 "$nodes")
+  # Founders bootstrap from --initial-cluster; nodes added later fetch the
+  # cluster map from the founders.
+  local membership=(--initial-cluster="$cluster" --shards="$shards")
+  ((n <= founders)) || membership=(--join="$join")
   "$bin/tessera-server" --node-id="$n" --data-dir="$dir/node$n/data" \
-    --initial-cluster="$cluster" --shards="$shards" --port-file="$dir/node$n/ports" \
+    "${membership[@]}" --port-file="$dir/node$n/ports" \
     --peer-cert="$dir/certs/node-$n.crt" --peer-key="$dir/certs/node-$n.key" \
     --peer-ca="$dir/certs/ca.crt" \
     --metrics-listen="127.0.0.1:$(metrics_port "$n")" \
@@ -179,7 +197,7 @@ shift
 load_config
 case "$cmd" in
   up)
-    want_nodes=$nodes
+    want_nodes=$founders
     want_shards=$shards
     with_prometheus=""
     while [[ $# -gt 0 ]]; do
@@ -193,14 +211,15 @@ case "$cmd" in
     [[ $want_nodes == 3 || $want_nodes == 5 ]] || { echo "local-cluster: --nodes must be 3 or 5" >&2; exit 2; }
     [[ $want_shards =~ ^[0-9]+$ ]] && ((want_shards >= 1 && want_shards <= 4096)) ||
       { echo "local-cluster: --shards must be 1..4096" >&2; exit 2; }
-    if [[ -f $dir/cluster.env ]] && [[ $want_nodes != "$nodes" || $want_shards != "$shards" ]]; then
-      echo "local-cluster: $dir holds a cluster of $nodes nodes and $shards shards;" \
+    if [[ -f $dir/cluster.env ]] && [[ $want_nodes != "$founders" || $want_shards != "$shards" ]]; then
+      echo "local-cluster: $dir holds a cluster of $founders nodes and $shards shards;" \
         "run 'down' and remove $dir to create a different one" >&2
       exit 2
     fi
     running=0
-    for ((n = 1; n <= want_nodes; n++)); do pid_of "$n" >/dev/null && running=$((running + 1)); done
-    if [[ $running -eq $want_nodes ]]; then
+    [[ -f $dir/cluster.env ]] || nodes=$want_nodes
+    for ((n = 1; n <= nodes; n++)); do pid_of "$n" >/dev/null && running=$((running + 1)); done
+    if [[ $running -eq $nodes ]]; then
       echo "local-cluster: already running"
       [[ -z $with_prometheus ]] || start_prometheus
       exec "$0" status
@@ -211,7 +230,10 @@ case "$cmd" in
       cmake --build --preset release -j "$(nproc)"
     fi
     mkdir -p "$dir"
-    printf 'nodes=%s\nshards=%s\n' "$want_nodes" "$want_shards" >"$dir/cluster.env"
+    if [[ ! -f $dir/cluster.env ]]; then
+      founders=$want_nodes nodes=$want_nodes shards=$want_shards
+      save_config
+    fi
     load_config
     for ((n = 1; n <= nodes; n++)); do start_node "$n"; done
     wait_ready
@@ -284,6 +306,19 @@ case "$cmd" in
     else
       echo "node $1 not running"
     fi
+    ;;
+  add)
+    n=$((nodes + 1))
+    [[ -x $cli ]] || { echo "local-cluster: $cli is not built" >&2; exit 1; }
+    "$cli" --endpoints="$endpoints" cluster add-node "$n" "127.0.0.1:$((base + n))" \
+      "127.0.0.1:$((base + 100 + n))"
+    nodes=$n
+    save_config
+    load_config
+    start_node "$n"
+    wait_ready
+    echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  log $dir/node$n/log"
+    echo "replicas move to it now; watch: $cli --endpoints=$endpoints cluster status"
     ;;
   logs)
     node_arg "${1:-}" logs

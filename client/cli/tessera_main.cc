@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <map>
@@ -59,6 +60,13 @@ commands:
   cluster status           members, shards, leaders, epochs, per-replica lag
   cluster drain NODE       node NODE hands its leaderships away, drains and exits
                            (as on SIGTERM; e.g. before maintenance)
+  cluster add-node ID CLIENT_HOST:PORT PEER_HOST:PORT
+                           add member ID to the cluster map; then start it with
+                           tessera-server --node-id=ID --join=<a member's client address>;
+                           replicas move to it until the members are even
+  cluster move-replica SHARD FROM TO
+                           move SHARD's replica from node FROM to node TO through raft
+                           (recorded at once; `cluster status` shows it until done)
 
 transaction syntax: statements separated by newlines or ';', tokens by spaces;
 "double quotes" allow spaces, ';' and \" \\ \n \t \xHH escapes. All keys must map to
@@ -384,6 +392,58 @@ int ClusterDrain(Client& client, uint64_t node_id, const CallOptions& call) {
               absl::NotFoundError(absl::StrCat("node ", node_id, " is not a member")));
 }
 
+// Asks each member in turn until the metadata group's leader records the
+// change (the others answer UNAVAILABLE); `ask` makes one attempt at a
+// member's client address and returns the map version that records it.
+int AskMetaLeader(Client& client, const char* what, const CallOptions& call,
+                  const std::function<absl::StatusOr<uint64_t>(const std::string&)>& ask,
+                  const std::function<void(uint64_t)>& report) {
+  absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(call);
+  if (!map.ok()) return Fail(what, map.status());
+  absl::Status last = absl::UnavailableError("no member answered");
+  for (const v1::Member& m : map->members()) {
+    absl::StatusOr<uint64_t> version = ask(m.client_address());
+    if (version.ok()) {
+      report(*version);
+      return kExitOk;
+    }
+    last = version.status();
+    if (last.code() != absl::StatusCode::kUnavailable) break;
+  }
+  return Fail(what, last);
+}
+
+// `cluster move-replica SHARD FROM TO`.
+int ClusterMoveReplica(Client& client, uint32_t shard, uint64_t from, uint64_t to,
+                       const CallOptions& call) {
+  return AskMetaLeader(
+      client, "cluster move-replica", call,
+      [&](const std::string& address) {
+        return client.MoveReplica(address, shard, from, to, call);
+      },
+      [&](uint64_t version) {
+        std::printf(
+            "move of shard %u from node %llu to node %llu recorded (cluster map version %llu); "
+            "`tessera cluster status` shows it until done\n",
+            shard, static_cast<unsigned long long>(from), static_cast<unsigned long long>(to),
+            static_cast<unsigned long long>(version));
+      });
+}
+
+// `cluster add-node ID CLIENT PEER`.
+int ClusterAddNode(Client& client, const v1::Member& member, const CallOptions& call) {
+  return AskMetaLeader(
+      client, "cluster add-node", call,
+      [&](const std::string& address) { return client.AddMember(address, member, call); },
+      [&](uint64_t version) {
+        std::printf(
+            "node %llu added (cluster map version %llu); start it with tessera-server "
+            "--node-id=%llu --join=<a member's client address>\n",
+            static_cast<unsigned long long>(member.id()), static_cast<unsigned long long>(version),
+            static_cast<unsigned long long>(member.id()));
+      });
+}
+
 int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
   absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(call);
   if (!map.ok()) return Fail("cluster status", map.status());
@@ -462,7 +522,12 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
         absl::StrAppend(&out, "}");
         first_replica = false;
       }
-      absl::StrAppend(&out, "]}");
+      absl::StrAppend(&out, "]");
+      if (info.move_to() != 0) {
+        absl::StrAppend(&out, ",\"moving\":{\"from\":", info.move_from(),
+                        ",\"to\":", info.move_to(), "}");
+      }
+      absl::StrAppend(&out, "}");
       first = false;
     }
     absl::StrAppend(&out, "]}\n");
@@ -504,6 +569,14 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
                         st.applied_index());
         const uint64_t lag = commit > st.applied_index() ? commit - st.applied_index() : 0;
         if (lag > 0) absl::StrAppend(&line, " (lag ", lag, ")");
+      }
+      if (info.move_to() != 0) {
+        absl::StrAppend(&line, "  moving ", info.move_from(), " -> ", info.move_to());
+        auto it = per.find(info.move_to());
+        if (it != per.end()) {
+          absl::StrAppend(&line, " (", info.move_to(), ": ", it->second.applied_index(), "/",
+                          commit, " applied)");
+        }
       }
       std::printf("%s\n", line.c_str());
     }
@@ -561,7 +634,18 @@ int Run(int argc, char** argv) {
     const bool status = n == 1 && pos[1] == "status";
     const bool drain =
         n == 2 && pos[1] == "drain" && absl::SimpleAtoi(pos[2], &node_id) && node_id != 0;
-    if (!status && !drain) return usage("cluster status | cluster drain NODE");
+    uint32_t shard = 0;
+    uint64_t to = 0;
+    const bool move = n == 4 && pos[1] == "move-replica" && absl::SimpleAtoi(pos[2], &shard) &&
+                      absl::SimpleAtoi(pos[3], &node_id) && absl::SimpleAtoi(pos[4], &to) &&
+                      node_id != 0 && to != 0;
+    const bool add =
+        n == 4 && pos[1] == "add-node" && absl::SimpleAtoi(pos[2], &node_id) && node_id != 0;
+    if (!status && !drain && !move && !add) {
+      return usage(
+          "cluster status | cluster drain NODE | cluster move-replica SHARD FROM TO | cluster "
+          "add-node ID CLIENT_HOST:PORT PEER_HOST:PORT");
+    }
   } else {
     return usage(absl::StrCat("unknown command '", cmd, "'"));
   }
@@ -709,6 +793,23 @@ int Run(int argc, char** argv) {
     uint64_t node_id = 0;
     (void)absl::SimpleAtoi(pos[2], &node_id);  // validated above
     return ClusterDrain(client, node_id, call);
+  }
+  if (pos[1] == "move-replica") {
+    uint32_t shard = 0;
+    uint64_t from = 0, to = 0;
+    (void)absl::SimpleAtoi(pos[2], &shard);  // validated above
+    (void)absl::SimpleAtoi(pos[3], &from);
+    (void)absl::SimpleAtoi(pos[4], &to);
+    return ClusterMoveReplica(client, shard, from, to, call);
+  }
+  if (pos[1] == "add-node") {
+    v1::Member member;
+    uint64_t id = 0;
+    (void)absl::SimpleAtoi(pos[2], &id);  // validated above
+    member.set_id(id);
+    member.set_client_address(pos[3]);
+    member.set_peer_address(pos[4]);
+    return ClusterAddNode(client, member, call);
   }
   return ClusterStatus(client, args, call);
 }

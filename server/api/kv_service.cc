@@ -724,6 +724,40 @@ grpc::ServerUnaryReactor* ClusterService::Drain(grpc::CallbackServerContext* con
   return reactor;
 }
 
+grpc::ServerUnaryReactor* ClusterService::MoveReplica(grpc::CallbackServerContext* context,
+                                                      const v1::MoveReplicaRequest* request,
+                                                      v1::MoveReplicaResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!move_) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server cannot move replicas"));
+    return reactor;
+  }
+  // Blocks this callback thread for at most the metadata group's proposal
+  // deadline: an operator's call, not a hot path.
+  absl::StatusOr<uint64_t> version =
+      move_(request->shard(), request->from_node(), request->to_node());
+  if (version.ok()) response->set_map_version(*version);
+  reactor->Finish(ToGrpcStatus(version.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ClusterService::AddMember(grpc::CallbackServerContext* context,
+                                                    const v1::AddMemberRequest* request,
+                                                    v1::AddMemberResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!add_member_) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server cannot add members"));
+    return reactor;
+  }
+  // Blocks as MoveReplica does.
+  absl::StatusOr<uint64_t> version = add_member_(request->member());
+  if (version.ok()) response->set_map_version(*version);
+  reactor->Finish(ToGrpcStatus(version.status()));
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext* context,
                                                      const v1::NodeStatusRequest* /*request*/,
                                                      v1::NodeStatusResponse* response) {
@@ -752,6 +786,9 @@ grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext
     out->set_applied_index(s.applied_index);
     out->set_last_index(s.last_index);
     out->set_snapshots_installed(s.snapshots_installed);
+    for (NodeId id : s.voters) out->add_voters(id);
+    for (NodeId id : s.voters_outgoing) out->add_voters_outgoing(id);
+    for (NodeId id : s.learners) out->add_learners(id);
   }
   if (stored_map_ != nullptr) {
     if (std::optional<v1::ClusterMap> stored = stored_map_()) {

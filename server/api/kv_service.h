@@ -302,14 +302,31 @@ class ClusterService final : public v1::Cluster::CallbackService {
   grpc::ServerUnaryReactor* Drain(grpc::CallbackServerContext* context,
                                   const v1::DrainRequest* request,
                                   v1::DrainResponse* response) override;
+  grpc::ServerUnaryReactor* MoveReplica(grpc::CallbackServerContext* context,
+                                        const v1::MoveReplicaRequest* request,
+                                        v1::MoveReplicaResponse* response) override;
+  grpc::ServerUnaryReactor* AddMember(grpc::CallbackServerContext* context,
+                                      const v1::AddMemberRequest* request,
+                                      v1::AddMemberResponse* response) override;
 
   // What Drain starts (tessera-server: the SIGTERM path). Unset: Drain is
   // UNIMPLEMENTED. Call before serving.
   void SetDrainHandler(std::function<void()> drain) { drain_ = std::move(drain); }
+  // Records a replica move (shard, from, to) and returns the map version
+  // that holds it, or the error to answer. Unset: MoveReplica is
+  // UNIMPLEMENTED. Call before serving.
+  using MoveHandler = std::function<absl::StatusOr<uint64_t>(ShardId, NodeId, NodeId)>;
+  void SetMoveHandler(MoveHandler move) { move_ = std::move(move); }
+  // Adds a member to the map and returns the map version that holds it, or
+  // the error to answer. Unset: AddMember is UNIMPLEMENTED.
+  using AddMemberHandler = std::function<absl::StatusOr<uint64_t>(const v1::Member&)>;
+  void SetAddMemberHandler(AddMemberHandler add) { add_member_ = std::move(add); }
 
  private:
   const NodeId self_;
   std::function<void()> drain_;
+  MoveHandler move_;
+  AddMemberHandler add_member_;
   std::unique_ptr<ClusterMapCache> owned_maps_;
   const ClusterMapCache* const maps_;
   KvBackend* const backend_;

@@ -41,11 +41,15 @@ uint64_t PlacementWeight(ShardId shard, NodeId member) {
   return XXH3_64bits(bytes, sizeof(bytes));
 }
 
-uint64_t ClusterMap::cluster_id() const {
+namespace {
+
+uint64_t ComputeClusterId(const std::vector<MemberInfo>& members) {
   std::string text = "tessera-cluster-v1;";
-  for (const MemberInfo& m : members_) absl::StrAppend(&text, m.id, "=", m.peer_address, ";");
+  for (const MemberInfo& m : members) absl::StrAppend(&text, m.id, "=", m.peer_address, ";");
   return XXH3_64bits(text.data(), text.size());
 }
+
+}  // namespace
 
 absl::Status ValidateHostPort(absl::string_view address) {
   size_t colon = address.rfind(':');
@@ -157,9 +161,34 @@ absl::StatusOr<ClusterMap> ClusterMap::Create(std::vector<MemberInfo> members, u
   for (size_t r = 0; r < std::min<size_t>(kMetaReplication, weights.size()); ++r) {
     map.meta_replicas_.push_back(weights[r].second);
   }
+  map.cluster_id_ = ComputeClusterId(members);
   map.members_ = std::move(members);
   return map;
 }
+
+namespace {
+
+// Checks a list of member ids of a map: each a member, none twice (also
+// across `others`). `what` names the list in the error.
+absl::Status CheckIds(const ClusterMap& map, const std::vector<NodeId>& ids,
+                      const std::vector<NodeId>& others, absl::string_view what) {
+  absl::flat_hash_set<NodeId> seen(others.begin(), others.end());
+  for (NodeId id : ids) {
+    if (map.FindMember(id) == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " names ", id, ", not a member"));
+    }
+    if (!seen.insert(id).second) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " lists member ", id, " twice"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<NodeId> Ids(const google::protobuf::RepeatedField<uint64_t>& ids) {
+  return std::vector<NodeId>(ids.begin(), ids.end());
+}
+
+}  // namespace
 
 absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
   std::vector<MemberInfo> members;
@@ -170,27 +199,124 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
       Create(std::move(members), proto.num_shards(), proto.replication());
   if (!map.ok()) return map.status();
   map->version_ = std::max<uint64_t>(proto.version(), 1);
-  for (const v1::ShardInfo& s : proto.shards()) {
-    if (s.id() >= map->shards_.size()) break;  // the comparison below refuses it
-    map->shards_[s.id()].conf_version = std::max<uint64_t>(s.conf_version(), 1);
-    map->shards_[s.id()].range_version = std::max<uint64_t>(s.range_version(), 1);
+  if (map->version_ == 1) {
+    // The bootstrap map: exactly what this build computes from the flags.
+    for (const v1::ShardInfo& s : proto.shards()) {
+      if (s.id() >= map->shards_.size()) break;  // the comparison below refuses it
+      map->shards_[s.id()].conf_version = std::max<uint64_t>(s.conf_version(), 1);
+      map->shards_[s.id()].range_version = std::max<uint64_t>(s.range_version(), 1);
+    }
+    v1::ClusterMap plain = proto;
+    plain.DiscardUnknownFields();
+    plain.set_version(map->version_);
+    if (plain.meta_replicas().empty()) {
+      for (NodeId id : map->meta_replicas_) plain.add_meta_replicas(id);
+    }
+    if (plain.cluster_id() == 0) plain.set_cluster_id(map->cluster_id_);
+    for (v1::ShardInfo& s : *plain.mutable_shards()) {
+      s.clear_leader();
+      s.clear_term();
+      s.set_conf_version(std::max<uint64_t>(s.conf_version(), 1));
+      s.set_range_version(std::max<uint64_t>(s.range_version(), 1));
+    }
+    if (map->ToProto().SerializeAsString() != plain.SerializeAsString()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cluster map of epoch ", proto.epoch(),
+                       " does not match the placement this build computes for its members (epoch ",
+                       map->epoch(), ")"));
+    }
+    return map;
   }
-  v1::ClusterMap plain = proto;
-  plain.DiscardUnknownFields();
-  plain.set_version(map->version_);
-  for (v1::ShardInfo& s : *plain.mutable_shards()) {
-    s.clear_leader();
-    s.clear_term();
-    s.set_conf_version(std::max<uint64_t>(s.conf_version(), 1));
-    s.set_range_version(std::max<uint64_t>(s.range_version(), 1));
-  }
-  if (map->ToProto().SerializeAsString() != plain.SerializeAsString()) {
+  // A later map is a record of changes: Create()'s ranges and epoch,
+  // recorded replicas, the bootstrap members' cluster id.
+  if (proto.cluster_id() != 0) map->cluster_id_ = proto.cluster_id();
+  if (proto.epoch() != map->epoch_) {
     return absl::FailedPreconditionError(
-        absl::StrCat("cluster map of epoch ", proto.epoch(),
-                     " does not match the placement this build computes for its members (epoch ",
-                     map->epoch(), ")"));
+        absl::StrCat("cluster map version ", map->version_, " has epoch ", proto.epoch(),
+                     ", but this build computes epoch ", map->epoch_, " for its members"));
+  }
+  if (proto.shards_size() != static_cast<int>(map->shards_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster map has ", proto.shards_size(),
+                                                   " shards, num_shards=", map->num_shards_));
+  }
+  for (int i = 0; i < proto.shards_size(); ++i) {
+    const v1::ShardInfo& s = proto.shards(i);
+    ShardLayout& layout = map->shards_[i];
+    if (s.id() != static_cast<uint32_t>(i) || s.hash_start() != layout.hash_start ||
+        s.hash_end() != layout.hash_end) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cluster map: shard ", i, " is not the hash range this build computes"));
+    }
+    layout.replicas = Ids(s.replicas());
+    layout.learners = Ids(s.learners());
+    if (layout.replicas.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("cluster map: shard ", i, " has no voter"));
+    }
+    absl::Status ids = CheckIds(*map, layout.replicas, {}, absl::StrCat("shard ", i));
+    if (ids.ok()) ids = CheckIds(*map, layout.learners, layout.replicas, absl::StrCat("shard ", i));
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("cluster map: ", ids.message()));
+    layout.conf_version = std::max<uint64_t>(s.conf_version(), 1);
+    layout.range_version = std::max<uint64_t>(s.range_version(), 1);
+    layout.move_from = s.move_from();
+    layout.move_to = s.move_to();
+  }
+  if (!proto.meta_replicas().empty()) {
+    std::vector<NodeId> meta = Ids(proto.meta_replicas());
+    absl::Status ids = CheckIds(*map, meta, {}, "the metadata group");
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("cluster map: ", ids.message()));
+    map->meta_replicas_ = std::move(meta);
   }
   return map;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::WithShardReplicas(ShardId shard, std::vector<NodeId> voters,
+                                                         std::vector<NodeId> learners,
+                                                         NodeId move_from, NodeId move_to) const {
+  if (shard >= shards_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
+  }
+  if (voters.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("shard ", shard, " would have no voter"));
+  }
+  absl::Status ids = CheckIds(*this, voters, {}, absl::StrCat("shard ", shard));
+  if (ids.ok()) ids = CheckIds(*this, learners, voters, absl::StrCat("shard ", shard));
+  if (!ids.ok()) return ids;
+  ClusterMap next = *this;
+  ++next.version_;
+  ShardLayout& layout = next.shards_[shard];
+  layout.replicas = std::move(voters);
+  layout.learners = std::move(learners);
+  ++layout.conf_version;
+  layout.move_from = move_from;
+  layout.move_to = move_to;
+  return next;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::WithMember(MemberInfo member) const {
+  std::vector<MemberInfo> members = members_;
+  members.push_back(std::move(member));
+  // Create() validates the member list as at bootstrap.
+  absl::StatusOr<ClusterMap> checked = Create(members, num_shards_, replication_);
+  if (!checked.ok()) return checked.status();
+  ClusterMap next = *this;
+  ++next.version_;
+  next.members_ = checked->members_;
+  next.epoch_ = checked->epoch_;
+  return next;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::WithoutMember(NodeId id) const {
+  if (FindMember(id) == nullptr) return absl::NotFoundError(absl::StrCat("no member ", id));
+  if (!ReplicasOn(id).empty() || HostsMeta(id)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("member ", id, " still holds replicas; move them off first"));
+  }
+  ClusterMap next = *this;
+  ++next.version_;
+  next.members_.erase(std::find_if(next.members_.begin(), next.members_.end(),
+                                   [id](const MemberInfo& m) { return m.id == id; }));
+  next.epoch_ = ComputeEpoch(next.members_, num_shards_, replication_);
+  return next;
 }
 
 bool ClusterMap::HostsMeta(NodeId node) const {
@@ -224,6 +350,17 @@ std::vector<ShardId> ClusterMap::ShardsOf(NodeId node) const {
   return result;
 }
 
+std::vector<ShardId> ClusterMap::ReplicasOn(NodeId node) const {
+  std::vector<ShardId> result;
+  for (const ShardLayout& shard : shards_) {
+    if (Hosts(node, shard.id) ||
+        std::find(shard.learners.begin(), shard.learners.end(), node) != shard.learners.end()) {
+      result.push_back(shard.id);
+    }
+  }
+  return result;
+}
+
 v1::ClusterMap ClusterMap::ToProto() const {
   v1::ClusterMap proto;
   proto.set_epoch(epoch_);
@@ -244,7 +381,12 @@ v1::ClusterMap ClusterMap::ToProto() const {
     for (NodeId r : s.replicas) shard->add_replicas(r);
     shard->set_conf_version(s.conf_version);
     shard->set_range_version(s.range_version);
+    for (NodeId l : s.learners) shard->add_learners(l);
+    shard->set_move_from(s.move_from);
+    shard->set_move_to(s.move_to);
   }
+  for (NodeId id : meta_replicas_) proto.add_meta_replicas(id);
+  proto.set_cluster_id(cluster_id_);
   return proto;
 }
 

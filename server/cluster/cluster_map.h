@@ -38,7 +38,10 @@
 // (its replica set) and a range_version (its hash range), also 1 at first
 // (TiKV's region epoch). Nodes and clients only move forward to a map of a
 // higher version; a request routed by an older map is refused only when
-// its shard's range_version differs (v1::RequestHeader).
+// its shard's range_version differs (v1::RequestHeader). After version 1
+// the map is a record, not a computation: replica moves and new members
+// change it (WithShardReplicas, WithMember), and the placement rule only
+// says where new replicas should go.
 //
 // Metadata group: the replicated copy of the map lives in a small raft group,
 // shard kMetaShard (outside the uint32 range of client shards, so no client
@@ -75,9 +78,13 @@ struct ShardLayout {
   ShardId id = 0;
   uint64_t hash_start = 0;       // inclusive
   uint64_t hash_end = 0;         // inclusive
-  std::vector<NodeId> replicas;  // by decreasing placement weight
-  uint64_t conf_version = 1;     // grows when `replicas` changes
+  std::vector<NodeId> replicas;  // voters; by decreasing placement weight at bootstrap
+  std::vector<NodeId> learners;  // non-voting replicas catching up in a move
+  uint64_t conf_version = 1;     // grows when `replicas` or `learners` change
   uint64_t range_version = 1;    // grows when the hash range changes
+  // A replica move in progress: the replica on move_from goes to move_to.
+  NodeId move_from = 0;
+  NodeId move_to = 0;
 };
 
 inline constexpr uint32_t kDefaultNumShards = 16;
@@ -105,22 +112,40 @@ class ClusterMap {
                                           uint32_t replication);
 
   // Rebuilds a map from its wire form (leader hints and fields this build
-  // does not know ignored; versions of 0 read as 1) and checks that it is
+  // does not know ignored; versions of 0 read as 1). A version 1 map must be
   // what Create() makes of its members, shard count and replication (same
-  // placement, same epoch). Errors: kInvalidArgument as Create();
-  // kFailedPrecondition when the proto's placement or epoch is not the one
-  // this build computes (another placement rule).
+  // placement, same epoch); a later one must have Create()'s hash ranges and
+  // epoch, and every shard voters (at least one) and learners that are
+  // distinct members. Errors: kInvalidArgument as Create() or a malformed
+  // shard; kFailedPrecondition when the proto's placement, ranges or epoch
+  // are not the ones this build computes (another placement rule).
   static absl::StatusOr<ClusterMap> FromProto(const v1::ClusterMap& proto);
+
+  // Changes: each returns the next map (version + 1); this one is unchanged.
+  //
+  // `shard`'s voters and learners become the given ones (conf_version + 1)
+  // and its move is set (0, 0 = none). Errors: kInvalidArgument (unknown
+  // shard or member, no voter, a member listed twice).
+  absl::StatusOr<ClusterMap> WithShardReplicas(ShardId shard, std::vector<NodeId> voters,
+                                               std::vector<NodeId> learners, NodeId move_from,
+                                               NodeId move_to) const;
+  // Adds a member (it holds nothing until replicas move to it). Errors:
+  // kInvalidArgument (id or address taken, malformed), as Create().
+  absl::StatusOr<ClusterMap> WithMember(MemberInfo member) const;
+  // Removes a member that holds no replica (of a shard or the metadata
+  // group). Errors: kNotFound, kFailedPrecondition (it still holds some).
+  absl::StatusOr<ClusterMap> WithoutMember(NodeId id) const;
 
   // The --initial-cluster members alone. Errors: kInvalidArgument.
   static absl::StatusOr<std::vector<MemberInfo>> ParseMembers(absl::string_view initial_cluster);
 
   uint64_t epoch() const { return epoch_; }
   uint64_t version() const { return version_; }
-  // Names the cluster by its members alone (ids and peer addresses; not the
-  // shard count, which the metadata group checks): what a data directory
-  // records as the cluster it belongs to (security/data_dir_identity.h).
-  uint64_t cluster_id() const;
+  // Names the cluster by the members it was bootstrapped with (ids and peer
+  // addresses; not the shard count, which the metadata group checks), kept
+  // as members come and go: what a data directory records as the cluster
+  // it belongs to (security/data_dir_identity.h).
+  uint64_t cluster_id() const { return cluster_id_; }
   uint32_t num_shards() const { return num_shards_; }
   uint32_t replication() const { return replication_; }
   // By increasing id.
@@ -135,10 +160,14 @@ class ClusterMap {
 
   // The member with `id`, or nullptr. The pointer lives as long as the map.
   const MemberInfo* FindMember(NodeId id) const;
-  // Whether `node` holds a replica of `shard` (false for an unknown shard).
+  // Whether `node` holds a voting replica of `shard` (false for an unknown
+  // shard).
   bool Hosts(NodeId node, ShardId shard) const;
-  // The shards `node` holds a replica of, by increasing id.
+  // The shards `node` holds a voting replica of, by increasing id.
   std::vector<ShardId> ShardsOf(NodeId node) const;
+  // The shards `node` holds any replica of (voter or learner), by
+  // increasing id: what it should host.
+  std::vector<ShardId> ReplicasOn(NodeId node) const;
 
   // The wire form, without leader hints (ShardInfo.leader/term = 0).
   v1::ClusterMap ToProto() const;
@@ -148,6 +177,7 @@ class ClusterMap {
 
   uint64_t epoch_ = 0;
   uint64_t version_ = 1;
+  uint64_t cluster_id_ = 0;
   uint32_t num_shards_ = 0;
   uint32_t replication_ = 0;
   std::vector<MemberInfo> members_;

@@ -7,23 +7,31 @@
 // serialized v1::ClusterMap under the single key kMetaMapKey. A background
 // thread, every poll_interval:
 //  1. reads the stored value: on a node with a metadata replica, from the
-//     local replica's applied state (KvBackend::Get, no read barrier: the
-//     value is written once and never changed, so a lagging replica sees
-//     either nothing yet or the final value); on other nodes through
-//     `remote` (main.cc asks the metadata members' Cluster.NodeStatus);
+//     local replica's applied state (KvBackend::Get, no read barrier: a
+//     lagging replica sees an older version, which the next polls replace;
+//     nothing goes back since the cache only moves forward); on other nodes
+//     through `remote` (server.cc asks the metadata members'
+//     Cluster.NodeStatus);
 //  2. when nothing is stored and the local metadata replica leads its group,
 //     bootstraps it: proposes a Txn "if kMetaMapKey does not exist, put the
 //     map computed from the flags". The compare makes it idempotent: of two
 //     leaders in a row (or two nodes with different flags) only the first
 //     write lands, the others' Txns fail their compare and change nothing;
-//  3. when a new stored value appears, checks it against the map computed
-//     from the flags (`expected`): equal → publishes it in the cache (the
-//     KV and Cluster services serve from the cache); different, or not a
-//     valid map → calls `on_conflict` once with kFailedPrecondition (or
-//     kDataLoss) and stops polling; the cache is left as it was (the node
-//     should refuse to serve: tessera-server exits 2).
+//  3. when a new stored value appears, checks it (Check()): the bootstrap
+//     map (version 1) must equal the map computed from the flags
+//     (`expected`); a later version rules over the flags, which only
+//     bootstrap (a node started with stale flags serves by it), but must
+//     still name this node as a member. Accepted → handed to `on_map`,
+//     then published in the cache (the KV and Cluster services serve from
+//     the cache); refused, or not a valid map → calls `on_conflict` once with
+//     kFailedPrecondition (or kDataLoss) and stops polling; the cache is
+//     left as it was (the node should refuse to serve: tessera-server
+//     exits 2).
 // Until step 3 succeeds the cache stays empty and the services answer
 // UNAVAILABLE ("not loaded yet").
+//
+// Changes to the stored map (replica moves, members) go through Change(),
+// a compare-and-swap on the stored bytes proposed to the metadata group.
 //
 // Thread-safety: thread-safe; the callbacks run on the MetaGroup's thread
 // and must not call Stop(). Lifetime: `backend` and `cache` are not owned
@@ -64,12 +72,19 @@ class MetaGroup {
   using RemoteReader = std::function<absl::StatusOr<std::optional<std::string>>()>;
   using ConflictHandler = std::function<void(const absl::Status&)>;
   using Logger = std::function<void(const std::string&)>;
+  // Told of each map accepted, in version order, before the cache serves
+  // by it (it may block briefly, e.g. to create the replicas it lists),
+  // and of the current one again every 10 polls.
+  using MapHandler = std::function<void(std::shared_ptr<const ClusterMap>)>;
+  // Computes the next map from the stored one.
+  using Mutation = std::function<absl::StatusOr<ClusterMap>(const ClusterMap& current)>;
 
   // Starts the polling thread. `backend` serves kMetaShard (this node holds
   // a metadata replica) or is nullptr (then `remote` is used). `log` gets
   // one line per noteworthy event (bootstrap proposed, map loaded).
   MetaGroup(const MetaGroupOptions& options, ClusterMap expected, KvBackend* backend,
-            RemoteReader remote, ClusterMapCache* cache, ConflictHandler on_conflict, Logger log);
+            RemoteReader remote, ClusterMapCache* cache, ConflictHandler on_conflict, Logger log,
+            MapHandler on_map = nullptr);
   ~MetaGroup();  // Stop()s.
   MetaGroup(const MetaGroup&) = delete;
   MetaGroup& operator=(const MetaGroup&) = delete;
@@ -81,10 +96,22 @@ class MetaGroup {
   // replica here, or unreadable). Thread-safe.
   static std::optional<v1::ClusterMap> ReadLocal(const KvBackend& backend);
 
-  // Checks a stored value against `expected`: the map to serve by, or
-  // kFailedPrecondition (a different map: the message says both), kDataLoss
-  // (not a map), or FromProto's errors.
-  static absl::StatusOr<ClusterMap> Check(const ClusterMap& expected, const std::string& stored);
+  // Checks a stored value for node `self` whose flags give `expected`: the
+  // map to serve by, or kFailedPrecondition (a bootstrap map different from
+  // `expected`, the message says both; a later map without `self`),
+  // kDataLoss (not a map), or FromProto's errors.
+  static absl::StatusOr<ClusterMap> Check(const ClusterMap& expected, NodeId self,
+                                          const std::string& stored);
+
+  // Replaces the stored map with mutate(stored map) (its version must be
+  // the stored one's + 1) if the stored value is still the one mutate saw
+  // when the change commits; blocks until it did or failed (at most
+  // propose_timeout). Only on a node holding a metadata replica, which
+  // must lead the group. Returns the map stored. Errors: mutate's own;
+  // kAborted (the stored map changed meanwhile: try again);
+  // kUnavailable (not the group's leader, with its hint, or no map yet);
+  // kDeadlineExceeded; kFailedPrecondition (no metadata replica here).
+  absl::StatusOr<ClusterMap> Change(const Mutation& mutate) const;
 
  private:
   void Run();
@@ -92,6 +119,9 @@ class MetaGroup {
   bool LeadsMetaGroup() const;
   // Proposes the bootstrap Txn and waits for its outcome (or Stop()).
   void ProposeBootstrap();
+  // Proposes `command` to the metadata group and waits for its outcome
+  // (kCancelled on Stop()).
+  absl::StatusOr<serverpb::CommandResult> ProposeAndWait(serverpb::Command command) const;
   // Checks a newly seen stored value; false when it conflicts (stop polling).
   bool Accept(const std::string& bytes);
 
@@ -102,6 +132,7 @@ class MetaGroup {
   ClusterMapCache* const cache_;
   const ConflictHandler on_conflict_;
   const Logger log_;
+  const MapHandler on_map_;
 
   absl::Notification stop_;
   std::string last_seen_;  // the thread's only

@@ -16,13 +16,18 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "proto/status_macros.h"
+#include "server/cmd/join.h"
 
 ABSL_FLAG(uint64_t, node_id, 0, "this node's id in --initial-cluster (required)");
 ABSL_FLAG(std::string, data_dir, "", "directory of this node's RocksDB (required)");
 ABSL_FLAG(std::string, initial_cluster, "",
-          "members: <id>=<client host:port>/<peer host:port>,... (required)");
+          "members: <id>=<client host:port>/<peer host:port>,... (required unless --join)");
+ABSL_FLAG(std::string, join, "",
+          "client host:port,... of members of a running cluster this node joins (after `tessera "
+          "cluster add-node`): the cluster map comes from them, --initial-cluster is ignored");
 ABSL_FLAG(std::string, listen, "",
           "host:port of the client API (default: this member's client address)");
 ABSL_FLAG(std::string, peer_listen, "",
@@ -115,7 +120,8 @@ namespace tessera::server {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: tessera-server --node-id=N --data-dir=DIR --initial-cluster=ID=CLIENT/PEER,...\n"
+    "usage: tessera-server --node-id=N --data-dir=DIR\n"
+    "  (--initial-cluster=ID=CLIENT/PEER,... | --join=HOST:PORT,...)\n"
     "  [--listen=HOST:PORT] [--peer-listen=HOST:PORT] [--shards=16] [--replication=3]\n"
     "  [--config=FILE] [--tick-ms=50] [--election-ticks=20] [--max-key-bytes=4096]\n"
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
@@ -137,6 +143,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
   static const std::set<std::string> kOurs = {"node_id",
                                               "data_dir",
                                               "initial_cluster",
+                                              "join",
                                               "listen",
                                               "peer_listen",
                                               "shards",
@@ -271,8 +278,9 @@ absl::StatusOr<ServerConfig> Validate() {
   }
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   if (data_dir.empty()) return absl::InvalidArgumentError("--data-dir is required");
-  if (absl::GetFlag(FLAGS_initial_cluster).empty()) {
-    return absl::InvalidArgumentError("--initial-cluster is required");
+  const std::string join = absl::GetFlag(FLAGS_join);
+  if (absl::GetFlag(FLAGS_initial_cluster).empty() && join.empty()) {
+    return absl::InvalidArgumentError("--initial-cluster (or --join) is required");
   }
   if (absl::GetFlag(FLAGS_tick_ms) < 1 || absl::GetFlag(FLAGS_tick_ms) > 10000) {
     return absl::InvalidArgumentError("--tick-ms must be in [1, 10000]");
@@ -305,9 +313,16 @@ absl::StatusOr<ServerConfig> Validate() {
         " (4 MiB, and one operation of --max-value-bytes + --max-key-bytes + 64 KiB): the SDK "
         "sends messages that large"));
   }
+  std::vector<std::string> join_endpoints;
+  for (absl::string_view endpoint : absl::StrSplit(join, ',', absl::SkipWhitespace())) {
+    TESSERA_RETURN_IF_ERROR(ValidateHostPort(absl::StripAsciiWhitespace(endpoint)));
+    join_endpoints.emplace_back(absl::StripAsciiWhitespace(endpoint));
+  }
   absl::StatusOr<ClusterMap> map =
-      ClusterMap::Parse(absl::GetFlag(FLAGS_initial_cluster), absl::GetFlag(FLAGS_shards),
-                        absl::GetFlag(FLAGS_replication));
+      join.empty()
+          ? ClusterMap::Parse(absl::GetFlag(FLAGS_initial_cluster), absl::GetFlag(FLAGS_shards),
+                              absl::GetFlag(FLAGS_replication))
+          : FetchClusterMap(join_endpoints, id, absl::Seconds(30));
   if (!map.ok()) return map.status();
   const MemberInfo* self = map->FindMember(id);
   if (self == nullptr) {

@@ -131,7 +131,8 @@ int main(int argc, char** argv) {
       tessera::server::ParseServerFlags(argc, argv);
   if (!config.ok()) {
     std::fprintf(stderr, "tessera-server: %s\n", std::string(config.status().message()).c_str());
-    return 2;
+    // A cluster to join that does not answer is a start failure, not bad flags.
+    return config.status().code() == absl::StatusCode::kUnavailable ? 1 : 2;
   }
   auto logger = spdlog::stderr_logger_mt("tessera");
   // UTC, as the raw (Abseil, raft invariant) lines of InstallRawLogPrefix.

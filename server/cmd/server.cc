@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -138,13 +139,12 @@ void Server::StopObservers() {
 absl::Status Server::StartParts() {
   const ServerConfig& config = config_;
   const ClusterMap& map = config.map;
-  const std::vector<ShardId> hosted = map.ShardsOf(config.node_id);
   const bool hosts_meta = map.HostsMeta(config.node_id);
   spdlog::info(
-      "cluster map from flags: {} members, {} shards, replication {}, epoch {}; node {} hosts {} "
-      "shards{}",
+      "cluster map from flags: {} members, {} shards, replication {}, epoch {}; node {}{} (the "
+      "flags only bootstrap: once the metadata group stores a map, its replicas follow that map)",
       map.members().size(), map.num_shards(), map.replication(), map.epoch(), config.node_id,
-      hosted.size(), hosts_meta ? " and a replica of the metadata group" : "");
+      hosts_meta ? " holds a replica of the metadata group" : "");
 
   // Metrics and health first: /healthz answers while the node starts.
   MetricsOptions metrics_options;
@@ -246,7 +246,8 @@ absl::Status Server::StartParts() {
   if (hosts_meta) {
     absl::StatusOr<v1::GetResponse> stored = state_machine_->Get(kMetaShard, kMetaMapKey);
     if (stored.ok() && stored->found()) {
-      absl::StatusOr<ClusterMap> checked = MetaGroup::Check(map, stored->kv().value());
+      absl::StatusOr<ClusterMap> checked =
+          MetaGroup::Check(map, config.node_id, stored->kv().value());
       if (!checked.ok()) {
         return absl::FailedPreconditionError(
             absl::StrCat("refusing to serve: ", checked.status().message()));
@@ -300,9 +301,13 @@ absl::Status Server::StartParts() {
       .max_snapshot_bytes = config.max_snapshot_bytes,
       .snapshot_idle_timeout = config.snapshot_idle_timeout,
       .snapshots = snapshots_.get(),
-      .on_refused = [hooks = metrics_->node_metrics()](const char* reason) {
-        hooks->OnPeerMessageRefused(reason);
-      }};
+      .on_refused = [hooks = metrics_->node_metrics()](
+                        const char* reason) { hooks->OnPeerMessageRefused(reason); },
+      .on_replica_change =
+          [this](const peerpb::ReplicaChangeRequest& request,
+                 std::function<void(absl::Status)> done) {
+            ChangeReplica(request, std::move(done));
+          }};
   peer_service_ = std::make_unique<PeerService>(
       std::move(peer_options), [this](NodeId from, std::vector<ShardMessage> messages) {
         if (Node* node = node_for_peers_.load(std::memory_order_acquire)) {
@@ -328,11 +333,10 @@ absl::Status Server::StartParts() {
                peer_server_->port(),
                peer_credentials_->secure() ? "mutual TLS" : "PLAINTEXT, --insecure-peers");
 
+  // The metadata group starts with the node; the shards follow the stored
+  // map once it is loaded (HostReplicas), and those on disk reopen.
   NodeOptions node_options;
   node_options.id = config.node_id;
-  for (ShardId shard : hosted) {
-    node_options.shards.push_back({.shard = shard, .replicas = map.shards()[shard].replicas});
-  }
   if (hosts_meta) {
     node_options.shards.push_back({.shard = kMetaShard, .replicas = map.meta_replicas()});
   }
@@ -409,6 +413,31 @@ absl::Status Server::StartParts() {
                                                       std::move(stored_map));
   // `tessera cluster drain N`: the same path as SIGTERM.
   cluster_service_->SetDrainHandler([this] { hooks_.on_drain_requested(); });
+  // `tessera cluster add-node`: recorded by the metadata group's leader.
+  cluster_service_->SetAddMemberHandler([this](const v1::Member& m) -> absl::StatusOr<uint64_t> {
+    MetaGroup* meta = meta_group_.load(std::memory_order_acquire);
+    if (meta == nullptr) return absl::UnavailableError("the node is starting");
+    absl::StatusOr<ClusterMap> map = meta->Change([&](const ClusterMap& current) {
+      return current.WithMember({m.id(), m.client_address(), m.peer_address()});
+    });
+    if (!map.ok()) return map.status();
+    spdlog::info("added member {} ({} / {}) to the cluster map (version {})", m.id(),
+                 m.client_address(), m.peer_address(), map->version());
+    return map->version();
+  });
+  // `tessera cluster move-replica`: recorded by the metadata group's leader.
+  cluster_service_->SetMoveHandler(
+      [this](ShardId shard, NodeId from, NodeId to) -> absl::StatusOr<uint64_t> {
+        MetaGroup* meta = meta_group_.load(std::memory_order_acquire);
+        if (meta == nullptr) return absl::UnavailableError("the node is starting");
+        absl::StatusOr<ClusterMap> map = meta->Change([&](const ClusterMap& current) {
+          return Scheduler::RecordMove(current, shard, from, to);
+        });
+        if (!map.ok()) return map.status();
+        spdlog::info("recorded a move of shard {} from node {} to node {} (cluster map version {})",
+                     shard, from, to, map->version());
+        return map->version();
+      });
   // The standard grpc.health.v1.Health service on the client port, kept in
   // step with readiness by the HealthMonitor.
   grpc::EnableDefaultHealthCheckService(true);
@@ -448,18 +477,109 @@ absl::Status Server::StartParts() {
   }
   MetaGroupOptions meta_options;
   meta_options.self = config.node_id;
-  meta_group_ = std::make_unique<MetaGroup>(
+  meta_group_owned_ = std::make_unique<MetaGroup>(
       meta_options, map, hosts_meta ? backend_.get() : nullptr,
       hosts_meta ? nullptr : RemoteMapReader(map), maps_.get(),
       [this](const absl::Status& status) { hooks_.on_refusal(status); },
-      [](const std::string& line) { spdlog::info("metadata group: {}", line); });
+      [](const std::string& line) { spdlog::info("metadata group: {}", line); },
+      [this](std::shared_ptr<const ClusterMap> next) { FollowMap(*next); });
+  meta_group_.store(meta_group_owned_.get(), std::memory_order_release);
+  if (hosts_meta) {
+    // The placement driver: acts while this node leads the metadata group.
+    cluster_control_ =
+        std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
+    scheduler_ = std::make_unique<Scheduler>(
+        SchedulerOptions{},
+        [meta = meta_group_owned_.get()](const MetaGroup::Mutation& mutate) {
+          return meta->Change(mutate);
+        },
+        maps_.get(),
+        [n = node_.get()] {
+          std::optional<ShardStatus> meta = n->StatusOf(kMetaShard);
+          return meta.has_value() && meta->role == "leader";
+        },
+        cluster_control_.get(),
+        [](const std::string& line) { spdlog::info("scheduler: {}", line); });
+  }
   spdlog::info("node {} started; serving once the cluster map is loaded from the metadata group",
                config.node_id);
   return absl::OkStatus();
 }
 
+void Server::FollowMap(const ClusterMap& map) {
+  for (const MemberInfo& m : map.members()) transport_->AddPeer(m.id, m.peer_address);
+  HostReplicas(map);
+}
+
+void Server::HostReplicas(const ClusterMap& map) {
+  struct Pending {
+    absl::Mutex mu;
+    int left ABSL_GUARDED_BY(mu) = 0;
+  };
+  auto pending = std::make_shared<Pending>();
+  absl::flat_hash_set<ShardId> hosted;
+  for (const ShardStatus& s : node_->Status()) hosted.insert(s.shard);
+  for (ShardId shard : map.ReplicasOn(config_.node_id)) {
+    if (hosted.contains(shard)) continue;
+    // A shard still on its first replica set is a new group: its founders
+    // bootstrap it. Any later replica starts empty and learns the shard
+    // from its leader's snapshot.
+    const ShardLayout& layout = map.shards()[shard];
+    std::vector<NodeId> founders;
+    if (layout.conf_version == 1) founders = layout.replicas;
+    metrics_->RegisterShards({shard});
+    {
+      absl::MutexLock lock(&pending->mu);
+      ++pending->left;
+    }
+    node_->AddReplica(shard, founders, [pending, shard, founders](absl::Status added) {
+      if (added.ok()) {
+        spdlog::info("hosting a replica of shard {}{}", shard,
+                     founders.empty() ? " (empty until its leader's snapshot)" : "");
+      } else if (added.code() != absl::StatusCode::kAlreadyExists) {
+        spdlog::error("cannot host a replica of shard {}: {}", shard, added.ToString());
+      }
+      absl::MutexLock lock(&pending->mu);
+      --pending->left;
+    });
+  }
+  // Bounded: the raft loop adds them in its next cycle.
+  absl::MutexLock lock(&pending->mu);
+  pending->mu.AwaitWithTimeout(absl::Condition(
+                                   +[](int* left) { return *left == 0; }, &pending->left),
+                               absl::Seconds(10));
+}
+
+void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
+                           std::function<void(absl::Status)> done) {
+  Node* node = node_for_peers_.load(std::memory_order_acquire);
+  if (node == nullptr) return done(absl::UnavailableError("the node is not running"));
+  const ShardId shard = request.shard();
+  if (shard == kMetaShard) {
+    return done(absl::InvalidArgumentError("the metadata group does not move"));
+  }
+  spdlog::info("node {} asks: {} of shard {}", request.from_node(),
+               request.has_conf_change() ? "a membership change"
+               : request.has_transfer_leader_to()
+                   ? absl::StrCat("leadership to node ", request.transfer_leader_to())
+                   : std::string("deleting the replica"),
+               shard);
+  switch (request.change_case()) {
+    case peerpb::ReplicaChangeRequest::kConfChange:
+      return node->ProposeConfChange(shard, request.conf_change(), std::move(done));
+    case peerpb::ReplicaChangeRequest::kTransferLeaderTo:
+      return node->TransferLeader(shard, request.transfer_leader_to(), std::move(done));
+    case peerpb::ReplicaChangeRequest::kRemove:
+      return node->RemoveReplica(shard, std::move(done));
+    case peerpb::ReplicaChangeRequest::CHANGE_NOT_SET:
+      break;
+  }
+  done(absl::InvalidArgumentError("no change"));
+}
+
 absl::Status Server::Drain() {
-  if (meta_group_ != nullptr) meta_group_->Stop();
+  if (scheduler_ != nullptr) scheduler_->Stop();
+  if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
   const absl::Duration drain = config_.drain_timeout;
   health_->SetDraining();
 
@@ -508,7 +628,8 @@ absl::Status Server::Drain() {
 void Server::Stop() {
   if (stopped_) return;
   stopped_ = true;
-  if (meta_group_ != nullptr) meta_group_->Stop();
+  if (scheduler_ != nullptr) scheduler_->Stop();
+  if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
   if (client_server_ != nullptr) client_server_->Shutdown();
   if (node_ != nullptr) node_->Stop();
   if (peer_server_ != nullptr) peer_server_->Shutdown();
@@ -518,7 +639,10 @@ void Server::Stop() {
     spdlog::info("peer service and transport stopped");
   }
   if (metrics_ != nullptr) metrics_->SetAdmissionSource(nullptr);
-  meta_group_.reset();
+  scheduler_.reset();
+  cluster_control_.reset();
+  meta_group_.store(nullptr, std::memory_order_release);
+  meta_group_owned_.reset();
   kv_service_.reset();
   StopObservers();
   node_.reset();

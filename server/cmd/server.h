@@ -32,6 +32,8 @@
 #include "server/api/kv_service.h"
 #include "server/cluster/cluster_map.h"
 #include "server/cluster/meta_group.h"
+#include "server/cluster/scheduler.h"
+#include "server/cmd/cluster_control.h"
 #include "server/cmd/flags.h"
 #include "server/kv/node_backend.h"
 #include "server/kv/state_machine.h"
@@ -97,6 +99,17 @@ class Server {
   // engine (before either goes away).
   void StopObservers();
   absl::Status Fatal() const ABSL_LOCKS_EXCLUDED(fatal_mu_);
+  // Follows a map the metadata group accepted (its thread, before the map
+  // is served): sends to members that joined, hosts what it lists.
+  void FollowMap(const ClusterMap& map);
+  // Hosts a replica of every shard `map` lists on this node that is not
+  // hosted yet (the metadata group's thread, before the map is served).
+  // Replicas it no longer lists are removed by the scheduler, once their
+  // group's committed configuration excludes them.
+  void HostReplicas(const ClusterMap& map);
+  // Carries out a scheduler's Peer.ChangeReplica on the node.
+  void ChangeReplica(const peerpb::ReplicaChangeRequest& request,
+                     std::function<void(absl::Status)> done);
 
   const ServerConfig config_;
   const ServerHooks hooks_;
@@ -131,7 +144,12 @@ class Server {
   std::unique_ptr<KvService> kv_service_;
   std::unique_ptr<ClusterService> cluster_service_;
   std::unique_ptr<GrpcServer> client_server_;
-  std::unique_ptr<MetaGroup> meta_group_;
+  std::unique_ptr<MetaGroup> meta_group_owned_;
+  // The metadata group once it runs, for the Cluster service's handlers
+  // (null before and after).
+  std::atomic<MetaGroup*> meta_group_{nullptr};
+  std::unique_ptr<GrpcClusterControl> cluster_control_;
+  std::unique_ptr<Scheduler> scheduler_;
 };
 
 }  // namespace tessera::server

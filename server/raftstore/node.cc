@@ -114,10 +114,12 @@ struct SnapshotOutcome {
 // AddReplica / RemoveReplica / ProposeConfChange, handled at the start of
 // the next cycle.
 struct MembershipRequest {
-  enum class Kind { kAddReplica, kRemoveReplica, kConfChange };
+  enum class Kind { kAddReplica, kRemoveReplica, kConfChange, kTransferLeader };
   Kind kind = Kind::kAddReplica;
   ShardId shard = 0;
-  raftpb::ConfChange cc;  // kConfChange
+  std::vector<NodeId> founders;  // kAddReplica
+  raftpb::ConfChange cc;         // kConfChange
+  NodeId to = 0;                 // kTransferLeader
   Node::StatusCallback done;
 };
 
@@ -186,6 +188,9 @@ class Node::Impl {
   ~Impl() { Stop(); }
 
   absl::Status Init();
+  // Writes the bootstrap state of every shard in `shards` whose raft state
+  // is empty (a snapshot point at index 1 with its replicas as voters).
+  absl::Status Bootstrap(const std::vector<ShardPlacement>& shards);
   // Opens the raft state of `shard` (empty for a new replica) and starts
   // driving it; `replicas` until raft knows its configuration.
   absl::Status CreateShard(ShardId shard, const std::vector<NodeId>& replicas);
@@ -266,9 +271,13 @@ class Node::Impl {
   // The loop's side of the membership requests (at the start of a cycle,
   // when no Shard pointer of the cycle is held).
   void HandleMembership(std::vector<MembershipRequest>& requests);
-  absl::Status AddShard(ShardId shard);
+  absl::Status AddShard(ShardId shard, const std::vector<NodeId>& founders);
   absl::Status RemoveShard(ShardId shard);
   absl::Status ProposeConfChangeNow(ShardId shard, const raftpb::ConfChange& cc);
+  absl::Status TransferLeaderNow(ShardId shard, NodeId to);
+  // The replica of `shard` if this node leads it (woken). Errors: kNotFound,
+  // kUnavailable (not the leader, naming the one it knows).
+  absl::StatusOr<Shard*> LedHere(ShardId shard);
 
   bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return stopping_ || transfer_requested_ || !inbox_.empty();
@@ -492,12 +501,38 @@ class Node::Impl {
 // ---------------------------------------------------------------- startup
 
 absl::Status Node::Impl::Init() {
-  // Bootstrap every shard whose raft state is empty: a snapshot point at
-  // index 1, term 1 with the replicas as voters (raft/README.md), and the
-  // store's applied index at 1 so that the applier starts at 2.
+  TESSERA_RETURN_IF_ERROR(Bootstrap(options_.shards));
+  for (const ShardPlacement& p : options_.shards) {
+    TESSERA_RETURN_IF_ERROR(CreateShard(p.shard, p.replicas));
+  }
+  // Every other shard with raft state on disk (bootstrapped or added at run
+  // time) is hosted again, until RemoveReplica deletes it. An added replica
+  // still waiting for its first snapshot has nothing on disk: it must be
+  // added again.
+  TESSERA_ASSIGN_OR_RETURN(std::vector<ShardId> on_disk, log_->Shards());
+  for (ShardId shard : on_disk) {
+    if (shards_.contains(shard)) continue;
+    TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(shard));
+    TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(shard));
+    if (applied + 1 < state.first_index) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("shard ", shard, ": data applied up to ", applied,
+                       " but the raft log is compacted up to ", state.first_index - 1));
+    }
+    TESSERA_RETURN_IF_ERROR(CreateShard(shard, {}));
+  }
+  PublishShardCounts();
+  PublishStatus(clock_->Now());
+  return absl::OkStatus();
+}
+
+absl::Status Node::Impl::Bootstrap(const std::vector<ShardPlacement>& shards) {
+  // A snapshot point at index 1, term 1 with the replicas as voters
+  // (raft/README.md), and the store's applied index at 1 so that the
+  // applier starts at 2.
   std::vector<storage::LogUpdate> boot_log;
   std::vector<storage::ShardWrite> boot_kv;
-  for (const ShardPlacement& p : options_.shards) {
+  for (const ShardPlacement& p : shards) {
     TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(p.shard));
     TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(p.shard));
     if (IsEmptyLog(state)) {
@@ -526,37 +561,12 @@ absl::Status Node::Impl::Init() {
   // point but lose the applied index, and Init then refused to start ("data
   // applied up to 0 but the raft log is compacted up to 1"; found by the
   // node simulator). A crash between the two leaves applied 1 with an empty
-  // log: bootstrapped again below.
+  // log: bootstrapped again.
   if (!boot_kv.empty()) {
     TESSERA_RETURN_IF_ERROR(kv_->Apply(boot_kv));
     TESSERA_RETURN_IF_ERROR(kv_->Sync());
   }
   if (!boot_log.empty()) TESSERA_RETURN_IF_ERROR(log_->Save(boot_log));
-
-  for (const ShardPlacement& p : options_.shards) {
-    TESSERA_RETURN_IF_ERROR(CreateShard(p.shard, p.replicas));
-  }
-  // Replicas added at run time (AddReplica) that a leader's snapshot caught
-  // up: hosted again whatever the placement says, until RemoveReplica
-  // deletes them. A shard whose state never went past a bootstrap (left by
-  // a start with other flags, which the cluster map check then refused) is
-  // not opened; nor is an added replica still waiting for its snapshot
-  // (nothing of it is on disk: it must be added again).
-  TESSERA_ASSIGN_OR_RETURN(std::vector<ShardId> on_disk, log_->Shards());
-  for (ShardId shard : on_disk) {
-    if (shards_.contains(shard)) continue;
-    TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(shard));
-    if (state.snapshot.index() <= 1) continue;
-    TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(shard));
-    if (applied + 1 < state.first_index) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("shard ", shard, ": data applied up to ", applied,
-                       " but the raft log is compacted up to ", state.first_index - 1));
-    }
-    TESSERA_RETURN_IF_ERROR(CreateShard(shard, {}));
-  }
-  PublishShardCounts();
-  PublishStatus(clock_->Now());
   return absl::OkStatus();
 }
 
@@ -616,7 +626,7 @@ void Node::Impl::HandleMembership(std::vector<MembershipRequest>& requests) {
     absl::Status status;
     switch (r.kind) {
       case MembershipRequest::Kind::kAddReplica:
-        status = AddShard(r.shard);
+        status = AddShard(r.shard, r.founders);
         break;
       case MembershipRequest::Kind::kRemoveReplica:
         status = RemoveShard(r.shard);
@@ -624,26 +634,38 @@ void Node::Impl::HandleMembership(std::vector<MembershipRequest>& requests) {
       case MembershipRequest::Kind::kConfChange:
         status = ProposeConfChangeNow(r.shard, r.cc);
         break;
+      case MembershipRequest::Kind::kTransferLeader:
+        status = TransferLeaderNow(r.shard, r.to);
+        break;
     }
     completions_.push_back([done = std::move(r.done), status]() { done(status); });
   }
 }
 
-absl::Status Node::Impl::AddShard(ShardId shard) {
+absl::Status Node::Impl::AddShard(ShardId shard, const std::vector<NodeId>& founders) {
   if (shards_.contains(shard)) {
     return absl::AlreadyExistsError(
         absl::StrCat("shard ", shard, " already has a replica on node ", options_.id));
   }
   TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(shard));
   TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(shard));
-  if (!IsEmptyLog(state) || applied != 0) {
+  // A founder's bootstrap cut short by a crash leaves applied 1 and no log.
+  if (!IsEmptyLog(state) || applied > (founders.empty() ? 0 : 1)) {
     return absl::FailedPreconditionError(
         absl::StrCat("shard ", shard, ": raft state or data left on node ", options_.id,
                      " (applied index ", applied, "); remove the replica first"));
   }
-  // No bootstrap: the replica learns its configuration and state from the
-  // leader's snapshot (raw_node.h: only founders start from index 1).
-  TESSERA_RETURN_IF_ERROR(CreateShard(shard, {}));
+  if (!founders.empty()) {
+    if (std::find(founders.begin(), founders.end(), options_.id) == founders.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard ", shard, ": founders do not include node ", options_.id));
+    }
+    TESSERA_RETURN_IF_ERROR(Bootstrap({{.shard = shard, .replicas = founders}}));
+  }
+  // Without founders, no bootstrap: the replica learns its configuration
+  // and state from the leader's snapshot (raw_node.h: only founders start
+  // from index 1).
+  TESSERA_RETURN_IF_ERROR(CreateShard(shard, founders));
   for (Shard* sp : ordered_) sp->conf_dirty = true;  // status_ slots moved
   ABSL_RAW_LOG(INFO, "node %llu: replica of shard %llu added",
                static_cast<unsigned long long>(options_.id),
@@ -685,7 +707,7 @@ absl::Status Node::Impl::RemoveShard(ShardId shard) {
   return kv_->DeleteShard(shard);
 }
 
-absl::Status Node::Impl::ProposeConfChangeNow(ShardId shard, const raftpb::ConfChange& cc) {
+absl::StatusOr<Node::Impl::Shard*> Node::Impl::LedHere(ShardId shard) {
   auto it = shards_.find(shard);
   if (it == shards_.end()) {
     return absl::NotFoundError(
@@ -697,8 +719,27 @@ absl::Status Node::Impl::ProposeConfChangeNow(ShardId shard, const raftpb::ConfC
     return absl::UnavailableError(absl::StrCat("node ", options_.id, " does not lead shard ", shard,
                                                " (leader: ", s.raw->leader_id(), ")"));
   }
+  return &s;
+}
+
+absl::Status Node::Impl::ProposeConfChangeNow(ShardId shard, const raftpb::ConfChange& cc) {
+  TESSERA_ASSIGN_OR_RETURN(Shard * led, LedHere(shard));
   LogShardScope log_shard(shard);
-  return s.raw->ProposeConfChange(cc);
+  return led->raw->ProposeConfChange(cc);
+}
+
+absl::Status Node::Impl::TransferLeaderNow(ShardId shard, NodeId to) {
+  TESSERA_ASSIGN_OR_RETURN(Shard * led, LedHere(shard));
+  Shard& s = *led;
+  const raftpb::ConfState conf = s.raw->conf_state();
+  if (to == options_.id ||
+      std::find(conf.voters().begin(), conf.voters().end(), to) == conf.voters().end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node ", to, " is not another voter of shard ", shard));
+  }
+  LogShardScope log_shard(shard);
+  s.raw->TransferLeader(to);
+  return absl::OkStatus();
 }
 
 // ---------------------------------------------------------------- API
@@ -2082,14 +2123,23 @@ void Node::Receive(NodeId from, std::vector<ShardMessage> messages) {
   impl_->Receive(from, std::move(messages));
 }
 
-void Node::AddReplica(ShardId shard, StatusCallback done) {
-  impl_->QueueMembership(
-      {.kind = MembershipRequest::Kind::kAddReplica, .shard = shard, .done = std::move(done)});
+void Node::AddReplica(ShardId shard, std::vector<NodeId> founders, StatusCallback done) {
+  impl_->QueueMembership({.kind = MembershipRequest::Kind::kAddReplica,
+                          .shard = shard,
+                          .founders = std::move(founders),
+                          .done = std::move(done)});
 }
 
 void Node::RemoveReplica(ShardId shard, StatusCallback done) {
   impl_->QueueMembership(
       {.kind = MembershipRequest::Kind::kRemoveReplica, .shard = shard, .done = std::move(done)});
+}
+
+void Node::TransferLeader(ShardId shard, NodeId to, StatusCallback done) {
+  impl_->QueueMembership({.kind = MembershipRequest::Kind::kTransferLeader,
+                          .shard = shard,
+                          .to = to,
+                          .done = std::move(done)});
 }
 
 void Node::ProposeConfChange(ShardId shard, raftpb::ConfChange cc, StatusCallback done) {

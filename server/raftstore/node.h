@@ -97,10 +97,10 @@ struct NodeTestingKnobs {
 
 struct NodeOptions {
   NodeId id = 0;
-  // The shards with a replica on this node. A shard whose raft state is empty
-  // on disk is bootstrapped with `replicas` as its voters. Replicas added at
-  // run time (AddReplica) whose state on disk is past the bootstrap point
-  // are opened too (README.md "Membership changes").
+  // Shards to host from the start. A shard whose raft state is empty on
+  // disk is bootstrapped with `replicas` as its voters. Every other shard
+  // with raft state on disk (bootstrapped or added at run time by
+  // AddReplica) is opened too (README.md "Membership changes").
   std::vector<ShardPlacement> shards;
   absl::Duration tick_interval = absl::Milliseconds(50);
   int election_ticks = 20;  // 1 s with the default tick
@@ -257,12 +257,15 @@ class Node {
   // Replica lifecycle: the steps of a membership change (README.md
   // "Membership changes"). Each `done` runs on the raft loop thread.
   //
-  // Starts hosting an empty replica of `shard`: it knows no configuration,
-  // answers nothing but a leader's messages and serves nothing until a
-  // leader that added this node (as learner or voter) sends it a snapshot.
-  // Errors: kAlreadyExists (hosted here), kFailedPrecondition (raft state or
-  // data of the shard left on disk), storage errors.
-  void AddReplica(ShardId shard, StatusCallback done);
+  // Starts hosting a replica of `shard`. Without `founders`, an empty one:
+  // it knows no configuration, answers nothing but a leader's messages and
+  // serves nothing until a leader that added this node (as learner or
+  // voter) sends it a snapshot. With `founders` (this node among them), a
+  // replica of a new group bootstrapped with them as voters, as NodeOptions
+  // ::shards does at start. Errors: kAlreadyExists (hosted here),
+  // kFailedPrecondition (raft state or data of the shard left on disk),
+  // kInvalidArgument (founders without this node), storage errors.
+  void AddReplica(ShardId shard, std::vector<NodeId> founders, StatusCallback done);
   // Stops hosting `shard`: its waiting requests fail with kUnavailable, and
   // its raft log and data are deleted (also when it is no longer hosted but
   // left on disk). Call it only once a committed change took this node out
@@ -274,6 +277,11 @@ class Node {
   // kInvalidArgument / kFailedPrecondition (invalid for the configuration,
   // or another change pending; raft/raw_node.h ProposeConfChange).
   void ProposeConfChange(ShardId shard, raftpb::ConfChange cc, StatusCallback done);
+  // Starts handing this node's leadership of `shard` to voter `to` (raft
+  // leadership transfer; it lapses after an election timeout if `to` does
+  // not take it: watch ShardStatus). Errors: kNotFound, kUnavailable (not
+  // the leader), kInvalidArgument (`to` is not another voter).
+  void TransferLeader(ShardId shard, NodeId to, StatusCallback done);
   // Transport feedback (thread-safe, queued for the raft loop): messages to
   // `to` were lost because it could not be reached (raft probes it instead
   // of streaming appends blindly), and a snapshot of `shard` sent to `to`

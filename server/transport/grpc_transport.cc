@@ -445,16 +445,22 @@ class GrpcTransport::PeerSender {
 };
 
 GrpcTransport::GrpcTransport(GrpcTransportOptions options) : options_(std::move(options)) {
-  for (const auto& [id, address] : options_.peers) {
-    if (id == options_.self) continue;
-    senders_[id] = std::make_unique<PeerSender>(options_, id, address);
-  }
+  for (const auto& [id, address] : options_.peers) AddPeer(id, address);
+}
+
+void GrpcTransport::AddPeer(NodeId id, const std::string& address) {
+  if (id == options_.self) return;
+  absl::MutexLock lock(&mu_);
+  // Checked under the lock: Stop() sets it before it collects the senders.
+  if (stopped_.load(std::memory_order_acquire) || senders_.contains(id)) return;
+  senders_[id] = std::make_unique<PeerSender>(options_, id, address);
 }
 
 GrpcTransport::~GrpcTransport() { Stop(); }
 
 void GrpcTransport::Send(NodeId to, std::vector<ShardMessage> messages) {
   if (messages.empty() || stopped_.load(std::memory_order_acquire)) return;
+  absl::ReaderMutexLock lock(&mu_);
   auto it = senders_.find(to);
   if (it == senders_.end()) return;
   it->second->Enqueue(std::move(messages));
@@ -462,10 +468,18 @@ void GrpcTransport::Send(NodeId to, std::vector<ShardMessage> messages) {
 
 void GrpcTransport::Stop() {
   stopped_.store(true, std::memory_order_release);
-  for (auto& [id, sender] : senders_) sender->Stop();
+  // Senders are never removed: stopped outside the lock (Stop joins their
+  // threads, which report through the callbacks).
+  std::vector<PeerSender*> senders;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, sender] : senders_) senders.push_back(sender.get());
+  }
+  for (PeerSender* sender : senders) sender->Stop();
 }
 
 GrpcTransport::PeerStats GrpcTransport::StatsForTesting(NodeId peer) const {
+  absl::ReaderMutexLock lock(&mu_);
   auto it = senders_.find(peer);
   return it == senders_.end() ? PeerStats{} : it->second->Stats();
 }
@@ -785,28 +799,74 @@ grpc::ServerReadReactor<peerpb::SnapshotChunk>* PeerService::Snapshot(
   return reactor;
 }
 
+grpc::Status PeerService::CheckCaller(grpc::CallbackServerContext* context,
+                                      NodeId from_node) const {
+  absl::StatusOr<NodeId> sender = Sender(context);
+  if (!sender.ok()) {
+    Refused("unauthenticated");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(sender.status().message()));
+  }
+  if (*sender != 0 && from_node != *sender) {
+    Refused("sender_mismatch");
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        absl::StrCat("node ", *sender, " asked as node ", from_node));
+  }
+  return grpc::Status::OK;
+}
+
 grpc::ServerUnaryReactor* PeerService::Hello(grpc::CallbackServerContext* context,
                                              const peerpb::HelloRequest* request,
                                              peerpb::HelloResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<NodeId> sender = Sender(context);
-  if (!sender.ok()) {
-    Refused("unauthenticated");
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(sender.status().message())));
-    return reactor;
-  }
-  if (*sender != 0 && request->from_node() != *sender) {
-    Refused("sender_mismatch");
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                     absl::StrCat("node ", *sender, " asked as node ", request->from_node())));
+  if (grpc::Status caller = CheckCaller(context, request->from_node()); !caller.ok()) {
+    reactor->Finish(caller);
     return reactor;
   }
   if (options_.registry != nullptr) {
     response->set_known_incarnation(options_.registry->Known(request->from_node()));
   }
   reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* PeerService::ChangeReplica(grpc::CallbackServerContext* context,
+                                                     const peerpb::ReplicaChangeRequest* request,
+                                                     peerpb::ReplicaChangeResponse* /*response*/) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (grpc::Status caller = CheckCaller(context, request->from_node()); !caller.ok()) {
+    reactor->Finish(caller);
+    return reactor;
+  }
+  if (request->to_node() != options_.self) {
+    Refused("wrong_destination");
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("this is node ", options_.self, ", not node ", request->to_node())));
+    return reactor;
+  }
+  // A conf change names a few nodes, none 0 (raft checks the rest).
+  bool valid = request->change_case() != peerpb::ReplicaChangeRequest::CHANGE_NOT_SET;
+  if (request->has_conf_change()) {
+    const raftpb::ConfChange& cc = request->conf_change();
+    valid = valid && cc.changes_size() <= 8 && cc.context().empty();
+    for (const raftpb::ConfChangeSingle& c : cc.changes()) valid = valid && c.node_id() != 0;
+  }
+  if (request->change_case() == peerpb::ReplicaChangeRequest::kTransferLeaderTo) {
+    valid = valid && request->transfer_leader_to() != 0;
+  }
+  if (!valid) {
+    Refused("bad_replica_change");
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed replica change"));
+    return reactor;
+  }
+  if (options_.on_replica_change == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no replica changes here"));
+    return reactor;
+  }
+  options_.on_replica_change(*request, [reactor](absl::Status status) {
+    reactor->Finish(
+        grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message())));
+  });
   return reactor;
 }
 

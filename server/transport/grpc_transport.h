@@ -110,7 +110,11 @@ class GrpcTransport : public Transport {
   GrpcTransport& operator=(const GrpcTransport&) = delete;
 
   // See Transport. Messages to an unknown node or to self are dropped.
-  void Send(NodeId to, std::vector<ShardMessage> messages) override;
+  void Send(NodeId to, std::vector<ShardMessage> messages) override ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Starts sending to a node that joined (a member added to the cluster
+  // map). A known node keeps its address; self is ignored.
+  void AddPeer(NodeId id, const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Cancels in-flight RPCs, drops what is queued and joins the threads.
   // Send() afterwards drops. Idempotent.
@@ -130,7 +134,9 @@ class GrpcTransport : public Transport {
   class PeerSender;
   const GrpcTransportOptions options_;
   // Constant after construction.
-  absl::flat_hash_map<NodeId, std::unique_ptr<PeerSender>> senders_;
+  // Written by AddPeer (rare), read by every Send.
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<NodeId, std::unique_ptr<PeerSender>> senders_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> stopped_{false};
 };
 
@@ -155,6 +161,12 @@ struct PeerServiceOptions {
   SnapshotExchange* snapshots = nullptr;
   // Counts refused input by reason (a short fixed string; optional, thread-safe).
   std::function<void(const char* reason)> on_refused;
+  // Carries out a Peer.ChangeReplica request whose sender and addressee
+  // were checked; calls `done` exactly once, from any thread. nullptr:
+  // UNIMPLEMENTED.
+  std::function<void(const peerpb::ReplicaChangeRequest& request,
+                     std::function<void(absl::Status)> done)>
+      on_replica_change;
 };
 
 // The Peer service: checks who sends and hands what arrives to `handler`.
@@ -178,6 +190,9 @@ class PeerService final : public peerpb::Peer::CallbackService {
   grpc::ServerUnaryReactor* Hello(grpc::CallbackServerContext* context,
                                   const peerpb::HelloRequest* request,
                                   peerpb::HelloResponse* response) override;
+  grpc::ServerUnaryReactor* ChangeReplica(grpc::CallbackServerContext* context,
+                                          const peerpb::ReplicaChangeRequest* request,
+                                          peerpb::ReplicaChangeResponse* response) override;
 
   int active_snapshots_for_testing() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -187,6 +202,9 @@ class PeerService final : public peerpb::Peer::CallbackService {
   // The certified sender of a call, or 0 when not required; an error when
   // required and absent.
   absl::StatusOr<NodeId> Sender(grpc::CallbackServerContext* context) const;
+  // Checks that a unary call's claimed sender is its certified one; counts
+  // a refusal.
+  grpc::Status CheckCaller(grpc::CallbackServerContext* context, NodeId from_node) const;
   // Checks a batch's or first chunk's header; counts a refusal.
   grpc::Status Admit(NodeId certified, NodeId from, NodeId to, uint64_t incarnation) const;
   void Refused(const char* reason) const;

@@ -344,5 +344,101 @@ TEST(ClusterMapCache, OnlyMovesForward) {
   EXPECT_EQ(cache.Current()->version(), 4u);
 }
 
+TEST(ClusterMap, AMoveIsRecordedAsTheNextVersionAndReadBack) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 4), 8, 3);
+  const ShardLayout& before = map.shards()[2];
+  NodeId outside = 0;
+  for (const MemberInfo& m : map.members()) {
+    if (!map.Hosts(m.id, 2)) outside = m.id;
+  }
+  ASSERT_NE(outside, 0u);
+  // Step 1: the new replica joins as a learner.
+  absl::StatusOr<ClusterMap> learning =
+      map.WithShardReplicas(2, before.replicas, {outside}, before.replicas[2], outside);
+  ASSERT_THAT(learning, IsOk());
+  EXPECT_EQ(learning->version(), 2u);
+  EXPECT_EQ(learning->shards()[2].conf_version, 2u);
+  EXPECT_EQ(learning->shards()[2].range_version, 1u);
+  EXPECT_FALSE(learning->Hosts(outside, 2));  // not routed to
+  std::vector<ShardId> on_outside = learning->ReplicasOn(outside);
+  EXPECT_NE(std::find(on_outside.begin(), on_outside.end(), 2u), on_outside.end());
+  EXPECT_EQ(map.version(), 1u);  // unchanged
+  // Step 2: it replaces the old one.
+  std::vector<NodeId> after = {before.replicas[0], before.replicas[1], outside};
+  absl::StatusOr<ClusterMap> moved = learning->WithShardReplicas(2, after, {}, 0, 0);
+  ASSERT_THAT(moved, IsOk());
+  EXPECT_EQ(moved->version(), 3u);
+  EXPECT_TRUE(moved->Hosts(outside, 2));
+  EXPECT_FALSE(moved->Hosts(before.replicas[2], 2));
+  EXPECT_EQ(moved->epoch(), map.epoch());
+
+  // The wire form carries all of it, and a reader rebuilds the same map.
+  absl::StatusOr<ClusterMap> read = ClusterMap::FromProto(learning->ToProto());
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->ToProto().SerializeAsString(), learning->ToProto().SerializeAsString());
+  EXPECT_EQ(read->shards()[2].move_to, outside);
+  read = ClusterMap::FromProto(moved->ToProto());
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->shards()[2].replicas, after);
+}
+
+TEST(ClusterMap, ARecordedMapMustNameMembersOnceAndKeepTheRanges) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 4), 8, 3);
+  EXPECT_THAT(map.WithShardReplicas(9, {1}, {}, 0, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(map.WithShardReplicas(1, {}, {2}, 0, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(map.WithShardReplicas(1, {1, 2, 2}, {}, 0, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(map.WithShardReplicas(1, {1, 2}, {2}, 0, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(map.WithShardReplicas(1, {1, 2, 99}, {}, 0, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+
+  const v1::ClusterMap good = map.WithShardReplicas(1, {1, 2, 3}, {}, 0, 0)->ToProto();
+  ASSERT_THAT(ClusterMap::FromProto(good), IsOk());
+  v1::ClusterMap bad = good;
+  bad.mutable_shards(1)->add_replicas(77);  // not a member
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = good;
+  bad.mutable_shards(1)->clear_replicas();
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = good;
+  bad.mutable_shards(1)->add_learners(1);  // voter and learner at once
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = good;
+  bad.mutable_shards(1)->set_hash_end(good.shards(1).hash_end() - 1);
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kFailedPrecondition));
+  bad = good;
+  bad.set_epoch(good.epoch() + 1);
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kFailedPrecondition));
+  bad = good;
+  bad.add_meta_replicas(1);  // listed twice
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ClusterMap, MembersJoinEmptyAndLeaveOnlyEmpty) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 3), 4, 3);
+  absl::StatusOr<ClusterMap> grown = map.WithMember(
+      {.id = 9, .client_address = "127.0.0.1:9009", .peer_address = "127.0.0.1:9109"});
+  ASSERT_THAT(grown, IsOk());
+  EXPECT_EQ(grown->version(), 2u);
+  EXPECT_NE(grown->FindMember(9), nullptr);
+  EXPECT_TRUE(grown->ReplicasOn(9).empty());  // placement is a record now
+  EXPECT_NE(grown->epoch(), map.epoch());
+  EXPECT_EQ(grown->meta_replicas(), map.meta_replicas());
+  ASSERT_THAT(ClusterMap::FromProto(grown->ToProto()), IsOk());
+  EXPECT_THAT(map.WithMember({.id = 2, .client_address = "h:1", .peer_address = "h:2"}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+
+  EXPECT_THAT(grown->WithoutMember(1), StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(grown->WithoutMember(5), StatusIs(absl::StatusCode::kNotFound));
+  absl::StatusOr<ClusterMap> shrunk = grown->WithoutMember(9);
+  ASSERT_THAT(shrunk, IsOk());
+  EXPECT_EQ(shrunk->version(), 3u);
+  EXPECT_EQ(shrunk->FindMember(9), nullptr);
+  EXPECT_EQ(shrunk->epoch(), map.epoch());
+}
+
 }  // namespace
 }  // namespace tessera::server

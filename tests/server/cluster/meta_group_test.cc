@@ -61,6 +61,17 @@ struct Events {
     absl::MutexLock lock(&mu);
     return conflict;
   }
+  std::vector<uint64_t> versions ABSL_GUARDED_BY(mu);  // of the maps handed over
+  MetaGroup::MapHandler OnMap() {
+    return [this](std::shared_ptr<const ClusterMap> map) {
+      absl::MutexLock lock(&mu);
+      versions.push_back(map->version());
+    };
+  }
+  std::vector<uint64_t> Versions() {
+    absl::MutexLock lock(&mu);
+    return versions;
+  }
 };
 
 // Three nodes hosting only the metadata group.
@@ -105,9 +116,11 @@ class MetaCluster {
     MetaGroupOptions options;
     options.self = id;
     options.poll_interval = absl::Milliseconds(10);
-    m.group = std::make_unique<MetaGroup>(options, expected, m.backend.get(), nullptr,
-                                          m.cache.get(), m.events.OnConflict(), m.events.Log());
+    m.group =
+        std::make_unique<MetaGroup>(options, expected, m.backend.get(), nullptr, m.cache.get(),
+                                    m.events.OnConflict(), m.events.Log(), m.events.OnMap());
   }
+  MetaGroup& group(NodeId id) { return *members_.at(id).group; }
 
   ClusterMapCache& cache(NodeId id) { return *members_.at(id).cache; }
   Events& events(NodeId id) { return members_.at(id).events; }
@@ -236,19 +249,91 @@ TEST(MetaGroupCheck, AMapStoredBeforeVersionsIsTheSameMap) {
       *ClusterMap::Parse("1=127.0.0.1:7001/127.0.0.1:7101,2=127.0.0.1:7002/127.0.0.1:7102", 4, 2);
   v1::ClusterMap old = expected.ToProto();  // as an older build stored it
   old.clear_version();
+  old.clear_meta_replicas();
+  old.clear_cluster_id();
   for (v1::ShardInfo& s : *old.mutable_shards()) {
     s.clear_conf_version();
     s.clear_range_version();
   }
-  absl::StatusOr<ClusterMap> read = MetaGroup::Check(expected, old.SerializeAsString());
+  absl::StatusOr<ClusterMap> read = MetaGroup::Check(expected, 1, old.SerializeAsString());
   ASSERT_THAT(read, IsOk());
   EXPECT_EQ(read->version(), 1u);
 
   v1::ClusterMap other = expected.ToProto();
   other.set_num_shards(8);
-  EXPECT_THAT(MetaGroup::Check(expected, other.SerializeAsString()),
+  EXPECT_THAT(MetaGroup::Check(expected, 1, other.SerializeAsString()),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("differs")));
-  EXPECT_THAT(MetaGroup::Check(expected, "\xff\xff"), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(MetaGroup::Check(expected, 1, "\xff\xff"), StatusIs(absl::StatusCode::kDataLoss));
+}
+
+// A valid change of a map: shard 0 loses its last voter.
+absl::StatusOr<ClusterMap> DropLastReplica(const ClusterMap& map) {
+  std::vector<NodeId> voters = map.shards()[0].replicas;
+  voters.pop_back();
+  return map.WithShardReplicas(0, voters, {}, 0, 0);
+}
+
+TEST(MetaGroup, ChangesMoveTheStoredMapForwardOnEveryReplica) {
+  const ClusterMap expected = *ClusterMap::Parse(kCluster, 4, 3);
+  MetaCluster cluster;
+  for (NodeId id = 1; id <= 3; ++id) cluster.StartGroup(id, expected);
+  for (NodeId id = 1; id <= 3; ++id) {
+    ASSERT_TRUE(WaitFor([&] { return cluster.cache(id).Current() != nullptr; }));
+  }
+  NodeId leader = 0;
+  ASSERT_TRUE(WaitFor([&] { return (leader = cluster.Leader()) != 0; }));
+  absl::StatusOr<ClusterMap> stored = cluster.group(leader).Change(DropLastReplica);
+  ASSERT_THAT(stored, IsOk());
+  EXPECT_EQ(stored->version(), 2u);
+  for (NodeId id = 1; id <= 3; ++id) {
+    ASSERT_TRUE(WaitFor([&] { return cluster.cache(id).Current()->version() == 2; }))
+        << "node " << id;
+    EXPECT_EQ(cluster.cache(id).Current()->shards()[0].replicas.size(), 2u);
+    EXPECT_EQ(cluster.events(id).Versions(), (std::vector<uint64_t>{1, 2}));
+    EXPECT_EQ(cluster.events(id).Conflict(), std::nullopt);
+  }
+
+  // A change computed from a map that changed before it committed is
+  // refused (compare-and-swap): here the mutation itself changes it first.
+  absl::StatusOr<ClusterMap> raced = cluster.group(leader).Change([&](const ClusterMap& map) {
+    EXPECT_THAT(cluster.group(leader).Change(DropLastReplica), IsOk());
+    return DropLastReplica(map);
+  });
+  EXPECT_THAT(raced, StatusIs(absl::StatusCode::kAborted));
+  ASSERT_TRUE(WaitFor([&] { return cluster.cache(leader).Current()->version() == 3; }));
+
+  // Only the leader changes it; a bad change changes nothing.
+  const NodeId follower = leader % 3 + 1;
+  EXPECT_THAT(cluster.group(follower).Change([](const ClusterMap& map) {
+    return map.WithShardReplicas(1, map.shards()[1].replicas, {}, 0, 0);
+  }),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(cluster.group(leader).Change(
+                  [](const ClusterMap& map) { return map.WithShardReplicas(0, {}, {}, 0, 0); }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+
+  // After a change the stored map rules: a node started with other (stale)
+  // flags serves by it.
+  cluster.StartGroup(2, *ClusterMap::Parse(kCluster, 8, 3));
+  ASSERT_TRUE(WaitFor([&] { return cluster.cache(2).Current() != nullptr; }));
+  EXPECT_EQ(cluster.cache(2).Current()->version(), 3u);
+  EXPECT_EQ(cluster.cache(2).Current()->num_shards(), 4u);
+  EXPECT_EQ(cluster.events(2).Conflict(), std::nullopt);
+}
+
+TEST(MetaGroupCheck, AChangedMapRulesButOnlyForItsMembers) {
+  const ClusterMap expected = *ClusterMap::Parse(kCluster, 4, 3);
+  const ClusterMap other_flags = *ClusterMap::Parse(kCluster, 8, 3);
+  const std::string changed = DropLastReplica(expected)->ToProto().SerializeAsString();
+  absl::StatusOr<ClusterMap> read = MetaGroup::Check(other_flags, 2, changed);
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->version(), 2u);
+  EXPECT_EQ(read->num_shards(), 4u);
+  EXPECT_THAT(MetaGroup::Check(expected, 7, changed),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a member")));
+  // The bootstrap map is still checked against the flags.
+  EXPECT_THAT(MetaGroup::Check(other_flags, 2, expected.ToProto().SerializeAsString()),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("differs")));
 }
 
 }  // namespace

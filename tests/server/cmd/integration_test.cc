@@ -62,6 +62,8 @@ using ::tessera::testing::TearDownCluster;
 using ::testing::HasSubstr;
 
 constexpr int kNodes = 3;
+// Slots for processes: the kNodes founders plus one that may join later.
+constexpr int kSlots = kNodes + 1;
 using NodeId = uint64_t;
 constexpr uint32_t kShards = 8;
 
@@ -88,7 +90,7 @@ class Cluster {
           absl::StrCat(i + 1, "=", client_ports_[i].address(), "/", peer_ports_[i].address()));
     }
     initial_cluster_ = absl::StrJoin(members, ",");
-    for (int i = 0; i < kNodes; ++i) {
+    for (int i = 0; i < kSlots; ++i) {
       channels_[i] = FastChannel(client_ports_[i].address());
       kv_[i] = v1::KV::NewStub(channels_[i]);
       cluster_[i] = v1::Cluster::NewStub(channels_[i]);
@@ -154,7 +156,7 @@ class Cluster {
                                      "--election-ticks=10",
                                      "--drain-timeout-ms=3000",
                                      absl::StrCat("--port-file=", PortFile(i))};
-    for (std::string& flag : testing::PeerTlsFlags(absl::StrCat(dir_, "/certs"), kNodes, i + 1)) {
+    for (std::string& flag : testing::PeerTlsFlags(absl::StrCat(dir_, "/certs"), kSlots, i + 1)) {
       args.push_back(std::move(flag));
     }
     args.insert(args.end(), flags_.begin(), flags_.end());
@@ -166,6 +168,10 @@ class Cluster {
     for (int i = 0; i < kNodes; ++i) Start(i);
   }
 
+  // Starts slot i (not a founder) joining the cluster through node 0 (it
+  // must have been added: Cluster.AddMember).
+  void StartJoining(int i) { Start(i, {absl::StrCat("--join=", client_ports_[0].address())}); }
+
   ChildProcess& process(int i) { return processes_[i]; }
 
   // Waits until every shard has a leader among the running nodes that
@@ -175,7 +181,7 @@ class Cluster {
     absl::Time deadline = absl::Now() + timeout;
     while (absl::Now() < deadline) {
       bool loaded = true;
-      for (int i = 0; i < kNodes && loaded; ++i) {
+      for (int i = 0; i < kSlots && loaded; ++i) {
         if (!processes_[i].running()) continue;
         absl::StatusOr<v1::NodeStatusResponse> status = Status(i);
         // A node that does not answer yet is skipped, as in Leaders().
@@ -205,7 +211,7 @@ class Cluster {
   // shard -> node index (0-based) of the running nodes that say they lead it.
   std::map<uint32_t, int> Leaders() {
     std::map<uint32_t, int> leaders;
-    for (int i = 0; i < kNodes; ++i) {
+    for (int i = 0; i < kSlots; ++i) {
       if (!processes_[i].running() || !std::filesystem::exists(PortFile(i))) continue;
       grpc::ClientContext context;
       context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
@@ -235,10 +241,22 @@ class Cluster {
     return epoch_;
   }
 
+  // Routed as the SDK routes: by the shard's range version (which replica
+  // moves and new members leave alone), the epoch only for old servers.
   v1::RequestHeader Header(const std::string& routing_key) {
     v1::RequestHeader header;
     header.set_shard(ShardForKey(routing_key, kShards));
     header.set_epoch(epoch());
+    if (range_versions_.empty()) {
+      absl::StatusOr<v1::GetClusterMapResponse> map = Map(0);
+      if (map.ok()) {
+        for (const v1::ShardInfo& s : map->map().shards()) {
+          range_versions_[s.id()] = std::max<uint64_t>(s.range_version(), 1);
+        }
+      }
+    }
+    auto it = range_versions_.find(header.shard());
+    if (it != range_versions_.end()) header.set_range_version(it->second);
     return header;
   }
 
@@ -263,21 +281,33 @@ class Cluster {
         leader_cache_[shard] = target;
         return response;
       }
+      std::optional<v1::ErrorDetail> detail = GetErrorDetail(last);
+      // A node without a replica of the shard (replication below the member
+      // count, a moved replica) says the route is stale with a map that does
+      // not list it: try the next one.
+      bool no_replica = false;
+      if (last.code() == absl::StatusCode::kFailedPrecondition && detail.has_value() &&
+          detail->has_stale_route()) {
+        for (const v1::ShardInfo& s : detail->stale_route().current().shards()) {
+          if (s.id() != shard) continue;
+          no_replica = std::find(s.replicas().begin(), s.replicas().end(),
+                                 static_cast<uint64_t>(target + 1)) == s.replicas().end();
+        }
+      }
       if (last.code() != absl::StatusCode::kUnavailable &&
-          last.code() != absl::StatusCode::kDeadlineExceeded) {
+          last.code() != absl::StatusCode::kDeadlineExceeded && !no_replica) {
         return last;
       }
-      std::optional<v1::ErrorDetail> detail = GetErrorDetail(last);
       int hinted = -1;
       if (detail.has_value() && detail->has_not_leader()) {
-        for (int i = 0; i < kNodes; ++i) {
+        for (int i = 0; i < kSlots; ++i) {
           if (detail->not_leader().leader_address() == client_ports_[i].address()) hinted = i;
         }
       }
       if (hinted >= 0 && hinted != target) {
         target = hinted;
       } else {
-        target = (target + 1) % kNodes;
+        target = (target + 1) % kSlots;
         absl::SleepFor(absl::Milliseconds(20));
       }
     }
@@ -328,22 +358,45 @@ class Cluster {
     v1::DrainResponse response;
     return FromGrpcStatus(cluster_[i]->Drain(&context, request, &response));
   }
+  // A Cluster admin call that only the metadata group's leader carries out
+  // (the others answer UNAVAILABLE): asked of each founder in turn, for up
+  // to 10 s. The first answer that is not UNAVAILABLE.
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> AskMetaLeader(grpc::Status (v1::Cluster::Stub::*method)(grpc::ClientContext*,
+                                                                               const Req&, Resp*),
+                                     const Req& request) {
+    absl::Status last = absl::UnavailableError("not asked");
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      for (int i = 0; i < kNodes; ++i) {
+        grpc::ClientContext context;
+        context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+        Resp response;
+        last = FromGrpcStatus((cluster_[i].get()->*method)(&context, request, &response));
+        if (last.ok()) return response;
+        if (last.code() != absl::StatusCode::kUnavailable) return last;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return last;
+  }
+
   // Node i's exit code (-1: did not exit within 20 s).
   int WaitExit(int i) { return processes_[i].Wait(absl::Seconds(20)); }
 
  private:
   const std::string dir_;
   const std::vector<std::string> flags_;
-  PortReservation client_ports_[kNodes];
-  PortReservation peer_ports_[kNodes];
-  std::string initial_cluster_;
-  std::string data_dirs_[kNodes];  // empty: under dir_
-  ChildProcess processes_[kNodes];
-  std::shared_ptr<grpc::Channel> channels_[kNodes];
-  std::unique_ptr<v1::KV::Stub> kv_[kNodes];
-  std::unique_ptr<v1::Cluster::Stub> cluster_[kNodes];
+  PortReservation client_ports_[kSlots];
+  PortReservation peer_ports_[kSlots];
+  std::string initial_cluster_;    // the kNodes founders
+  std::string data_dirs_[kSlots];  // empty: under dir_
+  ChildProcess processes_[kSlots];
+  std::shared_ptr<grpc::Channel> channels_[kSlots];
+  std::unique_ptr<v1::KV::Stub> kv_[kSlots];
+  std::unique_ptr<v1::Cluster::Stub> cluster_[kSlots];
   std::map<uint32_t, int> leader_cache_;
   uint64_t epoch_ = 0;
+  std::map<uint32_t, uint64_t> range_versions_;
   uint64_t client_id_ = 0;
   uint64_t seq_ = 0;
   std::set<uint32_t> replied_shards_;
@@ -450,6 +503,7 @@ TEST(Integration, ServesKvOnEveryShardAndDrainsOnSigterm) {
   // Stale epoch and wrong shard: FAILED_PRECONDITION with the current map.
   v1::GetRequest stale;
   *stale.mutable_header() = cluster.Header("key-0");
+  stale.mutable_header()->clear_range_version();  // as an old client routes
   stale.mutable_header()->set_epoch(cluster.epoch() ^ 1);
   stale.set_key("key-0");
   absl::StatusOr<v1::GetResponse> refused = cluster.Call(&v1::KV::Stub::Get, stale);
@@ -526,6 +580,182 @@ TEST(Integration, AcknowledgedWritesSurviveKillingALeader) {
       EXPECT_EQ(cluster.Drain(i), 0) << "node " << i + 1;
     }
   }
+}
+
+// A replica moves between real processes: `move-replica` is recorded by the
+// metadata group's leader, its scheduler adds the new replica as a learner,
+// promotes it in a joint change and deletes the old one; writes go on
+// throughout and every acknowledged one is readable afterwards.
+TEST(Integration, AReplicaMovesToAnotherNodeWhileWritesGoOn) {
+  Cluster cluster({"--replication=2"});
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  absl::StatusOr<v1::GetClusterMapResponse> map = cluster.Map(0);
+  ASSERT_THAT(map, IsOk());
+  constexpr uint32_t kShard = 0;
+  const v1::ShardInfo& before = map->map().shards(kShard);
+  ASSERT_EQ(before.replicas_size(), 2);
+  const NodeId from = before.replicas(1);
+  NodeId to = 0;
+  for (NodeId id = 1; id <= kNodes; ++id) {
+    if (id != before.replicas(0) && id != before.replicas(1)) to = id;
+  }
+  ASSERT_NE(to, 0u);
+
+  std::vector<std::string> keys;  // of kShard
+  for (int i = 0; keys.size() < 60; ++i) {
+    std::string key = absl::StrCat("move-", i);
+    if (ShardForKey(key, kShards) == kShard) keys.push_back(std::move(key));
+  }
+  std::map<std::string, std::string> acknowledged;
+  for (size_t i = 0; i < 20; ++i) {
+    ASSERT_THAT(cluster.Put(keys[i], "before"), IsOk());
+    acknowledged[keys[i]] = "before";
+  }
+
+  // Only the metadata group's leader records the move; others say
+  // UNAVAILABLE.
+  v1::MoveReplicaRequest move;
+  move.set_shard(kShard);
+  move.set_from_node(from);
+  move.set_to_node(to);
+  absl::StatusOr<v1::MoveReplicaResponse> recorded =
+      cluster.AskMetaLeader(&v1::Cluster::Stub::MoveReplica, move);
+  ASSERT_THAT(recorded, IsOk());
+  ASSERT_GT(recorded->map_version(), 1u);
+  // Writes while it moves; then wait (bounded) for the map to record it.
+  bool moved = false;
+  for (size_t i = 20; i < keys.size() || !moved; ++i) {
+    if (i < keys.size()) {
+      ASSERT_THAT(cluster.Put(keys[i], "during"), IsOk()) << keys[i];
+      acknowledged[keys[i]] = "during";
+    } else {
+      ASSERT_LT(i, keys.size() + 600) << "the move did not finish in time";
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    absl::StatusOr<v1::GetClusterMapResponse> now = cluster.Map(0);
+    if (now.ok()) {
+      const v1::ShardInfo& s = now->map().shards(kShard);
+      moved = s.move_to() == 0 && s.learners().empty() &&
+              std::find(s.replicas().begin(), s.replicas().end(), to) != s.replicas().end() &&
+              std::find(s.replicas().begin(), s.replicas().end(), from) == s.replicas().end();
+    }
+  }
+  // The old replica is deleted (bounded wait), the new one serves.
+  bool deleted = false;
+  for (int i = 0; i < 300 && !deleted; ++i) {
+    absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(static_cast<int>(from) - 1);
+    deleted =
+        status.ok() && std::none_of(status->shards().begin(), status->shards().end(),
+                                    [](const v1::ShardStatus& s) { return s.shard() == kShard; });
+    if (!deleted) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(deleted) << "node " << from << " still hosts shard " << kShard;
+  for (const auto& [key, value] : acknowledged) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);
+    ASSERT_THAT(got, IsOk()) << key;
+    EXPECT_TRUE(got->found()) << key;
+    EXPECT_EQ(got->kv().value(), value) << key;
+  }
+  absl::StatusOr<v1::NodeStatusResponse> on_new = cluster.Status(static_cast<int>(to) - 1);
+  ASSERT_THAT(on_new, IsOk());
+  bool voter = false;
+  for (const v1::ShardStatus& s : on_new->shards()) {
+    if (s.shard() == kShard) {
+      voter = std::find(s.voters().begin(), s.voters().end(), to) != s.voters().end();
+    }
+  }
+  EXPECT_TRUE(voter);
+}
+
+// A fourth node joins a running cluster of three (8 shards, 3 replicas
+// each, so every founder holds all 8): `add-node`, then --join; the
+// scheduler moves replicas to it until every member is within one of the
+// mean (24 / 4 = 6), writes go on, and every acknowledged one is readable.
+TEST(Integration, ANodeJoinsAndReplicasSpreadToIt) {
+  Cluster cluster;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  std::map<std::string, std::string> acknowledged;
+  for (int i = 0; i < 40; ++i) {
+    const std::string key = absl::StrCat("grow-", i);
+    ASSERT_THAT(cluster.Put(key, "before"), IsOk()) << key;
+    acknowledged[key] = "before";
+  }
+
+  // Not a member yet: --join is refused with the way to add it.
+  cluster.StartJoining(kNodes);
+  EXPECT_EQ(cluster.WaitExit(kNodes), 2);
+  EXPECT_THAT(Tail(cluster.Log(kNodes), 5), HasSubstr("tessera cluster add-node 4"));
+
+  v1::AddMemberRequest add;
+  add.mutable_member()->set_id(kNodes + 1);
+  add.mutable_member()->set_client_address(cluster.client_address(kNodes));
+  add.mutable_member()->set_peer_address(cluster.peer_address(kNodes));
+  absl::StatusOr<v1::AddMemberResponse> added =
+      cluster.AskMetaLeader(&v1::Cluster::Stub::AddMember, add);
+  ASSERT_THAT(added, IsOk());
+  const uint64_t added_version = added->map_version();
+  ASSERT_GT(added_version, 1u);
+  cluster.StartJoining(kNodes);
+
+  // Writes while replicas move; wait (bounded) until the map is even and
+  // no move is left.
+  bool even = false;
+  for (int i = 0; !even; ++i) {
+    ASSERT_LT(i, 1200) << "replicas did not spread in time";
+    const std::string key = absl::StrCat("grow-during-", i);
+    if (i < 200) {
+      ASSERT_THAT(cluster.Put(key, "during"), IsOk()) << key;
+      acknowledged[key] = "during";
+    } else {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    absl::StatusOr<v1::GetClusterMapResponse> map = cluster.Map(0);
+    if (!map.ok()) continue;
+    std::map<uint64_t, int> held;
+    bool moving = false;
+    for (const v1::ShardInfo& s : map->map().shards()) {
+      moving = moving || s.move_to() != 0;
+      for (uint64_t r : s.replicas()) ++held[r];
+    }
+    even = !moving && held.size() == kNodes + 1 &&
+           std::all_of(held.begin(), held.end(), [](const auto& h) { return h.second == 6; });
+  }
+  // The new node holds its replicas as voters, and the old ones are gone.
+  for (int i = 0; i < 300; ++i) {
+    int hosted = 0;
+    for (int n = 0; n <= kNodes; ++n) {
+      absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(n);
+      if (status.ok()) hosted += status->shards_size();
+    }
+    if (hosted == 24) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  absl::StatusOr<v1::NodeStatusResponse> joined = cluster.Status(kNodes);
+  ASSERT_THAT(joined, IsOk());
+  EXPECT_EQ(joined->shards_size(), 6);
+  for (int n = 0; n < kNodes; ++n) {
+    absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(n);
+    ASSERT_THAT(status, IsOk());
+    EXPECT_EQ(status->shards_size(), 6) << "node " << n + 1;
+  }
+  for (const auto& [key, value] : acknowledged) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);
+    ASSERT_THAT(got, IsOk()) << key;
+    EXPECT_EQ(got->kv().value(), value) << key;
+  }
+  // A restart of the joined node (with --join again) keeps its replicas.
+  cluster.process(kNodes).Kill();
+  cluster.StartJoining(kNodes);
+  ASSERT_TRUE(cluster.WaitReady());
+  for (int i = 0; i < 300; ++i) {
+    joined = cluster.Status(kNodes);
+    if (joined.ok() && joined->shards_size() == 6 && joined->map_version() >= added_version) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_THAT(joined, IsOk());
+  EXPECT_EQ(joined->shards_size(), 6);
 }
 
 TEST(Integration, BadFlagsExitWithCode2AndOneLine) {

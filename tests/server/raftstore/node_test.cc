@@ -1226,7 +1226,7 @@ TEST(Membership, AReplicaMovesToAnotherNodeThroughRaft) {
   EXPECT_FALSE(c.StatusOf(4, 1).has_value());
 
   // 1. An empty replica on node 4; the leader adds it as a learner.
-  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(4).AddReplica(1, done); }), IsOk());
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(4).AddReplica(1, {}, done); }), IsOk());
   ASSERT_TRUE(c.StatusOf(4, 1).has_value());
   EXPECT_TRUE(c.StatusOf(4, 1)->voters.empty());
   ASSERT_THAT(
@@ -1272,7 +1272,7 @@ TEST(Membership, AReplicaMovesToAnotherNodeThroughRaft) {
   EXPECT_EQ(log->last_index, 0u);
   EXPECT_THAT(Cluster::Put(c.node(leaving), 1, "x", "y"), StatusIs(absl::StatusCode::kNotFound));
   // Nothing of it is left: it could come back as a new replica.
-  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(leaving).AddReplica(1, done); }), IsOk());
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(leaving).AddReplica(1, {}, done); }), IsOk());
   ASSERT_THAT(Cluster::Call([&](auto done) { c.node(leaving).RemoveReplica(1, done); }), IsOk());
   EXPECT_THAT(Cluster::Call([&](auto done) { c.node(leaving).RemoveReplica(1, done); }),
               StatusIs(absl::StatusCode::kNotFound));
@@ -1292,7 +1292,7 @@ TEST(Membership, AnAddedReplicaIsBackAfterARestartAndARemovedOneIsNot) {
   const NodeId leader = c.WaitForLeader(1);
   ASSERT_NE(leader, 0u);
   ASSERT_THAT(Cluster::Put(c.node(leader), 1, "a", "1"), IsOk());
-  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(4).AddReplica(1, done); }), IsOk());
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(4).AddReplica(1, {}, done); }), IsOk());
   ASSERT_THAT(
       Cluster::Call([&](auto done) {
         c.node(leader).ProposeConfChange(1, Change({{raftpb::CONF_CHANGE_ADD_LEARNER, 4}}), done);
@@ -1323,12 +1323,73 @@ TEST(Membership, AnAddedReplicaIsBackAfterARestartAndARemovedOneIsNot) {
   EXPECT_FALSE(c.StatusOf(4, 1).has_value());
 }
 
+// A group created at run time: each founder bootstraps its replica with the
+// same voters (as tessera-server does for a shard the cluster map lists with
+// its first replica set), and the replica is back after a restart although
+// no start option names it.
+TEST(Membership, FoundersBootstrapANewGroupAtRunTime) {
+  Cluster c({.shards = 1});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  constexpr ShardId kNew = 9;
+  for (NodeId id = 1; id <= 3; ++id) {
+    ASSERT_THAT(Cluster::Call([&](auto done) {
+                  c.node(id).AddReplica(kNew, {1, 2, 3}, done);
+                }),
+                IsOk());
+  }
+  const NodeId leader = c.WaitForLeader(kNew);
+  ASSERT_NE(leader, 0u);
+  ASSERT_THAT(Cluster::Put(c.node(leader), kNew, "k", "v"), IsOk());
+  const NodeId follower = leader % 3 + 1;
+  ASSERT_TRUE(c.WaitForValue(follower, kNew, "k", "v"));
+  c.Down(follower);
+  ASSERT_THAT(c.Up(follower), IsOk());
+  std::optional<ShardStatus> s = c.StatusOf(follower, kNew);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->voters, (std::vector<NodeId>{1, 2, 3}));
+  EXPECT_TRUE(c.WaitForValue(follower, kNew, "k", "v"));
+  // A second bootstrap of a hosted shard, or founders without this node,
+  // are refused.
+  EXPECT_THAT(Cluster::Call([&](auto done) {
+                c.node(1).AddReplica(kNew, {1, 2, 3}, done);
+              }),
+              StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_THAT(Cluster::Call([&](auto done) {
+                c.node(1).AddReplica(11, {2, 3}, done);
+              }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+// A shard's leader hands its leadership to a chosen voter (the scheduler
+// does so before the leader's own replica leaves).
+TEST(Membership, ALeaderHandsOneShardToAChosenVoter) {
+  Cluster c({.shards = 1});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId follower = leader % 3 + 1;
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(follower).TransferLeader(1, leader, done); }),
+              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(leader).TransferLeader(1, 7, done); }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(leader).TransferLeader(1, leader, done); }),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(leader).TransferLeader(5, follower, done); }),
+              StatusIs(absl::StatusCode::kNotFound));
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(leader).TransferLeader(1, follower, done); }),
+              IsOk());
+  EXPECT_TRUE(WaitFor([&] {
+    std::optional<ShardStatus> s = c.StatusOf(follower, 1);
+    return s && s->role == "leader";
+  }));
+}
+
 TEST(Membership, RequestsThatCannotBeDoneSayWhy) {
   Cluster c({.spare_nodes = 1, .shards = 1});
   ASSERT_THAT(c.StartAll(), IsOk());
   const NodeId leader = c.WaitForLeader(1);
   ASSERT_NE(leader, 0u);
-  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(leader).AddReplica(1, done); }),
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(leader).AddReplica(1, {}, done); }),
               StatusIs(absl::StatusCode::kAlreadyExists));
   EXPECT_THAT(Cluster::Call([&](auto done) { c.node(4).RemoveReplica(1, done); }),
               StatusIs(absl::StatusCode::kNotFound));
@@ -1357,7 +1418,7 @@ TEST(Membership, RequestsThatCannotBeDoneSayWhy) {
   ASSERT_TRUE(c.WaitForValue(follower, 1, "k", "v"));
   c.Down(follower);
   ASSERT_THAT(c.Up(follower), IsOk());
-  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(follower).AddReplica(1, done); }),
+  EXPECT_THAT(Cluster::Call([&](auto done) { c.node(follower).AddReplica(1, {}, done); }),
               StatusIs(absl::StatusCode::kAlreadyExists));
 }
 

@@ -343,6 +343,63 @@ TEST(PeerTls, AMemberClaimingAnotherIdIsRefusedAndCounted) {
   EXPECT_EQ(r2.inbox.messages(), 0u);
 }
 
+// Peer.ChangeReplica (the scheduler's steps) is for members only, checked
+// as batches are: the certified sender, the addressee, the request's shape;
+// only then does the node see it.
+TEST(PeerTls, ReplicaChangesComeOnlyFromTheMemberNamedAndAreChecked) {
+  absl::Mutex mu;
+  std::vector<peerpb::ReplicaChangeRequest> seen;  // guarded by mu
+  PeerServiceOptions extra;
+  extra.on_replica_change = [&](const peerpb::ReplicaChangeRequest& request,
+                                std::function<void(absl::Status)> done) {
+    {
+      absl::MutexLock lock(&mu);
+      seen.push_back(request);
+    }
+    done(absl::UnavailableError("not the leader"));
+  };
+  SecureReceiver r2(2, std::move(extra));
+  auto ask = [&](NodeId as, peerpb::ReplicaChangeRequest request) {
+    std::unique_ptr<peerpb::Peer::Stub> stub = RawStub(r2.address(), as, 2);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    peerpb::ReplicaChangeResponse response;
+    return stub->ChangeReplica(&context, request, &response);
+  };
+  peerpb::ReplicaChangeRequest good;
+  good.set_from_node(1);
+  good.set_to_node(2);
+  good.set_shard(3);
+  raftpb::ConfChangeSingle* add = good.mutable_conf_change()->add_changes();
+  add->set_type(raftpb::CONF_CHANGE_ADD_LEARNER);
+  add->set_node_id(3);
+
+  EXPECT_EQ(ask(3, good).error_code(), grpc::StatusCode::PERMISSION_DENIED);  // claims to be 1
+  EXPECT_TRUE(r2.inbox.WaitForRefusal("sender_mismatch"));
+  EXPECT_NE(ask(0, good).error_code(), grpc::StatusCode::OK);  // no certificate
+  peerpb::ReplicaChangeRequest elsewhere = good;
+  elsewhere.set_to_node(3);
+  EXPECT_EQ(ask(1, elsewhere).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  peerpb::ReplicaChangeRequest empty = good;
+  empty.clear_conf_change();
+  EXPECT_EQ(ask(1, empty).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  peerpb::ReplicaChangeRequest zero = good;
+  zero.mutable_conf_change()->mutable_changes(0)->set_node_id(0);
+  EXPECT_EQ(ask(1, zero).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(r2.inbox.WaitForRefusal("bad_replica_change"));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_TRUE(seen.empty());
+  }
+  // The member named, asking the right node: handed over, answered as done.
+  grpc::Status answered = ask(1, good);
+  EXPECT_EQ(answered.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(answered.error_message(), "not the leader");
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].conf_change().changes(0).node_id(), 3u);
+}
+
 TEST(PeerTls, SnapshotsInsideBatchesAreRefused) {
   SecureReceiver r2(2);
   std::unique_ptr<peerpb::Peer::Stub> stub = RawStub(r2.address(), 1, 2);

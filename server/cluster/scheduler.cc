@@ -1,0 +1,255 @@
+#include "server/cluster/scheduler.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+
+namespace tessera::server {
+namespace {
+
+bool Contains(const std::vector<NodeId>& ids, NodeId id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+raftpb::ConfChange Change(std::initializer_list<std::pair<raftpb::ConfChangeType, NodeId>> list) {
+  raftpb::ConfChange cc;
+  for (const auto& [type, node] : list) {
+    raftpb::ConfChangeSingle* c = cc.add_changes();
+    c->set_type(type);
+    c->set_node_id(node);
+  }
+  return cc;
+}
+
+// One shard's replicas as their nodes report them.
+struct ShardReports {
+  std::map<NodeId, ShardStatus> by_node;
+  // The report of the leader with the highest term, or nullptr.
+  const ShardStatus* leader = nullptr;
+  NodeId leader_node = 0;
+};
+
+}  // namespace
+
+Scheduler::Scheduler(const SchedulerOptions& options, MapChanger change_map,
+                     const ClusterMapCache* maps, std::function<bool()> leads_meta,
+                     ClusterControl* control, Logger log)
+    : options_(options),
+      change_map_(std::move(change_map)),
+      maps_(maps),
+      leads_meta_(std::move(leads_meta)),
+      control_(control),
+      log_(std::move(log)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::Stop() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::StatusOr<ClusterMap> Scheduler::RecordMove(const ClusterMap& map, ShardId shard, NodeId from,
+                                                 NodeId to) {
+  if (shard >= map.shards().size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no shard ", shard, " (the cluster has ", map.shards().size(), ")"));
+  }
+  const ShardLayout& layout = map.shards()[shard];
+  if (!Contains(layout.replicas, from)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node ", from, " holds no voting replica of shard ", shard));
+  }
+  if (map.FindMember(to) == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("node ", to, " is not a member"));
+  }
+  if (Contains(layout.replicas, to) || Contains(layout.learners, to)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node ", to, " already holds a replica of shard ", shard));
+  }
+  if (layout.move_to != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("shard ", shard, " is already moving from ",
+                                                      layout.move_from, " to ", layout.move_to));
+  }
+  std::vector<NodeId> learners = layout.learners;
+  learners.push_back(to);
+  return map.WithShardReplicas(shard, layout.replicas, std::move(learners), from, to);
+}
+
+void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) {
+  int moving = 0;
+  std::map<NodeId, int> held;  // live members only
+  for (NodeId id : live) held[id] = 0;
+  for (const ShardLayout& s : map.shards()) {
+    if (s.move_to != 0) ++moving;
+    for (const auto* ids : {&s.replicas, &s.learners}) {
+      for (NodeId id : *ids) {
+        if (held.contains(id)) ++held[id];
+      }
+    }
+  }
+  if (moving >= options_.max_moves || held.size() < 2) return;
+  auto fewest = std::min_element(held.begin(), held.end(),
+                                 [](const auto& a, const auto& b) { return a.second < b.second; });
+  auto most = std::max_element(held.begin(), held.end(),
+                               [](const auto& a, const auto& b) { return a.second < b.second; });
+  if (most->second - fewest->second < 2) return;
+  const NodeId from = most->first;
+  const NodeId to = fewest->first;
+  // The shard of `from` that the placement rule ranks `to` highest for.
+  const ShardLayout* pick = nullptr;
+  for (const ShardLayout& s : map.shards()) {
+    if (s.move_to != 0 || !Contains(s.replicas, from) || Contains(s.replicas, to) ||
+        Contains(s.learners, to)) {
+      continue;
+    }
+    if (pick == nullptr || PlacementWeight(s.id, to) > PlacementWeight(pick->id, to)) pick = &s;
+  }
+  if (pick == nullptr) return;
+  const ShardId shard = pick->id;
+  absl::StatusOr<ClusterMap> recorded =
+      change_map_([&](const ClusterMap& current) { return RecordMove(current, shard, from, to); });
+  if (recorded.ok()) {
+    log_(absl::StrCat("balancing: moving shard ", shard, " from node ", from, " (", most->second,
+                      " replicas) to node ", to, " (", fewest->second,
+                      " replicas; cluster map version ", recorded->version(), ")"));
+  }
+}
+
+void Scheduler::Run() {
+  while (!stop_.WaitForNotificationWithTimeout(options_.interval)) {
+    if (leads_meta_()) RunOnce();
+  }
+}
+
+void Scheduler::RunOnce() {
+  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  if (map == nullptr) return;
+
+  // What every member reports (one round trip each).
+  absl::flat_hash_map<ShardId, ShardReports> shards;
+  std::vector<NodeId> live;
+  for (const MemberInfo& m : map->members()) {
+    absl::StatusOr<std::vector<ShardStatus>> status = control_->Status(m.id);
+    if (!status.ok()) continue;
+    live.push_back(m.id);
+    for (ShardStatus& s : *status) {
+      if (s.shard == kMetaShard) continue;
+      shards[s.shard].by_node[m.id] = std::move(s);
+    }
+  }
+  for (auto& [shard, reports] : shards) {
+    for (const auto& [node, s] : reports.by_node) {
+      if (s.role == "leader" && (reports.leader == nullptr || s.term > reports.leader->term)) {
+        reports.leader = &s;
+        reports.leader_node = node;
+      }
+    }
+  }
+  auto act = [&](const std::string& what, const absl::Status& done) {
+    // Refusals (a change still pending, a leader that just moved) are
+    // retried next round; only actions taken are logged.
+    if (done.ok()) log_(what);
+  };
+
+  // Moves, one step per shard and round.
+  for (const ShardLayout& layout : map->shards()) {
+    if (layout.move_to == 0) continue;
+    auto it = shards.find(layout.id);
+    if (it == shards.end() || it->second.leader == nullptr) continue;
+    const ShardReports& reports = it->second;
+    const ShardStatus& leader = *reports.leader;
+    const NodeId from = layout.move_from;
+    const NodeId to = layout.move_to;
+    const ShardId shard = layout.id;
+    if (!leader.voters_outgoing.empty()) continue;  // joint: raft leaves it by itself
+    const bool to_voter = Contains(leader.voters, to);
+    const bool to_learner = Contains(leader.learners, to);
+    const bool from_in = Contains(leader.voters, from) || Contains(leader.learners, from);
+    auto learner = reports.by_node.find(to);
+    const bool caught_up =
+        learner != reports.by_node.end() &&
+        learner->second.applied_index + options_.catch_up_entries >= leader.commit_index;
+    if (!to_voter && !to_learner) {
+      if (learner == reports.by_node.end()) continue;  // its node has not created the replica yet
+      act(absl::StrCat("shard ", shard, ": adding node ", to, " as a learner (move from node ",
+                       from, ")"),
+          control_->ProposeConfChange(reports.leader_node, shard,
+                                      Change({{raftpb::CONF_CHANGE_ADD_LEARNER, to}})));
+    } else if (to_learner && !caught_up) {
+      continue;  // still catching up
+    } else if (from_in && reports.leader_node == from) {
+      // The leaving replica leads: it hands over first (to the new one once
+      // it votes, else to another voter).
+      NodeId other = to_voter ? to : 0;
+      for (NodeId v : leader.voters) {
+        if (other == 0 && v != from) other = v;
+      }
+      if (other == 0) continue;
+      act(absl::StrCat("shard ", shard, ": node ", from, " hands its leadership to node ", other,
+                       " before leaving"),
+          control_->TransferLeader(from, shard, other));
+    } else if (to_learner) {
+      raftpb::ConfChange cc = from_in ? Change({{raftpb::CONF_CHANGE_ADD_NODE, to},
+                                                {raftpb::CONF_CHANGE_REMOVE_NODE, from}})
+                                      : Change({{raftpb::CONF_CHANGE_ADD_NODE, to}});
+      act(absl::StrCat("shard ", shard, ": node ", to, " caught up (applied ",
+                       learner->second.applied_index, " of ", leader.commit_index,
+                       "); promoting it", from_in ? absl::StrCat(", removing node ", from) : ""),
+          control_->ProposeConfChange(reports.leader_node, shard, cc));
+    } else if (from_in) {
+      act(absl::StrCat("shard ", shard, ": removing node ", from),
+          control_->ProposeConfChange(reports.leader_node, shard,
+                                      Change({{raftpb::CONF_CHANGE_REMOVE_NODE, from}})));
+    } else {
+      // Done in raft: record it. Voters in the map's order, the new one
+      // where the old one was.
+      std::vector<NodeId> voters;
+      for (NodeId v : layout.replicas) {
+        if (v == from) v = to;
+        if (Contains(leader.voters, v)) voters.push_back(v);
+      }
+      for (NodeId v : leader.voters) {
+        if (!Contains(voters, v)) voters.push_back(v);
+      }
+      absl::StatusOr<ClusterMap> recorded = change_map_([&](const ClusterMap& current) {
+        const ShardLayout& now = current.shards()[shard];
+        if (now.move_from != from || now.move_to != to) {
+          return absl::StatusOr<ClusterMap>(absl::AbortedError("the move changed meanwhile"));
+        }
+        return current.WithShardReplicas(shard, voters, leader.learners, 0, 0);
+      });
+      act(absl::StrCat("shard ", shard, ": moved from node ", from, " to node ", to,
+                       recorded.ok()
+                           ? absl::StrCat(" (cluster map version ", recorded->version(), ")")
+                           : ""),
+          recorded.status());
+    }
+  }
+
+  Balance(*map, live);
+
+  // Garbage: replicas neither the map nor their leader's configuration has.
+  for (const auto& [shard, reports] : shards) {
+    if (reports.leader == nullptr || shard >= map->shards().size()) continue;
+    const ShardLayout& layout = map->shards()[shard];
+    const ShardStatus& leader = *reports.leader;
+    for (const auto& [node, s] : reports.by_node) {
+      if (Contains(layout.replicas, node) || Contains(layout.learners, node) ||
+          Contains(leader.voters, node) || Contains(leader.voters_outgoing, node) ||
+          Contains(leader.learners, node)) {
+        continue;
+      }
+      act(absl::StrCat("shard ", shard, ": deleting the replica on node ", node,
+                       " (not in the shard's configuration any more)"),
+          control_->RemoveReplica(node, shard));
+    }
+  }
+}
+
+}  // namespace tessera::server

@@ -1,0 +1,132 @@
+// Scheduler: the placement driver. It runs on every node and acts only while
+// that node's replica of the metadata group leads it, so one node at a time
+// drives the cluster (a new leader takes over where the last one stopped).
+//
+// It carries out the replica moves recorded in the cluster map (RecordMove:
+// `tessera cluster move-replica`), one raft step per round for each shard,
+// every step decided afresh from the stored map and the replicas' reported
+// raft state (nothing is remembered between rounds, so a crash of any node
+// or of the scheduler leaves a state the next round continues from):
+//
+//   1. the map lists the new replica B as a learner of shard S (recorded
+//      with the move; B's node then hosts an empty replica);
+//   2. S's leader adds B as a raft learner; B catches up by snapshot + log;
+//   3. once B's applied index is within catch_up_entries of the leader's
+//      commit index: if the leaving replica A leads, it hands leadership to
+//      another voter first; then the leader proposes {add voter B, remove
+//      A}, a joint change raft leaves by itself once applied;
+//   4. when the leader's configuration has B as voter and A nowhere, the map
+//      records it (A out, B in, the move done; conf_version + 1);
+//   5. garbage collection: a node hosting a replica of S that neither the
+//      map nor S's leader's configuration lists deletes it when told (here
+//      A, after step 4; also a replica left by an interrupted move).
+//
+// Balancing: while fewer than max_moves moves are in progress, it records
+// one more when the member holding the most replicas (voters and learners,
+// among the members that answer) holds at least two more than the one
+// holding the fewest: a shard of the first that the second lacks, the one
+// the placement rule (PlacementWeight) ranks the second highest for. So a
+// member that joins receives replicas until every member is within one of
+// the mean, about 1/(N+1) of them when it is the (N+1)th.
+// Every decision is logged in one line.
+//
+// Thread-safety: thread-safe; one thread runs the rounds. `maps` and
+// `control` are not owned and must outlive the Scheduler.
+#ifndef TESSERA_SERVER_CLUSTER_SCHEDULER_H_
+#define TESSERA_SERVER_CLUSTER_SCHEDULER_H_
+
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "server/cluster/cluster_map.h"
+#include "server/cluster/meta_group.h"
+#include "server/kv/backend.h"
+#include "tessera/raft.pb.h"
+
+namespace tessera::server {
+
+// How the scheduler observes and acts on the members (tessera-server:
+// Cluster.NodeStatus and Peer.ChangeReplica; tests: in-process nodes).
+// Calls block (bounded by the implementation's deadlines).
+class ClusterControl {
+ public:
+  virtual ~ClusterControl() = default;
+  // The replicas `node` hosts and their raft state (kUnavailable if it
+  // does not answer).
+  virtual absl::StatusOr<std::vector<ShardStatus>> Status(NodeId node) = 0;
+  // Asks `node`, which leads `shard`, to propose `cc`.
+  virtual absl::Status ProposeConfChange(NodeId node, ShardId shard,
+                                         const raftpb::ConfChange& cc) = 0;
+  // Asks `node`, which leads `shard`, to hand its leadership to `to`.
+  virtual absl::Status TransferLeader(NodeId node, ShardId shard, NodeId to) = 0;
+  // Asks `node` to delete its replica of `shard`.
+  virtual absl::Status RemoveReplica(NodeId node, ShardId shard) = 0;
+};
+
+struct SchedulerOptions {
+  absl::Duration interval = absl::Milliseconds(500);
+  // Moves in progress at once, the ones recorded by hand included; the
+  // balancer starts none beyond it (bounds the snapshot traffic that
+  // competes with foreground requests).
+  int max_moves = 2;
+  // A learner is promoted once its applied index is within this many
+  // entries of its leader's commit index.
+  uint64_t catch_up_entries = 64;
+};
+
+class Scheduler {
+ public:
+  using Logger = std::function<void(const std::string&)>;
+
+  // Changes the stored map (MetaGroup::Change).
+  using MapChanger = std::function<absl::StatusOr<ClusterMap>(const MetaGroup::Mutation&)>;
+
+  // Starts the thread (a round every interval while leads_meta() holds).
+  // `change_map` changes the stored map; `maps` is the node's current map.
+  Scheduler(const SchedulerOptions& options, MapChanger change_map, const ClusterMapCache* maps,
+            std::function<bool()> leads_meta, ClusterControl* control, Logger log);
+  ~Scheduler();  // Stop()s.
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Joins the thread. Idempotent.
+  void Stop();
+
+  // The map with a move of `shard`'s replica from `from` to `to` recorded:
+  // `to` becomes a learner (the next version). Errors: kInvalidArgument (no
+  // such shard or member, `from` is not a voter of it, `to` already holds a
+  // replica of it), kFailedPrecondition (another move of the shard is in
+  // progress).
+  static absl::StatusOr<ClusterMap> RecordMove(const ClusterMap& map, ShardId shard, NodeId from,
+                                               NodeId to);
+
+  // One round, on the caller's thread (tests; give the thread an interval
+  // that never comes).
+  void RunOnceForTesting() { RunOnce(); }
+
+ private:
+  void Run();
+  void RunOnce();
+  // Records one balancing move if the replicas are uneven (see above).
+  // `live`: the members that answered this round.
+  void Balance(const ClusterMap& map, const std::vector<NodeId>& live);
+
+  const SchedulerOptions options_;
+  const MapChanger change_map_;
+  const ClusterMapCache* const maps_;
+  const std::function<bool()> leads_meta_;
+  ClusterControl* const control_;
+  const Logger log_;
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_CLUSTER_SCHEDULER_H_

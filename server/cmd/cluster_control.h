@@ -1,0 +1,64 @@
+// GrpcClusterControl: the scheduler's ClusterControl (server/cluster/
+// scheduler.h) over the network: a member's status from its
+// Cluster.NodeStatus (client port), its steps through Peer.ChangeReplica
+// (peer port, with this node's peer credentials: only members may ask).
+// Addresses come from the node's current cluster map. Every call has a
+// deadline of `deadline`.
+//
+// Thread-safety: thread-safe. `maps` and `credentials` are not owned and
+// must outlive it.
+#ifndef TESSERA_SERVER_CMD_CLUSTER_CONTROL_H_
+#define TESSERA_SERVER_CMD_CLUSTER_CONTROL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/cluster/cluster_map.h"
+#include "server/cluster/scheduler.h"
+#include "server/security/peer_tls.h"
+#include "tessera/kv.grpc.pb.h"
+#include "tessera/peer.grpc.pb.h"
+
+namespace tessera::server {
+
+class GrpcClusterControl : public ClusterControl {
+ public:
+  GrpcClusterControl(NodeId self, const ClusterMapCache* maps,
+                     const security::PeerCredentials* credentials,
+                     absl::Duration deadline = absl::Seconds(2));
+
+  absl::StatusOr<std::vector<ShardStatus>> Status(NodeId node) override;
+  absl::Status ProposeConfChange(NodeId node, ShardId shard, const raftpb::ConfChange& cc) override;
+  absl::Status TransferLeader(NodeId node, ShardId shard, NodeId to) override;
+  absl::Status RemoveReplica(NodeId node, ShardId shard) override;
+
+ private:
+  struct Stubs {
+    std::string client_address;
+    std::string peer_address;
+    std::unique_ptr<v1::Cluster::Stub> cluster;
+    std::unique_ptr<peerpb::Peer::Stub> peer;
+  };
+  // The stubs of `node` at its current addresses; nullptr if not a member.
+  std::shared_ptr<Stubs> StubsOf(NodeId node) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Ask(NodeId node, peerpb::ReplicaChangeRequest request);
+
+  const NodeId self_;
+  const ClusterMapCache* const maps_;
+  const security::PeerCredentials* const credentials_;
+  const absl::Duration deadline_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<NodeId, std::shared_ptr<Stubs>> stubs_ ABSL_GUARDED_BY(mu_);
+};
+
+// A ShardStatus from its wire form (Cluster.NodeStatus).
+ShardStatus FromProto(const v1::ShardStatus& proto);
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_CMD_CLUSTER_CONTROL_H_

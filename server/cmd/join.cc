@@ -1,0 +1,49 @@
+#include "server/cmd/join.h"
+
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "proto/grpc_status.h"
+#include "tessera/kv.grpc.pb.h"
+
+namespace tessera::server {
+
+absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpoints, NodeId self,
+                                           absl::Duration timeout) {
+  std::vector<std::unique_ptr<v1::Cluster::Stub>> stubs;
+  for (const std::string& endpoint : endpoints) {
+    stubs.push_back(
+        v1::Cluster::NewStub(grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials())));
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Status last = absl::UnavailableError("not asked");
+  // Bounded by `timeout`: each call has a deadline of at most a second.
+  while (absl::Now() < deadline) {
+    for (auto& stub : stubs) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(1))));
+      v1::GetClusterMapResponse response;
+      last = FromGrpcStatus(stub->GetClusterMap(&context, {}, &response));
+      if (!last.ok()) continue;
+      absl::StatusOr<ClusterMap> map = ClusterMap::FromProto(response.map());
+      if (!map.ok()) return map.status();
+      if (map->FindMember(self) == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "node ", self, " is not a member of the cluster at ", absl::StrJoin(endpoints, ","),
+            " (map version ", map->version(), "): add it first with `tessera cluster add-node ",
+            self, " CLIENT_HOST:PORT PEER_HOST:PORT`"));
+      }
+      return map;
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  return absl::UnavailableError(absl::StrCat("no member at ", absl::StrJoin(endpoints, ","),
+                                             " served the cluster map within ",
+                                             absl::FormatDuration(timeout), ": ", last.message()));
+}
+
+}  // namespace tessera::server

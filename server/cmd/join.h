@@ -1,0 +1,26 @@
+// Joining a running cluster (tessera-server --join): the cluster map comes
+// from the cluster instead of --initial-cluster.
+#ifndef TESSERA_SERVER_CMD_JOIN_H_
+#define TESSERA_SERVER_CMD_JOIN_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/cluster/cluster_map.h"
+
+namespace tessera::server {
+
+// The cluster map served by any of `endpoints` (client host:port of
+// members, Cluster.GetClusterMap), asked in turn until one answers or
+// `timeout` passes. The map must name `self` (added with `tessera cluster
+// add-node`). Errors: kUnavailable (nobody answered; the line says whom it
+// asked), kFailedPrecondition (`self` is not a member: the line says how
+// to add it), FromProto's errors.
+absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpoints, NodeId self,
+                                           absl::Duration timeout);
+
+}  // namespace tessera::server
+
+#endif  // TESSERA_SERVER_CMD_JOIN_H_

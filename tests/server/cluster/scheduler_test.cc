@@ -1,0 +1,293 @@
+// Scheduler (server/cluster/scheduler.h) against a model of the cluster: a
+// ClusterControl whose shards change configuration at once when asked, and
+// which checks the rules a move must keep (never remove the leader, never
+// fewer voters than before, never delete a replica the configuration still
+// has). Each round runs on a NEW Scheduler, so nothing is carried between
+// rounds: what a crashed scheduler's successor would do.
+#include "server/cluster/scheduler.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "proto/testing/status_matchers.h"
+
+namespace tessera::server {
+namespace {
+
+using ::tessera::testing::IsOk;
+using ::tessera::testing::StatusIs;
+using ::testing::ElementsAre;
+
+bool Has(const std::vector<NodeId>& ids, NodeId id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+class ModelCluster : public ClusterControl {
+ public:
+  struct Shard {
+    std::vector<NodeId> voters;
+    std::vector<NodeId> learners;
+    NodeId leader = 0;
+    uint64_t commit = 1000;
+  };
+
+  absl::StatusOr<std::vector<ShardStatus>> Status(NodeId node) override {
+    if (down.contains(node)) return absl::UnavailableError("down");
+    std::vector<ShardStatus> out;
+    for (const auto& [shard, applied] : hosted[node]) {
+      const Shard& sh = shards[shard];
+      ShardStatus s;
+      s.shard = shard;
+      s.role = sh.leader == node ? "leader" : "follower";
+      s.term = 1;
+      s.leader = sh.leader;
+      s.commit_index = sh.commit;
+      s.applied_index = applied;
+      s.voters = sh.voters;
+      s.learners = sh.learners;
+      out.push_back(s);
+    }
+    return out;
+  }
+
+  absl::Status ProposeConfChange(NodeId node, ShardId shard,
+                                 const raftpb::ConfChange& cc) override {
+    Shard& sh = shards[shard];
+    if (sh.leader != node) return absl::UnavailableError("not the leader");
+    std::string call = absl::StrCat("shard ", shard, ":");
+    const size_t voters_before = sh.voters.size();
+    for (const raftpb::ConfChangeSingle& c : cc.changes()) {
+      auto erase = [&](std::vector<NodeId>& v) {
+        v.erase(std::remove(v.begin(), v.end(), c.node_id()), v.end());
+      };
+      erase(sh.voters);
+      erase(sh.learners);
+      if (c.type() == raftpb::CONF_CHANGE_ADD_LEARNER) {
+        sh.learners.push_back(c.node_id());
+        absl::StrAppend(&call, " learner ", c.node_id());
+      } else if (c.type() == raftpb::CONF_CHANGE_ADD_NODE) {
+        sh.voters.push_back(c.node_id());
+        absl::StrAppend(&call, " voter ", c.node_id());
+      } else {
+        EXPECT_NE(c.node_id(), sh.leader) << "the leader was removed";
+        absl::StrAppend(&call, " remove ", c.node_id());
+      }
+    }
+    EXPECT_GE(sh.voters.size(), voters_before) << call;
+    calls.push_back(call);
+    return absl::OkStatus();
+  }
+
+  absl::Status TransferLeader(NodeId node, ShardId shard, NodeId to) override {
+    Shard& sh = shards[shard];
+    if (sh.leader != node) return absl::UnavailableError("not the leader");
+    EXPECT_TRUE(Has(sh.voters, to));
+    sh.leader = to;
+    calls.push_back(absl::StrCat("shard ", shard, ": leader ", to));
+    return absl::OkStatus();
+  }
+
+  absl::Status RemoveReplica(NodeId node, ShardId shard) override {
+    const Shard& sh = shards[shard];
+    EXPECT_FALSE(Has(sh.voters, node) || Has(sh.learners, node)) << "deleted a member's replica";
+    hosted[node].erase(shard);
+    calls.push_back(absl::StrCat("shard ", shard, ": delete on ", node));
+    return absl::OkStatus();
+  }
+
+  // What calls the last round made.
+  std::vector<std::string> TakeCalls() { return std::exchange(calls, {}); }
+
+  std::map<ShardId, Shard> shards;
+  std::map<NodeId, std::map<ShardId, uint64_t>> hosted;  // node -> shard -> applied index
+  std::set<NodeId> down;
+  std::vector<std::string> calls;
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  SchedulerTest() : maps_(*ClusterMap::Create(Members(), 2, 2)) {
+    for (const ShardLayout& s : maps_.Current()->shards()) {
+      model_.shards[s.id] = {.voters = s.replicas, .leader = s.replicas[0]};
+      for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
+    }
+  }
+
+  static std::vector<MemberInfo> Members() {
+    std::vector<MemberInfo> members;
+    for (NodeId id = 1; id <= 3; ++id) {
+      members.push_back(
+          {id, absl::StrCat("127.0.0.1:", 7000 + id), absl::StrCat("127.0.0.1:", 7100 + id)});
+    }
+    return members;
+  }
+
+  // One round by a scheduler that has never run before.
+  std::vector<std::string> Round() {
+    Scheduler scheduler(
+        {.interval = absl::Hours(1)},
+        [this](const MetaGroup::Mutation& mutate) -> absl::StatusOr<ClusterMap> {
+          absl::StatusOr<ClusterMap> next = mutate(*maps_.Current());
+          if (next.ok()) maps_.Set(std::make_shared<const ClusterMap>(*next));
+          return next;
+        },
+        &maps_, [] { return true; }, &model_, [](const std::string&) {});
+    scheduler.RunOnceForTesting();
+    return model_.TakeCalls();
+  }
+
+  ClusterMapCache maps_;
+  ModelCluster model_;
+};
+
+TEST_F(SchedulerTest, AMoveOffTheLeaderGoesStepByStepAndEndsRecorded) {
+  const ShardLayout layout = maps_.Current()->shards()[0];
+  const NodeId from = layout.replicas[0];  // the leader
+  NodeId to = 0;
+  for (NodeId id = 1; id <= 3; ++id) {
+    if (!Has(layout.replicas, id)) to = id;
+  }
+  const NodeId stays = layout.replicas[1];
+  absl::StatusOr<ClusterMap> recorded = Scheduler::RecordMove(*maps_.Current(), 0, from, to);
+  ASSERT_THAT(recorded, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*recorded));
+
+  // Nothing until the new node hosts a replica (it does once it sees the map).
+  EXPECT_THAT(Round(), ElementsAre());
+  model_.hosted[to][0] = 0;
+  EXPECT_THAT(Round(), ElementsAre(absl::StrCat("shard 0: learner ", to)));
+  // Not promoted while it catches up.
+  EXPECT_THAT(Round(), ElementsAre());
+  model_.hosted[to][0] = 990;
+  // The leaving replica leads: it hands over first, then the joint change.
+  EXPECT_THAT(Round(), ElementsAre(absl::StrCat("shard 0: leader ", stays)));
+  EXPECT_THAT(Round(), ElementsAre(absl::StrCat("shard 0: voter ", to, " remove ", from)));
+  EXPECT_EQ(maps_.Current()->shards()[0].move_to, to);  // raft first, the map after
+  EXPECT_THAT(Round(), ElementsAre());                  // records it in the map
+  EXPECT_EQ(maps_.Current()->shards()[0].move_to, 0u);
+  EXPECT_THAT(Round(), ElementsAre(absl::StrCat("shard 0: delete on ", from)));
+  const ShardLayout& after = maps_.Current()->shards()[0];
+  EXPECT_EQ(after.move_to, 0u);
+  EXPECT_TRUE(after.learners.empty());
+  EXPECT_THAT(after.replicas, ElementsAre(to, stays));
+  EXPECT_EQ(after.conf_version, layout.conf_version + 2);
+  EXPECT_FALSE(model_.hosted[from].contains(0));
+  // Done: nothing more to do.
+  EXPECT_THAT(Round(), ElementsAre());
+}
+
+TEST_F(SchedulerTest, NothingHappensWithoutTheShardsLeaderAndNothingIsDeletedByMistake) {
+  const ShardLayout layout = maps_.Current()->shards()[1];
+  NodeId to = 0;
+  for (NodeId id = 1; id <= 3; ++id) {
+    if (!Has(layout.replicas, id)) to = id;
+  }
+  maps_.Set(std::make_shared<const ClusterMap>(
+      *Scheduler::RecordMove(*maps_.Current(), 1, layout.replicas[1], to)));
+  model_.hosted[to][1] = 0;
+  // The leader's node does not answer: no step, and the new (empty) replica,
+  // which the map lists, is not garbage.
+  model_.down.insert(layout.replicas[0]);
+  EXPECT_THAT(Round(), ElementsAre());
+  EXPECT_TRUE(model_.hosted[to].contains(1));
+  // A replica that neither the map nor the leader's configuration lists is.
+  model_.down.clear();
+  NodeId stray = 0;
+  for (NodeId id = 1; id <= 3; ++id) {
+    if (!Has(maps_.Current()->shards()[0].replicas, id)) stray = id;
+  }
+  model_.hosted[stray][0] = 5;
+  std::vector<std::string> calls = Round();
+  EXPECT_THAT(calls, ::testing::UnorderedElementsAre(absl::StrCat("shard 1: learner ", to),
+                                                     absl::StrCat("shard 0: delete on ", stray)));
+}
+
+// A fourth member joins a cluster of three (8 shards, 2 replicas each):
+// the balancer moves replicas to it, a bounded number at a time, until
+// every member holds within one of the mean, and moves no more than that.
+TEST_F(SchedulerTest, ANewMemberReceivesReplicasUntilTheClusterIsEven) {
+  auto eight = ClusterMap::Create(Members(), 8, 2);
+  ASSERT_THAT(eight, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*eight));
+  model_ = ModelCluster();
+  for (const ShardLayout& s : eight->shards()) {
+    model_.shards[s.id] = {.voters = s.replicas, .leader = s.replicas[0]};
+    for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
+  }
+  absl::StatusOr<ClusterMap> grown = maps_.Current()->WithMember(
+      {.id = 4, .client_address = "127.0.0.1:7004", .peer_address = "127.0.0.1:7104"});
+  ASSERT_THAT(grown, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*grown));
+  model_.hosted[4];  // answers, hosting nothing
+
+  int moves = 0;
+  int most_at_once = 0;
+  for (int round = 0; round < 200; ++round) {
+    const ClusterMap& map = *maps_.Current();
+    int moving = 0;
+    for (const ShardLayout& s : map.shards()) moving += s.move_to != 0 ? 1 : 0;
+    most_at_once = std::max(most_at_once, moving);
+    // Each member hosts what the map lists on it; learners catch up a round later.
+    for (NodeId id = 1; id <= 4; ++id) {
+      for (auto& [shard, applied] : model_.hosted[id]) applied = 1000;
+      for (ShardId shard : map.ReplicasOn(id)) model_.hosted[id].try_emplace(shard, 0);
+    }
+    for (const std::string& call : Round()) {
+      if (call.find("delete on") != std::string::npos) ++moves;
+    }
+  }
+  std::map<NodeId, int> held;
+  for (const ShardLayout& s : maps_.Current()->shards()) {
+    EXPECT_EQ(s.move_to, 0u) << "shard " << s.id << " still moving";
+    EXPECT_EQ(s.replicas.size(), 2u);
+    for (NodeId r : s.replicas) ++held[r];
+  }
+  ASSERT_EQ(held.size(), 4u);
+  for (const auto& [id, n] : held) {
+    EXPECT_GE(n, 3) << "node " << id;
+    EXPECT_LE(n, 5) << "node " << id;
+  }
+  EXPECT_LE(moves, 5);  // 16 replicas over 4 members: the new one needs 4
+  EXPECT_LE(most_at_once, 2);
+}
+
+TEST(SchedulerRecordMove, RefusesMovesThatCannotBe) {
+  std::vector<MemberInfo> members;
+  for (NodeId id = 1; id <= 4; ++id) {
+    members.push_back({id, absl::StrCat("h:", id), absl::StrCat("p:", id)});
+  }
+  const ClusterMap map = *ClusterMap::Create(members, 2, 2);
+  const ShardLayout& s = map.shards()[0];
+  NodeId outside = 0;
+  for (NodeId id = 1; id <= 4; ++id) {
+    if (!Has(s.replicas, id)) outside = id;
+  }
+  EXPECT_THAT(Scheduler::RecordMove(map, 7, s.replicas[0], outside),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Scheduler::RecordMove(map, 0, outside, s.replicas[0]),
+              StatusIs(absl::StatusCode::kInvalidArgument));  // not a voter
+  EXPECT_THAT(Scheduler::RecordMove(map, 0, s.replicas[0], s.replicas[1]),
+              StatusIs(absl::StatusCode::kInvalidArgument));  // holds one already
+  EXPECT_THAT(Scheduler::RecordMove(map, 0, s.replicas[0], 9),
+              StatusIs(absl::StatusCode::kInvalidArgument));  // not a member
+  absl::StatusOr<ClusterMap> moving = Scheduler::RecordMove(map, 0, s.replicas[0], outside);
+  ASSERT_THAT(moving, IsOk());
+  EXPECT_EQ(moving->version(), map.version() + 1);
+  EXPECT_THAT(moving->shards()[0].learners, ElementsAre(outside));
+  NodeId other = 0;
+  for (NodeId id = 1; id <= 4; ++id) {
+    if (!Has(s.replicas, id) && id != outside) other = id;
+  }
+  EXPECT_THAT(Scheduler::RecordMove(*moving, 0, s.replicas[1], other),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+}
+
+}  // namespace
+}  // namespace tessera::server
