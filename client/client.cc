@@ -1280,6 +1280,19 @@ absl::StatusOr<uint64_t> Client::AddMember(const std::string& address, const v1:
   return response.map_version();
 }
 
+absl::StatusOr<uint64_t> Client::RemoveMember(const std::string& address, uint64_t node_id,
+                                              const CallOptions& options) {
+  Core::Node* node = core_->GetNode(address);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
+  v1::RemoveMemberRequest request;
+  request.set_node_id(node_id);
+  v1::RemoveMemberResponse response;
+  absl::Status s = FromGrpcStatus(node->cluster.Next()->RemoveMember(&context, request, &response));
+  if (!s.ok()) return s;
+  return response.map_version();
+}
+
 ReadCacheStats Client::read_cache_stats() const { return core_->cache().stats(); }
 
 }  // namespace tessera::client

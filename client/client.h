@@ -258,6 +258,11 @@ class Client {
   // leader records (elsewhere UNAVAILABLE).
   absl::StatusOr<uint64_t> AddMember(const std::string& address, const v1::Member& member,
                                      const CallOptions& options = {});
+  // Cluster.RemoveMember at `address` (one attempt): marks member `node_id`
+  // leaving (its replicas move off, then it is removed and exits); the map
+  // version that marks it. Only the metadata group's leader records.
+  absl::StatusOr<uint64_t> RemoveMember(const std::string& address, uint64_t node_id,
+                                        const CallOptions& options = {});
   // Cluster.NodeStatus of the member at `address` (one attempt).
   absl::StatusOr<v1::NodeStatusResponse> NodeStatus(const std::string& address,
                                                     const CallOptions& options = {});

@@ -23,6 +23,9 @@
 #   add        add a node (the next number): `tessera cluster add-node`, then
 #              start it with --join; the scheduler moves replicas to it until
 #              every node holds within one of the mean.
+#   remove N   decommission node N (`tessera cluster remove-node`): its
+#              replicas move to the others, then it exits; waits for that.
+#              Nodes of the metadata group (the first five) cannot leave.
 #
 # State lives in $TESSERA_CLUSTER_DIR (default ./.tessera): cluster.env (the
 # founding node count and shard count chosen by `up`, the node count `add`
@@ -47,6 +50,7 @@ metrics_port() { echo $((base + 2200 + $1)); }
 usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 
 load_config() {  # sets founders/nodes/shards from cluster.env (or defaults)
+  local n
   nodes=3
   shards=16
   founders=""
@@ -55,6 +59,7 @@ load_config() {  # sets founders/nodes/shards from cluster.env (or defaults)
     source "$dir/cluster.env"
   fi
   founders=${founders:-$nodes}
+  removed=${removed:-}  # decommissioned node numbers, space-separated
   cluster=""  # the founders: --initial-cluster
   join=""     # their client ports: --join of the nodes added later
   endpoints=""
@@ -63,12 +68,15 @@ load_config() {  # sets founders/nodes/shards from cluster.env (or defaults)
       cluster+="${cluster:+,}$n=127.0.0.1:$((base + n))/127.0.0.1:$((base + 100 + n))"
       join+="${join:+,}127.0.0.1:$((base + n))"
     fi
-    endpoints+="${endpoints:+,}127.0.0.1:$((base + n))"
+    is_removed "$n" || endpoints+="${endpoints:+,}127.0.0.1:$((base + n))"
   done
 }
 
+is_removed() { [[ " $removed " == *" $1 "* ]]; }
+
 save_config() {
-  printf 'founders=%s\nnodes=%s\nshards=%s\n' "$founders" "$nodes" "$shards" >"$dir/cluster.env"
+  printf 'founders=%s\nnodes=%s\nshards=%s\nremoved="%s"\n' "$founders" "$nodes" "$shards" \
+    "$removed" >"$dir/cluster.env"
 }
 
 pid_of() {  # prints the pid of node $1 if it is running
@@ -84,6 +92,10 @@ pid_of() {  # prints the pid of node $1 if it is running
 
 start_node() {
   local n=$1 pid
+  if is_removed "$n"; then
+    echo "node $n was removed from the cluster"
+    return
+  fi
   mkdir -p "$dir/node$n"
   if pid=$(pid_of "$n"); then
     echo "node $n already running (pid $pid)"
@@ -218,8 +230,13 @@ case "$cmd" in
     fi
     running=0
     [[ -f $dir/cluster.env ]] || nodes=$want_nodes
-    for ((n = 1; n <= nodes; n++)); do pid_of "$n" >/dev/null && running=$((running + 1)); done
-    if [[ $running -eq $nodes ]]; then
+    active=0
+    for ((n = 1; n <= nodes; n++)); do
+      is_removed "$n" && continue
+      active=$((active + 1))
+      pid_of "$n" >/dev/null && running=$((running + 1))
+    done
+    if [[ $running -eq $active ]]; then
       echo "local-cluster: already running"
       [[ -z $with_prometheus ]] || start_prometheus
       exec "$0" status
@@ -256,7 +273,9 @@ case "$cmd" in
     ;;
   status)
     for ((n = 1; n <= nodes; n++)); do
-      if pid=$(pid_of "$n"); then
+      if is_removed "$n"; then
+        echo "node $n: removed from the cluster"
+      elif pid=$(pid_of "$n"); then
         echo "node $n: running (pid $pid), client 127.0.0.1:$((base + n)), metrics http://127.0.0.1:$(metrics_port "$n")/metrics, log $dir/node$n/log"
       else
         echo "node $n: not running"
@@ -319,6 +338,23 @@ case "$cmd" in
     wait_ready
     echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  log $dir/node$n/log"
     echo "replicas move to it now; watch: $cli --endpoints=$endpoints cluster status"
+    ;;
+  remove)
+    node_arg "${1:-}" remove
+    "$cli" --endpoints="$endpoints" cluster remove-node "$1"
+    pid=$(pid_of "$1") || pid=""
+    if [[ -n $pid ]]; then
+      echo "waiting (up to 10 minutes) for node $1 to hand its replicas over and exit"
+      for _ in $(seq 6000); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -0 "$pid" 2>/dev/null && { echo "local-cluster: node $1 still runs; see its log" >&2; exit 1; }
+    fi
+    rm -f "$dir/node$1/pid"
+    removed="${removed:+$removed }$1"
+    save_config
+    echo "node $1 removed"
     ;;
   logs)
     node_arg "${1:-}" logs

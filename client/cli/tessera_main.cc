@@ -64,6 +64,8 @@ commands:
                            add member ID to the cluster map; then start it with
                            tessera-server --node-id=ID --join=<a member's client address>;
                            replicas move to it until the members are even
+  cluster remove-node ID    decommission member ID: its replicas move to the others,
+                           then it leaves the map and exits
   cluster move-replica SHARD FROM TO
                            move SHARD's replica from node FROM to node TO through raft
                            (recorded at once; `cluster status` shows it until done)
@@ -444,6 +446,19 @@ int ClusterAddNode(Client& client, const v1::Member& member, const CallOptions& 
       });
 }
 
+// `cluster remove-node ID`.
+int ClusterRemoveNode(Client& client, uint64_t id, const CallOptions& call) {
+  return AskMetaLeader(
+      client, "cluster remove-node", call,
+      [&](const std::string& address) { return client.RemoveMember(address, id, call); },
+      [&](uint64_t version) {
+        std::printf(
+            "node %llu is leaving (cluster map version %llu): its replicas move to the other "
+            "members, then it is removed and exits; `tessera cluster status` shows the moves\n",
+            static_cast<unsigned long long>(id), static_cast<unsigned long long>(version));
+      });
+}
+
 int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
   absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(call);
   if (!map.ok()) return Fail("cluster status", map.status());
@@ -641,10 +656,12 @@ int Run(int argc, char** argv) {
                       node_id != 0 && to != 0;
     const bool add =
         n == 4 && pos[1] == "add-node" && absl::SimpleAtoi(pos[2], &node_id) && node_id != 0;
-    if (!status && !drain && !move && !add) {
+    const bool remove =
+        n == 2 && pos[1] == "remove-node" && absl::SimpleAtoi(pos[2], &node_id) && node_id != 0;
+    if (!status && !drain && !move && !add && !remove) {
       return usage(
           "cluster status | cluster drain NODE | cluster move-replica SHARD FROM TO | cluster "
-          "add-node ID CLIENT_HOST:PORT PEER_HOST:PORT");
+          "add-node ID CLIENT_HOST:PORT PEER_HOST:PORT | cluster remove-node ID");
     }
   } else {
     return usage(absl::StrCat("unknown command '", cmd, "'"));
@@ -801,6 +818,11 @@ int Run(int argc, char** argv) {
     (void)absl::SimpleAtoi(pos[3], &from);
     (void)absl::SimpleAtoi(pos[4], &to);
     return ClusterMoveReplica(client, shard, from, to, call);
+  }
+  if (pos[1] == "remove-node") {
+    uint64_t id = 0;
+    (void)absl::SimpleAtoi(pos[2], &id);  // validated above
+    return ClusterRemoveNode(client, id, call);
   }
   if (pos[1] == "add-node") {
     v1::Member member;

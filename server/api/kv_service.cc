@@ -758,6 +758,26 @@ grpc::ServerUnaryReactor* ClusterService::AddMember(grpc::CallbackServerContext*
   return reactor;
 }
 
+grpc::ServerUnaryReactor* ClusterService::RemoveMember(grpc::CallbackServerContext* context,
+                                                       const v1::RemoveMemberRequest* request,
+                                                       v1::RemoveMemberResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!remove_member_) {
+    reactor->Finish(
+        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server cannot remove members"));
+    return reactor;
+  }
+  // Blocks as MoveReplica does.
+  absl::StatusOr<uint64_t> version = remove_member_(request->node_id());
+  if (version.ok()) response->set_map_version(*version);
+  // Unknown member: the caller's mistake.
+  if (version.status().code() == absl::StatusCode::kNotFound) {
+    version = absl::InvalidArgumentError(version.status().message());
+  }
+  reactor->Finish(ToGrpcStatus(version.status()));
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext* context,
                                                      const v1::NodeStatusRequest* /*request*/,
                                                      v1::NodeStatusResponse* response) {

@@ -308,6 +308,9 @@ class ClusterService final : public v1::Cluster::CallbackService {
   grpc::ServerUnaryReactor* AddMember(grpc::CallbackServerContext* context,
                                       const v1::AddMemberRequest* request,
                                       v1::AddMemberResponse* response) override;
+  grpc::ServerUnaryReactor* RemoveMember(grpc::CallbackServerContext* context,
+                                         const v1::RemoveMemberRequest* request,
+                                         v1::RemoveMemberResponse* response) override;
 
   // What Drain starts (tessera-server: the SIGTERM path). Unset: Drain is
   // UNIMPLEMENTED. Call before serving.
@@ -321,12 +324,17 @@ class ClusterService final : public v1::Cluster::CallbackService {
   // the error to answer. Unset: AddMember is UNIMPLEMENTED.
   using AddMemberHandler = std::function<absl::StatusOr<uint64_t>(const v1::Member&)>;
   void SetAddMemberHandler(AddMemberHandler add) { add_member_ = std::move(add); }
+  // Marks a member leaving; the map version that marks it. Unset:
+  // RemoveMember is UNIMPLEMENTED.
+  using RemoveMemberHandler = std::function<absl::StatusOr<uint64_t>(NodeId)>;
+  void SetRemoveMemberHandler(RemoveMemberHandler remove) { remove_member_ = std::move(remove); }
 
  private:
   const NodeId self_;
   std::function<void()> drain_;
   MoveHandler move_;
   AddMemberHandler add_member_;
+  RemoveMemberHandler remove_member_;
   std::unique_ptr<ClusterMapCache> owned_maps_;
   const ClusterMapCache* const maps_;
   KvBackend* const backend_;

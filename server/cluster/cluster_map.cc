@@ -260,6 +260,11 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
     layout.move_from = s.move_from();
     layout.move_to = s.move_to();
   }
+  map->leaving_ = Ids(proto.leaving());
+  std::sort(map->leaving_.begin(), map->leaving_.end());
+  if (absl::Status ids = CheckIds(*map, map->leaving_, {}, "the leaving members"); !ids.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster map: ", ids.message()));
+  }
   if (!proto.meta_replicas().empty()) {
     std::vector<NodeId> meta = Ids(proto.meta_replicas());
     absl::Status ids = CheckIds(*map, meta, {}, "the metadata group");
@@ -315,8 +320,31 @@ absl::StatusOr<ClusterMap> ClusterMap::WithoutMember(NodeId id) const {
   ++next.version_;
   next.members_.erase(std::find_if(next.members_.begin(), next.members_.end(),
                                    [id](const MemberInfo& m) { return m.id == id; }));
+  next.leaving_.erase(std::remove(next.leaving_.begin(), next.leaving_.end(), id),
+                      next.leaving_.end());
   next.epoch_ = ComputeEpoch(next.members_, num_shards_, replication_);
   return next;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::WithLeaving(NodeId id) const {
+  if (FindMember(id) == nullptr) return absl::NotFoundError(absl::StrCat("no member ", id));
+  if (HostsMeta(id)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "member ", id, " holds a replica of the metadata group, which does not move yet"));
+  }
+  if (IsLeaving(id)) return absl::AlreadyExistsError(absl::StrCat("member ", id, " is leaving"));
+  if (members_.size() - leaving_.size() < 2) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no other member could take the replicas of member ", id));
+  }
+  ClusterMap next = *this;
+  ++next.version_;
+  next.leaving_.insert(std::lower_bound(next.leaving_.begin(), next.leaving_.end(), id), id);
+  return next;
+}
+
+bool ClusterMap::IsLeaving(NodeId node) const {
+  return std::binary_search(leaving_.begin(), leaving_.end(), node);
 }
 
 bool ClusterMap::HostsMeta(NodeId node) const {
@@ -387,6 +415,7 @@ v1::ClusterMap ClusterMap::ToProto() const {
   }
   for (NodeId id : meta_replicas_) proto.add_meta_replicas(id);
   proto.set_cluster_id(cluster_id_);
+  for (NodeId id : leaving_) proto.add_leaving(id);
   return proto;
 }
 

@@ -135,6 +135,10 @@ class ClusterMap {
   // Removes a member that holds no replica (of a shard or the metadata
   // group). Errors: kNotFound, kFailedPrecondition (it still holds some).
   absl::StatusOr<ClusterMap> WithoutMember(NodeId id) const;
+  // Marks a member leaving (decommission: its replicas move off). Errors:
+  // kNotFound; kFailedPrecondition (it holds a metadata replica, or no
+  // other member is left to take its replicas).
+  absl::StatusOr<ClusterMap> WithLeaving(NodeId id) const;
 
   // The --initial-cluster members alone. Errors: kInvalidArgument.
   static absl::StatusOr<std::vector<MemberInfo>> ParseMembers(absl::string_view initial_cluster);
@@ -157,6 +161,9 @@ class ClusterMap {
   // placement weight.
   const std::vector<NodeId>& meta_replicas() const { return meta_replicas_; }
   bool HostsMeta(NodeId node) const;
+  // Members being decommissioned, by increasing id.
+  const std::vector<NodeId>& leaving() const { return leaving_; }
+  bool IsLeaving(NodeId node) const;
 
   // The member with `id`, or nullptr. The pointer lives as long as the map.
   const MemberInfo* FindMember(NodeId id) const;
@@ -183,6 +190,7 @@ class ClusterMap {
   std::vector<MemberInfo> members_;
   std::vector<ShardLayout> shards_;
   std::vector<NodeId> meta_replicas_;
+  std::vector<NodeId> leaving_;
 };
 
 // The map a node currently serves by: empty until the metadata group's

@@ -97,7 +97,7 @@ absl::StatusOr<ClusterMap> MetaGroup::Check(const ClusterMap& expected_map, Node
   if (map.ok() && map->version() > 1) {
     // A changed map rules; the flags only bootstrapped it.
     if (map->FindMember(self) == nullptr) {
-      return absl::FailedPreconditionError(
+      return absl::NotFoundError(
           absl::StrCat("node ", self,
                        " is not a member of the cluster map stored in the metadata "
                        "group (",

@@ -21,7 +21,8 @@
 //     map (version 1) must equal the map computed from the flags
 //     (`expected`); a later version rules over the flags, which only
 //     bootstrap (a node started with stale flags serves by it), but must
-//     still name this node as a member. Accepted → handed to `on_map`,
+//     still name this node as a member (else kNotFound: it was removed, and
+//     tessera-server exits 0). Accepted → handed to `on_map`,
 //     then published in the cache (the KV and Cluster services serve from
 //     the cache); refused, or not a valid map → calls `on_conflict` once with
 //     kFailedPrecondition (or kDataLoss) and stops polling; the cache is
@@ -98,8 +99,8 @@ class MetaGroup {
 
   // Checks a stored value for node `self` whose flags give `expected`: the
   // map to serve by, or kFailedPrecondition (a bootstrap map different from
-  // `expected`, the message says both; a later map without `self`),
-  // kDataLoss (not a map), or FromProto's errors.
+  // `expected`, the message says both), kNotFound (a later map without
+  // `self`: it was removed), kDataLoss (not a map), or FromProto's errors.
   static absl::StatusOr<ClusterMap> Check(const ClusterMap& expected, NodeId self,
                                           const std::string& stored);
 

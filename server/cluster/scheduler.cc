@@ -81,18 +81,87 @@ absl::StatusOr<ClusterMap> Scheduler::RecordMove(const ClusterMap& map, ShardId 
   return map.WithShardReplicas(shard, layout.replicas, std::move(learners), from, to);
 }
 
-void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) {
-  int moving = 0;
-  std::map<NodeId, int> held;  // live members only
-  for (NodeId id : live) held[id] = 0;
+namespace {
+
+// Replicas (voters and learners) each of `members` holds, and the moves in
+// progress.
+std::map<NodeId, int> Held(const ClusterMap& map, const std::vector<NodeId>& members, int* moving) {
+  std::map<NodeId, int> held;
+  for (NodeId id : members) held[id] = 0;
+  *moving = 0;
   for (const ShardLayout& s : map.shards()) {
-    if (s.move_to != 0) ++moving;
+    if (s.move_to != 0) ++*moving;
     for (const auto* ids : {&s.replicas, &s.learners}) {
       for (NodeId id : *ids) {
         if (held.contains(id)) ++held[id];
       }
     }
   }
+  return held;
+}
+
+}  // namespace
+
+bool Scheduler::Evacuate(const ClusterMap& map, const std::vector<NodeId>& live, absl::Time now) {
+  int moving = 0;
+  std::map<NodeId, int> held = Held(map, live, &moving);
+  bool recorded_any = false;
+  for (const MemberInfo& m : map.members()) {
+    const bool leaving = map.IsLeaving(m.id);
+    auto seen = last_answer_.find(m.id);
+    const bool dead = seen != last_answer_.end() && now - seen->second >= options_.dead_after;
+    if (!leaving && !dead) continue;
+    for (const ShardLayout& s : map.shards()) {
+      if (moving >= options_.max_moves) return recorded_any;
+      if (s.move_to != 0 || !Contains(s.replicas, m.id)) continue;
+      NodeId to = 0;
+      for (const auto& [id, n] : held) {
+        if (id == m.id || Contains(s.replicas, id) || Contains(s.learners, id)) continue;
+        if (to == 0 || n < held[to]) to = id;
+      }
+      if (to == 0) continue;  // nobody can take it
+      const ShardId shard = s.id;
+      const NodeId from = m.id;
+      absl::StatusOr<ClusterMap> recorded = change_map_(
+          [&](const ClusterMap& current) { return RecordMove(current, shard, from, to); });
+      if (!recorded.ok()) return recorded_any;  // the map changed: next round
+      ++moving;
+      ++held[to];
+      recorded_any = true;
+      log_(absl::StrCat(leaving ? absl::StrCat("decommissioning node ", from)
+                                : absl::StrCat("node ", from, " is dead (silent for ",
+                                               absl::FormatDuration(now - seen->second), ")"),
+                        ": moving shard ", shard, " to node ", to, " (cluster map version ",
+                        recorded->version(), ")"));
+      return recorded_any;  // one per round: `map` is stale now
+    }
+  }
+  return recorded_any;
+}
+
+void Scheduler::RemoveLeft(const ClusterMap& map, const std::map<NodeId, int>& hosting) {
+  for (NodeId id : map.leaving()) {
+    if (!map.ReplicasOn(id).empty()) continue;
+    // Its replicas are deleted first (garbage collection needs it listed).
+    if (auto it = hosting.find(id); it != hosting.end() && it->second > 0) continue;
+    bool target = false;  // still the destination of a move
+    for (const ShardLayout& s : map.shards()) target = target || s.move_to == id;
+    if (target) continue;
+    absl::StatusOr<ClusterMap> removed =
+        change_map_([id](const ClusterMap& current) { return current.WithoutMember(id); });
+    if (removed.ok()) {
+      log_(absl::StrCat("node ", id,
+                        " holds no replica any more: removed from the cluster map "
+                        "(version ",
+                        removed->version(), ")"));
+    }
+    return;  // one change per round
+  }
+}
+
+void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) {
+  int moving = 0;
+  std::map<NodeId, int> held = Held(map, live, &moving);
   if (moving >= options_.max_moves || held.size() < 2) return;
   auto fewest = std::min_element(held.begin(), held.end(),
                                  [](const auto& a, const auto& b) { return a.second < b.second; });
@@ -133,11 +202,16 @@ void Scheduler::RunOnce() {
 
   // What every member reports (one round trip each).
   absl::flat_hash_map<ShardId, ShardReports> shards;
-  std::vector<NodeId> live;
+  std::vector<NodeId> live;  // answered, not leaving
+  const absl::Time now = absl::Now();
   for (const MemberInfo& m : map->members()) {
     absl::StatusOr<std::vector<ShardStatus>> status = control_->Status(m.id);
-    if (!status.ok()) continue;
-    live.push_back(m.id);
+    if (!status.ok()) {
+      last_answer_.try_emplace(m.id, now);
+      continue;
+    }
+    last_answer_[m.id] = now;
+    if (!map->IsLeaving(m.id)) live.push_back(m.id);
     for (ShardStatus& s : *status) {
       if (s.shard == kMetaShard) continue;
       shards[s.shard].by_node[m.id] = std::move(s);
@@ -232,7 +306,12 @@ void Scheduler::RunOnce() {
     }
   }
 
-  Balance(*map, live);
+  if (!Evacuate(*map, live, now)) Balance(*map, live);
+  std::map<NodeId, int> hosting;
+  for (const auto& [shard, reports] : shards) {
+    for (const auto& [node, s] : reports.by_node) ++hosting[node];
+  }
+  RemoveLeft(*map, hosting);
 
   // Garbage: replicas neither the map nor their leader's configuration has.
   for (const auto& [shard, reports] : shards) {

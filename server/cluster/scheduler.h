@@ -21,6 +21,15 @@
 //      map nor S's leader's configuration lists deletes it when told (here
 //      A, after step 4; also a replica left by an interrupted move).
 //
+// Evacuation: the replicas of a member that is leaving (remove-node) or
+// dead (silent for dead_after, as this scheduler measures it: a new leader
+// of the metadata group starts the clock again) are moved, up to max_moves
+// at a time, to the live member holding the fewest replicas that lacks the
+// shard; each is an ordinary move (the shard keeps a quorum of its old
+// voters throughout, as long as at most a minority of them is down). A
+// leaving member that holds nothing any more is removed from the map; the
+// node exits when it sees that.
+//
 // Balancing: while fewer than max_moves moves are in progress, it records
 // one more when the member holding the most replicas (voters and learners,
 // among the members that answer) holds at least two more than the one
@@ -36,6 +45,7 @@
 #define TESSERA_SERVER_CLUSTER_SCHEDULER_H_
 
 #include <functional>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -72,9 +82,12 @@ class ClusterControl {
 struct SchedulerOptions {
   absl::Duration interval = absl::Milliseconds(500);
   // Moves in progress at once, the ones recorded by hand included; the
-  // balancer starts none beyond it (bounds the snapshot traffic that
+  // scheduler starts none beyond it (bounds the snapshot traffic that
   // competes with foreground requests).
   int max_moves = 2;
+  // A member that has not answered for this long is dead: its replicas are
+  // re-created on other members.
+  absl::Duration dead_after = absl::Minutes(5);
   // A learner is promoted once its applied index is within this many
   // entries of its leader's commit index.
   uint64_t catch_up_entries = 64;
@@ -113,9 +126,15 @@ class Scheduler {
  private:
   void Run();
   void RunOnce();
+  // Records moves off leaving and dead members (see above); false when it
+  // recorded none. `live`: the members that answered this round and are
+  // not leaving.
+  bool Evacuate(const ClusterMap& map, const std::vector<NodeId>& live, absl::Time now);
   // Records one balancing move if the replicas are uneven (see above).
-  // `live`: the members that answered this round.
   void Balance(const ClusterMap& map, const std::vector<NodeId>& live);
+  // Removes a leaving member that the map lists nowhere and that hosts no
+  // replica any more (`hosting`: replicas each answering member reports).
+  void RemoveLeft(const ClusterMap& map, const std::map<NodeId, int>& hosting);
 
   const SchedulerOptions options_;
   const MapChanger change_map_;
@@ -124,6 +143,9 @@ class Scheduler {
   ClusterControl* const control_;
   const Logger log_;
   absl::Notification stop_;
+  // When each member last answered (the scheduler thread's only; a member
+  // not heard from yet counts from the first round that asked it).
+  std::map<NodeId, absl::Time> last_answer_;
   std::thread thread_;
 };
 

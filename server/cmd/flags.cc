@@ -97,6 +97,10 @@ ABSL_FLAG(uint64_t, max_batch_inflight_ops, 1024,
 ABSL_FLAG(bool, hibernate_idle_shards, true,
           "idle shards stop ticking and heartbeating until a request or message wakes them "
           "(server/raftstore/README.md \"Hibernation\"); set it the same on every member");
+ABSL_FLAG(int64_t, dead_node_timeout_ms, 300000,
+          "a member silent this long is dead: the scheduler re-creates its replicas elsewhere");
+ABSL_FLAG(int32_t, max_replica_moves, 2,
+          "replica moves in progress at once (balancing, decommission, re-replication)");
 // ---- testing only (issue 13 item 2) ----
 ABSL_FLAG(std::string, testing_storage_faults, "",
           "TESTING ONLY, never in production: storage operations fail with an injected I/O "
@@ -133,6 +137,7 @@ constexpr char kUsage[] =
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
     "  [--max-inflight-bytes=67108864] [--hibernate-idle-shards=true]\n"
+    "  [--dead-node-timeout-ms=300000] [--max-replica-moves=2]\n"
     "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
@@ -176,6 +181,8 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "max_batch_bytes",
                                               "max_batch_inflight_ops",
                                               "hibernate_idle_shards",
+                                              "dead_node_timeout_ms",
+                                              "max_replica_moves",
                                               "testing_storage_faults"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
@@ -387,6 +394,13 @@ absl::StatusOr<ServerConfig> Validate() {
   config.max_batch_bytes = absl::GetFlag(FLAGS_max_batch_bytes);
   config.max_batch_inflight_ops = absl::GetFlag(FLAGS_max_batch_inflight_ops);
   config.hibernate_idle_shards = absl::GetFlag(FLAGS_hibernate_idle_shards);
+  if (absl::GetFlag(FLAGS_dead_node_timeout_ms) < 1000 ||
+      absl::GetFlag(FLAGS_max_replica_moves) < 1 || absl::GetFlag(FLAGS_max_replica_moves) > 64) {
+    return absl::InvalidArgumentError(
+        "--dead-node-timeout-ms must be at least 1000 and --max-replica-moves in [1, 64]");
+  }
+  config.dead_node_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_dead_node_timeout_ms));
+  config.max_replica_moves = absl::GetFlag(FLAGS_max_replica_moves);
   config.snapshot_interval_entries = absl::GetFlag(FLAGS_snapshot_interval_entries);
   config.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
   config.max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots));

@@ -97,7 +97,14 @@ int Run(const ServerConfig& config, const sigset_t& signals) {
   sigwait(&signals, &signal_number);
   if (signal_number == SIGUSR2) ExitOnStorageFailure(Fatal());
   if (signal_number == SIGUSR1) {
-    spdlog::error("refusing to serve: {}", std::string(Refusal().message()));
+    const absl::Status why = Refusal();
+    if (why.code() == absl::StatusCode::kNotFound) {
+      // Decommissioned: its replicas moved away before the map dropped it.
+      spdlog::info("{}; exiting", std::string(why.message()));
+      (*server)->Stop();
+      return 0;
+    }
+    spdlog::error("refusing to serve: {}", std::string(why.message()));
     (*server)->Stop();
     return kExitRefused;
   }

@@ -425,6 +425,20 @@ absl::Status Server::StartParts() {
                  m.client_address(), m.peer_address(), map->version());
     return map->version();
   });
+  // `tessera cluster remove-node`: marked by the metadata group's leader.
+  cluster_service_->SetRemoveMemberHandler([this](NodeId id) -> absl::StatusOr<uint64_t> {
+    MetaGroup* meta = meta_group_.load(std::memory_order_acquire);
+    if (meta == nullptr) return absl::UnavailableError("the node is starting");
+    absl::StatusOr<ClusterMap> map =
+        meta->Change([&](const ClusterMap& current) { return current.WithLeaving(id); });
+    if (map.status().code() == absl::StatusCode::kAlreadyExists) {
+      return maps_->Current()->version();  // asked again: already leaving
+    }
+    if (!map.ok()) return map.status();
+    spdlog::info("member {} is leaving: its replicas move off (cluster map version {})", id,
+                 map->version());
+    return map->version();
+  });
   // `tessera cluster move-replica`: recorded by the metadata group's leader.
   cluster_service_->SetMoveHandler(
       [this](ShardId shard, NodeId from, NodeId to) -> absl::StatusOr<uint64_t> {
@@ -489,7 +503,8 @@ absl::Status Server::StartParts() {
     cluster_control_ =
         std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
     scheduler_ = std::make_unique<Scheduler>(
-        SchedulerOptions{},
+        SchedulerOptions{.max_moves = config.max_replica_moves,
+                         .dead_after = config.dead_node_timeout},
         [meta = meta_group_owned_.get()](const MetaGroup::Mutation& mutate) {
           return meta->Change(mutate);
         },

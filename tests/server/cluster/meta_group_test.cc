@@ -330,7 +330,7 @@ TEST(MetaGroupCheck, AChangedMapRulesButOnlyForItsMembers) {
   EXPECT_EQ(read->version(), 2u);
   EXPECT_EQ(read->num_shards(), 4u);
   EXPECT_THAT(MetaGroup::Check(expected, 7, changed),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a member")));
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("not a member")));
   // The bootstrap map is still checked against the flags.
   EXPECT_THAT(MetaGroup::Check(other_flags, 2, expected.ToProto().SerializeAsString()),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("differs")));

@@ -130,9 +130,10 @@ class SchedulerTest : public ::testing::Test {
   }
 
   // One round by a scheduler that has never run before.
-  std::vector<std::string> Round() {
+  std::vector<std::string> Round(SchedulerOptions options = {}) {
+    options.interval = absl::Hours(1);
     Scheduler scheduler(
-        {.interval = absl::Hours(1)},
+        options,
         [this](const MetaGroup::Mutation& mutate) -> absl::StatusOr<ClusterMap> {
           absl::StatusOr<ClusterMap> next = mutate(*maps_.Current());
           if (next.ok()) maps_.Set(std::make_shared<const ClusterMap>(*next));
@@ -141,6 +142,28 @@ class SchedulerTest : public ::testing::Test {
         &maps_, [] { return true; }, &model_, [](const std::string&) {});
     scheduler.RunOnceForTesting();
     return model_.TakeCalls();
+  }
+
+  // Runs `rounds` rounds while every member that answers hosts what the map
+  // lists on it (learners catch up a round later); returns the replicas
+  // deleted (moves done), and the most moves in progress at once.
+  int Settle(SchedulerOptions options, int* most_at_once = nullptr, int rounds = 200) {
+    int deleted = 0;
+    for (int round = 0; round < rounds; ++round) {
+      const ClusterMap& map = *maps_.Current();
+      int moving = 0;
+      for (const ShardLayout& s : map.shards()) moving += s.move_to != 0 ? 1 : 0;
+      if (most_at_once != nullptr) *most_at_once = std::max(*most_at_once, moving);
+      for (const MemberInfo& m : map.members()) {
+        if (model_.down.contains(m.id)) continue;
+        for (auto& [shard, applied] : model_.hosted[m.id]) applied = 1000;
+        for (ShardId shard : map.ReplicasOn(m.id)) model_.hosted[m.id].try_emplace(shard, 0);
+      }
+      for (const std::string& call : Round(options)) {
+        if (call.find("delete on") != std::string::npos) ++deleted;
+      }
+    }
+    return deleted;
   }
 
   ClusterMapCache maps_;
@@ -227,22 +250,8 @@ TEST_F(SchedulerTest, ANewMemberReceivesReplicasUntilTheClusterIsEven) {
   maps_.Set(std::make_shared<const ClusterMap>(*grown));
   model_.hosted[4];  // answers, hosting nothing
 
-  int moves = 0;
   int most_at_once = 0;
-  for (int round = 0; round < 200; ++round) {
-    const ClusterMap& map = *maps_.Current();
-    int moving = 0;
-    for (const ShardLayout& s : map.shards()) moving += s.move_to != 0 ? 1 : 0;
-    most_at_once = std::max(most_at_once, moving);
-    // Each member hosts what the map lists on it; learners catch up a round later.
-    for (NodeId id = 1; id <= 4; ++id) {
-      for (auto& [shard, applied] : model_.hosted[id]) applied = 1000;
-      for (ShardId shard : map.ReplicasOn(id)) model_.hosted[id].try_emplace(shard, 0);
-    }
-    for (const std::string& call : Round()) {
-      if (call.find("delete on") != std::string::npos) ++moves;
-    }
-  }
+  const int moves = Settle({}, &most_at_once);
   std::map<NodeId, int> held;
   for (const ShardLayout& s : maps_.Current()->shards()) {
     EXPECT_EQ(s.move_to, 0u) << "shard " << s.id << " still moving";
@@ -255,6 +264,68 @@ TEST_F(SchedulerTest, ANewMemberReceivesReplicasUntilTheClusterIsEven) {
     EXPECT_LE(n, 5) << "node " << id;
   }
   EXPECT_LE(moves, 5);  // 16 replicas over 4 members: the new one needs 4
+  EXPECT_LE(most_at_once, 2);
+}
+
+// A dead member's replicas are re-created on the others (a joint change
+// that removes it), never below the shard's voter count, and not before it
+// has been silent for dead_after.
+TEST_F(SchedulerTest, ADeadMembersReplicasAreRecreatedElsewhere) {
+  const NodeId dead = maps_.Current()->shards()[0].replicas[1];
+  model_.down.insert(dead);
+  // Its shards elect another leader.
+  for (auto& [shard, sh] : model_.shards) {
+    if (sh.leader == dead) {
+      for (NodeId v : sh.voters) {
+        if (v != dead) sh.leader = v;
+      }
+    }
+  }
+  Settle({.dead_after = absl::Hours(1)}, nullptr, 20);  // silent, not dead yet
+  EXPECT_FALSE(maps_.Current()->ReplicasOn(dead).empty());
+  Settle({.dead_after = absl::ZeroDuration()});
+  const ClusterMap& map = *maps_.Current();
+  EXPECT_TRUE(map.ReplicasOn(dead).empty());
+  for (const ShardLayout& s : map.shards()) {
+    EXPECT_EQ(s.replicas.size(), 2u) << "shard " << s.id;
+    EXPECT_EQ(s.move_to, 0u);
+  }
+  EXPECT_NE(map.FindMember(dead), nullptr);  // dead, not removed
+}
+
+// remove-node: a leaving member's replicas move to the others, then it
+// leaves the map.
+TEST_F(SchedulerTest, ALeavingMemberIsEmptiedThenRemoved) {
+  auto eight = ClusterMap::Create(Members(), 8, 2);
+  ASSERT_THAT(eight, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*eight));
+  model_ = ModelCluster();
+  for (const ShardLayout& s : eight->shards()) {
+    model_.shards[s.id] = {.voters = s.replicas, .leader = s.replicas[0]};
+    for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
+  }
+  // Three members: all hold the metadata group, which does not move.
+  EXPECT_THAT(eight->WithLeaving(1), StatusIs(absl::StatusCode::kFailedPrecondition));
+  absl::StatusOr<ClusterMap> grown = maps_.Current()->WithMember(
+      {.id = 4, .client_address = "127.0.0.1:7004", .peer_address = "127.0.0.1:7104"});
+  ASSERT_THAT(grown, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*grown));
+  model_.hosted[4];
+  Settle({});
+  ASSERT_FALSE(maps_.Current()->ReplicasOn(4).empty());
+  absl::StatusOr<ClusterMap> marked = maps_.Current()->WithLeaving(4);
+  ASSERT_THAT(marked, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*marked));
+  int most_at_once = 0;
+  Settle({}, &most_at_once);
+  const ClusterMap& map = *maps_.Current();
+  EXPECT_EQ(map.FindMember(4), nullptr);
+  EXPECT_TRUE(map.leaving().empty());
+  for (const ShardLayout& s : map.shards()) {
+    EXPECT_EQ(s.replicas.size(), 2u) << "shard " << s.id;
+    EXPECT_FALSE(Has(s.replicas, 4));
+  }
+  EXPECT_TRUE(model_.hosted[4].empty());  // deleted there
   EXPECT_LE(most_at_once, 2);
 }
 

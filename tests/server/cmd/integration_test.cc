@@ -672,7 +672,8 @@ TEST(Integration, AReplicaMovesToAnotherNodeWhileWritesGoOn) {
 // each, so every founder holds all 8): `add-node`, then --join; the
 // scheduler moves replicas to it until every member is within one of the
 // mean (24 / 4 = 6), writes go on, and every acknowledged one is readable.
-TEST(Integration, ANodeJoinsAndReplicasSpreadToIt) {
+// Then it is decommissioned (remove-node) and the cluster is three again.
+TEST(Integration, ANodeJoinsReplicasSpreadToItAndItLeavesAgain) {
   Cluster cluster;
   cluster.StartAll();
   ASSERT_TRUE(cluster.WaitReady());
@@ -756,6 +757,27 @@ TEST(Integration, ANodeJoinsAndReplicasSpreadToIt) {
   }
   ASSERT_THAT(joined, IsOk());
   EXPECT_EQ(joined->shards_size(), 6);
+
+  // Decommissioned again: its replicas move back, it leaves the map and
+  // exits 0; nothing acknowledged is lost.
+  v1::RemoveMemberRequest remove;
+  remove.set_node_id(kNodes + 1);
+  ASSERT_THAT(cluster.AskMetaLeader(&v1::Cluster::Stub::RemoveMember, remove), IsOk());
+  for (int i = 0; i < 100; ++i) {
+    const std::string key = absl::StrCat("shrink-during-", i);
+    ASSERT_THAT(cluster.Put(key, "shrinking"), IsOk()) << key;
+    acknowledged[key] = "shrinking";
+  }
+  EXPECT_EQ(cluster.process(kNodes).Wait(absl::Seconds(120)), 0);
+  absl::StatusOr<v1::GetClusterMapResponse> shrunk = cluster.Map(0);
+  ASSERT_THAT(shrunk, IsOk());
+  EXPECT_EQ(shrunk->map().members_size(), kNodes);
+  for (const v1::ShardInfo& s : shrunk->map().shards()) EXPECT_EQ(s.replicas_size(), 3);
+  for (const auto& [key, value] : acknowledged) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);
+    ASSERT_THAT(got, IsOk()) << key;
+    EXPECT_EQ(got->kv().value(), value) << key;
+  }
 }
 
 TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
