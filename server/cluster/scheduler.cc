@@ -35,12 +35,11 @@ struct ShardReports {
 
 }  // namespace
 
-Scheduler::Scheduler(const SchedulerOptions& options, MapChanger change_map,
-                     const ClusterMapCache* maps, std::function<bool()> leads_meta,
-                     ClusterControl* control, Logger log)
+Scheduler::Scheduler(const SchedulerOptions& options, MapChanger change_map, MapReader read_map,
+                     std::function<bool()> leads_meta, ClusterControl* control, Logger log)
     : options_(options),
       change_map_(std::move(change_map)),
-      maps_(maps),
+      read_map_(std::move(read_map)),
       leads_meta_(std::move(leads_meta)),
       control_(control),
       log_(std::move(log)) {
@@ -128,6 +127,7 @@ bool Scheduler::Evacuate(const ClusterMap& map, const std::vector<NodeId>& live,
       ++moving;
       ++held[to];
       recorded_any = true;
+      moves_started_.fetch_add(1, std::memory_order_relaxed);
       log_(absl::StrCat(leaving ? absl::StrCat("decommissioning node ", from)
                                 : absl::StrCat("node ", from, " is dead (silent for ",
                                                absl::FormatDuration(now - seen->second), ")"),
@@ -162,7 +162,7 @@ void Scheduler::RemoveLeft(const ClusterMap& map, const std::map<NodeId, int>& h
 void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) {
   int moving = 0;
   std::map<NodeId, int> held = Held(map, live, &moving);
-  if (moving >= options_.max_moves || held.size() < 2) return;
+  if (!options_.balance || moving >= options_.max_moves || held.size() < 2) return;
   auto fewest = std::min_element(held.begin(), held.end(),
                                  [](const auto& a, const auto& b) { return a.second < b.second; });
   auto most = std::max_element(held.begin(), held.end(),
@@ -177,13 +177,18 @@ void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) 
         Contains(s.learners, to)) {
       continue;
     }
-    if (pick == nullptr || PlacementWeight(s.id, to) > PlacementWeight(pick->id, to)) pick = &s;
+    if (pick == nullptr || s.conf_version < pick->conf_version ||
+        (s.conf_version == pick->conf_version &&
+         PlacementWeight(s.id, to) > PlacementWeight(pick->id, to))) {
+      pick = &s;
+    }
   }
   if (pick == nullptr) return;
   const ShardId shard = pick->id;
   absl::StatusOr<ClusterMap> recorded =
       change_map_([&](const ClusterMap& current) { return RecordMove(current, shard, from, to); });
   if (recorded.ok()) {
+    moves_started_.fetch_add(1, std::memory_order_relaxed);
     log_(absl::StrCat("balancing: moving shard ", shard, " from node ", from, " (", most->second,
                       " replicas) to node ", to, " (", fewest->second,
                       " replicas; cluster map version ", recorded->version(), ")"));
@@ -197,7 +202,7 @@ void Scheduler::Run() {
 }
 
 void Scheduler::RunOnce() {
-  std::shared_ptr<const ClusterMap> map = maps_->Current();
+  std::shared_ptr<const ClusterMap> map = read_map_();
   if (map == nullptr) return;
 
   // What every member reports (one round trip each).
@@ -303,6 +308,7 @@ void Scheduler::RunOnce() {
                            ? absl::StrCat(" (cluster map version ", recorded->version(), ")")
                            : ""),
           recorded.status());
+      if (recorded.ok()) moves_completed_.fetch_add(1, std::memory_order_relaxed);
     }
   }
 

@@ -34,16 +34,19 @@
 // one more when the member holding the most replicas (voters and learners,
 // among the members that answer) holds at least two more than the one
 // holding the fewest: a shard of the first that the second lacks, the one
-// the placement rule (PlacementWeight) ranks the second highest for. So a
+// whose replicas changed least recently (lowest conf_version, so a move just
+// made is not undone), then the one the placement rule (PlacementWeight)
+// ranks the second highest for. So a
 // member that joins receives replicas until every member is within one of
 // the mean, about 1/(N+1) of them when it is the (N+1)th.
 // Every decision is logged in one line.
 //
-// Thread-safety: thread-safe; one thread runs the rounds. `maps` and
-// `control` are not owned and must outlive the Scheduler.
+// Thread-safety: thread-safe; one thread runs the rounds. `control` is not
+// owned and must outlive the Scheduler.
 #ifndef TESSERA_SERVER_CLUSTER_SCHEDULER_H_
 #define TESSERA_SERVER_CLUSTER_SCHEDULER_H_
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <string>
@@ -88,6 +91,9 @@ struct SchedulerOptions {
   // A member that has not answered for this long is dead: its replicas are
   // re-created on other members.
   absl::Duration dead_after = absl::Minutes(5);
+  // Whether it balances replicas across members (moves by hand,
+  // decommission and dead members are carried out either way).
+  bool balance = true;
   // A learner is promoted once its applied index is within this many
   // entries of its leader's commit index.
   uint64_t catch_up_entries = 64;
@@ -99,10 +105,15 @@ class Scheduler {
 
   // Changes the stored map (MetaGroup::Change).
   using MapChanger = std::function<absl::StatusOr<ClusterMap>(const MetaGroup::Mutation&)>;
+  // The stored map as fresh as this node has it (nullptr: none yet).
+  using MapReader = std::function<std::shared_ptr<const ClusterMap>()>;
 
   // Starts the thread (a round every interval while leads_meta() holds).
-  // `change_map` changes the stored map; `maps` is the node's current map.
-  Scheduler(const SchedulerOptions& options, MapChanger change_map, const ClusterMapCache* maps,
+  // `read_map` gives the stored map (tessera-server: the local metadata
+  // replica's, which on its leader is at least as new as any other node's,
+  // so a replica the map has just listed is not taken for garbage);
+  // `change_map` changes it.
+  Scheduler(const SchedulerOptions& options, MapChanger change_map, MapReader read_map,
             std::function<bool()> leads_meta, ClusterControl* control, Logger log);
   ~Scheduler();  // Stop()s.
   Scheduler(const Scheduler&) = delete;
@@ -118,6 +129,11 @@ class Scheduler {
   // progress).
   static absl::StatusOr<ClusterMap> RecordMove(const ClusterMap& map, ShardId shard, NodeId from,
                                                NodeId to);
+
+  // Moves this scheduler recorded: started (balancing, evacuation) and
+  // done. Thread-safe.
+  uint64_t moves_started() const { return moves_started_.load(std::memory_order_relaxed); }
+  uint64_t moves_completed() const { return moves_completed_.load(std::memory_order_relaxed); }
 
   // One round, on the caller's thread (tests; give the thread an interval
   // that never comes).
@@ -138,7 +154,7 @@ class Scheduler {
 
   const SchedulerOptions options_;
   const MapChanger change_map_;
-  const ClusterMapCache* const maps_;
+  const MapReader read_map_;
   const std::function<bool()> leads_meta_;
   ClusterControl* const control_;
   const Logger log_;
@@ -146,6 +162,8 @@ class Scheduler {
   // When each member last answered (the scheduler thread's only; a member
   // not heard from yet counts from the first round that asked it).
   std::map<NodeId, absl::Time> last_answer_;
+  std::atomic<uint64_t> moves_started_{0};
+  std::atomic<uint64_t> moves_completed_{0};
   std::thread thread_;
 };
 

@@ -101,6 +101,9 @@ ABSL_FLAG(int64_t, dead_node_timeout_ms, 300000,
           "a member silent this long is dead: the scheduler re-creates its replicas elsewhere");
 ABSL_FLAG(int32_t, max_replica_moves, 2,
           "replica moves in progress at once (balancing, decommission, re-replication)");
+ABSL_FLAG(bool, balance_replicas, true,
+          "the scheduler spreads replicas evenly over the members (false: only moves by hand, "
+          "decommission and dead members); takes effect where the metadata group's leader runs");
 // ---- testing only (issue 13 item 2) ----
 ABSL_FLAG(std::string, testing_storage_faults, "",
           "TESTING ONLY, never in production: storage operations fail with an injected I/O "
@@ -137,7 +140,7 @@ constexpr char kUsage[] =
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
     "  [--max-inflight-bytes=67108864] [--hibernate-idle-shards=true]\n"
-    "  [--dead-node-timeout-ms=300000] [--max-replica-moves=2]\n"
+    "  [--dead-node-timeout-ms=300000] [--max-replica-moves=2] [--balance-replicas=true]\n"
     "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
@@ -183,6 +186,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "hibernate_idle_shards",
                                               "dead_node_timeout_ms",
                                               "max_replica_moves",
+                                              "balance_replicas",
                                               "testing_storage_faults"};
   if (flag == nullptr || kOurs.count(name) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
@@ -401,6 +405,7 @@ absl::StatusOr<ServerConfig> Validate() {
   }
   config.dead_node_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_dead_node_timeout_ms));
   config.max_replica_moves = absl::GetFlag(FLAGS_max_replica_moves);
+  config.balance_replicas = absl::GetFlag(FLAGS_balance_replicas);
   config.snapshot_interval_entries = absl::GetFlag(FLAGS_snapshot_interval_entries);
   config.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
   config.max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots));

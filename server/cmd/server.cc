@@ -133,6 +133,7 @@ void Server::StopObservers() {
     metrics_->SetNodeStatusSource(nullptr);
     metrics_->SetEngine(nullptr);
     metrics_->SetAdmissionSource(nullptr);
+    metrics_->SetClusterSource(nullptr);
   }
 }
 
@@ -504,11 +505,18 @@ absl::Status Server::StartParts() {
         std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
     scheduler_ = std::make_unique<Scheduler>(
         SchedulerOptions{.max_moves = config.max_replica_moves,
-                         .dead_after = config.dead_node_timeout},
+                         .dead_after = config.dead_node_timeout,
+                         .balance = config.balance_replicas},
         [meta = meta_group_owned_.get()](const MetaGroup::Mutation& mutate) {
           return meta->Change(mutate);
         },
-        maps_.get(),
+        [this]() -> std::shared_ptr<const ClusterMap> {
+          std::optional<v1::ClusterMap> stored = MetaGroup::ReadLocal(*backend_);
+          absl::StatusOr<ClusterMap> map =
+              stored ? ClusterMap::FromProto(*stored) : absl::NotFoundError("none");
+          if (!map.ok()) return maps_->Current();
+          return std::make_shared<const ClusterMap>(*std::move(map));
+        },
         [n = node_.get()] {
           std::optional<ShardStatus> meta = n->StatusOf(kMetaShard);
           return meta.has_value() && meta->role == "leader";
@@ -516,6 +524,25 @@ absl::Status Server::StartParts() {
         cluster_control_.get(),
         [](const std::string& line) { spdlog::info("scheduler: {}", line); });
   }
+  metrics_->SetClusterSource([this] {
+    ClusterStats stats;
+    if (std::shared_ptr<const ClusterMap> map = maps_->Current()) {
+      stats.map_version = map->version();
+      stats.members = map->members().size();
+      stats.leaving_members = map->leaving().size();
+      for (const ShardLayout& s : map->shards()) {
+        if (s.move_to != 0) ++stats.moves_in_progress;
+        bool on_leaving = false;
+        for (NodeId r : s.replicas) on_leaving = on_leaving || map->IsLeaving(r);
+        if (s.replicas.size() < map->replication() || on_leaving) ++stats.under_replicated_shards;
+      }
+    }
+    if (scheduler_ != nullptr) {
+      stats.moves_started = scheduler_->moves_started();
+      stats.moves_completed = scheduler_->moves_completed();
+    }
+    return stats;
+  });
   spdlog::info("node {} started; serving once the cluster map is loaded from the metadata group",
                config.node_id);
   return absl::OkStatus();
@@ -654,12 +681,12 @@ void Server::Stop() {
     spdlog::info("peer service and transport stopped");
   }
   if (metrics_ != nullptr) metrics_->SetAdmissionSource(nullptr);
+  meta_group_.store(nullptr, std::memory_order_release);
+  kv_service_.reset();
+  StopObservers();  // before what the scrapes read
   scheduler_.reset();
   cluster_control_.reset();
-  meta_group_.store(nullptr, std::memory_order_release);
   meta_group_owned_.reset();
-  kv_service_.reset();
-  StopObservers();
   node_.reset();
   transport_.reset();
   snapshots_.reset();  // its views and stagings belong to the engine

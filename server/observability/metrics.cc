@@ -528,12 +528,14 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     const storage::Engine* engine;
     std::function<AdmissionStats()> admission;
     std::function<BatchStats()> batch;
+    std::function<ClusterStats()> cluster;
     {
       absl::MutexLock lock(&parent_->mu_);
       node_status = parent_->node_status_;
       engine = parent_->engine_;
       admission = parent_->admission_;
       batch = parent_->batch_;
+      cluster = parent_->cluster_;
     }
     std::vector<MetricFamily> out;
     MetricFamily info =
@@ -544,6 +546,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     if (engine != nullptr) CollectStorage(*engine, out);
     if (admission) CollectAdmission(admission(), out);
     if (batch) CollectBatch(batch(), out);
+    if (cluster) CollectCluster(cluster(), out);
     return out;
   }
 
@@ -588,6 +591,33 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     for (MetricFamily* f : {&term, &role, &has_leader, &commit, &applied, &last, &contact}) {
       out.push_back(std::move(*f));
     }
+  }
+
+  static void CollectCluster(const ClusterStats& c, std::vector<MetricFamily>& out) {
+    auto gauge = [&out](const char* name, const char* help, uint64_t value) {
+      MetricFamily f = Family(name, help, MetricType::Gauge);
+      AddValue(f, static_cast<double>(value));
+      out.push_back(std::move(f));
+    };
+    auto counter = [&out](const char* name, const char* help, uint64_t value) {
+      MetricFamily f = Family(name, help, MetricType::Counter);
+      AddValue(f, static_cast<double>(value));
+      out.push_back(std::move(f));
+    };
+    gauge("tessera_cluster_map_version", "Version of the cluster map this node serves by.",
+          c.map_version);
+    gauge("tessera_cluster_members", "Members in the cluster map.", c.members);
+    gauge("tessera_cluster_leaving_members", "Members being decommissioned.", c.leaving_members);
+    gauge("tessera_cluster_replica_moves", "Replica moves in progress (cluster map).",
+          c.moves_in_progress);
+    gauge("tessera_cluster_under_replicated_shards",
+          "Shards with fewer voters than the replication factor or a voter on a leaving member.",
+          c.under_replicated_shards);
+    counter("tessera_scheduler_moves_started_total",
+            "Replica moves this node's scheduler started (balancing, decommission, dead members).",
+            c.moves_started);
+    counter("tessera_scheduler_moves_completed_total",
+            "Replica moves this node's scheduler recorded as done.", c.moves_completed);
   }
 
   static void CollectAdmission(const AdmissionStats& a, std::vector<MetricFamily>& out) {
@@ -817,6 +847,11 @@ void Metrics::SetNodeStatusSource(std::function<std::vector<ShardStatus>()> sour
 void Metrics::SetAdmissionSource(std::function<AdmissionStats()> source) {
   absl::MutexLock lock(&mu_);
   admission_ = std::move(source);
+}
+
+void Metrics::SetClusterSource(std::function<ClusterStats()> source) {
+  absl::MutexLock lock(&mu_);
+  cluster_ = std::move(source);
 }
 
 void Metrics::SetBatchSource(std::function<BatchStats()> source) {

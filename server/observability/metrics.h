@@ -161,6 +161,21 @@ struct MetricsOptions {
   std::string proc_root = "/proc";
 };
 
+// The cluster as a node sees it, for /metrics: from the cluster map it
+// serves by, and from its scheduler (which acts only while the node leads
+// the metadata group; its counters stay 0 elsewhere).
+struct ClusterStats {
+  uint64_t map_version = 0;  // 0 while no map is loaded
+  uint64_t members = 0;
+  uint64_t leaving_members = 0;
+  uint64_t moves_in_progress = 0;
+  // Shards with fewer voters than the replication factor, or a voter on a
+  // leaving member.
+  uint64_t under_replicated_shards = 0;
+  uint64_t moves_started = 0;    // recorded by this node's scheduler (balance, evacuation)
+  uint64_t moves_completed = 0;  // recorded done by this node's scheduler
+};
+
 class Metrics {
  public:
   explicit Metrics(const MetricsOptions& options);
@@ -202,6 +217,8 @@ class Metrics {
   void SetAdmissionSource(std::function<AdmissionStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
   // The KV service's Batch stream counters (KvService::batch_stats).
   void SetBatchSource(std::function<BatchStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
+  // The cluster as this node sees it (tessera_cluster_*, tessera_scheduler_*).
+  void SetClusterSource(std::function<ClusterStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Every metric family, in the text exposition format (version 0.0.4).
   std::string Serialize() const;
@@ -230,6 +247,7 @@ class Metrics {
   const storage::Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::function<AdmissionStats()> admission_ ABSL_GUARDED_BY(mu_);
   std::function<BatchStats()> batch_ ABSL_GUARDED_BY(mu_);
+  std::function<ClusterStats()> cluster_ ABSL_GUARDED_BY(mu_);
 };
 
 // ---------------------------------------------------------------- HTTP

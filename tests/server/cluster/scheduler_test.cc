@@ -139,7 +139,8 @@ class SchedulerTest : public ::testing::Test {
           if (next.ok()) maps_.Set(std::make_shared<const ClusterMap>(*next));
           return next;
         },
-        &maps_, [] { return true; }, &model_, [](const std::string&) {});
+        [this] { return maps_.Current(); }, [] { return true; }, &model_,
+        [](const std::string&) {});
     scheduler.RunOnceForTesting();
     return model_.TakeCalls();
   }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Growing a loaded cluster: a 3-node local cluster holding --keys keys, a
+# closed-loop put load, and a 4th node added (`local-cluster.sh add`) in the
+# middle of it. Prints the put latency before and while the replicas move
+# (tessera-bench's JSON lines), the time from `add` to a balanced map with
+# no move left, the replicas moved against the ideal (a quarter of them),
+# and the bytes the new node holds afterwards (what its snapshots carried).
+#
+# Usage: tests/bench/rebalance.sh [--keys N] [--shards N] [--clients N]
+#   --keys     keys written first, 256-byte values (default 200000)
+#   --shards   shards of the cluster (default 16)
+#   --clients  tessera-bench closed-loop clients during the run (default 16)
+# Release build (deploy/local-cluster.sh's); ports 7401-7404, state in a
+# temporary directory; stops the cluster (by PID) on exit. Needs a quiet
+# machine.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+keys=200000 shards=16 clients=16
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --keys) keys=$2; shift 2 ;;
+    --shards) shards=$2; shift 2 ;;
+    --clients) clients=$2; shift 2 ;;
+    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+  esac
+done
+export TESSERA_SKIP_BUILD=1 TESSERA_PORT_BASE=7400 TESSERA_CLUSTER_DIR
+TESSERA_CLUSTER_DIR=$(mktemp -d /tmp/tessera-rebalance.XXXXXX)
+bench=build/release/client/bench/tessera-bench
+cli=build/release/client/tessera
+endpoints=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
+bench_pid=
+cleanup() {
+  [[ -n $bench_pid ]] && kill "$bench_pid" 2>/dev/null
+  ./deploy/local-cluster.sh down >/dev/null 2>&1 || true
+  rm -rf "$TESSERA_CLUSTER_DIR"
+}
+trap cleanup EXIT
+
+./deploy/local-cluster.sh up --shards "$shards" >/dev/null
+echo "filling $keys keys"
+"$bench" --endpoints="$endpoints" --conns=4 --clients=64 --key-space="$keys" --fill \
+  --total=1 --json-only put >/dev/null
+echo "puts before (15 s):"
+"$bench" --endpoints="$endpoints" --conns=4 --clients="$clients" --key-space="$keys" \
+  --duration=15s --json-only put
+
+# Puts for the rest of the run (stopped once balanced), the node added now.
+"$bench" --endpoints="$endpoints" --conns=4 --clients="$clients" --key-space="$keys" \
+  --duration=600s --json-only put >"$TESSERA_CLUSTER_DIR/during.json" &
+bench_pid=$!
+sleep 2
+start=$(date +%s.%N)
+./deploy/local-cluster.sh add >/dev/null
+balanced=""
+for _ in $(seq 3000); do
+  # Balanced: no move in the map, and replicas spread within one.
+  if "$cli" --endpoints="$endpoints" -o json cluster status 2>/dev/null | python3 -c '
+import json, sys, collections
+s = json.load(sys.stdin)
+held = collections.Counter(r["node"] for sh in s["shards"] for r in sh["replicas"])
+moving = any("moving" in sh for sh in s["shards"])
+sys.exit(0 if not moving and len(held) == 4 and max(held.values()) - min(held.values()) <= 1 else 1)
+'; then
+    balanced=$(date +%s.%N)
+    break
+  fi
+  sleep 0.2
+done
+kill -INT "$bench_pid" 2>/dev/null || true
+wait "$bench_pid" 2>/dev/null || true
+bench_pid=
+[[ -n $balanced ]] || { echo "rebalance: not balanced within 10 minutes" >&2; exit 1; }
+echo "puts while the replicas moved:"
+tail -n 1 "$TESSERA_CLUSTER_DIR/during.json"
+replicas=$(( shards * 3 ))
+moved=$("$cli" --endpoints="$endpoints" -o json cluster status | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(sum(1 for sh in s["shards"] for r in sh["replicas"] if r["node"] == 4))')
+printf 'balanced %.1f s after add; node 4 took %s of %s replicas (ideal %s); node 4 data: %s\n' \
+  "$(echo "$balanced - $start" | bc)" "$moved" "$replicas" "$(( replicas / 4 ))" \
+  "$(du -sh "$TESSERA_CLUSTER_DIR/node4/data" | cut -f1)"
