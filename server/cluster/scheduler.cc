@@ -139,6 +139,58 @@ bool Scheduler::Evacuate(const ClusterMap& map, const std::vector<NodeId>& live,
   return recorded_any;
 }
 
+void Scheduler::BalanceLeaders(
+    const ClusterMap& map, const std::vector<NodeId>& live,
+    const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders,
+    const std::map<std::pair<ShardId, NodeId>, uint64_t>& applied) {
+  if (!options_.balance || live.size() < 2) return;
+  const absl::Time now = absl::Now();
+  if (last_transfer_.has_value()) {
+    // Still led by the giver a round later: the taker declined (draining,
+    // not serving yet) or could not take it.
+    const auto [shard, giver, taker] = *last_transfer_;
+    last_transfer_.reset();
+    auto it = leaders.find(shard);
+    if (it != leaders.end() && it->second.first == giver) {
+      declined_until_[taker] = now + 20 * options_.interval;
+    }
+  }
+  std::map<NodeId, int> leads;
+  for (NodeId id : live) leads[id] = 0;
+  for (const auto& [shard, leader] : leaders) {
+    if (leads.contains(leader.first)) ++leads[leader.first];
+  }
+  // Most-leading first as the giver, fewest-leading first as the taker.
+  std::vector<std::pair<int, NodeId>> order;
+  for (const auto& [id, n] : leads) order.emplace_back(n, id);
+  std::sort(order.begin(), order.end());
+  for (auto giver = order.rbegin(); giver != order.rend(); ++giver) {
+    for (const auto& [taker_leads, taker] : order) {
+      if (giver->first - taker_leads < 2) break;
+      if (auto d = declined_until_.find(taker); d != declined_until_.end() && now < d->second) {
+        continue;
+      }
+      for (const auto& [shard, leader] : leaders) {
+        if (leader.first != giver->second || shard >= map.shards().size() ||
+            map.shards()[shard].move_to != 0) {
+          continue;
+        }
+        const ShardStatus& s = *leader.second;
+        if (!s.voters_outgoing.empty() || !Contains(s.voters, taker)) continue;
+        auto it = applied.find({shard, taker});
+        if (it == applied.end() || it->second + options_.catch_up_entries < s.commit_index)
+          continue;
+        if (control_->TransferLeader(giver->second, shard, taker).ok()) {
+          last_transfer_.emplace(shard, giver->second, taker);
+          log_(absl::StrCat("balancing leaders: shard ", shard, " from node ", giver->second, " (",
+                            giver->first, " led) to node ", taker, " (", taker_leads, " led)"));
+        }
+        return;  // one a round
+      }
+    }
+  }
+}
+
 void Scheduler::RemoveLeft(const ClusterMap& map, const std::map<NodeId, int>& hosting) {
   for (NodeId id : map.leaving()) {
     if (!map.ReplicasOn(id).empty()) continue;
@@ -314,9 +366,16 @@ void Scheduler::RunOnce() {
 
   if (!Evacuate(*map, live, now)) Balance(*map, live);
   std::map<NodeId, int> hosting;
+  std::map<ShardId, std::pair<NodeId, const ShardStatus*>> leaders;
+  std::map<std::pair<ShardId, NodeId>, uint64_t> applied;
   for (const auto& [shard, reports] : shards) {
-    for (const auto& [node, s] : reports.by_node) ++hosting[node];
+    for (const auto& [node, s] : reports.by_node) {
+      ++hosting[node];
+      applied[{shard, node}] = s.applied_index;
+    }
+    if (reports.leader != nullptr) leaders[shard] = {reports.leader_node, reports.leader};
   }
+  BalanceLeaders(*map, live, leaders, applied);
   RemoveLeft(*map, hosting);
 
   // Garbage: replicas neither the map nor their leader's configuration has.

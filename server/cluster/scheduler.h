@@ -49,8 +49,10 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -148,6 +150,11 @@ class Scheduler {
   bool Evacuate(const ClusterMap& map, const std::vector<NodeId>& live, absl::Time now);
   // Records one balancing move if the replicas are uneven (see above).
   void Balance(const ClusterMap& map, const std::vector<NodeId>& live);
+  // Hands one leadership from the member leading the most shards to one
+  // leading at least two fewer (a voter of that shard, caught up), if any.
+  void BalanceLeaders(const ClusterMap& map, const std::vector<NodeId>& live,
+                      const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders,
+                      const std::map<std::pair<ShardId, NodeId>, uint64_t>& applied);
   // Removes a leaving member that the map lists nowhere and that hosts no
   // replica any more (`hosting`: replicas each answering member reports).
   void RemoveLeft(const ClusterMap& map, const std::map<NodeId, int>& hosting);
@@ -162,6 +169,11 @@ class Scheduler {
   // When each member last answered (the scheduler thread's only; a member
   // not heard from yet counts from the first round that asked it).
   std::map<NodeId, absl::Time> last_answer_;
+  // The last leadership handed (shard, giver, taker), and takers that did
+  // not take one, left alone until the time given (a transfer pauses the
+  // shard's writes until it completes or lapses).
+  std::optional<std::tuple<ShardId, NodeId, NodeId>> last_transfer_;
+  std::map<NodeId, absl::Time> declined_until_;
   std::atomic<uint64_t> moves_started_{0};
   std::atomic<uint64_t> moves_completed_{0};
   std::thread thread_;

@@ -345,6 +345,10 @@ absl::Status Server::StartParts() {
   node_options.tick_interval = config.tick;
   node_options.election_ticks = config.election_ticks;
   node_options.hibernate_idle_shards = config.hibernate_idle_shards;
+  // Leaders are balanced by the scheduler, which sees every member's count
+  // (per-node balancing handed shards around in circles once members held
+  // different shards).
+  node_options.balance_leaders = false;
   node_options.seed = static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()));
   node_options.metrics = metrics_->node_metrics();
   node_options.snapshots = snapshots_.get();

@@ -1481,32 +1481,47 @@ void Node::Impl::BalanceLeaders(absl::Time now) {
     }
   }
   if (balance_stable_rounds_ < 3) return;
-  // Leaderships per node, over the shards hosted here (every replica counts,
-  // with zero if it leads none).
-  absl::flat_hash_map<NodeId, int> leads;
+  // Leaderships compared pairwise, over the shards both nodes host: for a
+  // follower r, how many of the shards hosted here and by r this node leads
+  // and r leads. r computes the same two numbers (it knows the same
+  // leaders), so the two never disagree about who leads more and hand a
+  // shard back and forth; when every node hosts every shard this is the
+  // plain count.
+  absl::flat_hash_map<NodeId, std::pair<int, int>> shared;  // r -> (led here, led by r)
   for (auto& [id, sp] : shards_) {
-    if (sp->raw->leader_id() == 0) return;  // an election is under way
-    for (NodeId r : sp->replicas) leads.try_emplace(r, 0);
-    ++leads[sp->raw->leader_id()];
+    const NodeId leader = sp->raw->leader_id();
+    if (leader == 0) return;  // an election is under way
+    for (NodeId r : sp->replicas) {
+      if (r == options_.id) continue;
+      std::pair<int, int>& counts = shared[r];
+      if (leader == options_.id) ++counts.first;
+      if (leader == r) ++counts.second;
+    }
   }
-  const int mine = leads[options_.id];
   const absl::Duration recent = options_.tick_interval * options_.election_ticks;
-  // The live follower leading fewest, of a shard led here; it must lead at
-  // least two fewer than this node (else the transfer only swaps the roles).
+  // The live follower, of a shard led here, that this node out-leads most
+  // over the shards they share, by at least two (else the transfer only
+  // swaps the roles).
   Shard* from = nullptr;
   NodeId to = 0;
-  int fewest = mine - 1;
+  int mine = 0;
+  int fewest = 0;
+  int best_gap = 1;
   for (const auto& [id, leader] : layout) {
     Shard& s = *shards_.at(id);
     if (s.raw->role() != raft::Role::kLeader) continue;
     for (NodeId r : s.replicas) {
-      if (r == options_.id || leads[r] >= fewest) continue;
+      if (r == options_.id) continue;
+      const auto [here, there] = shared[r];
+      if (here - there <= best_gap) continue;
       auto declined = balance_declined_until_.find(r);
       if (declined != balance_declined_until_.end() && tick_ < declined->second) continue;
       if (!FollowerHeard(s, r, now, recent)) continue;
       from = &s;
       to = r;
-      fewest = leads[r];
+      mine = here;
+      fewest = there;
+      best_gap = here - there;
     }
   }
   if (from == nullptr) return;

@@ -147,9 +147,11 @@ struct NodeOptions {
   // wedged. Zero: 10 election timeouts, at least 5 s.
   absl::Duration max_loop_stall = absl::ZeroDuration();
   // Spread leaderships evenly: once per election timeout, when every shard
-  // hosted here has a leader, a node that leads at least two shards more
-  // than one of its followers hands one of them to the follower that leads
-  // fewest (raft leadership transfer). So leaders spread after a cluster
+  // hosted here has a leader, a node that leads at least two more of the
+  // shards it shares with one of its followers than that follower does
+  // hands one of them to it (raft leadership transfer; the follower it
+  // out-leads most). Counting over the shared shards keeps two nodes that
+  // host different sets from handing one back and forth. So leaders spread after a cluster
   // starts and after a node returns (until a scheduler of the elastic
   // cluster takes over).
   bool balance_leaders = true;

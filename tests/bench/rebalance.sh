@@ -10,18 +10,20 @@
 #   --keys     keys written first, 256-byte values (default 200000)
 #   --shards   shards of the cluster (default 16)
 #   --clients  tessera-bench closed-loop clients during the run (default 16)
+#   --during   seconds of put load from 2 s before the add (default 60)
 # Release build (deploy/local-cluster.sh's); ports 7401-7404, state in a
 # temporary directory; stops the cluster (by PID) on exit. Needs a quiet
 # machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-keys=200000 shards=16 clients=16
+keys=200000 shards=16 clients=16 during=60
 while [[ $# -gt 0 ]]; do
   case $1 in
     --keys) keys=$2; shift 2 ;;
     --shards) shards=$2; shift 2 ;;
     --clients) clients=$2; shift 2 ;;
-    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+    --during) during=$2; shift 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
 export TESSERA_SKIP_BUILD=1 TESSERA_PORT_BASE=7400 TESSERA_CLUSTER_DIR
@@ -33,7 +35,7 @@ bench_pid=
 cleanup() {
   [[ -n $bench_pid ]] && kill "$bench_pid" 2>/dev/null
   ./deploy/local-cluster.sh down >/dev/null 2>&1 || true
-  rm -rf "$TESSERA_CLUSTER_DIR"
+  [[ -n ${KEEP:-} ]] || rm -rf "$TESSERA_CLUSTER_DIR"
 }
 trap cleanup EXIT
 
@@ -45,9 +47,10 @@ echo "puts before (15 s):"
 "$bench" --endpoints="$endpoints" --conns=4 --clients="$clients" --key-space="$keys" \
   --duration=15s --json-only put
 
-# Puts for the rest of the run (stopped once balanced), the node added now.
+# Puts for the next --during seconds (tessera-bench runs to its end), the
+# node added now.
 "$bench" --endpoints="$endpoints" --conns=4 --clients="$clients" --key-space="$keys" \
-  --duration=600s --json-only put >"$TESSERA_CLUSTER_DIR/during.json" &
+  --duration="${during}s" --json-only put >"$TESSERA_CLUSTER_DIR/during.json" &
 bench_pid=$!
 sleep 2
 start=$(date +%s.%N)
@@ -67,11 +70,10 @@ sys.exit(0 if not moving and len(held) == 4 and max(held.values()) - min(held.va
   fi
   sleep 0.2
 done
-kill -INT "$bench_pid" 2>/dev/null || true
-wait "$bench_pid" 2>/dev/null || true
+wait "$bench_pid" || true
 bench_pid=
 [[ -n $balanced ]] || { echo "rebalance: not balanced within 10 minutes" >&2; exit 1; }
-echo "puts while the replicas moved:"
+echo "puts during the ${during} s from 2 s before the add:"
 tail -n 1 "$TESSERA_CLUSTER_DIR/during.json"
 replicas=$(( shards * 3 ))
 moved=$("$cli" --endpoints="$endpoints" -o json cluster status | python3 -c '

@@ -66,13 +66,14 @@ TEST(BenchRollingRestart, NoClientErrorsAndBoundedLatency) {
     EXPECT_EQ(exit_code, 0) << "node " << node + 1 << " did not drain and exit cleanly";
     ASSERT_TRUE(cluster.WaitReady(client, node)) << "node " << node + 1 << " did not come back";
     const absl::Duration back = absl::Now() - start;
-    // Its share of the 9 raft groups (8 shards and the metadata group) back.
+    // Its share of the 8 shards' leaderships back: the scheduler evens
+    // leaders out to within one (3, 3, 2), so at least 2.
     const std::string address = cluster.endpoints()[node];
     int led = 0;
-    for (int i = 0; i < 300 && (led = LeaderCount(client, address, node + 1)) < 3; ++i) {
+    for (int i = 0; i < 300 && (led = LeaderCount(client, address, node + 1)) < 2; ++i) {
       absl::SleepFor(absl::Milliseconds(100));
     }
-    EXPECT_GE(led, 3) << "node " << node + 1 << " did not get its share of leaderships back";
+    EXPECT_GE(led, 2) << "node " << node + 1 << " did not get its share of leaderships back";
     restarts.push_back(absl::StrCat("node ", node + 1, ": back in ", absl::FormatDuration(back),
                                     ", leading ", led, " after ",
                                     absl::FormatDuration(absl::Now() - start)));

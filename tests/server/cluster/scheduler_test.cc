@@ -145,6 +145,9 @@ class SchedulerTest : public ::testing::Test {
     return model_.TakeCalls();
   }
 
+  // A round without balancing: only the moves recorded by hand.
+  std::vector<std::string> Manual() { return Round({.balance = false}); }
+
   // Runs `rounds` rounds while every member that answers hosts what the map
   // lists on it (learners catch up a round later); returns the replicas
   // deleted (moves done), and the most moves in progress at once.
@@ -184,19 +187,19 @@ TEST_F(SchedulerTest, AMoveOffTheLeaderGoesStepByStepAndEndsRecorded) {
   maps_.Set(std::make_shared<const ClusterMap>(*recorded));
 
   // Nothing until the new node hosts a replica (it does once it sees the map).
-  EXPECT_THAT(Round(), ElementsAre());
+  EXPECT_THAT(Manual(), ElementsAre());
   model_.hosted[to][0] = 0;
-  EXPECT_THAT(Round(), ElementsAre(absl::StrCat("shard 0: learner ", to)));
+  EXPECT_THAT(Manual(), ElementsAre(absl::StrCat("shard 0: learner ", to)));
   // Not promoted while it catches up.
-  EXPECT_THAT(Round(), ElementsAre());
+  EXPECT_THAT(Manual(), ElementsAre());
   model_.hosted[to][0] = 990;
   // The leaving replica leads: it hands over first, then the joint change.
-  EXPECT_THAT(Round(), ElementsAre(absl::StrCat("shard 0: leader ", stays)));
-  EXPECT_THAT(Round(), ElementsAre(absl::StrCat("shard 0: voter ", to, " remove ", from)));
+  EXPECT_THAT(Manual(), ElementsAre(absl::StrCat("shard 0: leader ", stays)));
+  EXPECT_THAT(Manual(), ElementsAre(absl::StrCat("shard 0: voter ", to, " remove ", from)));
   EXPECT_EQ(maps_.Current()->shards()[0].move_to, to);  // raft first, the map after
-  EXPECT_THAT(Round(), ElementsAre());                  // records it in the map
+  EXPECT_THAT(Manual(), ElementsAre());                 // records it in the map
   EXPECT_EQ(maps_.Current()->shards()[0].move_to, 0u);
-  EXPECT_THAT(Round(), ElementsAre(absl::StrCat("shard 0: delete on ", from)));
+  EXPECT_THAT(Manual(), ElementsAre(absl::StrCat("shard 0: delete on ", from)));
   const ShardLayout& after = maps_.Current()->shards()[0];
   EXPECT_EQ(after.move_to, 0u);
   EXPECT_TRUE(after.learners.empty());
@@ -204,7 +207,7 @@ TEST_F(SchedulerTest, AMoveOffTheLeaderGoesStepByStepAndEndsRecorded) {
   EXPECT_EQ(after.conf_version, layout.conf_version + 2);
   EXPECT_FALSE(model_.hosted[from].contains(0));
   // Done: nothing more to do.
-  EXPECT_THAT(Round(), ElementsAre());
+  EXPECT_THAT(Manual(), ElementsAre());
 }
 
 TEST_F(SchedulerTest, NothingHappensWithoutTheShardsLeaderAndNothingIsDeletedByMistake) {
@@ -219,7 +222,7 @@ TEST_F(SchedulerTest, NothingHappensWithoutTheShardsLeaderAndNothingIsDeletedByM
   // The leader's node does not answer: no step, and the new (empty) replica,
   // which the map lists, is not garbage.
   model_.down.insert(layout.replicas[0]);
-  EXPECT_THAT(Round(), ElementsAre());
+  EXPECT_THAT(Manual(), ElementsAre());
   EXPECT_TRUE(model_.hosted[to].contains(1));
   // A replica that neither the map nor the leader's configuration lists is.
   model_.down.clear();
@@ -228,7 +231,7 @@ TEST_F(SchedulerTest, NothingHappensWithoutTheShardsLeaderAndNothingIsDeletedByM
     if (!Has(maps_.Current()->shards()[0].replicas, id)) stray = id;
   }
   model_.hosted[stray][0] = 5;
-  std::vector<std::string> calls = Round();
+  std::vector<std::string> calls = Manual();
   EXPECT_THAT(calls, ::testing::UnorderedElementsAre(absl::StrCat("shard 1: learner ", to),
                                                      absl::StrCat("shard 0: delete on ", stray)));
 }
@@ -328,6 +331,41 @@ TEST_F(SchedulerTest, ALeavingMemberIsEmptiedThenRemoved) {
   }
   EXPECT_TRUE(model_.hosted[4].empty());  // deleted there
   EXPECT_LE(most_at_once, 2);
+}
+
+// Leaders: the scheduler sees every member's count and hands one
+// leadership a round from the member leading most to one leading at least
+// two fewer, until they are even; then it stops (no shard goes back and
+// forth, as it did when each node balanced by its own partial view).
+TEST_F(SchedulerTest, LeadersSpreadEvenlyAndThenStayPut) {
+  std::vector<MemberInfo> members = Members();
+  members.push_back({4, "127.0.0.1:7004", "127.0.0.1:7104"});
+  auto map = ClusterMap::Create(members, 12, 3);
+  ASSERT_THAT(map, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*map));
+  model_ = ModelCluster();
+  for (const ShardLayout& s : map->shards()) {
+    // Node 1 leads every shard it holds; the others lead the rest.
+    const NodeId leader = Has(s.replicas, 1) ? 1 : s.replicas[0];
+    model_.shards[s.id] = {.voters = s.replicas, .leader = leader};
+    for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
+  }
+  int transfers = 0;
+  for (int round = 0; round < 100; ++round) {
+    for (const std::string& call : Round()) {
+      if (call.find("leader") != std::string::npos) ++transfers;
+    }
+  }
+  std::map<NodeId, int> leads;
+  for (const auto& [shard, sh] : model_.shards) ++leads[sh.leader];
+  int most = 0, fewest = 100;
+  for (NodeId id = 1; id <= 4; ++id) {
+    most = std::max(most, leads[id]);
+    fewest = std::min(fewest, leads[id]);
+  }
+  EXPECT_LE(most - fewest, 1);
+  EXPECT_LE(transfers, 9);  // node 1 led 9 of 12; 3 each is even
+  EXPECT_THAT(Round(), ElementsAre());
 }
 
 TEST(SchedulerRecordMove, RefusesMovesThatCannotBe) {
