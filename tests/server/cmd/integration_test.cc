@@ -670,6 +670,102 @@ TEST(Integration, AReplicaMovesToAnotherNodeWhileWritesGoOn) {
   EXPECT_TRUE(voter);
 }
 
+// A move survives crashes: the scheduler keeps no state between rounds, so
+// killing (-9) the node that runs it, and then the shard's leader, in the
+// middle of a move leaves a state the next scheduler finishes. Writes go on
+// throughout; every acknowledged one is readable afterwards.
+TEST(Integration, AMoveSurvivesKillingTheSchedulerAndTheShardLeader) {
+  // Three replicas per shard, so a shard keeps a quorum (also in the joint
+  // configuration) while one node is down; a 4th node to move to; no
+  // balancing, so the move under test is the only one.
+  Cluster cluster({"--balance-replicas=false"});
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  v1::AddMemberRequest add;
+  add.mutable_member()->set_id(kNodes + 1);
+  add.mutable_member()->set_client_address(cluster.client_address(kNodes));
+  add.mutable_member()->set_peer_address(cluster.peer_address(kNodes));
+  ASSERT_THAT(cluster.AskMetaLeader(&v1::Cluster::Stub::AddMember, add), IsOk());
+  cluster.StartJoining(kNodes);
+  ASSERT_TRUE(cluster.WaitReady());
+  absl::StatusOr<v1::GetClusterMapResponse> map = cluster.Map(0);
+  ASSERT_THAT(map, IsOk());
+  constexpr uint32_t kShard = 1;
+  const NodeId from = map->map().shards(kShard).replicas(0);
+  const NodeId to = kNodes + 1;
+  std::vector<std::string> keys;  // of kShard
+  for (int i = 0; keys.size() < 120; ++i) {
+    std::string key = absl::StrCat("crash-move-", i);
+    if (ShardForKey(key, kShards) == kShard) keys.push_back(std::move(key));
+  }
+  std::map<std::string, std::string> acknowledged;
+  for (size_t i = 0; i < 30; ++i) {
+    ASSERT_THAT(cluster.Put(keys[i], "before"), IsOk());
+    acknowledged[keys[i]] = "before";
+  }
+  v1::MoveReplicaRequest move;
+  move.set_shard(kShard);
+  move.set_from_node(from);
+  move.set_to_node(to);
+  ASSERT_THAT(cluster.AskMetaLeader(&v1::Cluster::Stub::MoveReplica, move), IsOk());
+
+  // The metadata group's leader runs the scheduler: kill it and start it
+  // again; then kill the shard's leader once, likewise.
+  auto meta_leader = [&]() {
+    for (int i = 0; i < kNodes; ++i) {
+      absl::StatusOr<v1::NodeStatusResponse> s = cluster.Status(i);
+      if (s.ok() && s->meta_shard().role() == "leader") return i;
+    }
+    return -1;
+  };
+  int victim = meta_leader();
+  ASSERT_GE(victim, 0);
+  cluster.process(victim).Kill();
+  for (size_t i = 30; i < 60; ++i) {
+    ASSERT_THAT(cluster.Put(keys[i], "scheduler-down"), IsOk()) << keys[i];
+    acknowledged[keys[i]] = "scheduler-down";
+  }
+  cluster.Start(victim);
+  ASSERT_TRUE(cluster.WaitReady());
+  std::map<uint32_t, int> leaders = cluster.Leaders();
+  ASSERT_TRUE(leaders.contains(kShard));
+  victim = leaders[kShard];
+  cluster.process(victim).Kill();
+  for (size_t i = 60; i < 90; ++i) {
+    ASSERT_THAT(cluster.Put(keys[i], "leader-down"), IsOk()) << keys[i];
+    acknowledged[keys[i]] = "leader-down";
+  }
+  if (victim == kNodes) {
+    cluster.StartJoining(victim);  // the new node, promoted already
+  } else {
+    cluster.Start(victim);
+  }
+  ASSERT_TRUE(cluster.WaitReady());
+
+  // The move ends (bounded), recorded in the map.
+  bool moved = false;
+  for (size_t i = 90; !moved; ++i) {
+    ASSERT_LT(i, keys.size() + 600) << "the move did not finish in time";
+    if (i < keys.size()) {
+      ASSERT_THAT(cluster.Put(keys[i], "after"), IsOk()) << keys[i];
+      acknowledged[keys[i]] = "after";
+    } else {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    absl::StatusOr<v1::GetClusterMapResponse> now = cluster.Map(0);
+    if (!now.ok()) continue;
+    const v1::ShardInfo& s = now->map().shards(kShard);
+    moved = s.move_to() == 0 && s.learners().empty() && s.replicas_size() == 3 &&
+            std::find(s.replicas().begin(), s.replicas().end(), to) != s.replicas().end() &&
+            std::find(s.replicas().begin(), s.replicas().end(), from) == s.replicas().end();
+  }
+  for (const auto& [key, value] : acknowledged) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);
+    ASSERT_THAT(got, IsOk()) << key;
+    EXPECT_EQ(got->kv().value(), value) << key;
+  }
+}
+
 // A fourth node joins a running cluster of three (8 shards, 3 replicas
 // each, so every founder holds all 8): `add-node`, then --join; the
 // scheduler moves replicas to it until every member is within one of the
