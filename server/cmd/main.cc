@@ -2,6 +2,8 @@
 //
 //   tessera-server --node-id=1 --data-dir=/var/lib/tessera
 //     --initial-cluster=1=10.0.0.1:7001/10.0.0.1:7101,2=...,3=...
+//   tessera-server --node-id=4 --data-dir=... --join=10.0.0.1:7001
+//     (a member added with `tessera cluster add-node`)
 //
 // Startup, one log line per step: parse flags (and --config), build the
 // cluster map, open the storage engine, create the state machine, start the
@@ -18,12 +20,15 @@
 //
 // The client API answers UNAVAILABLE until the cluster map has been loaded
 // from the metadata group (server/cluster/meta_group.h: bootstrapped by its first leader
-// with the map computed from the flags). If the stored map differs from the
-// flags' map, the node logs one "refusing to serve" line and exits 2.
+// with the map computed from the flags). If the stored bootstrap map differs
+// from the flags' map, the node logs one "refusing to serve" line and exits
+// 2; once the stored map has changed, it rules over the flags.
 //
-// Exit codes: 0 after a clean drain; 1 when startup fails (storage, ports);
-// 2 for bad flags (one line on stderr) or a map that conflicts with the
-// metadata group's; 3 when storage fails (the raft loop stopped on a
+// Exit codes: 0 after a clean drain, or once the stored map no longer names
+// this node (decommissioned by `tessera cluster remove-node`); 1 when
+// startup fails (storage, ports, no member answering --join); 2 for bad
+// flags (one line on stderr), a map that conflicts with the metadata
+// group's, or --join to a cluster that has not added this node; 3 when storage fails (the raft loop stopped on a
 // storage error, or the disk is full, at start too), after one "fatal: ..."
 // line. kill -9 is safe at any point: every acknowledged write is durable in
 // the engine's WAL before it is acknowledged.

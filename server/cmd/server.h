@@ -4,8 +4,10 @@
 //   start: metrics and health (/healthz answers while the node starts), peer
 //     identity (credentials, data directory identity, known peers), storage,
 //     state machine (a stored cluster map is checked before any replica
-//     starts), peer transport and service, Node, client API, port file,
-//     metadata group;
+//     starts), peer transport and service, Node (the metadata group's replica
+//     and the shards on disk), client API, port file, metadata group (the
+//     node then hosts what the stored map lists: FollowMap), and on a node
+//     holding a metadata replica the scheduler (server/cluster/scheduler.h);
 //   drain (SIGTERM, Cluster.Drain): health says draining, leaderships are
 //     handed to other replicas, new calls get UNAVAILABLE and in-flight ones
 //     finish (each step bounded by the drain timeout), then everything stops;
