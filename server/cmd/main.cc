@@ -28,10 +28,10 @@
 // this node (decommissioned by `tessera cluster remove-node`); 1 when
 // startup fails (storage, ports, no member answering --join); 2 for bad
 // flags (one line on stderr), a map that conflicts with the metadata
-// group's, or --join to a cluster that has not added this node; 3 when storage fails (the raft loop stopped on a
-// storage error, or the disk is full, at start too), after one "fatal: ..."
-// line. kill -9 is safe at any point: every acknowledged write is durable in
-// the engine's WAL before it is acknowledged.
+// group's, or --join to a cluster that has not added this node; 3 when storage fails (the raft loop
+// stopped on a storage error, or the disk is full, at start too), after one "fatal: ..." line. kill
+// -9 is safe at any point: every acknowledged write is durable in the engine's WAL before it is
+// acknowledged.
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
