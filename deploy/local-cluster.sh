@@ -33,7 +33,8 @@
 # CA and node-N certificates, made by deploy/gen-certs.sh), nodeN/data, nodeN/log,
 # nodeN/pid, prometheus/{prometheus.yml,data,log,pid}. TESSERA_SKIP_BUILD=1
 # skips deps and build; TESSERA_BIN_DIR picks another build's server binaries
-# (default build/release/server); TESSERA_PORT_BASE moves the ports (default
+# (default build/release/server); TESSERA_SERVER_FLAGS adds flags to every
+# node's command line (split on spaces); TESSERA_PORT_BASE moves the ports (default
 # 7000: client base+N, peer base+100+N, metrics base+2200+N, prometheus
 # base+2090).
 set -euo pipefail
@@ -112,6 +113,7 @@ start_node() {
     --peer-cert="$dir/certs/node-$n.crt" --peer-key="$dir/certs/node-$n.key" \
     --peer-ca="$dir/certs/ca.crt" \
     --metrics-listen="127.0.0.1:$(metrics_port "$n")" \
+    ${TESSERA_SERVER_FLAGS:-} `# split on spaces on purpose` \
     >>"$dir/node$n/log" 2>&1 &
   echo $! >"$dir/node$n/pid"
   echo "node $n started (pid $!), log $dir/node$n/log"

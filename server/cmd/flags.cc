@@ -99,7 +99,7 @@ ABSL_FLAG(bool, hibernate_idle_shards, true,
           "(server/raftstore/README.md \"Hibernation\"); set it the same on every member");
 ABSL_FLAG(int64_t, dead_node_timeout_ms, 300000,
           "a member silent this long is dead: the scheduler re-creates its replicas elsewhere");
-ABSL_FLAG(int32_t, max_replica_moves, 2,
+ABSL_FLAG(int32_t, max_replica_moves, 1,
           "replica moves in progress at once (balancing, decommission, re-replication)");
 ABSL_FLAG(bool, balance_replicas, true,
           "the scheduler spreads replicas evenly over the members (false: only moves by hand, "
@@ -140,7 +140,7 @@ constexpr char kUsage[] =
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
     "  [--max-inflight-bytes=67108864] [--hibernate-idle-shards=true]\n"
-    "  [--dead-node-timeout-ms=300000] [--max-replica-moves=2] [--balance-replicas=true]\n"
+    "  [--dead-node-timeout-ms=300000] [--max-replica-moves=1] [--balance-replicas=true]\n"
     "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 

@@ -42,7 +42,7 @@ struct ServerConfig {
   uint64_t max_batch_inflight_ops = 1024;  // KV.Batch: operations in flight per stream
   bool hibernate_idle_shards = true;
   absl::Duration dead_node_timeout = absl::Minutes(5);  // the scheduler's dead_after
-  int max_replica_moves = 2;                            // the scheduler's max_moves
+  int max_replica_moves = 1;                            // the scheduler's max_moves
   bool balance_replicas = true;                         // the scheduler's balance
   uint64_t snapshot_interval_entries = 10000;
   uint64_t min_free_disk_bytes = 256ull << 20;

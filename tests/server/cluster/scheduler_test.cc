@@ -255,7 +255,7 @@ TEST_F(SchedulerTest, ANewMemberReceivesReplicasUntilTheClusterIsEven) {
   model_.hosted[4];  // answers, hosting nothing
 
   int most_at_once = 0;
-  const int moves = Settle({}, &most_at_once);
+  const int moves = Settle({.max_moves = 2}, &most_at_once);
   std::map<NodeId, int> held;
   for (const ShardLayout& s : maps_.Current()->shards()) {
     EXPECT_EQ(s.move_to, 0u) << "shard " << s.id << " still moving";
