@@ -724,58 +724,58 @@ grpc::ServerUnaryReactor* ClusterService::Drain(grpc::CallbackServerContext* con
   return reactor;
 }
 
-grpc::ServerUnaryReactor* ClusterService::MoveReplica(grpc::CallbackServerContext* context,
-                                                      const v1::MoveReplicaRequest* request,
-                                                      v1::MoveReplicaResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!move_) {
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server cannot move replicas"));
-    return reactor;
-  }
-  // Blocks this callback thread for at most the metadata group's proposal
-  // deadline: an operator's call, not a hot path.
-  absl::StatusOr<uint64_t> version =
-      move_(request->shard(), request->from_node(), request->to_node());
-  if (version.ok()) response->set_map_version(*version);
-  reactor->Finish(ToGrpcStatus(version.status()));
-  return reactor;
-}
+namespace {
 
-grpc::ServerUnaryReactor* ClusterService::AddMember(grpc::CallbackServerContext* context,
-                                                    const v1::AddMemberRequest* request,
-                                                    v1::AddMemberResponse* response) {
+// Answers an operator's change of the cluster map: UNIMPLEMENTED without a
+// handler, else the map version that records it or the handler's error
+// (NOT_FOUND, a node the request names that does not exist, becomes
+// INVALID_ARGUMENT: the caller's mistake). The handler blocks this callback
+// thread for at most the metadata group's proposal deadline: an operator's
+// call, not a hot path.
+template <typename Response>
+grpc::ServerUnaryReactor* AnswerMapChange(grpc::CallbackServerContext* context, bool handled,
+                                          const char* what,
+                                          const std::function<absl::StatusOr<uint64_t>()>& change,
+                                          Response* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!add_member_) {
+  if (!handled) {
     reactor->Finish(
-        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server cannot add members"));
+        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, absl::StrCat("this server cannot ", what)));
     return reactor;
   }
-  // Blocks as MoveReplica does.
-  absl::StatusOr<uint64_t> version = add_member_(request->member());
+  absl::StatusOr<uint64_t> version = change();
   if (version.ok()) response->set_map_version(*version);
-  reactor->Finish(ToGrpcStatus(version.status()));
-  return reactor;
-}
-
-grpc::ServerUnaryReactor* ClusterService::RemoveMember(grpc::CallbackServerContext* context,
-                                                       const v1::RemoveMemberRequest* request,
-                                                       v1::RemoveMemberResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (!remove_member_) {
-    reactor->Finish(
-        grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server cannot remove members"));
-    return reactor;
-  }
-  // Blocks as MoveReplica does.
-  absl::StatusOr<uint64_t> version = remove_member_(request->node_id());
-  if (version.ok()) response->set_map_version(*version);
-  // Unknown member: the caller's mistake.
   if (version.status().code() == absl::StatusCode::kNotFound) {
     version = absl::InvalidArgumentError(version.status().message());
   }
   reactor->Finish(ToGrpcStatus(version.status()));
   return reactor;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ClusterService::MoveReplica(grpc::CallbackServerContext* context,
+                                                      const v1::MoveReplicaRequest* request,
+                                                      v1::MoveReplicaResponse* response) {
+  return AnswerMapChange(
+      context, move_ != nullptr, "move replicas",
+      [&] { return move_(request->shard(), request->from_node(), request->to_node()); }, response);
+}
+
+grpc::ServerUnaryReactor* ClusterService::AddMember(grpc::CallbackServerContext* context,
+                                                    const v1::AddMemberRequest* request,
+                                                    v1::AddMemberResponse* response) {
+  return AnswerMapChange(
+      context, add_member_ != nullptr, "add members",
+      [&] { return add_member_(request->member()); }, response);
+}
+
+grpc::ServerUnaryReactor* ClusterService::RemoveMember(grpc::CallbackServerContext* context,
+                                                       const v1::RemoveMemberRequest* request,
+                                                       v1::RemoveMemberResponse* response) {
+  return AnswerMapChange(
+      context, remove_member_ != nullptr, "remove members",
+      [&] { return remove_member_(request->node_id()); }, response);
 }
 
 grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext* context,

@@ -113,9 +113,16 @@ class ModelCluster : public ClusterControl {
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  SchedulerTest() : maps_(*ClusterMap::Create(Members(), 2, 2)) {
-    for (const ShardLayout& s : maps_.Current()->shards()) {
-      model_.shards[s.id] = {.voters = s.replicas, .leader = s.replicas[0]};
+  SchedulerTest() { Use(*ClusterMap::Create(Members(), 2, 2)); }
+
+  // Starts over with `map`: each shard's first replica leads (or `leader`
+  // when it holds one), every replica caught up.
+  void Use(const ClusterMap& map, NodeId leader = 0) {
+    maps_.Set(std::make_shared<const ClusterMap>(map));
+    model_ = ModelCluster();
+    for (const ShardLayout& s : map.shards()) {
+      model_.shards[s.id] = {.voters = s.replicas,
+                             .leader = Has(s.replicas, leader) ? leader : s.replicas[0]};
       for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
     }
   }
@@ -242,12 +249,7 @@ TEST_F(SchedulerTest, NothingHappensWithoutTheShardsLeaderAndNothingIsDeletedByM
 TEST_F(SchedulerTest, ANewMemberReceivesReplicasUntilTheClusterIsEven) {
   auto eight = ClusterMap::Create(Members(), 8, 2);
   ASSERT_THAT(eight, IsOk());
-  maps_.Set(std::make_shared<const ClusterMap>(*eight));
-  model_ = ModelCluster();
-  for (const ShardLayout& s : eight->shards()) {
-    model_.shards[s.id] = {.voters = s.replicas, .leader = s.replicas[0]};
-    for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
-  }
+  Use(*eight);
   absl::StatusOr<ClusterMap> grown = maps_.Current()->WithMember(
       {.id = 4, .client_address = "127.0.0.1:7004", .peer_address = "127.0.0.1:7104"});
   ASSERT_THAT(grown, IsOk());
@@ -302,12 +304,7 @@ TEST_F(SchedulerTest, ADeadMembersReplicasAreRecreatedElsewhere) {
 TEST_F(SchedulerTest, ALeavingMemberIsEmptiedThenRemoved) {
   auto eight = ClusterMap::Create(Members(), 8, 2);
   ASSERT_THAT(eight, IsOk());
-  maps_.Set(std::make_shared<const ClusterMap>(*eight));
-  model_ = ModelCluster();
-  for (const ShardLayout& s : eight->shards()) {
-    model_.shards[s.id] = {.voters = s.replicas, .leader = s.replicas[0]};
-    for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
-  }
+  Use(*eight);
   // Three members: all hold the metadata group, which does not move.
   EXPECT_THAT(eight->WithLeaving(1), StatusIs(absl::StatusCode::kFailedPrecondition));
   absl::StatusOr<ClusterMap> grown = maps_.Current()->WithMember(
@@ -342,14 +339,7 @@ TEST_F(SchedulerTest, LeadersSpreadEvenlyAndThenStayPut) {
   members.push_back({4, "127.0.0.1:7004", "127.0.0.1:7104"});
   auto map = ClusterMap::Create(members, 12, 3);
   ASSERT_THAT(map, IsOk());
-  maps_.Set(std::make_shared<const ClusterMap>(*map));
-  model_ = ModelCluster();
-  for (const ShardLayout& s : map->shards()) {
-    // Node 1 leads every shard it holds; the others lead the rest.
-    const NodeId leader = Has(s.replicas, 1) ? 1 : s.replicas[0];
-    model_.shards[s.id] = {.voters = s.replicas, .leader = leader};
-    for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
-  }
+  Use(*map, /*leader=*/1);  // node 1 leads every shard it holds
   int transfers = 0;
   for (int round = 0; round < 100; ++round) {
     for (const std::string& call : Round()) {

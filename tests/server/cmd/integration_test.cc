@@ -582,6 +582,16 @@ TEST(Integration, AcknowledgedWritesSurviveKillingALeader) {
   }
 }
 
+// `n` keys "<prefix><i>" that map to `shard`.
+std::vector<std::string> KeysOfShard(const std::string& prefix, uint32_t shard, size_t n) {
+  std::vector<std::string> keys;
+  for (int i = 0; keys.size() < n; ++i) {
+    std::string key = absl::StrCat(prefix, i);
+    if (ShardForKey(key, kShards) == shard) keys.push_back(std::move(key));
+  }
+  return keys;
+}
+
 // A replica moves between real processes: `move-replica` is recorded by the
 // metadata group's leader, its scheduler adds the new replica as a learner,
 // promotes it in a joint change and deletes the old one; writes go on
@@ -604,11 +614,7 @@ TEST(Integration, AReplicaMovesToAnotherNodeWhileWritesGoOn) {
   }
   ASSERT_NE(to, 0u);
 
-  std::vector<std::string> keys;  // of kShard
-  for (int i = 0; keys.size() < 60; ++i) {
-    std::string key = absl::StrCat("move-", i);
-    if (ShardForKey(key, kShards) == kShard) keys.push_back(std::move(key));
-  }
+  const std::vector<std::string> keys = KeysOfShard("move-", kShard, 60);
   std::map<std::string, std::string> acknowledged;
   for (size_t i = 0; i < 20; ++i) {
     ASSERT_THAT(cluster.Put(keys[i], "before"), IsOk());
@@ -693,11 +699,7 @@ TEST(Integration, AMoveSurvivesKillingTheSchedulerAndTheShardLeader) {
   constexpr uint32_t kShard = 1;
   const NodeId from = map->map().shards(kShard).replicas(0);
   const NodeId to = kNodes + 1;
-  std::vector<std::string> keys;  // of kShard
-  for (int i = 0; keys.size() < 120; ++i) {
-    std::string key = absl::StrCat("crash-move-", i);
-    if (ShardForKey(key, kShards) == kShard) keys.push_back(std::move(key));
-  }
+  const std::vector<std::string> keys = KeysOfShard("crash-move-", kShard, 120);
   std::map<std::string, std::string> acknowledged;
   for (size_t i = 0; i < 30; ++i) {
     ASSERT_THAT(cluster.Put(keys[i], "before"), IsOk());
