@@ -102,6 +102,10 @@ absl::StatusOr<std::vector<MemberInfo>> ClusterMap::ParseMembers(
 absl::StatusOr<ClusterMap> ClusterMap::Create(std::vector<MemberInfo> members, uint32_t num_shards,
                                               uint32_t replication) {
   if (members.empty()) return absl::InvalidArgumentError("the cluster has no members");
+  if (members.size() > kMaxMembers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the cluster would have ", members.size(), " members; at most ", kMaxMembers));
+  }
   if (num_shards < 1 || num_shards > kMaxNumShards) {
     return absl::InvalidArgumentError(
         absl::StrCat("number of shards ", num_shards, " is outside [1, ", kMaxNumShards, "]"));

@@ -91,6 +91,9 @@ inline constexpr uint32_t kDefaultNumShards = 16;
 inline constexpr uint32_t kDefaultReplication = 3;
 // Upper bound on --shards: keeps maps (and per-shard state) reasonable.
 inline constexpr uint32_t kMaxNumShards = 1 << 16;
+// Upper bound on members: every node keeps a peer connection and its
+// threads per member, and members can be added at run time.
+inline constexpr size_t kMaxMembers = 1024;
 // The metadata raft group's shard id: above every client shard id (client
 // shards are 0..N-1 with N <= kMaxNumShards, and uint32 on the wire).
 inline constexpr ShardId kMetaShard = ShardId{1} << 32;

@@ -430,6 +430,19 @@ TEST(ClusterMap, MembersJoinEmptyAndLeaveOnlyEmpty) {
   ASSERT_THAT(ClusterMap::FromProto(grown->ToProto()), IsOk());
   EXPECT_THAT(map.WithMember({.id = 2, .client_address = "h:1", .peer_address = "h:2"}),
               StatusIs(absl::StatusCode::kInvalidArgument));
+  // Members are bounded (each costs every node a connection and threads).
+  std::vector<MemberInfo> many;
+  for (NodeId id = 1; id <= kMaxMembers; ++id) {
+    many.push_back({.id = id,
+                    .client_address = absl::StrCat("127.0.0.1:", 10000 + id),
+                    .peer_address = absl::StrCat("127.0.0.1:", 20000 + id)});
+  }
+  absl::StatusOr<ClusterMap> big = ClusterMap::Create(many, 4, 3);
+  ASSERT_THAT(big, IsOk());
+  EXPECT_THAT(
+      big->WithMember(
+          {.id = kMaxMembers + 1, .client_address = "127.0.0.1:1", .peer_address = "127.0.0.1:2"}),
+      StatusIs(absl::StatusCode::kInvalidArgument));
 
   EXPECT_THAT(grown->WithoutMember(1), StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_THAT(grown->WithoutMember(5), StatusIs(absl::StatusCode::kNotFound));
