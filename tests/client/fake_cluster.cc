@@ -107,7 +107,8 @@ class FakeCluster::KvImpl final : public v1::KV::Service {
   grpc::Status Scan(grpc::ServerContext* ctx, const v1::ScanRequest* req,
                     v1::ScanResponse* resp) override {
     return Serve(
-        ctx, "Scan", req->header(), {}, false, resp, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(c_->mu_) {
+        ctx, "Scan", req->header(), {}, false, resp,
+        [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(c_->mu_) {
           const uint32_t limit = req->limit() == 0 ? 1000 : req->limit();
           auto it = req->continuation().empty() ? c_->data_.lower_bound(req->start())
                                                 : c_->data_.upper_bound(req->continuation());
@@ -125,7 +126,8 @@ class FakeCluster::KvImpl final : public v1::KV::Service {
             kv->set_value(it->second.value);
             kv->set_version(it->second.version);
           }
-        });
+        },
+        req->continuation());
   }
 
   grpc::Status Txn(grpc::ServerContext* ctx, const v1::TxnRequest* req,
@@ -183,8 +185,10 @@ class FakeCluster::KvImpl final : public v1::KV::Service {
  private:
   template <typename Resp, typename Apply>
   grpc::Status Serve(grpc::ServerContext* ctx, const char* method, const v1::RequestHeader& header,
-                     const std::vector<std::string>& keys, bool write, Resp* resp, Apply apply) {
+                     const std::vector<std::string>& keys, bool write, Resp* resp, Apply apply,
+                     const std::string& continuation = "") {
     FakeCall call;
+    call.continuation = continuation;
     call.node = node_;
     call.method = method;
     call.shard = header.shard();

@@ -34,7 +34,8 @@ struct FakeCall {
   uint64_t client_id = 0;
   uint64_t seq = 0;
   uint64_t first_incomplete_seq = 0;
-  int attempt_of_seq = 0;  // 1 for the first time this (client_id, seq) arrives
+  int attempt_of_seq = 0;    // 1 for the first time this (client_id, seq) arrives
+  std::string continuation;  // Scan: where the page starts (empty: the shard's first page)
 };
 
 // What a hook wants done with it.
