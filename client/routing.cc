@@ -11,6 +11,7 @@ namespace tessera::client {
 namespace {
 // 0 (a map from before versions existed) reads as 1 (proto/tessera/kv.proto).
 uint64_t MapVersion(const v1::ClusterMap& map) { return std::max<uint64_t>(map.version(), 1); }
+
 }  // namespace
 
 absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders) {
@@ -23,7 +24,7 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
   absl::flat_hash_map<uint64_t, std::string> addresses;
   for (const v1::Member& m : map.members()) addresses[m.id()] = m.client_address();
   std::vector<std::vector<std::string>> replicas(n);
-  std::vector<uint64_t> starts(n);
+  std::vector<HashRange> ranges(n);
   std::vector<uint64_t> range_versions(n);
   std::vector<bool> seen(n, false);
   for (const v1::ShardInfo& s : map.shards()) {
@@ -31,18 +32,19 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
       return absl::InvalidArgumentError(absl::StrCat("cluster map: bad shard id ", s.id()));
     }
     seen[s.id()] = true;
-    const uint64_t want_end = s.id() + 1 < n ? HashRangeStart(s.id() + 1, n) - 1 : UINT64_MAX;
-    if (s.hash_start() != HashRangeStart(s.id(), n) || s.hash_end() != want_end) {
-      return absl::InvalidArgumentError(absl::StrCat("cluster map: hash range of shard ", s.id(),
-                                                     " disagrees with proto/key_hash.h"));
-    }
-    starts[s.id()] = s.hash_start();
+    ranges[s.id()] = HashRange{s.hash_start(), s.hash_end()};
     range_versions[s.id()] = std::max<uint64_t>(s.range_version(), 1);
     for (uint64_t r : s.replicas()) {
       auto it = addresses.find(r);
       if (it != addresses.end() && !it->second.empty()) replicas[s.id()].push_back(it->second);
     }
   }
+  absl::StatusOr<std::vector<uint32_t>> order = CheckHashRanges(ranges);
+  if (!order.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster map: ", order.status().message()));
+  }
+  std::vector<uint64_t> starts;
+  for (uint32_t shard : *order) starts.push_back(ranges[shard].start);
 
   absl::MutexLock lock(&mu_);
   if (map_.has_value() && MapVersion(map) < MapVersion(*map_)) return absl::OkStatus();
@@ -60,10 +62,14 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
   }
   absl::flat_hash_map<uint32_t, std::string> leaders;
   int dropped = 0;
-  const bool same_shards = map_.has_value() && map_->num_shards() == n;
+  absl::flat_hash_map<uint32_t, uint64_t> old_starts;
+  for (size_t k = 0; k < range_shards_.size(); ++k) old_starts[range_shards_[k]] = range_starts_[k];
   for (auto& [shard, address] : leaders_) {
-    const bool keep = same_shards && std::find(replicas[shard].begin(), replicas[shard].end(),
-                                               address) != replicas[shard].end();
+    // A shard keeps its id and its first hash across a split (the upper
+    // half gets a new id): its leader stays while it is still a replica.
+    const bool keep =
+        shard < n && old_starts.contains(shard) && ranges[shard].start == old_starts[shard] &&
+        std::find(replicas[shard].begin(), replicas[shard].end(), address) != replicas[shard].end();
     if (keep) {
       leaders.emplace(shard, address);
     } else {
@@ -79,6 +85,7 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
   map_ = map;
   replicas_ = std::move(replicas);
   range_starts_ = std::move(starts);
+  range_shards_ = *std::move(order);
   range_versions_ = std::move(range_versions);
   leaders_ = std::move(leaders);
   if (dropped_leaders != nullptr) *dropped_leaders = dropped;
@@ -111,16 +118,14 @@ std::optional<v1::ClusterMap> RouteTable::map() const {
 }
 
 std::optional<uint32_t> RouteTable::ShardForKey(absl::string_view key) const {
-  const uint32_t n = num_shards();
-  if (n == 0) return std::nullopt;
-  return ::tessera::ShardForKey(key, n);
+  return ShardForHashInMap(KeyHash(key));
 }
 
 std::optional<uint32_t> RouteTable::ShardForHashInMap(uint64_t hash) const {
   absl::MutexLock lock(&mu_);
   if (!map_.has_value()) return std::nullopt;
   auto it = std::upper_bound(range_starts_.begin(), range_starts_.end(), hash);
-  return static_cast<uint32_t>(it - range_starts_.begin() - 1);
+  return range_shards_[it - range_starts_.begin() - 1];
 }
 
 std::optional<ShardRoute> RouteTable::Route(uint32_t shard) const {

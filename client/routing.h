@@ -1,9 +1,9 @@
 // Routing state of the client SDK: the cached cluster map and the per-shard
 // leader cache.
 //
-// Where it sits: a call computes its shard with ShardForKey() (the one rule
-// in proto/key_hash.h), asks Route() for the shard's replicas and cached
-// leader, and reports what it learns: a not-leader hint (SetLeader), a node
+// Where it sits: a call computes its shard with ShardForKey() (the key's
+// hash, proto/key_hash.h, looked up in the map's hash ranges), asks Route() for the shard's
+// replicas and cached leader, and reports what it learns: a not-leader hint (SetLeader), a node
 // that failed as leader (ForgetLeader), a newer map from a stale_route error
 // or Cluster.GetClusterMap (Update).
 //
@@ -41,11 +41,13 @@ class RouteTable {
   // Installs `map` if it differs from the current one and is not older
   // (a lower version: a node that has not caught up answered with the map
   // it has; ignored, OK). Leader-cache entries survive
-  // when the shard count is unchanged and the cached leader is still a
-  // replica of its shard; the map's own leader hints fill the rest. Returns
+  // while the cached leader is still a replica of its shard (a shard keeps
+  // its id across a split); the map's own leader hints fill the rest. Returns
   // the number of leader-cache entries dropped. kInvalidArgument (and the
   // old map stays) when the map is malformed: no shards, a shard id out of
-  // range, or hash ranges that disagree with proto/key_hash.h.
+  // range or repeated, or hash ranges that do not cover the 64-bit hash
+  // space exactly once (a split changes them: ranges need not be the
+  // equal ones proto/key_hash.h starts with).
   absl::Status Update(const v1::ClusterMap& map, int* dropped_leaders = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -55,11 +57,10 @@ class RouteTable {
   uint32_t num_shards() const ABSL_LOCKS_EXCLUDED(mu_);  // 0 without a map
   std::optional<v1::ClusterMap> map() const ABSL_LOCKS_EXCLUDED(mu_);
 
-  // The shard of `key` by proto/key_hash.h; nullopt without a map.
+  // The shard whose hash range holds KeyHash(key); nullopt without a map.
   std::optional<uint32_t> ShardForKey(absl::string_view key) const ABSL_LOCKS_EXCLUDED(mu_);
   // The shard whose [hash_start, hash_end] in the map holds `hash` (binary
-  // search over the map's ranges); nullopt without a map. Agrees with
-  // ShardForHash() of proto/key_hash.h for every map Update() accepts.
+  // search over the map's ranges); nullopt without a map.
   std::optional<uint32_t> ShardForHashInMap(uint64_t hash) const ABSL_LOCKS_EXCLUDED(mu_);
 
   // nullopt without a map or for a shard id out of range.
@@ -80,8 +81,9 @@ class RouteTable {
   std::optional<v1::ClusterMap> map_ ABSL_GUARDED_BY(mu_);
   // shard -> replica client addresses, from map_.
   std::vector<std::vector<std::string>> replicas_ ABSL_GUARDED_BY(mu_);
-  // Sorted hash_start of each shard (index = shard id).
+  // The shards' hash_start, sorted, and the shard starting at each.
   std::vector<uint64_t> range_starts_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> range_shards_ ABSL_GUARDED_BY(mu_);
   // Each shard's range_version (0 in the map read as 1), index = shard id.
   std::vector<uint64_t> range_versions_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, std::string> leaders_ ABSL_GUARDED_BY(mu_);

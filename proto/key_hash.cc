@@ -2,6 +2,10 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
 namespace tessera {
 
 absl::string_view HashPart(absl::string_view key) {
@@ -32,6 +36,26 @@ uint64_t HashRangeStart(uint32_t shard, uint32_t num_shards) {
 
 uint32_t ShardForKey(absl::string_view key, uint32_t num_shards) {
   return ShardForHash(KeyHash(key), num_shards);
+}
+
+absl::StatusOr<std::vector<uint32_t>> CheckHashRanges(const std::vector<HashRange>& ranges) {
+  std::vector<uint32_t> order(ranges.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](uint32_t a, uint32_t b) { return ranges[a].start < ranges[b].start; });
+  uint64_t next = 0;  // the first hash not yet covered
+  for (size_t i = 0; i < order.size(); ++i) {
+    const HashRange& r = ranges[order[i]];
+    const bool last = i + 1 == order.size();
+    if (r.start != next || r.end < r.start || (r.end == UINT64_MAX) != last) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the shards' hash ranges do not cover the hash space exactly once (shard ",
+                       order[i], " owns [", r.start, ", ", r.end, "])"));
+    }
+    next = r.end + 1;
+  }
+  if (order.empty()) return absl::InvalidArgumentError("no shards");
+  return order;
 }
 
 }  // namespace tessera

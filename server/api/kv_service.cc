@@ -221,7 +221,7 @@ absl::StatusOr<ShardId> KvService::CheckRoute(const v1::RequestHeader& header,
                               " (map version ", map->version(), ")"));
   }
   std::set<uint32_t> shards;
-  for (absl::string_view key : keys) shards.insert(ShardForKey(key, n));
+  for (absl::string_view key : keys) shards.insert(map->ShardForKey(key));
   if (shards.size() > 1) {
     // No route can fix this: not a stale-route error, or a client following
     // the contract would refresh and retry forever.

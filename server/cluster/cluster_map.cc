@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "proto/key_hash.h"
+#include "proto/status_macros.h"
 
 namespace tessera::server {
 namespace {
@@ -167,8 +168,30 @@ absl::StatusOr<ClusterMap> ClusterMap::Create(std::vector<MemberInfo> members, u
   }
   map.cluster_id_ = ComputeClusterId(members);
   map.members_ = std::move(members);
+  TESSERA_RETURN_IF_ERROR(map.IndexRanges());
   return map;
 }
+
+absl::Status ClusterMap::IndexRanges() {
+  std::vector<HashRange> ranges;
+  ranges.reserve(shards_.size());
+  for (const ShardLayout& s : shards_) ranges.push_back(HashRange{s.hash_start, s.hash_end});
+  absl::StatusOr<std::vector<uint32_t>> order = CheckHashRanges(ranges);
+  if (!order.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster map: ", order.status().message()));
+  }
+  range_starts_.clear();
+  for (uint32_t shard : *order) range_starts_.push_back(ranges[shard].start);
+  range_order_ = *std::move(order);
+  return absl::OkStatus();
+}
+
+ShardId ClusterMap::ShardForHash(uint64_t hash) const {
+  auto it = std::upper_bound(range_starts_.begin(), range_starts_.end(), hash);
+  return range_order_[it - range_starts_.begin() - 1];
+}
+
+ShardId ClusterMap::ShardForKey(absl::string_view key) const { return ShardForHash(KeyHash(key)); }
 
 namespace {
 
@@ -246,11 +269,14 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
   for (int i = 0; i < proto.shards_size(); ++i) {
     const v1::ShardInfo& s = proto.shards(i);
     ShardLayout& layout = map->shards_[i];
-    if (s.id() != static_cast<uint32_t>(i) || s.hash_start() != layout.hash_start ||
-        s.hash_end() != layout.hash_end) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cluster map: shard ", i, " is not the hash range this build computes"));
+    if (s.id() != static_cast<uint32_t>(i)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cluster map: shard ", s.id(), " is listed at position ", i));
     }
+    // Splits change the ranges: any that cover the hash space exactly once
+    // (checked below) will do.
+    layout.hash_start = s.hash_start();
+    layout.hash_end = s.hash_end();
     layout.replicas = Ids(s.replicas());
     layout.learners = Ids(s.learners());
     if (layout.replicas.empty()) {
@@ -264,6 +290,7 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
     layout.move_from = s.move_from();
     layout.move_to = s.move_to();
   }
+  TESSERA_RETURN_IF_ERROR(map->IndexRanges());
   map->leaving_ = Ids(proto.leaving());
   std::sort(map->leaving_.begin(), map->leaving_.end());
   if (absl::Status ids = CheckIds(*map, map->leaving_, {}, "the leaving members"); !ids.ok()) {
@@ -298,6 +325,36 @@ absl::StatusOr<ClusterMap> ClusterMap::WithShardReplicas(ShardId shard, std::vec
   ++layout.conf_version;
   layout.move_from = move_from;
   layout.move_to = move_to;
+  return next;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::WithSplit(ShardId shard, uint64_t split_hash) const {
+  if (shard >= shards_.size()) return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
+  const ShardLayout& parent = shards_[shard];
+  if (split_hash <= parent.hash_start || split_hash > parent.hash_end) {
+    return absl::InvalidArgumentError(absl::StrCat("hash ", split_hash, " does not split shard ",
+                                                   shard, " [", parent.hash_start, ", ",
+                                                   parent.hash_end, "]"));
+  }
+  if (num_shards_ >= kMaxNumShards) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the cluster has the most shards allowed (", kMaxNumShards, ")"));
+  }
+  ClusterMap next = *this;
+  ++next.version_;
+  ShardLayout child = parent;
+  child.id = num_shards_;
+  child.hash_start = split_hash;
+  child.learners.clear();
+  child.move_from = child.move_to = 0;
+  ShardLayout& lower = next.shards_[shard];
+  lower.hash_end = split_hash - 1;
+  ++lower.range_version;
+  child.range_version = lower.range_version;
+  next.shards_.push_back(std::move(child));
+  ++next.num_shards_;
+  next.epoch_ = ComputeEpoch(next.members_, next.num_shards_, replication_);
+  TESSERA_RETURN_IF_ERROR(next.IndexRanges());
   return next;
 }
 

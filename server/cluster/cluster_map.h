@@ -15,9 +15,11 @@
 // "host:port" with a decimal port in [0, 65535] and unique. Whitespace around
 // members and around '=' and '/' is ignored. Member order does not matter.
 //
-// Shards: shard i of N owns the key hashes [HashRangeStart(i, N),
-// HashRangeStart(i + 1, N) - 1] (proto/key_hash.h); the last one ends at
-// 2^64 - 1.
+// Shards: at bootstrap shard i of N owns the key hashes
+// [HashRangeStart(i, N), HashRangeStart(i + 1, N) - 1] (proto/key_hash.h);
+// the last one ends at 2^64 - 1. A split (WithSplit) halves a shard's range
+// and gives the upper part the next shard id, so ids stay 0..num_shards-1
+// and a key's shard is the one whose range holds its hash (ShardForKey).
 //
 // Placement: rendezvous (highest random weight) hashing. For shard s, every
 // member m gets the weight PlacementWeight(s, m) = XXH3_64bits (seed 0) of
@@ -132,6 +134,12 @@ class ClusterMap {
   absl::StatusOr<ClusterMap> WithShardReplicas(ShardId shard, std::vector<NodeId> voters,
                                                std::vector<NodeId> learners, NodeId move_from,
                                                NodeId move_to) const;
+  // `shard` keeps the hashes below `split_hash` (range_version + 1); a new
+  // shard, id num_shards(), takes the rest of its range with the same
+  // voters, conf_version and the new range_version. Errors:
+  // kInvalidArgument (unknown shard, `split_hash` not inside its range
+  // above its first hash), kFailedPrecondition (kMaxNumShards reached).
+  absl::StatusOr<ClusterMap> WithSplit(ShardId shard, uint64_t split_hash) const;
   // Adds a member (it holds nothing until replicas move to it). Errors:
   // kInvalidArgument (id or address taken, malformed), as Create().
   absl::StatusOr<ClusterMap> WithMember(MemberInfo member) const;
@@ -168,6 +176,10 @@ class ClusterMap {
   const std::vector<NodeId>& leaving() const { return leaving_; }
   bool IsLeaving(NodeId node) const;
 
+  // The shard whose hash range holds `hash` / KeyHash(key).
+  ShardId ShardForHash(uint64_t hash) const;
+  ShardId ShardForKey(absl::string_view key) const;
+
   // The member with `id`, or nullptr. The pointer lives as long as the map.
   const MemberInfo* FindMember(NodeId id) const;
   // Whether `node` holds a voting replica of `shard` (false for an unknown
@@ -184,6 +196,9 @@ class ClusterMap {
 
  private:
   ClusterMap() = default;
+  // Checks that the shards' ranges cover the hash space once and indexes
+  // them for ShardForHash. kInvalidArgument otherwise.
+  absl::Status IndexRanges();
 
   uint64_t epoch_ = 0;
   uint64_t version_ = 1;
@@ -194,6 +209,9 @@ class ClusterMap {
   std::vector<ShardLayout> shards_;
   std::vector<NodeId> meta_replicas_;
   std::vector<NodeId> leaving_;
+  // The shards' hash_start in increasing order, and the shard of each.
+  std::vector<uint64_t> range_starts_;
+  std::vector<uint32_t> range_order_;
 };
 
 // The map a node currently serves by: empty until the metadata group's

@@ -89,7 +89,7 @@ TEST(Routing, HashTagsShareAShard) {
   EXPECT_EQ(*routes.ShardForKey("acct:{42}:balance"), *routes.ShardForKey("acct:{42}:owner"));
 }
 
-TEST(Routing, RejectsMapsThatDisagreeWithKeyHash) {
+TEST(Routing, RejectsMapsWhoseRangesDoNotTileTheHashSpace) {
   RouteTable routes;
   v1::ClusterMap bad = MakeMap({1, 2, 3}, 4, 5);
   bad.mutable_shards(1)->set_hash_start(bad.shards(1).hash_start() + 1);
@@ -97,6 +97,53 @@ TEST(Routing, RejectsMapsThatDisagreeWithKeyHash) {
   EXPECT_FALSE(routes.has_map());
   v1::ClusterMap empty;
   EXPECT_THAT(routes.Update(empty), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(Routing, RoutesByTheMapsRangesAfterASplit) {
+  RouteTable routes;
+  v1::ClusterMap map = MakeMap({1, 2, 3}, 4, 5);
+  ASSERT_THAT(routes.Update(map), IsOk());
+  routes.SetLeader(1, "10.0.0.1:7001");
+  // Shard 1 splits: 4 takes the upper half of its range.
+  const uint64_t start = map.shards(1).hash_start();
+  const uint64_t end = map.shards(1).hash_end();
+  const uint64_t mid = start + (end - start) / 2 + 1;
+  v1::ClusterMap split = map;
+  split.set_version(2);
+  split.set_epoch(6);
+  split.set_num_shards(5);
+  split.mutable_shards(1)->set_hash_end(mid - 1);
+  split.mutable_shards(1)->set_range_version(2);
+  v1::ShardInfo* upper = split.add_shards();
+  *upper = map.shards(1);
+  upper->set_id(4);
+  upper->set_hash_start(mid);
+  upper->set_range_version(2);
+  ASSERT_THAT(routes.Update(split), IsOk());
+  EXPECT_EQ(*routes.ShardForHashInMap(mid), 4u);
+  EXPECT_EQ(*routes.ShardForHashInMap(mid - 1), 1u);
+  EXPECT_EQ(*routes.ShardForHashInMap(end + 1), 2u);
+  EXPECT_EQ(*routes.ShardForHashInMap(UINT64_MAX), 3u);
+  EXPECT_EQ(routes.Route(1)->range_version, 2u);
+  EXPECT_EQ(routes.Route(4)->range_version, 2u);
+  EXPECT_EQ(*routes.Route(1)->leader, "10.0.0.1:7001");  // the lower half kept its leader
+  for (int i = 0; i < 2000; ++i) {
+    const std::string key = absl::StrCat("k", i);
+    const uint64_t h = KeyHash(key);
+    const uint32_t want = h >= mid && h <= end ? 4 : ShardForKey(key, 4);
+    EXPECT_EQ(*routes.ShardForKey(key), want) << key;
+  }
+  // A gap, an overlap or a range past the end is refused; the map stays.
+  v1::ClusterMap bad = split;
+  bad.set_version(3);
+  bad.mutable_shards(4)->set_hash_start(mid + 1);
+  EXPECT_THAT(routes.Update(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad.mutable_shards(4)->set_hash_start(mid - 1);
+  EXPECT_THAT(routes.Update(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad.mutable_shards(4)->set_hash_start(mid);
+  bad.mutable_shards(3)->set_hash_end(UINT64_MAX - 1);
+  EXPECT_THAT(routes.Update(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_EQ(routes.version(), 2u);
 }
 
 TEST(Routing, NoMapNoRoute) {
@@ -165,13 +212,15 @@ TEST(Routing, MembershipChangeMovesOnlyAffectedLeaderEntries) {
   EXPECT_EQ(dropped, lost);
 }
 
-TEST(Routing, ShardCountChangeDropsEveryLeader) {
+TEST(Routing, AShardWhoseRangeMovedDropsItsLeader) {
   RouteTable routes;
   ASSERT_THAT(routes.Update(MakeMap({1, 2, 3}, 4, 5)), IsOk());
   for (uint32_t s = 0; s < 4; ++s) routes.SetLeader(s, "10.0.0.1:7001");
   int dropped = 0;
+  // Eight equal ranges: only shard 0 still starts where it did.
   ASSERT_THAT(routes.Update(MakeMap({1, 2, 3}, 8, 6), &dropped), IsOk());
-  EXPECT_EQ(dropped, 4);
+  EXPECT_EQ(dropped, 3);
+  EXPECT_EQ(*routes.Route(0)->leader, "10.0.0.1:7001");
   EXPECT_EQ(routes.num_shards(), 8u);
 }
 

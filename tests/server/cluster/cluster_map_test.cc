@@ -407,14 +407,71 @@ TEST(ClusterMap, ARecordedMapMustNameMembersOnceAndKeepTheRanges) {
   bad.mutable_shards(1)->add_learners(1);  // voter and learner at once
   EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
   bad = good;
-  bad.mutable_shards(1)->set_hash_end(good.shards(1).hash_end() - 1);
-  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kFailedPrecondition));
+  bad.mutable_shards(1)->set_hash_end(good.shards(1).hash_end() - 1);  // a gap
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = good;
+  bad.mutable_shards(2)->set_hash_start(good.shards(2).hash_start() - 1);  // an overlap
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+  bad = good;
+  std::swap(*bad.mutable_shards(1), *bad.mutable_shards(2));  // ids out of order
+  EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
   bad = good;
   bad.set_epoch(good.epoch() + 1);
   EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kFailedPrecondition));
   bad = good;
   bad.add_meta_replicas(1);  // listed twice
   EXPECT_THAT(ClusterMap::FromProto(bad), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ClusterMap, ASplitGivesTheUpperHalfANewShardAndKeysFollowTheRanges) {
+  ClusterMap map = *ClusterMap::Create(Members(1, 4), 4, 3);
+  const ShardLayout parent = map.shards()[1];
+  const uint64_t mid = parent.hash_start + (parent.hash_end - parent.hash_start) / 2 + 1;
+  EXPECT_THAT(map.WithSplit(1, parent.hash_start), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(map.WithSplit(1, parent.hash_end + 1), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(map.WithSplit(4, mid), StatusIs(absl::StatusCode::kInvalidArgument));
+  absl::StatusOr<ClusterMap> split = map.WithSplit(1, mid);
+  ASSERT_THAT(split, IsOk());
+  EXPECT_EQ(split->version(), map.version() + 1);
+  EXPECT_NE(split->epoch(), map.epoch());
+  ASSERT_EQ(split->num_shards(), 5u);
+  const ShardLayout& lower = split->shards()[1];
+  const ShardLayout& upper = split->shards()[4];
+  EXPECT_EQ(lower.hash_start, parent.hash_start);
+  EXPECT_EQ(lower.hash_end, mid - 1);
+  EXPECT_EQ(upper.id, 4u);
+  EXPECT_EQ(upper.hash_start, mid);
+  EXPECT_EQ(upper.hash_end, parent.hash_end);
+  EXPECT_EQ(lower.range_version, parent.range_version + 1);
+  EXPECT_EQ(upper.range_version, lower.range_version);
+  EXPECT_EQ(upper.replicas, parent.replicas);
+  EXPECT_EQ(upper.conf_version, parent.conf_version);
+  // Every other shard is untouched; keys of the upper half now go to 4.
+  for (ShardId s : {0, 2, 3}) {
+    EXPECT_EQ(split->shards()[s].hash_start, map.shards()[s].hash_start);
+    EXPECT_EQ(split->shards()[s].range_version, map.shards()[s].range_version);
+  }
+  int moved = 0;
+  for (int i = 0; i < 4000; ++i) {
+    const std::string key = absl::StrCat("k", i);
+    const uint64_t h = KeyHash(key);
+    const ShardId want = h >= mid && h <= parent.hash_end ? 4 : map.ShardForKey(key);
+    EXPECT_EQ(split->ShardForKey(key), want) << key;
+    moved += want == 4;
+  }
+  EXPECT_GT(moved, 300);  // about 4000 / 8
+  EXPECT_EQ(split->ShardForHash(mid), 4u);
+  EXPECT_EQ(split->ShardForHash(mid - 1), 1u);
+  EXPECT_EQ(split->ShardForHash(UINT64_MAX), 3u);
+  // The record reads back as the same map, and splits again.
+  absl::StatusOr<ClusterMap> back = ClusterMap::FromProto(split->ToProto());
+  ASSERT_THAT(back, IsOk());
+  EXPECT_EQ(back->ToProto().SerializeAsString(), split->ToProto().SerializeAsString());
+  EXPECT_EQ(back->ShardForHash(mid), 4u);
+  absl::StatusOr<ClusterMap> again = back->WithSplit(4, mid + (parent.hash_end - mid) / 2 + 1);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->num_shards(), 6u);
+  EXPECT_THAT(ClusterMap::FromProto(again->ToProto()), IsOk());
 }
 
 TEST(ClusterMap, MembersJoinEmptyAndLeaveOnlyEmpty) {
