@@ -166,6 +166,25 @@ absl::StatusOr<SessionRecord> DecodeSessionRecord(absl::string_view stored) {
 
 // ---- Format 2 ----
 
+std::string EncodeRange(const ShardRange& range) {
+  std::string out(1, '\x01');
+  AppendU64(&out, range.start);
+  AppendU64(&out, range.end);
+  AppendU64(&out, range.version);
+  return out;
+}
+
+absl::StatusOr<ShardRange> DecodeRange(absl::string_view stored) {
+  if (stored.size() != 25 || stored[0] != '\x01') {
+    return absl::DataLossError("malformed shard range record");
+  }
+  ShardRange range{ReadU64(stored, 1), ReadU64(stored, 9), ReadU64(stored, 17)};
+  if (range.end < range.start || range.version == 0) {
+    return absl::DataLossError("inconsistent shard range record");
+  }
+  return range;
+}
+
 std::string CheckpointKey(uint32_t part) {
   std::string key = "C";
   AppendU32(&key, part);

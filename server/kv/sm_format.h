@@ -54,6 +54,10 @@
 //                               n (4 BE) | n x seq (ascending)
 //   "R" | client_id | seq    -> serialized serverpb::CommandResult
 //
+// The shard's hash range (meta key, written by a split; absent: the range
+// the shard was bootstrapped with, StateMachineOptions::initial_num_shards):
+//   "H"                      -> 0x01 | hash_start | hash_end | range_version
+//
 // Scan continuation token (opaque to clients):
 //   0x01 | shard (8 BE) | resume key (the first key of the next page)
 #ifndef TESSERA_SERVER_KV_SM_FORMAT_H_
@@ -82,6 +86,23 @@ constexpr size_t kVersionBytes = 8;
 std::string EncodeValue(uint64_t version, absl::string_view value);
 // kDataLoss if `stored` is shorter than the 8-byte version.
 absl::StatusOr<VersionedValue> DecodeValue(absl::string_view stored);
+
+// ---- The shard's hash range ----
+
+// The key hashes a shard owns, [start, end] inclusive, and how many times
+// that range changed (1 at bootstrap; a split sets both halves to the
+// parent's + 1), as v1::ShardInfo's range_version.
+struct ShardRange {
+  uint64_t start = 0;
+  uint64_t end = UINT64_MAX;
+  uint64_t version = 1;
+  bool Holds(uint64_t hash) const { return hash >= start && hash <= end; }
+};
+
+constexpr char kRangeKey[] = "H";
+std::string EncodeRange(const ShardRange& range);
+// kDataLoss if malformed (version byte, length, end < start, version 0).
+absl::StatusOr<ShardRange> DecodeRange(absl::string_view stored);
 
 // ---- Session meta records, format 2 ----
 

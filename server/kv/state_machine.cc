@@ -65,6 +65,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "proto/key_hash.h"
 #include "proto/status_macros.h"
 #include "server/kv/sm_format.h"
 #include "xxhash.h"
@@ -108,6 +109,8 @@ class Overlay {
     (meta ? meta_ : data_)[key] = std::move(value);
   }
   void Delete(bool meta, const std::string& key) { (meta ? meta_ : data_)[key] = std::nullopt; }
+
+  bool empty() const { return data_.empty() && meta_.empty(); }
 
   // Merges this overlay's writes into its parent.
   void CommitToParent() {
@@ -216,10 +219,60 @@ absl::Status CheckCommand(const serverpb::Command& command) {
       for (const v1::TxnOp& op : command.txn().success()) TESSERA_RETURN_IF_ERROR(CheckTxnOp(op));
       for (const v1::TxnOp& op : command.txn().failure()) TESSERA_RETURN_IF_ERROR(CheckTxnOp(op));
       return absl::OkStatus();
+    case serverpb::Command::kSplit:
+      // Apply() runs splits itself; one with a session gets here.
+      return absl::InvalidArgumentError("a split carries no session");
     case serverpb::Command::OP_NOT_SET:
       break;
   }
   return absl::InvalidArgumentError("command without an operation");
+}
+
+// ---- The shard's hash range ----
+
+// What a shard owns without a range record (see StateMachineOptions).
+sm::ShardRange BootstrapRange(ShardId shard, uint32_t initial_num_shards) {
+  if (shard >= initial_num_shards) return sm::ShardRange{};  // every hash
+  const auto s = static_cast<uint32_t>(shard);
+  const uint32_t n = initial_num_shards;
+  return sm::ShardRange{HashRangeStart(s, n),
+                        s + 1 == n ? UINT64_MAX : HashRangeStart(s + 1, n) - 1, 1};
+}
+
+// The first key `command` reads or writes whose hash is outside `range`.
+std::optional<std::string> KeyOutside(const serverpb::Command& command,
+                                      const sm::ShardRange& range) {
+  std::vector<const std::string*> keys;
+  switch (command.op_case()) {
+    case serverpb::Command::kPut:
+      keys.push_back(&command.put().key());
+      break;
+    case serverpb::Command::kDelete:
+      keys.push_back(&command.delete_().key());
+      break;
+    case serverpb::Command::kTxn:
+      for (const v1::Compare& c : command.txn().compares()) keys.push_back(&c.key());
+      for (const auto* ops : {&command.txn().success(), &command.txn().failure()}) {
+        for (const v1::TxnOp& op : *ops) {
+          if (op.has_put()) keys.push_back(&op.put().key());
+          if (op.has_delete_()) keys.push_back(&op.delete_().key());
+          if (op.has_get()) keys.push_back(&op.get().key());
+        }
+      }
+      break;
+    default:
+      break;
+  }
+  for (const std::string* key : keys) {
+    if (!range.Holds(KeyHash(*key))) return *key;
+  }
+  return std::nullopt;
+}
+
+absl::Status OutsideRangeError(ShardId shard, const sm::ShardRange& range) {
+  return absl::OutOfRangeError(absl::StrCat(
+      "the key is not in shard ", shard, "'s hash range [", range.start, ", ", range.end,
+      "] (range version ", range.version, "): the shard was split; refresh the cluster map"));
 }
 
 // ---- Execution (errors returned here are storage errors: the batch aborts) ----
@@ -361,6 +414,7 @@ absl::StatusOr<serverpb::CommandResult> Execute(Overlay& view, const serverpb::C
       TESSERA_ASSIGN_OR_RETURN(*result.mutable_txn(), DoTxn(view, command.txn()));
       break;
     }
+    case serverpb::Command::kSplit:
     case serverpb::Command::OP_NOT_SET:
       break;  // rejected by CheckCommand
   }
@@ -398,6 +452,7 @@ uint64_t RequestFingerprint(const serverpb::Command& command) {
 // form stands (the checkpoint and the delta windows written since).
 struct StateMachine::ShardSessions {
   uint64_t applied_index = 0;  // the store's applied index this table reflects
+  sm::ShardRange range;        // the shard's hash range at that index
   sm::SessionMap sessions;
   std::map<uint64_t, uint64_t> lru;  // last_used_index -> client_id; begin = LRU
 
@@ -459,8 +514,10 @@ absl::Status ConvertLegacy(const std::map<std::string, std::string>& legacy, Sha
 
 // Rebuilds a shard's table from its stored meta records (sm_format.h).
 // kDataLoss on corrupt or inconsistent records; storage errors.
-absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, ShardId shard) {
+absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, ShardId shard,
+                                                            const sm::ShardRange& bootstrap_range) {
   auto table = std::make_unique<ShardSessions>();
+  table->range = bootstrap_range;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<storage::ShardSnapshot> snapshot,
                            kv.ExportSnapshot(shard));
   table->applied_index = snapshot->applied_index();
@@ -522,6 +579,8 @@ absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, S
       table->window_start = start;
       table->window_ops = ops.size();
       table->window = table->window_open ? std::move(record.value) : std::string();
+    } else if (key == sm::kRangeKey) {
+      TESSERA_ASSIGN_OR_RETURN(table->range, sm::DecodeRange(record.value));
     } else if (key.size() >= 1 && (key[0] == 'L' || key[0] == 'S' || key[0] == 'R')) {
       legacy.emplace(key, std::move(record.value));
     }
@@ -688,6 +747,14 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, ShardSessio
 
 }  // namespace
 
+// One shard's part of an Apply call.
+struct StateMachine::ShardBatch {
+  uint64_t stored_applied = 0;  // applied index in the KvStore
+  uint64_t last_index = 0;      // highest index applied in this batch
+  std::unique_ptr<Overlay> overlay;
+  ShardSessions* table = nullptr;  // null for a split's new shard
+};
+
 StateMachine::StateMachine(storage::KvStore* kv, const StateMachineOptions& options)
     : kv_(kv), options_(Sanitized(options)) {}
 
@@ -698,12 +765,6 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
   results->clear();
   results->resize(entries.size());
 
-  struct ShardBatch {
-    uint64_t stored_applied = 0;  // applied index in the KvStore
-    uint64_t last_index = 0;      // highest index applied in this batch
-    std::unique_ptr<Overlay> overlay;
-    ShardSessions* table = nullptr;
-  };
   std::map<ShardId, ShardBatch> shards;  // ordered: deterministic write order
 
   absl::Status status = [&]() -> absl::Status {
@@ -729,7 +790,9 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
         std::unique_ptr<ShardSessions>& table = sessions_[entry.shard];
         if (table == nullptr || table->applied_index != batch.stored_applied) {
           table.reset();
-          TESSERA_ASSIGN_OR_RETURN(table, LoadSessions(*kv_, entry.shard));
+          TESSERA_ASSIGN_OR_RETURN(
+              table, LoadSessions(*kv_, entry.shard,
+                                  BootstrapRange(entry.shard, options_.initial_num_shards)));
           if (table->applied_index != batch.stored_applied) {
             return absl::InternalError(absl::StrCat(
                 "shard ", entry.shard, ": applied index moved while loading sessions"));
@@ -744,6 +807,14 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
             absl::InvalidArgumentError(absl::StrCat("undecodable command at index ", entry.index)));
         continue;
       }
+      if (command.op_case() == serverpb::Command::kSplit) {
+        TESSERA_ASSIGN_OR_RETURN((*results)[i], ApplySplit(entry, command.split(), shards));
+        continue;
+      }
+      if (std::optional<std::string> key = KeyOutside(command, batch.table->range)) {
+        (*results)[i] = ErrorResult(OutsideRangeError(entry.shard, batch.table->range));
+        continue;
+      }
       TESSERA_ASSIGN_OR_RETURN((*results)[i], ApplyCommand(*batch.overlay, *batch.table,
                                                            entry.index, command, options_));
     }
@@ -751,6 +822,12 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
     std::vector<ShardWrite> writes;
     for (auto& [shard, batch] : shards) {
       if (batch.last_index == batch.stored_applied) continue;
+      if (batch.table == nullptr) {  // a split's new shard: written whole
+        writes.push_back(ShardWrite{.shard = shard,
+                                    .applied_index = batch.last_index,
+                                    .mutations = batch.overlay->Mutations()});
+        continue;
+      }
       ShardSessions& table = *batch.table;
       if (!table.legacy_keys.empty()) {
         // Converts format 1: its records go, a checkpoint holds the table.
@@ -781,6 +858,78 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
   return status;
 }
 
+absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
+    const CommittedEntry& entry, const serverpb::SplitShard& split,
+    std::map<ShardId, ShardBatch>& shards) const {
+  ShardBatch& parent = shards.at(entry.shard);
+  const sm::ShardRange range = parent.table->range;
+  const ShardId child = split.new_shard();
+  auto refuse = [&](const std::string& why) {
+    return ErrorResult(absl::FailedPreconditionError(
+        absl::StrCat("split of shard ", entry.shard, " into ", child, " refused: ", why)));
+  };
+  if (!entry.split.has_value()) return refuse("not prepared by the node");
+  if (!entry.split->membership_stable) return refuse("a membership change is in progress");
+  if (split.range_version() != range.version) {
+    return refuse(absl::StrCat("range version ", range.version, ", not ", split.range_version()));
+  }
+  if (split.split_hash() <= range.start || split.split_hash() > range.end) {
+    return refuse(absl::StrCat("hash ", split.split_hash(), " is not inside [", range.start + 1,
+                               ", ", range.end, "]"));
+  }
+  if (child == entry.shard || child > UINT32_MAX) return refuse("bad new shard id");
+  // The Node applies a split alone: nothing of this batch is pending.
+  if (!parent.overlay->empty() || shards.contains(child)) {
+    return absl::InternalError(absl::StrCat("shard ", entry.shard, ": split at index ", entry.index,
+                                            " not applied on its own"));
+  }
+  const sm::ShardRange lower{range.start, split.split_hash() - 1, range.version + 1};
+  const sm::ShardRange upper{split.split_hash(), range.end, range.version + 1};
+  std::unique_ptr<Overlay> moved;
+  if (!entry.split->new_shard_hosted) moved = std::make_unique<Overlay>(kv_, child);
+  // Every key of the upper half leaves the parent, in pages (the parent's
+  // data is read as stored: nothing of this batch is pending).
+  storage::ScanOptions page;
+  page.limit = 4096;
+  while (true) {
+    TESSERA_ASSIGN_OR_RETURN(storage::ScanResult keys, kv_->Scan(entry.shard, page));
+    for (auto& [key, stored] : keys.items) {
+      if (!upper.Holds(KeyHash(key))) continue;
+      parent.overlay->Delete(/*meta=*/false, key);
+      if (moved != nullptr) moved->Put(/*meta=*/false, key, std::move(stored));
+    }
+    if (!keys.more) break;
+    page.start = std::move(keys.resume_key);
+  }
+  parent.overlay->Put(/*meta=*/true, sm::kRangeKey, sm::EncodeRange(lower));
+  parent.table->range = lower;
+  if (moved != nullptr) {
+    // The new shard starts at this index with the whole session table, so
+    // a write retried there after being applied here is answered, not
+    // applied again (its last_used_index values stay below its log).
+    moved->Put(/*meta=*/true, sm::kRangeKey, sm::EncodeRange(upper));
+    std::vector<std::string> parts = sm::EncodeCheckpoint(entry.index, parent.table->sessions,
+                                                          options_.session_checkpoint_part_bytes);
+    for (uint32_t part = 0; part < parts.size(); ++part) {
+      moved->Put(/*meta=*/true, sm::CheckpointKey(part), std::move(parts[part]));
+    }
+    shards.emplace(child, ShardBatch{.stored_applied = 0,
+                                     .last_index = entry.index,
+                                     .overlay = std::move(moved),
+                                     .table = nullptr});
+  }
+  return serverpb::CommandResult();
+}
+
+absl::StatusOr<sm::ShardRange> StateMachine::Range(ShardId shard) const {
+  absl::StatusOr<std::string> stored = kv_->GetMeta(shard, sm::kRangeKey);
+  if (absl::IsNotFound(stored.status())) {
+    return BootstrapRange(shard, options_.initial_num_shards);
+  }
+  if (!stored.ok()) return stored.status();
+  return sm::DecodeRange(*stored);
+}
+
 const sm::SessionMap* StateMachine::SessionsForTesting(ShardId shard) const {
   auto it = sessions_.find(shard);
   if (it == sessions_.end()) return nullptr;
@@ -791,13 +940,18 @@ const sm::SessionMap* StateMachine::SessionsForTesting(ShardId shard) const {
 
 absl::StatusOr<sm::SessionMap> LoadSessionsForTesting(const storage::KvStore& kv, ShardId shard) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<StateMachine::ShardSessions> table,
-                           LoadSessions(kv, shard));
+                           LoadSessions(kv, shard, BootstrapRange(shard, 0)));
   return std::move(table->sessions);
 }
 
 absl::StatusOr<v1::GetResponse> StateMachine::Get(ShardId shard, absl::string_view key) const {
   v1::GetResponse response;
   absl::StatusOr<std::string> stored = kv_->Get(shard, key);
+  // The range after the data: a split moves keys and shrinks the range in
+  // one atomic write, so a read that saw the moved key gone sees the new
+  // range here.
+  TESSERA_ASSIGN_OR_RETURN(sm::ShardRange range, Range(shard));
+  if (!range.Holds(KeyHash(key))) return OutsideRangeError(shard, range);
   if (absl::IsNotFound(stored.status())) return response;
   if (!stored.ok()) return stored.status();
   TESSERA_ASSIGN_OR_RETURN(sm::VersionedValue value, sm::DecodeValue(*stored));
@@ -835,6 +989,13 @@ absl::StatusOr<v1::ScanResponse> StateMachine::Scan(ShardId shard,
   options.max_bytes = kScanMaxBytes;
 
   TESSERA_ASSIGN_OR_RETURN(storage::ScanResult page, kv_->Scan(shard, options));
+  // As in Get: the range after the data.
+  TESSERA_ASSIGN_OR_RETURN(sm::ShardRange range, Range(shard));
+  if (range.version != std::max<uint64_t>(request.header().range_version(), 1)) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "scan routed by range version ", request.header().range_version(), " of shard ", shard,
+        "; it is ", range.version, " since a split: refresh the cluster map"));
+  }
   v1::ScanResponse response;
   response.mutable_kvs()->Reserve(static_cast<int>(page.items.size()));
   for (const auto& [key, stored] : page.items) {

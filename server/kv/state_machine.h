@@ -70,6 +70,11 @@ struct StateMachineOptions {
   uint64_t session_checkpoint_bytes = 1 << 20;
   // A checkpoint is written in records ("parts") of about this many bytes.
   size_t session_checkpoint_part_bytes = sm::kCheckpointPartBytes;
+  // The shard count the cluster was bootstrapped with: a shard below it
+  // without a range record (sm_format.h; written by splits) owns its
+  // bootstrap range (proto/key_hash.h), any other shard without one every
+  // hash (the metadata group; 0 here: every shard, for tests).
+  uint32_t initial_num_shards = 0;
 };
 
 class StateMachine : public Applier {
@@ -86,7 +91,14 @@ class StateMachine : public Applier {
   //  - Put/Delete/Txn execute against the state including earlier entries of
   //    the same batch; a Txn's compares and ops see one consistent state;
   //  - a bad command (empty key, no operation, bad compare, session seq 0)
-  //    or undecodable entry data: code kInvalidArgument, nothing changes.
+  //    or undecodable entry data: code kInvalidArgument, nothing changes;
+  //  - a key outside the shard's hash range (it was split after the request
+  //    was routed): code kOutOfRange, nothing changes, the session neither;
+  //  - a SplitShard (prepared by the Node: CommittedEntry::split) moves the
+  //    keys at and above split_hash, and a copy of the session table, to
+  //    the new shard at this entry's index, in the same KvStore::Apply;
+  //    refused with kFailedPrecondition (nothing changes) unless the range
+  //    version matches, the hash splits the range and membership is stable.
   // Skipped entries (at or below the applied index) and empty entries get an
   // empty CommandResult (code 0, no response). On error `results` is cleared
   // and nothing of the batch is written: storage errors, or kDataLoss for a
@@ -96,7 +108,8 @@ class StateMachine : public Applier {
                      std::vector<serverpb::CommandResult>* results) override;
 
   // The key's value and version; found=false if absent. Errors: storage
-  // errors; kDataLoss if the stored value is corrupt.
+  // errors; kDataLoss if the stored value is corrupt; kOutOfRange if the key
+  // is not (or no longer) in the shard's hash range.
   absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const;
 
   // One page of keys of one shard in key order (request.start/end/prefix/
@@ -105,8 +118,13 @@ class StateMachine : public Applier {
   // start > end, or a continuation this shard did not produce (malformed,
   // another shard's, or outside the requested range); kDataLoss for a corrupt
   // stored value. limit 0 means default_scan_limit; it is capped at
-  // max_scan_limit, and a page also stops after about 2 MiB.
+  // max_scan_limit, and a page also stops after about 2 MiB. kOutOfRange if
+  // the shard's range_version is not the request header's (1 when the
+  // header has none): the page would miss keys a split moved away.
   absl::StatusOr<v1::ScanResponse> Scan(ShardId shard, const v1::ScanRequest& request) const;
+
+  // The shard's hash range as stored now. Errors: storage errors, kDataLoss.
+  absl::StatusOr<sm::ShardRange> Range(ShardId shard) const;
 
   // The shard's session table in memory if it is loaded and current (its
   // applied index is the store's), else nullptr. Raft loop thread only; the
@@ -114,8 +132,16 @@ class StateMachine : public Applier {
   const sm::SessionMap* SessionsForTesting(ShardId shard) const;
 
   struct ShardSessions;  // state_machine.cc
+  struct ShardBatch;     // state_machine.cc
 
  private:
+  // Applies a SplitShard at `entry` (alone in its batch, see Apply): the
+  // parent's deletes and range go to its batch, the new shard's writes to a
+  // batch added to `shards`. A refusal is the returned result.
+  absl::StatusOr<serverpb::CommandResult> ApplySplit(const CommittedEntry& entry,
+                                                     const serverpb::SplitShard& split,
+                                                     std::map<ShardId, ShardBatch>& shards) const;
+
   storage::KvStore* const kv_;
   const StateMachineOptions options_;
   // Per shard, loaded lazily by Apply (raft loop thread only).

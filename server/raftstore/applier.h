@@ -5,6 +5,7 @@
 #define TESSERA_SERVER_RAFTSTORE_APPLIER_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,7 +23,28 @@ struct CommittedEntry {
   ShardId shard = 0;
   uint64_t index = 0;
   std::string data;
+  // Set by the Node for a split entry (IsSplitEntry), which it applies
+  // alone, after every entry before it (conf changes included).
+  struct Split {
+    // No learner and no joint change in the shard's configuration as of
+    // this entry: the same on every replica, so the split applies on all
+    // of them or on none.
+    bool membership_stable = false;
+    // This node already hosts the new shard (e.g. an empty replica waiting
+    // for its leader's snapshot): its data is not written here. Local only;
+    // changes nothing of the splitting shard.
+    bool new_shard_hosted = false;
+  };
+  std::optional<Split> split;
 };
+
+// The first byte of a serialized serverpb::Command whose lowest field is
+// `split` (5, length-delimited): every SplitShard command, since it carries
+// no session. Nothing else serializes so.
+inline constexpr char kSplitEntryTag = 0x2A;
+inline bool IsSplitEntry(const std::string& data) {
+  return !data.empty() && data[0] == kSplitEntryTag;
+}
 
 // Called only from the Node's raft loop thread (not thread-safe).
 class Applier {

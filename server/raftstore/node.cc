@@ -342,6 +342,13 @@ class Node::Impl {
   // servable.
   absl::Status ApplyCommitted(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
                               const std::vector<size_t>& begin, const std::vector<size_t>& end);
+  // ApplyCommitted for ranges that hold no split entry.
+  absl::Status ApplyRange(const std::vector<Shard*>& shards, std::vector<raft::Ready>& readys,
+                          const std::vector<size_t>& begin, const std::vector<size_t>& end);
+  // Applies split entry `e` of `s` alone (README.md "Shard splits"): the new
+  // shard's raft starting point is saved before the data moves, and its
+  // group starts once the data is durable.
+  absl::Status ApplySplit(Shard& s, const raftpb::Entry& e);
   absl::Status InstallSnapshot(Shard& s, const raftpb::Snapshot& snap);
   // A received MSG_SNAP whose data was staged by the transport: commits the
   // staging before raft steps the message, when raft will take it. False:
@@ -514,6 +521,16 @@ absl::Status Node::Impl::Init() {
     if (shards_.contains(shard)) continue;
     TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(shard));
     TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(shard));
+    if (applied == 0 && state.last_index + 1 == state.first_index && state.snapshot.index() > 1 &&
+        state.hard_state.vote() == 0) {
+      // A split's starting point saved before a crash took the split's
+      // data (ApplySplit): the parent applies the split again.
+      ABSL_RAW_LOG(INFO, "node %llu: shard %llu: split cut short by a crash; redone by its parent",
+                   static_cast<unsigned long long>(options_.id),
+                   static_cast<unsigned long long>(shard));
+      TESSERA_RETURN_IF_ERROR(log_->DeleteShard(shard));
+      continue;
+    }
     if (applied + 1 < state.first_index) {
       return absl::FailedPreconditionError(
           absl::StrCat("shard ", shard, ": data applied up to ", applied,
@@ -1835,6 +1852,111 @@ absl::Status Node::Impl::ApplyCommitted(const std::vector<Shard*>& shards,
                                         std::vector<raft::Ready>& readys,
                                         const std::vector<size_t>& begin,
                                         const std::vector<size_t>& end) {
+  // Up to each shard's next split entry in one Apply, then the splits one
+  // by one (each sees the configuration as of its index), until done.
+  std::vector<size_t> from = begin;
+  while (true) {
+    std::vector<size_t> upto = end;
+    bool split = false;
+    for (size_t i = 0; i < shards.size(); ++i) {
+      const std::vector<raftpb::Entry>& committed = readys[i].committed_entries;
+      for (size_t j = from[i]; j < end[i]; ++j) {
+        if (committed[j].type() == raftpb::ENTRY_NORMAL && IsSplitEntry(committed[j].data())) {
+          upto[i] = j;
+          split = true;
+          break;
+        }
+      }
+    }
+    TESSERA_RETURN_IF_ERROR(ApplyRange(shards, readys, from, upto));
+    if (!split) return absl::OkStatus();
+    for (size_t i = 0; i < shards.size(); ++i) {
+      from[i] = upto[i];
+      if (upto[i] == end[i]) continue;
+      TESSERA_RETURN_IF_ERROR(ApplySplit(*shards[i], readys[i].committed_entries[upto[i]]));
+      ++from[i];
+    }
+  }
+}
+
+absl::Status Node::Impl::ApplySplit(Shard& s, const raftpb::Entry& e) {
+  TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(s.id));
+  if (e.index() <= applied) {  // re-delivered after a restart: done before
+    s.storage->AppliedTo(e.index());
+    return absl::OkStatus();
+  }
+  serverpb::Command command;
+  const bool parsed = command.ParseFromString(e.data()) && command.has_split();
+  const ShardId child = parsed ? command.split().new_shard() : 0;
+  const raftpb::ConfState conf = s.raw->conf_state();
+  CommittedEntry entry{.shard = s.id, .index = e.index(), .data = e.data()};
+  CommittedEntry::Split& split = entry.split.emplace();
+  split.membership_stable = conf.learners().empty() && conf.learners_next().empty() &&
+                            conf.voters_outgoing().empty() && !conf.voters().empty();
+  bool booted = false;
+  if (parsed && child != s.id) {
+    TESSERA_ASSIGN_OR_RETURN(storage::LogState state, log_->State(child));
+    TESSERA_ASSIGN_OR_RETURN(uint64_t child_applied, kv_->AppliedIndex(child));
+    split.new_shard_hosted = shards_.contains(child) || !IsEmptyLog(state) || child_applied > 0;
+    if (split.membership_stable && !split.new_shard_hosted) {
+      // The new group starts where the split is, on the same voters; term
+      // and commit too, so that its log's terms never go backwards. Saved
+      // (synced) first: a crash before the data is applied leaves this
+      // point with no data, which Init deletes (the split applies again).
+      storage::LogUpdate u;
+      u.shard = child;
+      raftpb::SnapshotMetadata& meta = u.snapshot.emplace();
+      meta.set_index(e.index());
+      meta.set_term(e.term());
+      *meta.mutable_conf_state()->mutable_voters() = conf.voters();
+      raftpb::HardState& hs = u.hard_state.emplace();
+      hs.set_term(e.term());
+      hs.set_commit(e.index());
+      TESSERA_RETURN_IF_ERROR(
+          WithContext(log_->Save({u}), absl::StrCat("shard ", child, ": split starting point")));
+      booted = true;
+    }
+  }
+  std::vector<serverpb::CommandResult> results;
+  TESSERA_RETURN_IF_ERROR(
+      WithContext(applier_->Apply({entry}, &results),
+                  absl::StrCat("shard ", s.id, ": apply split at index ", e.index())));
+  if (results.size() != 1) return absl::InternalError("applier returned no result for a split");
+  serverpb::CommandResult result = std::move(results[0]);
+  if (booted && result.code() == 0) {
+    // The data first (the KvStore is not synced per apply), then the group.
+    TESSERA_RETURN_IF_ERROR(kv_->Sync());
+    TESSERA_RETURN_IF_ERROR(CreateShard(child, {}));
+    for (Shard* sp : ordered_) sp->conf_dirty = true;  // status_ slots moved
+    PublishShardCounts();
+    // The parent's leader campaigns at once: the new shard is writable
+    // without waiting out an election timeout.
+    if (s.raw->role() == raft::Role::kLeader) {
+      LogShardScope log_shard(child);
+      (void)shards_.at(child)->raw->Campaign();
+    }
+    ABSL_RAW_LOG(INFO, "node %llu: shard %llu split at index %llu; shard %llu started",
+                 static_cast<unsigned long long>(options_.id),
+                 static_cast<unsigned long long>(s.id), static_cast<unsigned long long>(e.index()),
+                 static_cast<unsigned long long>(child));
+  } else if (booted) {
+    TESSERA_RETURN_IF_ERROR(log_->DeleteShard(child));
+  }
+  if (result.code() != 0) {
+    ABSL_RAW_LOG(WARNING, "node %llu: shard %llu: %s", static_cast<unsigned long long>(options_.id),
+                 static_cast<unsigned long long>(s.id), result.message().c_str());
+  }
+  CompleteProposal(s, e, std::move(result));
+  s.storage->AppliedTo(e.index());
+  ++s.applied_since_compaction;
+  ForgetAbandoned(s, e.index());
+  return absl::OkStatus();
+}
+
+absl::Status Node::Impl::ApplyRange(const std::vector<Shard*>& shards,
+                                    std::vector<raft::Ready>& readys,
+                                    const std::vector<size_t>& begin,
+                                    const std::vector<size_t>& end) {
   std::vector<CommittedEntry> batch;
   for (size_t i = 0; i < shards.size(); ++i) {
     for (size_t j = begin[i]; j < end[i]; ++j) {

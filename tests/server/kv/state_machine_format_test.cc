@@ -34,6 +34,25 @@ TEST(SmFormat, ValueIsBigEndianVersionThenBytes) {
   EXPECT_EQ(empty->value, "");
 }
 
+TEST(SmFormat, ShardRangeRoundTripsAndMalformedIsDataLoss) {
+  const ShardRange range{5, std::numeric_limits<uint64_t>::max(), 3};
+  const std::string stored = EncodeRange(range);
+  ASSERT_EQ(stored.size(), 25u);
+  absl::StatusOr<ShardRange> back = DecodeRange(stored);
+  ASSERT_THAT(back, IsOk());
+  EXPECT_EQ(back->start, 5u);
+  EXPECT_EQ(back->end, range.end);
+  EXPECT_EQ(back->version, 3u);
+  EXPECT_TRUE(back->Holds(5));
+  EXPECT_FALSE(back->Holds(4));
+  EXPECT_THAT(DecodeRange(stored.substr(1)), StatusIs(absl::StatusCode::kDataLoss));
+  std::string bad_version = stored;
+  bad_version[0] = 0x02;
+  EXPECT_THAT(DecodeRange(bad_version), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(DecodeRange(EncodeRange({9, 8, 1})), StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(DecodeRange(EncodeRange({1, 8, 0})), StatusIs(absl::StatusCode::kDataLoss));
+}
+
 TEST(SmFormat, ShortValueIsDataLoss) {
   EXPECT_THAT(DecodeValue(""), StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_THAT(DecodeValue("1234567"), StatusIs(absl::StatusCode::kDataLoss));

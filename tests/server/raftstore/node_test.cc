@@ -25,8 +25,10 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "proto/grpc_status.h"
+#include "proto/key_hash.h"
 #include "proto/status_macros.h"
 #include "proto/testing/status_matchers.h"
+#include "server/kv/state_machine.h"
 #include "storage/engine.h"
 #include "tests/storage/test_util.h"
 #include "tests/testing/local_transport.h"
@@ -120,6 +122,24 @@ struct Options {
   std::function<bool(NodeId id)> accept_leadership;
   // Sees every message delivered to node `to` (on a network thread).
   std::function<void(NodeId to, const ShardMessage& m)> on_deliver;
+  // The real StateMachine (server/kv) applies, behind applier(id)'s
+  // before_apply hook, instead of PutApplier's puts.
+  bool state_machine = false;
+};
+
+// The real StateMachine behind PutApplier's fault hook.
+class StateMachineApplier : public PutApplier {
+ public:
+  explicit StateMachineApplier(storage::KvStore* kv) : PutApplier(kv), sm_(kv, {}) {}
+  absl::Status Apply(absl::Span<const CommittedEntry> entries,
+                     std::vector<serverpb::CommandResult>* results) override {
+    if (before_apply) TESSERA_RETURN_IF_ERROR(before_apply());
+    return sm_.Apply(entries, results);
+  }
+  StateMachine& state_machine() { return sm_; }
+
+ private:
+  StateMachine sm_;
 };
 
 // Counts NodeMetrics::OnShardWoke by reason. Thread-safe.
@@ -167,7 +187,8 @@ class Cluster {
     storage::EngineOptions eo;
     eo.block_cache_bytes = 8 << 20;
     TESSERA_ASSIGN_OR_RETURN(m.engine, storage::Engine::Open(m.dir->path(), eo));
-    m.applier = std::make_unique<PutApplier>(&m.engine->kv_store());
+    m.applier = o_.state_machine ? std::make_unique<StateMachineApplier>(&m.engine->kv_store())
+                                 : std::make_unique<PutApplier>(&m.engine->kv_store());
     m.transport = net_.TransportFor(id);
     NodeOptions no;
     no.id = id;
@@ -1420,6 +1441,180 @@ TEST(Membership, RequestsThatCannotBeDoneSayWhy) {
   ASSERT_THAT(c.Up(follower), IsOk());
   EXPECT_THAT(Cluster::Call([&](auto done) { c.node(follower).AddReplica(1, {}, done); }),
               StatusIs(absl::StatusCode::kAlreadyExists));
+}
+
+// ---------------------------------------------------------------- splits
+
+serverpb::Command SplitCommand(ShardId new_shard, uint64_t split_hash, uint64_t range_version) {
+  serverpb::Command cmd;
+  cmd.mutable_split()->set_new_shard(new_shard);
+  cmd.mutable_split()->set_split_hash(split_hash);
+  cmd.mutable_split()->set_range_version(range_version);
+  return cmd;
+}
+
+absl::StatusOr<serverpb::CommandResult> Propose(Node& via, ShardId shard, serverpb::Command cmd) {
+  absl::Notification done;
+  absl::StatusOr<serverpb::CommandResult> out;
+  via.Propose(shard, std::move(cmd), absl::Now() + absl::Seconds(5),
+              [&](absl::StatusOr<serverpb::CommandResult> r) {
+                out = std::move(r);
+                done.Notify();
+              });
+  if (!done.WaitForNotificationWithTimeout(kWait)) {
+    return absl::InternalError("TEST: the callback never came");
+  }
+  return out;
+}
+
+constexpr uint64_t kHalf = uint64_t{1} << 63;
+constexpr ShardId kChild = 10;
+
+// Keys of shard 1 on every node: upper (hash >= kHalf) or lower half.
+std::vector<std::string> SplitKeys(bool upper, int n) {
+  std::vector<std::string> keys;
+  for (int i = 0; static_cast<int>(keys.size()) < n; ++i) {
+    std::string key = absl::StrCat("key", i);
+    if ((KeyHash(key) >= kHalf) == upper) keys.push_back(std::move(key));
+  }
+  return keys;
+}
+
+// Whether node `id` holds exactly the lower keys in shard 1 and the upper
+// ones in kChild.
+bool SplitDataIsIn(Cluster& c, NodeId id, const std::vector<std::string>& lower,
+                   const std::vector<std::string>& upper) {
+  storage::KvStore& kv = c.engine(id).kv_store();
+  for (const std::string& k : lower) {
+    if (!kv.Get(1, k).ok() || kv.Get(kChild, k).ok()) return false;
+  }
+  for (const std::string& k : upper) {
+    if (kv.Get(1, k).ok() || !kv.Get(kChild, k).ok()) return false;
+  }
+  return true;
+}
+
+// A split moves the upper half of a shard's keys, at one log position on
+// every replica, into a new raft group on the same voters that serves
+// writes; the lower half refuses keys it no longer owns; the sessions come
+// along (a write applied before the split and retried on the new shard is
+// answered, not applied again); all of it survives restarts.
+TEST(Split, TheUpperHalfBecomesANewGroupOnTheSameVoters) {
+  Cluster c({.shards = 1, .state_machine = true});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const std::vector<std::string> lower = SplitKeys(false, 50);
+  const std::vector<std::string> upper = SplitKeys(true, 50);
+  for (const std::string& k : lower) ASSERT_THAT(c.PutOnLeader(1, k, "v"), IsOk());
+  for (const std::string& k : upper) ASSERT_THAT(c.PutOnLeader(1, k, "v"), IsOk());
+  // A session write of an upper key, applied before the split.
+  serverpb::Command retried = PutCommand(upper[0], "again");
+  retried.mutable_session()->set_client_id(7);
+  retried.mutable_session()->set_seq(1);
+  retried.mutable_session()->set_first_incomplete_seq(1);
+  NodeId leader = c.WaitForLeader(1);
+  absl::StatusOr<serverpb::CommandResult> first = Propose(c.node(leader), 1, retried);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_EQ(first->code(), 0) << first->message();
+  EXPECT_EQ(first->put().version(), 2u);
+
+  // A wrong range version or a hash outside the range is refused.
+  absl::StatusOr<serverpb::CommandResult> r =
+      Propose(c.node(leader), 1, SplitCommand(kChild, kHalf, 2));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  r = Propose(c.node(leader), 1, SplitCommand(kChild, 0, 1));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_FALSE(c.StatusOf(leader, kChild).has_value());
+
+  r = Propose(c.node(leader), 1, SplitCommand(kChild, kHalf, 1));
+  ASSERT_THAT(r, IsOk());
+  ASSERT_EQ(r->code(), 0) << r->message();
+  for (NodeId id = 1; id <= 3; ++id) {
+    EXPECT_TRUE(WaitFor([&] { return c.StatusOf(id, kChild).has_value(); })) << id;
+    EXPECT_TRUE(WaitFor([&] { return SplitDataIsIn(c, id, lower, upper); })) << id;
+  }
+  const NodeId child_leader = c.WaitForLeader(kChild);
+  ASSERT_NE(child_leader, 0u);
+  EXPECT_EQ(c.StatusOf(child_leader, kChild)->voters, (std::vector<NodeId>{1, 2, 3}));
+  auto& sm = static_cast<StateMachineApplier&>(c.applier(child_leader)).state_machine();
+  absl::StatusOr<sm::ShardRange> range = sm.Range(1);
+  ASSERT_THAT(range, IsOk());
+  EXPECT_EQ(range->end, kHalf - 1);
+  EXPECT_EQ(range->version, 2u);
+  range = sm.Range(kChild);
+  ASSERT_THAT(range, IsOk());
+  EXPECT_EQ(range->start, kHalf);
+  EXPECT_EQ(range->end, UINT64_MAX);
+  EXPECT_EQ(range->version, 2u);
+
+  // The retried session write is answered from the copied session.
+  r = Propose(c.node(child_leader), kChild, retried);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->code(), 0) << r->message();
+  EXPECT_EQ(r->put().version(), 2u) << "applied twice";
+  // New writes: upper keys on the new shard, refused on the old one.
+  r = Propose(c.node(child_leader), kChild, PutCommand(upper[1], "w"));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->code(), 0) << r->message();
+  EXPECT_EQ(r->put().version(), 2u);
+  leader = c.WaitForLeader(1);
+  r = Propose(c.node(leader), 1, PutCommand(upper[2], "w"));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->code(), static_cast<int>(absl::StatusCode::kOutOfRange));
+  EXPECT_THAT(sm.Get(1, upper[2]), StatusIs(absl::StatusCode::kOutOfRange));
+  // Splitting again by the old range version does nothing.
+  r = Propose(c.node(leader), 1, SplitCommand(11, kHalf / 2, 1));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+
+  for (NodeId id = 1; id <= 3; ++id) {
+    c.Down(id);
+    ASSERT_THAT(c.Up(id), IsOk());
+  }
+  const NodeId again = c.WaitForLeader(kChild);
+  ASSERT_NE(again, 0u);
+  r = Propose(c.node(again), kChild, PutCommand(upper[1], "x"));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->put().version(), 3u);
+  for (NodeId id = 1; id <= 3; ++id) {
+    EXPECT_TRUE(SplitDataIsIn(c, id, lower, upper)) << id;
+    EXPECT_FALSE(c.StatusOf(id, 11).has_value()) << "a refused split's shard started on " << id;
+  }
+}
+
+// A node that crashes after the new shard's starting point is saved but
+// before the split's data is applied restarts clean: the parent applies
+// the split again and the new shard comes up with its data.
+TEST(Split, ACrashBetweenTheStartingPointAndTheDataRedoesTheSplit) {
+  Cluster c({.shards = 1, .state_machine = true});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const std::vector<std::string> lower = SplitKeys(false, 20);
+  const std::vector<std::string> upper = SplitKeys(true, 20);
+  for (const std::string& k : lower) ASSERT_THAT(c.PutOnLeader(1, k, "v"), IsOk());
+  for (const std::string& k : upper) ASSERT_THAT(c.PutOnLeader(1, k, "v"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  const NodeId victim = OtherThan(leader);
+  ASSERT_TRUE(WaitFor([&] { return c.Get(victim, 1, upper.back()).has_value(); }));
+  std::atomic<bool> failed{false};
+  c.applier(victim).before_apply = [&c, &failed, victim]() -> absl::Status {
+    // The split's Apply comes after its starting point was saved.
+    absl::StatusOr<storage::LogState> st = c.engine(victim).raft_log().State(kChild);
+    if (st.ok() && st->snapshot.index() > 0 && !failed.exchange(true)) {
+      return absl::InternalError("TEST: crash before the split's data");
+    }
+    return absl::OkStatus();
+  };
+  absl::StatusOr<serverpb::CommandResult> r =
+      Propose(c.node(leader), 1, SplitCommand(kChild, kHalf, 1));
+  ASSERT_THAT(r, IsOk());
+  ASSERT_EQ(r->code(), 0) << r->message();
+  ASSERT_THAT(c.WaitForFatal(victim), IsOk());
+  EXPECT_TRUE(failed.load());
+  c.Down(victim);
+  ASSERT_THAT(c.Up(victim), IsOk());
+  EXPECT_TRUE(WaitFor([&] { return c.StatusOf(victim, kChild).has_value(); }));
+  EXPECT_TRUE(WaitFor([&] { return SplitDataIsIn(c, victim, lower, upper); }));
 }
 
 }  // namespace
