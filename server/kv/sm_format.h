@@ -54,8 +54,8 @@
 //                               n (4 BE) | n x seq (ascending)
 //   "R" | client_id | seq    -> serialized serverpb::CommandResult
 //
-// The shard's hash range (meta key, written by a split; absent: the range
-// the shard was bootstrapped with, StateMachineOptions::initial_num_shards):
+// The shard's hash range (meta key, written by a split; absent: a shard
+// that never split, which owns what the cluster map says):
 //   "H"                      -> 0x01 | hash_start | hash_end | range_version
 //
 // Scan continuation token (opaque to clients):

@@ -230,15 +230,6 @@ absl::Status CheckCommand(const serverpb::Command& command) {
 
 // ---- The shard's hash range ----
 
-// What a shard owns without a range record (see StateMachineOptions).
-sm::ShardRange BootstrapRange(ShardId shard, uint32_t initial_num_shards) {
-  if (shard >= initial_num_shards) return sm::ShardRange{};  // every hash
-  const auto s = static_cast<uint32_t>(shard);
-  const uint32_t n = initial_num_shards;
-  return sm::ShardRange{HashRangeStart(s, n),
-                        s + 1 == n ? UINT64_MAX : HashRangeStart(s + 1, n) - 1, 1};
-}
-
 // The first key `command` reads or writes whose hash is outside `range`.
 std::optional<std::string> KeyOutside(const serverpb::Command& command,
                                       const sm::ShardRange& range) {
@@ -451,8 +442,9 @@ uint64_t RequestFingerprint(const serverpb::Command& command) {
 // A shard's session table in memory, its LRU order, and where its persisted
 // form stands (the checkpoint and the delta windows written since).
 struct StateMachine::ShardSessions {
-  uint64_t applied_index = 0;  // the store's applied index this table reflects
-  sm::ShardRange range;        // the shard's hash range at that index
+  uint64_t applied_index = 0;   // the store's applied index this table reflects
+  sm::ShardRange range;         // the shard's hash range at that index
+  bool range_recorded = false;  // by a split (else: every hash, as far as it knows)
   sm::SessionMap sessions;
   std::map<uint64_t, uint64_t> lru;  // last_used_index -> client_id; begin = LRU
 
@@ -514,10 +506,8 @@ absl::Status ConvertLegacy(const std::map<std::string, std::string>& legacy, Sha
 
 // Rebuilds a shard's table from its stored meta records (sm_format.h).
 // kDataLoss on corrupt or inconsistent records; storage errors.
-absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, ShardId shard,
-                                                            const sm::ShardRange& bootstrap_range) {
+absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, ShardId shard) {
   auto table = std::make_unique<ShardSessions>();
-  table->range = bootstrap_range;
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<storage::ShardSnapshot> snapshot,
                            kv.ExportSnapshot(shard));
   table->applied_index = snapshot->applied_index();
@@ -581,6 +571,7 @@ absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, S
       table->window = table->window_open ? std::move(record.value) : std::string();
     } else if (key == sm::kRangeKey) {
       TESSERA_ASSIGN_OR_RETURN(table->range, sm::DecodeRange(record.value));
+      table->range_recorded = true;
     } else if (key.size() >= 1 && (key[0] == 'L' || key[0] == 'S' || key[0] == 'R')) {
       legacy.emplace(key, std::move(record.value));
     }
@@ -790,9 +781,7 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
         std::unique_ptr<ShardSessions>& table = sessions_[entry.shard];
         if (table == nullptr || table->applied_index != batch.stored_applied) {
           table.reset();
-          TESSERA_ASSIGN_OR_RETURN(
-              table, LoadSessions(*kv_, entry.shard,
-                                  BootstrapRange(entry.shard, options_.initial_num_shards)));
+          TESSERA_ASSIGN_OR_RETURN(table, LoadSessions(*kv_, entry.shard));
           if (table->applied_index != batch.stored_applied) {
             return absl::InternalError(absl::StrCat(
                 "shard ", entry.shard, ": applied index moved while loading sessions"));
@@ -862,7 +851,11 @@ absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
     const CommittedEntry& entry, const serverpb::SplitShard& split,
     std::map<ShardId, ShardBatch>& shards) const {
   ShardBatch& parent = shards.at(entry.shard);
-  const sm::ShardRange range = parent.table->range;
+  // A shard that never split owns what the map says: the command's range.
+  const sm::ShardRange range =
+      parent.table->range_recorded
+          ? parent.table->range
+          : sm::ShardRange{split.hash_start(), split.hash_end(), parent.table->range.version};
   const ShardId child = split.new_shard();
   auto refuse = [&](const std::string& why) {
     return ErrorResult(absl::FailedPreconditionError(
@@ -872,6 +865,10 @@ absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
   if (!entry.split->membership_stable) return refuse("a membership change is in progress");
   if (split.range_version() != range.version) {
     return refuse(absl::StrCat("range version ", range.version, ", not ", split.range_version()));
+  }
+  if (range.start != split.hash_start() || range.end != split.hash_end()) {
+    return refuse(absl::StrCat("its range is [", range.start, ", ", range.end, "], not [",
+                               split.hash_start(), ", ", split.hash_end(), "]"));
   }
   if (split.split_hash() <= range.start || split.split_hash() > range.end) {
     return refuse(absl::StrCat("hash ", split.split_hash(), " is not inside [", range.start + 1,
@@ -903,6 +900,7 @@ absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
   }
   parent.overlay->Put(/*meta=*/true, sm::kRangeKey, sm::EncodeRange(lower));
   parent.table->range = lower;
+  parent.table->range_recorded = true;
   if (moved != nullptr) {
     // The new shard starts at this index with the whole session table, so
     // a write retried there after being applied here is answered, not
@@ -923,9 +921,7 @@ absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
 
 absl::StatusOr<sm::ShardRange> StateMachine::Range(ShardId shard) const {
   absl::StatusOr<std::string> stored = kv_->GetMeta(shard, sm::kRangeKey);
-  if (absl::IsNotFound(stored.status())) {
-    return BootstrapRange(shard, options_.initial_num_shards);
-  }
+  if (absl::IsNotFound(stored.status())) return sm::ShardRange{};
   if (!stored.ok()) return stored.status();
   return sm::DecodeRange(*stored);
 }
@@ -940,7 +936,7 @@ const sm::SessionMap* StateMachine::SessionsForTesting(ShardId shard) const {
 
 absl::StatusOr<sm::SessionMap> LoadSessionsForTesting(const storage::KvStore& kv, ShardId shard) {
   TESSERA_ASSIGN_OR_RETURN(std::unique_ptr<StateMachine::ShardSessions> table,
-                           LoadSessions(kv, shard, BootstrapRange(shard, 0)));
+                           LoadSessions(kv, shard));
   return std::move(table->sessions);
 }
 

@@ -70,11 +70,6 @@ struct StateMachineOptions {
   uint64_t session_checkpoint_bytes = 1 << 20;
   // A checkpoint is written in records ("parts") of about this many bytes.
   size_t session_checkpoint_part_bytes = sm::kCheckpointPartBytes;
-  // The shard count the cluster was bootstrapped with: a shard below it
-  // without a range record (sm_format.h; written by splits) owns its
-  // bootstrap range (proto/key_hash.h), any other shard without one every
-  // hash (the metadata group; 0 here: every shard, for tests).
-  uint32_t initial_num_shards = 0;
 };
 
 class StateMachine : public Applier {
@@ -123,7 +118,9 @@ class StateMachine : public Applier {
   // header has none): the page would miss keys a split moved away.
   absl::StatusOr<v1::ScanResponse> Scan(ShardId shard, const v1::ScanRequest& request) const;
 
-  // The shard's hash range as stored now. Errors: storage errors, kDataLoss.
+  // The shard's hash range as stored now: a shard that never split has no
+  // record and owns every hash as far as it knows (the cluster map routes
+  // its keys). Errors: storage errors, kDataLoss.
   absl::StatusOr<sm::ShardRange> Range(ShardId shard) const;
 
   // The shard's session table in memory if it is loaded and current (its

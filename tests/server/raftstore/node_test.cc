@@ -1445,11 +1445,15 @@ TEST(Membership, RequestsThatCannotBeDoneSayWhy) {
 
 // ---------------------------------------------------------------- splits
 
-serverpb::Command SplitCommand(ShardId new_shard, uint64_t split_hash, uint64_t range_version) {
+// A split of a shard whose range is [start, end].
+serverpb::Command SplitCommand(ShardId new_shard, uint64_t split_hash, uint64_t range_version,
+                               uint64_t start = 0, uint64_t end = UINT64_MAX) {
   serverpb::Command cmd;
   cmd.mutable_split()->set_new_shard(new_shard);
   cmd.mutable_split()->set_split_hash(split_hash);
   cmd.mutable_split()->set_range_version(range_version);
+  cmd.mutable_split()->set_hash_start(start);
+  cmd.mutable_split()->set_hash_end(end);
   return cmd;
 }
 
@@ -1563,8 +1567,11 @@ TEST(Split, TheUpperHalfBecomesANewGroupOnTheSameVoters) {
   ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->code(), static_cast<int>(absl::StatusCode::kOutOfRange));
   EXPECT_THAT(sm.Get(1, upper[2]), StatusIs(absl::StatusCode::kOutOfRange));
-  // Splitting again by the old range version does nothing.
-  r = Propose(c.node(leader), 1, SplitCommand(11, kHalf / 2, 1));
+  // Splitting again by the old range version or range does nothing.
+  r = Propose(c.node(leader), 1, SplitCommand(11, kHalf / 2, 2));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  r = Propose(c.node(leader), 1, SplitCommand(11, kHalf / 2, 1, 0, kHalf - 1));
   ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->code(), static_cast<int>(absl::StatusCode::kFailedPrecondition));
 
