@@ -247,7 +247,7 @@ class MapCall final : public RetryingCall {
       if (status.ok()) map = response_.map();
     }
     if (status.ok()) {
-      status = core_->routes().Update(map);
+      status = core_->UpdateMap(map);
       if (status.ok()) return Finish(std::move(map));
     }
     last_error_ = status;
@@ -562,7 +562,7 @@ class KvCall final : public RetryingCall {
       case absl::StatusCode::kFailedPrecondition:
         if (detail.has_value() && detail->has_stale_route()) {
           if (detail->stale_route().has_current() &&
-              routes.Update(detail->stale_route().current()).ok()) {
+              core_->UpdateMap(detail->stale_route().current()).ok()) {
             // Routed by the new map from here on.
           } else {
             need_map_ = true;
@@ -1251,46 +1251,55 @@ absl::Status Client::Drain(const std::string& address, uint64_t node_id,
   return FromGrpcStatus(node->cluster.Next()->Drain(&context, request, &response));
 }
 
+namespace {
+
+// One attempt of a Cluster RPC that changes the map at `node`: the map
+// version that records the change.
+template <typename Request, typename Response>
+absl::StatusOr<uint64_t> ChangeMap(
+    Client::Core* core, const std::string& address, const CallOptions& options,
+    grpc::Status (v1::Cluster::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+    const Request& request) {
+  Core::Node* node = core->GetNode(address);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core->options(), options)));
+  Response response;
+  absl::Status s = FromGrpcStatus((node->cluster.Next()->*method)(&context, request, &response));
+  if (!s.ok()) return s;
+  return response.map_version();
+}
+
+}  // namespace
+
 absl::StatusOr<uint64_t> Client::MoveReplica(const std::string& address, uint32_t shard,
                                              uint64_t from_node, uint64_t to_node,
                                              const CallOptions& options) {
-  Core::Node* node = core_->GetNode(address);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
   v1::MoveReplicaRequest request;
   request.set_shard(shard);
   request.set_from_node(from_node);
   request.set_to_node(to_node);
-  v1::MoveReplicaResponse response;
-  absl::Status s = FromGrpcStatus(node->cluster.Next()->MoveReplica(&context, request, &response));
-  if (!s.ok()) return s;
-  return response.map_version();
+  return ChangeMap(core_.get(), address, options, &v1::Cluster::Stub::MoveReplica, request);
 }
 
 absl::StatusOr<uint64_t> Client::AddMember(const std::string& address, const v1::Member& member,
                                            const CallOptions& options) {
-  Core::Node* node = core_->GetNode(address);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
   v1::AddMemberRequest request;
   *request.mutable_member() = member;
-  v1::AddMemberResponse response;
-  absl::Status s = FromGrpcStatus(node->cluster.Next()->AddMember(&context, request, &response));
-  if (!s.ok()) return s;
-  return response.map_version();
+  return ChangeMap(core_.get(), address, options, &v1::Cluster::Stub::AddMember, request);
 }
 
 absl::StatusOr<uint64_t> Client::RemoveMember(const std::string& address, uint64_t node_id,
                                               const CallOptions& options) {
-  Core::Node* node = core_->GetNode(address);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(EffectiveDeadline(core_->options(), options)));
   v1::RemoveMemberRequest request;
   request.set_node_id(node_id);
-  v1::RemoveMemberResponse response;
-  absl::Status s = FromGrpcStatus(node->cluster.Next()->RemoveMember(&context, request, &response));
-  if (!s.ok()) return s;
-  return response.map_version();
+  return ChangeMap(core_.get(), address, options, &v1::Cluster::Stub::RemoveMember, request);
+}
+
+absl::StatusOr<uint64_t> Client::SplitShard(const std::string& address, uint32_t shard,
+                                            const CallOptions& options) {
+  v1::SplitShardRequest request;
+  request.set_shard(shard);
+  return ChangeMap(core_.get(), address, options, &v1::Cluster::Stub::SplitShard, request);
 }
 
 ReadCacheStats Client::read_cache_stats() const { return core_->cache().stats(); }

@@ -263,6 +263,11 @@ class Client {
   // version that marks it. Only the metadata group's leader records.
   absl::StatusOr<uint64_t> RemoveMember(const std::string& address, uint64_t node_id,
                                         const CallOptions& options = {});
+  // Cluster.SplitShard at `address` (one attempt): records a split of
+  // `shard` in progress; the map version that holds it. Only the metadata
+  // group's leader records.
+  absl::StatusOr<uint64_t> SplitShard(const std::string& address, uint32_t shard,
+                                      const CallOptions& options = {});
   // Cluster.NodeStatus of the member at `address` (one attempt).
   absl::StatusOr<v1::NodeStatusResponse> NodeStatus(const std::string& address,
                                                     const CallOptions& options = {});

@@ -9,6 +9,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "proto/status_macros.h"
 
 namespace tessera::client {
 
@@ -109,6 +110,13 @@ Client::Core::Node* Client::Core::FindNode(const std::string& address) const {
   absl::MutexLock lock(&nodes_mu_);
   auto it = nodes_.find(address);
   return it == nodes_.end() ? nullptr : it->second.get();
+}
+
+absl::Status Client::Core::UpdateMap(const v1::ClusterMap& map) {
+  std::vector<std::pair<uint32_t, uint32_t>> splits;
+  TESSERA_RETURN_IF_ERROR(routes_.Update(map, nullptr, &splits));
+  for (const auto& [child, parent] : splits) sessions_.Split(parent, child);
+  return absl::OkStatus();
 }
 
 absl::Duration Client::Core::Backoff(int retry) {

@@ -98,6 +98,9 @@ class Client::Core {
   const ClientOptions& options() const { return options_; }
   RouteTable& routes() { return routes_; }
   SessionTable& sessions() { return sessions_; }
+  // routes().Update(map), and the shards a split made continue their
+  // parents' sessions (SessionTable::Split).
+  absl::Status UpdateMap(const v1::ClusterMap& map);
   ReadCache& cache() { return cache_; }
   const ReadCache& cache() const { return cache_; }
   TimerQueue& timer() { return timer_; }

@@ -14,8 +14,10 @@ uint64_t MapVersion(const v1::ClusterMap& map) { return std::max<uint64_t>(map.v
 
 }  // namespace
 
-absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders) {
+absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders,
+                                std::vector<std::pair<uint32_t, uint32_t>>* splits) {
   if (dropped_leaders != nullptr) *dropped_leaders = 0;
+  if (splits != nullptr) splits->clear();
   const uint32_t n = map.num_shards();
   if (n == 0 || static_cast<uint32_t>(map.shards_size()) != n) {
     return absl::InvalidArgumentError(
@@ -80,6 +82,12 @@ absl::Status RouteTable::Update(const v1::ClusterMap& map, int* dropped_leaders)
     auto it = addresses.find(s.leader());
     if (s.leader() != 0 && it != addresses.end() && !leaders.contains(s.id())) {
       leaders[s.id()] = it->second;
+    }
+  }
+  if (splits != nullptr && map_.has_value()) {
+    for (uint32_t shard = static_cast<uint32_t>(map_->num_shards()); shard < n; ++shard) {
+      auto it = std::upper_bound(range_starts_.begin(), range_starts_.end(), ranges[shard].start);
+      splits->emplace_back(shard, range_shards_[it - range_starts_.begin() - 1]);
     }
   }
   map_ = map;

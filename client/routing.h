@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -48,7 +49,11 @@ class RouteTable {
   // range or repeated, or hash ranges that do not cover the 64-bit hash
   // space exactly once (a split changes them: ranges need not be the
   // equal ones proto/key_hash.h starts with).
-  absl::Status Update(const v1::ClusterMap& map, int* dropped_leaders = nullptr)
+  // `splits`, if given, receives (new shard, the shard of the old map whose
+  // range held the new one's first hash) for each shard id the installed
+  // map adds: the shards a split made and where they came from.
+  absl::Status Update(const v1::ClusterMap& map, int* dropped_leaders = nullptr,
+                      std::vector<std::pair<uint32_t, uint32_t>>* splits = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   bool has_map() const ABSL_LOCKS_EXCLUDED(mu_);

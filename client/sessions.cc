@@ -66,6 +66,13 @@ SessionTable::Ticket SessionTable::Renew(const Ticket& ticket) {
 }
 
 SessionTable::Ticket SessionTable::Move(const Ticket& ticket, uint32_t new_shard) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find(new_shard);
+    if (it != sessions_.end() && it->second == ticket.session) {
+      return Ticket{ticket.session, new_shard, ticket.seq};
+    }
+  }
   // A fresh seq: the new shard's session may already have moved its
   // first_incomplete_seq past the old one.
   const uint64_t seq = next_seq_.fetch_add(1);
@@ -74,6 +81,14 @@ SessionTable::Ticket SessionTable::Move(const Ticket& ticket, uint32_t new_shard
   Ticket moved{Current(new_shard), new_shard, seq};
   BeginLocked(*moved.session, seq);
   return moved;
+}
+
+void SessionTable::Split(uint32_t parent, uint32_t child) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(parent);
+  if (it == sessions_.end() || sessions_.contains(child)) return;
+  std::shared_ptr<ShardSession> session = it->second;  // `it` dies with a rehash
+  sessions_[child] = std::move(session);
 }
 
 uint64_t SessionTable::ClientIdForTesting(uint32_t shard) const {

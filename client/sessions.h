@@ -63,9 +63,17 @@ class SessionTable {
   // fresh client id unless someone did already, and begins the write anew.
   Ticket Renew(const Ticket& ticket) ABSL_LOCKS_EXCLUDED(mu_);
   // The write belongs to another shard (a stale route: the old shard
-  // rejected it): ends the ticket and begins the write on `new_shard` with a
-  // fresh seq.
+  // rejected it). If `new_shard` continues the ticket's session (Split), the
+  // same ticket on it, same seq: the new shard holds a copy of the old
+  // one's sessions, so a write applied there before the split is answered,
+  // not applied again. Otherwise the ticket ends and the write begins on
+  // `new_shard` with a fresh seq (it cannot have been applied there).
   Ticket Move(const Ticket& ticket, uint32_t new_shard) ABSL_LOCKS_EXCLUDED(mu_);
+  // A split gave part of `parent`'s range to the new shard `child`, with a
+  // copy of its sessions (server/README.md "Shard splits"): the child's
+  // writes continue the parent's current session (same client id; seqs
+  // come from the one counter, so they keep rising on both).
+  void Split(uint32_t parent, uint32_t child) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The client id of `shard`'s current session (0 if none yet).
   uint64_t ClientIdForTesting(uint32_t shard) const ABSL_LOCKS_EXCLUDED(mu_);

@@ -69,6 +69,8 @@ commands:
   cluster move-replica SHARD FROM TO
                            move SHARD's replica from node FROM to node TO through raft
                            (recorded at once; `cluster status` shows it until done)
+  cluster split-shard SHARD split SHARD's hash range in two: the upper half becomes a
+                           new shard on the same nodes (clients follow by themselves)
 
 transaction syntax: statements separated by newlines or ';', tokens by spaces;
 "double quotes" allow spaces, ';' and \" \\ \n \t \xHH escapes. All keys must map to
@@ -432,6 +434,19 @@ int ClusterMoveReplica(Client& client, uint32_t shard, uint64_t from, uint64_t t
       });
 }
 
+// `cluster split-shard SHARD`.
+int ClusterSplitShard(Client& client, uint32_t shard, const CallOptions& call) {
+  return AskMetaLeader(
+      client, "cluster split-shard", call,
+      [&](const std::string& address) { return client.SplitShard(address, shard, call); },
+      [&](uint64_t version) {
+        std::printf(
+            "split of shard %u recorded (cluster map version %llu); `tessera cluster status` "
+            "shows the new shard once it is done\n",
+            shard, static_cast<unsigned long long>(version));
+      });
+}
+
 // `cluster add-node ID CLIENT PEER`.
 int ClusterAddNode(Client& client, const v1::Member& member, const CallOptions& call) {
   return AskMetaLeader(
@@ -542,6 +557,9 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
         absl::StrAppend(&out, ",\"moving\":{\"from\":", info.move_from(),
                         ",\"to\":", info.move_to(), "}");
       }
+      if (info.split_hash() != 0) {
+        absl::StrAppend(&out, ",\"splitting_at\":", info.split_hash());
+      }
       absl::StrAppend(&out, "}");
       first = false;
     }
@@ -592,6 +610,10 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
           absl::StrAppend(&line, " (", info.move_to(), ": ", it->second.applied_index(), "/",
                           commit, " applied)");
         }
+      }
+      if (info.split_hash() != 0) {
+        absl::StrAppend(&line, "  splitting at hash ", info.split_hash(), " into shard ",
+                        map->num_shards());
       }
       std::printf("%s\n", line.c_str());
     }
@@ -658,10 +680,12 @@ int Run(int argc, char** argv) {
         n == 4 && pos[1] == "add-node" && absl::SimpleAtoi(pos[2], &node_id) && node_id != 0;
     const bool remove =
         n == 2 && pos[1] == "remove-node" && absl::SimpleAtoi(pos[2], &node_id) && node_id != 0;
-    if (!status && !drain && !move && !add && !remove) {
+    const bool split = n == 2 && pos[1] == "split-shard" && absl::SimpleAtoi(pos[2], &shard);
+    if (!status && !drain && !move && !add && !remove && !split) {
       return usage(
           "cluster status | cluster drain NODE | cluster move-replica SHARD FROM TO | cluster "
-          "add-node ID CLIENT_HOST:PORT PEER_HOST:PORT | cluster remove-node ID");
+          "add-node ID CLIENT_HOST:PORT PEER_HOST:PORT | cluster remove-node ID | cluster "
+          "split-shard SHARD");
     }
   } else {
     return usage(absl::StrCat("unknown command '", cmd, "'"));
@@ -818,6 +842,11 @@ int Run(int argc, char** argv) {
     (void)absl::SimpleAtoi(pos[3], &from);
     (void)absl::SimpleAtoi(pos[4], &to);
     return ClusterMoveReplica(client, shard, from, to, call);
+  }
+  if (pos[1] == "split-shard") {
+    uint32_t shard = 0;
+    (void)absl::SimpleAtoi(pos[2], &shard);  // validated above
+    return ClusterSplitShard(client, shard, call);
   }
   if (pos[1] == "remove-node") {
     uint64_t id = 0;

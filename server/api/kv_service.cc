@@ -291,6 +291,16 @@ void KvService::AddLeaderHint(absl::Status& status, ShardId shard) const {
 
 void KvService::Complete(ShardId shard, absl::Status status, const OpDone& done) {
   if (status.code() == absl::StatusCode::kUnavailable) AddLeaderHint(status, shard);
+  if (status.code() == absl::StatusCode::kOutOfRange) {
+    // The shard's state machine no longer owns the key (a split applied
+    // after the route was checked): a stale route, with the map this node
+    // has (once the split is recorded there, it routes the key elsewhere).
+    std::shared_ptr<const ClusterMap> map = maps_->Current();
+    if (map != nullptr) {
+      status = StaleRouteError(std::string(status.message()),
+                               MapWithLeaderHints(*map, backend_->Status()));
+    }
+  }
   done(std::move(status));
 }
 
@@ -778,6 +788,14 @@ grpc::ServerUnaryReactor* ClusterService::RemoveMember(grpc::CallbackServerConte
       [&] { return remove_member_(request->node_id()); }, response);
 }
 
+grpc::ServerUnaryReactor* ClusterService::SplitShard(grpc::CallbackServerContext* context,
+                                                     const v1::SplitShardRequest* request,
+                                                     v1::SplitShardResponse* response) {
+  return AnswerMapChange(
+      context, split_ != nullptr, "split shards", [&] { return split_(request->shard()); },
+      response);
+}
+
 grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext* context,
                                                      const v1::NodeStatusRequest* /*request*/,
                                                      v1::NodeStatusResponse* response) {
@@ -809,6 +827,8 @@ grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext
     for (NodeId id : s.voters) out->add_voters(id);
     for (NodeId id : s.voters_outgoing) out->add_voters_outgoing(id);
     for (NodeId id : s.learners) out->add_learners(id);
+    out->set_range_version(s.range_version);
+    out->set_hash_end(s.hash_end);
   }
   if (stored_map_ != nullptr) {
     if (std::optional<v1::ClusterMap> stored = stored_map_()) {

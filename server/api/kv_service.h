@@ -311,6 +311,9 @@ class ClusterService final : public v1::Cluster::CallbackService {
   grpc::ServerUnaryReactor* RemoveMember(grpc::CallbackServerContext* context,
                                          const v1::RemoveMemberRequest* request,
                                          v1::RemoveMemberResponse* response) override;
+  grpc::ServerUnaryReactor* SplitShard(grpc::CallbackServerContext* context,
+                                       const v1::SplitShardRequest* request,
+                                       v1::SplitShardResponse* response) override;
 
   // What Drain starts (tessera-server: the SIGTERM path). Unset: Drain is
   // UNIMPLEMENTED. Call before serving.
@@ -328,6 +331,10 @@ class ClusterService final : public v1::Cluster::CallbackService {
   // RemoveMember is UNIMPLEMENTED.
   using RemoveMemberHandler = std::function<absl::StatusOr<uint64_t>(NodeId)>;
   void SetRemoveMemberHandler(RemoveMemberHandler remove) { remove_member_ = std::move(remove); }
+  // Records a split of a shard as in progress; the map version that holds
+  // it. Unset: SplitShard is UNIMPLEMENTED.
+  using SplitHandler = std::function<absl::StatusOr<uint64_t>(ShardId)>;
+  void SetSplitHandler(SplitHandler split) { split_ = std::move(split); }
 
  private:
   const NodeId self_;
@@ -335,6 +342,7 @@ class ClusterService final : public v1::Cluster::CallbackService {
   MoveHandler move_;
   AddMemberHandler add_member_;
   RemoveMemberHandler remove_member_;
+  SplitHandler split_;
   std::unique_ptr<ClusterMapCache> owned_maps_;
   const ClusterMapCache* const maps_;
   KvBackend* const backend_;

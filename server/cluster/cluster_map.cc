@@ -289,6 +289,12 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
     layout.range_version = std::max<uint64_t>(s.range_version(), 1);
     layout.move_from = s.move_from();
     layout.move_to = s.move_to();
+    layout.split_hash = s.split_hash();
+    if (layout.split_hash != 0 &&
+        (layout.split_hash <= layout.hash_start || layout.split_hash > layout.hash_end)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cluster map: shard ", i, "'s split is outside its range"));
+    }
   }
   TESSERA_RETURN_IF_ERROR(map->IndexRanges());
   map->leaving_ = Ids(proto.leaving());
@@ -328,6 +334,38 @@ absl::StatusOr<ClusterMap> ClusterMap::WithShardReplicas(ShardId shard, std::vec
   return next;
 }
 
+const ShardLayout* ClusterMap::Splitting() const {
+  for (const ShardLayout& s : shards_) {
+    if (s.split_hash != 0) return &s;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::WithSplitStarted(ShardId shard) const {
+  if (shard >= shards_.size()) return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
+  const ShardLayout& s = shards_[shard];
+  if (s.hash_end == s.hash_start) {
+    return absl::InvalidArgumentError(absl::StrCat("shard ", shard, " owns a single hash"));
+  }
+  if (const ShardLayout* other = Splitting()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("shard ", other->id, " is splitting; one split at a time"));
+  }
+  if (s.move_to != 0 || !s.learners.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("shard ", shard, " is moving from node ", s.move_from, " to ", s.move_to));
+  }
+  if (num_shards_ >= kMaxNumShards) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the cluster has the most shards allowed (", kMaxNumShards, ")"));
+  }
+  ClusterMap next = *this;
+  ++next.version_;
+  // The middle of [start, end], computed without overflow; above start.
+  next.shards_[shard].split_hash = s.hash_start + (s.hash_end - s.hash_start) / 2 + 1;
+  return next;
+}
+
 absl::StatusOr<ClusterMap> ClusterMap::WithSplit(ShardId shard, uint64_t split_hash) const {
   if (shard >= shards_.size()) return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
   const ShardLayout& parent = shards_[shard];
@@ -344,11 +382,13 @@ absl::StatusOr<ClusterMap> ClusterMap::WithSplit(ShardId shard, uint64_t split_h
   ++next.version_;
   ShardLayout child = parent;
   child.id = num_shards_;
+  child.split_hash = 0;
   child.hash_start = split_hash;
   child.learners.clear();
   child.move_from = child.move_to = 0;
   ShardLayout& lower = next.shards_[shard];
   lower.hash_end = split_hash - 1;
+  lower.split_hash = 0;
   ++lower.range_version;
   child.range_version = lower.range_version;
   next.shards_.push_back(std::move(child));
@@ -473,6 +513,7 @@ v1::ClusterMap ClusterMap::ToProto() const {
     for (NodeId l : s.learners) shard->add_learners(l);
     shard->set_move_from(s.move_from);
     shard->set_move_to(s.move_to);
+    shard->set_split_hash(s.split_hash);
   }
   for (NodeId id : meta_replicas_) proto.add_meta_replicas(id);
   proto.set_cluster_id(cluster_id_);

@@ -87,6 +87,8 @@ struct ShardLayout {
   // A replica move in progress: the replica on move_from goes to move_to.
   NodeId move_from = 0;
   NodeId move_to = 0;
+  // A split in progress: [split_hash, hash_end] becomes shard num_shards.
+  uint64_t split_hash = 0;
 };
 
 inline constexpr uint32_t kDefaultNumShards = 16;
@@ -134,11 +136,19 @@ class ClusterMap {
   absl::StatusOr<ClusterMap> WithShardReplicas(ShardId shard, std::vector<NodeId> voters,
                                                std::vector<NodeId> learners, NodeId move_from,
                                                NodeId move_to) const;
+  // Records a split of `shard` at the middle of its range as in progress
+  // (ShardLayout::split_hash). Errors: kInvalidArgument (unknown shard, a
+  // range of one hash), kFailedPrecondition (a split anywhere or a move of
+  // the shard in progress, kMaxNumShards reached).
+  absl::StatusOr<ClusterMap> WithSplitStarted(ShardId shard) const;
+  // The split in progress at the shard's split_hash, if any.
+  const ShardLayout* Splitting() const;
   // `shard` keeps the hashes below `split_hash` (range_version + 1); a new
   // shard, id num_shards(), takes the rest of its range with the same
   // voters, conf_version and the new range_version. Errors:
   // kInvalidArgument (unknown shard, `split_hash` not inside its range
   // above its first hash), kFailedPrecondition (kMaxNumShards reached).
+  // Clears the split in progress.
   absl::StatusOr<ClusterMap> WithSplit(ShardId shard, uint64_t split_hash) const;
   // Adds a member (it holds nothing until replicas move to it). Errors:
   // kInvalidArgument (id or address taken, malformed), as Create().

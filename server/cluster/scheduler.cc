@@ -75,6 +75,9 @@ absl::StatusOr<ClusterMap> Scheduler::RecordMove(const ClusterMap& map, ShardId 
     return absl::FailedPreconditionError(absl::StrCat("shard ", shard, " is already moving from ",
                                                       layout.move_from, " to ", layout.move_to));
   }
+  if (layout.split_hash != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("shard ", shard, " is splitting"));
+  }
   std::vector<NodeId> learners = layout.learners;
   learners.push_back(to);
   return map.WithShardReplicas(shard, layout.replicas, std::move(learners), from, to);
@@ -112,7 +115,7 @@ bool Scheduler::Evacuate(const ClusterMap& map, const std::vector<NodeId>& live,
     if (!leaving && !dead) continue;
     for (const ShardLayout& s : map.shards()) {
       if (moving >= options_.max_moves) return recorded_any;
-      if (s.move_to != 0 || !Contains(s.replicas, m.id)) continue;
+      if (s.move_to != 0 || s.split_hash != 0 || !Contains(s.replicas, m.id)) continue;
       NodeId to = 0;
       for (const auto& [id, n] : held) {
         if (id == m.id || Contains(s.replicas, id) || Contains(s.learners, id)) continue;
@@ -225,8 +228,8 @@ void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) 
   // The shard of `from` that the placement rule ranks `to` highest for.
   const ShardLayout* pick = nullptr;
   for (const ShardLayout& s : map.shards()) {
-    if (s.move_to != 0 || !Contains(s.replicas, from) || Contains(s.replicas, to) ||
-        Contains(s.learners, to)) {
+    if (s.move_to != 0 || s.split_hash != 0 || !Contains(s.replicas, from) ||
+        Contains(s.replicas, to) || Contains(s.learners, to)) {
       continue;
     }
     if (pick == nullptr || s.conf_version < pick->conf_version ||
@@ -245,6 +248,41 @@ void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) 
                       " replicas) to node ", to, " (", fewest->second,
                       " replicas; cluster map version ", recorded->version(), ")"));
   }
+}
+
+void Scheduler::CarryOutSplit(const ClusterMap& map, const ShardLayout& layout,
+                              const ShardStatus* leader, NodeId leader_node) {
+  const ShardId shard = layout.id;
+  const uint64_t split_hash = layout.split_hash;
+  if (leader->range_version == layout.range_version + 1 && leader->hash_end == split_hash - 1) {
+    // Applied: record it.
+    absl::StatusOr<ClusterMap> recorded = change_map_([&](const ClusterMap& current) {
+      if (shard >= current.shards().size() || current.shards()[shard].split_hash != split_hash) {
+        return absl::StatusOr<ClusterMap>(absl::AbortedError("the split changed meanwhile"));
+      }
+      return current.WithSplit(shard, split_hash);
+    });
+    if (recorded.ok()) {
+      splits_completed_.fetch_add(1, std::memory_order_relaxed);
+      log_(absl::StrCat("shard ", shard, ": split; hashes from ", split_hash, " are shard ",
+                        map.num_shards(), " (cluster map version ", recorded->version(), ")"));
+    }
+    return;
+  }
+  if (std::max<uint64_t>(leader->range_version, 1) != layout.range_version ||
+      !leader->learners.empty() || !leader->voters_outgoing.empty()) {
+    return;  // not there yet (a replica change still settling)
+  }
+  serverpb::SplitShard split;
+  split.set_new_shard(map.num_shards());
+  split.set_split_hash(split_hash);
+  split.set_range_version(layout.range_version);
+  split.set_hash_start(layout.hash_start);
+  split.set_hash_end(layout.hash_end);
+  absl::Status asked = control_->Split(leader_node, shard, split);
+  log_(absl::StrCat("shard ", shard, ": splitting at hash ", split_hash, " into shard ",
+                    map.num_shards(), " (asked its leader, node ", leader_node,
+                    asked.ok() ? ")" : absl::StrCat("; not yet: ", asked.message(), ")")));
 }
 
 void Scheduler::Run() {
@@ -364,6 +402,12 @@ void Scheduler::RunOnce() {
     }
   }
 
+  if (const ShardLayout* splitting = map->Splitting()) {
+    auto it = shards.find(splitting->id);
+    if (it != shards.end() && it->second.leader != nullptr) {
+      CarryOutSplit(*map, *splitting, it->second.leader, it->second.leader_node);
+    }
+  }
   if (!Evacuate(*map, live, now)) Balance(*map, live);
   std::map<NodeId, int> hosting;
   std::map<ShardId, std::pair<NodeId, const ShardStatus*>> leaders;

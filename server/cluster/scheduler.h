@@ -39,6 +39,12 @@
 // ranks the second highest for. So a
 // member that joins receives replicas until every member is within one of
 // the mean, about 1/(N+1) of them when it is the (N+1)th.
+// Splits: a split recorded in progress (ShardLayout::split_hash, by
+// `tessera cluster split-shard`) is proposed to the shard's leader once its
+// configuration is stable (no learner, no joint change); once the leader
+// reports the shrunken range (ShardStatus::range_version), the map records
+// the split (the new shard, id num_shards, on the same replicas). Moves
+// skip a splitting shard, and a moving one does not start a split.
 // Every decision is logged in one line.
 //
 // Thread-safety: thread-safe; one thread runs the rounds. `control` is not
@@ -62,6 +68,7 @@
 #include "server/cluster/cluster_map.h"
 #include "server/cluster/meta_group.h"
 #include "server/kv/backend.h"
+#include "tessera/command.pb.h"
 #include "tessera/raft.pb.h"
 
 namespace tessera::server {
@@ -82,6 +89,9 @@ class ClusterControl {
   virtual absl::Status TransferLeader(NodeId node, ShardId shard, NodeId to) = 0;
   // Asks `node` to delete its replica of `shard`.
   virtual absl::Status RemoveReplica(NodeId node, ShardId shard) = 0;
+  // Asks `node`, which leads `shard`, to propose `split` (answered once
+  // applied; a refusal is the apply's error).
+  virtual absl::Status Split(NodeId node, ShardId shard, const serverpb::SplitShard& split) = 0;
 };
 
 struct SchedulerOptions {
@@ -138,6 +148,7 @@ class Scheduler {
   // done. Thread-safe.
   uint64_t moves_started() const { return moves_started_.load(std::memory_order_relaxed); }
   uint64_t moves_completed() const { return moves_completed_.load(std::memory_order_relaxed); }
+  uint64_t splits_completed() const { return splits_completed_.load(std::memory_order_relaxed); }
 
   // One round, on the caller's thread (tests; give the thread an interval
   // that never comes).
@@ -157,6 +168,9 @@ class Scheduler {
   void BalanceLeaders(const ClusterMap& map, const std::vector<NodeId>& live,
                       const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders,
                       const std::map<std::pair<ShardId, NodeId>, uint64_t>& applied);
+  // Carries out the split in progress, one step per round (see above).
+  void CarryOutSplit(const ClusterMap& map, const ShardLayout& layout, const ShardStatus* leader,
+                     NodeId leader_node);
   // Removes a leaving member that the map lists nowhere and that hosts no
   // replica any more (`hosting`: replicas each answering member reports).
   void RemoveLeft(const ClusterMap& map, const std::map<NodeId, int>& hosting);
@@ -178,6 +192,7 @@ class Scheduler {
   std::map<NodeId, absl::Time> declined_until_;
   std::atomic<uint64_t> moves_started_{0};
   std::atomic<uint64_t> moves_completed_{0};
+  std::atomic<uint64_t> splits_completed_{0};
   std::thread thread_;
 };
 

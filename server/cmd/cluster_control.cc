@@ -23,6 +23,8 @@ ShardStatus FromProto(const v1::ShardStatus& proto) {
   s.voters.assign(proto.voters().begin(), proto.voters().end());
   s.voters_outgoing.assign(proto.voters_outgoing().begin(), proto.voters_outgoing().end());
   s.learners.assign(proto.learners().begin(), proto.learners().end());
+  s.range_version = proto.range_version();
+  s.hash_end = proto.hash_end();
   return s;
 }
 
@@ -93,6 +95,14 @@ absl::Status GrpcClusterControl::TransferLeader(NodeId node, ShardId shard, Node
   peerpb::ReplicaChangeRequest request;
   request.set_shard(shard);
   request.set_transfer_leader_to(to);
+  return Ask(node, std::move(request));
+}
+
+absl::Status GrpcClusterControl::Split(NodeId node, ShardId shard,
+                                       const serverpb::SplitShard& split) {
+  peerpb::ReplicaChangeRequest request;
+  request.set_shard(shard);
+  *request.mutable_split() = split;
   return Ask(node, std::move(request));
 }
 

@@ -36,6 +36,7 @@ class GrpcClusterControl : public ClusterControl {
   absl::Status ProposeConfChange(NodeId node, ShardId shard, const raftpb::ConfChange& cc) override;
   absl::Status TransferLeader(NodeId node, ShardId shard, NodeId to) override;
   absl::Status RemoveReplica(NodeId node, ShardId shard) override;
+  absl::Status Split(NodeId node, ShardId shard, const serverpb::SplitShard& split) override;
 
  private:
   struct Stubs {

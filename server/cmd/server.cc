@@ -457,6 +457,18 @@ absl::Status Server::StartParts() {
                      shard, from, to, map->version());
         return map->version();
       });
+  // `tessera cluster split-shard`: recorded in progress by the metadata
+  // group's leader; its scheduler carries it out.
+  cluster_service_->SetSplitHandler([this](ShardId shard) -> absl::StatusOr<uint64_t> {
+    MetaGroup* meta = meta_group_.load(std::memory_order_acquire);
+    if (meta == nullptr) return absl::UnavailableError("the node is starting");
+    absl::StatusOr<ClusterMap> map =
+        meta->Change([&](const ClusterMap& current) { return current.WithSplitStarted(shard); });
+    if (!map.ok()) return map.status();
+    spdlog::info("recorded a split of shard {} at hash {} (cluster map version {})", shard,
+                 map->shards()[shard].split_hash, map->version());
+    return map->version();
+  });
   // The standard grpc.health.v1.Health service on the client port, kept in
   // step with readiness by the HealthMonitor.
   grpc::EnableDefaultHealthCheckService(true);
@@ -572,7 +584,15 @@ void Server::HostReplicas(const ClusterMap& map) {
     // from its leader's snapshot.
     const ShardLayout& layout = map.shards()[shard];
     std::vector<NodeId> founders;
-    if (layout.conf_version == 1) founders = layout.replicas;
+    if (layout.conf_version == 1 && layout.range_version == 1) {
+      founders = layout.replicas;
+    } else if (layout.range_version > 1 && SplitPendingHere(map, hosted)) {
+      // A shard a split made: the parent's replica here creates it with
+      // its data when it applies the split. Only with every local replica
+      // as split as the map says (e.g. the parent caught up by a snapshot
+      // taken after the split) does it start empty, for a snapshot.
+      continue;
+    }
     metrics_->RegisterShards({shard});
     {
       absl::MutexLock lock(&pending->mu);
@@ -596,6 +616,16 @@ void Server::HostReplicas(const ClusterMap& map) {
                                absl::Seconds(10));
 }
 
+bool Server::SplitPendingHere(const ClusterMap& map,
+                              const absl::flat_hash_set<ShardId>& hosted) const {
+  for (ShardId shard : hosted) {
+    if (shard >= map.shards().size()) continue;
+    absl::StatusOr<sm::ShardRange> local = state_machine_->Range(shard);
+    if (local.ok() && local->version < map.shards()[shard].range_version) return true;
+  }
+  return false;
+}
+
 void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
                            std::function<void(absl::Status)> done) {
   Node* node = node_for_peers_.load(std::memory_order_acquire);
@@ -608,6 +638,8 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
                request.has_conf_change() ? "a membership change"
                : request.has_transfer_leader_to()
                    ? absl::StrCat("leadership to node ", request.transfer_leader_to())
+               : request.has_split()
+                   ? absl::StrCat("a split at hash ", request.split().split_hash())
                    : std::string("deleting the replica"),
                shard);
   switch (request.change_case()) {
@@ -617,6 +649,31 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
       return node->TransferLeader(shard, request.transfer_leader_to(), std::move(done));
     case peerpb::ReplicaChangeRequest::kRemove:
       return node->RemoveReplica(shard, std::move(done));
+    case peerpb::ReplicaChangeRequest::kSplit: {
+      // Only the split this node's map has in progress (a peer cannot make
+      // up a shard id or a range).
+      const serverpb::SplitShard& split = request.split();
+      std::shared_ptr<const ClusterMap> map = maps_->Current();
+      const ShardLayout* splitting = map != nullptr ? map->Splitting() : nullptr;
+      if (splitting == nullptr || splitting->id != shard ||
+          splitting->split_hash != split.split_hash() || split.new_shard() != map->num_shards() ||
+          split.hash_start() != splitting->hash_start || split.hash_end() != splitting->hash_end ||
+          split.range_version() != splitting->range_version) {
+        return done(absl::FailedPreconditionError(absl::StrCat(
+            "shard ", shard, ": not the split in progress in this node's cluster map (version ",
+            map != nullptr ? map->version() : 0, ")")));
+      }
+      serverpb::Command command;
+      *command.mutable_split() = split;
+      return node->Propose(
+          shard, std::move(command), absl::Now() + absl::Seconds(10),
+          [done = std::move(done)](absl::StatusOr<serverpb::CommandResult> result) {
+            if (!result.ok()) return done(result.status());
+            done(result->code() == 0 ? absl::OkStatus()
+                                     : absl::Status(static_cast<absl::StatusCode>(result->code()),
+                                                    result->message()));
+          });
+    }
     case peerpb::ReplicaChangeRequest::CHANGE_NOT_SET:
       break;
   }

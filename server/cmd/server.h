@@ -28,6 +28,7 @@
 #include <optional>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -109,6 +110,9 @@ class Server {
   // Replicas it no longer lists are removed by the scheduler, once their
   // group's committed configuration excludes them.
   void HostReplicas(const ClusterMap& map);
+  // Whether a replica hosted here has not applied a split the map records
+  // (its local range_version is behind the map's).
+  bool SplitPendingHere(const ClusterMap& map, const absl::flat_hash_set<ShardId>& hosted) const;
   // Carries out a scheduler's Peer.ChangeReplica on the node.
   void ChangeReplica(const peerpb::ReplicaChangeRequest& request,
                      std::function<void(absl::Status)> done);

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +37,7 @@
 #include "client/core.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/key_hash.h"
 #include "proto/testing/status_matchers.h"
 #include "tests/testing/process.h"
 
@@ -214,6 +216,124 @@ TEST(ClientEndToEnd, LeaderKilledMidWorkloadNoWriteFailsNoneAppliedTwice) {
 
 TEST(ClientEndToEnd, LeaderKilledMidWorkloadNoWriteFailsNoneAppliedTwiceUnary) {
   LeaderKilledMidWorkload(/*use_batch_stream=*/false);
+}
+
+// A shard splits under a write and read workload: `cluster split-shard` is
+// recorded by the metadata group's leader, its scheduler has the shard's
+// leader propose the split, the upper half of the keys becomes shard
+// kShards on the same nodes, and the map records it. No request fails (the
+// SDK follows the stale-route errors), no write applies twice (each key's
+// version is the number of puts acknowledged; a write moved to the new
+// shard keeps its session seq), and the upper keys are served by the new
+// shard afterwards.
+TEST(ClientEndToEnd, AShardSplitsUnderLoadNoRequestFailsNoneAppliedTwice) {
+  ClusterProcesses cluster;
+  ClientOptions options;
+  options.endpoints = cluster.endpoints();
+  options.attempt_timeout = absl::Seconds(1);
+  absl::StatusOr<std::unique_ptr<Client>> created = Client::Create(options);
+  ASSERT_THAT(created, IsOk());
+  Client& client = **created;
+  const absl::Time ready_by = absl::Now() + absl::Seconds(60);
+  while (Leaders(client, cluster).size() < kShards) {
+    ASSERT_LT(absl::Now(), ready_by) << "cluster not ready";
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+
+  // Keys of shard 0 only: the one that splits.
+  constexpr uint32_t kSplit = 0;
+  constexpr int kWriters = 4;
+  constexpr int kKeysPerWriter = 8;
+  std::vector<std::vector<std::string>> keys(kWriters);
+  for (int i = 0, w = 0; w < kWriters; ++i) {
+    std::string key = absl::StrCat("split:", i);
+    if (ShardForKey(key, kShards) != kSplit) continue;
+    keys[w].push_back(std::move(key));
+    if (keys[w].size() == kKeysPerWriter) ++w;
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::atomic<int> total_writes{0};
+  std::vector<std::map<std::string, uint64_t>> written(kWriters);
+  std::vector<std::thread> threads;
+  CallOptions call;
+  call.timeout = absl::Seconds(15);
+  for (int w = 0; w < kWriters; ++w) {
+    threads.emplace_back([&, w] {
+      for (int round = 0; !stop.load() && round < 10000; ++round) {
+        for (const std::string& key : keys[w]) {
+          absl::StatusOr<PutResult> put = client.Put(key, absl::StrCat("r", round), call);
+          if (!put.ok()) {
+            ++failures;
+            ADD_FAILURE() << "put " << key << ": " << put.status();
+            continue;
+          }
+          ++written[w][key];
+          ++total_writes;
+          EXPECT_EQ(put->version, written[w][key]) << key;
+        }
+      }
+    });
+  }
+  threads.emplace_back([&] {  // a reader of every key
+    for (int round = 0; !stop.load() && round < 100000; ++round) {
+      const std::string& key = keys[round % kWriters][round % kKeysPerWriter];
+      absl::StatusOr<KeyValue> got = client.Get(key, call);
+      if (!got.ok() && got.status().code() != absl::StatusCode::kNotFound) {
+        ++failures;
+        ADD_FAILURE() << "get " << key << ": " << got.status();
+      }
+    }
+  });
+
+  const absl::Time warm_by = absl::Now() + absl::Seconds(30);
+  while (total_writes.load() < 200 && absl::Now() < warm_by) absl::SleepFor(absl::Milliseconds(10));
+  absl::Status asked = absl::UnavailableError("no member answered");
+  for (int i = 0; i < kNodes && !asked.ok(); ++i) {
+    asked = client.SplitShard(cluster.endpoint(i), kSplit, call).status();
+  }
+  ASSERT_THAT(asked, IsOk());
+  // Bounded wait until the map records it, writes going on.
+  bool split = false;
+  const absl::Time split_by = absl::Now() + absl::Seconds(60);
+  while (!split && absl::Now() < split_by) {
+    absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(call);
+    split = map.ok() && map->num_shards() == kShards + 1 && map->shards(kSplit).split_hash() == 0;
+    if (!split) absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(split) << "the split was not recorded in time";
+  const int at_split = total_writes.load();
+  const absl::Time after_by = absl::Now() + absl::Seconds(60);
+  while (total_writes.load() < at_split + 200 && absl::Now() < after_by) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  stop = true;
+  for (std::thread& t : threads) t.join();
+
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GE(total_writes.load(), at_split + 200) << "writes stalled after the split";
+  int moved = 0;
+  for (int w = 0; w < kWriters; ++w) {
+    for (const auto& [key, count] : written[w]) {
+      absl::StatusOr<KeyValue> got = client.Get(key, call);
+      ASSERT_THAT(got, IsOk()) << key;
+      EXPECT_EQ(got->version, count) << key << " written " << count << " times";
+      std::optional<uint32_t> shard = client.core_for_testing().routes().ShardForKey(key);
+      ASSERT_TRUE(shard.has_value());
+      EXPECT_TRUE(*shard == kSplit || *shard == kShards) << key << " on shard " << *shard;
+      moved += *shard == kShards;
+    }
+  }
+  EXPECT_GT(moved, 0) << "no key moved to the new shard";
+  EXPECT_LT(moved, kWriters * kKeysPerWriter) << "every key moved";
+  // Every node hosts the new shard.
+  for (int i = 0; i < kNodes; ++i) {
+    absl::StatusOr<v1::NodeStatusResponse> s = client.NodeStatus(cluster.endpoint(i), call);
+    ASSERT_THAT(s, IsOk());
+    EXPECT_TRUE(std::any_of(s->shards().begin(), s->shards().end(),
+                            [](const v1::ShardStatus& st) { return st.shard() == kShards; }))
+        << "node " << i + 1;
+  }
 }
 
 }  // namespace

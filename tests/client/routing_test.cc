@@ -17,6 +17,7 @@ namespace {
 
 using ::tessera::testing::IsOk;
 using ::tessera::testing::StatusIs;
+using ::testing::ElementsAre;
 
 // A map with `members` nodes (ids 1..members) and `shards` shards, 3
 // replicas each, placed by rendezvous hashing over the member ids (adding
@@ -119,7 +120,9 @@ TEST(Routing, RoutesByTheMapsRangesAfterASplit) {
   upper->set_id(4);
   upper->set_hash_start(mid);
   upper->set_range_version(2);
-  ASSERT_THAT(routes.Update(split), IsOk());
+  std::vector<std::pair<uint32_t, uint32_t>> splits;
+  ASSERT_THAT(routes.Update(split, nullptr, &splits), IsOk());
+  EXPECT_THAT(splits, ElementsAre(std::make_pair(4u, 1u)));  // 4 came from 1
   EXPECT_EQ(*routes.ShardForHashInMap(mid), 4u);
   EXPECT_EQ(*routes.ShardForHashInMap(mid - 1), 1u);
   EXPECT_EQ(*routes.ShardForHashInMap(end + 1), 2u);

@@ -68,6 +68,33 @@ TEST(Sessions, MoveToAnotherShardTakesAFreshSeq) {
   EXPECT_TRUE(a.session->in_flight.empty());
 }
 
+// After a split the new shard continues the parent's session (the servers
+// copied it): a write moved there keeps its seq, so a first attempt applied
+// before the split is answered from the copy, not applied again; new writes
+// to either shard share the client id and the rising seqs.
+TEST(Sessions, AShardASplitMadeContinuesItsParentsSession) {
+  SessionTable t;
+  SessionTable::Ticket a = t.Begin(2);
+  t.Answered(a);
+  t.Split(2, 9);
+  EXPECT_EQ(t.ClientIdForTesting(9), t.ClientIdForTesting(2));
+  SessionTable::Ticket moved = t.Move(a, 9);
+  EXPECT_EQ(moved.seq, a.seq);
+  EXPECT_EQ(moved.shard, 9u);
+  EXPECT_EQ(t.Header(moved).client_id(), t.Header(a).client_id());
+  EXPECT_EQ(t.Header(moved).first_incomplete_seq(), a.seq);
+  SessionTable::Ticket b = t.Begin(9);
+  EXPECT_GT(b.seq, a.seq);
+  EXPECT_EQ(t.Header(b).first_incomplete_seq(), a.seq);  // a still in flight
+  t.End(moved);
+  EXPECT_EQ(t.Header(b).first_incomplete_seq(), b.seq);
+  // A shard that already has its own session keeps it.
+  SessionTable::Ticket c = t.Begin(4);
+  t.Split(2, 4);
+  EXPECT_NE(t.ClientIdForTesting(4), t.ClientIdForTesting(2));
+  EXPECT_GT(t.Move(t.Begin(2), 4).seq, c.seq);
+}
+
 // A write stuck in retries while the client's other writes to the shard go
 // on: the server keeps at most 1024 results per session, so after
 // kMaxSessionLag later writes new writes go to a fresh session, and the stuck

@@ -36,6 +36,8 @@ class ModelCluster : public ClusterControl {
     std::vector<NodeId> learners;
     NodeId leader = 0;
     uint64_t commit = 1000;
+    uint64_t range_version = 0;  // 0: never split
+    uint64_t hash_end = 0;
   };
 
   absl::StatusOr<std::vector<ShardStatus>> Status(NodeId node) override {
@@ -52,6 +54,8 @@ class ModelCluster : public ClusterControl {
       s.applied_index = applied;
       s.voters = sh.voters;
       s.learners = sh.learners;
+      s.range_version = sh.range_version;
+      s.hash_end = sh.hash_end;
       out.push_back(s);
     }
     return out;
@@ -99,6 +103,23 @@ class ModelCluster : public ClusterControl {
     EXPECT_FALSE(Has(sh.voters, node) || Has(sh.learners, node)) << "deleted a member's replica";
     hosted[node].erase(shard);
     calls.push_back(absl::StrCat("shard ", shard, ": delete on ", node));
+    return absl::OkStatus();
+  }
+
+  // Applies at once: the new shard is hosted where the old one is.
+  absl::Status Split(NodeId node, ShardId shard, const serverpb::SplitShard& split) override {
+    Shard& sh = shards[shard];
+    if (sh.leader != node) return absl::UnavailableError("not the leader");
+    EXPECT_TRUE(sh.learners.empty()) << "split during a move";
+    EXPECT_EQ(std::max<uint64_t>(sh.range_version, 1), split.range_version());
+    EXPECT_FALSE(shards.contains(split.new_shard())) << "new shard id taken";
+    sh.range_version = split.range_version() + 1;
+    sh.hash_end = split.split_hash() - 1;
+    Shard& child = shards[split.new_shard()];
+    child = sh;
+    child.hash_end = split.hash_end();
+    for (NodeId v : sh.voters) hosted[v][split.new_shard()] = 1000;
+    calls.push_back(absl::StrCat("shard ", shard, ": split into ", split.new_shard()));
     return absl::OkStatus();
   }
 
@@ -334,6 +355,46 @@ TEST_F(SchedulerTest, ALeavingMemberIsEmptiedThenRemoved) {
 // leadership a round from the member leading most to one leading at least
 // two fewer, until they are even; then it stops (no shard goes back and
 // forth, as it did when each node balanced by its own partial view).
+TEST_F(SchedulerTest, ASplitIsProposedThenRecordedAndNoMoveCrossesIt) {
+  const ShardLayout before = maps_.Current()->shards()[1];
+  absl::StatusOr<ClusterMap> started = maps_.Current()->WithSplitStarted(1);
+  ASSERT_THAT(started, IsOk());
+  EXPECT_THAT(started->WithSplitStarted(0), StatusIs(absl::StatusCode::kFailedPrecondition));
+  NodeId outsider = 0;
+  for (NodeId id = 1; id <= 3; ++id) {
+    if (!Has(before.replicas, id)) outsider = id;
+  }
+  EXPECT_THAT(Scheduler::RecordMove(*started, 1, before.replicas[0], outsider),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  maps_.Set(std::make_shared<const ClusterMap>(*started));
+  const uint64_t split_hash = started->shards()[1].split_hash;
+  EXPECT_GT(split_hash, before.hash_start);
+
+  // Nothing without the shard's leader; then the leader is asked.
+  model_.down.insert(before.replicas[0]);
+  EXPECT_THAT(Manual(), ElementsAre());
+  model_.down.clear();
+  EXPECT_THAT(Manual(), ElementsAre("shard 1: split into 2"));
+  // Recorded once the leader reports it; nothing is deleted or moved
+  // (leaders may be handed around).
+  auto no_replica_change = [](const std::vector<std::string>& calls) {
+    for (const std::string& call : calls) {
+      if (call.find("leader") == std::string::npos) return false;
+    }
+    return true;
+  };
+  EXPECT_TRUE(no_replica_change(Round()));
+  const ClusterMap& after = *maps_.Current();
+  ASSERT_EQ(after.num_shards(), 3u);
+  EXPECT_EQ(after.Splitting(), nullptr);
+  EXPECT_EQ(after.shards()[1].hash_end, split_hash - 1);
+  EXPECT_EQ(after.shards()[2].hash_start, split_hash);
+  EXPECT_EQ(after.shards()[2].hash_end, before.hash_end);
+  EXPECT_EQ(after.shards()[2].replicas, before.replicas);
+  EXPECT_EQ(after.shards()[1].range_version, 2u);
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(no_replica_change(Round()));
+}
+
 TEST_F(SchedulerTest, LeadersSpreadEvenlyAndThenStayPut) {
   std::vector<MemberInfo> members = Members();
   members.push_back({4, "127.0.0.1:7004", "127.0.0.1:7104"});
