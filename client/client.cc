@@ -18,6 +18,16 @@ namespace tessera::client {
 namespace {
 
 using Core = Client::Core;
+
+// A scan's page call finds the shards changed (a split) since the scan
+// began: the scan goes on over the new layout (ScanCall, ScanPages).
+constexpr char kShardLayoutChanged[] = "the cluster's shards changed during the scan";
+absl::Status ShardLayoutChanged() { return absl::AbortedError(kShardLayoutChanged); }
+bool IsShardLayoutChanged(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kAborted && s.message() == kShardLayoutChanged;
+}
+// Restarts of one scan over a new layout (each needs another split).
+constexpr int kMaxScanRestarts = 8;
 // The callback API of the KV service's stubs.
 using AsyncKv = v1::KV::StubInterface::async_interface;
 
@@ -307,10 +317,7 @@ class KvCall final : public RetryingCall {
   absl::StatusOr<uint32_t> ResolveShard() {
     RouteTable& routes = core_->routes();
     if (spec_.keys.empty()) {
-      if (routes.num_shards() != spec_.fixed_num_shards) {
-        return absl::UnavailableError(
-            "the cluster's shard count changed during the scan; scan again");
-      }
+      if (routes.num_shards() != spec_.fixed_num_shards) return ShardLayoutChanged();
       return spec_.fixed_shard;
     }
     std::optional<uint32_t> shard;
@@ -753,6 +760,19 @@ class ScanCall {
 
   void Complete() {
     absl::StatusOr<ScanResult> result;
+    bool restart = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (IsShardLayoutChanged(error_) && restarts_ < kMaxScanRestarts) {
+        // A split: nothing was returned yet, so scan again over the new
+        // shards.
+        ++restarts_;
+        error_ = absl::OkStatus();
+        per_shard_.clear();
+        restart = true;
+      }
+    }
+    if (restart) return Launch(core_->routes().num_shards());
     {
       absl::MutexLock lock(&mu_);
       if (!error_.ok()) {
@@ -793,6 +813,7 @@ class ScanCall {
   uint32_t pending_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Shard> per_shard_ ABSL_GUARDED_BY(mu_);
   absl::Status error_ ABSL_GUARDED_BY(mu_);
+  int restarts_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The per-shard buffers of Client::ScanPages, shared by the merging thread
@@ -1069,13 +1090,14 @@ absl::StatusOr<ScanResult> Client::ScanPages(
     absl::StatusOr<v1::ClusterMap> map = GetClusterMap(options);
     if (!map.ok()) return map.status();
   }
-  const uint32_t num_shards = core->routes().num_shards();
+  uint32_t num_shards = core->routes().num_shards();
   const uint32_t page = std::max<uint32_t>(1, core->options().scan_page_size);
   auto buffers = std::make_shared<ScanBuffers>(num_shards);
   ScanResult result;
   uint64_t handed = 0;  // keys handed to on_batch
   std::string last_key;
   std::vector<KeyValue> batch;
+  int restarts = 0;
   // Each turn either hands keys over or waits for a page: it ends when the
   // shards are drained, the limit is reached, a page fails or on_batch stops.
   while (true) {
@@ -1098,6 +1120,16 @@ absl::StatusOr<ScanResult> Client::ScanPages(
           });
     }
     absl::StatusOr<bool> drained = buffers->Merge(std::min<uint64_t>(page, left), &batch);
+    if (IsShardLayoutChanged(drained.status()) && restarts++ < kMaxScanRestarts) {
+      // A split: the keys handed so far are every key up to last_key, so
+      // the rest is the same scan from just after it, over the new shards.
+      // (Pages in flight land in the old buffers, then dropped.)
+      if (handed > 0) scan.start = last_key + std::string(1, '\0');
+      if (!scan.end.empty() && scan.start >= scan.end) return result;
+      num_shards = core->routes().num_shards();
+      buffers = std::make_shared<ScanBuffers>(num_shards);
+      continue;
+    }
     if (!drained.ok()) return drained.status();
     if (left == 0) {  // the limit is reached: is there a key after the last one?
       result.more = !*drained;

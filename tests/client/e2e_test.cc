@@ -224,8 +224,9 @@ TEST(ClientEndToEnd, LeaderKilledMidWorkloadNoWriteFailsNoneAppliedTwiceUnary) {
 // kShards on the same nodes, and the map records it. No request fails (the
 // SDK follows the stale-route errors), no write applies twice (each key's
 // version is the number of puts acknowledged; a write moved to the new
-// shard keeps its session seq), and the upper keys are served by the new
-// shard afterwards.
+// shard keeps its session seq), scans return every key once (a scan that
+// meets the new layout goes on over it), and the upper keys are served by
+// the new shard afterwards.
 TEST(ClientEndToEnd, AShardSplitsUnderLoadNoRequestFailsNoneAppliedTwice) {
   ClusterProcesses cluster;
   ClientOptions options;
@@ -286,6 +287,44 @@ TEST(ClientEndToEnd, AShardSplitsUnderLoadNoRequestFailsNoneAppliedTwice) {
     }
   });
 
+  std::atomic<int> scans{0};
+  threads.emplace_back([&] {  // scans of every key, both kinds, from the first round on
+    while (!stop.load() && total_writes.load() < kWriters * kKeysPerWriter) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    ScanOptions all;
+    all.prefix = "split:";
+    for (int round = 0; !stop.load() && round < 100000; ++round) {
+      std::vector<std::string> seen;
+      absl::Status status;
+      if (round % 2 == 0) {
+        absl::StatusOr<ScanResult> r = client.Scan(all, call);
+        status = r.status();
+        if (r.ok()) {
+          for (const KeyValue& kv : r->kvs) seen.push_back(kv.key);
+        }
+      } else {
+        CallOptions paged = call;
+        status = client
+                     .ScanPages(all, paged,
+                                [&](std::vector<KeyValue>& batch) {
+                                  for (const KeyValue& kv : batch) seen.push_back(kv.key);
+                                  return true;
+                                })
+                     .status();
+      }
+      if (!status.ok()) {
+        ++failures;
+        ADD_FAILURE() << "scan: " << status;
+        continue;
+      }
+      EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+      EXPECT_EQ(seen.size(), static_cast<size_t>(kWriters * kKeysPerWriter))
+          << "a scan missed or repeated keys";
+      ++scans;
+    }
+  });
+
   const absl::Time warm_by = absl::Now() + absl::Seconds(30);
   while (total_writes.load() < 200 && absl::Now() < warm_by) absl::SleepFor(absl::Milliseconds(10));
   absl::Status asked = absl::UnavailableError("no member answered");
@@ -312,6 +351,7 @@ TEST(ClientEndToEnd, AShardSplitsUnderLoadNoRequestFailsNoneAppliedTwice) {
 
   EXPECT_EQ(failures.load(), 0);
   EXPECT_GE(total_writes.load(), at_split + 200) << "writes stalled after the split";
+  EXPECT_GT(scans.load(), 0);
   int moved = 0;
   for (int w = 0; w < kWriters; ++w) {
     for (const auto& [key, count] : written[w]) {
