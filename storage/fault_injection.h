@@ -157,6 +157,7 @@ class FaultInjectingKvStore final : public KvStore {
   absl::StatusOr<std::unique_ptr<SnapshotStaging>> StageSnapshot(ShardId shard,
                                                                  uint64_t applied_index) override;
   absl::Status DeleteShard(ShardId shard) override;
+  uint64_t ApproximateBytes(ShardId shard) const override { return base_->ApproximateBytes(shard); }
 
  private:
   KvStore* const base_;

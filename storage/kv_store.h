@@ -215,6 +215,11 @@ class KvStore {
   // Removes all of the shard's data, meta and applied index (the replica was
   // removed from this node). Synced.
   virtual absl::Status DeleteShard(ShardId shard) = 0;
+
+  // About how many bytes the shard's user keys and values take (RocksDB:
+  // its estimate over files and memtables, compressed sizes; cheap). For
+  // split decisions, not accounting.
+  virtual uint64_t ApproximateBytes(ShardId shard) const = 0;
 };
 
 // The smallest string greater than every string starting with `prefix`, for

@@ -195,4 +195,13 @@ absl::Status MemKvStore::DeleteShard(ShardId shard) {
   return absl::OkStatus();
 }
 
+uint64_t MemKvStore::ApproximateBytes(ShardId shard) const {
+  absl::MutexLock lock(&mu_);
+  auto it = shards_.find(shard);
+  if (it == shards_.end()) return 0;
+  uint64_t bytes = 0;
+  for (const auto& [key, value] : it->second.data) bytes += key.size() + value.size();
+  return bytes;
+}
+
 }  // namespace tessera::storage

@@ -42,6 +42,8 @@ class MemKvStore : public KvStore {
   absl::Status InstallSnapshot(ShardId shard, uint64_t applied_index,
                                SnapshotReader& reader) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status DeleteShard(ShardId shard) override ABSL_LOCKS_EXCLUDED(mu_);
+  // The exact bytes of its keys and values.
+  uint64_t ApproximateBytes(ShardId shard) const override ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Shard {

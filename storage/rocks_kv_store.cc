@@ -148,6 +148,17 @@ class RocksKvStore : public KvStore {
   absl::Status InstallSnapshot(ShardId shard, uint64_t applied_index,
                                SnapshotReader& reader) override;
   absl::Status DeleteShard(ShardId shard) override;
+  uint64_t ApproximateBytes(ShardId shard) const override {
+    const std::string start = keys::TagKey(shard, keys::kDataTag);
+    const std::string limit = keys::TagKey(shard, keys::kDataTag + 1);
+    const rocksdb::Range range(start, limit);
+    uint64_t size = 0;
+    rocksdb::SizeApproximationOptions options;
+    options.include_memtables = true;
+    options.include_files = true;
+    if (!db_->GetApproximateSizes(options, cf_, &range, 1, &size).ok()) return 0;
+    return size;
+  }
   absl::StatusOr<std::unique_ptr<SnapshotStaging>> StageSnapshot(ShardId shard,
                                                                  uint64_t applied_index) override;
 

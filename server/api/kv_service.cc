@@ -829,6 +829,7 @@ grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext
     for (NodeId id : s.learners) out->add_learners(id);
     out->set_range_version(s.range_version);
     out->set_hash_end(s.hash_end);
+    out->set_approximate_bytes(s.approximate_bytes);
   }
   if (stored_map_ != nullptr) {
     if (std::optional<v1::ClusterMap> stored = stored_map_()) {

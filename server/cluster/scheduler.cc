@@ -250,6 +250,29 @@ void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) 
   }
 }
 
+void Scheduler::SplitLarge(
+    const ClusterMap& map,
+    const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders) {
+  if (options_.split_bytes == 0) return;
+  const ShardStatus* largest = nullptr;
+  for (const auto& [shard, leader] : leaders) {
+    const ShardStatus* s = leader.second;
+    if (shard >= map.shards().size() || s->approximate_bytes < options_.split_bytes) continue;
+    if (map.shards()[shard].move_to != 0) continue;  // after the move
+    if (largest == nullptr || s->approximate_bytes > largest->approximate_bytes) largest = s;
+  }
+  if (largest == nullptr) return;
+  const ShardId shard = largest->shard;
+  absl::StatusOr<ClusterMap> recorded =
+      change_map_([shard](const ClusterMap& current) { return current.WithSplitStarted(shard); });
+  if (recorded.ok()) {
+    log_(absl::StrCat("shard ", shard, ": ", largest->approximate_bytes,
+                      " bytes on its leader, at least --split-shard-bytes=", options_.split_bytes,
+                      ": splitting it at hash ", recorded->shards()[shard].split_hash,
+                      " (cluster map version ", recorded->version(), ")"));
+  }
+}
+
 void Scheduler::CarryOutSplit(const ClusterMap& map, const ShardLayout& layout,
                               const ShardStatus* leader, NodeId leader_node) {
   const ShardId shard = layout.id;
@@ -420,6 +443,7 @@ void Scheduler::RunOnce() {
     if (reports.leader != nullptr) leaders[shard] = {reports.leader_node, reports.leader};
   }
   BalanceLeaders(*map, live, leaders, applied);
+  if (map->Splitting() == nullptr) SplitLarge(*map, leaders);
   RemoveLeft(*map, hosting);
 
   // Garbage: replicas neither the map nor their leader's configuration has.

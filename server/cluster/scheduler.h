@@ -44,7 +44,9 @@
 // configuration is stable (no learner, no joint change); once the leader
 // reports the shrunken range (ShardStatus::range_version), the map records
 // the split (the new shard, id num_shards, on the same replicas). Moves
-// skip a splitting shard, and a moving one does not start a split.
+// skip a splitting shard, and a moving one does not start a split. With
+// split_bytes, the scheduler itself records a split of the largest shard
+// at or above it (one at a time).
 // Every decision is logged in one line.
 //
 // Thread-safety: thread-safe; one thread runs the rounds. `control` is not
@@ -111,6 +113,9 @@ struct SchedulerOptions {
   // A learner is promoted once its applied index is within this many
   // entries of its leader's commit index.
   uint64_t catch_up_entries = 64;
+  // A shard whose leader reports at least this many bytes of keys and
+  // values (ShardStatus::approximate_bytes) is split (0: never by size).
+  uint64_t split_bytes = 0;
 };
 
 class Scheduler {
@@ -168,6 +173,9 @@ class Scheduler {
   void BalanceLeaders(const ClusterMap& map, const std::vector<NodeId>& live,
                       const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders,
                       const std::map<std::pair<ShardId, NodeId>, uint64_t>& applied);
+  // Records a split of the largest shard at or above split_bytes, if any.
+  void SplitLarge(const ClusterMap& map,
+                  const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders);
   // Carries out the split in progress, one step per round (see above).
   void CarryOutSplit(const ClusterMap& map, const ShardLayout& layout, const ShardStatus* leader,
                      NodeId leader_node);

@@ -25,6 +25,7 @@ ShardStatus FromProto(const v1::ShardStatus& proto) {
   s.learners.assign(proto.learners().begin(), proto.learners().end());
   s.range_version = proto.range_version();
   s.hash_end = proto.hash_end();
+  s.approximate_bytes = proto.approximate_bytes();
   return s;
 }
 

@@ -101,6 +101,10 @@ ABSL_FLAG(int64_t, dead_node_timeout_ms, 300000,
           "a member silent this long is dead: the scheduler re-creates its replicas elsewhere");
 ABSL_FLAG(int32_t, max_replica_moves, 1,
           "replica moves in progress at once (balancing, decommission, re-replication)");
+ABSL_FLAG(uint64_t, split_shard_bytes, 96ull << 20,
+          "the scheduler splits a shard whose keys and values take about this many bytes on its "
+          "leader (0: only `tessera cluster split-shard`); takes effect where the metadata "
+          "group's leader runs");
 ABSL_FLAG(bool, balance_replicas, true,
           "the scheduler spreads replicas evenly over the members (false: only moves by hand, "
           "decommission and dead members); takes effect where the metadata group's leader runs");
@@ -141,6 +145,7 @@ constexpr char kUsage[] =
     "  [--snapshot-idle-timeout-ms=30000]\n"
     "  [--max-inflight-bytes=67108864] [--hibernate-idle-shards=true]\n"
     "  [--dead-node-timeout-ms=300000] [--max-replica-moves=1] [--balance-replicas=true]\n"
+    "  [--split-shard-bytes=100663296]\n"
     "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
@@ -186,6 +191,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "hibernate_idle_shards",
                                               "dead_node_timeout_ms",
                                               "max_replica_moves",
+                                              "split_shard_bytes",
                                               "balance_replicas",
                                               "testing_storage_faults"};
   if (flag == nullptr || kOurs.count(name) == 0) {
@@ -406,6 +412,10 @@ absl::StatusOr<ServerConfig> Validate() {
   config.dead_node_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_dead_node_timeout_ms));
   config.max_replica_moves = absl::GetFlag(FLAGS_max_replica_moves);
   config.balance_replicas = absl::GetFlag(FLAGS_balance_replicas);
+  config.split_shard_bytes = absl::GetFlag(FLAGS_split_shard_bytes);
+  if (config.split_shard_bytes != 0 && config.split_shard_bytes < (1 << 20)) {
+    return absl::InvalidArgumentError("--split-shard-bytes must be 0 or at least 1048576");
+  }
   config.snapshot_interval_entries = absl::GetFlag(FLAGS_snapshot_interval_entries);
   config.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
   config.max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots));

@@ -522,7 +522,8 @@ absl::Status Server::StartParts() {
     scheduler_ = std::make_unique<Scheduler>(
         SchedulerOptions{.max_moves = config.max_replica_moves,
                          .dead_after = config.dead_node_timeout,
-                         .balance = config.balance_replicas},
+                         .balance = config.balance_replicas,
+                         .split_bytes = config.split_shard_bytes},
         [meta = meta_group_owned_.get()](const MetaGroup::Mutation& mutate) {
           return meta->Change(mutate);
         },
@@ -545,6 +546,7 @@ absl::Status Server::StartParts() {
     if (std::shared_ptr<const ClusterMap> map = maps_->Current()) {
       stats.map_version = map->version();
       stats.members = map->members().size();
+      stats.shards = map->num_shards();
       stats.leaving_members = map->leaving().size();
       for (const ShardLayout& s : map->shards()) {
         if (s.move_to != 0) ++stats.moves_in_progress;
@@ -556,6 +558,7 @@ absl::Status Server::StartParts() {
     if (scheduler_ != nullptr) {
       stats.moves_started = scheduler_->moves_started();
       stats.moves_completed = scheduler_->moves_completed();
+      stats.splits_completed = scheduler_->splits_completed();
     }
     return stats;
   });

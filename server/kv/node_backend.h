@@ -46,13 +46,15 @@ class NodeKvBackend final : public KvBackend {
   }
 
  private:
-  // The range the state machine has recorded (a split's), if any.
+  // The range the state machine has recorded (a split's), if any, and the
+  // shard's size.
   void AddRange(ShardStatus& s) const {
     absl::StatusOr<sm::ShardRange> range = state_machine_->Range(s.shard);
     if (range.ok() && range->version > 1) {
       s.range_version = range->version;
       s.hash_end = range->end;
     }
+    s.approximate_bytes = state_machine_->ApproximateBytes(s.shard);
   }
 
   Node* const node_;

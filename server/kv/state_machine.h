@@ -122,6 +122,8 @@ class StateMachine : public Applier {
   // record and owns every hash as far as it knows (the cluster map routes
   // its keys). Errors: storage errors, kDataLoss.
   absl::StatusOr<sm::ShardRange> Range(ShardId shard) const;
+  // KvStore::ApproximateBytes of the shard.
+  uint64_t ApproximateBytes(ShardId shard) const { return kv_->ApproximateBytes(shard); }
 
   // The shard's session table in memory if it is loaded and current (its
   // applied index is the store's), else nullptr. Raft loop thread only; the

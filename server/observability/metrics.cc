@@ -618,6 +618,9 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
             c.moves_started);
     counter("tessera_scheduler_moves_completed_total",
             "Replica moves this node's scheduler recorded as done.", c.moves_completed);
+    gauge("tessera_cluster_shards", "Shards in the cluster map (splits add shards).", c.shards);
+    counter("tessera_scheduler_splits_completed_total",
+            "Shard splits this node's scheduler recorded as done.", c.splits_completed);
   }
 
   static void CollectAdmission(const AdmissionStats& a, std::vector<MetricFamily>& out) {

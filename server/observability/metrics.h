@@ -172,8 +172,10 @@ struct ClusterStats {
   // Shards with fewer voters than the replication factor, or a voter on a
   // leaving member.
   uint64_t under_replicated_shards = 0;
-  uint64_t moves_started = 0;    // recorded by this node's scheduler (balance, evacuation)
-  uint64_t moves_completed = 0;  // recorded done by this node's scheduler
+  uint64_t moves_started = 0;     // recorded by this node's scheduler (balance, evacuation)
+  uint64_t moves_completed = 0;   // recorded done by this node's scheduler
+  uint64_t shards = 0;            // in the map (grows with splits)
+  uint64_t splits_completed = 0;  // recorded done by this node's scheduler
 };
 
 class Metrics {

@@ -215,6 +215,9 @@ struct ShardStatus {
   // them from the state machine.
   uint64_t range_version = 0;
   uint64_t hash_end = 0;
+  // About how many bytes its keys and values take (KvStore::
+  // ApproximateBytes; filled by the KV backend too).
+  uint64_t approximate_bytes = 0;
 };
 
 class Node {

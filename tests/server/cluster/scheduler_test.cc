@@ -38,6 +38,7 @@ class ModelCluster : public ClusterControl {
     uint64_t commit = 1000;
     uint64_t range_version = 0;  // 0: never split
     uint64_t hash_end = 0;
+    uint64_t bytes = 0;
   };
 
   absl::StatusOr<std::vector<ShardStatus>> Status(NodeId node) override {
@@ -56,6 +57,7 @@ class ModelCluster : public ClusterControl {
       s.learners = sh.learners;
       s.range_version = sh.range_version;
       s.hash_end = sh.hash_end;
+      s.approximate_bytes = sh.bytes;
       out.push_back(s);
     }
     return out;
@@ -115,6 +117,7 @@ class ModelCluster : public ClusterControl {
     EXPECT_FALSE(shards.contains(split.new_shard())) << "new shard id taken";
     sh.range_version = split.range_version() + 1;
     sh.hash_end = split.split_hash() - 1;
+    sh.bytes /= 2;
     Shard& child = shards[split.new_shard()];
     child = sh;
     child.hash_end = split.hash_end();
@@ -393,6 +396,24 @@ TEST_F(SchedulerTest, ASplitIsProposedThenRecordedAndNoMoveCrossesIt) {
   EXPECT_EQ(after.shards()[2].replicas, before.replicas);
   EXPECT_EQ(after.shards()[1].range_version, 2u);
   for (int i = 0; i < 5; ++i) EXPECT_TRUE(no_replica_change(Round()));
+}
+
+TEST_F(SchedulerTest, AShardAboveTheSizeThresholdIsSplitOnceAndNotByDefault) {
+  model_.shards[1].bytes = 1500;
+  model_.shards[0].bytes = 100;
+  Round();  // split_bytes 0: sizes are not looked at
+  EXPECT_EQ(maps_.Current()->Splitting(), nullptr);
+  const SchedulerOptions by_size{.balance = false, .split_bytes = 1000};
+  Round(by_size);
+  ASSERT_NE(maps_.Current()->Splitting(), nullptr);
+  EXPECT_EQ(maps_.Current()->Splitting()->id, 1u);
+  for (int i = 0; i < 5; ++i) Round(by_size);
+  const ClusterMap& after = *maps_.Current();
+  EXPECT_EQ(after.num_shards(), 3u);  // halves of 750 stay whole
+  EXPECT_EQ(after.Splitting(), nullptr);
+  model_.shards[0].bytes = 1000;
+  for (int i = 0; i < 5; ++i) Round(by_size);
+  EXPECT_EQ(maps_.Current()->num_shards(), 4u);
 }
 
 TEST_F(SchedulerTest, LeadersSpreadEvenlyAndThenStayPut) {

@@ -91,6 +91,7 @@ class CountingKvStore : public storage::KvStore {
     return base_->StageSnapshot(shard, applied_index);
   }
   absl::Status DeleteShard(ShardId shard) override { return base_->DeleteShard(shard); }
+  uint64_t ApproximateBytes(ShardId shard) const override { return base_->ApproximateBytes(shard); }
 
  private:
   storage::KvStore* const base_;
