@@ -20,6 +20,7 @@ killing the processes inside them (`ip netns pids`).
 """
 
 import argparse
+import json
 import os
 import random
 import re
@@ -32,7 +33,7 @@ import time
 PREFIX = "tsr-"
 CLIENT_PORT = 7001
 PEER_PORT = 7101
-NEMESES = ("partition", "kill", "pause", "netem", "snapshot", "pause-isolated")
+NEMESES = ("partition", "kill", "pause", "netem", "snapshot", "pause-isolated", "membership")
 
 
 def log(msg):
@@ -191,6 +192,25 @@ class Cluster:
         try:
             return sh(cmd, check=False, quiet=True, timeout=timeout + wait_ms / 1000)
         except subprocess.TimeoutExpired:
+            return None
+
+    def cli(self, args, timeout=20):
+        """The `tessera` CLI against the cluster, from the hub namespace."""
+        cmd = self.nsexec(self.hub, [self.args.cli, f"--endpoints={self.endpoints()}",
+                                     "--timeout=5s", *args])
+        try:
+            return sh(cmd, check=False, quiet=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def cluster_status(self):
+        """`tessera cluster status -o json`, parsed; None if it did not answer."""
+        r = self.cli(["-o", "json", "cluster", "status"])
+        if r is None or not r.stdout:
+            return None
+        try:
+            return json.loads(r.stdout)
+        except ValueError:
             return None
 
     def wait_ready(self, wait_s):
@@ -362,6 +382,8 @@ class Nemesis:
             elif kind == "pause-isolated":
                 if not self.pause_isolated(deadline):
                     break
+            elif kind == "membership":
+                self.membership(hold, deadline)
             elif kind == "partition":
                 sub, desc = self.partition()
                 self.note(f"start partition-{sub}: {desc}")
@@ -421,6 +443,54 @@ class Nemesis:
                 self.note(f"end snapshot: restarted node {victim}")
                 sub = "snapshot"
             self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def membership(self, hold, deadline):
+        """The cluster's layout changes under the load, sometimes with a crash.
+
+        Splits a random shard (`tessera cluster split-shard`), or, when some
+        node lacks a replica of a shard (more nodes than replicas), moves
+        one of its replicas there (`move-replica`); half the time it then
+        kill -9s a node that takes part (the shard's leader, or the move's
+        source or target) 0.1-1.5 s later and restarts it after `hold`. The
+        scheduler finishes the change whatever the crash hit.
+        """
+        rng = self.rng
+        status = self.c.cluster_status()
+        if status is None:
+            self.note("membership: skipped (no cluster status)")
+            return
+        shards = status["shards"]
+        movable = [(sh, n) for sh in shards for n in range(1, self.c.n + 1)
+                   if n not in [r["node"] for r in sh["replicas"]] and "moving" not in sh]
+        if movable and rng.random() < 0.5:
+            sh, to = rng.choice(movable)
+            voters = [r["node"] for r in sh["replicas"]]
+            frm = rng.choice(voters)
+            sub = "move"
+            desc = f"shard {sh['id']} from node {frm} to node {to}"
+            involved = [frm, to] + [r["node"] for r in sh["replicas"] if r.get("role") == "leader"]
+            args = ["move-replica", str(sh["id"]), str(frm), str(to)]
+        else:
+            sh = rng.choice(shards)
+            sub = "split"
+            desc = f"shard {sh['id']}"
+            involved = [r["node"] for r in sh["replicas"] if r.get("role") == "leader"] or [
+                r["node"] for r in sh["replicas"]]
+            args = ["split-shard", str(sh["id"])]
+        r = self.c.cli(["cluster", *args])
+        answer = (r.stdout or r.stderr or "").strip().splitlines()[:1] if r else ["timed out"]
+        self.note(f"start membership-{sub}: {desc}: {' '.join(answer)}")
+        if rng.random() < 0.5:
+            time.sleep(rng.uniform(0.1, 1.5))
+            victim = rng.choice(involved)
+            self.note(f"membership-{sub}: kill -9 node {victim} during it")
+            self.c.kill9(victim)
+            self.sleep(hold, deadline)
+            self.c.start(victim)
+            self.note(f"end membership-{sub}: restarted node {victim}")
+        else:
+            self.sleep(hold, deadline)
+            self.note(f"end membership-{sub}")
 
     def pause_isolated(self, deadline):
         """A stalled leader that resumes before it hears of its successors.
@@ -533,7 +603,8 @@ def main():
     args.admin = os.path.join(bindir, "server", "tessera-admin")
     args.workload = os.path.join(bindir, "tests", "chaos", "tessera-chaos-workload")
     args.check = os.path.join(bindir, "tests", "chaos", "tessera-check")
-    for b in (args.server, args.admin, args.workload, args.check):
+    args.cli = os.path.join(bindir, "client", "tessera")
+    for b in (args.server, args.admin, args.workload, args.check, args.cli):
         if not os.access(b, os.X_OK):
             print(f"chaos: missing binary {b} (build it first)", file=sys.stderr)
             return 2

@@ -1624,5 +1624,63 @@ TEST(Split, ACrashBetweenTheStartingPointAndTheDataRedoesTheSplit) {
   EXPECT_TRUE(WaitFor([&] { return SplitDataIsIn(c, victim, lower, upper); }));
 }
 
+// Replicas that missed the split: one that was down applies it from its log
+// when it returns; one cut off until the log was compacted past the split
+// gets the parent's snapshot taken after it (the lower half only) and, once
+// added, the new shard's snapshot (its range and sessions included).
+TEST(Split, ReplicasThatMissedItCatchUpByLogOrBySnapshot) {
+  // Five voters: with one down and one cut off, three still commit.
+  Cluster c({.nodes = 5, .shards = 1, .snapshot_interval_entries = 8, .state_machine = true});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  const std::vector<std::string> lower = SplitKeys(false, 20);
+  const std::vector<std::string> upper = SplitKeys(true, 20);
+  for (const std::string& k : lower) ASSERT_THAT(c.PutOnLeader(1, k, "v"), IsOk());
+  for (const std::string& k : upper) ASSERT_THAT(c.PutOnLeader(1, k, "v"), IsOk());
+  NodeId leader = c.WaitForLeader(1);
+  const NodeId down = leader % 5 + 1;
+  const NodeId cut = down % 5 + 1;
+  c.Down(down);
+  c.net().Isolate(cut);
+  absl::StatusOr<serverpb::CommandResult> r =
+      Propose(c.node(leader), 1, SplitCommand(kChild, kHalf, 1));
+  ASSERT_THAT(r, IsOk());
+  ASSERT_EQ(r->code(), 0) << r->message();
+  ASSERT_THAT(c.Up(down), IsOk());
+  EXPECT_TRUE(WaitFor([&] { return c.StatusOf(down, kChild).has_value(); }));
+  EXPECT_TRUE(WaitFor([&] { return SplitDataIsIn(c, down, lower, upper); }));
+  // More writes to both halves, so that both logs compact past the split.
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_THAT(c.PutOnLeader(1, lower[i % lower.size()], absl::StrCat("w", i)), IsOk());
+    ASSERT_THAT(c.PutOnLeader(kChild, upper[i % upper.size()], absl::StrCat("w", i)), IsOk());
+  }
+  leader = c.WaitForLeader(1);
+  ASSERT_TRUE(WaitFor([&] {
+    absl::StatusOr<storage::LogState> st = c.engine(leader).raft_log().State(1);
+    return st.ok() && st->first_index > 60;
+  }));
+  c.net().Heal();
+  // The parent's snapshot: the lower half, split already.
+  auto& sm = static_cast<StateMachineApplier&>(c.applier(cut)).state_machine();
+  EXPECT_TRUE(WaitFor([&] {
+    absl::StatusOr<sm::ShardRange> range = sm.Range(1);
+    return range.ok() && range->version == 2;
+  }));
+  EXPECT_GT(c.StatusOf(cut, 1)->snapshots_installed, 0u);
+  for (const std::string& k : lower) EXPECT_TRUE(c.Get(cut, 1, k).has_value()) << k;
+  for (const std::string& k : upper) EXPECT_FALSE(c.Get(cut, 1, k).has_value()) << k;
+  EXPECT_FALSE(c.StatusOf(cut, kChild).has_value());
+  // Hosting the new shard (as tessera-server does once the map lists it and
+  // every local replica is as split as the map): its snapshot arrives.
+  ASSERT_THAT(Cluster::Call([&](auto done) { c.node(cut).AddReplica(kChild, {}, done); }), IsOk());
+  EXPECT_TRUE(WaitFor([&] { return SplitDataIsIn(c, cut, lower, upper); }));
+  absl::StatusOr<sm::ShardRange> range = sm.Range(kChild);
+  ASSERT_THAT(range, IsOk());
+  EXPECT_EQ(range->start, kHalf);
+  EXPECT_EQ(range->version, 2u);
+  range = sm.Range(1);
+  ASSERT_THAT(range, IsOk());
+  EXPECT_EQ(range->end, kHalf - 1);
+}
+
 }  // namespace
 }  // namespace tessera::server
