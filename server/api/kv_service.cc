@@ -812,7 +812,8 @@ grpc::ServerUnaryReactor* ClusterService::NodeStatus(grpc::CallbackServerContext
   std::shared_ptr<const ClusterMap> map = maps_->Current();
   response->set_epoch(map != nullptr ? map->epoch() : 0);
   response->set_map_version(map != nullptr ? map->version() : 0);
-  for (const ShardStatus& s : backend_->Status()) {
+  for (ShardStatus& s : backend_->Status()) {
+    backend_->AddStoredState(s);
     // The metadata replica is reported apart (its id does not fit uint32).
     v1::ShardStatus* out =
         s.shard == kMetaShard ? response->mutable_meta_shard() : response->add_shards();

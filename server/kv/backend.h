@@ -43,6 +43,10 @@ class KvBackend {
     }
     return std::nullopt;
   }
+  // Adds what the state machine knows of the replica (ShardStatus's
+  // range_version, hash_end, approximate_bytes: a few storage reads, so
+  // for Cluster.NodeStatus, not the request path). Default: nothing.
+  virtual void AddStoredState(ShardStatus& /*status*/) const {}
   // As StateMachine::Get / StateMachine::Scan.
   virtual absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const = 0;
   virtual absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,

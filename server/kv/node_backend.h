@@ -27,15 +27,19 @@ class NodeKvBackend final : public KvBackend {
                    Node::ReadCallback done) override {
     node_->ReadBarrier(shard, lease, deadline, std::move(done));
   }
-  std::vector<ShardStatus> Status() const override {
-    std::vector<ShardStatus> status = node_->Status();
-    for (ShardStatus& s : status) AddRange(s);
-    return status;
-  }
+  std::vector<ShardStatus> Status() const override { return node_->Status(); }
   absl::Status Health() const override { return node_->Health(); }
   uint64_t AbandonedProposalBytes() const override { return node_->AbandonedProposalBytes(); }
   std::optional<ShardStatus> StatusOf(ShardId shard) const override {
-    return node_->StatusOf(shard);  // the request path: no range
+    return node_->StatusOf(shard);
+  }
+  void AddStoredState(ShardStatus& s) const override {
+    absl::StatusOr<sm::ShardRange> range = state_machine_->Range(s.shard);
+    if (range.ok() && range->version > 1) {  // a split's record
+      s.range_version = range->version;
+      s.hash_end = range->end;
+    }
+    s.approximate_bytes = state_machine_->ApproximateBytes(s.shard);
   }
   absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const override {
     return state_machine_->Get(shard, key);
@@ -46,17 +50,6 @@ class NodeKvBackend final : public KvBackend {
   }
 
  private:
-  // The range the state machine has recorded (a split's), if any, and the
-  // shard's size.
-  void AddRange(ShardStatus& s) const {
-    absl::StatusOr<sm::ShardRange> range = state_machine_->Range(s.shard);
-    if (range.ok() && range->version > 1) {
-      s.range_version = range->version;
-      s.hash_end = range->end;
-    }
-    s.approximate_bytes = state_machine_->ApproximateBytes(s.shard);
-  }
-
   Node* const node_;
   const StateMachine* const state_machine_;
 };

@@ -16,6 +16,19 @@
 
 namespace tessera::server {
 
+// What the Node tells the applier about a split entry (IsSplitEntry), which
+// it applies alone, after every entry before it (conf changes included).
+struct SplitContext {
+  // No learner and no joint change in the shard's configuration as of the
+  // entry: the same on every replica, so the split applies on all of them
+  // or on none.
+  bool membership_stable = false;
+  // This node already hosts the new shard (e.g. an empty replica waiting
+  // for its leader's snapshot): its data is not written here. Local only;
+  // changes nothing of the splitting shard.
+  bool new_shard_hosted = false;
+};
+
 // One committed raft entry of one shard, as the applier sees it. `data` is a
 // serialized serverpb::Command, or empty for entries that only advance the
 // applied index (a new leader's empty entry, a membership change).
@@ -23,19 +36,7 @@ struct CommittedEntry {
   ShardId shard = 0;
   uint64_t index = 0;
   std::string data;
-  // Set by the Node for a split entry (IsSplitEntry), which it applies
-  // alone, after every entry before it (conf changes included).
-  struct Split {
-    // No learner and no joint change in the shard's configuration as of
-    // this entry: the same on every replica, so the split applies on all
-    // of them or on none.
-    bool membership_stable = false;
-    // This node already hosts the new shard (e.g. an empty replica waiting
-    // for its leader's snapshot): its data is not written here. Local only;
-    // changes nothing of the splitting shard.
-    bool new_shard_hosted = false;
-  };
-  std::optional<Split> split;
+  std::optional<SplitContext> split;  // set by the Node for a split entry
 };
 
 // The first byte of a serialized serverpb::Command whose lowest field is

@@ -1890,7 +1890,7 @@ absl::Status Node::Impl::ApplySplit(Shard& s, const raftpb::Entry& e) {
   const ShardId child = parsed ? command.split().new_shard() : 0;
   const raftpb::ConfState conf = s.raw->conf_state();
   CommittedEntry entry{.shard = s.id, .index = e.index(), .data = e.data()};
-  CommittedEntry::Split& split = entry.split.emplace();
+  SplitContext& split = entry.split.emplace();
   split.membership_stable = conf.learners().empty() && conf.learners_next().empty() &&
                             conf.voters_outgoing().empty() && !conf.voters().empty();
   bool booted = false;

@@ -212,7 +212,7 @@ struct ShardStatus {
   std::vector<NodeId> learners;
   // The hash range the replica has applied (v1::ShardStatus): 0, 0 for a
   // shard that never split. The Node leaves them 0; the KV backend fills
-  // them from the state machine.
+  // them from the state machine (KvBackend::AddStoredState).
   uint64_t range_version = 0;
   uint64_t hash_end = 0;
   // About how many bytes its keys and values take (KvStore::

@@ -26,31 +26,12 @@ while [[ $# -gt 0 ]]; do
     *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
-export TESSERA_SKIP_BUILD=1 TESSERA_PORT_BASE=7400 TESSERA_CLUSTER_DIR
-TESSERA_CLUSTER_DIR=$(mktemp -d /tmp/tessera-rebalance.XXXXXX)
-bench=build/release/client/bench/tessera-bench
-cli=build/release/client/tessera
-endpoints=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
-bench_pid=
-cleanup() {
-  [[ -n $bench_pid ]] && kill "$bench_pid" 2>/dev/null
-  ./deploy/local-cluster.sh down >/dev/null 2>&1 || true
-  [[ -n ${KEEP:-} ]] || rm -rf "$TESSERA_CLUSTER_DIR"
-}
-trap cleanup EXIT
-
-./deploy/local-cluster.sh up --shards "$shards" >/dev/null
-echo "filling $keys keys"
-"$bench" --endpoints="$endpoints" --conns=4 --clients=64 --key-space="$keys" --fill \
-  --total=1 --json-only put >/dev/null
-echo "puts before (15 s):"
-"$bench" --endpoints="$endpoints" --conns=4 --clients="$clients" --key-space="$keys" \
-  --duration=15s --json-only put
+source tests/bench/local_bench_lib.sh
+bench_start rebalance
 
 # Puts for the next --during seconds (tessera-bench runs to its end), the
 # node added now.
-"$bench" --endpoints="$endpoints" --conns=4 --clients="$clients" --key-space="$keys" \
-  --duration="${during}s" --json-only put >"$TESSERA_CLUSTER_DIR/during.json" &
+bench_put --clients="$clients" --duration="${during}s" >"$TESSERA_CLUSTER_DIR/during.json" &
 bench_pid=$!
 sleep 2
 start=$(date +%s.%N)

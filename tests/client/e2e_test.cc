@@ -116,6 +116,24 @@ std::map<uint32_t, int> Leaders(Client& client, ClusterProcesses& cluster) {
   return leaders;
 }
 
+// A client of `cluster` (batched stream as given, 1 s attempts), once every
+// shard has a leader (bounded: the test fails after 60 s).
+void ConnectWhenReady(ClusterProcesses& cluster, bool use_batch_stream,
+                      std::unique_ptr<Client>* out) {
+  ClientOptions options;
+  options.endpoints = cluster.endpoints();
+  options.use_batch_stream = use_batch_stream;
+  options.attempt_timeout = absl::Seconds(1);
+  absl::StatusOr<std::unique_ptr<Client>> created = Client::Create(options);
+  ASSERT_THAT(created, IsOk());
+  const absl::Time ready_by = absl::Now() + absl::Seconds(60);
+  while (Leaders(**created, cluster).size() < kShards) {
+    ASSERT_LT(absl::Now(), ready_by) << "cluster not ready";
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  *out = *std::move(created);
+}
+
 // Writers keep putting while the node leading the most shards is killed
 // (kill -9): no write fails and none applies twice (each key's version
 // equals the number of puts acknowledged). With the batched stream (the
@@ -123,19 +141,9 @@ std::map<uint32_t, int> Leaders(Client& client, ClusterProcesses& cluster) {
 // flight on it, which are retried elsewhere with the same session seq.
 void LeaderKilledMidWorkload(bool use_batch_stream) {
   ClusterProcesses cluster;
-  ClientOptions options;
-  options.endpoints = cluster.endpoints();
-  options.use_batch_stream = use_batch_stream;
-  options.attempt_timeout = absl::Seconds(1);
-  absl::StatusOr<std::unique_ptr<Client>> created = Client::Create(options);
-  ASSERT_THAT(created, IsOk());
-  Client& client = **created;
-
-  const absl::Time ready_by = absl::Now() + absl::Seconds(60);
-  while (Leaders(client, cluster).size() < kShards) {
-    ASSERT_LT(absl::Now(), ready_by) << "cluster not ready";
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, use_batch_stream, &connected));
+  Client& client = *connected;
 
   constexpr int kWriters = 4;
   constexpr int kKeysPerWriter = 8;
@@ -229,17 +237,9 @@ TEST(ClientEndToEnd, LeaderKilledMidWorkloadNoWriteFailsNoneAppliedTwiceUnary) {
 // the new shard afterwards.
 TEST(ClientEndToEnd, AShardSplitsUnderLoadNoRequestFailsNoneAppliedTwice) {
   ClusterProcesses cluster;
-  ClientOptions options;
-  options.endpoints = cluster.endpoints();
-  options.attempt_timeout = absl::Seconds(1);
-  absl::StatusOr<std::unique_ptr<Client>> created = Client::Create(options);
-  ASSERT_THAT(created, IsOk());
-  Client& client = **created;
-  const absl::Time ready_by = absl::Now() + absl::Seconds(60);
-  while (Leaders(client, cluster).size() < kShards) {
-    ASSERT_LT(absl::Now(), ready_by) << "cluster not ready";
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  Client& client = *connected;
 
   // Keys of shard 0 only: the one that splits.
   constexpr uint32_t kSplit = 0;

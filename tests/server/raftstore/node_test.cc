@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
@@ -50,7 +51,7 @@ class PutApplier : public Applier {
 
   absl::Status Apply(absl::Span<const CommittedEntry> entries,
                      std::vector<serverpb::CommandResult>* results) override {
-    if (before_apply) TESSERA_RETURN_IF_ERROR(before_apply());
+    TESSERA_RETURN_IF_ERROR(BeforeApply());
     results->assign(entries.size(), serverpb::CommandResult());
     std::vector<storage::ShardWrite> writes;
     absl::flat_hash_map<ShardId, uint64_t> applied;
@@ -81,12 +82,26 @@ class PutApplier : public Applier {
   }
 
   // Runs first in every Apply, on the raft loop thread (fault injection:
-  // an error, or blocking). Set before the node applies anything, or while
-  // no Apply runs (tests set it once, before proposing).
-  std::function<absl::Status()> before_apply;
+  // an error, or blocking). May be set while the node runs.
+  void SetBeforeApply(std::function<absl::Status()> hook) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    before_apply_ = std::move(hook);
+  }
+
+ protected:
+  absl::Status BeforeApply() ABSL_LOCKS_EXCLUDED(mu_) {
+    std::function<absl::Status()> hook;
+    {
+      absl::MutexLock lock(&mu_);
+      hook = before_apply_;
+    }
+    return hook ? hook() : absl::OkStatus();
+  }
 
  private:
   storage::KvStore* const kv_;
+  absl::Mutex mu_;
+  std::function<absl::Status()> before_apply_ ABSL_GUARDED_BY(mu_);
 };
 
 serverpb::Command PutCommand(const std::string& key, const std::string& value) {
@@ -133,7 +148,7 @@ class StateMachineApplier : public PutApplier {
   explicit StateMachineApplier(storage::KvStore* kv) : PutApplier(kv), sm_(kv, {}) {}
   absl::Status Apply(absl::Span<const CommittedEntry> entries,
                      std::vector<serverpb::CommandResult>* results) override {
-    if (before_apply) TESSERA_RETURN_IF_ERROR(before_apply());
+    TESSERA_RETURN_IF_ERROR(BeforeApply());
     return sm_.Apply(entries, results);
   }
   StateMachine& state_machine() { return sm_; }
@@ -1173,9 +1188,8 @@ TEST(Node, ApplyErrorStopsTheNodeAndFailsRequestsUnavailable) {
   ASSERT_THAT(c.PutOnLeader(1, "k", "v"), IsOk());
   const NodeId leader = c.WaitForLeader(1);
   ASSERT_NE(leader, 0u);
-  c.applier(leader).before_apply = [] {
-    return absl::ResourceExhaustedError("no space left on /injected");
-  };
+  c.applier(leader).SetBeforeApply(
+      [] { return absl::ResourceExhaustedError("no space left on /injected"); });
   EXPECT_THAT(Cluster::Put(c.node(leader), 1, "k2", "v2"),
               StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("no space left")));
   absl::StatusOr<absl::Status> fatal = c.WaitForFatal(leader);
@@ -1198,10 +1212,10 @@ TEST(Node, HealthReportsAWedgedLoop) {
   ASSERT_NE(leader, 0u);
   EXPECT_THAT(c.node(leader).Health(), IsOk());
   absl::Notification release;
-  c.applier(leader).before_apply = [&release] {
+  c.applier(leader).SetBeforeApply([&release] {
     release.WaitForNotificationWithTimeout(kWait);
     return absl::OkStatus();
-  };
+  });
   absl::Notification put_done;
   c.node(leader).Propose(1, PutCommand("k2", "v2"), absl::Now() + kWait,
                          [&](absl::StatusOr<serverpb::CommandResult>) { put_done.Notify(); });
@@ -1604,14 +1618,14 @@ TEST(Split, ACrashBetweenTheStartingPointAndTheDataRedoesTheSplit) {
   const NodeId victim = OtherThan(leader);
   ASSERT_TRUE(WaitFor([&] { return c.Get(victim, 1, upper.back()).has_value(); }));
   std::atomic<bool> failed{false};
-  c.applier(victim).before_apply = [&c, &failed, victim]() -> absl::Status {
+  c.applier(victim).SetBeforeApply([&c, &failed, victim]() -> absl::Status {
     // The split's Apply comes after its starting point was saved.
     absl::StatusOr<storage::LogState> st = c.engine(victim).raft_log().State(kChild);
     if (st.ok() && st->snapshot.index() > 0 && !failed.exchange(true)) {
       return absl::InternalError("TEST: crash before the split's data");
     }
     return absl::OkStatus();
-  };
+  });
   absl::StatusOr<serverpb::CommandResult> r =
       Propose(c.node(leader), 1, SplitCommand(kChild, kHalf, 1));
   ASSERT_THAT(r, IsOk());
