@@ -277,8 +277,7 @@ void Scheduler::CarryOutSplit(const ClusterMap& map, const ShardLayout& layout,
                               const ShardStatus* leader, NodeId leader_node) {
   const ShardId shard = layout.id;
   const uint64_t split_hash = layout.split_hash;
-  if (leader->range_version == layout.range_version + 1 && leader->hash_end == split_hash - 1) {
-    // Applied: record it.
+  auto record = [&] {
     absl::StatusOr<ClusterMap> recorded = change_map_([&](const ClusterMap& current) {
       if (shard >= current.shards().size() || current.shards()[shard].split_hash != split_hash) {
         return absl::StatusOr<ClusterMap>(absl::AbortedError("the split changed meanwhile"));
@@ -290,7 +289,9 @@ void Scheduler::CarryOutSplit(const ClusterMap& map, const ShardLayout& layout,
       log_(absl::StrCat("shard ", shard, ": split; hashes from ", split_hash, " are shard ",
                         map.num_shards(), " (cluster map version ", recorded->version(), ")"));
     }
-    return;
+  };
+  if (leader->range_version == layout.range_version + 1 && leader->hash_end == split_hash - 1) {
+    return record();  // applied (asked in an earlier round)
   }
   if (std::max<uint64_t>(leader->range_version, 1) != layout.range_version ||
       !leader->learners.empty() || !leader->voters_outgoing.empty()) {
@@ -306,6 +307,10 @@ void Scheduler::CarryOutSplit(const ClusterMap& map, const ShardLayout& layout,
   log_(absl::StrCat("shard ", shard, ": splitting at hash ", split_hash, " into shard ",
                     map.num_shards(), " (asked its leader, node ", leader_node,
                     asked.ok() ? ")" : absl::StrCat("; not yet: ", asked.message(), ")")));
+  // The leader answers once it applied the split: recorded at once, so the
+  // shard refuses the keys it gave away (clients retrying on stale routes)
+  // for as short a time as possible.
+  if (asked.ok()) record();
 }
 
 void Scheduler::Run() {

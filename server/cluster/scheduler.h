@@ -42,8 +42,9 @@
 // Splits: a split recorded in progress (ShardLayout::split_hash, by
 // `tessera cluster split-shard`) is proposed to the shard's leader once its
 // configuration is stable (no learner, no joint change); once the leader
-// reports the shrunken range (ShardStatus::range_version), the map records
-// the split (the new shard, id num_shards, on the same replicas). Moves
+// answers that it applied it (or, after a crash, reports the shrunken range:
+// ShardStatus::range_version), the map records the split (the new shard,
+// id num_shards, on the same replicas). Moves
 // skip a splitting shard, and a moving one does not start a split. With
 // split_bytes, the scheduler itself records a split of the largest shard
 // at or above it (one at a time).

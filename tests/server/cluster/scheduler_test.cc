@@ -123,6 +123,7 @@ class ModelCluster : public ClusterControl {
     child.hash_end = split.hash_end();
     for (NodeId v : sh.voters) hosted[v][split.new_shard()] = 1000;
     calls.push_back(absl::StrCat("shard ", shard, ": split into ", split.new_shard()));
+    if (lose_split_answer) return absl::DeadlineExceededError("the answer was lost");
     return absl::OkStatus();
   }
 
@@ -133,6 +134,7 @@ class ModelCluster : public ClusterControl {
   std::map<NodeId, std::map<ShardId, uint64_t>> hosted;  // node -> shard -> applied index
   std::set<NodeId> down;
   std::vector<std::string> calls;
+  bool lose_split_answer = false;  // Split applies, but its caller hears nothing
 };
 
 class SchedulerTest : public ::testing::Test {
@@ -377,9 +379,12 @@ TEST_F(SchedulerTest, ASplitIsProposedThenRecordedAndNoMoveCrossesIt) {
   model_.down.insert(before.replicas[0]);
   EXPECT_THAT(Manual(), ElementsAre());
   model_.down.clear();
+  // The leader's answer lost: recorded in a later round, from the range
+  // the leader reports.
+  model_.lose_split_answer = true;
   EXPECT_THAT(Manual(), ElementsAre("shard 1: split into 2"));
-  // Recorded once the leader reports it; nothing is deleted or moved
-  // (leaders may be handed around).
+  EXPECT_EQ(maps_.Current()->num_shards(), 2u);
+  // Nothing is deleted or moved (leaders may be handed around).
   auto no_replica_change = [](const std::vector<std::string>& calls) {
     for (const std::string& call : calls) {
       if (call.find("leader") == std::string::npos) return false;
@@ -396,6 +401,12 @@ TEST_F(SchedulerTest, ASplitIsProposedThenRecordedAndNoMoveCrossesIt) {
   EXPECT_EQ(after.shards()[2].replicas, before.replicas);
   EXPECT_EQ(after.shards()[1].range_version, 2u);
   for (int i = 0; i < 5; ++i) EXPECT_TRUE(no_replica_change(Round()));
+  // Answered: recorded in the same round.
+  model_.lose_split_answer = false;
+  maps_.Set(std::make_shared<const ClusterMap>(*maps_.Current()->WithSplitStarted(0)));
+  EXPECT_THAT(Manual(), ElementsAre("shard 0: split into 3"));
+  EXPECT_EQ(maps_.Current()->num_shards(), 4u);
+  EXPECT_EQ(maps_.Current()->Splitting(), nullptr);
 }
 
 TEST_F(SchedulerTest, AShardAboveTheSizeThresholdIsSplitOnceAndNotByDefault) {
