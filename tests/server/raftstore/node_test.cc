@@ -1667,19 +1667,25 @@ TEST(Split, ReplicasThatMissedItCatchUpByLogOrBySnapshot) {
     ASSERT_THAT(c.PutOnLeader(1, lower[i % lower.size()], absl::StrCat("w", i)), IsOk());
     ASSERT_THAT(c.PutOnLeader(kChild, upper[i % upper.size()], absl::StrCat("w", i)), IsOk());
   }
-  leader = c.WaitForLeader(1);
-  ASSERT_TRUE(WaitFor([&] {
-    absl::StatusOr<storage::LogState> st = c.engine(leader).raft_log().State(1);
-    return st.ok() && st->first_index > 60;
-  }));
+  // Every node but the cut one compacts past the split (index 43), so
+  // whichever leads after the heal can only send a snapshot.
+  for (NodeId id = 1; id <= 5; ++id) {
+    if (id == cut) continue;
+    EXPECT_TRUE(WaitFor([&] {
+      absl::StatusOr<storage::LogState> st = c.engine(id).raft_log().State(1);
+      return st.ok() && st->first_index > 60;
+    })) << "node "
+        << id;
+  }
   c.net().Heal();
   // The parent's snapshot: the lower half, split already.
   auto& sm = static_cast<StateMachineApplier&>(c.applier(cut)).state_machine();
+  // The data lands before the node counts the snapshot: wait for both.
   EXPECT_TRUE(WaitFor([&] {
     absl::StatusOr<sm::ShardRange> range = sm.Range(1);
-    return range.ok() && range->version == 2;
+    std::optional<ShardStatus> status = c.StatusOf(cut, 1);
+    return range.ok() && range->version == 2 && status && status->snapshots_installed > 0;
   }));
-  EXPECT_GT(c.StatusOf(cut, 1)->snapshots_installed, 0u);
   for (const std::string& k : lower) EXPECT_TRUE(c.Get(cut, 1, k).has_value()) << k;
   for (const std::string& k : upper) EXPECT_FALSE(c.Get(cut, 1, k).has_value()) << k;
   EXPECT_FALSE(c.StatusOf(cut, kChild).has_value());
