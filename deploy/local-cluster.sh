@@ -25,7 +25,8 @@
 #              every node holds within one of the mean.
 #   remove N   decommission node N (`tessera cluster remove-node`): its
 #              replicas move to the others, then it exits; waits for that.
-#              Nodes of the metadata group (the first five) cannot leave.
+#              A node holding a metadata replica (the founders) leaves
+#              once some staying node holds none (after an `add`).
 #
 # State lives in $TESSERA_CLUSTER_DIR (default ./.tessera): cluster.env (the
 # founding node count and shard count chosen by `up`, the node count `add`

@@ -164,7 +164,7 @@ absl::StatusOr<ClusterMap> ClusterMap::Create(std::vector<MemberInfo> members, u
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   });
   for (size_t r = 0; r < std::min<size_t>(kMetaReplication, weights.size()); ++r) {
-    map.meta_replicas_.push_back(weights[r].second);
+    map.meta_.replicas.push_back(weights[r].second);
   }
   map.cluster_id_ = ComputeClusterId(members);
   map.members_ = std::move(members);
@@ -237,7 +237,7 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
     plain.DiscardUnknownFields();
     plain.set_version(map->version_);
     if (plain.meta_replicas().empty()) {
-      for (NodeId id : map->meta_replicas_) plain.add_meta_replicas(id);
+      for (NodeId id : map->meta_.replicas) plain.add_meta_replicas(id);
     }
     if (plain.cluster_id() == 0) plain.set_cluster_id(map->cluster_id_);
     for (v1::ShardInfo& s : *plain.mutable_shards()) {
@@ -306,7 +306,16 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
     std::vector<NodeId> meta = Ids(proto.meta_replicas());
     absl::Status ids = CheckIds(*map, meta, {}, "the metadata group");
     if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("cluster map: ", ids.message()));
-    map->meta_replicas_ = std::move(meta);
+    map->meta_.replicas = std::move(meta);
+  }
+  if (proto.has_meta()) {
+    ShardLayout& meta = map->meta_;
+    meta.learners = Ids(proto.meta().learners());
+    absl::Status ids = CheckIds(*map, meta.learners, meta.replicas, "the metadata group");
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("cluster map: ", ids.message()));
+    meta.conf_version = std::max<uint64_t>(proto.meta().conf_version(), 1);
+    meta.move_from = proto.meta().move_from();
+    meta.move_to = proto.meta().move_to();
   }
   return map;
 }
@@ -314,9 +323,7 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
 absl::StatusOr<ClusterMap> ClusterMap::WithShardReplicas(ShardId shard, std::vector<NodeId> voters,
                                                          std::vector<NodeId> learners,
                                                          NodeId move_from, NodeId move_to) const {
-  if (shard >= shards_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
-  }
+  if (Layout(shard) == nullptr) return absl::InvalidArgumentError(absl::StrCat("no shard ", shard));
   if (voters.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("shard ", shard, " would have no voter"));
   }
@@ -325,7 +332,7 @@ absl::StatusOr<ClusterMap> ClusterMap::WithShardReplicas(ShardId shard, std::vec
   if (!ids.ok()) return ids;
   ClusterMap next = *this;
   ++next.version_;
-  ShardLayout& layout = next.shards_[shard];
+  ShardLayout& layout = shard == kMetaShard ? next.meta_ : next.shards_[shard];
   layout.replicas = std::move(voters);
   layout.learners = std::move(learners);
   ++layout.conf_version;
@@ -429,14 +436,23 @@ absl::StatusOr<ClusterMap> ClusterMap::WithoutMember(NodeId id) const {
 
 absl::StatusOr<ClusterMap> ClusterMap::WithLeaving(NodeId id) const {
   if (FindMember(id) == nullptr) return absl::NotFoundError(absl::StrCat("no member ", id));
-  if (HostsMeta(id)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "member ", id, " holds a replica of the metadata group, which does not move yet"));
-  }
   if (IsLeaving(id)) return absl::AlreadyExistsError(absl::StrCat("member ", id, " is leaving"));
   if (members_.size() - leaving_.size() < 2) {
     return absl::FailedPreconditionError(
         absl::StrCat("no other member could take the replicas of member ", id));
+  }
+  if (HostsMeta(id)) {
+    // Its metadata replica needs a member that has none and stays.
+    bool taker = false;
+    for (const MemberInfo& m : members_) {
+      taker = taker || (m.id != id && !IsLeaving(m.id) && !HostsMeta(m.id));
+    }
+    if (!taker) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("member ", id,
+                       " holds a replica of the metadata group and every other member already "
+                       "holds one: add a member first"));
+    }
   }
   ClusterMap next = *this;
   ++next.version_;
@@ -449,7 +465,13 @@ bool ClusterMap::IsLeaving(NodeId node) const {
 }
 
 bool ClusterMap::HostsMeta(NodeId node) const {
-  return std::find(meta_replicas_.begin(), meta_replicas_.end(), node) != meta_replicas_.end();
+  return std::find(meta_.replicas.begin(), meta_.replicas.end(), node) != meta_.replicas.end() ||
+         std::find(meta_.learners.begin(), meta_.learners.end(), node) != meta_.learners.end();
+}
+
+const ShardLayout* ClusterMap::Layout(ShardId shard) const {
+  if (shard == kMetaShard) return &meta_;
+  return shard < shards_.size() ? &shards_[shard] : nullptr;
 }
 
 absl::StatusOr<ClusterMap> ClusterMap::Parse(absl::string_view initial_cluster, uint32_t num_shards,
@@ -515,7 +537,14 @@ v1::ClusterMap ClusterMap::ToProto() const {
     shard->set_move_to(s.move_to);
     shard->set_split_hash(s.split_hash);
   }
-  for (NodeId id : meta_replicas_) proto.add_meta_replicas(id);
+  for (NodeId id : meta_.replicas) proto.add_meta_replicas(id);
+  if (meta_.conf_version > 1 || !meta_.learners.empty() || meta_.move_to != 0) {
+    v1::ShardInfo* meta = proto.mutable_meta();
+    for (NodeId l : meta_.learners) meta->add_learners(l);
+    meta->set_conf_version(meta_.conf_version);
+    meta->set_move_from(meta_.move_from);
+    meta->set_move_to(meta_.move_to);
+  }
   proto.set_cluster_id(cluster_id_);
   for (NodeId id : leaving_) proto.add_leaving(id);
   return proto;

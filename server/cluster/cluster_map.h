@@ -47,9 +47,11 @@
 //
 // Metadata group: the replicated copy of the map lives in a small raft group,
 // shard kMetaShard (outside the uint32 range of client shards, so no client
-// request can name it), hosted on MetaReplicas(): the kMetaReplication
-// members with the highest PlacementWeight(kMetaShard, m), or every member
-// when there are fewer. See meta_group.h and server/README.md.
+// request can name it), bootstrapped on the kMetaReplication members with the
+// highest PlacementWeight(kMetaShard, m), or every member when there are
+// fewer. Its replicas move like a shard's (meta(): a ShardLayout with id
+// kMetaShard and no hash range), so a member holding one can leave or die.
+// See meta_group.h and server/README.md.
 //
 // ClusterMap is immutable after construction and thread-safe;
 // ClusterMapCache is thread-safe.
@@ -132,7 +134,8 @@ class ClusterMap {
   //
   // `shard`'s voters and learners become the given ones (conf_version + 1)
   // and its move is set (0, 0 = none). Errors: kInvalidArgument (unknown
-  // shard or member, no voter, a member listed twice).
+  // shard or member, no voter, a member listed twice). `shard` may be
+  // kMetaShard (the metadata group).
   absl::StatusOr<ClusterMap> WithShardReplicas(ShardId shard, std::vector<NodeId> voters,
                                                std::vector<NodeId> learners, NodeId move_from,
                                                NodeId move_to) const;
@@ -157,8 +160,8 @@ class ClusterMap {
   // group). Errors: kNotFound, kFailedPrecondition (it still holds some).
   absl::StatusOr<ClusterMap> WithoutMember(NodeId id) const;
   // Marks a member leaving (decommission: its replicas move off). Errors:
-  // kNotFound; kFailedPrecondition (it holds a metadata replica, or no
-  // other member is left to take its replicas).
+  // kNotFound; kFailedPrecondition (no other member is left to take its
+  // replicas, or, when it holds a metadata replica, none to take that).
   absl::StatusOr<ClusterMap> WithLeaving(NodeId id) const;
 
   // The --initial-cluster members alone. Errors: kInvalidArgument.
@@ -178,10 +181,16 @@ class ClusterMap {
   // Indexed by shard id.
   const std::vector<ShardLayout>& shards() const { return shards_; }
 
-  // The members holding the metadata group (kMetaShard), by decreasing
-  // placement weight.
-  const std::vector<NodeId>& meta_replicas() const { return meta_replicas_; }
+  // The voters of the metadata group (kMetaShard), by decreasing placement
+  // weight at bootstrap.
+  const std::vector<NodeId>& meta_replicas() const { return meta_.replicas; }
+  // The metadata group's layout: voters, learners, move, conf_version.
+  const ShardLayout& meta() const { return meta_; }
+  // Whether `node` holds any replica (voter or learner) of the metadata
+  // group: whether it should host one.
   bool HostsMeta(NodeId node) const;
+  // The layout of `shard` (a client shard or kMetaShard), or nullptr.
+  const ShardLayout* Layout(ShardId shard) const;
   // Members being decommissioned, by increasing id.
   const std::vector<NodeId>& leaving() const { return leaving_; }
   bool IsLeaving(NodeId node) const;
@@ -217,7 +226,7 @@ class ClusterMap {
   uint32_t replication_ = 0;
   std::vector<MemberInfo> members_;
   std::vector<ShardLayout> shards_;
-  std::vector<NodeId> meta_replicas_;
+  ShardLayout meta_{.id = kMetaShard};
   std::vector<NodeId> leaving_;
   // The shards' hash_start in increasing order, and the shard of each.
   std::vector<uint64_t> range_starts_;

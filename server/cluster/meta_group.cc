@@ -51,21 +51,29 @@ std::optional<v1::ClusterMap> MetaGroup::ReadLocal(const KvBackend& backend) {
 }
 
 absl::StatusOr<std::optional<std::string>> MetaGroup::ReadStored() const {
-  if (backend_ == nullptr) {
-    if (remote_ == nullptr) return absl::FailedPreconditionError("no way to read the map");
-    return remote_();
+  if (const std::optional<ShardStatus> local = LocalReplica()) {
+    absl::StatusOr<v1::GetResponse> got = backend_->Get(kMetaShard, kMetaMapKey);
+    if (got.ok() && got->found()) return std::optional<std::string>(got->kv().value());
+    // Nothing here yet: a founder's new group (its leader bootstraps it),
+    // or a replica still waiting for its first snapshot (other members
+    // have the map).
+    if (remote_ == nullptr || local->role == "leader") {
+      if (!got.ok()) return got.status();
+      return std::optional<std::string>();
+    }
   }
-  absl::StatusOr<v1::GetResponse> got = backend_->Get(kMetaShard, kMetaMapKey);
-  if (!got.ok()) return got.status();
-  if (!got->found()) return std::optional<std::string>();
-  return std::optional<std::string>(got->kv().value());
+  if (remote_ == nullptr) return absl::FailedPreconditionError("no way to read the map");
+  return remote_();
+}
+
+std::optional<ShardStatus> MetaGroup::LocalReplica() const {
+  if (backend_ == nullptr) return std::nullopt;
+  return backend_->StatusOf(kMetaShard);
 }
 
 bool MetaGroup::LeadsMetaGroup() const {
-  for (const ShardStatus& s : backend_->Status()) {
-    if (s.shard == kMetaShard) return s.role == "leader";
-  }
-  return false;
+  const std::optional<ShardStatus> local = LocalReplica();
+  return local.has_value() && local->role == "leader";
 }
 
 void MetaGroup::ProposeBootstrap() {
@@ -118,8 +126,9 @@ absl::StatusOr<ClusterMap> MetaGroup::Check(const ClusterMap& expected_map, Node
 }
 
 absl::StatusOr<ClusterMap> MetaGroup::Change(const Mutation& mutate) const {
-  if (backend_ == nullptr) {
-    return absl::FailedPreconditionError("this node holds no replica of the metadata group");
+  if (!LocalReplica().has_value()) {
+    // Another member leads it (callers ask each member in turn).
+    return absl::UnavailableError("this node holds no replica of the metadata group");
   }
   absl::StatusOr<v1::GetResponse> got = backend_->Get(kMetaShard, kMetaMapKey);
   if (!got.ok()) return got.status();
@@ -196,15 +205,28 @@ void MetaGroup::Run() {
   int polls = 0;
   do {
     absl::StatusOr<std::optional<std::string>> stored = ReadStored();
-    if (stored.ok() && !stored->has_value() && backend_ != nullptr && LeadsMetaGroup()) {
+    if (stored.ok() && !stored->has_value() && LeadsMetaGroup()) {
       ProposeBootstrap();
     } else if (stored.ok() && stored->has_value() && **stored != last_seen_) {
       last_seen_ = **stored;
       if (!Accept(last_seen_)) return;
-    } else if (on_map_ != nullptr && ++polls % kRetellEvery == 0) {
+    } else if (++polls % kRetellEvery == 0) {
+      if (remote_ != nullptr && LocalReplica().has_value() && !LeadsMetaGroup()) {
+        // A local replica that follows may have been removed from the group
+        // (its replica moved away, or the whole node was removed) and
+        // stopped hearing of new maps: now and then ask the others too
+        // (Accept keeps the newer).
+        absl::StatusOr<std::optional<std::string>> remote = remote_();
+        if (remote.ok() && remote->has_value() && **remote != last_seen_) {
+          last_seen_ = **remote;
+          if (!Accept(last_seen_)) return;
+        }
+      }
       // Told again now and then: what it could not do at first (or what
       // was undone since) gets done.
-      if (std::shared_ptr<const ClusterMap> current = cache_->Current()) on_map_(current);
+      if (on_map_ != nullptr) {
+        if (std::shared_ptr<const ClusterMap> current = cache_->Current()) on_map_(current);
+      }
     }
   } while (!stop_.WaitForNotificationWithTimeout(options_.poll_interval));
 }

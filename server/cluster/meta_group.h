@@ -6,12 +6,13 @@
 // (replicas: ClusterMap::meta_replicas()); its replicated state holds the
 // serialized v1::ClusterMap under the single key kMetaMapKey. A background
 // thread, every poll_interval:
-//  1. reads the stored value: on a node with a metadata replica, from the
-//     local replica's applied state (KvBackend::Get, no read barrier: a
-//     lagging replica sees an older version, which the next polls replace;
-//     nothing goes back since the cache only moves forward); on other nodes
-//     through `remote` (server.cc asks the metadata members'
-//     Cluster.NodeStatus);
+//  1. reads the stored value: on a node with a metadata replica that has
+//     it, from the local replica's applied state (KvBackend::Get, no read
+//     barrier: a lagging replica sees an older version, which the next
+//     polls replace; nothing goes back since the cache only moves forward);
+//     otherwise (no replica here, or a new one still waiting for its
+//     snapshot) through `remote` (server.cc asks the members'
+//     Cluster.NodeStatus, the metadata group's first);
 //  2. when nothing is stored and the local metadata replica leads its group,
 //     bootstraps it: proposes a Txn "if kMetaMapKey does not exist, put the
 //     map computed from the flags". The compare makes it idempotent: of two
@@ -80,8 +81,10 @@ class MetaGroup {
   // Computes the next map from the stored one.
   using Mutation = std::function<absl::StatusOr<ClusterMap>(const ClusterMap& current)>;
 
-  // Starts the polling thread. `backend` serves kMetaShard (this node holds
-  // a metadata replica) or is nullptr (then `remote` is used). `log` gets
+  // Starts the polling thread. The stored map is read from `backend`'s
+  // metadata replica when this node hosts one that has it (a replica can
+  // move here or away at run time), else through `remote` (may be nullptr:
+  // local only); `backend` may be nullptr (remote only). `log` gets
   // one line per noteworthy event (bootstrap proposed, map loaded).
   MetaGroup(const MetaGroupOptions& options, ClusterMap expected, KvBackend* backend,
             RemoteReader remote, ClusterMapCache* cache, ConflictHandler on_conflict, Logger log,
@@ -117,6 +120,8 @@ class MetaGroup {
  private:
   void Run();
   absl::StatusOr<std::optional<std::string>> ReadStored() const;
+  // This node's metadata replica's raft state, if it hosts one.
+  std::optional<ShardStatus> LocalReplica() const;
   bool LeadsMetaGroup() const;
   // Proposes the bootstrap Txn and waits for its outcome (or Stop()).
   void ProposeBootstrap();

@@ -25,6 +25,18 @@ raftpb::ConfChange Change(std::initializer_list<std::pair<raftpb::ConfChangeType
   return cc;
 }
 
+// Every layout whose replicas move: the shards, then the metadata group.
+std::vector<const ShardLayout*> Layouts(const ClusterMap& map) {
+  std::vector<const ShardLayout*> all;
+  for (const ShardLayout& s : map.shards()) all.push_back(&s);
+  all.push_back(&map.meta());
+  return all;
+}
+
+std::string Name(ShardId shard) {
+  return shard == kMetaShard ? std::string("the metadata group") : absl::StrCat("shard ", shard);
+}
+
 // One shard's replicas as their nodes report them.
 struct ShardReports {
   std::map<NodeId, ShardStatus> by_node;
@@ -55,11 +67,12 @@ void Scheduler::Stop() {
 
 absl::StatusOr<ClusterMap> Scheduler::RecordMove(const ClusterMap& map, ShardId shard, NodeId from,
                                                  NodeId to) {
-  if (shard >= map.shards().size()) {
+  const ShardLayout* found = map.Layout(shard);
+  if (found == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("no shard ", shard, " (the cluster has ", map.shards().size(), ")"));
   }
-  const ShardLayout& layout = map.shards()[shard];
+  const ShardLayout& layout = *found;
   if (!Contains(layout.replicas, from)) {
     return absl::InvalidArgumentError(
         absl::StrCat("node ", from, " holds no voting replica of shard ", shard));
@@ -72,11 +85,11 @@ absl::StatusOr<ClusterMap> Scheduler::RecordMove(const ClusterMap& map, ShardId 
         absl::StrCat("node ", to, " already holds a replica of shard ", shard));
   }
   if (layout.move_to != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("shard ", shard, " is already moving from ",
+    return absl::FailedPreconditionError(absl::StrCat(Name(shard), " is already moving from ",
                                                       layout.move_from, " to ", layout.move_to));
   }
   if (layout.split_hash != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("shard ", shard, " is splitting"));
+    return absl::FailedPreconditionError(absl::StrCat(Name(shard), " is splitting"));
   }
   std::vector<NodeId> learners = layout.learners;
   learners.push_back(to);
@@ -113,7 +126,8 @@ bool Scheduler::Evacuate(const ClusterMap& map, const std::vector<NodeId>& live,
     auto seen = last_answer_.find(m.id);
     const bool dead = seen != last_answer_.end() && now - seen->second >= options_.dead_after;
     if (!leaving && !dead) continue;
-    for (const ShardLayout& s : map.shards()) {
+    for (const ShardLayout* layout : Layouts(map)) {
+      const ShardLayout& s = *layout;
       if (moving >= options_.max_moves) return recorded_any;
       if (s.move_to != 0 || s.split_hash != 0 || !Contains(s.replicas, m.id)) continue;
       NodeId to = 0;
@@ -134,7 +148,7 @@ bool Scheduler::Evacuate(const ClusterMap& map, const std::vector<NodeId>& live,
       log_(absl::StrCat(leaving ? absl::StrCat("decommissioning node ", from)
                                 : absl::StrCat("node ", from, " is dead (silent for ",
                                                absl::FormatDuration(now - seen->second), ")"),
-                        ": moving shard ", shard, " to node ", to, " (cluster map version ",
+                        ": moving ", Name(shard), " to node ", to, " (cluster map version ",
                         recorded->version(), ")"));
       return recorded_any;  // one per round: `map` is stale now
     }
@@ -196,11 +210,11 @@ void Scheduler::BalanceLeaders(
 
 void Scheduler::RemoveLeft(const ClusterMap& map, const std::map<NodeId, int>& hosting) {
   for (NodeId id : map.leaving()) {
-    if (!map.ReplicasOn(id).empty()) continue;
+    if (!map.ReplicasOn(id).empty() || map.HostsMeta(id)) continue;
     // Its replicas are deleted first (garbage collection needs it listed).
     if (auto it = hosting.find(id); it != hosting.end() && it->second > 0) continue;
     bool target = false;  // still the destination of a move
-    for (const ShardLayout& s : map.shards()) target = target || s.move_to == id;
+    for (const ShardLayout* s : Layouts(map)) target = target || s->move_to == id;
     if (target) continue;
     absl::StatusOr<ClusterMap> removed =
         change_map_([id](const ClusterMap& current) { return current.WithoutMember(id); });
@@ -335,10 +349,7 @@ void Scheduler::RunOnce() {
     }
     last_answer_[m.id] = now;
     if (!map->IsLeaving(m.id)) live.push_back(m.id);
-    for (ShardStatus& s : *status) {
-      if (s.shard == kMetaShard) continue;
-      shards[s.shard].by_node[m.id] = std::move(s);
-    }
+    for (ShardStatus& s : *status) shards[s.shard].by_node[m.id] = std::move(s);
   }
   for (auto& [shard, reports] : shards) {
     for (const auto& [node, s] : reports.by_node) {
@@ -355,7 +366,8 @@ void Scheduler::RunOnce() {
   };
 
   // Moves, one step per shard and round.
-  for (const ShardLayout& layout : map->shards()) {
+  for (const ShardLayout* moving : Layouts(*map)) {
+    const ShardLayout& layout = *moving;
     if (layout.move_to == 0) continue;
     auto it = shards.find(layout.id);
     if (it == shards.end() || it->second.leader == nullptr) continue;
@@ -374,8 +386,8 @@ void Scheduler::RunOnce() {
         learner->second.applied_index + options_.catch_up_entries >= leader.commit_index;
     if (!to_voter && !to_learner) {
       if (learner == reports.by_node.end()) continue;  // its node has not created the replica yet
-      act(absl::StrCat("shard ", shard, ": adding node ", to, " as a learner (move from node ",
-                       from, ")"),
+      act(absl::StrCat(Name(shard), ": adding node ", to, " as a learner (move from node ", from,
+                       ")"),
           control_->ProposeConfChange(reports.leader_node, shard,
                                       Change({{raftpb::CONF_CHANGE_ADD_LEARNER, to}})));
     } else if (to_learner && !caught_up) {
@@ -388,19 +400,19 @@ void Scheduler::RunOnce() {
         if (other == 0 && v != from) other = v;
       }
       if (other == 0) continue;
-      act(absl::StrCat("shard ", shard, ": node ", from, " hands its leadership to node ", other,
+      act(absl::StrCat(Name(shard), ": node ", from, " hands its leadership to node ", other,
                        " before leaving"),
           control_->TransferLeader(from, shard, other));
     } else if (to_learner) {
       raftpb::ConfChange cc = from_in ? Change({{raftpb::CONF_CHANGE_ADD_NODE, to},
                                                 {raftpb::CONF_CHANGE_REMOVE_NODE, from}})
                                       : Change({{raftpb::CONF_CHANGE_ADD_NODE, to}});
-      act(absl::StrCat("shard ", shard, ": node ", to, " caught up (applied ",
+      act(absl::StrCat(Name(shard), ": node ", to, " caught up (applied ",
                        learner->second.applied_index, " of ", leader.commit_index,
                        "); promoting it", from_in ? absl::StrCat(", removing node ", from) : ""),
           control_->ProposeConfChange(reports.leader_node, shard, cc));
     } else if (from_in) {
-      act(absl::StrCat("shard ", shard, ": removing node ", from),
+      act(absl::StrCat(Name(shard), ": removing node ", from),
           control_->ProposeConfChange(reports.leader_node, shard,
                                       Change({{raftpb::CONF_CHANGE_REMOVE_NODE, from}})));
     } else {
@@ -415,13 +427,13 @@ void Scheduler::RunOnce() {
         if (!Contains(voters, v)) voters.push_back(v);
       }
       absl::StatusOr<ClusterMap> recorded = change_map_([&](const ClusterMap& current) {
-        const ShardLayout& now = current.shards()[shard];
-        if (now.move_from != from || now.move_to != to) {
+        const ShardLayout* now = current.Layout(shard);
+        if (now == nullptr || now->move_from != from || now->move_to != to) {
           return absl::StatusOr<ClusterMap>(absl::AbortedError("the move changed meanwhile"));
         }
         return current.WithShardReplicas(shard, voters, leader.learners, 0, 0);
       });
-      act(absl::StrCat("shard ", shard, ": moved from node ", from, " to node ", to,
+      act(absl::StrCat(Name(shard), ": moved from node ", from, " to node ", to,
                        recorded.ok()
                            ? absl::StrCat(" (cluster map version ", recorded->version(), ")")
                            : ""),
@@ -453,8 +465,9 @@ void Scheduler::RunOnce() {
 
   // Garbage: replicas neither the map nor their leader's configuration has.
   for (const auto& [shard, reports] : shards) {
-    if (reports.leader == nullptr || shard >= map->shards().size()) continue;
-    const ShardLayout& layout = map->shards()[shard];
+    const ShardLayout* found = map->Layout(shard);
+    if (reports.leader == nullptr || found == nullptr) continue;
+    const ShardLayout& layout = *found;
     const ShardStatus& leader = *reports.leader;
     for (const auto& [node, s] : reports.by_node) {
       if (Contains(layout.replicas, node) || Contains(layout.learners, node) ||
@@ -462,7 +475,7 @@ void Scheduler::RunOnce() {
           Contains(leader.learners, node)) {
         continue;
       }
-      act(absl::StrCat("shard ", shard, ": deleting the replica on node ", node,
+      act(absl::StrCat(Name(shard), ": deleting the replica on node ", node,
                        " (not in the shard's configuration any more)"),
           control_->RemoveReplica(node, shard));
     }

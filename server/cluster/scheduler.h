@@ -26,9 +26,11 @@
 // of the metadata group starts the clock again) are moved, up to max_moves
 // at a time, to the live member holding the fewest replicas that lacks the
 // shard; each is an ordinary move (the shard keeps a quorum of its old
-// voters throughout, as long as at most a minority of them is down). A
-// leaving member that holds nothing any more is removed from the map; the
-// node exits when it sees that.
+// voters throughout, as long as at most a minority of them is down). The
+// metadata group's replicas (ClusterMap::meta()) are moved the same way,
+// to a live member without one; it is not balanced. A leaving member that
+// holds nothing any more (its metadata replica included) is removed from
+// the map; the node exits when it sees that.
 //
 // Balancing: while fewer than max_moves moves are in progress, it records
 // one more when the member holding the most replicas (voters and learners,

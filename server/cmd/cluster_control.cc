@@ -70,6 +70,11 @@ absl::StatusOr<std::vector<ShardStatus>> GrpcClusterControl::Status(NodeId node)
   std::vector<ShardStatus> out;
   out.reserve(response.shards_size());
   for (const v1::ShardStatus& s : response.shards()) out.push_back(FromProto(s));
+  if (response.has_meta_shard()) {
+    // Reported apart: its id does not fit the wire's uint32.
+    out.push_back(FromProto(response.meta_shard()));
+    out.back().shard = kMetaShard;
+  }
   return out;
 }
 

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -39,22 +40,39 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
   return absl::OkStatus();
 }
 
-// Reads the map stored in the metadata group from the members holding a
-// replica of it (for a node without one): their Cluster.NodeStatus
-// stored_map. nullopt if a member answered without one; kUnavailable if
-// none answered.
-MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& map) {
-  std::vector<std::shared_ptr<v1::Cluster::Stub>> stubs;
-  for (NodeId id : map.meta_replicas()) {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    stubs.push_back(v1::Cluster::NewStub(grpc::CreateCustomChannel(
-        map.FindMember(id)->client_address, grpc::InsecureChannelCredentials(), args)));
-  }
-  return [stubs]() -> absl::StatusOr<std::optional<std::string>> {
+// Reads the map stored in the metadata group from other members (for a node
+// without a metadata replica, or with one still waiting for its first
+// snapshot): their Cluster.NodeStatus stored_map, asking the metadata
+// group's voters of the newest map this node has first (`flags_map` until
+// one is loaded), then the other members. nullopt if members answered but
+// none had one; kUnavailable if none answered. Called from the MetaGroup's
+// thread only.
+MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& flags_map, const ClusterMapCache* cache,
+                                        NodeId self) {
+  struct Stubs {
+    absl::flat_hash_map<std::string, std::shared_ptr<v1::Cluster::Stub>> by_address;
+  };
+  auto stubs = std::make_shared<Stubs>();
+  auto initial = std::make_shared<const ClusterMap>(flags_map);
+  return [stubs, initial, cache, self]() -> absl::StatusOr<std::optional<std::string>> {
+    std::shared_ptr<const ClusterMap> map = cache->Current();
+    if (map == nullptr) map = initial;
+    std::vector<NodeId> order = map->meta_replicas();
+    for (const MemberInfo& m : map->members()) {
+      if (std::find(order.begin(), order.end(), m.id) == order.end()) order.push_back(m.id);
+    }
     bool answered = false;
-    for (const auto& stub : stubs) {
+    for (NodeId id : order) {
+      const MemberInfo* member = map->FindMember(id);
+      if (id == self || member == nullptr) continue;
+      std::shared_ptr<v1::Cluster::Stub>& stub = stubs->by_address[member->client_address];
+      if (stub == nullptr) {
+        grpc::ChannelArguments args;
+        args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+        args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+        stub = v1::Cluster::NewStub(grpc::CreateCustomChannel(
+            member->client_address, grpc::InsecureChannelCredentials(), args));
+      }
       grpc::ClientContext context;
       context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
       v1::NodeStatusResponse status;
@@ -64,7 +82,7 @@ MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& map) {
         return std::optional<std::string>(status.stored_map().SerializeAsString());
     }
     if (answered) return std::optional<std::string>();
-    return absl::UnavailableError("no member of the metadata group answered");
+    return absl::UnavailableError("no member holding the cluster map answered");
   };
 }
 
@@ -244,7 +262,7 @@ absl::Status Server::StartParts() {
   snapshots_ = std::make_unique<SnapshotExchange>(kv_store);
   // A map already stored in this node's metadata replica is checked before
   // any shard replica is created or joins its group.
-  if (hosts_meta) {
+  {
     absl::StatusOr<v1::GetResponse> stored = state_machine_->Get(kMetaShard, kMetaMapKey);
     if (stored.ok() && stored->found()) {
       absl::StatusOr<ClusterMap> checked =
@@ -334,12 +352,24 @@ absl::Status Server::StartParts() {
                peer_server_->port(),
                peer_credentials_->secure() ? "mutual TLS" : "PLAINTEXT, --insecure-peers");
 
-  // The metadata group starts with the node; the shards follow the stored
-  // map once it is loaded (HostReplicas), and those on disk reopen.
+  // The metadata group's founders bootstrap it at their first start; every
+  // replica on disk reopens (the metadata group's included), and the shards
+  // follow the stored map once it is loaded (HostReplicas). Only a node
+  // with no raft state at all bootstraps (its first start, or one cut short
+  // by a crash before anything was saved): a founder whose metadata replica
+  // moved away must not found the group again. A map fetched by --join is
+  // a later version and founds nothing.
   NodeOptions node_options;
   node_options.id = config.node_id;
-  if (hosts_meta) {
-    node_options.shards.push_back({.shard = kMetaShard, .replicas = map.meta_replicas()});
+  {
+    absl::StatusOr<std::vector<ShardId>> on_disk = raft_log->Shards();
+    if (!on_disk.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot read the raft log's shards: ", on_disk.status().ToString()));
+    }
+    if (hosts_meta && map.version() == 1 && on_disk->empty()) {
+      node_options.shards.push_back({.shard = kMetaShard, .replicas = map.meta_replicas()});
+    }
   }
   node_options.snapshot_interval_entries = config.snapshot_interval_entries;
   node_options.tick_interval = config.tick;
@@ -411,9 +441,10 @@ absl::Status Server::StartParts() {
   kv_service_ = std::make_unique<KvService>(kv_options, maps_.get(), backend_.get());
   metrics_->SetAdmissionSource([kv = kv_service_.get()] { return kv->admission_stats(); });
   metrics_->SetBatchSource([kv = kv_service_.get()] { return kv->batch_stats(); });
-  ClusterService::StoredMapReader stored_map;
-  if (hosts_meta)
-    stored_map = [backend = backend_.get()] { return MetaGroup::ReadLocal(*backend); };
+  // Nodes without a metadata replica answer without a stored map.
+  ClusterService::StoredMapReader stored_map = [backend = backend_.get()] {
+    return MetaGroup::ReadLocal(*backend);
+  };
   cluster_service_ = std::make_unique<ClusterService>(config.node_id, maps_.get(), backend_.get(),
                                                       std::move(stored_map));
   // `tessera cluster drain N`: the same path as SIGTERM.
@@ -509,38 +540,35 @@ absl::Status Server::StartParts() {
   MetaGroupOptions meta_options;
   meta_options.self = config.node_id;
   meta_group_owned_ = std::make_unique<MetaGroup>(
-      meta_options, map, hosts_meta ? backend_.get() : nullptr,
-      hosts_meta ? nullptr : RemoteMapReader(map), maps_.get(),
-      [this](const absl::Status& status) { hooks_.on_refusal(status); },
+      meta_options, map, backend_.get(), RemoteMapReader(map, maps_.get(), config.node_id),
+      maps_.get(), [this](const absl::Status& status) { hooks_.on_refusal(status); },
       [](const std::string& line) { spdlog::info("metadata group: {}", line); },
       [this](std::shared_ptr<const ClusterMap> next) { FollowMap(*next); });
   meta_group_.store(meta_group_owned_.get(), std::memory_order_release);
-  if (hosts_meta) {
-    // The placement driver: acts while this node leads the metadata group.
-    cluster_control_ =
-        std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
-    scheduler_ = std::make_unique<Scheduler>(
-        SchedulerOptions{.max_moves = config.max_replica_moves,
-                         .dead_after = config.dead_node_timeout,
-                         .balance = config.balance_replicas,
-                         .split_bytes = config.split_shard_bytes},
-        [meta = meta_group_owned_.get()](const MetaGroup::Mutation& mutate) {
-          return meta->Change(mutate);
-        },
-        [this]() -> std::shared_ptr<const ClusterMap> {
-          std::optional<v1::ClusterMap> stored = MetaGroup::ReadLocal(*backend_);
-          absl::StatusOr<ClusterMap> map =
-              stored ? ClusterMap::FromProto(*stored) : absl::NotFoundError("none");
-          if (!map.ok()) return maps_->Current();
-          return std::make_shared<const ClusterMap>(*std::move(map));
-        },
-        [n = node_.get()] {
-          std::optional<ShardStatus> meta = n->StatusOf(kMetaShard);
-          return meta.has_value() && meta->role == "leader";
-        },
-        cluster_control_.get(),
-        [](const std::string& line) { spdlog::info("scheduler: {}", line); });
-  }
+  // The placement driver: acts while this node leads the metadata group
+  // (any member may come to hold a replica of it).
+  cluster_control_ =
+      std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
+  scheduler_ = std::make_unique<Scheduler>(
+      SchedulerOptions{.max_moves = config.max_replica_moves,
+                       .dead_after = config.dead_node_timeout,
+                       .balance = config.balance_replicas,
+                       .split_bytes = config.split_shard_bytes},
+      [meta = meta_group_owned_.get()](const MetaGroup::Mutation& mutate) {
+        return meta->Change(mutate);
+      },
+      [this]() -> std::shared_ptr<const ClusterMap> {
+        std::optional<v1::ClusterMap> stored = MetaGroup::ReadLocal(*backend_);
+        absl::StatusOr<ClusterMap> map =
+            stored ? ClusterMap::FromProto(*stored) : absl::NotFoundError("none");
+        if (!map.ok()) return maps_->Current();
+        return std::make_shared<const ClusterMap>(*std::move(map));
+      },
+      [n = node_.get()] {
+        std::optional<ShardStatus> meta = n->StatusOf(kMetaShard);
+        return meta.has_value() && meta->role == "leader";
+      },
+      cluster_control_.get(), [](const std::string& line) { spdlog::info("scheduler: {}", line); });
   metrics_->SetClusterSource([this] {
     ClusterStats stats;
     if (std::shared_ptr<const ClusterMap> map = maps_->Current()) {
@@ -573,15 +601,28 @@ void Server::FollowMap(const ClusterMap& map) {
 }
 
 void Server::HostReplicas(const ClusterMap& map) {
-  struct Pending {
-    absl::Mutex mu;
-    int left ABSL_GUARDED_BY(mu) = 0;
-  };
-  auto pending = std::make_shared<Pending>();
+  auto pending = std::make_shared<PendingReplicas>();
   absl::flat_hash_set<ShardId> hosted;
   for (const ShardStatus& s : node_->Status()) hosted.insert(s.shard);
-  for (ShardId shard : map.ReplicasOn(config_.node_id)) {
+  std::vector<ShardId> wanted = map.ReplicasOn(config_.node_id);
+  // The metadata group: a replica moving here starts empty, for a
+  // snapshot. A voter without one is only re-created while the group is on
+  // its founders (a founder whose first start crashed before saving it): a
+  // voter of a later configuration lacking it is one whose replica moved
+  // away, seeing the map from before that move.
+  const ShardLayout& meta = map.meta();
+  if (!hosted.contains(kMetaShard) &&
+      (std::find(meta.learners.begin(), meta.learners.end(), config_.node_id) !=
+           meta.learners.end() ||
+       (meta.conf_version == 1 && map.HostsMeta(config_.node_id)))) {
+    wanted.push_back(kMetaShard);
+  }
+  for (ShardId shard : wanted) {
     if (hosted.contains(shard)) continue;
+    if (shard == kMetaShard) {
+      AddReplicaHere(shard, {}, pending);
+      continue;
+    }
     // A shard still on its first replica set is a new group: its founders
     // bootstrap it. Any later replica starts empty and learns the shard
     // from its leader's snapshot.
@@ -597,26 +638,33 @@ void Server::HostReplicas(const ClusterMap& map) {
       continue;
     }
     metrics_->RegisterShards({shard});
-    {
-      absl::MutexLock lock(&pending->mu);
-      ++pending->left;
-    }
-    node_->AddReplica(shard, founders, [pending, shard, founders](absl::Status added) {
-      if (added.ok()) {
-        spdlog::info("hosting a replica of shard {}{}", shard,
-                     founders.empty() ? " (empty until its leader's snapshot)" : "");
-      } else if (added.code() != absl::StatusCode::kAlreadyExists) {
-        spdlog::error("cannot host a replica of shard {}: {}", shard, added.ToString());
-      }
-      absl::MutexLock lock(&pending->mu);
-      --pending->left;
-    });
+    AddReplicaHere(shard, founders, pending);
   }
   // Bounded: the raft loop adds them in its next cycle.
   absl::MutexLock lock(&pending->mu);
   pending->mu.AwaitWithTimeout(absl::Condition(
                                    +[](int* left) { return *left == 0; }, &pending->left),
                                absl::Seconds(10));
+}
+
+void Server::AddReplicaHere(ShardId shard, const std::vector<NodeId>& founders,
+                            const std::shared_ptr<PendingReplicas>& pending) {
+  {
+    absl::MutexLock lock(&pending->mu);
+    ++pending->left;
+  }
+  const std::string name =
+      shard == kMetaShard ? std::string("the metadata group") : absl::StrCat("shard ", shard);
+  node_->AddReplica(shard, founders, [pending, name, founders](absl::Status added) {
+    if (added.ok()) {
+      spdlog::info("hosting a replica of {}{}", name,
+                   founders.empty() ? " (empty until its leader's snapshot)" : "");
+    } else if (added.code() != absl::StatusCode::kAlreadyExists) {
+      spdlog::error("cannot host a replica of {}: {}", name, added.ToString());
+    }
+    absl::MutexLock lock(&pending->mu);
+    --pending->left;
+  });
 }
 
 bool Server::SplitPendingHere(const ClusterMap& map,
@@ -634,9 +682,6 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
   Node* node = node_for_peers_.load(std::memory_order_acquire);
   if (node == nullptr) return done(absl::UnavailableError("the node is not running"));
   const ShardId shard = request.shard();
-  if (shard == kMetaShard) {
-    return done(absl::InvalidArgumentError("the metadata group does not move"));
-  }
   spdlog::info("node {} asks: {} of shard {}", request.from_node(),
                request.has_conf_change() ? "a membership change"
                : request.has_transfer_leader_to()

@@ -110,6 +110,15 @@ class Server {
   // Replicas it no longer lists are removed by the scheduler, once their
   // group's committed configuration excludes them.
   void HostReplicas(const ClusterMap& map);
+  // Replicas being added by HostReplicas, which waits (bounded) for them.
+  struct PendingReplicas {
+    absl::Mutex mu;
+    int left ABSL_GUARDED_BY(mu) = 0;
+  };
+  // Asks the node to host `shard` (founders: bootstrap it), counted in
+  // `pending` until the node answers.
+  void AddReplicaHere(ShardId shard, const std::vector<NodeId>& founders,
+                      const std::shared_ptr<PendingReplicas>& pending);
   // Whether a replica hosted here has not applied a split the map records
   // (its local range_version is behind the map's).
   bool SplitPendingHere(const ClusterMap& map, const absl::flat_hash_set<ShardId>& hosted) const;

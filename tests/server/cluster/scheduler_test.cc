@@ -151,6 +151,8 @@ class SchedulerTest : public ::testing::Test {
                              .leader = Has(s.replicas, leader) ? leader : s.replicas[0]};
       for (NodeId r : s.replicas) model_.hosted[r][s.id] = 1000;
     }
+    model_.shards[kMetaShard] = {.voters = map.meta_replicas(), .leader = map.meta_replicas()[0]};
+    for (NodeId r : map.meta_replicas()) model_.hosted[r][kMetaShard] = 1000;
   }
 
   static std::vector<MemberInfo> Members() {
@@ -178,6 +180,17 @@ class SchedulerTest : public ::testing::Test {
     return model_.TakeCalls();
   }
 
+  // Adds member `id` (it hosts nothing yet).
+  void AddMember(NodeId id) {
+    absl::StatusOr<ClusterMap> grown =
+        maps_.Current()->WithMember({.id = id,
+                                     .client_address = absl::StrCat("127.0.0.1:", 7000 + id),
+                                     .peer_address = absl::StrCat("127.0.0.1:", 7100 + id)});
+    ASSERT_THAT(grown, IsOk());
+    maps_.Set(std::make_shared<const ClusterMap>(*grown));
+    model_.hosted[id];
+  }
+
   // A round without balancing: only the moves recorded by hand.
   std::vector<std::string> Manual() { return Round({.balance = false}); }
 
@@ -195,6 +208,7 @@ class SchedulerTest : public ::testing::Test {
         if (model_.down.contains(m.id)) continue;
         for (auto& [shard, applied] : model_.hosted[m.id]) applied = 1000;
         for (ShardId shard : map.ReplicasOn(m.id)) model_.hosted[m.id].try_emplace(shard, 0);
+        if (map.HostsMeta(m.id)) model_.hosted[m.id].try_emplace(kMetaShard, 0);
       }
       for (const std::string& call : Round(options)) {
         if (call.find("delete on") != std::string::npos) ++deleted;
@@ -276,11 +290,7 @@ TEST_F(SchedulerTest, ANewMemberReceivesReplicasUntilTheClusterIsEven) {
   auto eight = ClusterMap::Create(Members(), 8, 2);
   ASSERT_THAT(eight, IsOk());
   Use(*eight);
-  absl::StatusOr<ClusterMap> grown = maps_.Current()->WithMember(
-      {.id = 4, .client_address = "127.0.0.1:7004", .peer_address = "127.0.0.1:7104"});
-  ASSERT_THAT(grown, IsOk());
-  maps_.Set(std::make_shared<const ClusterMap>(*grown));
-  model_.hosted[4];  // answers, hosting nothing
+  ASSERT_NO_FATAL_FAILURE(AddMember(4));  // answers, hosting nothing
 
   int most_at_once = 0;
   const int moves = Settle({.max_moves = 2}, &most_at_once);
@@ -331,13 +341,9 @@ TEST_F(SchedulerTest, ALeavingMemberIsEmptiedThenRemoved) {
   auto eight = ClusterMap::Create(Members(), 8, 2);
   ASSERT_THAT(eight, IsOk());
   Use(*eight);
-  // Three members: all hold the metadata group, which does not move.
+  // Three members: all hold the metadata group, and nobody could take it.
   EXPECT_THAT(eight->WithLeaving(1), StatusIs(absl::StatusCode::kFailedPrecondition));
-  absl::StatusOr<ClusterMap> grown = maps_.Current()->WithMember(
-      {.id = 4, .client_address = "127.0.0.1:7004", .peer_address = "127.0.0.1:7104"});
-  ASSERT_THAT(grown, IsOk());
-  maps_.Set(std::make_shared<const ClusterMap>(*grown));
-  model_.hosted[4];
+  ASSERT_NO_FATAL_FAILURE(AddMember(4));
   Settle({});
   ASSERT_FALSE(maps_.Current()->ReplicasOn(4).empty());
   absl::StatusOr<ClusterMap> marked = maps_.Current()->WithLeaving(4);
@@ -354,6 +360,55 @@ TEST_F(SchedulerTest, ALeavingMemberIsEmptiedThenRemoved) {
   }
   EXPECT_TRUE(model_.hosted[4].empty());  // deleted there
   EXPECT_LE(most_at_once, 2);
+}
+
+// The metadata group's replicas move like a shard's: a leaving member that
+// holds one (and leads the group) hands it to a member without one, step by
+// step (learner, caught up, joint change), and only then leaves the map.
+TEST_F(SchedulerTest, ALeavingMemberHandsOverItsMetadataReplicaToo) {
+  ASSERT_NO_FATAL_FAILURE(AddMember(4));
+  const NodeId leaving = model_.shards[kMetaShard].leader;
+  absl::StatusOr<ClusterMap> marked = maps_.Current()->WithLeaving(leaving);
+  ASSERT_THAT(marked, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*marked));
+  Settle({});
+  const ClusterMap& map = *maps_.Current();
+  EXPECT_EQ(map.FindMember(leaving), nullptr);
+  EXPECT_TRUE(map.HostsMeta(4));
+  EXPECT_EQ(map.meta_replicas().size(), 3u);
+  EXPECT_EQ(map.meta().move_to, 0u);
+  EXPECT_TRUE(map.meta().learners.empty());
+  EXPECT_GT(map.meta().conf_version, 1u);
+  const ModelCluster::Shard& meta = model_.shards[kMetaShard];
+  EXPECT_THAT(std::set<NodeId>(meta.voters.begin(), meta.voters.end()),
+              ::testing::ContainerEq(
+                  std::set<NodeId>(map.meta_replicas().begin(), map.meta_replicas().end())));
+  EXPECT_NE(meta.leader, leaving);
+  EXPECT_FALSE(model_.hosted[leaving].contains(kMetaShard));  // deleted there
+  // Through the wire form, as nodes read it.
+  absl::StatusOr<ClusterMap> read = ClusterMap::FromProto(map.ToProto());
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->meta().conf_version, map.meta().conf_version);
+  EXPECT_EQ(read->meta_replicas(), map.meta_replicas());
+}
+
+// A dead member's metadata replica is re-created on a member without one.
+TEST_F(SchedulerTest, ADeadMembersMetadataReplicaIsRecreatedElsewhere) {
+  ASSERT_NO_FATAL_FAILURE(AddMember(4));
+  const NodeId dead = model_.shards[kMetaShard].voters[1];
+  model_.down.insert(dead);
+  for (auto& [shard, sh] : model_.shards) {
+    if (sh.leader == dead) {
+      for (NodeId v : sh.voters) {
+        if (v != dead) sh.leader = v;
+      }
+    }
+  }
+  Settle({.dead_after = absl::ZeroDuration(), .balance = false});
+  const ClusterMap& map = *maps_.Current();
+  EXPECT_FALSE(map.HostsMeta(dead));
+  EXPECT_TRUE(map.HostsMeta(4));
+  EXPECT_EQ(map.meta_replicas().size(), 3u);
 }
 
 // Leaders: the scheduler sees every member's count and hands one

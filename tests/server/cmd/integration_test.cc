@@ -359,15 +359,16 @@ class Cluster {
     return FromGrpcStatus(cluster_[i]->Drain(&context, request, &response));
   }
   // A Cluster admin call that only the metadata group's leader carries out
-  // (the others answer UNAVAILABLE): asked of each founder in turn, for up
-  // to 10 s. The first answer that is not UNAVAILABLE.
+  // (the others answer UNAVAILABLE): asked of each running node in turn,
+  // for up to 10 s. The first answer that is not UNAVAILABLE.
   template <typename Req, typename Resp>
   absl::StatusOr<Resp> AskMetaLeader(grpc::Status (v1::Cluster::Stub::*method)(grpc::ClientContext*,
                                                                                const Req&, Resp*),
                                      const Req& request) {
     absl::Status last = absl::UnavailableError("not asked");
     for (int attempt = 0; attempt < 100; ++attempt) {
-      for (int i = 0; i < kNodes; ++i) {
+      for (int i = 0; i < kSlots; ++i) {
+        if (!processes_[i].running()) continue;
         grpc::ClientContext context;
         context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
         Resp response;
@@ -378,6 +379,28 @@ class Cluster {
       absl::SleepFor(absl::Milliseconds(100));
     }
     return last;
+  }
+
+  // Node 1's map once it has `members` members (it serves the map it
+  // polled last, within 100 ms of the stored one); bounded at 10 s.
+  absl::StatusOr<v1::GetClusterMapResponse> WaitForMembers(int members) {
+    absl::StatusOr<v1::GetClusterMapResponse> map;
+    for (int i = 0; i < 100; ++i) {
+      map = Map(0);
+      if (map.ok() && map->map().members_size() == members) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return map;
+  }
+
+  // Puts <prefix><i> = value for i < n, recording each in `acknowledged`.
+  void PutAll(const std::string& prefix, int n, const std::string& value,
+              std::map<std::string, std::string>* acknowledged) {
+    for (int i = 0; i < n; ++i) {
+      const std::string key = absl::StrCat(prefix, i);
+      ASSERT_THAT(Put(key, value), IsOk()) << key;
+      (*acknowledged)[key] = value;
+    }
   }
 
   // Node i's exit code (-1: did not exit within 20 s).
@@ -863,19 +886,9 @@ TEST(Integration, ANodeJoinsReplicasSpreadToItAndItLeavesAgain) {
   v1::RemoveMemberRequest remove;
   remove.set_node_id(kNodes + 1);
   ASSERT_THAT(cluster.AskMetaLeader(&v1::Cluster::Stub::RemoveMember, remove), IsOk());
-  for (int i = 0; i < 100; ++i) {
-    const std::string key = absl::StrCat("shrink-during-", i);
-    ASSERT_THAT(cluster.Put(key, "shrinking"), IsOk()) << key;
-    acknowledged[key] = "shrinking";
-  }
+  ASSERT_NO_FATAL_FAILURE(cluster.PutAll("shrink-during-", 100, "shrinking", &acknowledged));
   EXPECT_EQ(cluster.process(kNodes).Wait(absl::Seconds(120)), 0);
-  // Node 1 serves the map it polled last (within 100 ms of the stored one).
-  absl::StatusOr<v1::GetClusterMapResponse> shrunk;
-  for (int i = 0; i < 100; ++i) {
-    shrunk = cluster.Map(0);
-    if (shrunk.ok() && shrunk->map().members_size() == kNodes) break;
-    absl::SleepFor(absl::Milliseconds(100));
-  }
+  absl::StatusOr<v1::GetClusterMapResponse> shrunk = cluster.WaitForMembers(kNodes);
   ASSERT_THAT(shrunk, IsOk());
   EXPECT_EQ(shrunk->map().members_size(), kNodes);
   for (const v1::ShardInfo& s : shrunk->map().shards()) EXPECT_EQ(s.replicas_size(), 3);
@@ -884,6 +897,76 @@ TEST(Integration, ANodeJoinsReplicasSpreadToItAndItLeavesAgain) {
     ASSERT_THAT(got, IsOk()) << key;
     EXPECT_EQ(got->kv().value(), value) << key;
   }
+}
+
+// A founder holding a replica of the metadata group is decommissioned once
+// a fourth node has joined: its shards and its metadata replica move (the
+// metadata group's to the new node, the only member without one), it exits
+// 0, and the cluster, metadata group included, survives a kill -9 of every
+// node and a restart. Started again with its old flags, the removed founder
+// learns it was removed and exits 0 rather than founding anything.
+TEST(Integration, AFounderHoldingTheMetadataGroupLeavesAndTheClusterRestarts) {
+  Cluster cluster;
+  cluster.StartAll();
+  ASSERT_TRUE(cluster.WaitReady());
+  std::map<std::string, std::string> acknowledged;
+  for (int i = 0; i < 40; ++i) {
+    const std::string key = absl::StrCat("meta-", i);
+    ASSERT_THAT(cluster.Put(key, "before"), IsOk()) << key;
+    acknowledged[key] = "before";
+  }
+  // The metadata group's leader leaves when it is node 2 or 3 (node 1
+  // answers the test's map reads and --join), else node 2.
+  int leaving = 1;
+  for (int i = 1; i < kNodes; ++i) {
+    absl::StatusOr<v1::NodeStatusResponse> status = cluster.Status(i);
+    if (status.ok() && status->meta_shard().role() == "leader") leaving = i;
+  }
+  const uint64_t leaving_id = leaving + 1;
+  const uint64_t joined_id = kNodes + 1;
+
+  v1::RemoveMemberRequest remove;
+  remove.set_node_id(leaving_id);
+  // Every other member holds a metadata replica: nobody could take it.
+  EXPECT_THAT(cluster.AskMetaLeader(&v1::Cluster::Stub::RemoveMember, remove),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  v1::AddMemberRequest add;
+  add.mutable_member()->set_id(joined_id);
+  add.mutable_member()->set_client_address(cluster.client_address(kNodes));
+  add.mutable_member()->set_peer_address(cluster.peer_address(kNodes));
+  ASSERT_THAT(cluster.AskMetaLeader(&v1::Cluster::Stub::AddMember, add), IsOk());
+  cluster.StartJoining(kNodes);
+  ASSERT_THAT(cluster.AskMetaLeader(&v1::Cluster::Stub::RemoveMember, remove), IsOk());
+  ASSERT_NO_FATAL_FAILURE(cluster.PutAll("meta-during-", 100, "during", &acknowledged));
+  EXPECT_EQ(cluster.process(leaving).Wait(absl::Seconds(180)), 0);
+  absl::StatusOr<v1::GetClusterMapResponse> shrunk = cluster.WaitForMembers(kNodes);
+  ASSERT_THAT(shrunk, IsOk());
+  ASSERT_EQ(shrunk->map().members_size(), kNodes);
+  EXPECT_THAT(shrunk->map().meta_replicas(), ::testing::Contains(joined_id));
+  EXPECT_THAT(shrunk->map().meta_replicas(), ::testing::Not(::testing::Contains(leaving_id)));
+  EXPECT_EQ(shrunk->map().meta_replicas_size(), 3);
+  for (const v1::ShardInfo& s : shrunk->map().shards()) EXPECT_EQ(s.replicas_size(), 3);
+
+  // kill -9 of every node, then a restart: the metadata group comes back
+  // on its current members (the joined node's replica from its disk).
+  for (int i = 0; i < kSlots; ++i) {
+    if (i != leaving) cluster.process(i).Kill();
+  }
+  for (int i = 0; i < kNodes; ++i) {
+    if (i != leaving) cluster.Start(i);
+  }
+  cluster.StartJoining(kNodes);
+  ASSERT_TRUE(cluster.WaitReady(absl::Seconds(60)));
+  for (const auto& [key, value] : acknowledged) {
+    absl::StatusOr<v1::GetResponse> got = cluster.Get(key);
+    ASSERT_THAT(got, IsOk()) << key;
+    EXPECT_EQ(got->kv().value(), value) << key;
+  }
+  ASSERT_THAT(cluster.Put("meta-after", "restart"), IsOk());
+  // The removed founder, with the flags it was founded with.
+  cluster.Start(leaving);
+  EXPECT_EQ(cluster.process(leaving).Wait(absl::Seconds(60)), 0);
+  EXPECT_THAT(Tail(cluster.Log(leaving), 5), HasSubstr("removed from the cluster"));
 }
 
 TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
