@@ -308,6 +308,15 @@ absl::StatusOr<ClusterMap> ClusterMap::FromProto(const v1::ClusterMap& proto) {
     if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("cluster map: ", ids.message()));
     map->meta_.replicas = std::move(meta);
   }
+  for (const v1::Replacement& r : proto.replaced()) {
+    if (map->FindMember(r.node()) == nullptr || r.incarnation() == 0 ||
+        map->ReplacedIncarnation(r.node()) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cluster map: bad replacement record of member ", r.node()));
+    }
+    map->replaced_.emplace_back(r.node(), r.incarnation());
+  }
+  std::sort(map->replaced_.begin(), map->replaced_.end());
   if (proto.has_meta()) {
     ShardLayout& meta = map->meta_;
     meta.learners = Ids(proto.meta().learners());
@@ -430,6 +439,9 @@ absl::StatusOr<ClusterMap> ClusterMap::WithoutMember(NodeId id) const {
                                    [id](const MemberInfo& m) { return m.id == id; }));
   next.leaving_.erase(std::remove(next.leaving_.begin(), next.leaving_.end(), id),
                       next.leaving_.end());
+  next.replaced_.erase(std::remove_if(next.replaced_.begin(), next.replaced_.end(),
+                                      [id](const auto& r) { return r.first == id; }),
+                       next.replaced_.end());
   next.epoch_ = ComputeEpoch(next.members_, num_shards_, replication_);
   return next;
 }
@@ -458,6 +470,51 @@ absl::StatusOr<ClusterMap> ClusterMap::WithLeaving(NodeId id) const {
   ++next.version_;
   next.leaving_.insert(std::lower_bound(next.leaving_.begin(), next.leaving_.end(), id), id);
   return next;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::WithReplaced(NodeId id, uint64_t incarnation) const {
+  if (FindMember(id) == nullptr) return absl::NotFoundError(absl::StrCat("no member ", id));
+  if (incarnation == 0) return absl::InvalidArgumentError("incarnation 0");
+  ClusterMap next = *this;
+  ++next.version_;
+  // Moves to it are called off: their learner lost its data too (the
+  // scheduler removes it from any group it reached).
+  std::vector<ShardLayout*> layouts = {&next.meta_};
+  for (ShardLayout& s : next.shards_) layouts.push_back(&s);
+  for (ShardLayout* s : layouts) {
+    auto learner = std::find(s->learners.begin(), s->learners.end(), id);
+    if (learner == s->learners.end() && s->move_to != id) continue;
+    if (learner != s->learners.end()) s->learners.erase(learner);
+    if (s->move_to == id) s->move_from = s->move_to = 0;
+    ++s->conf_version;
+  }
+  auto it = std::find_if(next.replaced_.begin(), next.replaced_.end(),
+                         [id](const auto& r) { return r.first == id; });
+  if (it != next.replaced_.end()) {
+    it->second = incarnation;
+  } else {
+    next.replaced_.emplace_back(id, incarnation);
+    std::sort(next.replaced_.begin(), next.replaced_.end());
+  }
+  return next;
+}
+
+absl::StatusOr<ClusterMap> ClusterMap::WithoutReplaced(NodeId id) const {
+  if (ReplacedIncarnation(id) == 0) {
+    return absl::NotFoundError(absl::StrCat("member ", id, " is not being replaced"));
+  }
+  ClusterMap next = *this;
+  ++next.version_;
+  next.replaced_.erase(std::find_if(next.replaced_.begin(), next.replaced_.end(),
+                                    [id](const auto& r) { return r.first == id; }));
+  return next;
+}
+
+uint64_t ClusterMap::ReplacedIncarnation(NodeId id) const {
+  for (const auto& [node, incarnation] : replaced_) {
+    if (node == id) return incarnation;
+  }
+  return 0;
 }
 
 bool ClusterMap::IsLeaving(NodeId node) const {
@@ -547,6 +604,11 @@ v1::ClusterMap ClusterMap::ToProto() const {
   }
   proto.set_cluster_id(cluster_id_);
   for (NodeId id : leaving_) proto.add_leaving(id);
+  for (const auto& [node, incarnation] : replaced_) {
+    v1::Replacement* r = proto.add_replaced();
+    r->set_node(node);
+    r->set_incarnation(incarnation);
+  }
   return proto;
 }
 

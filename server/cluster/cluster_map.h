@@ -62,6 +62,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -164,6 +165,17 @@ class ClusterMap {
   // replicas, or, when it holds a metadata replica, none to take that).
   absl::StatusOr<ClusterMap> WithLeaving(NodeId id) const;
 
+  // Records that member `id` lost its data and came back under
+  // `incarnation` (non-zero); replaces an earlier record of it. Errors:
+  // kNotFound, kInvalidArgument (incarnation 0).
+  absl::StatusOr<ClusterMap> WithReplaced(NodeId id, uint64_t incarnation) const;
+  // Clears that record. Errors: kNotFound (no record).
+  absl::StatusOr<ClusterMap> WithoutReplaced(NodeId id) const;
+  // The incarnation member `id` was replaced under, or 0.
+  uint64_t ReplacedIncarnation(NodeId id) const;
+  // Every such record: (member, incarnation), by increasing id.
+  const std::vector<std::pair<NodeId, uint64_t>>& replaced() const { return replaced_; }
+
   // The --initial-cluster members alone. Errors: kInvalidArgument.
   static absl::StatusOr<std::vector<MemberInfo>> ParseMembers(absl::string_view initial_cluster);
 
@@ -228,6 +240,7 @@ class ClusterMap {
   std::vector<ShardLayout> shards_;
   ShardLayout meta_{.id = kMetaShard};
   std::vector<NodeId> leaving_;
+  std::vector<std::pair<NodeId, uint64_t>> replaced_;
   // The shards' hash_start in increasing order, and the shard of each.
   std::vector<uint64_t> range_starts_;
   std::vector<uint32_t> range_order_;

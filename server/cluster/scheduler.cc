@@ -73,7 +73,7 @@ absl::StatusOr<ClusterMap> Scheduler::RecordMove(const ClusterMap& map, ShardId 
         absl::StrCat("no shard ", shard, " (the cluster has ", map.shards().size(), ")"));
   }
   const ShardLayout& layout = *found;
-  if (!Contains(layout.replicas, from)) {
+  if (from != 0 && !Contains(layout.replicas, from)) {
     return absl::InvalidArgumentError(
         absl::StrCat("node ", from, " holds no voting replica of shard ", shard));
   }
@@ -94,6 +94,10 @@ absl::StatusOr<ClusterMap> Scheduler::RecordMove(const ClusterMap& map, ShardId 
   std::vector<NodeId> learners = layout.learners;
   learners.push_back(to);
   return map.WithShardReplicas(shard, layout.replicas, std::move(learners), from, to);
+}
+
+absl::StatusOr<ClusterMap> Scheduler::RecordAdd(const ClusterMap& map, ShardId shard, NodeId to) {
+  return RecordMove(map, shard, 0, to);
 }
 
 namespace {
@@ -206,6 +210,96 @@ void Scheduler::BalanceLeaders(
       }
     }
   }
+}
+
+bool Scheduler::DropReplaced(
+    const ClusterMap& map,
+    const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders) {
+  for (const auto& [node, incarnation] : map.replaced()) {
+    bool listed = false;
+    for (const ShardLayout* layout : Layouts(map)) {
+      const ShardLayout& s = *layout;
+      auto it = leaders.find(s.id);
+      const ShardStatus* leader = it != leaders.end() ? it->second.second : nullptr;
+      const bool voter_in_raft = leader != nullptr && (Contains(leader->voters, node) ||
+                                                       Contains(leader->voters_outgoing, node));
+      if (!Contains(s.replicas, node) && !voter_in_raft) continue;
+      listed = true;
+      if (s.move_to != 0 || s.split_hash != 0 || leader == nullptr) continue;  // after it
+      const NodeId leader_node = it->second.first;
+      if (leader_node == node || !leader->voters_outgoing.empty()) continue;
+      const ShardId shard = s.id;
+      if (voter_in_raft) {
+        // Out of the group first: its replica forgot what it acknowledged.
+        absl::Status asked = control_->ProposeConfChange(
+            leader_node, shard, Change({{raftpb::CONF_CHANGE_REMOVE_NODE, node}}));
+        if (asked.ok()) {
+          log_(absl::StrCat(Name(shard), ": removing node ", node,
+                            " (its data was lost; it gets a new replica later)"));
+        }
+        continue;
+      }
+      std::vector<NodeId> voters = s.replicas;
+      voters.erase(std::remove(voters.begin(), voters.end(), node), voters.end());
+      if (voters.empty()) continue;  // its only replica: nothing to keep
+      absl::StatusOr<ClusterMap> recorded = change_map_([&](const ClusterMap& current) {
+        const ShardLayout* now = current.Layout(shard);
+        if (now == nullptr || now->move_to != 0 || now->replicas != s.replicas) {
+          return absl::StatusOr<ClusterMap>(absl::AbortedError("the shard changed meanwhile"));
+        }
+        return current.WithShardReplicas(shard, voters, now->learners, 0, 0);
+      });
+      if (recorded.ok()) {
+        log_(absl::StrCat(Name(shard), ": node ", node,
+                          "'s lost replica dropped (cluster map version ", recorded->version(),
+                          ")"));
+      }
+      return true;  // one map change per round
+    }
+    if (listed) continue;
+    absl::StatusOr<ClusterMap> cleared =
+        change_map_([node](const ClusterMap& current) { return current.WithoutReplaced(node); });
+    if (cleared.ok()) {
+      log_(absl::StrCat("node ", node,
+                        " holds none of its lost replicas any more: it takes new ones (cluster map "
+                        "version ",
+                        cleared->version(), ")"));
+    }
+    return true;
+  }
+  return false;
+}
+
+bool Scheduler::Repair(const ClusterMap& map, const std::vector<NodeId>& live) {
+  int moving = 0;
+  std::map<NodeId, int> held = Held(map, live, &moving);
+  for (const auto& [node, incarnation] : map.replaced()) held.erase(node);
+  for (const ShardLayout* s : Layouts(map)) moving += s->id == kMetaShard && s->move_to != 0;
+  if (moving >= options_.max_moves) return false;
+  size_t staying = map.members().size() - map.leaving().size();
+  size_t meta_target = std::min<size_t>(kMetaReplication, staying);
+  if (meta_target % 2 == 0) --meta_target;
+  for (const ShardLayout* layout : Layouts(map)) {
+    const ShardLayout& s = *layout;
+    const size_t target = s.id == kMetaShard ? meta_target : map.replication();
+    if (s.replicas.size() >= target || s.move_to != 0 || s.split_hash != 0) continue;
+    NodeId to = 0;
+    for (const auto& [id, n] : held) {
+      if (Contains(s.replicas, id) || Contains(s.learners, id)) continue;
+      if (to == 0 || n < held[to]) to = id;
+    }
+    if (to == 0) continue;
+    const ShardId shard = s.id;
+    absl::StatusOr<ClusterMap> recorded =
+        change_map_([&](const ClusterMap& current) { return RecordAdd(current, shard, to); });
+    if (!recorded.ok()) return false;
+    moves_started_.fetch_add(1, std::memory_order_relaxed);
+    log_(absl::StrCat(Name(shard), " has ", s.replicas.size(), " of ", target,
+                      " replicas: adding one on node ", to, " (cluster map version ",
+                      recorded->version(), ")"));
+    return true;
+  }
+  return false;
 }
 
 void Scheduler::RemoveLeft(const ClusterMap& map, const std::map<NodeId, int>& hosting) {
@@ -348,7 +442,9 @@ void Scheduler::RunOnce() {
       continue;
     }
     last_answer_[m.id] = now;
-    if (!map->IsLeaving(m.id)) live.push_back(m.id);
+    // A member being replaced takes nothing until its lost replicas are
+    // dropped (a replica given earlier would be taken for a lost one).
+    if (!map->IsLeaving(m.id) && map->ReplacedIncarnation(m.id) == 0) live.push_back(m.id);
     for (ShardStatus& s : *status) shards[s.shard].by_node[m.id] = std::move(s);
   }
   for (auto& [shard, reports] : shards) {
@@ -386,8 +482,8 @@ void Scheduler::RunOnce() {
         learner->second.applied_index + options_.catch_up_entries >= leader.commit_index;
     if (!to_voter && !to_learner) {
       if (learner == reports.by_node.end()) continue;  // its node has not created the replica yet
-      act(absl::StrCat(Name(shard), ": adding node ", to, " as a learner (move from node ", from,
-                       ")"),
+      act(absl::StrCat(Name(shard), ": adding node ", to, " as a learner (",
+                       from != 0 ? absl::StrCat("move from node ", from) : "a new replica", ")"),
           control_->ProposeConfChange(reports.leader_node, shard,
                                       Change({{raftpb::CONF_CHANGE_ADD_LEARNER, to}})));
     } else if (to_learner && !caught_up) {
@@ -448,7 +544,6 @@ void Scheduler::RunOnce() {
       CarryOutSplit(*map, *splitting, it->second.leader, it->second.leader_node);
     }
   }
-  if (!Evacuate(*map, live, now)) Balance(*map, live);
   std::map<NodeId, int> hosting;
   std::map<ShardId, std::pair<NodeId, const ShardStatus*>> leaders;
   std::map<std::pair<ShardId, NodeId>, uint64_t> applied;
@@ -458,6 +553,11 @@ void Scheduler::RunOnce() {
       applied[{shard, node}] = s.applied_index;
     }
     if (reports.leader != nullptr) leaders[shard] = {reports.leader_node, reports.leader};
+  }
+  // Each changes the map at most once, and the next ones decide from the
+  // map as it was: after a change, they wait for the next round.
+  if (!DropReplaced(*map, leaders) && !Evacuate(*map, live, now) && !Repair(*map, live)) {
+    Balance(*map, live);
   }
   BalanceLeaders(*map, live, leaders, applied);
   if (map->Splitting() == nullptr) SplitLarge(*map, leaders);

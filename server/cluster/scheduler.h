@@ -144,6 +144,10 @@ class Scheduler {
   // Joins the thread. Idempotent.
   void Stop();
 
+  // The map with a replica of `shard` added on `to` recorded (a move from
+  // nobody: `to` becomes a learner). Errors as RecordMove.
+  static absl::StatusOr<ClusterMap> RecordAdd(const ClusterMap& map, ShardId shard, NodeId to);
+
   // The map with a move of `shard`'s replica from `from` to `to` recorded:
   // `to` becomes a learner (the next version). Errors: kInvalidArgument (no
   // such shard or member, `from` is not a voter of it, `to` already holds a
@@ -171,6 +175,17 @@ class Scheduler {
   bool Evacuate(const ClusterMap& map, const std::vector<NodeId>& live, absl::Time now);
   // Records one balancing move if the replicas are uneven (see above).
   void Balance(const ClusterMap& map, const std::vector<NodeId>& live);
+  // Drops the replicas of members recorded as replaced (their data was
+  // lost): one raft step or map change per layout and round; clears the
+  // record once no layout lists the member; true if it changed the map.
+  // `leaders`: each layout's leader node and report.
+  bool DropReplaced(const ClusterMap& map,
+                    const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders);
+  // Records an added replica (to a live member lacking it, not replaced,
+  // holding the fewest) for a layout with fewer voters than its target
+  // (shards: the replication factor; the metadata group: the largest odd
+  // number up to kMetaReplication and the staying members); false if none.
+  bool Repair(const ClusterMap& map, const std::vector<NodeId>& live);
   // Hands one leadership from the member leading the most shards to one
   // leading at least two fewer (a voter of that shard, caught up), if any.
   void BalanceLeaders(const ClusterMap& map, const std::vector<NodeId>& live,

@@ -19,6 +19,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "proto/grpc_status.h"
+#include "server/cmd/join.h"
 #include "spdlog/spdlog.h"
 #include "tessera/peer.grpc.pb.h"
 
@@ -86,6 +88,52 @@ MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& flags_map, const Clust
   };
 }
 
+// Has the cluster record this node as replaced under `incarnation` (its
+// data was lost): asks the members in turn (Peer.ChangeReplica replace_me;
+// only the metadata group's leader records it, the others answer
+// UNAVAILABLE), then waits until a member serves a map that records it.
+// Returns that map's version. Bounded: about 90 s.
+absl::StatusOr<uint64_t> RecordReplacement(const ServerConfig& config, uint64_t incarnation,
+                                           const security::PeerCredentials& credentials) {
+  absl::Time deadline = absl::Now() + absl::Seconds(60);
+  absl::Status last = absl::UnavailableError("no member answered");
+  std::vector<std::string> endpoints;
+  bool asked = false;
+  while (!asked && absl::Now() < deadline) {
+    for (const MemberInfo& m : config.map.members()) {
+      if (m.id == config.node_id) continue;
+      endpoints.push_back(m.client_address);
+      grpc::ChannelArguments args;
+      credentials.ConfigureChannelTo(m.id, &args);
+      std::unique_ptr<peerpb::Peer::Stub> stub = peerpb::Peer::NewStub(
+          grpc::CreateCustomChannel(m.peer_address, credentials.channel(), args));
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+      peerpb::ReplicaChangeRequest request;
+      request.set_from_node(config.node_id);
+      request.set_to_node(m.id);
+      request.set_replace_me(incarnation);
+      peerpb::ReplicaChangeResponse response;
+      last = FromGrpcStatus(stub->ChangeReplica(&context, request, &response));
+      if (last.ok()) {
+        asked = true;
+        break;
+      }
+    }
+    if (!asked) absl::SleepFor(absl::Milliseconds(500));
+  }
+  if (!asked) return last;
+  deadline = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < deadline) {
+    absl::StatusOr<ClusterMap> map = FetchClusterMap(endpoints, config.node_id, absl::Seconds(5));
+    if (map.ok() && map->ReplacedIncarnation(config.node_id) == incarnation) {
+      return map->version();
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  return absl::UnavailableError("no member served a cluster map recording the replacement");
+}
+
 // For a data directory created just now (a new member, or one whose data is
 // gone): asks every reachable peer whether it knows this member under
 // another incarnation. kFailedPrecondition (the line to log) if one does;
@@ -108,12 +156,11 @@ absl::Status CheckNotReplaced(const ServerConfig& config, uint64_t incarnation,
     if (!stub->Hello(&context, request, &response).ok()) continue;
     const uint64_t known = response.known_incarnation();
     if (known != 0 && known != incarnation) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the data directory ", config.data_dir, " is new, but node ", m.id, " knows node ",
-          config.node_id, " from an earlier one (incarnation ", known,
-          "): this node's data is gone, and rejoining under its old identity could lose "
-          "acknowledged writes; restore its data directory, or remove the member and add a new "
-          "one"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("the data directory ", config.data_dir, " is new, but node ", m.id,
+                       " knows node ", config.node_id, " from an earlier one (incarnation ", known,
+                       "): this node's data is gone (rejoining under its old identity could lose "
+                       "acknowledged writes)"));
     }
   }
   return absl::OkStatus();
@@ -210,12 +257,36 @@ absl::Status Server::StartParts() {
   if (identity_.created) {
     absl::Status fresh = CheckNotReplaced(config, identity_.incarnation, *peer_credentials_);
     if (!fresh.ok()) {
-      // Not keep the new identity: the operator may still restore the old data.
-      std::filesystem::remove(absl::StrCat(config.data_dir, "/", security::kIdentityFileName));
-      return refuse(fresh.message());
+      // Its old replicas forgot what they acknowledged: they must leave
+      // their groups before it takes part again, as a new replica.
+      spdlog::warn(
+          "{}; it comes back as an empty replacement: its old replicas leave their groups "
+          "and it gets new ones from the others",
+          std::string(fresh.message()));
+      if (absl::Status saved = security::SaveReplacement(config.data_dir, 0); !saved.ok()) {
+        std::filesystem::remove(absl::StrCat(config.data_dir, "/", security::kIdentityFileName));
+        return refuse(saved.message());
+      }
     }
     spdlog::info("new data directory {}: node {}, incarnation {}", config.data_dir, config.node_id,
                  identity_.incarnation);
+  }
+  absl::StatusOr<std::optional<uint64_t>> replacement = security::LoadReplacement(config.data_dir);
+  if (!replacement.ok()) return refuse(replacement.status().message());
+  replaced_at_version_ = *replacement;
+  if (replaced_at_version_ == 0u) {
+    absl::StatusOr<uint64_t> recorded =
+        RecordReplacement(config, identity_.incarnation, *peer_credentials_);
+    if (!recorded.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot have the cluster record this node as replaced: ", recorded.status().message()));
+    }
+    if (absl::Status saved = security::SaveReplacement(config.data_dir, *recorded); !saved.ok()) {
+      return refuse(saved.message());
+    }
+    replaced_at_version_ = *recorded;
+    spdlog::info("the cluster records node {} as replaced from map version {} on", config.node_id,
+                 *recorded);
   }
   absl::StatusOr<std::unique_ptr<security::PeerRegistry>> registry =
       security::PeerRegistry::Open(config.data_dir);
@@ -280,7 +351,9 @@ absl::Status Server::StartParts() {
   transport_options.snapshots = snapshots_.get();
   transport_options.credentials = &*peer_credentials_;
   transport_options.on_refused = [this](NodeId to, const absl::Status& why) {
-    if (why.code() == absl::StatusCode::kFailedPrecondition) {
+    // A replacement is refused by members that have not loaded the map
+    // recording it yet: that passes.
+    if (why.code() == absl::StatusCode::kFailedPrecondition && !replaced_at_version_) {
       // The peer knows this member under another incarnation: stop.
       hooks_.on_refusal(
           absl::FailedPreconditionError(absl::StrCat("node ", to, " refuses us: ", why.message())));
@@ -367,7 +440,7 @@ absl::Status Server::StartParts() {
       return absl::UnavailableError(
           absl::StrCat("cannot read the raft log's shards: ", on_disk.status().ToString()));
     }
-    if (hosts_meta && map.version() == 1 && on_disk->empty()) {
+    if (hosts_meta && map.version() == 1 && on_disk->empty() && !replaced_at_version_) {
       node_options.shards.push_back({.shard = kMetaShard, .replicas = map.meta_replicas()});
     }
   }
@@ -597,6 +670,19 @@ absl::Status Server::StartParts() {
 
 void Server::FollowMap(const ClusterMap& map) {
   for (const MemberInfo& m : map.members()) transport_->AddPeer(m.id, m.peer_address);
+  // Members that came back empty are admitted under their new incarnation
+  // only (their old replicas are being dropped).
+  for (const auto& [node, incarnation] : map.replaced()) {
+    if (node == config_.node_id || registry_->Known(node) == incarnation) continue;
+    absl::Status replaced = registry_->Replace(node, incarnation);
+    if (replaced.ok()) {
+      spdlog::warn("node {} lost its data: admitting only its new incarnation {} from now on", node,
+                   incarnation);
+    } else {
+      spdlog::error("cannot record node {}'s new incarnation: {}", node, replaced.ToString());
+    }
+  }
+  if (replaced_at_version_ && map.version() < *replaced_at_version_) return;  // from before it
   HostReplicas(map);
 }
 
@@ -605,6 +691,19 @@ void Server::HostReplicas(const ClusterMap& map) {
   absl::flat_hash_set<ShardId> hosted;
   for (const ShardStatus& s : node_->Status()) hosted.insert(s.shard);
   std::vector<ShardId> wanted = map.ReplicasOn(config_.node_id);
+  const uint64_t replaced = map.ReplacedIncarnation(config_.node_id);
+  // While the map still records this node as replaced, the shards that list
+  // it as a voter are its lost replicas (being dropped): only replicas
+  // moving here (learners) are hosted.
+  auto learner_here = [&](const ShardLayout& layout) {
+    return std::find(layout.learners.begin(), layout.learners.end(), config_.node_id) !=
+           layout.learners.end();
+  };
+  if (replaced != 0) {
+    wanted.erase(std::remove_if(wanted.begin(), wanted.end(),
+                                [&](ShardId shard) { return !learner_here(map.shards()[shard]); }),
+                 wanted.end());
+  }
   // The metadata group: a replica moving here starts empty, for a
   // snapshot. A voter without one is only re-created while the group is on
   // its founders (a founder whose first start crashed before saving it): a
@@ -612,9 +711,8 @@ void Server::HostReplicas(const ClusterMap& map) {
   // away, seeing the map from before that move.
   const ShardLayout& meta = map.meta();
   if (!hosted.contains(kMetaShard) &&
-      (std::find(meta.learners.begin(), meta.learners.end(), config_.node_id) !=
-           meta.learners.end() ||
-       (meta.conf_version == 1 && map.HostsMeta(config_.node_id)))) {
+      (learner_here(meta) ||
+       (meta.conf_version == 1 && map.HostsMeta(config_.node_id) && replaced == 0))) {
     wanted.push_back(kMetaShard);
   }
   for (ShardId shard : wanted) {
@@ -628,7 +726,7 @@ void Server::HostReplicas(const ClusterMap& map) {
     // from its leader's snapshot.
     const ShardLayout& layout = map.shards()[shard];
     std::vector<NodeId> founders;
-    if (layout.conf_version == 1 && layout.range_version == 1) {
+    if (layout.conf_version == 1 && layout.range_version == 1 && !replaced_at_version_) {
       founders = layout.replicas;
     } else if (layout.range_version > 1 && SplitPendingHere(map, hosted)) {
       // A shard a split made: the parent's replica here creates it with
@@ -688,6 +786,8 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
                    ? absl::StrCat("leadership to node ", request.transfer_leader_to())
                : request.has_split()
                    ? absl::StrCat("a split at hash ", request.split().split_hash())
+               : request.has_replace_me()
+                   ? std::string("to be recorded as replaced (its data was lost), on behalf")
                    : std::string("deleting the replica"),
                shard);
   switch (request.change_case()) {
@@ -721,6 +821,28 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
                                      : absl::Status(static_cast<absl::StatusCode>(result->code()),
                                                     result->message()));
           });
+    }
+    case peerpb::ReplicaChangeRequest::kReplaceMe: {
+      // The caller (its certificate checked by the peer service) lost its
+      // data: recorded here if this node leads the metadata group.
+      MetaGroup* meta = meta_group_.load(std::memory_order_acquire);
+      if (meta == nullptr) return done(absl::UnavailableError("the node is starting"));
+      const NodeId node = request.from_node();
+      const uint64_t incarnation = request.replace_me();
+      absl::StatusOr<ClusterMap> map = meta->Change([&](const ClusterMap& current) {
+        if (current.ReplacedIncarnation(node) == incarnation) {
+          return absl::StatusOr<ClusterMap>(absl::AlreadyExistsError("recorded already"));
+        }
+        return current.WithReplaced(node, incarnation);
+      });
+      if (map.status().code() == absl::StatusCode::kAlreadyExists) return done(absl::OkStatus());
+      if (map.ok()) {
+        spdlog::warn(
+            "node {} lost its data and came back empty (incarnation {}): recorded as replaced "
+            "(cluster map version {}); its old replicas leave their groups and it gets new ones",
+            node, incarnation, map->version());
+      }
+      return done(map.status());
     }
     case peerpb::ReplicaChangeRequest::CHANGE_NOT_SET:
       break;

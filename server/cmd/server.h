@@ -138,6 +138,12 @@ class Server {
   std::unique_ptr<MetricsHttpServer> http_;
   std::optional<security::PeerCredentials> peer_credentials_;
   security::DataDirIdentity identity_;
+  // Set when this node came back empty after losing its data
+  // (security::LoadReplacement): the map version from which the cluster
+  // records it as replaced. It then founds nothing, hosts nothing by an
+  // older map, and while the map still records it, hosts only the
+  // replicas moving to it (learners). Written before the node starts.
+  std::optional<uint64_t> replaced_at_version_;
   std::unique_ptr<security::PeerRegistry> registry_;
   std::unique_ptr<storage::Engine> engine_;
   // Only with --testing-storage-faults: the engine's RaftLog and KvStore

@@ -119,4 +119,25 @@ absl::StatusOr<DataDirIdentity> LoadOrCreateIdentity(const std::string& dir, uin
   return id;
 }
 
+absl::StatusOr<std::optional<uint64_t>> LoadReplacement(const std::string& dir) {
+  const std::string path = absl::StrCat(dir, "/", kReplacementFileName);
+  std::ifstream in(path);
+  if (!in) return std::optional<uint64_t>();
+  std::ostringstream text;
+  text << in.rdbuf();
+  absl::string_view line = absl::StripAsciiWhitespace(text.str());
+  uint64_t version = 0;
+  if (!absl::ConsumePrefix(&line, "replaced_at_map_version=") ||
+      !absl::SimpleAtoi(line, &version)) {
+    return absl::DataLossError(
+        absl::StrCat(path, " is malformed (expected 'replaced_at_map_version=<version>')"));
+  }
+  return std::optional<uint64_t>(version);
+}
+
+absl::Status SaveReplacement(const std::string& dir, uint64_t map_version) {
+  return WriteFileDurably(absl::StrCat(dir, "/", kReplacementFileName),
+                          absl::StrCat("replaced_at_map_version=", map_version, "\n"));
+}
+
 }  // namespace tessera::server::security

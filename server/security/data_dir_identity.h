@@ -18,6 +18,7 @@
 #define TESSERA_SERVER_SECURITY_DATA_DIR_IDENTITY_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -43,6 +44,17 @@ struct DataDirIdentity {
 // cannot be written.
 absl::StatusOr<DataDirIdentity> LoadOrCreateIdentity(const std::string& dir, uint64_t cluster_id,
                                                      uint64_t node_id);
+
+// A data directory created for a member whose earlier one was lost (its
+// peers knew it under another incarnation) records in
+// TESSERA-REPLACEMENT, text "replaced_at_map_version=<V>", the cluster map
+// version that records the replacement (0 while not known yet), written
+// durably before the member asks to be replaced. Such a member founds no
+// group and hosts no replica by a map older than V (server.cc).
+inline constexpr char kReplacementFileName[] = "TESSERA-REPLACEMENT";
+// nullopt: no such record (not a replacement). kDataLoss if malformed.
+absl::StatusOr<std::optional<uint64_t>> LoadReplacement(const std::string& dir);
+absl::Status SaveReplacement(const std::string& dir, uint64_t map_version);
 
 // Writes `content` to `path` so that a crash leaves the old or the new
 // content: temp file, fsync, rename, fsync of the directory.

@@ -1,6 +1,7 @@
 #include "server/security/peer_registry.h"
 
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -52,12 +53,32 @@ absl::Status PeerRegistry::Admit(uint64_t node, uint64_t incarnation) {
   }
   // Durable before the first message of this incarnation is delivered. Rare
   // (once per member), so writing under the lock is fine.
+  return Record(node, incarnation);
+}
+
+absl::Status PeerRegistry::Replace(uint64_t node, uint64_t incarnation) {
+  if (incarnation == 0) return absl::InvalidArgumentError("incarnation 0");
+  absl::MutexLock lock(&mu_);
+  auto it = known_.find(node);
+  if (it != known_.end() && it->second == incarnation) return absl::OkStatus();
+  return Record(node, incarnation);
+}
+
+absl::Status PeerRegistry::Record(uint64_t node, uint64_t incarnation) {
+  std::optional<uint64_t> before;
+  if (auto it = known_.find(node); it != known_.end()) before = it->second;
   known_[node] = incarnation;
   if (path_.empty()) return absl::OkStatus();
   std::string content;
   for (const auto& [id, inc] : known_) absl::StrAppend(&content, id, " ", inc, "\n");
   absl::Status written = WriteFileDurably(path_, content);
-  if (!written.ok()) known_.erase(node);
+  if (!written.ok()) {
+    if (before.has_value()) {
+      known_[node] = *before;
+    } else {
+      known_.erase(node);
+    }
+  }
   return written;
 }
 

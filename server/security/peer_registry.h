@@ -37,10 +37,18 @@ class PeerRegistry {
   // what to do) if it is known under another incarnation or `incarnation` is
   // 0; kUnavailable if the record cannot be written.
   absl::Status Admit(uint64_t node, uint64_t incarnation) ABSL_LOCKS_EXCLUDED(mu_);
+  // Admits `node` under `incarnation` from now on (durably first), whatever
+  // it was known under: the cluster map records it as replaced (its data
+  // was lost and it came back empty). kInvalidArgument for incarnation 0;
+  // kUnavailable if the record cannot be written.
+  absl::Status Replace(uint64_t node, uint64_t incarnation) ABSL_LOCKS_EXCLUDED(mu_);
   // The incarnation `node` is known under; 0 if unknown.
   uint64_t Known(uint64_t node) const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // Sets known_[node] and rewrites the file; restores it if that fails.
+  absl::Status Record(uint64_t node, uint64_t incarnation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   std::string path_;  // empty: in memory only
   mutable absl::Mutex mu_;
   std::map<uint64_t, uint64_t> known_ ABSL_GUARDED_BY(mu_);

@@ -854,6 +854,9 @@ grpc::ServerUnaryReactor* PeerService::ChangeReplica(grpc::CallbackServerContext
   if (request->change_case() == peerpb::ReplicaChangeRequest::kTransferLeaderTo) {
     valid = valid && request->transfer_leader_to() != 0;
   }
+  if (request->change_case() == peerpb::ReplicaChangeRequest::kReplaceMe) {
+    valid = valid && request->replace_me() != 0;
+  }
   if (!valid) {
     Refused("bad_replica_change");
     reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed replica change"));
