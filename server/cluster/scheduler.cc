@@ -358,27 +358,65 @@ void Scheduler::Balance(const ClusterMap& map, const std::vector<NodeId>& live) 
   }
 }
 
+void Scheduler::TrackWriteRates(
+    const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders) {
+  if (options_.split_writes_per_sec == 0) return;
+  const double seconds = absl::ToDoubleSeconds(options_.interval);
+  for (const auto& [shard, leader] : leaders) {
+    if (shard == kMetaShard) continue;
+    const uint64_t commit = leader.second->commit_index;
+    auto [it, first] = write_rates_.try_emplace(shard, WriteRate{.commit = commit});
+    WriteRate& rate = it->second;
+    if (first || commit < rate.commit || seconds <= 0) {
+      rate = WriteRate{.commit = commit};
+      continue;
+    }
+    rate.per_sec = static_cast<double>(commit - rate.commit) / seconds;
+    rate.commit = commit;
+    rate.busy_rounds = rate.per_sec >= static_cast<double>(options_.split_writes_per_sec)
+                           ? rate.busy_rounds + 1
+                           : 0;
+  }
+}
+
 void Scheduler::SplitLarge(
     const ClusterMap& map,
     const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders) {
-  if (options_.split_bytes == 0) return;
   const ShardStatus* largest = nullptr;
+  const WriteRate* busiest = nullptr;
+  ShardId busiest_shard = 0;
   for (const auto& [shard, leader] : leaders) {
     const ShardStatus* s = leader.second;
-    if (shard >= map.shards().size() || s->approximate_bytes < options_.split_bytes) continue;
-    if (map.shards()[shard].move_to != 0) continue;  // after the move
-    if (largest == nullptr || s->approximate_bytes > largest->approximate_bytes) largest = s;
+    if (shard >= map.shards().size() || map.shards()[shard].move_to != 0) continue;
+    if (options_.split_bytes != 0 && s->approximate_bytes >= options_.split_bytes &&
+        (largest == nullptr || s->approximate_bytes > largest->approximate_bytes)) {
+      largest = s;
+    }
+    auto rate = write_rates_.find(shard);
+    if (options_.split_writes_per_sec != 0 && rate != write_rates_.end() &&
+        rate->second.busy_rounds >= options_.split_rate_rounds &&
+        (busiest == nullptr || rate->second.per_sec > busiest->per_sec)) {
+      busiest = &rate->second;
+      busiest_shard = shard;
+    }
   }
-  if (largest == nullptr) return;
-  const ShardId shard = largest->shard;
+  if (largest == nullptr && busiest == nullptr) return;
+  const ShardId shard = largest != nullptr ? largest->shard : busiest_shard;
   absl::StatusOr<ClusterMap> recorded =
       change_map_([shard](const ClusterMap& current) { return current.WithSplitStarted(shard); });
-  if (recorded.ok()) {
-    log_(absl::StrCat("shard ", shard, ": ", largest->approximate_bytes,
-                      " bytes on its leader, at least --split-shard-bytes=", options_.split_bytes,
-                      ": splitting it at hash ", recorded->shards()[shard].split_hash,
-                      " (cluster map version ", recorded->version(), ")"));
-  }
+  if (!recorded.ok()) return;
+  const std::string why =
+      largest != nullptr
+          ? absl::StrCat(
+                largest->approximate_bytes,
+                " bytes on its leader, at least --split-shard-bytes=", options_.split_bytes)
+          : absl::StrCat(
+                static_cast<uint64_t>(busiest->per_sec), " writes/s for ", busiest->busy_rounds,
+                " rounds, at least --split-shard-writes-per-sec=", options_.split_writes_per_sec);
+  log_(absl::StrCat("shard ", shard, ": ", why, ": splitting it at hash ",
+                    recorded->shards()[shard].split_hash, " (cluster map version ",
+                    recorded->version(), ")"));
+  write_rates_.clear();  // both halves measured afresh
 }
 
 void Scheduler::CarryOutSplit(const ClusterMap& map, const ShardLayout& layout,
@@ -560,6 +598,7 @@ void Scheduler::RunOnce() {
     Balance(*map, live);
   }
   BalanceLeaders(*map, live, leaders, applied);
+  TrackWriteRates(leaders);
   if (map->Splitting() == nullptr) SplitLarge(*map, leaders);
   RemoveLeft(*map, hosting);
 

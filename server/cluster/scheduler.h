@@ -49,7 +49,8 @@
 // id num_shards, on the same replicas). Moves
 // skip a splitting shard, and a moving one does not start a split. With
 // split_bytes, the scheduler itself records a split of the largest shard
-// at or above it (one at a time).
+// at or above it (one at a time); with split_writes_per_sec, of one that
+// kept that write rate for split_rate_rounds rounds.
 // Every decision is logged in one line.
 //
 // Thread-safety: thread-safe; one thread runs the rounds. `control` is not
@@ -119,6 +120,12 @@ struct SchedulerOptions {
   // A shard whose leader reports at least this many bytes of keys and
   // values (ShardStatus::approximate_bytes) is split (0: never by size).
   uint64_t split_bytes = 0;
+  // A shard whose leader's commit index grows by at least this many
+  // entries a second (its writes; per round, over the nominal interval)
+  // for split_rate_rounds rounds in a row is split (0: never by load).
+  // Split by size first when both apply.
+  uint64_t split_writes_per_sec = 0;
+  int split_rate_rounds = 20;
 };
 
 class Scheduler {
@@ -191,7 +198,11 @@ class Scheduler {
   void BalanceLeaders(const ClusterMap& map, const std::vector<NodeId>& live,
                       const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders,
                       const std::map<std::pair<ShardId, NodeId>, uint64_t>& applied);
-  // Records a split of the largest shard at or above split_bytes, if any.
+  // Counts, per shard, the rounds in a row its leader's commit index grew
+  // at split_writes_per_sec or more.
+  void TrackWriteRates(const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders);
+  // Records a split of the largest shard at or above split_bytes, else of
+  // the busiest one over split_writes_per_sec for split_rate_rounds, if any.
   void SplitLarge(const ClusterMap& map,
                   const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders);
   // Carries out the split in progress, one step per round (see above).
@@ -216,6 +227,14 @@ class Scheduler {
   // shard's writes until it completes or lapses).
   std::optional<std::tuple<ShardId, NodeId, NodeId>> last_transfer_;
   std::map<NodeId, absl::Time> declined_until_;
+  // Per shard: its leader's commit index at the last round, and the rounds
+  // in a row it grew at split_writes_per_sec or more (thread's only).
+  struct WriteRate {
+    uint64_t commit = 0;
+    double per_sec = 0;
+    int busy_rounds = 0;
+  };
+  std::map<ShardId, WriteRate> write_rates_;
   std::atomic<uint64_t> moves_started_{0};
   std::atomic<uint64_t> moves_completed_{0};
   std::atomic<uint64_t> splits_completed_{0};

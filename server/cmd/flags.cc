@@ -105,6 +105,9 @@ ABSL_FLAG(uint64_t, split_shard_bytes, 96ull << 20,
           "the scheduler splits a shard whose keys and values take about this many bytes on its "
           "leader (0: only `tessera cluster split-shard`); takes effect where the metadata "
           "group's leader runs");
+ABSL_FLAG(uint64_t, split_shard_writes_per_sec, 0,
+          "the scheduler splits a shard whose writes (raft entries committed) keep this rate or "
+          "more for 10 s (0: never by load); takes effect where the metadata group's leader runs");
 ABSL_FLAG(bool, balance_replicas, true,
           "the scheduler spreads replicas evenly over the members (false: only moves by hand, "
           "decommission and dead members); takes effect where the metadata group's leader runs");
@@ -145,7 +148,7 @@ constexpr char kUsage[] =
     "  [--snapshot-idle-timeout-ms=30000]\n"
     "  [--max-inflight-bytes=67108864] [--hibernate-idle-shards=true]\n"
     "  [--dead-node-timeout-ms=300000] [--max-replica-moves=1] [--balance-replicas=true]\n"
-    "  [--split-shard-bytes=100663296]\n"
+    "  [--split-shard-bytes=100663296] [--split-shard-writes-per-sec=0]\n"
     "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
 
@@ -192,6 +195,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "dead_node_timeout_ms",
                                               "max_replica_moves",
                                               "split_shard_bytes",
+                                              "split_shard_writes_per_sec",
                                               "balance_replicas",
                                               "testing_storage_faults"};
   if (flag == nullptr || kOurs.count(name) == 0) {
@@ -416,6 +420,7 @@ absl::StatusOr<ServerConfig> Validate() {
   if (config.split_shard_bytes != 0 && config.split_shard_bytes < (1 << 20)) {
     return absl::InvalidArgumentError("--split-shard-bytes must be 0 or at least 1048576");
   }
+  config.split_shard_writes_per_sec = absl::GetFlag(FLAGS_split_shard_writes_per_sec);
   config.snapshot_interval_entries = absl::GetFlag(FLAGS_snapshot_interval_entries);
   config.min_free_disk_bytes = absl::GetFlag(FLAGS_min_free_disk_bytes);
   config.max_inbound_snapshots = static_cast<int>(absl::GetFlag(FLAGS_max_inbound_snapshots));

@@ -45,6 +45,7 @@ struct ServerConfig {
   int max_replica_moves = 1;                            // the scheduler's max_moves
   bool balance_replicas = true;                         // the scheduler's balance
   uint64_t split_shard_bytes = 96ull << 20;             // the scheduler's split_bytes
+  uint64_t split_shard_writes_per_sec = 0;              // the scheduler's split_writes_per_sec
   uint64_t snapshot_interval_entries = 10000;
   uint64_t min_free_disk_bytes = 256ull << 20;
   int max_inbound_snapshots = 2;

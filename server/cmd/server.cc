@@ -626,7 +626,8 @@ absl::Status Server::StartParts() {
       SchedulerOptions{.max_moves = config.max_replica_moves,
                        .dead_after = config.dead_node_timeout,
                        .balance = config.balance_replicas,
-                       .split_bytes = config.split_shard_bytes},
+                       .split_bytes = config.split_shard_bytes,
+                       .split_writes_per_sec = config.split_shard_writes_per_sec},
       [meta = meta_group_owned_.get()](const MetaGroup::Mutation& mutate) {
         return meta->Change(mutate);
       },

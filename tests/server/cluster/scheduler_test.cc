@@ -173,17 +173,7 @@ class SchedulerTest : public ::testing::Test {
 
   // One round by a scheduler that has never run before.
   std::vector<std::string> Round(SchedulerOptions options = {}) {
-    options.interval = absl::Hours(1);
-    Scheduler scheduler(
-        options,
-        [this](const MetaGroup::Mutation& mutate) -> absl::StatusOr<ClusterMap> {
-          absl::StatusOr<ClusterMap> next = mutate(*maps_.Current());
-          if (next.ok()) maps_.Set(std::make_shared<const ClusterMap>(*next));
-          return next;
-        },
-        [this] { return maps_.Current(); }, [] { return true; }, &model_,
-        [](const std::string&) {});
-    scheduler.RunOnceForTesting();
+    Lasting(options)->RunOnceForTesting();
     return model_.TakeCalls();
   }
 
@@ -196,6 +186,21 @@ class SchedulerTest : public ::testing::Test {
     ASSERT_THAT(grown, IsOk());
     maps_.Set(std::make_shared<const ClusterMap>(*grown));
     model_.hosted[id];
+  }
+
+  // A scheduler whose thread never runs a round by itself: the test calls
+  // RunOnceForTesting (kept across rounds, it measures between them).
+  std::unique_ptr<Scheduler> Lasting(SchedulerOptions options) {
+    options.interval = absl::Hours(1);
+    return std::make_unique<Scheduler>(
+        options,
+        [this](const MetaGroup::Mutation& mutate) -> absl::StatusOr<ClusterMap> {
+          absl::StatusOr<ClusterMap> next = mutate(*maps_.Current());
+          if (next.ok()) maps_.Set(std::make_shared<const ClusterMap>(*next));
+          return next;
+        },
+        [this] { return maps_.Current(); }, [] { return true; }, &model_,
+        [](const std::string&) {});
   }
 
   // A round without balancing: only the moves recorded by hand.
@@ -532,6 +537,34 @@ TEST_F(SchedulerTest, AShardAboveTheSizeThresholdIsSplitOnceAndNotByDefault) {
   model_.shards[0].bytes = 1000;
   for (int i = 0; i < 5; ++i) Round(by_size);
   EXPECT_EQ(maps_.Current()->num_shards(), 4u);
+}
+
+// By load: a shard written at the threshold rate or more for
+// split_rate_rounds rounds in a row is split; a burst shorter than that,
+// or a rate below it, is not.
+TEST_F(SchedulerTest, AShardWrittenFastForLongEnoughIsSplit) {
+  // Rates are entries per nominal interval (an hour here): 3600 entries a
+  // round is one a second.
+  const SchedulerOptions by_load{
+      .balance = false, .split_writes_per_sec = 10, .split_rate_rounds = 5};
+  std::unique_ptr<Scheduler> scheduler = Lasting(by_load);
+  auto round = [&](uint64_t shard0_entries, uint64_t shard1_entries) {
+    model_.shards[0].commit += shard0_entries;
+    model_.shards[1].commit += shard1_entries;
+    scheduler->RunOnceForTesting();
+    model_.TakeCalls();
+  };
+  round(0, 0);                                             // first look: no rate yet
+  for (int i = 0; i < 4; ++i) round(3600 * 9, 3600 * 10);  // shard 1 busy, 4 rounds
+  round(0, 0);                                             // a pause resets it
+  for (int i = 0; i < 4; ++i) round(3600 * 9, 3600 * 10);
+  EXPECT_EQ(maps_.Current()->Splitting(), nullptr) << "a burst shorter than 5 rounds";
+  round(3600 * 9, 3600 * 10);  // the 5th in a row
+  ASSERT_NE(maps_.Current()->Splitting(), nullptr);
+  EXPECT_EQ(maps_.Current()->Splitting()->id, 1u);
+  for (int i = 0; i < 5; ++i) round(3600 * 9, 0);
+  EXPECT_EQ(maps_.Current()->num_shards(), 3u);  // shard 0 (9/s) is never split
+  EXPECT_EQ(maps_.Current()->Splitting(), nullptr);
 }
 
 TEST_F(SchedulerTest, LeadersSpreadEvenlyAndThenStayPut) {
