@@ -563,6 +563,20 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
       absl::StrAppend(&out, "}");
       first = false;
     }
+    // The metadata group's replicas (its move, if any) and the members
+    // being replaced after losing their data.
+    absl::StrAppend(&out, "],\"meta\":{\"replicas\":[", absl::StrJoin(map->meta_replicas(), ","),
+                    "],\"learners\":[", absl::StrJoin(map->meta().learners(), ","), "]");
+    if (map->meta().move_to() != 0) {
+      absl::StrAppend(&out, ",\"moving\":{\"from\":", map->meta().move_from(),
+                      ",\"to\":", map->meta().move_to(), "}");
+    }
+    absl::StrAppend(&out, "},\"replaced\":[");
+    first = true;
+    for (const v1::Replacement& r : map->replaced()) {
+      absl::StrAppend(&out, first ? "" : ",", r.node());
+      first = false;
+    }
     absl::StrAppend(&out, "]}\n");
     WriteRaw(out);
   } else {
@@ -616,6 +630,15 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
                         map->num_shards());
       }
       std::printf("%s\n", line.c_str());
+    }
+    std::string meta = absl::StrCat("metadata group: ", absl::StrJoin(map->meta_replicas(), " "));
+    if (map->meta().move_to() != 0) {
+      absl::StrAppend(&meta, "  moving ", map->meta().move_from(), " -> ", map->meta().move_to());
+    }
+    std::printf("%s\n", meta.c_str());
+    for (const v1::Replacement& r : map->replaced()) {
+      std::printf("node %llu lost its data: its old replicas are being replaced\n",
+                  static_cast<unsigned long long>(r.node()));
     }
   }
   return all_up ? kExitOk : kExitUnavailable;

@@ -290,6 +290,15 @@ void KvService::AddLeaderHint(absl::Status& status, ShardId shard) const {
 }
 
 void KvService::Complete(ShardId shard, absl::Status status, const OpDone& done) {
+  if (status.code() == absl::StatusCode::kNotFound) {
+    // The node does not host the shard the map lists here (a replica not
+    // created yet, or one lost with its data directory and being
+    // replaced). Never NOT_FOUND: on a Get the SDK takes that for a
+    // missing key (the chaos suite saw reads of existing keys answered
+    // "absent"). Another replica answers.
+    status = NodeUnavailableError(std::string(status.message()),
+                                  v1::ErrorDetail::NotLeader::REASON_NOT_LEADER);
+  }
   if (status.code() == absl::StatusCode::kUnavailable) AddLeaderHint(status, shard);
   if (status.code() == absl::StatusCode::kOutOfRange) {
     // The shard's state machine no longer owns the key (a split applied

@@ -80,6 +80,13 @@ absl::StatusOr<ClusterMap> Scheduler::RecordMove(const ClusterMap& map, ShardId 
   if (map.FindMember(to) == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("node ", to, " is not a member"));
   }
+  if (map.ReplacedIncarnation(to) != 0) {
+    // A replica given to it now would be taken for one it lost.
+    return absl::FailedPreconditionError(
+        absl::StrCat("node ", to,
+                     " lost its data and its old replicas are being dropped; it takes new "
+                     "ones after that"));
+  }
   if (Contains(layout.replicas, to) || Contains(layout.learners, to)) {
     return absl::InvalidArgumentError(
         absl::StrCat("node ", to, " already holds a replica of shard ", shard));
@@ -258,7 +265,7 @@ bool Scheduler::DropReplaced(
     }
     if (listed) continue;
     absl::StatusOr<ClusterMap> cleared =
-        change_map_([node](const ClusterMap& current) { return current.WithoutReplaced(node); });
+        change_map_([id = node](const ClusterMap& current) { return current.WithoutReplaced(id); });
     if (cleared.ok()) {
       log_(absl::StrCat("node ", node,
                         " holds none of its lost replicas any more: it takes new ones (cluster map "

@@ -159,7 +159,8 @@ class Scheduler {
   // `to` becomes a learner (the next version). Errors: kInvalidArgument (no
   // such shard or member, `from` is not a voter of it, `to` already holds a
   // replica of it), kFailedPrecondition (another move of the shard is in
-  // progress).
+  // progress, or `to` is recorded replaced: its lost replicas are still
+  // being dropped).
   static absl::StatusOr<ClusterMap> RecordMove(const ClusterMap& map, ShardId shard, NodeId from,
                                                NodeId to);
 

@@ -781,16 +781,16 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
   Node* node = node_for_peers_.load(std::memory_order_acquire);
   if (node == nullptr) return done(absl::UnavailableError("the node is not running"));
   const ShardId shard = request.shard();
-  spdlog::info("node {} asks: {} of shard {}", request.from_node(),
-               request.has_conf_change() ? "a membership change"
-               : request.has_transfer_leader_to()
-                   ? absl::StrCat("leadership to node ", request.transfer_leader_to())
-               : request.has_split()
-                   ? absl::StrCat("a split at hash ", request.split().split_hash())
-               : request.has_replace_me()
-                   ? std::string("to be recorded as replaced (its data was lost), on behalf")
-                   : std::string("deleting the replica"),
-               shard);
+  if (!request.has_replace_me()) {
+    spdlog::info("node {} asks: {} of shard {}", request.from_node(),
+                 request.has_conf_change() ? "a membership change"
+                 : request.has_transfer_leader_to()
+                     ? absl::StrCat("leadership to node ", request.transfer_leader_to())
+                 : request.has_split()
+                     ? absl::StrCat("a split at hash ", request.split().split_hash())
+                     : std::string("deleting the replica"),
+                 shard);
+  }
   switch (request.change_case()) {
     case peerpb::ReplicaChangeRequest::kConfChange:
       return node->ProposeConfChange(shard, request.conf_change(), std::move(done));

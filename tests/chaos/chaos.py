@@ -186,6 +186,11 @@ class Cluster:
                 log(f"warning: node {i} (pid {p.pid}) did not die")
         self.paused.discard(i)
 
+    def wipe(self, i):
+        """kill -9 node i and delete its data directory (a lost disk)."""
+        self.kill9(i)
+        shutil.rmtree(os.path.join(self.run_dir, "data", f"n{i}"), ignore_errors=True)
+
     def admin_status(self, wait_ms=0, timeout=20):
         cmd = self.nsexec(self.hub, [self.args.admin, "status", f"--endpoints={self.endpoints()}"] +
                           ([f"--wait-ms={wait_ms}"] if wait_ms else []))
@@ -452,7 +457,11 @@ class Nemesis:
         one of its replicas there (`move-replica`); half the time it then
         kill -9s a node that takes part (the shard's leader, or the move's
         source or target) 0.1-1.5 s later and restarts it after `hold`. The
-        scheduler finishes the change whatever the crash hit.
+        scheduler finishes the change whatever the crash hit. A quarter of
+        the time, when every group is whole (no replacement, move or missing
+        replica, every node up), it wipes a node instead: kill -9, data
+        directory deleted, restarted empty; the cluster replaces its lost
+        replicas (one lost disk at a time, as 3 replicas allow).
         """
         rng = self.rng
         status = self.c.cluster_status()
@@ -460,6 +469,15 @@ class Nemesis:
             self.note("membership: skipped (no cluster status)")
             return
         shards = status["shards"]
+        if self.wipe_allowed(status) and rng.random() < 0.25:
+            victim = rng.randint(1, self.c.n)
+            self.note(f"start membership-wipe: kill -9 node {victim}, delete its data directory, "
+                      f"restart it empty")
+            self.c.wipe(victim)
+            self.c.start(victim)
+            self.sleep(hold, deadline)
+            self.note(f"end membership-wipe: node {victim}")
+            return
         movable = [(sh, n) for sh in shards for n in range(1, self.c.n + 1)
                    if n not in [r["node"] for r in sh["replicas"]] and "moving" not in sh]
         if movable and rng.random() < 0.5:
@@ -491,6 +509,17 @@ class Nemesis:
         else:
             self.sleep(hold, deadline)
             self.note(f"end membership-{sub}")
+
+    def wipe_allowed(self, status):
+        """Whether every group is whole: safe to lose one more disk."""
+        meta = status.get("meta", {})
+        n = len(status.get("members", []))
+        meta_size = min(5, n) if min(5, n) % 2 else min(5, n) - 1
+        return (status.get("replaced") == [] and "moving" not in meta and
+                len(meta.get("replicas", [])) == meta_size and
+                all(m.get("up") for m in status.get("members", [])) and
+                all("moving" not in sh and len(sh["replicas"]) == status.get("replication") and
+                    all(r.get("role") != "down" for r in sh["replicas"]) for sh in status["shards"]))
 
     def pause_isolated(self, deadline):
         """A stalled leader that resumes before it hears of its successors.

@@ -693,6 +693,21 @@ TEST_F(KvServiceTest, NotLeaderNamesTheLeaderAndItsAddress) {
   EXPECT_EQ(got->not_leader().reason(), v1::ErrorDetail::NotLeader::REASON_NOT_LEADER);
 }
 
+// A node the map lists as a replica of the shard but that does not host it
+// (its replica not created yet, or lost with its data directory) answers
+// UNAVAILABLE, never NOT_FOUND: the SDK reads NOT_FOUND on a Get as a
+// missing key.
+TEST_F(KvServiceTest, AShardNotHostedHereIsUnavailableNotAMissingKey) {
+  ASSERT_THAT(Put("k", "v"), IsOk());
+  backend_.SetBarrierError(absl::NotFoundError("shard 0 has no replica on this node"));
+  absl::StatusOr<v1::GetResponse> get = Get("k");
+  ASSERT_THAT(get, StatusIs(absl::StatusCode::kUnavailable));
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(get.status());
+  ASSERT_TRUE(detail.has_value() && detail->has_not_leader());
+  backend_.SetProposeError(absl::NotFoundError("shard 0 has no replica on this node"));
+  EXPECT_THAT(Put("k", "w"), StatusIs(absl::StatusCode::kUnavailable));
+}
+
 // A replica that has just lost leadership answers its waiters "not leader"
 // before it knows its successor (leader 0); by the time the call finishes
 // it may know: the answer names the leader it knows then.
