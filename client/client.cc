@@ -527,6 +527,14 @@ class KvCall final : public RetryingCall {
       }
       return Finish(std::move(response));
     }
+    if (status.code() == absl::StatusCode::kNotFound) {
+      // Never a missing key (an answer says that with found=false): the
+      // node does not host the replica (servers before a75c871 answered
+      // so). Another replica, as for UNAVAILABLE; never reported as
+      // kNotFound, which a Get's caller takes for "no such key".
+      status = absl::UnavailableError(
+          absl::StrCat(target, " does not serve shard ", shard_, ": ", status.message()));
+    }
     last_error_ = status;
     std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
     switch (status.code()) {

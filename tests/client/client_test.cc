@@ -73,6 +73,35 @@ TEST(ClientFake, PutGetDeleteFollowingLeaderHints) {
   EXPECT_EQ(client->core_for_testing().routes().Leaders().at(shard), cluster.address(1));
 }
 
+// NOT_FOUND as a call's status (a node that does not host the replica) is
+// never a missing key: the Get goes to another replica, and if none
+// answers otherwise it fails with another code.
+TEST(ClientFake, NotFoundFromANodeIsNotAMissingKey) {
+  FakeCluster cluster({});
+  auto client = MakeClient(Options(cluster));
+  ASSERT_THAT(client->Put("k1", "v1"), IsOk());
+  std::atomic<int> refused{0};
+  std::atomic<bool> always{false};
+  cluster.SetHook([&](const FakeCall& call) {
+    FakeAction a;
+    if (call.method == "Get" && (always.load() || refused.fetch_add(1) == 0)) {
+      a.kind = FakeAction::Kind::kError;
+      a.error = absl::NotFoundError("shard 0 has no replica on this node");
+    }
+    return a;
+  });
+  absl::StatusOr<KeyValue> got = client->Get("k1");
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ(got->value, "v1");
+  EXPECT_GE(refused.load(), 2);
+  always = true;
+  CallOptions shortly;
+  shortly.timeout = absl::Milliseconds(300);
+  got = client->Get("k1", shortly);
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.status().code(), absl::StatusCode::kNotFound) << got.status();
+}
+
 // A closed loop of callers, each making its next request from the callback
 // of its last (as tessera-bench does): the requests made while one
 // response's results are delivered go out corked, in one message. Without

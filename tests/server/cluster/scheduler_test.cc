@@ -620,6 +620,17 @@ TEST(SchedulerRecordMove, RefusesMovesThatCannotBe) {
   }
   EXPECT_THAT(Scheduler::RecordMove(*moving, 0, s.replicas[1], other),
               StatusIs(absl::StatusCode::kFailedPrecondition));
+  // Nothing goes to a member whose lost replicas are still being dropped
+  // (it would be taken for one of them); recording it calls off the move
+  // to it.
+  absl::StatusOr<ClusterMap> replaced = moving->WithReplaced(outside, 7);
+  ASSERT_THAT(replaced, IsOk());
+  EXPECT_TRUE(replaced->shards()[0].learners.empty());
+  EXPECT_EQ(replaced->shards()[0].move_to, 0u);
+  EXPECT_THAT(Scheduler::RecordMove(*replaced, 0, s.replicas[0], outside),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(Scheduler::RecordAdd(*replaced, 0, outside),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 }  // namespace
