@@ -8,6 +8,7 @@
 #define TESSERA_CLIENT_BENCH_BACKEND_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -27,8 +28,10 @@ enum class ReadConsistency { kLinearizable, kLease, kStale };
 class Completion {
  public:
   virtual ~Completion() = default;
-  // `code` is kOk on success; `miss` is true for a kGet of a missing key.
-  virtual void OnComplete(absl::StatusCode code, bool miss) = 0;
+  // `code` is kOk on success; `miss` is true for a kGet of a missing key;
+  // `version` is the version a successful kGet found (the key's writes
+  // since it was created; 0 for a miss and for every other op).
+  virtual void OnComplete(absl::StatusCode code, bool miss, uint64_t version) = 0;
 };
 
 class Backend {

@@ -44,6 +44,43 @@ std::string KeyFormat::Key(uint64_t index) const {
   return key;
 }
 
+WriteCounts::WriteCounts(uint64_t key_space)
+    : acked_(new std::atomic<uint32_t>[key_space]()),
+      failed_(new std::atomic<uint32_t>[key_space]()) {}
+
+void WriteCounts::Record(uint64_t key, bool acknowledged) {
+  (acknowledged ? acked_ : failed_)[key].fetch_add(1, std::memory_order_relaxed);
+}
+
+VersionCheck CheckVersions(const KeyFormat& keys, const KeyVersions& before,
+                           const KeyVersions& after, const WriteCounts& writes) {
+  constexpr size_t kExamples = 10;
+  VersionCheck check;
+  for (uint64_t i = 0; i < keys.key_space(); ++i) {
+    if (i >= before.size() || i >= after.size() || !before[i].has_value() ||
+        !after[i].has_value()) {
+      ++check.keys_unchecked;
+      continue;
+    }
+    ++check.keys_checked;
+    const uint64_t acked = writes.acked(i);
+    const uint64_t failed = writes.failed(i);
+    check.acked_writes += acked;
+    check.failed_writes += failed;
+    const uint64_t was = *before[i];
+    const uint64_t is = *after[i];
+    if (is >= was + acked && is <= was + acked + failed) continue;
+    ++check.mismatches;
+    if (check.examples.size() < kExamples) {
+      check.examples.push_back(
+          absl::StrCat(keys.Key(i), ": version ", was, " before, ", is, " after, with ", acked,
+                       " acknowledged and ", failed, " failed writes (expected ", was + acked,
+                       failed > 0 ? absl::StrCat("..", was + acked + failed) : "", ")"));
+    }
+  }
+  return check;
+}
+
 namespace {
 
 int64_t NowNanos() {
@@ -120,12 +157,14 @@ class ClosedLoop : public std::enable_shared_from_this<ClosedLoop> {
     // Of the request in flight: written before it starts, read by its
     // completion (ordered by the RPC itself; atomics so that no tool needs
     // to see through gRPC for that).
+    std::atomic<uint64_t> key_index{0};
+    std::atomic<Op> op{Op::kGet};
     std::atomic<int64_t> start_nanos{0};
     std::atomic<bool> measured{false};
     std::atomic<int> state{kIdle};
 
-    void OnComplete(absl::StatusCode code, bool miss) override {
-      loop->Completed(this, code, miss);
+    void OnComplete(absl::StatusCode code, bool miss, uint64_t version) override {
+      loop->Completed(this, code, miss, version);
     }
   };
 
@@ -141,7 +180,10 @@ class ClosedLoop : public std::enable_shared_from_this<ClosedLoop> {
         return Retire();
       }
       const Op op = PickOp(c);
-      keys_.Format(PickKey(c), &c->key);
+      const uint64_t key_index = PickKey(c);
+      keys_.Format(key_index, &c->key);
+      c->op.store(op, std::memory_order_relaxed);
+      c->key_index.store(key_index, std::memory_order_relaxed);
       c->measured.store(measured, std::memory_order_relaxed);
       c->state.store(kIssuing);
       c->start_nanos.store(NowNanos(), std::memory_order_relaxed);
@@ -151,10 +193,19 @@ class ClosedLoop : public std::enable_shared_from_this<ClosedLoop> {
     }
   }
 
-  void Completed(VirtualClient* c, absl::StatusCode code, bool miss) {
+  void Completed(VirtualClient* c, absl::StatusCode code, bool miss, uint64_t version) {
     const int64_t end = NowNanos();
+    const bool ok = code == absl::StatusCode::kOk;
+    const uint64_t key_index = c->key_index.load(std::memory_order_relaxed);
+    if (c->op.load(std::memory_order_relaxed) == Op::kGet) {
+      if (spec_.versions != nullptr) {
+        (*spec_.versions)[key_index] = ok ? std::optional<uint64_t>(version) : std::nullopt;
+      }
+    } else if (spec_.writes != nullptr) {
+      spec_.writes->Record(key_index, ok);
+    }
     if (c->measured.load(std::memory_order_relaxed)) {
-      if (code == absl::StatusCode::kOk) {
+      if (ok) {
         latencies_.Record(
             static_cast<uint64_t>(end - c->start_nanos.load(std::memory_order_relaxed)));
         if (miss) misses_.fetch_add(1, std::memory_order_relaxed);

@@ -14,9 +14,13 @@
 #define TESSERA_CLIENT_BENCH_DRIVER_H_
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -49,6 +53,40 @@ class KeyFormat {
   size_t digits_;  // the digits of key_space - 1
 };
 
+// Per key of the key space, the writes a run made (puts, and txns: both of
+// their branches put), for --verify: acknowledged ones, and failed ones,
+// whose outcome is unknown (they may have applied). Thread-safe.
+class WriteCounts {
+ public:
+  explicit WriteCounts(uint64_t key_space);
+  void Record(uint64_t key, bool acknowledged);
+  uint32_t acked(uint64_t key) const { return acked_[key].load(std::memory_order_relaxed); }
+  uint32_t failed(uint64_t key) const { return failed_[key].load(std::memory_order_relaxed); }
+
+ private:
+  std::unique_ptr<std::atomic<uint32_t>[]> acked_;
+  std::unique_ptr<std::atomic<uint32_t>[]> failed_;
+};
+
+// A key's version as read by a kGet run: 0 if missing, nullopt if the read
+// failed.
+using KeyVersions = std::vector<std::optional<uint64_t>>;
+
+// --verify's verdict: every key read before and after the run must have
+// gained exactly its acknowledged writes, plus at most its failed ones (a
+// write applied twice, or an acknowledged write lost, shows as a mismatch).
+struct VersionCheck {
+  uint64_t keys_checked = 0;
+  uint64_t keys_unchecked = 0;  // a read before or after failed
+  uint64_t acked_writes = 0;    // on the checked keys
+  uint64_t failed_writes = 0;   // on the checked keys (unknown outcome)
+  uint64_t mismatches = 0;
+  std::vector<std::string> examples;  // the first few mismatches, one line each
+};
+
+VersionCheck CheckVersions(const KeyFormat& keys, const KeyVersions& before,
+                           const KeyVersions& after, const WriteCounts& writes);
+
 struct RunSpec {
   Workload workload = Workload::kPut;
   size_t clients = 1;
@@ -63,6 +101,11 @@ struct RunSpec {
   bool sequential_keys = false;
   double read_ratio = 0.9;  // kMixed: the fraction of gets
   uint64_t seed = 1;
+  // If set, every write's outcome is counted here, warmup included.
+  WriteCounts* writes = nullptr;
+  // If set (sized to the key space), each get stores the version it read
+  // at the key's index (meant for a kGet run over sequential keys).
+  KeyVersions* versions = nullptr;
 };
 
 struct RunStats {

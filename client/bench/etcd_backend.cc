@@ -42,19 +42,20 @@ class EtcdBackend : public Backend {
         return kv->Put(&call->context, &call->request, &call->response,
                        [call, done](grpc::Status s) {
                          delete call;
-                         done->OnComplete(static_cast<absl::StatusCode>(s.error_code()), false);
+                         done->OnComplete(static_cast<absl::StatusCode>(s.error_code()), false, 0);
                        });
       }
       case Op::kGet: {
         auto* call = NewCall<etcdserverpb::RangeRequest, etcdserverpb::RangeResponse>();
         call->request.set_key(key);
         call->request.set_serializable(options_.consistency == ReadConsistency::kStale);
-        return kv->Range(&call->context, &call->request, &call->response,
-                         [call, done](grpc::Status s) {
-                           const bool miss = s.ok() && call->response.kvs_size() == 0;
-                           delete call;
-                           done->OnComplete(static_cast<absl::StatusCode>(s.error_code()), miss);
-                         });
+        return kv->Range(
+            &call->context, &call->request, &call->response, [call, done](grpc::Status s) {
+              const bool miss = s.ok() && call->response.kvs_size() == 0;
+              const uint64_t version = s.ok() && !miss ? call->response.kvs(0).version() : 0;
+              delete call;
+              done->OnComplete(static_cast<absl::StatusCode>(s.error_code()), miss, version);
+            });
       }
       case Op::kTxn: {
         auto* call = NewCall<etcdserverpb::TxnRequest, etcdserverpb::TxnResponse>();
@@ -70,7 +71,7 @@ class EtcdBackend : public Backend {
         return kv->Txn(&call->context, &call->request, &call->response,
                        [call, done](grpc::Status s) {
                          delete call;
-                         done->OnComplete(static_cast<absl::StatusCode>(s.error_code()), false);
+                         done->OnComplete(static_cast<absl::StatusCode>(s.error_code()), false, 0);
                        });
       }
     }

@@ -6,7 +6,9 @@
 // runs the workload through the shared driver (driver.h) and prints a human
 // summary followed by one JSON line, the last line of stdout.
 // Exit codes: 0 the run completed (even with some errors), 1 every request
-// failed, 2 usage error or the cluster cannot be reached.
+// failed, 2 usage error or the cluster cannot be reached, 3 --verify found a
+// key whose version does not match the writes made to it, or could not read
+// one.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -42,6 +44,9 @@ namespace {
 constexpr int kExitOk = 0;
 constexpr int kExitAllFailed = 1;
 constexpr int kExitUsage = 2;
+constexpr int kExitVerifyFailed = 3;
+// --verify keeps two versions and two counters per key.
+constexpr uint64_t kMaxVerifyKeySpace = 10'000'000;
 
 constexpr char kUsage[] = R"(usage: tessera-bench [flags] put|get|mixed|txn
 
@@ -80,11 +85,18 @@ flags:
   --fill                       first write every key once (not measured)
   --timeout=D                  per-request deadline (default 5s)
   --seed=N                     random seed (default: random, printed)
+  --verify                     read every key's version before and after the run
+                               (after --fill) and check that each gained exactly
+                               the writes acknowledged to it, plus at most those
+                               that failed (unknown outcome): a lost or doubly
+                               applied write fails the run (linearizable reads;
+                               key space up to 10000000)
   --json-only                  print only the JSON line
   --help                       this help
 
 exit codes: 0 the run completed (even with some errors), 1 every request
-failed, 2 usage error or the cluster cannot be reached.
+failed, 2 usage error or the cluster cannot be reached, 3 --verify found a
+mismatch or could not read a key.
 )";
 
 struct Config {
@@ -106,6 +118,7 @@ struct Config {
   absl::Duration timeout = absl::Seconds(5);
   std::optional<uint64_t> seed;
   bool json_only = false;
+  bool verify = false;
   std::string workload;
 };
 
@@ -208,7 +221,8 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
   };
   const std::map<std::string, bool*> flags = {{"sequential-keys", &config->sequential_keys},
                                               {"fill", &config->fill},
-                                              {"json-only", &config->json_only}};
+                                              {"json-only", &config->json_only},
+                                              {"verify", &config->verify}};
   std::vector<std::string> positional;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -253,6 +267,12 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
   }
   if (config->backend == "etcd" && config->consistency == "lease") {
     return "--consistency=lease: etcd has no lease reads (use linearizable or stale)";
+  }
+  if (config->verify && config->consistency != "linearizable") {
+    return "--verify reads the versions with linearizable reads: drop --consistency";
+  }
+  if (config->verify && config->key_space > kMaxVerifyKeySpace) {
+    return absl::StrCat("--verify: --key-space is at most ", kMaxVerifyKeySpace);
   }
   if (config->endpoints.empty()) {
     if (config->backend == "etcd") {
@@ -356,7 +376,38 @@ void PrintSummary(const Config& config, const RunStats& stats) {
               config.sequential_keys ? "sequential" : "random");
 }
 
-std::string Json(const Config& config, const RunStats& stats, const RunStats* fill) {
+// Every key's version, read once (a get per key, --clients at a time).
+KeyVersions ReadVersions(Backend& backend, const KeyFormat& keys, const Config& config) {
+  KeyVersions versions(keys.key_space());
+  RunSpec spec;
+  spec.workload = Workload::kGet;
+  spec.clients = static_cast<size_t>(config.clients);
+  spec.total = static_cast<int64_t>(keys.key_space());
+  spec.sequential_keys = true;
+  spec.versions = &versions;
+  RunClosedLoop(backend, keys, spec);
+  return versions;
+}
+
+// The verdict on stdout (unless --json-only), each mismatch on stderr.
+void PrintVersionCheck(const VersionCheck& check, bool json_only) {
+  if (!json_only) {
+    std::printf(
+        "verify: %llu keys checked, %llu unreadable, %llu acknowledged and %llu failed "
+        "writes, %llu mismatches\n",
+        static_cast<unsigned long long>(check.keys_checked),
+        static_cast<unsigned long long>(check.keys_unchecked),
+        static_cast<unsigned long long>(check.acked_writes),
+        static_cast<unsigned long long>(check.failed_writes),
+        static_cast<unsigned long long>(check.mismatches));
+  }
+  for (const std::string& example : check.examples) {
+    std::fprintf(stderr, "verify: mismatch: %s\n", example.c_str());
+  }
+}
+
+std::string Json(const Config& config, const RunStats& stats, const RunStats* fill,
+                 const VersionCheck* check) {
   const LatencyHistogram& h = stats.latencies;
   auto ms = [](uint64_t nanos) { return Ms(static_cast<double>(nanos)); };
   std::string json = absl::StrFormat(
@@ -376,6 +427,13 @@ std::string Json(const Config& config, const RunStats& stats, const RunStats* fi
                           R"(,"fill_ops":%d,"fill_seconds":%.4f,"fill_ops_per_sec":%.1f)"
                           R"(,"fill_errors":%d)",
                           fill->ops, fill->seconds, OpsPerSecond(*fill), fill->errors);
+  }
+  if (check != nullptr) {
+    absl::StrAppendFormat(&json,
+                          R"(,"verify_keys":%d,"verify_unreadable":%d,"verify_acked_writes":%d,)"
+                          R"("verify_failed_writes":%d,"verify_mismatches":%d)",
+                          check->keys_checked, check->keys_unchecked, check->acked_writes,
+                          check->failed_writes, check->mismatches);
   }
   return json + "}";
 }
@@ -447,6 +505,13 @@ int Main(int argc, char** argv) {
     }
   }
 
+  std::optional<KeyVersions> before;
+  std::optional<WriteCounts> writes;
+  if (config.verify) {
+    before = ReadVersions(**backend, *keys, config);
+    writes.emplace(keys->key_space());
+  }
+
   RunSpec spec;
   spec.workload = ToWorkload(config.workload);
   spec.clients = static_cast<size_t>(config.clients);
@@ -456,14 +521,26 @@ int Main(int argc, char** argv) {
   spec.sequential_keys = config.sequential_keys;
   spec.read_ratio = config.read_ratio;
   spec.seed = *config.seed;
+  if (writes.has_value()) spec.writes = &*writes;
   const RunStats stats = RunClosedLoop(**backend, *keys, spec);
 
+  std::optional<VersionCheck> check;
+  if (config.verify) {
+    check = CheckVersions(*keys, *before, ReadVersions(**backend, *keys, config), *writes);
+  }
   if (!config.json_only) PrintSummary(config, stats);
-  std::printf("%s\n", Json(config, stats, fill.has_value() ? &*fill : nullptr).c_str());
+  if (check.has_value()) PrintVersionCheck(*check, config.json_only);
+  std::printf("%s\n", Json(config, stats, fill.has_value() ? &*fill : nullptr,
+                           check.has_value() ? &*check : nullptr)
+                          .c_str());
   std::fflush(stdout);
   const bool fill_failed = fill.has_value() && fill->ops == 0 && fill->errors > 0;
   const bool run_failed = stats.ops == 0 && stats.errors > 0;
-  return fill_failed || run_failed ? kExitAllFailed : kExitOk;
+  if (fill_failed || run_failed) return kExitAllFailed;
+  if (check.has_value() && (check->mismatches > 0 || check->keys_unchecked > 0)) {
+    return kExitVerifyFailed;
+  }
+  return kExitOk;
 }
 
 }  // namespace

@@ -47,12 +47,13 @@ class TesseraBackend : public Backend {
       case Op::kPut:
         return client_->PutAsync(key, options_.value, write_,
                                  [done](absl::StatusOr<client::PutResult> r) {
-                                   done->OnComplete(r.status().code(), false);
+                                   done->OnComplete(r.status().code(), false, 0);
                                  });
       case Op::kGet:
         return client_->GetAsync(key, read_, [done](absl::StatusOr<client::KeyValue> r) {
           const bool miss = r.status().code() == absl::StatusCode::kNotFound;
-          done->OnComplete(miss ? absl::StatusCode::kOk : r.status().code(), miss);
+          done->OnComplete(miss ? absl::StatusCode::kOk : r.status().code(), miss,
+                           r.ok() ? r->version : 0);
         });
       case Op::kTxn: {
         client::TxnRequest& txn = txns_[client];
@@ -60,7 +61,7 @@ class TesseraBackend : public Backend {
         txn.success[0].key = key;
         txn.failure[0].key = key;
         return client_->TxnAsync(txn, write_, [done](absl::StatusOr<client::TxnResult> r) {
-          done->OnComplete(r.status().code(), false);
+          done->OnComplete(r.status().code(), false, 0);
         });
       }
     }

@@ -453,8 +453,9 @@ absl::StatusOr<ClusterMap> ClusterMap::WithLeaving(NodeId id) const {
     return absl::FailedPreconditionError(
         absl::StrCat("no other member could take the replicas of member ", id));
   }
-  if (HostsMeta(id)) {
-    // Its metadata replica needs a member that has none and stays.
+  if (HostsMeta(id) && meta_.replicas.size() <= kMinMetaVoters) {
+    // Its metadata replica needs a member that has none and stays (with
+    // more voters, the scheduler may drop it instead).
     bool taker = false;
     for (const MemberInfo& m : members_) {
       taker = taker || (m.id != id && !IsLeaving(m.id) && !HostsMeta(m.id));

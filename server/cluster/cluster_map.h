@@ -107,6 +107,9 @@ inline constexpr ShardId kMetaShard = ShardId{1} << 32;
 // Members holding a replica of the metadata group (fewer when the cluster
 // has fewer members).
 inline constexpr uint32_t kMetaReplication = 5;
+// A leaving member's metadata replica is dropped rather than moved (when
+// every staying member holds one already) only while more voters remain.
+inline constexpr uint32_t kMinMetaVoters = 3;
 
 class ClusterMap {
  public:

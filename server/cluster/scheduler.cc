@@ -219,49 +219,61 @@ void Scheduler::BalanceLeaders(
   }
 }
 
-bool Scheduler::DropReplaced(
-    const ClusterMap& map,
-    const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders) {
+Scheduler::DropStep Scheduler::DropVoter(const ShardLayout& s, NodeId node, const Leaders& leaders,
+                                         const std::string& why) {
+  auto it = leaders.find(s.id);
+  const ShardStatus* leader = it != leaders.end() ? it->second.second : nullptr;
+  const bool voter_in_raft = leader != nullptr && (Contains(leader->voters, node) ||
+                                                   Contains(leader->voters_outgoing, node));
+  if (!Contains(s.replicas, node) && !voter_in_raft) return DropStep::kNotListed;
+  if (s.move_to != 0 || s.split_hash != 0 || leader == nullptr) return DropStep::kWaiting;
+  const NodeId leader_node = it->second.first;
+  if (!leader->voters_outgoing.empty()) return DropStep::kWaiting;  // raft leaves it by itself
+  const ShardId shard = s.id;
+  if (leader_node == node) {
+    NodeId other = 0;
+    for (NodeId v : leader->voters) {
+      if (other == 0 && v != node) other = v;
+    }
+    if (other == 0 || !control_->TransferLeader(node, shard, other).ok()) return DropStep::kWaiting;
+    log_(absl::StrCat(Name(shard), ": node ", node, " hands its leadership to node ", other,
+                      " before leaving"));
+    return DropStep::kAsked;
+  }
+  if (voter_in_raft) {
+    if (!control_
+             ->ProposeConfChange(leader_node, shard,
+                                 Change({{raftpb::CONF_CHANGE_REMOVE_NODE, node}}))
+             .ok()) {
+      return DropStep::kWaiting;
+    }
+    log_(absl::StrCat(Name(shard), ": removing node ", node, " (", why, ")"));
+    return DropStep::kAsked;
+  }
+  std::vector<NodeId> voters = s.replicas;
+  voters.erase(std::remove(voters.begin(), voters.end(), node), voters.end());
+  if (voters.empty()) return DropStep::kWaiting;  // its only replica: nothing to keep
+  absl::StatusOr<ClusterMap> recorded = change_map_([&](const ClusterMap& current) {
+    const ShardLayout* now = current.Layout(shard);
+    if (now == nullptr || now->move_to != 0 || now->replicas != s.replicas) {
+      return absl::StatusOr<ClusterMap>(absl::AbortedError("the shard changed meanwhile"));
+    }
+    return current.WithShardReplicas(shard, voters, now->learners, 0, 0);
+  });
+  if (!recorded.ok()) return DropStep::kWaiting;
+  log_(absl::StrCat(Name(shard), ": node ", node, "'s replica dropped (", why,
+                    "; cluster map version ", recorded->version(), ")"));
+  return DropStep::kRecorded;
+}
+
+bool Scheduler::DropReplaced(const ClusterMap& map, const Leaders& leaders) {
   for (const auto& [node, incarnation] : map.replaced()) {
     bool listed = false;
     for (const ShardLayout* layout : Layouts(map)) {
-      const ShardLayout& s = *layout;
-      auto it = leaders.find(s.id);
-      const ShardStatus* leader = it != leaders.end() ? it->second.second : nullptr;
-      const bool voter_in_raft = leader != nullptr && (Contains(leader->voters, node) ||
-                                                       Contains(leader->voters_outgoing, node));
-      if (!Contains(s.replicas, node) && !voter_in_raft) continue;
-      listed = true;
-      if (s.move_to != 0 || s.split_hash != 0 || leader == nullptr) continue;  // after it
-      const NodeId leader_node = it->second.first;
-      if (leader_node == node || !leader->voters_outgoing.empty()) continue;
-      const ShardId shard = s.id;
-      if (voter_in_raft) {
-        // Out of the group first: its replica forgot what it acknowledged.
-        absl::Status asked = control_->ProposeConfChange(
-            leader_node, shard, Change({{raftpb::CONF_CHANGE_REMOVE_NODE, node}}));
-        if (asked.ok()) {
-          log_(absl::StrCat(Name(shard), ": removing node ", node,
-                            " (its data was lost; it gets a new replica later)"));
-        }
-        continue;
-      }
-      std::vector<NodeId> voters = s.replicas;
-      voters.erase(std::remove(voters.begin(), voters.end(), node), voters.end());
-      if (voters.empty()) continue;  // its only replica: nothing to keep
-      absl::StatusOr<ClusterMap> recorded = change_map_([&](const ClusterMap& current) {
-        const ShardLayout* now = current.Layout(shard);
-        if (now == nullptr || now->move_to != 0 || now->replicas != s.replicas) {
-          return absl::StatusOr<ClusterMap>(absl::AbortedError("the shard changed meanwhile"));
-        }
-        return current.WithShardReplicas(shard, voters, now->learners, 0, 0);
-      });
-      if (recorded.ok()) {
-        log_(absl::StrCat(Name(shard), ": node ", node,
-                          "'s lost replica dropped (cluster map version ", recorded->version(),
-                          ")"));
-      }
-      return true;  // one map change per round
+      const DropStep step =
+          DropVoter(*layout, node, leaders, "its data was lost; it gets a new replica later");
+      listed = listed || step != DropStep::kNotListed;
+      if (step == DropStep::kRecorded) return true;  // one map change per round
     }
     if (listed) continue;
     absl::StatusOr<ClusterMap> cleared =
@@ -273,6 +285,22 @@ bool Scheduler::DropReplaced(
                         cleared->version(), ")"));
     }
     return true;
+  }
+  return false;
+}
+
+bool Scheduler::ShrinkMeta(const ClusterMap& map, const std::vector<NodeId>& live,
+                           const Leaders& leaders) {
+  const ShardLayout& meta = map.meta();
+  for (NodeId id : live) {
+    if (!Contains(meta.replicas, id) && !Contains(meta.learners, id)) return false;  // a taker
+  }
+  for (NodeId id : map.leaving()) {
+    if (Contains(meta.replicas, id) && meta.replicas.size() <= kMinMetaVoters) continue;
+    const DropStep step =
+        DropVoter(meta, id, leaders,
+                  absl::StrCat("node ", id, " leaves and every staying member holds a replica"));
+    if (step == DropStep::kRecorded) return true;
   }
   return false;
 }
@@ -601,7 +629,8 @@ void Scheduler::RunOnce() {
   }
   // Each changes the map at most once, and the next ones decide from the
   // map as it was: after a change, they wait for the next round.
-  if (!DropReplaced(*map, leaders) && !Evacuate(*map, live, now) && !Repair(*map, live)) {
+  if (!DropReplaced(*map, leaders) && !ShrinkMeta(*map, live, leaders) &&
+      !Evacuate(*map, live, now) && !Repair(*map, live)) {
     Balance(*map, live);
   }
   BalanceLeaders(*map, live, leaders, applied);

@@ -175,8 +175,27 @@ class Scheduler {
   void RunOnceForTesting() { RunOnce(); }
 
  private:
+  // Each layout's leader node and its report.
+  using Leaders = std::map<ShardId, std::pair<NodeId, const ShardStatus*>>;
+  // What DropVoter did this round.
+  enum class DropStep {
+    kNotListed,  // `node` is a voter in neither the map nor raft
+    kWaiting,    // listed, but the layout is busy or its leader unknown
+    kAsked,      // asked raft (a leadership hand-off or the removal)
+    kRecorded,   // out of raft already: dropped from the map
+  };
+
   void Run();
   void RunOnce();
+  // Takes `node`'s voting replica out of layout `s`: out of raft first (a
+  // leader on `node` hands its leadership over first), then out of the
+  // map. `why` ends the log line.
+  DropStep DropVoter(const ShardLayout& s, NodeId node, const Leaders& leaders,
+                     const std::string& why);
+  // A leaving member's metadata replica when no live staying member lacks
+  // one (so Evacuate cannot move it) and more than kMinMetaVoters remain:
+  // dropped with DropVoter instead of moved. True if it changed the map.
+  bool ShrinkMeta(const ClusterMap& map, const std::vector<NodeId>& live, const Leaders& leaders);
   // Records moves off leaving and dead members (see above); false when it
   // recorded none. `live`: the members that answered this round and are
   // not leaving.
@@ -187,8 +206,7 @@ class Scheduler {
   // lost): one raft step or map change per layout and round; clears the
   // record once no layout lists the member; true if it changed the map.
   // `leaders`: each layout's leader node and report.
-  bool DropReplaced(const ClusterMap& map,
-                    const std::map<ShardId, std::pair<NodeId, const ShardStatus*>>& leaders);
+  bool DropReplaced(const ClusterMap& map, const Leaders& leaders);
   // Records an added replica (to a live member lacking it, not replaced,
   // holding the fewest) for a layout with fewer voters than its target
   // (shards: the replication factor; the metadata group: the largest odd

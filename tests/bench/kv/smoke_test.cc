@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -115,6 +117,29 @@ TEST(BenchSmoke, TesseraWorkloadsRunCleanAndWriteTheKeys) {
   ASSERT_THAT(got, IsOk());
   EXPECT_EQ(got->value, std::string(256, 'v'));
   EXPECT_GE(got->version, 1u);
+
+  // --verify: every key gained exactly the writes acknowledged to it.
+  BenchRun verified = RunBench({endpoints, "--clients=64", "--duration=2s", key_space,
+                                "--read-ratio=0.5", "--verify", "mixed"});
+  ExpectCleanRun(verified, "verify");
+  EXPECT_EQ(verified.Number("verify_keys"), kKeySpace) << verified.json;
+  EXPECT_EQ(verified.Number("verify_unreadable"), 0) << verified.json;
+  EXPECT_EQ(verified.Number("verify_mismatches"), 0) << verified.json;
+  EXPECT_GT(verified.Number("verify_acked_writes"), 0) << verified.json;
+  // ... and catches writes it did not make: another writer puts key 42
+  // until the run is over (so at least once between its two reads).
+  std::atomic<bool> done{false};
+  std::thread other([&] {
+    for (int i = 0; i < 100000 && !done.load(); ++i) (void)sdk.Put("k000000000000042", "x");
+  });
+  BenchRun caught = RunBench(
+      {endpoints, "--clients=16", "--duration=1s", key_space, "--verify", "--json-only", "put"});
+  done.store(true);
+  other.join();
+  EXPECT_EQ(caught.exit_code, 3) << caught.out << caught.err;
+  EXPECT_GE(caught.Number("verify_mismatches"), 1) << caught.json;
+  EXPECT_NE(caught.err.find("verify: mismatch: k000000000000042: version "), std::string::npos)
+      << caught.err;
 
   // Every request failing (values over the server's 1 MiB limit) exits 1.
   BenchRun rejected = RunBench({endpoints, "--total=5", "--value-size=2000000", "put"});
@@ -230,6 +255,8 @@ TEST(BenchSmoke, UsageErrorsExitTwoWithOneLine) {
       {"--consistency=eventual", "get"},
       {"--backend=etcd", "--consistency=lease", "get"},
       {"--key-size=3", "--key-space=100000", "put"},
+      {"--verify", "--consistency=stale", "mixed"},
+      {"--verify", "--key-space=10000001", "put"},
       {dead, "--timeout=1s", "put"},
       {"--backend=etcd", dead, "--timeout=1s", "put"},
   };

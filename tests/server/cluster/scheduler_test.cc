@@ -86,11 +86,12 @@ class ModelCluster : public ClusterControl {
         absl::StrAppend(&call, " remove ", c.node_id());
       }
     }
-    // Fewer voters only when a replica that lost its data leaves.
-    const bool drops_wiped = cc.changes_size() == 1 &&
-                             cc.changes(0).type() == raftpb::CONF_CHANGE_REMOVE_NODE &&
-                             wiped.contains(cc.changes(0).node_id());
-    if (!drops_wiped) {
+    // Fewer voters only when a replica that lost its data leaves, or a
+    // metadata replica the test allows to be dropped.
+    const bool drop =
+        cc.changes_size() == 1 && cc.changes(0).type() == raftpb::CONF_CHANGE_REMOVE_NODE;
+    const NodeId dropped = drop ? cc.changes(0).node_id() : 0;
+    if (!wiped.contains(dropped) && !(shard == kMetaShard && meta_droppable.contains(dropped))) {
       EXPECT_GE(sh.voters.size(), voters_before) << call;
     }
     calls.push_back(call);
@@ -139,7 +140,8 @@ class ModelCluster : public ClusterControl {
   std::map<ShardId, Shard> shards;
   std::map<NodeId, std::map<ShardId, uint64_t>> hosted;  // node -> shard -> applied index
   std::set<NodeId> down;
-  std::set<NodeId> wiped;  // lost their data (ClusterMap::WithReplaced)
+  std::set<NodeId> wiped;           // lost their data (ClusterMap::WithReplaced)
+  std::set<NodeId> meta_droppable;  // their metadata replica may go without a successor
   std::vector<std::string> calls;
   bool lose_split_answer = false;  // Split applies, but its caller hears nothing
 };
@@ -201,6 +203,18 @@ class SchedulerTest : public ::testing::Test {
         },
         [this] { return maps_.Current(); }, [] { return true; }, &model_,
         [](const std::string&) {});
+  }
+
+  // The metadata group's voters in raft are the map's, `left` is not their
+  // leader, and its replica was deleted.
+  void ExpectMetaLeft(NodeId left) {
+    const ClusterMap& map = *maps_.Current();
+    const ModelCluster::Shard& meta = model_.shards[kMetaShard];
+    EXPECT_THAT(std::set<NodeId>(meta.voters.begin(), meta.voters.end()),
+                ::testing::ContainerEq(
+                    std::set<NodeId>(map.meta_replicas().begin(), map.meta_replicas().end())));
+    EXPECT_NE(meta.leader, left);
+    EXPECT_FALSE(model_.hosted[left].contains(kMetaShard));
   }
 
   // A round without balancing: only the moves recorded by hand.
@@ -391,17 +405,42 @@ TEST_F(SchedulerTest, ALeavingMemberHandsOverItsMetadataReplicaToo) {
   EXPECT_EQ(map.meta().move_to, 0u);
   EXPECT_TRUE(map.meta().learners.empty());
   EXPECT_GT(map.meta().conf_version, 1u);
-  const ModelCluster::Shard& meta = model_.shards[kMetaShard];
-  EXPECT_THAT(std::set<NodeId>(meta.voters.begin(), meta.voters.end()),
-              ::testing::ContainerEq(
-                  std::set<NodeId>(map.meta_replicas().begin(), map.meta_replicas().end())));
-  EXPECT_NE(meta.leader, leaving);
-  EXPECT_FALSE(model_.hosted[leaving].contains(kMetaShard));  // deleted there
+  ExpectMetaLeft(leaving);
   // Through the wire form, as nodes read it.
   absl::StatusOr<ClusterMap> read = ClusterMap::FromProto(map.ToProto());
   ASSERT_THAT(read, IsOk());
   EXPECT_EQ(read->meta().conf_version, map.meta().conf_version);
   EXPECT_EQ(read->meta_replicas(), map.meta_replicas());
+}
+
+// With a metadata replica on every member (5 of 5), a leaving member's is
+// dropped rather than moved, out of raft first (its leadership handed over
+// before), so 4 remain and the member leaves; a second leaves the same way;
+// with 3 left the map refuses a third, which would leave too few.
+TEST_F(SchedulerTest, ALeavingMemberDropsItsMetadataReplicaWhenEveryOtherHoldsOne) {
+  std::vector<MemberInfo> members = Members();
+  members.push_back({4, "127.0.0.1:7004", "127.0.0.1:7104"});
+  members.push_back({5, "127.0.0.1:7005", "127.0.0.1:7105"});
+  auto five = ClusterMap::Create(members, 4, 3);
+  ASSERT_THAT(five, IsOk());
+  ASSERT_EQ(five->meta_replicas().size(), 5u);
+  Use(*five);
+  for (size_t left = 1; left <= 2; ++left) {
+    const NodeId leaving = model_.shards[kMetaShard].leader;
+    model_.meta_droppable.insert(leaving);
+    absl::StatusOr<ClusterMap> marked = maps_.Current()->WithLeaving(leaving);
+    ASSERT_THAT(marked, IsOk());
+    maps_.Set(std::make_shared<const ClusterMap>(*marked));
+    Settle({});
+    const ClusterMap& map = *maps_.Current();
+    EXPECT_EQ(map.FindMember(leaving), nullptr);
+    EXPECT_EQ(map.meta_replicas().size(), 5 - left);
+    EXPECT_EQ(map.meta().move_to, 0u);
+    ExpectMetaLeft(leaving);
+    for (const ShardLayout& s : map.shards()) EXPECT_EQ(s.replicas.size(), 3u) << s.id;
+  }
+  EXPECT_THAT(maps_.Current()->WithLeaving(maps_.Current()->meta_replicas()[0]),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 // A dead member's metadata replica is re-created on a member without one.
