@@ -33,7 +33,8 @@ import time
 PREFIX = "tsr-"
 CLIENT_PORT = 7001
 PEER_PORT = 7101
-NEMESES = ("partition", "kill", "pause", "netem", "snapshot", "pause-isolated", "membership")
+NEMESES = ("partition", "kill", "pause", "netem", "snapshot", "pause-isolated", "membership",
+           "grow-shrink")
 
 
 def log(msg):
@@ -84,7 +85,9 @@ def cleanup_leftovers():
 class Cluster:
     def __init__(self, args, run_dir, nemlog):
         self.args = args
-        self.n = args.nodes
+        self.founders = args.nodes  # started with --initial-cluster
+        self.slots = args.nodes + args.spares  # namespaces, addresses, certificates
+        self.members = list(range(1, args.nodes + 1))  # in the cluster now
         self.run_id = os.getpid()
         self.subnet = f"10.77.{self.run_id % 200 + 20}"
         self.hub = f"{PREFIX}{self.run_id}-hub"
@@ -104,7 +107,7 @@ class Cluster:
         return f"{self.subnet}.{i}"
 
     def endpoints(self):
-        return ",".join(f"{self.ip(i)}:{CLIENT_PORT}" for i in range(1, self.n + 1))
+        return ",".join(f"{self.ip(i)}:{CLIENT_PORT}" for i in self.members)
 
     # ---- network -------------------------------------------------------
     def create_network(self):
@@ -115,7 +118,7 @@ class Cluster:
         sh(["ip", "-n", hub, "link", "add", "br0", "type", "bridge"])
         sh(["ip", "-n", hub, "addr", "add", f"{self.subnet}.254/24", "dev", "br0"])
         sh(["ip", "-n", hub, "link", "set", "br0", "up"])
-        for i in range(1, self.n + 1):
+        for i in range(1, self.slots + 1):
             ns = self.ns(i)
             sh(["ip", "netns", "add", ns])
             self.namespaces.append(ns)
@@ -128,7 +131,7 @@ class Cluster:
             sh(["ip", "-n", ns, "addr", "add", f"{self.ip(i)}/24", "dev", "eth0"])
             sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
         self.probe_netem()
-        log(f"network: hub {hub}, nodes {self.ns(1)}..{self.ns(self.n)}, {self.subnet}.0/24")
+        log(f"network: hub {hub}, nodes {self.ns(1)}..{self.ns(self.slots)}, {self.subnet}.0/24")
 
     def nsexec(self, ns, cmd, **kw):
         return ["ip", "netns", "exec", ns] + cmd
@@ -136,14 +139,14 @@ class Cluster:
     # ---- processes -----------------------------------------------------
     def cluster_flag(self):
         return ",".join(f"{i}={self.ip(i)}:{CLIENT_PORT}/{self.ip(i)}:{PEER_PORT}"
-                        for i in range(1, self.n + 1))
+                        for i in range(1, self.founders + 1))
 
     def peer_tls_flags(self, i):
         """Member i's peer-TLS flags; certificates made once by deploy/gen-certs.sh."""
         certs = os.path.join(self.run_dir, "certs")
         script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__)))), "deploy", "gen-certs.sh")
-        subprocess.run([script, certs, *map(str, range(1, self.n + 1))], check=True)
+        subprocess.run([script, certs, *map(str, range(1, self.slots + 1))], check=True)
         return [f"--peer-cert={certs}/node-{i}.crt", f"--peer-key={certs}/node-{i}.key",
                 f"--peer-ca={certs}/ca.crt"]
 
@@ -153,8 +156,13 @@ class Cluster:
         logf = open(os.path.join(self.run_dir, "logs", f"node{i}.log"), "a")
         logf.write(f"==== start {time.strftime('%H:%M:%S')} ====\n")
         logf.flush()
-        cmd = [self.args.server, f"--node-id={i}", f"--data-dir={d}",
-               f"--initial-cluster={self.cluster_flag()}", f"--shards={self.args.shards}",
+        # Founders bootstrap from --initial-cluster; a node added later
+        # (add_node) joins through the members (and keeps --join on restarts).
+        membership = ([f"--initial-cluster={self.cluster_flag()}"] if i <= self.founders else
+                      ["--join=" + ",".join(f"{self.ip(m)}:{CLIENT_PORT}"
+                                           for m in self.members if m != i)])
+        cmd = [self.args.server, f"--node-id={i}", f"--data-dir={d}", *membership,
+               f"--shards={self.args.shards}",
                f"--tick-ms={self.args.tick_ms}", f"--election-ticks={self.args.election_ticks}",
                f"--snapshot-interval-entries={self.args.snapshot_interval}",
                "--drain-timeout-ms=2000", *self.peer_tls_flags(i)]
@@ -232,7 +240,7 @@ class Cluster:
                 if count > best_count:
                     best, best_count = node, count
         if best is None:
-            best = rng.randint(1, self.n)
+            best = rng.choice(self.members)
         return best
 
     # ---- faults --------------------------------------------------------
@@ -243,7 +251,7 @@ class Cluster:
                                         "-j", "DROP"]))
 
     def heal_partitions(self):
-        for i in range(1, self.n + 1):
+        for i in range(1, self.slots + 1):
             sh(self.nsexec(self.ns(i), ["iptables", "-w", "-F", "INPUT"]), check=False)
 
     # Rules of isolate_peer_port: (chain, match) pairs, both directions.
@@ -293,7 +301,7 @@ class Cluster:
                                     "rate", rate, "burst", "8kbit", "latency", "300ms"]))
 
     def heal_netem(self):
-        for i in range(1, self.n + 1):
+        for i in range(1, self.slots + 1):
             sh(self.nsexec(self.ns(i), ["tc", "qdisc", "del", "dev", "eth0", "root"]),
                check=False, quiet=True)
             sh(self.nsexec(self.ns(i), ["iptables", "-w", "-F", "OUTPUT"]), check=False)
@@ -306,6 +314,68 @@ class Cluster:
             self.heal_peer_port(i)
         self.heal_partitions()
         self.heal_netem()
+
+    # ---- membership ----------------------------------------------------
+    def spare(self):
+        """The next slot never used, or None."""
+        used = set(self.procs) | set(self.members)
+        free = [i for i in range(1, self.slots + 1) if i not in used]
+        return free[0] if free else None
+
+    def add_node(self, i):
+        """`tessera cluster add-node`, then node i starts with --join. The
+        CLI's one-line answer (or the error)."""
+        r = self.cli(["cluster", "add-node", str(i), f"{self.ip(i)}:{CLIENT_PORT}",
+                      f"{self.ip(i)}:{PEER_PORT}"])
+        answer = (r.stdout or r.stderr or "").strip().splitlines()[:1] if r else ["timed out"]
+        if r is None or r.returncode != 0:
+            return False, " ".join(answer)
+        self.members.append(i)
+        self.start(i)
+        return True, " ".join(answer)
+
+    def remove_node(self, i, deadline):
+        """`tessera cluster remove-node`, then waits (until `deadline`) for
+        node i to hand its replicas over and exit by itself."""
+        r = self.cli(["cluster", "remove-node", str(i)])
+        answer = (r.stdout or r.stderr or "").strip().splitlines()[:1] if r else ["timed out"]
+        if r is None or r.returncode != 0:
+            return False, " ".join(answer)
+        p = self.procs.get(i)
+        while p is not None and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if p is not None and p.poll() is None:
+            return False, f"node {i} still runs {' '.join(answer)}"
+        self.members.remove(i)
+        return True, f"node {i} exited with status {p.returncode if p else '?'}"
+
+    def balanced(self, status):
+        """Whether the map has exactly the members, nothing moving, splitting
+        or being replaced, every group whole, replicas spread within one."""
+        if status is None:
+            return False
+        members = sorted(m["id"] for m in status.get("members", []))
+        if members != sorted(self.members) or status.get("replaced") != []:
+            return False
+        meta = status.get("meta", {})
+        if "moving" in meta:
+            return False
+        held = {m: 0 for m in members}
+        for sh in status["shards"]:
+            if "moving" in sh or "splitting_at" in sh:
+                return False
+            if len(sh["replicas"]) != status.get("replication"):
+                return False
+            for r in sh["replicas"]:
+                held[r["node"]] = held.get(r["node"], 0) + 1
+        return max(held.values()) - min(held.values()) <= 1
+
+    def wait_balanced(self, deadline):
+        while time.monotonic() < deadline:
+            if self.balanced(self.cluster_status()):
+                return True
+            time.sleep(0.5)
+        return False
 
     # ---- teardown ------------------------------------------------------
     def destroy(self):
@@ -351,16 +421,16 @@ class Nemesis:
     def target(self):
         if self.rng.random() < 0.5:
             return self.c.leader(self.rng), "leader"
-        return self.rng.randint(1, self.c.n), "random"
+        return self.rng.choice(self.c.members), "random"
 
     def sleep(self, seconds, deadline):
         time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
 
     def run(self, deadline):
         rng = self.rng
-        n = self.c.n
-        nodes = list(range(1, n + 1))
         while time.monotonic() < deadline - 1:
+            nodes = list(self.c.members)
+            n = len(nodes)
             self.sleep(rng.uniform(1.0, 4.0), deadline)  # quiet gap
             if time.monotonic() >= deadline - 1:
                 break
@@ -429,7 +499,7 @@ class Nemesis:
                 # enough that the leader compacts past it (small
                 # --snapshot-interval-entries), heal so it catches up by
                 # snapshot, and kill -9 it (or the leader) a moment later.
-                node = rng.randint(1, n)
+                node = rng.choice(nodes)
                 self.note(f"start snapshot: isolate node {node} to make it lag")
                 for other in nodes:
                     if other != node:
@@ -470,7 +540,7 @@ class Nemesis:
             return
         shards = status["shards"]
         if self.wipe_allowed(status) and rng.random() < 0.25:
-            victim = rng.randint(1, self.c.n)
+            victim = rng.choice(self.c.members)
             self.note(f"start membership-wipe: kill -9 node {victim}, delete its data directory, "
                       f"restart it empty")
             self.c.wipe(victim)
@@ -478,7 +548,23 @@ class Nemesis:
             self.sleep(hold, deadline)
             self.note(f"end membership-wipe: node {victim}")
             return
-        movable = [(sh, n) for sh in shards for n in range(1, self.c.n + 1)
+        spare = self.c.spare()
+        if spare is not None and rng.random() < 0.4:
+            ok, answer = self.c.add_node(spare)
+            self.note(f"start membership-add: node {spare}: {answer}")
+            self.sleep(hold, deadline)
+            self.note(f"end membership-add: node {spare}")
+            return
+        if len(self.c.members) > 3 and self.wipe_allowed(status) and rng.random() < 0.4:
+            victim = rng.choice(self.c.members)
+            self.note(f"start membership-remove: node {victim}")
+            ok, answer = self.c.remove_node(victim, time.monotonic() + 120)
+            if not ok:
+                raise RuntimeError(f"membership-remove: node {victim} did not leave in 120 s: "
+                                   f"{answer}")
+            self.note(f"end membership-remove: {answer}")
+            return
+        movable = [(sh, n) for sh in shards for n in self.c.members
                    if n not in [r["node"] for r in sh["replicas"]] and "moving" not in sh]
         if movable and rng.random() < 0.5:
             sh, to = rng.choice(movable)
@@ -510,13 +596,37 @@ class Nemesis:
             self.sleep(hold, deadline)
             self.note(f"end membership-{sub}")
 
+    def grow_shrink(self, deadline):
+        """The scripted elastic run: adds every spare node in turn, each time
+        waiting for a balanced map, then removes a random member and waits
+        for it to exit and the map to balance again. Raises if a step does
+        not finish before `deadline`."""
+        while (spare := self.c.spare()) is not None:
+            ok, answer = self.c.add_node(spare)
+            self.note(f"start grow: add node {spare}: {answer}")
+            if not ok:
+                raise RuntimeError(f"grow: add-node {spare} failed: {answer}")
+            if not self.c.wait_balanced(deadline):
+                raise RuntimeError(f"grow: not balanced after adding node {spare}")
+            self.note(f"end grow: node {spare} added, map balanced, members {self.c.members}")
+            self.counts["grow"] = self.counts.get("grow", 0) + 1
+        victim = self.rng.choice(self.c.members)
+        self.note(f"start shrink: remove node {victim}")
+        ok, answer = self.c.remove_node(victim, deadline)
+        if not ok:
+            raise RuntimeError(f"shrink: node {victim} did not leave: {answer}")
+        if not self.c.wait_balanced(deadline):
+            raise RuntimeError(f"shrink: not balanced after removing node {victim}")
+        self.note(f"end shrink: {answer}; map balanced, members {self.c.members}")
+        self.counts["shrink"] = 1
+
     def wipe_allowed(self, status):
         """Whether every group is whole: safe to lose one more disk."""
         meta = status.get("meta", {})
         n = len(status.get("members", []))
         meta_size = min(5, n) if min(5, n) % 2 else min(5, n) - 1
         return (status.get("replaced") == [] and "moving" not in meta and
-                len(meta.get("replicas", [])) == meta_size and
+                len(meta.get("replicas", [])) >= meta_size and
                 all(m.get("up") for m in status.get("members", [])) and
                 all("moving" not in sh and len(sh["replicas"]) == status.get("replication") and
                     all(r.get("role") != "down" for r in sh["replicas"]) for sh in status["shards"]))
@@ -554,8 +664,9 @@ class Nemesis:
         return True
 
     def partition(self):
-        rng, n = self.rng, self.c.n
-        nodes = list(range(1, n + 1))
+        rng = self.rng
+        nodes = list(self.c.members)
+        n = len(nodes)
         sub = rng.choice(["isolate-leader", "majority-minority", "bridge", "one-way"])
         if sub == "isolate-leader":
             lead = self.c.leader(rng)
@@ -582,7 +693,7 @@ class Nemesis:
                 self.c.drop_from(b, half_a)
             return sub, f"{sorted(half_a)} <-> {bridge} <-> {sorted(half_b)}"
         # one-way: the victim hears nobody, but the others still hear it.
-        victim = self.c.leader(rng) if rng.random() < 0.5 else rng.randint(1, n)
+        victim = self.c.leader(rng) if rng.random() < 0.5 else rng.choice(nodes)
         self.c.drop_from(victim, [o for o in nodes if o != victim])
         return sub, f"node {victim} drops all incoming peer traffic (its sends still arrive)"
 
@@ -592,7 +703,8 @@ def main():
     ap.add_argument("--nodes", type=int, default=3, choices=[3, 5])
     ap.add_argument("--duration", type=int, default=60, help="seconds of workload + nemesis")
     ap.add_argument("--nemesis", default="partition,kill,pause",
-                    help=f"comma-separated subset of {','.join(NEMESES)}, or all, or none")
+                    help=f"comma-separated subset of {','.join(NEMESES)}, or all (every one "
+                         "but grow-shrink, which runs alone), or none")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--bin-dir", required=True, help="build dir with the binaries")
     ap.add_argument("--out", default=None, help="artifacts folder (default: ./chaos-artifacts/...)")
@@ -616,6 +728,15 @@ def main():
     ap.add_argument("--testing-stale-gets", action="store_true",
                     help="NEGATIVE CONTROL: stale reads recorded as gets; expects a violation")
     ap.add_argument("--keep", action="store_true", help="also keep the data directories of the nodes")
+    ap.add_argument("--spares", type=int, default=0, choices=range(0, 5),
+                    help="extra node slots (namespace, address, certificate) that the "
+                         "membership and grow-shrink nemeses add as new members")
+    ap.add_argument("--bench-clients", type=int, default=0,
+                    help="also run tessera-bench (mixed, half puts, --verify) with this many "
+                         "clients for the whole run: any client error, or a key whose version "
+                         "is not its acknowledged writes, fails the run (for runs whose faults "
+                         "clients must not see, like grow-shrink)")
+    ap.add_argument("--bench-keys", type=int, default=2000, help="tessera-bench's key space")
     args = ap.parse_args()
 
     if args.testing_stale_gets and args.read_consistency != "linearizable":
@@ -623,17 +744,21 @@ def main():
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little")
     kinds = [] if args.nemesis == "none" else (
-        list(NEMESES) if args.nemesis == "all" else args.nemesis.split(","))
+        [k for k in NEMESES if k != "grow-shrink"] if args.nemesis == "all"
+        else args.nemesis.split(","))
     for k in kinds:
         if k not in NEMESES:
             ap.error(f"unknown nemesis {k!r} (known: {', '.join(NEMESES)})")
+    if "grow-shrink" in kinds and (kinds != ["grow-shrink"] or args.spares < 1):
+        ap.error("grow-shrink runs alone (not with --nemesis all or others) and needs --spares")
     bindir = os.path.abspath(args.bin_dir)
     args.server = os.path.join(bindir, "server", "tessera-server")
     args.admin = os.path.join(bindir, "server", "tessera-admin")
     args.workload = os.path.join(bindir, "tests", "chaos", "tessera-chaos-workload")
     args.check = os.path.join(bindir, "tests", "chaos", "tessera-check")
     args.cli = os.path.join(bindir, "client", "tessera")
-    for b in (args.server, args.admin, args.workload, args.check, args.cli):
+    args.bench = os.path.join(bindir, "client", "bench", "tessera-bench")
+    for b in (args.server, args.admin, args.workload, args.check, args.cli, args.bench):
         if not os.access(b, os.X_OK):
             print(f"chaos: missing binary {b} (build it first)", file=sys.stderr)
             return 2
@@ -660,6 +785,8 @@ def main():
     history = os.path.join(run_dir, "history.txt")
     gate = os.path.join(run_dir, "final.gate")
     nem = None
+    bench = None
+    bench_out = os.path.join(run_dir, "bench.json")
     try:
         cluster.create_network()
         for i in range(1, args.nodes + 1):
@@ -690,16 +817,33 @@ def main():
             time.sleep(0.2)
         else:
             raise RuntimeError("the workload did not start in 90 s")
+        if args.bench_clients > 0:
+            bcmd = [args.bench, f"--endpoints={cluster.endpoints()}",
+                    f"--clients={args.bench_clients}", f"--key-space={args.bench_keys}",
+                    "--fill", "--verify", "--read-ratio=0.5", f"--duration={args.duration}s",
+                    f"--seed={args.seed}", "--json-only", "mixed"]
+            with open(bench_out, "w") as out, open(os.path.join(run_dir, "logs", "bench.log"),
+                                                   "w") as err:
+                bench = subprocess.Popen(cluster.nsexec(cluster.hub, bcmd), stdout=out,
+                                         stderr=err, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + args.duration
         nem = Nemesis(cluster, kinds, rng, nemlog)
-        if kinds:
+        if kinds == ["grow-shrink"]:
+            nem.grow_shrink(deadline)
+        elif kinds:
             nem.run(deadline)
         time.sleep(max(0.0, deadline - time.monotonic()))
+        if bench is not None:
+            # Its last reads (--verify) before the restart below.
+            try:
+                bench.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError("tessera-bench did not finish (logs/bench.log)")
         nem.note("heal: all faults removed; kill -9 and restart every node")
         cluster.heal_all()
-        for i in range(1, args.nodes + 1):
+        for i in cluster.members:
             cluster.kill9(i)
-        for i in range(1, args.nodes + 1):
+        for i in cluster.members:
             cluster.start(i)
         if not cluster.wait_ready(90):
             raise RuntimeError("the cluster did not recover after heal + restart in 90 s")
@@ -718,6 +862,25 @@ def main():
         with open(check_out) as f:
             text = f.read()
         verdict = {0: "OK", 1: "VIOLATION"}.get(r.returncode, "UNKNOWN")
+        if bench is not None:
+            # Its JSON line: errors and --verify's verdict.
+            with open(bench_out) as f:
+                lines = f.read().strip().splitlines()
+            result = json.loads(lines[-1]) if lines else {}
+            log(f"tessera-bench: exit {bench.returncode}, {result.get('ops', 0)} ops, "
+                f"{result.get('errors', '?')} errors {result.get('errors_by_code', {})}, "
+                f"{result.get('verify_keys', '?')} keys verified, "
+                f"{result.get('verify_acked_writes', '?')} acknowledged writes, "
+                f"{result.get('verify_mismatches', '?')} mismatches, "
+                f"{result.get('verify_unreadable', '?')} unreadable, "
+                f"p99 {result.get('p99_ms', '?')} ms")
+            if (bench.returncode != 0 or result.get("errors") != 0 or
+                    result.get("fill_errors") != 0 or result.get("verify_mismatches") != 0 or
+                    result.get("verify_unreadable") != 0):
+                log("tessera-bench saw an error or a version mismatch (bench.json, "
+                    "logs/bench.log)")
+                if verdict == "OK":
+                    verdict = "VIOLATION"
         summary = [l for l in text.splitlines()
                    if l.startswith(("history", "result", "linear", "durab", "bank", "  "))]
         print("\n".join(summary[:40]), flush=True)
@@ -734,9 +897,10 @@ def main():
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if workload is not None and workload.poll() is None:
-            workload.kill()
-            workload.wait(timeout=10)
+        for proc in (workload, bench):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
         cluster.destroy()
         nemlog.close()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
