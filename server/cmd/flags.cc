@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -13,6 +15,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -27,7 +30,14 @@ ABSL_FLAG(std::string, initial_cluster, "",
           "members: <id>=<client host:port>/<peer host:port>,... (required unless --join)");
 ABSL_FLAG(std::string, join, "",
           "client host:port,... of members of a running cluster this node joins (after `tessera "
-          "cluster add-node`): the cluster map comes from them, --initial-cluster is ignored");
+          "cluster add-node`, or by itself with --advertise-client and --advertise-peer): the "
+          "cluster map comes from them; ignored by a node that --initial-cluster names");
+ABSL_FLAG(std::string, advertise_client, "",
+          "with --join and --advertise-peer: this node's client host:port as the others reach "
+          "it; a node whose data directory is empty and that the cluster does not list adds "
+          "itself with these addresses ({id} and {hostname} are replaced)");
+ABSL_FLAG(std::string, advertise_peer, "",
+          "with --join and --advertise-client: this node's peer host:port as the others reach it");
 ABSL_FLAG(std::string, listen, "",
           "host:port of the client API (default: this member's client address)");
 ABSL_FLAG(std::string, peer_listen, "",
@@ -136,6 +146,7 @@ namespace {
 constexpr char kUsage[] =
     "usage: tessera-server --node-id=N --data-dir=DIR\n"
     "  (--initial-cluster=ID=CLIENT/PEER,... | --join=HOST:PORT,...)\n"
+    "  [--advertise-client=HOST:PORT --advertise-peer=HOST:PORT]\n"
     "  [--listen=HOST:PORT] [--peer-listen=HOST:PORT] [--shards=16] [--replication=3]\n"
     "  [--config=FILE] [--tick-ms=50] [--election-ticks=20] [--max-key-bytes=4096]\n"
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
@@ -160,6 +171,8 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "data_dir",
                                               "initial_cluster",
                                               "join",
+                                              "advertise_client",
+                                              "advertise_peer",
                                               "listen",
                                               "peer_listen",
                                               "shards",
@@ -277,17 +290,56 @@ absl::StatusOr<NodeId> NodeIdFromHostname(const std::string& hostname) {
   return ordinal + 1;
 }
 
+absl::StatusOr<std::string> Hostname() {
+  char hostname[256] = {0};
+  if (gethostname(hostname, sizeof(hostname) - 1) != 0) {
+    return absl::InvalidArgumentError("cannot read the hostname");
+  }
+  return std::string(hostname);
+}
+
+// --advertise-client and --advertise-peer, {id} and {hostname} replaced:
+// the member this node adds itself as when it joins with an empty data
+// directory, or nullopt when neither flag is set.
+absl::StatusOr<std::optional<MemberInfo>> AdvertisedSelf(NodeId id, const std::string& data_dir) {
+  const std::string client = absl::GetFlag(FLAGS_advertise_client);
+  const std::string peer = absl::GetFlag(FLAGS_advertise_peer);
+  if (client.empty() && peer.empty()) return std::nullopt;
+  if (client.empty() || peer.empty() || absl::GetFlag(FLAGS_join).empty()) {
+    return absl::InvalidArgumentError(
+        "--advertise-client and --advertise-peer go together, with --join");
+  }
+  std::string hostname;
+  if (absl::StrContains(client + peer, "{hostname}")) {
+    absl::StatusOr<std::string> read = Hostname();
+    if (!read.ok()) return read.status();
+    hostname = *read;
+  }
+  const std::vector<std::pair<std::string, std::string>> replace = {{"{id}", absl::StrCat(id)},
+                                                                    {"{hostname}", hostname}};
+  MemberInfo self{.id = id,
+                  .client_address = absl::StrReplaceAll(client, replace),
+                  .peer_address = absl::StrReplaceAll(peer, replace)};
+  TESSERA_RETURN_IF_ERROR(ValidateHostPort(self.client_address));
+  TESSERA_RETURN_IF_ERROR(ValidateHostPort(self.peer_address));
+  // Only a node that has never run adds itself: one whose directory holds
+  // something was a member (and, missing from the map, was removed).
+  std::error_code error;
+  const bool fresh =
+      !std::filesystem::exists(data_dir, error) || std::filesystem::is_empty(data_dir, error);
+  if (!fresh) return std::nullopt;
+  return self;
+}
+
 absl::StatusOr<ServerConfig> Validate() {
   NodeId id = absl::GetFlag(FLAGS_node_id);
   if (absl::GetFlag(FLAGS_node_id_from_hostname)) {
     if (id != 0) {
       return absl::InvalidArgumentError("--node-id and --node-id-from-hostname exclude each other");
     }
-    char hostname[256] = {0};
-    if (gethostname(hostname, sizeof(hostname) - 1) != 0) {
-      return absl::InvalidArgumentError("--node-id-from-hostname: cannot read the hostname");
-    }
-    absl::StatusOr<NodeId> from_hostname = NodeIdFromHostname(hostname);
+    absl::StatusOr<std::string> hostname = Hostname();
+    if (!hostname.ok()) return hostname.status();
+    absl::StatusOr<NodeId> from_hostname = NodeIdFromHostname(*hostname);
     if (!from_hostname.ok()) return from_hostname.status();
     id = *from_hostname;
   }
@@ -339,11 +391,21 @@ absl::StatusOr<ServerConfig> Validate() {
     TESSERA_RETURN_IF_ERROR(ValidateHostPort(absl::StripAsciiWhitespace(endpoint)));
     join_endpoints.emplace_back(absl::StripAsciiWhitespace(endpoint));
   }
-  absl::StatusOr<ClusterMap> map =
-      join.empty()
-          ? ClusterMap::Parse(absl::GetFlag(FLAGS_initial_cluster), absl::GetFlag(FLAGS_shards),
-                              absl::GetFlag(FLAGS_replication))
-          : FetchClusterMap(join_endpoints, id, absl::Seconds(30));
+  absl::StatusOr<std::optional<MemberInfo>> advertised = AdvertisedSelf(id, data_dir);
+  if (!advertised.ok()) return advertised.status();
+  // A node --initial-cluster names bootstraps from it (or, once the cluster
+  // runs, follows the stored map); any other joins through --join (so one
+  // set of flags serves founders and later nodes alike, e.g. a StatefulSet).
+  absl::StatusOr<ClusterMap> map = absl::InvalidArgumentError("no map");
+  if (!absl::GetFlag(FLAGS_initial_cluster).empty()) {
+    map = ClusterMap::Parse(absl::GetFlag(FLAGS_initial_cluster), absl::GetFlag(FLAGS_shards),
+                            absl::GetFlag(FLAGS_replication));
+    if (!map.ok()) return map.status();
+  }
+  if (!join.empty() && (!map.ok() || map->FindMember(id) == nullptr)) {
+    map = FetchClusterMap(join_endpoints, id, advertised->has_value() ? &**advertised : nullptr,
+                          absl::Seconds(30));
+  }
   if (!map.ok()) return map.status();
   const MemberInfo* self = map->FindMember(id);
   if (self == nullptr) {

@@ -8,12 +8,41 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "proto/grpc_status.h"
+#include "spdlog/spdlog.h"
 #include "tessera/kv.grpc.pb.h"
 
 namespace tessera::server {
+namespace {
+
+// Asks each member in turn to add `self` until one records it (or it was
+// recorded already); the last answer otherwise.
+absl::Status AddSelf(const std::vector<std::unique_ptr<v1::Cluster::Stub>>& stubs,
+                     const MemberInfo& self, absl::Time deadline) {
+  v1::AddMemberRequest request;
+  request.mutable_member()->set_id(self.id);
+  request.mutable_member()->set_client_address(self.client_address);
+  request.mutable_member()->set_peer_address(self.peer_address);
+  absl::Status last = absl::UnavailableError("not asked");
+  for (const auto& stub : stubs) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(2))));
+    v1::AddMemberResponse response;
+    last = FromGrpcStatus(stub->AddMember(&context, request, &response));
+    if (last.ok()) {
+      spdlog::info("added this node ({} / {}) to the cluster (cluster map version {})",
+                   self.client_address, self.peer_address, response.map_version());
+      return last;
+    }
+    if (last.code() == absl::StatusCode::kAlreadyExists) return absl::OkStatus();
+    if (last.code() != absl::StatusCode::kUnavailable) return last;
+  }
+  return last;
+}
+
+}  // namespace
 
 absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpoints, NodeId self,
-                                           absl::Duration timeout) {
+                                           const MemberInfo* add_self, absl::Duration timeout) {
   std::vector<std::unique_ptr<v1::Cluster::Stub>> stubs;
   for (const std::string& endpoint : endpoints) {
     stubs.push_back(
@@ -31,6 +60,16 @@ absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpo
       if (!last.ok()) continue;
       absl::StatusOr<ClusterMap> map = ClusterMap::FromProto(response.map());
       if (!map.ok()) return map.status();
+      if (map->FindMember(self) == nullptr && add_self != nullptr) {
+        // Only the metadata group's leader records it: the others refuse
+        // with UNAVAILABLE, and the next member is asked.
+        last = AddSelf(stubs, *add_self, deadline);
+        if (!last.ok() && last.code() != absl::StatusCode::kUnavailable &&
+            last.code() != absl::StatusCode::kDeadlineExceeded) {
+          return last;
+        }
+        break;  // read the map again
+      }
       if (map->FindMember(self) == nullptr) {
         return absl::FailedPreconditionError(absl::StrCat(
             "node ", self, " is not a member of the cluster at ", absl::StrJoin(endpoints, ","),

@@ -15,11 +15,14 @@ namespace tessera::server {
 // The cluster map served by any of `endpoints` (client host:port of
 // members, Cluster.GetClusterMap), asked in turn until one answers or
 // `timeout` passes. The map must name `self` (added with `tessera cluster
-// add-node`). Errors: kUnavailable (nobody answered; the line says whom it
-// asked), kFailedPrecondition (`self` is not a member: the line says how
-// to add it), FromProto's errors.
+// add-node`, or here: if `add_self` is set and the map lacks `self`, it
+// asks the members in turn to add it, Cluster.AddMember, as the CLI
+// does, and reads the map again). Errors: kUnavailable (nobody answered;
+// the line says whom it asked), kFailedPrecondition (`self` is not a
+// member: the line says how to add it), AddMember's refusals (e.g.
+// kInvalidArgument: an address another member has), FromProto's errors.
 absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpoints, NodeId self,
-                                           absl::Duration timeout);
+                                           const MemberInfo* add_self, absl::Duration timeout);
 
 }  // namespace tessera::server
 

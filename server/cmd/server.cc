@@ -125,7 +125,8 @@ absl::StatusOr<uint64_t> RecordReplacement(const ServerConfig& config, uint64_t 
   if (!asked) return last;
   deadline = absl::Now() + absl::Seconds(30);
   while (absl::Now() < deadline) {
-    absl::StatusOr<ClusterMap> map = FetchClusterMap(endpoints, config.node_id, absl::Seconds(5));
+    absl::StatusOr<ClusterMap> map =
+        FetchClusterMap(endpoints, config.node_id, nullptr, absl::Seconds(5));
     if (map.ok() && map->ReplacedIncarnation(config.node_id) == incarnation) {
       return map->version();
     }

@@ -169,6 +169,13 @@ def check_k8s(flags):
                         for i in range(n))
     check(args["initial-cluster"] == expected,
           f"k8s: --initial-cluster {args['initial-cluster']} != {expected}")
+    # Later pods (scaled up) join through the founders and add themselves
+    # under their own DNS names.
+    join = ",".join(f"{name}-{i}.{svc}:{ports['client']}" for i in range(n))
+    check(args.get("join") == join, f"k8s: --join {args.get('join')} != {join}")
+    check(args.get("advertise-client") == f"{{hostname}}.{svc}:{ports['client']}" and
+          args.get("advertise-peer") == f"{{hostname}}.{svc}:{ports['peer']}",
+          f"k8s: --advertise-client/--advertise-peer must be the pod's DNS name and ports")
     for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
         get = c[probe]["httpGet"]
         check(get["path"] == path and get["port"] in ("metrics", ports["metrics"]),

@@ -793,10 +793,14 @@ TEST(Integration, AMoveSurvivesKillingTheSchedulerAndTheShardLeader) {
 }
 
 // A fourth node joins a running cluster of three (8 shards, 3 replicas
-// each, so every founder holds all 8): `add-node`, then --join; the
+// each, so every founder holds all 8) in one step: --join with its
+// advertised addresses adds it (the test's founder flags too, as a
+// StatefulSet gives every pod the same flags); the
 // scheduler moves replicas to it until every member is within one of the
 // mean (24 / 4 = 6), writes go on, and every acknowledged one is readable.
-// Then it is decommissioned (remove-node) and the cluster is three again.
+// Then it is decommissioned (remove-node) and the cluster is three again;
+// restarted on its directory with the same flags it does not add itself
+// back.
 TEST(Integration, ANodeJoinsReplicasSpreadToItAndItLeavesAgain) {
   Cluster cluster;
   cluster.StartAll();
@@ -813,16 +817,24 @@ TEST(Integration, ANodeJoinsReplicasSpreadToItAndItLeavesAgain) {
   EXPECT_EQ(cluster.WaitExit(kNodes), 2);
   EXPECT_THAT(Tail(cluster.Log(kNodes), 5), HasSubstr("tessera cluster add-node 4"));
 
-  v1::AddMemberRequest add;
-  add.mutable_member()->set_id(kNodes + 1);
-  add.mutable_member()->set_client_address(cluster.client_address(kNodes));
-  add.mutable_member()->set_peer_address(cluster.peer_address(kNodes));
-  absl::StatusOr<v1::AddMemberResponse> added =
-      cluster.AskMetaLeader(&v1::Cluster::Stub::AddMember, add);
-  ASSERT_THAT(added, IsOk());
-  const uint64_t added_version = added->map_version();
+  // It was refused before it saved anything: its directory is still empty.
+  const std::vector<std::string> advertised = {
+      absl::StrCat("--join=", cluster.client_address(0)),
+      absl::StrCat("--advertise-client=", cluster.client_address(kNodes)),
+      absl::StrCat("--advertise-peer=", cluster.peer_address(kNodes))};
+  cluster.Start(kNodes, advertised);
+  absl::StatusOr<v1::GetClusterMapResponse> with_it = cluster.WaitForMembers(kNodes + 1);
+  ASSERT_THAT(with_it, IsOk());
+  const uint64_t added_version = with_it->map().version();
   ASSERT_GT(added_version, 1u);
-  cluster.StartJoining(kNodes);
+  bool listed = false;
+  for (const v1::Member& m : with_it->map().members()) {
+    if (m.id() != kNodes + 1) continue;
+    listed = true;
+    EXPECT_EQ(m.client_address(), cluster.client_address(kNodes));
+    EXPECT_EQ(m.peer_address(), cluster.peer_address(kNodes));
+  }
+  EXPECT_TRUE(listed);
 
   // Writes while replicas move; wait (bounded) until the map is even and
   // no move is left.
@@ -870,9 +882,9 @@ TEST(Integration, ANodeJoinsReplicasSpreadToItAndItLeavesAgain) {
     ASSERT_THAT(got, IsOk()) << key;
     EXPECT_EQ(got->kv().value(), value) << key;
   }
-  // A restart of the joined node (with --join again) keeps its replicas.
+  // A restart of the joined node (same flags) keeps its replicas.
   cluster.process(kNodes).Kill();
-  cluster.StartJoining(kNodes);
+  cluster.Start(kNodes, advertised);
   ASSERT_TRUE(cluster.WaitReady());
   for (int i = 0; i < 300; ++i) {
     joined = cluster.Status(kNodes);
@@ -898,6 +910,13 @@ TEST(Integration, ANodeJoinsReplicasSpreadToItAndItLeavesAgain) {
     ASSERT_THAT(got, IsOk()) << key;
     EXPECT_EQ(got->kv().value(), value) << key;
   }
+  // Removed, restarted on its directory with the same flags: it was a
+  // member once, so it does not add itself back.
+  cluster.Start(kNodes, advertised);
+  EXPECT_EQ(cluster.WaitExit(kNodes), 2);
+  absl::StatusOr<v1::GetClusterMapResponse> after = cluster.Map(0);
+  ASSERT_THAT(after, IsOk());
+  EXPECT_EQ(after->map().members_size(), kNodes);
 }
 
 // A founder holding a replica of the metadata group is decommissioned once
@@ -1685,17 +1704,22 @@ TEST(Integration, AWipedNodeComesBackEmptyAndACopiedDirectoryIsRefused) {
   ASSERT_TRUE(cluster.WaitReady());
   std::map<std::string, std::string> acknowledged;
   ASSERT_NO_FATAL_FAILURE(cluster.PutAll("before-wipe-", 40, "v", &acknowledged));
+  absl::StatusOr<v1::GetClusterMapResponse> before = cluster.Map(0);
+  ASSERT_THAT(before, IsOk());
   cluster.process(2).Kill();
   std::filesystem::remove_all(cluster.DataDir(2));
   cluster.Start(2);
   ASSERT_NO_FATAL_FAILURE(cluster.PutAll("during-wipe-", 100, "w", &acknowledged));
   // Bounded: the map stops recording it replaced, and every group (8
-  // shards and the metadata group) has 3 voters, node 3 among them.
+  // shards and the metadata group) has 3 voters, node 3 among them. (A map
+  // no newer than before the wipe says that too: the replacement is not
+  // recorded yet.)
   bool healed = false;
   for (int i = 0; i < 1200 && !healed; ++i) {
     absl::SleepFor(absl::Milliseconds(100));
     absl::StatusOr<v1::GetClusterMapResponse> map = cluster.Map(0);
-    if (!map.ok() || map->map().replaced_size() != 0 || map->map().meta_replicas_size() != 3 ||
+    if (!map.ok() || map->map().version() <= before->map().version() ||
+        map->map().replaced_size() != 0 || map->map().meta_replicas_size() != 3 ||
         !absl::c_linear_search(map->map().meta_replicas(), 3u)) {
       continue;
     }
