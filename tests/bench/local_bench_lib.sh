@@ -7,6 +7,9 @@
 export TESSERA_SKIP_BUILD=1 TESSERA_PORT_BASE=7400 TESSERA_CLUSTER_DIR
 bench=build/release/client/bench/tessera-bench
 cli=build/release/client/tessera
+# Debian's python3 itself, not a shim (pyenv's forks a few shells per call,
+# CPU taken from the load being measured).
+py=/usr/bin/python3
 endpoints=127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403
 bench_pid=
 

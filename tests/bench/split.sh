@@ -32,7 +32,7 @@ bench_start split
 
 num_shards() {
   "$cli" --endpoints="$endpoints" -o json cluster status 2>/dev/null |
-    python3 -c 'import json, sys; print(len(json.load(sys.stdin)["shards"]))'
+    "$py" -c 'import json, sys; print(len(json.load(sys.stdin)["shards"]))'
 }
 # Puts for the next --during seconds; the splits start 2 s in.
 bench_put --clients="$clients" --duration="${during}s" >"$TESSERA_CLUSTER_DIR/during.json" &
