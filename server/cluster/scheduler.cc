@@ -295,8 +295,14 @@ bool Scheduler::ShrinkMeta(const ClusterMap& map, const std::vector<NodeId>& liv
   for (NodeId id : live) {
     if (!Contains(meta.replicas, id) && !Contains(meta.learners, id)) return false;  // a taker
   }
+  auto leader = leaders.find(kMetaShard);
   for (NodeId id : map.leaving()) {
-    if (Contains(meta.replicas, id) && meta.replicas.size() <= kMinMetaVoters) continue;
+    // Raft is asked only while more than kMinMetaVoters remain; a replica
+    // already out of raft is dropped from the map whatever the count.
+    const bool in_raft =
+        leader != leaders.end() && (Contains(leader->second.second->voters, id) ||
+                                    Contains(leader->second.second->voters_outgoing, id));
+    if (in_raft && meta.replicas.size() <= kMinMetaVoters) continue;
     const DropStep step =
         DropVoter(meta, id, leaders,
                   absl::StrCat("node ", id, " leaves and every staying member holds a replica"));

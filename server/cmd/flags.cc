@@ -402,7 +402,8 @@ absl::StatusOr<ServerConfig> Validate() {
                             absl::GetFlag(FLAGS_replication));
     if (!map.ok()) return map.status();
   }
-  if (!join.empty() && (!map.ok() || map->FindMember(id) == nullptr)) {
+  const bool joining = !join.empty() && (!map.ok() || map->FindMember(id) == nullptr);
+  if (joining) {
     map = FetchClusterMap(join_endpoints, id, advertised->has_value() ? &**advertised : nullptr,
                           absl::Seconds(30));
   }
@@ -411,6 +412,15 @@ absl::StatusOr<ServerConfig> Validate() {
   if (self == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("--node-id ", id, " is not a member of --initial-cluster"));
+  }
+  if (joining && advertised->has_value() &&
+      (self->client_address != (*advertised)->client_address ||
+       self->peer_address != (*advertised)->peer_address)) {
+    // Another node already holds this id (two nodes given the same one?).
+    return absl::InvalidArgumentError(
+        absl::StrCat("node ", id, " is already a member at ", self->client_address, " / ",
+                     self->peer_address, "; this node advertises ", (*advertised)->client_address,
+                     " / ", (*advertised)->peer_address, ": give it an id of its own"));
   }
   ServerConfig config{.node_id = id,
                       .data_dir = data_dir,

@@ -14,16 +14,18 @@
 namespace tessera::server {
 namespace {
 
-// Asks each member in turn to add `self` until one records it (or it was
-// recorded already); the last answer otherwise.
-absl::Status AddSelf(const std::vector<std::unique_ptr<v1::Cluster::Stub>>& stubs,
-                     const MemberInfo& self, absl::Time deadline) {
+// Asks each member of `map` in turn (only the metadata group's leader
+// records it; the others answer UNAVAILABLE) to add `self`, until one
+// records it (or it was recorded already); the last answer otherwise.
+absl::Status AddSelf(const ClusterMap& map, const MemberInfo& self, absl::Time deadline) {
   v1::AddMemberRequest request;
   request.mutable_member()->set_id(self.id);
   request.mutable_member()->set_client_address(self.client_address);
   request.mutable_member()->set_peer_address(self.peer_address);
   absl::Status last = absl::UnavailableError("not asked");
-  for (const auto& stub : stubs) {
+  for (const MemberInfo& member : map.members()) {
+    std::unique_ptr<v1::Cluster::Stub> stub = v1::Cluster::NewStub(
+        grpc::CreateChannel(member.client_address, grpc::InsecureChannelCredentials()));
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(2))));
     v1::AddMemberResponse response;
@@ -34,7 +36,10 @@ absl::Status AddSelf(const std::vector<std::unique_ptr<v1::Cluster::Stub>>& stub
       return last;
     }
     if (last.code() == absl::StatusCode::kAlreadyExists) return absl::OkStatus();
-    if (last.code() != absl::StatusCode::kUnavailable) return last;
+    if (last.code() != absl::StatusCode::kUnavailable &&
+        last.code() != absl::StatusCode::kDeadlineExceeded) {
+      return last;
+    }
   }
   return last;
 }
@@ -63,7 +68,7 @@ absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpo
       if (map->FindMember(self) == nullptr && add_self != nullptr) {
         // Only the metadata group's leader records it: the others refuse
         // with UNAVAILABLE, and the next member is asked.
-        last = AddSelf(stubs, *add_self, deadline);
+        last = AddSelf(*map, *add_self, deadline);
         if (!last.ok() && last.code() != absl::StatusCode::kUnavailable &&
             last.code() != absl::StatusCode::kDeadlineExceeded) {
           return last;

@@ -443,6 +443,33 @@ TEST_F(SchedulerTest, ALeavingMemberDropsItsMetadataReplicaWhenEveryOtherHoldsOn
               StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
+// A leaving member's metadata replica that raft already dropped (the map
+// recorded fewer voters meanwhile, e.g. another member lost its data) is
+// dropped from the map even at kMinMetaVoters, and repair then brings the
+// group back to 3 on the member that lacks one.
+TEST_F(SchedulerTest, AMetadataReplicaOutOfRaftLeavesTheMapWhateverTheCount) {
+  std::vector<MemberInfo> members = Members();
+  members.push_back({4, "127.0.0.1:7004", "127.0.0.1:7104"});
+  auto four = ClusterMap::Create(members, 4, 3);
+  ASSERT_THAT(four, IsOk());
+  ASSERT_EQ(four->meta_replicas().size(), 4u);
+  Use(*four, /*leader=*/1);
+  absl::StatusOr<ClusterMap> marked = four->WithLeaving(4);
+  ASSERT_THAT(marked, IsOk());
+  absl::StatusOr<ClusterMap> three = marked->WithShardReplicas(kMetaShard, {1, 2, 4}, {}, 0, 0);
+  ASSERT_THAT(three, IsOk());
+  maps_.Set(std::make_shared<const ClusterMap>(*three));
+  model_.shards[kMetaShard].voters = {1, 2};  // raft removed 4 (and 3) already
+  model_.shards[kMetaShard].leader = 1;
+  model_.hosted[3].erase(kMetaShard);
+  Settle({});
+  const ClusterMap& map = *maps_.Current();
+  EXPECT_EQ(map.FindMember(4), nullptr);
+  EXPECT_THAT(std::set<NodeId>(map.meta_replicas().begin(), map.meta_replicas().end()),
+              ::testing::ElementsAre(1, 2, 3));
+  ExpectMetaLeft(4);
+}
+
 // A dead member's metadata replica is re-created on a member without one.
 TEST_F(SchedulerTest, ADeadMembersMetadataReplicaIsRecreatedElsewhere) {
   ASSERT_NO_FATAL_FAILURE(AddMember(4));

@@ -882,6 +882,25 @@ TEST(Integration, ANodeJoinsReplicasSpreadToItAndItLeavesAgain) {
     ASSERT_THAT(got, IsOk()) << key;
     EXPECT_EQ(got->kv().value(), value) << key;
   }
+  // A second machine given the same id (an empty directory, other
+  // addresses) is refused rather than taken for node 4.
+  {
+    const std::string other_dir = absl::StrCat(cluster.cert_dir(), "/../same-id");
+    const std::string log = absl::StrCat(cluster.cert_dir(), "/../same-id.log");
+    std::vector<std::string> args = {TESSERA_SERVER_BINARY,
+                                     absl::StrCat("--node-id=", kNodes + 1),
+                                     absl::StrCat("--data-dir=", other_dir),
+                                     absl::StrCat("--join=", cluster.client_address(0)),
+                                     "--advertise-client=127.0.0.1:1",
+                                     "--advertise-peer=127.0.0.1:2"};
+    for (std::string& flag : testing::PeerTlsFlags(cluster.cert_dir(), kSlots, kNodes + 1)) {
+      args.push_back(std::move(flag));
+    }
+    ChildProcess twin;
+    twin.Start(args, log);
+    EXPECT_EQ(twin.Wait(absl::Seconds(40)), 2);
+    EXPECT_THAT(Tail(log, 3), HasSubstr("is already a member at"));
+  }
   // A restart of the joined node (same flags) keeps its replicas.
   cluster.process(kNodes).Kill();
   cluster.Start(kNodes, advertised);
