@@ -746,6 +746,26 @@ struct LogEngine::Impl {
   bool replaying_purged_history ABSL_GUARDED_BY(mu) = false;
 };
 
+namespace {
+
+// Whether some 512-byte sector of data[begin, begin + size) (sectors at
+// file offsets that are multiples of 512; the first and last may be
+// partial) is all zeros: never written.
+bool HasUnwrittenSector(const std::string& data, size_t begin, size_t size) {
+  constexpr size_t kSector = 512;
+  const size_t end = std::min(data.size(), begin + size);
+  for (size_t from = begin; from < end;) {
+    const size_t to = std::min(end, (from / kSector + 1) * kSector);
+    if (std::all_of(data.begin() + from, data.begin() + to, [](char c) { return c == '\0'; })) {
+      return true;
+    }
+    from = to;
+  }
+  return false;
+}
+
+}  // namespace
+
 // Reads PURGED (the first segment still needed), lists the segments,
 // replays them oldest first and cuts a torn tail off the newest.
 absl::Status LogEngine::Impl::Recover() {
@@ -845,6 +865,16 @@ absl::Status LogEngine::Impl::Recover() {
         break;
       }
       if (Crc(h + 4, 5 + length) != crc) {
+        // A write cut short by a crash leaves whole sectors unwritten, and
+        // those read as zeros (a segment is zero-filled ahead of the
+        // writes). Without such a sector the record was written whole and
+        // then damaged: it may have been acknowledged, so it is not cut
+        // off as a torn tail (etcd's WAL decides the same way).
+        if (!HasUnwrittenSector(data, pos, kHeaderBytes + length)) {
+          return absl::DataLossError(
+              absl::StrCat("raft log: ", seg->path, " offset ", pos,
+                           ": checksum mismatch in a record written whole (damaged, not torn)"));
+        }
         torn = "checksum mismatch";
         break;
       }

@@ -177,9 +177,10 @@ TEST(LogEngine, TheWriterStaysAheadOfUnwrittenExtents) {
   EXPECT_EQ(UnwrittenExtentsBelow(SegmentPath(dir, 1), 201 * 3100 + (256 << 10)), 0);
 }
 
-// A record cut at any byte (the file ending there, or zeros from there on
-// as in a preallocated segment) recovers the state before it, counts the
-// torn tail, and later appends survive the next reopen.
+// A record cut at any byte (the file ending there), or at any sector
+// boundary with zeros from there on (a crash leaves whole sectors of a
+// preallocated segment unwritten), recovers the state before it, counts
+// the torn tail, and later appends survive the next reopen.
 TEST(LogEngine, TornLastRecordAtEveryByteRecoversThePrefix) {
   TempDir tmp;
   const std::string dir = tmp.path() + "/log";
@@ -192,11 +193,14 @@ TEST(LogEngine, TornLastRecordAtEveryByteRecoversThePrefix) {
     ASSERT_THAT(log->Save({Update(1, 1, 3, 1), Update(2, 1, 2, 1)}), IsOk());
     before = Fingerprint(*log, shards);
     start = log->GetStats().bytes_written;
-    ASSERT_THAT(log->Save({Update(1, 4, 5, 2), Update(2, 3, 3, 2)}), IsOk());
+    // Large enough to span a few sectors.
+    ASSERT_THAT(log->Save({Update(1, 4, 5, 2, 700), Update(2, 3, 3, 2, 700)}), IsOk());
     end = log->GetStats().bytes_written;
   }
+  ASSERT_GT(end - start, 3 * 512u);
   for (int zeros = 0; zeros < 2; ++zeros) {
     for (uint64_t cut = start; cut < end; ++cut) {
+      if (zeros && cut != start && cut % 512 != 0) continue;
       SCOPED_TRACE(absl::StrCat("cut at ", cut, zeros ? " (zeros after)" : " (file ends)"));
       const std::string copy = tmp.path() + "/copy";
       CopyDir(dir, copy);
@@ -222,17 +226,30 @@ TEST(LogEngine, TornLastRecordAtEveryByteRecoversThePrefix) {
   }
 }
 
-TEST(LogEngine, BadChecksumInLastRecordIsCutOff) {
+// The last record damaged after it was written whole (a changed byte, no
+// unwritten sector) may have been acknowledged: data loss, never cut off as
+// a torn tail. With one of its sectors unwritten (zeros), it is torn.
+TEST(LogEngine, BadChecksumInLastRecordIsDataLossUnlessASectorIsUnwritten) {
   TempDir tmp;
   const std::string dir = tmp.path() + "/log";
   uint64_t start = 0;
+  uint64_t end = 0;
   {
     std::unique_ptr<LogEngine> log = OpenOrDie(dir, Small(1 << 20));
     ASSERT_THAT(log->Save({Update(1, 1, 3, 1)}), IsOk());
     start = log->GetStats().bytes_written;
-    ASSERT_THAT(log->Save({Update(1, 4, 5, 1)}), IsOk());
+    ASSERT_THAT(log->Save({Update(1, 4, 5, 1, 1500)}), IsOk());
+    end = log->GetStats().bytes_written;
   }
-  Overwrite(SegmentPath(dir, 1), start + 20, "X");  // inside the entries payload
+  const std::string copy = tmp.path() + "/copy";
+  CopyDir(dir, copy);
+  Overwrite(SegmentPath(copy, 1), start + 20, "X");  // inside the entries payload
+  EXPECT_THAT(LogEngine::Open(copy, Small(1 << 20)), StatusIs(absl::StatusCode::kDataLoss));
+
+  // A whole sector inside the record never written, the rest intact.
+  const uint64_t sector = (start / 512 + 1) * 512;
+  ASSERT_LE(sector + 512, end);
+  Overwrite(SegmentPath(dir, 1), sector, std::string(512, '\0'));
   std::unique_ptr<LogEngine> log = OpenOrDie(dir, Small(1 << 20));
   ASSERT_NE(log, nullptr);
   EXPECT_EQ(log->State(1)->last_index, 3u);
