@@ -205,6 +205,15 @@ class SchedulerTest : public ::testing::Test {
         [](const std::string&) {});
   }
 
+  // Marks member `id` leaving (remove-node) and lets the scheduler carry it
+  // out.
+  void LeaveAndSettle(NodeId id) {
+    absl::StatusOr<ClusterMap> marked = maps_.Current()->WithLeaving(id);
+    ASSERT_THAT(marked, IsOk());
+    maps_.Set(std::make_shared<const ClusterMap>(*marked));
+    Settle({});
+  }
+
   // The metadata group's voters in raft are the map's, `left` is not their
   // leader, and its replica was deleted.
   void ExpectMetaLeft(NodeId left) {
@@ -394,10 +403,7 @@ TEST_F(SchedulerTest, ALeavingMemberIsEmptiedThenRemoved) {
 TEST_F(SchedulerTest, ALeavingMemberHandsOverItsMetadataReplicaToo) {
   ASSERT_NO_FATAL_FAILURE(AddMember(4));
   const NodeId leaving = model_.shards[kMetaShard].leader;
-  absl::StatusOr<ClusterMap> marked = maps_.Current()->WithLeaving(leaving);
-  ASSERT_THAT(marked, IsOk());
-  maps_.Set(std::make_shared<const ClusterMap>(*marked));
-  Settle({});
+  ASSERT_NO_FATAL_FAILURE(LeaveAndSettle(leaving));
   const ClusterMap& map = *maps_.Current();
   EXPECT_EQ(map.FindMember(leaving), nullptr);
   EXPECT_TRUE(map.HostsMeta(4));
@@ -428,10 +434,7 @@ TEST_F(SchedulerTest, ALeavingMemberDropsItsMetadataReplicaWhenEveryOtherHoldsOn
   for (size_t left = 1; left <= 2; ++left) {
     const NodeId leaving = model_.shards[kMetaShard].leader;
     model_.meta_droppable.insert(leaving);
-    absl::StatusOr<ClusterMap> marked = maps_.Current()->WithLeaving(leaving);
-    ASSERT_THAT(marked, IsOk());
-    maps_.Set(std::make_shared<const ClusterMap>(*marked));
-    Settle({});
+    ASSERT_NO_FATAL_FAILURE(LeaveAndSettle(leaving));
     const ClusterMap& map = *maps_.Current();
     EXPECT_EQ(map.FindMember(leaving), nullptr);
     EXPECT_EQ(map.meta_replicas().size(), 5 - left);
