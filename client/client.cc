@@ -667,7 +667,9 @@ class KvCall final : public RetryingCall {
   absl::Status last_error_;
 };
 
-KeyValue FromProto(const v1::KeyValue& kv) { return {kv.key(), kv.value(), kv.version()}; }
+KeyValue FromProto(const v1::KeyValue& kv) {
+  return {kv.key(), kv.value(), kv.version(), kv.create_revision(), kv.mod_revision(), kv.lease()};
+}
 
 CallSpec ReadSpec(const Core& core, const CallOptions& options, absl::Time deadline) {
   CallSpec spec;
@@ -1004,6 +1006,7 @@ void Client::PutAsync(const std::string& key, const std::string& value, bool ret
         core->cache().EndWrite(key, CachedValue{true, value, r->version(), absl::Now()});
         PutResult result;
         result.version = r->version();
+        result.revision = r->header().revision();
         if (r->had_previous() && r->has_previous()) result.previous = FromProto(r->previous());
         done(std::move(result));
       });
@@ -1038,7 +1041,7 @@ void Client::GetAsync(const std::string& key, const CallOptions& options, Callba
         core->cache().Fill(key, CachedValue{r->found(), r->kv().value(), r->kv().version(), start},
                            token);
         if (!r->found()) return done(absl::NotFoundError("key not found"));
-        done(KeyValue{key, r->kv().value(), r->kv().version()});
+        done(FromProto(r->kv()));
       });
 }
 
@@ -1343,5 +1346,14 @@ absl::StatusOr<uint64_t> Client::SplitShard(const std::string& address, uint32_t
 }
 
 ReadCacheStats Client::read_cache_stats() const { return core_->cache().stats(); }
+
+absl::StatusOr<std::unique_ptr<Watcher>> StartWatch(Client::Core* core,
+                                                    std::function<absl::Status()> refresh_map,
+                                                    const WatchOptions& options);
+
+absl::StatusOr<std::unique_ptr<Watcher>> Client::Watch(const WatchOptions& options) {
+  return StartWatch(
+      core_.get(), [this] { return GetClusterMap().status(); }, options);
+}
 
 }  // namespace tessera::client

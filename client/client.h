@@ -49,6 +49,7 @@
 #include "absl/time/time.h"
 #include "client/backoff.h"
 #include "client/read_cache.h"
+#include "client/watch.h"
 #include "tessera/kv.pb.h"
 
 namespace tessera::client {
@@ -106,10 +107,17 @@ struct KeyValue {
   std::string key;
   std::string value;
   uint64_t version = 0;  // 1 on creation, +1 per put
+  // The shard revisions (kv.proto "Revisions") of the write that created
+  // the key and of the last one that changed it; 0 when served from the
+  // read cache.
+  uint64_t create_revision = 0;
+  uint64_t mod_revision = 0;
+  uint64_t lease = 0;  // 0: none
 };
 
 struct PutResult {
   uint64_t version = 0;              // the key's new version
+  uint64_t revision = 0;             // the shard revision the put was applied at
   std::optional<KeyValue> previous;  // with PutOptions::return_previous, if it existed
 };
 
@@ -240,6 +248,13 @@ class Client {
   void CompareAndSetAsync(const std::string& key, const Compare& compare,
                           const std::string& new_value, const CallOptions& options,
                           Callback<uint64_t> done);
+
+  // Watches a key, a prefix or a range (client/watch.h): returns once the
+  // watch is registered on every shard the keys may live on. Errors:
+  // kInvalidArgument (bad options or resume token), kDeadlineExceeded
+  // (not registered within options.timeout), kOutOfRange (the token's
+  // history is gone), kUnavailable (no cluster map).
+  absl::StatusOr<std::unique_ptr<Watcher>> Watch(const WatchOptions& options);
 
   // Fetches the cluster map from any reachable member and caches it.
   absl::StatusOr<v1::ClusterMap> GetClusterMap(const CallOptions& options = {});

@@ -15,6 +15,10 @@ absl::Status CheckMutations(const ShardWrite& write) {
       return absl::InvalidArgumentError(
           absl::StrCat("shard ", write.shard, ": mutation with an empty key"));
     }
+    if (m.kind == Mutation::Kind::kDeleteMetaRange && (m.value.empty() || m.value < m.key)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard ", write.shard, ": meta range delete with a bad end"));
+    }
   }
   return absl::OkStatus();
 }

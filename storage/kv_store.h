@@ -35,7 +35,9 @@
 namespace tessera::storage {
 
 struct Mutation {
-  enum class Kind { kPut, kDelete, kPutMeta, kDeleteMeta };
+  // kDeleteMetaRange deletes the meta keys in [key, value): `value` is the
+  // exclusive end (non-empty, not below `key`).
+  enum class Kind { kPut, kDelete, kPutMeta, kDeleteMeta, kDeleteMetaRange };
   Kind kind = Kind::kPut;
   std::string key;    // non-empty
   std::string value;  // ignored by deletes
@@ -54,12 +56,14 @@ struct ScanOptions {
   size_t limit = 0;        // max items; 0 = no limit
   uint64_t max_bytes = 0;  // stop once keys+values exceed this; 0 = no budget
                            // (always at least one item when any is in range)
+  bool meta = false;       // scan the shard's meta records instead of user data
 };
 
 struct ScanResult {
   std::vector<std::pair<std::string, std::string>> items;
-  std::string resume_key;  // when `more`: the next key, pass it as the next start
-  bool more = false;       // false: the range is exhausted (resume_key empty)
+  std::string resume_key;      // when `more`: the next key, pass it as the next start
+  bool more = false;           // false: the range is exhausted (resume_key empty)
+  uint64_t applied_index = 0;  // the shard's applied index in the view read
 };
 
 // One record of a shard snapshot.
@@ -186,9 +190,11 @@ class KvStore {
   // The shard's applied index; 0 if it never applied anything.
   virtual absl::StatusOr<uint64_t> AppliedIndex(ShardId shard) const = 0;
 
-  // User keys in [options.start, options.end) of one shard in key order, at
-  // most options.limit items (and about options.max_bytes), from one
-  // consistent view. Never returns another shard's keys or meta keys.
+  // User keys (meta keys if options.meta) in [options.start, options.end)
+  // of one shard in key order, at most options.limit items (and about
+  // options.max_bytes), from one consistent view, with the applied index of
+  // that view. Never returns another shard's keys, nor meta keys with user
+  // keys.
   // Errors: kInvalidArgument if end is non-empty and start > end.
   virtual absl::StatusOr<ScanResult> Scan(ShardId shard, const ScanOptions& options) const = 0;
 

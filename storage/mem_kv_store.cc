@@ -92,6 +92,9 @@ absl::Status MemKvStore::ApplyTo(Shards& shards, absl::Span<const ShardWrite> wr
         case Mutation::Kind::kDeleteMeta:
           shard.meta.erase(m.key);
           break;
+        case Mutation::Kind::kDeleteMetaRange:
+          shard.meta.erase(shard.meta.lower_bound(m.key), shard.meta.lower_bound(m.value));
+          break;
       }
     }
     shard.applied_index = w.applied_index;
@@ -134,7 +137,7 @@ absl::StatusOr<ScanResult> MemKvStore::Scan(ShardId shard, const ScanOptions& op
   absl::MutexLock lock(&mu_);
   auto it = shards_.find(shard);
   if (it != shards_.end()) {
-    const auto& data = it->second.data;
+    const auto& data = options.meta ? it->second.meta : it->second.data;
     for (auto kv = data.lower_bound(options.start); kv != data.end(); ++kv) {
       if (!options.end.empty() && kv->first >= options.end) break;
       if (collector.Full()) {
@@ -144,7 +147,9 @@ absl::StatusOr<ScanResult> MemKvStore::Scan(ShardId shard, const ScanOptions& op
       collector.Add(kv->first, kv->second);
     }
   }
-  return collector.Finish();
+  ScanResult result = collector.Finish();
+  if (it != shards_.end()) result.applied_index = it->second.applied_index;
+  return result;
 }
 
 absl::StatusOr<std::unique_ptr<ShardSnapshot>> MemKvStore::ExportSnapshot(ShardId shard) const {

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "proto/status_macros.h"
@@ -226,6 +227,12 @@ absl::Status RocksKvStore::Apply(absl::Span<const ShardWrite> writes) {
         case Mutation::Kind::kDeleteMeta:
           batch.Delete(cf_, keys::TagKey(w.shard, keys::kMetaTag, m.key)).PermitUncheckedError();
           break;
+        case Mutation::Kind::kDeleteMetaRange:
+          batch
+              .DeleteRange(cf_, keys::TagKey(w.shard, keys::kMetaTag, m.key),
+                           keys::TagKey(w.shard, keys::kMetaTag, m.value))
+              .PermitUncheckedError();
+          break;
       }
     }
     batch.Put(cf_, keys::TagKey(w.shard, keys::kAppliedTag), EncodeIndex(w.applied_index))
@@ -255,11 +262,17 @@ absl::StatusOr<uint64_t> RocksKvStore::AppliedIndex(ShardId shard) const {
 
 absl::StatusOr<ScanResult> RocksKvStore::Scan(ShardId shard, const ScanOptions& options) const {
   TESSERA_RETURN_IF_ERROR(internal::CheckScanOptions(options));
-  const std::string lower = keys::TagKey(shard, keys::kDataTag, options.start);
-  const std::string upper = options.end.empty() ? keys::TagKey(shard, keys::kDataTag + 1)
-                                                : keys::TagKey(shard, keys::kDataTag, options.end);
+  const char tag = options.meta ? keys::kMetaTag : keys::kDataTag;
+  const std::string lower = keys::TagKey(shard, tag, options.start);
+  const std::string upper =
+      options.end.empty() ? keys::TagKey(shard, tag + 1) : keys::TagKey(shard, tag, options.end);
   rocksdb::Slice lower_slice(lower), upper_slice(upper);
+  // One snapshot for the applied index and the items.
+  const rocksdb::Snapshot* snapshot = db_->GetSnapshot();
+  absl::Cleanup release = [this, snapshot] { db_->ReleaseSnapshot(snapshot); };
   rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot;
+  TESSERA_ASSIGN_OR_RETURN(uint64_t applied, ReadAppliedIndex(db_, cf_, ro, shard));
   ro.iterate_lower_bound = &lower_slice;
   ro.iterate_upper_bound = &upper_slice;
   internal::ScanCollector collector(options);
@@ -273,7 +286,10 @@ absl::StatusOr<ScanResult> RocksKvStore::Scan(ShardId shard, const ScanOptions& 
     collector.Add(user_key, ToView(it->value()));
   }
   TESSERA_RETURN_IF_ERROR(FromRocks(it->status(), "RocksKvStore::Scan"));
-  return collector.Finish();
+  it.reset();
+  ScanResult result = collector.Finish();
+  result.applied_index = applied;
+  return result;
 }
 
 absl::StatusOr<std::unique_ptr<ShardSnapshot>> RocksKvStore::ExportSnapshot(ShardId shard) const {

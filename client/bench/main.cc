@@ -37,6 +37,7 @@
 #include "client/bench/etcd_backend.h"
 #include "client/bench/histogram.h"
 #include "client/bench/tessera_backend.h"
+#include "client/bench/watch_check.h"
 
 namespace tessera::bench {
 namespace {
@@ -91,12 +92,17 @@ flags:
                                that failed (unknown outcome): a lost or doubly
                                applied write fails the run (linearizable reads;
                                key space up to 10000000)
+  --watch                      with --verify (tessera only): a prefix watcher on
+                               the bench's keys (a client of its own) must see
+                               every write that applied exactly once, in order
+                               (each key's put events carry consecutive versions
+                               up to the version read after the run)
   --json-only                  print only the JSON line
   --help                       this help
 
 exit codes: 0 the run completed (even with some errors), 1 every request
 failed, 2 usage error or the cluster cannot be reached, 3 --verify found a
-mismatch or could not read a key.
+mismatch or could not read a key, or --watch found a lost or repeated event.
 )";
 
 struct Config {
@@ -119,6 +125,7 @@ struct Config {
   std::optional<uint64_t> seed;
   bool json_only = false;
   bool verify = false;
+  bool watch = false;
   std::string workload;
 };
 
@@ -222,7 +229,8 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
   const std::map<std::string, bool*> flags = {{"sequential-keys", &config->sequential_keys},
                                               {"fill", &config->fill},
                                               {"json-only", &config->json_only},
-                                              {"verify", &config->verify}};
+                                              {"verify", &config->verify},
+                                              {"watch", &config->watch}};
   std::vector<std::string> positional;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -270,6 +278,9 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
   }
   if (config->verify && config->consistency != "linearizable") {
     return "--verify reads the versions with linearizable reads: drop --consistency";
+  }
+  if (config->watch && (!config->verify || config->backend != "tessera")) {
+    return "--watch needs --verify and the tessera backend";
   }
   if (config->verify && config->key_space > kMaxVerifyKeySpace) {
     return absl::StrCat("--verify: --key-space is at most ", kMaxVerifyKeySpace);
@@ -517,9 +528,16 @@ int Main(int argc, char** argv) {
 
   std::optional<KeyVersions> before;
   std::optional<WriteCounts> writes;
+  std::unique_ptr<WatchCheck> watch_check;
   if (config.verify) {
     before = ReadVersions(**backend, *keys, config);
     writes.emplace(keys->key_space());
+  }
+  if (config.watch) {
+    absl::StatusOr<std::unique_ptr<WatchCheck>> started =
+        WatchCheck::Start(config.endpoints, *keys, *before);
+    if (!started.ok()) return usage(absl::StrCat("--watch: ", started.status().ToString()));
+    watch_check = *std::move(started);
   }
 
   RunSpec spec;
@@ -535,14 +553,33 @@ int Main(int argc, char** argv) {
   const RunStats stats = RunClosedLoop(**backend, *keys, spec);
 
   std::optional<VersionCheck> check;
+  std::optional<WatchVerdict> watched;
   if (config.verify) {
-    check = CheckVersions(*keys, *before, ReadVersions(**backend, *keys, config), *writes);
+    const KeyVersions after = ReadVersions(**backend, *keys, config);
+    check = CheckVersions(*keys, *before, after, *writes);
+    if (watch_check != nullptr) watched = watch_check->Finish(after, absl::Seconds(60));
   }
   if (!config.json_only) PrintSummary(config, stats);
   if (check.has_value()) PrintVersionCheck(*check, config.json_only);
-  std::printf("%s\n", Json(config, stats, fill.has_value() ? &*fill : nullptr,
-                           check.has_value() ? &*check : nullptr)
-                          .c_str());
+  if (watched.has_value()) {
+    if (!config.json_only) {
+      std::printf("watch: %llu events, %llu mismatches, %llu restarts\n",
+                  static_cast<unsigned long long>(watched->events),
+                  static_cast<unsigned long long>(watched->mismatches),
+                  static_cast<unsigned long long>(watched->restarts));
+    }
+    for (const std::string& example : watched->examples) {
+      std::fprintf(stderr, "watch: mismatch: %s\n", example.c_str());
+    }
+  }
+  std::string json = Json(config, stats, fill.has_value() ? &*fill : nullptr,
+                          check.has_value() ? &*check : nullptr);
+  if (watched.has_value()) {
+    json.pop_back();  // the closing brace
+    absl::StrAppendFormat(&json, R"(,"watch_events":%d,"watch_mismatches":%d,"watch_restarts":%d})",
+                          watched->events, watched->mismatches, watched->restarts);
+  }
+  std::printf("%s\n", json.c_str());
   std::fflush(stdout);
   const bool fill_failed = fill.has_value() && fill->ops == 0 && fill->errors > 0;
   const bool run_failed = stats.ops == 0 && stats.errors > 0;
@@ -550,6 +587,7 @@ int Main(int argc, char** argv) {
   if (check.has_value() && (check->mismatches > 0 || check->keys_unchecked > 0)) {
     return kExitVerifyFailed;
   }
+  if (watched.has_value() && watched->mismatches > 0) return kExitVerifyFailed;
   return kExitOk;
 }
 

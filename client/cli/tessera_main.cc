@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -54,6 +55,15 @@ commands:
                            (text: KEY<TAB>VALUE per line; json: JSON Lines, one
                            {"key","value","version"} object per line). An error
                            midway keeps what was printed, then one line on stderr.
+  watch KEY | watch --prefix P [--rev R] [--resume TOKEN] [--count N]
+                           stream changes, one line per event as they happen (text:
+                           PUT|DELETE<TAB>KEY<TAB>VALUE<TAB>REVISION; json: JSON Lines);
+                           --rev R: from revision R of KEY's shard (e.g. a put's
+                           revision); --resume: from a token a previous watch printed;
+                           --count N: exit once N events were printed (events
+                           that arrived together are printed together). On exit, prints
+                           "resume: TOKEN" on stderr (no event is lost or repeated
+                           when resuming from it)
   cas KEY EXPECTED NEW     set KEY to NEW if its value is EXPECTED
   cas --version V KEY NEW  set KEY to NEW if its version is V (0 = KEY must not exist)
   txn [STATEMENTS]         a transaction (statements from the arguments, else stdin)
@@ -108,6 +118,8 @@ struct Args {
   bool json = false;
   std::optional<std::string> prefix, start, end, version;
   std::optional<uint32_t> limit;
+  std::optional<uint64_t> rev, count;
+  std::optional<std::string> resume;
   std::vector<std::string> positional;
 };
 
@@ -171,6 +183,18 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* he
       uint32_t n;
       if (!absl::SimpleAtoi(value, &n)) return absl::StrCat("bad --limit '", value, "'");
       args->limit = n;
+    } else if (name == "--rev" || name == "--count") {
+      uint64_t n;
+      if (!absl::SimpleAtoi(value, &n) || n == 0) {
+        return absl::StrCat("bad ", name, " '", value, "'");
+      }
+      (name == "--rev" ? args->rev : args->count) = n;
+    } else if (name == "--resume") {
+      std::string token;
+      if (!absl::WebSafeBase64Unescape(value, &token)) {
+        return absl::StrCat("bad --resume token '", value, "'");
+      }
+      args->resume = token;
     } else if (name == "--version") {
       args->version = value;
     } else {
@@ -644,6 +668,57 @@ int ClusterStatus(Client& client, const Args& args, const CallOptions& call) {
   return all_up ? kExitOk : kExitUnavailable;
 }
 
+// Streams events until --count of them (or forever, or an error); the
+// resume token goes to stderr on the way out.
+int RunWatch(Client& client, const Args& args) {
+  WatchOptions options;
+  if (args.prefix) {
+    options.key = *args.prefix;
+    options.prefix = true;
+  } else {
+    options.key = args.positional[1];
+  }
+  options.start_revision = args.rev.value_or(0);
+  options.resume_token = args.resume.value_or("");
+  options.timeout = args.timeout;
+  absl::StatusOr<std::unique_ptr<Watcher>> watch = client.Watch(options);
+  if (!watch.ok()) return Fail("watch", watch.status());
+  uint64_t printed = 0;
+  absl::Status status;
+  while (!args.count || printed < *args.count) {
+    absl::StatusOr<std::vector<WatchEvent>> events = (*watch)->Next(absl::Now() + absl::Seconds(1));
+    if (!events.ok()) {
+      status = events.status();
+      break;
+    }
+    std::string out;
+    for (const WatchEvent& e : *events) {
+      const bool put = e.type == WatchEvent::Type::kPut;
+      if (args.json) {
+        absl::StrAppend(&out, "{\"type\":\"", put ? "PUT" : "DELETE",
+                        "\",\"key\":", JsonString(e.key));
+        if (put) {
+          absl::StrAppend(&out, ",\"value\":", JsonString(e.kv.value),
+                          ",\"version\":", e.kv.version,
+                          ",\"create_revision\":", e.kv.create_revision);
+        }
+        absl::StrAppend(&out, ",\"mod_revision\":", e.revision, ",\"shard\":", e.shard, "}\n");
+      } else {
+        absl::StrAppend(&out, put ? "PUT" : "DELETE", "\t", e.key, "\t", e.kv.value, "\t",
+                        e.revision, "\n");
+      }
+      // --count cuts between events; the token below covers the batch,
+      // so print the whole batch.
+      ++printed;
+    }
+    WriteRaw(out);
+    std::fflush(stdout);
+  }
+  std::fprintf(stderr, "resume: %s\n", absl::WebSafeBase64Escape((*watch)->ResumeToken()).c_str());
+  if (!status.ok()) return Fail("watch", status);
+  return kExitOk;
+}
+
 int Run(int argc, char** argv) {
   Args args;
   bool help = false;
@@ -663,8 +738,14 @@ int Run(int argc, char** argv) {
   if (pos.empty()) return usage("no command");
   const std::string& cmd = pos[0];
   const size_t n = pos.size() - 1;
-  if ((args.prefix || args.start || args.end || args.limit) && cmd != "scan") {
-    return usage(absl::StrCat("--prefix/--start/--end/--limit are flags of scan, not ", cmd));
+  if ((args.start || args.end || args.limit) && cmd != "scan") {
+    return usage(absl::StrCat("--start/--end/--limit are flags of scan, not ", cmd));
+  }
+  if (args.prefix && cmd != "scan" && cmd != "watch") {
+    return usage(absl::StrCat("--prefix is a flag of scan and watch, not ", cmd));
+  }
+  if ((args.rev || args.count || args.resume) && cmd != "watch") {
+    return usage(absl::StrCat("--rev/--count/--resume are flags of watch, not ", cmd));
   }
   if (args.version && cmd != "cas") return usage("--version is a flag of cas");
 
@@ -678,6 +759,11 @@ int Run(int argc, char** argv) {
     if (n != 0) return usage("scan takes flags only");
     if (args.prefix && (args.start || args.end))
       return usage("scan: --prefix excludes --start/--end");
+  } else if (cmd == "watch") {
+    if (args.prefix ? n != 0 : n != 1) return usage("watch KEY, or watch --prefix P");
+    if (args.rev && (args.prefix || args.resume)) {
+      return usage("watch: --rev is for one KEY, without --resume");
+    }
   } else if (cmd == "cas") {
     if (args.version ? n != 2 : n != 3) {
       return usage("cas KEY EXPECTED NEW, or cas --version V KEY NEW");
@@ -732,6 +818,7 @@ int Run(int argc, char** argv) {
     if (!r.ok()) return Fail("put", r.status());
     return PrintWritten(args.json, pos[1], r->version);
   }
+  if (cmd == "watch") return RunWatch(client, args);
   if (cmd == "get") {
     absl::StatusOr<KeyValue> r = client.Get(pos[1], call);
     if (!r.ok()) {

@@ -54,7 +54,8 @@ class TypedKvCall final : public KvCall {
   Resp response;
 };
 
-// UNAVAILABLE with ErrorDetail.not_leader{leader 0, `reason`}.
+}  // namespace
+
 absl::Status NodeUnavailableError(const std::string& message,
                                   v1::ErrorDetail::NotLeader::Reason reason) {
   absl::Status status = absl::UnavailableError(message);
@@ -63,8 +64,6 @@ absl::Status NodeUnavailableError(const std::string& message,
   SetErrorDetail(status, detail);
   return status;
 }
-
-}  // namespace
 
 v1::ClusterMap MapWithLeaderHints(const ClusterMap& map, const std::vector<ShardStatus>& statuses) {
   v1::ClusterMap proto = map.ToProto();
@@ -149,7 +148,9 @@ KvService::KvService(const KvServiceOptions& options, const ClusterMapCache* map
       maps_(maps),
       backend_(backend),
       pool_(std::make_unique<WorkerPool>(options.worker_threads)),
-      budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {}
+      budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {
+  StartWatchHub();
+}
 
 KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvBackend* backend)
     : options_(options),
@@ -157,7 +158,9 @@ KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvB
       maps_(owned_maps_.get()),
       backend_(backend),
       pool_(std::make_unique<WorkerPool>(options.worker_threads)),
-      budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {}
+      budget_(ByteBudget::Options{.limit_bytes = options.max_inflight_bytes}) {
+  StartWatchHub();
+}
 
 std::shared_ptr<const ClusterMap> KvService::Map() const { return maps_->Current(); }
 
@@ -494,6 +497,7 @@ void KvService::ProposeWrite(ShardId shard, const v1::RequestHeader& header,
       [this, response, shard, take](serverpb::CommandResult& result) {
         *response = std::move(*(result.*take)());
         FillHeader(response->mutable_header(), shard, Map().get(), backend_->StatusOf(shard));
+        response->mutable_header()->set_revision(result.revision());
       },
       std::move(done));
 }
@@ -518,21 +522,32 @@ void KvService::ReadAndFinish(const v1::RequestHeader& header, ShardId shard, ab
       const uint32_t staleness_ms = header.max_staleness_ms() != 0
                                         ? header.max_staleness_ms()
                                         : options_.default_max_staleness_ms;
-      Run(hop, [this, shard, staleness_ms, read = std::move(read), done = std::move(done)]() {
-        std::optional<ShardStatus> s = backend_->StatusOf(shard);
-        const bool fresh =
-            s.has_value() &&
-            (s->role == "leader" || (s->leader != 0 && absl::Now() - s->last_leader_contact <=
-                                                           absl::Milliseconds(staleness_ms)));
-        if (!fresh) {
-          return Complete(shard,
-                          absl::UnavailableError(absl::StrCat(
-                              "replica of shard ", shard, " on node ", options_.self,
-                              " has not heard from a leader within ", staleness_ms, " ms")),
-                          done);
-        }
-        Complete(shard, read(), done);
-      });
+      auto stale_read = [this, hop, shard, staleness_ms, read = std::move(read),
+                         done = std::move(done)](absl::Status applied) mutable {
+        Run(hop,
+            [this, shard, staleness_ms, applied, read = std::move(read), done = std::move(done)]() {
+              if (!applied.ok()) return Complete(shard, applied, done);
+              std::optional<ShardStatus> s = backend_->StatusOf(shard);
+              const bool fresh =
+                  s.has_value() &&
+                  (s->role == "leader" || (s->leader != 0 && absl::Now() - s->last_leader_contact <=
+                                                                 absl::Milliseconds(staleness_ms)));
+              if (!fresh) {
+                return Complete(shard,
+                                absl::UnavailableError(absl::StrCat(
+                                    "replica of shard ", shard, " on node ", options_.self,
+                                    " has not heard from a leader within ", staleness_ms, " ms")),
+                                done);
+              }
+              Complete(shard, read(), done);
+            });
+      };
+      // Read-your-writes: this replica first applies up to min_revision.
+      if (header.min_revision() == 0) {
+        stale_read(absl::OkStatus());
+      } else {
+        backend_->WaitApplied(shard, header.min_revision(), deadline, std::move(stale_read));
+      }
       return;
     }
     default:

@@ -73,6 +73,7 @@
 #include "grpcpp/support/server_callback.h"
 #include "server/api/admission.h"
 #include "server/api/batch_stats.h"
+#include "server/api/watch_hub.h"
 #include "server/cluster/cluster_map.h"
 #include "server/kv/backend.h"
 #include "server/kv/state_machine.h"
@@ -112,6 +113,8 @@ struct KvServiceOptions {
   // it to Metrics::ObserveRpc). Optional; called on the completing thread.
   std::function<void(absl::string_view full_method, absl::StatusCode code, absl::Duration duration)>
       on_batch_op;
+  // KV.Watch: the watch hub's bounds (watch_hub.h).
+  WatchHubOptions watch;
 };
 
 // tessera.v1.KV with every method registered raw (ByteBuffer in and out), so
@@ -123,7 +126,8 @@ struct KvServiceOptions {
 // UNIMPLEMENTED, the right code; gRPC gives no message with it.)
 using RawKvService = v1::KV::WithRawCallbackMethod_Put<v1::KV::WithRawCallbackMethod_Get<
     v1::KV::WithRawCallbackMethod_Delete<v1::KV::WithRawCallbackMethod_Scan<
-        v1::KV::WithRawCallbackMethod_Txn<v1::KV::WithRawCallbackMethod_Batch<v1::KV::Service>>>>>>;
+        v1::KV::WithRawCallbackMethod_Txn<v1::KV::WithRawCallbackMethod_Batch<
+            v1::KV::WithRawCallbackMethod_Watch<v1::KV::Service>>>>>>>;
 
 class KvService final : public RawKvService {
  public:
@@ -143,6 +147,7 @@ class KvService final : public RawKvService {
   using RawKvService::Put;
   using RawKvService::Scan;
   using RawKvService::Txn;
+  using RawKvService::Watch;
   grpc::ServerUnaryReactor* Put(grpc::CallbackServerContext* context,
                                 const grpc::ByteBuffer* request,
                                 grpc::ByteBuffer* response) override;
@@ -161,6 +166,13 @@ class KvService final : public RawKvService {
   // KV.Batch: a BatchStream reactor (batch_stream.cc).
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Batch(
       grpc::CallbackServerContext* context) override;
+  // KV.Watch: a WatchStream reactor (watch_stream.cc) over watch_hub().
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Watch(
+      grpc::CallbackServerContext* context) override;
+
+  // The node's watchers: set it as the StateMachine's ApplyObserver, and
+  // stop the Node before destroying the service.
+  WatchHub* watch_hub() { return watch_hub_.get(); }
 
   // Drain, for a graceful stop: from now on new calls fail at once with
   // UNAVAILABLE, ErrorDetail.not_leader{REASON_DRAINING, the leader of the
@@ -178,6 +190,14 @@ class KvService final : public RawKvService {
  private:
   class WorkerPool;
   class BatchStream;
+  class WatchStream;
+  class WatchSourceImpl;
+
+  // Creates watch_source_ and watch_hub_ (watch_stream.cc).
+  void StartWatchHub();
+  // Validates and routes a WatchCreate: its shard, and the range version
+  // of the shard in the map it was checked against.
+  absl::StatusOr<std::pair<ShardId, uint64_t>> RouteWatch(const v1::WatchCreate& create);
 
   // The outcome of one operation, unary or batched: called exactly once,
   // after the response was filled when `status` is OK; with no lock of the
@@ -264,6 +284,9 @@ class KvService final : public RawKvService {
   std::unique_ptr<ClusterMapCache> owned_maps_;  // the fixed-map constructor's
   const ClusterMapCache* const maps_;
   KvBackend* const backend_;
+  // Before pool_: they outlive the stream flushes its destructor runs.
+  std::unique_ptr<WatchSource> watch_source_;
+  std::unique_ptr<WatchHub> watch_hub_;
   std::unique_ptr<WorkerPool> pool_;
 
   ByteBudget budget_;
@@ -352,6 +375,10 @@ class ClusterService final : public v1::Cluster::CallbackService {
 // The map as a client should see it: ToProto() plus, for every shard this
 // node has a replica of, its leader and term as `statuses` know them.
 v1::ClusterMap MapWithLeaderHints(const ClusterMap& map, const std::vector<ShardStatus>& statuses);
+
+// UNAVAILABLE with ErrorDetail.not_leader{leader 0, `reason`}.
+absl::Status NodeUnavailableError(const std::string& message,
+                                  v1::ErrorDetail::NotLeader::Reason reason);
 
 // The error for a request routed by a stale map: FAILED_PRECONDITION with
 // ErrorDetail.stale_route{current}.

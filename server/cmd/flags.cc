@@ -104,6 +104,17 @@ ABSL_FLAG(uint64_t, max_batch_inflight_ops, 1024,
           "operations of one KV.Batch stream between reading them and writing their results; "
           "the server stops reading the stream beyond it (backpressure)");
 // ---- end KV.Batch ----
+ABSL_FLAG(uint64_t, watch_history_revisions, 20000,
+          "revisions of each shard's watch history kept for watchers that resume (0 or at "
+          "least 1024; compacted every 1024 revisions; 0 keeps none: watches start from now "
+          "and cannot resume); set it the same on every member");
+ABSL_FLAG(uint64_t, max_watchers, 100000, "watchers on this node (KV.Watch); more are refused");
+ABSL_FLAG(uint64_t, max_watcher_bytes, 1 << 20,
+          "bytes of events queued for one watcher before it is ended as too slow (it resumes "
+          "from its last revision)");
+ABSL_FLAG(uint64_t, max_watch_bytes, 256 << 20,
+          "bytes of events queued for all watchers of this node before the one receiving an "
+          "event is ended as too slow");
 ABSL_FLAG(bool, hibernate_idle_shards, true,
           "idle shards stop ticking and heartbeating until a request or message wakes them "
           "(server/raftstore/README.md \"Hibernation\"); set it the same on every member");
@@ -204,6 +215,10 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "max_batch_ops",
                                               "max_batch_bytes",
                                               "max_batch_inflight_ops",
+                                              "watch_history_revisions",
+                                              "max_watchers",
+                                              "max_watcher_bytes",
+                                              "max_watch_bytes",
                                               "hibernate_idle_shards",
                                               "dead_node_timeout_ms",
                                               "max_replica_moves",
@@ -480,6 +495,18 @@ absl::StatusOr<ServerConfig> Validate() {
   config.max_batch_bytes = absl::GetFlag(FLAGS_max_batch_bytes);
   config.max_batch_inflight_ops = absl::GetFlag(FLAGS_max_batch_inflight_ops);
   config.hibernate_idle_shards = absl::GetFlag(FLAGS_hibernate_idle_shards);
+  if ((absl::GetFlag(FLAGS_watch_history_revisions) != 0 &&
+       absl::GetFlag(FLAGS_watch_history_revisions) < 1024) ||
+      absl::GetFlag(FLAGS_max_watcher_bytes) < 4096 ||
+      absl::GetFlag(FLAGS_max_watch_bytes) < absl::GetFlag(FLAGS_max_watcher_bytes)) {
+    return absl::InvalidArgumentError(
+        "--watch-history-revisions must be 0 or at least 1024, --max-watcher-bytes at least 4096 "
+        "and --max-watch-bytes at least --max-watcher-bytes");
+  }
+  config.watch_history_revisions = absl::GetFlag(FLAGS_watch_history_revisions);
+  config.max_watchers = absl::GetFlag(FLAGS_max_watchers);
+  config.max_watcher_bytes = absl::GetFlag(FLAGS_max_watcher_bytes);
+  config.max_watch_bytes = absl::GetFlag(FLAGS_max_watch_bytes);
   if (absl::GetFlag(FLAGS_dead_node_timeout_ms) < 1000 ||
       absl::GetFlag(FLAGS_max_replica_moves) < 1 || absl::GetFlag(FLAGS_max_replica_moves) > 64) {
     return absl::InvalidArgumentError(

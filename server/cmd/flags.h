@@ -37,9 +37,13 @@ struct ServerConfig {
   uint64_t max_key_bytes = 4096;
   uint64_t max_value_bytes = 1 << 20;
   uint64_t max_inflight_bytes = 64 << 20;
-  uint64_t max_batch_ops = 256;            // KV.Batch: operations per message
-  uint64_t max_batch_bytes = 8 << 20;      // KV.Batch: bytes per message
-  uint64_t max_batch_inflight_ops = 1024;  // KV.Batch: operations in flight per stream
+  uint64_t max_batch_ops = 256;              // KV.Batch: operations per message
+  uint64_t max_batch_bytes = 8 << 20;        // KV.Batch: bytes per message
+  uint64_t max_batch_inflight_ops = 1024;    // KV.Batch: operations in flight per stream
+  uint64_t watch_history_revisions = 20000;  // StateMachineOptions::history_revisions
+  uint64_t max_watchers = 100000;            // WatchHubOptions
+  uint64_t max_watcher_bytes = 1 << 20;
+  uint64_t max_watch_bytes = 256 << 20;
   bool hibernate_idle_shards = true;
   absl::Duration dead_node_timeout = absl::Minutes(5);  // the scheduler's dead_after
   int max_replica_moves = 1;                            // the scheduler's max_moves

@@ -327,7 +327,9 @@ absl::Status Server::StartParts() {
         config.testing_storage_faults);
   }
 
-  state_machine_ = std::make_unique<StateMachine>(kv_store, StateMachineOptions{});
+  StateMachineOptions sm_options;
+  sm_options.history_revisions = config.watch_history_revisions;
+  state_machine_ = std::make_unique<StateMachine>(kv_store, sm_options);
   // Snapshots in flight: exports the transport streams to followers, and
   // received snapshots staged for the raft loop to commit (shared by the
   // Node, the transport and the peer service).
@@ -507,14 +509,20 @@ absl::Status Server::StartParts() {
   kv_options.max_batch_ops = config.max_batch_ops;
   kv_options.max_batch_bytes = config.max_batch_bytes;
   kv_options.max_batch_inflight_ops = config.max_batch_inflight_ops;
+  kv_options.watch.max_watchers = config.max_watchers;
+  kv_options.watch.max_watcher_bytes = config.max_watcher_bytes;
+  kv_options.watch.max_node_bytes = config.max_watch_bytes;
   // A batched operation is counted as the unary call it stands for.
   kv_options.on_batch_op = [m = metrics_.get()](absl::string_view method, absl::StatusCode code,
                                                 absl::Duration duration) {
     m->ObserveRpc(method, static_cast<grpc::StatusCode>(code), duration);
   };
   kv_service_ = std::make_unique<KvService>(kv_options, maps_.get(), backend_.get());
+  // Stop() stops the node before it destroys the service.
+  state_machine_->SetObserver(kv_service_->watch_hub());
   metrics_->SetAdmissionSource([kv = kv_service_.get()] { return kv->admission_stats(); });
   metrics_->SetBatchSource([kv = kv_service_.get()] { return kv->batch_stats(); });
+  metrics_->SetWatchSource([hub = kv_service_->watch_hub()] { return hub->Stats(); });
   // Nodes without a metadata replica answer without a stored map.
   ClusterService::StoredMapReader stored_map = [backend = backend_.get()] {
     return MetaGroup::ReadLocal(*backend);
@@ -913,7 +921,11 @@ void Server::Stop() {
     transport_->Stop();
     spdlog::info("peer service and transport stopped");
   }
-  if (metrics_ != nullptr) metrics_->SetAdmissionSource(nullptr);
+  if (metrics_ != nullptr) {
+    metrics_->SetAdmissionSource(nullptr);
+    metrics_->SetBatchSource(nullptr);
+    metrics_->SetWatchSource(nullptr);
+  }
   meta_group_.store(nullptr, std::memory_order_release);
   kv_service_.reset();
   StopObservers();  // before what the scrapes read

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/kv/state_machine.h"
 #include "server/raftstore/node.h"
 #include "tessera/command.pb.h"
 #include "tessera/kv.pb.h"
@@ -31,6 +32,15 @@ class KvBackend {
                        Node::ProposeCallback done) = 0;
   virtual void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
                            Node::ReadCallback done) = 0;
+  // As Node::WaitApplied. Default: at once, OK if StatusOf() shows the
+  // index applied, else kUnavailable.
+  virtual void WaitApplied(ShardId shard, uint64_t index, absl::Time /*deadline*/,
+                           Node::ReadCallback done) {
+    std::optional<ShardStatus> s = StatusOf(shard);
+    done(s.has_value() && s->applied_index >= index
+             ? absl::OkStatus()
+             : absl::UnavailableError("the replica has not applied that revision"));
+  }
   virtual std::vector<ShardStatus> Status() const = 0;
   // As Node::Health: not OK once the raft loop stopped or is wedged.
   virtual absl::Status Health() const { return absl::OkStatus(); }
@@ -47,6 +57,12 @@ class KvBackend {
   // range_version, hash_end, approximate_bytes: a few storage reads, so
   // for Cluster.NodeStatus, not the request path). Default: nothing.
   virtual void AddStoredState(ShardStatus& /*status*/) const {}
+  // As StateMachine::ReadHistory / StateMachine::Range (the watch hub).
+  virtual absl::StatusOr<HistoryPage> ReadHistory(ShardId /*shard*/, uint64_t /*from_revision*/,
+                                                  uint64_t /*max_bytes*/) const {
+    return absl::UnimplementedError("no watch history");
+  }
+  virtual absl::StatusOr<sm::ShardRange> Range(ShardId /*shard*/) const { return sm::ShardRange{}; }
   // As StateMachine::Get / StateMachine::Scan.
   virtual absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const = 0;
   virtual absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,

@@ -27,6 +27,10 @@ class NodeKvBackend final : public KvBackend {
                    Node::ReadCallback done) override {
     node_->ReadBarrier(shard, lease, deadline, std::move(done));
   }
+  void WaitApplied(ShardId shard, uint64_t index, absl::Time deadline,
+                   Node::ReadCallback done) override {
+    node_->WaitApplied(shard, index, deadline, std::move(done));
+  }
   std::vector<ShardStatus> Status() const override { return node_->Status(); }
   absl::Status Health() const override { return node_->Health(); }
   uint64_t AbandonedProposalBytes() const override { return node_->AbandonedProposalBytes(); }
@@ -40,6 +44,13 @@ class NodeKvBackend final : public KvBackend {
       s.hash_end = range->end;
     }
     s.approximate_bytes = state_machine_->ApproximateBytes(s.shard);
+  }
+  absl::StatusOr<HistoryPage> ReadHistory(ShardId shard, uint64_t from_revision,
+                                          uint64_t max_bytes) const override {
+    return state_machine_->ReadHistory(shard, from_revision, max_bytes);
+  }
+  absl::StatusOr<sm::ShardRange> Range(ShardId shard) const override {
+    return state_machine_->Range(shard);
   }
   absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const override {
     return state_machine_->Get(shard, key);

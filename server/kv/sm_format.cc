@@ -82,20 +82,113 @@ class Reader {
 
 }  // namespace
 
-std::string EncodeValue(uint64_t version, absl::string_view value) {
+constexpr char kValueFormat1 = 0x01;
+constexpr size_t kValueFormat1Header = 1 + 4 * 8;
+
+std::string EncodeValue(const VersionedValue& value) {
   std::string out;
-  out.reserve(kVersionBytes + value.size());
+  out.reserve(kValueFormat1Header + value.value.size());
+  out.push_back(kValueFormat1);
+  AppendU64(&out, value.version);
+  AppendU64(&out, value.create_revision);
+  AppendU64(&out, value.mod_revision);
+  AppendU64(&out, value.lease);
+  out.append(value.value);
+  return out;
+}
+
+std::string EncodeValueFormat0(uint64_t version, absl::string_view value) {
+  std::string out;
   AppendU64(&out, version);
   out.append(value.data(), value.size());
   return out;
 }
 
 absl::StatusOr<VersionedValue> DecodeValue(absl::string_view stored) {
-  if (stored.size() < kVersionBytes) {
-    return absl::DataLossError(
-        absl::StrCat("stored value has ", stored.size(), " bytes, shorter than its version"));
+  VersionedValue out;
+  if (!stored.empty() && stored[0] == 0x00) {  // format 0: version | value
+    if (stored.size() < 8) {
+      return absl::DataLossError(
+          absl::StrCat("stored value has ", stored.size(), " bytes, shorter than its version"));
+    }
+    out.version = ReadU64(stored, 0);
+    out.value = std::string(stored.substr(8));
+    return out;
   }
-  return VersionedValue{ReadU64(stored, 0), std::string(stored.substr(kVersionBytes))};
+  if (stored.empty() || stored[0] != kValueFormat1) {
+    return absl::DataLossError("stored value of an unknown format");
+  }
+  if (stored.size() < kValueFormat1Header) {
+    return absl::DataLossError(
+        absl::StrCat("stored value has ", stored.size(), " bytes, shorter than its header"));
+  }
+  out.version = ReadU64(stored, 1);
+  out.create_revision = ReadU64(stored, 9);
+  out.mod_revision = ReadU64(stored, 17);
+  out.lease = ReadU64(stored, 25);
+  out.value = std::string(stored.substr(kValueFormat1Header));
+  return out;
+}
+
+std::string HistoryKey(uint64_t revision, uint32_t n) {
+  std::string key = kHistoryPrefix;
+  AppendU64(&key, revision);
+  AppendU32(&key, n);
+  return key;
+}
+
+bool ParseHistoryKey(absl::string_view meta_key, uint64_t* revision, uint32_t* n) {
+  if (meta_key.size() != 13 || meta_key[0] != kHistoryPrefix[0]) return false;
+  *revision = ReadU64(meta_key, 1);
+  *n = ReadU32(meta_key, 9);
+  return true;
+}
+
+std::string EncodeHistoryEvent(const HistoryEvent& event) {
+  std::string out;
+  out.reserve(2 + 12 + event.key.size() + event.stored.size() + event.prev_stored.size());
+  out.push_back(kFormatV1);
+  out.push_back(event.deleted ? 0x01 : 0x00);
+  AppendU32(&out, static_cast<uint32_t>(event.key.size()));
+  out.append(event.key);
+  AppendU32(&out, static_cast<uint32_t>(event.stored.size()));
+  out.append(event.stored);
+  AppendU32(&out, static_cast<uint32_t>(event.prev_stored.size()));
+  out.append(event.prev_stored);
+  return out;
+}
+
+absl::StatusOr<HistoryEvent> DecodeHistoryEvent(uint64_t revision, uint32_t n,
+                                                absl::string_view stored) {
+  Reader in(stored, "history event");
+  HistoryEvent event;
+  event.revision = revision;
+  event.n = n;
+  TESSERA_ASSIGN_OR_RETURN(uint8_t version, in.U8());
+  if (version != kFormatV1) return in.Error("unknown version");
+  TESSERA_ASSIGN_OR_RETURN(uint8_t kind, in.U8());
+  if (kind > 1) return in.Error("unknown kind");
+  event.deleted = kind == 1;
+  for (std::string* field : {&event.key, &event.stored, &event.prev_stored}) {
+    TESSERA_ASSIGN_OR_RETURN(uint32_t size, in.U32());
+    TESSERA_ASSIGN_OR_RETURN(absl::string_view bytes, in.Bytes(size));
+    field->assign(bytes.data(), bytes.size());
+  }
+  if (!in.done()) return in.Error("trailing bytes");
+  if (event.key.empty()) return in.Error("empty key");
+  if (event.deleted != event.stored.empty()) return in.Error("value does not fit the kind");
+  return event;
+}
+
+std::string EncodeU64(uint64_t v) {
+  std::string out;
+  AppendU64(&out, v);
+  return out;
+}
+
+absl::StatusOr<uint64_t> DecodeU64(absl::string_view stored) {
+  if (stored.size() != 8) return absl::DataLossError("malformed 8-byte record");
+  return ReadU64(stored, 0);
 }
 
 std::string SessionListKey() { return "L"; }

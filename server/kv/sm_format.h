@@ -4,8 +4,21 @@
 // log, so everything here is fixed-width big-endian with an explicit format
 // version byte where a record may evolve. Pure functions; thread-safe.
 //
-// User data (KvStore user keys):
-//   key -> version (8 bytes BE) | value bytes
+// User data (KvStore user keys), format 1:
+//   key -> 0x01 | version | create_revision | mod_revision | lease | value
+// (8 bytes BE each; revisions as kv.proto "Revisions"). Format 0, written
+// before revisions existed, is read too (its revisions and lease read 0):
+//   key -> version (8 bytes BE, so its first byte is 0x00) | value
+//
+// Watch history (meta keys; see state_machine.h "History"): one record per
+// event, in revision order:
+//   "W" | revision (8 BE) | n (4 BE) -> 0x01 | kind (0x00 put, 0x01 delete)
+//        | key length (4 BE) | key | value length (4 BE) | stored value
+//        (put: format 1 as above; delete: empty) | prev length (4 BE) |
+//        the key's stored value before the event (empty: none)
+// n numbers the events of one revision (a Txn's) from 0. Every revision at
+// or above the floor is complete; those below it are compacted away:
+//   "F" -> the floor (8 BE)
 //
 // Session meta records, format 2 (KvStore meta keys; see state_machine.cc
 // "Sessions"). The sessions live in memory; storage holds a checkpoint of the
@@ -78,14 +91,43 @@ namespace tessera::server::sm {
 
 struct VersionedValue {
   uint64_t version = 0;
+  uint64_t create_revision = 0;
+  uint64_t mod_revision = 0;
+  uint64_t lease = 0;
   std::string value;
 };
 
-constexpr size_t kVersionBytes = 8;
-
-std::string EncodeValue(uint64_t version, absl::string_view value);
-// kDataLoss if `stored` is shorter than the 8-byte version.
+// Format 1 (the only one written).
+std::string EncodeValue(const VersionedValue& value);
+// Format 0, for tests of the upgrade path.
+std::string EncodeValueFormat0(uint64_t version, absl::string_view value);
+// Either format. kDataLoss if malformed (unknown first byte, too short).
 absl::StatusOr<VersionedValue> DecodeValue(absl::string_view stored);
+
+// ---- Watch history ----
+
+struct HistoryEvent {
+  uint64_t revision = 0;
+  uint32_t n = 0;  // its place among the events of its revision
+  bool deleted = false;
+  std::string key;
+  std::string stored;       // put: the new stored value (format 1); delete: empty
+  std::string prev_stored;  // the stored value before it; empty: the key was absent
+};
+
+constexpr char kHistoryPrefix[] = "W";
+constexpr char kHistoryFloorKey[] = "F";
+std::string HistoryKey(uint64_t revision, uint32_t n);
+// True if `meta_key` is an event's key; sets `*revision` and `*n`.
+bool ParseHistoryKey(absl::string_view meta_key, uint64_t* revision, uint32_t* n);
+// The event's record value (revision and n are in its key).
+std::string EncodeHistoryEvent(const HistoryEvent& event);
+// kDataLoss if malformed; revision and n come from the key.
+absl::StatusOr<HistoryEvent> DecodeHistoryEvent(uint64_t revision, uint32_t n,
+                                                absl::string_view stored);
+std::string EncodeU64(uint64_t v);
+// kDataLoss unless exactly 8 bytes.
+absl::StatusOr<uint64_t> DecodeU64(absl::string_view stored);
 
 // ---- The shard's hash range ----
 

@@ -161,6 +161,11 @@ StateMachineOptions Sanitized(StateMachineOptions options) {
   options.max_scan_limit = std::max<uint32_t>(options.max_scan_limit, 1);
   options.default_scan_limit =
       std::clamp<uint32_t>(options.default_scan_limit, 1, options.max_scan_limit);
+  options.history_compact_step = std::max<uint64_t>(options.history_compact_step, 1);
+  if (options.history_revisions != 0) {  // 0: no history
+    options.history_revisions =
+        std::max<uint64_t>(options.history_revisions, options.history_compact_step);
+  }
   return options;
 }
 
@@ -268,10 +273,21 @@ absl::Status OutsideRangeError(ShardId shard, const sm::ShardRange& range) {
 
 // ---- Execution (errors returned here are storage errors: the batch aborts) ----
 
+// Where a command's writes are stamped and recorded.
+struct Exec {
+  uint64_t revision = 0;                  // the entry's index
+  std::vector<sm::HistoryEvent>* events;  // this command's, in order
+};
+
+// The key's stored bytes, nullopt if absent.
+absl::StatusOr<std::optional<std::string>> ReadStored(const Overlay& view, const std::string& key) {
+  return view.Get(/*meta=*/false, key);
+}
+
 // The key's version and value, nullopt if absent. kDataLoss if corrupt.
 absl::StatusOr<std::optional<sm::VersionedValue>> ReadKey(const Overlay& view,
                                                           const std::string& key) {
-  TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored, view.Get(/*meta=*/false, key));
+  TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored, ReadStored(view, key));
   if (!stored.has_value()) return std::optional<sm::VersionedValue>();
   TESSERA_ASSIGN_OR_RETURN(sm::VersionedValue value, sm::DecodeValue(*stored));
   return std::optional<sm::VersionedValue>(std::move(value));
@@ -281,14 +297,38 @@ void FillKeyValue(const std::string& key, const sm::VersionedValue& value, v1::K
   kv->set_key(key);
   kv->set_value(value.value);
   kv->set_version(value.version);
+  kv->set_create_revision(value.create_revision);
+  kv->set_mod_revision(value.mod_revision);
+  kv->set_lease(value.lease);
 }
 
-absl::StatusOr<v1::PutResponse> DoPut(Overlay& view, const v1::PutRequest& put) {
-  TESSERA_ASSIGN_OR_RETURN(std::optional<sm::VersionedValue> previous, ReadKey(view, put.key()));
-  const uint64_t version = previous.has_value() ? previous->version + 1 : 1;
-  view.Put(/*meta=*/false, put.key(), sm::EncodeValue(version, put.value()));
+void RecordEvent(const Exec& exec, const std::string& key, std::string stored,
+                 std::optional<std::string> previous) {
+  sm::HistoryEvent& event = exec.events->emplace_back();
+  event.revision = exec.revision;
+  event.n = static_cast<uint32_t>(exec.events->size() - 1);
+  event.deleted = stored.empty();
+  event.key = key;
+  event.stored = std::move(stored);
+  if (previous.has_value()) event.prev_stored = *std::move(previous);
+}
+
+absl::StatusOr<v1::PutResponse> DoPut(Overlay& view, const v1::PutRequest& put, const Exec& exec) {
+  TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored, ReadStored(view, put.key()));
+  std::optional<sm::VersionedValue> previous;
+  if (stored.has_value()) {
+    TESSERA_ASSIGN_OR_RETURN(previous, sm::DecodeValue(*stored));
+  }
+  sm::VersionedValue next;
+  next.version = previous.has_value() ? previous->version + 1 : 1;
+  next.create_revision = previous.has_value() ? previous->create_revision : exec.revision;
+  next.mod_revision = exec.revision;
+  next.value = put.value();
+  std::string encoded = sm::EncodeValue(next);
+  view.Put(/*meta=*/false, put.key(), encoded);
+  RecordEvent(exec, put.key(), std::move(encoded), std::move(stored));
   v1::PutResponse response;
-  response.set_version(version);
+  response.set_version(next.version);
   response.set_had_previous(previous.has_value());
   if (previous.has_value() && put.return_previous()) {
     FillKeyValue(put.key(), *previous, response.mutable_previous());
@@ -296,11 +336,14 @@ absl::StatusOr<v1::PutResponse> DoPut(Overlay& view, const v1::PutRequest& put) 
   return response;
 }
 
-absl::StatusOr<v1::DeleteResponse> DoDelete(Overlay& view, const v1::DeleteRequest& del) {
-  TESSERA_ASSIGN_OR_RETURN(std::optional<sm::VersionedValue> previous, ReadKey(view, del.key()));
+absl::StatusOr<v1::DeleteResponse> DoDelete(Overlay& view, const v1::DeleteRequest& del,
+                                            const Exec& exec) {
+  TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored, ReadStored(view, del.key()));
   v1::DeleteResponse response;
-  if (previous.has_value()) {
+  if (stored.has_value()) {
+    TESSERA_RETURN_IF_ERROR(sm::DecodeValue(*stored).status());
     view.Delete(/*meta=*/false, del.key());
+    RecordEvent(exec, del.key(), "", std::move(stored));
     response.set_deleted(true);
   }
   return response;
@@ -353,7 +396,7 @@ absl::StatusOr<bool> Evaluate(const Overlay& view, const v1::Compare& compare) {
   }
 }
 
-absl::StatusOr<v1::TxnResponse> DoTxn(Overlay& view, const v1::TxnRequest& txn) {
+absl::StatusOr<v1::TxnResponse> DoTxn(Overlay& view, const v1::TxnRequest& txn, const Exec& exec) {
   bool succeeded = true;
   for (const v1::Compare& compare : txn.compares()) {
     TESSERA_ASSIGN_OR_RETURN(bool holds, Evaluate(view, compare));
@@ -368,11 +411,11 @@ absl::StatusOr<v1::TxnResponse> DoTxn(Overlay& view, const v1::TxnRequest& txn) 
     v1::TxnOpResult* result = response.add_results();
     switch (op.op_case()) {
       case v1::TxnOp::kPut: {
-        TESSERA_ASSIGN_OR_RETURN(*result->mutable_put(), DoPut(view, op.put()));
+        TESSERA_ASSIGN_OR_RETURN(*result->mutable_put(), DoPut(view, op.put(), exec));
         break;
       }
       case v1::TxnOp::kDelete: {
-        TESSERA_ASSIGN_OR_RETURN(*result->mutable_delete_(), DoDelete(view, op.delete_()));
+        TESSERA_ASSIGN_OR_RETURN(*result->mutable_delete_(), DoDelete(view, op.delete_(), exec));
         break;
       }
       case v1::TxnOp::kGet: {
@@ -388,21 +431,22 @@ absl::StatusOr<v1::TxnResponse> DoTxn(Overlay& view, const v1::TxnRequest& txn) 
 
 // Validates and executes one command's operation on `view` (no sessions).
 // A bad command yields a result with its error code and writes nothing.
-absl::StatusOr<serverpb::CommandResult> Execute(Overlay& view, const serverpb::Command& command) {
+absl::StatusOr<serverpb::CommandResult> Execute(Overlay& view, const serverpb::Command& command,
+                                                const Exec& exec) {
   absl::Status valid = CheckCommand(command);
   if (!valid.ok()) return ErrorResult(valid);
   serverpb::CommandResult result;
   switch (command.op_case()) {
     case serverpb::Command::kPut: {
-      TESSERA_ASSIGN_OR_RETURN(*result.mutable_put(), DoPut(view, command.put()));
+      TESSERA_ASSIGN_OR_RETURN(*result.mutable_put(), DoPut(view, command.put(), exec));
       break;
     }
     case serverpb::Command::kDelete: {
-      TESSERA_ASSIGN_OR_RETURN(*result.mutable_delete_(), DoDelete(view, command.delete_()));
+      TESSERA_ASSIGN_OR_RETURN(*result.mutable_delete_(), DoDelete(view, command.delete_(), exec));
       break;
     }
     case serverpb::Command::kTxn: {
-      TESSERA_ASSIGN_OR_RETURN(*result.mutable_txn(), DoTxn(view, command.txn()));
+      TESSERA_ASSIGN_OR_RETURN(*result.mutable_txn(), DoTxn(view, command.txn(), exec));
       break;
     }
     case serverpb::Command::kSplit:
@@ -462,6 +506,10 @@ struct StateMachine::ShardSessions {
   // Format 1 records found at load: converted (a checkpoint written, these
   // deleted) with the shard's next write.
   std::vector<std::string> legacy_keys;
+
+  // The oldest revision of the watch history (sm_format.h "F"); 0 while
+  // the shard has none recorded (a shard from before the history existed).
+  uint64_t history_floor = 0;
 };
 
 namespace {
@@ -542,6 +590,8 @@ absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, S
     TESSERA_ASSIGN_OR_RETURN(bool more, snapshot->Next(&record));
     if (!more || !record.meta) break;  // meta records come first
     const std::string& key = record.key;
+    // The watch history sorts last among meta records, and is not loaded.
+    if (key[0] == sm::kHistoryPrefix[0]) break;
     uint64_t start = 0;
     uint32_t part = 0;
     if (sm::ParseCheckpointKey(key, &part)) {
@@ -569,6 +619,8 @@ absl::StatusOr<std::unique_ptr<ShardSessions>> LoadSessions(const KvStore& kv, S
       table->window_start = start;
       table->window_ops = ops.size();
       table->window = table->window_open ? std::move(record.value) : std::string();
+    } else if (key == sm::kHistoryFloorKey) {
+      TESSERA_ASSIGN_OR_RETURN(table->history_floor, sm::DecodeU64(record.value));
     } else if (key == sm::kRangeKey) {
       TESSERA_ASSIGN_OR_RETURN(table->range, sm::DecodeRange(record.value));
       table->range_recorded = true;
@@ -645,18 +697,31 @@ void RecordOp(ShardSessions& table, Overlay& shard, const sm::SessionOp& op,
 }
 
 // Runs one decoded command at log index `index` with session handling.
+// Runs `command` on a child overlay of `shard`: a command that succeeds
+// gets its revision, and its writes and events join the batch's.
+absl::StatusOr<serverpb::CommandResult> ExecuteAt(Overlay& shard, uint64_t index,
+                                                  const serverpb::Command& command,
+                                                  std::vector<sm::HistoryEvent>* events) {
+  Overlay view(&shard);
+  std::vector<sm::HistoryEvent> mine;
+  TESSERA_ASSIGN_OR_RETURN(serverpb::CommandResult result,
+                           Execute(view, command, Exec{index, &mine}));
+  if (result.code() == 0) {
+    view.CommitToParent();
+    result.set_revision(index);
+    for (sm::HistoryEvent& event : mine) events->push_back(std::move(event));
+  }
+  return result;
+}
+
 absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, ShardSessions& table,
                                                      uint64_t index,
                                                      const serverpb::Command& command,
-                                                     const StateMachineOptions& options) {
+                                                     const StateMachineOptions& options,
+                                                     std::vector<sm::HistoryEvent>* events) {
   const v1::Session& session = command.session();
   const uint64_t client_id = session.client_id();
-  if (client_id == 0) {
-    Overlay view(&shard);
-    TESSERA_ASSIGN_OR_RETURN(serverpb::CommandResult result, Execute(view, command));
-    if (result.code() == 0) view.CommitToParent();
-    return result;
-  }
+  if (client_id == 0) return ExecuteAt(shard, index, command, events);
 
   const uint64_t seq = session.seq();
   if (seq == 0) return ErrorResult(absl::InvalidArgumentError("session seq must be >= 1"));
@@ -689,9 +754,8 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, ShardSessio
     return ErrorResult(absl::FailedPreconditionError(kStaleSessionMessage));
   }
 
-  Overlay view(&shard);
-  TESSERA_ASSIGN_OR_RETURN(serverpb::CommandResult result, Execute(view, command));
-  if (result.code() == 0) view.CommitToParent();
+  TESSERA_ASSIGN_OR_RETURN(serverpb::CommandResult result,
+                           ExecuteAt(shard, index, command, events));
 
   // Remember the result and update the session (ReplaySessionOp makes the
   // same change from the op at load).
@@ -743,7 +807,11 @@ struct StateMachine::ShardBatch {
   uint64_t stored_applied = 0;  // applied index in the KvStore
   uint64_t last_index = 0;      // highest index applied in this batch
   std::unique_ptr<Overlay> overlay;
-  ShardSessions* table = nullptr;  // null for a split's new shard
+  ShardSessions* table = nullptr;        // null for a split's new shard
+  bool reloaded = false;                 // the table was (re)loaded from storage
+  bool split = false;                    // a split of this shard was applied
+  std::vector<sm::HistoryEvent> events;  // of this batch, in revision order
+  std::vector<Mutation> range_deletes;   // written before the overlay's
 };
 
 StateMachine::StateMachine(storage::KvStore* kv, const StateMachineOptions& options)
@@ -780,6 +848,7 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
         // means the table is current.
         std::unique_ptr<ShardSessions>& table = sessions_[entry.shard];
         if (table == nullptr || table->applied_index != batch.stored_applied) {
+          batch.reloaded = true;
           table.reset();
           TESSERA_ASSIGN_OR_RETURN(table, LoadSessions(*kv_, entry.shard));
           if (table->applied_index != batch.stored_applied) {
@@ -804,8 +873,9 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
         (*results)[i] = ErrorResult(OutsideRangeError(entry.shard, batch.table->range));
         continue;
       }
-      TESSERA_ASSIGN_OR_RETURN((*results)[i], ApplyCommand(*batch.overlay, *batch.table,
-                                                           entry.index, command, options_));
+      TESSERA_ASSIGN_OR_RETURN(
+          (*results)[i], ApplyCommand(*batch.overlay, *batch.table, entry.index, command, options_,
+                                      &batch.events));
     }
 
     std::vector<ShardWrite> writes;
@@ -828,14 +898,23 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
         batch.overlay->Put(/*meta=*/true, sm::DeltaKey(table.window_start), table.window);
         table.window_dirty = false;
       }
-      writes.push_back(ShardWrite{.shard = shard,
-                                  .applied_index = batch.last_index,
-                                  .mutations = batch.overlay->Mutations()});
+      RecordHistory(batch);
+      std::vector<Mutation> mutations = std::move(batch.range_deletes);
+      for (Mutation& m : batch.overlay->Mutations()) mutations.push_back(std::move(m));
+      writes.push_back(ShardWrite{
+          .shard = shard, .applied_index = batch.last_index, .mutations = std::move(mutations)});
     }
     if (writes.empty()) return absl::OkStatus();
     TESSERA_RETURN_IF_ERROR(kv_->Apply(writes));
     for (auto& [shard, batch] : shards) {
       if (batch.table != nullptr) batch.table->applied_index = batch.last_index;
+    }
+    if (ApplyObserver* observer = observer_.load(); observer != nullptr) {
+      for (auto& [shard, batch] : shards) {
+        if (batch.last_index == batch.stored_applied) continue;
+        observer->OnApplied(shard, batch.last_index, batch.reloaded || batch.table == nullptr,
+                            batch.split, std::move(batch.events));
+      }
     }
     return absl::OkStatus();
   }();
@@ -845,6 +924,33 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
     for (const auto& [shard, batch] : shards) sessions_.erase(shard);
   }
   return status;
+}
+
+void StateMachine::RecordHistory(ShardBatch& batch) const {
+  if (options_.history_revisions == 0) return;
+  ShardSessions& table = *batch.table;
+  for (const sm::HistoryEvent& event : batch.events) {
+    batch.overlay->Put(/*meta=*/true, sm::HistoryKey(event.revision, event.n),
+                       sm::EncodeHistoryEvent(event));
+  }
+  if (table.history_floor == 0) {
+    // The history starts with this batch (a new shard, or one from before
+    // the history existed).
+    table.history_floor = batch.stored_applied + 1;
+    batch.overlay->Put(/*meta=*/true, sm::kHistoryFloorKey, sm::EncodeU64(table.history_floor));
+  }
+  // Compaction at every multiple m of the step: revisions below
+  // m - history_revisions go. Only the log decides, so every replica
+  // compacts at the same entries, however its batches were cut.
+  const uint64_t step = options_.history_compact_step;
+  const uint64_t m = batch.last_index / step * step;
+  if (m <= batch.stored_applied || m <= options_.history_revisions) return;
+  const uint64_t floor = m - options_.history_revisions;
+  if (floor <= table.history_floor) return;
+  batch.range_deletes.push_back(
+      Mutation{Mutation::Kind::kDeleteMetaRange, sm::kHistoryPrefix, sm::HistoryKey(floor, 0)});
+  table.history_floor = floor;
+  batch.overlay->Put(/*meta=*/true, sm::kHistoryFloorKey, sm::EncodeU64(floor));
 }
 
 absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
@@ -900,12 +1006,39 @@ absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
   }
   parent.overlay->Put(/*meta=*/true, sm::kRangeKey, sm::EncodeRange(lower));
   parent.table->range = lower;
+  parent.split = true;
   parent.table->range_recorded = true;
   if (moved != nullptr) {
     // The new shard starts at this index with the whole session table, so
     // a write retried there after being applied here is answered, not
     // applied again (its last_used_index values stay below its log).
     moved->Put(/*meta=*/true, sm::kRangeKey, sm::EncodeRange(upper));
+    // The new shard continues the parent's revisions; it takes the history
+    // of its keys, so a watcher resumes on it from a revision before the
+    // split.
+    const uint64_t floor =
+        parent.table->history_floor != 0 ? parent.table->history_floor : parent.stored_applied + 1;
+    moved->Put(/*meta=*/true, sm::kHistoryFloorKey, sm::EncodeU64(floor));
+    storage::ScanOptions events;
+    events.meta = true;
+    events.start = sm::kHistoryPrefix;
+    events.end = storage::PrefixEnd(sm::kHistoryPrefix);
+    events.limit = 4096;
+    while (true) {
+      TESSERA_ASSIGN_OR_RETURN(storage::ScanResult records, kv_->Scan(entry.shard, events));
+      for (auto& [key, record] : records.items) {
+        uint64_t revision = 0;
+        uint32_t n = 0;
+        if (!sm::ParseHistoryKey(key, &revision, &n)) {
+          return absl::DataLossError(absl::StrCat("shard ", entry.shard, ": bad history key"));
+        }
+        TESSERA_ASSIGN_OR_RETURN(sm::HistoryEvent event,
+                                 sm::DecodeHistoryEvent(revision, n, record));
+        if (upper.Holds(KeyHash(event.key))) moved->Put(/*meta=*/true, key, std::move(record));
+      }
+      if (!records.more) break;
+      events.start = std::move(records.resume_key);
+    }
     std::vector<std::string> parts = sm::EncodeCheckpoint(entry.index, parent.table->sessions,
                                                           options_.session_checkpoint_part_bytes);
     for (uint32_t part = 0; part < parts.size(); ++part) {
@@ -917,6 +1050,73 @@ absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
                                      .table = nullptr});
   }
   return serverpb::CommandResult();
+}
+
+absl::StatusOr<HistoryPage> StateMachine::ReadHistory(ShardId shard, uint64_t from_revision,
+                                                      uint64_t max_bytes) const {
+  HistoryPage page;
+  if (options_.history_revisions == 0) {  // none kept: only the future
+    TESSERA_ASSIGN_OR_RETURN(page.applied_index, kv_->AppliedIndex(shard));
+    page.floor = page.applied_index + 1;
+    page.compacted = from_revision < page.floor;
+    return page;
+  }
+  storage::ScanOptions options;
+  options.meta = true;
+  options.start = sm::HistoryKey(from_revision, 0);
+  options.end = storage::PrefixEnd(sm::kHistoryPrefix);
+  options.max_bytes = std::max<uint64_t>(max_bytes, 1);
+  TESSERA_ASSIGN_OR_RETURN(storage::ScanResult records, kv_->Scan(shard, options));
+  // The floor after the scan: if it is still at or below from_revision,
+  // the scan's (older) view held every event from there on.
+  absl::StatusOr<std::string> floor = kv_->GetMeta(shard, sm::kHistoryFloorKey);
+  if (floor.ok()) {
+    TESSERA_ASSIGN_OR_RETURN(page.floor, sm::DecodeU64(*floor));
+  } else if (absl::IsNotFound(floor.status())) {
+    page.floor = records.applied_index + 1;  // no history yet
+  } else {
+    return floor.status();
+  }
+  page.applied_index = records.applied_index;
+  if (from_revision < page.floor) {
+    page.compacted = true;
+    return page;
+  }
+  if (records.more && !records.items.empty()) {
+    // Whole revisions only: the last one may go on in the next page.
+    uint64_t last = 0;
+    uint32_t n = 0;
+    sm::ParseHistoryKey(records.items.back().first, &last, &n);
+    uint64_t first = 0;
+    sm::ParseHistoryKey(records.items.front().first, &first, &n);
+    if (first == last) {
+      // One revision bigger than the budget: read it whole.
+      options.end = sm::HistoryKey(last + 1, 0);
+      options.max_bytes = 0;
+      TESSERA_ASSIGN_OR_RETURN(storage::ScanResult whole, kv_->Scan(shard, options));
+      records.items = std::move(whole.items);
+    } else {
+      while (true) {
+        uint64_t revision = 0;
+        sm::ParseHistoryKey(records.items.back().first, &revision, &n);
+        if (revision != last) break;
+        records.items.pop_back();
+      }
+    }
+    page.more = true;
+    page.next_revision = first == last ? last + 1 : last;
+  }
+  page.events.reserve(records.items.size());
+  for (const auto& [key, record] : records.items) {
+    uint64_t revision = 0;
+    uint32_t n = 0;
+    if (!sm::ParseHistoryKey(key, &revision, &n)) {
+      return absl::DataLossError(absl::StrCat("shard ", shard, ": bad history key"));
+    }
+    TESSERA_ASSIGN_OR_RETURN(page.events.emplace_back(),
+                             sm::DecodeHistoryEvent(revision, n, record));
+  }
+  return page;
 }
 
 absl::StatusOr<sm::ShardRange> StateMachine::Range(ShardId shard) const {
@@ -942,6 +1142,9 @@ absl::StatusOr<sm::SessionMap> LoadSessionsForTesting(const storage::KvStore& kv
 
 absl::StatusOr<v1::GetResponse> StateMachine::Get(ShardId shard, absl::string_view key) const {
   v1::GetResponse response;
+  // Before the data: the answer reflects at least this revision.
+  TESSERA_ASSIGN_OR_RETURN(uint64_t applied, kv_->AppliedIndex(shard));
+  response.mutable_header()->set_revision(applied);
   absl::StatusOr<std::string> stored = kv_->Get(shard, key);
   // The range after the data: a split moves keys and shrinks the range in
   // one atomic write, so a read that saw the moved key gone sees the new
@@ -993,6 +1196,7 @@ absl::StatusOr<v1::ScanResponse> StateMachine::Scan(ShardId shard,
         "; it is ", range.version, " since a split: refresh the cluster map"));
   }
   v1::ScanResponse response;
+  response.mutable_header()->set_revision(page.applied_index);
   response.mutable_kvs()->Reserve(static_cast<int>(page.items.size()));
   for (const auto& [key, stored] : page.items) {
     TESSERA_ASSIGN_OR_RETURN(sm::VersionedValue value, sm::DecodeValue(stored));

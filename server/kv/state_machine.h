@@ -34,6 +34,7 @@
 #ifndef TESSERA_SERVER_KV_STATE_MACHINE_H_
 #define TESSERA_SERVER_KV_STATE_MACHINE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <map>
 #include <memory>
@@ -70,6 +71,41 @@ struct StateMachineOptions {
   uint64_t session_checkpoint_bytes = 1 << 20;
   // A checkpoint is written in records ("parts") of about this many bytes.
   size_t session_checkpoint_part_bytes = sm::kCheckpointPartBytes;
+  // Watch history ("History" below): at every multiple m of
+  // history_compact_step, the events of revisions below m -
+  // history_revisions are deleted. The same on every replica. 0 keeps no
+  // history: watches start from now only, and a resume fails (compacted).
+  uint64_t history_revisions = 20000;
+  uint64_t history_compact_step = 1024;
+};
+
+// Told of what each Apply stored (the watch hub). Called on the raft loop
+// thread after the batch is in the KvStore; must not block.
+class ApplyObserver {
+ public:
+  virtual ~ApplyObserver() = default;
+  // `shard` has applied up to `applied_index`; `events` are the batch's, in
+  // revision order. `reset`: the shard's state moved without this
+  // StateMachine since its last call (a snapshot was installed, the node
+  // restarted, the shard was created by a split): events between were not
+  // reported; read them from the history. `split`: the batch was a split
+  // of this shard (at applied_index): its range shrank there, and its
+  // later revisions say nothing of the keys that moved.
+  virtual void OnApplied(ShardId shard, uint64_t applied_index, bool reset, bool split,
+                         std::vector<sm::HistoryEvent> events) = 0;
+};
+
+// One page of a shard's watch history (StateMachine::ReadHistory).
+struct HistoryPage {
+  std::vector<sm::HistoryEvent> events;  // in (revision, n) order; whole revisions
+  // The history was read as of this applied index: when !more, every event
+  // up to it was returned.
+  uint64_t applied_index = 0;
+  bool more = false;
+  uint64_t next_revision = 0;  // when more: where the next page starts
+  // The oldest revision kept. from_revision below it: compacted, no events.
+  uint64_t floor = 0;
+  bool compacted = false;
 };
 
 class StateMachine : public Applier {
@@ -102,7 +138,8 @@ class StateMachine : public Applier {
   absl::Status Apply(absl::Span<const CommittedEntry> entries,
                      std::vector<serverpb::CommandResult>* results) override;
 
-  // The key's value and version; found=false if absent. Errors: storage
+  // The key's value and version; found=false if absent; header.revision
+  // is a revision the answer reflects at least. Errors: storage
   // errors; kDataLoss if the stored value is corrupt; kOutOfRange if the key
   // is not (or no longer) in the shard's hash range.
   absl::StatusOr<v1::GetResponse> Get(ShardId shard, absl::string_view key) const;
@@ -117,6 +154,24 @@ class StateMachine : public Applier {
   // the shard's range_version is not the request header's (1 when the
   // header has none): the page would miss keys a split moved away.
   absl::StatusOr<v1::ScanResponse> Scan(ShardId shard, const v1::ScanRequest& request) const;
+
+  // History: every applied write's events (a put with the key's new stored
+  // value, a delete; each with the key's value before it) are kept per
+  // shard under their revision, in the same KvStore write as the data, and
+  // compacted by revision (StateMachineOptions). Events of the shard's
+  // revisions at or above `from_revision`, at most about `max_bytes` per
+  // page but never part of a revision, unfiltered (the caller filters by
+  // key and by the shard's current range: a split leaves its parent's
+  // history of the moved keys in place, and copies it to the new shard).
+  // A from_revision below the oldest revision kept gets `compacted`.
+  // Errors: storage errors, kDataLoss.
+  absl::StatusOr<HistoryPage> ReadHistory(ShardId shard, uint64_t from_revision,
+                                          uint64_t max_bytes) const;
+
+  // Receives what each Apply stored (nullptr: nothing). Not owned; it must
+  // outlive the Applies that may call it (stop the Node first).
+  // Thread-safe; takes effect from the next Apply.
+  void SetObserver(ApplyObserver* observer) { observer_.store(observer); }
 
   // The shard's hash range as stored now: a shard that never split has no
   // record and owns every hash as far as it knows (the cluster map routes
@@ -141,8 +196,12 @@ class StateMachine : public Applier {
                                                      const serverpb::SplitShard& split,
                                                      std::map<ShardId, ShardBatch>& shards) const;
 
+  // Writes the batch's events and the history's compaction.
+  void RecordHistory(ShardBatch& batch) const;
+
   storage::KvStore* const kv_;
   const StateMachineOptions options_;
+  std::atomic<ApplyObserver*> observer_{nullptr};
   // Per shard, loaded lazily by Apply (raft loop thread only).
   std::map<ShardId, std::unique_ptr<ShardSessions>> sessions_;
 };

@@ -528,6 +528,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     const storage::Engine* engine;
     std::function<AdmissionStats()> admission;
     std::function<BatchStats()> batch;
+    std::function<WatchHubStats()> watch;
     std::function<ClusterStats()> cluster;
     {
       absl::MutexLock lock(&parent_->mu_);
@@ -535,6 +536,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
       engine = parent_->engine_;
       admission = parent_->admission_;
       batch = parent_->batch_;
+      watch = parent_->watch_;
       cluster = parent_->cluster_;
     }
     std::vector<MetricFamily> out;
@@ -546,6 +548,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     if (engine != nullptr) CollectStorage(*engine, out);
     if (admission) CollectAdmission(admission(), out);
     if (batch) CollectBatch(batch(), out);
+    if (watch) CollectWatch(watch(), out);
     if (cluster) CollectCluster(cluster(), out);
     return out;
   }
@@ -641,6 +644,29 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
         "Of those: refused because the bytes ahead of it would not be done before its deadline "
         "at the node's recent rate.",
         MetricType::Counter, a.rejected_deadline_total);
+  }
+
+  static void CollectWatch(const WatchHubStats& w, std::vector<MetricFamily>& out) {
+    auto add = [&out](std::string name, std::string help, MetricType type, uint64_t value) {
+      AddSingle(out, std::move(name), std::move(help), type, static_cast<double>(value));
+    };
+    add("tessera_watchers", "Watchers (KV.Watch watches) registered on this node.",
+        MetricType::Gauge, w.watchers);
+    add("tessera_watchers_catching_up",
+        "Of them, watchers reading the history before they get live events.", MetricType::Gauge,
+        w.catching_up);
+    add("tessera_watch_queued_bytes",
+        "Bytes of events queued for this node's watchers (bounded by --max-watch-bytes).",
+        MetricType::Gauge, w.queued_bytes);
+    add("tessera_watch_events_sent_total", "Events sent to watchers.", MetricType::Counter,
+        w.events_sent_total);
+    add("tessera_watch_slow_cancelled_total",
+        "Watchers ended because they fell behind (--max-watcher-bytes, --max-watch-bytes); "
+        "clients resume them.",
+        MetricType::Counter, w.slow_cancelled_total);
+    add("tessera_watch_compacted_total",
+        "Watches refused because their start revision was compacted (OUT_OF_RANGE).",
+        MetricType::Counter, w.compacted_total);
   }
 
   static void CollectBatch(const BatchStats& b, std::vector<MetricFamily>& out) {
@@ -860,6 +886,11 @@ void Metrics::SetClusterSource(std::function<ClusterStats()> source) {
 void Metrics::SetBatchSource(std::function<BatchStats()> source) {
   absl::MutexLock lock(&mu_);
   batch_ = std::move(source);
+}
+
+void Metrics::SetWatchSource(std::function<WatchHubStats()> source) {
+  absl::MutexLock lock(&mu_);
+  watch_ = std::move(source);
 }
 
 void Metrics::SetEngine(const storage::Engine* engine) {

@@ -47,6 +47,7 @@
 #include "prometheus/registry.h"
 #include "server/api/admission.h"
 #include "server/api/batch_stats.h"
+#include "server/api/watch_hub.h"
 #include "server/raftstore/node.h"
 #include "server/raftstore/node_metrics.h"
 #include "storage/engine.h"
@@ -219,6 +220,8 @@ class Metrics {
   void SetAdmissionSource(std::function<AdmissionStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
   // The KV service's Batch stream counters (KvService::batch_stats).
   void SetBatchSource(std::function<BatchStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
+  // The watch hub's counters (KvService::watch_hub()->Stats()).
+  void SetWatchSource(std::function<WatchHubStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
   // The cluster as this node sees it (tessera_cluster_*, tessera_scheduler_*).
   void SetClusterSource(std::function<ClusterStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -249,6 +252,7 @@ class Metrics {
   const storage::Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::function<AdmissionStats()> admission_ ABSL_GUARDED_BY(mu_);
   std::function<BatchStats()> batch_ ABSL_GUARDED_BY(mu_);
+  std::function<WatchHubStats()> watch_ ABSL_GUARDED_BY(mu_);
   std::function<ClusterStats()> cluster_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -98,6 +98,8 @@ struct ReadRequest {
   bool lease = false;  // may be answered from the leader's lease
   absl::Time deadline;
   Node::ReadCallback done;
+  // Non-zero: Node::WaitApplied (no leader involved): done once applied.
+  uint64_t min_applied = 0;
 };
 
 struct Inbound {
@@ -202,8 +204,8 @@ class Node::Impl {
   absl::Status RunCycleForTesting() ABSL_LOCKS_EXCLUDED(mu_);
   void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done)
       ABSL_LOCKS_EXCLUDED(mu_);
-  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done,
+                   uint64_t min_applied = 0) ABSL_LOCKS_EXCLUDED(mu_);
   void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
   void ReportUnreachable(NodeId to) ABSL_LOCKS_EXCLUDED(mu_);
   void ReportSnapshot(NodeId to, ShardId shard, bool ok) ABSL_LOCKS_EXCLUDED(mu_);
@@ -818,7 +820,8 @@ void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time de
   done(std::move(stopped));
 }
 
-void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
+void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done,
+                             uint64_t min_applied) {
   ShardCounter* counter = HostedCounter(shard);
   if (counter == nullptr) {
     done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
@@ -833,7 +836,7 @@ void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, Rea
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
-      inbox_.reads.push_back(ReadRequest{shard, lease, deadline, std::move(done)});
+      inbox_.reads.push_back(ReadRequest{shard, lease, deadline, std::move(done), min_applied});
       return;
     }
     stopped = StoppedError();
@@ -1192,9 +1195,17 @@ void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
       continue;
     }
     Shard& s = *found->second;
-    if (s.asleep) {
+    if (req.min_applied != 0 && s.storage->applied_index() >= req.min_applied) {
+      Finish(s, req.done, absl::OkStatus());
+      continue;
+    }
+    if (s.asleep) {  // awake, its waiters' deadlines are checked
       Wake(s, "read");
       WakeLeaderOf(s);
+    }
+    if (req.min_applied != 0) {
+      s.confirmed_reads.emplace(req.min_applied, PendingRead{req.deadline, std::move(req.done)});
+      continue;
     }
     // A leader that slept confirms its leadership with a heartbeat round
     // before it answers from its lease again (README.md "Hibernation").
@@ -2254,6 +2265,11 @@ void Node::Propose(ShardId shard, serverpb::Command command, absl::Time deadline
 
 void Node::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
   impl_->ReadBarrier(shard, lease, deadline, std::move(done));
+}
+
+void Node::WaitApplied(ShardId shard, uint64_t index, absl::Time deadline, ReadCallback done) {
+  impl_->ReadBarrier(shard, /*lease=*/false, deadline, std::move(done),
+                     std::max<uint64_t>(index, 1));
 }
 
 void Node::Receive(NodeId from, std::vector<ShardMessage> messages) {

@@ -259,6 +259,12 @@ class Node {
   // applied index reached the confirmed commit index. Errors as Propose.
   void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done);
 
+  // Calls `done` with OK once this replica has applied `index` of `shard`
+  // (at once if it has), without asking the leader: read-your-writes for a
+  // stale read. Errors: kDeadlineExceeded, and Propose's kNotFound,
+  // kResourceExhausted, kCancelled.
+  void WaitApplied(ShardId shard, uint64_t index, absl::Time deadline, ReadCallback done);
+
   // Transport ingress (the MessageHandler).
   // Queued for the raft loop; beyond 4096 queued batches, dropped (counted
   // as a refused peer message, reason "inbox_full"): raft resends.

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -36,6 +37,8 @@
 #include "client/client.h"
 #include "client/core.h"
 #include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "proto/key_hash.h"
 #include "proto/testing/status_matchers.h"
@@ -56,7 +59,8 @@ constexpr uint32_t kShards = 8;
 
 class ClusterProcesses {
  public:
-  ClusterProcesses() : dir_(MakeTempDir("tessera-client-e2e")) {
+  explicit ClusterProcesses(const std::vector<std::string>& extra_flags = {})
+      : dir_(MakeTempDir("tessera-client-e2e")) {
     std::vector<std::string> members;
     for (int i = 0; i < kNodes; ++i) {
       members.push_back(
@@ -76,6 +80,7 @@ class ClusterProcesses {
       for (std::string& flag : PeerTlsFlags(dir_ + "/certs", kNodes, i + 1)) {
         args.push_back(std::move(flag));
       }
+      args.insert(args.end(), extra_flags.begin(), extra_flags.end());
       processes_[i].Start(args, Log(i));
     }
   }
@@ -374,6 +379,306 @@ TEST(ClientEndToEnd, AShardSplitsUnderLoadNoRequestFailsNoneAppliedTwice) {
                             [](const v1::ShardStatus& st) { return st.shard() == kShards; }))
         << "node " << i + 1;
   }
+}
+
+// ---- Watch ----
+
+// What each key went through: "P<value>" per put, "D" per delete.
+using History = std::map<std::string, std::vector<std::string>>;
+
+// The first difference between what a watcher saw and what was written,
+// briefly (values are long).
+void ExpectSameHistory(const History& seen, const History& acked) {
+  EXPECT_EQ(seen.size(), acked.size()) << "keys seen vs written";
+  for (const auto& [key, ops] : acked) {
+    auto it = seen.find(key);
+    const size_t got = it == seen.end() ? 0 : it->second.size();
+    if (got != ops.size()) {
+      ADD_FAILURE() << key << ": " << got << " events seen, " << ops.size() << " written";
+      return;
+    }
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (it->second[i] != ops[i]) {
+        ADD_FAILURE() << key << " event " << i << ": saw " << it->second[i].substr(0, 24)
+                      << ", wrote " << ops[i].substr(0, 24);
+        return;
+      }
+    }
+  }
+}
+
+size_t Total(const History& h) {
+  size_t n = 0;
+  for (const auto& [key, ops] : h) n += ops.size();
+  return n;
+}
+
+// Collects `watcher`'s events into `seen` (checking that each key's
+// revisions rise) until `want` events arrived (re-read as it changes) or
+// `deadline`.
+void Collect(Watcher& watcher, const std::atomic<size_t>& want, absl::Time deadline,
+             History* seen) {
+  std::map<std::string, uint64_t> last;
+  size_t count = 0;
+  while (count < want.load() && absl::Now() < deadline) {
+    absl::StatusOr<std::vector<WatchEvent>> events =
+        watcher.Next(std::min(deadline, absl::Now() + absl::Milliseconds(200)));
+    ASSERT_THAT(events, IsOk());
+    for (const WatchEvent& e : *events) {
+      EXPECT_GT(e.revision, last[e.key]) << e.key << ": revisions out of order";
+      last[e.key] = e.revision;
+      (*seen)[e.key].push_back(e.type == WatchEvent::Type::kPut ? "P" + e.kv.value : "D");
+      ++count;
+    }
+  }
+}
+
+// Puts (and every 7th op deletes) keys "<prefix>w<w>/k<i>" from `writers`
+// threads until `stop`, recording what was acknowledged.
+class Writers {
+ public:
+  Writers(Client& client, std::string prefix, int writers, int rounds) : acked_(writers) {
+    for (int w = 0; w < writers; ++w) {
+      threads_.emplace_back([this, &client, prefix, w, rounds] {
+        CallOptions call;
+        call.timeout = absl::Seconds(15);  // far above an election
+        for (int round = 0; !stop_.load() && round < rounds; ++round) {
+          const std::string key = absl::StrCat(prefix, "w", w, "/k", round % 12);
+          if (round % 7 == 6) {
+            absl::StatusOr<bool> del = client.Delete(key, call);
+            ASSERT_THAT(del, IsOk()) << key;
+            if (*del) acked_[w][key].push_back("D");
+          } else {
+            const std::string value = absl::StrCat("r", round, std::string(value_bytes_, 'x'));
+            ASSERT_THAT(client.Put(key, value, call), IsOk()) << key;
+            acked_[w][key].push_back("P" + value);
+          }
+          ++writes_;
+        }
+      });
+    }
+  }
+  ~Writers() { Join(); }
+  int writes() const { return writes_.load(); }
+  void WaitFor(int writes, absl::Duration at_most) {
+    const absl::Time until = absl::Now() + at_most;
+    while (writes_.load() < writes && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
+  }
+  // Stops them; what they acknowledged, merged.
+  History Join() {
+    stop_ = true;
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+    History all;
+    for (History& h : acked_) all.merge(h);
+    return all;
+  }
+  static inline size_t value_bytes_ = 0;
+
+ private:
+  std::vector<History> acked_;
+  std::atomic<int> writes_{0};
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
+// Writers put and delete keys under a prefix spread over every shard while
+// a prefix watcher runs and the node leading most shards is killed (kill
+// -9): the watcher receives every acknowledged write exactly once, per key
+// in order. Then a new watcher resumed from the first one's token receives
+// exactly the writes made after it, and nothing before.
+TEST(ClientEndToEnd, PrefixWatchSeesEveryWriteOnceAcrossAKillAndResumesFromItsToken) {
+  ClusterProcesses cluster;
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  Client& client = *connected;
+  WatchOptions options;
+  options.key = "watch/";
+  options.prefix = true;
+  absl::StatusOr<std::unique_ptr<Watcher>> watcher = client.Watch(options);
+  ASSERT_THAT(watcher, IsOk());
+
+  History seen;
+  std::atomic<size_t> want{SIZE_MAX};
+  std::thread collector([&] { Collect(**watcher, want, absl::Now() + absl::Seconds(180), &seen); });
+  History acked;
+  {
+    Writers writers(client, "watch/", 3, 100000);
+    writers.WaitFor(150, absl::Seconds(30));
+    std::map<int, int> led;
+    for (const auto& [shard, node] : Leaders(client, cluster)) ++led[node];
+    int victim = 0;
+    for (const auto& [node, n] : led) {
+      if (n > led[victim]) victim = node;
+    }
+    const int before_kill = writers.writes();
+    cluster.process(victim).Kill();
+    writers.WaitFor(before_kill + 300, absl::Seconds(60));
+    acked = writers.Join();
+    EXPECT_GE(writers.writes(), before_kill + 300) << "writes stalled after the kill";
+  }
+  want = Total(acked);
+  collector.join();
+  ExpectSameHistory(seen, acked);
+  EXPECT_GE((*watcher)->restarts(), 1u) << "no shard's watch was on the killed node";
+
+  // Resume in a new watcher from the token: only what follows.
+  const std::string token = (*watcher)->ResumeToken();
+  watcher->reset();
+  History later;
+  {
+    Writers writers(client, "watch/after/", 2, 40);
+    later = writers.Join();
+  }
+  options.resume_token = token;
+  absl::StatusOr<std::unique_ptr<Watcher>> resumed = client.Watch(options);
+  ASSERT_THAT(resumed, IsOk());
+  History seen_later;
+  std::atomic<size_t> want_later{Total(later)};
+  Collect(**resumed, want_later, absl::Now() + absl::Seconds(60), &seen_later);
+  ExpectSameHistory(seen_later, later);
+  // And nothing more: no old event comes back.
+  absl::StatusOr<std::vector<WatchEvent>> extra = (*resumed)->Next(absl::Now() + absl::Seconds(1));
+  ASSERT_THAT(extra, IsOk());
+  EXPECT_TRUE(extra->empty());
+}
+
+// A watcher that does not read while large values are written falls behind
+// its server-side bound (--max-watcher-bytes): the server ends its watches
+// rather than buffering, and the SDK resumes them from their revisions:
+// once it reads, it gets every write exactly once.
+TEST(ClientEndToEnd, ASlowWatcherIsCutOffAndResumesWithoutLoss) {
+  ClusterProcesses cluster({"--max-watcher-bytes=8192"});
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  Client& client = *connected;
+  WatchOptions options;
+  options.key = "slow/";
+  options.prefix = true;
+  absl::StatusOr<std::unique_ptr<Watcher>> watcher = client.Watch(options);
+  ASSERT_THAT(watcher, IsOk());
+  History acked;
+  {
+    Writers::value_bytes_ = 16000;
+    Writers writers(client, "slow/", 2, 400);
+    acked = writers.Join();
+    Writers::value_bytes_ = 0;
+  }
+  History seen;
+  std::atomic<size_t> want{Total(acked)};
+  Collect(**watcher, want, absl::Now() + absl::Seconds(120), &seen);
+  ExpectSameHistory(seen, acked);
+  // Whether the server cut it off depends on how much the transport
+  // buffered; the raw stream below makes sure it does.
+  std::cerr << "watch restarts: " << (*watcher)->restarts() << "\n";
+
+  // A raw stream that does not read: the server's queue for it fills,
+  // and it is ended with RESOURCE_EXHAUSTED and the revision to resume
+  // from, after the events up to that revision.
+  const uint32_t shard = *client.core_for_testing().routes().ShardForKey("{raw}");
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(cluster.endpoint(0), grpc::InsecureChannelCredentials());
+  std::unique_ptr<v1::KV::Stub> stub = v1::KV::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+  auto stream = stub->Watch(&context);
+  v1::WatchRequest create;
+  create.mutable_create()->set_watch_id(7);
+  create.mutable_create()->mutable_header()->set_shard(shard);
+  create.mutable_create()->set_key("{raw}");
+  ASSERT_TRUE(stream->Write(create));
+  v1::WatchResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  ASSERT_TRUE(response.created()) << response.DebugString();
+  uint64_t last_put = 0;
+  for (int i = 0; i < 300; ++i) {
+    absl::StatusOr<PutResult> put = client.Put("{raw}", std::string(16000, 'a' + i % 26));
+    ASSERT_THAT(put, IsOk());
+    last_put = put->revision;
+  }
+  uint64_t events = 0;
+  uint64_t last_event = 0;
+  bool cut_off = false;
+  while (!cut_off && stream->Read(&response)) {
+    for (const v1::Event& e : response.events()) {
+      EXPECT_GT(e.kv().mod_revision(), last_event);
+      last_event = e.kv().mod_revision();
+      ++events;
+    }
+    if (response.canceled()) {
+      cut_off = true;
+      EXPECT_EQ(response.error().code(), static_cast<int>(absl::StatusCode::kResourceExhausted))
+          << response.error().message();
+      EXPECT_EQ(response.revision(), last_event) << "the resume point is the last event sent";
+    }
+  }
+  EXPECT_TRUE(cut_off) << "the server buffered " << events
+                       << " events for a reader that did not read";
+  EXPECT_LT(last_event, last_put);
+  context.TryCancel();
+  (void)stream->Finish();
+}
+
+// A single key from a revision: the writes at and after it. A revision the
+// shard no longer keeps (compacted after --watch-history-revisions) ends
+// the watch with kOutOfRange naming the oldest one kept.
+TEST(ClientEndToEnd, KeyWatchFromARevisionAndFromACompactedOne) {
+  ClusterProcesses cluster({"--watch-history-revisions=1024"});
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  Client& client = *connected;
+  absl::StatusOr<PutResult> first = client.Put("{solo}", "a");
+  ASSERT_THAT(first, IsOk());
+  ASSERT_GT(first->revision, 0u);
+  ASSERT_THAT(client.Put("{solo}", "b"), IsOk());
+  absl::StatusOr<KeyValue> got = client.Get("{solo}");
+  ASSERT_THAT(got, IsOk());
+  EXPECT_EQ(got->create_revision, first->revision);
+  EXPECT_GT(got->mod_revision, first->revision);
+
+  WatchOptions options;
+  options.key = "{solo}";
+  options.start_revision = first->revision;
+  options.prev_kv = true;
+  absl::StatusOr<std::unique_ptr<Watcher>> watcher = client.Watch(options);
+  ASSERT_THAT(watcher, IsOk());
+  std::vector<WatchEvent> events;
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (events.size() < 2 && absl::Now() < until) {
+    absl::StatusOr<std::vector<WatchEvent>> more =
+        (*watcher)->Next(absl::Now() + absl::Milliseconds(200));
+    ASSERT_THAT(more, IsOk());
+    events.insert(events.end(), more->begin(), more->end());
+  }
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].kv.value, "a");
+  EXPECT_EQ(events[0].revision, first->revision);
+  EXPECT_FALSE(events[0].prev.has_value());
+  EXPECT_EQ(events[1].kv.value, "b");
+  ASSERT_TRUE(events[1].prev.has_value());
+  EXPECT_EQ(events[1].prev->value, "a");
+  watcher->reset();
+
+  // More than two compaction steps of writes on the same shard (a hash tag).
+  std::vector<std::future<absl::StatusOr<PutResult>>> puts;
+  for (int i = 0; i < 2200; ++i) {
+    puts.push_back(ToFuture<PutResult>([&](auto done) {
+      client.PutAsync(absl::StrCat("{solo}:", i), "v", CallOptions{.timeout = absl::Seconds(30)},
+                      done);
+    }));
+  }
+  for (auto& f : puts) ASSERT_THAT(f.get(), IsOk());
+  absl::StatusOr<std::unique_ptr<Watcher>> stale = client.Watch(options);
+  ASSERT_THAT(stale, IsOk());
+  absl::Status ended;
+  const absl::Time by = absl::Now() + absl::Seconds(20);
+  while (ended.ok() && absl::Now() < by) {
+    absl::StatusOr<std::vector<WatchEvent>> more =
+        (*stale)->Next(absl::Now() + absl::Milliseconds(200));
+    if (!more.ok()) ended = more.status();
+  }
+  EXPECT_EQ(ended.code(), absl::StatusCode::kOutOfRange) << ended;
+  EXPECT_THAT(std::string(ended.message()), ::testing::HasSubstr("oldest revision kept"));
 }
 
 }  // namespace

@@ -53,6 +53,7 @@ class CountingKvStore : public storage::KvStore {
             counts_.meta_put_bytes += m.key.size() + m.value.size();
             break;
           case storage::Mutation::Kind::kDeleteMeta:
+          case storage::Mutation::Kind::kDeleteMetaRange:
             ++counts_.meta_deletes;
             break;
         }

@@ -21,17 +21,74 @@ using ::testing::ElementsAre;
 
 constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
 
-TEST(SmFormat, ValueIsBigEndianVersionThenBytes) {
-  const std::string encoded = EncodeValue(0x0102030405060708, std::string("\0\xFF", 2));
-  EXPECT_EQ(encoded, std::string("\x01\x02\x03\x04\x05\x06\x07\x08\0\xFF", 10));
+TEST(SmFormat, ValueFormat1IsAHeaderThenTheBytes) {
+  const VersionedValue value{.version = 0x0102030405060708,
+                             .create_revision = 9,
+                             .mod_revision = kMax,
+                             .lease = 7,
+                             .value = std::string("\0\xFF", 2)};
+  const std::string encoded = EncodeValue(value);
+  ASSERT_EQ(encoded.size(), 33u + 2u);
+  EXPECT_EQ(encoded.substr(0, 9), std::string("\x01\x01\x02\x03\x04\x05\x06\x07\x08", 9));
+  EXPECT_EQ(encoded.substr(33), std::string("\0\xFF", 2));
   absl::StatusOr<VersionedValue> decoded = DecodeValue(encoded);
   ASSERT_THAT(decoded, IsOk());
-  EXPECT_EQ(decoded->version, 0x0102030405060708u);
-  EXPECT_EQ(decoded->value, std::string("\0\xFF", 2));
-  absl::StatusOr<VersionedValue> empty = DecodeValue(EncodeValue(kMax, ""));
+  EXPECT_EQ(decoded->version, value.version);
+  EXPECT_EQ(decoded->create_revision, 9u);
+  EXPECT_EQ(decoded->mod_revision, kMax);
+  EXPECT_EQ(decoded->lease, 7u);
+  EXPECT_EQ(decoded->value, value.value);
+  absl::StatusOr<VersionedValue> empty = DecodeValue(EncodeValue({.version = 1}));
   ASSERT_THAT(empty, IsOk());
-  EXPECT_EQ(empty->version, kMax);
   EXPECT_EQ(empty->value, "");
+}
+
+TEST(SmFormat, ValueFormat0IsStillRead) {
+  const std::string encoded = EncodeValueFormat0(0x0002030405060708, std::string("\0\xFF", 2));
+  EXPECT_EQ(encoded, std::string("\x00\x02\x03\x04\x05\x06\x07\x08\0\xFF", 10));
+  absl::StatusOr<VersionedValue> decoded = DecodeValue(encoded);
+  ASSERT_THAT(decoded, IsOk());
+  EXPECT_EQ(decoded->version, 0x0002030405060708u);
+  EXPECT_EQ(decoded->create_revision, 0u);
+  EXPECT_EQ(decoded->mod_revision, 0u);
+  EXPECT_EQ(decoded->value, std::string("\0\xFF", 2));
+}
+
+TEST(SmFormat, HistoryEventsRoundTripAndSortByRevision) {
+  HistoryEvent put{.revision = 300,
+                   .n = 2,
+                   .deleted = false,
+                   .key = std::string("k\0", 2),
+                   .stored = EncodeValue({.version = 2, .mod_revision = 300, .value = "v"}),
+                   .prev_stored = EncodeValue({.version = 1, .mod_revision = 12, .value = "u"})};
+  uint64_t revision = 0;
+  uint32_t n = 0;
+  ASSERT_TRUE(ParseHistoryKey(HistoryKey(300, 2), &revision, &n));
+  EXPECT_EQ(revision, 300u);
+  EXPECT_EQ(n, 2u);
+  EXPECT_LT(HistoryKey(299, 7), HistoryKey(300, 0));
+  EXPECT_LT(HistoryKey(300, 1), HistoryKey(300, 2));
+  EXPECT_LT(HistoryKey(0xFF, 0), HistoryKey(0x100, 0));
+  EXPECT_FALSE(ParseHistoryKey("H", &revision, &n));
+  absl::StatusOr<HistoryEvent> back = DecodeHistoryEvent(300, 2, EncodeHistoryEvent(put));
+  ASSERT_THAT(back, IsOk());
+  EXPECT_EQ(back->key, put.key);
+  EXPECT_EQ(back->stored, put.stored);
+  EXPECT_EQ(back->prev_stored, put.prev_stored);
+  EXPECT_FALSE(back->deleted);
+  HistoryEvent del{.revision = 301, .deleted = true, .key = "k"};
+  absl::StatusOr<HistoryEvent> del_back = DecodeHistoryEvent(301, 0, EncodeHistoryEvent(del));
+  ASSERT_THAT(del_back, IsOk());
+  EXPECT_TRUE(del_back->deleted);
+  EXPECT_TRUE(del_back->prev_stored.empty());
+  // Malformed: truncated, trailing bytes, a put without a value.
+  const std::string good = EncodeHistoryEvent(put);
+  EXPECT_THAT(DecodeHistoryEvent(1, 0, good.substr(0, good.size() - 1)),
+              StatusIs(absl::StatusCode::kDataLoss));
+  EXPECT_THAT(DecodeHistoryEvent(1, 0, good + "x"), StatusIs(absl::StatusCode::kDataLoss));
+  HistoryEvent empty_put{.revision = 1, .key = "k"};
+  EXPECT_THAT(DecodeHistoryEvent(1, 0, EncodeHistoryEvent(empty_put)),
+              StatusIs(absl::StatusCode::kDataLoss));
 }
 
 TEST(SmFormat, ShardRangeRoundTripsAndMalformedIsDataLoss) {
@@ -56,7 +113,12 @@ TEST(SmFormat, ShardRangeRoundTripsAndMalformedIsDataLoss) {
 TEST(SmFormat, ShortValueIsDataLoss) {
   EXPECT_THAT(DecodeValue(""), StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_THAT(DecodeValue("1234567"), StatusIs(absl::StatusCode::kDataLoss));
-  EXPECT_THAT(DecodeValue("12345678"), IsOk());
+  EXPECT_THAT(DecodeValue("12345678"), StatusIs(absl::StatusCode::kDataLoss));  // unknown format
+  EXPECT_THAT(DecodeValue(std::string("\0"
+                                      "1234567",
+                                      8)),
+              IsOk());  // format 0
+  EXPECT_THAT(DecodeValue(std::string(32, '\x01')), StatusIs(absl::StatusCode::kDataLoss));
 }
 
 TEST(SmFormat, SessionRecordsRoundTrip) {

@@ -299,10 +299,193 @@ TYPED_TEST(StateMachineTest, BinaryKeysAndValuesAndEmptyValue) {
   EXPECT_EQ(empty.kv().value(), "");
   EXPECT_EQ(empty.kv().version(), 1u);
   EXPECT_EQ(this->Get(mixed).kv().value(), ff);
-  // The stored form is the 8-byte version followed by the value.
+  // The stored form: format 1, version 1, create and mod revision (the
+  // entry's index), no lease, then the value.
   absl::StatusOr<std::string> stored = this->kv().Get(1, zero);
   ASSERT_THAT(stored, IsOk());
-  EXPECT_EQ(*stored, Bytes("\0\0\0\0\0\0\0\x01\0\xFF\0", 11));
+  const uint64_t rev = this->Get(zero).kv().mod_revision();
+  ASSERT_GT(rev, 0u);
+  EXPECT_EQ(this->Get(zero).kv().create_revision(), rev);
+  std::string expected = Bytes("\x01\0\0\0\0\0\0\0\x01", 9);
+  for (int twice = 0; twice < 2; ++twice) {
+    for (int shift = 56; shift >= 0; shift -= 8)
+      expected.push_back(static_cast<char>(rev >> shift));
+  }
+  expected += std::string(8, '\0') + Bytes("\0\xFF\0", 3);
+  EXPECT_EQ(*stored, expected);
+}
+
+// ---- Revisions and the watch history ----
+
+TYPED_TEST(StateMachineTest, WritesAreStampedWithTheirRevision) {
+  serverpb::CommandResult first = this->Run(PutCmd("k", "a"));
+  const uint64_t r1 = this->last_index_[1];
+  EXPECT_EQ(first.revision(), r1);
+  this->ApplyOk({this->NextRaw("")});  // an empty entry uses up a revision
+  serverpb::CommandResult second = this->Run(PutCmd("k", "b", /*return_previous=*/true));
+  const uint64_t r2 = this->last_index_[1];
+  EXPECT_EQ(second.revision(), r2);
+  EXPECT_EQ(second.put().previous().mod_revision(), r1);
+  v1::GetResponse got = this->Get("k");
+  EXPECT_EQ(got.kv().create_revision(), r1);
+  EXPECT_EQ(got.kv().mod_revision(), r2);
+  EXPECT_EQ(got.kv().version(), 2u);
+  EXPECT_EQ(got.header().revision(), r2);
+  // A Txn's writes share its revision; a deleted key starts over.
+  this->Run(TxnCmd({}, {OpPut("t1", "x"), OpDel("k"), OpPut("t2", "y")}));
+  const uint64_t r3 = this->last_index_[1];
+  EXPECT_EQ(this->Get("t1").kv().mod_revision(), r3);
+  EXPECT_EQ(this->Get("t2").kv().mod_revision(), r3);
+  this->Run(PutCmd("k", "c"));
+  EXPECT_EQ(this->Get("k").kv().create_revision(), this->last_index_[1]);
+  // A retried write answers with its original revision.
+  serverpb::CommandResult once = this->Run(WithSession(PutCmd("s", "1"), 9, 1, 1));
+  serverpb::CommandResult again = this->Run(WithSession(PutCmd("s", "1"), 9, 1, 1));
+  EXPECT_EQ(again.revision(), once.revision());
+  EXPECT_EQ(this->Get("s").kv().version(), 1u);
+  // A failed write gets no revision.
+  EXPECT_EQ(this->Run(DelCmd("")).revision(), 0u);
+}
+
+TYPED_TEST(StateMachineTest, HistoryHoldsEveryEventInOrderWithItsPrevious) {
+  this->Run(PutCmd("a", "1"));
+  const uint64_t first = this->last_index_[1];
+  this->Run(PutCmd("a", "2"));
+  this->Run(DelCmd("missing"));  // deletes nothing: no event
+  this->Run(TxnCmd({Exists("a", true)}, {OpDel("a"), OpPut("b", "3"), OpGet("b")}));
+  const uint64_t txn = this->last_index_[1];
+  this->Run(TxnCmd({Exists("zzz", true)}, {OpPut("never", "x")}));  // compare fails: nothing
+  this->Run(WithSession(PutCmd("c", "4"), 5, 1, 1));
+  this->Run(WithSession(PutCmd("c", "4"), 5, 1, 1));  // a retry: no second event
+
+  absl::StatusOr<HistoryPage> page = this->sm().ReadHistory(1, first, 1 << 20);
+  ASSERT_THAT(page, IsOk());
+  EXPECT_FALSE(page->compacted);
+  EXPECT_FALSE(page->more);
+  EXPECT_EQ(page->applied_index, this->last_index_[1]);
+  EXPECT_LE(page->floor, first);
+  ASSERT_EQ(page->events.size(), 5u);
+  const auto& e = page->events;
+  EXPECT_EQ(e[0].key, "a");
+  EXPECT_EQ(e[0].revision, first);
+  EXPECT_TRUE(e[0].prev_stored.empty());
+  EXPECT_EQ(e[1].key, "a");
+  EXPECT_EQ(sm::DecodeValue(e[1].stored)->value, "2");
+  EXPECT_EQ(sm::DecodeValue(e[1].prev_stored)->value, "1");
+  EXPECT_EQ(e[2].key, "a");
+  EXPECT_TRUE(e[2].deleted);
+  EXPECT_EQ(e[2].revision, txn);
+  EXPECT_EQ(e[2].n, 0u);
+  EXPECT_EQ(sm::DecodeValue(e[2].prev_stored)->value, "2");
+  EXPECT_EQ(e[3].key, "b");
+  EXPECT_EQ(e[3].revision, txn);
+  EXPECT_EQ(e[3].n, 1u);
+  EXPECT_EQ(e[4].key, "c");
+  // From a later revision: only what follows.
+  absl::StatusOr<HistoryPage> later = this->sm().ReadHistory(1, txn + 1, 1 << 20);
+  ASSERT_THAT(later, IsOk());
+  ASSERT_EQ(later->events.size(), 1u);
+  EXPECT_EQ(later->events[0].key, "c");
+  // Small pages hold whole revisions: the Txn's two events come together.
+  std::vector<std::string> keys;
+  uint64_t from = first;
+  for (int pages = 0; pages < 10; ++pages) {
+    absl::StatusOr<HistoryPage> p = this->sm().ReadHistory(1, from, 1);
+    ASSERT_THAT(p, IsOk());
+    for (const sm::HistoryEvent& event : p->events) keys.push_back(event.key);
+    if (!p->more) break;
+    ASSERT_FALSE(p->events.empty());
+    if (p->events.front().revision == txn) {
+      EXPECT_EQ(p->events.size(), 2u);
+    }
+    from = p->next_revision;
+  }
+  EXPECT_EQ(keys, (std::vector<std::string>{"a", "a", "a", "b", "c"}));
+  // The history survives a restart.
+  this->Restart();
+  absl::StatusOr<HistoryPage> again = this->sm().ReadHistory(1, first, 1 << 20);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->events.size(), 5u);
+}
+
+TYPED_TEST(StateMachineTest, HistoryIsCompactedByRevision) {
+  StateMachineOptions options;
+  options.history_revisions = 8;
+  options.history_compact_step = 4;
+  this->SetOptions(options);
+  for (int i = 0; i < 30; ++i) this->Run(PutCmd("k" + std::to_string(i), "v"));
+  // Compacted at index 28: revisions below 20 are gone.
+  absl::StatusOr<HistoryPage> old = this->sm().ReadHistory(1, 19, 1 << 20);
+  ASSERT_THAT(old, IsOk());
+  EXPECT_TRUE(old->compacted);
+  EXPECT_EQ(old->floor, 20u);
+  absl::StatusOr<HistoryPage> kept = this->sm().ReadHistory(1, 20, 1 << 20);
+  ASSERT_THAT(kept, IsOk());
+  EXPECT_FALSE(kept->compacted);
+  ASSERT_EQ(kept->events.size(), 11u);
+  EXPECT_EQ(kept->events.front().revision, 20u);
+  size_t history_records = 0;
+  for (const auto& [key, value] : this->MetaRecords()) history_records += key[0] == 'W';
+  EXPECT_EQ(history_records, 11u);
+}
+
+TYPED_TEST(StateMachineTest, NoHistoryIsKeptWhenItIsOff) {
+  StateMachineOptions options;
+  options.history_revisions = 0;
+  this->SetOptions(options);
+  for (int i = 0; i < 5; ++i) this->Run(PutCmd("k" + std::to_string(i), "v"));
+  for (const auto& [key, value] : this->MetaRecords()) {
+    EXPECT_TRUE(key[0] != 'W' && key[0] != 'F') << key;
+  }
+  absl::StatusOr<HistoryPage> past = this->sm().ReadHistory(1, 1, 1 << 20);
+  ASSERT_THAT(past, IsOk());
+  EXPECT_TRUE(past->compacted);
+  EXPECT_EQ(past->floor, 6u);
+  absl::StatusOr<HistoryPage> now = this->sm().ReadHistory(1, 6, 1 << 20);
+  ASSERT_THAT(now, IsOk());
+  EXPECT_FALSE(now->compacted);
+  EXPECT_TRUE(now->events.empty());
+}
+
+// An ApplyObserver that records what it is told.
+class RecordingObserver : public ApplyObserver {
+ public:
+  struct Call {
+    ShardId shard;
+    uint64_t applied;
+    bool reset;
+    std::vector<std::string> keys;
+  };
+  void OnApplied(ShardId shard, uint64_t applied_index, bool reset, bool /*split*/,
+                 std::vector<sm::HistoryEvent> events) override {
+    Call call{shard, applied_index, reset, {}};
+    for (const sm::HistoryEvent& e : events) call.keys.push_back(e.key);
+    calls.push_back(std::move(call));
+  }
+  std::vector<Call> calls;
+};
+
+TYPED_TEST(StateMachineTest, ObserverIsToldEachBatchAndResets) {
+  RecordingObserver observer;
+  this->sm().SetObserver(&observer);
+  this->ApplyOk({this->Next(PutCmd("a", "1")), this->Next(PutCmd("b", "2")),
+                 this->Next(PutCmd("c", "3"), 2)});
+  ASSERT_EQ(observer.calls.size(), 2u);
+  EXPECT_EQ(observer.calls[0].shard, 1u);
+  EXPECT_TRUE(observer.calls[0].reset);  // the first apply loads the shard
+  EXPECT_EQ(observer.calls[0].keys, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(observer.calls[0].applied, 2u);
+  EXPECT_EQ(observer.calls[1].keys, (std::vector<std::string>{"c"}));
+  this->Run(PutCmd("d", "4"));
+  ASSERT_EQ(observer.calls.size(), 3u);
+  EXPECT_FALSE(observer.calls[2].reset);
+  EXPECT_EQ(observer.calls[2].keys, (std::vector<std::string>{"d"}));
+  // A store moved underneath (as by a snapshot install): reset.
+  ASSERT_THAT(this->kv().Apply({{1, ++this->last_index_[1], {}}}), IsOk());
+  this->Run(PutCmd("e", "5"));
+  ASSERT_EQ(observer.calls.size(), 4u);
+  EXPECT_TRUE(observer.calls[3].reset);
+  this->sm().SetObserver(nullptr);
 }
 
 TYPED_TEST(StateMachineTest, TwoCommandsOnOneKeyInOneBatch) {
@@ -637,7 +820,7 @@ TYPED_TEST(StateMachineTest, Format1SessionsAreConverted) {
                     {Kind::kPutMeta, sm::SessionKey(42), sm::EncodeSessionRecord(s42)},
                     {Kind::kPutMeta, sm::SessionKey(43), sm::EncodeSessionRecord(s43)},
                     {Kind::kPutMeta, sm::ResultKey(42, 1), old_result.SerializeAsString()},
-                    {Kind::kPut, "k", sm::EncodeValue(1, "v")}}};
+                    {Kind::kPut, "k", sm::EncodeValueFormat0(1, "v")}}};
   ASSERT_THAT(this->kv().Apply({old_format}), IsOk());
   this->last_index_[1] = 2;
   this->Restart();
@@ -648,7 +831,9 @@ TYPED_TEST(StateMachineTest, Format1SessionsAreConverted) {
   // Converted: no format 1 record is left, a checkpoint holds the table.
   std::map<std::string, std::string> meta = this->MetaRecords();
   ASSERT_EQ(meta.count(sm::CheckpointKey(0)), 1u);
-  for (const auto& [key, value] : meta) EXPECT_TRUE(key[0] == 'C' || key[0] == 'D') << key;
+  for (const auto& [key, value] : meta) {
+    EXPECT_TRUE(key[0] == 'C' || key[0] == 'D' || key[0] == 'F' || key[0] == 'W') << key;
+  }
   EXPECT_TRUE(this->HasSession(43));
   // Client 43 completed seq 1: a retry of it is refused, seq 2 applies.
   EXPECT_EQ(this->Run(WithSession(PutCmd("k", "x"), 43, 1, 1)).code(), kPrecondition);
@@ -1153,8 +1338,9 @@ TYPED_TEST(StateMachineTest, OneReadAndOneWritePerPut) {
     EXPECT_EQ(n.applies, 1u);
     EXPECT_EQ(n.puts, 64u);
     EXPECT_EQ(n.deletes, 0u);
-    // 64 ops fill two windows of 32, plus at most one partly filled one.
-    EXPECT_LE(n.meta_puts, 3u);
+    // One history event per put; 64 ops fill two session windows of 32,
+    // plus at most one partly filled one.
+    EXPECT_LE(n.meta_puts, 64u + 3u);
     EXPECT_EQ(n.meta_deletes, 0u);
   }
 }
@@ -1365,7 +1551,9 @@ constexpr StateMachineOptions kDeterminismOptions{.max_sessions_per_shard = 3,
                                                   .max_results_per_session = 4,
                                                   .session_checkpoint_ops = 20,
                                                   .session_checkpoint_bytes = 1500,
-                                                  .session_checkpoint_part_bytes = 100};
+                                                  .session_checkpoint_part_bytes = 100,
+                                                  .history_revisions = 40,
+                                                  .history_compact_step = 16};
 
 TEST(StateMachineDeterminism, SameLogGivesSameResultsAndBytes) {
   const StateMachineOptions options = kDeterminismOptions;
