@@ -111,16 +111,15 @@ class WatchImpl final : public Watcher {
   absl::Status Start(absl::Time deadline) {
     std::optional<std::vector<Position>> from;
     if (!options_.resume_token.empty()) {
-      TESSERA_ASSIGN_OR_RETURN(std::vector<Position> positions,
-                               DecodeToken(options_.resume_token));
+      TESSERA_ASSIGN_OR_RETURN(std::vector<Position> positions, DecodeToken(options_.resume_token));
       from = std::move(positions);
     }
     if (!core_->routes().has_map()) TESSERA_RETURN_IF_ERROR(refresh_map_());
     absl::Status parts = Repartition(from);
     if (!parts.ok()) return parts;
     while (true) {
-      bool all_created = std::all_of(parts_.begin(), parts_.end(),
-                                     [](const Part& p) { return p.created; });
+      bool all_created =
+          std::all_of(parts_.begin(), parts_.end(), [](const Part& p) { return p.created; });
       if (all_created) return absl::OkStatus();
       if (!failed_.ok()) return failed_;
       if (absl::Now() >= deadline) {
@@ -176,6 +175,15 @@ class WatchImpl final : public Watcher {
     std::shared_ptr<grpc::ClientContext> context;
     std::unique_ptr<grpc::ClientReaderWriter<v1::WatchRequest, v1::WatchResponse>> stream;
     std::thread reader;
+    // Writes (the caller's thread) and Finish (the reader, once reads
+    // end) never overlap.
+    absl::Mutex io_mu;
+    bool finished ABSL_GUARDED_BY(io_mu) = false;
+
+    bool Write(const v1::WatchRequest& request) {
+      absl::MutexLock lock(&io_mu);
+      return !finished && stream->Write(request);
+    }
   };
 
   struct Item {
@@ -210,8 +218,8 @@ class WatchImpl final : public Watcher {
           }
         }
         if (!part.started) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "the resume token does not cover shard ", part.shard, "'s hash range"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("the resume token does not cover shard ", part.shard, "'s hash range"));
         }
       } else if (parts_.empty() && exact && options_.start_revision > 0) {
         part.started = true;
@@ -252,7 +260,7 @@ class WatchImpl final : public Watcher {
     if (conn == conns_.end()) return;
     v1::WatchRequest request;
     request.mutable_cancel()->set_watch_id(part.watch_id);
-    conn->second->stream->Write(request);
+    conn->second->Write(request);
   }
 
   Conn* GetConn(const std::string& node) {
@@ -280,7 +288,12 @@ class WatchImpl final : public Watcher {
       inbox_.push_back(Item{node, std::move(response), absl::OkStatus()});
     }
     conn->context->TryCancel();
-    absl::Status ended = FromGrpcStatus(conn->stream->Finish());
+    absl::Status ended;
+    {
+      absl::MutexLock lock(&conn->io_mu);
+      conn->finished = true;
+      ended = FromGrpcStatus(conn->stream->Finish());
+    }
     absl::MutexLock lock(&mu_);
     inbox_.push_back(Item{node, std::nullopt, ended});
   }
@@ -339,7 +352,7 @@ class WatchImpl final : public Watcher {
     part.created_once = true;
     create->set_prev_kv(options_.prev_kv);
     create->set_progress_notify(true);
-    if (!conn->stream->Write(request)) {
+    if (!conn->Write(request)) {
       Retry(part);  // the reader reports the end
       return;
     }
@@ -449,8 +462,8 @@ class WatchImpl final : public Watcher {
 };
 
 absl::StatusOr<std::unique_ptr<Watcher>> StartWatch(Client::Core* core,
-                                                   std::function<absl::Status()> refresh_map,
-                                                   const WatchOptions& options) {
+                                                    std::function<absl::Status()> refresh_map,
+                                                    const WatchOptions& options) {
   if (!options.prefix && options.range_end.empty() && options.key.empty()) {
     return absl::InvalidArgumentError("watch: empty key (watch a prefix or a range instead)");
   }

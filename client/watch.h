@@ -8,8 +8,8 @@
 //   w.prefix = true;
 //   absl::StatusOr<std::unique_ptr<Watcher>> watch = client->Watch(w);
 //   while (true) {
-//     absl::StatusOr<std::vector<WatchEvent>> events = (*watch)->Next(absl::Now() + absl::Seconds(1));
-//     if (!events.ok()) break;  // kOutOfRange: re-read the keys, watch again
+//     absl::StatusOr<std::vector<WatchEvent>> events = (*watch)->Next(absl::Now() +
+//     absl::Seconds(1)); if (!events.ok()) break;  // kOutOfRange: re-read the keys, watch again
 //     for (const WatchEvent& e : *events) Handle(e);
 //     SaveSomewhere((*watch)->ResumeToken());  // resume later with no gap
 //   }
@@ -67,7 +67,7 @@ struct WatchEvent {
   enum class Type { kPut, kDelete };
   Type type = Type::kPut;
   std::string key;
-  WatchedValue kv;  // kPut: the new state; kDelete: mod_revision only
+  WatchedValue kv;                   // kPut: the new state; kDelete: mod_revision only
   std::optional<WatchedValue> prev;  // with prev_kv, if the key existed
   uint32_t shard = 0;
   uint64_t revision = 0;  // the shard revision of the write

@@ -34,9 +34,8 @@ class WatchCheck {
   // Watches every key of `keys` (prefix "k") from now, from a client of its
   // own at `endpoints`; `before` are the versions read before the run (a
   // key without one is not checked). Blocks until the watch is registered.
-  static absl::StatusOr<std::unique_ptr<WatchCheck>> Start(const std::vector<std::string>& endpoints,
-                                                           const KeyFormat& keys,
-                                                           const KeyVersions& before);
+  static absl::StatusOr<std::unique_ptr<WatchCheck>> Start(
+      const std::vector<std::string>& endpoints, const KeyFormat& keys, const KeyVersions& before);
   ~WatchCheck();
 
   // Waits until each checked key's last event reached its version in

@@ -19,7 +19,9 @@ namespace tessera::server {
 struct Position {
   uint64_t revision = 0;
   uint32_t n = 0;
-  bool operator<(const Position& o) const { return std::tie(revision, n) < std::tie(o.revision, o.n); }
+  bool operator<(const Position& o) const {
+    return std::tie(revision, n) < std::tie(o.revision, o.n);
+  }
 };
 
 struct WatchHub::Watcher {
@@ -126,9 +128,8 @@ void WatchHub::WakeAll(WakeList wake) {
   for (const auto& sink : wake) sink->Wake();
 }
 
-void WatchHub::Create(const std::shared_ptr<WatchStreamSink>& handle,
-                      const v1::WatchCreate& create, ShardId shard, uint64_t range_version,
-                      const absl::Status& refused) {
+void WatchHub::Create(const std::shared_ptr<WatchStreamSink>& handle, const v1::WatchCreate& create,
+                      ShardId shard, uint64_t range_version, const absl::Status& refused) {
   WatchStreamSink* const sink = handle.get();
   absl::StatusOr<sm::ShardRange> hashes = source_->Range(shard);
   const std::optional<uint64_t> applied = source_->AppliedIndex(shard);
@@ -189,10 +190,10 @@ void WatchHub::Create(const std::shared_ptr<WatchStreamSink>& handle,
       // The replica applied a split the map does not show yet, or the map
       // shows one the replica has not applied: events would not match
       // the watcher's idea of the shard.
-      refuse(absl::UnavailableError(absl::StrCat(
-          "shard ", shard, " is at range version ", hashes->version, " on this replica, ",
-          std::max<uint64_t>(range_version, 1),
-          " in the cluster map (a split is under way); retry shortly")));
+      refuse(absl::UnavailableError(
+          absl::StrCat("shard ", shard, " is at range version ", hashes->version,
+                       " on this replica, ", std::max<uint64_t>(range_version, 1),
+                       " in the cluster map (a split is under way); retry shortly")));
     } else if (watchers_ >= options_.max_watchers) {
       refuse(absl::ResourceExhaustedError(
           absl::StrCat("this node has ", watchers_, " watchers, its limit; watch elsewhere")));
@@ -350,14 +351,14 @@ void WatchHub::OnApplied(ShardId shard, uint64_t applied_index, bool reset, bool
       }
     } else if (reset) {
       // Events between the last call and this one were never reported.
-      auto restart = [&](const std::shared_ptr<Watcher>& w) {
+      std::vector<std::shared_ptr<Watcher>> all = sw->ranges;
+      for (auto& [key, ws] : sw->exact) all.insert(all.end(), ws.begin(), ws.end());
+      for (auto& w : all) {
         if (w->live) {
           w->live = false;
           ScheduleCatchUp(*w);
         }
-      };
-      for (auto& [key, ws] : sw->exact) std::for_each(ws.begin(), ws.end(), restart);
-      std::for_each(sw->ranges.begin(), sw->ranges.end(), restart);
+      }
       return;
     }
     for (sm::HistoryEvent& e : events) {
@@ -504,10 +505,10 @@ WatchHub::WakeList WatchHub::CatchUpOnce(std::shared_ptr<Watcher> w) {
   if (page->compacted) {
     ++compacted_;
     End(*w,
-        absl::OutOfRangeError(absl::StrCat(
-            "revision ", from, " of shard ", w->shard,
-            " is compacted: the oldest revision kept is ", page->floor,
-            "; read the keys again and watch from that read's revision + 1")),
+        absl::OutOfRangeError(
+            absl::StrCat("revision ", from, " of shard ", w->shard,
+                         " is compacted: the oldest revision kept is ", page->floor,
+                         "; read the keys again and watch from that read's revision + 1")),
         page->floor, &wake);
     return wake;
   }
@@ -569,7 +570,8 @@ void WatchHub::TickLoop() {
     WakeList wake;
     {
       absl::MutexLock lock(&mu_);
-      for (auto& [shard, sw] : shards_) {
+      for (auto& [id, sw] : shards_) {
+        const ShardId shard = id;
         std::vector<std::shared_ptr<Watcher>> all = sw->ranges;
         for (auto& [key, ws] : sw->exact) all.insert(all.end(), ws.begin(), ws.end());
         for (auto& w : all) {

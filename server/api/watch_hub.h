@@ -139,8 +139,8 @@ class WatchHub final : public ApplyObserver {
   void Offer(Watcher& w, const EventPtr& event, bool paced, WakeList* wake)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ends `w` with `status` (queued as its last response) and unregisters it.
-  void End(Watcher& w, const absl::Status& status, uint64_t compact_revision,
-           WakeList* wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void End(Watcher& w, const absl::Status& status, uint64_t compact_revision, WakeList* wake)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Forgets `w` entirely (no response).
   void Unregister(Watcher& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropQueue(Watcher& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -152,8 +152,7 @@ class KvService::WatchStream final
     WatchHub* hub = service_->watch_hub_.get();
     switch (request.request_case()) {
       case v1::WatchRequest::kCreate: {
-        absl::StatusOr<std::pair<ShardId, uint64_t>> route =
-            service_->RouteWatch(request.create());
+        absl::StatusOr<std::pair<ShardId, uint64_t>> route = service_->RouteWatch(request.create());
         if (route.ok()) {
           hub->Create(sink_, request.create(), route->first, route->second, absl::OkStatus());
         } else {
@@ -169,8 +168,8 @@ class KvService::WatchStream final
         hub->Cancel(sink_.get(), request.cancel().watch_id());
         break;
       default:
-        FinishOnce(ToGrpcStatus(
-            absl::InvalidArgumentError("a WatchRequest without create or cancel; the stream ends")));
+        FinishOnce(ToGrpcStatus(absl::InvalidArgumentError(
+            "a WatchRequest without create or cancel; the stream ends")));
         return;
     }
     ReadMoreOrPause();

@@ -106,8 +106,9 @@ ABSL_FLAG(uint64_t, max_batch_inflight_ops, 1024,
 // ---- end KV.Batch ----
 ABSL_FLAG(uint64_t, watch_history_revisions, 20000,
           "revisions of each shard's watch history kept for watchers that resume (0 or at "
-          "least 1024; compacted every 1024 revisions; 0 keeps none: watches start from now "
-          "and cannot resume); set it the same on every member");
+          "least 1024; compacted every 1024 revisions; 0 keeps none, to measure its cost: "
+          "watches then cannot resume and may end with OUT_OF_RANGE under writes); set it the "
+          "same on every member");
 ABSL_FLAG(uint64_t, max_watchers, 100000, "watchers on this node (KV.Watch); more are refused");
 ABSL_FLAG(uint64_t, max_watcher_bytes, 1 << 20,
           "bytes of events queued for one watcher before it is ended as too slow (it resumes "

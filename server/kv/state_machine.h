@@ -74,7 +74,8 @@ struct StateMachineOptions {
   // Watch history ("History" below): at every multiple m of
   // history_compact_step, the events of revisions below m -
   // history_revisions are deleted. The same on every replica. 0 keeps no
-  // history: watches start from now only, and a resume fails (compacted).
+  // history (to measure its cost): a watch cannot resume, and one from now
+  // may find its start gone (compacted) under writes.
   uint64_t history_revisions = 20000;
   uint64_t history_compact_step = 1024;
 };

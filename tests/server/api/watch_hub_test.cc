@@ -167,8 +167,7 @@ TEST_F(WatchHubTest, LiveEventsReachTheWatchersWhoseKeysTheyAre) {
   MakeHub({});
   hub_->Create(sink_, Create(1, "a", false), kShard, 1, absl::OkStatus());
   hub_->Create(sink_, Create(2, "p/", true), kShard, 1, absl::OkStatus());
-  std::vector<v1::WatchResponse> created =
-      TakeUntil([](const auto& r) { return r.size() >= 2; });
+  std::vector<v1::WatchResponse> created = TakeUntil([](const auto& r) { return r.size() >= 2; });
   ASSERT_EQ(created.size(), 2u);
   EXPECT_TRUE(created[0].created());
   EXPECT_EQ(created[0].revision(), 10u);  // from now: after the applied index
@@ -176,8 +175,8 @@ TEST_F(WatchHubTest, LiveEventsReachTheWatchersWhoseKeysTheyAre) {
   // the history instead: either way once.
   source_.Apply(*hub_, {Put(11, "a", "1"), Put(11, "p/x", "2", 1), Put(11, "q", "3", 2)}, 11);
   source_.Apply(*hub_, {Put(12, "p/y", "4")}, 12);
-  std::vector<v1::WatchResponse> got = TakeUntil(
-      [](const auto& r) { return Values(r, 1).size() + Values(r, 2).size() >= 3; });
+  std::vector<v1::WatchResponse> got =
+      TakeUntil([](const auto& r) { return Values(r, 1).size() + Values(r, 2).size() >= 3; });
   EXPECT_THAT(Values(got, 1), ::testing::ElementsAre("1"));
   EXPECT_THAT(Values(got, 2), ::testing::ElementsAre("2", "4"));
   for (const v1::WatchResponse& r : got) {
@@ -195,7 +194,8 @@ TEST_F(WatchHubTest, AWatchFromThePastCatchesUpThenGoesLiveWithNoGapOrRepeat) {
   source_.Apply(*hub_, old, 10, false, /*report=*/false);
   hub_->Create(sink_, Create(1, "k", false, /*start=*/4), kShard, 1, absl::OkStatus());
   // Writes go on while it catches up.
-  for (uint64_t r = 11; r <= 30; ++r) source_.Apply(*hub_, {Put(r, "k", "v" + std::to_string(r))}, r);
+  for (uint64_t r = 11; r <= 30; ++r)
+    source_.Apply(*hub_, {Put(r, "k", "v" + std::to_string(r))}, r);
   std::vector<v1::WatchResponse> got =
       TakeUntil([](const auto& r) { return Values(r, 1).size() >= 27; });
   std::vector<std::string> want;
@@ -244,9 +244,8 @@ TEST_F(WatchHubTest, AResetReadsTheMissedEventsFromTheHistory) {
   TakeUntil([](const auto& r) { return !r.empty(); });
   ASSERT_TRUE(WaitLive());
   // A snapshot install: events 11..14 stored but never reported.
-  source_.Apply(*hub_,
-                {Put(11, "k", "a"), Put(12, "k", "b"), Put(13, "k", "c"), Put(14, "k", "d")}, 14,
-                false, /*report=*/false);
+  source_.Apply(*hub_, {Put(11, "k", "a"), Put(12, "k", "b"), Put(13, "k", "c"), Put(14, "k", "d")},
+                14, false, /*report=*/false);
   source_.Apply(*hub_, {Put(15, "k", "e")}, 15, /*reset=*/true);
   std::vector<v1::WatchResponse> got =
       TakeUntil([](const auto& r) { return Values(r, 1).size() >= 5; });
@@ -279,10 +278,12 @@ TEST_F(WatchHubTest, CancelBoundsAndRefusals) {
   for (const v1::WatchResponse& r : got) {
     if (r.canceled()) codes[r.watch_id()].push_back(r.error().code());
   }
-  EXPECT_THAT(codes[1], ::testing::ElementsAre(static_cast<int>(absl::StatusCode::kInvalidArgument)));
+  EXPECT_THAT(codes[1],
+              ::testing::ElementsAre(static_cast<int>(absl::StatusCode::kInvalidArgument)));
   EXPECT_THAT(codes[2],
               ::testing::ElementsAre(static_cast<int>(absl::StatusCode::kResourceExhausted)));
-  EXPECT_THAT(codes[3], ::testing::ElementsAre(static_cast<int>(absl::StatusCode::kInvalidArgument)));
+  EXPECT_THAT(codes[3],
+              ::testing::ElementsAre(static_cast<int>(absl::StatusCode::kInvalidArgument)));
   // The first one is still live; cancelling it answers with code 0.
   hub_->Cancel(sink_.get(), 1);
   std::vector<v1::WatchResponse> end = TakeUntil([](const auto& r) { return Ended(r, 1); });
@@ -298,9 +299,8 @@ TEST_F(WatchHubTest, AFailedCheckEndsTheWatchAndIdleWatchersGetProgress) {
   hub_->Create(sink_, c, kShard, 1, absl::OkStatus());
   source_.Apply(*hub_, {Put(11, "other", "x")}, 11);
   // An idle watcher's progress response carries the shard's revision.
-  std::vector<v1::WatchResponse> got = TakeUntil([](const auto& r) {
-    return !r.empty() && !r.back().created() && r.back().revision() >= 11;
-  });
+  std::vector<v1::WatchResponse> got = TakeUntil(
+      [](const auto& r) { return !r.empty() && !r.back().created() && r.back().revision() >= 11; });
   ASSERT_FALSE(got.empty());
   EXPECT_GE(got.back().revision(), 11u);
   EXPECT_TRUE(got.back().events().empty());
