@@ -164,7 +164,9 @@ KvService::KvService(const KvServiceOptions& options, const ClusterMap* map, KvB
 
 std::shared_ptr<const ClusterMap> KvService::Map() const { return maps_->Current(); }
 
-KvService::~KvService() = default;
+// The hub's threads call back into the service (CheckWatch): stopped
+// before any member goes. The hub itself outlives the pool's last flushes.
+KvService::~KvService() { watch_hub_->Stop(); }
 
 namespace {
 

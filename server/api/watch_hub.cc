@@ -113,13 +113,15 @@ WatchHub::WatchHub(const WatchHubOptions& options, const WatchSource* source)
   tick_thread_ = std::thread([this] { TickLoop(); });
 }
 
-WatchHub::~WatchHub() {
+WatchHub::~WatchHub() { Stop(); }
+
+void WatchHub::Stop() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  catch_up_thread_.join();
-  tick_thread_.join();
+  if (catch_up_thread_.joinable()) catch_up_thread_.join();
+  if (tick_thread_.joinable()) tick_thread_.join();
 }
 
 void WatchHub::WakeAll(WakeList wake) {

@@ -94,7 +94,11 @@ struct WatchHubStats {
 class WatchHub final : public ApplyObserver {
  public:
   WatchHub(const WatchHubOptions& options, const WatchSource* source);
-  ~WatchHub() override;  // stops the threads; streams must be gone
+  ~WatchHub() override;  // Stop()s; streams must be gone
+
+  // Stops the catch-up and tick threads (no history read or source check
+  // after it returns); Take/Cancel/RemoveStream still work. Idempotent.
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Registers a watch of the stream `sink` (RemoveStream when the stream
   // ends). The created response is queued for it, or, when `refused` is an
