@@ -935,8 +935,9 @@ void StateMachine::RecordHistory(ShardBatch& batch) const {
   }
   if (table.history_floor == 0) {
     // The history starts with this batch (a new shard, or one from before
-    // the history existed).
-    table.history_floor = batch.stored_applied + 1;
+    // the history existed). Index 1 is at most a bootstrap point without
+    // writes: a new shard's history starts at revision 1.
+    table.history_floor = batch.stored_applied <= 1 ? 1 : batch.stored_applied + 1;
     batch.overlay->Put(/*meta=*/true, sm::kHistoryFloorKey, sm::EncodeU64(table.history_floor));
   }
   // Compaction at every multiple m of the step: revisions below
