@@ -130,6 +130,38 @@ absl::StatusOr<VersionedValue> DecodeValue(absl::string_view stored) {
   return out;
 }
 
+std::string LeaseKeyPrefix(uint64_t lease) {
+  std::string key = kLeaseKeyPrefix;
+  AppendU64(&key, lease);
+  return key;
+}
+
+std::string LeaseKey(uint64_t lease, absl::string_view user_key) {
+  std::string key = LeaseKeyPrefix(lease);
+  key.append(user_key.data(), user_key.size());
+  return key;
+}
+
+std::string LeaseTombstoneKey(uint64_t lease) {
+  std::string key = kLeaseTombstonePrefix;
+  AppendU64(&key, lease);
+  return key;
+}
+
+std::string LeaseTombstoneOrderKey(uint64_t revision, uint64_t lease) {
+  std::string key = kLeaseTombstoneOrderPrefix;
+  AppendU64(&key, revision);
+  AppendU64(&key, lease);
+  return key;
+}
+
+bool ParseLeaseTombstoneOrderKey(absl::string_view meta_key, uint64_t* revision, uint64_t* lease) {
+  if (meta_key.size() != 17 || meta_key[0] != kLeaseTombstoneOrderPrefix[0]) return false;
+  *revision = ReadU64(meta_key, 1);
+  *lease = ReadU64(meta_key, 9);
+  return true;
+}
+
 std::string HistoryKey(uint64_t revision, uint32_t n) {
   std::string key = kHistoryPrefix;
   AppendU64(&key, revision);

@@ -129,6 +129,24 @@ std::string EncodeU64(uint64_t v);
 // kDataLoss unless exactly 8 bytes.
 absl::StatusOr<uint64_t> DecodeU64(absl::string_view stored);
 
+// ---- Leases (sorted after the history: LoadSessions never reads them) ----
+
+// "a" | lease(8) | key -> "": the key is attached to the lease (its value
+// says so too); a RevokeLeases finds the keys to delete here.
+constexpr char kLeaseKeyPrefix[] = "a";
+std::string LeaseKeyPrefix(uint64_t lease);
+std::string LeaseKey(uint64_t lease, absl::string_view key);
+// "t" | lease(8) -> revision(8): the lease ended at that revision; a put
+// naming it is refused. "x" | revision(8) | lease(8) -> "": the same, in
+// revision order, so that old ones are dropped (StateMachineOptions::
+// lease_tombstone_revisions) without a full scan.
+constexpr char kLeaseTombstonePrefix[] = "t";
+constexpr char kLeaseTombstoneOrderPrefix[] = "x";
+std::string LeaseTombstoneKey(uint64_t lease);
+std::string LeaseTombstoneOrderKey(uint64_t revision, uint64_t lease);
+// True if `meta_key` is a tombstone order key; sets both.
+bool ParseLeaseTombstoneOrderKey(absl::string_view meta_key, uint64_t* revision, uint64_t* lease);
+
 // ---- The shard's hash range ----
 
 // The key hashes a shard owns, [start, end] inclusive, and how many times

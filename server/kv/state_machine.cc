@@ -105,6 +105,37 @@ class Overlay {
     return std::optional<std::string>(*std::move(stored));
   }
 
+  // The meta records whose key starts with `prefix`, as this overlay sees
+  // them (stored, then each overlay's writes from the batch's down).
+  absl::StatusOr<std::map<std::string, std::string>> ScanMeta(const std::string& prefix) const {
+    std::map<std::string, std::string> out;
+    if (parent_ != nullptr) {
+      TESSERA_ASSIGN_OR_RETURN(out, parent_->ScanMeta(prefix));
+    } else {
+      storage::ScanOptions options;
+      options.meta = true;
+      options.start = prefix;
+      options.end = storage::PrefixEnd(prefix);
+      options.limit = 4096;
+      while (true) {
+        TESSERA_ASSIGN_OR_RETURN(storage::ScanResult page, kv_->Scan(shard_, options));
+        for (auto& [key, value] : page.items) out.emplace(std::move(key), std::move(value));
+        if (!page.more) break;
+        options.start = std::move(page.resume_key);
+      }
+    }
+    for (auto it = meta_.lower_bound(prefix);
+         it != meta_.end() && absl::string_view(it->first).substr(0, prefix.size()) == prefix;
+         ++it) {
+      if (it->second.has_value()) {
+        out[it->first] = *it->second;
+      } else {
+        out.erase(it->first);
+      }
+    }
+    return out;
+  }
+
   void Put(bool meta, const std::string& key, std::string value) {
     (meta ? meta_ : data_)[key] = std::move(value);
   }
@@ -162,6 +193,8 @@ StateMachineOptions Sanitized(StateMachineOptions options) {
   options.default_scan_limit =
       std::clamp<uint32_t>(options.default_scan_limit, 1, options.max_scan_limit);
   options.history_compact_step = std::max<uint64_t>(options.history_compact_step, 1);
+  options.lease_tombstone_revisions =
+      std::max<uint64_t>(options.lease_tombstone_revisions, options.history_compact_step);
   if (options.history_revisions != 0) {  // 0: no history
     options.history_revisions =
         std::max<uint64_t>(options.history_revisions, options.history_compact_step);
@@ -170,6 +203,9 @@ StateMachineOptions Sanitized(StateMachineOptions options) {
 }
 
 // ---- Validation (before anything executes, so bad input changes nothing) ----
+
+// Leases one RevokeLeases may name (its work is bounded by their keys).
+constexpr int kMaxRevokeLeases = 10000;
 
 absl::Status CheckKey(const std::string& key, absl::string_view what) {
   if (key.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": empty key"));
@@ -184,6 +220,8 @@ absl::Status CheckCompare(const v1::Compare& compare) {
   switch (compare.target()) {
     case v1::Compare::TARGET_VALUE:
     case v1::Compare::TARGET_VERSION:
+    case v1::Compare::TARGET_CREATE_REVISION:
+    case v1::Compare::TARGET_MOD_REVISION:
       return absl::OkStatus();
     case v1::Compare::TARGET_EXISTS:
       if (compare.op() == v1::Compare::OP_EQUAL || compare.op() == v1::Compare::OP_NOT_EQUAL) {
@@ -227,6 +265,13 @@ absl::Status CheckCommand(const serverpb::Command& command) {
     case serverpb::Command::kSplit:
       // Apply() runs splits itself; one with a session gets here.
       return absl::InvalidArgumentError("a split carries no session");
+    case serverpb::Command::kRevokeLeases:
+      if (command.revoke_leases().leases().empty() ||
+          command.revoke_leases().leases_size() > kMaxRevokeLeases) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a RevokeLeases names 1 to ", kMaxRevokeLeases, " leases"));
+      }
+      return absl::OkStatus();
     case serverpb::Command::OP_NOT_SET:
       break;
   }
@@ -277,6 +322,8 @@ absl::Status OutsideRangeError(ShardId shard, const sm::ShardRange& range) {
 struct Exec {
   uint64_t revision = 0;                  // the entry's index
   std::vector<sm::HistoryEvent>* events;  // this command's, in order
+  // Lease tombstones below this revision count as gone (LeaseTombstoneFloor).
+  uint64_t lease_tombstone_floor = 0;
 };
 
 // The key's stored bytes, nullopt if absent.
@@ -323,7 +370,13 @@ absl::StatusOr<v1::PutResponse> DoPut(Overlay& view, const v1::PutRequest& put, 
   next.version = previous.has_value() ? previous->version + 1 : 1;
   next.create_revision = previous.has_value() ? previous->create_revision : exec.revision;
   next.mod_revision = exec.revision;
+  next.lease = put.lease();
   next.value = put.value();
+  const uint64_t previous_lease = previous.has_value() ? previous->lease : 0;
+  if (previous_lease != next.lease) {
+    if (previous_lease != 0) view.Delete(/*meta=*/true, sm::LeaseKey(previous_lease, put.key()));
+    if (next.lease != 0) view.Put(/*meta=*/true, sm::LeaseKey(next.lease, put.key()), "");
+  }
   std::string encoded = sm::EncodeValue(next);
   view.Put(/*meta=*/false, put.key(), encoded);
   RecordEvent(exec, put.key(), std::move(encoded), std::move(stored));
@@ -341,7 +394,8 @@ absl::StatusOr<v1::DeleteResponse> DoDelete(Overlay& view, const v1::DeleteReque
   TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored, ReadStored(view, del.key()));
   v1::DeleteResponse response;
   if (stored.has_value()) {
-    TESSERA_RETURN_IF_ERROR(sm::DecodeValue(*stored).status());
+    TESSERA_ASSIGN_OR_RETURN(sm::VersionedValue value, sm::DecodeValue(*stored));
+    if (value.lease != 0) view.Delete(/*meta=*/true, sm::LeaseKey(value.lease, del.key()));
     view.Delete(/*meta=*/false, del.key());
     RecordEvent(exec, del.key(), "", std::move(stored));
     response.set_deleted(true);
@@ -391,9 +445,75 @@ absl::StatusOr<bool> Evaluate(const Overlay& view, const v1::Compare& compare) {
     }
     case v1::Compare::TARGET_EXISTS:
       return compare.op() == v1::Compare::OP_EQUAL ? current.has_value() : !current.has_value();
+    case v1::Compare::TARGET_CREATE_REVISION:
+    case v1::Compare::TARGET_MOD_REVISION: {
+      uint64_t revision = 0;
+      if (current.has_value()) {
+        revision = compare.target() == v1::Compare::TARGET_CREATE_REVISION
+                       ? current->create_revision
+                       : current->mod_revision;
+      }
+      const int cmp = revision < compare.revision() ? -1 : (revision > compare.revision() ? 1 : 0);
+      return Holds(cmp, compare.op());
+    }
     default:
       return false;  // rejected by CheckCompare
   }
+}
+
+// Whether the lease ended here, as of exec (tombstones below the floor are
+// gone, whether or not their records were deleted yet).
+absl::StatusOr<bool> LeaseEnded(const Overlay& view, uint64_t lease, const Exec& exec) {
+  TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> ended,
+                           view.Get(/*meta=*/true, sm::LeaseTombstoneKey(lease)));
+  if (!ended.has_value()) return false;
+  TESSERA_ASSIGN_OR_RETURN(uint64_t revision, sm::DecodeU64(*ended));
+  return revision >= exec.lease_tombstone_floor;
+}
+
+// Deletes the keys attached to each lease and records the leases as ended.
+absl::Status DoRevokeLeases(Overlay& view, const serverpb::RevokeLeases& revoke, const Exec& exec) {
+  for (uint64_t lease : revoke.leases()) {
+    TESSERA_ASSIGN_OR_RETURN(auto attached, view.ScanMeta(sm::LeaseKeyPrefix(lease)));
+    for (const auto& [meta_key, unused] : attached) {
+      const std::string key = meta_key.substr(1 + 8);
+      view.Delete(/*meta=*/true, meta_key);
+      TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> stored, ReadStored(view, key));
+      if (!stored.has_value()) continue;
+      TESSERA_ASSIGN_OR_RETURN(sm::VersionedValue value, sm::DecodeValue(*stored));
+      if (value.lease != lease) continue;
+      view.Delete(/*meta=*/false, key);
+      RecordEvent(exec, key, "", std::move(stored));
+    }
+    TESSERA_ASSIGN_OR_RETURN(bool ended, LeaseEnded(view, lease, exec));
+    if (!ended) {
+      view.Put(/*meta=*/true, sm::LeaseTombstoneKey(lease), sm::EncodeU64(exec.revision));
+      view.Put(/*meta=*/true, sm::LeaseTombstoneOrderKey(exec.revision, lease), "");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// NOT_FOUND if a put of `command` names a lease this shard saw end.
+absl::StatusOr<absl::Status> CheckLeases(const Overlay& view, const serverpb::Command& command,
+                                         const Exec& exec) {
+  std::vector<uint64_t> leases;
+  if (command.has_put()) leases.push_back(command.put().lease());
+  if (command.has_txn()) {
+    for (const auto* ops : {&command.txn().success(), &command.txn().failure()}) {
+      for (const v1::TxnOp& op : *ops) {
+        if (op.has_put()) leases.push_back(op.put().lease());
+      }
+    }
+  }
+  for (uint64_t lease : leases) {
+    if (lease == 0) continue;
+    TESSERA_ASSIGN_OR_RETURN(bool ended, LeaseEnded(view, lease, exec));
+    if (ended) {
+      return absl::NotFoundError(absl::StrCat("lease ", lease, " not found (it ended)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::TxnResponse> DoTxn(Overlay& view, const v1::TxnRequest& txn, const Exec& exec) {
@@ -434,6 +554,9 @@ absl::StatusOr<v1::TxnResponse> DoTxn(Overlay& view, const v1::TxnRequest& txn, 
 absl::StatusOr<serverpb::CommandResult> Execute(Overlay& view, const serverpb::Command& command,
                                                 const Exec& exec) {
   absl::Status valid = CheckCommand(command);
+  if (valid.ok()) {
+    TESSERA_ASSIGN_OR_RETURN(valid, CheckLeases(view, command, exec));
+  }
   if (!valid.ok()) return ErrorResult(valid);
   serverpb::CommandResult result;
   switch (command.op_case()) {
@@ -449,6 +572,9 @@ absl::StatusOr<serverpb::CommandResult> Execute(Overlay& view, const serverpb::C
       TESSERA_ASSIGN_OR_RETURN(*result.mutable_txn(), DoTxn(view, command.txn(), exec));
       break;
     }
+    case serverpb::Command::kRevokeLeases:
+      TESSERA_RETURN_IF_ERROR(DoRevokeLeases(view, command.revoke_leases(), exec));
+      break;
     case serverpb::Command::kSplit:
     case serverpb::Command::OP_NOT_SET:
       break;  // rejected by CheckCommand
@@ -473,6 +599,9 @@ uint64_t RequestFingerprint(const serverpb::Command& command) {
       break;
     case serverpb::Command::kTxn:
       command.txn().AppendToString(&bytes);
+      break;
+    case serverpb::Command::kRevokeLeases:
+      command.revoke_leases().AppendToString(&bytes);
       break;
     default:
       break;
@@ -515,6 +644,14 @@ struct StateMachine::ShardSessions {
 namespace {
 
 using ShardSessions = StateMachine::ShardSessions;
+
+// Lease tombstones of revisions below this are gone for the entry at
+// `index`: only the log decides, like the history's compaction, so every
+// replica refuses the same puts however its batches were cut.
+uint64_t LeaseTombstoneFloor(uint64_t index, const StateMachineOptions& options) {
+  const uint64_t m = index / options.history_compact_step * options.history_compact_step;
+  return m > options.lease_tombstone_revisions ? m - options.lease_tombstone_revisions : 0;
+}
 
 // Ops and bytes of a delta window that closes it (sm_format.h).
 bool WindowFull(uint64_t ops, size_t bytes) {
@@ -701,11 +838,13 @@ void RecordOp(ShardSessions& table, Overlay& shard, const sm::SessionOp& op,
 // gets its revision, and its writes and events join the batch's.
 absl::StatusOr<serverpb::CommandResult> ExecuteAt(Overlay& shard, uint64_t index,
                                                   const serverpb::Command& command,
+                                                  const StateMachineOptions& options,
                                                   std::vector<sm::HistoryEvent>* events) {
   Overlay view(&shard);
   std::vector<sm::HistoryEvent> mine;
-  TESSERA_ASSIGN_OR_RETURN(serverpb::CommandResult result,
-                           Execute(view, command, Exec{index, &mine}));
+  TESSERA_ASSIGN_OR_RETURN(
+      serverpb::CommandResult result,
+      Execute(view, command, Exec{index, &mine, LeaseTombstoneFloor(index, options)}));
   if (result.code() == 0) {
     view.CommitToParent();
     result.set_revision(index);
@@ -721,7 +860,7 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, ShardSessio
                                                      std::vector<sm::HistoryEvent>* events) {
   const v1::Session& session = command.session();
   const uint64_t client_id = session.client_id();
-  if (client_id == 0) return ExecuteAt(shard, index, command, events);
+  if (client_id == 0) return ExecuteAt(shard, index, command, options, events);
 
   const uint64_t seq = session.seq();
   if (seq == 0) return ErrorResult(absl::InvalidArgumentError("session seq must be >= 1"));
@@ -755,7 +894,7 @@ absl::StatusOr<serverpb::CommandResult> ApplyCommand(Overlay& shard, ShardSessio
   }
 
   TESSERA_ASSIGN_OR_RETURN(serverpb::CommandResult result,
-                           ExecuteAt(shard, index, command, events));
+                           ExecuteAt(shard, index, command, options, events));
 
   // Remember the result and update the session (ReplaySessionOp makes the
   // same change from the op at load).
@@ -899,6 +1038,7 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
         table.window_dirty = false;
       }
       RecordHistory(batch);
+      TESSERA_RETURN_IF_ERROR(CompactLeaseTombstones(shard, batch));
       std::vector<Mutation> mutations = std::move(batch.range_deletes);
       for (Mutation& m : batch.overlay->Mutations()) mutations.push_back(std::move(m));
       writes.push_back(ShardWrite{
@@ -954,6 +1094,37 @@ void StateMachine::RecordHistory(ShardBatch& batch) const {
   batch.overlay->Put(/*meta=*/true, sm::kHistoryFloorKey, sm::EncodeU64(floor));
 }
 
+absl::Status StateMachine::CompactLeaseTombstones(ShardId shard, ShardBatch& batch) const {
+  const uint64_t floor = LeaseTombstoneFloor(batch.last_index, options_);
+  if (floor <= LeaseTombstoneFloor(batch.stored_applied, options_)) return absl::OkStatus();
+  storage::ScanOptions old;
+  old.meta = true;
+  old.start = sm::kLeaseTombstoneOrderPrefix;
+  old.end = sm::LeaseTombstoneOrderKey(floor, 0);
+  old.limit = 4096;
+  while (true) {
+    TESSERA_ASSIGN_OR_RETURN(storage::ScanResult records, kv_->Scan(shard, old));
+    for (const auto& [key, unused] : records.items) {
+      uint64_t revision = 0;
+      uint64_t lease = 0;
+      if (!sm::ParseLeaseTombstoneOrderKey(key, &revision, &lease)) {
+        return absl::DataLossError(absl::StrCat("shard ", shard, ": bad lease tombstone key"));
+      }
+      batch.overlay->Delete(/*meta=*/true, key);
+      // Unless the lease ended again later (a newer tombstone).
+      const std::string tombstone = sm::LeaseTombstoneKey(lease);
+      TESSERA_ASSIGN_OR_RETURN(std::optional<std::string> current,
+                               batch.overlay->Get(/*meta=*/true, tombstone));
+      if (current.has_value() && *current == sm::EncodeU64(revision)) {
+        batch.overlay->Delete(/*meta=*/true, tombstone);
+      }
+    }
+    if (!records.more) break;
+    old.start = std::move(records.resume_key);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
     const CommittedEntry& entry, const serverpb::SplitShard& split,
     std::map<ShardId, ShardBatch>& shards) const {
@@ -1004,6 +1175,22 @@ absl::StatusOr<serverpb::CommandResult> StateMachine::ApplySplit(
     }
     if (!keys.more) break;
     page.start = std::move(keys.resume_key);
+  }
+  // The moved keys' lease records go with them; the new shard knows every
+  // lease that ended here.
+  for (const char* prefix :
+       {sm::kLeaseKeyPrefix, sm::kLeaseTombstonePrefix, sm::kLeaseTombstoneOrderPrefix}) {
+    TESSERA_ASSIGN_OR_RETURN(auto records, parent.overlay->ScanMeta(prefix));
+    for (auto& [key, record] : records) {
+      const bool attachment = prefix == sm::kLeaseKeyPrefix;
+      if (attachment) {
+        if (key.size() < 1 + 8 || !upper.Holds(KeyHash(absl::string_view(key).substr(1 + 8)))) {
+          continue;
+        }
+        parent.overlay->Delete(/*meta=*/true, key);
+      }
+      if (moved != nullptr) moved->Put(/*meta=*/true, key, std::move(record));
+    }
   }
   parent.overlay->Put(/*meta=*/true, sm::kRangeKey, sm::EncodeRange(lower));
   parent.table->range = lower;

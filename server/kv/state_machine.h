@@ -78,6 +78,12 @@ struct StateMachineOptions {
   // may find its start gone (compacted) under writes.
   uint64_t history_revisions = 20000;
   uint64_t history_compact_step = 1024;
+  // A lease's end is remembered this many revisions (a put naming it is
+  // refused meanwhile; servers check a lease before proposing such a put,
+  // so this only has to cover the time between that check and the put's
+  // entry). Dropped at multiples of history_compact_step. The same on every
+  // replica.
+  uint64_t lease_tombstone_revisions = 1 << 16;
 };
 
 // Told of what each Apply stored (the watch hub). Called on the raft loop
@@ -126,6 +132,9 @@ class StateMachine : public Applier {
   //    or undecodable entry data: code kInvalidArgument, nothing changes;
   //  - a key outside the shard's hash range (it was split after the request
   //    was routed): code kOutOfRange, nothing changes, the session neither;
+  //  - a RevokeLeases deletes the shard's keys attached to its leases (delete
+  //    events at its revision) and records the leases as ended; a later put
+  //    (or Txn put) naming one gets kNotFound, nothing changes;
   //  - a SplitShard (prepared by the Node: CommittedEntry::split) moves the
   //    keys at and above split_hash, and a copy of the session table, to
   //    the new shard at this entry's index, in the same KvStore::Apply;
@@ -199,6 +208,8 @@ class StateMachine : public Applier {
 
   // Writes the batch's events and the history's compaction.
   void RecordHistory(ShardBatch& batch) const;
+  // Deletes lease tombstones that fell below the floor in this batch.
+  absl::Status CompactLeaseTombstones(ShardId shard, ShardBatch& batch) const;
 
   storage::KvStore* const kv_;
   const StateMachineOptions options_;

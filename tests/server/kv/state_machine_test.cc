@@ -408,6 +408,133 @@ TYPED_TEST(StateMachineTest, HistoryHoldsEveryEventInOrderWithItsPrevious) {
   EXPECT_EQ(again->events.size(), 5u);
 }
 
+// ---- Leases ----
+
+serverpb::Command LeasePut(const std::string& key, uint64_t lease) {
+  serverpb::Command c = PutCmd(key, "v");
+  c.mutable_put()->set_lease(lease);
+  return c;
+}
+
+serverpb::Command Revoke(std::vector<uint64_t> leases) {
+  serverpb::Command c;
+  for (uint64_t lease : leases) c.mutable_revoke_leases()->add_leases(lease);
+  return c;
+}
+
+constexpr int kNotFound = static_cast<int>(absl::StatusCode::kNotFound);
+
+TYPED_TEST(StateMachineTest, RevokeDeletesTheLeasesKeysAtItsRevisionAndRefusesLaterPuts) {
+  EXPECT_EQ(this->Run(LeasePut("a", 7)).code(), kOk);
+  EXPECT_EQ(this->Run(LeasePut("b", 7)).code(), kOk);
+  EXPECT_EQ(this->Run(LeasePut("c", 8)).code(), kOk);
+  EXPECT_EQ(this->Run(PutCmd("d", "v")).code(), kOk);
+  v1::TxnOp op = OpPut("e", "v");
+  op.mutable_put()->set_lease(7);
+  EXPECT_EQ(this->Run(TxnCmd({}, {op})).code(), kOk);
+  EXPECT_EQ(this->Get("a").kv().lease(), 7u);
+
+  serverpb::CommandResult revoked = this->Run(Revoke({7}));
+  EXPECT_EQ(revoked.code(), kOk);
+  const uint64_t at = this->last_index_[1];
+  EXPECT_EQ(revoked.revision(), at);
+  for (const char* gone : {"a", "b", "e"}) EXPECT_FALSE(this->Get(gone).found()) << gone;
+  EXPECT_EQ(this->Get("c").kv().lease(), 8u);
+  EXPECT_TRUE(this->Get("d").found());
+  // Watchers see the deletes, all at the revoke's revision.
+  absl::StatusOr<HistoryPage> page = this->sm().ReadHistory(1, at, 1 << 20);
+  ASSERT_THAT(page, IsOk());
+  std::vector<std::string> deleted;
+  for (const sm::HistoryEvent& event : page->events) {
+    EXPECT_TRUE(event.deleted);
+    EXPECT_EQ(event.revision, at);
+    deleted.push_back(event.key);
+  }
+  EXPECT_THAT(deleted, ElementsAre("a", "b", "e"));
+
+  // A put (or a Txn's) naming the ended lease is refused; nothing changes.
+  serverpb::CommandResult late = this->Run(LeasePut("f", 7));
+  EXPECT_EQ(late.code(), kNotFound);
+  EXPECT_THAT(late.message(), HasSubstr("lease 7"));
+  EXPECT_EQ(this->Run(TxnCmd({}, {OpPut("g", "v"), op})).code(), kNotFound);
+  EXPECT_FALSE(this->Get("f").found());
+  EXPECT_FALSE(this->Get("g").found());
+  // Revoking again is harmless; the other lease still works.
+  EXPECT_EQ(this->Run(Revoke({7, 8})).code(), kOk);
+  EXPECT_FALSE(this->Get("c").found());
+  // The ended leases are remembered across a restart.
+  this->Restart();
+  EXPECT_EQ(this->Run(LeasePut("h", 8)).code(), kNotFound);
+}
+
+TYPED_TEST(StateMachineTest, APutOrDeleteDetachesAKeyFromItsLease) {
+  this->Run(LeasePut("kept", 7));
+  this->Run(PutCmd("kept", "no lease now"));  // detaches
+  this->Run(LeasePut("moved", 7));
+  this->Run(LeasePut("moved", 9));  // to another lease
+  this->Run(LeasePut("recreated", 7));
+  this->Run(DelCmd("recreated"));
+  this->Run(PutCmd("recreated", "v"));
+  EXPECT_EQ(this->Run(Revoke({7})).code(), kOk);
+  EXPECT_TRUE(this->Get("kept").found());
+  EXPECT_EQ(this->Get("moved").kv().lease(), 9u);
+  EXPECT_TRUE(this->Get("recreated").found());
+  EXPECT_EQ(this->Run(Revoke({9})).code(), kOk);
+  EXPECT_FALSE(this->Get("moved").found());
+  // No attachment records are left behind.
+  for (const auto& [key, value] : this->MetaRecords()) {
+    EXPECT_NE(key[0], sm::kLeaseKeyPrefix[0]) << "left: " << key;
+  }
+}
+
+TYPED_TEST(StateMachineTest, AnEndedLeaseIsForgottenAfterTheTombstoneRevisions) {
+  StateMachineOptions options;
+  options.history_compact_step = 4;
+  options.lease_tombstone_revisions = 8;
+  this->SetOptions(options);
+  this->Run(Revoke({5}));
+  EXPECT_EQ(this->Run(LeasePut("a", 5)).code(), kNotFound);
+  // The revoke was at index 1; from index 12 (a multiple of 4, minus 8
+  // above it) it is forgotten, and its records are deleted.
+  while (this->last_index_[1] < 11) this->Run(PutCmd("pad", "v"));
+  EXPECT_EQ(this->Run(LeasePut("a", 5)).code(), kOk) << "at index " << this->last_index_[1];
+  for (const auto& [key, value] : this->MetaRecords()) {
+    EXPECT_NE(key[0], sm::kLeaseTombstonePrefix[0]);
+    EXPECT_NE(key[0], sm::kLeaseTombstoneOrderPrefix[0]);
+  }
+}
+
+TYPED_TEST(StateMachineTest, TxnComparesCreateAndModRevisions) {
+  this->Run(PutCmd("k", "1"));
+  const uint64_t created = this->last_index_[1];
+  this->Run(PutCmd("k", "2"));
+  const uint64_t modified = this->last_index_[1];
+  auto revision_is = [](v1::Compare::Target target, v1::Compare::Op op, uint64_t revision) {
+    v1::Compare c;
+    c.set_key("k");
+    c.set_target(target);
+    c.set_op(op);
+    c.set_revision(revision);
+    return c;
+  };
+  auto holds = [&](const v1::Compare& c) {
+    serverpb::CommandResult r = this->Run(TxnCmd({c}, {}));
+    EXPECT_EQ(r.code(), kOk);
+    return r.txn().succeeded();
+  };
+  EXPECT_TRUE(
+      holds(revision_is(v1::Compare::TARGET_CREATE_REVISION, v1::Compare::OP_EQUAL, created)));
+  EXPECT_TRUE(
+      holds(revision_is(v1::Compare::TARGET_MOD_REVISION, v1::Compare::OP_EQUAL, modified)));
+  EXPECT_TRUE(
+      holds(revision_is(v1::Compare::TARGET_CREATE_REVISION, v1::Compare::OP_LESS, modified)));
+  EXPECT_FALSE(
+      holds(revision_is(v1::Compare::TARGET_MOD_REVISION, v1::Compare::OP_LESS, modified)));
+  v1::Compare missing = revision_is(v1::Compare::TARGET_CREATE_REVISION, v1::Compare::OP_EQUAL, 0);
+  missing.set_key("absent");
+  EXPECT_TRUE(holds(missing));
+}
+
 TYPED_TEST(StateMachineTest, HistoryIsCompactedByRevision) {
   StateMachineOptions options;
   options.history_revisions = 8;
@@ -1390,7 +1517,9 @@ std::vector<CommittedEntry> RandomLog(std::mt19937_64& rng, int length) {
   auto put_op = [&]() {
     const std::string k = key();
     const std::string v = value();
-    return OpPut(k, v, pick(2) == 0);
+    v1::TxnOp op = OpPut(k, v, pick(2) == 0);
+    op.mutable_put()->set_lease(pick(3));  // 0: none
+    return op;
   };
   auto txn_op = [&]() {
     switch (pick(3)) {
@@ -1421,12 +1550,19 @@ std::vector<CommittedEntry> RandomLog(std::mt19937_64& rng, int length) {
       log.push_back({shard, at, std::string(11, '\xFF')});
       continue;
     }
+    if (kind == 2) {  // leases 1 and 2 end (again: the puts bring them back)
+      serverpb::Command c;
+      c.mutable_revoke_leases()->add_leases(1 + pick(2));
+      log.push_back({shard, at, c.SerializeAsString()});
+      continue;
+    }
     serverpb::Command c;
     switch (pick(3)) {
       case 0: {
         const std::string k = key();
         const std::string v = value();
         c = PutCmd(k, v, pick(2) == 0);
+        c.mutable_put()->set_lease(pick(3));
         break;
       }
       case 1:
@@ -1553,7 +1689,8 @@ constexpr StateMachineOptions kDeterminismOptions{.max_sessions_per_shard = 3,
                                                   .session_checkpoint_bytes = 1500,
                                                   .session_checkpoint_part_bytes = 100,
                                                   .history_revisions = 40,
-                                                  .history_compact_step = 16};
+                                                  .history_compact_step = 16,
+                                                  .lease_tombstone_revisions = 32};
 
 TEST(StateMachineDeterminism, SameLogGivesSameResultsAndBytes) {
   const StateMachineOptions options = kDeterminismOptions;
@@ -1574,6 +1711,7 @@ TEST(StateMachineDeterminism, SameLogGivesSameResultsAndBytes) {
     ASSERT_EQ(results_b.size(), log.size());
     int ok = 0;
     int stale = 0;
+    int ended = 0;
     for (size_t i = 0; i < log.size(); ++i) {
       ASSERT_EQ(results_a[i].SerializeAsString(), results_b[i].SerializeAsString())
           << "entry " << i << " (shard " << log[i].shard << ", index " << log[i].index << "):\n"
@@ -1581,9 +1719,11 @@ TEST(StateMachineDeterminism, SameLogGivesSameResultsAndBytes) {
           << results_b[i].DebugString();
       ok += results_a[i].code() == kOk ? 1 : 0;
       stale += results_a[i].code() == kPrecondition ? 1 : 0;
+      ended += results_a[i].code() == kNotFound ? 1 : 0;
     }
-    EXPECT_GT(ok, 200);
+    EXPECT_GT(ok, 150);
     EXPECT_GT(stale, 0);  // sessions were evicted or seqs went stale
+    EXPECT_GT(ended, 0);  // puts named ended leases
     ExpectSameShards(mem.kv_store(), rocks.kv_store());
     ExpectTablesMatchStore(a, mem.kv_store());
     ExpectTablesMatchStore(b, rocks.kv_store());
