@@ -39,15 +39,6 @@ constexpr int kMaxRouteRefreshes = 3;
 // Fresh sessions tried for a write whose session the server evicted.
 constexpr int kMaxSessionRenewals = 2;
 
-absl::Time EffectiveDeadline(const ClientOptions& client, const CallOptions& call) {
-  const absl::Time now = absl::Now();
-  if (call.deadline != absl::InfiniteFuture()) {
-    return call.timeout > absl::ZeroDuration() ? std::min(call.deadline, now + call.timeout)
-                                               : call.deadline;
-  }
-  return now + (call.timeout > absl::ZeroDuration() ? call.timeout : client.default_timeout);
-}
-
 v1::ReadConsistency ToProto(Consistency c) {
   switch (c) {
     case Consistency::kLease:
@@ -527,6 +518,10 @@ class KvCall final : public RetryingCall {
       }
       return Finish(std::move(response));
     }
+    if (status.code() == absl::StatusCode::kNotFound && GetErrorDetail(status).has_value() &&
+        GetErrorDetail(status)->has_lease_not_found()) {
+      return Finish(std::move(status));  // the write names a lease that ended: final
+    }
     if (status.code() == absl::StatusCode::kNotFound) {
       // Never a missing key (an answer says that with found=false): the
       // node does not host the replica (servers before a75c871 answered
@@ -922,6 +917,7 @@ void ToProto(const TxnOp& op, v1::TxnOp* out) {
     case TxnOp::Type::kPut:
       out->mutable_put()->set_key(op.key);
       out->mutable_put()->set_value(op.value);
+      out->mutable_put()->set_lease(op.lease);
       break;
     case TxnOp::Type::kDelete:
       out->mutable_delete_()->set_key(op.key);
@@ -945,6 +941,12 @@ v1::Compare ToProto(const Compare& c) {
     case Compare::Target::kExists:
       out.set_target(v1::Compare::TARGET_EXISTS);
       break;
+    case Compare::Target::kCreateRevision:
+      out.set_target(v1::Compare::TARGET_CREATE_REVISION);
+      break;
+    case Compare::Target::kModRevision:
+      out.set_target(v1::Compare::TARGET_MOD_REVISION);
+      break;
   }
   switch (c.op) {
     case Compare::Op::kEqual:
@@ -962,6 +964,7 @@ v1::Compare ToProto(const Compare& c) {
   }
   out.set_value(c.value);
   out.set_version(c.version);
+  out.set_revision(c.revision);
   return out;
 }
 
@@ -994,6 +997,7 @@ void Client::PutAsync(const std::string& key, const std::string& value, bool ret
   request.set_key(key);
   request.set_value(value);
   request.set_return_previous(return_previous);
+  request.set_lease(options.lease);
   Core* core = core_.get();
   core->cache().BeginWrite(key);
   KvCall<v1::PutRequest, v1::PutResponse>::Start(
@@ -1208,9 +1212,13 @@ void Client::TxnAsync(const TxnRequest& txn, const CallOptions& options, Callbac
             out.found = in.get().found();
             out.value = in.get().kv().value();
             out.version = in.get().kv().version();
+            out.create_revision = in.get().kv().create_revision();
+            out.mod_revision = in.get().kv().mod_revision();
+            out.lease = in.get().kv().lease();
           }
           result.results.push_back(std::move(out));
         }
+        result.revision = r->header().revision();
         done(std::move(result));
       });
 }

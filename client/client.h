@@ -48,6 +48,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/backoff.h"
+#include "client/lease.h"
 #include "client/read_cache.h"
 #include "client/watch.h"
 #include "tessera/kv.pb.h"
@@ -71,6 +72,10 @@ struct CallOptions {
   Consistency consistency = Consistency::kLinearizable;
   // kStale only: how far behind the leader the answer may be.
   absl::Duration max_staleness = absl::Seconds(5);
+  // Put only: attach the key to this lease (GrantLease); it is deleted
+  // when the lease ends. 0: none (a put without a lease detaches the key
+  // from the one it had). kNotFound if the lease is not live.
+  uint64_t lease = 0;
 };
 
 struct ClientOptions {
@@ -136,20 +141,22 @@ struct ScanResult {
 
 // Txn (all keys on one shard: use a hash tag such as "acct:{42}:balance").
 struct Compare {
-  enum class Target { kValue, kVersion, kExists };
+  enum class Target { kValue, kVersion, kExists, kCreateRevision, kModRevision };
   enum class Op { kEqual, kNotEqual, kLess, kGreater };
   std::string key;
   Target target = Target::kValue;
   Op op = Op::kEqual;
-  std::string value;     // kValue
-  uint64_t version = 0;  // kVersion (0 = missing)
+  std::string value;      // kValue
+  uint64_t version = 0;   // kVersion (0 = missing)
+  uint64_t revision = 0;  // kCreateRevision, kModRevision (0 = missing)
 };
 
 struct TxnOp {
   enum class Type { kPut, kDelete, kGet };
   Type type = Type::kGet;
   std::string key;
-  std::string value;  // kPut
+  std::string value;   // kPut
+  uint64_t lease = 0;  // kPut: as CallOptions::lease
 };
 
 struct TxnRequest {
@@ -164,11 +171,16 @@ struct TxnOpResult {
   bool found = false;    // kGet: the key exists; kDelete: it existed
   std::string value;     // kGet
   uint64_t version = 0;  // kGet: its version; kPut: the new version
+  // kGet: the key's revisions and lease
+  uint64_t create_revision = 0;
+  uint64_t mod_revision = 0;
+  uint64_t lease = 0;
 };
 
 struct TxnResult {
   bool succeeded = false;  // the compares held
   std::vector<TxnOpResult> results;
+  uint64_t revision = 0;  // the shard revision it was applied at
 };
 
 template <typename T>
@@ -255,6 +267,24 @@ class Client {
   // (not registered within options.timeout), kOutOfRange (the token's
   // history is gone), kUnavailable (no cluster map).
   absl::StatusOr<std::unique_ptr<Watcher>> Watch(const WatchOptions& options);
+
+  // Leases (client/lease.h; client/README.md "Leases"). The calls go to
+  // the metadata group's leader, found through the cluster map and
+  // not-leader hints, retried under the deadline while it is unavailable.
+  // A new lease of `ttl` (whole seconds, at least the server's minimum).
+  absl::StatusOr<LeaseGrant> GrantLease(absl::Duration ttl, const CallOptions& options = {});
+  // Ends the lease: OK once its keys are deleted on every shard.
+  // kNotFound if it is not live.
+  absl::Status RevokeLease(uint64_t id, const CallOptions& options = {});
+  // kNotFound if it is not live.
+  absl::StatusOr<LeaseTimeToLive> LeaseTtl(uint64_t id, const CallOptions& options = {});
+  // The live leases, ascending.
+  absl::StatusOr<std::vector<uint64_t>> Leases(const CallOptions& options = {});
+  // Renews the lease in the background until the KeepAlive is destroyed
+  // (client/lease.h). kNotFound if it is not live now.
+  absl::StatusOr<std::unique_ptr<KeepAlive>> KeepLeaseAlive(uint64_t id);
+  // One renewal: the lease's TTL (kNotFound if it is not live).
+  absl::StatusOr<absl::Duration> RenewLease(uint64_t id, const CallOptions& options = {});
 
   // Fetches the cluster map from any reachable member and caches it.
   absl::StatusOr<v1::ClusterMap> GetClusterMap(const CallOptions& options = {});

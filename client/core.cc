@@ -96,6 +96,7 @@ Client::Core::Node* Client::Core::GetNode(const std::string& address) {
           numeric ? "ipv4:" + address : address, grpc::InsecureChannelCredentials(), args);
       node->kv.Add(v1::KV::NewStub(channel));
       node->cluster.Add(v1::Cluster::NewStub(channel));
+      node->lease.Add(v1::Lease::NewStub(channel));
     }
     if (options_.use_batch_stream) {
       node->batch = std::make_unique<BatchChannel>(
@@ -169,6 +170,25 @@ bool Client::Core::Register(CallBase* call) {
 void Client::Core::Unregister(CallBase* call) {
   absl::MutexLock lock(&calls_mu_);
   calls_.erase(call);
+}
+
+std::string Client::Core::lease_leader() const {
+  absl::MutexLock lock(&lease_mu_);
+  return lease_leader_;
+}
+
+void Client::Core::set_lease_leader(std::string address) {
+  absl::MutexLock lock(&lease_mu_);
+  lease_leader_ = std::move(address);
+}
+
+absl::Time EffectiveDeadline(const ClientOptions& client, const CallOptions& call) {
+  const absl::Time now = absl::Now();
+  if (call.deadline != absl::InfiniteFuture()) {
+    return call.timeout > absl::ZeroDuration() ? std::min(call.deadline, now + call.timeout)
+                                               : call.deadline;
+  }
+  return now + (call.timeout > absl::ZeroDuration() ? call.timeout : client.default_timeout);
 }
 
 }  // namespace tessera::client

@@ -61,6 +61,10 @@ class StubSet {
   std::atomic<uint64_t> next_{0};
 };
 
+// A call's deadline: CallOptions::deadline (capped by its timeout), else
+// now + its timeout, else now + ClientOptions::default_timeout.
+absl::Time EffectiveDeadline(const ClientOptions& client, const CallOptions& call);
+
 class Client::Core {
  public:
   // One cluster member as seen by this client: its channels (one TCP
@@ -70,6 +74,7 @@ class Client::Core {
     std::string address;
     StubSet<v1::KV::Stub> kv;
     StubSet<v1::Cluster::Stub> cluster;
+    StubSet<v1::Lease::Stub> lease;
     // The node's KV.Batch stream (over its first channel), when
     // ClientOptions::use_batch_stream.
     std::unique_ptr<BatchChannel> batch;
@@ -134,6 +139,11 @@ class Client::Core {
   std::shared_ptr<grpc::ClientContext> NewContext(absl::Time deadline)
       ABSL_LOCKS_EXCLUDED(contexts_mu_);
 
+  // The client address of the metadata group's leader, as the last lease
+  // call found it ("" if none).
+  std::string lease_leader() const ABSL_LOCKS_EXCLUDED(lease_mu_);
+  void set_lease_leader(std::string address) ABSL_LOCKS_EXCLUDED(lease_mu_);
+
   // Registers a call; false once shutting down (complete it with kCancelled).
   bool Register(CallBase* call) ABSL_LOCKS_EXCLUDED(calls_mu_);
   // After the call's callback returned; the call must not touch the Core
@@ -154,6 +164,9 @@ class Client::Core {
 
   mutable absl::Mutex index_mu_;
   absl::flat_hash_map<uint32_t, uint64_t> write_index_ ABSL_GUARDED_BY(index_mu_);
+
+  mutable absl::Mutex lease_mu_;
+  std::string lease_leader_ ABSL_GUARDED_BY(lease_mu_);
 
   absl::Mutex calls_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(calls_mu_) = false;

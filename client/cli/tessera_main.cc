@@ -32,22 +32,19 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "client/cli/cli.h"
 #include "client/client.h"
 
-namespace tessera::client {
+namespace tessera::client::cli {
 namespace {
-
-constexpr int kExitOk = 0;
-constexpr int kExitNotFound = 1;
-constexpr int kExitUsage = 2;
-constexpr int kExitUnavailable = 3;
-constexpr int kExitError = 4;
 
 constexpr char kHelp[] =
     R"(usage: tessera [flags] COMMAND [ARGS]
 
 commands:
-  put KEY [VALUE]          set KEY (VALUE read from stdin when omitted; binary-safe)
+  put KEY [VALUE] [--lease ID]
+                           set KEY (VALUE read from stdin when omitted; binary-safe);
+                           --lease: KEY is deleted when lease ID ends
   get KEY                  print KEY's value (a newline is added only on a terminal)
   del KEY                  delete KEY
   scan [--prefix P | --start S --end E] [--limit N]
@@ -64,6 +61,24 @@ commands:
                            that arrived together are printed together). On exit, prints
                            "resume: TOKEN" on stderr (no event is lost or repeated
                            when resuming from it)
+  lease grant TTL          a lease of TTL (seconds, or e.g. 30s); prints its ID (16 hex
+                           digits). Keys put with it are deleted when it ends
+  lease keepalive ID [--count N]
+                           renew lease ID about every TTL/3 until interrupted (or N times)
+  lease revoke ID          end lease ID now: its keys are deleted on every shard
+  lease ttl ID             its granted TTL and the time left
+  lease list               the live leases
+  lock NAME [--ttl 10s] -- COMMAND [ARGS...]
+                           wait for lock NAME (first come, first served), run COMMAND
+                           holding it, release it. COMMAND gets TESSERA_LOCK_TOKEN (the
+                           fencing token: a resource should refuse tokens lower than
+                           the highest it saw), TESSERA_LOCK_KEY and TESSERA_LEASE. If
+                           the lock's lease is lost, COMMAND gets SIGTERM and tessera
+                           exits 4; else it exits with COMMAND's code
+  elect NAME VALUE [--ttl 10s]
+                           campaign in election NAME; once leader, print "elected: ..."
+                           and lead until interrupted (then resign)
+  elect NAME [--count N]   print the leader's value now and at each change
   cas KEY EXPECTED NEW     set KEY to NEW if its value is EXPECTED
   cas --version V KEY NEW  set KEY to NEW if its version is V (0 = KEY must not exist)
   txn [STATEMENTS]         a transaction (statements from the arguments, else stdin)
@@ -109,19 +124,6 @@ exit codes:
   3  cluster unavailable or timed out (a write's outcome is then unknown)
   4  any other error
 )";
-
-struct Args {
-  std::vector<std::string> endpoints = {"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"};
-  absl::Duration timeout = absl::Seconds(5);
-  Consistency consistency = Consistency::kLinearizable;
-  absl::Duration max_staleness = absl::Seconds(5);
-  bool json = false;
-  std::optional<std::string> prefix, start, end, version;
-  std::optional<uint32_t> limit;
-  std::optional<uint64_t> rev, count;
-  std::optional<std::string> resume;
-  std::vector<std::string> positional;
-};
 
 // Parses flags (--name=value or --name value) and positional arguments.
 std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* help) {
@@ -197,6 +199,15 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* he
       args->resume = token;
     } else if (name == "--version") {
       args->version = value;
+    } else if (name == "--lease") {
+      args->lease = ParseLeaseId(value);
+      if (!args->lease) return absl::StrCat("bad --lease '", value, "' (16 hex digits)");
+    } else if (name == "--ttl") {
+      absl::Duration d;
+      if (!absl::ParseDuration(value, &d) || d < absl::Seconds(1)) {
+        return absl::StrCat("bad --ttl '", value, "' (at least 1s)");
+      }
+      args->ttl = d;
     } else {
       return absl::StrCat("unknown flag ", name);
     }
@@ -204,66 +215,10 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* he
   return std::nullopt;
 }
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c >= 0x20 && c < 0x7f) {
-      out += static_cast<char>(c);
-    } else {
-      out += absl::StrFormat("\\u%04x", c);
-    }
-  }
-  return out + "\"";
-}
-
 std::string JsonKv(const KeyValue& kv) {
   return absl::StrCat("{\"key\":", JsonString(kv.key), ",\"value\":", JsonString(kv.value),
                       ",\"version\":", kv.version, "}");
 }
-
-// One-line text of an error, without the status code dump.
-std::string OneLine(const absl::Status& s) {
-  std::string what;
-  switch (s.code()) {
-    case absl::StatusCode::kUnavailable:
-      what = "cluster unavailable: ";
-      break;
-    case absl::StatusCode::kDeadlineExceeded:
-      what = "timed out: ";
-      break;
-    case absl::StatusCode::kInvalidArgument:
-      what = "invalid argument: ";
-      break;
-    case absl::StatusCode::kFailedPrecondition:
-      what = "failed precondition: ";
-      break;
-    default:
-      break;
-  }
-  std::string msg = absl::StrReplaceAll(s.message(), {{"\n", " "}, {"\r", " "}});
-  if (msg.empty()) msg = absl::StatusCodeToString(s.code());
-  return what + msg;
-}
-
-// Prints the error (with `note` after it) and returns its exit code.
-int Fail(const std::string& command, const absl::Status& s, const std::string& note = "") {
-  std::fprintf(stderr, "tessera: %s: %s%s\n", command.c_str(), OneLine(s).c_str(), note.c_str());
-  switch (s.code()) {
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kAborted:
-      return kExitNotFound;
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded:
-      return kExitUnavailable;
-    default:
-      return kExitError;
-  }
-}
-
-void WriteRaw(const std::string& bytes) { std::fwrite(bytes.data(), 1, bytes.size(), stdout); }
 
 // Prints the version a put or cas gave `key` and returns kExitOk.
 int PrintWritten(bool json, const std::string& key, uint64_t version) {
@@ -744,10 +699,16 @@ int Run(int argc, char** argv) {
   if (args.prefix && cmd != "scan" && cmd != "watch") {
     return usage(absl::StrCat("--prefix is a flag of scan and watch, not ", cmd));
   }
-  if ((args.rev || args.count || args.resume) && cmd != "watch") {
-    return usage(absl::StrCat("--rev/--count/--resume are flags of watch, not ", cmd));
+  if ((args.rev || args.resume) && cmd != "watch") {
+    return usage(absl::StrCat("--rev/--resume are flags of watch, not ", cmd));
   }
   if (args.version && cmd != "cas") return usage("--version is a flag of cas");
+  if (args.lease && cmd != "put") return usage("--lease is a flag of put");
+  if (args.ttl && cmd != "lock" && cmd != "elect")
+    return usage("--ttl is a flag of lock and elect");
+  if (args.count && cmd != "watch" && cmd != "lease" && cmd != "elect") {
+    return usage("--count is a flag of watch, lease keepalive and elect");
+  }
 
   // Validate the command line fully before contacting the cluster.
   TxnRequest txn;
@@ -796,6 +757,8 @@ int Run(int argc, char** argv) {
           "add-node ID CLIENT_HOST:PORT PEER_HOST:PORT | cluster remove-node ID | cluster "
           "split-shard SHARD");
     }
+  } else if (cmd == "lease" || cmd == "lock" || cmd == "elect") {
+    if (std::optional<std::string> err = CheckCoordination(args)) return usage(*err);
   } else {
     return usage(absl::StrCat("unknown command '", cmd, "'"));
   }
@@ -814,11 +777,15 @@ int Run(int argc, char** argv) {
 
   if (cmd == "put") {
     const std::string value = n == 2 ? pos[2] : ReadStdin();
+    call.lease = args.lease.value_or(0);
     absl::StatusOr<PutResult> r = client.Put(pos[1], value, call);
     if (!r.ok()) return Fail("put", r.status());
     return PrintWritten(args.json, pos[1], r->version);
   }
   if (cmd == "watch") return RunWatch(client, args);
+  if (cmd == "lease") return RunLease(client, args);
+  if (cmd == "lock") return RunLock(client, args);
+  if (cmd == "elect") return RunElect(client, args);
   if (cmd == "get") {
     absl::StatusOr<KeyValue> r = client.Get(pos[1], call);
     if (!r.ok()) {
@@ -976,6 +943,6 @@ int Run(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace tessera::client
+}  // namespace tessera::client::cli
 
-int main(int argc, char** argv) { return tessera::client::Run(argc, argv); }
+int main(int argc, char** argv) { return tessera::client::cli::Run(argc, argv); }

@@ -294,8 +294,14 @@ void KvService::AddLeaderHint(absl::Status& status, ShardId shard) const {
   SetErrorDetail(status, *detail);
 }
 
-void KvService::Complete(ShardId shard, absl::Status status, const OpDone& done) {
-  if (status.code() == absl::StatusCode::kNotFound) {
+void KvService::Complete(ShardId shard, absl::Status status, const OpDone& done, bool from_node) {
+  if (!from_node && status.code() == absl::StatusCode::kNotFound) {
+    // A command's or a lease check's: a lease is not live (the only
+    // NOT_FOUND they give), which the client must not retry.
+    v1::ErrorDetail detail;
+    detail.mutable_lease_not_found();
+    SetErrorDetail(status, detail);
+  } else if (status.code() == absl::StatusCode::kNotFound) {
     // The node does not host the shard the map lists here (a replica not
     // created yet, or one lost with its data directory and being
     // replaced). Never NOT_FOUND: on a Get the SDK takes that for a
@@ -470,6 +476,27 @@ void FillHeader(v1::ResponseHeader* header, ShardId shard, const ClusterMap* map
 
 }  // namespace
 
+namespace {
+
+// The non-zero leases a write's puts name.
+std::vector<uint64_t> LeasesOf(const serverpb::Command& command) {
+  std::vector<uint64_t> leases;
+  auto add = [&](const v1::PutRequest& put) {
+    if (put.lease() != 0 && std::find(leases.begin(), leases.end(), put.lease()) == leases.end()) {
+      leases.push_back(put.lease());
+    }
+  };
+  if (command.has_put()) add(command.put());
+  for (const auto* ops : {&command.txn().success(), &command.txn().failure()}) {
+    for (const v1::TxnOp& op : *ops) {
+      if (op.has_put()) add(op.put());
+    }
+  }
+  return leases;
+}
+
+}  // namespace
+
 void KvService::ProposeAndFinish(ShardId shard, serverpb::Command command, absl::Time deadline,
                                  Hop hop, std::function<void(serverpb::CommandResult&)> fill,
                                  OpDone done) {
@@ -483,7 +510,7 @@ void KvService::ProposeAndFinish(ShardId shard, serverpb::Command command, absl:
                         if (!result.ok()) return Complete(shard, result.status(), done);
                         absl::Status status = ResultStatus(*result);
                         if (status.ok()) fill(*result);
-                        Complete(shard, status, done);
+                        Complete(shard, status, done, /*from_node=*/false);
                       });
                     });
 }
@@ -494,14 +521,29 @@ void KvService::ProposeWrite(ShardId shard, const v1::RequestHeader& header,
                              Response* response, Response* (serverpb::CommandResult::*take)(),
                              OpDone done) {
   if (header.session().client_id() != 0) *command.mutable_session() = header.session();
-  ProposeAndFinish(
-      shard, std::move(command), deadline, hop,
-      [this, response, shard, take](serverpb::CommandResult& result) {
-        *response = std::move(*(result.*take)());
-        FillHeader(response->mutable_header(), shard, Map().get(), backend_->StatusOf(shard));
-        response->mutable_header()->set_revision(result.revision());
-      },
-      std::move(done));
+  auto propose = [this, shard, deadline, hop, response, take](serverpb::Command command,
+                                                              OpDone done) {
+    ProposeAndFinish(
+        shard, std::move(command), deadline, hop,
+        [this, response, shard, take](serverpb::CommandResult& result) {
+          *response = std::move(*(result.*take)());
+          FillHeader(response->mutable_header(), shard, Map().get(), backend_->StatusOf(shard));
+          response->mutable_header()->set_revision(result.revision());
+        },
+        std::move(done));
+  };
+  std::vector<uint64_t> leases = LeasesOf(command);
+  if (leases.empty() || options_.check_leases == nullptr) {
+    return propose(std::move(command), std::move(done));
+  }
+  options_.check_leases(std::move(leases), deadline,
+                        [this, shard, hop, propose, command = std::move(command),
+                         done = std::move(done)](absl::Status live) mutable {
+                          if (live.ok()) return propose(std::move(command), std::move(done));
+                          Run(hop, [this, shard, live = std::move(live), done = std::move(done)] {
+                            Complete(shard, live, done, /*from_node=*/false);
+                          });
+                        });
 }
 
 void KvService::ReadAndFinish(const v1::RequestHeader& header, ShardId shard, absl::Time deadline,

@@ -115,6 +115,14 @@ struct KvServiceOptions {
       on_batch_op;
   // KV.Watch: the watch hub's bounds (watch_hub.h).
   WatchHubOptions watch;
+  // Checks that leases named by a write's puts are live before it is
+  // proposed: done(OK), or the error the write fails with (NOT_FOUND for
+  // a lease that is not live). Unset: not checked (the shard still refuses
+  // a lease it saw end). Called on the request's thread; `done` may run on
+  // any thread.
+  std::function<void(std::vector<uint64_t> leases, absl::Time deadline,
+                     std::function<void(absl::Status)> done)>
+      check_leases;
 };
 
 // tessera.v1.KV with every method registered raw (ByteBuffer in and out), so
@@ -268,8 +276,10 @@ class KvService final : public RawKvService {
   void ReadAndFinish(const v1::RequestHeader& header, ShardId shard, absl::Time deadline, Hop hop,
                      std::function<absl::Status()> read, OpDone done);
   // Completes an admitted operation; an UNAVAILABLE gets its leader hint
-  // first.
-  void Complete(ShardId shard, absl::Status status, const OpDone& done);
+  // first. `from_node`: the status is the Node's or the backend's (a
+  // NOT_FOUND there means the shard is not hosted here: UNAVAILABLE, go
+  // elsewhere), not a command's result or a lease check's.
+  void Complete(ShardId shard, absl::Status status, const OpDone& done, bool from_node = true);
   // Runs `fn` on the worker pool (kWorker) or here (kInline).
   void Run(Hop hop, std::function<void()> fn);
   // Completes the ErrorDetail.not_leader of an UNAVAILABLE `status` about

@@ -166,21 +166,8 @@ absl::StatusOr<ClusterMap> MetaGroup::Change(const Mutation& mutate) const {
 }
 
 absl::StatusOr<serverpb::CommandResult> MetaGroup::ProposeAndWait(serverpb::Command command) const {
-  struct Outcome {
-    absl::Notification done;
-    absl::StatusOr<serverpb::CommandResult> result;
-  };
-  auto outcome = std::make_shared<Outcome>();
-  backend_->Propose(kMetaShard, std::move(command), absl::Now() + options_.propose_timeout,
-                    [outcome](absl::StatusOr<serverpb::CommandResult> result) {
-                      outcome->result = std::move(result);
-                      outcome->done.Notify();
-                    });
-  while (!outcome->done.WaitForNotificationWithTimeout(options_.poll_interval)) {
-    // `outcome` outlives us in the callback.
-    if (stop_.HasBeenNotified()) return absl::CancelledError("stopping");
-  }
-  return outcome->result;
+  return server::ProposeAndWait(*backend_, kMetaShard, std::move(command),
+                                absl::Now() + options_.propose_timeout, stop_);
 }
 
 bool MetaGroup::Accept(const std::string& bytes) {

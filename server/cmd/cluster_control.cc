@@ -48,8 +48,10 @@ std::shared_ptr<GrpcClusterControl::Stubs> GrpcClusterControl::StubsOf(NodeId no
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    fresh->cluster = v1::Cluster::NewStub(grpc::CreateCustomChannel(
-        member->client_address, grpc::InsecureChannelCredentials(), args));
+    std::shared_ptr<grpc::Channel> client =
+        grpc::CreateCustomChannel(member->client_address, grpc::InsecureChannelCredentials(), args);
+    fresh->cluster = v1::Cluster::NewStub(client);
+    fresh->lease = v1::Lease::NewStub(client);
     grpc::ChannelArguments peer_args = args;
     credentials_->ConfigureChannelTo(node, &peer_args);
     fresh->peer = peerpb::Peer::NewStub(
@@ -110,6 +112,38 @@ absl::Status GrpcClusterControl::Split(NodeId node, ShardId shard,
   request.set_shard(shard);
   *request.mutable_split() = split;
   return Ask(node, std::move(request));
+}
+
+absl::Status GrpcClusterControl::Revoke(const ShardLayout& shard,
+                                        const std::vector<uint64_t>& leases) {
+  absl::Status last = absl::UnavailableError(absl::StrCat("shard ", shard.id, " has no replicas"));
+  for (NodeId node : shard.replicas) {
+    peerpb::ReplicaChangeRequest request;
+    request.set_shard(shard.id);
+    request.mutable_revoke_leases()->mutable_leases()->Assign(leases.begin(), leases.end());
+    last = Ask(node, std::move(request));
+    if (last.ok()) return last;
+  }
+  return last;
+}
+
+void GrpcClusterControl::CheckLease(NodeId node, uint64_t id, absl::Time deadline,
+                                    std::function<void(absl::Status)> done) {
+  std::shared_ptr<Stubs> stubs = StubsOf(node);
+  if (stubs == nullptr) {
+    return done(absl::UnavailableError(absl::StrCat("node ", node, " is not a member")));
+  }
+  struct Call {
+    grpc::ClientContext context;
+    v1::LeaseTimeToLiveRequest request;
+    v1::LeaseTimeToLiveResponse response;
+  };
+  auto call = std::make_shared<Call>();
+  call->context.set_deadline(absl::ToChronoTime(deadline));
+  call->request.set_id(id);
+  stubs->lease->async()->TimeToLive(
+      &call->context, &call->request, &call->response,
+      [call, stubs, done = std::move(done)](grpc::Status status) { done(FromGrpcStatus(status)); });
 }
 
 absl::Status GrpcClusterControl::RemoveReplica(NodeId node, ShardId shard) {

@@ -1,7 +1,9 @@
 // GrpcClusterControl: the scheduler's ClusterControl (server/cluster/
-// scheduler.h) over the network: a member's status from its
-// Cluster.NodeStatus (client port), its steps through Peer.ChangeReplica
-// (peer port, with this node's peer credentials: only members may ask).
+// scheduler.h) and the lease keeper's LeaseRevoker (lease_keeper.h) over the
+// network: a member's status from its Cluster.NodeStatus (client port), its
+// steps and lease revocations through Peer.ChangeReplica (peer port, with
+// this node's peer credentials: only members may ask); and a lease's state
+// from a member's Lease.TimeToLive (client port).
 // Addresses come from the node's current cluster map. Every call has a
 // deadline of `deadline`.
 //
@@ -19,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/cluster/cluster_map.h"
+#include "server/cluster/lease_keeper.h"
 #include "server/cluster/scheduler.h"
 #include "server/security/peer_tls.h"
 #include "tessera/kv.grpc.pb.h"
@@ -26,7 +29,7 @@
 
 namespace tessera::server {
 
-class GrpcClusterControl : public ClusterControl {
+class GrpcClusterControl : public ClusterControl, public LeaseRevoker {
  public:
   GrpcClusterControl(NodeId self, const ClusterMapCache* maps,
                      const security::PeerCredentials* credentials,
@@ -37,12 +40,19 @@ class GrpcClusterControl : public ClusterControl {
   absl::Status TransferLeader(NodeId node, ShardId shard, NodeId to) override;
   absl::Status RemoveReplica(NodeId node, ShardId shard) override;
   absl::Status Split(NodeId node, ShardId shard, const serverpb::SplitShard& split) override;
+  // Asks the shard's voters in turn until its leader applied it.
+  absl::Status Revoke(const ShardLayout& shard, const std::vector<uint64_t>& leases) override;
+  // Lease.TimeToLive of `id` at `node`, asynchronously: done(OK) if live,
+  // else the error (UNAVAILABLE: that node does not lead the group).
+  void CheckLease(NodeId node, uint64_t id, absl::Time deadline,
+                  std::function<void(absl::Status)> done);
 
  private:
   struct Stubs {
     std::string client_address;
     std::string peer_address;
     std::unique_ptr<v1::Cluster::Stub> cluster;
+    std::unique_ptr<v1::Lease::Stub> lease;
     std::unique_ptr<peerpb::Peer::Stub> peer;
   };
   // The stubs of `node` at its current addresses; nullptr if not a member.

@@ -116,6 +116,9 @@ ABSL_FLAG(uint64_t, max_watcher_bytes, 1 << 20,
 ABSL_FLAG(uint64_t, max_watch_bytes, 256 << 20,
           "bytes of events queued for all watchers of this node before the one receiving an "
           "event is ended as too slow");
+ABSL_FLAG(uint64_t, max_leases, 1000000,
+          "live leases in the cluster (kept by the metadata group's leader); more Grants are "
+          "refused with RESOURCE_EXHAUSTED");
 ABSL_FLAG(bool, hibernate_idle_shards, true,
           "idle shards stop ticking and heartbeating until a request or message wakes them "
           "(server/raftstore/README.md \"Hibernation\"); set it the same on every member");
@@ -220,6 +223,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "max_watchers",
                                               "max_watcher_bytes",
                                               "max_watch_bytes",
+                                              "max_leases",
                                               "hibernate_idle_shards",
                                               "dead_node_timeout_ms",
                                               "max_replica_moves",
@@ -508,6 +512,7 @@ absl::StatusOr<ServerConfig> Validate() {
   config.max_watchers = absl::GetFlag(FLAGS_max_watchers);
   config.max_watcher_bytes = absl::GetFlag(FLAGS_max_watcher_bytes);
   config.max_watch_bytes = absl::GetFlag(FLAGS_max_watch_bytes);
+  config.max_leases = absl::GetFlag(FLAGS_max_leases);
   if (absl::GetFlag(FLAGS_dead_node_timeout_ms) < 1000 ||
       absl::GetFlag(FLAGS_max_replica_moves) < 1 || absl::GetFlag(FLAGS_max_replica_moves) > 64) {
     return absl::InvalidArgumentError(

@@ -501,6 +501,15 @@ absl::Status Server::StartParts() {
                config.election_ticks);
 
   backend_ = std::make_unique<NodeKvBackend>(node_.get(), state_machine_.get());
+  cluster_control_ =
+      std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
+  // Leases: kept while this node leads the metadata group; ended on the
+  // shards through the peer port.
+  lease_keeper_ = std::make_unique<LeaseKeeper>(LeaseKeeperOptions{.max_leases = config.max_leases},
+                                                backend_.get(), cluster_control_.get());
+  metrics_->SetLeaseSource([k = lease_keeper_.get()] { return k->stats(); });
+  lease_check_ = std::make_unique<LeaseCheck>(config.node_id, lease_keeper_.get(), maps_.get(),
+                                              backend_.get(), cluster_control_.get());
   KvServiceOptions kv_options;
   kv_options.self = config.node_id;
   kv_options.max_key_bytes = config.max_key_bytes;
@@ -512,6 +521,11 @@ absl::Status Server::StartParts() {
   kv_options.watch.max_watchers = config.max_watchers;
   kv_options.watch.max_watcher_bytes = config.max_watcher_bytes;
   kv_options.watch.max_node_bytes = config.max_watch_bytes;
+  kv_options.check_leases = [check = lease_check_.get()](std::vector<uint64_t> leases,
+                                                         absl::Time deadline,
+                                                         std::function<void(absl::Status)> done) {
+    check->Check(std::move(leases), deadline, std::move(done));
+  };
   // A batched operation is counted as the unary call it stands for.
   kv_options.on_batch_op = [m = metrics_.get()](absl::string_view method, absl::StatusCode code,
                                                 absl::Duration duration) {
@@ -582,6 +596,8 @@ absl::Status Server::StartParts() {
                  map->shards()[shard].split_hash, map->version());
     return map->version();
   });
+  lease_service_ = std::make_unique<LeaseService>(config.node_id, lease_keeper_.get(), maps_.get(),
+                                                  backend_.get());
   // The standard grpc.health.v1.Health service on the client port, kept in
   // step with readiness by the HealthMonitor.
   grpc::EnableDefaultHealthCheckService(true);
@@ -589,7 +605,8 @@ absl::Status Server::StartParts() {
   interceptors.push_back(metrics_->NewGrpcInterceptorFactory());
   GrpcServerOptions client_server_options;
   client_server_options.address = config.listen;
-  client_server_options.services = {kv_service_.get(), cluster_service_.get()};
+  client_server_options.services = {kv_service_.get(), cluster_service_.get(),
+                                    lease_service_.get()};
   client_server_options.max_receive_bytes = max_message_bytes;
   client_server_options.interceptors = std::move(interceptors);
   client_server_options.max_connections = config.fds.max_client_connections;
@@ -602,7 +619,7 @@ absl::Status Server::StartParts() {
     return absl::UnavailableError(absl::StrCat("client API: ", client_server.status().ToString()));
   }
   client_server_ = *std::move(client_server);
-  spdlog::info("client API (KV, Cluster) listening on {} (port {})", config.listen,
+  spdlog::info("client API (KV, Cluster, Lease) listening on {} (port {})", config.listen,
                client_server_->port());
   health_->SetSources({.member = node_options.accept_leadership,
                        .shards = [n = node_.get()] { return n->Status(); },
@@ -629,8 +646,6 @@ absl::Status Server::StartParts() {
   meta_group_.store(meta_group_owned_.get(), std::memory_order_release);
   // The placement driver: acts while this node leads the metadata group
   // (any member may come to hold a replica of it).
-  cluster_control_ =
-      std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
   scheduler_ = std::make_unique<Scheduler>(
       SchedulerOptions{.max_moves = config.max_replica_moves,
                        .dead_after = config.dead_node_timeout,
@@ -785,6 +800,20 @@ bool Server::SplitPendingHere(const ClusterMap& map,
   return false;
 }
 
+namespace {
+
+// A proposal's callback that answers `done` with the command's outcome.
+Node::ProposeCallback AnswerWhenApplied(std::function<void(absl::Status)> done) {
+  return [done = std::move(done)](absl::StatusOr<serverpb::CommandResult> result) {
+    if (!result.ok()) return done(result.status());
+    done(result->code() == 0
+             ? absl::OkStatus()
+             : absl::Status(static_cast<absl::StatusCode>(result->code()), result->message()));
+  };
+}
+
+}  // namespace
+
 void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
                            std::function<void(absl::Status)> done) {
   Node* node = node_for_peers_.load(std::memory_order_acquire);
@@ -797,6 +826,8 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
                      ? absl::StrCat("leadership to node ", request.transfer_leader_to())
                  : request.has_split()
                      ? absl::StrCat("a split at hash ", request.split().split_hash())
+                 : request.has_revoke_leases()
+                     ? absl::StrCat("ending ", request.revoke_leases().leases_size(), " lease(s)")
                      : std::string("deleting the replica"),
                  shard);
   }
@@ -823,14 +854,15 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
       }
       serverpb::Command command;
       *command.mutable_split() = split;
-      return node->Propose(
-          shard, std::move(command), absl::Now() + absl::Seconds(10),
-          [done = std::move(done)](absl::StatusOr<serverpb::CommandResult> result) {
-            if (!result.ok()) return done(result.status());
-            done(result->code() == 0 ? absl::OkStatus()
-                                     : absl::Status(static_cast<absl::StatusCode>(result->code()),
-                                                    result->message()));
-          });
+      return node->Propose(shard, std::move(command), absl::Now() + absl::Seconds(10),
+                           AnswerWhenApplied(std::move(done)));
+    }
+    case peerpb::ReplicaChangeRequest::kRevokeLeases: {
+      if (shard >= kMetaShard) return done(absl::InvalidArgumentError("not a client shard"));
+      serverpb::Command command;
+      *command.mutable_revoke_leases() = request.revoke_leases();
+      return node->Propose(shard, std::move(command), absl::Now() + absl::Seconds(10),
+                           AnswerWhenApplied(std::move(done)));
     }
     case peerpb::ReplicaChangeRequest::kReplaceMe: {
       // The caller (its certificate checked by the peer service) lost its
@@ -862,6 +894,7 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
 
 absl::Status Server::Drain() {
   if (scheduler_ != nullptr) scheduler_->Stop();
+  if (lease_keeper_ != nullptr) lease_keeper_->Stop();
   if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
   const absl::Duration drain = config_.drain_timeout;
   health_->SetDraining();
@@ -912,6 +945,7 @@ void Server::Stop() {
   if (stopped_) return;
   stopped_ = true;
   if (scheduler_ != nullptr) scheduler_->Stop();
+  if (lease_keeper_ != nullptr) lease_keeper_->Stop();
   if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
   if (client_server_ != nullptr) client_server_->Shutdown();
   if (node_ != nullptr) node_->Stop();
@@ -925,9 +959,13 @@ void Server::Stop() {
     metrics_->SetAdmissionSource(nullptr);
     metrics_->SetBatchSource(nullptr);
     metrics_->SetWatchSource(nullptr);
+    metrics_->SetLeaseSource(nullptr);
   }
   meta_group_.store(nullptr, std::memory_order_release);
   kv_service_.reset();
+  lease_service_.reset();
+  lease_check_.reset();
+  lease_keeper_.reset();
   StopObservers();  // before what the scrapes read
   scheduler_.reset();
   cluster_control_.reset();

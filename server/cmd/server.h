@@ -33,11 +33,14 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "server/api/kv_service.h"
+#include "server/api/lease_service.h"
 #include "server/cluster/cluster_map.h"
+#include "server/cluster/lease_keeper.h"
 #include "server/cluster/meta_group.h"
 #include "server/cluster/scheduler.h"
 #include "server/cmd/cluster_control.h"
 #include "server/cmd/flags.h"
+#include "server/cmd/lease_check.h"
 #include "server/kv/node_backend.h"
 #include "server/kv/state_machine.h"
 #include "server/observability/health.h"
@@ -162,14 +165,18 @@ class Server {
   std::unique_ptr<Node> node_;
   std::unique_ptr<NodeKvBackend> backend_;
   std::unique_ptr<ClusterMapCache> maps_;
+  // Created before the KV service, which checks leases through them.
+  std::unique_ptr<GrpcClusterControl> cluster_control_;
+  std::unique_ptr<LeaseKeeper> lease_keeper_;
+  std::unique_ptr<LeaseCheck> lease_check_;
   std::unique_ptr<KvService> kv_service_;
   std::unique_ptr<ClusterService> cluster_service_;
+  std::unique_ptr<LeaseService> lease_service_;
   std::unique_ptr<GrpcServer> client_server_;
   std::unique_ptr<MetaGroup> meta_group_owned_;
   // The metadata group once it runs, for the Cluster service's handlers
   // (null before and after).
   std::atomic<MetaGroup*> meta_group_{nullptr};
-  std::unique_ptr<GrpcClusterControl> cluster_control_;
   std::unique_ptr<Scheduler> scheduler_;
 };
 

@@ -5,6 +5,7 @@
 #define TESSERA_SERVER_KV_BACKEND_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/kv/state_machine.h"
 #include "server/raftstore/node.h"
@@ -68,6 +70,16 @@ class KvBackend {
   virtual absl::StatusOr<v1::ScanResponse> Scan(ShardId shard,
                                                 const v1::ScanRequest& request) const = 0;
 };
+
+// Blocking forms for background threads (never the raft loop's): propose
+// `command` (or wait for a read barrier) and wait for the outcome until
+// `deadline`; kCancelled as soon as `stop` is notified.
+absl::StatusOr<serverpb::CommandResult> ProposeAndWait(KvBackend& backend, ShardId shard,
+                                                       serverpb::Command command,
+                                                       absl::Time deadline,
+                                                       const absl::Notification& stop);
+absl::Status ReadBarrierAndWait(KvBackend& backend, ShardId shard, absl::Time deadline,
+                                const absl::Notification& stop);
 
 }  // namespace tessera::server
 

@@ -529,6 +529,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     std::function<AdmissionStats()> admission;
     std::function<BatchStats()> batch;
     std::function<WatchHubStats()> watch;
+    std::function<LeaseKeeper::Stats()> lease;
     std::function<ClusterStats()> cluster;
     {
       absl::MutexLock lock(&parent_->mu_);
@@ -537,6 +538,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
       admission = parent_->admission_;
       batch = parent_->batch_;
       watch = parent_->watch_;
+      lease = parent_->lease_;
       cluster = parent_->cluster_;
     }
     std::vector<MetricFamily> out;
@@ -549,6 +551,7 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     if (admission) CollectAdmission(admission(), out);
     if (batch) CollectBatch(batch(), out);
     if (watch) CollectWatch(watch(), out);
+    if (lease) CollectLeases(lease(), out);
     if (cluster) CollectCluster(cluster(), out);
     return out;
   }
@@ -667,6 +670,24 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     add("tessera_watch_compacted_total",
         "Watches refused because their start revision was compacted (OUT_OF_RANGE).",
         MetricType::Counter, w.compacted_total);
+  }
+
+  static void CollectLeases(const LeaseKeeper::Stats& l, std::vector<MetricFamily>& out) {
+    auto add = [&out](std::string name, std::string help, MetricType type, uint64_t value) {
+      AddSingle(out, std::move(name), std::move(help), type, static_cast<double>(value));
+    };
+    add("tessera_leases", "Live leases, on the node leading the metadata group (0 on the others).",
+        MetricType::Gauge, l.live);
+    add("tessera_leases_granted_total", "Leases granted while this node led the metadata group.",
+        MetricType::Counter, l.granted_total);
+    add("tessera_leases_expired_total",
+        "Leases that expired (not renewed within their TTL) while this node led the metadata "
+        "group.",
+        MetricType::Counter, l.expired_total);
+    add("tessera_leases_revoked_total", "Leases ended by Lease.Revoke on this node.",
+        MetricType::Counter, l.revoked_total);
+    add("tessera_lease_keepalives_total", "Lease renewals acknowledged by this node.",
+        MetricType::Counter, l.keepalives_total);
   }
 
   static void CollectBatch(const BatchStats& b, std::vector<MetricFamily>& out) {
@@ -891,6 +912,11 @@ void Metrics::SetBatchSource(std::function<BatchStats()> source) {
 void Metrics::SetWatchSource(std::function<WatchHubStats()> source) {
   absl::MutexLock lock(&mu_);
   watch_ = std::move(source);
+}
+
+void Metrics::SetLeaseSource(std::function<LeaseKeeper::Stats()> source) {
+  absl::MutexLock lock(&mu_);
+  lease_ = std::move(source);
 }
 
 void Metrics::SetEngine(const storage::Engine* engine) {

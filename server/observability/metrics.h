@@ -48,6 +48,7 @@
 #include "server/api/admission.h"
 #include "server/api/batch_stats.h"
 #include "server/api/watch_hub.h"
+#include "server/cluster/lease_keeper.h"
 #include "server/raftstore/node.h"
 #include "server/raftstore/node_metrics.h"
 #include "storage/engine.h"
@@ -222,6 +223,8 @@ class Metrics {
   void SetBatchSource(std::function<BatchStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
   // The watch hub's counters (KvService::watch_hub()->Stats()).
   void SetWatchSource(std::function<WatchHubStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
+  // The lease keeper's counters (LeaseKeeper::stats()).
+  void SetLeaseSource(std::function<LeaseKeeper::Stats()> source) ABSL_LOCKS_EXCLUDED(mu_);
   // The cluster as this node sees it (tessera_cluster_*, tessera_scheduler_*).
   void SetClusterSource(std::function<ClusterStats()> source) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -253,6 +256,7 @@ class Metrics {
   std::function<AdmissionStats()> admission_ ABSL_GUARDED_BY(mu_);
   std::function<BatchStats()> batch_ ABSL_GUARDED_BY(mu_);
   std::function<WatchHubStats()> watch_ ABSL_GUARDED_BY(mu_);
+  std::function<LeaseKeeper::Stats()> lease_ ABSL_GUARDED_BY(mu_);
   std::function<ClusterStats()> cluster_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -27,14 +27,17 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "client/concurrency.h"
 #include "client/core.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
@@ -679,6 +682,302 @@ TEST(ClientEndToEnd, KeyWatchFromARevisionAndFromACompactedOne) {
   }
   EXPECT_EQ(ended.code(), absl::StatusCode::kOutOfRange) << ended;
   EXPECT_THAT(std::string(ended.message()), ::testing::HasSubstr("oldest revision kept"));
+}
+
+// ---- Leases, locks ----
+
+// The node leading the metadata group (0-based), or -1.
+int MetaLeader(Client& client, ClusterProcesses& cluster) {
+  CallOptions call;
+  call.timeout = absl::Seconds(1);
+  for (int i = 0; i < kNodes; ++i) {
+    if (!cluster.process(i).running()) continue;
+    absl::StatusOr<v1::NodeStatusResponse> s = client.NodeStatus(cluster.endpoint(i), call);
+    if (s.ok() && s->has_meta_shard() && s->meta_shard().role() == "leader") return i;
+  }
+  return -1;
+}
+
+// Keys spread over every shard (one per shard at least).
+std::vector<std::string> KeysOnEveryShard(const std::string& prefix) {
+  std::vector<std::string> keys;
+  std::set<uint32_t> shards;
+  for (int i = 0; shards.size() < kShards || keys.size() < 2 * kShards; ++i) {
+    std::string key = absl::StrCat(prefix, i);
+    shards.insert(ShardForKey(key, kShards));
+    keys.push_back(std::move(key));
+  }
+  return keys;
+}
+
+// A holder process (`tessera lease keepalive`) keeps a lease alive past its
+// TTL; SIGSTOPped, it loses the lease: its keys on every shard are deleted,
+// one revision per shard (as a watcher sees them), on every replica; a put
+// naming the ended lease is refused.
+TEST(ClientEndToEnd, APausedHolderLosesItsLeaseAndItsKeysOnEveryShard) {
+  ClusterProcesses cluster;
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  Client& client = *connected;
+  CallOptions slow;
+  slow.timeout = absl::Seconds(30);
+  absl::StatusOr<LeaseGrant> lease = client.GrantLease(absl::Seconds(6), slow);
+  ASSERT_THAT(lease, IsOk());
+  EXPECT_EQ(lease->ttl, absl::Seconds(6));
+  const std::vector<std::string> keys = KeysOnEveryShard("svc/");
+  CallOptions with_lease = slow;
+  with_lease.lease = lease->id;
+  for (const std::string& key : keys) ASSERT_THAT(client.Put(key, "up", with_lease), IsOk());
+  ASSERT_THAT(client.Put("svc/unleased", "stays", slow), IsOk());
+  WatchOptions w;
+  w.key = "svc/";
+  w.prefix = true;
+  absl::StatusOr<std::unique_ptr<Watcher>> watcher = client.Watch(w);
+  ASSERT_THAT(watcher, IsOk());
+
+  ChildProcess holder;
+  const std::string log = MakeTempDir("tessera-holder") + "/holder.log";
+  holder.Start(
+      {TESSERA_CLI_BINARY, absl::StrCat("--endpoints=", absl::StrJoin(cluster.endpoints(), ",")),
+       "lease", "keepalive", absl::StrFormat("%016x", lease->id)},
+      log);
+  // The holder keeps it alive for twice its TTL.
+  const absl::Time started = absl::Now();
+  while (absl::Now() < started + 2 * lease->ttl) {
+    ASSERT_THAT(client.LeaseTtl(lease->id, slow), IsOk());
+    absl::SleepFor(absl::Milliseconds(200));
+  }
+  for (const std::string& key : keys) ASSERT_THAT(client.Get(key, slow), IsOk()) << key;
+
+  holder.Signal(SIGSTOP);
+  std::vector<WatchEvent> events;
+  const absl::Time gone_by = absl::Now() + absl::Seconds(60);
+  while (events.size() < keys.size() && absl::Now() < gone_by) {
+    absl::StatusOr<std::vector<WatchEvent>> more =
+        (*watcher)->Next(absl::Now() + absl::Milliseconds(200));
+    ASSERT_THAT(more, IsOk());
+    events.insert(events.end(), more->begin(), more->end());
+  }
+  holder.Signal(SIGCONT);
+  ASSERT_EQ(events.size(), keys.size());
+  std::map<uint32_t, uint64_t> revision_of_shard;
+  for (const WatchEvent& e : events) {
+    EXPECT_EQ(e.type, WatchEvent::Type::kDelete) << e.key;
+    auto [it, first] = revision_of_shard.emplace(e.shard, e.revision);
+    EXPECT_EQ(it->second, e.revision) << "shard " << e.shard << " deleted its keys at one revision";
+  }
+  EXPECT_EQ(revision_of_shard.size(), kShards);
+  // Gone on every replica (each node's own replica, read without a leader).
+  for (int i = 0; i < kNodes; ++i) {
+    ClientOptions one;
+    one.endpoints = {cluster.endpoint(i)};
+    absl::StatusOr<std::unique_ptr<Client>> local = Client::Create(one);
+    ASSERT_THAT(local, IsOk());
+    CallOptions stale = slow;
+    stale.consistency = Consistency::kStale;
+    for (const std::string& key : keys) {
+      const absl::Time by = absl::Now() + absl::Seconds(20);
+      absl::StatusOr<KeyValue> got = (*local)->Get(key, stale);
+      while (got.ok() && absl::Now() < by) {  // a follower applies a moment later
+        absl::SleepFor(absl::Milliseconds(50));
+        got = (*local)->Get(key, stale);
+      }
+      EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound) << key << " on node " << i + 1;
+    }
+  }
+  EXPECT_THAT(client.Get("svc/unleased", slow), IsOk());
+  // The holder finds out, and says so (exit 1: not found).
+  EXPECT_EQ(holder.Wait(absl::Seconds(30)), 1);
+  absl::StatusOr<PutResult> late = client.Put("svc/late", "x", with_lease);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kNotFound) << late.status();
+  EXPECT_THAT(client.LeaseTtl(lease->id, slow).status().code(), absl::StatusCode::kNotFound);
+}
+
+// kill -9 of the metadata group's leader in the middle of a lease's TTL:
+// the next leader restarts the countdown at the full TTL, so the lease does
+// not end before it would have (it may end later).
+TEST(ClientEndToEnd, KillingTheLeaseKeepersLeaderDoesNotEndALeaseEarly) {
+  ClusterProcesses cluster;
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  Client& client = *connected;
+  CallOptions slow;
+  slow.timeout = absl::Seconds(30);
+  absl::StatusOr<LeaseGrant> lease = client.GrantLease(absl::Seconds(10), slow);
+  ASSERT_THAT(lease, IsOk());
+  CallOptions with_lease = slow;
+  with_lease.lease = lease->id;
+  ASSERT_THAT(client.Put("session/a", "1", with_lease), IsOk());
+  int leader = -1;
+  const absl::Time found_by = absl::Now() + absl::Seconds(30);
+  while ((leader = MetaLeader(client, cluster)) < 0) {
+    ASSERT_LT(absl::Now(), found_by) << "no metadata group leader";
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  absl::StatusOr<LeaseTimeToLive> before = client.LeaseTtl(lease->id, slow);
+  ASSERT_THAT(before, IsOk());
+  const absl::Time killed_at = absl::Now();
+  const absl::Time old_end = killed_at + before->remaining;
+  cluster.process(leader).Kill();
+  absl::StatusOr<LeaseTimeToLive> after = absl::UnavailableError("not asked");
+  absl::Time asked_at;
+  const absl::Time by = absl::Now() + absl::Seconds(30);
+  do {
+    asked_at = absl::Now();
+    after = client.LeaseTtl(lease->id, slow);
+  } while (!after.ok() && absl::IsUnavailable(after.status()) && absl::Now() < by);
+  ASSERT_THAT(after, IsOk());
+  EXPECT_GE(asked_at + after->remaining, old_end - absl::Milliseconds(100))
+      << "remaining " << before->remaining << " before the kill, " << after->remaining << " after";
+  EXPECT_THAT(client.Get("session/a", slow), IsOk());
+}
+
+// The Jepsen lock scenario: A holds the lock, then stalls (its lease is no
+// longer renewed, as if paused) past its TTL; B gets the lock with a higher
+// fencing token and writes; A wakes up believing it holds the lock and
+// writes with its old token: the resource's token check refuses it.
+TEST(ClientEndToEnd, AStalledLockHolderIsFencedOffByTheNextHoldersToken) {
+  ClusterProcesses cluster;
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  Client& client = *connected;
+  // The protected resource: a value with the highest token that wrote it
+  // (fixed width, so byte order is numeric order); a write must carry a
+  // higher one (client/README.md "Locks and fencing").
+  const std::string fence = "resource/{report}/token";
+  const std::string data = "resource/{report}/data";
+  auto token_text = [](uint64_t token) { return absl::StrFormat("%020d", token); };
+  ASSERT_THAT(client.Put(fence, token_text(0)), IsOk());
+  auto fenced_write = [&](uint64_t token, const std::string& value) {
+    TxnRequest txn;
+    Compare lower;
+    lower.key = fence;
+    lower.target = Compare::Target::kValue;
+    lower.op = Compare::Op::kLess;
+    lower.value = token_text(token);
+    txn.compares.push_back(lower);
+    txn.success.push_back(TxnOp{TxnOp::Type::kPut, fence, token_text(token)});
+    txn.success.push_back(TxnOp{TxnOp::Type::kPut, data, value});
+    absl::StatusOr<TxnResult> r = client.Txn(txn);
+    return r.ok() && r->succeeded;
+  };
+
+  absl::StatusOr<std::unique_ptr<Session>> a = Session::Create(&client, absl::Seconds(2));
+  absl::StatusOr<std::unique_ptr<Session>> b = Session::Create(&client, absl::Seconds(2));
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  Mutex lock_a(&client, a->get(), "report");
+  Mutex lock_b(&client, b->get(), "report");
+  absl::StatusOr<uint64_t> token_a = lock_a.Lock(absl::Now() + absl::Seconds(30));
+  ASSERT_THAT(token_a, IsOk());
+  EXPECT_TRUE(fenced_write(*token_a, "by A"));
+  // B queues behind A, and waits while A's lease lives.
+  std::future<absl::StatusOr<uint64_t>> token_b =
+      std::async(std::launch::async, [&] { return lock_b.Lock(absl::Now() + absl::Seconds(60)); });
+  if (token_b.wait_for(std::chrono::milliseconds(500)) == std::future_status::ready) {
+    EXPECT_TRUE((*a)->lost()) << "B got the lock while A's lease was live";
+  }
+  // A stalls: no more renewals.
+  (*a)->Abandon();
+  ASSERT_THAT(token_b.get(), IsOk());
+  const uint64_t b_token = lock_b.token();
+  EXPECT_GT(b_token, *token_a);
+  EXPECT_TRUE((*a)->WaitLost(absl::Now() + absl::Seconds(10))) << "A's lease is over";
+  EXPECT_TRUE(fenced_write(b_token, "by B"));
+  // A resumes and writes with its old token: refused.
+  EXPECT_FALSE(fenced_write(*token_a, "late write by A"));
+  EXPECT_EQ(client.Get(data)->value, "by B");
+  ASSERT_THAT(lock_b.Unlock(), IsOk());
+}
+
+// Waiters get the lock in the order they asked for it, one at a time.
+TEST(ClientEndToEnd, LockWaitersAreServedInOrderOneAtATime) {
+  ClusterProcesses cluster;
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  Client& client = *connected;
+  constexpr int kWaiters = 4;
+  std::vector<std::unique_ptr<Session>> sessions;
+  std::vector<std::unique_ptr<Mutex>> locks;
+  for (int i = 0; i < kWaiters; ++i) {
+    absl::StatusOr<std::unique_ptr<Session>> s = Session::Create(&client, absl::Seconds(10));
+    ASSERT_THAT(s, IsOk());
+    sessions.push_back(*std::move(s));
+    locks.push_back(std::make_unique<Mutex>(&client, sessions.back().get(), "queue"));
+  }
+  ASSERT_THAT(locks[0]->Lock(absl::Now() + absl::Seconds(30)), IsOk());
+  // The others queue in order 1, 2, 3: each enters before the next starts.
+  absl::Mutex mu;
+  std::vector<int> order;
+  int holding = 0;
+  bool overlap = false;
+  std::vector<std::thread> threads;
+  for (int i = 1; i < kWaiters; ++i) {
+    threads.emplace_back([&, i] {
+      absl::StatusOr<uint64_t> token = locks[i]->Lock(absl::Now() + absl::Seconds(60));
+      if (!token.ok()) return;
+      {
+        absl::MutexLock lock(&mu);
+        order.push_back(i);
+        overlap = overlap || ++holding > 1;
+      }
+      absl::SleepFor(absl::Milliseconds(50));  // hold it a little (not a synchronisation)
+      {
+        absl::MutexLock lock(&mu);
+        --holding;
+      }
+      locks[i]->Unlock().IgnoreError();
+    });
+    // Queued: its key exists (bounded wait).
+    const absl::Time by = absl::Now() + absl::Seconds(30);
+    while (!client.Get(locks[i]->key()).ok()) {
+      ASSERT_LT(absl::Now(), by);
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+  ASSERT_THAT(locks[0]->Unlock(), IsOk());
+  for (std::thread& t : threads) t.join();
+  EXPECT_THAT(order, ::testing::ElementsAre(1, 2, 3));
+  EXPECT_FALSE(overlap);
+}
+
+// `tessera lock NAME -- COMMAND` runs COMMAND with the fencing token in its
+// environment; `tessera elect` campaigns and an observer sees the leader.
+TEST(ClientEndToEnd, CliLockRunsTheCommandWithItsTokenAndElectShowsTheLeader) {
+  ClusterProcesses cluster;
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  const std::string dir = MakeTempDir("tessera-cli-lock");
+  const std::string endpoints =
+      absl::StrCat("--endpoints=", absl::StrJoin(cluster.endpoints(), ","));
+  ChildProcess lock;
+  lock.Start({TESSERA_CLI_BINARY, endpoints, "lock", "job", "--", "/bin/sh", "-c",
+              absl::StrCat("echo $TESSERA_LOCK_TOKEN > ", dir, "/token; exit 7")},
+             dir + "/lock.log");
+  EXPECT_EQ(lock.Wait(absl::Seconds(60)), 7) << "exits with the command's code";
+  std::ifstream in(dir + "/token");
+  uint64_t token = 0;
+  in >> token;
+  EXPECT_GT(token, 0u);
+
+  ChildProcess leader;
+  leader.Start({TESSERA_CLI_BINARY, endpoints, "elect", "primary", "node-a"}, dir + "/elect.log");
+  Election observer(connected.get(), nullptr, "primary");
+  std::optional<KeyValue> seen;
+  ASSERT_THAT(observer.Observe(
+                  [&](const std::optional<KeyValue>& now) {
+                    seen = now;
+                    return !now.has_value();  // until someone leads
+                  },
+                  absl::Now() + absl::Seconds(60)),
+              IsOk());
+  ASSERT_TRUE(seen.has_value());
+  EXPECT_EQ(seen->value, "node-a");
+  leader.Signal(SIGTERM);  // resigns
+  EXPECT_EQ(leader.Wait(absl::Seconds(30)), 0);
+  absl::StatusOr<std::optional<KeyValue>> after = observer.Leader(absl::Now() + absl::Seconds(10));
+  ASSERT_THAT(after, IsOk());
+  EXPECT_FALSE(after->has_value()) << "resigned";
 }
 
 }  // namespace
