@@ -36,6 +36,7 @@
 #include "client/bench/driver.h"
 #include "client/bench/etcd_backend.h"
 #include "client/bench/histogram.h"
+#include "client/bench/lock_check.h"
 #include "client/bench/tessera_backend.h"
 #include "client/bench/watch_check.h"
 
@@ -97,12 +98,20 @@ flags:
                                every write that applied exactly once, in order
                                (each key's put events carry consecutive versions
                                up to the version read after the run)
+  --locks=N                    (tessera only) N workers take one lock in turn and,
+                               holding it, write a fenced resource; and a lease with
+                               keys on every shard is kept alive, then revoked: a
+                               write refused while its holder's lease was surely
+                               live (two holders at once), or a leased key missing
+                               while its lease lives or left after it ended, fails
+                               the run (client/bench/lock_check.h)
   --json-only                  print only the JSON line
   --help                       this help
 
 exit codes: 0 the run completed (even with some errors), 1 every request
 failed, 2 usage error or the cluster cannot be reached, 3 --verify found a
-mismatch or could not read a key, or --watch found a lost or repeated event.
+mismatch or could not read a key, --watch found a lost or repeated event, or
+--locks found a violation.
 )";
 
 struct Config {
@@ -126,6 +135,7 @@ struct Config {
   bool json_only = false;
   bool verify = false;
   bool watch = false;
+  int locks = 0;
   std::string workload;
 };
 
@@ -186,6 +196,7 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
          return v == "batch" || v == "unary";
        }},
       {"clients", [&](const std::string& v) { return ParseInt(v, 1, 1 << 20, &config->clients); }},
+      {"locks", [&](const std::string& v) { return ParseInt(v, 0, 64, &config->locks); }},
       {"total",
        [&](const std::string& v) { return ParseInt<int64_t>(v, 0, INT64_MAX, &config->total); }},
       {"duration",
@@ -282,6 +293,7 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Config* config, bool
   if (config->watch && (!config->verify || config->backend != "tessera")) {
     return "--watch needs --verify and the tessera backend";
   }
+  if (config->locks > 0 && config->backend != "tessera") return "--locks needs the tessera backend";
   if (config->verify && config->key_space > kMaxVerifyKeySpace) {
     return absl::StrCat("--verify: --key-space is at most ", kMaxVerifyKeySpace);
   }
@@ -539,6 +551,13 @@ int Main(int argc, char** argv) {
     if (!started.ok()) return usage(absl::StrCat("--watch: ", started.status().ToString()));
     watch_check = *std::move(started);
   }
+  std::unique_ptr<LockCheck> lock_check;
+  if (config.locks > 0) {
+    absl::StatusOr<std::unique_ptr<LockCheck>> started =
+        LockCheck::Start(config.endpoints, config.locks);
+    if (!started.ok()) return usage(absl::StrCat("--locks: ", started.status().ToString()));
+    lock_check = *std::move(started);
+  }
 
   RunSpec spec;
   spec.workload = ToWorkload(config.workload);
@@ -559,7 +578,24 @@ int Main(int argc, char** argv) {
     check = CheckVersions(*keys, *before, after, *writes);
     if (watch_check != nullptr) watched = watch_check->Finish(after, absl::Seconds(60));
   }
+  std::optional<LockVerdict> locked;
+  if (lock_check != nullptr) locked = lock_check->Finish();
   if (!config.json_only) PrintSummary(config, stats);
+  if (locked.has_value()) {
+    if (!config.json_only) {
+      std::printf(
+          "locks: %llu acquired, %llu fenced writes, %llu refused after a lost lease, "
+          "%llu sessions lost, %llu violations\n",
+          static_cast<unsigned long long>(locked->acquisitions),
+          static_cast<unsigned long long>(locked->fenced_writes),
+          static_cast<unsigned long long>(locked->fenced_refused),
+          static_cast<unsigned long long>(locked->sessions_lost),
+          static_cast<unsigned long long>(locked->violations));
+    }
+    for (const std::string& example : locked->examples) {
+      std::fprintf(stderr, "locks: violation: %s\n", example.c_str());
+    }
+  }
   if (check.has_value()) PrintVersionCheck(*check, config.json_only);
   if (watched.has_value()) {
     if (!config.json_only) {
@@ -579,6 +615,14 @@ int Main(int argc, char** argv) {
     absl::StrAppendFormat(&json, R"(,"watch_events":%d,"watch_mismatches":%d,"watch_restarts":%d})",
                           watched->events, watched->mismatches, watched->restarts);
   }
+  if (locked.has_value()) {
+    json.pop_back();
+    absl::StrAppendFormat(&json,
+                          R"(,"lock_acquisitions":%d,"lock_fenced_writes":%d,"lock_refused":%d,)"
+                          R"("lock_sessions_lost":%d,"lock_violations":%d})",
+                          locked->acquisitions, locked->fenced_writes, locked->fenced_refused,
+                          locked->sessions_lost, locked->violations);
+  }
   std::printf("%s\n", json.c_str());
   std::fflush(stdout);
   const bool fill_failed = fill.has_value() && fill->ops == 0 && fill->errors > 0;
@@ -588,6 +632,7 @@ int Main(int argc, char** argv) {
     return kExitVerifyFailed;
   }
   if (watched.has_value() && watched->mismatches > 0) return kExitVerifyFailed;
+  if (locked.has_value() && locked->violations > 0) return kExitVerifyFailed;
   return kExitOk;
 }
 

@@ -732,11 +732,13 @@ def main():
                     help="extra node slots (namespace, address, certificate) that the "
                          "membership and grow-shrink nemeses add as new members")
     ap.add_argument("--bench-clients", type=int, default=0,
-                    help="also run tessera-bench (mixed, half puts, --verify --watch) with this many "
-                         "clients for the whole run: a key whose version is not its "
-                         "acknowledged writes (plus at most its failed ones), or a write a "
-                         "prefix watcher saw twice or never, fails the run, and with grow-shrink "
-                         "any client error does too")
+                    help="also run tessera-bench (mixed, half puts, --verify --watch --locks=3) "
+                         "with this many clients for the whole run: a key whose version is not "
+                         "its acknowledged writes (plus at most its failed ones), a write a "
+                         "prefix watcher saw twice or never, or two lock holders at once (a "
+                         "fenced write refused while its holder's lease was live) or a leased "
+                         "key missing while its lease lives or left after it ended, fails the "
+                         "run, and with grow-shrink any client error does too")
     ap.add_argument("--bench-keys", type=int, default=2000, help="tessera-bench's key space")
     args = ap.parse_args()
 
@@ -821,7 +823,7 @@ def main():
         if args.bench_clients > 0:
             bcmd = [args.bench, f"--endpoints={cluster.endpoints()}",
                     f"--clients={args.bench_clients}", f"--key-space={args.bench_keys}",
-                    "--fill", "--verify", "--watch", "--read-ratio=0.5",
+                    "--fill", "--verify", "--watch", "--locks=3", "--read-ratio=0.5",
                     f"--duration={args.duration}s",
                     f"--seed={args.seed}", "--json-only", "mixed"]
             with open(bench_out, "w") as out, open(os.path.join(run_dir, "logs", "bench.log"),
@@ -878,6 +880,11 @@ def main():
                 f"watch: {result.get('watch_events', '?')} events, "
                 f"{result.get('watch_mismatches', '?')} lost or repeated, "
                 f"{result.get('watch_restarts', '?')} restarts, "
+                f"locks: {result.get('lock_acquisitions', '?')} acquired, "
+                f"{result.get('lock_fenced_writes', '?')} fenced writes, "
+                f"{result.get('lock_refused', '?')} refused after a lost lease, "
+                f"{result.get('lock_sessions_lost', '?')} sessions lost, "
+                f"{result.get('lock_violations', '?')} violations, "
                 f"p99 {result.get('p99_ms', '?')} ms")
             # Under faults clients see (kills, partitions) a request may fail
             # (its write's outcome unknown, which --verify allows for); with
@@ -885,6 +892,7 @@ def main():
             strict = kinds == ["grow-shrink"]
             if (bench.returncode != 0 or result.get("verify_mismatches") != 0 or
                     result.get("watch_mismatches") != 0 or
+                    result.get("lock_violations") != 0 or
                     result.get("verify_unreadable") != 0 or
                     (strict and (result.get("errors") != 0 or result.get("fill_errors") != 0))):
                 log("tessera-bench saw a version mismatch" + (" or an error" if strict else "") +
