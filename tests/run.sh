@@ -81,7 +81,7 @@ fi
 # simulator only sim_node_test (targeted cases: it runs real Nodes in step
 # mode, one thread): its seed sweeps find logic bugs, not races, and the
 # release build runs them.
-tsan_tests='^(server_node_test|server_grpc_transport_test|server_local_transport_test|server_kv_service_test|server_watch_hub_test|client_e2e_test|sim_node_test)$'
+tsan_tests='^(server_node_test|server_grpc_transport_test|server_local_transport_test|server_kv_service_test|server_watch_hub_test|server_lease_keeper_test|client_e2e_test|sim_node_test)$'
 if [[ $tsan -eq 1 && $preset != tsan ]]; then
   if command -v clang++ >/dev/null; then
     cmake --preset tsan >/dev/null
