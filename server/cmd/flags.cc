@@ -109,6 +109,10 @@ ABSL_FLAG(uint64_t, watch_history_revisions, 20000,
           "least 1024; compacted every 1024 revisions; 0 keeps none, to measure its cost: "
           "watches then cannot resume and may end with OUT_OF_RANGE under writes); set it the "
           "same on every member");
+ABSL_FLAG(int64_t, watch_history_seconds, 0,
+          "also drop watch history older than this many seconds (0: no time bound; else at "
+          "least 10): each shard's leader proposes the compaction, so every replica drops the "
+          "same revisions");
 ABSL_FLAG(uint64_t, max_watchers, 100000, "watchers on this node (KV.Watch); more are refused");
 ABSL_FLAG(uint64_t, max_watcher_bytes, 1 << 20,
           "bytes of events queued for one watcher before it is ended as too slow (it resumes "
@@ -220,6 +224,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "max_batch_bytes",
                                               "max_batch_inflight_ops",
                                               "watch_history_revisions",
+                                              "watch_history_seconds",
                                               "max_watchers",
                                               "max_watcher_bytes",
                                               "max_watch_bytes",
@@ -509,6 +514,12 @@ absl::StatusOr<ServerConfig> Validate() {
         "and --max-watch-bytes at least --max-watcher-bytes");
   }
   config.watch_history_revisions = absl::GetFlag(FLAGS_watch_history_revisions);
+  if (const int64_t seconds = absl::GetFlag(FLAGS_watch_history_seconds);
+      seconds != 0 && (seconds < 10 || seconds > int64_t{10} * 365 * 24 * 3600)) {
+    return absl::InvalidArgumentError(
+        "--watch-history-seconds must be 0 (no time bound) or between 10 and 10 years");
+  }
+  config.watch_history_seconds = absl::Seconds(absl::GetFlag(FLAGS_watch_history_seconds));
   config.max_watchers = absl::GetFlag(FLAGS_max_watchers);
   config.max_watcher_bytes = absl::GetFlag(FLAGS_max_watcher_bytes);
   config.max_watch_bytes = absl::GetFlag(FLAGS_max_watch_bytes);

@@ -41,6 +41,7 @@ struct ServerConfig {
   uint64_t max_batch_bytes = 8 << 20;        // KV.Batch: bytes per message
   uint64_t max_batch_inflight_ops = 1024;    // KV.Batch: operations in flight per stream
   uint64_t watch_history_revisions = 20000;  // StateMachineOptions::history_revisions
+  absl::Duration watch_history_seconds;      // HistoryRetention's keep; zero: none
   uint64_t max_watchers = 100000;            // WatchHubOptions
   uint64_t max_watcher_bytes = 1 << 20;
   uint64_t max_watch_bytes = 256 << 20;

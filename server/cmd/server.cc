@@ -501,6 +501,13 @@ absl::Status Server::StartParts() {
                config.election_ticks);
 
   backend_ = std::make_unique<NodeKvBackend>(node_.get(), state_machine_.get());
+  if (config.watch_history_seconds > absl::ZeroDuration() && config.watch_history_revisions != 0) {
+    history_retention_ = std::make_unique<HistoryRetention>(
+        HistoryRetentionOptions{.keep = config.watch_history_seconds,
+                                .sample_every = std::clamp(config.watch_history_seconds / 60,
+                                                           absl::Seconds(1), absl::Seconds(60))},
+        backend_.get(), SteadyClock());
+  }
   cluster_control_ =
       std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
   // Leases: kept while this node leads the metadata group; ended on the
@@ -895,6 +902,7 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
 absl::Status Server::Drain() {
   if (scheduler_ != nullptr) scheduler_->Stop();
   if (lease_keeper_ != nullptr) lease_keeper_->Stop();
+  if (history_retention_ != nullptr) history_retention_->Stop();
   if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
   const absl::Duration drain = config_.drain_timeout;
   health_->SetDraining();
@@ -946,6 +954,7 @@ void Server::Stop() {
   stopped_ = true;
   if (scheduler_ != nullptr) scheduler_->Stop();
   if (lease_keeper_ != nullptr) lease_keeper_->Stop();
+  if (history_retention_ != nullptr) history_retention_->Stop();
   if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
   if (client_server_ != nullptr) client_server_->Shutdown();
   if (node_ != nullptr) node_->Stop();
@@ -971,6 +980,7 @@ void Server::Stop() {
   cluster_control_.reset();
   meta_group_owned_.reset();
   node_.reset();
+  history_retention_.reset();  // the node completed its proposals
   transport_.reset();
   snapshots_.reset();  // its views and stagings belong to the engine
   testing_faults_.reset();

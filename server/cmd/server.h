@@ -41,6 +41,7 @@
 #include "server/cmd/cluster_control.h"
 #include "server/cmd/flags.h"
 #include "server/cmd/lease_check.h"
+#include "server/kv/history_retention.h"
 #include "server/kv/node_backend.h"
 #include "server/kv/state_machine.h"
 #include "server/observability/health.h"
@@ -164,6 +165,7 @@ class Server {
   std::unique_ptr<GrpcServer> peer_server_;
   std::unique_ptr<Node> node_;
   std::unique_ptr<NodeKvBackend> backend_;
+  std::unique_ptr<HistoryRetention> history_retention_;  // with --watch-history-seconds
   std::unique_ptr<ClusterMapCache> maps_;
   // Created before the KV service, which checks leases through them.
   std::unique_ptr<GrpcClusterControl> cluster_control_;

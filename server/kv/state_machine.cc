@@ -265,6 +265,9 @@ absl::Status CheckCommand(const serverpb::Command& command) {
     case serverpb::Command::kSplit:
       // Apply() runs splits itself; one with a session gets here.
       return absl::InvalidArgumentError("a split carries no session");
+    case serverpb::Command::kCompactHistory:
+      // Apply() runs them itself; one with a session gets here.
+      return absl::InvalidArgumentError("a history compaction carries no session");
     case serverpb::Command::kRevokeLeases:
       if (command.revoke_leases().leases().empty() ||
           command.revoke_leases().leases_size() > kMaxRevokeLeases) {
@@ -576,6 +579,7 @@ absl::StatusOr<serverpb::CommandResult> Execute(Overlay& view, const serverpb::C
       TESSERA_RETURN_IF_ERROR(DoRevokeLeases(view, command.revoke_leases(), exec));
       break;
     case serverpb::Command::kSplit:
+    case serverpb::Command::kCompactHistory:
     case serverpb::Command::OP_NOT_SET:
       break;  // rejected by CheckCommand
   }
@@ -1008,6 +1012,11 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
         TESSERA_ASSIGN_OR_RETURN((*results)[i], ApplySplit(entry, command.split(), shards));
         continue;
       }
+      if (command.op_case() == serverpb::Command::kCompactHistory &&
+          command.session().client_id() == 0) {
+        CompactHistory(batch, entry.index, command.compact_history().below_revision());
+        continue;
+      }
       if (std::optional<std::string> key = KeyOutside(command, batch.table->range)) {
         (*results)[i] = ErrorResult(OutsideRangeError(entry.shard, batch.table->range));
         continue;
@@ -1066,10 +1075,26 @@ absl::Status StateMachine::Apply(absl::Span<const CommittedEntry> entries,
   return status;
 }
 
+void StateMachine::CompactHistory(ShardBatch& batch, uint64_t index, uint64_t below) const {
+  ShardSessions& table = *batch.table;
+  below = std::min(below, index);
+  // No floor recorded yet: a new shard's history starts at 1 (RecordHistory).
+  if (options_.history_revisions == 0 || below <= std::max<uint64_t>(table.history_floor, 1)) {
+    return;
+  }
+  batch.range_deletes.push_back(
+      Mutation{Mutation::Kind::kDeleteMetaRange, sm::kHistoryPrefix, sm::HistoryKey(below, 0)});
+  table.history_floor = below;
+  batch.overlay->Put(/*meta=*/true, sm::kHistoryFloorKey, sm::EncodeU64(below));
+}
+
 void StateMachine::RecordHistory(ShardBatch& batch) const {
   if (options_.history_revisions == 0) return;
   ShardSessions& table = *batch.table;
   for (const sm::HistoryEvent& event : batch.events) {
+    // Events below a floor a compaction of this batch set are not kept:
+    // the same bytes as a replica that applied them in an earlier batch.
+    if (event.revision < table.history_floor) continue;
     batch.overlay->Put(/*meta=*/true, sm::HistoryKey(event.revision, event.n),
                        sm::EncodeHistoryEvent(event));
   }

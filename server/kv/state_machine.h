@@ -132,6 +132,9 @@ class StateMachine : public Applier {
   //    or undecodable entry data: code kInvalidArgument, nothing changes;
   //  - a key outside the shard's hash range (it was split after the request
   //    was routed): code kOutOfRange, nothing changes, the session neither;
+  //  - a CompactHistory (no session) moves the history's floor up to its
+  //    below_revision (at most its own index) and deletes what is under it;
+  //    an empty result;
   //  - a RevokeLeases deletes the shard's keys attached to its leases (delete
   //    events at its revision) and records the leases as ended; a later put
   //    (or Txn put) naming one gets kNotFound, nothing changes;
@@ -208,6 +211,8 @@ class StateMachine : public Applier {
 
   // Writes the batch's events and the history's compaction.
   void RecordHistory(ShardBatch& batch) const;
+  // A CompactHistory at `index`: the floor moves up to min(below, index).
+  void CompactHistory(ShardBatch& batch, uint64_t index, uint64_t below) const;
   // Deletes lease tombstones that fell below the floor in this batch.
   absl::Status CompactLeaseTombstones(ShardId shard, ShardBatch& batch) const;
 

@@ -556,6 +556,32 @@ TYPED_TEST(StateMachineTest, HistoryIsCompactedByRevision) {
   EXPECT_EQ(history_records, 11u);
 }
 
+TYPED_TEST(StateMachineTest, CompactHistoryDropsTheEventsBelowItsRevision) {
+  this->Run(PutCmd("a", "1"));
+  this->Run(PutCmd("a", "2"));
+  const uint64_t second = this->last_index_[1];
+  serverpb::Command compact;
+  compact.mutable_compact_history()->set_below_revision(second);
+  // In one batch with a later put: the put's event stays.
+  this->ApplyOk({this->Next(compact), this->Next(PutCmd("b", "3"))});
+  absl::StatusOr<HistoryPage> page = this->sm().ReadHistory(1, second, 1 << 20);
+  ASSERT_THAT(page, IsOk());
+  EXPECT_EQ(page->floor, second);
+  ASSERT_EQ(page->events.size(), 2u);
+  EXPECT_EQ(page->events[0].revision, second);
+  EXPECT_EQ(page->events[1].key, "b");
+  EXPECT_TRUE(this->sm().ReadHistory(1, second - 1, 1 << 20)->compacted);
+  // An older bound changes nothing; one above the entry stops at the entry.
+  compact.mutable_compact_history()->set_below_revision(1);
+  EXPECT_EQ(this->Run(compact).code(), kOk);
+  EXPECT_EQ(this->sm().ReadHistory(1, second, 1 << 20)->floor, second);
+  compact.mutable_compact_history()->set_below_revision(UINT64_MAX);
+  EXPECT_EQ(this->Run(compact).code(), kOk);
+  EXPECT_EQ(this->sm().ReadHistory(1, 0, 1 << 20)->floor, this->last_index_[1]);
+  // With a session it is refused (only the leader's own, without one, count).
+  EXPECT_EQ(this->Run(WithSession(compact, 9, 1, 1)).code(), kInvalid);
+}
+
 TYPED_TEST(StateMachineTest, NoHistoryIsKeptWhenItIsOff) {
   StateMachineOptions options;
   options.history_revisions = 0;
@@ -1553,6 +1579,12 @@ std::vector<CommittedEntry> RandomLog(std::mt19937_64& rng, int length) {
     if (kind == 2) {  // leases 1 and 2 end (again: the puts bring them back)
       serverpb::Command c;
       c.mutable_revoke_leases()->add_leases(1 + pick(2));
+      log.push_back({shard, at, c.SerializeAsString()});
+      continue;
+    }
+    if (kind == 3) {  // the history's time bound, anywhere (even above this entry)
+      serverpb::Command c;
+      c.mutable_compact_history()->set_below_revision(1 + pick(at + 8));
       log.push_back({shard, at, c.SerializeAsString()});
       continue;
     }
