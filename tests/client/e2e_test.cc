@@ -944,8 +944,9 @@ TEST(ClientEndToEnd, LockWaitersAreServedInOrderOneAtATime) {
 }
 
 // `tessera lock NAME -- COMMAND` runs COMMAND with the fencing token in its
-// environment; `tessera elect` campaigns and an observer sees the leader.
-TEST(ClientEndToEnd, CliLockRunsTheCommandWithItsTokenAndElectShowsTheLeader) {
+// environment; `tessera elect` campaigns and an observer sees the leader;
+// an SDK leader proclaims a new value and resigns to the next in line.
+TEST(ClientEndToEnd, CliLockAndElectAndAnElectionsProclaimAndResign) {
   ClusterProcesses cluster;
   std::unique_ptr<Client> connected;
   ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
@@ -980,6 +981,41 @@ TEST(ClientEndToEnd, CliLockRunsTheCommandWithItsTokenAndElectShowsTheLeader) {
   absl::StatusOr<std::optional<KeyValue>> after = observer.Leader(absl::Now() + absl::Seconds(10));
   ASSERT_THAT(after, IsOk());
   EXPECT_FALSE(after->has_value()) << "resigned";
+
+  // SDK: the leader proclaims a new value, which an observer sees; a
+  // contender that does not lead cannot proclaim.
+  absl::StatusOr<std::unique_ptr<Session>> first =
+      Session::Create(connected.get(), absl::Seconds(10));
+  absl::StatusOr<std::unique_ptr<Session>> second =
+      Session::Create(connected.get(), absl::Seconds(10));
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(second, IsOk());
+  Election leading(connected.get(), first->get(), "primary");
+  Election waiting(connected.get(), second->get(), "primary");
+  ASSERT_THAT(leading.Campaign("v1", absl::Now() + absl::Seconds(30)), IsOk());
+  std::vector<std::string> values;
+  std::thread watching([&] {
+    observer
+        .Observe(
+            [&](const std::optional<KeyValue>& now) {
+              if (now.has_value()) values.push_back(now->value);
+              return !now.has_value() || now->value != "v2";
+            },
+            absl::Now() + absl::Seconds(60))
+        .IgnoreError();
+  });
+  // The second contender queues behind the leader (its Campaign cannot
+  // finish while v1 leads) and cannot proclaim.
+  absl::StatusOr<uint64_t> queued = waiting.Campaign("w", absl::Now() + absl::Milliseconds(300));
+  EXPECT_EQ(queued.status().code(), absl::StatusCode::kDeadlineExceeded) << "v1 leads";
+  EXPECT_EQ(waiting.Proclaim("w2").code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_THAT(leading.Proclaim("v2"), IsOk());
+  watching.join();
+  ASSERT_FALSE(values.empty());
+  EXPECT_EQ(values.back(), "v2");
+  ASSERT_THAT(leading.Resign(), IsOk());
+  absl::StatusOr<uint64_t> next = waiting.Campaign("w", absl::Now() + absl::Seconds(30));
+  EXPECT_THAT(next, IsOk()) << "the next in line leads once the leader resigned";
 }
 
 }  // namespace
