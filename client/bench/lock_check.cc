@@ -27,13 +27,14 @@ client::CallOptions Within(absl::Duration timeout) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LockCheck>> LockCheck::Start(
-    const std::vector<std::string>& endpoints, int workers) {
+    const std::vector<std::string>& endpoints, int workers, bool testing_unlocked) {
   client::ClientOptions options;
   options.endpoints = endpoints;
   options.attempt_timeout = absl::Seconds(1);
   absl::StatusOr<std::unique_ptr<client::Client>> created = client::Client::Create(options);
   if (!created.ok()) return created.status();
   std::unique_ptr<LockCheck> check(new LockCheck());
+  check->testing_unlocked_ = testing_unlocked;
   check->client_ = *std::move(created);
   client::Client& c = *check->client_;
   // The resource starts below every token (a run may follow another: the
@@ -101,9 +102,13 @@ void LockCheck::Work(int worker) {
       session = *std::move(created);
     }
     client::Mutex mutex(&c, session.get(), "lock-check");
-    absl::StatusOr<uint64_t> token = mutex.Lock(absl::Now() + absl::Seconds(5));
+    client::Contender unlocked(&c, session.get(), "__lock/{lock-check}/");
+    absl::StatusOr<uint64_t> token = testing_unlocked_
+                                         ? unlocked.Enter("", absl::Now() + absl::Seconds(5))
+                                         : mutex.Lock(absl::Now() + absl::Seconds(5));
     if (!token.ok()) {
       mutex.Unlock(absl::Now() + absl::Seconds(5)).IgnoreError();
+      unlocked.Leave(absl::Now() + absl::Seconds(5)).IgnoreError();
       continue;
     }
     {
@@ -142,6 +147,7 @@ void LockCheck::Work(int worker) {
       }
     }
     mutex.Unlock(absl::Now() + absl::Seconds(5)).IgnoreError();
+    unlocked.Leave(absl::Now() + absl::Seconds(5)).IgnoreError();
   }
   session.reset();  // revokes the lease
 }
@@ -159,6 +165,13 @@ std::optional<bool> LockCheck::LeaseKeysAre(bool present, std::string* odd) {
     }
   }
   return true;
+}
+
+bool LockCheck::WaitForAcquisitions(uint64_t n, absl::Time deadline) {
+  absl::MutexLock lock(&mu_);
+  auto enough = [this, n]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return verdict_.acquisitions >= n; };
+  return mu_.AwaitWithDeadline(absl::Condition(&enough), deadline);
 }
 
 LockVerdict LockCheck::Finish() {

@@ -42,10 +42,18 @@ struct LockVerdict {
 class LockCheck {
  public:
   // Starts `workers` lock workers and the kept lease (keys "lease-check/"
-  // + i) with a client of its own at `endpoints`.
+  // + i) with a client of its own at `endpoints`. `testing_unlocked`: the
+  // workers write without waiting for the lock (each takes its place in
+  // the queue and writes at once): a negative control, which the check must
+  // catch.
   static absl::StatusOr<std::unique_ptr<LockCheck>> Start(const std::vector<std::string>& endpoints,
-                                                          int workers);
+                                                          int workers,
+                                                          bool testing_unlocked = false);
   ~LockCheck();
+
+  // Waits until the workers took the lock `n` times in all, or `deadline`;
+  // whether they did.
+  bool WaitForAcquisitions(uint64_t n, absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Stops the workers, checks the kept lease's keys, revokes it and checks
   // they are gone.
@@ -65,6 +73,7 @@ class LockCheck {
   std::vector<std::string> lease_keys_;
   std::vector<std::thread> threads_;
   std::atomic<bool> stop_{false};
+  bool testing_unlocked_ = false;
 
   absl::Mutex mu_;
   LockVerdict verdict_ ABSL_GUARDED_BY(mu_);

@@ -36,6 +36,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "client/bench/lock_check.h"
 #include "client/client.h"
 #include "client/concurrency.h"
 #include "client/core.h"
@@ -941,6 +942,29 @@ TEST(ClientEndToEnd, LockWaitersAreServedInOrderOneAtATime) {
   for (std::thread& t : threads) t.join();
   EXPECT_THAT(order, ::testing::ElementsAre(1, 2, 3));
   EXPECT_FALSE(overlap);
+}
+
+// The chaos suite's lock checker (tessera-bench --locks) finds nothing wrong
+// with the lock, and catches workers that write without waiting for it.
+TEST(ClientEndToEnd, TheLockCheckerPassesTheLockAndCatchesUnlockedWriters) {
+  ClusterProcesses cluster;
+  std::unique_ptr<Client> connected;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &connected));
+  for (const bool unlocked : {false, true}) {
+    SCOPED_TRACE(unlocked ? "unlocked writers" : "the lock");
+    absl::StatusOr<std::unique_ptr<bench::LockCheck>> check =
+        bench::LockCheck::Start(cluster.endpoints(), 3, /*testing_unlocked=*/unlocked);
+    ASSERT_THAT(check, IsOk());
+    EXPECT_TRUE((*check)->WaitForAcquisitions(300, absl::Now() + absl::Seconds(120)));
+    const bench::LockVerdict verdict = (*check)->Finish();
+    EXPECT_GE(verdict.acquisitions, 300u);
+    if (unlocked) {
+      EXPECT_GT(verdict.violations, 0u) << "two writers at once went unnoticed";
+    } else {
+      EXPECT_EQ(verdict.violations, 0u) << (verdict.examples.empty() ? "" : verdict.examples[0]);
+      EXPECT_EQ(verdict.fenced_writes, verdict.acquisitions);
+    }
+  }
 }
 
 // `tessera lock NAME -- COMMAND` runs COMMAND with the fencing token in its
