@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <optional>
 #include <string>
 #include <utility>
@@ -13,6 +14,13 @@
 #include "server/cluster/meta_group.h"
 
 namespace tessera::server {
+
+namespace {
+
+// RevokeLeases calls in flight at once (one thread each) in a fan-out.
+constexpr size_t kMaxParallelRevokes = 16;
+
+}  // namespace
 
 MonotonicClock SteadyClock() {
   return [] { return absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch()); };
@@ -37,12 +45,26 @@ void LeaseKeeper::Stop() {
     stopped_ = true;
   }
   stop_.Notify();
+  Wake();
   if (thread_.joinable()) thread_.join();
   FailWaiters(absl::UnavailableError("the node is stopping"));
 }
 
 void LeaseKeeper::Run() {
-  while (!stop_.WaitForNotificationWithTimeout(options_.tick)) Tick();
+  while (!stop_.HasBeenNotified()) {
+    {
+      // Until the next tick, or at once when a Revoke waits.
+      absl::MutexLock lock(&wake_mu_);
+      wake_mu_.AwaitWithTimeout(absl::Condition(&wake_), options_.tick);
+      wake_ = false;
+    }
+    if (!stop_.HasBeenNotified()) Tick();
+  }
+}
+
+void LeaseKeeper::Wake() {
+  absl::MutexLock lock(&wake_mu_);
+  wake_ = true;
 }
 
 absl::Status LeaseKeeper::Ready() const {
@@ -201,8 +223,19 @@ void LeaseKeeper::FinishRevoking() {
   };
   std::optional<ClusterMap> before = stored_map();
   if (!before.has_value() || before->Splitting() != nullptr) return;
-  for (const ShardLayout& shard : before->shards()) {
-    if (stop_.HasBeenNotified() || !revoker_->Revoke(shard, ids).ok()) return;  // next tick
+  // The shards in parallel, kMaxParallelRevokes at a time.
+  const std::vector<ShardLayout>& shards = before->shards();
+  for (size_t first = 0; first < shards.size(); first += kMaxParallelRevokes) {
+    if (stop_.HasBeenNotified()) return;
+    std::vector<std::future<absl::Status>> revoked;
+    for (size_t i = first; i < std::min(shards.size(), first + kMaxParallelRevokes); ++i) {
+      revoked.push_back(std::async(std::launch::async, [this, &shards, &ids, i] {
+        return revoker_->Revoke(shards[i], ids);
+      }));
+    }
+    bool all = true;
+    for (std::future<absl::Status>& r : revoked) all = r.get().ok() && all;
+    if (!all) return;  // next tick
   }
   std::optional<ClusterMap> after = stored_map();
   if (!after.has_value() || after->version() != before->version()) return;
@@ -339,6 +372,7 @@ void LeaseKeeper::Revoke(uint64_t id, absl::Time deadline, std::function<void(ab
                               ? absl::Status(static_cast<absl::StatusCode>(r->code()), r->message())
                               : r.status();
                       if (!status.ok()) return done(status);
+                      bool waiting = false;
                       {
                         absl::MutexLock lock(&mu_);
                         auto it = leases_.find(id);
@@ -346,9 +380,10 @@ void LeaseKeeper::Revoke(uint64_t id, absl::Time deadline, std::function<void(ab
                           if (!it->second.revoking) ++stats_.revoked_total;
                           it->second.revoking = true;
                           waiters_[id].push_back(RevokeWaiter{deadline, done});
-                          return;
+                          waiting = true;
                         }
                       }
+                      if (waiting) return Wake();  // its keys go now, not at the next tick
                       // Ended meanwhile (its record is gone) or the leader changed (the
                       // next one ends it from the record).
                       done(absl::OkStatus());

@@ -81,7 +81,8 @@ struct LeaseKeeperOptions {
 class LeaseRevoker {
  public:
   virtual ~LeaseRevoker() = default;
-  // OK once `shard`'s leader applied a RevokeLeases of `leases`.
+  // OK once `shard`'s leader applied a RevokeLeases of `leases`. Called
+  // for several shards at once, from several threads.
   virtual absl::Status Revoke(const ShardLayout& shard, const std::vector<uint64_t>& leases) = 0;
 };
 
@@ -177,6 +178,11 @@ class LeaseKeeper {
   absl::BitGen rng_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
 
+  // Wakes the tick thread before its next tick (a Revoke is waiting).
+  void Wake() ABSL_LOCKS_EXCLUDED(wake_mu_);
+
+  absl::Mutex wake_mu_;  // a leaf lock, never held with mu_
+  bool wake_ ABSL_GUARDED_BY(wake_mu_) = false;
   absl::Notification stop_;
   std::thread thread_;
 };

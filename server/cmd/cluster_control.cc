@@ -1,5 +1,6 @@
 #include "server/cmd/cluster_control.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -116,13 +117,29 @@ absl::Status GrpcClusterControl::Split(NodeId node, ShardId shard,
 
 absl::Status GrpcClusterControl::Revoke(const ShardLayout& shard,
                                         const std::vector<uint64_t>& leases) {
+  // The replica that applied the last one first (likely still the leader):
+  // a paused member first in the list would otherwise cost a timeout per
+  // shard and round.
+  std::vector<NodeId> order = shard.replicas;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = revoked_by_.find(shard.id);
+    if (it != revoked_by_.end()) {
+      auto at = std::find(order.begin(), order.end(), it->second);
+      if (at != order.end()) std::rotate(order.begin(), at, at + 1);
+    }
+  }
   absl::Status last = absl::UnavailableError(absl::StrCat("shard ", shard.id, " has no replicas"));
-  for (NodeId node : shard.replicas) {
+  for (NodeId node : order) {
     peerpb::ReplicaChangeRequest request;
     request.set_shard(shard.id);
     request.mutable_revoke_leases()->mutable_leases()->Assign(leases.begin(), leases.end());
     last = Ask(node, std::move(request));
-    if (last.ok()) return last;
+    if (last.ok()) {
+      absl::MutexLock lock(&mu_);
+      revoked_by_[shard.id] = node;
+      return last;
+    }
   }
   return last;
 }

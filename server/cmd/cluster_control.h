@@ -65,6 +65,8 @@ class GrpcClusterControl : public ClusterControl, public LeaseRevoker {
   const absl::Duration deadline_;
   absl::Mutex mu_;
   absl::flat_hash_map<NodeId, std::shared_ptr<Stubs>> stubs_ ABSL_GUARDED_BY(mu_);
+  // Per shard, the replica that applied the last RevokeLeases (its leader).
+  absl::flat_hash_map<ShardId, NodeId> revoked_by_ ABSL_GUARDED_BY(mu_);
 };
 
 // A ShardStatus from its wire form (Cluster.NodeStatus).
