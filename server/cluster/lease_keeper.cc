@@ -68,6 +68,7 @@ void LeaseKeeper::Wake() {
 }
 
 absl::Status LeaseKeeper::Ready() const {
+  if (stopped_) return absl::UnavailableError("the node is stopping; ask another member");
   if (term_ == 0) {
     return absl::UnavailableError(
         "this node does not lead the metadata group, which keeps the leases");
@@ -373,10 +374,13 @@ void LeaseKeeper::Revoke(uint64_t id, absl::Time deadline, std::function<void(ab
                               : r.status();
                       if (!status.ok()) return done(status);
                       bool waiting = false;
+                      bool stopping = false;
                       {
                         absl::MutexLock lock(&mu_);
+                        // Stopped: no thread would finish or expire a waiter.
+                        stopping = stopped_;
                         auto it = leases_.find(id);
-                        if (term_ == term && it != leases_.end()) {
+                        if (!stopping && term_ == term && it != leases_.end()) {
                           if (!it->second.revoking) ++stats_.revoked_total;
                           it->second.revoking = true;
                           waiters_[id].push_back(RevokeWaiter{deadline, done});
@@ -384,6 +388,11 @@ void LeaseKeeper::Revoke(uint64_t id, absl::Time deadline, std::function<void(ab
                         }
                       }
                       if (waiting) return Wake();  // its keys go now, not at the next tick
+                      if (stopping) {
+                        return done(absl::UnavailableError(
+                            "the node is stopping; the lease has ended and the next leader of "
+                            "the metadata group deletes its keys"));
+                      }
                       // Ended meanwhile (its record is gone) or the leader changed (the
                       // next one ends it from the record).
                       done(absl::OkStatus());

@@ -257,6 +257,16 @@ TEST_F(LeaseKeeperTest, RevokeAnswersOnceEveryShardDeletedTheKeys) {
   EXPECT_THAT(*answer, StatusIs(absl::StatusCode::kNotFound));
 }
 
+TEST_F(LeaseKeeperTest, AStoppedKeeperAnswersAtOnceAndLeavesNoRevokeWaiting) {
+  const uint64_t id = Grant(60);
+  keeper_->Stop();
+  std::optional<absl::Status> answer;
+  keeper_->Revoke(id, absl::InfiniteFuture(), [&](absl::Status s) { answer = s; });
+  ASSERT_TRUE(answer.has_value()) << "nothing would ever answer a waiting Revoke";
+  EXPECT_THAT(*answer, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(Renew(id), StatusIs(absl::StatusCode::kUnavailable));
+}
+
 TEST_F(LeaseKeeperTest, EndingWaitsWhileASplitIsInProgress) {
   const uint64_t id = Grant(60);
   absl::StatusOr<ClusterMap> splitting = map_.WithSplitStarted(1);
