@@ -975,7 +975,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   for (const std::string& e : options.endpoints) {
     if (e.empty()) return absl::InvalidArgumentError("empty endpoint");
   }
-  return std::unique_ptr<Client>(new Client(std::make_unique<Core>(std::move(options))));
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      ChannelCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  return std::unique_ptr<Client>(
+      new Client(std::make_unique<Core>(std::move(options), *std::move(credentials))));
 }
 
 Client::Client(std::unique_ptr<Core> core) : core_(std::move(core)) {}

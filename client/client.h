@@ -50,6 +50,7 @@
 #include "client/backoff.h"
 #include "client/lease.h"
 #include "client/read_cache.h"
+#include "client/tls.h"
 #include "client/watch.h"
 #include "tessera/kv.pb.h"
 
@@ -106,6 +107,9 @@ struct ClientOptions {
   // --max-batch-bytes (8 MiB), which refuse every operation of a larger one.
   size_t batch_max_ops = 256;
   size_t batch_max_bytes = 4 << 20;
+  // TLS to the client port (client/tls.h); default plaintext. Create() reads
+  // the files once.
+  TlsOptions tls;
 };
 
 struct KeyValue {

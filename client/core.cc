@@ -13,8 +13,10 @@
 
 namespace tessera::client {
 
-Client::Core::Core(ClientOptions options)
-    : options_(std::move(options)), cache_(options_.read_cache_bytes) {}
+Client::Core::Core(ClientOptions options, std::shared_ptr<grpc::ChannelCredentials> credentials)
+    : options_(std::move(options)),
+      credentials_(std::move(credentials)),
+      cache_(options_.read_cache_bytes) {}
 
 Client::Core::~Core() {
   std::vector<std::shared_ptr<grpc::ClientContext>> contexts;
@@ -92,8 +94,8 @@ Client::Core::Node* Client::Core::GetNode(const std::string& address) {
     const bool numeric = !address.empty() && absl::ascii_isdigit(address[0]);
     for (int i = 0; i < channels; ++i) {
       // The stubs own the channel.
-      std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-          numeric ? "ipv4:" + address : address, grpc::InsecureChannelCredentials(), args);
+      std::shared_ptr<grpc::Channel> channel =
+          grpc::CreateCustomChannel(numeric ? "ipv4:" + address : address, credentials_, args);
       node->kv.Add(v1::KV::NewStub(channel));
       node->cluster.Add(v1::Cluster::NewStub(channel));
       node->lease.Add(v1::Lease::NewStub(channel));

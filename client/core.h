@@ -96,7 +96,7 @@ class Client::Core {
     std::atomic<int64_t> busy_until_ns_{INT64_MIN};
   };
 
-  explicit Core(ClientOptions options);
+  Core(ClientOptions options, std::shared_ptr<grpc::ChannelCredentials> credentials);
   // Cancels calls in flight, waits for them, stops the timer.
   ~Core();
 
@@ -152,6 +152,7 @@ class Client::Core {
 
  private:
   const ClientOptions options_;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;  // of every channel
   RouteTable routes_;
   SessionTable sessions_;
   ReadCache cache_;

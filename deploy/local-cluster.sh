@@ -2,11 +2,16 @@
 # Runs a local Tessera cluster on 127.0.0.1.
 #
 # Usage: ./deploy/local-cluster.sh COMMAND
-#   up [--nodes 3|5] [--shards N] [--with-prometheus]
+#   up [--nodes 3|5] [--shards N] [--tls] [--with-prometheus]
 #              install missing deps, build the release preset, start the nodes
 #              (node N: client port 700N, peer port 710N, /metrics /healthz
 #              /readyz on 920N) and wait until every node answers and every
-#              shard has a leader. Running: says so. --with-prometheus also
+#              shard has a leader. Running: says so. --tls: the client port
+#              speaks only TLS, with a throwaway CA and node and user
+#              certificates made under $TESSERA_CLUSTER_DIR/tls/; the
+#              settings for the CLI are in tls/env (`source` it; the script
+#              prints the line). The choice is kept with the cluster.
+#              --with-prometheus also
 #              runs Debian's prometheus on 127.0.0.1:9090 scraping the nodes
 #              (config generated from deploy/prometheus/prometheus.yml, data
 #              under the cluster dir).
@@ -30,8 +35,9 @@
 #
 # State lives in $TESSERA_CLUSTER_DIR (default ./.tessera): cluster.env (the
 # founding node count and shard count chosen by `up`, the node count `add`
-# grew it to), certs/ (the peer port's cluster
-# CA and node-N certificates, made by deploy/gen-certs.sh), nodeN/data, nodeN/log,
+# grew it to, tls=1 after up --tls), certs/ (the peer port's cluster
+# CA and node-N certificates, made by deploy/gen-certs.sh), tls/ (with --tls:
+# the client port's CA, node and user certificates, and env), nodeN/data, nodeN/log,
 # nodeN/pid, prometheus/{prometheus.yml,data,log,pid}. TESSERA_SKIP_BUILD=1
 # skips deps and build; TESSERA_BIN_DIR picks another build's server binaries
 # (default build/release/server); TESSERA_SERVER_FLAGS adds flags to every
@@ -56,6 +62,7 @@ load_config() {  # sets founders/nodes/shards from cluster.env (or defaults)
   nodes=3
   shards=16
   founders=""
+  tls=""
   if [[ -f $dir/cluster.env ]]; then
     # shellcheck disable=SC1091
     source "$dir/cluster.env"
@@ -77,8 +84,21 @@ load_config() {  # sets founders/nodes/shards from cluster.env (or defaults)
 is_removed() { [[ " $removed " == *" $1 "* ]]; }
 
 save_config() {
-  printf 'founders=%s\nnodes=%s\nshards=%s\nremoved="%s"\n' "$founders" "$nodes" "$shards" \
-    "$removed" >"$dir/cluster.env"
+  printf 'founders=%s\nnodes=%s\nshards=%s\nremoved="%s"\ntls=%s\n' "$founders" "$nodes" \
+    "$shards" "$removed" "$tls" >"$dir/cluster.env"
+}
+
+# With tls=1: the client port's certificates (node-N for the nodes, a client
+# certificate for user "root"), made once, and tls/env for the CLI and the
+# tools (tessera, tessera-admin, tessera-bench read TESSERA_TLS_*).
+client_tls() {
+  [[ -n $tls ]] || return 0
+  deploy/gen-certs.sh "$dir/tls" $(seq 1 "$nodes")
+  deploy/gen-certs.sh "$dir/tls" --user root
+  printf 'export TESSERA_ENDPOINTS=%s\nexport TESSERA_TLS_CA=%s\nexport TESSERA_TLS_CERT=%s\nexport TESSERA_TLS_KEY=%s\n' \
+    "$endpoints" "$dir/tls/ca.crt" "$dir/tls/user-root.crt" "$dir/tls/user-root.key" >"$dir/tls/env"
+  # shellcheck disable=SC1091
+  source "$dir/tls/env"
 }
 
 pid_of() {  # prints the pid of node $1 if it is running
@@ -109,10 +129,16 @@ start_node() {
   # cluster map from the founders.
   local membership=(--initial-cluster="$cluster" --shards="$shards")
   ((n <= founders)) || membership=(--join="$join")
+  local client_tls_flags=()
+  if [[ -n $tls ]]; then
+    client_tls
+    client_tls_flags=(--tls-cert="$dir/tls/node-$n.crt" --tls-key="$dir/tls/node-$n.key"
+      --tls-ca="$dir/tls/ca.crt")
+  fi
   "$bin/tessera-server" --node-id="$n" --data-dir="$dir/node$n/data" \
     "${membership[@]}" --port-file="$dir/node$n/ports" \
     --peer-cert="$dir/certs/node-$n.crt" --peer-key="$dir/certs/node-$n.key" \
-    --peer-ca="$dir/certs/ca.crt" \
+    --peer-ca="$dir/certs/ca.crt" "${client_tls_flags[@]}" \
     --metrics-listen="127.0.0.1:$(metrics_port "$n")" \
     ${TESSERA_SERVER_FLAGS:-} `# split on spaces on purpose` \
     >>"$dir/node$n/log" 2>&1 &
@@ -210,14 +236,18 @@ cmd=${1:-}
 [[ -n $cmd ]] || usage
 shift
 load_config
+# shellcheck disable=SC1091
+[[ -z $tls || ! -f $dir/tls/env ]] || source "$dir/tls/env"
 case "$cmd" in
   up)
     want_nodes=$founders
     want_shards=$shards
     with_prometheus=""
+    want_tls=$tls
     while [[ $# -gt 0 ]]; do
       case "$1" in
         --nodes) want_nodes=${2:-}; shift 2 ;;
+        --tls) want_tls=1; shift ;;
         --shards) want_shards=${2:-}; shift 2 ;;
         --with-prometheus) with_prometheus=1; shift ;;
         *) echo "local-cluster: unknown option '$1'" >&2; usage ;;
@@ -226,9 +256,10 @@ case "$cmd" in
     [[ $want_nodes == 3 || $want_nodes == 5 ]] || { echo "local-cluster: --nodes must be 3 or 5" >&2; exit 2; }
     [[ $want_shards =~ ^[0-9]+$ ]] && ((want_shards >= 1 && want_shards <= 4096)) ||
       { echo "local-cluster: --shards must be 1..4096" >&2; exit 2; }
-    if [[ -f $dir/cluster.env ]] && [[ $want_nodes != "$founders" || $want_shards != "$shards" ]]; then
-      echo "local-cluster: $dir holds a cluster of $founders nodes and $shards shards;" \
-        "run 'down' and remove $dir to create a different one" >&2
+    if [[ -f $dir/cluster.env ]] &&
+      [[ $want_nodes != "$founders" || $want_shards != "$shards" || $want_tls != "$tls" ]]; then
+      echo "local-cluster: $dir holds a cluster of $founders nodes and $shards shards" \
+        "(${tls:+with}${tls:-without} --tls); run 'down' and remove $dir to create a different one" >&2
       exit 2
     fi
     running=0
@@ -251,7 +282,7 @@ case "$cmd" in
     fi
     mkdir -p "$dir"
     if [[ ! -f $dir/cluster.env ]]; then
-      founders=$want_nodes nodes=$want_nodes shards=$want_shards
+      founders=$want_nodes nodes=$want_nodes shards=$want_shards tls=$want_tls
       save_config
     fi
     load_config
@@ -261,10 +292,11 @@ case "$cmd" in
     for ((n = 1; n <= nodes; n++)); do
       echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  metrics http://127.0.0.1:$(metrics_port "$n")/metrics  pid $(pid_of "$n" || echo '?')  log $dir/node$n/log"
     done
-    echo "endpoints: $endpoints  ($shards shards, replication 3)"
+    echo "endpoints: $endpoints  ($shards shards, replication 3${tls:+, client port TLS only})"
     if [[ -x $cli ]]; then
       ep=""
       [[ $base == 7000 && $nodes == 3 ]] || ep=" --endpoints=$endpoints"
+      [[ -z $tls ]] || { ep=""; echo "settings:  source $dir/tls/env"; }
       echo "try:       $cli$ep put hello world && $cli$ep get hello"
     fi
     [[ -z $with_prometheus ]] || start_prometheus

@@ -111,6 +111,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   client::ClientOptions options;
+  options.tls = client::TlsOptionsFromEnv();  // TESSERA_TLS_CA, _CERT, _KEY
   options.endpoints = flags.endpoints;
   absl::StatusOr<std::unique_ptr<client::Client>> created = client::Client::Create(options);
   if (!created.ok()) {

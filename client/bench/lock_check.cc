@@ -29,6 +29,7 @@ client::CallOptions Within(absl::Duration timeout) {
 absl::StatusOr<std::unique_ptr<LockCheck>> LockCheck::Start(
     const std::vector<std::string>& endpoints, int workers, bool testing_unlocked) {
   client::ClientOptions options;
+  options.tls = client::TlsOptionsFromEnv();  // TESSERA_TLS_CA, _CERT, _KEY
   options.endpoints = endpoints;
   options.attempt_timeout = absl::Seconds(1);
   absl::StatusOr<std::unique_ptr<client::Client>> created = client::Client::Create(options);

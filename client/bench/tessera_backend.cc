@@ -80,6 +80,7 @@ class TesseraBackend : public Backend {
 absl::StatusOr<std::unique_ptr<Backend>> NewTesseraBackend(
     const std::vector<std::string>& endpoints, BackendOptions options) {
   client::ClientOptions client_options;
+  client_options.tls = client::TlsOptionsFromEnv();  // TESSERA_TLS_CA, _CERT, _KEY
   client_options.endpoints = endpoints;
   client_options.channels_per_node = options.conns;
   client_options.use_batch_stream = options.batch_stream;

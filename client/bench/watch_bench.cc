@@ -78,8 +78,9 @@ uint32_t ShardOf(const v1::ClusterMap& map, const std::string& key) {
 
 class Streams {
  public:
-  Streams(const Config& config, const v1::ClusterMap& map) {
-    auto channel = grpc::CreateChannel(config.node, grpc::InsecureChannelCredentials());
+  Streams(const Config& config, const v1::ClusterMap& map,
+          std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    auto channel = grpc::CreateChannel(config.node, std::move(credentials));
     stub_ = v1::KV::NewStub(channel);
     for (int s = 0; s < config.streams; ++s) {
       auto stream = std::make_unique<Stream>();
@@ -191,9 +192,16 @@ int Main(int argc, char** argv) {
   }
   if (config.node.empty()) config.node = config.endpoints[0];
   client::ClientOptions options;
+  options.tls = client::TlsOptionsFromEnv();  // TESSERA_TLS_CA, _CERT, _KEY
   options.endpoints = config.endpoints;
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      client::ChannelCredentials(options.tls);
   absl::StatusOr<std::unique_ptr<client::Client>> client = client::Client::Create(options);
-  if (!client.ok()) return 2;
+  if (!credentials.ok()) client = credentials.status();
+  if (!client.ok()) {
+    std::fprintf(stderr, "tessera-watch-bench: %s\n", client.status().ToString().c_str());
+    return 2;
+  }
   absl::StatusOr<v1::ClusterMap> map = (*client)->GetClusterMap();
   if (!map.ok()) {
     std::fprintf(stderr, "tessera-watch-bench: %s\n", map.status().ToString().c_str());
@@ -204,7 +212,7 @@ int Main(int argc, char** argv) {
   const int keys = std::max(config.watchers, 10000);
   if (config.watchers > 0) {
     const absl::Time t0 = absl::Now();
-    streams = std::make_unique<Streams>(config, *map);
+    streams = std::make_unique<Streams>(config, *map, *credentials);
     const absl::Time until = absl::Now() + absl::Seconds(120);
     while (streams->created() < static_cast<uint64_t>(config.watchers) && absl::Now() < until) {
       absl::SleepFor(absl::Milliseconds(10));  // polls a counter, bounded

@@ -22,6 +22,7 @@ absl::StatusOr<std::unique_ptr<WatchCheck>> WatchCheck::Start(
     const std::vector<std::string>& endpoints, const KeyFormat& keys, const KeyVersions& before) {
   std::unique_ptr<WatchCheck> check(new WatchCheck(keys, before));
   client::ClientOptions options;
+  options.tls = client::TlsOptionsFromEnv();  // TESSERA_TLS_CA, _CERT, _KEY
   options.endpoints = endpoints;
   absl::StatusOr<std::unique_ptr<client::Client>> client = client::Client::Create(options);
   if (!client.ok()) return client.status();

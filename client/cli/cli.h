@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "client/tls.h"
 
 namespace tessera::client::cli {
 
@@ -33,6 +34,7 @@ struct Args {
   std::optional<std::string> resume;
   std::optional<uint64_t> lease;      // put --lease ID
   std::optional<absl::Duration> ttl;  // lock, elect: --ttl
+  TlsOptions tls;                     // --tls-ca, --tls-cert, --tls-key (or TESSERA_TLS_*)
   std::vector<std::string> positional;
 };
 
@@ -40,6 +42,8 @@ struct Args {
 std::string JsonString(const std::string& s);
 // One-line text of an error, without the status code dump.
 std::string OneLine(const absl::Status& s);
+// Whether the CLI speaks TLS (for the hint Fail() adds to connection errors).
+void NoteTlsConfigured(bool tls);
 // Prints "tessera: COMMAND: error" (with `note` after it) on stderr and
 // returns the error's exit code.
 int Fail(const std::string& command, const absl::Status& s, const std::string& note = "");

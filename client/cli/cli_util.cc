@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
@@ -48,8 +49,24 @@ std::string OneLine(const absl::Status& s) {
 }
 
 // Prints the error (with `note` after it) and returns its exit code.
+namespace {
+bool tls_configured = false;
+}  // namespace
+
+void NoteTlsConfigured(bool tls) { tls_configured = tls; }
+
 int Fail(const std::string& command, const absl::Status& s, const std::string& note) {
-  std::fprintf(stderr, "tessera: %s: %s%s\n", command.c_str(), OneLine(s).c_str(), note.c_str());
+  std::string hint;
+  // What a connection that never got past TLS looks like from here.
+  if (absl::StrContains(s.message(), "andshake failed")) {
+    hint = " (TLS: is --tls-ca the CA that signed the cluster's certificates?)";
+  } else if (absl::StrContains(s.message(), "Socket closed")) {
+    hint = tls_configured ? " (TLS: the server may refuse --tls-cert: is it signed by the "
+                            "cluster's CA and still valid?)"
+                          : " (if the cluster speaks TLS, set --tls-ca or TESSERA_TLS_CA)";
+  }
+  std::fprintf(stderr, "tessera: %s: %s%s%s\n", command.c_str(), OneLine(s).c_str(), note.c_str(),
+               hint.c_str());
   switch (s.code()) {
     case absl::StatusCode::kNotFound:
     case absl::StatusCode::kAborted:

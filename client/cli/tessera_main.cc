@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <iostream>
@@ -34,6 +35,7 @@
 #include "absl/time/time.h"
 #include "client/cli/cli.h"
 #include "client/client.h"
+#include "grpc/support/log.h"
 
 namespace tessera::client::cli {
 namespace {
@@ -109,7 +111,11 @@ one shard (use a hash tag: "acct:{42}:balance").
   prints "succeeded" or "failed" then one line per operation; exits 1 when failed.
 
 flags:
-  --endpoints=HOST:PORT,...  members to contact (default 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003)
+  --endpoints=HOST:PORT,...  members to contact (default $TESSERA_ENDPOINTS, else
+                             127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003)
+  --tls-ca=FILE              speak TLS, verifying the servers against this CA (default $TESSERA_TLS_CA)
+  --tls-cert=FILE --tls-key=FILE
+                             present this client certificate (default $TESSERA_TLS_CERT, $TESSERA_TLS_KEY)
   --timeout=DURATION         overall deadline of the command, retries included (default 5s);
                              for scan, the deadline of each page
   --consistency=MODE         reads: linearizable (default) | lease | stale
@@ -156,6 +162,12 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* he
     if (name == "--endpoints") {
       args->endpoints = absl::StrSplit(value, ',', absl::SkipWhitespace());
       if (args->endpoints.empty()) return std::string("--endpoints is empty");
+    } else if (name == "--tls-ca") {
+      args->tls.ca_file = value;
+    } else if (name == "--tls-cert") {
+      args->tls.cert_file = value;
+    } else if (name == "--tls-key") {
+      args->tls.key_file = value;
     } else if (name == "--timeout" || name == "--max-staleness") {
       absl::Duration d;
       if (!absl::ParseDuration(value, &d) || d <= absl::ZeroDuration()) {
@@ -676,6 +688,11 @@ int RunWatch(Client& client, const Args& args) {
 
 int Run(int argc, char** argv) {
   Args args;
+  if (const char* endpoints = std::getenv("TESSERA_ENDPOINTS");
+      endpoints != nullptr && *endpoints != '\0') {
+    args.endpoints = absl::StrSplit(endpoints, ',', absl::SkipWhitespace());
+  }
+  args.tls = TlsOptionsFromEnv();
   bool help = false;
   if (std::optional<std::string> err = ParseArgs(argc, argv, &args, &help)) {
     std::fprintf(stderr, "tessera: %s (see tessera --help)\n", err->c_str());
@@ -767,6 +784,8 @@ int Run(int argc, char** argv) {
   options.endpoints = args.endpoints;
   options.default_timeout = args.timeout;
   options.attempt_timeout = std::min(args.timeout, absl::Seconds(2));
+  options.tls = args.tls;
+  NoteTlsConfigured(args.tls.enabled());
   absl::StatusOr<std::unique_ptr<Client>> created = Client::Create(options);
   if (!created.ok()) return usage(OneLine(created.status()));
   Client& client = **created;
@@ -945,4 +964,9 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace tessera::client::cli
 
-int main(int argc, char** argv) { return tessera::client::cli::Run(argc, argv); }
+int main(int argc, char** argv) {
+  // gRPC's own error lines (a failed handshake per attempt) would repeat
+  // what the one line of Fail() says.
+  gpr_set_log_function([](gpr_log_func_args*) {});
+  return tessera::client::cli::Run(argc, argv);
+}

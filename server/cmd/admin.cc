@@ -11,6 +11,8 @@
 //   tessera-admin map --endpoints=127.0.0.1:7001
 //       Prints the cluster map (members, shard ranges, replicas, leaders) of
 //       the first endpoint that answers.
+//   Both take --tls-ca=FILE [--tls-cert=FILE --tls-key=FILE] for a client
+//   port with TLS (defaults: $TESSERA_TLS_CA, $TESSERA_TLS_CERT, $TESSERA_TLS_KEY).
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -22,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/tls.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -31,13 +34,16 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: tessera-admin status --endpoints=HOST:PORT,... [--wait-ms=N] [--quiet]\n"
-    "       tessera-admin map --endpoints=HOST:PORT,...\n";
+    "       tessera-admin map --endpoints=HOST:PORT,...\n"
+    "       either with [--tls-ca=FILE [--tls-cert=FILE --tls-key=FILE]]\n";
 
 struct Args {
   std::string command;
   std::vector<std::string> endpoints;
   int64_t wait_ms = 0;
   bool quiet = false;
+  tessera::client::TlsOptions tls = tessera::client::TlsOptionsFromEnv();
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // from `tls`
 };
 
 bool ParseArgs(int argc, char** argv, Args* args) {
@@ -61,6 +67,12 @@ bool ParseArgs(int argc, char** argv, Args* args) {
     }
     if (name == "--endpoints") {
       args->endpoints = absl::StrSplit(value, ',', absl::SkipWhitespace());
+    } else if (name == "--tls-ca") {
+      args->tls.ca_file = value;
+    } else if (name == "--tls-cert") {
+      args->tls.cert_file = value;
+    } else if (name == "--tls-key") {
+      args->tls.key_file = value;
     } else if (name == "--wait-ms") {
       if (!absl::SimpleAtoi(value, &args->wait_ms) || args->wait_ms < 0) return false;
     } else {
@@ -70,13 +82,12 @@ bool ParseArgs(int argc, char** argv, Args* args) {
   return !args->endpoints.empty() && (args->command == "status" || args->command == "map");
 }
 
-std::unique_ptr<tessera::v1::Cluster::Stub> Stub(const std::string& endpoint) {
+std::unique_ptr<tessera::v1::Cluster::Stub> Stub(const Args& a, const std::string& endpoint) {
   // Reconnect quickly: `status --wait-ms` polls nodes that are still starting.
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
-  return tessera::v1::Cluster::NewStub(
-      grpc::CreateCustomChannel(endpoint, grpc::InsecureChannelCredentials(), args));
+  return tessera::v1::Cluster::NewStub(grpc::CreateCustomChannel(endpoint, a.credentials, args));
 }
 
 // One poll of every endpoint; returns whether all answered and all shards
@@ -90,7 +101,7 @@ bool StatusOnce(const Args& args, bool print) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
     tessera::v1::NodeStatusResponse status;
-    grpc::Status s = Stub(endpoint)->NodeStatus(&context, {}, &status);
+    grpc::Status s = Stub(args, endpoint)->NodeStatus(&context, {}, &status);
     // Down: unreachable, NodeStatus failing (a node whose raft loop stopped
     // or is wedged answers UNAVAILABLE), or replicas reported "stopped".
     bool stopped = false;
@@ -123,7 +134,7 @@ bool StatusOnce(const Args& args, bool print) {
       grpc::ClientContext map_context;
       map_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
       tessera::v1::GetClusterMapResponse map;
-      if (Stub(endpoint)->GetClusterMap(&map_context, {}, &map).ok()) {
+      if (Stub(args, endpoint)->GetClusterMap(&map_context, {}, &map).ok()) {
         num_shards = map.map().num_shards();
       }
     }
@@ -139,7 +150,7 @@ int Map(const Args& args) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
     tessera::v1::GetClusterMapResponse response;
-    if (!Stub(endpoint)->GetClusterMap(&context, {}, &response).ok()) continue;
+    if (!Stub(args, endpoint)->GetClusterMap(&context, {}, &response).ok()) continue;
     const tessera::v1::ClusterMap& map = response.map();
     std::printf("epoch %llu, %u shards, replication %u\n",
                 static_cast<unsigned long long>(map.epoch()), map.num_shards(), map.replication());
@@ -169,6 +180,14 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      tessera::client::ChannelCredentials(args.tls);
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "tessera-admin: %s\n",
+                 std::string(credentials.status().message()).c_str());
+    return 2;
+  }
+  args.credentials = *std::move(credentials);
   if (args.command == "map") return Map(args);
   const absl::Time deadline = absl::Now() + absl::Milliseconds(args.wait_ms);
   while (true) {

@@ -31,9 +31,14 @@ ShardStatus FromProto(const v1::ShardStatus& proto) {
 }
 
 GrpcClusterControl::GrpcClusterControl(NodeId self, const ClusterMapCache* maps,
-                                       const security::PeerCredentials* credentials,
+                                       const security::TlsCredentials* credentials,
+                                       const security::TlsCredentials* client_credentials,
                                        absl::Duration deadline)
-    : self_(self), maps_(maps), credentials_(credentials), deadline_(deadline) {}
+    : self_(self),
+      maps_(maps),
+      credentials_(credentials),
+      client_credentials_(client_credentials),
+      deadline_(deadline) {}
 
 std::shared_ptr<GrpcClusterControl::Stubs> GrpcClusterControl::StubsOf(NodeId node) {
   std::shared_ptr<const ClusterMap> map = maps_->Current();
@@ -50,7 +55,7 @@ std::shared_ptr<GrpcClusterControl::Stubs> GrpcClusterControl::StubsOf(NodeId no
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     std::shared_ptr<grpc::Channel> client =
-        grpc::CreateCustomChannel(member->client_address, grpc::InsecureChannelCredentials(), args);
+        grpc::CreateCustomChannel(member->client_address, client_credentials_->channel(), args);
     fresh->cluster = v1::Cluster::NewStub(client);
     fresh->lease = v1::Lease::NewStub(client);
     grpc::ChannelArguments peer_args = args;

@@ -23,7 +23,7 @@
 #include "server/cluster/cluster_map.h"
 #include "server/cluster/lease_keeper.h"
 #include "server/cluster/scheduler.h"
-#include "server/security/peer_tls.h"
+#include "server/security/tls.h"
 #include "tessera/kv.grpc.pb.h"
 #include "tessera/peer.grpc.pb.h"
 
@@ -32,7 +32,8 @@ namespace tessera::server {
 class GrpcClusterControl : public ClusterControl, public LeaseRevoker {
  public:
   GrpcClusterControl(NodeId self, const ClusterMapCache* maps,
-                     const security::PeerCredentials* credentials,
+                     const security::TlsCredentials* credentials,
+                     const security::TlsCredentials* client_credentials,
                      absl::Duration deadline = absl::Seconds(2));
 
   absl::StatusOr<std::vector<ShardStatus>> Status(NodeId node) override;
@@ -61,7 +62,8 @@ class GrpcClusterControl : public ClusterControl, public LeaseRevoker {
 
   const NodeId self_;
   const ClusterMapCache* const maps_;
-  const security::PeerCredentials* const credentials_;
+  const security::TlsCredentials* const credentials_;         // the peer port's
+  const security::TlsCredentials* const client_credentials_;  // the client port's
   const absl::Duration deadline_;
   absl::Mutex mu_;
   absl::flat_hash_map<NodeId, std::shared_ptr<Stubs>> stubs_ ABSL_GUARDED_BY(mu_);

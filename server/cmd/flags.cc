@@ -75,6 +75,14 @@ ABSL_FLAG(std::string, peer_ca, "", "PEM certificate of the cluster CA that sign
 ABSL_FLAG(bool, insecure_peers, false,
           "plaintext peer port without authentication: anyone who reaches it can rewrite or "
           "erase data (logged as a warning on every start)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate of this member for the client port (common name node-<id>, naming "
+          "the hosts clients dial; the --peer-cert file will do); {id} as in --peer-cert. With "
+          "--tls-cert, --tls-key and --tls-ca the client port speaks only TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert; {id} as there");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM certificate(s) of the CA that signs client certificates and other members' "
+          "--tls-cert (the --peer-ca file will do)");
 ABSL_FLAG(uint32_t, max_inbound_snapshots, 2, "snapshots received at once; more wait");
 ABSL_FLAG(uint64_t, max_snapshot_bytes, 1ull << 30, "largest snapshot accepted from a peer");
 ABSL_FLAG(uint32_t, snapshot_idle_timeout_ms, 30000,
@@ -174,6 +182,7 @@ constexpr char kUsage[] =
     "  [--log-level=info] [--min-free-disk-bytes=268435456]\n"
     "  [--max-client-connections=0] [--max-peer-connections=0]\n"
     "  --peer-cert=FILE --peer-key=FILE --peer-ca=FILE | --insecure-peers\n"
+    "  [--tls-cert=FILE --tls-key=FILE --tls-ca=FILE]\n"
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
     "  [--max-inflight-bytes=67108864] [--hibernate-idle-shards=true]\n"
@@ -181,6 +190,21 @@ constexpr char kUsage[] =
     "  [--split-shard-bytes=100663296] [--split-shard-writes-per-sec=0]\n"
     "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
     "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
+
+// --tls-cert, --tls-key and --tls-ca of node `id`: all or none.
+absl::StatusOr<security::TlsFiles> ClientTlsFiles(NodeId id) {
+  const std::string id_text = absl::StrCat(id);
+  security::TlsFiles files = {
+      .cert = absl::StrReplaceAll(absl::GetFlag(FLAGS_tls_cert), {{"{id}", id_text}}),
+      .key = absl::StrReplaceAll(absl::GetFlag(FLAGS_tls_key), {{"{id}", id_text}}),
+      .ca = absl::GetFlag(FLAGS_tls_ca)};
+  const int set = !files.cert.empty() + !files.key.empty() + !files.ca.empty();
+  if (set != 0 && set != 3) {
+    return absl::InvalidArgumentError(
+        "client TLS needs all of --tls-cert, --tls-key and --tls-ca (or none: plaintext)");
+  }
+  return files;
+}
 
 // Sets flag `name` (dashes allowed) to `value`.
 absl::Status SetFlag(std::string name, const std::string& value, std::set<std::string>* seen) {
@@ -213,6 +237,9 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "peer_key",
                                               "peer_ca",
                                               "insecure_peers",
+                                              "tls_cert",
+                                              "tls_key",
+                                              "tls_ca",
                                               "max_inbound_snapshots",
                                               "max_snapshot_bytes",
                                               "snapshot_idle_timeout_ms",
@@ -427,10 +454,17 @@ absl::StatusOr<ServerConfig> Validate() {
                             absl::GetFlag(FLAGS_replication));
     if (!map.ok()) return map.status();
   }
+  absl::StatusOr<security::TlsFiles> client_tls = ClientTlsFiles(id);
+  if (!client_tls.ok()) return client_tls.status();
   const bool joining = !join.empty() && (!map.ok() || map->FindMember(id) == nullptr);
   if (joining) {
+    absl::StatusOr<security::TlsCredentials> credentials =
+        client_tls->cert.empty()
+            ? absl::StatusOr<security::TlsCredentials>(security::TlsCredentials::Insecure())
+            : security::TlsCredentials::Load(*client_tls, id, "--tls");
+    if (!credentials.ok()) return credentials.status();
     map = FetchClusterMap(join_endpoints, id, advertised->has_value() ? &**advertised : nullptr,
-                          absl::Seconds(30));
+                          absl::Seconds(30), credentials->channel());
   }
   if (!map.ok()) return map.status();
   const MemberInfo* self = map->FindMember(id);
@@ -461,6 +495,7 @@ absl::StatusOr<ServerConfig> Validate() {
   if (!config.metrics_listen.empty())
     TESSERA_RETURN_IF_ERROR(ValidateHostPort(config.metrics_listen));
   config.log_level = log_level;
+  config.client_tls = *client_tls;
   // "{id}" lets one configuration serve every node (e.g. Kubernetes pods).
   const std::string id_text = absl::StrCat(id);
   config.peer_tls = {

@@ -10,7 +10,7 @@
 #include "absl/time/time.h"
 #include "proto/ids.h"
 #include "server/cluster/cluster_map.h"
-#include "server/security/peer_tls.h"
+#include "server/security/tls.h"
 #include "server/transport/grpc_server.h"
 #include "spdlog/common.h"
 
@@ -26,8 +26,9 @@ struct ServerConfig {
   std::string metrics_listen;  // empty: no metrics HTTP server
   std::string port_file;       // empty: none written
   spdlog::level::level_enum log_level = spdlog::level::info;
-  ClusterMap map;                   // computed from --initial-cluster, --shards, --replication
-  security::PeerTlsFiles peer_tls;  // empty with --insecure-peers
+  ClusterMap map;                 // computed from --initial-cluster, --shards, --replication
+  security::TlsFiles peer_tls;    // empty with --insecure-peers
+  security::TlsFiles client_tls;  // empty: a plaintext client port
   FdBudget fds;
   absl::Duration tick = absl::Milliseconds(50);
   int election_ticks = 20;

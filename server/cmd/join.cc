@@ -17,15 +17,16 @@ namespace {
 // Asks each member of `map` in turn (only the metadata group's leader
 // records it; the others answer UNAVAILABLE) to add `self`, until one
 // records it (or it was recorded already); the last answer otherwise.
-absl::Status AddSelf(const ClusterMap& map, const MemberInfo& self, absl::Time deadline) {
+absl::Status AddSelf(const ClusterMap& map, const MemberInfo& self, absl::Time deadline,
+                     const std::shared_ptr<grpc::ChannelCredentials>& credentials) {
   v1::AddMemberRequest request;
   request.mutable_member()->set_id(self.id);
   request.mutable_member()->set_client_address(self.client_address);
   request.mutable_member()->set_peer_address(self.peer_address);
   absl::Status last = absl::UnavailableError("not asked");
   for (const MemberInfo& member : map.members()) {
-    std::unique_ptr<v1::Cluster::Stub> stub = v1::Cluster::NewStub(
-        grpc::CreateChannel(member.client_address, grpc::InsecureChannelCredentials()));
+    std::unique_ptr<v1::Cluster::Stub> stub =
+        v1::Cluster::NewStub(grpc::CreateChannel(member.client_address, credentials));
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(2))));
     v1::AddMemberResponse response;
@@ -47,11 +48,11 @@ absl::Status AddSelf(const ClusterMap& map, const MemberInfo& self, absl::Time d
 }  // namespace
 
 absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpoints, NodeId self,
-                                           const MemberInfo* add_self, absl::Duration timeout) {
+                                           const MemberInfo* add_self, absl::Duration timeout,
+                                           std::shared_ptr<grpc::ChannelCredentials> credentials) {
   std::vector<std::unique_ptr<v1::Cluster::Stub>> stubs;
   for (const std::string& endpoint : endpoints) {
-    stubs.push_back(
-        v1::Cluster::NewStub(grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials())));
+    stubs.push_back(v1::Cluster::NewStub(grpc::CreateChannel(endpoint, credentials)));
   }
   const absl::Time deadline = absl::Now() + timeout;
   absl::Status last = absl::UnavailableError("not asked");
@@ -68,7 +69,7 @@ absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpo
       if (map->FindMember(self) == nullptr && add_self != nullptr) {
         // Only the metadata group's leader records it: the others refuse
         // with UNAVAILABLE, and the next member is asked.
-        last = AddSelf(*map, *add_self, deadline);
+        last = AddSelf(*map, *add_self, deadline, credentials);
         if (!last.ok() && last.code() != absl::StatusCode::kUnavailable &&
             last.code() != absl::StatusCode::kDeadlineExceeded) {
           return last;

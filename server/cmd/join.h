@@ -3,11 +3,13 @@
 #ifndef TESSERA_SERVER_CMD_JOIN_H_
 #define TESSERA_SERVER_CMD_JOIN_H_
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcpp/security/credentials.h"
 #include "server/cluster/cluster_map.h"
 
 namespace tessera::server {
@@ -21,8 +23,10 @@ namespace tessera::server {
 // the line says whom it asked), kFailedPrecondition (`self` is not a
 // member: the line says how to add it), AddMember's refusals (e.g.
 // kInvalidArgument: an address another member has), FromProto's errors.
+// `credentials`: those of the members' client port (security/tls.h).
 absl::StatusOr<ClusterMap> FetchClusterMap(const std::vector<std::string>& endpoints, NodeId self,
-                                           const MemberInfo* add_self, absl::Duration timeout);
+                                           const MemberInfo* add_self, absl::Duration timeout,
+                                           std::shared_ptr<grpc::ChannelCredentials> credentials);
 
 }  // namespace tessera::server
 

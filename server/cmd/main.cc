@@ -9,7 +9,8 @@
 // cluster map, open the storage engine, create the state machine, start the
 // peer transport and its service (--peer-listen), start the Node (every
 // shard replica this node hosts), start the client API (--listen), write
-// --port-file. Then it serves until SIGTERM or SIGINT, and drains: hands
+// --port-file. Then it serves until SIGTERM or SIGINT (SIGHUP: checks the
+// certificate files and logs the verdict), and drains: hands
 // shard leadership to other replicas, refuses new calls (UNAVAILABLE) and
 // finishes in-flight ones (each step bounded by --drain-timeout-ms), closes
 // the client API, stops the Node, the peer
@@ -49,6 +50,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/cmd/flags.h"
 #include "server/cmd/server.h"
+#include "server/observability/grpc_log.h"
 #include "server/raftstore/log_prefix.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
@@ -100,6 +102,12 @@ int Run(const ServerConfig& config, const sigset_t& signals) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  // SIGHUP: the certificate files are checked now (gRPC reloads them by
+  // itself, security/tls.h); bounded by the signals a user sends.
+  while (signal_number == SIGHUP) {
+    (*server)->RecheckCertificates();
+    sigwait(&signals, &signal_number);
+  }
   if (signal_number == SIGUSR2) ExitOnStorageFailure(Fatal());
   if (signal_number == SIGUSR1) {
     const absl::Status why = Refusal();
@@ -132,6 +140,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGUSR1);  // the MetaGroup: the stored map conflicts with the flags
   sigaddset(&signals, SIGUSR2);  // NodeOptions::on_fatal: the raft loop stopped
+  sigaddset(&signals, SIGHUP);   // check the certificate files now
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
   // Debian builds Abseil with Mutex deadlock detection on: every lock (gRPC
@@ -151,6 +160,7 @@ int main(int argc, char** argv) {
   logger->set_pattern(absl::StrCat("%Y-%m-%dT%H:%M:%S.%e %L node", config->node_id, " %v"),
                       spdlog::pattern_time_type::utc);
   tessera::server::InstallRawLogPrefix(config->node_id);
+  tessera::server::RouteGrpcCoreLogs();
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(logger);
   spdlog::set_level(config->log_level);

@@ -50,42 +50,44 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
 // none had one; kUnavailable if none answered. Called from the MetaGroup's
 // thread only.
 MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& flags_map, const ClusterMapCache* cache,
-                                        NodeId self) {
+                                        NodeId self,
+                                        std::shared_ptr<grpc::ChannelCredentials> credentials) {
   struct Stubs {
     absl::flat_hash_map<std::string, std::shared_ptr<v1::Cluster::Stub>> by_address;
   };
   auto stubs = std::make_shared<Stubs>();
   auto initial = std::make_shared<const ClusterMap>(flags_map);
-  return [stubs, initial, cache, self]() -> absl::StatusOr<std::optional<std::string>> {
-    std::shared_ptr<const ClusterMap> map = cache->Current();
-    if (map == nullptr) map = initial;
-    std::vector<NodeId> order = map->meta_replicas();
-    for (const MemberInfo& m : map->members()) {
-      if (std::find(order.begin(), order.end(), m.id) == order.end()) order.push_back(m.id);
-    }
-    bool answered = false;
-    for (NodeId id : order) {
-      const MemberInfo* member = map->FindMember(id);
-      if (id == self || member == nullptr) continue;
-      std::shared_ptr<v1::Cluster::Stub>& stub = stubs->by_address[member->client_address];
-      if (stub == nullptr) {
-        grpc::ChannelArguments args;
-        args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-        args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-        stub = v1::Cluster::NewStub(grpc::CreateCustomChannel(
-            member->client_address, grpc::InsecureChannelCredentials(), args));
-      }
-      grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
-      v1::NodeStatusResponse status;
-      if (!stub->NodeStatus(&context, {}, &status).ok()) continue;
-      answered = true;
-      if (status.has_stored_map())
-        return std::optional<std::string>(status.stored_map().SerializeAsString());
-    }
-    if (answered) return std::optional<std::string>();
-    return absl::UnavailableError("no member holding the cluster map answered");
-  };
+  return
+      [stubs, initial, cache, self, credentials]() -> absl::StatusOr<std::optional<std::string>> {
+        std::shared_ptr<const ClusterMap> map = cache->Current();
+        if (map == nullptr) map = initial;
+        std::vector<NodeId> order = map->meta_replicas();
+        for (const MemberInfo& m : map->members()) {
+          if (std::find(order.begin(), order.end(), m.id) == order.end()) order.push_back(m.id);
+        }
+        bool answered = false;
+        for (NodeId id : order) {
+          const MemberInfo* member = map->FindMember(id);
+          if (id == self || member == nullptr) continue;
+          std::shared_ptr<v1::Cluster::Stub>& stub = stubs->by_address[member->client_address];
+          if (stub == nullptr) {
+            grpc::ChannelArguments args;
+            args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+            args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+            stub = v1::Cluster::NewStub(
+                grpc::CreateCustomChannel(member->client_address, credentials, args));
+          }
+          grpc::ClientContext context;
+          context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+          v1::NodeStatusResponse status;
+          if (!stub->NodeStatus(&context, {}, &status).ok()) continue;
+          answered = true;
+          if (status.has_stored_map())
+            return std::optional<std::string>(status.stored_map().SerializeAsString());
+        }
+        if (answered) return std::optional<std::string>();
+        return absl::UnavailableError("no member holding the cluster map answered");
+      };
 }
 
 // Has the cluster record this node as replaced under `incarnation` (its
@@ -94,7 +96,8 @@ MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& flags_map, const Clust
 // UNAVAILABLE), then waits until a member serves a map that records it.
 // Returns that map's version. Bounded: about 90 s.
 absl::StatusOr<uint64_t> RecordReplacement(const ServerConfig& config, uint64_t incarnation,
-                                           const security::PeerCredentials& credentials) {
+                                           const security::TlsCredentials& credentials,
+                                           const security::TlsCredentials& client_credentials) {
   absl::Time deadline = absl::Now() + absl::Seconds(60);
   absl::Status last = absl::UnavailableError("no member answered");
   std::vector<std::string> endpoints;
@@ -125,8 +128,8 @@ absl::StatusOr<uint64_t> RecordReplacement(const ServerConfig& config, uint64_t 
   if (!asked) return last;
   deadline = absl::Now() + absl::Seconds(30);
   while (absl::Now() < deadline) {
-    absl::StatusOr<ClusterMap> map =
-        FetchClusterMap(endpoints, config.node_id, nullptr, absl::Seconds(5));
+    absl::StatusOr<ClusterMap> map = FetchClusterMap(
+        endpoints, config.node_id, nullptr, absl::Seconds(5), client_credentials.channel());
     if (map.ok() && map->ReplacedIncarnation(config.node_id) == incarnation) {
       return map->version();
     }
@@ -141,7 +144,7 @@ absl::StatusOr<uint64_t> RecordReplacement(const ServerConfig& config, uint64_t 
 // peers that do not answer are skipped (they refuse the member later if they
 // know it, see PeerRegistry).
 absl::Status CheckNotReplaced(const ServerConfig& config, uint64_t incarnation,
-                              const security::PeerCredentials& credentials) {
+                              const security::TlsCredentials& credentials) {
   for (const MemberInfo& m : config.map.members()) {
     if (m.id == config.node_id) continue;
     grpc::ChannelArguments args;
@@ -238,10 +241,10 @@ absl::Status Server::StartParts() {
   auto refuse = [](absl::string_view why) {
     return absl::FailedPreconditionError(absl::StrCat("refusing to start: ", why));
   };
-  absl::StatusOr<security::PeerCredentials> peer_credentials =
+  absl::StatusOr<security::TlsCredentials> peer_credentials =
       config.peer_tls.cert.empty()
-          ? absl::StatusOr<security::PeerCredentials>(security::PeerCredentials::Insecure())
-          : security::PeerCredentials::Load(config.peer_tls, config.node_id);
+          ? absl::StatusOr<security::TlsCredentials>(security::TlsCredentials::Insecure())
+          : security::TlsCredentials::Load(config.peer_tls, config.node_id);
   if (!peer_credentials.ok()) return refuse(peer_credentials.status().message());
   peer_credentials_.emplace(*std::move(peer_credentials));
   if (!peer_credentials_->secure()) {
@@ -251,6 +254,14 @@ absl::Status Server::StartParts() {
         "and --peer-ca outside closed test networks",
         config.peer_listen);
   }
+  // The client port's TLS (off: plaintext); also what this node presents
+  // when it calls another node's client port.
+  absl::StatusOr<security::TlsCredentials> client_credentials =
+      config.client_tls.cert.empty()
+          ? absl::StatusOr<security::TlsCredentials>(security::TlsCredentials::Insecure())
+          : security::TlsCredentials::Load(config.client_tls, config.node_id, "--tls");
+  if (!client_credentials.ok()) return refuse(client_credentials.status().message());
+  client_credentials_.emplace(*std::move(client_credentials));
   absl::StatusOr<security::DataDirIdentity> identity =
       security::LoadOrCreateIdentity(config.data_dir, config.map.cluster_id(), config.node_id);
   if (!identity.ok()) return refuse(identity.status().message());
@@ -277,7 +288,7 @@ absl::Status Server::StartParts() {
   replaced_at_version_ = *replacement;
   if (replaced_at_version_ == 0u) {
     absl::StatusOr<uint64_t> recorded =
-        RecordReplacement(config, identity_.incarnation, *peer_credentials_);
+        RecordReplacement(config, identity_.incarnation, *peer_credentials_, *client_credentials_);
     if (!recorded.ok()) {
       return absl::UnavailableError(absl::StrCat(
           "cannot have the cluster record this node as replaced: ", recorded.status().message()));
@@ -508,8 +519,8 @@ absl::Status Server::StartParts() {
                                                            absl::Seconds(1), absl::Seconds(60))},
         backend_.get(), SteadyClock());
   }
-  cluster_control_ =
-      std::make_unique<GrpcClusterControl>(config.node_id, maps_.get(), &*peer_credentials_);
+  cluster_control_ = std::make_unique<GrpcClusterControl>(
+      config.node_id, maps_.get(), &*peer_credentials_, &*client_credentials_);
   // Leases: kept while this node leads the metadata group; ended on the
   // shards through the peer port.
   lease_keeper_ = std::make_unique<LeaseKeeper>(LeaseKeeperOptions{.max_leases = config.max_leases},
@@ -618,6 +629,8 @@ absl::Status Server::StartParts() {
   client_server_options.interceptors = std::move(interceptors);
   client_server_options.max_connections = config.fds.max_client_connections;
   client_server_options.name = "client";
+  client_server_options.credentials =
+      client_credentials_->server(security::ClientCertificates::kOptional);
   client_server_options.on_connections =
       metrics_->ConnectionReporter("client", config.fds.max_client_connections);
   absl::StatusOr<std::unique_ptr<GrpcServer>> client_server =
@@ -626,8 +639,9 @@ absl::Status Server::StartParts() {
     return absl::UnavailableError(absl::StrCat("client API: ", client_server.status().ToString()));
   }
   client_server_ = *std::move(client_server);
-  spdlog::info("client API (KV, Cluster, Lease) listening on {} (port {})", config.listen,
-               client_server_->port());
+  spdlog::info("client API (KV, Cluster, Lease) listening on {} (port {}, {})", config.listen,
+               client_server_->port(),
+               client_credentials_->secure() ? "TLS" : "PLAINTEXT, no --tls-cert");
   health_->SetSources({.member = node_options.accept_leadership,
                        .shards = [n = node_.get()] { return n->Status(); },
                        .live = [n = node_.get()] { return n->Health(); }});
@@ -646,7 +660,8 @@ absl::Status Server::StartParts() {
   MetaGroupOptions meta_options;
   meta_options.self = config.node_id;
   meta_group_owned_ = std::make_unique<MetaGroup>(
-      meta_options, map, backend_.get(), RemoteMapReader(map, maps_.get(), config.node_id),
+      meta_options, map, backend_.get(),
+      RemoteMapReader(map, maps_.get(), config.node_id, client_credentials_->channel()),
       maps_.get(), [this](const absl::Status& status) { hooks_.on_refusal(status); },
       [](const std::string& line) { spdlog::info("metadata group: {}", line); },
       [this](std::shared_ptr<const ClusterMap> next) { FollowMap(*next); });
@@ -897,6 +912,20 @@ void Server::ChangeReplica(const peerpb::ReplicaChangeRequest& request,
       break;
   }
   done(absl::InvalidArgumentError("no change"));
+}
+
+void Server::RecheckCertificates() const {
+  for (const auto& [port, credentials] :
+       {std::pair{"peer", &peer_credentials_}, std::pair{"client", &client_credentials_}}) {
+    if (!credentials->has_value() || !(*credentials)->secure()) continue;
+    if (absl::Status checked = (*credentials)->Recheck(); checked.ok()) {
+      spdlog::info("SIGHUP: the {} port's certificate files are valid; new connections use them",
+                   port);
+    } else {
+      spdlog::error("SIGHUP: the {} port's certificate files are not usable: {}", port,
+                    std::string(checked.message()));
+    }
+  }
 }
 
 absl::Status Server::Drain() {

@@ -50,7 +50,7 @@
 #include "server/raftstore/snapshot_stream.h"
 #include "server/security/data_dir_identity.h"
 #include "server/security/peer_registry.h"
-#include "server/security/peer_tls.h"
+#include "server/security/tls.h"
 #include "server/transport/grpc_server.h"
 #include "server/transport/grpc_transport.h"
 #include "storage/engine.h"
@@ -92,6 +92,10 @@ class Server {
   // The graceful path: drain, then stop everything. Returns the storage
   // error that stopped the raft loop meanwhile, if one did.
   absl::Status Drain();
+  // Checks the peer and client certificate files now in place and logs the
+  // verdict (gRPC picks valid new files up within TlsCredentials::
+  // kReloadSeconds by itself). Thread-safe.
+  void RecheckCertificates() const;
   // Stops everything at once. Idempotent; the destructor calls it.
   void Stop();
   ~Server();
@@ -140,7 +144,8 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<HealthMonitor> health_;
   std::unique_ptr<MetricsHttpServer> http_;
-  std::optional<security::PeerCredentials> peer_credentials_;
+  std::optional<security::TlsCredentials> peer_credentials_;
+  std::optional<security::TlsCredentials> client_credentials_;
   security::DataDirIdentity identity_;
   // Set when this node came back empty after losing its data
   // (security::LoadReplacement): the map version from which the cluster

@@ -29,6 +29,7 @@
 #include "absl/synchronization/notification.h"
 #include "prometheus/check_names.h"
 #include "prometheus/text_serializer.h"
+#include "server/observability/grpc_log.h"
 #include "spdlog/spdlog.h"
 #include "tessera/kv.pb.h"
 #include "tessera/peer.pb.h"
@@ -553,6 +554,10 @@ class Metrics::ScrapeCollector final : public prometheus::Collectable {
     if (watch) CollectWatch(watch(), out);
     if (lease) CollectLeases(lease(), out);
     if (cluster) CollectCluster(cluster(), out);
+    AddSingle(out, "tessera_tls_handshake_failures_total",
+              "TLS handshakes that failed on either port, either side (no or an untrusted "
+              "certificate, plaintext sent to a TLS port).",
+              MetricType::Counter, static_cast<double>(TlsHandshakeFailures()));
     return out;
   }
 

@@ -77,8 +77,8 @@ class GrpcTransport::PeerSender {
     // Our own connection, not one shared with other channels of the process.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetMaxSendMessageSize(-1);
-    const security::PeerCredentials insecure = security::PeerCredentials::Insecure();
-    const security::PeerCredentials& credentials =
+    const security::TlsCredentials insecure = security::TlsCredentials::Insecure();
+    const security::TlsCredentials& credentials =
         options.credentials != nullptr ? *options.credentials : insecure;
     credentials.ConfigureChannelTo(to, &args);
     channel_ = grpc::CreateCustomChannel(address_, credentials.channel(), args);

@@ -48,7 +48,7 @@
 #include "server/raftstore/snapshot_stream.h"
 #include "server/raftstore/transport.h"
 #include "server/security/peer_registry.h"
-#include "server/security/peer_tls.h"
+#include "server/security/tls.h"
 #include "tessera/peer.grpc.pb.h"
 
 namespace tessera::server {
@@ -59,7 +59,7 @@ struct GrpcTransportOptions {
   // sent with every batch and snapshot.
   uint64_t incarnation = 1;
   // Peer TLS (not owned; must outlive the transport). nullptr: plaintext.
-  const security::PeerCredentials* credentials = nullptr;
+  const security::TlsCredentials* credentials = nullptr;
   // Peer-service address ("host:port") of every other node. An entry for
   // `self` is ignored.
   absl::flat_hash_map<NodeId, std::string> peers;

@@ -417,6 +417,7 @@ int Main() {
     return 2;
   }
   client::ClientOptions options;
+  options.tls = client::TlsOptionsFromEnv();  // TESSERA_TLS_CA, _CERT, _KEY
   options.endpoints = endpoints;
   options.default_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_op_timeout_ms));
   options.attempt_timeout = absl::Milliseconds(500);

@@ -6,9 +6,11 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <thread>
@@ -23,7 +25,7 @@
 #include "proto/testing/status_matchers.h"
 #include "server/security/data_dir_identity.h"
 #include "server/security/peer_registry.h"
-#include "server/security/peer_tls.h"
+#include "server/security/tls.h"
 #include "server/transport/grpc_server.h"
 #include "server/transport/grpc_transport.h"
 #include "storage/engine.h"
@@ -49,53 +51,53 @@ const std::string& CertDir() {
   return *dir;
 }
 
-security::PeerTlsFiles FilesOf(uint64_t id, const std::string& dir = CertDir()) {
+security::TlsFiles FilesOf(uint64_t id, const std::string& dir = CertDir()) {
   return {.cert = absl::StrCat(dir, "/node-", id, ".crt"),
           .key = absl::StrCat(dir, "/node-", id, ".key"),
           .ca = absl::StrCat(dir, "/ca.crt")};
 }
 
-security::PeerCredentials CredentialsOf(uint64_t id) {
-  absl::StatusOr<security::PeerCredentials> c = security::PeerCredentials::Load(FilesOf(id), id);
+security::TlsCredentials CredentialsOf(uint64_t id) {
+  absl::StatusOr<security::TlsCredentials> c = security::TlsCredentials::Load(FilesOf(id), id);
   EXPECT_THAT(c, IsOk());
-  return c.ok() ? *std::move(c) : security::PeerCredentials::Insecure();
+  return c.ok() ? *std::move(c) : security::TlsCredentials::Insecure();
 }
 
 // ---------------------------------------------------------------- credentials
 
-TEST(PeerCredentials, LoadsMatchingFiles) {
-  absl::StatusOr<security::PeerCredentials> c = security::PeerCredentials::Load(FilesOf(2), 2);
+TEST(TlsCredentials, LoadsMatchingFiles) {
+  absl::StatusOr<security::TlsCredentials> c = security::TlsCredentials::Load(FilesOf(2), 2);
   ASSERT_THAT(c, IsOk());
   EXPECT_TRUE(c->secure());
 }
 
-TEST(PeerCredentials, RefusesACertificateOfAnotherMember) {
+TEST(TlsCredentials, RefusesACertificateOfAnotherMember) {
   EXPECT_THAT(
-      security::PeerCredentials::Load(FilesOf(2), 3),
+      security::TlsCredentials::Load(FilesOf(2), 3),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("names 'node-2', not 'node-3'")));
 }
 
-TEST(PeerCredentials, RefusesAKeyOfAnotherCertificate) {
-  security::PeerTlsFiles files = FilesOf(2);
+TEST(TlsCredentials, RefusesAKeyOfAnotherCertificate) {
+  security::TlsFiles files = FilesOf(2);
   files.key = FilesOf(3).key;
-  EXPECT_THAT(security::PeerCredentials::Load(files, 2),
+  EXPECT_THAT(security::TlsCredentials::Load(files, 2),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("does not match")));
 }
 
-TEST(PeerCredentials, RefusesACertificateOfAnotherCa) {
+TEST(TlsCredentials, RefusesACertificateOfAnotherCa) {
   const std::string other = MakeTempDir("tessera-other-ca");
   tessera::testing::PeerTlsFlags(other, 2, 2);
-  security::PeerTlsFiles files = FilesOf(2, other);
+  security::TlsFiles files = FilesOf(2, other);
   files.ca = FilesOf(2).ca;
-  EXPECT_THAT(security::PeerCredentials::Load(files, 2),
+  EXPECT_THAT(security::TlsCredentials::Load(files, 2),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is not valid under")));
   std::filesystem::remove_all(other);
 }
 
-TEST(PeerCredentials, RefusesMissingFiles) {
-  security::PeerTlsFiles files = FilesOf(2);
+TEST(TlsCredentials, RefusesMissingFiles) {
+  security::TlsFiles files = FilesOf(2);
   files.ca = "/nonexistent/ca.crt";
-  EXPECT_THAT(security::PeerCredentials::Load(files, 2),
+  EXPECT_THAT(security::TlsCredentials::Load(files, 2),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cannot read --peer-ca")));
 }
 
@@ -239,7 +241,7 @@ struct SecureReceiver {
   bool StagingEmpty() const { return std::filesystem::is_empty(spool + "/db/snapshot-staging"); }
   std::string address() const { return absl::StrCat("127.0.0.1:", started->port()); }
 
-  security::PeerCredentials credentials;
+  security::TlsCredentials credentials;
   std::string spool;  // the engine's directory
   std::unique_ptr<storage::Engine> engine;
   std::unique_ptr<SnapshotExchange> exchange;
@@ -265,7 +267,7 @@ std::unique_ptr<peerpb::Peer::Stub> RawStub(const std::string& address, NodeId a
   if (as == 0) {
     return peerpb::Peer::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   }
-  security::PeerCredentials c = CredentialsOf(as);
+  security::TlsCredentials c = CredentialsOf(as);
   grpc::ChannelArguments args;
   c.ConfigureChannelTo(to, &args);
   return peerpb::Peer::NewStub(grpc::CreateCustomChannel(address, c.channel(), args));
@@ -295,7 +297,7 @@ peerpb::MessageBatch Batch(NodeId from, NodeId to, uint64_t incarnation) {
 
 TEST(PeerTls, MembersExchangeBatchesOverMutualTls) {
   SecureReceiver r2(2);
-  security::PeerCredentials c1 = CredentialsOf(1);
+  security::TlsCredentials c1 = CredentialsOf(1);
   GrpcTransportOptions options;
   options.self = 1;
   options.incarnation = 11;
@@ -315,6 +317,33 @@ TEST(PeerTls, ANodeWithoutACertificateDeliversNothing) {
   std::unique_ptr<peerpb::Peer::Stub> stub = RawStub(r2.address(), /*as=*/0, 2);
   grpc::Status s = SendRawBatch(*stub, Batch(1, 2, 5));
   EXPECT_FALSE(s.ok());  // the TLS handshake fails: UNAVAILABLE at the client
+  EXPECT_EQ(r2.inbox.messages(), 0u);
+  EXPECT_EQ(r2.registry.Known(1), 0u);
+}
+
+TEST(PeerTls, AUserCertificateOfTheClusterCaIsRefused) {
+  // A client certificate (common name "alice") signed by the same CA passes
+  // the handshake but names no member.
+  const std::string dir = CertDir();
+  const std::string command =
+      absl::StrCat(TESSERA_SOURCE_DIR, "/deploy/gen-certs.sh '", dir, "' --user alice");
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  SecureReceiver r2(2);
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = read(dir + "/ca.crt");
+  tls.pem_cert_chain = read(dir + "/user-alice.crt");
+  tls.pem_private_key = read(dir + "/user-alice.key");
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride(security::MemberCertName(2));
+  auto stub = peerpb::Peer::NewStub(
+      grpc::CreateCustomChannel(r2.address(), grpc::SslCredentials(tls), args));
+  grpc::Status s = SendRawBatch(*stub, Batch(1, 2, 5));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAUTHENTICATED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("names 'alice', not node-<id>"));
   EXPECT_EQ(r2.inbox.messages(), 0u);
   EXPECT_EQ(r2.registry.Known(1), 0u);
 }
@@ -413,7 +442,7 @@ TEST(PeerTls, SnapshotsInsideBatchesAreRefused) {
 TEST(PeerTls, AMemberUnderANewIncarnationIsRefusedAndTold) {
   SecureReceiver r2(2);
   ASSERT_THAT(r2.registry.Admit(1, 11), IsOk());  // known from its earlier data directory
-  security::PeerCredentials c1 = CredentialsOf(1);
+  security::TlsCredentials c1 = CredentialsOf(1);
   absl::Mutex mu;
   std::vector<absl::Status> refusals;
   GrpcTransportOptions options;
