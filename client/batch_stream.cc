@@ -51,8 +51,12 @@ class BatchChannel::Stream final
     : public grpc::ClientBidiReactor<v1::BatchRequest, v1::BatchResponse>,
       public std::enable_shared_from_this<Stream> {
  public:
-  Stream(BatchChannel* owner, std::shared_ptr<grpc::ClientContext> context)
-      : owner_(owner), context_(std::move(context)) {}
+  Stream(BatchChannel* owner, std::shared_ptr<grpc::ClientContext> context, std::string token)
+      : owner_(owner), token_(std::move(token)), context_(std::move(context)) {}
+
+  // The sign-in token the stream was opened with (the server identifies the
+  // caller of a stream once, when it opens).
+  const std::string& token() const { return token_; }
 
   // Binds the call; under the owner's lock (cheap, no I/O), so that any
   // Enqueue after it may StartWrite (held by gRPC until StartCall).
@@ -279,6 +283,7 @@ class BatchChannel::Stream final
   }
 
   BatchChannel* const owner_;
+  const std::string token_;
   std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);  // until OnDone
   std::shared_ptr<Stream> self_;  // gRPC's reference, until OnDone
   v1::BatchResponse in_;          // one read at a time
@@ -305,32 +310,42 @@ void FlushCorkedBatchWrites() {
 
 BatchChannel::BatchChannel(std::string address, v1::KV::Stub* stub, TimerQueue* timer,
                            std::function<std::shared_ptr<grpc::ClientContext>()> new_context,
-                           size_t max_ops, size_t max_bytes)
+                           size_t max_ops, size_t max_bytes, std::function<std::string()> token)
     : max_ops_(std::max<size_t>(1, max_ops)),
       max_bytes_(max_bytes),
       address_(std::move(address)),
       stub_(stub),
       timer_(timer),
-      new_context_(std::move(new_context)) {}
+      new_context_(std::move(new_context)),
+      token_(std::move(token)) {}
 
 BatchChannel::~BatchChannel() = default;
 
 bool BatchChannel::Submit(v1::BatchOp op, absl::Time deadline, BatchCallback done) {
   for (;;) {
     std::shared_ptr<Stream> stream;
+    std::shared_ptr<Stream> retired;
     bool start = false;
+    const std::string token = token_ ? token_() : "";  // outside mu_: it may start a refresh
     {
       absl::MutexLock lock(&mu_);
       if (unsupported_ || shut_down_) return false;
       op.set_id(next_id_++);
+      if (current_ != nullptr && !current_->ended() && current_->token() != token) {
+        // A new token (renewed, or the first one): a new stream carries it.
+        // The old one is cancelled; its attempts fail as broken and are
+        // retried (writes with their session: applied at most once).
+        retired = std::move(current_);
+      }
       if (current_ == nullptr || current_->ended()) {
-        current_ = std::make_shared<Stream>(this, new_context_());
+        current_ = std::make_shared<Stream>(this, new_context_(), token);
         current_->Bind();
         ++streams_opened_;
         start = true;
       }
       stream = current_;
     }
+    if (retired != nullptr) retired->Cancel();
     if (start) stream->Start();
     if (stream->Enqueue(op, deadline, done)) return true;
     // It ended in between: open another.

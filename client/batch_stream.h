@@ -57,9 +57,12 @@ class BatchChannel {
   // message carries at most `max_ops` operations and about `max_bytes`
   // (one operation always goes): keep them within the server's
   // --max-batch-ops / --max-batch-bytes, which refuse a larger message.
+  // `token` (optional) returns the sign-in token new contexts carry: when it
+  // changes, the next Submit opens a new stream (cancelling the old one),
+  // since the server identifies a stream's caller when it opens.
   BatchChannel(std::string address, v1::KV::Stub* stub, TimerQueue* timer,
                std::function<std::shared_ptr<grpc::ClientContext>()> new_context, size_t max_ops,
-               size_t max_bytes);
+               size_t max_bytes, std::function<std::string()> token = nullptr);
   ~BatchChannel();
 
   // Queues `op` (its id is set here) with `deadline` (the attempt's: past
@@ -90,6 +93,7 @@ class BatchChannel {
   v1::KV::Stub* const stub_;
   TimerQueue* const timer_;
   const std::function<std::shared_ptr<grpc::ClientContext>()> new_context_;
+  const std::function<std::string()> token_;
 
   mutable absl::Mutex mu_;
   std::shared_ptr<Stream> current_ ABSL_GUARDED_BY(mu_);

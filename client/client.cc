@@ -36,6 +36,8 @@ using AsyncKv = v1::KV::StubInterface::async_interface;
 constexpr int kMaxHintHops = 3;
 // Stale routes retried at once in a row.
 constexpr int kMaxRouteRefreshes = 3;
+// Tokens fetched for one call after UNAUTHENTICATED answers.
+constexpr int kMaxTokenRefreshes = 2;
 // Fresh sessions tried for a write whose session the server evicted.
 constexpr int kMaxSessionRenewals = 2;
 
@@ -366,6 +368,15 @@ class KvCall final : public RetryingCall {
     const absl::Time now = absl::Now();
     if (IsCancelled()) return Finish(ShuttingDown());
     if (now >= spec_.deadline) return Finish(DeadlineStatus());
+    if (core_->has_credentials() && !signed_in_ && core_->token().empty() && core_->token_due()) {
+      // Sign in before the first attempt, so that it goes as the user (and
+      // not as whoever a client certificate names).
+      signed_in_ = true;
+      return core_->RefreshToken("", [this](absl::Status signed_in) {
+        if (!signed_in.ok()) return Finish(signed_in);
+        Attempt();
+      });
+    }
     if (!core_->routes().has_map() || need_map_) {
       need_map_ = false;
       return MapCall::Start(core_, spec_.deadline, [this](absl::StatusOr<v1::ClusterMap> map) {
@@ -569,6 +580,17 @@ class KvCall final : public RetryingCall {
         if (LeaderOnly()) routes.ForgetLeader(shard_, target);
         avoid_ = target;
         return RetryLater();
+      case absl::StatusCode::kUnauthenticated:
+        // The token expired or was replaced (a password change), or none
+        // was held yet: get one and try again, a few times.
+        if (core_->has_credentials() && token_refreshes_++ < kMaxTokenRefreshes) {
+          core_->RefreshToken(core_->token(), [this](absl::Status refreshed) {
+            if (!refreshed.ok()) return Finish(refreshed);
+            Attempt();
+          });
+          return;
+        }
+        return Finish(status);
       case absl::StatusCode::kFailedPrecondition:
         if (detail.has_value() && detail->has_stale_route()) {
           if (detail->stale_route().has_current() &&
@@ -656,6 +678,8 @@ class KvCall final : public RetryingCall {
   int retries_ = 0;
   int hint_hops_ = 0;
   int route_refreshes_ = 0;
+  int token_refreshes_ = 0;
+  bool signed_in_ = false;  // the first attempt waited for a token
   int renewals_ = 0;
   bool need_map_ = false;
   bool maybe_applied_ = false;  // an attempt of this write may have been applied
@@ -978,8 +1002,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
       ChannelCredentials(options.tls);
   if (!credentials.ok()) return credentials.status();
-  return std::unique_ptr<Client>(
-      new Client(std::make_unique<Core>(std::move(options), *std::move(credentials))));
+  auto core = std::make_unique<Core>(std::move(options), *std::move(credentials));
+  // Signs in in the background, so that the first calls mostly carry a token.
+  if (core->has_credentials()) core->RefreshToken("", [](absl::Status) {});
+  return std::unique_ptr<Client>(new Client(std::move(core)));
 }
 
 Client::Client(std::unique_ptr<Core> core) : core_(std::move(core)) {}
@@ -1364,6 +1390,11 @@ absl::StatusOr<std::unique_ptr<Watcher>> StartWatch(Client::Core* core,
                                                     const WatchOptions& options);
 
 absl::StatusOr<std::unique_ptr<Watcher>> Client::Watch(const WatchOptions& options) {
+  // A watch stream's caller is identified when it opens: sign in first.
+  if (core_->has_credentials() && core_->token().empty() && core_->token_due()) {
+    absl::Status signed_in = core_->RefreshTokenSync("");
+    if (!signed_in.ok()) return signed_in;
+  }
   return StartWatch(
       core_.get(), [this] { return GetClusterMap().status(); }, options);
 }

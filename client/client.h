@@ -110,6 +110,12 @@ struct ClientOptions {
   // TLS to the client port (client/tls.h); default plaintext. Create() reads
   // the files once.
   TlsOptions tls;
+  // Sign in as `user` with `password` (Auth.Authenticate): the SDK gets a
+  // token, sends it with every call and renews it before it expires or when
+  // a node refuses it (client/README.md "Authentication"). Empty: no
+  // password sign-in (a TLS client certificate may still name the user).
+  std::string user;
+  std::string password;
 };
 
 struct KeyValue {
@@ -271,6 +277,16 @@ class Client {
   // (not registered within options.timeout), kOutOfRange (the token's
   // history is gone), kUnavailable (no cluster map).
   absl::StatusOr<std::unique_ptr<Watcher>> Watch(const WatchOptions& options);
+
+  // Users, roles and permissions (client/README.md "Authentication"): a
+  // change goes to the metadata group's leader and needs role root once
+  // auth is enabled; Status says who this client is to the cluster.
+  absl::Status ChangeAuth(const v1::AuthChangeRequest& change, const CallOptions& options = {});
+  absl::StatusOr<v1::AuthListResponse> ListAuth(const CallOptions& options = {});
+  absl::StatusOr<v1::AuthStatusResponse> AuthStatus(const CallOptions& options = {});
+  // The sign-in token held now ("" : none yet, or auth is off), for tools
+  // that call the gRPC API themselves ("authorization: Bearer <token>").
+  std::string AuthToken() const;
 
   // Leases (client/lease.h; client/README.md "Leases"). The calls go to
   // the metadata group's leader, found through the cluster map and

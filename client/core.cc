@@ -6,9 +6,12 @@
 
 #include "absl/random/distributions.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
+#include "proto/grpc_status.h"
 #include "proto/status_macros.h"
 
 namespace tessera::client {
@@ -60,7 +63,22 @@ Client::Core::~Core() {
   contexts_mu_.Await(absl::Condition(&released));
 }
 
+std::string Client::Core::TokenForCall() {
+  if (!has_credentials()) return "";
+  std::string token;
+  bool refresh = false;
+  {
+    absl::MutexLock lock(&token_mu_);
+    token = token_;
+    refresh = !refreshing_ && absl::Now() >= refresh_at_;
+  }
+  // In the background: this call goes with what is held now.
+  if (refresh) RefreshToken(token, [](absl::Status) {});
+  return token;
+}
+
 std::shared_ptr<grpc::ClientContext> Client::Core::NewContext(absl::Time deadline) {
+  const std::string token = TokenForCall();
   {
     absl::MutexLock lock(&contexts_mu_);
     ++contexts_;
@@ -72,7 +90,108 @@ std::shared_ptr<grpc::ClientContext> Client::Core::NewContext(absl::Time deadlin
         --contexts_;  // the last touch of the Core
       });
   context->set_deadline(absl::ToChronoTime(deadline));
+  if (!token.empty()) context->AddMetadata("authorization", absl::StrCat("Bearer ", token));
   return context;
+}
+
+std::string Client::Core::token() const {
+  absl::MutexLock lock(&token_mu_);
+  return token_;
+}
+
+bool Client::Core::token_due() const {
+  absl::MutexLock lock(&token_mu_);
+  return absl::Now() >= refresh_at_;
+}
+
+void Client::Core::RefreshToken(const std::string& stale, std::function<void(absl::Status)> done) {
+  bool start = false;
+  {
+    absl::MutexLock lock(&token_mu_);
+    if (!refreshing_ && token_ != stale) {
+      // Another refresh has already replaced it.
+    } else {
+      token_waiters_.push_back(std::move(done));
+      start = !refreshing_;
+      refreshing_ = true;
+      done = nullptr;
+    }
+  }
+  if (done) return done(absl::OkStatus());
+  if (!start) return;
+  std::vector<std::string> candidates = options_.endpoints;
+  for (const std::string& a : routes_.MemberAddresses()) {
+    if (std::find(candidates.begin(), candidates.end(), a) == candidates.end()) {
+      candidates.push_back(a);
+    }
+  }
+  Authenticate(std::move(candidates), 0, absl::UnavailableError("no member to authenticate with"));
+}
+
+absl::Status Client::Core::RefreshTokenSync(const std::string& stale) {
+  absl::Notification done;
+  absl::Status result;
+  RefreshToken(stale, [&](absl::Status status) {
+    result = std::move(status);
+    done.Notify();
+  });
+  done.WaitForNotification();  // bounded: each candidate gets attempt_timeout
+  return result;
+}
+
+void Client::Core::Authenticate(std::vector<std::string> candidates, size_t i, absl::Status last) {
+  if (i >= candidates.size()) return TokenDone(std::move(last), "", absl::Seconds(1));
+  struct Call {
+    std::shared_ptr<grpc::ClientContext> context;
+    v1::AuthenticateRequest request;
+    v1::AuthenticateResponse response;
+  };
+  auto call = std::make_shared<Call>();
+  {
+    absl::MutexLock lock(&contexts_mu_);
+    ++contexts_;
+  }
+  call->context =
+      std::shared_ptr<grpc::ClientContext>(new grpc::ClientContext, [this](grpc::ClientContext* c) {
+        delete c;
+        absl::MutexLock lock(&contexts_mu_);
+        --contexts_;
+      });
+  call->context->set_deadline(absl::ToChronoTime(absl::Now() + options_.attempt_timeout));
+  call->request.set_name(options_.user);
+  call->request.set_password(options_.password);
+  Node* node = GetNode(candidates[i]);
+  node->auth.Next()->async()->Authenticate(
+      call->context.get(), &call->request, &call->response,
+      [this, call, candidates = std::move(candidates), i](grpc::Status s) mutable {
+        absl::Status status = FromGrpcStatus(s);
+        if (status.ok()) {
+          const absl::Duration ttl = absl::Milliseconds(call->response.ttl_ms());
+          return TokenDone(absl::OkStatus(), call->response.token(), ttl * 2 / 3);
+        }
+        if (status.code() == absl::StatusCode::kFailedPrecondition) {
+          // Auth is not enabled: no token; look again now and then.
+          return TokenDone(absl::OkStatus(), "", absl::Seconds(10));
+        }
+        if (status.code() == absl::StatusCode::kUnavailable ||
+            status.code() == absl::StatusCode::kDeadlineExceeded ||
+            status.code() == absl::StatusCode::kCancelled) {
+          return Authenticate(std::move(candidates), i + 1, std::move(status));
+        }
+        TokenDone(std::move(status), "", absl::Seconds(1));
+      });
+}
+
+void Client::Core::TokenDone(absl::Status status, std::string token, absl::Duration refresh_in) {
+  std::vector<std::function<void(absl::Status)>> waiters;
+  {
+    absl::MutexLock lock(&token_mu_);
+    if (status.ok()) token_ = std::move(token);
+    refresh_at_ = absl::Now() + refresh_in;
+    refreshing_ = false;
+    waiters.swap(token_waiters_);
+  }
+  for (auto& done : waiters) done(status);
 }
 
 Client::Core::Node* Client::Core::GetNode(const std::string& address) {
@@ -99,11 +218,14 @@ Client::Core::Node* Client::Core::GetNode(const std::string& address) {
       node->kv.Add(v1::KV::NewStub(channel));
       node->cluster.Add(v1::Cluster::NewStub(channel));
       node->lease.Add(v1::Lease::NewStub(channel));
+      node->auth.Add(v1::Auth::NewStub(channel));
     }
     if (options_.use_batch_stream) {
       node->batch = std::make_unique<BatchChannel>(
           address, node->kv.Next(), &timer_, [this] { return NewContext(absl::InfiniteFuture()); },
-          options_.batch_max_ops, options_.batch_max_bytes);
+          options_.batch_max_ops, options_.batch_max_bytes,
+          has_credentials() ? std::function<std::string()>([this] { return TokenForCall(); })
+                            : nullptr);
     }
   }
   return node.get();

@@ -75,6 +75,7 @@ class Client::Core {
     StubSet<v1::KV::Stub> kv;
     StubSet<v1::Cluster::Stub> cluster;
     StubSet<v1::Lease::Stub> lease;
+    StubSet<v1::Auth::Stub> auth;
     // The node's KV.Batch stream (over its first channel), when
     // ClientOptions::use_batch_stream.
     std::unique_ptr<BatchChannel> batch;
@@ -136,8 +137,28 @@ class Client::Core {
   // completion queue when the last channel using it goes, and done from one
   // of that queue's own threads the thread then polls the freed queue
   // (SIGSEGV, "ref_counted.h: prior > 0").
+  // With ClientOptions::user, it carries the current token (AddToken).
   std::shared_ptr<grpc::ClientContext> NewContext(absl::Time deadline)
-      ABSL_LOCKS_EXCLUDED(contexts_mu_);
+      ABSL_LOCKS_EXCLUDED(contexts_mu_, token_mu_);
+
+  // Tokens (ClientOptions::user and password; client/README.md
+  // "Authentication"). The token from Auth.Authenticate goes on every call;
+  // a refresh starts in the background once two thirds of its life are
+  // gone, or when a call was refused UNAUTHENTICATED (RefreshToken). A
+  // cluster without auth (Authenticate: FAILED_PRECONDITION) gets no token.
+  bool has_credentials() const { return !options_.user.empty(); }
+  std::string token() const ABSL_LOCKS_EXCLUDED(token_mu_);
+  // token(), and a refresh started in the background when it is due.
+  std::string TokenForCall() ABSL_LOCKS_EXCLUDED(token_mu_);
+  // Whether the token should be renewed now (none held and none refused or
+  // found unneeded lately, or two thirds of its life gone).
+  bool token_due() const ABSL_LOCKS_EXCLUDED(token_mu_);
+  // Calls `done` (on any thread, maybe this one) once a token other than
+  // `stale` is held, or with the error of the attempt to get one (e.g.
+  // UNAUTHENTICATED: a wrong password).
+  void RefreshToken(const std::string& stale, std::function<void(absl::Status)> done)
+      ABSL_LOCKS_EXCLUDED(token_mu_);
+  absl::Status RefreshTokenSync(const std::string& stale) ABSL_LOCKS_EXCLUDED(token_mu_);
 
   // The client address of the metadata group's leader, as the last lease
   // call found it ("" if none).
@@ -168,6 +189,17 @@ class Client::Core {
 
   mutable absl::Mutex lease_mu_;
   std::string lease_leader_ ABSL_GUARDED_BY(lease_mu_);
+
+  // Runs Auth.Authenticate on `candidates[i]`, then the next on UNAVAILABLE.
+  void Authenticate(std::vector<std::string> candidates, size_t i, absl::Status last)
+      ABSL_LOCKS_EXCLUDED(token_mu_);
+  void TokenDone(absl::Status status, std::string token, absl::Duration refresh_in)
+      ABSL_LOCKS_EXCLUDED(token_mu_);
+  mutable absl::Mutex token_mu_;
+  std::string token_ ABSL_GUARDED_BY(token_mu_);
+  absl::Time refresh_at_ ABSL_GUARDED_BY(token_mu_) = absl::InfinitePast();
+  bool refreshing_ ABSL_GUARDED_BY(token_mu_) = false;
+  std::vector<std::function<void(absl::Status)>> token_waiters_ ABSL_GUARDED_BY(token_mu_);
 
   absl::Mutex calls_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(calls_mu_) = false;

@@ -10,6 +10,7 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "client/core.h"
+#include "client/meta_leader.h"
 #include "grpcpp/client_context.h"
 #include "proto/grpc_status.h"
 
@@ -22,59 +23,15 @@ using Core = Client::Core;
 template <typename Response>
 using LeaseAttempt = std::function<grpc::Status(v1::Lease::Stub*, grpc::ClientContext*, Response*)>;
 
-// Runs `attempt` on the metadata group's leader: the one found last, then
-// the group's members from the cluster map and the not-leader hints they
-// give, until one answers other than UNAVAILABLE or DEADLINE_EXCEEDED or the
-// call's deadline passes.
+// A Lease RPC on the metadata group's leader.
 template <typename Response>
 absl::StatusOr<Response> OnLeaseLeader(Client& client, Core& core, const CallOptions& options,
                                        const LeaseAttempt<Response>& attempt) {
-  const absl::Time deadline = EffectiveDeadline(core.options(), options);
-  absl::Status last = absl::UnavailableError("no member leads the metadata group");
-  for (int round = 0; absl::Now() < deadline; ++round) {
-    std::vector<std::string> candidates;
-    if (std::string known = core.lease_leader(); !known.empty()) candidates.push_back(known);
-    if (round > 0 || candidates.empty()) {
-      CallOptions map_options;
-      map_options.deadline = deadline;
-      absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(map_options);
-      if (!map.ok()) return map.status();
-      for (uint64_t node : map->meta_replicas()) {
-        for (const v1::Member& m : map->members()) {
-          if (m.id() == node && std::find(candidates.begin(), candidates.end(),
-                                          m.client_address()) == candidates.end()) {
-            candidates.push_back(m.client_address());
-          }
-        }
-      }
-    }
-    for (size_t i = 0; i < candidates.size() && i < 8 && absl::Now() < deadline; ++i) {
-      Core::Node* node = core.GetNode(candidates[i]);
-      std::shared_ptr<grpc::ClientContext> context =
-          core.NewContext(std::min(deadline, absl::Now() + core.options().attempt_timeout));
-      Response response;
-      absl::Status status = FromGrpcStatus(attempt(node->lease.Next(), context.get(), &response));
-      if (status.ok()) {
-        core.set_lease_leader(candidates[i]);
-        return response;
-      }
-      last = status;
-      if (status.code() != absl::StatusCode::kUnavailable &&
-          status.code() != absl::StatusCode::kDeadlineExceeded) {
-        return status;
-      }
-      std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
-      if (detail.has_value() && !detail->not_leader().leader_address().empty() &&
-          std::find(candidates.begin(), candidates.end(), detail->not_leader().leader_address()) ==
-              candidates.end()) {
-        candidates.insert(candidates.begin() + static_cast<std::ptrdiff_t>(i) + 1,
-                          detail->not_leader().leader_address());
-      }
-    }
-    core.set_lease_leader("");
-    absl::SleepFor(std::min(core.Backoff(round), deadline - absl::Now()));
-  }
-  return last;
+  return OnMetaLeader<Response>(
+      client, core, options,
+      [&attempt](Core::Node* node, grpc::ClientContext* context, Response* response) {
+        return attempt(node->lease.Next(), context, response);
+      });
 }
 
 }  // namespace

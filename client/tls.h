@@ -35,8 +35,7 @@ TlsOptions TlsOptionsFromEnv();
 // Reads the files: plaintext credentials without a CA file.
 // kInvalidArgument (one line naming the file) when a file cannot be read,
 // holds no PEM block, or only one of cert_file and key_file is set.
-absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
-    const TlsOptions& tls);
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(const TlsOptions& tls);
 
 }  // namespace tessera::client
 

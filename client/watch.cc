@@ -422,6 +422,8 @@ class WatchImpl final : public Watcher {
         return;  // ours
       case absl::StatusCode::kOutOfRange:
       case absl::StatusCode::kInvalidArgument:
+      case absl::StatusCode::kPermissionDenied:
+      case absl::StatusCode::kUnauthenticated:
         failed_ = status;
         return;
       default:

@@ -8,9 +8,11 @@
 #              /readyz on 920N) and wait until every node answers and every
 #              shard has a leader. Running: says so. --tls: the client port
 #              speaks only TLS, with a throwaway CA and node and user
-#              certificates made under $TESSERA_CLUSTER_DIR/tls/; the
-#              settings for the CLI are in tls/env (`source` it; the script
-#              prints the line). The choice is kept with the cluster.
+#              certificates made under $TESSERA_CLUSTER_DIR/tls/, and users
+#              and permissions are enabled (user root signs in with the
+#              certificate tls/user-root.crt); the settings for the CLI are
+#              in tls/env (`source` it; the script prints the line). The
+#              choice is kept with the cluster.
 #              --with-prometheus also
 #              runs Debian's prometheus on 127.0.0.1:9090 scraping the nodes
 #              (config generated from deploy/prometheus/prometheus.yml, data
@@ -288,6 +290,17 @@ case "$cmd" in
     load_config
     for ((n = 1; n <= nodes; n++)); do start_node "$n"; done
     wait_ready
+    if [[ -n $tls && -x $cli ]]; then
+      # Users and permissions on: user root signs in with the client
+      # certificate tls/user-root.crt (tls/env points the CLI at it).
+      if ! "$cli" auth status 2>/dev/null | grep -q '^auth enabled'; then
+        "$cli" user add root --no-password >/dev/null 2>&1 || true
+        "$cli" user grant-role root root >/dev/null
+        "$cli" auth enable >/dev/null
+      fi
+      echo "auth enabled: user root (client certificate $dir/tls/user-root.crt) may do anything;" \
+        "add users with: $cli user add NAME"
+    fi
     echo
     for ((n = 1; n <= nodes; n++)); do
       echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  metrics http://127.0.0.1:$(metrics_port "$n")/metrics  pid $(pid_of "$n" || echo '?')  log $dir/node$n/log"

@@ -1,5 +1,8 @@
 #include "proto/grpc_status.h"
 
+#include <algorithm>
+#include <cstdint>
+
 #include <string>
 #include <utility>
 
@@ -83,6 +86,17 @@ void SetRetryInfo(absl::Status& status, absl::Duration retry_delay) {
   info.mutable_retry_delay()->set_seconds(nanos / 1000000000);
   info.mutable_retry_delay()->set_nanos(static_cast<int32_t>(nanos % 1000000000));
   status.SetPayload(kRetryInfoUrl, absl::Cord(info.SerializeAsString()));
+}
+
+absl::Status RetryLaterError(absl::string_view message, absl::Duration retry_after) {
+  const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(retry_after));
+  absl::Status status = absl::ResourceExhaustedError(message);
+  v1::ErrorDetail detail;
+  detail.mutable_retry_after()->set_retry_after_ms(
+      static_cast<uint32_t>(std::min<int64_t>(ms, UINT32_MAX)));
+  SetErrorDetail(status, detail);
+  SetRetryInfo(status, absl::Milliseconds(ms));  // the same hint, standard form
+  return status;
 }
 
 void AddFieldViolation(absl::Status& status, absl::string_view field,

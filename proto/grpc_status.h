@@ -59,6 +59,10 @@ absl::Status FromRpcStatus(const google::rpc::Status& status);
 void SetErrorDetail(absl::Status& status, const v1::ErrorDetail& detail);
 // google.rpc.RetryInfo{retry_delay}.
 void SetRetryInfo(absl::Status& status, absl::Duration retry_delay);
+// RESOURCE_EXHAUSTED with `message` and the hint to come back in
+// `retry_after` (at least 1 ms) as ErrorDetail.retry_after and
+// google.rpc.RetryInfo.
+absl::Status RetryLaterError(absl::string_view message, absl::Duration retry_after);
 // Adds a google.rpc.BadRequest field violation (`field` a path in the
 // request such as "key" or "success[2].put.value"; `description` why).
 void AddFieldViolation(absl::Status& status, absl::string_view field,

@@ -35,6 +35,8 @@ struct Args {
   std::optional<uint64_t> lease;      // put --lease ID
   std::optional<absl::Duration> ttl;  // lock, elect: --ttl
   TlsOptions tls;                     // --tls-ca, --tls-cert, --tls-key (or TESSERA_TLS_*)
+  std::string user, password;         // --user, --password (or TESSERA_USER, TESSERA_PASSWORD)
+  bool no_password = false;           // user add --no-password
   std::vector<std::string> positional;
 };
 
@@ -61,6 +63,9 @@ std::optional<std::string> CheckCoordination(const Args& args);
 int RunLease(Client& client, const Args& args);
 int RunLock(Client& client, const Args& args);
 int RunElect(Client& client, const Args& args);
+// `auth`, `user` and `role` (auth.cc), likewise.
+std::optional<std::string> CheckAuthCommand(const Args& args);
+int RunAuth(Client& client, const Args& args, const CallOptions& call);
 
 }  // namespace tessera::client::cli
 

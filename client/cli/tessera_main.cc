@@ -98,6 +98,18 @@ commands:
                            (recorded at once; `cluster status` shows it until done)
   cluster split-shard SHARD split SHARD's hash range in two: the upper half becomes a
                            new shard on the same nodes (clients follow by themselves)
+  auth enable|disable|status
+                           turn users and permissions on (user root must exist and hold
+                           role root) or off; status: on or off, and who you are
+  user add NAME [--no-password] | user passwd NAME
+                           a user (password from the first line of stdin; --no-password:
+                           signs in with a client certificate only) | a new password
+  user delete NAME | user grant-role USER ROLE | user revoke-role USER ROLE | user list
+  role add NAME | role delete NAME | role list
+  role grant ROLE read|write|readwrite (KEY [RANGE_END] | --prefix P)
+  role revoke ROLE (KEY [RANGE_END] | --prefix P)
+                           permissions on one key, on [KEY, RANGE_END), or on every key
+                           starting with P; role root (built in) may do everything
 
 transaction syntax: statements separated by newlines or ';', tokens by spaces;
 "double quotes" allow spaces, ';' and \" \\ \n \t \xHH escapes. All keys must map to
@@ -116,6 +128,7 @@ flags:
   --tls-ca=FILE              speak TLS, verifying the servers against this CA (default $TESSERA_TLS_CA)
   --tls-cert=FILE --tls-key=FILE
                              present this client certificate (default $TESSERA_TLS_CERT, $TESSERA_TLS_KEY)
+  --user=NAME --password=PW  sign in with a password (default $TESSERA_USER, $TESSERA_PASSWORD)
   --timeout=DURATION         overall deadline of the command, retries included (default 5s);
                              for scan, the deadline of each page
   --consistency=MODE         reads: linearizable (default) | lease | stale
@@ -148,6 +161,10 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* he
       args->positional.push_back(arg);
       continue;
     }
+    if (arg == "--no-password") {
+      args->no_password = true;
+      continue;
+    }
     std::string name = arg, value;
     bool has_value = false;
     if (size_t eq = arg.find('='); eq != std::string::npos) {
@@ -162,6 +179,10 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* he
     if (name == "--endpoints") {
       args->endpoints = absl::StrSplit(value, ',', absl::SkipWhitespace());
       if (args->endpoints.empty()) return std::string("--endpoints is empty");
+    } else if (name == "--user") {
+      args->user = value;
+    } else if (name == "--password") {
+      args->password = value;
     } else if (name == "--tls-ca") {
       args->tls.ca_file = value;
     } else if (name == "--tls-cert") {
@@ -693,6 +714,8 @@ int Run(int argc, char** argv) {
     args.endpoints = absl::StrSplit(endpoints, ',', absl::SkipWhitespace());
   }
   args.tls = TlsOptionsFromEnv();
+  if (const char* user = std::getenv("TESSERA_USER")) args.user = user;
+  if (const char* password = std::getenv("TESSERA_PASSWORD")) args.password = password;
   bool help = false;
   if (std::optional<std::string> err = ParseArgs(argc, argv, &args, &help)) {
     std::fprintf(stderr, "tessera: %s (see tessera --help)\n", err->c_str());
@@ -713,9 +736,11 @@ int Run(int argc, char** argv) {
   if ((args.start || args.end || args.limit) && cmd != "scan") {
     return usage(absl::StrCat("--start/--end/--limit are flags of scan, not ", cmd));
   }
-  if (args.prefix && cmd != "scan" && cmd != "watch") {
-    return usage(absl::StrCat("--prefix is a flag of scan and watch, not ", cmd));
+  if (args.prefix && cmd != "scan" && cmd != "watch" && cmd != "role") {
+    return usage(
+        absl::StrCat("--prefix is a flag of scan, watch and role grant|revoke, not ", cmd));
   }
+  if (args.no_password && cmd != "user") return usage("--no-password is a flag of user add");
   if ((args.rev || args.resume) && cmd != "watch") {
     return usage(absl::StrCat("--rev/--resume are flags of watch, not ", cmd));
   }
@@ -776,6 +801,8 @@ int Run(int argc, char** argv) {
     }
   } else if (cmd == "lease" || cmd == "lock" || cmd == "elect") {
     if (std::optional<std::string> err = CheckCoordination(args)) return usage(*err);
+  } else if (cmd == "auth" || cmd == "user" || cmd == "role") {
+    if (std::optional<std::string> err = CheckAuthCommand(args)) return usage(*err);
   } else {
     return usage(absl::StrCat("unknown command '", cmd, "'"));
   }
@@ -785,6 +812,8 @@ int Run(int argc, char** argv) {
   options.default_timeout = args.timeout;
   options.attempt_timeout = std::min(args.timeout, absl::Seconds(2));
   options.tls = args.tls;
+  options.user = args.user;
+  options.password = args.password;
   NoteTlsConfigured(args.tls.enabled());
   absl::StatusOr<std::unique_ptr<Client>> created = Client::Create(options);
   if (!created.ok()) return usage(OneLine(created.status()));
@@ -802,6 +831,7 @@ int Run(int argc, char** argv) {
     return PrintWritten(args.json, pos[1], r->version);
   }
   if (cmd == "watch") return RunWatch(client, args);
+  if (cmd == "auth" || cmd == "user" || cmd == "role") return RunAuth(client, args, call);
   if (cmd == "lease") return RunLease(client, args);
   if (cmd == "lock") return RunLock(client, args);
   if (cmd == "elect") return RunElect(client, args);

@@ -30,7 +30,7 @@ namespace tessera::server {
 class KvService::BatchStream final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  explicit BatchStream(KvService* service) : service_(service) {
+  BatchStream(KvService* service, Caller caller) : service_(service), caller_(std::move(caller)) {
     {
       absl::MutexLock lock(&service_->stats_mu_);
       ++service_->batch_stats_.streams_open;
@@ -192,23 +192,24 @@ class KvService::BatchStream final
     switch (op.op_case()) {
       case v1::BatchOp::kPut:
         method = "/tessera.v1.KV/Put";
-        s->HandlePut(op.put(), r.mutable_put(), deadline, Hop::kInline, make_done());
+        s->HandlePut(caller_, op.put(), r.mutable_put(), deadline, Hop::kInline, make_done());
         break;
       case v1::BatchOp::kGet:
         method = "/tessera.v1.KV/Get";
-        s->HandleGet(op.get(), r.mutable_get(), deadline, Hop::kInline, make_done());
+        s->HandleGet(caller_, op.get(), r.mutable_get(), deadline, Hop::kInline, make_done());
         break;
       case v1::BatchOp::kDelete:
         method = "/tessera.v1.KV/Delete";
-        s->HandleDelete(op.delete_(), r.mutable_delete_(), deadline, Hop::kInline, make_done());
+        s->HandleDelete(caller_, op.delete_(), r.mutable_delete_(), deadline, Hop::kInline,
+                        make_done());
         break;
       case v1::BatchOp::kTxn:
         method = "/tessera.v1.KV/Txn";
-        s->HandleTxn(op.txn(), r.mutable_txn(), deadline, Hop::kInline, make_done());
+        s->HandleTxn(caller_, op.txn(), r.mutable_txn(), deadline, Hop::kInline, make_done());
         break;
       case v1::BatchOp::kScan:
         method = "/tessera.v1.KV/Scan";
-        s->HandleScan(op.scan(), r.mutable_scan(), deadline, Hop::kInline, make_done());
+        s->HandleScan(caller_, op.scan(), r.mutable_scan(), deadline, Hop::kInline, make_done());
         break;
       case v1::BatchOp::OP_NOT_SET:
         break;  // refused in Dispatch
@@ -353,6 +354,7 @@ class KvService::BatchStream final
   }
 
   KvService* const service_;
+  const Caller caller_;   // identified when the stream opened
   grpc::ByteBuffer in_;   // the message being read (one read at a time)
   grpc::ByteBuffer out_;  // the message being written (one write at a time)
 
@@ -375,8 +377,10 @@ class KvService::BatchStream final
 };
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KvService::Batch(
-    grpc::CallbackServerContext* /*context*/) {
-  return new BatchStream(this);
+    grpc::CallbackServerContext* context) {
+  absl::StatusOr<Caller> caller = Caller::Identify(options_.auth, *context);
+  if (!caller.ok()) return new RefusedStream(ToGrpcStatus(caller.status()));
+  return new BatchStream(this, *std::move(caller));
 }
 
 BatchStats KvService::batch_stats() const {

@@ -370,24 +370,22 @@ bool KvService::Enter(const v1::RequestHeader& header, uint64_t request_bytes, a
   // Refused before any work: the request costs the node nothing more.
   const int64_t retry_after_ms =
       std::max<int64_t>(1, absl::ToInt64Milliseconds(budget_.RetryAfter(abandoned)));
-  absl::Status status = absl::ResourceExhaustedError(absl::StrCat(
-      "node ", options_.self, " has too many request bytes in flight to take this one (",
-      budget_.Stats().in_flight_bytes, " in flight and ", abandoned,
-      " of writes whose callers gave up still to apply, limit ", options_.max_inflight_bytes,
-      ", or more than it can finish before the deadline); retry in about ", retry_after_ms, " ms"));
-  v1::ErrorDetail detail;
-  detail.mutable_retry_after()->set_retry_after_ms(static_cast<uint32_t>(retry_after_ms));
-  SetErrorDetail(status, detail);
-  SetRetryInfo(status, absl::Milliseconds(retry_after_ms));  // the same hint, standard form
-  done(std::move(status));
+  done(RetryLaterError(absl::StrCat("node ", options_.self,
+                                    " has too many request bytes in flight to take this one (",
+                                    budget_.Stats().in_flight_bytes, " in flight and ", abandoned,
+                                    " of writes whose callers gave up still to apply, limit ",
+                                    options_.max_inflight_bytes,
+                                    ", or more than it can finish before the deadline); "
+                                    "retry in about ",
+                                    retry_after_ms, " ms"),
+                       absl::Milliseconds(retry_after_ms)));
   return false;
 }
 
 template <typename Req, typename Resp>
-grpc::ServerUnaryReactor* KvService::Serve(grpc::CallbackServerContext* context,
-                                           const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
-                                           void (KvService::*handle)(const Req&, Resp*, absl::Time,
-                                                                     Hop, OpDone)) {
+grpc::ServerUnaryReactor* KvService::Serve(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+    void (KvService::*handle)(const Caller&, const Req&, Resp*, absl::Time, Hop, OpDone)) {
   auto* call = new TypedKvCall<Req, Resp>(out);
   if (!in->Valid()) {
     // No request message arrived: the client cancelled while sending it (an
@@ -406,19 +404,24 @@ grpc::ServerUnaryReactor* KvService::Serve(grpc::CallbackServerContext* context,
                      Req::descriptor()->full_name(), " message"))));
     return call;
   }
-  (this->*handle)(
-      call->request, &call->response, Deadline(context), Hop::kWorker, [call](absl::Status status) {
-        grpc::Status final_status = ToGrpcStatus(status);
-        if (status.ok()) {
-          grpc::Status serialized = call->SerializeResponse();
-          if (!serialized.ok()) {
-            final_status =
-                grpc::Status(grpc::StatusCode::INTERNAL,
-                             "cannot serialize the response: " + serialized.error_message());
-          }
-        }
-        call->Finish(final_status);
-      });
+  absl::StatusOr<Caller> caller = Caller::Identify(options_.auth, *context);
+  if (!caller.ok()) {
+    call->Finish(ToGrpcStatus(caller.status()));
+    return call;
+  }
+  (this->*handle)(*caller, call->request, &call->response, Deadline(context), Hop::kWorker,
+                  [call](absl::Status status) {
+                    grpc::Status final_status = ToGrpcStatus(status);
+                    if (status.ok()) {
+                      grpc::Status serialized = call->SerializeResponse();
+                      if (!serialized.ok()) {
+                        final_status = grpc::Status(
+                            grpc::StatusCode::INTERNAL,
+                            "cannot serialize the response: " + serialized.error_message());
+                      }
+                    }
+                    call->Finish(final_status);
+                  });
   return call;
 }
 
@@ -603,8 +606,11 @@ void KvService::ReadAndFinish(const v1::RequestHeader& header, ShardId shard, ab
   }
 }
 
-void KvService::HandlePut(const v1::PutRequest& request, v1::PutResponse* response,
-                          absl::Time deadline, Hop hop, OpDone done) {
+void KvService::HandlePut(const Caller& caller, const v1::PutRequest& request,
+                          v1::PutResponse* response, absl::Time deadline, Hop hop, OpDone done) {
+  if (absl::Status allowed = caller.Check(security::Access::kWrite, request.key()); !allowed.ok()) {
+    return done(allowed);
+  }
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   absl::Status valid = ValidateKey(request.key(), "key");
   if (valid.ok()) valid = ValidateValue(request.value(), "value");
@@ -618,8 +624,12 @@ void KvService::HandlePut(const v1::PutRequest& request, v1::PutResponse* respon
                &serverpb::CommandResult::mutable_put, std::move(done));
 }
 
-void KvService::HandleDelete(const v1::DeleteRequest& request, v1::DeleteResponse* response,
-                             absl::Time deadline, Hop hop, OpDone done) {
+void KvService::HandleDelete(const Caller& caller, const v1::DeleteRequest& request,
+                             v1::DeleteResponse* response, absl::Time deadline, Hop hop,
+                             OpDone done) {
+  if (absl::Status allowed = caller.Check(security::Access::kWrite, request.key()); !allowed.ok()) {
+    return done(allowed);
+  }
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   absl::Status valid = ValidateKey(request.key(), "key");
   absl::StatusOr<ShardId> shard =
@@ -632,8 +642,38 @@ void KvService::HandleDelete(const v1::DeleteRequest& request, v1::DeleteRespons
                &serverpb::CommandResult::mutable_delete_, std::move(done));
 }
 
-void KvService::HandleTxn(const v1::TxnRequest& request, v1::TxnResponse* response,
-                          absl::Time deadline, Hop hop, OpDone done) {
+namespace {
+
+// Read for the compared and read keys, write for the written ones.
+absl::Status CheckTxn(const Caller& caller, const v1::TxnRequest& request) {
+  for (const v1::Compare& c : request.compares()) {
+    TESSERA_RETURN_IF_ERROR(caller.Check(security::Access::kRead, c.key()));
+  }
+  for (const auto* branch : {&request.success(), &request.failure()}) {
+    for (const v1::TxnOp& op : *branch) {
+      switch (op.op_case()) {
+        case v1::TxnOp::kPut:
+          TESSERA_RETURN_IF_ERROR(caller.Check(security::Access::kWrite, op.put().key()));
+          break;
+        case v1::TxnOp::kDelete:
+          TESSERA_RETURN_IF_ERROR(caller.Check(security::Access::kWrite, op.delete_().key()));
+          break;
+        case v1::TxnOp::kGet:
+          TESSERA_RETURN_IF_ERROR(caller.Check(security::Access::kRead, op.get().key()));
+          break;
+        default:
+          break;  // refused by the validation that follows
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void KvService::HandleTxn(const Caller& caller, const v1::TxnRequest& request,
+                          v1::TxnResponse* response, absl::Time deadline, Hop hop, OpDone done) {
+  if (absl::Status allowed = CheckTxn(caller, request); !allowed.ok()) return done(allowed);
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
     const size_t ops = request.compares_size() + request.success_size() + request.failure_size();
@@ -688,8 +728,11 @@ void KvService::HandleTxn(const v1::TxnRequest& request, v1::TxnResponse* respon
                &serverpb::CommandResult::mutable_txn, std::move(done));
 }
 
-void KvService::HandleGet(const v1::GetRequest& request, v1::GetResponse* response,
-                          absl::Time deadline, Hop hop, OpDone done) {
+void KvService::HandleGet(const Caller& caller, const v1::GetRequest& request,
+                          v1::GetResponse* response, absl::Time deadline, Hop hop, OpDone done) {
+  if (absl::Status allowed = caller.Check(security::Access::kRead, request.key()); !allowed.ok()) {
+    return done(allowed);
+  }
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   absl::Status valid = ValidateKey(request.key(), "key");
   absl::StatusOr<ShardId> shard =
@@ -708,8 +751,16 @@ void KvService::HandleGet(const v1::GetRequest& request, v1::GetResponse* respon
       std::move(done));
 }
 
-void KvService::HandleScan(const v1::ScanRequest& request, v1::ScanResponse* response,
-                           absl::Time deadline, Hop hop, OpDone done) {
+void KvService::HandleScan(const Caller& caller, const v1::ScanRequest& request,
+                           v1::ScanResponse* response, absl::Time deadline, Hop hop, OpDone done) {
+  // The keys a scan may return: [start, end) (end "": all from start), or
+  // the prefix's range.
+  absl::Status allowed =
+      !request.prefix().empty()
+          ? caller.Check(security::Access::kRead, request.prefix(), PrefixEnd(request.prefix()))
+          : caller.Check(security::Access::kRead, request.start(),
+                         request.end().empty() ? std::string(1, '\0') : request.end());
+  if (!allowed.ok()) return done(allowed);
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   auto validate = [&]() -> absl::Status {
     if (!request.prefix().empty() && (!request.start().empty() || !request.end().empty())) {
@@ -788,7 +839,11 @@ grpc::ServerUnaryReactor* ClusterService::Drain(grpc::CallbackServerContext* con
                                                 const v1::DrainRequest* request,
                                                 v1::DrainResponse* /*response*/) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (request->node_id() != self_) {
+  absl::StatusOr<Caller> caller = Caller::Identify(auth_, *context);
+  absl::Status allowed = caller.ok() ? caller->CheckRoot("drain nodes") : caller.status();
+  if (!allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+  } else if (request->node_id() != self_) {
     reactor->Finish(ToGrpcStatus(absl::FailedPreconditionError(
         absl::StrCat("this is node ", self_, ", not node ", request->node_id(),
                      ": refresh the cluster map and ask that node"))));
@@ -811,11 +866,18 @@ namespace {
 // thread for at most the metadata group's proposal deadline: an operator's
 // call, not a hot path.
 template <typename Response>
-grpc::ServerUnaryReactor* AnswerMapChange(grpc::CallbackServerContext* context, bool handled,
+grpc::ServerUnaryReactor* AnswerMapChange(grpc::CallbackServerContext* context,
+                                          const security::AuthCache* auth, bool handled,
                                           const char* what,
                                           const std::function<absl::StatusOr<uint64_t>()>& change,
                                           Response* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Caller> caller = Caller::Identify(auth, *context);
+  absl::Status allowed = caller.ok() ? caller->CheckRoot(what) : caller.status();
+  if (!allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   if (!handled) {
     reactor->Finish(
         grpc::Status(grpc::StatusCode::UNIMPLEMENTED, absl::StrCat("this server cannot ", what)));
@@ -836,7 +898,7 @@ grpc::ServerUnaryReactor* ClusterService::MoveReplica(grpc::CallbackServerContex
                                                       const v1::MoveReplicaRequest* request,
                                                       v1::MoveReplicaResponse* response) {
   return AnswerMapChange(
-      context, move_ != nullptr, "move replicas",
+      context, auth_, move_ != nullptr, "move replicas",
       [&] { return move_(request->shard(), request->from_node(), request->to_node()); }, response);
 }
 
@@ -844,7 +906,7 @@ grpc::ServerUnaryReactor* ClusterService::AddMember(grpc::CallbackServerContext*
                                                     const v1::AddMemberRequest* request,
                                                     v1::AddMemberResponse* response) {
   return AnswerMapChange(
-      context, add_member_ != nullptr, "add members",
+      context, auth_, add_member_ != nullptr, "add members",
       [&] { return add_member_(request->member()); }, response);
 }
 
@@ -852,7 +914,7 @@ grpc::ServerUnaryReactor* ClusterService::RemoveMember(grpc::CallbackServerConte
                                                        const v1::RemoveMemberRequest* request,
                                                        v1::RemoveMemberResponse* response) {
   return AnswerMapChange(
-      context, remove_member_ != nullptr, "remove members",
+      context, auth_, remove_member_ != nullptr, "remove members",
       [&] { return remove_member_(request->node_id()); }, response);
 }
 
@@ -860,7 +922,7 @@ grpc::ServerUnaryReactor* ClusterService::SplitShard(grpc::CallbackServerContext
                                                      const v1::SplitShardRequest* request,
                                                      v1::SplitShardResponse* response) {
   return AnswerMapChange(
-      context, split_ != nullptr, "split shards", [&] { return split_(request->shard()); },
+      context, auth_, split_ != nullptr, "split shards", [&] { return split_(request->shard()); },
       response);
 }
 

@@ -73,6 +73,7 @@
 #include "grpcpp/support/server_callback.h"
 #include "server/api/admission.h"
 #include "server/api/batch_stats.h"
+#include "server/api/caller.h"
 #include "server/api/watch_hub.h"
 #include "server/cluster/cluster_map.h"
 #include "server/kv/backend.h"
@@ -123,6 +124,9 @@ struct KvServiceOptions {
   std::function<void(std::vector<uint64_t> leases, absl::Time deadline,
                      std::function<void(absl::Status)> done)>
       check_leases;
+  // Users and permissions (security/auth.h): every call is checked against
+  // the current state (caller.h). nullptr: no checks (tests of the service).
+  const security::AuthCache* auth = nullptr;
 };
 
 // tessera.v1.KV with every method registered raw (ByteBuffer in and out), so
@@ -200,6 +204,7 @@ class KvService final : public RawKvService {
   class BatchStream;
   class WatchStream;
   class WatchSourceImpl;
+  class RefusedStream;
 
   // Creates watch_source_ and watch_hub_ (watch_stream.cc).
   void StartWatchHub();
@@ -220,21 +225,22 @@ class KvService final : public RawKvService {
   template <typename Req, typename Resp>
   grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
                                   grpc::ByteBuffer* out,
-                                  void (KvService::*handle)(const Req&, Resp*, absl::Time, Hop,
-                                                            OpDone));
+                                  void (KvService::*handle)(const Caller&, const Req&, Resp*,
+                                                            absl::Time, Hop, OpDone));
   // The operations, shared by the unary methods and Batch. `request` and
   // `response` must stay valid until `done` ran; `deadline` is already
-  // capped (Deadline / BatchDeadline).
-  void HandlePut(const v1::PutRequest& request, v1::PutResponse* response, absl::Time deadline,
-                 Hop hop, OpDone done);
-  void HandleGet(const v1::GetRequest& request, v1::GetResponse* response, absl::Time deadline,
-                 Hop hop, OpDone done);
-  void HandleDelete(const v1::DeleteRequest& request, v1::DeleteResponse* response,
-                    absl::Time deadline, Hop hop, OpDone done);
-  void HandleScan(const v1::ScanRequest& request, v1::ScanResponse* response, absl::Time deadline,
-                  Hop hop, OpDone done);
-  void HandleTxn(const v1::TxnRequest& request, v1::TxnResponse* response, absl::Time deadline,
-                 Hop hop, OpDone done);
+  // capped (Deadline / BatchDeadline). `caller` is checked for the keys
+  // (PERMISSION_DENIED / UNAUTHENTICATED) before anything else is done.
+  void HandlePut(const Caller& caller, const v1::PutRequest& request, v1::PutResponse* response,
+                 absl::Time deadline, Hop hop, OpDone done);
+  void HandleGet(const Caller& caller, const v1::GetRequest& request, v1::GetResponse* response,
+                 absl::Time deadline, Hop hop, OpDone done);
+  void HandleDelete(const Caller& caller, const v1::DeleteRequest& request,
+                    v1::DeleteResponse* response, absl::Time deadline, Hop hop, OpDone done);
+  void HandleScan(const Caller& caller, const v1::ScanRequest& request, v1::ScanResponse* response,
+                  absl::Time deadline, Hop hop, OpDone done);
+  void HandleTxn(const Caller& caller, const v1::TxnRequest& request, v1::TxnResponse* response,
+                 absl::Time deadline, Hop hop, OpDone done);
 
   // Admits an operation of `request_bytes` due by `deadline` (counted in
   // flight, its bytes taken from the budget) unless draining or refused by
@@ -309,6 +315,15 @@ class KvService final : public RawKvService {
   BatchStats batch_stats_ ABSL_GUARDED_BY(stats_mu_);
 };
 
+// A KV.Batch or KV.Watch stream refused when it opens (its caller could
+// not be identified): it ends at once with `why`.
+class KvService::RefusedStream final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit RefusedStream(grpc::Status why) { Finish(std::move(why)); }
+  void OnDone() override { delete this; }
+};
+
 // Cluster.GetClusterMap (the map with this node's leader hints; UNAVAILABLE
 // while no map is loaded) and Cluster.NodeStatus (client shards in `shards`,
 // the metadata replica in `meta_shard`, and what `stored_map` returns in
@@ -368,9 +383,15 @@ class ClusterService final : public v1::Cluster::CallbackService {
   // it. Unset: SplitShard is UNIMPLEMENTED.
   using SplitHandler = std::function<absl::StatusOr<uint64_t>(ShardId)>;
   void SetSplitHandler(SplitHandler split) { split_ = std::move(split); }
+  // Users and roles: Drain, MoveReplica, AddMember, RemoveMember and
+  // SplitShard need role root once auth is enabled (GetClusterMap and
+  // NodeStatus stay open: clients route by them). Unset: not checked. Call
+  // before serving.
+  void SetAuthCache(const security::AuthCache* auth) { auth_ = auth; }
 
  private:
   const NodeId self_;
+  const security::AuthCache* auth_ = nullptr;
   std::function<void()> drain_;
   MoveHandler move_;
   AddMemberHandler add_member_;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/grpc_status.h"
+#include "proto/status_macros.h"
 #include "server/api/kv_service.h"
 
 namespace tessera::server {
@@ -17,7 +18,8 @@ namespace {
 class KeepAliveStream final
     : public grpc::ServerBidiReactor<v1::LeaseKeepAliveRequest, v1::LeaseKeepAliveResponse> {
  public:
-  explicit KeepAliveStream(const LeaseService* service) : service_(service) {
+  KeepAliveStream(const LeaseService* service, Caller caller)
+      : service_(service), caller_(std::move(caller)) {
     StartRead(&request_);
   }
 
@@ -26,6 +28,9 @@ class KeepAliveStream final
     const uint64_t id = request_.id();
     if (id == 0) {
       return Finish(service_->ToWire(absl::InvalidArgumentError("lease id 0")));
+    }
+    if (absl::Status allowed = service_->MayUse(caller_, id); !allowed.ok()) {
+      return Finish(service_->ToWire(allowed));
     }
     service_->keeper()->KeepAlive(id, absl::Now() + absl::Seconds(5),
                                   [this, id](absl::StatusOr<int64_t> ttl) {
@@ -45,36 +50,61 @@ class KeepAliveStream final
 
  private:
   const LeaseService* const service_;
+  const Caller caller_;  // identified when the stream opened
   v1::LeaseKeepAliveRequest request_;
   v1::LeaseKeepAliveResponse response_;
 };
 
+// A KeepAlive stream refused when it opens.
+class RefusedKeepAlive final
+    : public grpc::ServerBidiReactor<v1::LeaseKeepAliveRequest, v1::LeaseKeepAliveResponse> {
+ public:
+  explicit RefusedKeepAlive(grpc::Status why) { Finish(std::move(why)); }
+  void OnDone() override { delete this; }
+};
+
 }  // namespace
+
+absl::Status LeaseService::MayUse(const Caller& caller, uint64_t id) const {
+  TESSERA_RETURN_IF_ERROR(caller.CheckSignedIn());
+  if (caller.IsRoot()) return absl::OkStatus();
+  absl::StatusOr<std::string> owner = keeper_->Owner(id);
+  if (!owner.ok()) return absl::IsNotFound(owner.status()) ? absl::OkStatus() : owner.status();
+  if (*owner != caller.who().user) {
+    return absl::PermissionDeniedError(absl::StrCat("lease ", id, " belongs to another user"));
+  }
+  return absl::OkStatus();
+}
 
 LeaseService::LeaseService(NodeId self, LeaseKeeper* keeper, const ClusterMapCache* maps,
                            KvBackend* backend, absl::Duration deadline)
     : self_(self), keeper_(keeper), maps_(maps), backend_(backend), deadline_(deadline) {}
 
-grpc::Status LeaseService::ToWire(absl::Status status) const {
-  if (status.code() == absl::StatusCode::kUnavailable && !GetErrorDetail(status).has_value()) {
-    absl::Status hinted = NodeUnavailableError(std::string(status.message()),
-                                               v1::ErrorDetail::NotLeader::REASON_NOT_LEADER);
-    v1::ErrorDetail detail = *GetErrorDetail(hinted);
-    v1::ErrorDetail::NotLeader* not_leader = detail.mutable_not_leader();
-    std::optional<ShardStatus> meta = backend_->StatusOf(kMetaShard);
-    std::shared_ptr<const ClusterMap> map = maps_->Current();
-    if (meta.has_value() && meta->leader != 0 && meta->leader != self_) {
-      not_leader->set_leader_node(meta->leader);
-      if (map != nullptr) {
-        if (const MemberInfo* m = map->FindMember(meta->leader)) {
-          not_leader->set_leader_address(m->client_address);
-        }
+absl::Status WithMetaLeaderHint(absl::Status status, NodeId self, const KvBackend& backend,
+                                const ClusterMapCache& maps) {
+  if (status.code() != absl::StatusCode::kUnavailable || GetErrorDetail(status).has_value()) {
+    return status;
+  }
+  absl::Status hinted = NodeUnavailableError(std::string(status.message()),
+                                             v1::ErrorDetail::NotLeader::REASON_NOT_LEADER);
+  v1::ErrorDetail detail = *GetErrorDetail(hinted);
+  v1::ErrorDetail::NotLeader* not_leader = detail.mutable_not_leader();
+  std::optional<ShardStatus> meta = backend.StatusOf(kMetaShard);
+  std::shared_ptr<const ClusterMap> map = maps.Current();
+  if (meta.has_value() && meta->leader != 0 && meta->leader != self) {
+    not_leader->set_leader_node(meta->leader);
+    if (map != nullptr) {
+      if (const MemberInfo* m = map->FindMember(meta->leader)) {
+        not_leader->set_leader_address(m->client_address);
       }
     }
-    SetErrorDetail(hinted, detail);
-    status = std::move(hinted);
   }
-  return ToGrpcStatus(status);
+  SetErrorDetail(hinted, detail);
+  return hinted;
+}
+
+grpc::Status LeaseService::ToWire(absl::Status status) const {
+  return ToGrpcStatus(WithMetaLeaderHint(std::move(status), self_, *backend_, *maps_));
 }
 
 absl::Time LeaseService::Deadline(const grpc::CallbackServerContext* context) const {
@@ -88,11 +118,19 @@ grpc::ServerUnaryReactor* LeaseService::Grant(grpc::CallbackServerContext* conte
                                               const v1::LeaseGrantRequest* request,
                                               v1::LeaseGrantResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  keeper_->Grant(request->ttl_seconds(), Deadline(context),
-                 [this, reactor, response](absl::StatusOr<v1::LeaseGrantResponse> granted) {
-                   if (granted.ok()) *response = *std::move(granted);
-                   reactor->Finish(granted.ok() ? grpc::Status::OK : ToWire(granted.status()));
-                 });
+  absl::StatusOr<Caller> caller = Caller::Identify(auth_, *context);
+  absl::Status allowed = caller.ok() ? caller->CheckSignedIn() : caller.status();
+  if (!allowed.ok()) {
+    reactor->Finish(ToWire(allowed));
+    return reactor;
+  }
+  keeper_->Grant(
+      request->ttl_seconds(), Deadline(context),
+      [this, reactor, response](absl::StatusOr<v1::LeaseGrantResponse> granted) {
+        if (granted.ok()) *response = *std::move(granted);
+        reactor->Finish(granted.ok() ? grpc::Status::OK : ToWire(granted.status()));
+      },
+      caller->who().member ? "" : caller->who().user);
   return reactor;
 }
 
@@ -104,20 +142,34 @@ grpc::ServerUnaryReactor* LeaseService::Revoke(grpc::CallbackServerContext* cont
     reactor->Finish(ToWire(absl::InvalidArgumentError("lease id 0")));
     return reactor;
   }
+  absl::StatusOr<Caller> caller = Caller::Identify(auth_, *context);
+  absl::Status allowed = caller.ok() ? MayUse(*caller, request->id()) : caller.status();
+  if (!allowed.ok()) {
+    reactor->Finish(ToWire(allowed));
+    return reactor;
+  }
   keeper_->Revoke(request->id(), Deadline(context),
                   [this, reactor](absl::Status done) { reactor->Finish(ToWire(done)); });
   return reactor;
 }
 
 grpc::ServerBidiReactor<v1::LeaseKeepAliveRequest, v1::LeaseKeepAliveResponse>*
-LeaseService::KeepAlive(grpc::CallbackServerContext* /*context*/) {
-  return new KeepAliveStream(this);
+LeaseService::KeepAlive(grpc::CallbackServerContext* context) {
+  absl::StatusOr<Caller> caller = Caller::Identify(auth_, *context);
+  if (!caller.ok()) return new RefusedKeepAlive(ToWire(caller.status()));
+  return new KeepAliveStream(this, *std::move(caller));
 }
 
 grpc::ServerUnaryReactor* LeaseService::TimeToLive(grpc::CallbackServerContext* context,
                                                    const v1::LeaseTimeToLiveRequest* request,
                                                    v1::LeaseTimeToLiveResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Caller> caller = Caller::Identify(auth_, *context);
+  absl::Status allowed = caller.ok() ? MayUse(*caller, request->id()) : caller.status();
+  if (!allowed.ok()) {
+    reactor->Finish(ToWire(allowed));
+    return reactor;
+  }
   absl::StatusOr<v1::LeaseTimeToLiveResponse> ttl = keeper_->TimeToLive(request->id());
   if (ttl.ok()) *response = *std::move(ttl);
   reactor->Finish(ToWire(ttl.status()));
@@ -128,7 +180,14 @@ grpc::ServerUnaryReactor* LeaseService::List(grpc::CallbackServerContext* contex
                                              const v1::LeaseListRequest* /*request*/,
                                              v1::LeaseListResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::vector<uint64_t>> ids = keeper_->List();
+  absl::StatusOr<Caller> caller = Caller::Identify(auth_, *context);
+  absl::Status allowed = caller.ok() ? caller->CheckSignedIn() : caller.status();
+  if (!allowed.ok()) {
+    reactor->Finish(ToWire(allowed));
+    return reactor;
+  }
+  absl::StatusOr<std::vector<uint64_t>> ids = keeper_->List(
+      caller->IsRoot() ? std::nullopt : std::optional<std::string>(caller->who().user));
   if (ids.ok()) {
     // Bounded: the response stays far below the 4 MiB message limit.
     ids->resize(std::min<size_t>(ids->size(), 100000));

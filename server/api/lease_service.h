@@ -15,12 +15,20 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "server/api/caller.h"
 #include "server/cluster/cluster_map.h"
 #include "server/cluster/lease_keeper.h"
 #include "server/kv/backend.h"
 #include "tessera/kv.grpc.pb.h"
 
 namespace tessera::server {
+
+// An UNAVAILABLE `status` without details gets ErrorDetail.not_leader
+// naming the metadata group's leader as this node knows it (and its client
+// address); anything else is returned as it is. For the services served by
+// that leader alone (Lease, Auth.Change).
+absl::Status WithMetaLeaderHint(absl::Status status, NodeId self, const KvBackend& backend,
+                                const ClusterMapCache& maps);
 
 class LeaseService final : public v1::Lease::CallbackService {
  public:
@@ -47,6 +55,14 @@ class LeaseService final : public v1::Lease::CallbackService {
   // The deadline of a call: its own, capped.
   absl::Time Deadline(const grpc::CallbackServerContext* context) const;
   LeaseKeeper* keeper() const { return keeper_; }
+  // Users and roles: every call needs a signed-in caller once auth is
+  // enabled, and a lease may be renewed, revoked or read only by the user
+  // who granted it or role root (List shows a user's own). Unset: not
+  // checked. Call before serving.
+  void SetAuthCache(const security::AuthCache* auth) { auth_ = auth; }
+  const security::AuthCache* auth() const { return auth_; }
+  // OK if `caller` may renew, revoke or read lease `id` (see above).
+  absl::Status MayUse(const Caller& caller, uint64_t id) const;
 
  private:
   const NodeId self_;
@@ -54,6 +70,7 @@ class LeaseService final : public v1::Lease::CallbackService {
   const ClusterMapCache* const maps_;
   KvBackend* const backend_;
   const absl::Duration deadline_;
+  const security::AuthCache* auth_ = nullptr;
 };
 
 }  // namespace tessera::server

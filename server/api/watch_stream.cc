@@ -130,8 +130,8 @@ absl::StatusOr<std::pair<ShardId, uint64_t>> KvService::RouteWatch(const v1::Wat
 class KvService::WatchStream final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  explicit WatchStream(KvService* service)
-      : service_(service), sink_(std::make_shared<Sink>(this)) {
+  WatchStream(KvService* service, Caller caller)
+      : service_(service), caller_(std::move(caller)), sink_(std::make_shared<Sink>(this)) {
     StartRead(&in_);
   }
 
@@ -152,7 +152,16 @@ class KvService::WatchStream final
     WatchHub* hub = service_->watch_hub_.get();
     switch (request.request_case()) {
       case v1::WatchRequest::kCreate: {
-        absl::StatusOr<std::pair<ShardId, uint64_t>> route = service_->RouteWatch(request.create());
+        const v1::WatchCreate& create = request.create();
+        // Read permission on every key the watch can report, checked once
+        // when it is created.
+        absl::Status allowed =
+            create.prefix()
+                ? caller_.Check(security::Access::kRead, create.key(), PrefixEnd(create.key()))
+                : caller_.Check(security::Access::kRead, create.key(), create.range_end());
+        absl::StatusOr<std::pair<ShardId, uint64_t>> route =
+            allowed.ok() ? service_->RouteWatch(create)
+                         : absl::StatusOr<std::pair<ShardId, uint64_t>>(allowed);
         if (route.ok()) {
           hub->Create(sink_, request.create(), route->first, route->second, absl::OkStatus());
         } else {
@@ -320,6 +329,7 @@ class KvService::WatchStream final
   }
 
   KvService* const service_;
+  const Caller caller_;  // identified when the stream opened
   const std::shared_ptr<Sink> sink_;
   grpc::ByteBuffer in_;
   grpc::ByteBuffer out_;
@@ -335,8 +345,10 @@ class KvService::WatchStream final
 };
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KvService::Watch(
-    grpc::CallbackServerContext* /*context*/) {
-  return new WatchStream(this);
+    grpc::CallbackServerContext* context) {
+  absl::StatusOr<Caller> caller = Caller::Identify(options_.auth, *context);
+  if (!caller.ok()) return new RefusedStream(ToGrpcStatus(caller.status()));
+  return new WatchStream(this, *std::move(caller));
 }
 
 }  // namespace tessera::server

@@ -132,6 +132,7 @@ void LeaseKeeper::Load(uint64_t term) {
       lease.ttl_seconds = record.ttl_seconds();
       lease.ends = now + absl::Seconds(record.ttl_seconds());  // the full TTL
       lease.revoking = record.revoking();
+      lease.owner = record.owner();
     }
     if (page->continuation().empty()) break;
     scan.set_continuation(page->continuation());
@@ -156,6 +157,7 @@ serverpb::Command LeaseKeeper::RecordsCommand(const std::vector<uint64_t>& ids,
     record.set_id(id);
     auto it = table.find(id);
     record.set_ttl_seconds(it != table.end() ? it->second.ttl_seconds : 0);
+    if (it != table.end()) record.set_owner(it->second.owner);
     record.set_revoking(true);
     op->mutable_put()->set_key(LeaseRecordKey(id));
     op->mutable_put()->set_value(record.SerializeAsString());
@@ -291,7 +293,8 @@ void LeaseKeeper::FailWaiters(const absl::Status& status) {
 }
 
 void LeaseKeeper::Grant(int64_t ttl_seconds, absl::Time deadline,
-                        std::function<void(absl::StatusOr<v1::LeaseGrantResponse>)> done) {
+                        std::function<void(absl::StatusOr<v1::LeaseGrantResponse>)> done,
+                        std::string owner) {
   if (ttl_seconds < 0) return done(absl::InvalidArgumentError("ttl_seconds must be >= 0"));
   const int64_t ttl = std::clamp(ttl_seconds, options_.min_ttl_seconds, options_.max_ttl_seconds);
   uint64_t id = 0;
@@ -309,13 +312,14 @@ void LeaseKeeper::Grant(int64_t ttl_seconds, absl::Time deadline,
       id = absl::Uniform<uint64_t>(rng_, 1, uint64_t{1} << 63);
     } while (leases_.contains(id));
     // Reserved until committed (not expired meanwhile: it ends far away).
-    leases_[id] = Lease{ttl, clock_() + absl::Hours(24 * 365), false};
+    leases_[id] = Lease{ttl, clock_() + absl::Hours(24 * 365), false, owner};
     term = term_;
   }
   serverpb::Command command;
   serverpb::LeaseRecord record;
   record.set_id(id);
   record.set_ttl_seconds(ttl);
+  record.set_owner(std::move(owner));
   command.mutable_put()->set_key(LeaseRecordKey(id));
   command.mutable_put()->set_value(record.SerializeAsString());
   backend_->Propose(
@@ -451,15 +455,27 @@ absl::StatusOr<v1::LeaseTimeToLiveResponse> LeaseKeeper::TimeToLive(uint64_t id)
   return response;
 }
 
-absl::StatusOr<std::vector<uint64_t>> LeaseKeeper::List() const {
+absl::StatusOr<std::vector<uint64_t>> LeaseKeeper::List(
+    const std::optional<std::string>& owner) const {
   absl::MutexLock lock(&mu_);
   TESSERA_RETURN_IF_ERROR(Ready());
   const absl::Duration now = clock_();
   std::vector<uint64_t> ids;
   for (const auto& [id, lease] : leases_) {
+    if (owner.has_value() && lease.owner != *owner) continue;
     if (!lease.revoking && lease.ends > now) ids.push_back(id);
   }
   return ids;
+}
+
+absl::StatusOr<std::string> LeaseKeeper::Owner(uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  TESSERA_RETURN_IF_ERROR(Ready());
+  auto it = leases_.find(id);
+  if (it == leases_.end() || it->second.revoking || it->second.ends <= clock_()) {
+    return absl::NotFoundError(absl::StrCat("lease ", id, " not found"));
+  }
+  return it->second.owner;
 }
 
 LeaseKeeper::Stats LeaseKeeper::stats() const {

@@ -43,6 +43,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -116,9 +117,10 @@ class LeaseKeeper {
   //
   // A new lease (its countdown starts when its record is committed).
   // kInvalidArgument for ttl_seconds < 0, kResourceExhausted at max_leases.
+  // `owner`: the user granting it ("" without auth), kept in its record.
   void Grant(int64_t ttl_seconds, absl::Time deadline,
-             std::function<void(absl::StatusOr<v1::LeaseGrantResponse>)> done)
-      ABSL_LOCKS_EXCLUDED(mu_);
+             std::function<void(absl::StatusOr<v1::LeaseGrantResponse>)> done,
+             std::string owner = "") ABSL_LOCKS_EXCLUDED(mu_);
   // Ends the lease; done once every shard deleted its keys (or
   // kDeadlineExceeded at `deadline`: it ended, its keys are still being
   // deleted).
@@ -130,8 +132,11 @@ class LeaseKeeper {
                  std::function<void(absl::StatusOr<int64_t>)> done) ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<v1::LeaseTimeToLiveResponse> TimeToLive(uint64_t id) const
       ABSL_LOCKS_EXCLUDED(mu_);
-  // The live leases, ascending.
-  absl::StatusOr<std::vector<uint64_t>> List() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The live leases, ascending; with `owner` set, only those it granted.
+  absl::StatusOr<std::vector<uint64_t>> List(
+      const std::optional<std::string>& owner = std::nullopt) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Who granted the lease ("" without auth).
+  absl::StatusOr<std::string> Owner(uint64_t id) const ABSL_LOCKS_EXCLUDED(mu_);
 
   Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -143,6 +148,7 @@ class LeaseKeeper {
     int64_t ttl_seconds = 0;
     absl::Duration ends;  // on clock_
     bool revoking = false;
+    std::string owner;
   };
   struct RevokeWaiter {
     absl::Time deadline;

@@ -149,6 +149,15 @@ absl::Status GrpcClusterControl::Revoke(const ShardLayout& shard,
   return last;
 }
 
+void GrpcClusterControl::Authorize(grpc::ClientContext& context) const {
+  if (auth_ == nullptr) return;
+  std::shared_ptr<const security::AuthView> view = auth_->Current();
+  if (view == nullptr || !view->enabled()) return;
+  absl::StatusOr<std::string> token =
+      view->MintToken(security::MemberCertName(self_), absl::Now() + absl::Minutes(1));
+  if (token.ok()) context.AddMetadata("authorization", absl::StrCat("Bearer ", *token));
+}
+
 void GrpcClusterControl::CheckLease(NodeId node, uint64_t id, absl::Time deadline,
                                     std::function<void(absl::Status)> done) {
   std::shared_ptr<Stubs> stubs = StubsOf(node);
@@ -162,6 +171,7 @@ void GrpcClusterControl::CheckLease(NodeId node, uint64_t id, absl::Time deadlin
   };
   auto call = std::make_shared<Call>();
   call->context.set_deadline(absl::ToChronoTime(deadline));
+  Authorize(call->context);
   call->request.set_id(id);
   stubs->lease->async()->TimeToLive(
       &call->context, &call->request, &call->response,

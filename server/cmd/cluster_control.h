@@ -23,6 +23,7 @@
 #include "server/cluster/cluster_map.h"
 #include "server/cluster/lease_keeper.h"
 #include "server/cluster/scheduler.h"
+#include "server/security/auth.h"
 #include "server/security/tls.h"
 #include "tessera/kv.grpc.pb.h"
 #include "tessera/peer.grpc.pb.h"
@@ -47,6 +48,10 @@ class GrpcClusterControl : public ClusterControl, public LeaseRevoker {
   // else the error (UNAVAILABLE: that node does not lead the group).
   void CheckLease(NodeId node, uint64_t id, absl::Time deadline,
                   std::function<void(absl::Status)> done);
+  // With auth enabled, calls to other nodes' client ports carry a token for
+  // this member (security/auth.h) minted with the cluster's key. Call
+  // before use; nullptr (default): none.
+  void SetAuthCache(const security::AuthCache* auth) { auth_ = auth; }
 
  private:
   struct Stubs {
@@ -59,12 +64,15 @@ class GrpcClusterControl : public ClusterControl, public LeaseRevoker {
   // The stubs of `node` at its current addresses; nullptr if not a member.
   std::shared_ptr<Stubs> StubsOf(NodeId node) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Ask(NodeId node, peerpb::ReplicaChangeRequest request);
+  // Adds this member's token to a client-port call while auth is enabled.
+  void Authorize(grpc::ClientContext& context) const;
 
   const NodeId self_;
   const ClusterMapCache* const maps_;
   const security::TlsCredentials* const credentials_;         // the peer port's
   const security::TlsCredentials* const client_credentials_;  // the client port's
   const absl::Duration deadline_;
+  const security::AuthCache* auth_ = nullptr;
   absl::Mutex mu_;
   absl::flat_hash_map<NodeId, std::shared_ptr<Stubs>> stubs_ ABSL_GUARDED_BY(mu_);
   // Per shard, the replica that applied the last RevokeLeases (its leader).

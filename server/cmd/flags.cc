@@ -83,6 +83,8 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls-cert; {id} as ther
 ABSL_FLAG(std::string, tls_ca, "",
           "PEM certificate(s) of the CA that signs client certificates and other members' "
           "--tls-cert (the --peer-ca file will do)");
+ABSL_FLAG(uint32_t, auth_token_ttl_seconds, 600,
+          "how long a token from Auth.Authenticate is valid (users and roles: `tessera auth`)");
 ABSL_FLAG(uint32_t, max_inbound_snapshots, 2, "snapshots received at once; more wait");
 ABSL_FLAG(uint64_t, max_snapshot_bytes, 1ull << 30, "largest snapshot accepted from a peer");
 ABSL_FLAG(uint32_t, snapshot_idle_timeout_ms, 30000,
@@ -182,7 +184,7 @@ constexpr char kUsage[] =
     "  [--log-level=info] [--min-free-disk-bytes=268435456]\n"
     "  [--max-client-connections=0] [--max-peer-connections=0]\n"
     "  --peer-cert=FILE --peer-key=FILE --peer-ca=FILE | --insecure-peers\n"
-    "  [--tls-cert=FILE --tls-key=FILE --tls-ca=FILE]\n"
+    "  [--tls-cert=FILE --tls-key=FILE --tls-ca=FILE] [--auth-token-ttl-seconds=600]\n"
     "  [--max-inbound-snapshots=2] [--max-snapshot-bytes=1073741824]\n"
     "  [--snapshot-idle-timeout-ms=30000]\n"
     "  [--max-inflight-bytes=67108864] [--hibernate-idle-shards=true]\n"
@@ -240,6 +242,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "tls_cert",
                                               "tls_key",
                                               "tls_ca",
+                                              "auth_token_ttl_seconds",
                                               "max_inbound_snapshots",
                                               "max_snapshot_bytes",
                                               "snapshot_idle_timeout_ms",
@@ -496,6 +499,10 @@ absl::StatusOr<ServerConfig> Validate() {
     TESSERA_RETURN_IF_ERROR(ValidateHostPort(config.metrics_listen));
   config.log_level = log_level;
   config.client_tls = *client_tls;
+  if (absl::GetFlag(FLAGS_auth_token_ttl_seconds) < 10) {
+    return absl::InvalidArgumentError("--auth-token-ttl-seconds must be at least 10");
+  }
+  config.auth_token_ttl = absl::Seconds(absl::GetFlag(FLAGS_auth_token_ttl_seconds));
   // "{id}" lets one configuration serve every node (e.g. Kubernetes pods).
   const std::string id_text = absl::StrCat(id);
   config.peer_tls = {

@@ -46,7 +46,8 @@ struct ServerConfig {
   uint64_t max_watchers = 100000;            // WatchHubOptions
   uint64_t max_watcher_bytes = 1 << 20;
   uint64_t max_watch_bytes = 256 << 20;
-  uint64_t max_leases = 1000000;  // LeaseKeeperOptions::max_leases
+  uint64_t max_leases = 1000000;                      // LeaseKeeperOptions::max_leases
+  absl::Duration auth_token_ttl = absl::Minutes(10);  // AuthServiceOptions::token_ttl
   bool hibernate_idle_shards = true;
   absl::Duration dead_node_timeout = absl::Minutes(5);  // the scheduler's dead_after
   int max_replica_moves = 1;                            // the scheduler's max_moves

@@ -90,6 +90,43 @@ MetaGroup::RemoteReader RemoteMapReader(const ClusterMap& flags_map, const Clust
       };
 }
 
+// Reads the auth state stored in the metadata group from the members that
+// hold its replicas (Peer.ReadAuthState, members only): the first that
+// answers. Called from the AuthStore's thread only.
+AuthStore::RemoteReader RemoteAuthReader(const ClusterMapCache* cache, NodeId self,
+                                         const security::TlsCredentials* credentials) {
+  struct Stubs {
+    absl::flat_hash_map<std::string, std::shared_ptr<peerpb::Peer::Stub>> by_address;
+  };
+  auto stubs = std::make_shared<Stubs>();
+  return [stubs, cache, self, credentials]() -> absl::StatusOr<std::optional<std::string>> {
+    std::shared_ptr<const ClusterMap> map = cache->Current();
+    if (map == nullptr) return absl::UnavailableError("no cluster map yet");
+    for (NodeId id : map->meta_replicas()) {
+      const MemberInfo* member = map->FindMember(id);
+      if (id == self || member == nullptr) continue;
+      std::shared_ptr<peerpb::Peer::Stub>& stub = stubs->by_address[member->peer_address];
+      if (stub == nullptr) {
+        grpc::ChannelArguments args;
+        args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+        args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+        credentials->ConfigureChannelTo(id, &args);
+        stub = peerpb::Peer::NewStub(
+            grpc::CreateCustomChannel(member->peer_address, credentials->channel(), args));
+      }
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+      peerpb::AuthStateRequest request;
+      request.set_from_node(self);
+      peerpb::AuthStateResponse response;
+      if (!stub->ReadAuthState(&context, request, &response).ok()) continue;
+      if (!response.stored()) return std::optional<std::string>();
+      return std::optional<std::string>(response.state());
+    }
+    return absl::UnavailableError("no metadata replica answered Peer.ReadAuthState");
+  };
+}
+
 // Has the cluster record this node as replaced under `incarnation` (its
 // data was lost): asks the members in turn (Peer.ChangeReplica replace_me;
 // only the metadata group's leader records it, the others answer
@@ -413,7 +450,12 @@ absl::Status Server::StartParts() {
           [this](const peerpb::ReplicaChangeRequest& request,
                  std::function<void(absl::Status)> done) {
             ChangeReplica(request, std::move(done));
-          }};
+          },
+      .read_auth_state = [this]() -> absl::StatusOr<std::optional<std::string>> {
+        AuthStore* store = auth_store_for_peers_.load(std::memory_order_acquire);
+        if (store == nullptr) return absl::UnavailableError("this node is starting");
+        return store->ReadLocal();
+      }};
   peer_service_ = std::make_unique<PeerService>(
       std::move(peer_options), [this](NodeId from, std::vector<ShardMessage> messages) {
         if (Node* node = node_for_peers_.load(std::memory_order_acquire)) {
@@ -528,6 +570,13 @@ absl::Status Server::StartParts() {
   metrics_->SetLeaseSource([k = lease_keeper_.get()] { return k->stats(); });
   lease_check_ = std::make_unique<LeaseCheck>(config.node_id, lease_keeper_.get(), maps_.get(),
                                               backend_.get(), cluster_control_.get());
+  // Users, roles and permissions: followed from the metadata group.
+  auth_store_ = std::make_unique<AuthStore>(
+      AuthStoreOptions{.log = [](const std::string& line) { spdlog::info("auth: {}", line); }},
+      backend_.get(), &auth_cache_,
+      RemoteAuthReader(maps_.get(), config.node_id, &*peer_credentials_));
+  auth_store_for_peers_.store(auth_store_.get(), std::memory_order_release);
+  cluster_control_->SetAuthCache(&auth_cache_);
   KvServiceOptions kv_options;
   kv_options.self = config.node_id;
   kv_options.max_key_bytes = config.max_key_bytes;
@@ -539,6 +588,7 @@ absl::Status Server::StartParts() {
   kv_options.watch.max_watchers = config.max_watchers;
   kv_options.watch.max_watcher_bytes = config.max_watcher_bytes;
   kv_options.watch.max_node_bytes = config.max_watch_bytes;
+  kv_options.auth = &auth_cache_;
   kv_options.check_leases = [check = lease_check_.get()](std::vector<uint64_t> leases,
                                                          absl::Time deadline,
                                                          std::function<void(absl::Status)> done) {
@@ -616,6 +666,13 @@ absl::Status Server::StartParts() {
   });
   lease_service_ = std::make_unique<LeaseService>(config.node_id, lease_keeper_.get(), maps_.get(),
                                                   backend_.get());
+  lease_service_->SetAuthCache(&auth_cache_);
+  cluster_service_->SetAuthCache(&auth_cache_);
+  auth_service_ = std::make_unique<AuthService>(
+      AuthServiceOptions{.self = config.node_id,
+                         .token_ttl = config.auth_token_ttl,
+                         .log = [](const std::string& line) { spdlog::warn("auth: {}", line); }},
+      auth_store_.get(), &auth_cache_, maps_.get(), backend_.get());
   // The standard grpc.health.v1.Health service on the client port, kept in
   // step with readiness by the HealthMonitor.
   grpc::EnableDefaultHealthCheckService(true);
@@ -623,8 +680,8 @@ absl::Status Server::StartParts() {
   interceptors.push_back(metrics_->NewGrpcInterceptorFactory());
   GrpcServerOptions client_server_options;
   client_server_options.address = config.listen;
-  client_server_options.services = {kv_service_.get(), cluster_service_.get(),
-                                    lease_service_.get()};
+  client_server_options.services = {kv_service_.get(), cluster_service_.get(), lease_service_.get(),
+                                    auth_service_.get()};
   client_server_options.max_receive_bytes = max_message_bytes;
   client_server_options.interceptors = std::move(interceptors);
   client_server_options.max_connections = config.fds.max_client_connections;
@@ -639,7 +696,7 @@ absl::Status Server::StartParts() {
     return absl::UnavailableError(absl::StrCat("client API: ", client_server.status().ToString()));
   }
   client_server_ = *std::move(client_server);
-  spdlog::info("client API (KV, Cluster, Lease) listening on {} (port {}, {})", config.listen,
+  spdlog::info("client API (KV, Cluster, Lease, Auth) listening on {} (port {}, {})", config.listen,
                client_server_->port(),
                client_credentials_->secure() ? "TLS" : "PLAINTEXT, no --tls-cert");
   health_->SetSources({.member = node_options.accept_leadership,
@@ -933,6 +990,7 @@ absl::Status Server::Drain() {
   if (lease_keeper_ != nullptr) lease_keeper_->Stop();
   if (history_retention_ != nullptr) history_retention_->Stop();
   if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
+  if (auth_store_ != nullptr) auth_store_->Stop();  // the cache keeps the last state
   const absl::Duration drain = config_.drain_timeout;
   health_->SetDraining();
 
@@ -985,6 +1043,7 @@ void Server::Stop() {
   if (lease_keeper_ != nullptr) lease_keeper_->Stop();
   if (history_retention_ != nullptr) history_retention_->Stop();
   if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
+  if (auth_store_ != nullptr) auth_store_->Stop();
   if (client_server_ != nullptr) client_server_->Shutdown();
   if (node_ != nullptr) node_->Stop();
   if (peer_server_ != nullptr) peer_server_->Shutdown();
@@ -1002,6 +1061,9 @@ void Server::Stop() {
   meta_group_.store(nullptr, std::memory_order_release);
   kv_service_.reset();
   lease_service_.reset();
+  auth_service_.reset();
+  auth_store_for_peers_.store(nullptr, std::memory_order_release);
+  auth_store_.reset();
   lease_check_.reset();
   lease_keeper_.reset();
   StopObservers();  // before what the scrapes read

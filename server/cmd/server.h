@@ -32,8 +32,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "server/api/auth_service.h"
 #include "server/api/kv_service.h"
 #include "server/api/lease_service.h"
+#include "server/cluster/auth_store.h"
 #include "server/cluster/cluster_map.h"
 #include "server/cluster/lease_keeper.h"
 #include "server/cluster/meta_group.h"
@@ -146,6 +148,9 @@ class Server {
   std::unique_ptr<MetricsHttpServer> http_;
   std::optional<security::TlsCredentials> peer_credentials_;
   std::optional<security::TlsCredentials> client_credentials_;
+  // Users and roles as this node knows them (AuthStore keeps it current);
+  // read by every service, so it outlives them.
+  security::AuthCache auth_cache_;
   security::DataDirIdentity identity_;
   // Set when this node came back empty after losing its data
   // (security::LoadReplacement): the map version from which the cluster
@@ -176,6 +181,10 @@ class Server {
   std::unique_ptr<GrpcClusterControl> cluster_control_;
   std::unique_ptr<LeaseKeeper> lease_keeper_;
   std::unique_ptr<LeaseCheck> lease_check_;
+  std::unique_ptr<AuthStore> auth_store_;
+  // The AuthStore once it runs, for Peer.ReadAuthState (null before and after).
+  std::atomic<AuthStore*> auth_store_for_peers_{nullptr};
+  std::unique_ptr<AuthService> auth_service_;
   std::unique_ptr<KvService> kv_service_;
   std::unique_ptr<ClusterService> cluster_service_;
   std::unique_ptr<LeaseService> lease_service_;

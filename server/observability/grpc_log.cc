@@ -37,8 +37,8 @@ void Log(gpr_log_func_args* args) {
   {
     const absl::Time now = absl::Now();
     absl::MutexLock lock(&sources_mu);
-    Source& source = (*sources)[absl::StrCat(args->file != nullptr ? args->file : "?", ":",
-                                             args->line)];
+    Source& source =
+        (*sources)[absl::StrCat(args->file != nullptr ? args->file : "?", ":", args->line)];
     if (now - source.last_logged < kGrpcLogInterval) {
       ++source.suppressed;
       return;

@@ -873,6 +873,30 @@ grpc::ServerUnaryReactor* PeerService::ChangeReplica(grpc::CallbackServerContext
   return reactor;
 }
 
+grpc::ServerUnaryReactor* PeerService::ReadAuthState(grpc::CallbackServerContext* context,
+                                                     const peerpb::AuthStateRequest* request,
+                                                     peerpb::AuthStateResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (grpc::Status caller = CheckCaller(context, request->from_node()); !caller.ok()) {
+    reactor->Finish(caller);
+    return reactor;
+  }
+  if (options_.read_auth_state == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no auth state here"));
+    return reactor;
+  }
+  absl::StatusOr<std::optional<std::string>> stored = options_.read_auth_state();
+  if (!stored.ok()) {
+    reactor->Finish(grpc::Status(static_cast<grpc::StatusCode>(stored.status().code()),
+                                 std::string(stored.status().message())));
+    return reactor;
+  }
+  response->set_stored(stored->has_value());
+  if (stored->has_value()) response->set_state(**std::move(stored));
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
 int PeerService::active_snapshots_for_testing() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(snapshots_.size());

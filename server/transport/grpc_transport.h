@@ -36,6 +36,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -167,6 +168,10 @@ struct PeerServiceOptions {
   std::function<void(const peerpb::ReplicaChangeRequest& request,
                      std::function<void(absl::Status)> done)>
       on_replica_change;
+  // The auth state stored in this node's metadata replica for
+  // Peer.ReadAuthState: the bytes, nullopt if none is stored, kNotFound
+  // without a replica. nullptr: UNIMPLEMENTED.
+  std::function<absl::StatusOr<std::optional<std::string>>()> read_auth_state;
 };
 
 // The Peer service: checks who sends and hands what arrives to `handler`.
@@ -193,6 +198,9 @@ class PeerService final : public peerpb::Peer::CallbackService {
   grpc::ServerUnaryReactor* ChangeReplica(grpc::CallbackServerContext* context,
                                           const peerpb::ReplicaChangeRequest* request,
                                           peerpb::ReplicaChangeResponse* response) override;
+  grpc::ServerUnaryReactor* ReadAuthState(grpc::CallbackServerContext* context,
+                                          const peerpb::AuthStateRequest* request,
+                                          peerpb::AuthStateResponse* response) override;
 
   int active_snapshots_for_testing() const ABSL_LOCKS_EXCLUDED(mu_);
 

@@ -190,15 +190,16 @@ TEST(ClientTls, ACertificateOfAnotherCaIsRefused) {
                    c.other + "/user-alice.key"),
               StatusIs(absl::StatusCode::kUnavailable));
   // Nor does a client that trusts only the other CA accept this server.
-  EXPECT_THAT(Call(server.address(), c.other + "/ca.crt"), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(Call(server.address(), c.other + "/ca.crt"),
+              StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST(ClientTls, AnExpiredCertificateIsRefused) {
   const Certs& c = TheCerts();
   TlsServer server(Load(NodeFiles(c.dir, 1), 1));
-  EXPECT_THAT(Call(server.address(), c.dir + "/ca.crt", c.dir + "/user-old.crt",
-                   c.dir + "/user-old.key"),
-              StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(
+      Call(server.address(), c.dir + "/ca.crt", c.dir + "/user-old.crt", c.dir + "/user-old.key"),
+      StatusIs(absl::StatusCode::kUnavailable));
 }
 
 TEST(ClientTls, ARotatedCertificateIsUsedWithoutARestart) {
@@ -213,7 +214,8 @@ TEST(ClientTls, ARotatedCertificateIsUsedWithoutARestart) {
   security::TlsCredentials credentials = Load(files, 1);
   TlsServer server(credentials);
   ASSERT_THAT(Call(server.address(), c.dir + "/ca.crt"), IsOk());
-  ASSERT_THAT(Call(server.address(), c.other + "/ca.crt"), StatusIs(absl::StatusCode::kUnavailable));
+  ASSERT_THAT(Call(server.address(), c.other + "/ca.crt"),
+              StatusIs(absl::StatusCode::kUnavailable));
 
   {
     std::ofstream both(live + "/both.crt");
