@@ -37,7 +37,7 @@ constexpr int kMaxHintHops = 3;
 // Stale routes retried at once in a row.
 constexpr int kMaxRouteRefreshes = 3;
 // Tokens fetched for one call after UNAUTHENTICATED answers.
-constexpr int kMaxTokenRefreshes = 2;
+constexpr int kMaxTokenRefreshes = 3;
 // Fresh sessions tried for a write whose session the server evicted.
 constexpr int kMaxSessionRenewals = 2;
 
@@ -559,6 +559,9 @@ class KvCall final : public RetryingCall {
         return RetryLater();
       }
       case absl::StatusCode::kResourceExhausted:
+        if (detail.has_value() && detail->has_quota_exceeded()) {
+          return Finish(std::move(status));  // the node is over its storage quota: final
+        }
         if (detail.has_value() && detail->has_retry_after()) {
           const absl::Duration hint = absl::Milliseconds(detail->retry_after().retry_after_ms());
           node->PushBack(now + hint / 2);  // the client's other requests wait too
@@ -586,7 +589,9 @@ class KvCall final : public RetryingCall {
         if (core_->has_credentials() && token_refreshes_++ < kMaxTokenRefreshes) {
           core_->RefreshToken(core_->token(), [this](absl::Status refreshed) {
             if (!refreshed.ok()) return Finish(refreshed);
-            Attempt();
+            // After a backoff: a node may have just heard that auth is on
+            // while the one that signed us in has not yet.
+            RetryLater();
           });
           return;
         }

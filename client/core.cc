@@ -140,7 +140,10 @@ absl::Status Client::Core::RefreshTokenSync(const std::string& stale) {
 }
 
 void Client::Core::Authenticate(std::vector<std::string> candidates, size_t i, absl::Status last) {
-  if (i >= candidates.size()) return TokenDone(std::move(last), "", absl::Seconds(1));
+  if (i >= candidates.size()) {
+    // `last` OK: a node said auth is off (and none signed us in).
+    return TokenDone(last, "", last.ok() ? absl::Seconds(10) : absl::Seconds(1));
+  }
   struct Call {
     std::shared_ptr<grpc::ClientContext> context;
     v1::AuthenticateRequest request;
@@ -170,7 +173,13 @@ void Client::Core::Authenticate(std::vector<std::string> candidates, size_t i, a
           return TokenDone(absl::OkStatus(), call->response.token(), ttl * 2 / 3);
         }
         if (status.code() == absl::StatusCode::kFailedPrecondition) {
-          // Auth is not enabled: no token; look again now and then.
+          // Auth is not enabled on that node. Another may have heard of it
+          // being enabled already (each follows the metadata group on its
+          // own): ask the rest; if none signs us in, no token, and look
+          // again now and then.
+          if (i + 1 < candidates.size()) {
+            return Authenticate(std::move(candidates), i + 1, absl::OkStatus());
+          }
           return TokenDone(absl::OkStatus(), "", absl::Seconds(10));
         }
         if (status.code() == absl::StatusCode::kUnavailable ||

@@ -29,7 +29,8 @@ using MetaAttempt =
 // call's deadline passes. An UNAUTHENTICATED answer gets a fresh token
 // (ClientOptions::user) and the node is asked again, twice at most.
 template <typename Response>
-absl::StatusOr<Response> OnMetaLeader(Client& client, Client::Core& core, const CallOptions& options,
+absl::StatusOr<Response> OnMetaLeader(Client& client, Client::Core& core,
+                                      const CallOptions& options,
                                       const MetaAttempt<Response>& attempt) {
   const absl::Time deadline = EffectiveDeadline(core.options(), options);
   absl::Status last = absl::UnavailableError("no member leads the metadata group");

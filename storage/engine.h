@@ -126,8 +126,11 @@ class Engine {
                                             const std::vector<raftpb::Entry>& entries);
   // Flushes all memtables to SST files, so tests read through the SST path.
   absl::Status FlushForTesting();
-  // Compacts every column family fully (range tombstones take effect).
-  absl::Status CompactForTesting();
+  // Compacts every column family fully (deleted data and range tombstones
+  // are dropped, memtables flushed first): what a node over its storage
+  // quota runs to get under it again. Heavy: seconds per GiB; it runs
+  // beside writes (RocksDB's background threads), blocking only the caller.
+  absl::Status CompactAll();
 
  private:
   struct Impl;

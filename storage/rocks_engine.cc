@@ -377,11 +377,11 @@ absl::Status Engine::FlushForTesting() {
                    "Engine::FlushForTesting");
 }
 
-absl::Status Engine::CompactForTesting() {
+absl::Status Engine::CompactAll() {
   for (rocksdb::ColumnFamilyHandle* h : impl_->handles) {
     TESSERA_RETURN_IF_ERROR(
         FromRocks(impl_->db->CompactRange(rocksdb::CompactRangeOptions(), h, nullptr, nullptr),
-                  "Engine::CompactForTesting"));
+                  "Engine::CompactAll"));
   }
   return absl::OkStatus();
 }

@@ -78,6 +78,18 @@ std::optional<std::string> CheckAuthCommand(const Args& args) {
            "grant-role USER ROLE | user revoke-role USER ROLE | user list  (passwords are read "
            "from the first line of stdin)";
   }
+  if (cmd == "limits") {
+    if (sub == "show" && n == 1) return std::nullopt;
+    if (sub == "set" && n == 1 &&
+        (args.storage_quota_bytes || args.ops_per_sec || args.bytes_per_sec)) {
+      if (args.for_user && args.storage_quota_bytes) {
+        return "--storage-quota-bytes is per node, not per user";
+      }
+      return std::nullopt;
+    }
+    return "limits show | limits set [--storage-quota-bytes N] [--ops-per-sec N] "
+           "[--bytes-per-sec N] [--for-user USER]";
+  }
   if (cmd == "role") {
     if ((sub == "add" || sub == "delete") && n == 2) return std::nullopt;
     if (sub == "list" && n == 1) return std::nullopt;
@@ -90,7 +102,8 @@ std::optional<std::string> CheckAuthCommand(const Args& args) {
       return std::nullopt;
     }
     return "role add NAME | role delete NAME | role grant ROLE read|write|readwrite (KEY "
-           "[RANGE_END] | --prefix P) | role revoke ROLE (KEY [RANGE_END] | --prefix P) | role list";
+           "[RANGE_END] | --prefix P) | role revoke ROLE (KEY [RANGE_END] | --prefix P) | role "
+           "list";
   }
   return std::nullopt;
 }
@@ -106,8 +119,45 @@ int RunAuth(Client& client, const Args& args, const CallOptions& call) {
     if (!s.ok()) return Fail(what, s.status());
     std::printf("auth %s; you are %s%s%s\n", s->enabled() ? "enabled" : "disabled",
                 s->user().empty() ? "nobody (no token or certificate)" : s->user().c_str(),
-                s->roles().empty() ? "" : ", roles ",
-                absl::StrJoin(s->roles(), ", ").c_str());
+                s->roles().empty() ? "" : ", roles ", absl::StrJoin(s->roles(), ", ").c_str());
+    return kExitOk;
+  }
+  if (cmd == "limits") {
+    absl::StatusOr<v1::AuthListResponse> list = client.ListAuth(call);
+    if (!list.ok()) return Fail(what, list.status());
+    v1::Limits limits = list->limits();
+    if (sub == "show") {
+      auto text = [](uint64_t n) { return n == 0 ? std::string("none") : absl::StrCat(n); };
+      std::printf("storage quota per node: %s bytes\nper user and node: %s ops/s, %s bytes/s\n",
+                  text(limits.storage_quota_bytes()).c_str(), text(limits.ops_per_sec()).c_str(),
+                  text(limits.bytes_per_sec()).c_str());
+      for (const v1::Limits::User& u : limits.users()) {
+        std::printf("user %s: %s ops/s, %s bytes/s\n", u.user().c_str(),
+                    text(u.ops_per_sec()).c_str(), text(u.bytes_per_sec()).c_str());
+      }
+      return kExitOk;
+    }
+    if (args.storage_quota_bytes) limits.set_storage_quota_bytes(*args.storage_quota_bytes);
+    if (args.for_user) {
+      v1::Limits::User* own = nullptr;
+      for (v1::Limits::User& u : *limits.mutable_users()) {
+        if (u.user() == *args.for_user) own = &u;
+      }
+      if (own == nullptr) {
+        own = limits.add_users();
+        own->set_user(*args.for_user);
+        own->set_ops_per_sec(limits.ops_per_sec());
+        own->set_bytes_per_sec(limits.bytes_per_sec());
+      }
+      if (args.ops_per_sec) own->set_ops_per_sec(*args.ops_per_sec);
+      if (args.bytes_per_sec) own->set_bytes_per_sec(*args.bytes_per_sec);
+    } else {
+      if (args.ops_per_sec) limits.set_ops_per_sec(*args.ops_per_sec);
+      if (args.bytes_per_sec) limits.set_bytes_per_sec(*args.bytes_per_sec);
+    }
+    *change.mutable_set_limits() = std::move(limits);
+    if (absl::Status done = client.ChangeAuth(change, call); !done.ok()) return Fail(what, done);
+    std::printf("OK\n");
     return kExitOk;
   }
   if ((cmd == "user" || cmd == "role") && sub == "list") {
@@ -115,8 +165,8 @@ int RunAuth(Client& client, const Args& args, const CallOptions& call) {
     if (!list.ok()) return Fail(what, list.status());
     if (cmd == "user") {
       for (const v1::User& u : list->users()) {
-        std::printf("%s%s%s\n", u.name().c_str(), u.roles().empty() ? "" : "\troles: ",
-                    absl::StrJoin(u.roles(), ", ").c_str());
+        std::printf("%s%s%s\n", u.name().c_str(),
+                    u.roles().empty() ? "" : "\troles: ", absl::StrJoin(u.roles(), ", ").c_str());
       }
     } else {
       std::printf("root\t(built in: every permission, and administration)\n");

@@ -37,6 +37,10 @@ struct Args {
   TlsOptions tls;                     // --tls-ca, --tls-cert, --tls-key (or TESSERA_TLS_*)
   std::string user, password;         // --user, --password (or TESSERA_USER, TESSERA_PASSWORD)
   bool no_password = false;           // user add --no-password
+  // limits set: --storage-quota-bytes, --ops-per-sec, --bytes-per-sec (for
+  // every user, or one with --for-user)
+  std::optional<uint64_t> storage_quota_bytes, ops_per_sec, bytes_per_sec;
+  std::optional<std::string> for_user;
   std::vector<std::string> positional;
 };
 

@@ -110,6 +110,12 @@ commands:
   role revoke ROLE (KEY [RANGE_END] | --prefix P)
                            permissions on one key, on [KEY, RANGE_END), or on every key
                            starting with P; role root (built in) may do everything
+  limits show | limits set [--storage-quota-bytes N] [--ops-per-sec N] [--bytes-per-sec N]
+                           [--for-user USER]
+                           per node: a store over the quota refuses writes that add data
+                           (until deletes bring it under); each user's KV operations and
+                           request bytes per second (0: no limit); --for-user: that user's
+                           own limits
 
 transaction syntax: statements separated by newlines or ';', tokens by spaces;
 "double quotes" allow spaces, ';' and \" \\ \n \t \xHH escapes. All keys must map to
@@ -179,6 +185,15 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Args* args, bool* he
     if (name == "--endpoints") {
       args->endpoints = absl::StrSplit(value, ',', absl::SkipWhitespace());
       if (args->endpoints.empty()) return std::string("--endpoints is empty");
+    } else if (name == "--storage-quota-bytes" || name == "--ops-per-sec" ||
+               name == "--bytes-per-sec") {
+      uint64_t n;
+      if (!absl::SimpleAtoi(value, &n)) return absl::StrCat("bad ", name, " '", value, "'");
+      (name == "--storage-quota-bytes" ? args->storage_quota_bytes
+       : name == "--ops-per-sec"       ? args->ops_per_sec
+                                       : args->bytes_per_sec) = n;
+    } else if (name == "--for-user") {
+      args->for_user = value;
     } else if (name == "--user") {
       args->user = value;
     } else if (name == "--password") {
@@ -741,6 +756,12 @@ int Run(int argc, char** argv) {
         absl::StrCat("--prefix is a flag of scan, watch and role grant|revoke, not ", cmd));
   }
   if (args.no_password && cmd != "user") return usage("--no-password is a flag of user add");
+  if ((args.storage_quota_bytes || args.ops_per_sec || args.bytes_per_sec || args.for_user) &&
+      cmd != "limits") {
+    return usage(
+        "--storage-quota-bytes, --ops-per-sec, --bytes-per-sec and --for-user are flags "
+        "of limits set");
+  }
   if ((args.rev || args.resume) && cmd != "watch") {
     return usage(absl::StrCat("--rev/--resume are flags of watch, not ", cmd));
   }
@@ -801,7 +822,7 @@ int Run(int argc, char** argv) {
     }
   } else if (cmd == "lease" || cmd == "lock" || cmd == "elect") {
     if (std::optional<std::string> err = CheckCoordination(args)) return usage(*err);
-  } else if (cmd == "auth" || cmd == "user" || cmd == "role") {
+  } else if (cmd == "auth" || cmd == "user" || cmd == "role" || cmd == "limits") {
     if (std::optional<std::string> err = CheckAuthCommand(args)) return usage(*err);
   } else {
     return usage(absl::StrCat("unknown command '", cmd, "'"));
@@ -831,7 +852,9 @@ int Run(int argc, char** argv) {
     return PrintWritten(args.json, pos[1], r->version);
   }
   if (cmd == "watch") return RunWatch(client, args);
-  if (cmd == "auth" || cmd == "user" || cmd == "role") return RunAuth(client, args, call);
+  if (cmd == "auth" || cmd == "user" || cmd == "role" || cmd == "limits") {
+    return RunAuth(client, args, call);
+  }
   if (cmd == "lease") return RunLease(client, args);
   if (cmd == "lock") return RunLock(client, args);
   if (cmd == "elect") return RunElect(client, args);

@@ -44,9 +44,8 @@ void AuthService::RunChecker() {
     std::function<void()> job;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stopping_ || !jobs_.empty();
-      };
+      auto ready = [this]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !jobs_.empty(); };
       mu_.Await(absl::Condition(&ready));
       // Queued jobs still run when stopping: each finishes its call.
       if (jobs_.empty()) return;
@@ -87,10 +86,10 @@ grpc::ServerUnaryReactor* AuthService::Authenticate(grpc::CallbackServerContext*
   if (absl::Duration wait = throttle_.Wait(source, absl::Now()); wait > absl::ZeroDuration()) {
     LogFailure(absl::StrCat("sign-in of user '", request->name().substr(0, 64), "' from ", source,
                             " refused: too many failed attempts from there"));
-    reactor->Finish(ToGrpcStatus(RetryLaterError(
-        absl::StrCat("too many failed sign-ins from ", source, "; retry in ",
-                     absl::ToInt64Milliseconds(wait), " ms"),
-        wait)));
+    reactor->Finish(ToGrpcStatus(
+        RetryLaterError(absl::StrCat("too many failed sign-ins from ", source, "; retry in ",
+                                     absl::ToInt64Milliseconds(wait), " ms"),
+                        wait)));
     return reactor;
   }
   auto check = [this, reactor, request, response, source] {
@@ -132,8 +131,9 @@ grpc::ServerUnaryReactor* AuthService::Authenticate(grpc::CallbackServerContext*
     reactor->Finish(ToGrpcStatus(status));
   };
   if (!Submit(std::move(check))) {
-    reactor->Finish(ToGrpcStatus(RetryLaterError(
-        "too many password checks are waiting on this node; retry shortly", absl::Milliseconds(200))));
+    reactor->Finish(ToGrpcStatus(
+        RetryLaterError("too many password checks are waiting on this node; retry shortly",
+                        absl::Milliseconds(200))));
   }
   return reactor;
 }
@@ -151,7 +151,8 @@ grpc::ServerUnaryReactor* AuthService::Status(grpc::CallbackServerContext* conte
   response->set_enabled(view != nullptr && view->enabled());
   response->set_user(caller->who().user);
   if (view != nullptr) {
-    for (std::string& role : view->RolesOf(caller->who().user)) response->add_roles(std::move(role));
+    for (std::string& role : view->RolesOf(caller->who().user))
+      response->add_roles(std::move(role));
   }
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -182,8 +183,7 @@ grpc::ServerUnaryReactor* AuthService::List(grpc::CallbackServerContext* context
                                             v1::AuthListResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<Caller> caller = Caller::Identify(cache_, *context);
-  absl::Status allowed =
-      caller.ok() ? caller->CheckRoot("list users and roles") : caller.status();
+  absl::Status allowed = caller.ok() ? caller->CheckRoot("list users and roles") : caller.status();
   std::shared_ptr<const security::AuthView> view = cache_->Current();
   if (allowed.ok() && view != nullptr) {
     response->set_enabled(view->enabled());
@@ -193,6 +193,7 @@ grpc::ServerUnaryReactor* AuthService::List(grpc::CallbackServerContext* context
       *user->mutable_roles() = u.roles();
     }
     *response->mutable_roles() = view->state().roles();
+    *response->mutable_limits() = view->state().limits();
   }
   reactor->Finish(ToGrpcStatus(allowed));
   return reactor;

@@ -4,8 +4,8 @@
 #include <optional>
 
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "server/api/kv_service.h"
 #include "server/security/tls.h"

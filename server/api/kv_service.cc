@@ -606,11 +606,42 @@ void KvService::ReadAndFinish(const v1::RequestHeader& header, ShardId shard, ab
   }
 }
 
+absl::Status KvService::CheckLimits(const Caller& caller, uint64_t bytes, bool grows) {
+  if (options_.auth == nullptr) return absl::OkStatus();
+  std::shared_ptr<const security::AuthView> view = options_.auth->Current();
+  if (view == nullptr) return absl::OkStatus();  // Identify refused the call already
+  const v1::Limits& limits = view->state().limits();
+  const absl::Duration wait = rate_limiter_.Admit(caller.who(), limits, 1, bytes, absl::Now());
+  if (wait > absl::ZeroDuration()) {
+    return RetryLaterError(
+        absl::StrCat("user '", caller.who().user, "' is over its rate limit on node ",
+                     options_.self, "; retry in ", absl::ToInt64Milliseconds(wait), " ms"),
+        wait);
+  }
+  const uint64_t quota = limits.storage_quota_bytes();
+  if (grows && quota != 0 && options_.storage_used) {
+    const uint64_t used = options_.storage_used();
+    if (used > quota) {
+      absl::Status status = absl::ResourceExhaustedError(
+          absl::StrCat("node ", options_.self, "'s store holds ", used,
+                       " bytes, over its storage quota of ", quota,
+                       ": writes that add data are refused until deletes bring it under (reads and "
+                       "deletes still work)"));
+      v1::ErrorDetail detail;
+      detail.mutable_quota_exceeded()->set_used_bytes(used);
+      detail.mutable_quota_exceeded()->set_quota_bytes(quota);
+      SetErrorDetail(status, detail);
+      return status;
+    }
+  }
+  return absl::OkStatus();
+}
+
 void KvService::HandlePut(const Caller& caller, const v1::PutRequest& request,
                           v1::PutResponse* response, absl::Time deadline, Hop hop, OpDone done) {
-  if (absl::Status allowed = caller.Check(security::Access::kWrite, request.key()); !allowed.ok()) {
-    return done(allowed);
-  }
+  absl::Status allowed = caller.Check(security::Access::kWrite, request.key());
+  if (allowed.ok()) allowed = CheckLimits(caller, request.ByteSizeLong(), /*grows=*/true);
+  if (!allowed.ok()) return done(allowed);
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   absl::Status valid = ValidateKey(request.key(), "key");
   if (valid.ok()) valid = ValidateValue(request.value(), "value");
@@ -627,9 +658,9 @@ void KvService::HandlePut(const Caller& caller, const v1::PutRequest& request,
 void KvService::HandleDelete(const Caller& caller, const v1::DeleteRequest& request,
                              v1::DeleteResponse* response, absl::Time deadline, Hop hop,
                              OpDone done) {
-  if (absl::Status allowed = caller.Check(security::Access::kWrite, request.key()); !allowed.ok()) {
-    return done(allowed);
-  }
+  absl::Status allowed = caller.Check(security::Access::kWrite, request.key());
+  if (allowed.ok()) allowed = CheckLimits(caller, request.ByteSizeLong(), /*grows=*/false);
+  if (!allowed.ok()) return done(allowed);
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   absl::Status valid = ValidateKey(request.key(), "key");
   absl::StatusOr<ShardId> shard =
@@ -673,7 +704,15 @@ absl::Status CheckTxn(const Caller& caller, const v1::TxnRequest& request) {
 
 void KvService::HandleTxn(const Caller& caller, const v1::TxnRequest& request,
                           v1::TxnResponse* response, absl::Time deadline, Hop hop, OpDone done) {
-  if (absl::Status allowed = CheckTxn(caller, request); !allowed.ok()) return done(allowed);
+  absl::Status allowed = CheckTxn(caller, request);
+  if (allowed.ok()) {
+    bool puts = false;
+    for (const auto* branch : {&request.success(), &request.failure()}) {
+      for (const v1::TxnOp& op : *branch) puts = puts || op.has_put();
+    }
+    allowed = CheckLimits(caller, request.ByteSizeLong(), puts);
+  }
+  if (!allowed.ok()) return done(allowed);
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   auto validate = [&]() -> absl::StatusOr<std::vector<absl::string_view>> {
     const size_t ops = request.compares_size() + request.success_size() + request.failure_size();
@@ -730,9 +769,9 @@ void KvService::HandleTxn(const Caller& caller, const v1::TxnRequest& request,
 
 void KvService::HandleGet(const Caller& caller, const v1::GetRequest& request,
                           v1::GetResponse* response, absl::Time deadline, Hop hop, OpDone done) {
-  if (absl::Status allowed = caller.Check(security::Access::kRead, request.key()); !allowed.ok()) {
-    return done(allowed);
-  }
+  absl::Status allowed = caller.Check(security::Access::kRead, request.key());
+  if (allowed.ok()) allowed = CheckLimits(caller, request.ByteSizeLong(), /*grows=*/false);
+  if (!allowed.ok()) return done(allowed);
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   absl::Status valid = ValidateKey(request.key(), "key");
   absl::StatusOr<ShardId> shard =
@@ -760,6 +799,7 @@ void KvService::HandleScan(const Caller& caller, const v1::ScanRequest& request,
           ? caller.Check(security::Access::kRead, request.prefix(), PrefixEnd(request.prefix()))
           : caller.Check(security::Access::kRead, request.start(),
                          request.end().empty() ? std::string(1, '\0') : request.end());
+  if (allowed.ok()) allowed = CheckLimits(caller, request.ByteSizeLong(), /*grows=*/false);
   if (!allowed.ok()) return done(allowed);
   if (!Enter(request.header(), request.ByteSizeLong(), deadline, done)) return;
   auto validate = [&]() -> absl::Status {

@@ -127,6 +127,10 @@ struct KvServiceOptions {
   // Users and permissions (security/auth.h): every call is checked against
   // the current state (caller.h). nullptr: no checks (tests of the service).
   const security::AuthCache* auth = nullptr;
+  // Bytes this node's store holds now (sampled; cmd/ wires the engine's),
+  // checked against Limits::storage_quota_bytes before a write that grows
+  // the store. Unset: no quota.
+  std::function<uint64_t()> storage_used;
 };
 
 // tessera.v1.KV with every method registered raw (ByteBuffer in and out), so
@@ -250,6 +254,11 @@ class KvService final : public RawKvService {
   // its shard).
   bool Enter(const v1::RequestHeader& header, uint64_t request_bytes, absl::Time deadline,
              OpDone& done) ABSL_LOCKS_EXCLUDED(drain_mu_);
+  // The auth state's Limits (kv.proto) for one operation of `bytes` by
+  // `caller`: RESOURCE_EXHAUSTED with a retry hint past the caller's rate,
+  // or, for a write that `grows` the store, with ErrorDetail.quota_exceeded
+  // while the node is over its storage quota.
+  absl::Status CheckLimits(const Caller& caller, uint64_t bytes, bool grows);
   // INVALID_ARGUMENT naming `field` (google.rpc.BadRequest) if the key is
   // empty or too long / the value too long.
   absl::Status ValidateKey(absl::string_view key, absl::string_view field) const;
@@ -306,6 +315,7 @@ class KvService final : public RawKvService {
   std::unique_ptr<WorkerPool> pool_;
 
   ByteBudget budget_;
+  security::RateLimiter rate_limiter_;
 
   absl::Mutex drain_mu_;
   bool draining_ ABSL_GUARDED_BY(drain_mu_) = false;

@@ -577,6 +577,15 @@ absl::Status Server::StartParts() {
       RemoteAuthReader(maps_.get(), config.node_id, &*peer_credentials_));
   auth_store_for_peers_.store(auth_store_.get(), std::memory_order_release);
   cluster_control_->SetAuthCache(&auth_cache_);
+  storage_usage_ = std::make_unique<StorageUsage>(
+      StorageUsageOptions{
+          .log = [](const std::string& line) { spdlog::warn("storage: {}", line); }},
+      engine_.get(),
+      [this]() -> uint64_t {
+        std::shared_ptr<const security::AuthView> view = auth_cache_.Current();
+        return view != nullptr ? view->state().limits().storage_quota_bytes() : 0;
+      },
+      backend_.get());
   KvServiceOptions kv_options;
   kv_options.self = config.node_id;
   kv_options.max_key_bytes = config.max_key_bytes;
@@ -589,6 +598,7 @@ absl::Status Server::StartParts() {
   kv_options.watch.max_watcher_bytes = config.max_watcher_bytes;
   kv_options.watch.max_node_bytes = config.max_watch_bytes;
   kv_options.auth = &auth_cache_;
+  kv_options.storage_used = [u = storage_usage_.get()] { return u->used(); };
   kv_options.check_leases = [check = lease_check_.get()](std::vector<uint64_t> leases,
                                                          absl::Time deadline,
                                                          std::function<void(absl::Status)> done) {
@@ -991,6 +1001,7 @@ absl::Status Server::Drain() {
   if (history_retention_ != nullptr) history_retention_->Stop();
   if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
   if (auth_store_ != nullptr) auth_store_->Stop();  // the cache keeps the last state
+  if (storage_usage_ != nullptr) storage_usage_->Stop();
   const absl::Duration drain = config_.drain_timeout;
   health_->SetDraining();
 
@@ -1044,6 +1055,7 @@ void Server::Stop() {
   if (history_retention_ != nullptr) history_retention_->Stop();
   if (meta_group_owned_ != nullptr) meta_group_owned_->Stop();
   if (auth_store_ != nullptr) auth_store_->Stop();
+  if (storage_usage_ != nullptr) storage_usage_->Stop();
   if (client_server_ != nullptr) client_server_->Shutdown();
   if (node_ != nullptr) node_->Stop();
   if (peer_server_ != nullptr) peer_server_->Shutdown();
@@ -1064,6 +1076,7 @@ void Server::Stop() {
   auth_service_.reset();
   auth_store_for_peers_.store(nullptr, std::memory_order_release);
   auth_store_.reset();
+  storage_usage_.reset();  // before the engine
   lease_check_.reset();
   lease_keeper_.reset();
   StopObservers();  // before what the scrapes read

@@ -46,6 +46,7 @@
 #include "server/kv/history_retention.h"
 #include "server/kv/node_backend.h"
 #include "server/kv/state_machine.h"
+#include "server/kv/storage_usage.h"
 #include "server/observability/health.h"
 #include "server/observability/metrics.h"
 #include "server/raftstore/node.h"
@@ -182,6 +183,8 @@ class Server {
   std::unique_ptr<LeaseKeeper> lease_keeper_;
   std::unique_ptr<LeaseCheck> lease_check_;
   std::unique_ptr<AuthStore> auth_store_;
+  // The store's bytes for the storage quota (Limits, in the auth state).
+  std::unique_ptr<StorageUsage> storage_usage_;
   // The AuthStore once it runs, for Peer.ReadAuthState (null before and after).
   std::atomic<AuthStore*> auth_store_for_peers_{nullptr};
   std::unique_ptr<AuthService> auth_service_;

@@ -101,9 +101,8 @@ absl::Status CheckPermission(const v1::Permission& p) {
     return absl::InvalidArgumentError("a permission needs access read, write or readwrite");
   }
   if (p.key().size() > kMaxPermissionKeyBytes || p.range_end().size() > kMaxPermissionKeyBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a permission's key and range_end are at most ", kMaxPermissionKeyBytes,
-                     " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat("a permission's key and range_end are at most ",
+                                                   kMaxPermissionKeyBytes, " bytes"));
   }
   if (p.key().empty() && p.range_end() != std::string(1, '\0')) {
     return absl::InvalidArgumentError("a permission needs a key (or key \"\" with range_end \\0)");
@@ -199,8 +198,8 @@ absl::StatusOr<std::string> AuthView::MintToken(absl::string_view user, absl::Ti
                          payload.size(),
                          reinterpret_cast<const unsigned char*>(state_.token_key().data()));
   return absl::StrCat(absl::WebSafeBase64Escape(payload), ".",
-                      absl::WebSafeBase64Escape(absl::string_view(
-                          reinterpret_cast<const char*>(mac), sizeof(mac))));
+                      absl::WebSafeBase64Escape(
+                          absl::string_view(reinterpret_cast<const char*>(mac), sizeof(mac))));
 }
 
 absl::StatusOr<Principal> AuthView::VerifyToken(absl::string_view token, absl::Time now) const {
@@ -230,8 +229,8 @@ absl::StatusOr<Principal> AuthView::VerifyToken(absl::string_view token, absl::T
   }
   const serverpb::StoredUser* user = FindUser(parsed.user());
   if (user == nullptr) {
-    return absl::UnauthenticatedError(absl::StrCat("token of user '", parsed.user(),
-                                                   "', who no longer exists"));
+    return absl::UnauthenticatedError(
+        absl::StrCat("token of user '", parsed.user(), "', who no longer exists"));
   }
   if (user->generation() != parsed.generation()) {
     return absl::UnauthenticatedError(
@@ -287,9 +286,9 @@ absl::Status AuthView::Check(const Principal& who, Access access, absl::string_v
   if (Covers(access == Access::kRead ? rights.read : rights.write, key, end)) {
     return absl::OkStatus();
   }
-  return absl::PermissionDeniedError(
-      absl::StrCat("user '", who.user, "' has no ", access == Access::kRead ? "read" : "write",
-                   " permission on ", KeysText(key, range_end)));
+  return absl::PermissionDeniedError(absl::StrCat("user '", who.user, "' has no ",
+                                                  access == Access::kRead ? "read" : "write",
+                                                  " permission on ", KeysText(key, range_end)));
 }
 
 absl::Status AuthView::CheckRoot(const Principal& who, absl::string_view what) const {
@@ -387,7 +386,8 @@ absl::StatusOr<serverpb::AuthState> ApplyAuthChange(serverpb::AuthState state,
       const auto& ur = grant ? change.user_grant_role() : change.user_revoke_role();
       absl::StatusOr<serverpb::StoredUser*> user = user_of(ur.user());
       if (!user.ok()) return user.status();
-      if (!role_exists(ur.role())) return absl::NotFoundError(absl::StrCat("no role '", ur.role(), "'"));
+      if (!role_exists(ur.role()))
+        return absl::NotFoundError(absl::StrCat("no role '", ur.role(), "'"));
       auto* roles = (*user)->mutable_roles();
       auto it = std::find(roles->begin(), roles->end(), ur.role());
       if (grant) {
@@ -411,7 +411,8 @@ absl::StatusOr<serverpb::AuthState> ApplyAuthChange(serverpb::AuthState state,
     case v1::AuthChangeRequest::kRoleAdd: {
       const std::string& name = change.role_add();
       if (absl::Status s = ValidateName(name, "role"); !s.ok()) return s;
-      if (role_exists(name)) return absl::AlreadyExistsError(absl::StrCat("role '", name, "' exists"));
+      if (role_exists(name))
+        return absl::AlreadyExistsError(absl::StrCat("role '", name, "' exists"));
       state.add_roles()->set_name(name);
       SortByName(state.mutable_roles());
       break;
@@ -453,12 +454,24 @@ absl::StatusOr<serverpb::AuthState> ApplyAuthChange(serverpb::AuthState state,
         }
       } else {
         if (it == perms->end()) {
-          return absl::NotFoundError(absl::StrCat("role '", rp.role(), "' has no permission on ",
-                                                  KeysText(rp.permission().key(),
-                                                           rp.permission().range_end())));
+          return absl::NotFoundError(
+              absl::StrCat("role '", rp.role(), "' has no permission on ",
+                           KeysText(rp.permission().key(), rp.permission().range_end())));
         }
         perms->erase(it);
       }
+      break;
+    }
+    case v1::AuthChangeRequest::kSetLimits: {
+      absl::flat_hash_map<std::string, bool> seen;
+      for (const v1::Limits::User& u : change.set_limits().users()) {
+        if (absl::Status s = ValidateName(u.user(), "user"); !s.ok()) return s;
+        if (!seen.emplace(u.user(), true).second) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("user '", u.user(), "' appears twice in the limits"));
+        }
+      }
+      *state.mutable_limits() = change.set_limits();
       break;
     }
     case v1::AuthChangeRequest::CHANGE_NOT_SET:
@@ -466,8 +479,8 @@ absl::StatusOr<serverpb::AuthState> ApplyAuthChange(serverpb::AuthState state,
   }
   state.set_version(state.version() + 1);
   if (state.ByteSizeLong() > kMaxAuthStateBytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the users and roles would take more than ", kMaxAuthStateBytes >> 10, " KiB"));
+    return absl::ResourceExhaustedError(absl::StrCat("the users and roles would take more than ",
+                                                     kMaxAuthStateBytes >> 10, " KiB"));
   }
   return state;
 }
@@ -520,11 +533,51 @@ void SignInThrottle::Failed(absl::string_view source, absl::Time now) {
         buckets_.erase(stalest);
       }
     }
-    it = buckets_.emplace(std::string(source), Bucket{.tokens = double(options_.burst), .updated = now})
+    it = buckets_
+             .emplace(std::string(source), Bucket{.tokens = double(options_.burst), .updated = now})
              .first;
   }
   Refill(it->second, now);
   it->second.tokens = std::max(0.0, it->second.tokens - 1);
+}
+
+absl::Duration RateLimiter::Wait(Bucket& b, double rate, double need, absl::Time now) {
+  if (b.updated == absl::InfinitePast()) {
+    b.tokens = rate;
+  } else {
+    b.tokens =
+        std::min(rate, b.tokens + rate * absl::FDivDuration(now - b.updated, absl::Seconds(1)));
+  }
+  b.updated = now;
+  // A request above the whole capacity waits for a full bucket (then goes).
+  need = std::min(need, rate);
+  if (b.tokens >= need) return absl::ZeroDuration();
+  return absl::Seconds((need - b.tokens) / rate);
+}
+
+absl::Duration RateLimiter::Admit(const Principal& who, const v1::Limits& limits, uint64_t ops,
+                                  uint64_t bytes, absl::Time now) {
+  if (who.member) return absl::ZeroDuration();
+  uint64_t ops_rate = limits.ops_per_sec();
+  uint64_t bytes_rate = limits.bytes_per_sec();
+  for (const v1::Limits::User& u : limits.users()) {
+    if (u.user() == who.user) {
+      ops_rate = u.ops_per_sec();
+      bytes_rate = u.bytes_per_sec();
+    }
+  }
+  if (ops_rate == 0 && bytes_rate == 0) return absl::ZeroDuration();
+  absl::MutexLock lock(&mu_);
+  auto& [op_bucket, byte_bucket] = buckets_[who.user];
+  absl::Duration wait;
+  if (ops_rate != 0) wait = std::max(wait, Wait(op_bucket, double(ops_rate), double(ops), now));
+  if (bytes_rate != 0) {
+    wait = std::max(wait, Wait(byte_bucket, double(bytes_rate), double(bytes), now));
+  }
+  if (wait > absl::ZeroDuration()) return wait;
+  if (ops_rate != 0) op_bucket.tokens -= std::min<double>(double(ops), double(ops_rate));
+  if (bytes_rate != 0) byte_bucket.tokens -= std::min<double>(double(bytes), double(bytes_rate));
+  return absl::ZeroDuration();
 }
 
 std::string SourceAddress(absl::string_view grpc_peer) {

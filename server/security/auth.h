@@ -165,6 +165,31 @@ class SignInThrottle {
   absl::flat_hash_map<std::string, Bucket> buckets_ ABSL_GUARDED_BY(mu_);
 };
 
+// Per-user limits on operations and request bytes per second (Limits in
+// kv.proto), on one node: a token bucket per user and kind holding one
+// second's worth, refilled continuously. Users are those the auth state
+// knows plus "" (everyone without an identity): bounded by that state.
+class RateLimiter {
+ public:
+  // Zero if `user` may make `ops` operations of `bytes` now (they are
+  // taken), else how long until it may (nothing taken). Members and
+  // unlimited users always pass.
+  absl::Duration Admit(const Principal& who, const v1::Limits& limits, uint64_t ops, uint64_t bytes,
+                       absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Bucket {
+    double tokens = 0;
+    absl::Time updated = absl::InfinitePast();
+  };
+  // Refills `b` at `rate` per second (capacity one second's worth); the wait
+  // until it holds `need`.
+  static absl::Duration Wait(Bucket& b, double rate, double need, absl::Time now);
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::pair<Bucket, Bucket>> buckets_ ABSL_GUARDED_BY(mu_);
+};
+
 // "ipv4:10.0.0.1:5000" (gRPC's peer string) -> "ipv4:10.0.0.1".
 std::string SourceAddress(absl::string_view grpc_peer);
 

@@ -141,14 +141,49 @@ class Cluster:
         return ",".join(f"{i}={self.ip(i)}:{CLIENT_PORT}/{self.ip(i)}:{PEER_PORT}"
                         for i in range(1, self.founders + 1))
 
-    def peer_tls_flags(self, i):
-        """Member i's peer-TLS flags; certificates made once by deploy/gen-certs.sh."""
+    def make_certs(self):
+        """Certificates of every slot (naming its address, for the client port
+        too) and, with --tls, of user root; made once by deploy/gen-certs.sh."""
         certs = os.path.join(self.run_dir, "certs")
+        if not getattr(self, "_certs_fresh", False):
+            # An earlier run's certificates name an earlier run's addresses.
+            shutil.rmtree(certs, ignore_errors=True)
+            self._certs_fresh = True
         script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__)))), "deploy", "gen-certs.sh")
-        subprocess.run([script, certs, *map(str, range(1, self.slots + 1))], check=True)
-        return [f"--peer-cert={certs}/node-{i}.crt", f"--peer-key={certs}/node-{i}.key",
-                f"--peer-ca={certs}/ca.crt"]
+        env = dict(os.environ,
+                   TESSERA_CERT_HOSTS=",".join(self.ip(i) for i in range(1, self.slots + 1)))
+        subprocess.run([script, certs, *map(str, range(1, self.slots + 1))], check=True, env=env)
+        if self.args.tls:
+            subprocess.run([script, certs, "--user", "root"], check=True)
+        return certs
+
+    def node_tls_flags(self, i):
+        """Member i's peer-TLS flags, and with --tls its client-port TLS flags."""
+        certs = self.make_certs()
+        flags = [f"--peer-cert={certs}/node-{i}.crt", f"--peer-key={certs}/node-{i}.key",
+                 f"--peer-ca={certs}/ca.crt"]
+        if self.args.tls:
+            flags += [f"--tls-cert={certs}/node-{i}.crt", f"--tls-key={certs}/node-{i}.key",
+                      f"--tls-ca={certs}/ca.crt"]
+        return flags
+
+    def enable_auth(self):
+        """With --tls: user root (signing in with its certificate, which every
+        client here presents) holds role root, and auth is enabled."""
+        for args in (["user", "add", "root", "--no-password"], ["user", "grant-role", "root", "root"],
+                     ["auth", "enable"]):
+            r = self.cli(args, timeout=60)
+            if r is None or r.returncode != 0:
+                raise RuntimeError(f"tessera {' '.join(args)} failed: "
+                                   f"{r.stderr.strip() if r is not None else 'timed out'}")
+        # Each node follows the metadata group on its own (within ~100 ms).
+        for _ in range(100):
+            r = self.cli(["auth", "status"])
+            if r is not None and "auth enabled; you are root" in r.stdout:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("auth did not come on in 10 s")
 
     def start(self, i):
         d = os.path.join(self.run_dir, "data", f"n{i}")
@@ -165,7 +200,7 @@ class Cluster:
                f"--shards={self.args.shards}",
                f"--tick-ms={self.args.tick_ms}", f"--election-ticks={self.args.election_ticks}",
                f"--snapshot-interval-entries={self.args.snapshot_interval}",
-               "--drain-timeout-ms=2000", *self.peer_tls_flags(i)]
+               "--drain-timeout-ms=2000", *self.node_tls_flags(i)]
         # `ip netns exec` execs the command: the pid is the server's.
         self.procs[i] = subprocess.Popen(self.nsexec(self.ns(i), cmd), stdout=logf,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -740,6 +775,9 @@ def main():
                          "key missing while its lease lives or left after it ended, fails the "
                          "run, and with grow-shrink any client error does too")
     ap.add_argument("--bench-keys", type=int, default=2000, help="tessera-bench's key space")
+    ap.add_argument("--tls", action="store_true",
+                    help="client port TLS-only and auth enabled; every client presents user "
+                         "root's certificate")
     args = ap.parse_args()
 
     if args.testing_stale_gets and args.read_consistency != "linearizable":
@@ -792,10 +830,20 @@ def main():
     bench_out = os.path.join(run_dir, "bench.json")
     try:
         cluster.create_network()
+        if args.tls:
+            # Every client started from here (workload, bench, CLI, admin)
+            # speaks TLS and signs in as root with its certificate.
+            certs = cluster.make_certs()
+            os.environ.update(TESSERA_TLS_CA=f"{certs}/ca.crt",
+                              TESSERA_TLS_CERT=f"{certs}/user-root.crt",
+                              TESSERA_TLS_KEY=f"{certs}/user-root.key")
         for i in range(1, args.nodes + 1):
             cluster.start(i)
         if not cluster.wait_ready(60):
             raise RuntimeError("the cluster did not become ready in 60 s")
+        if args.tls:
+            cluster.enable_auth()
+            log("client TLS on, auth enabled (clients sign in as root with a certificate)")
         log("cluster ready")
         wl_log = open(os.path.join(run_dir, "logs", "workload.log"), "w")
         wcmd = [args.workload, f"--endpoints={cluster.endpoints()}", f"--history={history}",

@@ -1281,6 +1281,88 @@ TEST(ClientEndToEnd, UsersRolesAndTokens) {
   grpc::Status refused = stub->Get(&expired, get, &got);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_THAT(refused.error_message(), ::testing::HasSubstr("expired"));
+
+  // Rate limits: alice may make 5 operations per second on each node. A
+  // burst straight to a node is refused with a retry hint; the SDK waits as
+  // told and completes every put.
+  ASSERT_THAT(root->ChangeAuth(
+                  [] {
+                    v1::AuthChangeRequest c;
+                    v1::Limits::User* u = c.mutable_set_limits()->add_users();
+                    u->set_user("alice");
+                    u->set_ops_per_sec(5);
+                    return c;
+                  }(),
+                  call),
+              IsOk());
+  bool limited = false;
+  const absl::Time limited_by = absl::Now() + absl::Seconds(10);
+  while (!limited && absl::Now() < limited_by) {  // until node 1 has the limits
+    for (int i = 0; i < 20 && !limited; ++i) {
+      grpc::ClientContext raw;
+      raw.AddMetadata("authorization", absl::StrCat("Bearer ", alice->AuthToken()));
+      grpc::Status s = stub->Get(&raw, get, &got);
+      if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        limited = true;
+        std::optional<v1::ErrorDetail> detail = GetErrorDetail(FromGrpcStatus(s));
+        ASSERT_TRUE(detail.has_value() && detail->has_retry_after()) << s.error_message();
+        EXPECT_GT(detail->retry_after().retry_after_ms(), 0u);
+        EXPECT_THAT(s.error_message(), ::testing::HasSubstr("rate limit"));
+      }
+    }
+  }
+  EXPECT_TRUE(limited);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_THAT(alice->Put(absl::StrCat("app/limited/", i), "v", call), IsOk()) << i;
+  }
+  ASSERT_THAT(root->Get("app/limited/19", call), IsOk());
+}
+
+// The storage quota (Limits::storage_quota_bytes): nodes over it refuse
+// puts (final, ErrorDetail.quota_exceeded) and serve gets and deletes;
+// once the keys are deleted they compact and take puts again by
+// themselves.
+TEST(ClientEndToEnd, ANodeOverItsStorageQuotaRefusesPutsUntilDeletesBringItUnder) {
+  ClusterProcesses cluster;
+  std::unique_ptr<Client> client;
+  ASSERT_NO_FATAL_FAILURE(ConnectWhenReady(cluster, /*use_batch_stream=*/true, &client));
+  CallOptions call;
+  call.timeout = absl::Seconds(30);
+  v1::AuthChangeRequest limits;
+  limits.mutable_set_limits()->set_storage_quota_bytes(16 << 20);
+  ASSERT_THAT(client->ChangeAuth(limits, call), IsOk());
+  const std::string value(64 << 10, 'v');
+  int written = 0;
+  absl::Status refused;
+  for (; written < 2000; ++written) {  // bounded: 125 MiB
+    absl::StatusOr<PutResult> put = client->Put(absl::StrCat("big/", written), value, call);
+    if (!put.ok()) {
+      refused = put.status();
+      break;
+    }
+  }
+  ASSERT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  std::optional<v1::ErrorDetail> detail = GetErrorDetail(refused);
+  ASSERT_TRUE(detail.has_value() && detail->has_quota_exceeded()) << refused;
+  EXPECT_EQ(detail->quota_exceeded().quota_bytes(), 16u << 20);
+  EXPECT_THAT(std::string(refused.message()), ::testing::HasSubstr("over its storage quota"));
+  std::cout << written << " puts of 64 KiB before the quota of 16 MiB refused one\n";
+  ASSERT_GT(written, 10);
+  // Reads and deletes still work.
+  ASSERT_THAT(client->Get("big/0", call), IsOk());
+  for (int i = 0; i < written; ++i) {
+    ASSERT_THAT(client->Delete(absl::StrCat("big/", i), call), IsOk()) << i;
+  }
+  // The nodes compact by themselves (and drop the watch history holding the
+  // deleted values): puts come back without anyone disarming anything.
+  const absl::Time until = absl::Now() + absl::Seconds(120);
+  absl::Status last;
+  while (absl::Now() < until) {
+    last = client->Put("big/again", value, call).status();
+    if (last.ok()) break;
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  EXPECT_THAT(last, IsOk());
 }
 
 }  // namespace

@@ -210,7 +210,7 @@ TEST(RocksEngine, StagedSnapshotSurvivesReopenAndCompaction) {
     SCOPED_TRACE(round == 0 ? "after reopen" : "after compaction");
     env.Reopen();
     if (round == 1) {
-      ASSERT_THAT(env.engine().CompactForTesting(), IsOk());
+      ASSERT_THAT(env.engine().CompactAll(), IsOk());
     }
     EXPECT_EQ(*env.kv_store().AppliedIndex(1), 20u);
     absl::StatusOr<ScanResult> all = env.kv_store().Scan(1, {});

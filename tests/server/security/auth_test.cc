@@ -106,8 +106,7 @@ TEST(AuthChanges, EnableNeedsUserRootHoldingRoleRoot) {
   EXPECT_THAT(ApplyAuthChange(state, revoke), StatusIs(absl::StatusCode::kFailedPrecondition));
   v1::AuthChangeRequest delete_role;
   delete_role.set_role_delete("root");
-  EXPECT_THAT(ApplyAuthChange(state, delete_role),
-              StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(ApplyAuthChange(state, delete_role), StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 TEST(AuthChanges, RefuseBadNamesDuplicatesAndUnknowns) {
@@ -129,8 +128,9 @@ TEST(AuthChanges, RefuseBadNamesDuplicatesAndUnknowns) {
               StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ApplyAuthChange(state, RoleGrant("app", v1::Permission::READ, "b", "a")),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(ApplyAuthChange(state, RoleGrant("app", v1::Permission::READ, std::string(5000, 'k'))),
-              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(
+      ApplyAuthChange(state, RoleGrant("app", v1::Permission::READ, std::string(5000, 'k'))),
+      StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(ApplyAuthChange(state, v1::AuthChangeRequest()),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
@@ -256,6 +256,46 @@ TEST(SignInThrottle, LetsABurstThroughThenOneAttemptPerRefill) {
   throttle.Failed("b", t0 + absl::Seconds(3));
   throttle.Failed("c", t0 + absl::Seconds(3));
   EXPECT_EQ(throttle.Wait("a", t0 + absl::Seconds(3)), absl::ZeroDuration()) << "forgotten";
+}
+
+TEST(RateLimiter, LimitsEachUserToItsRateAndSaysWhenToComeBack) {
+  RateLimiter limiter;
+  v1::Limits limits;
+  limits.set_ops_per_sec(5);
+  limits.set_bytes_per_sec(1000);
+  v1::Limits::User* fast = limits.add_users();
+  fast->set_user("fast");  // no limits of its own
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  const Principal alice{.user = "alice"};
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(limiter.Admit(alice, limits, 1, 10, t0), absl::ZeroDuration()) << i;
+  }
+  EXPECT_EQ(limiter.Admit(alice, limits, 1, 10, t0), absl::Milliseconds(200));
+  EXPECT_EQ(limiter.Admit(alice, limits, 1, 10, t0 + absl::Milliseconds(200)),
+            absl::ZeroDuration());
+  // Bytes: a second's worth at most, then one waits for what is missing.
+  const Principal bob{.user = "bob"};
+  EXPECT_EQ(limiter.Admit(bob, limits, 1, 900, t0), absl::ZeroDuration());
+  EXPECT_EQ(limiter.Admit(bob, limits, 1, 300, t0), absl::Milliseconds(200));
+  // Others, members and users with their own (no) limits are not held up.
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(limiter.Admit({.user = "fast"}, limits, 1, 100000, t0), absl::ZeroDuration());
+    EXPECT_EQ(limiter.Admit({.user = "node-1", .member = true}, limits, 1, 100000, t0),
+              absl::ZeroDuration());
+  }
+  EXPECT_EQ(limiter.Admit(alice, v1::Limits(), 1000, 1 << 30, t0), absl::ZeroDuration());
+}
+
+TEST(AuthChanges, LimitsAreValidatedAndKept) {
+  v1::AuthChangeRequest c;
+  c.mutable_set_limits()->set_storage_quota_bytes(1 << 20);
+  c.mutable_set_limits()->add_users()->set_user("alice");
+  c.mutable_set_limits()->add_users()->set_user("alice");
+  EXPECT_THAT(ApplyAuthChange({}, c), StatusIs(absl::StatusCode::kInvalidArgument));
+  c.mutable_set_limits()->mutable_users()->RemoveLast();
+  serverpb::AuthState state = Apply({}, {c});
+  EXPECT_EQ(state.limits().storage_quota_bytes(), 1u << 20);
+  EXPECT_EQ(state.limits().users_size(), 1);
 }
 
 TEST(SourceAddress, DropsThePort) {
