@@ -9,10 +9,7 @@ namespace tessera::server {
 
 StorageUsage::StorageUsage(StorageUsageOptions options, storage::Engine* engine,
                            std::function<uint64_t()> quota, KvBackend* backend)
-    : options_(std::move(options)),
-      engine_(engine),
-      quota_(std::move(quota)),
-      backend_(backend) {
+    : options_(std::move(options)), engine_(engine), quota_(std::move(quota)), backend_(backend) {
   Sample();
   thread_ = std::thread([this] { Run(); });
 }
@@ -57,9 +54,9 @@ void StorageUsage::Run() {
     const absl::Status compacted = engine_->CompactAll();
     const uint64_t after = Sample();
     if (options_.log) {
-      options_.log(absl::StrCat("the store holds ", used, " bytes, over its quota of ", quota,
-                                ": compacted it to ", after, " bytes",
-                                compacted.ok() ? "" : absl::StrCat(" (", compacted.ToString(), ")")));
+      options_.log(absl::StrCat(
+          "the store holds ", used, " bytes, over its quota of ", quota, ": compacted it to ",
+          after, " bytes", compacted.ok() ? "" : absl::StrCat(" (", compacted.ToString(), ")")));
     }
   }
 }
