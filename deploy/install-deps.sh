@@ -15,6 +15,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   prometheus-cpp-dev libcivetweb-dev libxxhash-dev libspdlog-dev libfmt-dev
+  libmicrohttpd-dev  # the /metrics /healthz /readyz HTTP(S) server (server/observability)
   libsodium-dev  # Argon2id password hashes and HMAC tokens (server/security/auth.cc)
   zlib1g-dev  # CRC-32 of the raft log engine (storage/log_engine.cc)
   libjemalloc-dev  # tessera-server's allocator (server/cmd/CMakeLists.txt)

@@ -11,8 +11,9 @@
 #              certificates made under $TESSERA_CLUSTER_DIR/tls/, and users
 #              and permissions are enabled (user root signs in with the
 #              certificate tls/user-root.crt); the settings for the CLI are
-#              in tls/env (`source` it; the script prints the line). The
-#              choice is kept with the cluster.
+#              in tls/env (`source` it; the script prints the line);
+#              /metrics, /healthz and /readyz are HTTPS (curl --cacert
+#              tls/ca.crt). The choice is kept with the cluster.
 #              --with-prometheus also
 #              runs Debian's prometheus on 127.0.0.1:9090 scraping the nodes
 #              (config generated from deploy/prometheus/prometheus.yml, data
@@ -135,7 +136,7 @@ start_node() {
   if [[ -n $tls ]]; then
     client_tls
     client_tls_flags=(--tls-cert="$dir/tls/node-$n.crt" --tls-key="$dir/tls/node-$n.key"
-      --tls-ca="$dir/tls/ca.crt")
+      --tls-ca="$dir/tls/ca.crt" --metrics-tls)
   fi
   "$bin/tessera-server" --node-id="$n" --data-dir="$dir/node$n/data" \
     "${membership[@]}" --port-file="$dir/node$n/ports" \
@@ -186,8 +187,11 @@ start_prometheus() {
   mkdir -p "$prom_dir/data"
   for ((n = 1; n <= nodes; n++)); do targets+="${targets:+, }'127.0.0.1:$(metrics_port "$n")'"; done
   # The template's targets are the default ports of a 3-node cluster.
+  # With --tls the nodes' endpoints are HTTPS, signed by the cluster's CA.
+  local https="s|^    metrics_path: /metrics$|&|"
+  [[ -z $tls ]] || https="s|^    metrics_path: /metrics$|&\n    scheme: https\n    tls_config: {ca_file: '$dir/tls/ca.crt'}|"
   sed -e "s|\['127.0.0.1:9201', '127.0.0.1:9202', '127.0.0.1:9203'\]|[$targets]|" \
-    -e "s|'127.0.0.1:9090'|'127.0.0.1:$prom_port'|" "$template" >"$prom_dir/prometheus.yml"
+    -e "s|'127.0.0.1:9090'|'127.0.0.1:$prom_port'|" -e "$https" "$template" >"$prom_dir/prometheus.yml"
   grep -qF "[$targets]" "$prom_dir/prometheus.yml" ||
     { echo "local-cluster: $template has no default targets line to rewrite" >&2; return 1; }
   prometheus --config.file="$prom_dir/prometheus.yml" --storage.tsdb.path="$prom_dir/data" \
@@ -303,7 +307,7 @@ case "$cmd" in
     fi
     echo
     for ((n = 1; n <= nodes; n++)); do
-      echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  metrics http://127.0.0.1:$(metrics_port "$n")/metrics  pid $(pid_of "$n" || echo '?')  log $dir/node$n/log"
+      echo "node $n: client 127.0.0.1:$((base + n))  peer 127.0.0.1:$((base + 100 + n))  metrics http${tls:+s}://127.0.0.1:$(metrics_port "$n")/metrics  pid $(pid_of "$n" || echo '?')  log $dir/node$n/log"
     done
     echo "endpoints: $endpoints  ($shards shards, replication 3${tls:+, client port TLS only})"
     if [[ -x $cli ]]; then
@@ -324,7 +328,7 @@ case "$cmd" in
       if is_removed "$n"; then
         echo "node $n: removed from the cluster"
       elif pid=$(pid_of "$n"); then
-        echo "node $n: running (pid $pid), client 127.0.0.1:$((base + n)), metrics http://127.0.0.1:$(metrics_port "$n")/metrics, log $dir/node$n/log"
+        echo "node $n: running (pid $pid), client 127.0.0.1:$((base + n)), metrics http${tls:+s}://127.0.0.1:$(metrics_port "$n")/metrics, log $dir/node$n/log"
       else
         echo "node $n: not running"
       fi

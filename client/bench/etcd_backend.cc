@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "client/tls.h"
 #include "etcd_kv.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -99,6 +100,11 @@ absl::StatusOr<std::unique_ptr<Backend>> NewEtcdBackend(const std::vector<std::s
   if (options.consistency == ReadConsistency::kLease) {
     return absl::InvalidArgumentError("etcd has no lease reads (use linearizable or stale)");
   }
+  // TLS as for Tessera: TESSERA_TLS_CA (and _CERT, _KEY for a client
+  // certificate), for a like-for-like comparison with TLS on both.
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      client::ChannelCredentials(client::TlsOptionsFromEnv());
+  if (!credentials.ok()) return credentials.status();
   const int conns = std::max(1, options.conns);
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < conns; ++i) {
@@ -108,8 +114,8 @@ absl::StatusOr<std::unique_ptr<Backend>> NewEtcdBackend(const std::vector<std::s
     // arguments would otherwise share one).
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     const bool numeric = absl::ascii_isdigit(address[0]);
-    channels.push_back(grpc::CreateCustomChannel(numeric ? "ipv4:" + address : address,
-                                                 grpc::InsecureChannelCredentials(), args));
+    channels.push_back(
+        grpc::CreateCustomChannel(numeric ? "ipv4:" + address : address, *credentials, args));
   }
   const auto deadline =
       std::chrono::system_clock::now() + absl::ToChronoNanoseconds(options.timeout);

@@ -12,6 +12,16 @@
 // hub's threads): it only queues a flush on the worker pool, so that the
 // raft loop never encodes responses. mu_ guards the stream's state; no
 // gRPC Start*/Finish call is made with it held.
+//
+// A watch "from now" (no start_revision) starts after a read barrier on its
+// shard (Node::FollowerReadBarrier: on a follower, through its leader):
+// "now" is then at least every revision acknowledged before the create was
+// sent, also on a follower that lags or on a leader that was deposed
+// without knowing it (else it would replay writes its client has already
+// seen). Requests reach the hub in the order they arrived: those
+// behind a create that waits for its barrier wait in requests_ (order_mu_,
+// taken before the hub's lock and never under mu_).
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +45,8 @@ constexpr absl::Duration kMaxLeaderSilence = absl::Seconds(5);
 // (each create answers with one): a client that creates without reading
 // is pushed back by flow control.
 constexpr size_t kMaxBacklog = 1024;
+// How long a create from now waits for its shard's read barrier.
+constexpr absl::Duration kStartBarrierTimeout = absl::Seconds(5);
 
 }  // namespace
 
@@ -149,10 +161,11 @@ class KvService::WatchStream final
                        " bytes) is not a valid tessera.v1.WatchRequest; the stream ends"))));
       return;
     }
-    WatchHub* hub = service_->watch_hub_.get();
+    auto queued = std::make_shared<Queued>();
     switch (request.request_case()) {
       case v1::WatchRequest::kCreate: {
         const v1::WatchCreate& create = request.create();
+        queued->shard = create.header().shard();
         // Read permission on every key the watch can report, checked once
         // when it is created.
         absl::Status allowed =
@@ -163,23 +176,33 @@ class KvService::WatchStream final
             allowed.ok() ? service_->RouteWatch(create)
                          : absl::StatusOr<std::pair<ShardId, uint64_t>>(allowed);
         if (route.ok()) {
-          hub->Create(sink_, request.create(), route->first, route->second, absl::OkStatus());
+          queued->shard = route->first;
+          queued->range_version = route->second;
+          queued->ready = create.start_revision() != 0;
         } else {
-          absl::Status refused = route.status();
-          if (absl::IsUnavailable(refused)) {
-            service_->AddLeaderHint(refused, request.create().header().shard());
+          queued->refused = route.status();
+          if (absl::IsUnavailable(queued->refused)) {
+            service_->AddLeaderHint(queued->refused, queued->shard);
           }
-          hub->Create(sink_, request.create(), request.create().header().shard(), 0, refused);
         }
         break;
       }
       case v1::WatchRequest::kCancel:
-        hub->Cancel(sink_.get(), request.cancel().watch_id());
         break;
       default:
         FinishOnce(ToGrpcStatus(absl::InvalidArgumentError(
             "a WatchRequest without create or cancel; the stream ends")));
         return;
+    }
+    queued->request = std::move(request);
+    {
+      absl::MutexLock lock(&order_mu_);
+      requests_.push_back(queued);
+    }
+    if (queued->ready) {
+      PassQueued();
+    } else {
+      StartBarrier(queued);
     }
     ReadMoreOrPause();
   }
@@ -197,12 +220,78 @@ class KvService::WatchStream final
   void OnCancel() override { FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled")); }
 
   void OnDone() override {
+    {
+      // After this, PassQueued() hands the hub nothing more of this stream.
+      absl::MutexLock lock(&order_mu_);
+      done_ = true;
+      requests_.clear();
+    }
     sink_->Detach();
     service_->watch_hub_->RemoveStream(sink_.get());
     Unref();
   }
 
  private:
+  // A request on its way to the hub, in arrival order.
+  struct Queued {
+    v1::WatchRequest request;
+    ShardId shard = 0;
+    uint64_t range_version = 0;
+    absl::Status refused;  // a create refused (then ready at once)
+    bool ready = true;     // false while a create from now waits for its barrier
+  };
+
+  // Asks for the read barrier `create` starts after; the stream lives on
+  // (refs_) until the answer is handed to the hub.
+  void StartBarrier(const std::shared_ptr<Queued>& create) ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++refs_;
+    }
+    // The callback runs on the raft loop: it only hops to a worker.
+    service_->backend_->FollowerReadBarrier(
+        create->shard, absl::Now() + kStartBarrierTimeout, [this, create](absl::Status barrier) {
+          service_->Run(Hop::kWorker, [this, create, barrier = std::move(barrier)]() mutable {
+            {
+              absl::MutexLock lock(&order_mu_);
+              if (!barrier.ok()) {
+                create->refused =
+                    absl::IsUnavailable(barrier)
+                        ? std::move(barrier)
+                        : absl::UnavailableError(absl::StrCat(
+                              "cannot confirm the current revision of shard ", create->shard,
+                              " to start the watch from: ", barrier.message(), "; retry"));
+                service_->AddLeaderHint(create->refused, create->shard);
+              }
+              create->ready = true;
+            }
+            PassQueued();
+            Unref();
+          });
+        });
+  }
+
+  // Hands the hub the requests at the front of requests_ that are ready.
+  void PassQueued() ABSL_LOCKS_EXCLUDED(order_mu_) {
+    WatchHub* hub = service_->watch_hub_.get();
+    bool passed = false;
+    {
+      absl::MutexLock lock(&order_mu_);
+      while (!done_ && !requests_.empty() && requests_.front()->ready) {
+        const Queued& q = *requests_.front();
+        if (q.request.has_create()) {
+          hub->Create(sink_, q.request.create(), q.shard, q.range_version, q.refused);
+        } else {
+          hub->Cancel(sink_.get(), q.request.cancel().watch_id());
+        }
+        requests_.pop_front();
+        passed = true;
+      }
+    }
+    // Reading may have paused on a full queue.
+    if (passed) ResumeReading();
+  }
+
   // What the hub holds: forwards Wake() while the stream lives.
   class Sink final : public WatchStreamSink {
    public:
@@ -283,22 +372,52 @@ class KvService::WatchStream final
     StartWrite(&out_);
   }
 
-  void ReadMoreOrPause() ABSL_LOCKS_EXCLUDED(mu_) {
-    const bool pause = service_->watch_hub_->Backlog(sink_.get()) >= kMaxBacklog;
+  // Responses and requests queued for the stream (reading pauses at
+  // kMaxBacklog).
+  size_t Backlog() ABSL_LOCKS_EXCLUDED(order_mu_) {
+    size_t queued;
+    {
+      absl::MutexLock lock(&order_mu_);
+      queued = requests_.size();
+    }
+    return service_->watch_hub_->Backlog(sink_.get()) + queued;
+  }
+
+  // After a read is done: reads the next request, or pauses.
+  void ReadMoreOrPause() ABSL_LOCKS_EXCLUDED(mu_, order_mu_) {
+    const bool pause = Backlog() >= kMaxBacklog;
     {
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       reading_ = !pause;
     }
-    if (!pause) StartRead(&in_);
+    if (!pause) {
+      StartRead(&in_);
+    } else {
+      ResumeReading();  // the backlog may have fallen meanwhile
+    }
   }
 
-  void ResumeReading() ABSL_LOCKS_EXCLUDED(mu_) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (reading_ || finished_) return;
+  // Whoever lowers the backlog (a write done, requests handed to the hub)
+  // calls this: reads again unless a read is out or the backlog is full.
+  // The second round covers a backlog that fell while this one paused.
+  void ResumeReading() ABSL_LOCKS_EXCLUDED(mu_, order_mu_) {
+    for (int round = 0; round < 2; ++round) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (reading_ || finished_) return;
+        reading_ = true;  // claimed: nobody else starts a read
+      }
+      if (Backlog() < kMaxBacklog) {
+        StartRead(&in_);
+        return;
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        reading_ = false;
+      }
+      if (Backlog() >= kMaxBacklog) return;
     }
-    ReadMoreOrPause();
   }
 
   // Finishes the stream once; while a write is out, after it.
@@ -342,6 +461,9 @@ class KvService::WatchStream final
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<grpc::Status> deferred_finish_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex order_mu_;
+  std::deque<std::shared_ptr<Queued>> requests_ ABSL_GUARDED_BY(order_mu_);
+  bool done_ ABSL_GUARDED_BY(order_mu_) = false;  // OnDone ran
 };
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* KvService::Watch(

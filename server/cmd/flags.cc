@@ -10,8 +10,10 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/status/status.h"
@@ -59,6 +61,9 @@ ABSL_FLAG(uint64_t, snapshot_interval_entries, 10000,
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0",
           "host:port of the HTTP server for /metrics, /healthz and /readyz (port 0: any free "
           "port, written to --port-file as metrics_port; empty: no HTTP server)");
+ABSL_FLAG(bool, metrics_tls, false,
+          "serve --metrics-listen over HTTPS only, with the --tls-cert and --tls-key files "
+          "(re-read when they change); needs client TLS");
 ABSL_FLAG(bool, node_id_from_hostname, false,
           "derive the node id from the hostname: 1 + the number after its last '-' (the "
           "Kubernetes StatefulSet pod tessera-0 is node 1); excludes --node-id");
@@ -179,7 +184,7 @@ constexpr char kUsage[] =
     "  [--listen=HOST:PORT] [--peer-listen=HOST:PORT] [--shards=16] [--replication=3]\n"
     "  [--config=FILE] [--tick-ms=50] [--election-ticks=20] [--max-key-bytes=4096]\n"
     "  [--max-value-bytes=1048576] [--drain-timeout-ms=5000] [--port-file=FILE]\n"
-    "  [--snapshot-interval-entries=10000] [--metrics-listen=127.0.0.1:0]\n"
+    "  [--snapshot-interval-entries=10000] [--metrics-listen=127.0.0.1:0] [--metrics-tls]\n"
     "  [--node-id-from-hostname=false] [--slow-request-ms=1000] [--slow-fsync-ms=500]\n"
     "  [--log-level=info] [--min-free-disk-bytes=268435456]\n"
     "  [--max-client-connections=0] [--max-peer-connections=0]\n"
@@ -191,7 +196,8 @@ constexpr char kUsage[] =
     "  [--dead-node-timeout-ms=300000] [--max-replica-moves=1] [--balance-replicas=true]\n"
     "  [--split-shard-bytes=100663296] [--split-shard-writes-per-sec=0]\n"
     "  [--testing-storage-faults=FILE]  (tests only; needs TESSERA_ALLOW_TESTING_FLAGS=1)\n"
-    "Flag names take '-' or '_'. --config holds key=value lines (same keys, '#' comments).\n";
+    "Flag names take '-' or '_'; a true/false flag alone means true. --config holds\n"
+    "key=value lines (same keys, '#' comments).\n";
 
 // --tls-cert, --tls-key and --tls-ca of node `id`: all or none.
 absl::StatusOr<security::TlsFiles> ClientTlsFiles(NodeId id) {
@@ -231,6 +237,7 @@ absl::Status SetFlag(std::string name, const std::string& value, std::set<std::s
                                               "port_file",
                                               "snapshot_interval_entries",
                                               "metrics_listen",
+                                              "metrics_tls",
                                               "node_id_from_hostname",
                                               "slow_request_ms",
                                               "slow_fsync_ms",
@@ -293,9 +300,15 @@ absl::Status ParseFlags(int argc, char** argv) {
     std::string name = arg.substr(2);
     std::string value;
     size_t eq = name.find('=');
+    const absl::CommandLineFlag* flag =
+        absl::FindCommandLineFlag(absl::StrReplaceAll(name.substr(0, eq), {{"-", "_"}}));
+    const bool boolean = flag != nullptr && flag->IsOfType<bool>();
     if (eq != std::string::npos) {
       value = name.substr(eq + 1);
       name.resize(eq);
+    } else if (boolean && (i + 1 == argc || (std::string_view(argv[i + 1]) != "true" &&
+                                             std::string_view(argv[i + 1]) != "false"))) {
+      value = "true";  // a switch: --metrics-tls alone
     } else if (i + 1 < argc) {
       value = argv[++i];
     } else {
@@ -499,6 +512,11 @@ absl::StatusOr<ServerConfig> Validate() {
     TESSERA_RETURN_IF_ERROR(ValidateHostPort(config.metrics_listen));
   config.log_level = log_level;
   config.client_tls = *client_tls;
+  config.metrics_tls = absl::GetFlag(FLAGS_metrics_tls);
+  if (config.metrics_tls && (config.client_tls.cert.empty() || config.metrics_listen.empty())) {
+    return absl::InvalidArgumentError(
+        "--metrics-tls needs --metrics-listen and client TLS (--tls-cert, --tls-key, --tls-ca)");
+  }
   if (absl::GetFlag(FLAGS_auth_token_ttl_seconds) < 10) {
     return absl::InvalidArgumentError("--auth-token-ttl-seconds must be at least 10");
   }

@@ -24,6 +24,7 @@ struct ServerConfig {
   std::string listen;
   std::string peer_listen;
   std::string metrics_listen;  // empty: no metrics HTTP server
+  bool metrics_tls = false;    // HTTPS with client_tls's certificate and key
   std::string port_file;       // empty: none written
   spdlog::level::level_enum log_level = spdlog::level::info;
   ClusterMap map;                 // computed from --initial-cluster, --shards, --replication

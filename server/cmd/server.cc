@@ -263,14 +263,18 @@ absl::Status Server::StartParts() {
   readiness.max_leader_silence = 2 * config.tick * static_cast<int64_t>(config.election_ticks);
   health_ = std::make_unique<HealthMonitor>(readiness);
   if (!config.metrics_listen.empty()) {
-    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started = MetricsHttpServer::Start(
-        config.metrics_listen, {{"/metrics", MetricsHandler(metrics_.get())},
-                                {"/healthz", health_->LivenessHandler()},
-                                {"/readyz", health_->ReadinessHandler()}});
+    std::optional<HttpTlsFiles> https;
+    if (config.metrics_tls) https = HttpTlsFiles{config.client_tls.cert, config.client_tls.key};
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> started =
+        MetricsHttpServer::Start(config.metrics_listen,
+                                 {{"/metrics", MetricsHandler(metrics_.get())},
+                                  {"/healthz", health_->LivenessHandler()},
+                                  {"/readyz", health_->ReadinessHandler()}},
+                                 https);
     if (!started.ok()) return absl::UnavailableError(started.status().ToString());
     http_ = *std::move(started);
-    spdlog::info("metrics, /healthz and /readyz on http://{} (port {})", config.metrics_listen,
-                 http_->port());
+    spdlog::info("metrics, /healthz and /readyz on {}://{} (port {})",
+                 http_->tls() ? "https" : "http", config.metrics_listen, http_->port());
   }
 
   // Peer identity before any storage or raft: whose data directory this is,
@@ -991,6 +995,14 @@ void Server::RecheckCertificates() const {
     } else {
       spdlog::error("SIGHUP: the {} port's certificate files are not usable: {}", port,
                     std::string(checked.message()));
+    }
+  }
+  if (http_ != nullptr && http_->tls()) {
+    if (absl::Status reloaded = http_->ReloadTls(); reloaded.ok()) {
+      spdlog::info("SIGHUP: the metrics endpoint uses the certificate files in place");
+    } else {
+      spdlog::error("SIGHUP: the metrics endpoint keeps its certificate: {}",
+                    std::string(reloaded.message()));
     }
   }
 }

@@ -34,6 +34,10 @@ class KvBackend {
                        Node::ProposeCallback done) = 0;
   virtual void ReadBarrier(ShardId shard, bool lease, absl::Time deadline,
                            Node::ReadCallback done) = 0;
+  // As Node::FollowerReadBarrier. Default: ReadBarrier without the lease.
+  virtual void FollowerReadBarrier(ShardId shard, absl::Time deadline, Node::ReadCallback done) {
+    ReadBarrier(shard, /*lease=*/false, deadline, std::move(done));
+  }
   // As Node::WaitApplied. Default: at once, OK if StatusOf() shows the
   // index applied, else kUnavailable.
   virtual void WaitApplied(ShardId shard, uint64_t index, absl::Time /*deadline*/,

@@ -27,6 +27,9 @@ class NodeKvBackend final : public KvBackend {
                    Node::ReadCallback done) override {
     node_->ReadBarrier(shard, lease, deadline, std::move(done));
   }
+  void FollowerReadBarrier(ShardId shard, absl::Time deadline, Node::ReadCallback done) override {
+    node_->FollowerReadBarrier(shard, deadline, std::move(done));
+  }
   void WaitApplied(ShardId shard, uint64_t index, absl::Time deadline,
                    Node::ReadCallback done) override {
     node_->WaitApplied(shard, index, deadline, std::move(done));

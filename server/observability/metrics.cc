@@ -1,8 +1,5 @@
 #include "server/observability/metrics.h"
 
-#include <civetweb.h>
-#include <netdb.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,7 +11,6 @@
 #include <memory>
 #include <sstream>
 #include <system_error>
-#include <thread>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -26,7 +22,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/notification.h"
 #include "prometheus/check_names.h"
 #include "prometheus/text_serializer.h"
 #include "server/observability/grpc_log.h"
@@ -131,17 +126,6 @@ const char* GrpcCodeName(grpc::StatusCode code) {
 }
 
 // "host:port" with a decimal port 0..65535 and a non-empty host.
-absl::Status ValidateAddress(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  uint32_t port = 0;
-  if (colon == std::string::npos || colon == 0 ||
-      !absl::SimpleAtoi(absl::string_view(address).substr(colon + 1), &port) || port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("bad address '", address, "': expected host:port"));
-  }
-  return absl::OkStatus();
-}
-
 std::string ShardLabel(ShardId shard) { return absl::StrCat(shard); }
 
 // "/package.Service/Method" of every method our gRPC servers serve.
@@ -944,131 +928,6 @@ std::string Metrics::Serialize() const {
   std::ostringstream out;
   prometheus::TextSerializer().Serialize(out, Collect());
   return out.str();
-}
-
-// ---------------------------------------------------------------- HTTP
-
-absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& address, std::map<std::string, Handler> handlers) {
-  if (absl::Status valid = ValidateAddress(address); !valid.ok()) return valid;
-  std::unique_ptr<MetricsHttpServer> server(new MetricsHttpServer(std::move(handlers)));
-  // See the class comment for these bounds.
-  const std::string threads = absl::StrCat(kHttpThreads);
-  const std::string timeout_ms = absl::StrCat(absl::ToInt64Milliseconds(kHttpRequestTimeout));
-  const std::string queued = absl::StrCat(kHttpQueuedConnections);
-  const std::string backlog = absl::StrCat(kHttpBacklog);
-  const char* options[] = {"listening_ports",
-                           address.c_str(),
-                           "num_threads",
-                           threads.c_str(),
-                           "request_timeout_ms",
-                           timeout_ms.c_str(),
-                           "enable_keep_alive",
-                           "no",
-                           "connection_queue",
-                           queued.c_str(),
-                           "listen_backlog",
-                           backlog.c_str(),
-                           nullptr};
-  mg_callbacks callbacks{};
-  // civetweb logs its errors through this callback: keep stderr clean, the
-  // error comes back through mg_start2's error data.
-  callbacks.log_message = [](const mg_connection*, const char*) { return 1; };
-  mg_init_data init{};
-  init.callbacks = &callbacks;
-  init.user_data = server.get();
-  init.configuration_options = options;
-  char error_text[256] = {0};
-  unsigned error_code = 0;
-  mg_error_data error{};
-  error.code = &error_code;
-  error.text = error_text;
-  error.text_buffer_size = sizeof(error_text);
-  server->context_ = mg_start2(&init, &error);
-  if (server->context_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics HTTP server cannot listen on ", address, ": ", error_text));
-  }
-  mg_set_request_handler(server->context_, "/", &MetricsHttpServer::Dispatch, server.get());
-  mg_server_port ports[4];
-  const int n = mg_get_server_ports(server->context_, 4, ports);
-  if (n < 1) {
-    server->Stop();
-    return absl::UnavailableError(absl::StrCat("metrics HTTP server on ", address, ": no port"));
-  }
-  server->port_ = ports[0].port;
-  std::string host = address.substr(0, address.rfind(':'));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
-  if (host == "::") host = "::1";
-  server->wake_host_ = host;
-  return server;
-}
-
-MetricsHttpServer::~MetricsHttpServer() { Stop(); }
-
-void MetricsHttpServer::Stop() {
-  if (context_ == nullptr) return;
-  // civetweb's master thread sees mg_stop only when its poll() of the
-  // listening socket returns: on a new connection, or after civetweb's poll
-  // quantum (up to 2 s, most of a SIGTERM's exit time on an idle node). A
-  // connection to our own port wakes it at once; one that arrives before the
-  // stop flag is served as an empty request (EOF) by a worker.
-  absl::Notification stopped;
-  std::thread stopper([this, &stopped] {
-    mg_stop(context_);
-    stopped.Notify();
-  });
-  for (int i = 0; i < 50 && !stopped.WaitForNotificationWithTimeout(absl::Milliseconds(20)); ++i) {
-    WakeListener();
-  }
-  stopper.join();
-  context_ = nullptr;
-}
-
-void MetricsHttpServer::WakeListener() const {
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* results = nullptr;
-  if (getaddrinfo(wake_host_.c_str(), absl::StrCat(port_).c_str(), &hints, &results) != 0) return;
-  for (addrinfo* a = results; a != nullptr; a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
-    const bool connected = connect(fd, a->ai_addr, a->ai_addrlen) == 0;
-    close(fd);
-    if (connected) break;
-  }
-  freeaddrinfo(results);
-}
-
-int MetricsHttpServer::Dispatch(mg_connection* conn, void* self_ptr) {
-  const auto* self = static_cast<const MetricsHttpServer*>(self_ptr);
-  const mg_request_info* info = mg_get_request_info(conn);
-  const std::string uri = info->local_uri != nullptr ? info->local_uri : "";
-  const std::string method = info->request_method != nullptr ? info->request_method : "";
-  HttpResponse response;
-  auto it = self->handlers_.find(uri);
-  if (it == self->handlers_.end()) {
-    response = {404, "text/plain; charset=utf-8", "not found\n"};
-  } else if (method != "GET" && method != "HEAD") {
-    response = {405, "text/plain; charset=utf-8", "method not allowed\n"};
-  } else {
-    response = it->second();
-  }
-  const char* reason = response.status == 200   ? "OK"
-                       : response.status == 404 ? "Not Found"
-                       : response.status == 405 ? "Method Not Allowed"
-                       : response.status == 503 ? "Service Unavailable"
-                                                : "Error";
-  mg_printf(conn,
-            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-            "Cache-Control: no-cache\r\n\r\n",
-            response.status, reason, response.content_type.c_str(), response.body.size());
-  if (method != "HEAD") mg_write(conn, response.body.data(), response.body.size());
-  return response.status;
 }
 
 MetricsHttpServer::Handler MetricsHandler(const Metrics* metrics) {

@@ -49,12 +49,10 @@
 #include "server/api/batch_stats.h"
 #include "server/api/watch_hub.h"
 #include "server/cluster/lease_keeper.h"
+#include "server/observability/http_server.h"
 #include "server/raftstore/node.h"
 #include "server/raftstore/node_metrics.h"
 #include "storage/engine.h"
-
-struct mg_context;
-struct mg_connection;
 
 namespace tessera::server {
 
@@ -258,59 +256,6 @@ class Metrics {
   std::function<WatchHubStats()> watch_ ABSL_GUARDED_BY(mu_);
   std::function<LeaseKeeper::Stats()> lease_ ABSL_GUARDED_BY(mu_);
   std::function<ClusterStats()> cluster_ ABSL_GUARDED_BY(mu_);
-};
-
-// ---------------------------------------------------------------- HTTP
-
-// A response of MetricsHttpServer.
-struct HttpResponse {
-  int status = 200;
-  std::string content_type = "text/plain; charset=utf-8";
-  std::string body;
-};
-
-// A small HTTP/1.1 server (civetweb) answering GET on fixed paths; anything
-// else is 404. Handlers run on civetweb's worker threads, concurrently, and
-// must be thread-safe. Stop() (or the destructor) waits for running handlers.
-//
-// Bounds: civetweb serves one connection per worker thread, so a client that
-// sends half a request holds a worker until the request timeout. There are
-// kHttpThreads workers (a few slow clients leave the others for /healthz),
-// each read or write times out after kHttpRequestTimeout, connections are
-// not kept alive (an idle scraper holds no worker), and at most
-// kHttpQueuedConnections accepted connections wait for a worker (then the
-// kernel's listen backlog of kHttpBacklog), so the server holds at most
-// about kHttpThreads + kHttpQueuedConnections descriptors.
-class MetricsHttpServer {
- public:
-  using Handler = std::function<HttpResponse()>;
-  static constexpr int kHttpThreads = 16;
-  static constexpr absl::Duration kHttpRequestTimeout = absl::Seconds(2);
-  static constexpr int kHttpQueuedConnections = 32;
-  static constexpr int kHttpBacklog = 64;
-
-  // Listens on `address` ("host:port"; port 0 picks one). Errors:
-  // kInvalidArgument (malformed address), kUnavailable (cannot bind).
-  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
-      const std::string& address, std::map<std::string, Handler> handlers);
-  ~MetricsHttpServer();
-  MetricsHttpServer(const MetricsHttpServer&) = delete;
-  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
-
-  int port() const { return port_; }
-  void Stop();
-
- private:
-  MetricsHttpServer(std::map<std::string, Handler> handlers) : handlers_(std::move(handlers)) {}
-  static int Dispatch(mg_connection* conn, void* self);
-
-  // Connects to the listening socket and hangs up (see Stop()).
-  void WakeListener() const;
-
-  const std::map<std::string, Handler> handlers_;
-  mg_context* context_ = nullptr;
-  int port_ = 0;
-  std::string wake_host_;  // where WakeListener() connects: the listening host or loopback
 };
 
 // The /metrics handler for `metrics` (not owned; must outlive the server).

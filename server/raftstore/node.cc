@@ -100,6 +100,8 @@ struct ReadRequest {
   Node::ReadCallback done;
   // Non-zero: Node::WaitApplied (no leader involved): done once applied.
   uint64_t min_applied = 0;
+  // Node::FollowerReadBarrier: a follower asks its leader (ReadIndex).
+  bool on_follower = false;
 };
 
 struct Inbound {
@@ -205,7 +207,7 @@ class Node::Impl {
   void Propose(ShardId shard, serverpb::Command command, absl::Time deadline, ProposeCallback done)
       ABSL_LOCKS_EXCLUDED(mu_);
   void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done,
-                   uint64_t min_applied = 0) ABSL_LOCKS_EXCLUDED(mu_);
+                   uint64_t min_applied = 0, bool on_follower = false) ABSL_LOCKS_EXCLUDED(mu_);
   void Receive(NodeId from, std::vector<ShardMessage> messages) ABSL_LOCKS_EXCLUDED(mu_);
   void ReportUnreachable(NodeId to) ABSL_LOCKS_EXCLUDED(mu_);
   void ReportSnapshot(NodeId to, ShardId shard, bool ok) ABSL_LOCKS_EXCLUDED(mu_);
@@ -821,7 +823,7 @@ void Node::Impl::Propose(ShardId shard, serverpb::Command command, absl::Time de
 }
 
 void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done,
-                             uint64_t min_applied) {
+                             uint64_t min_applied, bool on_follower) {
   ShardCounter* counter = HostedCounter(shard);
   if (counter == nullptr) {
     done(absl::NotFoundError(absl::StrCat("shard ", shard, " has no replica on this node")));
@@ -836,7 +838,8 @@ void Node::Impl::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, Rea
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
-      inbox_.reads.push_back(ReadRequest{shard, lease, deadline, std::move(done), min_applied});
+      inbox_.reads.push_back(
+          ReadRequest{shard, lease, deadline, std::move(done), min_applied, on_follower});
       return;
     }
     stopped = StoppedError();
@@ -1214,11 +1217,16 @@ void Node::Impl::HandleReads(std::vector<ReadRequest>& reads, absl::Time now) {
       Finish(s, req.done, absl::DeadlineExceededError("deadline passed before reading"));
       continue;
     }
-    if (s.raw->role() != raft::Role::kLeader) {
+    // A follower that knows its leader forwards the ReadIndex to it (raft
+    // answers with the leader's confirmed commit index).
+    const bool forwarded = req.on_follower && s.raw->role() == raft::Role::kFollower &&
+                           s.raw->leader_id() != 0 && s.raw->leader_id() != options_.id;
+    if (s.raw->role() != raft::Role::kLeader && !forwarded) {
       const uint64_t leader = s.raw->leader_id();
       Finish(s, req.done, NotLeaderError(leader == options_.id ? 0 : leader, "not leader"));
       continue;
     }
+    if (forwarded) req.lease = false;
     auto [it, first] = issued.try_emplace({req.shard, req.lease});
     if (first) {
       std::string ctx(8, '\0');
@@ -2265,6 +2273,11 @@ void Node::Propose(ShardId shard, serverpb::Command command, absl::Time deadline
 
 void Node::ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done) {
   impl_->ReadBarrier(shard, lease, deadline, std::move(done));
+}
+
+void Node::FollowerReadBarrier(ShardId shard, absl::Time deadline, ReadCallback done) {
+  impl_->ReadBarrier(shard, /*lease=*/false, deadline, std::move(done), /*min_applied=*/0,
+                     /*on_follower=*/true);
 }
 
 void Node::WaitApplied(ShardId shard, uint64_t index, absl::Time deadline, ReadCallback done) {

@@ -259,6 +259,12 @@ class Node {
   // applied index reached the confirmed commit index. Errors as Propose.
   void ReadBarrier(ShardId shard, bool lease, absl::Time deadline, ReadCallback done);
 
+  // As ReadBarrier without the lease, on a follower too: a follower that
+  // knows its leader asks it for its confirmed commit index (raft's
+  // ReadIndex, forwarded) and calls `done` once it applied that far. The
+  // start of a watch "from now" on any replica.
+  void FollowerReadBarrier(ShardId shard, absl::Time deadline, ReadCallback done);
+
   // Calls `done` with OK once this replica has applied `index` of `shard`
   // (at once if it has), without asking the leader: read-your-writes for a
   // stale read. Errors: kDeadlineExceeded, and Propose's kNotFound,

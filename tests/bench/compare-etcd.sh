@@ -7,11 +7,13 @@
 # Ctrl-C; data directories are removed, logs and per-run outputs kept.
 #
 # Usage: tests/bench/compare-etcd.sh [--duration S] [--warmup S] [--repeats N]
-#          [--fill-keys N] [--out DIR] [--smoke] [--cells LIST] [--shards N]
+#          [--fill-keys N] [--out DIR] [--smoke] [--cells LIST] [--shards N] [--tls]
 #   defaults: 20 s runs after 3 s warmup, 2 repeats, key space 100k, a
 #   1M-key fill for the memory figure, out build/bench/compare-<date>-<time>.
 #   --smoke: a tiny run (seconds, a few cells) that the ctest
-#   bench_compare_smoke runs; its numbers mean nothing. --help: every option.
+#   bench_compare_smoke runs; its numbers mean nothing. --tls: both systems'
+#   client ports TLS-only (the cost of TLS, against a run without).
+#   --help: every option.
 #
 # Installs missing Debian packages (deploy/install-deps.sh, includes etcd),
 # configures the release preset if needed and builds tessera-server,

@@ -28,12 +28,14 @@ each metric (with 2 repeats: their mean).
 
   compare_etcd.py --root REPO --bin-dir BUILD [--duration 20] [--warmup 3]
       [--repeats 2] [--fill-keys 1000000] [--out DIR] [--smoke] [--cells LIST]
-      [--tessera-api batch,unary]
+      [--tessera-api batch,unary] [--tls]
 
 Tessera is driven through its KV.Batch stream by default (tessera-bench
 --api=batch, the SDK's default: a design difference from etcd, which is
 driven with one unary RPC per request as clientv3 does); --tessera-api
 batch,unary runs every Tessera cell both ways, in rows of their own.
+--tls: both systems' client ports speak TLS only (server certificates, no
+client certificates; the clients trust the CA through TESSERA_TLS_CA).
   compare_etcd.py --check-smoke OUT/compare.json   (the ctest's assertions)
 """
 
@@ -206,10 +208,20 @@ class Server:
 
 
 class Cluster:
-    """The 3 server processes of one system, plus how to reach them."""
+    """The 3 server processes of one system, plus how to reach them.
 
-    def __init__(self, system, servers, endpoints):
+    client_env: what a client needs in its environment (with --tls, the CA
+    in TESSERA_TLS_CA, read by tessera-bench and tessera-admin)."""
+
+    def __init__(self, system, servers, endpoints, client_env=None):
         self.system, self.servers, self.endpoints = system, servers, endpoints
+        self.client_env = client_env or {}
+
+    def env(self):
+        """The environment of a client of this cluster."""
+        env = {k: v for k, v in clean_env().items() if not k.startswith("TESSERA_TLS_")}
+        env.update(self.client_env)
+        return env
 
     def start(self):
         for s in self.servers:
@@ -260,18 +272,21 @@ def make_etcd_peer_certs(certs):
     return f"{ca}.crt", key, crt
 
 
-def make_etcd(ports, data_root, log_dir, token):
+def make_etcd(ports, data_root, log_dir, token, tls=False):
     peers = {f"e{n}": (ports.pick(), ports.pick()) for n in range(1, NODES + 1)}
     initial = ",".join(f"{name}=https://127.0.0.1:{pp}" for name, (_, pp) in peers.items())
     # Peer mutual TLS, as Tessera's peers run (make_tessera): the same
-    # protection on both sides; client ports are plaintext on both.
+    # protection on both sides; client ports are plaintext on both, or with
+    # --tls server-authenticated TLS on both (no client certificates).
     ca, key, crt = make_etcd_peer_certs(os.path.join(data_root, "etcd-certs"))
+    scheme = "https" if tls else "http"
     servers = []
     for name, (cp, pp) in peers.items():
         data = os.path.join(data_root, f"etcd-{name}")
-        argv = [ETCD, "--name", name, "--data-dir", data,
-                "--listen-client-urls", f"http://127.0.0.1:{cp}",
-                "--advertise-client-urls", f"http://127.0.0.1:{cp}",
+        client_tls = ["--cert-file", crt, "--key-file", key] if tls else []
+        argv = [ETCD, "--name", name, "--data-dir", data, *client_tls,
+                "--listen-client-urls", f"{scheme}://127.0.0.1:{cp}",
+                "--advertise-client-urls", f"{scheme}://127.0.0.1:{cp}",
                 "--listen-peer-urls", f"https://127.0.0.1:{pp}",
                 "--initial-advertise-peer-urls", f"https://127.0.0.1:{pp}",
                 "--peer-cert-file", crt, "--peer-key-file", key,
@@ -282,10 +297,10 @@ def make_etcd(ports, data_root, log_dir, token):
                 "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
         servers.append(Server("etcd", name, argv, data, os.path.join(log_dir, f"etcd-{name}.log")))
     endpoints = ",".join(f"127.0.0.1:{cp}" for cp, _ in peers.values())
-    return Cluster("etcd", servers, endpoints)
+    return Cluster("etcd", servers, endpoints, {"TESSERA_TLS_CA": ca} if tls else None)
 
 
-def make_tessera(ports, data_root, log_dir, bins, shards):
+def make_tessera(ports, data_root, log_dir, bins, shards, tls=False):
     addrs = {n: (ports.pick(), ports.pick()) for n in range(1, NODES + 1)}
     initial = ",".join(f"{n}=127.0.0.1:{cp}/127.0.0.1:{pp}" for n, (cp, pp) in addrs.items())
     # Peer mutual TLS, as a user runs it (deploy/gen-certs.sh).
@@ -302,15 +317,22 @@ def make_tessera(ports, data_root, log_dir, bins, shards):
                 "--metrics-listen=127.0.0.1:0", f"--port-file={data}/ports", "--log-level=warn",
                 f"--peer-cert={certs}/node-{n}.crt", f"--peer-key={certs}/node-{n}.key",
                 f"--peer-ca={certs}/ca.crt"]
+        if tls:  # the same files serve the client port
+            argv += [f"--tls-cert={certs}/node-{n}.crt", f"--tls-key={certs}/node-{n}.key",
+                     f"--tls-ca={certs}/ca.crt"]
         servers.append(Server("tessera", f"n{n}", argv, data,
                               os.path.join(log_dir, f"tessera-n{n}.log")))
     endpoints = ",".join(f"127.0.0.1:{cp}" for cp, _ in addrs.values())
-    return Cluster("tessera", servers, endpoints)
+    return Cluster("tessera", servers, endpoints,
+                   {"TESSERA_TLS_CA": f"{certs}/ca.crt"} if tls else None)
 
 
 def etcdctl(cluster, *args, timeout_s=10):
-    argv = [ETCDCTL, f"--endpoints={cluster.endpoints}", "--dial-timeout=2s",
-            f"--command-timeout={timeout_s}s", *args]
+    ca = cluster.client_env.get("TESSERA_TLS_CA")
+    endpoints = ",".join(f"https://{e}" for e in cluster.endpoints.split(",")) if ca else \
+        cluster.endpoints
+    argv = [ETCDCTL, f"--endpoints={endpoints}", "--dial-timeout=2s",
+            f"--command-timeout={timeout_s}s", *([f"--cacert={ca}"] if ca else []), *args]
     return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=clean_env(),
                           timeout=timeout_s + 15)
@@ -329,7 +351,8 @@ def wait_ready(cluster, bins, wait_s):
             r = subprocess.run([bins["tessera-admin"], "status", f"--endpoints={cluster.endpoints}",
                                 f"--wait-ms={min(left, 10) * 1000}", "--quiet"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, timeout=left + 20)
+                               stderr=subprocess.STDOUT, text=True, timeout=left + 20,
+                               env=cluster.env())
         if r.returncode == 0:
             log(f"{cluster.system}: ready ({cluster.endpoints})")
             return
@@ -374,7 +397,7 @@ class Bench:
             t0 = time.monotonic()
             cpu0 = cluster.cpu_seconds()
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         preexec_fn=die_with_parent)
+                                         env=cluster.env(), preexec_fn=die_with_parent)
             try:
                 # Server CPU is counted from the end of the warmup (when ops
                 # start to count) to the end of the run.
@@ -548,6 +571,8 @@ def markdown(report):
              f"kernel {m['kernel']}",
              f"- etcd: {m['etcd_version']} (Debian etcd-server; fsync on; peer mutual TLS)",
              f"- tessera: commit {m['git_commit']} ({c['shards']} shards, replication 3, fsync on; peer mutual TLS)",
+             "- client ports: " + ("TLS on both (server certificates, no client certificates; "
+                                   "--tls)" if c.get("client_tls") else "plaintext on both"),
              f"- disk: {m['data_fs']} ({m['data_dir']}); load average at start {m['loadavg_start']}, "
              f"at end {m.get('loadavg_end', '-')}",
              f"- matrix: {c['duration_s']:g} s per run after {c['warmup_s']:g} s warmup, "
@@ -704,6 +729,9 @@ def parse_args(argv):
                    help="keys of the memory fill (default 1000000; 0 skips it)")
     p.add_argument("--cells", help="comma-separated cells (default: all): " + ",".join(CELLS))
     p.add_argument("--shards", type=int, default=16, help="Tessera shards (default 16)")
+    p.add_argument("--tls", action="store_true",
+                   help="client ports TLS-only on both systems (server certificates, no client "
+                        "certificates): the cost of TLS, against a run without")
     p.add_argument("--tessera-api", default="batch",
                    help="how tessera-bench drives Tessera, comma-separated, each its own rows "
                    "(batch, unary; default batch; the first is the one the targets judge)")
@@ -883,7 +911,7 @@ def main(argv):
               "config": {"duration_s": a.duration, "warmup_s": a.warmup, "repeats": a.repeats,
                          "key_space": a.key_space, "fill_keys": a.fill_keys,
                          "cells": a.cell_names, "shards": a.shards, "conns": a.conns,
-                         "tessera_apis": a.apis,
+                         "tessera_apis": a.apis, "client_tls": a.tls,
                          "seed": a.seed, "smoke": a.smoke, "key_bytes": KEY_BYTES,
                          "value_bytes": VALUE_BYTES, "binaries": bins,
                          "statistic": "median over repeats"},
@@ -891,8 +919,9 @@ def main(argv):
     log(f"output: {a.out}")
 
     ports = PortPicker(os.getpid() ^ int(time.time()))
-    clusters = {"etcd": make_etcd(ports, data_root, log_dir, f"tessera-compare-{os.getpid()}"),
-                "tessera": make_tessera(ports, data_root, log_dir, bins, a.shards)}
+    clusters = {"etcd": make_etcd(ports, data_root, log_dir, f"tessera-compare-{os.getpid()}",
+                                  a.tls),
+                "tessera": make_tessera(ports, data_root, log_dir, bins, a.shards, a.tls)}
     bench = Bench(bins["tessera-bench"], a.conns, runs_dir, 5)
     # Also SIGINT: a shell starts background jobs with it ignored.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -6,6 +6,13 @@
 - docker-compose.yml and k8s/tessera.yaml pass only flags that
   `tessera-server --help` lists, and their ports, probes, scrape targets and
   --initial-cluster agree with those flags;
+- TLS: every node runs the peer port with mutual TLS, the client port with
+  --tls-cert/--tls-key/--tls-ca (its own node certificate) and
+  --metrics-tls; every file those flags name lies on a volume mounted in its
+  container (Kubernetes: a secret volume; Compose: the volume the certs
+  service fills with gen-certs.sh, each node's certificate naming its
+  hostname); health checks, probes and Prometheus use https (with the CA
+  file, mounted in Prometheus) exactly when the nodes use --metrics-tls;
 - the Dockerfile's runtime packages exist in the apt cache and provide every
   shared library tessera-server links directly (readelf NEEDED -> dpkg -S),
   its build stage installs every library package of deploy/install-deps.sh,
@@ -76,16 +83,40 @@ def check_promtool():
         check(p.returncode == 0, f"promtool check config {path}:\n{p.stdout}{p.stderr}")
 
 
-def check_peer_tls(args, mounts, where, name):
-    """The peer port runs mutual TLS from files on a mounted volume."""
+def under(path, mounts):
+    """The mount point in `mounts` that holds `path`, or None."""
+    return next((m for m in mounts if path.startswith(m.rstrip("/") + "/")), None)
+
+
+def check_tls(args, mounts, where, name):
+    """Peer port: mutual TLS; client port: TLS only; metrics: HTTPS. Every
+    file the TLS flags name lies on a mounted volume (mount point -> volume:
+    `mounts`); returns the volumes holding them."""
     check("insecure-peers" not in args, f"{where}: --insecure-peers in a deployment file")
-    files = [args.get(k, "") for k in ("peer-cert", "peer-key", "peer-ca")]
-    check(all(files), f"{where}: --peer-cert, --peer-key and --peer-ca are required")
-    check(files[0].endswith(f"/{name}.crt") and files[1].endswith(f"/{name}.key"),
-          f"{where}: peer certificate {files[0]} is not {name}'s")
-    dirs = {os.path.dirname(f) for f in files}
-    check(len(dirs) == 1 and any(dirs <= {m} for m in mounts),
-          f"{where}: peer TLS files {files} are not on a mounted volume {mounts}")
+    volumes = set()
+    for port in ("peer", "tls"):
+        files = [args.get(f"{port}-{k}", "") for k in ("cert", "key", "ca")]
+        if not check(all(files), f"{where}: --{port}-cert, --{port}-key and --{port}-ca "
+                                 "are required"):
+            continue
+        check(files[0].endswith(f"/{name}.crt") and files[1].endswith(f"/{name}.key"),
+              f"{where}: --{port}-cert {files[0]} is not {name}'s")
+        for f in files:
+            m = under(f, mounts)
+            if check(m is not None, f"{where}: {f} is not on a mounted volume {sorted(mounts)}"):
+                volumes.add(mounts[m])
+    check(args.get("metrics-tls") == "true",
+          f"{where}: --metrics-tls=true is required (HTTPS /metrics /healthz /readyz)")
+    return volumes
+
+
+def metrics_scheme(args):
+    return "https" if args.get("metrics-tls") == "true" else "http"
+
+
+def compose_mounts(volumes):
+    """Compose volume entries "SOURCE:TARGET[:MODE]" -> {target: source}."""
+    return {v.split(":")[1]: v.split(":")[0] for v in volumes}
 
 
 def check_compose(flags):
@@ -94,6 +125,7 @@ def check_compose(flags):
     nodes = {k: v for k, v in services.items() if k.startswith("tessera-")}
     check(len(nodes) == 3, f"compose: expected 3 tessera services, got {sorted(nodes)}")
     targets = []
+    tls_volumes, tls_dirs, schemes, cas, hosts = set(), set(), set(), set(), {}
     for name, svc in sorted(nodes.items()):
         where = f"compose {name}"
         args = parse_args(svc["command"], flags, where)
@@ -108,22 +140,76 @@ def check_compose(flags):
         published = {int(p.rsplit(":", 1)[1]) for p in svc.get("ports", [])}
         check({client, metrics} <= published, f"{where}: ports {published} miss {client}/{metrics}")
         health = " ".join(svc["healthcheck"]["test"])
-        check(f":{metrics}/healthz" in health, f"{where}: healthcheck '{health}' not on /healthz")
         check(any(v.endswith(":/var/lib/tessera") for v in svc["volumes"]) and
               args["data-dir"].startswith("/var/lib/tessera"),
               f"{where}: --data-dir {args['data-dir']} is not on the volume")
-        check_peer_tls(args, [v.split(":")[1] for v in svc["volumes"]], where, f"node-{node_id}")
+        mounts = compose_mounts(svc["volumes"])
+        tls_volumes |= check_tls(args, mounts, where, f"node-{node_id}")
+        tls_dirs.update(os.path.dirname(args[k]) for k in ("tls-cert", "tls-key", "tls-ca")
+                        if k in args)
+        scheme = metrics_scheme(args)
+        schemes.add(scheme)
+        cas.add(args.get("tls-ca"))
+        check(re.search(rf"\b{scheme}://(127\.0\.0\.1|localhost):{metrics}/healthz\b", health),
+              f"{where}: healthcheck '{health}' is not {scheme}://127.0.0.1:{metrics}/healthz "
+              "(https exactly with --metrics-tls)")
+        if scheme == "https":
+            test = svc["healthcheck"]["test"]
+            ca = test[test.index("--cacert") + 1] if "--cacert" in test else ""
+            check(ca in (args.get("tls-ca"), args.get("peer-ca")) and under(ca, mounts),
+                  f"{where}: healthcheck must verify with --cacert <the mounted CA file>, "
+                  f"not '{ca}'")
+        # Node certificates must name the host that clients and Prometheus dial.
+        hosts[node_id] = hostname
         targets.append(f"{hostname}:{metrics}")
-    certs = services.get("peer-certs", {})
-    check("gen-certs.sh" in " ".join(certs.get("command", [])) and
-          all(services[n].get("depends_on", compose["x-tessera"].get("depends_on", {}))
-              .get("peer-certs", {}).get("condition") == "service_completed_successfully"
-              for n in nodes),
-          "compose: the nodes must wait for the peer-certs service that runs gen-certs.sh")
+    check(len(tls_volumes) == 1, f"compose: TLS files on several volumes {tls_volumes}")
+    check(len(tls_dirs) == 1, f"compose: TLS files in several directories {tls_dirs}")
+    tls_volume, tls_dir = next(iter(tls_volumes), None), next(iter(tls_dirs), None)
+    # The one-shot service that runs gen-certs.sh into that volume.
+    makers = [n for n, svc in services.items()
+              if "gen-certs.sh" in " ".join(svc.get("command", [])) and
+              compose_mounts(svc.get("volumes", [])).get(tls_dir) == tls_volume]
+    if check(len(makers) == 1, f"compose: no single service runs gen-certs.sh into the volume "
+                               f"{tls_volume} at {tls_dir}: {makers}"):
+        (maker,) = makers
+        script = " ".join(services[maker]["command"])
+        made, users = {}, set()  # node id -> its TESSERA_CERT_HOSTS; user names
+        made_by = r"(?:TESSERA_CERT_HOSTS=(\S*) )?gen-certs\.sh (\S+) ([^&;|]+)"
+        for m in re.finditer(made_by, script):
+            check(m.group(2) == tls_dir, f"compose {maker}: gen-certs.sh writes {m.group(2)}, "
+                                         f"the nodes read {tls_dir}")
+            words = m.group(3).split()
+            if words[:1] == ["--user"]:
+                users.update(words[1:])
+            else:
+                made.update((w, (m.group(1) or "").split(",")) for w in words)
+        for node_id, hostname in sorted(hosts.items()):
+            check(hostname in made.get(node_id, []),
+                  f"compose {maker}: node-{node_id}'s certificate must name {hostname} "
+                  f"(TESSERA_CERT_HOSTS), got {made.get(node_id)}")
+        check("root" in users,
+              f"compose {maker}: no certificate for user root (gen-certs.sh DIR --user root)")
+        # gen-certs.sh makes the directory 0700; Prometheus runs as another user.
+        check(re.search(rf"chmod (0?755|a\+rx|go\+rx|o\+rx) {re.escape(tls_dir)}\b", script),
+              f"compose {maker}: {tls_dir} must be opened (chmod 755) for Prometheus's user")
+        check(all(services[n].get("depends_on", {}).get(maker, {}).get("condition") ==
+                  "service_completed_successfully" for n in nodes),
+              f"compose: the nodes must wait for the {maker} service that runs gen-certs.sh")
     (prom,) = load_yaml("docker", "prometheus.yml")
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "tessera")
     scraped = sorted(t for c in job["static_configs"] for t in c["targets"])
     check(scraped == sorted(targets), f"compose prometheus scrapes {scraped}, nodes are {targets}")
+    check(schemes == {job.get("scheme", "http")},
+          f"compose prometheus scrapes with scheme {job.get('scheme', 'http')}, nodes serve "
+          f"{sorted(schemes)}")
+    if job.get("scheme") == "https":
+        ca = job.get("tls_config", {}).get("ca_file", "")
+        prom_volumes = services["prometheus"]["volumes"]
+        ca_mount = under(ca, compose_mounts(prom_volumes))
+        check(ca_mount is not None and f"{tls_volume}:{ca_mount}:ro" in prom_volumes and
+              {os.path.basename(c or "") for c in cas} == {os.path.basename(ca)},
+              f"compose prometheus: tls_config.ca_file '{ca}' must be the nodes' CA {cas} on "
+              f"the volume {tls_volume}, mounted read-only in the prometheus service")
     graf = services["grafana"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in graf["volumes"] if v.startswith(".")}
     check(mounts.get("/etc/grafana/provisioning") == "../grafana/provisioning" and
@@ -151,10 +237,33 @@ def check_k8s(flags):
     args = parse_args(c["args"], flags, "k8s StatefulSet")
     check(args.get("node-id-from-hostname") == "true" and "node-id" not in args,
           "k8s: the node id must come from the pod ordinal (--node-id-from-hostname=true)")
-    mounts = [m["mountPath"] for m in c["volumeMounts"]]
-    check_peer_tls(args, mounts, "k8s StatefulSet", "node-{id}")
-    secrets = [v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v]
-    check(secrets == ["tessera-peer-tls"], f"k8s: peer TLS secret volume missing: {secrets}")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    tls_volumes = check_tls(args, mounts, "k8s StatefulSet", "node-{id}")
+    secrets = sorted(volumes[v]["secret"]["secretName"] for v in tls_volumes
+                     if "secret" in volumes.get(v, {}))
+    check(len(tls_volumes) == 1 and len(secrets) == 1,
+          f"k8s: the TLS files must come from one secret volume, not {sorted(tls_volumes)}")
+    mounted_secrets = [v["secret"]["secretName"] for v in volumes.values() if "secret" in v]
+    check(mounted_secrets == secrets,
+          f"k8s: the pods mount secrets {mounted_secrets}; only the TLS one {secrets} belongs "
+          "there (user root's certificate is for admin clients)")
+    # The header's commands create the secrets the pods mount, from
+    # certificates naming the pods' DNS names and the client Service.
+    with open(os.path.join(DEPLOY, "k8s", "tessera.yaml")) as f:
+        header = f.read()
+    created = re.findall(r"kubectl create secret generic (\S+)", header)
+    check(set(secrets) <= set(created) and len(created) >= 2,
+          f"k8s: the header creates secrets {created}, the pods mount {secrets} (plus one for "
+          "user root's certificate)")
+    cert_hosts = re.findall(r"TESSERA_CERT_HOSTS=(.*?) \S*gen-certs\.sh", header)
+    client_svc = [svc["metadata"]["name"] for svc in by_kind["Service"] if svc is not headless]
+    check(len(cert_hosts) == 1 and
+          f"{sts['metadata']['name']}-" in cert_hosts[0] and
+          f".{headless['metadata']['name']}," in cert_hosts[0] + "," and
+          all(n in cert_hosts[0].split(",") for n in client_svc),
+          f"k8s: the header's TESSERA_CERT_HOSTS {cert_hosts} must name the pod's DNS name "
+          f"and the client Service {client_svc}")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     check(ports == {"client": port_of(args["listen"]), "peer": port_of(args["peer-listen"]),
                     "metrics": port_of(args["metrics-listen"])},
@@ -176,10 +285,12 @@ def check_k8s(flags):
     check(args.get("advertise-client") == f"{{hostname}}.{svc}:{ports['client']}" and
           args.get("advertise-peer") == f"{{hostname}}.{svc}:{ports['peer']}",
           f"k8s: --advertise-client/--advertise-peer must be the pod's DNS name and ports")
+    scheme = metrics_scheme(args).upper()
     for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
         get = c[probe]["httpGet"]
-        check(get["path"] == path and get["port"] in ("metrics", ports["metrics"]),
-              f"k8s: {probe} is {get}, want {path} on the metrics port")
+        check(get["path"] == path and get["port"] in ("metrics", ports["metrics"]) and
+              get.get("scheme", "HTTP") == scheme,
+              f"k8s: {probe} is {get}, want {scheme} {path} on the metrics port")
     check("requests" in c.get("resources", {}), "k8s: no resource requests")
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     claims = {t["metadata"]["name"] for t in spec["volumeClaimTemplates"]}
@@ -195,6 +306,8 @@ def check_k8s(flags):
     check(svc_ports == ports, f"k8s: headless Service ports {svc_ports} != {ports}")
     ann = spec["template"]["metadata"].get("annotations", {})
     check(ann.get("prometheus.io/port") == str(ports["metrics"]), "k8s: scrape annotation port")
+    check(ann.get("prometheus.io/scheme", "http") == metrics_scheme(args),
+          f"k8s: scrape annotation prometheus.io/scheme must be {metrics_scheme(args)}")
     check(pod["securityContext"].get("runAsNonRoot") is True, "k8s: must run as non-root")
     return pod["securityContext"].get("runAsUser")
 

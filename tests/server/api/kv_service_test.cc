@@ -90,8 +90,47 @@ class FakeBackend : public KvBackend {
       last_deadline_ = deadline;
       ++barriers_;
       status = barrier_error_;
+      if (hold_barriers_) {
+        held_barriers_.push_back(std::move(done));
+        return;
+      }
     }
     done(status);
+  }
+  // While holding, read barriers wait until ReleaseBarriers().
+  void HoldBarriers() {
+    absl::MutexLock lock(&mu_);
+    hold_barriers_ = true;
+  }
+  bool WaitBarriersHeld(size_t n, absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [this, n]()
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return held_barriers_.size() >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
+  }
+  // Stops holding; answers the held barriers with `status`, in order.
+  void ReleaseBarriers(const absl::Status& status) {
+    std::vector<Node::ReadCallback> held;
+    {
+      absl::MutexLock lock(&mu_);
+      hold_barriers_ = false;
+      held.swap(held_barriers_);
+    }
+    for (auto& done : held) done(status);
+  }
+  void SetAppliedIndex(uint64_t index) {
+    absl::MutexLock lock(&mu_);
+    for (ShardStatus& s : statuses_) s.applied_index = s.commit_index = index;
+  }
+  // The watch hub's view: every shard whole, no history kept.
+  absl::StatusOr<sm::ShardRange> Range(ShardId /*shard*/) const override {
+    return sm::ShardRange{};
+  }
+  absl::StatusOr<HistoryPage> ReadHistory(ShardId shard, uint64_t /*from_revision*/,
+                                          uint64_t /*max_bytes*/) const override {
+    HistoryPage page;
+    if (std::optional<ShardStatus> s = StatusOf(shard)) page.applied_index = s->applied_index;
+    return page;
   }
 
   std::vector<ShardStatus> Status() const override {
@@ -239,6 +278,8 @@ class FakeBackend : public KvBackend {
   bool last_lease_ ABSL_GUARDED_BY(mu_) = false;
   int barriers_ ABSL_GUARDED_BY(mu_) = 0;
   bool hold_ ABSL_GUARDED_BY(mu_) = false;
+  bool hold_barriers_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Node::ReadCallback> held_barriers_ ABSL_GUARDED_BY(mu_);
   std::vector<Node::ProposeCallback> held_ ABSL_GUARDED_BY(mu_);
   std::vector<serverpb::Command> held_commands_ ABSL_GUARDED_BY(mu_);
 };
@@ -791,6 +832,63 @@ TEST_F(KvServiceTest, ReadConsistencies) {
   std::optional<v1::ErrorDetail> detail = GetErrorDetail(too_stale.status());
   ASSERT_TRUE(detail.has_value());
   EXPECT_EQ(detail->not_leader().leader_address(), "127.0.0.1:7002");
+}
+
+// A watch from now starts where a read barrier found the replica: after
+// every write acknowledged before the create, even where the replica lagged
+// when the create arrived (it would replay them). Requests behind a create
+// waiting for its barrier keep their order; a barrier that fails refuses
+// the watch as UNAVAILABLE; a watch from a given revision needs none.
+TEST_F(KvServiceTest, AWatchFromNowStartsAfterAReadBarrier) {
+  auto create = [&](uint64_t id, uint64_t start_revision) {
+    v1::WatchRequest request;
+    v1::WatchCreate* c = request.mutable_create();
+    c->set_watch_id(id);
+    *c->mutable_header() = HeaderFor("w");
+    c->set_key("w");
+    c->set_start_revision(start_revision);
+    return request;
+  };
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  std::unique_ptr<grpc::ClientReaderWriter<v1::WatchRequest, v1::WatchResponse>> stream =
+      kv_stub_->Watch(&context);
+  backend_.HoldBarriers();
+  ASSERT_TRUE(stream->Write(create(1, 0)));
+  v1::WatchRequest cancel;
+  cancel.mutable_cancel()->set_watch_id(1);
+  ASSERT_TRUE(stream->Write(cancel));
+  ASSERT_TRUE(backend_.WaitBarriersHeld(1, absl::Seconds(10)));
+  backend_.SetAppliedIndex(20);  // what the barrier waited for
+  backend_.ReleaseBarriers(absl::OkStatus());
+  v1::WatchResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_TRUE(response.created());
+  EXPECT_EQ(response.watch_id(), 1u);
+  EXPECT_EQ(response.revision(), 20u);
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_TRUE(response.canceled());
+  EXPECT_EQ(response.watch_id(), 1u);
+  EXPECT_EQ(response.error().code(), 0);
+
+  backend_.HoldBarriers();
+  ASSERT_TRUE(stream->Write(create(2, 0)));
+  ASSERT_TRUE(backend_.WaitBarriersHeld(1, absl::Seconds(10)));
+  backend_.ReleaseBarriers(absl::DeadlineExceededError("no leader"));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.watch_id(), 2u);
+  EXPECT_TRUE(response.canceled());
+  EXPECT_EQ(response.error().code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(response.error().message(), HasSubstr("no leader"));
+
+  const int barriers = backend_.barriers();
+  ASSERT_TRUE(stream->Write(create(3, 15)));
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_TRUE(response.created());
+  EXPECT_EQ(response.revision(), 14u);
+  EXPECT_EQ(backend_.barriers(), barriers);
+  stream->WritesDone();
+  context.TryCancel();
 }
 
 TEST_F(KvServiceTest, ScanReadsOneShard) {

@@ -1028,6 +1028,9 @@ TEST(Integration, BadFlagsExitWithCode2AndOneLine) {
       {TESSERA_SERVER_BINARY, "--node-id=1", "--data-dir=/tmp/none",
        "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2", "--insecure-peers",
        "--peer-cert=/tmp/none.crt"},
+      // HTTPS metrics need the client port's certificate.
+      {TESSERA_SERVER_BINARY, "--node-id=1", "--data-dir=/tmp/none",
+       "--initial-cluster=1=127.0.0.1:1/127.0.0.1:2", "--insecure-peers", "--metrics-tls"},
   };
   for (const auto& args : cases) {
     std::filesystem::remove(log);

@@ -711,6 +711,44 @@ TEST(Node, ReadBarrierOnLeaderSeesCommittedWrites) {
   EXPECT_THAT(lease_status, IsOk());
 }
 
+// The barrier a watch "from now" starts after: a follower asks its leader
+// for the commit index and waits until it applied it, so it holds every
+// write acknowledged before; cut off from the leader it cannot pass. A
+// plain ReadBarrier on a follower stays NotLeader.
+TEST(Node, FollowerReadBarrierWaitsForTheLeadersCommitIndex) {
+  Cluster c({.shards = 1, .election_ticks = 100});
+  ASSERT_THAT(c.StartAll(), IsOk());
+  ASSERT_THAT(c.PutOnLeader(1, "a", "1"), IsOk());
+  const NodeId leader = c.WaitForLeader(1);
+  ASSERT_NE(leader, 0u);
+  const NodeId follower = OtherThan(leader);
+  auto barrier = [&](bool on_follower, absl::Duration timeout) {
+    absl::Notification done;
+    absl::Status status;
+    auto record = [&](absl::Status s) {
+      status = std::move(s);
+      done.Notify();
+    };
+    if (on_follower) {
+      c.node(follower).FollowerReadBarrier(1, absl::Now() + timeout, record);
+    } else {
+      c.node(follower).ReadBarrier(1, /*lease=*/false, absl::Now() + timeout, record);
+    }
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(kWait));
+    return status;
+  };
+  EXPECT_THAT(barrier(false, absl::Seconds(5)), StatusIs(absl::StatusCode::kUnavailable));
+
+  c.net().Partition(follower, leader);
+  c.net().Partition(leader, follower);
+  ASSERT_THAT(c.PutOnLeader(1, "a", "2"), IsOk());  // committed with the third node
+  EXPECT_THAT(barrier(true, absl::Milliseconds(300)),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  c.net().Heal();
+  ASSERT_THAT(barrier(true, absl::Seconds(30)), IsOk());
+  EXPECT_EQ(c.Get(follower, 1, "a"), "2");
+}
+
 TEST(Node, ConcurrentReadsExpireOneByOneAndCompleteAfterHeal) {
   // Reads arriving together share one ReadIndex round; a short deadline in
   // the group fails only its own read.
