@@ -79,7 +79,8 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   // A PEM file is a few KiB; a huge one is a mistake, not a certificate.
-  if (bytes.size() > (1 << 20)) return absl::InvalidArgumentError(absl::StrCat(path, " is > 1 MiB"));
+  if (bytes.size() > (1 << 20))
+    return absl::InvalidArgumentError(absl::StrCat(path, " is > 1 MiB"));
   return bytes;
 }
 
@@ -148,8 +149,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     return pem.has_value() ? absl::InvalidArgumentError(absl::StrCat(
                                  "metrics HTTPS: ", server->tls_files_->cert, " and ",
                                  server->tls_files_->key, " are not a usable certificate and key"))
-                           : absl::UnavailableError(absl::StrCat(
-                                 "metrics HTTP server on ", address, " failed to start"));
+                           : absl::UnavailableError(absl::StrCat("metrics HTTP server on ", address,
+                                                                 " failed to start"));
   }
   if (server->tls_files_.has_value()) {
     server->watcher_ = std::thread([s = server.get()] { s->WatchFiles(); });
@@ -241,8 +242,8 @@ int MetricsHttpServer::Dispatch(void* self_ptr, MHD_Connection* connection, cons
     response = it->second();
   }
   // libmicrohttpd leaves the body out for HEAD itself.
-  MHD_Response* out = MHD_create_response_from_buffer(
-      response.body.size(), response.body.data(), MHD_RESPMEM_MUST_COPY);
+  MHD_Response* out = MHD_create_response_from_buffer(response.body.size(), response.body.data(),
+                                                      MHD_RESPMEM_MUST_COPY);
   if (out == nullptr) return MHD_NO;
   MHD_add_response_header(out, "Content-Type", response.content_type.c_str());
   MHD_add_response_header(out, "Cache-Control", "no-cache");

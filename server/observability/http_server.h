@@ -99,8 +99,7 @@ class MetricsHttpServer {
   // A daemon serving the listening socket `fd` (with `pem` if TLS), or null.
   MHD_Daemon* StartDaemon(int fd, const std::optional<Pem>& pem);
   static absl::StatusOr<Pem> ReadPem(const HttpTlsFiles& files);
-  static int Dispatch(void* self, MHD_Connection* connection, const char* url,
-                      const char* method);
+  static int Dispatch(void* self, MHD_Connection* connection, const char* url, const char* method);
   void WatchFiles();
 
   const std::map<std::string, Handler> handlers_;
