@@ -24,9 +24,12 @@ using MetaAttempt =
     std::function<grpc::Status(Client::Core::Node*, grpc::ClientContext*, Response*)>;
 
 // Runs `attempt` on the metadata group's leader: the one found last, then
-// the group's members from the cluster map and the not-leader hints they
-// give, until one answers other than UNAVAILABLE or DEADLINE_EXCEEDED or the
-// call's deadline passes. An UNAUTHENTICATED answer gets a fresh token
+// (at once, without a backoff) the group's members from the cluster map and
+// the not-leader hints they give, until one answers other than UNAVAILABLE
+// or DEADLINE_EXCEEDED or the call's deadline passes. A member that timed
+// out is asked last in later rounds: a deposed leader cut off from the
+// others (a hibernating group's leader notices late) answers nothing and
+// would take each attempt's whole timeout, e.g. a lease renewal's. An UNAUTHENTICATED answer gets a fresh token
 // (ClientOptions::user) and the node is asked again, twice at most.
 template <typename Response>
 absl::StatusOr<Response> OnMetaLeader(Client& client, Client::Core& core,
@@ -41,10 +44,12 @@ absl::StatusOr<Response> OnMetaLeader(Client& client, Client::Core& core,
     absl::Status signed_in = core.RefreshTokenSync("");
     if (!signed_in.ok()) return signed_in;
   }
+  std::vector<std::string> timed_out;
   for (int round = 0; absl::Now() < deadline; ++round) {
     std::vector<std::string> candidates;
     if (std::string known = core.lease_leader(); !known.empty()) candidates.push_back(known);
-    if (round > 0 || candidates.empty()) {
+    const bool only_known = round == 0 && !candidates.empty();
+    if (!only_known) {
       CallOptions map_options;
       map_options.deadline = deadline;
       absl::StatusOr<v1::ClusterMap> map = client.GetClusterMap(map_options);
@@ -57,6 +62,9 @@ absl::StatusOr<Response> OnMetaLeader(Client& client, Client::Core& core,
           }
         }
       }
+      std::stable_partition(candidates.begin(), candidates.end(), [&](const std::string& c) {
+        return std::find(timed_out.begin(), timed_out.end(), c) == timed_out.end();
+      });
     }
     for (size_t i = 0; i < candidates.size() && i < 8 && absl::Now() < deadline; ++i) {
       Client::Core::Node* node = core.GetNode(candidates[i]);
@@ -82,6 +90,10 @@ absl::StatusOr<Response> OnMetaLeader(Client& client, Client::Core& core,
           status.code() != absl::StatusCode::kDeadlineExceeded) {
         return status;
       }
+      if (status.code() == absl::StatusCode::kDeadlineExceeded &&
+          std::find(timed_out.begin(), timed_out.end(), candidates[i]) == timed_out.end()) {
+        timed_out.push_back(candidates[i]);
+      }
       std::optional<v1::ErrorDetail> detail = GetErrorDetail(status);
       if (detail.has_value() && !detail->not_leader().leader_address().empty() &&
           std::find(candidates.begin(), candidates.end(), detail->not_leader().leader_address()) ==
@@ -91,6 +103,7 @@ absl::StatusOr<Response> OnMetaLeader(Client& client, Client::Core& core,
       }
     }
     core.set_lease_leader("");
+    if (only_known) continue;  // the members next, at once
     absl::SleepFor(std::min(core.Backoff(round), deadline - absl::Now()));
   }
   return last;

@@ -139,12 +139,14 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   absl::StatusOr<int> fd = Listen(address);
   if (!fd.ok()) return fd.status();
   server->port_ = PortOf(*fd);
+  bool started;
   {
     absl::MutexLock lock(&server->mu_);
     server->daemon_ = server->StartDaemon(*fd, pem);
     server->pem_ = pem;
+    started = server->daemon_ != nullptr;
   }
-  if (server->daemon_ == nullptr) {
+  if (!started) {
     close(*fd);
     return pem.has_value() ? absl::InvalidArgumentError(absl::StrCat(
                                  "metrics HTTPS: ", server->tls_files_->cert, " and ",
