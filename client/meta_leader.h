@@ -29,8 +29,8 @@ using MetaAttempt =
 // or DEADLINE_EXCEEDED or the call's deadline passes. A member that timed
 // out is asked last in later rounds: a deposed leader cut off from the
 // others (a hibernating group's leader notices late) answers nothing and
-// would take each attempt's whole timeout, e.g. a lease renewal's. An UNAUTHENTICATED answer gets a fresh token
-// (ClientOptions::user) and the node is asked again, twice at most.
+// would take each attempt's whole timeout, e.g. a lease renewal's. An UNAUTHENTICATED answer gets a
+// fresh token (ClientOptions::user) and the node is asked again, twice at most.
 template <typename Response>
 absl::StatusOr<Response> OnMetaLeader(Client& client, Client::Core& core,
                                       const CallOptions& options,
