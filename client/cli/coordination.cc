@@ -11,6 +11,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -187,12 +188,29 @@ int RunLease(Client& client, const Args& args) {
     return kExitOk;
   }
   // keepalive: renew about every TTL/3 until interrupted, --count renewals,
-  // or the lease is lost.
+  // or the lease is lost: the server says it ended (NOT_FOUND), or no
+  // renewal succeeded within its TTL (exit 1 too). Other failures (no
+  // leader, a timeout) are retried meanwhile.
   CatchSignals();
   uint64_t renewed = 0;
+  std::optional<absl::Time> valid_until;  // known live until then
   while (interrupted.load() == 0 && (!args.count || renewed < *args.count)) {
+    const absl::Time sent = absl::Now();
     absl::StatusOr<absl::Duration> ttl = client.RenewLease(id, call);
-    if (!ttl.ok()) return Fail("lease keepalive", ttl.status());
+    if (!ttl.ok()) {
+      if (absl::IsNotFound(ttl.status()) || !valid_until.has_value()) {
+        return Fail("lease keepalive", ttl.status());
+      }
+      if (absl::Now() >= *valid_until) {
+        return Fail("lease keepalive",
+                    absl::NotFoundError(absl::StrCat("lease ", LeaseIdText(id),
+                                                     " is lost: not renewed within its TTL (",
+                                                     ttl.status().ToString(), ")")));
+      }
+      absl::SleepFor(absl::Milliseconds(200));
+      continue;
+    }
+    valid_until = sent + *ttl;
     ++renewed;
     std::printf("lease %s renewed, TTL %s\n", LeaseIdText(id).c_str(), Seconds(*ttl).c_str());
     std::fflush(stdout);

@@ -66,7 +66,8 @@ commands:
   lease grant TTL          a lease of TTL (seconds, or e.g. 30s); prints its ID (16 hex
                            digits). Keys put with it are deleted when it ends
   lease keepalive ID [--count N]
-                           renew lease ID about every TTL/3 until interrupted (or N times)
+                           renew lease ID about every TTL/3 until interrupted (or N times);
+                           exits 1 once it ended or went a TTL without a renewal
   lease revoke ID          end lease ID now: its keys are deleted on every shard
   lease ttl ID             its granted TTL and the time left
   lease list               the live leases
